@@ -1,0 +1,107 @@
+"""Checkpoints: state dicts from ``torch.save`` (read with ``weights_only=True``) or safetensors."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+
+import torch
+from torch import nn
+
+from .errors import InputError
+
+StateDict = dict[str, torch.Tensor]
+
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
+
+
+def load_state_dict(path: str) -> StateDict:
+    """Read a state dict without executing pickled code.
+
+    ``.safetensors`` files are read with safetensors; anything else with
+    ``torch.load(..., weights_only=True)``. A dict that wraps the state dict under ``state_dict``,
+    ``model_state_dict`` or ``model`` is unwrapped.
+
+    Raises:
+        InputError: missing or unreadable file, a pickle that needs arbitrary code, or content that
+            is not a mapping from names to tensors.
+    """
+    if not os.path.isfile(path):
+        raise InputError(f"checkpoint not found: {path}")
+    if path.endswith(".safetensors"):
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise InputError("reading .safetensors needs the safetensors package") from None
+        try:
+            obj = load_file(path, device="cpu")
+        except Exception as exc:
+            raise InputError(f"cannot read safetensors file {path}: {exc}") from None
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            found = re.search(r"(Unsupported global: GLOBAL [\w.]+|Unsupported operand \d+)", str(exc))
+            detail = f" ({found.group(1)})" if found else ""
+            raise InputError(
+                f"refusing to load {path}: it needs arbitrary pickled code{detail}, which weights_only=True "
+                "forbids; save a plain state_dict (or .safetensors) instead"
+            ) from None
+        except Exception as exc:
+            raise InputError(f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc)[:200]}") from None
+    if isinstance(obj, dict):
+        for key in _WRAPPER_KEYS:
+            inner = obj.get(key)
+            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                obj = inner
+                break
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise InputError(f"{path} does not hold a state dict (a mapping from names to tensors)")
+    return dict(obj)
+
+
+def _names(keys: list[str], limit: int = 6) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def match_state_dict(model: nn.Module, state: StateDict, label: str) -> StateDict:
+    """Check ``state`` against ``model``'s own state dict: same keys, same shapes, finite values.
+
+    Returns a new dict (the caller's tensors are never modified) with every floating entry kept in
+    its stored dtype; casting happens later, once.
+
+    Raises:
+        InputError: naming the missing, unexpected, mis-shaped or non-finite entries.
+    """
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {_names(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys {_names(unexpected)}")
+        raise InputError(f"{label} checkpoint does not match the model: {'; '.join(parts)}")
+    bad_shape = [
+        f"{k} {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items() if state[k].shape != v.shape
+    ]
+    if bad_shape:
+        raise InputError(f"{label} checkpoint has wrong shapes: {_names(bad_shape, 3)}")
+    not_finite = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if not_finite:
+        raise InputError(f"{label} checkpoint has non-finite values in {_names(not_finite)}")
+    return {k: state[k] for k in expected}
+
+
+def save_state_dict(state: StateDict, path: str) -> None:
+    """Save a state dict as ``.safetensors`` (by extension) or with ``torch.save``."""
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    if path.endswith(".safetensors"):
+        from safetensors.torch import save_file
+
+        save_file(state, path)
+    else:
+        torch.save(state, path)

@@ -1,0 +1,189 @@
+"""Training data: ``.npz`` files and data sets that ship with scikit-learn.
+
+A data set is a pair ``(x, y)`` of tensors: ``x`` has the examples along its first axis, ``y`` is
+``n x k`` floats for mean squared error or ``n`` integer labels for cross-entropy.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from .errors import InputError
+
+LossName = Literal["mse", "ce"]
+LOSSES: tuple[str, ...] = ("mse", "ce")
+
+# name -> (sklearn loader, task). Regression targets and all features are standardised.
+_BUILTIN = {
+    "diabetes": ("load_diabetes", "regression"),
+    "digits": ("load_digits", "classification"),
+    "wine": ("load_wine", "classification"),
+    "breast_cancer": ("load_breast_cancer", "classification"),
+    "iris": ("load_iris", "classification"),
+    "digits_autoencoder": ("load_digits", "autoencoder"),
+}
+BUILTIN_DATASETS: tuple[str, ...] = tuple(f"sklearn:{k}" for k in _BUILTIN)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Inputs and targets, validated for one loss.
+
+    Attributes:
+        x: inputs, shape ``(n, ...)``, floating point.
+        y: targets: ``(n, k)`` floats for ``mse``; ``(n,)`` int64 labels for ``ce``.
+        loss: the loss the targets were validated for.
+        name: where the data came from (a path or a built-in name).
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    loss: LossName
+    name: str
+
+    @property
+    def n(self) -> int:
+        """Number of examples."""
+        return int(self.x.shape[0])
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> "Dataset":
+        """Inputs (and float targets) on ``device`` in ``dtype``; labels stay int64."""
+        y = self.y.to(device=device, dtype=dtype) if self.loss == "mse" else self.y.to(device)
+        return Dataset(self.x.to(device=device, dtype=dtype), y, self.loss, self.name)
+
+
+def _standardise(a: np.ndarray) -> np.ndarray:
+    mu = a.mean(axis=0)
+    sd = a.std(axis=0)
+    return (a - mu) / np.where(sd > 0, sd, 1.0)
+
+
+def _load_builtin(name: str) -> tuple[np.ndarray, np.ndarray, str]:
+    key = name.split(":", 1)[1]
+    if key not in _BUILTIN:
+        raise InputError(f"unknown built-in data set {name!r} (known: {', '.join(BUILTIN_DATASETS)})")
+    loader, task = _BUILTIN[key]
+    try:
+        import sklearn.datasets as skd
+    except ImportError:
+        raise InputError("built-in data sets need scikit-learn (pip install scikit-learn)") from None
+    bunch = getattr(skd, loader)()
+    x = np.asarray(bunch.data, dtype=np.float64)
+    if key.startswith("digits"):
+        x = x / 16.0  # pixel intensities 0..16 -> [0, 1]
+    else:
+        x = _standardise(x)
+    if task == "regression":
+        y = _standardise(np.asarray(bunch.target, dtype=np.float64).reshape(-1, 1))
+    elif task == "autoencoder":
+        y = x.copy()
+    else:
+        y = np.asarray(bunch.target, dtype=np.int64)
+    return x, y, task
+
+
+def _one_hot(labels: np.ndarray) -> np.ndarray:
+    k = int(labels.max()) + 1
+    out = np.zeros((labels.shape[0], k))
+    out[np.arange(labels.shape[0]), labels] = 1.0
+    return out
+
+
+def _labels(y: np.ndarray, name: str) -> np.ndarray:
+    if y.ndim != 1:
+        raise InputError(f"{name}: cross-entropy needs y as n integer labels, got shape {tuple(y.shape)}")
+    if np.issubdtype(y.dtype, np.integer):
+        labels = y.astype(np.int64)
+    elif np.issubdtype(y.dtype, np.floating) or np.issubdtype(y.dtype, np.bool_):
+        if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+            raise InputError(f"{name}: cross-entropy needs integer labels, y has non-integer values")
+        labels = y.astype(np.int64)
+    else:
+        raise InputError(f"{name}: cross-entropy needs integer labels, y has dtype {y.dtype}")
+    if labels.size and labels.min() < 0:
+        raise InputError(f"{name}: labels must be non-negative, found {int(labels.min())}")
+    return labels
+
+
+def load_data(source: str, loss: str) -> Dataset:
+    """Load and validate a data set for ``loss`` (``mse`` or ``ce``).
+
+    Args:
+        source: a path to an ``.npz`` file with arrays ``x`` and ``y``, or a built-in name such as
+            ``sklearn:diabetes`` (regression), ``sklearn:digits`` (10 classes; one-hot targets under
+            ``mse``) or ``sklearn:digits_autoencoder`` (targets equal inputs).
+        loss: ``mse`` or ``ce``.
+
+    Raises:
+        InputError: unreadable file, missing arrays, empty data, non-finite values, or targets that
+            do not fit the loss.
+    """
+    if loss not in LOSSES:
+        raise InputError(f"unknown loss {loss!r} (expected one of: {', '.join(LOSSES)})")
+    if source.startswith("sklearn:"):
+        x, y, task = _load_builtin(source)
+        if loss == "mse" and task == "classification":
+            y = _one_hot(y)
+        if loss == "ce" and task != "classification":
+            raise InputError(f"{source} is a {task} data set: use --loss mse")
+    else:
+        x, y = _read_npz(source)
+    return _validate(x, y, loss, source)
+
+
+def _read_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
+    if not os.path.isfile(path):
+        raise InputError(f"data file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in ("x", "y") if k not in f.files]
+            if missing:
+                raise InputError(f"{path}: missing array(s) {', '.join(missing)} (found: {', '.join(f.files) or 'none'})")
+            return np.asarray(f["x"]), np.asarray(f["y"])
+    except InputError:
+        raise
+    except ValueError as exc:
+        raise InputError(f"{path}: refusing to read pickled object arrays ({exc})") from None
+    except Exception as exc:
+        raise InputError(f"cannot read data file {path}: {type(exc).__name__}: {exc}") from None
+
+
+def _validate(x: np.ndarray, y: np.ndarray, loss: str, name: str) -> Dataset:
+    if x.dtype == object or y.dtype == object:
+        raise InputError(f"{name}: object arrays are not supported")
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise InputError(f"{name}: x must be numeric, got dtype {x.dtype}")
+    if x.ndim < 2:
+        raise InputError(f"{name}: x must have shape (n, d), got {tuple(x.shape)}")
+    n = x.shape[0]
+    if n == 0:
+        raise InputError(f"{name}: the data set is empty")
+    if y.shape[:1] != (n,):
+        raise InputError(f"{name}: x has {n} examples but y has shape {tuple(y.shape)}")
+    x = x.astype(np.float64)
+    if not np.all(np.isfinite(x)):
+        raise InputError(f"{name}: x contains non-finite values")
+    if loss == "mse":
+        if not (np.issubdtype(y.dtype, np.floating) or np.issubdtype(y.dtype, np.integer)):
+            raise InputError(f"{name}: mse needs float targets, y has dtype {y.dtype}")
+        if y.ndim == 1:
+            y = y.reshape(-1, 1)
+        if y.ndim != 2:
+            raise InputError(f"{name}: mse needs y of shape (n, k), got {tuple(y.shape)}")
+        y = y.astype(np.float64)
+        if not np.all(np.isfinite(y)):
+            raise InputError(f"{name}: y contains non-finite values")
+        yt = torch.from_numpy(y)
+    else:
+        yt = torch.from_numpy(_labels(y, name))
+    return Dataset(torch.from_numpy(x), yt, loss, name)  # type: ignore[arg-type]
+
+
+def save_npz(path: str, x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> None:
+    """Write ``x`` and ``y`` to an ``.npz`` file readable by :func:`load_data`."""
+    np.savez(path, x=np.asarray(x), y=np.asarray(y))
