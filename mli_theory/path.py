@@ -190,10 +190,15 @@ def recompute_bn_statistics(line: Line, state: StateDict, x: torch.Tensor, batch
             out[prefix + "running_mean"] = torch.zeros_like(state[prefix + "running_mean"])
             out[prefix + "running_var"] = torch.ones_like(state[prefix + "running_var"])
             out[prefix + "num_batches_tracked"] = torch.zeros_like(state[prefix + "num_batches_tracked"])
+    if x.shape[0] < 2:
+        raise InputError("re-estimating BatchNorm statistics needs at least 2 examples (use --bn interpolate or frozen)")
+    batches = _batches(x.shape[0], batch_size)
+    if len(batches) > 1 and batches[-1].stop - batches[-1].start == 1:  # train-mode BN needs 2+ examples
+        batches = batches[:-2] + [slice(batches[-2].start, batches[-1].stop)]
     line.shell.train()
     try:
         with torch.no_grad():
-            for sl in _batches(x.shape[0], batch_size):
+            for sl in batches:
                 functional_call(line.shell, out, (x[sl],))
     finally:
         line.shell.eval()
