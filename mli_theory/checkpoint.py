@@ -42,11 +42,12 @@ def load_state_dict(path: str) -> StateDict:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            found = re.search(r"(Unsupported global: GLOBAL [\w.]+|Unsupported operand \d+)", str(exc))
-            detail = f" ({found.group(1)})" if found else ""
+            found = re.search(r"Unsupported global: GLOBAL [\w.]+", str(exc))
+            if found is None:
+                raise InputError(f"cannot read checkpoint {path}: not a torch.save state dict (corrupt or another format)") from None
             raise InputError(
-                f"refusing to load {path}: it needs arbitrary pickled code{detail}, which weights_only=True "
-                "forbids; save a plain state_dict (or .safetensors) instead"
+                f"refusing to load {path}: it needs arbitrary pickled code ({found.group(0)}), which "
+                "weights_only=True forbids; save a plain state_dict (or .safetensors) instead"
             ) from None
         except Exception as exc:
             raise InputError(f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc)[:200]}") from None

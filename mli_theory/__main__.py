@@ -1,0 +1,5 @@
+"""``python -m mli_theory`` runs the CLI."""
+
+from .cli import main
+
+raise SystemExit(main())
