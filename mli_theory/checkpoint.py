@@ -42,11 +42,11 @@ def load_state_dict(path: str) -> StateDict:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            found = re.search(r"Unsupported global: GLOBAL [\w.]+", str(exc))
+            found = re.search(r"unsupported global:? (?:GLOBAL )?([\w.]+)", str(exc), flags=re.IGNORECASE)
             if found is None:
                 raise InputError(f"cannot read checkpoint {path}: not a torch.save state dict (corrupt or another format)") from None
             raise InputError(
-                f"refusing to load {path}: it needs arbitrary pickled code ({found.group(0)}), which "
+                f"refusing to load {path}: it needs arbitrary pickled code (global {found.group(1)}), which "
                 "weights_only=True forbids; save a plain state_dict (or .safetensors) instead"
             ) from None
         except Exception as exc:
