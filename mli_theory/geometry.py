@@ -277,6 +277,28 @@ def _trapezoid(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.trapezoid(y, x, dim=0)
 
 
+def _chord_angles(dz: torch.Tensor) -> torch.Tensor:
+    """Angle between unit tangents at consecutive grid points, (K−1, ...); 0 where undefined.
+
+    The tangent turns by at least this much inside the interval, so it catches turning that the
+    rate misses between grid points (a reversal of direction, where z′ passes through 0, turns the
+    tangent by π).
+    """
+    s = dz.norm(dim=-1)
+    t = dz / torch.where(s > 0, s, torch.ones_like(s)).unsqueeze(-1)
+    # 2·atan2(‖t1 − t0‖, ‖t1 + t0‖) is accurate near 0 and π, unlike arccos⟨t0, t1⟩
+    ang = 2 * torch.atan2((t[1:] - t[:-1]).norm(dim=-1), (t[1:] + t[:-1]).norm(dim=-1))
+    ok = (s[1:] > 0) & (s[:-1] > 0)
+    return torch.where(ok, ang, torch.zeros_like(ang))
+
+
+def _turning(rate: torch.Tensor, dz: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
+    """Total turning per interval: max(trapezoid of the rate, angle between end tangents)."""
+    w = (alphas[1:] - alphas[:-1]).reshape(-1, *([1] * (rate.dim() - 1)))
+    trap = (rate[1:] + rate[:-1]) / 2 * w
+    return torch.maximum(trap, _chord_angles(dz))
+
+
 @dataclass(frozen=True)
 class GaussLength:
     """Total turning of the output path.
@@ -323,58 +345,51 @@ def gauss_length(
 ) -> GaussLength:
     """Gauss length with adaptive refinement of the α grid.
 
-    Starting from ``initial`` evenly spaced α (or the grid of ``jet``), every interval whose
-    turning (rate × width) exceeds ``max_step_turn`` is halved, then the whole grid is halved,
-    until the mean and stacked estimates change by less than ``rtol`` (relative) or the grid reaches
-    ``max_alphas`` points. Integration is by the trapezoid rule on the turning rate.
+    Each interval contributes max(trapezoid of the turning rate, angle between its end tangents).
+    Starting from ``initial`` evenly spaced α (or the grid of ``jet``), every interval that turns
+    by more than ``max_step_turn`` is halved (or, when none does, all of them), until the mean and
+    stacked estimates change by less than ``rtol`` (relative) or the grid reaches ``max_alphas``.
+    A reversal of direction (z′ through 0) shows as a turn of π and marks the path singular.
     """
     if jet is None:
         jet = path_jet(line, data, torch.linspace(0, 1, initial, dtype=torch.float64), bn=bn, method=method, batch_size=batch_size)
     alphas = jet.alphas.double()
-    per, st, sing = _rates(jet)
-
-    def estimate(a, p, s):
-        return _trapezoid(p.double(), a).mean(), _trapezoid(s.double(), a)
-
-    g_mean, g_st = estimate(alphas, per, st)
+    dz, d2z = jet.dz.double(), jet.d2z.double()
+    K = dz.shape[0]
     converged = False
-    while alphas.shape[0] < max_alphas:
-        widths = alphas[1:] - alphas[:-1]
-        turn = torch.maximum(per[1:].amax(dim=1), st[1:]) * widths
-        turn = torch.maximum(turn, torch.maximum(per[:-1].amax(dim=1), st[:-1]) * widths)
-        split = turn > max_step_turn
+    previous = None
+    while True:
+        per, st, sing = _rates(PathJet(alphas, jet.z, dz, d2z))
+        turn_ex = _turning(per, dz, alphas)  # (K−1, n)
+        turn_st = _turning(st, dz.reshape(K, -1), alphas)  # (K−1,)
+        g_mean, g_st = float(turn_ex.sum(0).mean()), float(turn_st.sum())
+        if previous is not None:
+            pm, ps = previous
+            if abs(g_mean - pm) <= rtol * max(g_mean, 1e-12) and abs(g_st - ps) <= rtol * max(g_st, 1e-12):
+                converged = True
+                break
+        previous = (g_mean, g_st)
+        if K >= max_alphas:
+            break
+        split = torch.maximum(turn_ex.amax(dim=1), turn_st) > max_step_turn
         if not bool(split.any()):
-            split = torch.ones_like(split)  # uniform halving to test convergence
-        mids = ((alphas[:-1] + alphas[1:]) / 2)[split]
-        mids = mids[: max(0, max_alphas - alphas.shape[0])]
-        if mids.numel() == 0:
-            break
+            split = torch.ones_like(split)
+        mids = ((alphas[:-1] + alphas[1:]) / 2)[split][: max_alphas - K]
         new = path_jet(line, data, mids, bn=bn, method=method, batch_size=batch_size)
-        p_new, s_new, sing_new = _rates_with_ref(jet, new)
-        order = torch.argsort(torch.cat([alphas, mids.double()]))
-        alphas = torch.cat([alphas, mids.double()])[order]
-        per = torch.cat([per, p_new])[order]
-        st = torch.cat([st, s_new])[order]
-        sing = sing | sing_new
-        jet = PathJet(alphas, jet.z, torch.cat([jet.dz, new.dz])[order], torch.cat([jet.d2z, new.d2z])[order])
-        m2, s2 = estimate(alphas, per, st)
-        done = abs(float(m2 - g_mean)) <= rtol * max(float(m2), 1e-12) and abs(float(s2 - g_st)) <= rtol * max(float(s2), 1e-12)
-        g_mean, g_st = m2, s2
-        if done:
-            converged = True
-            break
-    per_ex = _trapezoid(per.double(), alphas)
+        order = torch.argsort(torch.cat([alphas, mids]))
+        alphas = torch.cat([alphas, mids])[order]
+        dz = torch.cat([dz, new.dz.double()])[order]
+        d2z = torch.cat([d2z, new.d2z.double()])[order]
+        K = alphas.shape[0]
+    reversal = bool((_chord_angles(dz) > HALF_PI_TURN).any()) or bool((_chord_angles(dz.reshape(K, -1)) > HALF_PI_TURN).any())
     return GaussLength(
-        float(g_mean), per_ex, float(g_st), int(alphas.shape[0]), converged, bool(sing), tuple(alphas.tolist())
+        g_mean, turn_ex.sum(0), g_st, K, converged, bool(sing) or reversal, tuple(alphas.tolist())
     )
 
 
-def _rates_with_ref(old: PathJet, new: PathJet):
-    """Turning rates at new α, with the singularity floor taken relative to all points seen."""
-    both = PathJet(torch.cat([old.alphas, new.alphas]), old.z, torch.cat([old.dz, new.dz]), torch.cat([old.d2z, new.d2z]))
-    per, st, sing = _rates(both)
-    k = old.dz.shape[0]
-    return per[k:], st[k:], sing
+# a single refined grid step that turns the tangent by more than this is taken as a reversal of
+# direction through z′ = 0 (a smooth turn that fast is split by the refinement first)
+HALF_PI_TURN = 3.0
 
 
 def logit_linearity(z: torch.Tensor, alphas: torch.Tensor) -> float:

@@ -136,3 +136,15 @@ def test_second_derivative_of_the_loss_from_geometry_matches_autograd(case):
         t = torch.tensor(a, dtype=torch.float64)
         second = torch.func.grad(torch.func.grad(loss_at))(t)
         assert geo == pytest.approx(float(second), rel=1e-10, abs=1e-12)
+
+
+def test_a_reversal_of_direction_turns_the_tangent_by_pi_and_is_flagged():
+    # scalar depth-2 network: z(α) = (α − 0.5)², so z′ changes sign at α = 0.5
+    model = nn.Sequential(nn.Linear(1, 1, bias=False), nn.Linear(1, 1, bias=False))
+    w0 = {"0.weight": torch.tensor([[-0.5]], dtype=torch.float64), "1.weight": torch.tensor([[-0.5]], dtype=torch.float64)}
+    w1 = {"0.weight": torch.tensor([[0.5]], dtype=torch.float64), "1.weight": torch.tensor([[0.5]], dtype=torch.float64)}
+    line = make_line(model, w0, w1, dtype=torch.float64)
+    data = Dataset(torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64), "mse", "rev")
+    g = gauss_length(line, data)
+    assert g.mean == pytest.approx(math.pi, rel=1e-12)
+    assert g.singular
