@@ -286,9 +286,16 @@ def _chord_angles(dz: torch.Tensor) -> torch.Tensor:
     """
     s = dz.norm(dim=-1)
     t = dz / torch.where(s > 0, s, torch.ones_like(s)).unsqueeze(-1)
+    # carry the last defined tangent over points where z′ = 0, so that a reversal through an
+    # exact zero on the grid still shows as a turn of π
+    k = dz.shape[0]
+    idx = torch.where(s > 0, torch.arange(k, device=dz.device).reshape(-1, *([1] * (s.dim() - 1))).expand_as(s), -1)
+    last = torch.cummax(idx, dim=0).values
+    defined = last >= 0
+    t = torch.gather(t, 0, last.clamp(min=0).unsqueeze(-1).expand_as(t))
     # 2·atan2(‖t1 − t0‖, ‖t1 + t0‖) is accurate near 0 and π, unlike arccos⟨t0, t1⟩
     ang = 2 * torch.atan2((t[1:] - t[:-1]).norm(dim=-1), (t[1:] + t[:-1]).norm(dim=-1))
-    ok = (s[1:] > 0) & (s[:-1] > 0)
+    ok = defined[1:] & defined[:-1]
     return torch.where(ok, ang, torch.zeros_like(ang))
 
 
