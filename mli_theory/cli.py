@@ -80,6 +80,28 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     d.add_argument("--quiet", action="store_true")
 
+    t = sub.add_parser("train", help="train a network from a spec and save a run folder (init, final, config)")
+    t.add_argument("--arch", required=True)
+    t.add_argument("--data", required=True)
+    t.add_argument("--loss", default="mse")
+    t.add_argument("--optimizer", default="sgd", help="sgd (with momentum) or adam")
+    t.add_argument("--lr", type=float, default=0.05)
+    t.add_argument("--epochs", type=int, default=50)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--momentum", type=float, default=0.9)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--distance-reward", type=float, default=0.0, help="λ: adds −λ‖θ−θ0‖²/2 to the loss")
+    t.add_argument("--init-scale", type=float, default=1.0, help="multiply the default initialisation")
+    t.add_argument("--out", required=True, help="run folder to write")
+    t.add_argument("--json", action="store_true")
+
+    w = sub.add_parser("sweep", help="train and check a grid of runs (parallel, resumable)")
+    w.add_argument("spec", help='JSON file: {"base": {TrainConfig fields}, "axes": {field: [values]}}')
+    w.add_argument("--out", required=True, help="sweep folder (runs/ and results.csv)")
+    w.add_argument("--jobs", type=int, default=2)
+    w.add_argument("--alphas", type=int, default=50)
+    w.add_argument("--no-geometry", action="store_true")
+
     g = sub.add_parser("derive", help="print the MSE theory: statements, assumptions, derivations")
     g.add_argument("name", nargs="?", default=None, help="one result (default: list them all)")
     g.add_argument("--latex", action="store_true", help="LaTeX instead of text")
@@ -239,6 +261,40 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .runs import TrainConfig, run_training
+
+    cfg = TrainConfig(
+        arch=args.arch, data=args.data, loss=args.loss, optimizer=args.optimizer, lr=args.lr, epochs=args.epochs,
+        batch_size=args.batch_size, seed=args.seed, momentum=args.momentum, distance_reward=args.distance_reward,
+        init_scale=args.init_scale,
+    )
+    res = run_training(cfg, args.out)
+    summary = {"run": args.out, "final_loss": res.final_loss, "diverged": res.diverged, "epochs": len(res.history)}
+    _emit(summary if args.json else f"trained {args.arch} on {args.data}: final training loss {res.final_loss:.6g}"
+          f"{' (DIVERGED)' if res.diverged else ''}; run folder {args.out}\n  next: mli-theory check --run {args.out}", args.json)
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .errors import InputError
+    from .runs import TrainConfig
+    from .sweep import grid, run_sweep
+
+    try:
+        with open(args.spec) as f:
+            spec = json.load(f)
+        configs = grid(spec.get("base", {}), spec.get("axes", {}))
+    except (OSError, ValueError, TypeError) as exc:
+        raise InputError(f"cannot use sweep spec {args.spec}: {exc}") from None
+    if not configs or not all(isinstance(c, TrainConfig) for c in configs):
+        raise InputError("the sweep spec gives no runs")
+    rows = run_sweep(configs, args.out, jobs=args.jobs, alphas=args.alphas, geometry=not args.no_geometry)
+    ok = sum(r.get("status") == "ok" for r in rows)
+    sys.stdout.write(f"{len(rows)} runs ({ok} ok); results in {os.path.join(args.out, 'results.csv')}\n")
+    return 0
+
+
 def _cmd_derive(args: argparse.Namespace) -> int:
     from .symbolic import render_result, result_names
 
@@ -262,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
-    handlers = {"check": _cmd_check, "demo": _cmd_demo, "derive": _cmd_derive}
+    handlers = {"check": _cmd_check, "demo": _cmd_demo, "derive": _cmd_derive, "train": _cmd_train, "sweep": _cmd_sweep}
     try:
         return handlers[args.command](args)
     except InputError as exc:

@@ -27,7 +27,18 @@ _BUILTIN = {
     "iris": ("load_iris", "classification"),
     "digits_autoencoder": ("load_digits", "autoencoder"),
 }
-BUILTIN_DATASETS: tuple[str, ...] = tuple(f"sklearn:{k}" for k in _BUILTIN)
+BUILTIN_DATASETS: tuple[str, ...] = tuple(f"sklearn:{k}" for k in _BUILTIN) + ("synthetic:teacher",)
+
+
+def _teacher_student(n: int = 512, d: int = 16, k: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """x ~ N(0, I_d); y = a fixed random tanh teacher network 16-32-4 of x, plus 5% noise."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d))
+    w1 = rng.normal(size=(d, 32)) / np.sqrt(d)
+    w2 = rng.normal(size=(32, k)) / np.sqrt(32)
+    y = np.tanh(x @ w1) @ w2
+    y = y + 0.05 * y.std() * rng.normal(size=y.shape)
+    return x, (y - y.mean(0)) / y.std(0)
 
 
 @dataclass(frozen=True)
@@ -116,7 +127,8 @@ def load_data(source: str, loss: str) -> Dataset:
     Args:
         source: a path to an ``.npz`` file with arrays ``x`` and ``y``, or a built-in name such as
             ``sklearn:diabetes`` (regression), ``sklearn:digits`` (10 classes; one-hot targets under
-            ``mse``) or ``sklearn:digits_autoencoder`` (targets equal inputs).
+            ``mse``), ``sklearn:digits_autoencoder`` (targets equal inputs) or
+            ``synthetic:teacher`` (512 × 16 Gaussian inputs, a fixed tanh teacher 16-32-4).
         loss: ``mse`` or ``ce``.
 
     Raises:
@@ -125,7 +137,11 @@ def load_data(source: str, loss: str) -> Dataset:
     """
     if loss not in LOSSES:
         raise InputError(f"unknown loss {loss!r} (expected one of: {', '.join(LOSSES)})")
-    if source.startswith("sklearn:"):
+    if source == "synthetic:teacher":
+        if loss != "mse":
+            raise InputError("synthetic:teacher is a regression data set: use --loss mse")
+        x, y = _teacher_student()
+    elif source.startswith("sklearn:"):
         x, y, task = _load_builtin(source)
         if loss == "mse" and task == "classification":
             y = _one_hot(y)

@@ -346,6 +346,7 @@ def gauss_length(
     rtol: float = 1e-3,
     max_alphas: int = 801,
     max_step_turn: float = 0.05,
+    max_rounds: int = 6,
     batch_size: int | None = None,
     method: JetMethod = "auto",
     jet: PathJet | None = None,
@@ -355,8 +356,9 @@ def gauss_length(
     Each interval contributes max(trapezoid of the turning rate, angle between its end tangents).
     Starting from ``initial`` evenly spaced α (or the grid of ``jet``), every interval that turns
     by more than ``max_step_turn`` is halved (or, when none does, all of them), until the mean and
-    stacked estimates change by less than ``rtol`` (relative) or the grid reaches ``max_alphas``.
-    A reversal of direction (z′ through 0) shows as a turn of π and marks the path singular.
+    stacked estimates change by less than ``rtol`` (relative), the grid reaches ``max_alphas``, or
+    ``max_rounds`` refinements were made (a kink, as in ReLU networks, turns the tangent at a point;
+    its chord angle is already counted and splitting does not shrink it). A reversal of direction (z′ through 0) shows as a turn of π and marks the path singular.
     """
     if jet is None:
         jet = path_jet(line, data, torch.linspace(0, 1, initial, dtype=torch.float64), bn=bn, method=method, batch_size=batch_size)
@@ -365,6 +367,7 @@ def gauss_length(
     K = dz.shape[0]
     converged = False
     previous = None
+    rounds = 0
     while True:
         per, st, sing = _rates(PathJet(alphas, jet.z, dz, d2z))
         turn_ex = _turning(per, dz, alphas)  # (K−1, n)
@@ -376,8 +379,9 @@ def gauss_length(
                 converged = True
                 break
         previous = (g_mean, g_st)
-        if K >= max_alphas:
+        if K >= max_alphas or rounds >= max_rounds:
             break
+        rounds += 1
         split = torch.maximum(turn_ex.amax(dim=1), turn_st) > max_step_turn
         if not bool(split.any()):
             split = torch.ones_like(split)

@@ -1,0 +1,70 @@
+"""Benchmark: the K-point loss curve against K plain forward passes and loss-landscapes.
+
+    python benchmarks/curve_speed.py [--quick] [--device cpu|cuda] [--alphas 51]
+
+Prints milliseconds and ratios to the K plain forward passes (the floor for exact curves),
+measured side by side in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _timing import machine, median_time, table  # noqa: E402
+
+from mli_theory.data import Dataset  # noqa: E402
+from mli_theory.path import loss_curve, make_line  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="n = 2000 instead of 10 000 (CPU-friendly)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--alphas", type=int, default=51)
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    dev, K = args.device, args.alphas
+    n = 2000 if args.quick else 10_000
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(784, 1000), nn.ReLU(), nn.Linear(1000, 1000), nn.ReLU(), nn.Linear(1000, 10)).to(dev)
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    final = {k: v + 0.01 * torch.randn_like(v) for k, v in init.items()}
+    x = torch.randn(n, 784, device=dev)
+    y = torch.randint(0, 10, (n,), device=dev)
+    data = Dataset(x, y, "ce", "synthetic")
+    line = make_line(model, init, final, device=dev, dtype=torch.float32)
+    alphas = [i / (K - 1) for i in range(K)]
+    lossf = nn.CrossEntropyLoss()
+
+    def plain():
+        with torch.no_grad():
+            for _ in range(K):
+                lossf(model(x), y).item()
+
+    rows = [("K plain forward passes (floor)", median_time(plain, dev, args.repeats))]
+    rows.append(("mli-theory loss_curve, loop over α", median_time(lambda: loss_curve(line, data, alphas, alpha_chunk=1), dev, args.repeats)))
+    rows.append(("mli-theory loss_curve, vmap chunks of 8", median_time(lambda: loss_curve(line, data, alphas, alpha_chunk=8), dev, args.repeats)))
+    try:
+        import copy
+
+        import loss_landscapes
+        import loss_landscapes.metrics
+
+        m0, m1 = copy.deepcopy(model), copy.deepcopy(model)
+        m1.load_state_dict(final)
+        metric = loss_landscapes.metrics.Loss(lossf, x, y)
+        rows.append(("loss-landscapes linear_interpolation", median_time(lambda: loss_landscapes.linear_interpolation(m0, m1, metric, K, deepcopy_model=True), dev, args.repeats)))
+    except ImportError:
+        print("(loss-landscapes not installed: pip install loss-landscapes==3.0.6)")
+    print(f"MLP 784-1000-1000-10, n={n}, K={K}, float32 on {machine(dev)}; median of {args.repeats}")
+    print(table(rows, rows[0][1], "plain"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""Sweeps: train and check a grid of runs in parallel local processes, resumably.
+
+Each run lives in ``ROOT/runs/<id>/`` (``id`` is a hash of its config). A run whose
+``result.json`` exists is never redone, so an interrupted sweep continues where it stopped.
+``ROOT/results.csv`` has one row per run: the config, the training outcome and every scalar metric
+of ``check`` (failed or diverged runs included, marked as such).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import itertools
+import json
+import os
+import sys
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict
+from typing import Any, Iterable, TextIO
+
+from .runs import TrainConfig
+
+RESULT = "result.json"
+
+
+def run_id(config: TrainConfig) -> str:
+    """Stable short id of a config."""
+    blob = json.dumps(asdict(config), sort_keys=True).encode()
+    return hashlib.sha1(blob).hexdigest()[:12]
+
+
+def grid(base: dict[str, Any], axes: dict[str, Iterable[Any]]) -> list[TrainConfig]:
+    """The cross product of ``axes`` (field name -> values) over ``base`` fields."""
+    names = list(axes)
+    return [TrainConfig(**{**base, **dict(zip(names, values))}) for values in itertools.product(*(list(axes[n]) for n in names))]
+
+
+def _flat_check(result: dict[str, Any]) -> dict[str, Any]:
+    cert = result.get("certificate") or {}
+    row = {
+        "max_rise": result["max_rise"],
+        "monotone_on_grid": result["monotone_on_grid"],
+        "initial_loss": result["initial_loss"],
+        "final_loss_path": result["final_loss"],
+        "distance": result["distance"],
+        "normalized_distance": result["normalized_distance"],
+        "gauss_length": result["gauss_length"],
+        "logit_linearity": result["logit_linearity"],
+        "certificate": cert.get("status"),
+        "rise_at": (result.get("rise_where") or [None, None])[1],
+    }
+    for c in result.get("conditions") or []:
+        row[f"cond_{c['name']}"] = c["holds"]
+    return row
+
+
+def run_one(config: TrainConfig, folder: str, alphas: int = 50, geometry: bool = True) -> dict[str, Any]:
+    """Train, check, and write ``result.json`` (also for a failed or diverged run)."""
+    import torch
+
+    from .arch import build_model, parse_arch
+    from .check import check
+    from .checkpoint import load_state_dict
+    from .data import load_data
+    from .runs import run_training
+
+    torch.set_num_threads(1)
+    row: dict[str, Any] = {"id": os.path.basename(folder), **{k: v for k, v in asdict(config).items() if k != "extra"}, **config.extra}
+    row["batchnorm"] = config.batchnorm
+    t0 = time.perf_counter()
+    try:
+        res = run_training(config, folder)
+        row.update(train_loss=res.final_loss, diverged=res.diverged, status="diverged" if res.diverged else "ok")
+        if not res.diverged:
+            result = check(
+                build_model(parse_arch(config.arch)),
+                load_state_dict(os.path.join(folder, "init.pt")),
+                load_state_dict(os.path.join(folder, "final.pt")),
+                load_data(config.data, config.loss),
+                alphas=alphas,
+                geometry=geometry,
+                certify=parse_arch(config.arch).is_polynomial_path and config.loss == "mse",
+                dtype=torch.float32,
+            ).to_dict()
+            row.update(_flat_check(result))
+            with open(os.path.join(folder, "curve.json"), "w") as f:
+                json.dump({"alphas": result["alphas"], "losses": result["losses"]}, f)
+    except Exception as exc:  # recorded, never dropped
+        row.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=3))
+    row["seconds"] = round(time.perf_counter() - t0, 3)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, RESULT), "w") as f:
+        json.dump(row, f)
+    return row
+
+
+def _worker(args: tuple[TrainConfig, str, int, bool]) -> dict[str, Any]:
+    return run_one(*args)
+
+
+def run_sweep(
+    configs: list[TrainConfig],
+    root: str,
+    *,
+    jobs: int = 2,
+    alphas: int = 50,
+    geometry: bool = True,
+    log: TextIO | None = sys.stderr,
+) -> list[dict[str, Any]]:
+    """Run every config not finished yet under ``root``, in ``jobs`` processes; return all rows."""
+    os.makedirs(os.path.join(root, "runs"), exist_ok=True)
+    todo = []
+    for cfg in configs:
+        folder = os.path.join(root, "runs", run_id(cfg))
+        if not os.path.isfile(os.path.join(folder, RESULT)):
+            todo.append((cfg, folder, alphas, geometry))
+    done, total, t0 = len(configs) - len(todo), len(configs), time.perf_counter()
+    if log:
+        log.write(f"sweep {root}: {total} runs, {done} already done, {len(todo)} to run on {jobs} process(es)\n")
+    failed = 0
+    if todo:
+        if jobs <= 1:
+            results = (_worker(t) for t in todo)
+            iterator = results
+        else:
+            pool = ProcessPoolExecutor(max_workers=jobs)
+            futures = [pool.submit(_worker, t) for t in todo]
+            iterator = (f.result() for f in as_completed(futures))
+        for i, row in enumerate(iterator, 1):
+            failed += row.get("status") != "ok"
+            if log:
+                el = time.perf_counter() - t0
+                eta = el / i * (len(todo) - i)
+                bar = "#" * int(30 * (done + i) / total)
+                log.write(f"\r  [{bar:<30}] {done + i}/{total}  not ok: {failed}  {el:.0f}s, eta {eta:.0f}s")
+                log.flush()
+        if jobs > 1:
+            pool.shutdown()
+        if log:
+            log.write("\n")
+    rows = collect(root, configs)
+    write_csv(rows, os.path.join(root, "results.csv"))
+    return rows
+
+
+def collect(root: str, configs: list[TrainConfig]) -> list[dict[str, Any]]:
+    """The result rows of ``configs`` (those that have one)."""
+    rows = []
+    for cfg in configs:
+        path = os.path.join(root, "runs", run_id(cfg), RESULT)
+        if os.path.isfile(path):
+            with open(path) as f:
+                rows.append(json.load(f))
+    return rows
+
+
+def write_csv(rows: list[dict[str, Any]], path: str) -> None:
+    """One row per run; the union of all keys as columns (tracebacks left out)."""
+    keys: list[str] = []
+    for r in rows:
+        for k in r:
+            if k not in keys and k != "traceback":
+                keys.append(k)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow(r)
