@@ -14,10 +14,14 @@ from .check import check
 from .checkpoint import load_state_dict, match_state_dict, save_state_dict
 from .data import BUILTIN_DATASETS, Dataset, load_data
 from .errors import InputError
+from .conditions import GeometryReport, evaluate_conditions
 from .exact import ExactVerdict, LossPolynomial, decide, decide_line, loss_polynomial_of_line
+from .geometry import GaussLength, PathGeometry, PathJet, describe_path, gauss_length, logit_linearity, path_jet
 from .monotonicity import Rise, max_rise
 from .path import BNPolicy, Line, LossCurve, alpha_grid, distances, interpolate, loss_curve, make_line
 from .report import Certificate, CheckResult, Condition
+from .runs import TrainConfig, read_run, run_training
+from .sweep import run_sweep
 from .train import TrainResult, train
 
 __version__ = "0.1.0"
@@ -31,11 +35,16 @@ __all__ = [
     "Condition",
     "Dataset",
     "ExactVerdict",
+    "GaussLength",
+    "GeometryReport",
     "InputError",
     "Line",
     "LossCurve",
     "LossPolynomial",
+    "PathGeometry",
+    "PathJet",
     "Rise",
+    "TrainConfig",
     "TrainResult",
     "alpha_grid",
     "build_model",
@@ -43,16 +52,24 @@ __all__ = [
     "check",
     "decide",
     "decide_line",
+    "describe_path",
     "distances",
+    "evaluate_conditions",
+    "gauss_length",
     "interpolate",
     "load_data",
     "load_state_dict",
+    "logit_linearity",
     "loss_curve",
     "loss_polynomial_of_line",
     "make_line",
     "match_state_dict",
     "max_rise",
     "parse_arch",
+    "path_jet",
+    "read_run",
+    "run_sweep",
+    "run_training",
     "save_state_dict",
     "train",
 ]

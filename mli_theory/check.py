@@ -118,6 +118,7 @@ def check(
     dist, ndist = distances(line)
 
     gauss: float | None = None
+    gauss_info: dict[str, Any] = {}
     linearity: float | None = None
     conditions: tuple[Condition, ...] = ()
     timings = {"curve_s": round(t_curve, 4)}
@@ -128,6 +129,13 @@ def check(
         geo = evaluate_conditions(line, data, bn=bn, batch_size=batch_size)
         gauss, linearity, conditions = geo.gauss_length, geo.logit_linearity, geo.conditions
         timings["geometry_s"] = round(time.perf_counter() - t1, 4)
+        gauss_info = {
+            "gauss_length_stacked": geo.gauss.stacked,
+            "gauss_length_max_example": float(geo.gauss.per_example.max()),
+            "gauss_alphas": geo.gauss.n_alphas,
+            "gauss_converged": geo.gauss.converged,
+            "gauss_singular": geo.gauss.singular,
+        }
 
     certificate = Certificate.unknown("not requested (use --certify)")
     if certify:
@@ -144,6 +152,7 @@ def check(
         "bn": bn.value if line.has_bn else None,
         "batch_size": batch_size,
         "timings": timings,
+        **gauss_info,
     }
     facts.update(info or {})
     return CheckResult(

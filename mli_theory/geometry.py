@@ -417,3 +417,58 @@ def logit_linearity(z: torch.Tensor, alphas: torch.Tensor) -> float:
     perp = w - (w * u).sum(-1, keepdim=True) * u
     d = perp.pow(2).sum(-1).mean(-1)
     return float(_trapezoid(d.double(), alphas.double()))
+
+
+@dataclass(frozen=True)
+class PathGeometry:
+    """The whole geometry of the output path on a grid (for analysis and plots).
+
+    Attributes:
+        alphas: (K,).
+        z, dz, d2z: outputs and their α-derivatives, (K, n, k).
+        speed: ‖z′‖ per example (K, n) and for the stacked outputs (K,) in ``speed_stacked``.
+        turning_rate: ‖dT/dα‖ per example (K, n); ``turning_rate_stacked`` (K,).
+        curvature: κ = ‖z″⊥‖/‖z′‖² per example (K, n) (turning per unit arc length).
+        loss, dloss, d2loss: L, L′ and L″ along α for torch's mean-reduced MSE,
+            L = c‖z − y‖², L′ = 2c⟨z′, z − y⟩, L″ = 2c(‖z′‖² + ⟨z″, z − y⟩), c = 1/(n·k);
+            None for cross-entropy.
+    """
+
+    alphas: torch.Tensor
+    z: torch.Tensor
+    dz: torch.Tensor
+    d2z: torch.Tensor
+    speed: torch.Tensor
+    speed_stacked: torch.Tensor
+    turning_rate: torch.Tensor
+    turning_rate_stacked: torch.Tensor
+    curvature: torch.Tensor
+    loss: torch.Tensor | None
+    dloss: torch.Tensor | None
+    d2loss: torch.Tensor | None
+
+
+def describe_path(
+    line: Line,
+    data: Dataset,
+    alphas: Sequence[float] | torch.Tensor,
+    *,
+    bn: BNPolicy | str = BNPolicy.RECOMPUTE,
+    batch_size: int | None = None,
+    method: JetMethod = "auto",
+) -> PathGeometry:
+    """z, z′, z″, speed, turning rate, curvature and (for MSE) L, L′, L″ at each α."""
+    jet = path_jet(line, data, alphas, bn=bn, batch_size=batch_size, method=method)
+    K = jet.dz.shape[0]
+    per, _ = turning_rate(jet.dz, jet.d2z)
+    st, _ = turning_rate(jet.dz.reshape(K, -1), jet.d2z.reshape(K, -1))
+    speed = jet.dz.norm(dim=-1)
+    curv = torch.where(speed > 0, per / torch.where(speed > 0, speed, torch.ones_like(speed)), torch.zeros_like(per))
+    loss = dloss = d2loss = None
+    if data.loss == "mse":
+        r = jet.z - data.y.reshape(1, *jet.z.shape[1:]).to(jet.z.dtype)
+        c = 1.0 / data.y.numel()
+        loss = c * r.pow(2).sum(dim=(1, 2))
+        dloss = 2 * c * (jet.dz * r).sum(dim=(1, 2))
+        d2loss = 2 * c * (jet.dz.pow(2).sum(dim=(1, 2)) + (jet.d2z * r).sum(dim=(1, 2)))
+    return PathGeometry(jet.alphas, jet.z, jet.dz, jet.d2z, speed, jet.dz.reshape(K, -1).norm(dim=-1), per, st, curv, loss, dloss, d2loss)

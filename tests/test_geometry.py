@@ -148,3 +148,22 @@ def test_a_reversal_of_direction_turns_the_tangent_by_pi_and_is_flagged():
     g = gauss_length(line, data)
     assert g.mean == pytest.approx(math.pi, rel=1e-12)
     assert g.singular
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c["loss"] == "mse"], ids=lambda c: c["id"])
+def test_describe_path_loss_derivatives_match_the_loss_curve(case):
+    from mli_theory.geometry import describe_path
+    from mli_theory.path import loss_curve
+
+    model, init, final, data = instantiate(case)
+    line = make_line(model, init, final, dtype=torch.float64)
+    a = torch.linspace(0, 1, 9, dtype=torch.float64)
+    geo = describe_path(line, data, a, bn="frozen")
+    curve = loss_curve(line, data, a.tolist(), bn="frozen")
+    assert torch.allclose(geo.loss, torch.tensor(curve.losses, dtype=torch.float64), rtol=1e-12)
+    h = 1e-5
+    up = loss_curve(line, data, (a + h).tolist(), bn="frozen").losses
+    dn = loss_curve(line, data, (a - h).tolist(), bn="frozen").losses
+    fd = (torch.tensor(up) - torch.tensor(dn)) / (2 * h)
+    assert torch.allclose(geo.dloss, fd.double(), rtol=1e-6, atol=1e-8)
+    assert (geo.curvature >= 0).all() and (geo.speed >= 0).all()
