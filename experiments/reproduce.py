@@ -132,7 +132,7 @@ def analyse(by_exp: dict[str, list[dict]], out: str) -> str:
             conv = [r for r in rs if converged(r, exp)]
             s = cell_stats(conv)
             table.append([exp, opt, bn, len(rs), s["runs"], s["frac_rise_gt_0"], s["frac_rise_gt_1e-3"], s["mean_rise_nonmono"]])
-    lines += [md_table(["experiment", "optimizer", "batchnorm", "runs", "converged", "frac Δ>0", "frac Δ>1e-3", "mean Δ | Δ>0"], table), ""]
+    lines += [md_table(["experiment", "optimizer", "batchnorm", "runs", "converged", "frac Δ>0", "frac Δ>1e-3", "mean Δ given Δ>0"], table), ""]
 
     # pooled claims
     conv_all = [(e, r) for e, rows in by_exp.items() if e != "push" for r in rows if converged(r, e)]
@@ -146,7 +146,7 @@ def analyse(by_exp: dict[str, list[dict]], out: str) -> str:
         ["no BatchNorm (digits, diabetes)", *frac([x for x in conv_all if x[0] in ("digits", "diabetes") and not x[1].get("batchnorm")])],
         ["BatchNorm (digits, diabetes)", *frac([x for x in conv_all if x[0] in ("digits", "diabetes") and x[1].get("batchnorm")])],
     ]
-    lines += ["## Pooled over experiments (converged runs)", "", md_table(["group", "runs", "frac Δ>0", "frac Δ>1e-3", "mean Δ | Δ>0"], pooled), ""]
+    lines += ["## Pooled over experiments (converged runs)", "", md_table(["group", "runs", "frac Δ>0", "frac Δ>1e-3", "mean Δ given Δ>0"], pooled), ""]
 
     # depth x lr heat map data (digits)
     heat = defaultdict(list)
@@ -181,7 +181,7 @@ def analyse(by_exp: dict[str, list[dict]], out: str) -> str:
         prow.append([lam, scale, len(rs), float(np.median([_f(r["normalized_distance"]) for r in rs])), float(np.median([_f(r["train_loss"]) for r in rs])), s["frac_rise_gt_0"], s["frac_rise_gt_1e-3"], s["mean_rise_nonmono"]])
     lines += ["## Pushing weights away from initialisation (digits, SGD lr 0.05; all finished runs)", "",
               "Training minimises CE − λ‖θ − θ0‖²/2; `init_scale` shrinks θ0 (a small θ0 makes the same move relatively larger).", "",
-              md_table(["λ", "init scale", "runs", "median normalised distance", "median train CE", "frac Δ>0", "frac Δ>1e-3", "mean Δ | Δ>0"], prow), ""]
+              md_table(["λ", "init scale", "runs", "median normalised distance", "median train CE", "frac Δ>0", "frac Δ>1e-3", "mean Δ given Δ>0"], prow), ""]
 
     # conditions (MSE experiments)
     crow = []
