@@ -164,6 +164,6 @@ def test_describe_path_loss_derivatives_match_the_loss_curve(case):
     h = 1e-5
     up = loss_curve(line, data, (a + h).tolist(), bn="frozen").losses
     dn = loss_curve(line, data, (a - h).tolist(), bn="frozen").losses
-    fd = (torch.tensor(up) - torch.tensor(dn)) / (2 * h)
+    fd = (torch.tensor(up, dtype=torch.float64) - torch.tensor(dn, dtype=torch.float64)) / (2 * h)
     assert torch.allclose(geo.dloss, fd.double(), rtol=1e-6, atol=1e-8)
     assert (geo.curvature >= 0).all() and (geo.speed >= 0).all()
