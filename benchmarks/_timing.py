@@ -40,3 +40,20 @@ def table(rows: list[tuple[str, float]], ref: float, ref_name: str) -> str:
     for name, t in rows:
         out.append(f"  {name:<46} {1e3 * t:>10.1f} {t / ref:>16.2f}")
     return "\n".join(out)
+
+
+def mlp_line(n: int, device: str, loss: str):
+    """(model, line, data) for the MLP 784-1000-1000-10 of the GUIDE's anchors, θT = θ0 + noise."""
+    from torch import nn
+
+    from mli_theory.data import Dataset
+    from mli_theory.path import make_line
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(784, 1000), nn.ReLU(), nn.Linear(1000, 1000), nn.ReLU(), nn.Linear(1000, 10)).to(device)
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    final = {k: v + 0.01 * torch.randn_like(v) for k, v in init.items()}
+    x = torch.randn(n, 784, device=device)
+    y = torch.randint(0, 10, (n,), device=device) if loss == "ce" else torch.zeros(n, 10, device=device)
+    data = Dataset(x, y, loss, "synthetic")
+    return model, make_line(model, init, final, device=device, dtype=torch.float32), data

@@ -16,10 +16,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _timing import machine, median_time, table  # noqa: E402
+from _timing import machine, median_time, mlp_line, table  # noqa: E402
 
-from mli_theory.data import Dataset  # noqa: E402
-from mli_theory.path import loss_curve, make_line  # noqa: E402
+from mli_theory.path import loss_curve  # noqa: E402
 
 
 def main() -> None:
@@ -31,14 +30,8 @@ def main() -> None:
     args = ap.parse_args()
     dev, K = args.device, args.alphas
     n = 2000 if args.quick else 10_000
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(784, 1000), nn.ReLU(), nn.Linear(1000, 1000), nn.ReLU(), nn.Linear(1000, 10)).to(dev)
-    init = {k: v.clone() for k, v in model.state_dict().items()}
-    final = {k: v + 0.01 * torch.randn_like(v) for k, v in init.items()}
-    x = torch.randn(n, 784, device=dev)
-    y = torch.randint(0, 10, (n,), device=dev)
-    data = Dataset(x, y, "ce", "synthetic")
-    line = make_line(model, init, final, device=dev, dtype=torch.float32)
+    model, line, data = mlp_line(n, dev, "ce")
+    x, y = data.x, data.y
     alphas = [i / (K - 1) for i in range(K)]
     lossf = nn.CrossEntropyLoss()
 
@@ -57,7 +50,7 @@ def main() -> None:
         import loss_landscapes.metrics
 
         m0, m1 = copy.deepcopy(model), copy.deepcopy(model)
-        m1.load_state_dict(final)
+        m1.load_state_dict(line.end)
         metric = loss_landscapes.metrics.Loss(lossf, x, y)
         rows.append(("loss-landscapes linear_interpolation", median_time(lambda: loss_landscapes.linear_interpolation(m0, m1, metric, K, deepcopy_model=True), dev, args.repeats)))
     except ImportError:

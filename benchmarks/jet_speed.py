@@ -10,14 +10,11 @@ import os
 import sys
 
 import torch
-from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _timing import machine, median_time, table  # noqa: E402
+from _timing import machine, median_time, mlp_line, table  # noqa: E402
 
-from mli_theory.data import Dataset  # noqa: E402
 from mli_theory.geometry import path_jet  # noqa: E402
-from mli_theory.path import make_line  # noqa: E402
 
 
 def main() -> None:
@@ -29,13 +26,8 @@ def main() -> None:
     args = ap.parse_args()
     dev, K = args.device, args.alphas
     n = 1000 if args.quick else 10_000
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(784, 1000), nn.ReLU(), nn.Linear(1000, 1000), nn.ReLU(), nn.Linear(1000, 10)).to(dev)
-    init = {k: v.clone() for k, v in model.state_dict().items()}
-    final = {k: v + 0.01 * torch.randn_like(v) for k, v in init.items()}
-    x = torch.randn(n, 784, device=dev)
-    data = Dataset(x, torch.zeros(n, 10, device=dev), "mse", "synthetic")
-    line = make_line(model, init, final, device=dev, dtype=torch.float32)
+    model, line, data = mlp_line(n, dev, "mse")
+    x = data.x
     alphas = torch.linspace(0, 1, K, dtype=torch.float64)
 
     def plain():

@@ -87,6 +87,15 @@ def _poly_path(m: int, degree: int, var: sp.Symbol = alpha, name: str = "c") -> 
     return [sum(sp.Symbol(f"{name}{i}_{j}") * var**j for j in range(degree + 1)) for i in range(m)]
 
 
+def _generic_path(m: int, degree: int):
+    """A generic polynomial path in s and α: (z(s), z(α), y, r = z(1) − y, z′(α), z′(s))."""
+    zs = _poly_path(m, degree, s)
+    za = [zi.subs(s, alpha) for zi in zs]
+    y = sp.symbols(f"y0:{m}")
+    r = [zi.subs(s, 1) - yi for zi, yi in zip(zs, y)]
+    return zs, za, y, r, [sp.diff(zi, alpha) for zi in za], [sp.diff(zi, s) for zi in zs]
+
+
 def _dot(a, b) -> sp.Expr:
     return sum(x * y for x, y in zip(a, b))
 
@@ -117,16 +126,10 @@ def mse_path_derivatives(m: int = 3) -> Derivation:
 
 def integral_identity(m: int = 2, degree: int = 4) -> Derivation:
     """L′(α) = −(1/n)∫_α^1⟨z′(α), z′(s)⟩ds + (1/n)⟨z′(α), r⟩ with r = z(1) − y."""
-    zs = _poly_path(m, degree, s)
-    za = [zi.subs(s, alpha) for zi in zs]
-    y = sp.symbols(f"y0:{m}")
-    r = [zi.subs(s, 1) - yi for zi, yi in zip(zs, y)]
-    dza = [sp.diff(zi, alpha) for zi in za]
-    dzs = [sp.diff(zi, s) for zi in zs]
+    zs, za, y, r, dza, dzs = _generic_path(m, degree)
     lhs = _dot(dza, [zi - yi for zi, yi in zip(za, y)]) / n
     rhs = -sp.integrate(_dot(dza, dzs), (s, alpha, 1)) / n + _dot(dza, r) / n
     ftc = [sp.integrate(d, (s, alpha, 1)) - (zi.subs(s, 1) - zi.subs(s, alpha)) for d, zi in zip(dzs, zs)]
-    zsym, rsym = sp.symbols("z' r")
     return Derivation(
         "integral_identity",
         "The loss slope as an integral of tangent inner products",
@@ -199,12 +202,7 @@ def acute_tangents() -> Derivation:
 
 def stationary_curvature(m: int = 2, degree: int = 4) -> Derivation:
     """(c) Non-zero residual, stationary end: a curvature bound."""
-    zs = _poly_path(m, degree, s)
-    za = [zi.subs(s, alpha) for zi in zs]
-    y = sp.symbols(f"y0:{m}")
-    r = [zi.subs(s, 1) - yi for zi, yi in zip(zs, y)]
-    dza = [sp.diff(zi, alpha) for zi in za]
-    dzs = [sp.diff(zi, s) for zi in zs]
+    zs, za, y, r, dza, dzs = _generic_path(m, degree)
     d2zs = [sp.diff(zi, s, 2) for zi in zs]
     dz1 = [sp.diff(zi, s).subs(s, 1) for zi in zs]
     lhs = _dot(dza, [zi - yi for zi, yi in zip(za, y)]) / n
