@@ -198,8 +198,3 @@ def _validate(x: np.ndarray, y: np.ndarray, loss: str, name: str) -> Dataset:
     else:
         yt = torch.from_numpy(_labels(y, name))
     return Dataset(torch.from_numpy(x), yt, loss, name)  # type: ignore[arg-type]
-
-
-def save_npz(path: str, x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> None:
-    """Write ``x`` and ``y`` to an ``.npz`` file readable by :func:`load_data`."""
-    np.savez(path, x=np.asarray(x), y=np.asarray(y))

@@ -18,6 +18,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 from torch.nn import functional as F
 
+from .arch import has_batchnorm
 from .checkpoint import StateDict, match_state_dict
 from .data import Dataset
 from .errors import InputError
@@ -159,10 +160,7 @@ def make_line(
         if bad:
             raise InputError(f"{label} checkpoint overflows {dtype} in {', '.join(bad[:6])}")
     names = tuple(n for n, _ in model.named_parameters())
-    has_bn = any(
-        isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in model.modules()
-    )
-    return Line(shell, start, end, names, has_bn)
+    return Line(shell, start, end, names, has_batchnorm(model))
 
 
 def distances(line: Line) -> tuple[float, float | None]:

@@ -18,12 +18,6 @@ GRID = 10_000
 ROUNDING = 1e-9
 
 
-def _dense_rise(poly_fn, line, data):
-    alphas = torch.linspace(0, 1, GRID + 1, dtype=torch.float64)
-    losses = [evaluate(line, line.at(float(a)), data)[0] for a in alphas[:: max(1, GRID // 2000)]]
-    return losses
-
-
 def _grid_losses(line, data, k):
     """Float64 network losses on a k-point grid (vmapped over α for speed)."""
     from mli_theory.path import loss_curve
