@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import platform
 import statistics
 import time
@@ -57,3 +58,14 @@ def mlp_line(n: int, device: str, loss: str):
     y = torch.randint(0, 10, (n,), device=device) if loss == "ce" else torch.zeros(n, 10, device=device)
     data = Dataset(x, y, loss, "synthetic")
     return model, make_line(model, init, final, device=device, dtype=torch.float32), data
+
+
+def bench_args(quick_n: int, full_n: int, repeats: int) -> tuple[argparse.Namespace, int]:
+    """Common flags (--quick, --device, --alphas, --repeats) and the example count they select."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help=f"n = {quick_n} instead of {full_n}")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--alphas", type=int, default=51)
+    ap.add_argument("--repeats", type=int, default=repeats)
+    args = ap.parse_args()
+    return args, (quick_n if args.quick else full_n)

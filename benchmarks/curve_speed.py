@@ -8,7 +8,6 @@ measured side by side in one run.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -16,20 +15,14 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _timing import machine, median_time, mlp_line, table  # noqa: E402
+from _timing import bench_args, machine, median_time, mlp_line, table  # noqa: E402
 
 from mli_theory.path import loss_curve  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="n = 2000 instead of 10 000 (CPU-friendly)")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--alphas", type=int, default=51)
-    ap.add_argument("--repeats", type=int, default=5)
-    args = ap.parse_args()
+    args, n = bench_args(2000, 10000, 5)
     dev, K = args.device, args.alphas
-    n = 2000 if args.quick else 10_000
     model, line, data = mlp_line(n, dev, "ce")
     x, y = data.x, data.y
     alphas = [i / (K - 1) for i in range(K)]

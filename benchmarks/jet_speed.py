@@ -5,27 +5,20 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _timing import machine, median_time, mlp_line, table  # noqa: E402
+from _timing import bench_args, machine, median_time, mlp_line, table  # noqa: E402
 
 from mli_theory.geometry import path_jet  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="n = 1000 instead of 10 000")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--alphas", type=int, default=51)
-    ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
+    args, n = bench_args(1000, 10000, 3)
     dev, K = args.device, args.alphas
-    n = 1000 if args.quick else 10_000
     model, line, data = mlp_line(n, dev, "mse")
     x = data.x
     alphas = torch.linspace(0, 1, K, dtype=torch.float64)

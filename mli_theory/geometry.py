@@ -243,8 +243,13 @@ def path_jet(
             zs.append(torch.cat([p[0] for p in parts], dim=1))
             d1s.append(torch.cat([p[1] for p in parts], dim=1))
             d2s.append(torch.cat([p[2] for p in parts], dim=1))
-    flat = lambda t: torch.cat(t, 0).flatten(2) if torch.cat(t, 0).dim() > 2 else torch.cat(t, 0).unsqueeze(-1)  # noqa: E731
-    return PathJet(a, flat(zs), flat(d1s), flat(d2s))
+    return PathJet(a, _stack_alphas(zs), _stack_alphas(d1s), _stack_alphas(d2s))
+
+
+def _stack_alphas(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate per-α chunks once and shape the result (K, n, k)."""
+    t = torch.cat(parts, 0)
+    return t.flatten(2) if t.dim() > 2 else t.unsqueeze(-1)
 
 
 def speed_floor(dtype: torch.dtype) -> float:
