@@ -47,7 +47,7 @@ def mlp_line(n: int, device: str, loss: str):
     """(model, line, data) for the MLP 784-1000-1000-10 of the GUIDE's anchors, θT = θ0 + noise."""
     from torch import nn
 
-    from mli_theory.data import Dataset
+    from mli_theory.inputs import Dataset
     from mli_theory.path import make_line
 
     torch.manual_seed(0)

@@ -18,7 +18,7 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(__file__))
 from _timing import machine  # noqa: E402
 
-from mli_theory.data import Dataset  # noqa: E402
+from mli_theory.inputs import Dataset  # noqa: E402
 from mli_theory.exact import decide_line  # noqa: E402
 from mli_theory.path import make_line  # noqa: E402
 

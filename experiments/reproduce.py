@@ -23,7 +23,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from mli_theory.sweep import grid, run_sweep, write_csv  # noqa: E402
+from mli_theory.runs.sweep import grid, run_sweep, write_csv  # noqa: E402
 
 # a run counts only if its final training loss is under the threshold of its experiment
 THRESHOLDS = {"digits": 0.05, "digits_ae": 0.02, "diabetes": 0.45, "teacher": 0.1, "push": 0.05, "deep_linear": 0.1}

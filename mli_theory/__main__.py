@@ -1,4 +1,4 @@
-"""``python -m mli_theory`` runs the CLI."""
+"""``python -m mli_theory``: the command line."""
 
 from .cli import main
 

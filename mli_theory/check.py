@@ -2,38 +2,25 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
 import torch
 from torch import nn
 
-from .checkpoint import StateDict
-from .data import Dataset
 from .errors import InputError
-from .monotonicity import max_rise
-from .path import BNPolicy, Progress, alpha_grid, distances, loss_curve, make_line
-from .report import Certificate, CheckResult, Condition
+from .inputs.checkpoint import StateDict
+from .inputs.data import Dataset
+from .inputs.devices import resolve_device, resolve_dtype
+from .path import BNPolicy, Line, PathKind, Progress, alpha_grid, distances, loss_curve, make_line, max_rise
+from .path.batchnorm import check_recompute_batch_size
+from .results import Certificate, CheckResult, Condition
 
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is an input error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for, but no CUDA device is available")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise InputError(f"unknown device {device!r} (expected auto, cpu or cuda)") from None
-
-
-def resolve_dtype(name: str) -> torch.dtype:
-    """``float32`` or ``float64``."""
-    table = {"float32": torch.float32, "float64": torch.float64}
-    if name not in table:
-        raise InputError(f"unknown dtype {name!r} (expected float32 or float64)")
-    return table[name]
+# the most α points a check evaluates (each is a pass over the whole data set)
+MAX_ALPHAS = 100_000
+# a grid rise below this many float epsilons of the largest loss is reported as possibly rounding
+_ROUNDING_EPS = 64
 
 
 def _probe(line, data: Dataset) -> None:
@@ -60,6 +47,44 @@ def _probe(line, data: Dataset) -> None:
             raise InputError(f"label {int(data.y.max())} out of range for a model with {out.shape[1]} outputs")
 
 
+def validate_options(
+    *,
+    alphas: int,
+    tol: float,
+    bn: BNPolicy | str,
+    batch_size: int | None,
+    alpha_chunk: int | None,
+    certify_budget: float | None,
+) -> BNPolicy:
+    """Check the scalar options of :func:`check` before any work; return the BatchNorm policy.
+
+    Raises:
+        InputError: naming the parameter.
+    """
+    if isinstance(alphas, bool) or not isinstance(alphas, int) or alphas < 2:
+        raise InputError(f"alphas={alphas!r}: need an integer of at least 2 α points")
+    if alphas > MAX_ALPHAS:
+        raise InputError(f"alphas={alphas}: more than the {MAX_ALPHAS} α points a check evaluates")
+    if not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0:
+        raise InputError(f"tol={tol!r}: the tolerance must be a finite number ≥ 0")
+    if batch_size is not None and (isinstance(batch_size, bool) or batch_size <= 0):
+        raise InputError(f"batch_size={batch_size!r}: must be a positive integer")
+    if alpha_chunk is not None and (isinstance(alpha_chunk, bool) or alpha_chunk <= 0):
+        raise InputError(f"alpha_chunk={alpha_chunk!r}: must be a positive integer")
+    if certify_budget is not None and not (isinstance(certify_budget, (int, float)) and math.isfinite(certify_budget) and certify_budget > 0):
+        raise InputError(f"certify_budget={certify_budget!r}: must be a finite number of seconds > 0")
+    try:
+        policy = BNPolicy(bn)
+    except ValueError:
+        raise InputError(f"bn={bn!r}: unknown BatchNorm policy (expected recompute, interpolate or frozen)") from None
+    return policy
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
 def check(
     model: nn.Module,
     init: StateDict,
@@ -70,80 +95,115 @@ def check(
     tol: float = 0.0,
     certify: bool = False,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     bn: BNPolicy | str = BNPolicy.RECOMPUTE,
     batch_size: int | None = None,
     alpha_chunk: int | None = None,
     geometry: bool = True,
-    certify_budget: float = 30.0,
+    certify_budget: float | None = 30.0,
     progress: Progress | None = None,
     info: dict[str, Any] | None = None,
 ) -> CheckResult:
     """Check monotonic linear interpolation from ``init`` to ``final`` on ``data``.
 
     Args:
-        model: the architecture (not modified).
-        init, final: state dicts of θ0 and θT.
+        model: the architecture (not modified; its own weights are ignored).
+        init, final: state dicts of θ0 and θT (not modified).
         data: training data (any device/dtype; it is cast to ``device``/``dtype``).
-        alphas: number of evenly spaced α in [0, 1], both ends included.
+        alphas: number of evenly spaced α in [0, 1], both ends included (2 … :data:`MAX_ALPHAS`);
+            also the base grid of the geometry.
         tol: a rise ≤ tol still counts as monotone.
-        certify: try to prove a verdict for all of [0, 1] (see :mod:`mli_theory.certify`).
-        device, dtype: where and in which precision to evaluate.
+        certify: prove a verdict for all of [0, 1] where a method exists (see
+            :mod:`mli_theory.certify`), and prove the MSE conditions where possible.
+        device: ``cpu``, ``cuda[:i]`` or ``auto``.
+        dtype: ``torch.float32`` or ``torch.float64`` (or their names).
         bn: BatchNorm statistics policy.
         batch_size: examples per forward pass (None: all).
         alpha_chunk: α values per vmapped evaluation (None: 8 on CUDA without BatchNorm, else 1).
-        geometry: compute the output-path geometry (Gauss length, conditions).
-        certify_budget: seconds the exact certifier may spend before answering "unknown".
+        geometry: compute the output-path geometry (Gauss length, logit linearity, conditions).
+        certify_budget: seconds for *all* proof work of this check (None: no limit).
         progress: called with (done, total) while the loss curve is computed.
         info: extra facts to record in the result's ``info``.
 
     Returns:
-        A :class:`~mli_theory.report.CheckResult`.
+        A :class:`~mli_theory.results.CheckResult`. Failures of optional work (geometry,
+        conditions, proofs) are recorded in its ``warnings``; they never lose the verdicts.
+
+    Raises:
+        InputError: bad options, checkpoints or data (before any heavy work).
     """
-    if not (tol >= 0.0) or tol != tol or tol == float("inf"):
-        raise InputError(f"--tol must be a finite number >= 0, got {tol}")
-    device = torch.device(device)
+    bn = validate_options(alphas=alphas, tol=tol, bn=bn, batch_size=batch_size, alpha_chunk=alpha_chunk, certify_budget=certify_budget)
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype)
     grid = alpha_grid(alphas)
     line = make_line(model, init, final, device=device, dtype=dtype)
+    if line.has_bn and bn == BNPolicy.RECOMPUTE:
+        check_recompute_batch_size(batch_size)
+        if data.n < 2:
+            raise InputError('bn="recompute" re-estimates BatchNorm statistics and needs at least 2 examples')
     data = data.to(device, dtype)
     _probe(line, data)
-    bn = BNPolicy(bn)
     if alpha_chunk is None:
         alpha_chunk = 8 if device.type == "cuda" and not line.has_bn else 1
+    warnings: list[str] = []
     t0 = time.perf_counter()
     curve = loss_curve(line, data, grid, bn=bn, batch_size=batch_size, alpha_chunk=alpha_chunk, progress=progress)
     t_curve = time.perf_counter() - t0
     rise = max_rise(curve.losses)
     where = (grid[rise.start], grid[rise.end]) if rise.start is not None and rise.end is not None else None
     dist, ndist = distances(line)
+    rounding = _ROUNDING_EPS * torch.finfo(dtype).eps * max(abs(v) for v in curve.losses)
+    if rise.value > tol and rise.value <= rounding:
+        warnings.append(
+            f"the grid rise {rise.value:.3g} is within the rounding of a {str(dtype).replace('torch.', '')} evaluation "
+            f"(about {rounding:.2g}); give tol or use float64 to tell them apart"
+        )
 
     gauss: float | None = None
-    gauss_info: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
     linearity: float | None = None
     conditions: tuple[Condition, ...] = ()
     timings = {"curve_s": round(t_curve, 4)}
     if geometry:
-        from .conditions import evaluate_conditions
-
         t1 = time.perf_counter()
-        geo = evaluate_conditions(line, data, bn=bn, batch_size=batch_size)
-        gauss, linearity, conditions = geo.gauss_length, geo.logit_linearity, geo.conditions
-        timings["geometry_s"] = round(time.perf_counter() - t1, 4)
-        gauss_info = {
-            "gauss_length_stacked": geo.gauss.stacked,
-            "gauss_length_max_example": float(geo.gauss.per_example.max()),
-            "gauss_alphas": geo.gauss.n_alphas,
-            "gauss_converged": geo.gauss.converged,
-            "gauss_singular": geo.gauss.singular,
-        }
+        try:
+            from .theory import evaluate_conditions
 
-    certificate = Certificate.unknown("not requested (use --certify)")
+            geo = evaluate_conditions(line, data, alphas=grid, bn=bn, batch_size=batch_size)
+            gauss, linearity, conditions = geo.gauss_length, geo.logit_linearity, geo.conditions
+            extra = {
+                "gauss_length_stacked": geo.gauss.stacked,
+                "gauss_length_max_example": float(geo.gauss.per_example.max()),
+                "gauss_alphas": geo.gauss.n_alphas,
+                "gauss_converged": geo.gauss.converged,
+                "gauss_error": geo.gauss.error,
+                "gauss_singular": geo.gauss.singular,
+            }
+            if not geo.gauss.converged:
+                warnings.append(
+                    f"the Gauss length did not reach its relative tolerance on {geo.gauss.n_alphas} α "
+                    f"(error estimate {geo.gauss.error:.3g})"
+                )
+        except Exception as exc:  # optional work: recorded, never a lost verdict
+            warnings.append(f"geometry failed ({_first_line(exc)}); Gauss length and conditions are missing")
+        timings["geometry_s"] = round(time.perf_counter() - t1, 4)
+
+    certificate = Certificate.unknown("not requested (certify=False)")
     if certify:
         from .certify import certify as _certify
 
-        t2 = time.perf_counter()
-        certificate = _certify(line, data, tol=tol, conditions=conditions, budget_s=certify_budget)
-        timings["certify_s"] = round(time.perf_counter() - t2, 4)
+        try:
+            outcome = _certify(line, data, tol=tol, budget_s=certify_budget, conditions=geometry)
+            certificate = outcome.certificate
+            warnings.extend(outcome.notes)
+            if outcome.proven_conditions and conditions:
+                from .theory import with_proofs
+
+                conditions = with_proofs(conditions, outcome.proven_conditions, _lprime1(line, data))
+            timings["certify_s"] = outcome.seconds
+        except Exception as exc:  # a bug in proof work must not cost the grid verdict
+            certificate = Certificate.unknown(f"proof work failed: {_first_line(exc)}")
+            warnings.append(f"certification failed ({_first_line(exc)})")
 
     facts = {
         "n_examples": data.n,
@@ -151,8 +211,11 @@ def check(
         "dtype": str(dtype).replace("torch.", ""),
         "bn": bn.value if line.has_bn else None,
         "batch_size": batch_size,
+        "path_kind": line.structure.kind.value,
+        "path_structure": line.structure.reason,
+        "rounding_level": rounding,
         "timings": timings,
-        **gauss_info,
+        **extra,
     }
     facts.update(info or {})
     return CheckResult(
@@ -162,7 +225,7 @@ def check(
         loss=data.loss,
         max_rise=rise.value,
         rise_where=where,
-        tolerance=tol,
+        tolerance=float(tol),
         monotone_on_grid=rise.value <= tol,
         initial_loss=curve.losses[0],
         final_loss=curve.losses[-1],
@@ -172,5 +235,17 @@ def check(
         logit_linearity=linearity,
         certificate=certificate,
         conditions=conditions,
+        warnings=tuple(warnings),
         info=facts,
     )
+
+
+def _lprime1(line: Line, data: Dataset) -> float | None:
+    """L′(1) = (2/(n·k))⟨z′(1), z(1) − y⟩ for a polynomial path (the value of ``linear_in_theta``)."""
+    if line.structure.kind != PathKind.POLYNOMIAL:
+        return None
+    from .geometry import path_jet
+
+    jet = path_jet(line, data, [1.0])
+    r = jet.z[-1].double() - data.y.double().reshape(jet.z[-1].shape)
+    return float(2.0 * (jet.dz[-1].double() * r).sum() / data.y.numel())

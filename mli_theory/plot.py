@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from .report import CheckResult
+from .results import CheckResult
+
+# image formats the plots are written in (by the file name's extension)
+PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
 
 
 def plot_curve(result: CheckResult, path: str, title: str | None = None) -> None:

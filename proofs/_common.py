@@ -7,7 +7,7 @@ from typing import Callable
 
 import numpy as np
 
-from mli_theory.symbolic import Derivation, check_step
+from mli_theory.theory.symbolic import Derivation, check_step
 
 
 def run(derivation: Derivation, numeric: dict[str, Callable[[], bool]]) -> int:

@@ -3,7 +3,7 @@
 import numpy as np
 from _common import exit_with, random_poly_curve, run
 
-from mli_theory.symbolic import acute_tangents
+from mli_theory.theory.symbolic import acute_tangents
 
 
 def condition_implies_decrease() -> bool:

@@ -2,7 +2,7 @@
 
 from _common import exit_with, run
 
-from mli_theory.symbolic import check_step, deep_linear_degree
+from mli_theory.theory.symbolic import check_step, deep_linear_degree
 
 
 def deeper_cases() -> bool:
@@ -14,7 +14,7 @@ def exact_matches_network() -> bool:
     import torch
     from torch import nn
 
-    from mli_theory.data import Dataset
+    from mli_theory.inputs import Dataset
     from mli_theory.exact import loss_polynomial_of_line
     from mli_theory.path import evaluate, make_line
 

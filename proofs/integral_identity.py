@@ -3,7 +3,7 @@
 import numpy as np
 from _common import exit_with, run
 
-from mli_theory.symbolic import integral_identity
+from mli_theory.theory.symbolic import integral_identity
 
 
 def non_polynomial_path() -> bool:

@@ -3,7 +3,7 @@
 import numpy as np
 from _common import exit_with, run
 
-from mli_theory.symbolic import linear_model
+from mli_theory.theory.symbolic import linear_model
 
 
 def least_squares_monotone() -> bool:

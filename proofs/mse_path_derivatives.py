@@ -3,7 +3,7 @@
 import numpy as np
 from _common import exit_with, random_poly_curve, run
 
-from mli_theory.symbolic import mse_path_derivatives
+from mli_theory.theory.symbolic import mse_path_derivatives
 
 
 def finite_differences() -> bool:

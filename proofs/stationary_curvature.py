@@ -3,7 +3,7 @@
 import numpy as np
 from _common import exit_with, random_poly_curve, run, turning
 
-from mli_theory.symbolic import stationary_curvature
+from mli_theory.theory.symbolic import stationary_curvature
 
 
 def curvature_form_implies_pairwise_and_decrease() -> bool:

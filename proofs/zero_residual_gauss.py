@@ -3,7 +3,7 @@
 import numpy as np
 from _common import exit_with, random_poly_curve, run, turning
 
-from mli_theory.symbolic import zero_residual_gauss
+from mli_theory.theory.symbolic import zero_residual_gauss
 
 
 def angle_below_turning() -> bool:

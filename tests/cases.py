@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mli_theory.arch import build_model
-from mli_theory.data import Dataset
+from mli_theory.inputs import build_model
+from mli_theory.inputs import Dataset
 
 
 class ConvNet(nn.Module):

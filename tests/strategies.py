@@ -8,7 +8,7 @@ import torch
 from hypothesis import strategies as st
 from torch import nn
 
-from mli_theory.data import Dataset
+from mli_theory.inputs import Dataset
 
 
 @dataclass

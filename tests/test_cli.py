@@ -107,7 +107,7 @@ def test_user_factory_from_the_working_directory(files):
 
 def test_builtin_data_and_cross_entropy(tmp_path):
     torch.manual_seed(0)
-    from mli_theory.arch import build_model
+    from mli_theory.inputs import build_model
 
     m = build_model("mlp:4-8-3")
     torch.save(m.state_dict(), tmp_path / "a.pt")
@@ -157,8 +157,8 @@ def test_bad_input_exits_2_with_one_line(files, label, over, needle):
 FLAGS = [
     ("one alpha", ["--alphas", "1"], "at least 2"),
     ("unknown loss", ["--loss", "hinge"], "unknown loss"),
-    ("unknown bn", ["--bn", "magic"], "unknown --bn"),
-    ("unknown dtype", ["--dtype", "float16"], "unknown dtype"),
+    ("unknown bn", ["--bn", "magic"], "--bn magic"),
+    ("unknown dtype", ["--dtype", "float16"], "--dtype float16"),
     ("negative tol", ["--tol", "-1"], "tol"),
     ("unknown flag", ["--bogus"], "unrecognized"),
     ("non-integer labels for ce", ["--loss", "ce", "--data", "bad_labels.npz"], "integer labels"),

@@ -6,10 +6,11 @@ from hypothesis import given, settings
 from strategies import deep_linear_cases, make_case
 from torch import nn
 
-from mli_theory.conditions import evaluate_conditions
-from mli_theory.data import Dataset
+from mli_theory.certify import certify
+from mli_theory.theory import evaluate_conditions
+from mli_theory.inputs import Dataset
 from mli_theory.exact import decide, decide_line, loss_polynomial_of_line
-from mli_theory.monotonicity import max_rise
+from mli_theory.path import max_rise
 from mli_theory.path import evaluate, make_line
 
 GRID = 10_000
@@ -144,12 +145,11 @@ TIGHTNESS: dict[str, int] = {"monotone": 0, "caught": 0}
 def test_proven_conditions_are_sound(case):
     line = make_line(case.model, case.init, case.final, dtype=torch.float64)
     verdict, _ = decide_line(line, case.data, budget_s=None)
-    report = evaluate_conditions(line, case.data, exact_budget_s=5.0)
+    proven = certify(line, case.data, budget_s=5.0).proven_conditions
     caught = False
-    for cond in report.conditions:
-        assert cond.proven or cond.holds is None, cond.name  # polynomial paths: exact, or undecided
-        if cond.holds:
-            assert verdict.status == "monotone", (cond.name, case.label)
+    for name, holds in proven.items():
+        if holds:
+            assert verdict.status == "monotone", (name, case.label)
             caught = True
     if verdict.status == "monotone":
         TIGHTNESS["monotone"] += 1

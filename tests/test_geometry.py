@@ -5,8 +5,8 @@ import torch
 from cases import CASES, instantiate
 from torch import nn
 
-from mli_theory.data import Dataset
-from mli_theory.exact import linear_layers, output_polynomial
+from mli_theory.inputs import Dataset
+from mli_theory.exact import output_polynomial
 from mli_theory.geometry import gauss_length, logit_linearity, path_jet, taylor_supported, turning_rate
 from mli_theory.path import make_line
 
@@ -104,7 +104,7 @@ def test_derivatives_match_the_exact_polynomial(depth):
     line = make_line(model, s0, s1, dtype=torch.float64)
     x = torch.randn(6, 3, generator=g, dtype=torch.float64)
     data = Dataset(x, torch.zeros(6, 2, dtype=torch.float64), "mse", "p")
-    zp = output_polynomial(line.start, line.end, linear_layers(line), x)
+    zp = output_polynomial(line.start, line.end, line.structure.linear, x)
     coeffs = [torch.tensor([[float(v) for v in c.entries()]], dtype=torch.float64).reshape(2, 6).T * 2.0**zp.exp for c in zp.coeffs]
     for a in (0.0, 0.4, 1.0):
         jet = path_jet(line, data, [a])

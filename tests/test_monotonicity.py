@@ -2,7 +2,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from strategies import rises
 
-from mli_theory.monotonicity import max_rise, max_rise_bruteforce
+from mli_theory.path import max_rise
+
+
+def max_rise_bruteforce(values):
+    """O(K²) reference for max_rise: the definition, literally."""
+    vals = [float(v) for v in values]
+    return max([0.0] + [vals[j] - vals[i] for i in range(len(vals)) for j in range(i + 1, len(vals))])
 
 
 @given(rises())

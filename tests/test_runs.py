@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from mli_theory.runs import TrainConfig, read_run, run_training
-from mli_theory.sweep import grid, run_id, run_sweep
+from mli_theory.runs.sweep import grid, run_id, run_sweep
 
 
 def test_train_writes_a_run_folder_that_check_reads(tmp_path):
@@ -35,7 +35,7 @@ def test_sweep_is_resumable_and_records_failures(tmp_path):
 
 
 def test_demo_runs_and_certifies_the_deep_linear_network(tmp_path):
-    from mli_theory.demo import run_demo
+    from mli_theory.runs import run_demo
 
     summary = run_demo(str(tmp_path), epochs=15)
     dl = summary["runs"]["deep_linear"]["check"]

@@ -6,7 +6,7 @@ import sys
 import pytest
 import sympy as sp
 
-from mli_theory.symbolic import check_step, derivation, render_result, result_names
+from mli_theory.theory.symbolic import check_step, derivation, render_result, result_names
 
 PROOFS = sorted(p for p in glob.glob(os.path.join(os.path.dirname(__file__), "..", "proofs", "*.py")) if not os.path.basename(p).startswith("_"))
 
@@ -36,7 +36,7 @@ def test_derivations_return_sympy_objects_and_their_steps_check(name):
 
 
 def test_a_wrong_identity_is_caught():
-    from mli_theory.symbolic import Step, alpha
+    from mli_theory.theory.symbolic import Step, alpha
 
     assert not check_step(Step("wrong", "zero", alpha**2 - alpha))
     assert not check_step(Step("wrong degree", "degree_le", alpha**3, 2))

@@ -14,10 +14,11 @@ from typing import Any
 
 import torch
 
-from .arch import build_model, parse_arch
-from .checkpoint import save_state_dict
-from .data import load_data
-from .errors import InputError
+from ..inputs.arch import build_model, parse_arch
+from ..inputs.checkpoint import save_state_dict
+from ..inputs.data import load_data
+from ..errors import InputError
+from ..results import json_safe
 from .train import TrainResult, train
 
 
@@ -85,14 +86,9 @@ def run_training(config: TrainConfig, out: str) -> TrainResult:
     save_state_dict(result.init, os.path.join(out, "init.pt"))
     save_state_dict(result.final, os.path.join(out, "final.pt"))
     meta = asdict(config)
-    meta.update(
-        batchnorm=config.batchnorm,
-        history=[h if h == h and abs(h) != float("inf") else None for h in result.history],
-        final_loss=result.final_loss if result.final_loss == result.final_loss and abs(result.final_loss) != float("inf") else None,
-        diverged=result.diverged,
-    )
+    meta.update(batchnorm=config.batchnorm, history=list(result.history), final_loss=result.final_loss, diverged=result.diverged)
     with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(meta, f, indent=1)
+        json.dump(json_safe(meta), f, indent=1)
     return result
 
 

@@ -16,11 +16,11 @@ from typing import Any, TextIO
 
 import torch
 
-from .arch import build_model, parse_arch
-from .check import check
-from .checkpoint import save_state_dict
-from .data import load_data
-from .plot import plot_curve
+from ..inputs.arch import build_model, parse_arch
+from ..check import check
+from ..inputs.checkpoint import save_state_dict
+from ..inputs.data import load_data
+from ..plot import plot_curve
 from .train import train
 
 _RUNS = (
@@ -65,12 +65,10 @@ def run_demo(out: str, *, epochs: int = 150, seed: int = 0, log: TextIO | None =
             "final_train_loss": res.final_loss,
             "check": result.to_dict(),
         }
-        from .cli import _table
-
         cmd = (
             f"mli-theory check --arch {arch} --init {init_p} --final {final_p} --data {data.name} "
             "--loss mse --dtype float64 --certify"
         )
-        texts.append(_table(result) + f"\n\n  plot: {plot_p}\n  reproduce: {cmd}\n")
+        texts.append(result.to_text() + f"\n\n  plot: {plot_p}\n  reproduce: {cmd}\n")
     summary["text"] = "\n".join(texts)
     return summary

@@ -46,9 +46,3 @@ def max_rise(values: Sequence[float]) -> Rise:
         if v < lo:
             lo, lo_i = v, j
     return Rise(best, bi, bj)
-
-
-def max_rise_bruteforce(values: Sequence[float]) -> float:
-    """O(K²) reference for :func:`max_rise` (the definition, literally)."""
-    vals = [float(v) for v in values]
-    return max([0.0] + [vals[j] - vals[i] for i in range(len(vals)) for j in range(i + 1, len(vals))])

@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 import sys
-import time
+import re
 from typing import Any, Sequence
 
 PROG = "mli-theory"
@@ -24,22 +24,28 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-class _StderrProgress:
-    """Throttled progress lines on stderr (never on stdout)."""
+class _Progress:
+    """A tqdm bar on stderr (never stdout), shown only for work that takes a while."""
 
     def __init__(self, label: str, quiet: bool) -> None:
         self.label, self.quiet = label, quiet
-        self.t0 = self.last = time.perf_counter()
+        self.bar = None
 
     def __call__(self, done: int, total: int) -> None:
-        now = time.perf_counter()
-        if self.quiet or (now - self.last < 2.0 and done < total):
+        if self.quiet:
             return
-        if now - self.t0 < 2.0 and done == total:
-            return
-        self.last = now
-        sys.stderr.write(f"{self.label}: {done}/{total} ({now - self.t0:.1f}s)\n")
-        sys.stderr.flush()
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=self.label, unit="α", file=sys.stderr, delay=2.0, leave=False)
+        self.bar.update(done - self.bar.n)
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _add_check_args(p: argparse.ArgumentParser) -> None:
@@ -48,20 +54,20 @@ def _add_check_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--final", help="θT state dict")
     p.add_argument("--data", help=".npz with arrays x, y; or sklearn:diabetes, sklearn:digits, ...")
     p.add_argument("--run", help="a run folder written by 'mli-theory train' (replaces --arch/--init/--final/--data)")
-    p.add_argument("--loss", default=None, choices=None, help="mse (default) or ce")
+    p.add_argument("--loss", default=None, help="mse (default) or ce")
     p.add_argument("--alphas", type=int, default=50, help="number of α points in [0, 1], ends included (default 50)")
     p.add_argument("--tol", type=float, default=0.0, help="a rise ≤ tol counts as monotone (default 0)")
     p.add_argument("--certify", action="store_true", help="prove a verdict for all α in [0, 1] where possible")
-    p.add_argument("--certify-budget", type=float, default=30.0, help="seconds for the exact certifier (default 30)")
+    p.add_argument("--certify-budget", type=float, default=30.0, help="seconds for all proof work of this check (default 30)")
     p.add_argument("--device", default="cpu", help="auto | cpu | cuda (default cpu)")
     p.add_argument("--dtype", default="float32", help="float32 (default) | float64")
     p.add_argument("--bn", default="recompute", help="BatchNorm statistics: recompute (default) | interpolate | frozen")
     p.add_argument("--batch-size", type=int, default=None, help="examples per forward pass (default: all)")
     p.add_argument("--alpha-chunk", type=int, default=None, help="α values per vmapped pass (default: 8 on CUDA, else 1)")
     p.add_argument("--no-geometry", action="store_true", help="skip Gauss length and the MSE conditions")
-    p.add_argument("--plot", metavar="OUT.png", help="save the loss curve with the worst rise marked")
+    p.add_argument("--plot", metavar="OUT.png", help="save the loss curve with the worst rise marked (.png, .pdf, .svg)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,72 +82,80 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="train a small network on a built-in data set and check it (the main job)")
     d.add_argument("--out", default="mli-demo", help="folder for checkpoints and plots (default ./mli-demo)")
     d.add_argument("--epochs", type=int, default=150, help="training epochs (default 150)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=0, help="seed of the initialisation and minibatch order (default 0)")
     d.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    d.add_argument("--quiet", action="store_true")
+    d.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
     t = sub.add_parser("train", help="train a network from a spec and save a run folder (init, final, config)")
-    t.add_argument("--arch", required=True)
-    t.add_argument("--data", required=True)
-    t.add_argument("--loss", default="mse")
-    t.add_argument("--optimizer", default="sgd", help="sgd (with momentum) or adam")
-    t.add_argument("--lr", type=float, default=0.05)
-    t.add_argument("--epochs", type=int, default=50)
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--momentum", type=float, default=0.9)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--distance-reward", type=float, default=0.0, help="λ: adds −λ‖θ−θ0‖²/2 to the loss")
-    t.add_argument("--init-scale", type=float, default=1.0, help="multiply the default initialisation")
+    t.add_argument("--arch", required=True, help="architecture spec, as for check")
+    t.add_argument("--data", required=True, help="data source, as for check")
+    t.add_argument("--loss", default="mse", help="mse (default) or ce")
+    t.add_argument("--optimizer", default="sgd", help="sgd (with momentum, default) or adam")
+    t.add_argument("--lr", type=float, default=0.05, help="learning rate (default 0.05)")
+    t.add_argument("--epochs", type=int, default=50, help="passes over the data (default 50)")
+    t.add_argument("--batch-size", type=int, default=64, help="minibatch size (default 64)")
+    t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the initialisation and minibatch order (default 0)")
+    t.add_argument("--distance-reward", type=float, default=0.0, help="λ ≥ 0: adds −λ‖θ−θ0‖²/2 to the loss (default 0)")
+    t.add_argument("--init-scale", type=float, default=1.0, help="multiply the default initialisation (default 1)")
     t.add_argument("--out", required=True, help="run folder to write")
-    t.add_argument("--json", action="store_true")
+    t.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
     w = sub.add_parser("sweep", help="train and check a grid of runs (parallel, resumable)")
     w.add_argument("spec", help='JSON file: {"base": {TrainConfig fields}, "axes": {field: [values]}}')
     w.add_argument("--out", required=True, help="sweep folder (runs/ and results.csv)")
-    w.add_argument("--jobs", type=int, default=2)
-    w.add_argument("--alphas", type=int, default=50)
-    w.add_argument("--no-geometry", action="store_true")
+    w.add_argument("--jobs", type=int, default=2, help="parallel worker processes (default 2)")
+    w.add_argument("--alphas", type=int, default=50, help="α points of each check (default 50)")
+    w.add_argument("--no-geometry", action="store_true", help="skip Gauss length and the conditions in each check")
 
     g = sub.add_parser("derive", help="print the MSE theory: statements, assumptions, derivations")
     g.add_argument("name", nargs="?", default=None, help="one result (default: list them all)")
     g.add_argument("--latex", action="store_true", help="LaTeX instead of text")
-    g.add_argument("--json", action="store_true")
+    g.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     return parser
 
 
 # ----------------------------------------------------------------------------- check
 
 
-def _check_inputs(args: argparse.Namespace) -> dict[str, Any]:
-    """Turn CLI arguments into explicit library arguments (no namespace leaves this module)."""
-    from .arch import build_model, parse_arch
-    from .check import resolve_device, resolve_dtype
-    from .checkpoint import load_state_dict
-    from .data import load_data
-    from .errors import InputError
-    from .path import BNPolicy
+def _validate_plot_path(path: str) -> None:
+    """The plot is optional work, but a path that cannot be written is a usage error: say so first."""
+    from ..errors import InputError
+    from ..plot import PLOT_FORMATS
 
-    if args.alphas < 2:
-        raise InputError(f"--alphas must be at least 2, got {args.alphas}")
-    if args.batch_size is not None and args.batch_size <= 0:
-        raise InputError(f"--batch-size must be positive, got {args.batch_size}")
-    if args.alpha_chunk is not None and args.alpha_chunk <= 0:
-        raise InputError(f"--alpha-chunk must be positive, got {args.alpha_chunk}")
-    if args.certify_budget <= 0:
-        raise InputError("--certify-budget must be positive")
-    try:
-        bn = BNPolicy(args.bn)
-    except ValueError:
-        raise InputError(f"unknown --bn {args.bn!r} (expected recompute, interpolate or frozen)") from None
+    if os.path.isdir(path):
+        raise InputError(f"--plot {path} is a directory; give a file name such as {os.path.join(path, 'curve.png')}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise InputError(f"--plot folder does not exist: {folder}")
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    if ext not in PLOT_FORMATS:
+        raise InputError(f"--plot {path}: unknown image format {ext or '(none)'!r} (use one of: {', '.join(PLOT_FORMATS)})")
+
+
+def _check_inputs(args: argparse.Namespace) -> dict[str, Any]:
+    """Turn CLI arguments into explicit library arguments (no namespace leaves this module).
+
+    Everything cheap is validated before anything expensive: options, paths, then the model is
+    built on the meta device (no memory) and the checkpoints are matched against it.
+    """
+    import torch
+
+    from ..check import validate_options
+    from ..errors import InputError
+    from ..inputs import build_model, load_data, load_state_dict, match_state_dict, parse_arch, resolve_device, resolve_dtype
+
+    bn = validate_options(
+        alphas=args.alphas, tol=args.tol, bn=args.bn, batch_size=args.batch_size, alpha_chunk=args.alpha_chunk,
+        certify_budget=args.certify_budget,
+    )
     dtype = resolve_dtype(args.dtype)
     device = resolve_device(args.device)
     if args.plot:
-        folder = os.path.dirname(os.path.abspath(args.plot))
-        if not os.path.isdir(folder):
-            raise InputError(f"--plot folder does not exist: {folder}")
+        _validate_plot_path(args.plot)
     arch, init, final, data_src, loss = args.arch, args.init, args.final, args.data, args.loss
     if args.run:
-        from .runs import read_run
+        from ..runs import read_run
 
         run = read_run(args.run)
         arch, init, final = run["arch"], run["init"], run["final"]
@@ -154,72 +168,23 @@ def _check_inputs(args: argparse.Namespace) -> dict[str, Any]:
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # user factories importable from the working directory
     spec = parse_arch(arch)
-    model = build_model(spec)
+    init_sd, final_sd = load_state_dict(init), load_state_dict(final)
+    if spec.kind == "factory":
+        model = build_model(spec)
+    else:  # built-in specs: shapes first, on the meta device, so a huge or mistyped spec costs nothing
+        with torch.device("meta"):
+            model = build_model(spec)
+    match_state_dict(model, init_sd, "init")
+    match_state_dict(model, final_sd, "final")
     data = load_data(data_src, loss)
-    return dict(
-        model=model,
-        init=load_state_dict(init),
-        final=load_state_dict(final),
-        data=data,
-        spec=spec,
-        bn=bn,
-        dtype=dtype,
-        device=device,
-    )
-
-
-def _fmt(v: Any, nd: int = 6) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        return f"{v:.{nd}g}"
-    return str(v)
-
-
-def _table(result: Any) -> str:
-    r = result
-    lines = [
-        f"MLI check  ({r.info.get('arch', '?')} on {r.info.get('data', '?')}, n={r.info['n_examples']}, "
-        f"{r.info['dtype']}, {r.info['device']})",
-        "",
-        f"  loss ({r.loss})          L(0) = {_fmt(r.initial_loss)}   L(1) = {_fmt(r.final_loss)}",
-        f"  alpha points           {len(r.alphas)}",
-        f"  max rise on grid       {_fmt(r.max_rise)}"
-        + (f"   between α={r.rise_where[0]:.4g} and α={r.rise_where[1]:.4g}" if r.rise_where else ""),
-        f"  tolerance              {_fmt(r.tolerance)}",
-        f"  monotone on grid       {_fmt(r.monotone_on_grid)}",
-        f"  distance ‖θT−θ0‖       {_fmt(r.distance)}   (normalised {_fmt(r.normalized_distance)})",
-        f"  Gauss length (mean)    {_fmt(r.gauss_length)}",
-        f"  logit non-linearity    {_fmt(r.logit_linearity)}",
-    ]
-    c = r.certificate
-    cert = f"  certificate            {c.status}"
-    if c.method:
-        cert += f" ({c.method})"
-    if c.where:
-        cert += f": L({c.where[0]:.6g}) → L({c.where[1]:.6g}) rises by {c.rise:.6g}"
-    elif c.status == "monotone" and c.rise is not None:
-        cert += f": largest rise ≤ {c.rise:.3g}"
-    lines.append(cert)
-    if c.reason:
-        lines.append(f"                         {c.reason}")
-    if r.conditions:
-        lines += ["", "  sufficient conditions (MSE)", f"    {'name':<30} {'holds':<6} {'value':>12} {'threshold':>10}  proven"]
-        for cond in r.conditions:
-            lines.append(
-                f"    {cond.name:<30} {_fmt(cond.holds):<6} {_fmt(cond.value, 4):>12} {_fmt(cond.threshold, 4):>10}  "
-                f"{_fmt(cond.proven)}"
-            )
-    return "\n".join(lines)
+    return dict(model=model, init=init_sd, final=final_sd, data=data, spec=spec, bn=bn, dtype=dtype, device=device)
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from .check import check
+    from ..check import check
 
     inp = _check_inputs(args)
-    progress = _StderrProgress("loss curve", args.quiet)
+    progress = _Progress("loss curve", args.quiet)
     result = check(
         inp["model"],
         inp["init"],
@@ -238,11 +203,17 @@ def _cmd_check(args: argparse.Namespace) -> int:
         progress=progress,
         info={"arch": inp["spec"].text, "data": inp["data"].name},
     )
+    progress.close()
     if args.plot:
-        from .plot import plot_curve
+        from dataclasses import replace
 
-        plot_curve(result, args.plot)
-    _emit(result.to_dict() if args.json else _table(result), args.json)
+        from ..plot import plot_curve
+
+        try:
+            plot_curve(result, args.plot)
+        except Exception as exc:  # optional work: a warning in the result, never a lost verdict
+            result = replace(result, warnings=result.warnings + (f"the plot could not be written ({type(exc).__name__}: {exc})",))
+    _emit(result.to_dict() if args.json else result.to_text(), args.json)
     return 0
 
 
@@ -254,7 +225,7 @@ def _emit(obj: Any, as_json: bool) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from ..runs import run_demo
 
     summary = run_demo(args.out, epochs=args.epochs, seed=args.seed, log=None if args.quiet else sys.stderr)
     _emit(summary if args.json else summary["text"], args.json)
@@ -262,7 +233,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .runs import TrainConfig, run_training
+    from ..runs import TrainConfig, run_training
 
     cfg = TrainConfig(
         arch=args.arch, data=args.data, loss=args.loss, optimizer=args.optimizer, lr=args.lr, epochs=args.epochs,
@@ -277,9 +248,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from .errors import InputError
-    from .runs import TrainConfig
-    from .sweep import grid, run_sweep
+    from ..errors import InputError
+    from ..runs import TrainConfig, grid, run_sweep
 
     try:
         with open(args.spec) as f:
@@ -296,7 +266,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_derive(args: argparse.Namespace) -> int:
-    from .symbolic import render_result, result_names
+    from ..theory import render_result, result_names
 
     names = result_names()
     if args.name is None:
@@ -309,9 +279,27 @@ def _cmd_derive(args: argparse.Namespace) -> int:
     return 0
 
 
+# library errors name parameters (bn="interpolate", batch_size=1); the CLI speaks of flags
+_PARAM_FLAGS = ("alphas", "alpha_chunk", "batch_size", "bn", "certify_budget", "device", "dtype", "loss", "tol")
+_PARAM_RE = re.compile(r"\b(" + "|".join(_PARAM_FLAGS) + r")=(?:\"([^\"]*)\"|'([^']*)'|([^\s,;:)]+))")
+
+
+def _as_flags(message: str) -> str:
+    """``bn="interpolate"`` → ``--bn interpolate`` in a library message.
+
+    >>> _as_flags("use batch_size=2, or bn='x': unknown")
+    'use --batch-size 2, or --bn x: unknown'
+    """
+    def flag(m: re.Match) -> str:
+        value = next(g for g in m.groups()[1:] if g is not None)
+        return f"--{m.group(1).replace('_', '-')} {value}"
+
+    return _PARAM_RE.sub(flag, message)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mli-theory`` console script; returns the exit code."""
-    from .errors import InputError
+    from ..errors import InputError
 
     parser = build_parser()
     try:
@@ -322,15 +310,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except InputError as exc:
-        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        sys.stderr.write(f"{PROG}: error: {_as_flags(str(exc))}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted\n")
         return 130
+    except MemoryError:
+        sys.stderr.write(f"{PROG}: error: out of memory (try --batch-size, or a smaller model or data set)\n")
+        return 2
     except Exception as exc:  # an unexpected failure: one line, exit 1 (MLI_DEBUG=1 for the traceback)
         if os.environ.get("MLI_DEBUG"):
             raise
-        sys.stderr.write(f"{PROG}: internal error: {type(exc).__name__}: {exc} (set MLI_DEBUG=1 for details)\n")
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        sys.stderr.write(f"{PROG}: internal error: {type(exc).__name__}: {first} (set MLI_DEBUG=1 for details)\n")
         return 1
 
 

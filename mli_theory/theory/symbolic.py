@@ -315,7 +315,7 @@ def result_names() -> list[str]:
 
 def derivation(name: str) -> Derivation:
     """The derivation called ``name``."""
-    from .errors import InputError
+    from ..errors import InputError
 
     if name not in _RESULTS:
         raise InputError(f"unknown result {name!r} (known: {', '.join(_RESULTS)})")

@@ -20,7 +20,9 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from typing import Any, Iterable, TextIO
 
-from .runs import TrainConfig
+from tqdm.auto import tqdm
+
+from .config import TrainConfig
 
 RESULT = "result.json"
 
@@ -60,11 +62,11 @@ def run_one(config: TrainConfig, folder: str, alphas: int = 50, geometry: bool =
     """Train, check, and write ``result.json`` (also for a failed or diverged run)."""
     import torch
 
-    from .arch import build_model, parse_arch
-    from .check import check
-    from .checkpoint import load_state_dict
-    from .data import load_data
-    from .runs import run_training
+    from ..check import check
+    from ..inputs.arch import build_model, parse_arch
+    from ..inputs.checkpoint import load_state_dict
+    from ..inputs.data import load_data
+    from .config import run_training
 
     torch.set_num_threads(1)
     row: dict[str, Any] = {"id": os.path.basename(folder), **{k: v for k, v in asdict(config).items() if k != "extra"}, **config.extra}
@@ -81,7 +83,7 @@ def run_one(config: TrainConfig, folder: str, alphas: int = 50, geometry: bool =
                 load_data(config.data, config.loss),
                 alphas=alphas,
                 geometry=geometry,
-                certify=parse_arch(config.arch).is_polynomial_path and config.loss == "mse",
+                certify=True,  # the certifier decides from the traced model what it can prove
                 dtype=torch.float32,
             ).to_dict()
             row.update(_flat_check(result))
@@ -116,30 +118,26 @@ def run_sweep(
         folder = os.path.join(root, "runs", run_id(cfg))
         if not os.path.isfile(os.path.join(folder, RESULT)):
             todo.append((cfg, folder, alphas, geometry))
-    done, total, t0 = len(configs) - len(todo), len(configs), time.perf_counter()
+    done, total = len(configs) - len(todo), len(configs)
     if log:
         log.write(f"sweep {root}: {total} runs, {done} already done, {len(todo)} to run on {jobs} process(es)\n")
-    failed = 0
     if todo:
-        if jobs <= 1:
-            results = (_worker(t) for t in todo)
-            iterator = results
-        else:
-            pool = ProcessPoolExecutor(max_workers=jobs)
-            futures = [pool.submit(_worker, t) for t in todo]
-            iterator = (f.result() for f in as_completed(futures))
-        for i, row in enumerate(iterator, 1):
-            failed += row.get("status") != "ok"
-            if log:
-                el = time.perf_counter() - t0
-                eta = el / i * (len(todo) - i)
-                bar = "#" * int(30 * (done + i) / total)
-                log.write(f"\r  [{bar:<30}] {done + i}/{total}  not ok: {failed}  {el:.0f}s, eta {eta:.0f}s")
-                log.flush()
-        if jobs > 1:
-            pool.shutdown()
-        if log:
-            log.write("\n")
+        with tqdm(total=total, initial=done, desc="sweep", unit="run", file=log or sys.stderr, disable=log is None) as bar:
+            not_ok = 0
+
+            def advance(row: dict[str, Any]) -> None:
+                nonlocal not_ok
+                not_ok += row.get("status") != "ok"
+                bar.set_postfix(not_ok=not_ok, refresh=False)
+                bar.update(1)
+
+            if jobs <= 1:
+                for t in todo:
+                    advance(_worker(t))
+            else:
+                with ProcessPoolExecutor(max_workers=jobs) as pool:
+                    for fut in as_completed([pool.submit(_worker, t) for t in todo]):
+                        advance(fut.result())
     rows = collect(root, configs)
     write_csv(rows, os.path.join(root, "results.csv"))
     return rows

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import warnings
 
 import torch
 from torch import nn
 
-from .errors import InputError
+from ..errors import InputError
 
 StateDict = dict[str, torch.Tensor]
 
@@ -40,7 +41,9 @@ def load_state_dict(path: str) -> StateDict:
             raise InputError(f"cannot read safetensors file {path}: {exc}") from None
     else:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns about legacy files; our one line says it all
+                warnings.simplefilter("ignore")
+                obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
             found = re.search(r"unsupported global:? (?:GLOBAL )?([\w.]+)", str(exc), flags=re.IGNORECASE)
             if found is None:
@@ -86,6 +89,13 @@ def match_state_dict(model: nn.Module, state: StateDict, label: str) -> StateDic
         if unexpected:
             parts.append(f"unexpected keys {_names(unexpected)}")
         raise InputError(f"{label} checkpoint does not match the model: {'; '.join(parts)}")
+    floating = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    params = {n for n, _ in model.named_parameters()}
+    bad_dtype = [f"{k} ({state[k].dtype})" for k in expected if (k in params or expected[k].is_floating_point()) and state[k].dtype not in floating]
+    if bad_dtype:
+        raise InputError(
+            f"{label} checkpoint has entries that are not float16/bfloat16/float32/float64: {_names(bad_dtype, 3)}"
+        )
     bad_shape = [
         f"{k} {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in expected.items() if state[k].shape != v.shape
     ]

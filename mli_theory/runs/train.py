@@ -10,9 +10,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .checkpoint import StateDict
-from .data import Dataset
-from .path import batch_loss_sums, loss_normaliser
+from ..inputs.checkpoint import StateDict
+from ..inputs.data import Dataset
+from ..path.losses import batch_loss_sums, loss_normaliser
 
 Optimizer = Literal["sgd", "adam"]
 

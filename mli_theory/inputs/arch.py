@@ -14,13 +14,15 @@ State dicts saved from plain PyTorch modules of these shapes load into the built
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import sys
 from dataclasses import dataclass
 from typing import Literal
 
 from torch import nn
 
-from .errors import InputError
+from ..errors import InputError
 
 ArchKind = Literal["linear", "deep_linear", "mlp", "factory"]
 
@@ -46,11 +48,6 @@ class ArchSpec:
     activation: str | None = None
     batchnorm: bool = False
     target: str | None = None
-
-    @property
-    def is_polynomial_path(self) -> bool:
-        """True when the outputs are polynomial in α along any straight parameter path."""
-        return self.kind in ("linear", "deep_linear")
 
 
 def _parse_dims(text: str, spec: str, minimum: int) -> tuple[int, ...]:
@@ -134,8 +131,11 @@ def build_model(spec: ArchSpec | str) -> nn.Module:
 def _call_factory(target: str) -> nn.Module:
     mod_name, _, attr = target.partition(":")
     try:
-        module = importlib.import_module(mod_name)
-    except Exception as exc:  # ImportError, or an error raised while importing user code
+        with contextlib.redirect_stdout(sys.stderr):
+            module = importlib.import_module(mod_name)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # ImportError, or anything raised while importing user code
         raise InputError(f"cannot import factory module {mod_name!r}: {exc}") from None
     obj = module
     for part in attr.split("."):
@@ -145,27 +145,15 @@ def _call_factory(target: str) -> nn.Module:
     if not callable(obj):
         raise InputError(f"factory {target!r} is not callable")
     try:
-        model = obj()
-    except Exception as exc:
-        raise InputError(f"factory {target!r} raised {type(exc).__name__}: {exc}") from None
+        with contextlib.redirect_stdout(sys.stderr):  # stdout belongs to --json output
+            model = obj()
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # SystemExit too: a factory must not end the program
+        raise InputError(f"factory {target!r} raised {type(exc).__name__}: {str(exc)[:200]}") from None
     if not isinstance(model, nn.Module):
         raise InputError(f"factory {target!r} returned {type(model).__name__}, not an nn.Module")
     return model
-
-
-def polynomial_layers(model: nn.Module) -> list[nn.Linear] | None:
-    """The Linear layers of a model whose outputs are polynomial in its parameters, else None.
-
-    A model qualifies when it is an ``nn.Sequential`` made only of ``nn.Linear`` layers (with or
-    without bias): along a straight parameter path its outputs are then polynomials in α of degree
-    at most the number of layers.
-    """
-    if not isinstance(model, nn.Sequential) or len(model) == 0:
-        return None
-    layers = list(model)
-    if not all(type(m) is nn.Linear for m in layers):
-        return None
-    return layers  # type: ignore[return-value]
 
 
 def has_batchnorm(model: nn.Module) -> bool:

@@ -13,7 +13,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 LossName = Literal["mse", "ce"]
 LOSSES: tuple[str, ...] = ("mse", "ce")

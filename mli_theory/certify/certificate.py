@@ -1,0 +1,96 @@
+"""Certificates: verdicts on the whole interval α ∈ [0, 1], never a grid result in disguise.
+
+What can be proven depends on what the model computes, decided by tracing it
+(:attr:`mli_theory.path.Line.structure`), never by its class or spec string:
+
+* :attr:`~mli_theory.path.PathKind.POLYNOMIAL` under MSE: the loss polynomial is computed exactly
+  and L′ is decided on [0, 1] (:mod:`mli_theory.exact.decide`): "monotone" or "non_monotone" with
+  a witness, or "unknown" if the budget runs out. The sufficient conditions are then proven on
+  the same exact output polynomial with the budget that is left
+  (:func:`mli_theory.exact.prove_conditions`); they explain *why* a path is monotone and never
+  overrule the decision, which is complete for these paths (a condition that proves L′ ≤ 0 means
+  the decision already answered "monotone").
+* anything else: "unknown", with the reason (rigorous enclosures for nonlinear networks are not
+  implemented yet).
+
+One deadline bounds all of it: the work stops within the budget plus the time of one indivisible
+step (an integer matrix product, a Bernstein box).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ..exact import BudgetExceeded, decide, deadline_after, expired, mse_loss_polynomial, output_polynomial, prove_conditions
+from ..inputs.data import Dataset
+from ..path import Line, PathKind
+from ..results import Certificate
+
+
+@dataclass(frozen=True)
+class ProofOutcome:
+    """What the proof work of one check produced.
+
+    Attributes:
+        certificate: the verdict on [0, 1].
+        proven_conditions: name → True (proven) / False (disproven) / None (undecided) for the MSE
+            conditions, when they were evaluated exactly; empty otherwise.
+        notes: what was skipped or ran out of budget (for the result's warnings).
+        seconds: time spent.
+    """
+
+    certificate: Certificate
+    proven_conditions: dict[str, bool | None] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+    seconds: float = 0.0
+
+
+def certify(line: Line, data: Dataset, *, tol: float = 0.0, budget_s: float | None = 30.0, conditions: bool = True) -> ProofOutcome:
+    """Prove monotonicity or non-monotonicity of the loss on all of [0, 1], or say "unknown".
+
+    Args:
+        line: the path.
+        data: training data (on the line's device and dtype).
+        tol: "monotone" means sup_{a<b} L(b) − L(a) ≤ tol; "non_monotone" means a witness with a
+            rise > tol.
+        budget_s: seconds for all proof work (None: no limit).
+        conditions: also prove the MSE sufficient conditions on polynomial paths (with the budget
+            the decision leaves).
+    """
+    t0 = time.perf_counter()
+    deadline = deadline_after(budget_s)
+    kind = line.structure.kind
+
+    def done(cert: Certificate, proven: dict[str, bool | None] | None = None, notes: tuple[str, ...] = ()) -> ProofOutcome:
+        return ProofOutcome(cert, proven or {}, notes, round(time.perf_counter() - t0, 4))
+
+    if data.loss != "mse":
+        return done(Certificate.unknown("no proof method for cross-entropy yet; the grid result is evidence only"))
+    if kind != PathKind.POLYNOMIAL:
+        return done(
+            Certificate.unknown(
+                f"no proof method for this model yet (not a chain of affine layers: {line.structure.reason}); "
+                "the grid result is evidence only"
+            )
+        )
+    if data.x.dim() != 2:
+        return done(Certificate.unknown(f"the exact method needs 2-D inputs x, got shape {tuple(data.x.shape)}"))
+    try:
+        z = output_polynomial(line.start, line.end, line.structure.linear, data.x, deadline)
+        verdict = decide(mse_loss_polynomial(z, data.y, deadline), tol, deadline)
+    except BudgetExceeded:
+        return done(Certificate.unknown(f"the exact method ran past the proof budget of {budget_s:g} s"))
+    if verdict.status == "unknown":
+        cert = Certificate.unknown(f"exact method: {verdict.reason}")
+    else:
+        cert = Certificate(verdict.status, "exact_polynomial", verdict.rise, verdict.where, verdict.reason)
+    if not conditions:
+        return done(cert)
+    if expired(deadline):
+        return done(cert, None, ("the proof budget ran out before the conditions could be proven",))
+    try:
+        proven = prove_conditions(z, data.y, deadline)
+    except BudgetExceeded:
+        return done(cert, None, ("the proof budget ran out while proving the conditions (they stay grid evidence)",))
+    return done(cert, proven)

@@ -1,0 +1,30 @@
+"""The straight path θ(α) = (1−α)θ0 + αθT, what the model computes along it, and the loss curve."""
+
+from .batchnorm import batches, recompute_bn_statistics
+from .curve import LossCurve, Progress, alpha_grid, evaluate, loss_curve
+from .line import BNPolicy, Line, distances, interpolate, make_line
+from .losses import batch_loss_sums, loss_normaliser
+from .monotonicity import Rise, max_rise
+from .structure import PathKind, PathStructure, analyse
+
+__all__ = [
+    "BNPolicy",
+    "Line",
+    "LossCurve",
+    "PathKind",
+    "PathStructure",
+    "Progress",
+    "Rise",
+    "alpha_grid",
+    "analyse",
+    "batch_loss_sums",
+    "batches",
+    "distances",
+    "evaluate",
+    "interpolate",
+    "loss_curve",
+    "loss_normaliser",
+    "make_line",
+    "max_rise",
+    "recompute_bn_statistics",
+]

@@ -1,0 +1,144 @@
+"""The loss along the path at a grid of α (exact full-set means, vmapped α chunks)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch.func import functional_call, vmap
+
+from ..errors import InputError
+from ..inputs.checkpoint import StateDict
+from ..inputs.data import Dataset
+from .batchnorm import batches, recompute_bn_statistics
+from .line import BNPolicy, Line, _stacked, interpolate
+from .losses import batch_loss_sums, loss_normaliser
+
+Progress = Callable[[int, int], None]
+
+
+def evaluate(line: Line, state: StateDict, data: Dataset, batch_size: int | None = None) -> tuple[float, float | None]:
+    """Mean loss (and accuracy for ``ce``) of one parameter state over the whole data set.
+
+    The mean is exact for any batch size: per-batch sums are accumulated in float64 and divided
+    once by the full count.
+    """
+    total = torch.zeros((), dtype=torch.float64, device=line.device)
+    correct = torch.zeros((), dtype=torch.float64, device=line.device)
+    with torch.no_grad():
+        for sl in batches(data.n, batch_size):
+            out = functional_call(line.shell, state, (data.x[sl],))
+            s, c = batch_loss_sums(out, data.y[sl], data.loss)
+            total += s.double()
+            if c is not None:
+                correct += c.double()
+    mean = float(total) / loss_normaliser(data)
+    return mean, (float(correct) / data.n if data.loss == "ce" else None)
+
+
+def _evaluate_chunk(
+    line: Line, alphas: torch.Tensor, data: Dataset, batch_size: int | None, frozen: frozenset[str]
+) -> tuple[list[float], list[float | None]]:
+    """Losses at several α at once: ``vmap`` over α of ``functional_call`` (eval mode)."""
+    stacked = _stacked(line.start, line.end, alphas, frozen)
+    totals = torch.zeros(alphas.shape[0], dtype=torch.float64, device=line.device)
+    correct = torch.zeros(alphas.shape[0], dtype=torch.float64, device=line.device)
+
+    def run(p: StateDict, xb: torch.Tensor) -> torch.Tensor:
+        return functional_call(line.shell, p, (xb,))
+
+    with torch.no_grad():
+        for sl in batches(data.n, batch_size):
+            outs = vmap(run, in_dims=(0, None))(stacked, data.x[sl])
+            yb = data.y[sl]
+            for i in range(alphas.shape[0]):
+                s, c = batch_loss_sums(outs[i], yb, data.loss)
+                totals[i] += s.double()
+                if c is not None:
+                    correct[i] += c.double()
+    norm = loss_normaliser(data)
+    losses = [float(t) / norm for t in totals.cpu()]
+    accs: list[float | None] = [float(c) / data.n if data.loss == "ce" else None for c in correct.cpu()]
+    return losses, accs
+
+
+@dataclass(frozen=True)
+class LossCurve:
+    """The loss along the path at a grid of α.
+
+    Attributes:
+        alphas: the α values, increasing, with both ends 0 and 1 when made by :func:`alpha_grid`.
+        losses: mean training loss over the whole data set at each α (torch's mean reduction).
+        accuracies: classification accuracy at each α (``ce`` only, else None).
+    """
+
+    alphas: tuple[float, ...]
+    losses: tuple[float, ...]
+    accuracies: tuple[float, ...] | None
+
+
+def alpha_grid(k: int) -> list[float]:
+    """``k`` evenly spaced α in [0, 1], both ends included (exactly 0.0 and 1.0).
+
+    >>> alpha_grid(5)
+    [0.0, 0.25, 0.5, 0.75, 1.0]
+    """
+    if k < 2:
+        raise InputError(f"need at least 2 alpha points, got {k}")
+    return [i / (k - 1) for i in range(k)]
+
+
+def loss_curve(
+    line: Line,
+    data: Dataset,
+    alphas: Sequence[float],
+    *,
+    bn: BNPolicy = BNPolicy.RECOMPUTE,
+    batch_size: int | None = None,
+    alpha_chunk: int = 1,
+    progress: Progress | None = None,
+) -> LossCurve:
+    """Mean loss over the whole data set at each α.
+
+    Args:
+        line: the path (see :func:`make_line`).
+        data: the training data, on the line's device and dtype.
+        alphas: where to evaluate.
+        bn: BatchNorm statistics policy (ignored for models without BatchNorm).
+        batch_size: examples per forward pass (None: all at once). Does not change the result.
+        alpha_chunk: α values evaluated together with ``vmap`` (1: a plain loop). Batching helps
+            small models on a GPU; it is not used with ``bn=recompute``.
+        progress: called with (done, total) after each chunk.
+    """
+    alist = [float(a) for a in alphas]
+    if len(alist) < 2:
+        raise InputError(f"need at least 2 alpha points, got {len(alist)}")
+    bn = BNPolicy(bn)
+    recompute = line.has_bn and bn == BNPolicy.RECOMPUTE
+    frozen = line._frozen_names(bn) if line.has_bn else frozenset()
+    losses: list[float] = []
+    accs: list[float | None] = []
+    chunk = 1 if recompute else max(1, int(alpha_chunk))
+    for i0 in range(0, len(alist), chunk):
+        part = alist[i0 : i0 + chunk]
+        if chunk == 1:
+            state = interpolate(line.start, line.end, part[0], frozen)
+            if recompute:
+                state = recompute_bn_statistics(line, state, data.x, batch_size)
+            loss, acc = evaluate(line, state, data, batch_size)
+            losses.append(loss)
+            accs.append(acc)
+        else:
+            a = torch.tensor(part, dtype=torch.float64, device=line.device)
+            ls, acs = _evaluate_chunk(line, a, data, batch_size, frozen)
+            losses.extend(ls)
+            accs.extend(acs)
+        if progress is not None:
+            progress(min(i0 + chunk, len(alist)), len(alist))
+    bad = [a for a, v in zip(alist, losses) if not math.isfinite(v)]
+    if bad:
+        hint = " (evaluate in float64 with dtype=torch.float64)" if line.dtype != torch.float64 else ""
+        raise InputError(f"the loss is not finite along the path (first at alpha={bad[0]:.6g}){hint}")
+    return LossCurve(tuple(alist), tuple(losses), tuple(a for a in accs) if data.loss == "ce" else None)  # type: ignore[arg-type]

@@ -1,0 +1,172 @@
+"""The straight line θ(α) = (1−α)·θ0 + α·θT in parameter space.
+
+Every θ(α) is computed afresh from the two endpoints (never by accumulating steps), so θ(0) and
+θ(1) are the endpoint tensors exactly. Models are evaluated with ``torch.func.functional_call`` on a
+private copy of the caller's module: the caller's module, state dicts and tensors are never touched.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from dataclasses import dataclass
+from enum import Enum
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from ..errors import InputError
+from ..inputs.arch import has_batchnorm
+from ..inputs.checkpoint import StateDict, match_state_dict
+from .structure import PathStructure, analyse
+
+
+class BNPolicy(str, Enum):
+    """How BatchNorm running statistics are set at each α.
+
+    * ``recompute``: reset them and re-estimate with one no-grad pass in train mode over the
+      training data (cumulative average over minibatches), then evaluate in eval mode; this is what
+      the reference implementation of Lucas et al. (2021) does.
+    * ``interpolate``: interpolate them like the parameters.
+    * ``frozen``: hold them fixed at the final checkpoint's values for every α, so that the outputs
+      are a smooth function of the parameters alone (for differentiation).
+    """
+
+    RECOMPUTE = "recompute"
+    INTERPOLATE = "interpolate"
+    FROZEN = "frozen"
+
+
+@dataclass(frozen=True)
+class Line:
+    """Two endpoints of a straight path, cast to one device and dtype.
+
+    Attributes:
+        shell: a private deep copy of the caller's module; only used as a function through
+            ``functional_call`` (its own tensors are never read).
+        start: θ0 state (parameters and buffers), keyed like ``shell.state_dict()``.
+        end: θT state, same keys.
+        param_names: names of the trainable parameters (the entries that define distance).
+        has_bn: whether the model has BatchNorm layers with running statistics.
+        structure: what the model computes, traced once (:func:`mli_theory.path.structure.analyse`);
+            every method that depends on the model's form reads it from here.
+    """
+
+    shell: nn.Module
+    start: StateDict
+    end: StateDict
+    param_names: tuple[str, ...]
+    has_bn: bool
+    structure: PathStructure
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.start.values())).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(v for v in self.start.values() if v.is_floating_point()).dtype
+
+    def at(self, alpha: float, bn: BNPolicy = BNPolicy.INTERPOLATE) -> StateDict:
+        """θ(α) for every state entry (BatchNorm statistics by ``bn``, without recomputation)."""
+        return interpolate(self.start, self.end, alpha, frozen=self._frozen_names(bn))
+
+    def _frozen_names(self, bn: BNPolicy) -> frozenset[str]:
+        if bn == BNPolicy.FROZEN:
+            return frozenset(k for k in self.start if k not in self.param_names)
+        return frozenset()
+
+
+def interpolate(
+    start: Mapping[str, torch.Tensor],
+    end: Mapping[str, torch.Tensor],
+    alpha: float,
+    frozen: frozenset[str] = frozenset(),
+) -> StateDict:
+    """θ(α) = (1−α)·θ0 + α·θT entry by entry.
+
+    Integer entries (such as BatchNorm's ``num_batches_tracked``) and names in ``frozen`` take the
+    end value. The formula is exact at both ends: θ(0) = θ0 and θ(1) = θT bit for bit.
+
+    >>> a, b = {"w": torch.tensor([1.0, 3.0])}, {"w": torch.tensor([5.0, -1.0])}
+    >>> interpolate(a, b, 0.25)["w"].tolist()
+    [2.0, 2.0]
+    """
+    out: StateDict = {}
+    for k, t0 in start.items():
+        t1 = end[k]
+        if k in frozen or not t0.is_floating_point():
+            out[k] = t1
+        else:
+            out[k] = (1.0 - alpha) * t0 + alpha * t1
+    return out
+
+
+def _stacked(start: StateDict, end: StateDict, alphas: torch.Tensor, frozen: frozenset[str]) -> StateDict:
+    """θ(α) for a vector of α values, stacked along a new leading axis (for ``vmap``)."""
+    out: StateDict = {}
+    for k, t0 in start.items():
+        t1 = end[k]
+        if k in frozen or not t0.is_floating_point():
+            out[k] = t1.expand(alphas.shape[0], *t1.shape)
+        else:
+            a = alphas.to(t0.dtype).reshape(-1, *([1] * t0.dim()))
+            out[k] = (1.0 - a) * t0 + a * t1
+    return out
+
+
+def make_line(
+    model: nn.Module,
+    init: StateDict,
+    final: StateDict,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Line:
+    """Validate two checkpoints against ``model`` and build the path between them.
+
+    Args:
+        model: the architecture (its own weights are ignored, and it is not modified).
+        init: θ0 state dict.
+        final: θT state dict.
+        device: where to evaluate.
+        dtype: floating dtype for parameters, buffers and data.
+
+    Raises:
+        InputError: key or shape mismatch, or non-finite values (naming the entries).
+    """
+    init = match_state_dict(model, init, "init")
+    final = match_state_dict(model, final, "final")
+    shell = copy.deepcopy(model)
+    if any(t.is_meta for t in itertools.chain(shell.parameters(), shell.buffers())):
+        shell = shell.to_empty(device=device)  # built on the meta device: its own tensors are never read
+    shell = shell.to(device=device, dtype=dtype)
+    shell.eval()
+    for m in shell.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = None  # cumulative average when statistics are re-estimated
+
+    def cast(t: torch.Tensor) -> torch.Tensor:
+        t = t.detach()
+        return t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device=device)
+
+    start = {k: cast(v) for k, v in init.items()}
+    end = {k: cast(v) for k, v in final.items()}
+    for label, state in (("init", start), ("final", end)):
+        bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise InputError(f"{label} checkpoint overflows {dtype} in {', '.join(bad[:6])}")
+    names = tuple(n for n, _ in model.named_parameters())
+    return Line(shell, start, end, names, has_batchnorm(model), analyse(shell))
+
+
+def distances(line: Line) -> tuple[float, float | None]:
+    """‖θT − θ0‖ over the trainable parameters and its ratio to ‖θ0‖ (None when θ0 = 0)."""
+    sq_d = sum(float((line.end[k].double() - line.start[k].double()).pow(2).sum()) for k in line.param_names)
+    sq_0 = sum(float(line.start[k].double().pow(2).sum()) for k in line.param_names)
+    d = math.sqrt(sq_d)
+    return d, (d / math.sqrt(sq_0) if sq_0 > 0 else None)
+
+

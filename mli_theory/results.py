@@ -1,0 +1,192 @@
+"""Result types shared by the checker, the certifier and the CLI (all frozen dataclasses).
+
+This module sits at the bottom of the package: it imports nothing from it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Status = Literal["monotone", "non_monotone", "unknown"]
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One sufficient condition for MLI, evaluated on a concrete path.
+
+    Attributes:
+        name: short identifier, e.g. ``acute_tangents``.
+        holds: whether it holds (None when it does not apply to this model or loss).
+        value: the measured quantity the condition compares.
+        threshold: the bound ``value`` is compared with.
+        statement: the condition in words, including how it was evaluated (exactly, with a proven
+            error bound, or on a grid, which is evidence, not proof).
+        proven: True when ``holds`` was established rigorously (exact arithmetic or proven bounds);
+            only a proven condition may back a certificate.
+    """
+
+    name: str
+    holds: bool | None
+    value: float | None
+    threshold: float | None
+    statement: str
+    proven: bool = False
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """A verdict on the whole interval α ∈ [0, 1], or "unknown".
+
+    Attributes:
+        status: ``monotone`` (proven: sup over a<b of L(b) − L(a) ≤ tol), ``non_monotone`` (proven:
+            a witness a < b with L(b) − L(a) = rise > tol), or ``unknown``.
+        method: how it was proven (``exact_polynomial``, ``condition:<name>``), None if unknown.
+        rise: for ``non_monotone`` the exact rise of the witness; for ``monotone`` a proven upper
+            bound on the largest rise; None if unknown.
+        where: the witness [a, b] for ``non_monotone``, else None.
+        reason: a sentence on why (or why not).
+    """
+
+    status: Status
+    method: str | None = None
+    rise: float | None = None
+    where: tuple[float, float] | None = None
+    reason: str = ""
+
+    @staticmethod
+    def unknown(reason: str) -> "Certificate":
+        return Certificate("unknown", None, None, None, reason)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Everything ``mli-theory check`` reports (the ``--json`` object).
+
+    Attributes:
+        alphas: the α grid.
+        losses: mean training loss at each α.
+        accuracies: accuracy at each α (``ce`` only).
+        loss: ``mse`` or ``ce``.
+        max_rise: Δ on the grid, max over i<j of (L_j − L_i)⁺.
+        rise_where: [α_i, α_j] of the worst grid rise, or None.
+        tolerance: the tolerance for "monotone".
+        monotone_on_grid: Δ ≤ tolerance.
+        initial_loss, final_loss: L(0) and L(1).
+        distance: ‖θT − θ0‖ over the trainable parameters.
+        normalized_distance: ‖θT − θ0‖ / ‖θ0‖ (None when θ0 = 0).
+        gauss_length: mean over examples of the total turning of the output path (None if not computed).
+        logit_linearity: ∫ D(α) dα (GUIDE §1), None if not computed.
+        certificate: the verdict on [0, 1].
+        conditions: sufficient conditions with their margins.
+        warnings: optional work that failed or fell short (geometry, conditions, proofs, plots),
+            one sentence each; the verdicts above are unaffected.
+        info: run facts (arch, data, device, dtype, BatchNorm policy, example count, timings,
+            Gauss-length resolution and error estimate).
+    """
+
+    alphas: tuple[float, ...]
+    losses: tuple[float, ...]
+    accuracies: tuple[float, ...] | None
+    loss: str
+    max_rise: float
+    rise_where: tuple[float, float] | None
+    tolerance: float
+    monotone_on_grid: bool
+    initial_loss: float
+    final_loss: float
+    distance: float
+    normalized_distance: float | None
+    gauss_length: float | None = None
+    logit_linearity: float | None = None
+    certificate: Certificate = field(default_factory=lambda: Certificate.unknown("not requested (use --certify)"))
+    conditions: tuple[Condition, ...] = ()
+    warnings: tuple[str, ...] = ()
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict (non-finite floats become None)."""
+        return json_safe(asdict(self))
+
+    def to_text(self) -> str:
+        """The human-readable report (what ``mli-theory check`` prints without ``--json``)."""
+        return _text(self)
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with non-finite floats replaced by None, recursively (JSON has no NaN or inf)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def _fmt(v: Any, nd: int = 6) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.{nd}g}"
+    return str(v)
+
+
+def _text(r: CheckResult) -> str:
+    info = r.info
+    gauss = _fmt(r.gauss_length)
+    if r.gauss_length is not None and info.get("gauss_converged") is False:
+        err = info.get("gauss_error")
+        gauss += f"   (NOT converged: error estimate {_fmt(err, 3)} on {info.get('gauss_alphas')} α)"
+    elif r.gauss_length is not None and info.get("gauss_error") is not None:
+        gauss += f"   (± {_fmt(info.get('gauss_error'), 2)} estimated, {info.get('gauss_alphas')} α)"
+    if r.logit_linearity is None and r.gauss_length is not None:
+        lin = "n/a (one output per example: every output path lies on its chord)"
+    else:
+        lin = _fmt(r.logit_linearity)
+    lines = [
+        f"MLI check  ({info.get('arch', '?')} on {info.get('data', '?')}, n={info.get('n_examples', '?')}, "
+        f"{info.get('dtype', '?')}, {info.get('device', '?')})",
+        "",
+        f"  loss ({r.loss})          L(0) = {_fmt(r.initial_loss)}   L(1) = {_fmt(r.final_loss)}",
+        f"  alpha points           {len(r.alphas)}",
+        f"  max rise on grid       {_fmt(r.max_rise)}"
+        + (f"   between α={r.rise_where[0]:.4g} and α={r.rise_where[1]:.4g}" if r.rise_where else ""),
+        f"  tolerance              {_fmt(r.tolerance)}",
+        f"  monotone on grid       {_fmt(r.monotone_on_grid)}",
+    ]
+    rounding = info.get("rounding_level")
+    if rounding is not None and 0 < r.max_rise <= rounding and r.max_rise > r.tolerance:
+        lines.append(
+            f"                         (the rise is within the evaluation's rounding, about {rounding:.2g}: "
+            "set a tolerance or use float64)"
+        )
+    lines += [
+        f"  distance ‖θT−θ0‖       {_fmt(r.distance)}   (normalised {_fmt(r.normalized_distance)})",
+        f"  Gauss length (mean)    {gauss}",
+        f"  logit non-linearity    {lin}",
+    ]
+    c = r.certificate
+    cert = f"  certificate            {c.status}"
+    if c.method:
+        cert += f" ({c.method})"
+    if c.where:
+        cert += f": L({c.where[0]:.6g}) → L({c.where[1]:.6g}) rises by {c.rise:.6g}"
+    elif c.status == "monotone" and c.rise is not None:
+        cert += f": largest rise ≤ {c.rise:.3g}"
+    lines.append(cert)
+    if c.reason:
+        lines.append(f"                         {c.reason}")
+    if r.conditions:
+        lines += ["", "  sufficient conditions (MSE)", f"    {'name':<32} {'holds':<6} {'value':>12} {'threshold':>10}  status"]
+        for cond in r.conditions:
+            status = "proven" if cond.proven else ("undecided" if cond.holds is None else "evidence (grid)")
+            lines.append(
+                f"    {cond.name:<32} {_fmt(cond.holds):<6} {_fmt(cond.value, 4):>12} {_fmt(cond.threshold, 4):>10}  {status}"
+            )
+    if r.warnings:
+        lines += ["", "  warnings"] + [f"    - {w}" for w in r.warnings]
+    return "\n".join(lines)

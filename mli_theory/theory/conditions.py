@@ -1,0 +1,131 @@
+"""The MSE sufficient conditions on a concrete path: grid evidence, replaced by proofs where we have them.
+
+:func:`evaluate_conditions` computes the geometry of the output path (jets on the α grid, the
+Gauss length, logit linearity) and the conditions of :mod:`mli_theory.theory.statements` on the
+grid (``proven`` = False: evidence). :func:`with_proofs` replaces the verdicts by the proven ones
+from :func:`mli_theory.exact.prove_conditions` (polynomial paths, within the proof budget).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Mapping, Sequence
+
+import torch
+
+from ..geometry import GaussLength, PathJet, gauss_length, logit_linearity, path_jet
+from ..inputs.data import Dataset
+from ..path import BNPolicy, Line
+from ..results import Condition
+from .evidence import grid_evidence
+from .statements import STATEMENTS
+
+
+@dataclass(frozen=True)
+class GeometryReport:
+    """Geometry of the output path and the conditions evaluated on it.
+
+    Attributes:
+        gauss: Gauss length details (mean, per example, stacked, resolution, error estimate).
+        logit_linearity: ∫₀¹ D(α) dα (GUIDE §1), or None with one output per example (the
+            output path of a scalar is always on its chord, so the measure says nothing).
+        conditions: the MSE conditions as grid evidence (empty for cross-entropy).
+        jet: z, z′, z″ on the base grid.
+    """
+
+    gauss: GaussLength
+    logit_linearity: float | None
+    conditions: tuple[Condition, ...]
+    jet: PathJet
+
+    @property
+    def gauss_length(self) -> float:
+        """Mean over examples of the Gauss length."""
+        return self.gauss.mean
+
+
+def evaluate_conditions(
+    line: Line,
+    data: Dataset,
+    *,
+    alphas: int | Sequence[float] = 51,
+    bn: BNPolicy | str = BNPolicy.RECOMPUTE,
+    batch_size: int | None = None,
+    rtol: float = 1e-3,
+) -> GeometryReport:
+    """Geometry of the output path and the MSE sufficient conditions as grid evidence.
+
+    Args:
+        line: the path.
+        data: training data on the line's device and dtype.
+        alphas: the base α grid for z′, z″ (a count of evenly spaced points with both ends, or the
+            points); the Gauss length refines it adaptively.
+        bn: BatchNorm policy (statistics are held fixed at each α while differentiating).
+        batch_size: examples per pass.
+        rtol: relative tolerance of the Gauss-length estimate.
+    """
+    grid = torch.linspace(0, 1, alphas, dtype=torch.float64) if isinstance(alphas, int) else torch.as_tensor(alphas, dtype=torch.float64)
+    jet = path_jet(line, data, grid, bn=bn, batch_size=batch_size)
+    gauss = gauss_length(line, data, bn=bn, batch_size=batch_size, rtol=rtol, jet=jet)
+    lin = logit_linearity(jet.z, jet.alphas)
+    if data.loss != "mse":
+        return GeometryReport(gauss, lin, (), jet)
+    evidence = grid_evidence(jet, data.y, gauss)
+    conds = []
+    for name, statement in STATEMENTS.items():
+        if name not in evidence:
+            continue
+        holds, value, threshold = evidence[name]
+        points = len(gauss.alphas) if ("gauss" in name or "curvature" in name) else len(jet.alphas)
+        conds.append(
+            Condition(
+                name,
+                bool(holds) if holds is not None else None,
+                value,
+                threshold,
+                f"{statement} [evaluated on a {points}-point α grid: evidence, not proof]",
+                False,
+            )
+        )
+    return GeometryReport(gauss, lin, tuple(conds), jet)
+
+
+def with_proofs(conditions: Sequence[Condition], proven: Mapping[str, bool | None], lprime1: float | None = None) -> tuple[Condition, ...]:
+    """The conditions with the proven verdicts of :func:`mli_theory.exact.prove_conditions` in place.
+
+    A proven True or False replaces the grid verdict (``proven`` = True); an undecided one keeps
+    ``holds`` = None and says so. ``linear_in_theta`` (only for affine paths) is added, with
+    ``lprime1`` = L′(1) as its value.
+    """
+    out = []
+    seen = set()
+    for cond in conditions:
+        seen.add(cond.name)
+        if cond.name not in proven:
+            out.append(cond)
+            continue
+        verdict = proven[cond.name]
+        how = {True: "proven exactly", False: "disproven exactly", None: "undecided by the exact method"}[verdict]
+        grid_note = f"value on the grid" if cond.value is not None else "no grid value"
+        out.append(
+            replace(
+                cond,
+                holds=verdict,
+                statement=f"{STATEMENTS[cond.name]} [{how} (integer arithmetic, Bernstein bounds); {grid_note}]",
+                proven=verdict is not None,
+            )
+        )
+    for name, verdict in proven.items():
+        if name in seen:
+            continue
+        out.append(
+            Condition(
+                name,
+                verdict,
+                lprime1 if name == "linear_in_theta" else None,
+                0.0 if name == "linear_in_theta" else None,
+                f"{STATEMENTS[name]} [exact: {'proven' if verdict else ('disproven' if verdict is False else 'undecided')} in integer arithmetic]",
+                verdict is not None,
+            )
+        )
+    return tuple(out)
