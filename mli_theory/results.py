@@ -158,12 +158,6 @@ def _text(r: CheckResult) -> str:
         f"  tolerance              {_fmt(r.tolerance)}",
         f"  monotone on grid       {_fmt(r.monotone_on_grid)}",
     ]
-    rounding = info.get("rounding_level")
-    if rounding is not None and 0 < r.max_rise <= rounding and r.max_rise > r.tolerance:
-        lines.append(
-            f"                         (the rise is within the evaluation's rounding, about {rounding:.2g}: "
-            "set a tolerance or use float64)"
-        )
     lines += [
         f"  distance ‖θT−θ0‖       {_fmt(r.distance)}   (normalised {_fmt(r.normalized_distance)})",
         f"  Gauss length (mean)    {gauss}",

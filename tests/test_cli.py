@@ -57,6 +57,27 @@ def files(tmp_path_factory):
             return (os.system, ("echo pwned",))
 
     torch.save({"0.weight": Evil()}, d / "evil.pt")
+    import pickle
+
+    with open(d / "raw_evil.pt", "wb") as f:  # a plain pickle, not written by torch.save
+        pickle.dump({"0.weight": Evil()}, f)
+    torch.save({k: (10 * v).long() for k, v in init.items()}, d / "int.pt")
+    torch.save({k: v > 0 for k, v in init.items()}, d / "bool.pt")
+    save_file({k: v.to(torch.float8_e4m3fn).contiguous() for k, v in init.items()}, str(d / "f8.safetensors"))
+    bn = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.ReLU(), nn.Linear(3, 2))
+    torch.save(bn.state_dict(), d / "bn.pt")
+    (d / "tricky.py").write_text(
+        "import torch.nn as nn\n\n\n"
+        "class Squared(nn.Sequential):\n    def forward(self, x):\n        return super().forward(x) ** 2\n\n\n"
+        "def squared():\n    return Squared(nn.Linear(4, 3, bias=False), nn.Linear(3, 2, bias=False))\n\n\n"
+        "def hooked():\n    m = nn.Sequential(nn.Linear(4, 3, bias=False), nn.Linear(3, 2, bias=False))\n"
+        "    m[1].register_forward_hook(lambda mod, i, o: o * o)\n    return m\n\n\n"
+        "def pre_hooked():\n    m = nn.Sequential(nn.Linear(4, 3, bias=False), nn.Linear(3, 2, bias=False))\n"
+        "    m[0].register_forward_pre_hook(lambda mod, i: (i[0] ** 3,))\n    return m\n\n\n"
+        "def bye():\n    raise SystemExit(0)\n\n\n"
+        "def chatty():\n    print('hello from the factory')\n"
+        "    return nn.Sequential(nn.Linear(4, 3, bias=False), nn.Linear(3, 2, bias=False))\n"
+    )
     (d / "userfactory.py").write_text(
         "import torch.nn as nn\n\n\ndef make():\n"
         "    return nn.Sequential(nn.Linear(4, 3, bias=False), nn.Linear(3, 2, bias=False))\n"
@@ -121,7 +142,7 @@ def test_builtin_data_and_cross_entropy(tmp_path):
 
 
 BAD = [
-    ("missing keys", {"--init": "missing.pt"}, "missing keys 0.weight" if False else "1.weight"),
+    ("missing keys", {"--init": "missing.pt"}, "1.weight"),
     ("wrong shape", {"--init": "shape.pt"}, "0.weight"),
     ("non-finite weights", {"--final": "inf.pt"}, "non-finite"),
     ("non-finite data", {"--data": "nan.npz"}, "non-finite"),
@@ -139,13 +160,20 @@ BAD = [
     ("unknown activation", {"--arch": "mlp:4-3-2:swish"}, "unknown or repeated option"),
     ("unimportable factory", {"--arch": "no_such_module_xyz:make"}, "cannot import"),
     ("unknown built-in data", {"--data": "sklearn:nope"}, "unknown built-in"),
+    ("plain pickle with code", {"--init": "raw_evil.pt"}, "refusing"),
+    ("integer weights", {"--init": "int.pt"}, "init checkpoint"),
+    ("bool weights", {"--final": "bool.pt"}, "final checkpoint"),
+    ("float8 safetensors", {"--init": "f8.safetensors"}, "float8"),
+    ("huge deep_linear spec", {"--arch": "deep_linear:4-10000000000-2"}, "wrong shapes"),
+    ("huge mlp spec", {"--arch": "mlp:4-100000000-2"}, "init checkpoint does not match"),
+    ("factory raising SystemExit", {"--arch": "tricky:bye"}, "SystemExit"),
 ]
 
 
 @pytest.mark.parametrize("label,over,needle", BAD, ids=[b[0] for b in BAD])
 def test_bad_input_exits_2_with_one_line(files, label, over, needle):
     over = {k: (str(files / v) if k in ("--init", "--final", "--data") and not v.startswith("sklearn:") else v) for k, v in over.items()}
-    p = cli("check", *base(files, **over), "--json")
+    p = cli("check", *base(files, **over), "--json", cwd=str(files))
     assert p.returncode == 2, (label, p.stdout, p.stderr)
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mli-theory: error:"), p.stderr
@@ -165,6 +193,15 @@ FLAGS = [
     ("label out of range", ["--loss", "ce", "--data", "range_labels.npz"], "out of range"),
     ("float targets required for mse", ["--data", "labels.npz"], "targets"),
     ("plot folder missing", ["--plot", "/nonexistent-folder/x.png"], "does not exist"),
+    ("plot format unknown", ["--plot", "x.xyz"], "unknown image format"),
+    ("plot is a directory", ["--plot", "."], "is a directory"),
+    ("certify budget nan", ["--certify-budget", "nan"], "--certify-budget nan"),
+    ("certify budget negative", ["--certify-budget", "-1"], "--certify-budget"),
+    ("tol nan", ["--tol", "nan"], "--tol nan"),
+    ("too many alphas", ["--alphas", "10000000"], "--alphas 10000000"),
+    ("meta device", ["--device", "meta"], "--device meta"),
+    ("mps device", ["--device", "mps"], "--device mps"),
+    ("zero batch size", ["--batch-size", "0"], "--batch-size 0"),
 ]
 
 
@@ -175,10 +212,11 @@ def test_bad_flags_exit_2(files, label, extra, needle):
     if "--data" in extra:
         i = args.index("--data")
         del args[i : i + 2]
-    p = cli("check", *args, *extra)
+    p = cli("check", *args, *extra, cwd=str(files))
     assert p.returncode == 2, (label, p.stderr)
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and needle.lower() in lines[0].lower(), p.stderr
+    assert p.stdout == ""
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
@@ -195,3 +233,55 @@ def test_derive_lists_and_prints_results():
     assert obj["name"] == "integral_identity" and all(s["checked"] in (True, None) for s in obj["steps"])
     p = cli("derive", "nope")
     assert p.returncode == 2
+
+
+@pytest.mark.parametrize("factory", ["squared", "hooked", "pre_hooked"])
+def test_factories_that_are_not_chains_are_never_certified_exactly(files, factory):
+    p = cli("check", *base(files, **{"--arch": f"tricky:{factory}"}), "--certify", "--json", "--dtype", "float64", cwd=str(files))
+    assert p.returncode == 0, p.stderr
+    cert = json.loads(p.stdout)["certificate"]
+    assert cert["status"] == "unknown" and cert["method"] is None, cert
+
+
+def test_factory_output_stays_off_stdout(files):
+    p = cli("check", *base(files, **{"--arch": "tricky:chatty"}), "--json", "--alphas", "3", cwd=str(files))
+    assert p.returncode == 0, p.stderr
+    json.loads(p.stdout)  # only the JSON object
+    assert "hello from the factory" in p.stderr
+
+
+def test_recompute_with_batch_size_one_is_a_usage_error(files):
+    p = cli("check", "--arch", "mlp:4-3-2:bn", "--init", str(files / "bn.pt"), "--final", str(files / "bn.pt"),
+            "--data", str(files / "data.npz"), "--batch-size", "1")
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "--batch-size 1" in p.stderr and "--bn recompute" in p.stderr
+
+
+def test_identical_endpoints_in_float32_warn_about_rounding(files):
+    p = cli("check", *base(files, **{"--final": str(files / "init.pt")}), "--json", "--no-geometry")
+    assert p.returncode == 0, p.stderr
+    obj = json.loads(p.stdout)
+    assert obj["distance"] == 0.0
+    if obj["max_rise"] > 0:  # (1 − α)θ0 + αθ0 is not θ0 in float32: any rise is rounding, and it says so
+        assert any("rounding" in w for w in obj["warnings"]), obj["warnings"]
+
+
+def test_failed_plot_is_a_warning_not_a_lost_verdict(files, tmp_path, monkeypatch):
+    """Optional work that fails (here: the plot) is recorded in the result, and the exit code stays 0."""
+    from mli_theory.cli import main as cli_main
+    import mli_theory.plot as plot
+
+    def broken(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(plot, "plot_curve", broken)
+    out = tmp_path / "c.png"
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = cli_main(["check", *base(files), "--json", "--no-geometry", "--plot", str(out), "--quiet"])
+    assert code == 0
+    obj = json.loads(buf.getvalue())
+    assert any("disk full" in w for w in obj["warnings"])

@@ -1,4 +1,6 @@
 import math
+import time
+from fractions import Fraction
 
 import pytest
 import torch
@@ -14,6 +16,8 @@ from mli_theory.path import max_rise
 from mli_theory.path import evaluate, make_line
 
 GRID = 10_000
+# proven-condition catches on the 12 fixed paths of the tightness test (measured: see its docstring)
+CAUGHT_AT_LEAST = 12
 # rounding of a float64 loss evaluation relative to the loss scale; rises below a margin of this
 # are not "well above rounding" and are not compared
 ROUNDING = 1e-9
@@ -41,8 +45,30 @@ def test_exact_verdict_agrees_with_a_dense_float64_grid(case):
     if verdict.status == "non_monotone":
         a, b = verdict.where
         assert 0.0 <= a < b <= 1.0
-        assert float(poly.exact(b) - poly.exact(a)) == pytest.approx(verdict.rise, rel=1e-12)
+        # the witness, re-checked by an independent exact evaluation of the network itself
+        rise = _network_loss_exact(case, Fraction(b)) - _network_loss_exact(case, Fraction(a))
+        assert rise > 0
+        assert float(rise) == pytest.approx(verdict.rise, rel=1e-12)
         assert verdict.rise > 0.0
+
+
+def _network_loss_exact(case, alpha: Fraction) -> Fraction:
+    """torch's mean MSE of the network at θ(α), in exact rational arithmetic (no flint, no polynomial)."""
+    def mat(t):
+        return [[Fraction(v) for v in row] for row in t.tolist()]
+
+    h = mat(case.data.x)  # n × d
+    for i, layer in enumerate(case.model):
+        w0, w1 = mat(case.init[f"{i}.weight"]), mat(case.final[f"{i}.weight"])
+        w = [[(1 - alpha) * a + alpha * b for a, b in zip(r0, r1)] for r0, r1 in zip(w0, w1)]
+        h = [[sum((hv * wv for hv, wv in zip(row, wrow)), Fraction(0)) for wrow in w] for row in h]
+        if layer.bias is not None:
+            b0 = [Fraction(v) for v in case.init[f"{i}.bias"].tolist()]
+            b1 = [Fraction(v) for v in case.final[f"{i}.bias"].tolist()]
+            h = [[v + (1 - alpha) * p + alpha * q for v, p, q in zip(row, b0, b1)] for row in h]
+    y = mat(case.data.y)
+    sq = sum(((u - v) ** 2 for hr, yr in zip(h, y) for u, v in zip(hr, yr)), Fraction(0))
+    return sq / (len(y) * len(y[0]))
 
 
 @given(deep_linear_cases())
@@ -137,30 +163,57 @@ def test_budget_gives_unknown_instead_of_hanging():
     assert verdict.status == "unknown" and "budget" in verdict.reason
 
 
-TIGHTNESS: dict[str, int] = {"monotone": 0, "caught": 0}
-
-
 @settings(max_examples=40)
-@given(deep_linear_cases(max_depth=3, max_width=4, max_n=8))
+@given(deep_linear_cases())
 def test_proven_conditions_are_sound(case):
+    """Wherever a condition is proven, the exact decision says monotone (depths up to 5)."""
     line = make_line(case.model, case.init, case.final, dtype=torch.float64)
     verdict, _ = decide_line(line, case.data, budget_s=None)
     proven = certify(line, case.data, budget_s=5.0).proven_conditions
-    caught = False
     for name, holds in proven.items():
         if holds:
             assert verdict.status == "monotone", (name, case.label)
-            caught = True
-    if verdict.status == "monotone":
-        TIGHTNESS["monotone"] += 1
-        TIGHTNESS["caught"] += caught
 
 
-def test_report_tightness():
-    """Share of exactly-monotone cases that some proven condition catches (printed, not asserted)."""
-    m, c = TIGHTNESS["monotone"], TIGHTNESS["caught"]
-    print(f"\ntightness: {c}/{m} exactly-monotone cases caught by a proven condition")
-    assert c <= m
+def test_proven_conditions_catch_trained_monotone_paths():
+    """Tightness on a fixed set of GD-trained deep-linear paths: the share of exactly-monotone ones
+    that some proven condition explains (measured 12/12 when written; a regression lowers it)."""
+    monotone = caught = 0
+    for seed in range(12):
+        case = make_case([3, 4, 4, 2][: 2 + seed % 3], 8, seed, 0.3, "trained")
+        line = make_line(case.model, case.init, case.final, dtype=torch.float64)
+        outcome = certify(line, case.data, budget_s=10.0)
+        if outcome.certificate.status == "monotone":
+            monotone += 1
+            caught += any(outcome.proven_conditions.values())
+    assert monotone == 12
+    assert caught >= CAUGHT_AT_LEAST
+
+
+def test_tiny_weights_do_not_overflow_the_proofs():
+    """Weights of 1e-150 next to 1 make the integer forms huge (rationals beyond float range):
+    the certificate and the proven conditions must still come out, with no warning."""
+    case = make_case([4, 5, 5, 5, 1], 16, 0, 1.0, "trained")
+    for k in case.final:
+        case.final[k][0, 0] = 1e-150
+        case.init[k][0, 1] = -3e-160
+    from mli_theory import check
+
+    result = check(case.model, case.init, case.final, case.data, certify=True, dtype=torch.float64)
+    assert result.certificate.status in ("monotone", "non_monotone"), result.certificate
+    assert result.warnings == ()
+    assert any(c.proven for c in result.conditions)
+
+
+def test_one_budget_bounds_all_proof_work():
+    """A 9-layer width-64 deep-linear net on 1024 examples: the proof work stops at the budget."""
+    case = make_case([64] * 9 + [1], 1024, 0, 1.0, "random")
+    line = make_line(case.model, case.init, case.final, dtype=torch.float64)
+    t0 = time.perf_counter()
+    outcome = certify(line, case.data, budget_s=2.0)
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 2.0 + 3.0, elapsed
+    assert outcome.certificate.status == "unknown" and "budget" in outcome.certificate.reason
 
 
 def test_conditions_catch_a_constructed_monotone_case():

@@ -46,10 +46,11 @@ def load_state_dict(path: str) -> StateDict:
                 obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
             found = re.search(r"unsupported global:? (?:GLOBAL )?([\w.]+)", str(exc), flags=re.IGNORECASE)
-            if found is None:
+            name = found.group(1) if found else _pickled_global(path)
+            if name is None:
                 raise InputError(f"cannot read checkpoint {path}: not a torch.save state dict (corrupt or another format)") from None
             raise InputError(
-                f"refusing to load {path}: it needs arbitrary pickled code (global {found.group(1)}), which "
+                f"refusing to load {path}: it needs arbitrary pickled code (global {name}), which "
                 "weights_only=True forbids; save a plain state_dict (or .safetensors) instead"
             ) from None
         except Exception as exc:
@@ -63,6 +64,29 @@ def load_state_dict(path: str) -> StateDict:
     if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
         raise InputError(f"{path} does not hold a state dict (a mapping from names to tensors)")
     return dict(obj)
+
+
+def _pickled_global(path: str) -> str | None:
+    """The first global a plain pickle file imports (never executing it), or None.
+
+    ``torch.load`` reports the forbidden global only for files written by ``torch.save``; a file
+    written with ``pickle.dump`` must still be refused as code, not called corrupt.
+    """
+    import pickletools
+
+    try:
+        with open(path, "rb") as f:
+            strings: list[str] = []
+            for op, arg, _ in pickletools.genops(f):
+                if op.name == "GLOBAL":
+                    return str(arg).replace(" ", ".")
+                if isinstance(arg, str):
+                    strings.append(arg)
+                if op.name == "STACK_GLOBAL":
+                    return ".".join(strings[-2:]) if len(strings) >= 2 else "unknown"
+    except Exception:  # not a pickle at all
+        return None
+    return None
 
 
 def _names(keys: list[str], limit: int = 6) -> str:

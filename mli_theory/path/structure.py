@@ -145,6 +145,12 @@ def _hook_reason(model: nn.Module) -> str | None:
     return None
 
 
+def _natural_exponent(node) -> bool:
+    """x ** n with a literal natural number n (a polynomial, so smooth); fractional powers are not."""
+    exponent = node.args[1] if len(node.args) > 1 else node.kwargs.get("exponent")
+    return isinstance(exponent, int) and not isinstance(exponent, bool) and exponent >= 0
+
+
 def _module_class(m: nn.Module) -> str:
     """``smooth``, ``kinked`` or ``other`` for a leaf module (exact types only: no subclasses)."""
     t = type(m)
@@ -190,9 +196,13 @@ def analyse(model: nn.Module) -> PathStructure:
             label = f"{node.target} ({type(modules[node.target]).__name__})"
         elif node.op == "call_function":
             cls = "kinked" if node.target in _KINKED_FUNCTIONS else ("smooth" if node.target in _SMOOTH_FUNCTIONS else "other")
+            if node.target in (operator.pow, torch.pow):
+                cls = "smooth" if _natural_exponent(node) else "other"
             label = getattr(node.target, "__name__", str(node.target))
         elif node.op == "call_method":
             cls = "kinked" if node.target in _KINKED_METHODS else ("smooth" if node.target in _SMOOTH_METHODS else "other")
+            if node.target == "pow":
+                cls = "smooth" if _natural_exponent(node) else "other"
             label = f".{node.target}()"
         elif node.op == "get_attr":
             cls, label = "smooth", node.target

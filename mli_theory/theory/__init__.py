@@ -1,18 +1,20 @@
-"""Theory of MLI under MSE: symbolic derivations, condition statements, their evaluation on paths."""
+"""Theory of MLI under MSE: symbolic derivations, condition statements, their evaluation on paths.
+
+The sympy derivations (:mod:`mli_theory.theory.symbolic`) are imported on first use, so that
+checking a model does not pay for importing sympy.
+"""
 
 from .conditions import GeometryReport, evaluate_conditions, with_proofs
 from .statements import STATEMENTS
-from .symbolic import Derivation, Step, check_step, derivation, render_result, result_names
 
-__all__ = [
-    "Derivation",
-    "GeometryReport",
-    "STATEMENTS",
-    "Step",
-    "check_step",
-    "derivation",
-    "evaluate_conditions",
-    "render_result",
-    "result_names",
-    "with_proofs",
-]
+_SYMBOLIC = ("Derivation", "Step", "check_step", "derivation", "render_result", "result_names")
+
+__all__ = ["GeometryReport", "STATEMENTS", "evaluate_conditions", "with_proofs", *_SYMBOLIC]
+
+
+def __getattr__(name: str):
+    if name in _SYMBOLIC:
+        from . import symbolic
+
+        return getattr(symbolic, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
