@@ -1,4 +1,9 @@
-"""End-to-end tests of ``mli-theory`` through a subprocess (the CLI contract of GUIDE §3)."""
+"""End-to-end tests of ``mli-theory`` (the CLI contract of GUIDE §3).
+
+Most run the entry point in-process (same code path, without paying torch's import each time);
+the ones about what a fresh process prints (warnings from torch, pickled code, the JSON contract)
+run a real subprocess.
+"""
 
 from __future__ import annotations
 
@@ -18,9 +23,26 @@ REQUIRED = {
 }
 
 
-def cli(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, "-m", "mli_theory", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+def cli(*args: str, cwd: str | None = None, fresh: bool = False) -> subprocess.CompletedProcess:
+    """Run ``mli-theory ARGS``: in a fresh process, or in-process with stdout and stderr captured."""
+    if fresh:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
+        return subprocess.run([sys.executable, "-m", "mli_theory", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    import contextlib
+    import io
+
+    from mli_theory.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    here = os.getcwd()
+    try:
+        if cwd:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args))
+    finally:
+        os.chdir(here)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +118,7 @@ def base(files, **over):
 
 
 def test_json_contract_and_certificate(files):
-    p = cli("check", *base(files), "--certify", "--json", "--dtype", "float64")
+    p = cli("check", *base(files), "--certify", "--json", "--dtype", "float64", fresh=True)
     assert p.returncode == 0, p.stderr
     obj = json.loads(p.stdout)  # the JSON object is the only thing on stdout
     assert REQUIRED <= obj.keys()
@@ -173,7 +195,8 @@ BAD = [
 @pytest.mark.parametrize("label,over,needle", BAD, ids=[b[0] for b in BAD])
 def test_bad_input_exits_2_with_one_line(files, label, over, needle):
     over = {k: (str(files / v) if k in ("--init", "--final", "--data") and not v.startswith("sklearn:") else v) for k, v in over.items()}
-    p = cli("check", *base(files, **over), "--json", cwd=str(files))
+    fresh = label in ("unsafe pickle", "plain pickle with code", "factory raising SystemExit")
+    p = cli("check", *base(files, **over), "--json", cwd=str(files), fresh=fresh)
     assert p.returncode == 2, (label, p.stdout, p.stderr)
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mli-theory: error:"), p.stderr
@@ -244,7 +267,7 @@ def test_factories_that_are_not_chains_are_never_certified_exactly(files, factor
 
 
 def test_factory_output_stays_off_stdout(files):
-    p = cli("check", *base(files, **{"--arch": "tricky:chatty"}), "--json", "--alphas", "3", cwd=str(files))
+    p = cli("check", *base(files, **{"--arch": "tricky:chatty"}), "--json", "--alphas", "3", cwd=str(files), fresh=True)
     assert p.returncode == 0, p.stderr
     json.loads(p.stdout)  # only the JSON object
     assert "hello from the factory" in p.stderr
