@@ -100,7 +100,7 @@ class CheckResult:
     normalized_distance: float | None
     gauss_length: float | None = None
     logit_linearity: float | None = None
-    certificate: Certificate = field(default_factory=lambda: Certificate.unknown("not requested (use --certify)"))
+    certificate: Certificate = field(default_factory=lambda: Certificate.unknown("not requested (certify=False)"))
     conditions: tuple[Condition, ...] = ()
     warnings: tuple[str, ...] = ()
     info: dict[str, Any] = field(default_factory=dict)

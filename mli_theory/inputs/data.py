@@ -136,17 +136,17 @@ def load_data(source: str, loss: str) -> Dataset:
             do not fit the loss.
     """
     if loss not in LOSSES:
-        raise InputError(f"unknown loss {loss!r} (expected one of: {', '.join(LOSSES)})")
+        raise InputError(f"loss={loss!r}: unknown loss (expected one of: {', '.join(LOSSES)})")
     if source == "synthetic:teacher":
         if loss != "mse":
-            raise InputError("synthetic:teacher is a regression data set: use --loss mse")
+            raise InputError("synthetic:teacher is a regression data set: use loss=\"mse\"")
         x, y = _teacher_student()
     elif source.startswith("sklearn:"):
         x, y, task = _load_builtin(source)
         if loss == "mse" and task == "classification":
             y = _one_hot(y)
         if loss == "ce" and task != "classification":
-            raise InputError(f"{source} is a {task} data set: use --loss mse")
+            raise InputError(f"{source} is a {task} data set: use loss=\"mse\"")
     else:
         x, y = _read_npz(source)
     return _validate(x, y, loss, source)

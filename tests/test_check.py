@@ -1,0 +1,60 @@
+"""``check``: optional work that fails becomes a warning; options are validated by parameter name."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+from strategies import make_case
+
+from mli_theory import InputError, check
+
+# the modules (the package re-exports functions of the same names)
+certify_pkg = importlib.import_module("mli_theory.certify")
+theory_pkg = importlib.import_module("mli_theory.theory")
+
+
+@pytest.fixture(scope="module")
+def case():
+    return make_case([3, 4, 2], 10, 0, 1.0, "trained")
+
+
+def test_geometry_failure_is_a_warning(case, monkeypatch):
+    def broken(*a, **k):
+        raise RuntimeError("jet exploded")
+
+    monkeypatch.setattr(theory_pkg, "evaluate_conditions", broken)
+    r = check(case.model, case.init, case.final, case.data, certify=True, dtype=torch.float64)
+    assert r.gauss_length is None and r.conditions == ()
+    assert any("jet exploded" in w for w in r.warnings)
+    assert r.certificate.status in ("monotone", "non_monotone")  # the proof still came out
+
+
+def test_proof_failure_is_a_warning_and_unknown(case, monkeypatch):
+    def broken(*a, **k):
+        raise ZeroDivisionError("bug in a prover")
+
+    monkeypatch.setattr(certify_pkg, "certify", broken)
+    r = check(case.model, case.init, case.final, case.data, certify=True, dtype=torch.float64)
+    assert r.certificate.status == "unknown" and "bug in a prover" in r.certificate.reason
+    assert any("bug in a prover" in w for w in r.warnings)
+    assert len(r.losses) == 50 and r.gauss_length is not None
+
+
+@pytest.mark.parametrize(
+    "option,value",
+    [("alphas", 1), ("alphas", 10**7), ("tol", float("nan")), ("tol", -1.0), ("certify_budget", float("nan")),
+     ("certify_budget", 0.0), ("batch_size", 0), ("alpha_chunk", -2), ("bn", "magic"), ("device", "meta"), ("dtype", "float16")],
+)
+def test_bad_options_name_the_parameter(case, option, value):
+    with pytest.raises(InputError, match=f"^{option}="):
+        check(case.model, case.init, case.final, case.data, **{option: value})
+
+
+def test_proven_conditions_only_under_certify(case):
+    plain = check(case.model, case.init, case.final, case.data, dtype=torch.float64)
+    proven = check(case.model, case.init, case.final, case.data, dtype=torch.float64, certify=True)
+    assert plain.conditions and not any(c.proven for c in plain.conditions)
+    assert all("evidence" in c.statement for c in plain.conditions)
+    assert any(c.proven for c in proven.conditions)
