@@ -70,8 +70,8 @@ def certify(line: Line, data: Dataset, *, tol: float = 0.0, budget_s: float | No
     if kind != PathKind.POLYNOMIAL:
         return done(
             Certificate.unknown(
-                f"no proof method for this model yet (not a chain of affine layers: {line.structure.reason}); "
-                "the grid result is evidence only"
+                f"no proof method yet for a {line.structure.kind.value.replace('_', ' ')} path that is not a chain of "
+                f"affine layers ({line.structure.reason}); the grid result is evidence only"
             )
         )
     if data.x.dim() != 2:

@@ -30,6 +30,7 @@ Kinds, from the most to the least structured:
 from __future__ import annotations
 
 import operator
+import warnings
 from dataclasses import dataclass
 from enum import Enum
 
@@ -177,7 +178,9 @@ def analyse(model: nn.Module) -> PathStructure:
     if reason is not None:
         return PathStructure(PathKind.UNKNOWN, reason)
     try:
-        graph = torch.fx.symbolic_trace(model).graph
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            graph = torch.fx.symbolic_trace(model).graph
     except Exception as exc:  # any failure to trace means we cannot tell what the model computes
         msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         return PathStructure(PathKind.UNKNOWN, f"torch.fx could not trace the model ({type(exc).__name__}: {msg})")
@@ -237,5 +240,5 @@ def analyse(model: nn.Module) -> PathStructure:
                 linear,
             )
     if kind == PathKind.PIECEWISE_SMOOTH:
-        return PathStructure(kind, f"traced: piecewise smooth (first kink at {first_kink})", chain)
+        return PathStructure(kind, f"traced: every operation is smooth or piecewise smooth, first kink at {first_kink}", chain)
     return PathStructure(kind, "traced: every operation is smooth", chain)
