@@ -54,28 +54,41 @@ def shift(c: Poly1, m: int, k: int) -> list[int]:
     return out
 
 
-def evaluate(c: Poly1, t: Fraction) -> Fraction:
-    """p(t) exactly."""
-    acc = Fraction(0)
-    for ci in reversed(c):
-        acc = acc * t + ci
-    return acc
-
-
 def bounds(c: Poly1, m: int = 0, k: int = 0) -> tuple[Fraction, Fraction]:
-    """Proven (lower, upper) bounds of p on [m·2^-k, (m+1)·2^-k]."""
-    s = shift(c, m, k) if k else list(c)
+    """Proven (lower, upper) bounds of p on [m·2^-k, (m+1)·2^-k], for every integer m (and k ≥ 0).
+
+    These are min_j b_j and max_j b_j for the Bernstein coefficients b_j of p on the box; the
+    corner coefficients b_0, b_d are the values of p at the box ends, so an extreme there is attained.
+
+    >>> bounds([0, 1], 1, 0)   # t on [1, 2]
+    (Fraction(1, 1), Fraction(2, 1))
+    """
+    c = list(c) or [0]
+    s = shift(c, m, k) if (k or m) else c
     big, b = bernstein(s)
     scale = Fraction(1, big) / Fraction(2) ** (k * (len(c) - 1))
     return min(b) * scale, max(b) * scale
 
 
 def prove_nonnegative(c: Poly1, *, max_depth: int = 30, max_boxes: int = 20000, deadline: float | None = None) -> bool | None:
-    """p ≥ 0 on [0, 1]: True (proven), False (a dyadic point with p < 0 was found) or None (undecided)."""
+    """p ≥ 0 on [0, 1]: True (proven), False (a dyadic point with p < 0 was found) or None (undecided).
+
+    Boxes whose Bernstein coefficients are all ≥ 0 are proven; a negative corner coefficient is a
+    value p < 0; otherwise the box is halved. A box still undecided at ``max_depth`` (a zero of p
+    that no dyadic box edge hits, e.g. (3t − 1)²) does not stop the search: the other boxes may
+    still hold a point with p < 0 (p has at most d zeros, each keeping only a few boxes per level
+    undecided, so this costs about O(d·max_depth) boxes more).
+
+    >>> prove_nonnegative([1, -6, 9])                  # (3t − 1)²: true, but not provable this way
+    >>> prove_nonnegative([60, -692, 2695, -4224, 2304])  # 16·(3t − 2)²·((4t − 1)² − 1/16): p(1/4) < 0
+    False
+    """
+    c = list(c) or [0]
     while len(c) > 1 and c[-1] == 0:
-        c = list(c)[:-1]
+        c = c[:-1]
     stack = [(0, 0)]
     boxes = 0
+    undecided = False
     while stack:
         m, k = stack.pop()
         boxes += 1
@@ -87,9 +100,10 @@ def prove_nonnegative(c: Poly1, *, max_depth: int = 30, max_boxes: int = 20000, 
         if b[0] < 0 or b[-1] < 0:
             return False  # b_0, b_d are values of p at the box corners
         if k >= max_depth:
-            return None
+            undecided = True
+            continue
         stack += [(2 * m, k + 1), (2 * m + 1, k + 1)]
-    return True
+    return None if undecided else True
 
 
 # ----------------------------------------------------------------------------- bivariate
@@ -113,7 +127,12 @@ def bernstein2(c: Poly2) -> list[list[int]]:
 
 
 def prove_nonnegative2(c: Poly2, *, max_depth: int = 16, max_boxes: int = 20000, deadline: float | None = None) -> bool | None:
-    """p(α, s) ≥ 0 on [0, 1]²: True (proven), False (a corner with p < 0) or None (undecided)."""
+    """p(α, s) ≥ 0 on [0, 1]²: True (proven), False (a corner with p < 0) or None (undecided).
+
+    Depth first, and None as soon as one box is undecided at ``max_depth``: a zero *curve* of p
+    (e.g. (α − s)²) leaves ~2^k undecided boxes per level, too many to keep looking for a negative
+    corner elsewhere, so None may be returned where p < 0 somewhere (never a wrong True/False).
+    """
     stack = [(0, 0, 0)]
     boxes = 0
     while stack:

@@ -25,6 +25,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ..errors import InputError
+
 
 @dataclass(frozen=True)
 class Fixed:
@@ -42,6 +44,13 @@ class Fixed:
 def to_fixed(arrays: Sequence[np.ndarray], max_exp: int | None = None) -> Fixed:
     """Exact integer form of float arrays with one common binary exponent (≤ ``max_exp``).
 
+    A finite float is x = m·2^(e−53) with m = frexp mantissa·2^53 an integer (|m| < 2^53, also for
+    subnormals), so with lo ≤ every e − 53, x = (m·2^(e−53−lo))·2^lo exactly. Common trailing zero
+    bits are then divided out (not past ``max_exp``). Arrays are flattened in C order.
+
+    Raises:
+        InputError: (a ``ValueError``) for inf or NaN, which have no exact integer form.
+
     >>> f = to_fixed([np.array([0.5, 3.0])])
     >>> [v * 2.0**f.exp for v in f.ints[0]]
     [0.5, 3.0]
@@ -50,6 +59,8 @@ def to_fixed(arrays: Sequence[np.ndarray], max_exp: int | None = None) -> Fixed:
     exps: list[np.ndarray] = []
     for a in arrays:
         a = np.asarray(a, dtype=np.float64).ravel()
+        if not np.all(np.isfinite(a)):
+            raise InputError("to_fixed: inf or NaN has no exact dyadic form")
         m, e = np.frexp(a)
         mants.append((m * 2.0**53).astype(np.int64))
         exps.append(e.astype(np.int64) - 53)
@@ -141,7 +152,13 @@ def to_fraction_of_arb(x) -> Fraction:
 
 
 def dyadic_in(lo: Fraction, hi: Fraction, mid: Fraction) -> Fraction:
-    """A float64-representable point of [0, 1] as close to ``mid`` as 2**-53 allows, inside [lo, hi] if possible."""
+    """A float64-representable point of [0, 1] as close to ``mid`` as 2**-53 allows, inside [lo, hi] if possible.
+
+    Every k·2^-53 in [0, 1] is a float; if that grid point misses [lo, hi], the float nearest to
+    ``mid`` is used (for mid = (lo + hi)/2 it lies in [lo, hi] whenever any float does). ``mid``
+    outside [0, 1] is clamped first, so that this never raises.
+    """
+    mid = min(max(Fraction(mid), Fraction(0)), Fraction(1))
     q = Fraction(round(mid * 2**53), 2**53)
     if q < lo or q > hi:
         q = Fraction(_nearest(mid))
