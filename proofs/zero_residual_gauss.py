@@ -49,11 +49,40 @@ def condition_implies_decrease() -> bool:
     return seen >= 50
 
 
+def plane_reduction() -> bool:
+    """Two vectors of R^m lie in a plane; in polar coordinates there ⟨u, v⟩ = ρ₁ρ₂cos(φ₁ − φ₂).
+
+    Backs the use of the polar-form step (checked by sympy on R²) for tangents in R^m: with an
+    orthonormal basis of span{u, v} (Gram–Schmidt), u and v keep their lengths and inner product,
+    and their polar angles differ by the angle between them.
+    """
+    rng = np.random.default_rng(7)
+    for _ in range(500):
+        m = int(rng.integers(2, 40))
+        u, v = rng.normal(size=m), rng.normal(size=m)
+        e1 = u / np.linalg.norm(u)
+        w = v - (v @ e1) * e1
+        e2 = w / np.linalg.norm(w)
+        (x1, y1), (x2, y2) = (u @ e1, u @ e2), (v @ e1, v @ e2)
+        rho1, rho2 = np.hypot(x1, y1), np.hypot(x2, y2)
+        phi1, phi2 = np.arctan2(y1, x1), np.arctan2(y2, x2)
+        angle = np.arccos(np.clip(u @ v / (np.linalg.norm(u) * np.linalg.norm(v)), -1, 1))
+        scale = np.linalg.norm(u) * np.linalg.norm(v)
+        if abs(rho1 - np.linalg.norm(u)) > 1e-12 * rho1 or abs(rho2 - np.linalg.norm(v)) > 1e-12 * rho2:
+            return False
+        if abs(u @ v - rho1 * rho2 * np.cos(phi1 - phi2)) > 1e-12 * scale:
+            return False
+        if abs(abs(phi1 - phi2) - angle) > 1e-9:
+            return False
+    return True
+
+
 if __name__ == "__main__":
     exit_with(
         run(
             zero_residual_gauss(),
             {
+                "polar form on the plane spanned by two vectors of R^m (500 random pairs)": plane_reduction,
                 "angle between tangents ≤ turning between them (200 random curves)": angle_below_turning,
                 "r = 0 and G < π/2 ⇒ non-increasing loss (random curves, 4001-point grid)": condition_implies_decrease,
             },

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import sympy as sp
+from sympy.core.function import AppliedUndef
 
 StepKind = Literal["zero", "degree_le", "argument"]
 
@@ -66,13 +67,156 @@ class Derivation:
 
 
 def check_step(step: Step) -> bool:
-    """Verify a step with sympy; ``argument`` steps return True here (checked in ``proofs/``)."""
+    """Verify a step with sympy; ``argument`` steps return True here (checked in ``proofs/``).
+
+    ``zero``: True only when sympy shows ``expr ≡ 0`` (see :func:`_is_identically_zero`); any
+    failure of the simplification, or an expression that is not a scalar sympy expression, gives
+    False. ``degree_le``: True when ``expr`` is a polynomial in α whose degree (for generic values
+    of its other symbols) is ≤ ``bound``; anything that is not a polynomial in α gives False.
+    Unknown kinds give False.
+
+    >>> from sympy import cos, sin, symbols
+    >>> x, y = symbols("x y")
+    >>> check_step(Step("binomial", "zero", (x + y)**2 - x**2 - 2*x*y - y**2))
+    True
+    >>> check_step(Step("wrong binomial", "zero", (x + y)**2 - x**2 - y**2))
+    False
+    >>> check_step(Step("Pythagoras", "zero", cos(x)**2 + sin(x)**2 - 1))
+    True
+    >>> check_step(Step("not an identity", "zero", cos(x)**2 - sin(x)**2 - 1))
+    False
+    >>> check_step(Step("degree", "degree_le", (1 + alpha)**3, 3)), check_step(Step("degree", "degree_le", (1 + alpha)**3, 2))
+    (True, False)
+    """
     if step.kind == "zero":
-        return sp.simplify(sp.expand(step.expr)) == 0
+        try:
+            return _is_identically_zero(step.expr)
+        except Exception:  # noqa: BLE001 - a check that cannot be carried out is not a pass
+            return False
     if step.kind == "degree_le":
-        poly = step.expr if isinstance(step.expr, sp.Poly) else sp.Poly(step.expr, alpha)
-        return poly.degree(alpha) <= step.bound
-    return True
+        try:
+            return _degree_at_most(step.expr, step.bound)
+        except Exception:  # noqa: BLE001
+            return False
+    return step.kind == "argument"
+
+
+def _degree_at_most(expr, bound) -> bool:
+    """deg_α(expr) ≤ bound, where expr must be a polynomial in α (symbolic coefficients allowed).
+
+    The degree is the generic one: a coefficient that is a non-zero polynomial in other symbols
+    counts, so the check is "degree ≤ bound for every value of the other symbols". The zero
+    polynomial has degree −∞.
+    """
+    if expr is None or bound is None:
+        return False
+    if isinstance(expr, sp.Poly):
+        poly = expr if expr.gens == (alpha,) else sp.Poly(expr.as_expr(), alpha)
+    else:
+        poly = sp.Poly(sp.sympify(expr), alpha)  # raises PolynomialError if not polynomial in α
+    if poly.is_zero:
+        return True
+    return poly.degree(alpha) <= int(bound)
+
+
+_OPAQUE = (AppliedUndef, sp.Derivative, sp.Subs, sp.Integral)
+
+
+def _is_identically_zero(expr) -> bool:
+    """Decide ``expr ≡ 0`` soundly: True only if sympy reduces ``expr`` to exactly 0.
+
+    1. Floats are replaced by the exact rationals they store (no rounding inside the check);
+       unevaluated integrals, derivatives, sums and substitutions are evaluated (``doit``); what
+       remains opaque — undefined functions z(α), their derivatives, ``Subs``, integrals sympy
+       cannot do — is replaced by fresh symbols. This is sound: the original expression is the
+       new one with those symbols substituted back, so if the new one is ≡ 0 so is the original.
+    2. If the result is a rational function of its symbols, write it as p/q and expand p in the
+       polynomial ring over its symbols: a polynomial is zero iff all its coefficients are, so
+       this is an exact decision.
+    3. Otherwise (trigonometric and other transcendental terms) evaluate at a few random points
+       with 50 significant digits; a value clearly away from 0 proves ``expr ≢ 0`` (False).
+       Then try ``expand``, ``expand_trig``, ``trigsimp``, ``simplify`` and the rewrite in
+       exponentials; True only when one of them returns exactly 0.
+    """
+    if expr is None:
+        return False
+    e = expr.as_expr() if isinstance(expr, sp.Poly) else sp.sympify(expr)
+    if not isinstance(e, sp.Expr):
+        return False
+    floats = e.atoms(sp.Float)
+    if floats:
+        e = e.xreplace({f: sp.Rational(f) for f in floats})
+    if e.has(sp.Integral, sp.Derivative, sp.Subs, sp.Sum, sp.Product):
+        try:
+            e = e.doit()  # steps may hold unevaluated integrals and derivatives: evaluate them here
+        except Exception:  # noqa: BLE001 - left unevaluated, they become opaque symbols below
+            pass
+    opaque = [a for a in e.atoms(*_OPAQUE)]
+    if opaque:
+        e = e.xreplace({a: sp.Dummy(f"opaque{i}") for i, a in enumerate(opaque)})
+    if e.is_rational_function():
+        numerator = sp.numer(sp.together(e))
+        syms = sorted(numerator.free_symbols, key=lambda x: x.name)
+        if not syms:
+            return sp.expand(numerator) == 0
+        return sp.Poly(numerator, *syms).is_zero  # exact expansion in the polynomial ring
+    if sp.expand(e) == 0:
+        return True
+    if _clearly_nonzero_somewhere(e):
+        return False
+    attempts = (
+        lambda x: sp.expand(sp.expand_trig(x)),
+        sp.trigsimp,
+        lambda x: sp.trigsimp(sp.expand(sp.expand_trig(x))),
+        sp.simplify,
+        lambda x: sp.expand(sp.expand(x.rewrite(sp.exp)), power_exp=True),
+    )
+    for attempt in attempts:
+        try:
+            if attempt(e) == 0:
+                return True
+        except Exception:  # noqa: BLE001 - try the next one; never count a failure as a pass
+            continue
+    return False
+
+
+def _sample_value(sym: sp.Symbol, rng) -> sp.Rational:
+    """A random exact value for ``sym`` respecting its sign and integrality assumptions."""
+    if sym.is_integer:
+        v = sp.Integer(rng.randint(1, 9))
+    else:
+        v = sp.Rational(rng.randint(1, 97), rng.randint(2, 13))
+    return -v if (sym.is_negative or sym.is_nonpositive) else v
+
+
+def _clearly_nonzero_somewhere(e: sp.Expr, points: int = 3, digits: int = 50, max_nodes: int = 5000) -> bool:
+    """True if e evaluates, at some random point, to a number clearly different from 0.
+
+    Only ever used to reject. The threshold is 10^−(digits/2) times the largest magnitude of any
+    sub-expression at that point (so cancellation in a true identity, which leaves about
+    10^−digits of that size, never counts); points where e is undefined or not a finite number
+    are skipped, and so are expressions too large to evaluate node by node.
+    """
+    import random
+
+    if sum(1 for _ in sp.preorder_traversal(e)) > max_nodes:
+        return False
+    rng = random.Random(20240611)
+    syms = sorted(e.free_symbols, key=lambda x: x.name)
+    for _ in range(points):
+        vals = {x: _sample_value(x, rng) for x in syms}
+        try:
+            at = e.xreplace(vals)
+            v = sp.N(at, digits)
+            sizes = [abs(sp.N(node, 15)) for node in sp.preorder_traversal(at)]
+            scale = max([x for x in sizes if x.is_finite and x.is_real] + [sp.Integer(1)])
+        except Exception:  # noqa: BLE001
+            continue
+        if not v.is_number or v.has(sp.nan, sp.zoo, sp.oo, -sp.oo) or not abs(v).is_finite:
+            continue
+        if abs(v) > sp.Float(10) ** (-(digits // 2)) * scale:
+            return True
+    return False
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -98,6 +242,37 @@ def _generic_path(m: int, degree: int):
 
 def _dot(a, b) -> sp.Expr:
     return sum(x * y for x, y in zip(a, b))
+
+
+def _slope_terms(m: int, degree: int) -> tuple[sp.Expr, sp.Expr, sp.Expr, dict]:
+    """The pieces of the integral identity on a generic polynomial path, computed independently.
+
+    Returns ``(Lp, P_int, Q, end)`` where, for z a generic polynomial path of the given degree in
+    R^m (symbolic coefficients, see :func:`_generic_path`) and generic targets y,
+
+    * ``Lp`` = L′(α) obtained by differentiating L(α) = (1/2n)‖z(α) − y‖² with sympy,
+    * ``P_int`` = ∫_α^1 P(α, s) ds with P = ⟨z′(α), z′(s)⟩, integrated by sympy,
+    * ``Q`` = ⟨z′(α), r⟩ with r = z(1) − y,
+    * ``end`` = the substitution y := z(1), which makes r = 0.
+
+    The integral identity says n·L′ = −∫_α^1 P ds + Q; none of the three pieces is built from it.
+    """
+    zs, za, y, r, dza, dzs = _generic_path(m, degree)
+    res = [zi - yi for zi, yi in zip(za, y)]
+    Lp = sp.diff(_dot(res, res) / (2 * n), alpha)
+    P_int = sp.integrate(sp.expand(_dot(dza, dzs)), (s, alpha, 1))
+    end = {yi: zi.subs(s, 1) for yi, zi in zip(y, zs)}
+    return Lp, P_int, _dot(dza, r), end
+
+
+def _polar(rho: sp.Symbol, phi: sp.Symbol) -> list[sp.Expr]:
+    """ρ(cos φ, sin φ): a vector of R² in polar form."""
+    return [rho * sp.cos(phi), rho * sp.sin(phi)]
+
+
+def _spherical(rho: sp.Symbol, theta: sp.Symbol, phi: sp.Symbol) -> list[sp.Expr]:
+    """ρ(sin θ cos φ, sin θ sin φ, cos θ): a vector of R³ in spherical form (θ polar, φ azimuth)."""
+    return [rho * sp.sin(theta) * sp.cos(phi), rho * sp.sin(theta) * sp.sin(phi), rho * sp.cos(theta)]
 
 
 # ----------------------------------------------------------------------------- results
@@ -129,7 +304,9 @@ def integral_identity(m: int = 2, degree: int = 4) -> Derivation:
     zs, za, y, r, dza, dzs = _generic_path(m, degree)
     lhs = _dot(dza, [zi - yi for zi, yi in zip(za, y)]) / n
     rhs = -sp.integrate(_dot(dza, dzs), (s, alpha, 1)) / n + _dot(dza, r) / n
-    ftc = [sp.integrate(d, (s, alpha, 1)) - (zi.subs(s, 1) - zi.subs(s, alpha)) for d, zi in zip(dzs, zs)]
+    # the stated form, per component: (z(α) − y) − (r − ∫_α^1 z′(s) ds), the integral left
+    # unevaluated so that the check (not the construction) carries it out
+    ftc = [(zai - yi) - (ri - sp.Integral(d, (s, alpha, 1))) for zai, yi, ri, d in zip(za, y, r, dzs)]
     return Derivation(
         "integral_identity",
         "The loss slope as an integral of tangent inner products",
@@ -147,8 +324,22 @@ def integral_identity(m: int = 2, degree: int = 4) -> Derivation:
     )
 
 
-def zero_residual_gauss() -> Derivation:
-    """(a) r = 0 and total turning G < π/2 imply L′ ≤ 0 on [0, 1] (stacked outputs or per example)."""
+def zero_residual_gauss(m: int = 2, degree: int = 4) -> Derivation:
+    """(a) r = 0 and total turning G < π/2 imply L′ ≤ 0 on [0, 1] (stacked outputs or per example).
+
+    Checked steps: (1) with y := z(1) the slope L′ of L(α) = (1/2n)‖z(α) − z(1)‖², differentiated
+    by sympy on a generic polynomial path, equals −(1/n)∫_α^1⟨z′(α), z′(s)⟩ds, integrated by sympy;
+    (2)–(4) the inner product of two vectors is the product of their lengths and the cosine of the
+    angle between them, in polar form on R² (any two tangents span a plane) and, for the
+    great-circle distance d on the unit sphere, in spherical form on R³:
+    ⟨u, v⟩ = ρ₁ρ₂(cos θ₁ cos θ₂ + sin θ₁ sin θ₂ cos(φ₁ − φ₂)) = ρ₁ρ₂ cos d.
+    """
+    Lp, P_int, _, end = _slope_terms(m, degree)
+    r1, r2 = sp.symbols("rho1 rho2", positive=True)
+    p1, p2, t1, t2 = sp.symbols("phi1 phi2 theta1 theta2", real=True)
+    u, v = _polar(r1, p1), _polar(r2, p2)
+    u3, v3 = _spherical(r1, t1, p1), _spherical(r2, t2, p2)
+    cos_d = sp.cos(t1) * sp.cos(t2) + sp.sin(t1) * sp.sin(t2) * sp.cos(p1 - p2)  # spherical law of cosines
     return Derivation(
         "zero_residual_gauss",
         "(a) Zero final residual and Gauss length below π/2",
@@ -159,8 +350,25 @@ def zero_residual_gauss() -> Derivation:
         ("z ∈ C² on [0, 1]", "z′(α) ≠ 0 for all α (the tangent is defined)", "r = 0", "G < π/2"),
         sp.Lt(sp.Symbol("G"), sp.pi / 2),
         (
-            Step("with r = 0 the integral identity gives L′(α) = −(1/n)∫_α^1⟨z′(α), z′(s)⟩ds", "zero",
-                 _r_zero_reduction()),
+            Step(
+                f"with r = 0 (y := z(1)) the integral identity gives L′(α) = −(1/n)∫_α^1⟨z′(α), z′(s)⟩ds: "
+                f"L′ of (1/2n)‖z(α) − z(1)‖² minus that integral is 0 (m = {m}, degree {degree} generic polynomials)",
+                "zero",
+                (Lp + P_int / n).xreplace(end),
+            ),
+            Step("in polar form z′ = ρ(cos φ, sin φ) on R²: ‖z′‖² = ρ²", "zero", _dot(u, u) - r1**2),
+            Step(
+                "⟨z′(α), z′(s)⟩ = ‖z′(α)‖‖z′(s)‖cos∠ with ∠ = φ(α) − φ(s) the angle between the tangents "
+                "(polar form on the plane the two tangents span)",
+                "zero",
+                _dot(u, v) - r1 * r2 * sp.cos(p1 - p2),
+            ),
+            Step(
+                "on the unit sphere the angle is the great-circle distance d: in spherical form on R³, "
+                "⟨u, v⟩ = ρ₁ρ₂ cos d with cos d = cos θ₁ cos θ₂ + sin θ₁ sin θ₂ cos(φ₁ − φ₂)",
+                "zero",
+                _dot(u3, v3) - r1 * r2 * cos_d,
+            ),
             Step(
                 "the angle between T(α) and T(s) is the great-circle distance between two points of the "
                 "unit sphere, which is at most the length of any path between them on the sphere, here "
@@ -173,16 +381,15 @@ def zero_residual_gauss() -> Derivation:
     )
 
 
-def _r_zero_reduction() -> sp.Expr:
-    """With r = 0: the (1/n)⟨z′, r⟩ term of the integral identity vanishes (symbolic check)."""
-    v = sp.symbols("v0:3")
-    return _dot(v, [0, 0, 0])
+def acute_tangents(m: int = 2, degree: int = 4) -> Derivation:
+    """(b) Pairwise-acute tangents and tangents obtuse to r imply L′ ≤ 0.
 
-
-def acute_tangents() -> Derivation:
-    """(b) Pairwise-acute tangents and tangents obtuse to r imply L′ ≤ 0."""
-    a, b, c = sp.symbols("a b c", nonnegative=True)
-    # L'(α)·n = −∫ P + Q with P ≥ 0, Q ≤ 0 ⇒ ≤ 0: sign bookkeeping as an identity on symbols
+    Checked step: n·L′(α) + ∫_α^1 P ds − Q = 0 with P = ⟨z′(α), z′(s)⟩ and Q = ⟨z′(α), r⟩, where
+    L′ is sympy's derivative of (1/2n)‖z(α) − y‖² and the integral sympy's, on a generic polynomial
+    path with generic targets. The sign bookkeeping that follows (P ≥ 0 on [α, 1] and α ≤ 1 give
+    ∫_α^1 P ≥ 0; Q ≤ 0; so n·L′ = −∫P + Q ≤ 0) is an argument, backed numerically in ``proofs/``.
+    """
+    Lp, P_int, Q, _ = _slope_terms(m, degree)
     return Derivation(
         "acute_tangents",
         "(b) Acute tangent cone, tangents obtuse to the final residual",
@@ -193,9 +400,17 @@ def acute_tangents() -> Derivation:
         ("z ∈ C¹ on [0, 1]", "⟨z′(α), z′(s)⟩ ≥ 0 for all α, s", "⟨z′(α), r⟩ ≤ 0 for all α"),
         sp.Le(sp.Symbol("L'(alpha)"), 0),
         (
-            Step("n·L′(α) = −∫_α^1 P ds + Q with P = ⟨z′(α), z′(s)⟩, Q = ⟨z′(α), r⟩ (integral identity)", "argument"),
-            Step("−(non-negative) + (non-positive) ≤ 0: written as −a − b = −(a + b) with a, b ≥ 0", "zero", (-a - b) + (a + b)),
-            Step("the interval of integration [α, 1] has non-negative length, so ∫_α^1 P ds ≥ 0", "argument"),
+            Step(
+                "n·L′(α) = −∫_α^1 P ds + Q with P = ⟨z′(α), z′(s)⟩, Q = ⟨z′(α), r⟩ (integral identity): "
+                f"n·L′ + ∫_α^1 P ds − Q = 0 (m = {m}, degree {degree} generic polynomials, generic y)",
+                "zero",
+                n * Lp + P_int - Q,
+            ),
+            Step(
+                "signs: P ≥ 0 on [α, 1] and the interval [α, 1] has non-negative length, so ∫_α^1 P ds ≥ 0; "
+                "Q ≤ 0; hence n·L′(α) = −(non-negative) + (non-positive) ≤ 0",
+                "argument",
+            ),
         ),
     )
 
@@ -235,19 +450,36 @@ def stationary_curvature(m: int = 2, degree: int = 4) -> Derivation:
 
 
 def linear_model(m: int = 3) -> Derivation:
-    """(d) z affine in α: L convex quadratic, monotone on [0,1] iff L′(1) ≤ 0."""
+    """(d) z affine in α: L convex quadratic, monotone on [0,1] iff L′(1) ≤ 0.
+
+    Checked steps: for z(α) = a + αb, L″ = ‖b‖²/n and L′(α) = L′(1) − (1 − α)‖b‖²/n; for z = Φθ
+    along θ(α) = θ0 + αΔθ, L′(1) (sympy's derivative of the path loss) equals ⟨∇ℓ(θT), Δθ⟩
+    (sympy's gradient of ℓ(θ) = (1/2n)‖Φθ − y‖²), and L′(1) vanishes identically when θT is the
+    least-squares solution adj(ΦᵀΦ)Φᵀy / det(ΦᵀΦ) (a rational-function identity in Φ, y, θ0).
+    """
     a = sp.symbols(f"a0:{m}")
     b = sp.symbols(f"b0:{m}")
     y = sp.symbols(f"y0:{m}")
     z = [ai + alpha * bi for ai, bi in zip(a, b)]
     L = _dot([zi - yi for zi, yi in zip(z, y)], [zi - yi for zi, yi in zip(z, y)]) / (2 * n)
     Lp = sp.diff(L, alpha)
-    # least squares: z = Φθ, ∇L(θ) = Φᵀ(Φθ − y)/n; at a minimiser ∇L = 0 so L′(1) = ∇L·Δθ = 0
+    # z = Φθ along θ(α) = θ0 + α(θT − θ0): L′(1) by differentiating the path loss, ∇ℓ(θT) by
+    # differentiating ℓ(θ) = (1/2n)‖Φθ − y‖² in θ; neither uses the other's formula
     phi = sp.Matrix(m, 2, sp.symbols(f"p0:{2 * m}"))
-    t0, tT = sp.Matrix(sp.symbols("u0:2")), sp.Matrix(sp.symbols("w0:2"))
+    t0, tT, th = sp.Matrix(sp.symbols("u0:2")), sp.Matrix(sp.symbols("w0:2")), sp.Matrix(sp.symbols("t0:2"))
     ym = sp.Matrix(y)
-    grad_T = phi.T * (phi * tT - ym) / n
-    Lp1 = ((phi * (tT - t0)).T * (phi * tT - ym))[0] / n
+
+    def ell(theta: sp.Matrix) -> sp.Expr:
+        e = phi * theta - ym
+        return (e.T * e)[0] / (2 * n)
+
+    Lp1 = sp.diff(ell(t0 + alpha * (tT - t0)), alpha).subs(alpha, 1)
+    grad_T = sp.Matrix([sp.diff(ell(th), ti) for ti in th]).xreplace(dict(zip(th, tT)))
+    # a least-squares minimiser: θT = adj(ΦᵀΦ)Φᵀy / det(ΦᵀΦ) solves the normal equations ΦᵀΦθ = Φᵀy
+    # (Cramer's rule; det ΦᵀΦ ≠ 0 for generic Φ)
+    gram = phi.T * phi
+    t_ls = gram.adjugate() * (phi.T * ym) / gram.det()
+    Lp1_ls = Lp1.xreplace(dict(zip(tT, t_ls)))
     return Derivation(
         "linear_model",
         "(d) Models linear in θ",
@@ -258,9 +490,22 @@ def linear_model(m: int = 3) -> Derivation:
         ("z(α) = f(X; θ0 + αΔθ) is affine in α", "L(α) = (1/2n)‖z(α) − y‖²"),
         sp.Eq(sp.Symbol("L'(alpha)"), sp.Symbol("L'(1)") - (1 - alpha) * sp.Symbol("|b|^2") / n),
         (
-            Step("L″ = ‖b‖²/n", "zero", sp.diff(L, alpha, 2) - _dot(b, b) / n),
+            Step(
+                "L″ = ‖b‖²/n (the derivative left unevaluated: the check differentiates)",
+                "zero",
+                sp.Derivative(L, (alpha, 2)) - _dot(b, b) / n,
+            ),
             Step("L′(α) = L′(1) − (1 − α)‖b‖²/n", "zero", Lp - (Lp.subs(alpha, 1) - (1 - alpha) * _dot(b, b) / n)),
-            Step("L′(1) = ⟨∇L(θT), Δθ⟩ for z = Φθ (so L′(1) = 0 at a least-squares minimiser)", "zero", Lp1 - (grad_T.T * (tT - t0))[0]),
+            Step(
+                "L′(1) = ⟨∇ℓ(θT), Δθ⟩ for z = Φθ (ℓ(θ) = (1/2n)‖Φθ − y‖², both sides differentiated by sympy)",
+                "zero",
+                Lp1 - (grad_T.T * (tT - t0))[0],
+            ),
+            Step(
+                f"L′(1) = 0 when θT solves the normal equations ΦᵀΦθT = Φᵀy (generic {m}×2 Φ, any θ0)",
+                "zero",
+                Lp1_ls,
+            ),
         ),
     )
 
