@@ -6,17 +6,23 @@ from _common import exit_with, random_poly_curve, run
 from mli_theory.theory.symbolic import acute_tangents
 
 
-def condition_implies_decrease() -> bool:
-    rng = np.random.default_rng(3)
-    grid = np.linspace(0, 1, 801)
-    seen = 0
-    for _ in range(600):
+def _curves_meeting_the_assumptions(rng, grid, tries: int = 600):
+    """Random polynomial curves in R³ whose tangents are pairwise acute and obtuse to r (on ``grid``)."""
+    for _ in range(tries):
         z, dz, _ = random_poly_curve(rng, 3, 3, scale=0.6)
         y = z(np.array([1.0]))[0] + rng.normal(size=3) * 0.3
         v = dz(grid)
         r = z(np.array([1.0]))[0] - y
         if (v @ v.T).min() < 0 or (v @ r).max() > 0:
             continue
+        yield z, dz, y, r
+
+
+def condition_implies_decrease() -> bool:
+    rng = np.random.default_rng(3)
+    grid = np.linspace(0, 1, 801)
+    seen = 0
+    for z, dz, y, r in _curves_meeting_the_assumptions(rng, grid):
         seen += 1
         L = ((z(grid) - y) ** 2).sum(1)
         if np.any(np.diff(L) > 1e-12 * L.max()):
@@ -35,13 +41,7 @@ def sign_bookkeeping() -> bool:
     grid = np.linspace(0, 1, 201)
     xg, wg = np.polynomial.legendre.leggauss(8)
     seen, n, h = 0, 3, 1e-5
-    for _ in range(600):
-        z, dz, _ = random_poly_curve(rng, 3, 3, scale=0.6)
-        y = z(np.array([1.0]))[0] + rng.normal(size=3) * 0.3
-        v = dz(grid)
-        r = z(np.array([1.0]))[0] - y
-        if (v @ v.T).min() < 0 or (v @ r).max() > 0:
-            continue
+    for z, dz, y, r in _curves_meeting_the_assumptions(rng, grid):
         seen += 1
         for a in rng.uniform(0.0, 1.0, 5):
             sq = a + (1 - a) * (xg + 1) / 2
