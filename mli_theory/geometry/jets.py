@@ -2,30 +2,37 @@
 
 Two ways to get z′ and z″ (they are compared in the tests):
 
-* ``nested_jvp``: forward mode twice with respect to the scalar α (any model);
-* ``taylor``: one pass that carries (h, h′, h″) through models whose traced graph is a chain of
-  Linear, BatchNorm1d (with fixed statistics) and elementwise activation modules (decided by
-  :mod:`mli_theory.path.structure`, never by class names alone), using that θ(α) is affine in α:
-  a Linear layer costs W·h, Δ·h, W·h′, Δ·h′, W·h″.
+* ``taylor``: one pass of the jet interpreter (:mod:`mli_theory.geometry.interpreter` with the
+  rules of :mod:`mli_theory.geometry.rules`) over the model's :mod:`torch.fx` graph, carrying
+  (h, h′, h″) through every operation with its own second-order rule. Parameters are affine in α,
+  so a parameter enters as (θ(α), Δθ, 0) and a Linear layer costs W·h, ΔW·h, W·h′, ΔW·h′, W·h″.
+  Operations without a rule are evaluated by nested forward mode for that operation alone, and
+  named in :attr:`PathJet.fallbacks`. Any model that traces (no hooks, no ``__call__`` override,
+  no untraceable control flow) is handled: :func:`taylor_supported`, :func:`taylor_plan`;
+* ``nested_jvp``: forward mode twice with respect to the scalar α through the whole model (any
+  model). Caveat: torch's nested forward mode of ``F.layer_norm`` is not second-order exact
+  (z″ disagrees with finite differences) and ``F.scaled_dot_product_attention`` has no forward
+  mode on CPU; the Taylor rules for both are exact.
 """
 
 from __future__ import annotations
 
-import math
+import weakref
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import torch
 from torch import nn
 from torch.func import functional_call, jvp, vmap
+from torch.fx import GraphModule
 
 from ..inputs.checkpoint import StateDict
 from ..inputs.data import Dataset
 from ..path import BNPolicy, Line, batches, recompute_bn_statistics
+from .interpreter import UnsupportedGraph, interpret, plan, trace
+from .rules import JET, Jet
 
 JetMethod = Literal["auto", "taylor", "nested_jvp"]
-
-_TAYLOR_ACTS = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.Identity)
 
 
 @dataclass(frozen=True)
@@ -37,12 +44,15 @@ class PathJet:
         z: outputs, shape (K, n, k) (trailing output dims flattened).
         dz: z′(α), same shape.
         d2z: z″(α), same shape.
+        fallbacks: operations the Taylor mode evaluated by nested forward mode because no rule
+            covers them (empty for ``nested_jvp`` and when every operation had a rule).
     """
 
     alphas: torch.Tensor
     z: torch.Tensor
     dz: torch.Tensor
     d2z: torch.Tensor
+    fallbacks: tuple[str, ...] = ()
 
 
 # ----------------------------------------------------------------------------- states along α
@@ -90,115 +100,73 @@ def _nested_jvp(line: Line, fixed: StateDict, x: torch.Tensor, alphas: torch.Ten
         dz, d2z, z = jvp(first, (a,), (torch.ones_like(a),), has_aux=True)
         return z, dz, d2z
 
-    return vmap(both)(alphas)
+    # grad mode on (nothing requires grad, so no graph is kept): with grad disabled torch decomposes
+    # silu and mish into *_backward kernels that have no forward derivative, and nested jvp fails
+    with torch.enable_grad():
+        return vmap(both)(alphas)
 
 
 # ----------------------------------------------------------------------------- Taylor mode
 
+_GRAPHS: "weakref.WeakKeyDictionary[nn.Module, GraphModule | UnsupportedGraph]" = weakref.WeakKeyDictionary()
 
-def _taylor_layers(line: Line) -> list[tuple[str, nn.Module]] | None:
-    """The traced chain of modules if the one-pass Taylor mode handles every one of them, else None.
 
-    Exact types only (a subclass may compute something else), no hooks (the structure analysis
-    refuses them), and a graph that is a plain chain of module calls.
-    """
-    chain = line.structure.chain
-    if not chain:
-        return None
-    modules = dict(line.shell.named_modules())
-    layers = [(name, modules[name]) for name in chain]
-    ok = all(type(m) in (nn.Linear, nn.BatchNorm1d, nn.Flatten) + _TAYLOR_ACTS for _, m in layers)
-    ok = ok and all(m.approximate == "none" for _, m in layers if type(m) is nn.GELU)
-    ok = ok and all(m.start_dim == 1 and m.end_dim == -1 for _, m in layers if type(m) is nn.Flatten)
-    return layers if ok else None
+def _graph(line: Line) -> GraphModule | UnsupportedGraph:
+    """The traced model (cached per shell), or why the interpreter cannot run it."""
+    got = _GRAPHS.get(line.shell)
+    if got is None:
+        try:
+            got = trace(line.shell)
+        except UnsupportedGraph as exc:
+            got = UnsupportedGraph(str(exc))  # without its traceback, which would keep the shell alive
+        _GRAPHS[line.shell] = got
+    return got
 
 
 def taylor_supported(line: Line) -> bool:
-    """Whether the one-pass Taylor mode handles this model (a traced chain of supported modules)."""
-    return _taylor_layers(line) is not None
+    """Whether the one-pass Taylor mode handles this model: torch.fx traces it (no hooks, no
+    ``__call__`` override, no data-dependent control flow, no in-place update it cannot follow)."""
+    return isinstance(_graph(line), GraphModule)
 
 
-def _act_derivs(layer: nn.Module, u: torch.Tensor):
-    """σ(u), σ′(u), σ″(u) for an elementwise activation."""
-    if isinstance(layer, nn.ReLU):
-        return torch.relu(u), (u > 0).to(u.dtype), torch.zeros_like(u)
-    if isinstance(layer, nn.Tanh):
-        t = torch.tanh(u)
-        d1 = 1 - t * t
-        return t, d1, -2 * t * d1
-    if isinstance(layer, nn.Sigmoid):
-        s = torch.sigmoid(u)
-        d1 = s * (1 - s)
-        return s, d1, d1 * (1 - 2 * s)
-    if isinstance(layer, nn.GELU):
-        if layer.approximate != "none":
-            raise NotImplementedError("tanh-approximated GELU")
-        phi = torch.exp(-0.5 * u * u) / math.sqrt(2 * math.pi)
-        cdf = 0.5 * (1 + torch.erf(u / math.sqrt(2)))
-        return u * cdf, cdf + u * phi, phi * (2 - u * u)
-    return u, torch.ones_like(u), torch.zeros_like(u)  # Identity
+def taylor_plan(line: Line) -> list[str]:
+    """Operations the Taylor mode will evaluate by nested forward mode (no rule), in graph order.
+
+    Static: a rule may also decline a call at run time (BatchNorm in training mode, say);
+    :attr:`PathJet.fallbacks` records what actually ran.
+
+    Raises:
+        ValueError: the model cannot be interpreted (the message says why).
+    """
+    gm = _graph(line)
+    if isinstance(gm, UnsupportedGraph):
+        raise ValueError(f"the Taylor mode cannot run this model: {gm}")
+    return plan(gm, JET)
 
 
-def _taylor(line: Line, fixed: StateDict, x: torch.Tensor, alpha: float):
-    """(z, z′, z″) at one α in a single pass carrying the second-order jet."""
-    layers = _taylor_layers(line)
-    if layers is None:
-        raise ValueError("the one-pass Taylor mode does not handle this model")
-    s, e = line.start, line.end
-
-    def at(key: str) -> tuple[torch.Tensor, torch.Tensor]:
-        if key in fixed:
-            return fixed[key], torch.zeros_like(fixed[key])
-        return (1 - alpha) * s[key] + alpha * e[key], e[key] - s[key]
-
-    h = x
-    h1: torch.Tensor | None = None  # h′ (None means zero)
-    h2: torch.Tensor | None = None
-    for p, layer in layers:
-        if isinstance(layer, nn.Flatten):
-            h = h.flatten(1)
-            h1 = None if h1 is None else h1.flatten(1)
-            h2 = None if h2 is None else h2.flatten(1)
-        elif isinstance(layer, nn.Linear):
-            w, dw = at(f"{p}.weight")
-            o = h @ w.T
-            o1 = h @ dw.T
-            if layer.bias is not None:
-                b, db = at(f"{p}.bias")
-                o = o + b
-                o1 = o1 + db
-            o2 = None
-            if h1 is not None:
-                o1 = o1 + h1 @ w.T
-                o2 = 2 * (h1 @ dw.T)
-            if h2 is not None:
-                o2 = h2 @ w.T if o2 is None else o2 + h2 @ w.T
-            h, h1, h2 = o, o1, o2
-        elif isinstance(layer, nn.BatchNorm1d):
-            mean, _ = at(f"{p}.running_mean")
-            var, _ = at(f"{p}.running_var")
-            inv = torch.rsqrt(var + layer.eps)
-            g, dg = at(f"{p}.weight") if layer.affine else (torch.ones_like(mean), torch.zeros_like(mean))
-            b, db = at(f"{p}.bias") if layer.affine else (torch.zeros_like(mean), torch.zeros_like(mean))
-            c = (h - mean) * inv
-            c1 = None if h1 is None else h1 * inv
-            c2 = None if h2 is None else h2 * inv
-            new = g * c + b
-            new1 = dg * c + db + (0 if c1 is None else g * c1)
-            new2 = (0 if c2 is None else g * c2) + (0 if c1 is None else 2 * dg * c1)
-            h, h1 = new, new1
-            h2 = new2 if isinstance(new2, torch.Tensor) else None
+def _taylor(
+    line: Line,
+    gm: GraphModule,
+    fixed: StateDict,
+    deltas: StateDict,
+    x: torch.Tensor,
+    alpha: float,
+    fallbacks: list[str],
+):
+    """(z, z′, z″) at one α in a single pass of the jet interpreter."""
+    params: dict[str, Jet] = {}
+    for k, s in line.start.items():
+        if k in fixed or k not in deltas:
+            params[k] = Jet(fixed[k] if k in fixed else line.end[k])
         else:
-            v, d1, d2 = _act_derivs(layer, h)
-            n1 = None if h1 is None else d1 * h1
-            n2 = None
-            if h1 is not None:
-                n2 = d2 * h1 * h1
-            if h2 is not None:
-                n2 = d1 * h2 if n2 is None else n2 + d1 * h2
-            h, h1, h2 = v, n1, n2
-    zero = torch.zeros_like(h)
-    return h, (zero if h1 is None else h1), (zero if h2 is None else h2)
+            params[k] = Jet((1 - alpha) * s + alpha * line.end[k], deltas[k])
+    out = interpret(gm, JET, [Jet(x)], params, fallbacks=fallbacks)
+    if isinstance(out, torch.Tensor):
+        out = Jet(out)
+    if not isinstance(out, Jet):
+        raise ValueError(f"the Taylor mode needs a model that returns one tensor, got {type(out).__name__}")
+    d1, d2 = out.derivatives()
+    return out.v, d1, d2
 
 
 # ----------------------------------------------------------------------------- public
@@ -225,20 +193,23 @@ def path_jet(
         data: inputs (targets unused), on the line's device and dtype.
         alphas: where to evaluate.
         bn: BatchNorm policy.
-        method: ``taylor`` (one pass; traced chains of Linear/BN/activation modules on 2-D inputs), ``nested_jvp``
-            (any model), or ``auto`` (Taylor mode where supported).
+        method: ``taylor`` (one pass of the jet interpreter; any model torch.fx can trace, see
+            :func:`taylor_supported`), ``nested_jvp`` (any model), or ``auto`` (Taylor mode where supported).
         batch_size: examples per pass (bounds memory).
         alpha_chunk: α values per vmapped nested-jvp call (bounds memory).
     """
     bn = BNPolicy(bn)
     a = torch.as_tensor(alphas, dtype=line.dtype, device=line.device).reshape(-1)
-    supported = taylor_supported(line) and data.x.dim() == 2
+    gm = _graph(line)
+    supported = isinstance(gm, GraphModule)
     use_taylor = method == "taylor" or (method == "auto" and supported)
     if use_taylor and not supported:
-        raise ValueError("method='taylor' needs a traced chain of Linear, BatchNorm1d, Flatten and elementwise activations")
+        raise ValueError(f"method='taylor' cannot run this model: {gm}")
     per_alpha_fixed = line.has_bn and bn != BNPolicy.FROZEN
     zs, d1s, d2s = [], [], []
+    fallbacks: list[str] = []
     with torch.no_grad():
+        deltas = {k: line.end[k] - line.start[k] for k in line.start if line.start[k].is_floating_point()} if use_taylor else {}
         fixed_const = None if per_alpha_fixed else _fixed_buffers(line, bn, 0.0, data, batch_size)
         step = 1 if (use_taylor or per_alpha_fixed) else max(1, alpha_chunk)
         for i0 in range(0, a.shape[0], step):
@@ -248,14 +219,14 @@ def path_jet(
             for sl in batches(data.n, batch_size):
                 xb = data.x[sl]
                 if use_taylor:
-                    z, d1, d2 = _taylor(line, fixed, xb, float(chunk[0]))
+                    z, d1, d2 = _taylor(line, gm, fixed, deltas, xb, float(chunk[0]), fallbacks)  # type: ignore[arg-type]
                     parts.append((z[None], d1[None], d2[None]))
                 else:
                     parts.append(_nested_jvp(line, fixed, xb, chunk))
             zs.append(torch.cat([p[0] for p in parts], dim=1))
             d1s.append(torch.cat([p[1] for p in parts], dim=1))
             d2s.append(torch.cat([p[2] for p in parts], dim=1))
-    return PathJet(a, _stack_alphas(zs), _stack_alphas(d1s), _stack_alphas(d2s))
+    return PathJet(a, _stack_alphas(zs), _stack_alphas(d1s), _stack_alphas(d2s), tuple(fallbacks))
 
 
 def _stack_alphas(parts: list[torch.Tensor]) -> torch.Tensor:
