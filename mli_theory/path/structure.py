@@ -2,7 +2,7 @@
 
 Every method that depends on the form of f(x; θ) asks this module, never the spec string or a
 class name: the exact polynomial decision (a chain of affine maps gives outputs polynomial in α),
-the one-pass Taylor jets (a chain of supported layers), the conditions (which hypotheses can hold)
+whether the one-pass jets may trust the trace (no hooks), the conditions (which hypotheses can hold)
 and the sweep. The model is traced with :func:`torch.fx.symbolic_trace`, so an ``nn.Sequential``
 subclass with its own ``forward`` shows what that ``forward`` does, and anything the trace cannot
 prove is answered conservatively.
