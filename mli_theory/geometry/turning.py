@@ -7,7 +7,10 @@ v = z′ and acceleration z″ (from :mod:`mli_theory.geometry.jets`):
   z″⊥ = z″ − ⟨z″, T⟩T (equivalently √(‖v‖²‖z″‖² − ⟨v, z″⟩²)/‖v‖²);
 * Gauss length G(x) = ∫₀¹ ‖dT/dα‖ dα, the total turning of the tangent (a planar arc through an
   angle φ has G = φ; Lucas et al. 2021, following the reference code); reported as the mean over
-  examples and for the stacked outputs z ∈ R^{n·k}.
+  examples and for the stacked outputs z ∈ R^{n·k}. Where z′ jumps (a kink of a ReLU network) or
+  passes through 0 (a reversal), the tangent turns at a point, by the angle between its directions
+  on either side (π for a reversal), and that counts too. :func:`gauss_length` integrates it by
+  adaptive quadrature, with an error estimate.
 """
 
 from __future__ import annotations
@@ -31,6 +34,17 @@ def speed_floor(dtype: torch.dtype) -> float:
     return 1e3 * torch.finfo(dtype).eps
 
 
+def _rate(dz: torch.Tensor, d2z: torch.Tensor, floor: float, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Turning rate and singular mask of :func:`turning_rate`, with the reference speed given."""
+    speed = dz.norm(dim=-1)
+    singular = (speed <= floor * ref) | (ref == 0)
+    safe = torch.where(singular, torch.ones_like(speed), speed)
+    t = dz / safe.unsqueeze(-1)
+    perp = d2z - (d2z * t).sum(-1, keepdim=True) * t
+    rate = torch.where(singular, torch.zeros_like(speed), perp.norm(dim=-1) / safe)
+    return rate, singular
+
+
 def turning_rate(dz: torch.Tensor, d2z: torch.Tensor, floor: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """‖dT/dα‖ = ‖z″⊥‖/‖z′‖ along the last axis, and a mask of singular points.
 
@@ -42,43 +56,103 @@ def turning_rate(dz: torch.Tensor, d2z: torch.Tensor, floor: float | None = None
         floor: relative speed floor (default :func:`speed_floor` of the dtype).
     """
     floor = speed_floor(dz.dtype) if floor is None else floor
+    return _rate(dz, d2z, floor, dz.norm(dim=-1).amax(dim=0, keepdim=True))
+
+
+def _unit(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """v/‖v‖ along the last axis (0 where v = 0), and where v ≠ 0."""
+    n = v.norm(dim=-1, keepdim=True)
+    return v / torch.where(n > 0, n, torch.ones_like(n)), n[..., 0] > 0
+
+
+def _angle(t0: torch.Tensor, t1: torch.Tensor) -> torch.Tensor:
+    """Angle between unit vectors along the last axis: 2·atan2(‖t1 − t0‖, ‖t1 + t0‖), accurate
+    near 0 and π, unlike arccos⟨t0, t1⟩."""
+    return 2 * torch.atan2((t1 - t0).norm(dim=-1), (t1 + t0).norm(dim=-1))
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """At some grid points (one curve per trailing row): z′, z″, turning rate, singular mask, unit
+    tangent (the last nonzero z′ at or before the point along α, so that a reversal through an exact
+    zero of z′ still turns by π), whether it is defined, the unit direction in which it turns
+    (z″⊥/‖z″⊥‖, 0 where it does not) and the rate of change of the speed ⟨T, z″⟩."""
+
+    dz: torch.Tensor
+    d2z: torch.Tensor
+    rate: torch.Tensor
+    singular: torch.Tensor
+    t: torch.Tensor
+    defined: torch.Tensor
+    normal: torch.Tensor
+    dspeed: torch.Tensor
+
+
+def _frame(dz: torch.Tensor, d2z: torch.Tensor, carried: torch.Tensor, floor: float, ref: torch.Tensor) -> _Frame:
+    """The rate and singular mask are those of :func:`_rate` (the carried tangent is z′'s own
+    direction wherever the rate is not 0)."""
     speed = dz.norm(dim=-1)
-    ref = speed.amax(dim=0, keepdim=True)
     singular = (speed <= floor * ref) | (ref == 0)
+    t, defined = _unit(carried)
+    along = (d2z * t).sum(-1, keepdim=True)
+    normal, turns = _unit(d2z - along * t)
+    perp_norm = (normal * d2z).sum(-1)  # ‖z″⊥‖
     safe = torch.where(singular, torch.ones_like(speed), speed)
-    t = dz / safe.unsqueeze(-1)
-    perp = d2z - (d2z * t).sum(-1, keepdim=True) * t
-    rate = torch.where(singular, torch.zeros_like(speed), perp.norm(dim=-1) / safe)
-    return rate, singular
+    rate = torch.where(singular | ~turns, torch.zeros_like(speed), perp_norm / safe)
+    return _Frame(dz, d2z, rate, singular, t, defined, normal, along[..., 0])
 
 
-def _chord_angles(dz: torch.Tensor) -> torch.Tensor:
-    """Angle between unit tangents at consecutive grid points, (K−1, ...); 0 where undefined.
+def _to_midpoint(f: _Frame, step: torch.Tensor) -> torch.Tensor:
+    """The velocity carried by ``step`` in α: the speed linearly (‖z′‖ + step·⟨T, z″⟩), the tangent
+    turned by step·rate in its turning direction (exact on a circle); linearly (z′ + step·z″) at
+    singular points. ``step`` broadcasts against the rate; the turn is capped at π/2."""
+    speed = f.dz.norm(dim=-1)
+    th = (step * f.rate).clamp(min=-torch.pi / 2, max=torch.pi / 2).unsqueeze(-1)
+    turned = (speed + step * f.dspeed).unsqueeze(-1) * (torch.cos(th) * f.t + torch.sin(th) * f.normal)
+    return torch.where(f.singular.unsqueeze(-1), f.dz + step.unsqueeze(-1) * f.d2z, turned)
 
-    The tangent turns by at least this much inside the interval, so it catches turning that the
-    rate misses between grid points (a reversal of direction, where z′ passes through 0, turns the
-    tangent by π).
+
+def _rule(f0: _Frame, f1: _Frame, h: torch.Tensor, blocks: int | None, jumps: bool):
+    """Turning over intervals with end frames ``f0``, ``f1`` and widths ``h`` (m,).
+
+    Returns (estimate, merged, trapezoid, end-tangent angle), each (m, ...). The estimate is
+    max(angle between the end tangents, trapezoid of the rate + kink term), or the trapezoid alone
+    without ``jumps``. The kink term is the angle between the velocities carried to the midpoint
+    from either end (:func:`_to_midpoint`): they differ by O(h³) where the path is smooth (not at
+    all on a circle), and by the jump of z′ at a kink inside the interval (counted as if it sat at
+    the midpoint: an O(h) error). The end-tangent angle is a lower bound of the turning inside the
+    interval and counts a reversal (z′ through 0) as π.
+
+    With ``blocks`` (stacked outputs: ``blocks`` examples of k outputs each), ``merged`` is how much
+    more the kink term would be if the velocity changed one block after the other: kinks of
+    different examples inside one interval, at different α, add up in full; taken at once they
+    count less. It is 0 otherwise.
     """
-    s = dz.norm(dim=-1)
-    t = dz / torch.where(s > 0, s, torch.ones_like(s)).unsqueeze(-1)
-    # carry the last defined tangent over points where z′ = 0, so that a reversal through an
-    # exact zero on the grid still shows as a turn of π
-    k = dz.shape[0]
-    idx = torch.where(s > 0, torch.arange(k, device=dz.device).reshape(-1, *([1] * (s.dim() - 1))).expand_as(s), -1)
-    last = torch.cummax(idx, dim=0).values
-    defined = last >= 0
-    t = torch.gather(t, 0, last.clamp(min=0).unsqueeze(-1).expand_as(t))
-    # 2·atan2(‖t1 − t0‖, ‖t1 + t0‖) is accurate near 0 and π, unlike arccos⟨t0, t1⟩
-    ang = 2 * torch.atan2((t[1:] - t[:-1]).norm(dim=-1), (t[1:] + t[:-1]).norm(dim=-1))
-    ok = defined[1:] & defined[:-1]
-    return torch.where(ok, ang, torch.zeros_like(ang))
-
-
-def _turning(rate: torch.Tensor, dz: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
-    """Total turning per interval: max(trapezoid of the rate, angle between end tangents)."""
-    w = (alphas[1:] - alphas[:-1]).reshape(-1, *([1] * (rate.dim() - 1)))
-    trap = (rate[1:] + rate[:-1]) / 2 * w
-    return torch.maximum(trap, _chord_angles(dz))
+    h = h.reshape(-1, *([1] * (f0.rate.dim() - 1)))
+    trap = (f0.rate + f1.rate) / 2 * h
+    ok = f0.defined & f1.defined
+    chord = torch.where(ok, _angle(f0.t, f1.t), torch.zeros_like(trap))
+    if not jumps:
+        return trap, torch.zeros_like(trap), trap, chord
+    left, right = _to_midpoint(f0, h / 2), _to_midpoint(f1, -h / 2)
+    (ul, okl), (ur, okr) = _unit(left), _unit(right)
+    both = okl & okr
+    kink = torch.where(both, _angle(ul, ur), torch.zeros_like(trap))
+    est = torch.where(ok, torch.maximum(chord, trap + kink), trap)
+    if blocks is None or blocks <= 1:
+        return est, torch.zeros_like(est), trap, chord
+    # left → right one block at a time: P_j = P_{j−1} + D_j (D_j = block j of right − left), in
+    # units of ‖left‖ (angles do not depend on the scale)
+    m = left.shape[0]
+    scale = left.norm(dim=-1).clamp(min=1e-300).reshape(m, 1, 1)
+    L, D = left.reshape(m, blocks, -1) / scale, (right - left).reshape(m, blocks, -1) / scale
+    grow = ((L + D) ** 2).sum(-1) - (L * L).sum(-1)  # ‖P_j‖² − ‖P_{j−1}‖²
+    a2 = 1.0 + torch.cumsum(grow, dim=1) - grow  # ‖P_{j−1}‖²
+    ld = (L * D).sum(-1)  # ⟨P_{j−1}, D_j⟩
+    cross2 = (a2 * (D * D).sum(-1) - ld * ld).clamp(min=0)  # ‖P_{j−1}‖²‖P_j‖² − ⟨P_{j−1}, P_j⟩²
+    blockwise = torch.where(both, torch.atan2(cross2.sqrt(), a2 + ld).sum(1), torch.zeros_like(trap))
+    est_blocks = torch.where(ok, torch.maximum(chord, trap + blockwise), trap)
+    return est, (est_blocks - est).clamp(min=0), trap, chord
 
 
 @dataclass(frozen=True)
@@ -90,10 +164,12 @@ class GaussLength:
         per_example: G(x) for each example, shape (n,).
         stacked: G of the stacked output path z ∈ R^{n·k}.
         n_alphas: number of α points of the final (refined) grid.
-        converged: whether the refinement met its relative tolerance.
-        error: estimated absolute error of ``mean`` and ``stacked`` (the larger), inf if unknown.
-        singular: whether the velocity vanished somewhere (the tangent is then undefined, and the
-            turning there is not counted).
+        converged: ``error`` ≤ rtol·max(mean, stacked) (the refinement met its tolerance).
+        error: estimated absolute error of ``mean`` and of ``stacked`` (the larger of the two; see
+            :func:`gauss_length`).
+        singular: whether the velocity vanished (below the speed floor) at a grid point, or a step
+            of the final grid turns by more than ``REVERSAL_TURN`` (a reversal of direction, which
+            is counted as π).
         alphas: the final grid.
     """
 
@@ -107,11 +183,92 @@ class GaussLength:
     alphas: tuple[float, ...]
 
 
-def _rates(jet: PathJet) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    per, sing = turning_rate(jet.dz, jet.d2z)  # (K, n)
-    K = jet.dz.shape[0]
-    st, sing_st = turning_rate(jet.dz.reshape(K, -1), jet.d2z.reshape(K, -1))
-    return per, st, sing.any(dim=0).any() | sing_st.any()
+# no split below this many units in the last place of the line's dtype: the new α must stay distinct
+_MIN_SPLIT_ULPS = 64
+# an absolute floor (radians) under the relative tolerance, for paths that hardly turn at all
+_TINY = 1e-12
+
+
+class _Grid:
+    """The α evaluated so far (in the order evaluated) with their jets, and the rule on any of
+    their intervals. The reference speeds of the singular mask and the carried tangents use all
+    points evaluated so far (estimates cached from earlier rounds are not redone when a new point
+    changes them, which only happens at points where z′ is 0 or below the speed floor)."""
+
+    def __init__(self, alphas: torch.Tensor, dz: torch.Tensor, d2z: torch.Tensor, blocks: int, jumps: bool) -> None:
+        self.alphas, self.dz, self.d2z = alphas, dz, d2z
+        self.blocks, self.jumps = blocks, jumps
+        self.floor = speed_floor(dz.dtype)
+        self.speed = dz.norm(dim=-1)  # (K, n)
+        self._refresh()
+
+    def add(self, alphas: torch.Tensor, dz: torch.Tensor, d2z: torch.Tensor) -> torch.Tensor:
+        """Append points; returns their indices."""
+        K = self.alphas.shape[0]
+        self.alphas = torch.cat([self.alphas, alphas])
+        self.dz, self.d2z = torch.cat([self.dz, dz]), torch.cat([self.d2z, d2z])
+        self.speed = torch.cat([self.speed, dz.norm(dim=-1)])
+        self._refresh()
+        return torch.arange(K, K + alphas.shape[0])
+
+    def _refresh(self) -> None:
+        speed_st = self.speed.norm(dim=1)
+        self.ref, self.ref_st = self.speed.amax(dim=0), speed_st.amax()
+        # the last point at or before each one (along α) where z′ ≠ 0
+        order = torch.argsort(self.alphas).to(self.dz.device)
+        K = order.shape[0]
+
+        def last_moving(moving: torch.Tensor) -> torch.Tensor | None:
+            if bool(moving.all()):
+                return None
+            pos = torch.arange(K, device=moving.device).reshape(-1, *([1] * (moving.dim() - 1))).expand_as(moving)
+            idx = torch.cummax(torch.where(moving[order], pos, -1), dim=0).values
+            out = torch.empty_like(idx)
+            source = order.reshape(-1, *([1] * (idx.dim() - 1))).expand_as(idx).gather(0, idx.clamp(min=0))
+            out[order] = torch.where(idx >= 0, source, -1)
+            return out
+
+        self.last, self.last_st = last_moving(self.speed > 0), last_moving(speed_st > 0)
+
+    def _frames(self, idx: torch.Tensor) -> tuple[_Frame, _Frame]:
+        i = idx.to(self.dz.device)
+        dz, d2z = self.dz[i], self.d2z[i]
+        m, n = dz.shape[0], dz.shape[1]
+        if self.last is None:
+            carried = dz
+        else:
+            src = self.last[i]  # (m, n)
+            carried = self.dz[src.clamp(min=0), torch.arange(n, device=dz.device)] * (src >= 0).unsqueeze(-1)
+        if self.last_st is None:
+            carried_st = dz.reshape(m, -1)
+        else:
+            src = self.last_st[i]
+            carried_st = self.dz[src.clamp(min=0)].reshape(m, -1) * (src >= 0).unsqueeze(-1)
+        per = _frame(dz, d2z, carried, self.floor, self.ref)
+        st = _frame(dz.reshape(m, -1), d2z.reshape(m, -1), carried_st, self.floor, self.ref_st)
+        return per, st
+
+    def rule(self, lo: torch.Tensor, hi: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The rule on the intervals [α_lo, α_hi] for example and stacked outputs."""
+        (p0, s0), (p1, s1) = self._frames(lo), self._frames(hi)
+        h = (self.alphas[hi] - self.alphas[lo]).to(self.dz.device)
+        est, _, trap, chord = _rule(p0, p1, h, None, self.jumps)
+        est_st, merged, trap_st, chord_st = _rule(s0, s1, h, self.blocks, self.jumps)
+        reversal = (chord > REVERSAL_TURN).any(dim=1) | (chord_st > REVERSAL_TURN)
+        return {"ex": est, "st": est_st, "merged": merged, "trap": trap, "trap_st": trap_st, "rev": reversal}
+
+    def singular(self) -> bool:
+        return bool(((self.speed <= self.floor * self.ref) | (self.ref == 0)).any()) or bool(
+            ((self.speed.norm(dim=1) <= self.floor * self.ref_st) | (self.ref_st == 0)).any()
+        )
+
+
+def _cat(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: torch.cat([a[k], b[k]]) for k in a}
+
+
+def _take(a: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {k: v[idx] for k, v in a.items()}
 
 
 def gauss_length(
@@ -121,57 +278,179 @@ def gauss_length(
     bn: BNPolicy | str = BNPolicy.RECOMPUTE,
     initial: int = 51,
     rtol: float = 1e-3,
-    max_alphas: int = 801,
-    max_step_turn: float = 0.05,
-    max_rounds: int = 6,
+    max_alphas: int = 4097,
+    max_step_turn: float | None = 0.1,
+    kink_width: float | None = 1 / 4096,
+    jumps: bool | None = None,
+    max_rounds: int = 40,
     batch_size: int | None = None,
     method: JetMethod = "auto",
     jet: PathJet | None = None,
 ) -> GaussLength:
-    """Gauss length with adaptive refinement of the α grid.
+    """Gauss length G = ∫‖dT/dα‖dα by adaptive quadrature, with an error estimate.
 
-    Each interval contributes max(trapezoid of the turning rate, angle between its end tangents).
-    Starting from ``initial`` evenly spaced α (or the grid of ``jet``), every interval that turns
-    by more than ``max_step_turn`` is halved (or, when none does, all of them), until the mean and
-    stacked estimates change by less than ``rtol`` (relative), the grid reaches ``max_alphas``, or
-    ``max_rounds`` refinements were made (a kink, as in ReLU networks, turns the tangent at a point;
-    its chord angle is already counted and splitting does not shrink it). A reversal of direction (z′ through 0) shows as a turn of π and marks the path singular.
+    **Rule on an interval [a, b]** (h = b − a): max(angle between the unit tangents at a and b,
+    trapezoid of the rate ‖dT/dα‖ + kink term), the kink term being the angle between the
+    velocities carried to the midpoint from either end (the speed linearly, ‖z′‖ ± (h/2)⟨T, z″⟩,
+    the tangent turned by (h/2)·rate towards z″⊥). Where the path is smooth the two differ by
+    O(h³) (not at all on a circle) and the rule is the trapezoid rule (error O(h²)); a kink of a
+    ReLU network inside the interval (a jump of z′) is counted whole, as if it sat at the midpoint
+    (error O(h)); the end-tangent angle is a lower bound of the turning inside the interval and
+    counts a reversal of direction (z′ through 0) as π, whatever the grid (the tangent is carried
+    over grid points where z′ vanishes exactly).
+
+    **Error estimate.** The grid is a chain of panels (a, m, b) (``initial`` evenly spaced α or the
+    grid of ``jet``, two intervals at a time; an odd interval left over gets its midpoint). A
+    panel's coarse estimate C is the rule on [a, b], its fine estimate F the rule on [a, m] plus
+    [m, b]; F is reported and |C − F| is its error estimate (about 3 times F's error where smooth,
+    and about F's error next to a kink, where the error halves with each split). Per example the
+    differences are averaged over the examples (the error of the mean). For the stacked outputs a
+    panel also carries what its kink terms would add if the velocity changed one example's block
+    after the other: kinks of different examples at different α inside one step add up in full,
+    taken together they count less, and the step is split until they are apart. ``error`` is the
+    larger of the two sums over all panels (accepted or not).
+
+    **Refinement.** A panel is split in two (its two new α are the midpoints of [a, m] and [m, b];
+    the jets of all new α of a round are evaluated in one :func:`path_jet` call) when its
+    difference exceeds its share of the tolerance, ½·rtol·(G·width/span + its own turning), for the
+    mean or the stacked outputs, or, as guards against C and F agreeing by chance, when its
+    trapezoid part turns by more than ``max_step_turn``, or when it turns by more than rtol·G in a
+    way the rate does not account for (a kink, a reversal) and is wider than ``kink_width``·span
+    (two kinks of one example within one step count less than they turn, or nothing if they
+    cancel, and no rule on point values can see that: localising the kinks makes it unlikely, but
+    ``error`` does not include it). If no panel is over its share but the
+    sum is over the tolerance, the panels with the largest differences are split. When the α budget
+    ``max_alphas`` does not allow all splits, the largest differences go first. Refinement stops
+    when ``error`` ≤ rtol·max(mean, stacked) and no guard asks for a split, after ``max_rounds``
+    rounds, at ``max_alphas``, or when no panel can be split in the line's dtype; ``converged`` is
+    ``error`` ≤ rtol·max(mean, stacked), and ``error`` is finite whenever the jets are. Each round
+    applies the rule to the new intervals only (the halves of a split panel take its fine
+    estimates as their coarse ones).
+
+    A reversal (a step of the final grid that turns by more than ``REVERSAL_TURN``) or a vanishing
+    velocity marks the result ``singular``.
+
+    Args:
+        line, data: the path and the examples.
+        bn: BatchNorm policy for the jets.
+        initial: evenly spaced α to start from (ignored when ``jet`` is given).
+        rtol: relative tolerance of the larger of the mean and the stacked Gauss length.
+        max_alphas: the most α points the grid may reach.
+        max_step_turn: split every panel whose trapezoid part turns by more than this (None: no
+            such guard).
+        kink_width: split panels with a kink wider than this fraction of the α range (None: no
+            such guard).
+        jumps: count the turning the rate misses (kinks, reversals) through the end-tangent angle
+            and the kink term. None: unless BatchNorm statistics move with α (``bn`` recompute or
+            interpolate on a model with BatchNorm): z′ from the jets then holds them fixed and is
+            not the derivative of z(α), the angle between its directions at two α also measures
+            the statistics' drift, and G is the integral of the rate alone (trapezoid rule, with
+            the same error control).
+        max_rounds: the most refinement rounds.
+        batch_size, method: passed to :func:`path_jet`.
+        jet: jets on a starting grid (reused; its α range is the range integrated over).
+
+    >>> from torch import nn
+    >>> from mli_theory.path import make_line
+    >>> model = nn.Sequential(nn.Linear(1, 2), nn.Tanh(), nn.Linear(2, 2))
+    >>> g = torch.Generator().manual_seed(0)
+    >>> s0 = {k: torch.randn(v.shape, generator=g) for k, v in model.state_dict().items()}
+    >>> s1 = {k: 3 * torch.randn(v.shape, generator=g) for k, v in model.state_dict().items()}
+    >>> line = make_line(model, s0, s1, dtype=torch.float64)
+    >>> data = Dataset(torch.ones(3, 1, dtype=torch.float64), torch.zeros(3, 2, dtype=torch.float64), "mse", "d")
+    >>> r = gauss_length(line, data, rtol=1e-4)
+    >>> r.converged and r.error <= 1e-4 * max(r.mean, r.stacked)
+    True
     """
+    if jumps is None:
+        jumps = not (line.has_bn and BNPolicy(bn) != BNPolicy.FROZEN)
     if jet is None:
-        jet = path_jet(line, data, torch.linspace(0, 1, initial, dtype=torch.float64), bn=bn, method=method, batch_size=batch_size)
-    alphas = jet.alphas.double()
-    dz, d2z = jet.dz.double(), jet.d2z.double()
-    K = dz.shape[0]
-    converged = False
-    previous = None
-    error = float("inf")
+        start = torch.linspace(0, 1, initial, dtype=torch.float64)
+        jet = path_jet(line, data, start, bn=bn, method=method, batch_size=batch_size)
+
+    def evaluate(at: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        new = path_jet(line, data, at, bn=bn, method=method, batch_size=batch_size)
+        return new.dz.double(), new.d2z.double()
+
+    alphas, order = torch.sort(jet.alphas.detach().double().cpu())
+    keep = torch.ones_like(alphas, dtype=torch.bool)
+    keep[1:] = alphas[1:] > alphas[:-1]  # drop repeated α
+    idx = order[keep].to(jet.dz.device)
+    alphas, dz, d2z = alphas[keep], jet.dz.double()[idx], jet.d2z.double()[idx]
+    K, n = dz.shape[0], dz.shape[1]
+    grid = _Grid(alphas, dz, d2z, n, jumps)
+    if K < 2 or float(alphas[-1] - alphas[0]) == 0.0:
+        zero = torch.zeros(n, dtype=torch.float64, device=dz.device)
+        return GaussLength(0.0, zero, 0.0, K, True, 0.0, grid.singular(), tuple(alphas.tolist()))
+    nodes = torch.arange(K)
+    if K % 2 == 0:  # an odd number of intervals: the last one gets its midpoint
+        mid = ((alphas[-2] + alphas[-1]) / 2).reshape(1)
+        nodes = torch.cat([nodes[:-1], grid.add(mid, *evaluate(mid)), nodes[-1:]])
+    # panels (a, m, b): the coarse rule on [a, b], the fine rule on [a, m] and [m, b]
+    pa, pm, pb = nodes[:-2:2], nodes[1::2], nodes[2::2]
+    coarse, left, right = grid.rule(pa, pb), grid.rule(pa, pm), grid.rule(pm, pb)
+    span = float(alphas[-1] - alphas[0])
+    ulp = torch.finfo(line.dtype).eps
     rounds = 0
     while True:
-        per, st, sing = _rates(PathJet(alphas, jet.z, dz, d2z))
-        turn_ex = _turning(per, dz, alphas)  # (K−1, n)
-        turn_st = _turning(st, dz.reshape(K, -1), alphas)  # (K−1,)
-        g_mean, g_st = float(turn_ex.sum(0).mean()), float(turn_st.sum())
-        if previous is not None:
-            pm, ps = previous
-            error = max(abs(g_mean - pm), abs(g_st - ps))
-            if abs(g_mean - pm) <= rtol * max(g_mean, 1e-12) and abs(g_st - ps) <= rtol * max(g_st, 1e-12):
-                converged = True
-                break
-        previous = (g_mean, g_st)
-        if K >= max_alphas or rounds >= max_rounds:
+        panel_ex, panel_st = left["ex"] + right["ex"], left["st"] + right["st"]
+        diff_mean = (coarse["ex"] - panel_ex).abs().mean(dim=1)
+        diff_st = (coarse["st"] - panel_st).abs() + left["merged"] + right["merged"]
+        per_example = panel_ex.sum(0)
+        g_mean, g_st = float(per_example.mean()), float(panel_st.sum())
+        error = max(float(diff_mean.sum()), float(diff_st.sum()))
+        converged = error <= rtol * max(g_mean, g_st, _TINY)
+        K = grid.alphas.shape[0]
+        if rounds >= max_rounds or K + 2 > max_alphas:
             break
+        lo, hi = grid.alphas[pa], grid.alphas[pb]
+        width = ((hi - lo) / span).to(dz.device)
+        gm, gs = max(g_mean, _TINY), max(g_st, _TINY)
+        # guards, asked for even when the estimate meets the tolerance
+        trap_ex, trap_st = left["trap"] + right["trap"], left["trap_st"] + right["trap_st"]
+        guard = torch.zeros_like(diff_st, dtype=torch.bool)
+        if max_step_turn is not None:
+            guard |= torch.maximum(trap_ex.amax(dim=1), trap_st) > max_step_turn
+        if kink_width is not None:
+            kinked = ((panel_ex - trap_ex).amax(dim=1) > rtol * gm) | (panel_st - trap_st > rtol * gs)
+            guard |= kinked & (width > kink_width)
+        priority = torch.maximum(diff_mean / gm, diff_st / gs)
+        if converged:
+            split = guard
+        else:
+            share_mean = 0.5 * rtol * (gm * width + panel_ex.mean(dim=1))
+            share_st = 0.5 * rtol * (gs * width + panel_st)
+            split = (diff_mean > share_mean) | (diff_st > share_st)
+            if not bool(split.any()):  # every panel within its share, yet the sum is not: split the worst
+                split = priority >= 0.5 * float(priority.max())
+            split |= guard
+        splittable = (hi - lo) > _MIN_SPLIT_ULPS * ulp * torch.maximum(hi.abs(), lo.abs()).clamp(min=1.0)
+        chosen = torch.nonzero(split & splittable.to(dz.device)).flatten()
+        if chosen.numel() == 0:
+            break
+        room = (max_alphas - K) // 2
+        if chosen.numel() > room:
+            chosen = chosen[torch.argsort(priority[chosen], descending=True)[:room]]
+        chosen = chosen.cpu()
+        keep = torch.ones(pa.shape[0], dtype=torch.bool)
+        keep[chosen] = False
+        a, m, b = pa[chosen], pm[chosen], pb[chosen]
+        new = torch.cat([(grid.alphas[a] + grid.alphas[m]) / 2, (grid.alphas[m] + grid.alphas[b]) / 2])
+        added = grid.add(new, *evaluate(new))  # one path_jet call per round
+        am, mb = added[: chosen.numel()], added[chosen.numel() :]
+        # the halves of a split panel are new panels; their coarse rule is its fine one
+        fine = grid.rule(torch.cat([a, am, m, mb]), torch.cat([am, m, mb, b]))
+        c = chosen.numel()
+        kept = torch.nonzero(keep).flatten()
+        dev_keep, dev_chosen = kept.to(dz.device), chosen.to(dz.device)
+        first = torch.cat([torch.arange(c), torch.arange(2 * c, 3 * c)]).to(dz.device)  # [a, am], [m, mb]
+        second = torch.cat([torch.arange(c, 2 * c), torch.arange(3 * c, 4 * c)]).to(dz.device)  # [am, m], [mb, b]
+        coarse = _cat(_take(coarse, dev_keep), _cat(_take(left, dev_chosen), _take(right, dev_chosen)))
+        left = _cat(_take(left, dev_keep), _take(fine, first))
+        right = _cat(_take(right, dev_keep), _take(fine, second))
+        pa, pm, pb = torch.cat([pa[kept], a, m]), torch.cat([pm[kept], am, mb]), torch.cat([pb[kept], m, b])
         rounds += 1
-        split = torch.maximum(turn_ex.amax(dim=1), turn_st) > max_step_turn
-        if not bool(split.any()):
-            split = torch.ones_like(split)
-        mids = ((alphas[:-1] + alphas[1:]) / 2)[split][: max_alphas - K]
-        new = path_jet(line, data, mids, bn=bn, method=method, batch_size=batch_size)
-        order = torch.argsort(torch.cat([alphas, mids]))
-        alphas = torch.cat([alphas, mids])[order]
-        dz = torch.cat([dz, new.dz.double()])[order]
-        d2z = torch.cat([d2z, new.d2z.double()])[order]
-        K = alphas.shape[0]
-    reversal = bool((_chord_angles(dz) > REVERSAL_TURN).any()) or bool((_chord_angles(dz.reshape(K, -1)) > REVERSAL_TURN).any())
-    return GaussLength(
-        g_mean, turn_ex.sum(0), g_st, K, converged, error, bool(sing) or reversal, tuple(alphas.tolist())
-    )
+    reversal = bool((left["rev"] | right["rev"]).any())
+    final = torch.sort(grid.alphas).values
+    singular = grid.singular() or reversal
+    return GaussLength(g_mean, per_example, g_st, final.shape[0], converged, error, singular, tuple(final.tolist()))

@@ -52,6 +52,7 @@ def evaluate_conditions(
     bn: BNPolicy | str = BNPolicy.RECOMPUTE,
     batch_size: int | None = None,
     rtol: float = 1e-3,
+    max_alphas: int = 513,
 ) -> GeometryReport:
     """Geometry of the output path and the MSE sufficient conditions as grid evidence.
 
@@ -63,10 +64,13 @@ def evaluate_conditions(
         bn: BatchNorm policy (statistics are held fixed at each α while differentiating).
         batch_size: examples per pass.
         rtol: relative tolerance of the Gauss-length estimate.
+        max_alphas: α budget of the Gauss-length refinement (bounds its time: ReLU paths on many
+            examples have thousands of kinks, and the estimate then reports that it did not
+            converge, with its error estimate, instead of running for minutes).
     """
     grid = torch.linspace(0, 1, alphas, dtype=torch.float64) if isinstance(alphas, int) else torch.as_tensor(alphas, dtype=torch.float64)
     jet = path_jet(line, data, grid, bn=bn, batch_size=batch_size)
-    gauss = gauss_length(line, data, bn=bn, batch_size=batch_size, rtol=rtol, jet=jet)
+    gauss = gauss_length(line, data, bn=bn, batch_size=batch_size, rtol=rtol, max_alphas=max(max_alphas, len(grid)), jet=jet)
     lin = logit_linearity(jet.z, jet.alphas)
     if data.loss != "mse":
         return GeometryReport(gauss, lin, (), jet)

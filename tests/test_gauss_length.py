@@ -1,0 +1,346 @@
+"""Gauss length by adaptive quadrature, against dense, piecewise-exact and closed-form references.
+
+References:
+
+* smooth (tanh) paths: the trapezoid rule of :func:`turning_rate` on a dense grid of 20 001 α, the
+  jets of the dense grid from a batched forward pass that is checked against :func:`path_jet`;
+* ReLU paths: the zero crossings of every pre-activation are located (bisection), the rate is
+  integrated between them by adaptive Gauss–Legendre quadrature, and the angle of each kink
+  (between z′ just before and just after) is added; a dense grid that takes the larger of the
+  trapezoid and the chord angle per step is not accurate enough there (with 20 examples the
+  stacked path has ~300 kinks, and two of them in one step count less than each alone);
+* planar curves and reversals: closed forms.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mli_theory.geometry import gauss_length, path_jet, turning_rate
+from mli_theory.inputs import Dataset, build_model
+from mli_theory.path import make_line
+
+F64 = torch.float64
+RTOL = 1e-3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_intra_op_thread():
+    """The tensors here are tiny: with more than one intra-op thread each elementwise op pays an
+    OpenMP hand-off, which on a busy machine costs milliseconds (the tanh paths then take minutes)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+# ----------------------------------------------------------------------------- MLP paths
+
+
+@functools.lru_cache(maxsize=None)
+def _mlp(act: str, seed: int, n: int = 20):
+    """mlp:5-16-16-2 with θT = θ0 + 0.5·noise, n Gaussian inputs (float64)."""
+    torch.manual_seed(seed)
+    model = build_model(f"mlp:5-16-16-2:{act}").double()
+    init = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    final = {k: v + 0.5 * torch.randn_like(v) for k, v in init.items()}
+    x = torch.randn(n, 5, dtype=F64)
+    data = Dataset(x, torch.randn(n, 2, dtype=F64), "mse", "t")
+    return make_line(model, init, final, dtype=F64), data
+
+
+def _jets(line, x: torch.Tensor, alphas: torch.Tensor, preacts: bool = False):
+    """z′, z″ (K, n, k) of a Sequential of Linear/Tanh/ReLU at many α in one batched pass (or the
+    pre-activations of the ReLUs, (K, n, units))."""
+    a = alphas.reshape(-1, 1, 1)
+    h = x.expand(len(alphas), *x.shape)
+    h1, h2 = torch.zeros_like(h), torch.zeros_like(h)
+    pre = []
+    for name, m in line.shell.named_children():
+        if isinstance(m, nn.Linear):
+            w0, dw = line.start[f"{name}.weight"], line.end[f"{name}.weight"] - line.start[f"{name}.weight"]
+            b0, db = line.start[f"{name}.bias"], line.end[f"{name}.bias"] - line.start[f"{name}.bias"]
+            w = w0 + a * dw  # (K, out, in)
+
+            def mul(u: torch.Tensor, w: torch.Tensor = w) -> torch.Tensor:
+                return torch.einsum("kni,koi->kno", u, w)
+
+            h, h1, h2 = mul(h) + b0 + a * db, h @ dw.T + db + mul(h1), 2 * (h1 @ dw.T) + mul(h2)
+        elif isinstance(m, nn.Tanh):
+            t = torch.tanh(h)
+            d1 = 1 - t * t
+            h, h1, h2 = t, d1 * h1, -2 * t * d1 * h1 * h1 + d1 * h2
+        elif isinstance(m, nn.ReLU):
+            pre.append(h)
+            on = (h > 0).to(h.dtype)
+            h, h1, h2 = h * on, h1 * on, h2 * on
+        else:
+            raise TypeError(type(m))
+    return torch.cat(pre, -1) if preacts else (h1, h2)
+
+
+def _check_jets(line, data) -> None:
+    a = torch.tensor([0.0, 0.37, 1.0], dtype=F64)
+    ref = path_jet(line, data, a)
+    dz, d2z = _jets(line, data.x, a)
+    assert torch.allclose(dz, ref.dz, rtol=1e-12, atol=1e-12) and torch.allclose(d2z, ref.d2z, rtol=1e-12, atol=1e-12)
+
+
+def _rates(line, x: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
+    """Turning rates (K, n + 1): per example, then of the stacked outputs."""
+    dz, d2z = _jets(line, x, alphas)
+    K = len(alphas)
+    per, _ = turning_rate(dz, d2z)
+    st, _ = turning_rate(dz.reshape(K, -1), d2z.reshape(K, -1))
+    return torch.cat([per, st[:, None]], 1)
+
+
+@functools.lru_cache(maxsize=None)
+def _dense_trapezoid(act: str, seed: int, points: int = 20001) -> tuple[float, float]:
+    """(mean, stacked) by the trapezoid rule of the rate on ``points`` evenly spaced α."""
+    line, data = _mlp(act, seed)
+    _check_jets(line, data)
+    r = _rates(line, data.x, torch.linspace(0, 1, points, dtype=F64))
+    g = ((r[1:] + r[:-1]) / 2).sum(0) / (points - 1)
+    return float(g[:-1].mean()), float(g[-1])
+
+
+_GL_X, _GL_W = (torch.tensor(v, dtype=F64) for v in np.polynomial.legendre.leggauss(20))
+
+
+def _gauss_legendre(line, x, lo, hi):
+    nodes = ((lo + hi) / 2)[:, None] + ((hi - lo) / 2)[:, None] * _GL_X
+    r = _rates(line, x, nodes.reshape(-1)).reshape(len(lo), len(_GL_X), -1)
+    return (r * _GL_W[None, :, None]).sum(1) * ((hi - lo) / 2)[:, None]
+
+
+def _angle(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    u, v = u / u.norm(dim=-1, keepdim=True), v / v.norm(dim=-1, keepdim=True)
+    return 2 * torch.atan2((v - u).norm(dim=-1), (v + u).norm(dim=-1))
+
+
+@functools.lru_cache(maxsize=None)
+def _piecewise_exact(seed: int) -> tuple[float, float]:
+    """(mean, stacked) of a ReLU path: kinks located, smooth pieces integrated to 1e-11, kink
+    angles added (per example at its own kinks, for the stacked outputs at all of them)."""
+    line, data = _mlp("relu", seed)
+    _check_jets(line, data)
+    x, n = data.x, data.x.shape[0]
+    grid = torch.linspace(0, 1, 20001, dtype=F64)
+    u = _jets(line, x, grid, preacts=True)
+    cross = (torch.sign(u[1:]) != torch.sign(u[:-1])).nonzero()  # (m, 3): step, example, unit
+    lo, hi, ex, unit = grid[cross[:, 0]], grid[cross[:, 0] + 1], cross[:, 1], cross[:, 2]
+    sign_lo = torch.sign(u[cross[:, 0], ex, unit])
+    rows = torch.arange(len(lo))
+    for _ in range(55):
+        mid = (lo + hi) / 2
+        same = torch.sign(_jets(line, x, mid, preacts=True)[rows, ex, unit]) == sign_lo
+        lo, hi = torch.where(same, mid, lo), torch.where(same, hi, mid)
+    kinks = (lo + hi) / 2
+    # smooth pieces between all kinks: adaptive Gauss–Legendre
+    edges = torch.unique(torch.cat([torch.tensor([0.0, 1.0], dtype=F64), kinks]))
+    lo, hi = edges[:-1], edges[1:]
+    whole, total = _gauss_legendre(line, x, lo, hi), torch.zeros(n + 1, dtype=F64)
+    while len(lo):
+        mid = (lo + hi) / 2
+        left, right = _gauss_legendre(line, x, lo, mid), _gauss_legendre(line, x, mid, hi)
+        done = ((whole - left - right).abs().amax(1) <= 1e-11) | (hi - lo < 1e-13)
+        total += (left + right)[done].sum(0)
+        lo, hi = torch.cat([lo[~done], mid[~done]]), torch.cat([mid[~done], hi[~done]])
+        whole = torch.cat([left[~done], right[~done]])
+    before, _ = _jets(line, x, kinks - 1e-10)
+    after, _ = _jets(line, x, kinks + 1e-10)
+    per = total[:n].index_add(0, ex, _angle(before[rows, ex], after[rows, ex]))
+    stacked = total[n] + _angle(before.reshape(len(kinks), -1), after.reshape(len(kinks), -1)).sum()
+    return float(per.mean()), float(stacked)
+
+
+def _actual_error(g, mean: float, stacked: float) -> float:
+    return max(abs(g.mean - mean), abs(g.stacked - stacked))
+
+
+@pytest.mark.parametrize("seed", [1, 4])
+def test_tanh_path_meets_its_tolerance_against_a_dense_trapezoid(seed):
+    # seed 4: the former refinement stopped at 419 α with converged=False, 6e-3 off
+    line, data = _mlp("tanh", seed)
+    g = gauss_length(line, data, rtol=RTOL)
+    mean, stacked = _dense_trapezoid("tanh", seed)
+    assert g.converged
+    assert g.mean == pytest.approx(mean, rel=RTOL)
+    assert g.stacked == pytest.approx(stacked, rel=RTOL)
+    assert g.error <= RTOL * max(g.mean, g.stacked)
+    assert _actual_error(g, mean, stacked) <= g.error  # the estimate bounds the actual error
+    assert g.per_example.mean().item() == pytest.approx(g.mean, rel=1e-12)
+    assert not g.singular
+
+
+def test_tighter_tolerance_gives_a_closer_estimate():
+    line, data = _mlp("tanh", 4)
+    mean, stacked = _dense_trapezoid("tanh", 4)
+    g = gauss_length(line, data, rtol=1e-4)
+    assert g.converged and _actual_error(g, mean, stacked) <= g.error <= 1e-4 * max(g.mean, g.stacked)
+
+
+def test_an_unreachable_tolerance_reports_not_converged_with_a_finite_error():
+    line, data = _mlp("tanh", 4)
+    mean, stacked = _dense_trapezoid("tanh", 4)
+    g = gauss_length(line, data, rtol=1e-9, max_alphas=301)
+    assert not g.converged
+    assert g.n_alphas <= 301 and len(g.alphas) == g.n_alphas
+    assert math.isfinite(g.error) and g.error > 1e-9 * max(g.mean, g.stacked)
+    assert _actual_error(g, mean, stacked) <= g.error
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_relu_path_counts_its_kinks_and_converges(seed):
+    line, data = _mlp("relu", seed)
+    g = gauss_length(line, data, rtol=RTOL)
+    mean, stacked = _piecewise_exact(seed)
+    assert g.converged
+    assert g.mean == pytest.approx(mean, rel=RTOL)
+    assert g.stacked == pytest.approx(stacked, rel=RTOL)
+    assert _actual_error(g, mean, stacked) <= g.error
+    # the rate alone misses the kinks: most of the stacked turning is in them
+    r = _rates(line, data.x, torch.linspace(0, 1, 4001, dtype=F64))
+    assert float(((r[1:, -1] + r[:-1, -1]) / 2).sum()) / 4000 < 0.5 * stacked
+
+
+# ----------------------------------------------------------------------------- closed forms
+
+
+class Ellipse(nn.Module):
+    """Outputs (a cos s, b sin s) with s = x·(e^{2t} − 1)/(e² − 1) (or s = x·t when ``even``): as
+    t goes 0 → 1 each example sweeps an arc of the ellipse through the parameter angle x."""
+
+    def __init__(self, a: float, b: float, even: bool = False) -> None:
+        super().__init__()
+        self.a, self.b, self.even = a, b, even
+        self.t = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x[:, 0] * (self.t if self.even else torch.expm1(2 * self.t) / math.expm1(2))
+        return torch.stack([self.a * torch.cos(s), self.b * torch.sin(s)], -1)
+
+
+def _ellipse_turning(a: float, b: float, sweep: float) -> float:
+    """Total turning of the tangent of (a cos s, b sin s) for s in [0, sweep]."""
+    k = math.floor(sweep / math.pi)
+    r = sweep - k * math.pi
+    return k * math.pi + math.atan2(a * math.sin(r), b * math.cos(r))
+
+
+def _scalar_line(module: nn.Module, start: float, end: float, sweeps: list[float]):
+    s0 = {k: torch.full_like(v, start, dtype=F64) for k, v in module.state_dict().items()}
+    s1 = {k: torch.full_like(v, end, dtype=F64) for k, v in module.state_dict().items()}
+    line = make_line(module, s0, s1, dtype=F64)
+    x = torch.tensor(sweeps, dtype=F64)[:, None]
+    return line, Dataset(x, torch.zeros(len(sweeps), 2, dtype=F64), "mse", "curve")
+
+
+@pytest.mark.parametrize("sweeps", [[0.4, 1.3, 2.6, 4.0, 7.0], [2.6] * 3], ids=["mixed", "same"])
+def test_planar_arcs_of_an_ellipse_turn_by_their_closed_form(sweeps):
+    a, b = 2.0, 0.5
+    line, data = _scalar_line(Ellipse(a, b), 0.0, 1.0, sweeps)
+    g = gauss_length(line, data, rtol=RTOL)
+    want = [_ellipse_turning(a, b, s) for s in sweeps]
+    assert g.converged and not g.singular
+    for got, w in zip(g.per_example.tolist(), want):
+        assert got == pytest.approx(w, rel=RTOL)
+    mean = sum(want) / len(want)
+    assert abs(g.mean - mean) <= g.error
+    if len(set(sweeps)) == 1:  # copies of one curve: the stacked path is the same curve, scaled
+        assert abs(g.stacked - want[0]) <= g.error
+
+
+@pytest.mark.parametrize("angle", [0.3, 2.5, 7.0])
+def test_a_circle_at_an_even_pace_is_exact(angle):
+    # constant rate: the trapezoid rule is exact, and the kink term vanishes on a circle
+    line, data = _scalar_line(Ellipse(1.0, 1.0, even=True), 0.0, 1.0, [angle] * 2)
+    g = gauss_length(line, data)
+    assert g.mean == pytest.approx(angle, rel=1e-9) and g.stacked == pytest.approx(angle, rel=1e-9)
+    assert g.converged and g.error <= 1e-9
+
+
+class Power(nn.Module):
+    """Outputs (t², t³) for every example: z′ = (2t, 3t²) passes through 0 at t = 0, where the
+    direction reverses (a cusp)."""
+
+    def __init__(self, eps: float = 0.0) -> None:
+        super().__init__()
+        self.eps = eps
+        self.t = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.t * torch.ones_like(x[:, 0])
+        return torch.stack([t * t, t**3 if self.eps == 0 else self.eps * t], -1)
+
+
+def test_a_cusp_turns_by_pi_plus_its_smooth_turning_and_is_singular():
+    c = 0.3137  # t = α − c, so the cusp sits between grid points
+    line, data = _scalar_line(Power(), -c, 1 - c, [1.0, 1.0])
+    g = gauss_length(line, data, rtol=RTOL)
+    want = math.atan(1.5 * c) + math.pi + math.atan(1.5 * (1 - c))
+    assert g.converged and g.singular
+    assert g.mean == pytest.approx(want, rel=RTOL) and g.stacked == pytest.approx(want, rel=RTOL)
+    assert abs(g.mean - want) <= g.error
+
+
+def test_a_near_reversal_turns_by_its_closed_form():
+    # z = (t², εt): z′ = (2t, ε) swings from −x to +x within |t| ~ ε
+    c, eps = 0.3137, 1e-4
+    line, data = _scalar_line(Power(eps), -c, 1 - c, [1.0])
+    g = gauss_length(line, data, rtol=RTOL)
+    want = math.atan2(eps, -2 * c) - math.atan2(eps, 2 * (1 - c))
+    assert g.converged
+    assert g.mean == pytest.approx(want, rel=RTOL)
+    assert abs(g.mean - want) <= g.error
+
+
+def test_a_reversal_between_grid_points_counts_pi():
+    # z(α) = w(α)² with w(α) = α − 0.3137: z′ changes sign between grid points
+    model = nn.Sequential(nn.Linear(1, 1, bias=False), nn.Linear(1, 1, bias=False))
+    w0 = {"0.weight": torch.tensor([[-0.3137]], dtype=F64), "1.weight": torch.tensor([[-0.3137]], dtype=F64)}
+    w1 = {"0.weight": torch.tensor([[0.6863]], dtype=F64), "1.weight": torch.tensor([[0.6863]], dtype=F64)}
+    line = make_line(model, w0, w1, dtype=F64)
+    data = Dataset(torch.ones(1, 1, dtype=F64), torch.zeros(1, 1, dtype=F64), "mse", "rev")
+    g = gauss_length(line, data)
+    assert g.mean == pytest.approx(math.pi, rel=1e-12) and g.stacked == pytest.approx(math.pi, rel=1e-12)
+    assert g.singular and g.converged and g.error <= 1e-12
+
+
+# ----------------------------------------------------------------------------- BatchNorm, float32
+
+
+def test_moving_batchnorm_statistics_integrate_the_rate_alone():
+    torch.manual_seed(0)
+    model = build_model("mlp:3-6-2:tanh:bn").double()
+    init = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    final = {k: (v + 0.7 * torch.randn_like(v) if v.is_floating_point() else v) for k, v in init.items()}
+    line = make_line(model, init, final, dtype=F64)
+    data = Dataset(torch.randn(8, 3, dtype=F64), torch.zeros(8, 2, dtype=F64), "mse", "bn")
+    g = gauss_length(line, data, bn="recompute")
+    plain = gauss_length(line, data, bn="recompute", jumps=False)
+    assert (g.mean, g.stacked, g.n_alphas) == (plain.mean, plain.stacked, plain.n_alphas)
+    # reference: trapezoid rule of the rate on 201 and 401 α, Richardson-extrapolated
+    refs = []
+    for points in (201, 401):
+        jet = path_jet(line, data, torch.linspace(0, 1, points, dtype=F64), bn="recompute")
+        per, _ = turning_rate(jet.dz, jet.d2z)
+        refs.append(float(((per[1:] + per[:-1]) / 2).sum(0).mean()) / (points - 1))
+    ref = (4 * refs[1] - refs[0]) / 3
+    assert g.converged and g.mean == pytest.approx(ref, rel=RTOL) and abs(g.mean - ref) <= g.error
+
+
+def test_float32_path_reaches_the_tolerance():
+    line64, data64 = _mlp("tanh", 1)
+    mean, stacked = _dense_trapezoid("tanh", 1)
+    line = make_line(line64.shell, line64.start, line64.end, dtype=torch.float32)
+    data = data64.to("cpu", torch.float32)
+    g = gauss_length(line, data, rtol=RTOL)
+    assert g.converged
+    assert g.mean == pytest.approx(mean, rel=RTOL) and g.stacked == pytest.approx(stacked, rel=RTOL)
