@@ -308,3 +308,24 @@ def test_failed_plot_is_a_warning_not_a_lost_verdict(files, tmp_path, monkeypatc
     assert code == 0
     obj = json.loads(buf.getvalue())
     assert any("disk full" in w for w in obj["warnings"])
+
+
+def test_image_data_through_a_cnn_factory(tmp_path):
+    """x of shape n×C×H×W from .npz, a user CNN with BatchNorm2d and max pooling: end to end."""
+    (tmp_path / "cnnfac.py").write_text(
+        "import torch.nn as nn\n\n\ndef make():\n"
+        "    return nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(2),\n"
+        "                         nn.Flatten(), nn.Linear(3 * 4 * 4, 2))\n"
+    )
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(48, 2))
+    torch.save(m.state_dict(), tmp_path / "a.pt")
+    torch.save({k: (v + 0.2 * torch.randn_like(v) if v.is_floating_point() else v) for k, v in m.state_dict().items()}, tmp_path / "b.pt")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "img.npz", x=rng.normal(size=(12, 1, 8, 8)), y=rng.normal(size=(12, 2)))
+    p = cli("check", "--arch", "cnnfac:make", "--init", str(tmp_path / "a.pt"), "--final", str(tmp_path / "b.pt"),
+            "--data", str(tmp_path / "img.npz"), "--json", "--alphas", "9", "--certify", cwd=str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    obj = json.loads(p.stdout)
+    assert len(obj["losses"]) == 9 and obj["gauss_length"] is not None
+    assert obj["info"]["path_kind"] == "piecewise_smooth" and obj["certificate"]["status"] == "unknown"
