@@ -69,3 +69,73 @@ def bench_args(quick_n: int, full_n: int, repeats: int) -> tuple[argparse.Namesp
     ap.add_argument("--repeats", type=int, default=repeats)
     args = ap.parse_args()
     return args, (quick_n if args.quick else full_n)
+
+
+def _endpoints(model, device: str):
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    final = {k: (v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v) for k, v in init.items()}
+    return init, final
+
+
+def resnet_line(n: int, device: str, width: int = 16):
+    """(model, line, data): a small ResNet (two residual stages with BatchNorm2d) on 3×16×16 inputs."""
+    from torch import nn
+
+    from mli_theory.inputs import Dataset
+    from mli_theory.path import make_line
+
+    class Block(nn.Module):
+        def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+            super().__init__()
+            self.c1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+            self.b1 = nn.BatchNorm2d(c_out)
+            self.c2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+            self.b2 = nn.BatchNorm2d(c_out)
+            self.skip = nn.Sequential() if stride == 1 and c_in == c_out else nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+        def forward(self, x):
+            h = torch.relu(self.b1(self.c1(x)))
+            return torch.relu(self.b2(self.c2(h)) + self.skip(x))
+
+    torch.manual_seed(0)
+    w = width
+    model = nn.Sequential(
+        nn.Conv2d(3, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
+        Block(w, w, 1), Block(w, 2 * w, 2), Block(2 * w, 4 * w, 2),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * w, 10),
+    ).to(device).eval()
+    init, final = _endpoints(model, device)
+    x = torch.randn(n, 3, 16, 16, device=device)
+    data = Dataset(x, torch.zeros(n, 10, device=device), "mse", "synthetic")
+    return model, make_line(model, init, final, device=device, dtype=torch.float32), data
+
+
+def transformer_line(n: int, device: str, d: int = 64, tokens: int = 16):
+    """(model, line, data): one pre-norm encoder block (LayerNorm, 4-head attention, GELU MLP) on n sequences."""
+    from torch import nn
+
+    from mli_theory.inputs import Dataset
+    from mli_theory.path import make_line
+
+    class EncoderBlock(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.n1, self.n2 = nn.LayerNorm(d), nn.LayerNorm(d)
+            self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+            self.fc1, self.fc2 = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+            self.head = nn.Linear(d, 4)
+
+        def forward(self, x):
+            b, t, _ = x.shape
+            q, k, v = self.qkv(self.n1(x)).reshape(b, t, 3, 4, d // 4).permute(2, 0, 3, 1, 4)
+            att = torch.softmax(q @ k.transpose(-1, -2) / (d // 4) ** 0.5, dim=-1) @ v
+            x = x + self.proj(att.transpose(1, 2).reshape(b, t, d))
+            x = x + self.fc2(torch.nn.functional.gelu(self.fc1(self.n2(x))))
+            return self.head(x.mean(dim=1))
+
+    torch.manual_seed(0)
+    model = EncoderBlock().to(device).eval()
+    init, final = _endpoints(model, device)
+    x = torch.randn(n, tokens, d, device=device)
+    data = Dataset(x, torch.zeros(n, 4, device=device), "mse", "synthetic")
+    return model, make_line(model, init, final, device=device, dtype=torch.float32), data
