@@ -654,12 +654,18 @@ def _softmax_jet(x: Jet, dim: int, s: Tensor) -> tuple[Tensor | None, Tensor | N
     return s1, s2, inner
 
 
-def _softmax(x: Any, dim: Any, dtype: Any) -> Any:
+def _softmax_input(x: Any, dim: Any, dtype: Any) -> Any:
+    """The lifted, dtype-cast input of softmax/log_softmax (NotImplemented for torch's legacy implicit dim)."""
     if dim is None:
-        return NotImplemented  # torch's legacy implicit dim
+        return NotImplemented
     x = lift(x)
-    if dtype is not None:
-        x = linear(lambda t: t.to(dtype), x)
+    return x if dtype is None else linear(lambda t: t.to(dtype), x)
+
+
+def _softmax(x: Any, dim: Any, dtype: Any) -> Any:
+    x = _softmax_input(x, dim, dtype)
+    if x is NotImplemented:
+        return x
     s = torch.softmax(x.v, dim)
     if x.constant:
         return Jet(s)
@@ -668,11 +674,9 @@ def _softmax(x: Any, dim: Any, dtype: Any) -> Any:
 
 
 def _log_softmax(x: Any, dim: Any, dtype: Any) -> Any:
-    if dim is None:
-        return NotImplemented
-    x = lift(x)
-    if dtype is not None:
-        x = linear(lambda t: t.to(dtype), x)
+    x = _softmax_input(x, dim, dtype)
+    if x is NotImplemented:
+        return x
     lv = torch.log_softmax(x.v, dim)
     if x.constant:
         return Jet(lv)
