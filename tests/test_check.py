@@ -6,7 +6,7 @@ import importlib
 
 import pytest
 import torch
-from strategies import make_case
+from mli_theory.testing.strategies import build_problem as make_case
 
 from mli_theory import InputError, check
 

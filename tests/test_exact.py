@@ -5,7 +5,8 @@ from fractions import Fraction
 import pytest
 import torch
 from hypothesis import given, settings
-from strategies import deep_linear_cases, make_case
+from mli_theory.testing.strategies import build_problem as make_case
+from mli_theory.testing.strategies import deep_linear_problems as deep_linear_cases
 from torch import nn
 
 from mli_theory.certify import certify

@@ -18,7 +18,7 @@ LAYERS = [
     {"theory"},
     {"certify"},
     {"check", "plot"},
-    {"runs"},
+    {"runs", "testing"},
     {"cli"},
 ]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
@@ -108,7 +108,7 @@ def test_no_import_cycle_between_modules():
 def test_public_surface_is_explicit_and_importable():
     import importlib
 
-    for name in ["mli_theory", *(f"mli_theory.{s}" for s in ["inputs", "path", "geometry", "exact", "theory", "certify", "runs", "cli"])]:
+    for name in ["mli_theory", *(f"mli_theory.{s}" for s in ["inputs", "path", "geometry", "exact", "theory", "certify", "runs", "testing", "cli"])]:
         mod = importlib.import_module(name)
         assert mod.__all__, name
         for attr in mod.__all__:

@@ -1,6 +1,6 @@
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import rises
+from mli_theory.testing.strategies import rises
 
 from mli_theory.path import max_rise
 
