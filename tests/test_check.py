@@ -58,3 +58,30 @@ def test_proven_conditions_only_under_certify(case):
     assert plain.conditions and not any(c.proven for c in plain.conditions)
     assert all("evidence" in c.statement for c in plain.conditions)
     assert any(c.proven for c in proven.conditions)
+
+
+def test_curvature_conditions_are_not_claimed_on_kinked_paths():
+    """Result (c) needs z ∈ C²: on a ReLU path whose kink is off the grid the grid evaluation used to
+    report it as holding while the loss rose. Now it is 'not applicable' (holds None) there."""
+    from torch import nn
+
+    from mli_theory.inputs import Dataset
+
+    c = 0.337
+    model = nn.Sequential(nn.Linear(1, 2), nn.ReLU(), nn.Linear(2, 2)).double()
+    w2 = torch.tensor([[-1.0, 1.0], [0.0, 1.0]], dtype=torch.float64)
+    base = {"0.weight": torch.zeros(2, 1, dtype=torch.float64), "2.weight": w2, "2.bias": torch.zeros(2, dtype=torch.float64)}
+    init = {**base, "0.bias": torch.tensor([c, -c], dtype=torch.float64)}
+    final = {**base, "0.bias": torch.tensor([c - 1, 1 - c], dtype=torch.float64)}
+    z1 = torch.tensor([[1 - c, 1 - c]], dtype=torch.float64)  # z(1); z′(1) = (1, 1)
+    data = Dataset(torch.ones(1, 1, dtype=torch.float64), z1 + 0.005, "mse", "kink")  # ⟨z′(1), r⟩ = −0.01
+    r = check(model, init, final, data, alphas=50, dtype=torch.float64)
+    assert r.info["path_kind"] == "piecewise_smooth"
+    by_name = {cond.name: cond for cond in r.conditions}
+    for name in ("stationary_pairwise", "stationary_curvature"):
+        assert by_name[name].holds is None and "not applicable" in by_name[name].statement
+    # smooth paths keep their grid evidence
+    smooth = nn.Sequential(nn.Linear(1, 2), nn.Tanh(), nn.Linear(2, 2)).double()
+    r2 = check(smooth, init, final, data, alphas=20, dtype=torch.float64)
+    assert r2.info["path_kind"] == "smooth"
+    assert {cond.name: cond for cond in r2.conditions}["stationary_pairwise"].holds is not None

@@ -15,10 +15,10 @@ import torch
 
 from ..geometry import GaussLength, PathJet, gauss_length, logit_linearity, path_jet
 from ..inputs.data import Dataset
-from ..path import BNPolicy, Line
+from ..path import BNPolicy, Line, PathKind
 from ..results import Condition
 from .evidence import grid_evidence
-from .statements import STATEMENTS
+from .statements import NEEDS_C2, STATEMENTS
 
 
 @dataclass(frozen=True)
@@ -75,22 +75,19 @@ def evaluate_conditions(
     if data.loss != "mse":
         return GeometryReport(gauss, lin, (), jet)
     evidence = grid_evidence(jet, data.y, gauss)
+    smooth = line.structure.kind in (PathKind.POLYNOMIAL, PathKind.SMOOTH)
     conds = []
     for name, statement in STATEMENTS.items():
         if name not in evidence:
             continue
         holds, value, threshold = evidence[name]
         points = len(gauss.alphas) if ("gauss" in name or "curvature" in name) else len(jet.alphas)
-        conds.append(
-            Condition(
-                name,
-                bool(holds) if holds is not None else None,
-                value,
-                threshold,
-                f"{statement} [evaluated on a {points}-point α grid: evidence, not proof]",
-                False,
-            )
-        )
+        note = f"evaluated on a {points}-point α grid: evidence, not proof"
+        if name in NEEDS_C2 and not smooth:
+            # z″ of the jets misses the jumps of z′ at kinks, the terms Σ⟨[z′](κ), r⟩ of the identity
+            holds = None
+            note = f"not applicable: the result needs z ∈ C² on [0, 1], and this path is {line.structure.kind.value.replace('_', ' ')} ({line.structure.reason})"
+        conds.append(Condition(name, bool(holds) if holds is not None else None, value, threshold, f"{statement} [{note}]", False))
     return GeometryReport(gauss, lin, tuple(conds), jet)
 
 

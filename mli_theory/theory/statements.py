@@ -35,3 +35,7 @@ STATEMENTS = {
     "stationary_curvature": "⟨z′(1), r⟩ ≤ 0, G < π/2 and ‖r‖·max‖z″‖ ≤ cos(G)·min‖z′‖²  (value = left/right)",
     "linear_in_theta": "z is affine in α, so L is a convex quadratic: monotone on [0,1] iff L′(1) ≤ 0",
 }
+
+# results whose derivation differentiates z′ (result (c)): on a path that is only piecewise C²
+# (ReLU kinks) the jets' z″ misses the jumps of z′, so they are not evaluated there
+NEEDS_C2 = frozenset({"stationary_pairwise", "stationary_curvature"})
