@@ -178,3 +178,36 @@ def test_hooked_model_curve_uses_the_hook():
     a = [0.0, 0.5, 1.0]
     assert not math.isclose(loss_curve(line, data, a).losses[1], loss_curve(plain, data, a).losses[1])
     assert max_rise(loss_curve(line, data, a).losses).value >= 0.0
+
+
+def _instance_forward_on_a_leaf():
+    m = _chain()
+    lin = m[1]
+    lin.forward = lambda x: nn.functional.linear(x, lin.weight) ** 2
+    return m
+
+
+def _instance_forward_on_the_root():
+    m = _chain()
+    m.forward = lambda x: nn.Sequential.forward(m, x) ** 2
+    return m
+
+
+@pytest.mark.parametrize("factory", [_instance_forward_on_a_leaf, _instance_forward_on_the_root], ids=["leaf", "root"])
+def test_instance_level_forward_is_refused(factory):
+    """A forward assigned to one object replaces what module(x) computes, and fx never sees it."""
+    model = factory()
+    assert analyse(model).kind == PathKind.UNKNOWN
+    init, final = _endpoints(model)
+    line = make_line(model, init, final, dtype=torch.float64)
+    assert certify(line, _data(), budget_s=10).certificate.method is None
+
+
+def test_a_replaced_torch_forward_is_refused(monkeypatch):
+    original = nn.Linear.forward
+    monkeypatch.setattr(nn.Linear, "forward", lambda self, x: original(self, x) * 2)
+    assert analyse(_chain()).kind == PathKind.UNKNOWN
+    monkeypatch.undo()
+    assert analyse(_chain()).kind == PathKind.POLYNOMIAL
+    # torch's own inherited forwards (BatchNorm1d uses _BatchNorm.forward) are fine
+    assert analyse(nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3), nn.ReLU6(), nn.Linear(3, 1))).kind == PathKind.PIECEWISE_SMOOTH

@@ -80,9 +80,9 @@ def trace(module: nn.Module) -> GraphModule:
     Hooks and ``__call__`` overrides are refused here, as :mod:`mli_theory.path.structure` does:
     the traced graph would not show what they do.
     """
-    from ..path.structure import _hook_reason
+    from ..path.structure import opaque_call_reason
 
-    reason = _hook_reason(module)
+    reason = opaque_call_reason(module)
     if reason is not None:
         raise UnsupportedGraph(reason)
     try:

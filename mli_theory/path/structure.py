@@ -11,7 +11,9 @@ Refused (kind :attr:`PathKind.UNKNOWN`, with the reason):
 
 * forward or forward-pre hooks on any submodule, or global module hooks (they change what
   ``module(x)`` returns, and the traced graph does not show them);
-* a module class that overrides ``__call__`` or ``_call_impl``;
+* a module class that overrides ``__call__`` or ``_call_impl``, a module object with its own
+  ``forward`` (or call method) as an instance attribute, or a ``torch.nn`` class whose
+  ``forward`` was replaced (none of these shows in the trace);
 * a model that :mod:`torch.fx` cannot trace (data-dependent control flow, for example);
 * any operation outside the tables below.
 
@@ -130,7 +132,17 @@ _SMOOTH_METHODS = {
 _KINKED_METHODS = {"relu", "abs", "clamp"}
 
 
-def _hook_reason(model: nn.Module) -> str | None:
+# methods through which module(x) runs; an instance attribute of one of these names overrides it
+_CALL_ATTRS = frozenset({"forward", "_call_impl", "_wrapped_call_impl", "__call__"})
+
+
+def opaque_call_reason(model: nn.Module) -> str | None:
+    """Why ``model(x)`` may compute something its traced graph does not show (None if nothing).
+
+    Hooks (module and global), ``__call__`` overrides, instance-level ``forward`` or call methods,
+    and ``torch.nn`` forwards replaced from outside torch. Shared by :func:`analyse` and the jet
+    interpreter.
+    """
     from torch.nn.modules import module as module_mod
 
     for attr in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_forward_hooks_always_called"):
@@ -143,6 +155,11 @@ def _hook_reason(model: nn.Module) -> str | None:
         cls = type(m)
         if cls.__call__ is not nn.Module.__call__ or getattr(cls, "_call_impl", None) is not nn.Module._call_impl:
             return f"{label} ({cls.__name__}) overrides __call__"
+        patched = sorted(_CALL_ATTRS & set(vars(m)))
+        if patched:  # an instance attribute replaces the method for this object only: fx never sees it
+            return f"{label} has its own instance attribute {patched[0]!r} (a patched method the trace cannot see)"
+        if cls.__module__.startswith("torch.nn.") and not str(getattr(cls.forward, "__module__", "")).startswith("torch."):
+            return f"{label}: {cls.__name__}.forward has been replaced by code outside torch"
     return None
 
 
@@ -174,7 +191,7 @@ def analyse(model: nn.Module) -> PathStructure:
     >>> analyse(nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 1))).kind.value
     'piecewise_smooth'
     """
-    reason = _hook_reason(model)
+    reason = opaque_call_reason(model)
     if reason is not None:
         return PathStructure(PathKind.UNKNOWN, reason)
     try:
