@@ -13,7 +13,7 @@ from .errors import InputError
 from .inputs.checkpoint import StateDict
 from .inputs.data import Dataset
 from .inputs.devices import resolve_device, resolve_dtype
-from .path import BNPolicy, Line, PathKind, Progress, alpha_grid, distances, loss_curve, make_line, max_rise
+from .path import BNPolicy, Progress, alpha_grid, distances, loss_curve, make_line, max_rise
 from .path.batchnorm import check_recompute_batch_size
 from .results import Certificate, CheckResult, Condition
 
@@ -199,7 +199,7 @@ def check(
             if outcome.proven_conditions and conditions:
                 from .theory import with_proofs
 
-                conditions = with_proofs(conditions, outcome.proven_conditions, _lprime1(line, data))
+                conditions = with_proofs(conditions, outcome.proven_conditions, geo.lprime1)
             timings["certify_s"] = outcome.seconds
         except Exception as exc:  # a bug in proof work must not cost the grid verdict
             certificate = Certificate.unknown(f"proof work failed: {_first_line(exc)}")
@@ -238,14 +238,3 @@ def check(
         warnings=tuple(warnings),
         info=facts,
     )
-
-
-def _lprime1(line: Line, data: Dataset) -> float | None:
-    """L′(1) = (2/(n·k))⟨z′(1), z(1) − y⟩ for a polynomial path (the value of ``linear_in_theta``)."""
-    if line.structure.kind != PathKind.POLYNOMIAL:
-        return None
-    from .geometry import path_jet
-
-    jet = path_jet(line, data, [1.0])
-    r = jet.z[-1].double() - data.y.double().reshape(jet.z[-1].shape)
-    return float(2.0 * (jet.dz[-1].double() * r).sum() / data.y.numel())

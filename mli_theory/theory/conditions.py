@@ -31,12 +31,15 @@ class GeometryReport:
             output path of a scalar is always on its chord, so the measure says nothing).
         conditions: the MSE conditions as grid evidence (empty for cross-entropy).
         jet: z, z′, z″ on the base grid.
+        lprime1: L′(1) = (2/(n·k))⟨z′(1), z(1) − y⟩ for MSE (the value of ``linear_in_theta``),
+            None for cross-entropy or a grid that does not end at α = 1.
     """
 
     gauss: GaussLength
     logit_linearity: float | None
     conditions: tuple[Condition, ...]
     jet: PathJet
+    lprime1: float | None = None
 
     @property
     def gauss_length(self) -> float:
@@ -74,6 +77,10 @@ def evaluate_conditions(
     lin = logit_linearity(jet.z, jet.alphas)
     if data.loss != "mse":
         return GeometryReport(gauss, lin, (), jet)
+    lprime1 = None
+    if float(jet.alphas[-1]) == 1.0:
+        r1 = jet.z[-1].double() - data.y.double().reshape(jet.z[-1].shape)
+        lprime1 = float(2.0 * (jet.dz[-1].double() * r1).sum() / data.y.numel())
     evidence = grid_evidence(jet, data.y, gauss)
     smooth = line.structure.kind in (PathKind.POLYNOMIAL, PathKind.SMOOTH)
     conds = []
@@ -88,7 +95,7 @@ def evaluate_conditions(
             holds = None
             note = f"not applicable: the result needs z ∈ C² on [0, 1], and this path is {line.structure.kind.value.replace('_', ' ')} ({line.structure.reason})"
         conds.append(Condition(name, bool(holds) if holds is not None else None, value, threshold, f"{statement} [{note}]", False))
-    return GeometryReport(gauss, lin, tuple(conds), jet)
+    return GeometryReport(gauss, lin, tuple(conds), jet, lprime1)
 
 
 def with_proofs(conditions: Sequence[Condition], proven: Mapping[str, bool | None], lprime1: float | None = None) -> tuple[Condition, ...]:
