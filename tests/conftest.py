@@ -15,6 +15,8 @@ settings.register_profile("fast", max_examples=25, deadline=None, suppress_healt
 settings.register_profile(
     "ci", max_examples=60, deadline=None, derandomize=True, print_blob=True, suppress_health_check=[HealthCheck.too_slow]
 )
+# many more examples, for a soundness run by hand: HYPOTHESIS_PROFILE=stress pytest tests/test_exact.py
+settings.register_profile("stress", max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "fast"))
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -24,7 +24,7 @@ from ..inputs.data import Dataset
 from ..path import Line
 from .budget import BudgetExceeded, check_deadline, deadline_after
 from .dyadic import dyadic_in, float_down, float_up, to_fraction_of_arb
-from .polynomials import LossPolynomial, loss_polynomial_of_line
+from .polynomials import LossPolynomial, horner, loss_polynomial_of_line
 
 try:  # python-flint: rigorous root isolation
     import flint
@@ -90,13 +90,6 @@ def _interior_roots(p: "flint.fmpz_poly", prec: int) -> list[tuple[Fraction, Fra
     return out
 
 
-def _poly_eval(ints: Sequence[int], a: Fraction) -> Fraction:
-    acc = Fraction(0)
-    for c in reversed(ints):
-        acc = acc * a + c
-    return acc
-
-
 def decide(poly: LossPolynomial, tol: float = 0.0, deadline: float | None = None) -> ExactVerdict:
     """Decide monotonicity of the exact loss polynomial on [0, 1] with tolerance ``tol``.
 
@@ -125,20 +118,20 @@ def decide(poly: LossPolynomial, tol: float = 0.0, deadline: float | None = None
         gaps = [(cuts[2 * i], cuts[2 * i + 1]) for i in range(len(encl) + 1)]
         signs = []
         for g0, g1 in gaps:
-            s = _poly_eval(dp, (g0 + g1) / 2)
+            s = horner(dp, (g0 + g1) / 2)
             signs.append(1 if s > 0 else (-1 if s < 0 else 0))
         n_increasing = sum(s > 0 for s in signs)
         if n_increasing == 0:
             return ExactVerdict("monotone", 0.0, None, 0.0, "L′ ≤ 0 on all of [0, 1] (exact)")
         # candidate points with exact values and error bounds (in units of the integer polynomial)
-        pts: list[tuple[Fraction, Fraction, Fraction]] = [(Fraction(0), _poly_eval(a, Fraction(0)), Fraction(0))]
+        pts: list[tuple[Fraction, Fraction, Fraction]] = [(Fraction(0), horner(a, Fraction(0)), Fraction(0))]
         for lo, hi in encl:
             mid = (lo + hi) / 2
             q = dyadic_in(lo, hi, mid)
             delta = max(abs(q - lo), abs(q - hi))
-            err = abs(_poly_eval(dp, q)) * delta + Fraction(b2, 2) * delta * delta
-            pts.append((q, _poly_eval(a, q), err))
-        pts.append((Fraction(1), _poly_eval(a, Fraction(1)), Fraction(0)))
+            err = abs(horner(dp, q)) * delta + Fraction(b2, 2) * delta * delta
+            pts.append((q, horner(a, q), err))
+        pts.append((Fraction(1), horner(a, Fraction(1)), Fraction(0)))
         best_lo, best_pair, best_hi = Fraction(0), None, Fraction(0)
         for i in range(len(pts)):
             for j in range(i + 1, len(pts)):

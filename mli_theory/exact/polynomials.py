@@ -31,6 +31,18 @@ except ImportError:  # pragma: no cover - declared as a dependency
     flint = None  # type: ignore[assignment]
 
 
+def horner(ints: Sequence[int], a: Fraction) -> Fraction:
+    """Σ_m ints[m]·a^m exactly (Horner's scheme in rational arithmetic).
+
+    >>> horner([1, -2, 1], Fraction(1, 2))
+    Fraction(1, 4)
+    """
+    acc = Fraction(0)
+    for c in reversed(ints):
+        acc = acc * a + c
+    return acc
+
+
 def _mat(rows: int, cols: int, flat: list[int]) -> "flint.fmpz_mat":
     return flint.fmpz_mat(rows, cols, flat)
 
@@ -70,11 +82,7 @@ class LossPolynomial:
 
     def exact(self, alpha: Fraction | int | float) -> Fraction:
         """L(α) exactly at a rational (or float, taken exactly) α."""
-        a = Fraction(alpha)
-        acc = Fraction(0)
-        for c in reversed(self.ints):
-            acc = acc * a + c
-        return acc * self.scale
+        return horner(self.ints, Fraction(alpha)) * self.scale
 
     def __call__(self, alpha: float) -> float:
         """L(α) rounded to a float."""

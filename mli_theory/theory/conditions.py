@@ -114,7 +114,7 @@ def with_proofs(conditions: Sequence[Condition], proven: Mapping[str, bool | Non
             continue
         verdict = proven[cond.name]
         how = {True: "proven exactly", False: "disproven exactly", None: "undecided by the exact method"}[verdict]
-        grid_note = f"value on the grid" if cond.value is not None else "no grid value"
+        grid_note = "value on the grid" if cond.value is not None else "no grid value"
         out.append(
             replace(
                 cond,
