@@ -193,7 +193,7 @@ def check(
         from .certify import certify as _certify
 
         try:
-            outcome = _certify(line, data, tol=tol, budget_s=certify_budget, conditions=geometry)
+            outcome = _certify(line, data, tol=tol, budget_s=certify_budget, conditions=geometry, bn=bn)
             certificate = outcome.certificate
             warnings.extend(outcome.notes)
             if outcome.proven_conditions and conditions:

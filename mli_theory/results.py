@@ -47,6 +47,11 @@ class Certificate:
             bound on the largest rise; None if unknown.
         where: the witness [a, b] for ``non_monotone``, else None.
         reason: a sentence on why (or why not).
+        rise_bound: a proven upper bound on the largest rise sup_{a<b} L(b) − L(a) on [0, 1]
+            (certificates from bounds; from the exact method for ``monotone``), or None.
+        cells: how many α-cells the enclosure method evaluated (None for other methods).
+        undecided: α-intervals where the enclosure method could not prove L′ ≤ 0 before the
+            budget ran out (empty when decided; None for other methods).
     """
 
     status: Status
@@ -54,10 +59,13 @@ class Certificate:
     rise: float | None = None
     where: tuple[float, float] | None = None
     reason: str = ""
+    rise_bound: float | None = None
+    cells: int | None = None
+    undecided: tuple[tuple[float, float], ...] | None = None
 
     @staticmethod
-    def unknown(reason: str) -> "Certificate":
-        return Certificate("unknown", None, None, None, reason)
+    def unknown(reason: str, **extra: Any) -> "Certificate":
+        return Certificate("unknown", None, None, None, reason, **extra)
 
 
 @dataclass(frozen=True)
@@ -171,7 +179,14 @@ def _text(r: CheckResult) -> str:
         cert += f": L({c.where[0]:.6g}) → L({c.where[1]:.6g}) rises by {c.rise:.6g}"
     elif c.status == "monotone" and c.rise is not None:
         cert += f": largest rise ≤ {c.rise:.3g}"
+    elif c.status == "unknown" and c.rise_bound is not None:
+        cert += f" (proven: largest rise ≤ {c.rise_bound:.3g})"
+    if c.cells:
+        cert += f"   [{c.cells} cells]"
     lines.append(cert)
+    if c.undecided:
+        spans = ", ".join(f"[{a:.4g}, {b:.4g}]" for a, b in c.undecided[:4]) + (" …" if len(c.undecided) > 4 else "")
+        lines.append(f"                         undecided α-intervals: {spans}")
     if c.reason:
         lines.append(f"                         {c.reason}")
     if r.conditions:

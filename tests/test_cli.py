@@ -160,7 +160,14 @@ def test_builtin_data_and_cross_entropy(tmp_path):
     assert p.returncode == 0, p.stderr
     obj = json.loads(p.stdout)
     assert obj["loss"] == "ce" and len(obj["accuracies"]) == 7
-    assert obj["certificate"]["status"] == "unknown" and obj["conditions"] == []
+    cert = obj["certificate"]
+    assert obj["conditions"] == []
+    # cross-entropy on an MLP is certified by enclosures: a decision with its bound fields
+    assert cert["method"] == "enclosure_bisection" and cert["status"] in ("monotone", "non_monotone"), cert
+    assert cert["cells"] >= 8 and cert["undecided"] == []
+    if cert["status"] == "non_monotone":
+        a, b = cert["where"]
+        assert a < b and cert["rise"] > obj["tolerance"]
 
 
 BAD = [

@@ -10,8 +10,14 @@ What can be proven depends on what the model computes, decided by tracing it
   (:func:`mli_theory.exact.prove_conditions`); they explain *why* a path is monotone and never
   overrule the decision, which is complete for these paths (a condition that proves L′ ≤ 0 means
   the decision already answered "monotone").
-* anything else: "unknown", with the reason (rigorous enclosures for nonlinear networks are not
-  implemented yet).
+* every other model the enclosure interpreter supports (ReLU/LeakyReLU/tanh/sigmoid/GELU/softplus
+  MLPs and CNNs, residual additions, average pooling, BatchNorm with fixed statistics), under MSE
+  or cross-entropy, and polynomial paths under cross-entropy: L′ is enclosed on a partition of
+  [0, 1] into cells, refined by bisection (:mod:`.partition`, :mod:`.enclosures`):
+  "monotone" with a proven ``rise_bound`` ≤ tol, "non_monotone" with a witness whose rise is proven
+  > tol, or "unknown" with the best proven bound and the undecided α-intervals;
+* anything else (an operation without an enclosure rule, ``bn=recompute`` with BatchNorm, an
+  untraceable model): "unknown", naming the reason.
 
 One deadline bounds all of it: the work stops within the budget plus the time of one indivisible
 step (an integer matrix product, a Bernstein box).
@@ -24,8 +30,9 @@ from dataclasses import dataclass, field
 
 from ..exact import BudgetExceeded, decide, deadline_after, expired, mse_loss_polynomial, output_polynomial, prove_conditions
 from ..inputs.data import Dataset
-from ..path import Line, PathKind
+from ..path import BNPolicy, Line, PathKind
 from ..results import Certificate
+from .partition import Unsupported, decide_by_enclosures
 
 
 @dataclass(frozen=True)
@@ -46,7 +53,15 @@ class ProofOutcome:
     seconds: float = 0.0
 
 
-def certify(line: Line, data: Dataset, *, tol: float = 0.0, budget_s: float | None = 30.0, conditions: bool = True) -> ProofOutcome:
+def certify(
+    line: Line,
+    data: Dataset,
+    *,
+    tol: float = 0.0,
+    budget_s: float | None = 30.0,
+    conditions: bool = True,
+    bn: BNPolicy | str = BNPolicy.RECOMPUTE,
+) -> ProofOutcome:
     """Prove monotonicity or non-monotonicity of the loss on all of [0, 1], or say "unknown".
 
     Args:
@@ -57,6 +72,9 @@ def certify(line: Line, data: Dataset, *, tol: float = 0.0, budget_s: float | No
         budget_s: seconds for all proof work (None: no limit).
         conditions: also prove the MSE sufficient conditions on polynomial paths (with the budget
             the decision leaves).
+        bn: the BatchNorm policy of the curve being certified (what ``check`` evaluates); models
+            with BatchNorm are certified under ``frozen`` (and ``interpolate`` when the statistics
+            do not move), never under ``recompute``.
     """
     t0 = time.perf_counter()
     deadline = deadline_after(budget_s)
@@ -65,17 +83,8 @@ def certify(line: Line, data: Dataset, *, tol: float = 0.0, budget_s: float | No
     def done(cert: Certificate, proven: dict[str, bool | None] | None = None, notes: tuple[str, ...] = ()) -> ProofOutcome:
         return ProofOutcome(cert, proven or {}, notes, round(time.perf_counter() - t0, 4))
 
-    if data.loss != "mse":
-        return done(Certificate.unknown("no proof method for cross-entropy yet; the grid result is evidence only"))
-    if kind != PathKind.POLYNOMIAL:
-        return done(
-            Certificate.unknown(
-                f"no proof method yet for a {line.structure.kind.value.replace('_', ' ')} path that is not a chain of "
-                f"affine layers ({line.structure.reason}); the grid result is evidence only"
-            )
-        )
-    if data.x.dim() != 2:
-        return done(Certificate.unknown(f"the exact method needs 2-D inputs x, got shape {tuple(data.x.shape)}"))
+    if data.loss != "mse" or kind != PathKind.POLYNOMIAL or data.x.dim() != 2:
+        return done(_by_enclosures(line, data, tol, BNPolicy(bn), deadline, budget_s))
     try:
         z = output_polynomial(line.start, line.end, line.structure.linear, data.x, deadline)
         verdict = decide(mse_loss_polynomial(z, data.y, deadline), tol, deadline)
@@ -84,7 +93,8 @@ def certify(line: Line, data: Dataset, *, tol: float = 0.0, budget_s: float | No
     if verdict.status == "unknown":
         cert = Certificate.unknown(f"exact method: {verdict.reason}")
     else:
-        cert = Certificate(verdict.status, "exact_polynomial", verdict.rise, verdict.where, verdict.reason)
+        bound = verdict.rise if verdict.status == "monotone" else None
+        cert = Certificate(verdict.status, "exact_polynomial", verdict.rise, verdict.where, verdict.reason, rise_bound=bound)
     if not conditions:
         return done(cert)
     if expired(deadline):
@@ -94,3 +104,18 @@ def certify(line: Line, data: Dataset, *, tol: float = 0.0, budget_s: float | No
     except BudgetExceeded:
         return done(cert, None, ("the proof budget ran out while proving the conditions (they stay grid evidence)",))
     return done(cert, proven)
+
+
+def _by_enclosures(line: Line, data: Dataset, tol: float, bn: BNPolicy, deadline: float | None, budget_s: float | None) -> Certificate:
+    """The enclosure method's verdict as a certificate (``unknown`` naming why when unsupported)."""
+    try:
+        v = decide_by_enclosures(line, data, tol=tol, bn=bn, deadline=deadline)
+    except Unsupported as exc:
+        return Certificate.unknown(f"no proof method for this model: {exc}; the grid result is evidence only")
+    except BudgetExceeded:
+        return Certificate.unknown(f"the enclosure method ran past the proof budget of {budget_s:g} s", cells=0, undecided=((0.0, 1.0),))
+    extra = {"rise_bound": v.rise_bound, "cells": v.cells, "undecided": v.undecided}
+    if v.status == "unknown":
+        return Certificate.unknown(f"enclosure method: {v.reason}", **extra)
+    rise = v.rise if v.status == "non_monotone" else v.rise_bound
+    return Certificate(v.status, "enclosure_bisection", rise, v.where, v.reason, **extra)

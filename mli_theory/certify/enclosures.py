@@ -1,0 +1,914 @@
+r"""Rigorous enclosures along α: the second number type of the graph interpreter.
+
+The path θ(α) = (1−α)θ0 + αθT is cut into cells [a, b] ⊂ [0, 1]; on a cell we write
+α = m + t with m = (a + b)/2 and |t| ≤ h = (b − a)/2. Every activation of the network, and its
+α-derivative, is carried as a **first-order Taylor model** (an affine form in t with a remainder):
+
+    v(α) ∈ ĉ + ĝ·t + [−e, e]   for every α in the cell, entrywise,
+
+with ĉ, ĝ floating-point tensors (any values: they are a choice, not a claim) and e ≥ 0 a proven
+bound. A number of this type (:class:`Enclosure`) holds two Taylor models: one for the activation
+h(α) and one for h′(α). Cells are batched along a leading axis, so one walk of the traced graph
+(:func:`mli_theory.geometry.interpreter.interpret`, the same walk the jet number type uses)
+encloses a whole batch of cells at once.
+
+Sources. A parameter is a :class:`Param` (θ0, Δθ) with Δθ = fl(θT − θ0): W(α) = W(m) + t·ΔW,
+W′(α) = ΔW. The input x is a plain tensor, so the first layer is exactly affine in α (zero
+remainder except rounding).
+
+Rules (each with its proof in ``proofs/enclosure_soundness.md``):
+
+* bilinear maps B (the weight–input product of Linear, and of conv1d/conv2d computed as
+  unfold + matmul; elementwise scaling in BatchNorm): with x = ĉ + ĝt + δ, |δ| ≤ e,
+  B(x, W(α)) = B(ĉ, W_m) + t[B(ĝ, W_m) + B(ĉ, ΔW)] + t²B(ĝ, ΔW) + B(δ, W_m + tΔW); t² ∈ [0, h²]
+  becomes its midpoint h²/2 plus a remainder h²/2·|B(ĝ, ΔW)|, and |B(δ, ·)| ≤ B(e, |W_m| + h|ΔW|).
+  The derivative is B(x′, W(α)) + B(x, ΔW) by the product rule (W″ = 0);
+* smooth elementwise f (tanh, sigmoid, GELU, softplus): Taylor's theorem with the Lagrange
+  remainder: f(v) = f(ĉ) + f′(ĉ)(v − ĉ) + ½f″(ξ)(v − ĉ)², |v − ĉ| ≤ R = |ĝ|h + e, and
+  |f″(ξ)| ≤ sup over the range [ĉ − R, ĉ + R] (computed from the finitely many local maxima
+  of |f″|, listed per function and checked in the tests). The derivative f′(v)·v′ is the product
+  of the Taylor model of f′(v) (same argument one order up, with sup |f‴|) and that of v′;
+* ReLU/LeakyReLU: on a neuron whose range does not contain 0 the map is linear (exact); otherwise
+  the value uses the minimal-area parallelogram relaxation (λ = u/(u − l)) and the derivative the
+  Clarke set: relu′ ∈ [0, 1], slope s ≤ leaky′ ≤ 1. L is absolutely continuous along α, so
+  L(b) − L(a) = ∫ L′ with L′ in that set almost everywhere: the enclosure is sound for rises;
+* products of two Taylor models (elementwise): (a + g_a t)(b + g_b t) expanded exactly, t² as
+  above, cross terms with the remainders bounded by the magnitudes;
+* sums, differences, scalings, reshapes, flatten, dropout in eval mode: linear maps applied to ĉ,
+  ĝ and (with |·|) to e.
+
+Floating point. torch has no directed rounding; we keep ĉ, ĝ as computed and make e cover both the
+mathematical remainder and every rounding error:
+
+* a computed dot product of length K satisfies |fl(Σ a_i b_i) − Σ a_i b_i| ≤ γ_K Σ|a_i b_i| with
+  γ_K = Ku/(1 − Ku), u = 2⁻⁵³, whatever the summation order and with or without FMA (Higham,
+  *Accuracy and Stability of Numerical Algorithms*, §3.1); BLAS matmuls compute dot products
+  (no Strassen), and convolutions are computed here as unfold + matmul for that reason. Each
+  rule adds 2γ_{K+16} times an abs-valued product that dominates every term it rounded;
+* Δθ = fl(θT − θ0) differs from θT − θ0 by at most u|Δθ| relatively: covered by the same factor 2;
+* every e is computed from non-negative terms and then multiplied by (1 + 2⁻⁴⁸) (≥ 32 roundings
+  of relative error u) plus 2⁻¹⁰⁰⁰ (underflow);
+* elementwise library functions (exp, log, tanh, erf, …) are assumed accurate to 2⁻⁴⁴ relative
+  to max(|value|, the function's scale): glibc documents ≤ 4 ulp for these in double precision,
+  SLEEF's u10 variants 1 ulp, i.e. 2⁻⁴⁴ is a margin of 2⁸ over the worst documented bound. This
+  is the one assumption not proven here; the tests check every enclosure against 60-digit mpmath
+  evaluations of the same network.
+
+Everything is computed in float64 (the checkpoints' values are exact in float64 whatever dtype the
+line uses), so the enclosures hold for the real-number loss of exactly those weights and data.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+U = 2.0**-53
+_SLACK = 2.0**-48  # relative inflation of every computed remainder (≥ 32 roundings)
+_TINY = 2.0**-1000  # absolute inflation (underflow)
+_LIB = 2.0**-44  # assumed accuracy of library elementwise functions (see module docstring)
+
+
+def gamma(k: int) -> float:
+    """γ_k = k·u/(1 − k·u), the classical bound on the relative error of k floating-point operations."""
+    return k * U / (1.0 - k * U)
+
+
+def _zero(like: Tensor) -> Tensor:
+    """An identically zero component: a 0-dim tensor (broadcasts; rules skip work on it)."""
+    return torch.zeros((), dtype=like.dtype, device=like.device)
+
+
+def _is_zero(t: Tensor) -> bool:
+    """Whether a Taylor-model component is the 0-dim zero of :func:`_zero` (only zeros are 0-dim)."""
+    return t.dim() == 0
+
+
+def _add0(a: Tensor, b: Tensor) -> Tensor:
+    return b if _is_zero(a) else a if _is_zero(b) else a + b
+
+
+def _mul0(a: Tensor, b: Tensor | float) -> Tensor:
+    if _is_zero(a):
+        return a
+    if isinstance(b, Tensor) and _is_zero(b):
+        return b
+    return a * b
+
+
+def _up(e: Tensor) -> Tensor:
+    """A computed remainder inflated to cover its own rounding (and underflow)."""
+    return e * (1.0 + _SLACK) + _TINY
+
+
+# ----------------------------------------------------------------------------- numbers
+
+
+@dataclass(frozen=True, slots=True)
+class TM:
+    """A first-order Taylor model on a batch of cells: v(m + t) ∈ c + g·t + [−e, e] for |t| ≤ h.
+
+    Tensors have a leading cell axis (size C or 1, broadcast against the cells' m and h).
+    """
+
+    c: Tensor
+    g: Tensor
+    e: Tensor
+
+    def magnitude(self, h: Tensor) -> Tensor:
+        """An upper bound of |v| on the cell (up to rounding of this sum, which callers inflate)."""
+        return self.c.abs() + self.g.abs() * h + self.e
+
+    def bounds(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """Rigorous [lower, upper] of v on each cell."""
+        r = self.g.abs() * h + self.e
+        lo = self.c - r
+        hi = self.c + r
+        pad = (self.c.abs() + r) * (4 * U) + _TINY
+        return lo - pad, hi + pad
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> "TM":
+        """``fn`` applied to c, g and e: exact for maps that only move, copy or select entries
+        (reshape, flatten, indexing), which commute with |·| and involve no arithmetic."""
+        return TM(fn(self.c), self.g if _is_zero(self.g) else fn(self.g), self.e if _is_zero(self.e) else fn(self.e))
+
+
+@dataclass(frozen=True, slots=True)
+class Enclosure:
+    """An activation h(α) and its derivative h′(α), each as a Taylor model over the cells."""
+
+    v: TM
+    d: TM
+
+    @property
+    def shape(self) -> torch.Size:
+        """The activation's shape without the cell axis (what ``size()`` returns in the model)."""
+        return self.v.c.shape[1:]
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> "Enclosure":
+        return Enclosure(self.v.map(fn), self.d.map(fn))
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    """A parameter on the path: θ(α) = θ0 + α·Δθ (no cell axis)."""
+
+    w0: Tensor
+    dw: Tensor
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.w0.shape
+
+
+def _cells_view(x: Tensor, ndim: int) -> Tensor:
+    """A (C,) tensor viewed as (C, 1, …, 1) with ``ndim`` trailing singleton axes."""
+    return x.reshape(-1, *([1] * ndim))
+
+
+# ----------------------------------------------------------------------------- the number type
+
+
+class EnclosureNumbers:
+    """The rigorous number type for :func:`mli_theory.geometry.interpreter.interpret`.
+
+    Args:
+        mid, rad: (C,) float64 tensors, the cells' midpoints m and radii h (dyadic, exact).
+    """
+
+    name = "rigorous enclosure"
+
+    def __init__(self, mid: Tensor, rad: Tensor):
+        self.mid = mid
+        self.rad = rad
+
+    # --- protocol
+    def is_number(self, obj: object) -> bool:
+        return isinstance(obj, (Enclosure, Param))
+
+    def rule(self, kind: str, key: object):
+        table = _MODULE_RULES if kind == "module" else _FUNCTION_RULES if kind == "function" else _METHOD_RULES
+        r = table.get(key)
+        if r is None:
+            return None
+        return lambda *a, **k: r(self, *a, **k)
+
+    def fallback(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        raise NotImplementedError("no rigorous enclosure rule for this operation (certification needs one for every operation)")
+
+    # --- helpers
+    def m(self, ndim: int) -> Tensor:
+        return _cells_view(self.mid, ndim)
+
+    def h(self, ndim: int) -> Tensor:
+        return _cells_view(self.rad, ndim)
+
+
+# ----------------------------------------------------------------------------- bilinear maps
+
+
+def _abs_sum(*ts: Tensor | None) -> Tensor | float:
+    out: Tensor | float = 0.0
+    for t in ts:
+        if t is not None:
+            out = out + t.abs()
+    return out
+
+
+def _affine_layer(
+    nt: EnclosureNumbers,
+    x: Tensor | Enclosure,
+    w: Param | Tensor,
+    b: Param | Tensor | None,
+    f: Callable[[Tensor, Tensor], Tensor],
+    k_len: int,
+    bias_view: Callable[[Tensor], Tensor],
+    abs_cellwise: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
+    rounding: Callable[[Tensor], Tensor] | None = None,
+) -> Enclosure:
+    """o = f(x, W(α)) + b(α) for a map f bilinear in (x, W) with non-negative coefficients.
+
+    ``f(x, W)`` must accept x with a leading cell axis (or none) and a shared W. ``abs_cellwise(e,
+    m, h)``, if given, returns f(e, |W(m)| + h|ΔW|) with per-cell weights; otherwise the looser
+    f(e, |W0|) + (m + h)·f(e, |ΔW|) is used (valid as |W0 + mΔW| + h|ΔW| ≤ |W0| + (|m| + h)|ΔW|).
+    ``rounding(M)``, if given, returns an upper bound of f(M, |W0| + |ΔW|) for M ≥ 0 (cheaper than
+    the product itself); it is multiplied by 2γ_{K+16} to cover every rounding error.
+    """
+    if not isinstance(w, Param):
+        w = Param(w, torch.zeros_like(w))
+    if b is not None and not isinstance(b, Param):
+        b = Param(b, torch.zeros_like(b))
+    g2 = gamma(k_len + 16) * 2.0
+    w_mag = w.w0.abs() + w.dw.abs()
+
+    if not isinstance(x, Enclosure):  # an input: exactly affine in α
+        nd = x.dim()
+        m, h = nt.m(nd), nt.h(nd)
+        p1, p2 = f(x, w.w0), f(x, w.dw)
+        rho = f(x.abs(), w_mag) * g2
+        c = p1.unsqueeze(0) + m * p2.unsqueeze(0)
+        g = p2.unsqueeze(0).expand_as(c)
+        if b is not None:
+            c = c + bias_view(b.w0) + m * bias_view(b.dw)
+            g = g + bias_view(b.dw)
+            rho = rho + bias_view(b.w0.abs() + b.dw.abs()) * g2
+        e = _up(rho.unsqueeze(0).expand_as(c) * 1.0)
+        return Enclosure(TM(c, g, e), TM(g, _zero(g), e))
+
+    v, d = x.v, x.d
+    nd = v.c.dim() - 1
+    m, h = nt.m(nd), nt.h(nd)
+    shape = v.c.shape
+    # shared products: the non-zero rows of [ĉ, ĝ, ĉ′, ĝ′] times W0 and ΔW (a zero is a 0-dim tensor)
+    comps = [v.c, v.g, d.c, d.g]
+    live = [i for i, t in enumerate(comps) if not _is_zero(t)]
+    stack = torch.stack([comps[i].expand(shape) for i in live])
+    s0, s1 = f(stack, w.w0), f(stack, w.dw)
+    zero = _zero(v.c)
+    p0, p1 = [zero] * 4, [zero] * 4
+    for j, i in enumerate(live):
+        p0[i], p1[i] = s0[j], s1[j]
+    cW0, gW0, dcW0, dgW0 = p0
+    cdW, gdW, dcdW, dgdW = p1
+    hh = h * h * 0.5
+    # value: W(α)x = W_m ĉ + t(W_m ĝ + ΔW ĉ) + t² ΔW ĝ + W(α)δ
+    c = cW0 + m * cdW + hh * gdW
+    g = gW0 + m * gdW + cdW
+    # derivative: x′ W(α) + x ΔW
+    dc = _add0(dcW0 + m * dcdW + hh * dgdW, cdW)
+    dg = _add0(_add0(dgW0 + m * dgdW, dcdW), gdW)
+    both = torch.stack([v.e.expand(shape), d.e.expand(shape)])
+    if abs_cellwise is not None:
+        e_v, e_d = abs_cellwise(both, m, h).unbind(0)
+    else:
+        a0, a1 = f(both, w.w0.abs()), f(both, w.dw.abs())
+        e_v, e_d = (a0 + (m.abs() + h) * a1).unbind(0)
+    e_x_dw = f(v.e.expand(shape), w.dw.abs())  # the x·ΔW term of the derivative
+    mags = torch.stack([v.magnitude(h).expand(shape), d.magnitude(h).expand(shape)])
+    rho = (rounding(mags) if rounding is not None else f(mags, w_mag)) * g2
+    rho_v, rho_d = rho.unbind(0)
+    e = e_v + rho_v
+    de = e_d + e_x_dw + rho_d + rho_v
+    if not _is_zero(gdW):
+        e = e + hh * gdW.abs()
+    if not _is_zero(dgdW):
+        de = de + hh * dgdW.abs()
+    if b is not None:
+        c = c + bias_view(b.w0) + m * bias_view(b.dw)
+        g = g + bias_view(b.dw)
+        dc = dc + bias_view(b.dw)
+        bmag = bias_view(b.w0.abs() + b.dw.abs()) * g2
+        e = e + bmag
+        de = de + bmag
+    return Enclosure(TM(c, g, _up(e)), TM(dc, dg, _up(de)))
+
+
+def _linear_f(x: Tensor, w: Tensor) -> Tensor:
+    return torch.matmul(x, w.transpose(-1, -2))
+
+
+def _linear(nt: EnclosureNumbers, x: Any, weight: Any, bias: Any = None) -> Any:
+    if not isinstance(x, Enclosure) and not isinstance(weight, Param) and not isinstance(bias, Param):
+        return NotImplemented
+    if isinstance(x, Param) or (isinstance(x, Tensor) and x.dim() < 1):
+        return NotImplemented
+    k_len = weight.shape[-1]
+    w = weight if isinstance(weight, Param) else Param(weight, torch.zeros_like(weight))
+
+    def abs_cellwise(e: Tensor, m: Tensor, h: Tensor) -> Tensor:
+        # |W(m)| + h|ΔW| per cell: (C, out, in); e is (2, C, …, in)
+        # |W0 + mΔW| + h|ΔW| per cell, (C, out, in); fl(W0 + mΔW) is within 2u(|W0| + |ΔW|) of
+        # the exact value (|m| ≤ 1), which the added term covers; the final factor covers the
+        # rounding of this elementwise sum and of the non-negative matmul (γ_K).
+        mc, hc = m.reshape(-1, 1, 1), h.reshape(-1, 1, 1)
+        wmag = w.w0.abs() + w.dw.abs()
+        wa = (w.w0 + mc * w.dw).abs() + hc * w.dw.abs() + wmag * (4 * U)
+        lead = e.shape[2:-1]
+        e2 = e.reshape(e.shape[0], e.shape[1], -1, e.shape[-1])  # (2, C, N, in)
+        out = torch.matmul(e2, wa.transpose(-1, -2))  # (2, C, N, out)
+        out = out * (1.0 + gamma(k_len + 8) * 2.0)
+        return out.reshape(e.shape[0], e.shape[1], *lead, -1)
+
+    wsum = (w.w0.abs() + w.dw.abs()).sum(-1)  # (out,)
+
+    def rounding(mags: Tensor) -> Tensor:
+        # Σ_k M_k |W|_jk ≤ max_k M_k · Σ_k |W|_jk
+        return mags.amax(-1, keepdim=True) * wsum
+
+    return _affine_layer(nt, x, w, bias, _linear_f, k_len, lambda t: t, abs_cellwise, rounding)
+
+
+def _linear_module(nt: EnclosureNumbers, mod: nn.Linear, p: dict, x: Any) -> Any:
+    return _linear(nt, x, p["weight"], p.get("bias"))
+
+
+def _conv_f(ndim: int, stride, padding, dilation, groups):
+    """f(x, W) for a convolution, computed as unfold + matmul (plain dot products, see docstring)."""
+
+    def f(x: Tensor, w: Tensor) -> Tensor:
+        lead = x.shape[: x.dim() - (ndim + 2)]
+        xb = x.reshape(-1, *x.shape[-(ndim + 1):])  # (B, Cin, *spatial)
+        if ndim == 1:
+            xb = xb.unsqueeze(-2)
+            wk = w.unsqueeze(-2)
+            st, pa, di = (1, stride[0]), (0, padding[0]), (1, dilation[0])
+        else:
+            wk, st, pa, di = w, stride, padding, dilation
+        bsz, cin = xb.shape[0], xb.shape[1]
+        kh, kw = wk.shape[-2], wk.shape[-1]
+        cols = F.unfold(xb, (kh, kw), dilation=di, padding=pa, stride=st)  # (B, Cin·kh·kw, L)
+        oh = (xb.shape[-2] + 2 * pa[0] - di[0] * (kh - 1) - 1) // st[0] + 1
+        ow = (xb.shape[-1] + 2 * pa[1] - di[1] * (kw - 1) - 1) // st[1] + 1
+        cout = wk.shape[0]
+        cols = cols.reshape(bsz, groups, (cin // groups) * kh * kw, oh * ow)
+        wg = wk.reshape(groups, cout // groups, (cin // groups) * kh * kw)
+        out = torch.matmul(wg.unsqueeze(0), cols)  # (B, groups, cout/groups, L)
+        out = out.reshape(bsz, cout, oh, ow)
+        if ndim == 1:
+            out = out.squeeze(-2)
+        return out.reshape(*lead, *out.shape[1:])
+
+    return f
+
+
+def _conv_module(nt: EnclosureNumbers, mod: nn.Module, p: dict, x: Any) -> Any:
+    ndim = 1 if type(mod) is nn.Conv1d else 2
+    if mod.padding_mode != "zeros" or isinstance(mod.padding, str):
+        return NotImplemented
+    w = p["weight"]
+    f = _conv_f(ndim, mod.stride, mod.padding, mod.dilation, mod.groups)
+    k_len = int(w.shape[1] * math.prod(w.shape[2:]))
+    view = (lambda t: t.reshape(-1, 1)) if ndim == 1 else (lambda t: t.reshape(-1, 1, 1))
+    return _affine_layer(nt, x, w, p.get("bias"), f, k_len, view)
+
+
+# ----------------------------------------------------------------------------- products and sums
+
+
+def _product(a: TM, b: TM, h: Tensor) -> TM:
+    """The elementwise product of two Taylor models (broadcasting)."""
+    hh = h * h * 0.5
+    gg = _mul0(a.g, b.g)
+    c = a.c * b.c
+    if not _is_zero(gg):
+        c = c + hh * gg
+    g = _add0(_mul0(a.c, b.g), _mul0(a.g, b.c))
+    ma = a.c.abs() + a.g.abs() * h
+    mb = b.c.abs() + b.g.abs() * h
+    e = a.e * (mb + b.e) + ma * b.e
+    if not _is_zero(gg):
+        e = e + hh * gg.abs()
+    rho = (a.c.abs() + a.g.abs() + a.e) * (b.c.abs() + b.g.abs() + b.e) * (8 * U)
+    return TM(c, g, _up(e + rho))
+
+
+def _scale(a: TM, s: Tensor | float) -> TM:
+    """a·s for a constant s (tensor broadcasting or float)."""
+    sa = s.abs() if isinstance(s, Tensor) else abs(s)
+    rho = (a.c.abs() + a.g.abs()) * sa * (2 * U)
+    return TM(a.c * s, _mul0(a.g, s), _up(a.e * sa + rho))
+
+
+def _add_tm(a: TM, b: TM, sign: float = 1.0) -> TM:
+    c = a.c + sign * b.c
+    g = _add0(a.g, _mul0(b.g, sign))
+    rho = (a.c.abs() + b.c.abs() + a.g.abs() + b.g.abs()) * U
+    return TM(c, g, _up(a.e + b.e + rho))
+
+
+def _shift(a: TM, s: Tensor | float) -> TM:
+    """a + s for a constant s."""
+    c = a.c + s
+    sa = s.abs() if isinstance(s, Tensor) else abs(s)
+    return TM(c, a.g, _up(a.e + (a.c.abs() + sa) * U))
+
+
+def _zero_like(t: TM) -> TM:
+    z = _zero(t.c)
+    return TM(torch.zeros_like(t.c), z, z)
+
+
+def _const_enclosure(nt: EnclosureNumbers, t: Tensor) -> Enclosure:
+    c = t.unsqueeze(0)
+    z = _zero(c)
+    return Enclosure(TM(c, z, z), TM(torch.zeros_like(c), z, z))
+
+
+def _param_enclosure(nt: EnclosureNumbers, p: Param) -> Enclosure:
+    nd = p.w0.dim()
+    m, h = nt.m(nd), nt.h(nd)
+    c = p.w0.unsqueeze(0) + m * p.dw.unsqueeze(0)
+    g = p.dw.unsqueeze(0).expand_as(c)
+    e = _up((p.w0.abs() + p.dw.abs()).unsqueeze(0) * (4 * U)).expand_as(c)
+    return Enclosure(TM(c, g, e), TM(g, _zero(g), e))
+
+
+def _as_enclosure(nt: EnclosureNumbers, x: Any) -> Enclosure | None:
+    if isinstance(x, Enclosure):
+        return x
+    if isinstance(x, Param):
+        return _param_enclosure(nt, x)
+    if isinstance(x, Tensor) and x.is_floating_point():
+        return _const_enclosure(nt, x.to(torch.float64))
+    return None
+
+
+def _add(nt: EnclosureNumbers, a: Any, b: Any, *, alpha: Any = 1, sign: float = 1.0) -> Any:
+    if alpha != 1:
+        return NotImplemented
+    if isinstance(a, (int, float)) and isinstance(b, Enclosure):
+        if sign > 0:
+            return Enclosure(_shift(b.v, float(a)), b.d)
+        return Enclosure(_shift(_scale(b.v, -1.0), float(a)), _scale(b.d, -1.0))
+    if isinstance(b, (int, float)) and isinstance(a, Enclosure):
+        return Enclosure(_shift(a.v, sign * b), a.d)
+    ea, eb = _as_enclosure(nt, a), _as_enclosure(nt, b)
+    if ea is None or eb is None:
+        return NotImplemented
+    return Enclosure(_add_tm(ea.v, eb.v, sign), _add_tm(ea.d, eb.d, sign))
+
+
+def _sub(nt: EnclosureNumbers, a: Any, b: Any, *, alpha: Any = 1) -> Any:
+    return _add(nt, a, b, alpha=alpha, sign=-1.0)
+
+
+def _mul(nt: EnclosureNumbers, a: Any, b: Any) -> Any:
+    if isinstance(b, Enclosure) and not isinstance(a, Enclosure):
+        a, b = b, a
+    if not isinstance(a, Enclosure):
+        return NotImplemented
+    if isinstance(b, (int, float)):
+        return Enclosure(_scale(a.v, float(b)), _scale(a.d, float(b)))
+    if isinstance(b, Tensor):
+        if not b.is_floating_point():
+            return NotImplemented
+        bb = b.to(torch.float64)
+        return Enclosure(_scale(a.v, bb), _scale(a.d, bb))
+    eb = _as_enclosure(nt, b)
+    if eb is None:
+        return NotImplemented
+    h = nt.h(a.v.c.dim() - 1)
+    # (a b)′ = a′ b + a b′
+    return Enclosure(_product(a.v, eb.v, h), _add_tm(_product(a.d, eb.v, h), _product(a.v, eb.d, h)))
+
+
+def _neg(nt: EnclosureNumbers, a: Any) -> Any:
+    if not isinstance(a, Enclosure):
+        return NotImplemented
+    return Enclosure(_scale(a.v, -1.0), _scale(a.d, -1.0))
+
+
+def _truediv(nt: EnclosureNumbers, a: Any, b: Any) -> Any:
+    if isinstance(a, Enclosure) and isinstance(b, (int, float)) and b != 0:
+        # division by a constant: a·(1/b), with 1/b's rounding (relative u) covered by the scale's 2u
+        inv = 1.0 / float(b)
+        out_v, out_d = _scale(a.v, inv), _scale(a.d, inv)
+        return Enclosure(TM(out_v.c, out_v.g, _up(out_v.e + out_v.c.abs() * (2 * U))), TM(out_d.c, out_d.g, _up(out_d.e + out_d.c.abs() * (2 * U))))
+    return NotImplemented
+
+
+# ----------------------------------------------------------------------------- elementwise nonlinearities
+
+
+def _sup_at(fn: Callable[[Tensor], Tensor], lo: Tensor, hi: Tensor, peaks: tuple[float, ...], scale: float) -> Tensor:
+    """An upper bound of |fn| on [lo, hi], given every local maximiser of |fn| in ``peaks``.
+
+    The maximum of a continuous function on an interval is attained at an end point or at an
+    interior local maximum; ``peaks`` must list all local maximisers of |fn| (tests check this on a
+    dense grid). Inflated for the library accuracy and for peaks rounded to float.
+    """
+    out = torch.maximum(fn(lo).abs(), fn(hi).abs())
+    for p in peaks:
+        inside = (lo <= p) & (hi >= p)
+        if bool(inside.any()):
+            val = fn(torch.tensor(p, dtype=lo.dtype, device=lo.device)).abs()
+            out = torch.where(inside, torch.maximum(out, val), out)
+    return out * (1.0 + _LIB) + scale * _LIB + _TINY
+
+
+@dataclass(frozen=True)
+class _Smooth:
+    """A smooth activation: f, f′, f″ computed, |f″| and |f‴| bounded over ranges."""
+
+    f: Callable[[Tensor], Tensor]
+    f1: Callable[[Tensor], Tensor]
+    f2: Callable[[Tensor], Tensor]
+    f3: Callable[[Tensor], Tensor]
+    peaks2: tuple[float, ...]  # local maximisers of |f″|
+    peaks3: tuple[float, ...]  # local maximisers of |f‴|
+    scale0: float  # scale of f for the library-accuracy bound (sup |f| may be infinite: use 1 and relative)
+    scale1: float  # sup |f′|
+    scale2: float  # sup |f″|
+    scale3: float  # sup |f‴|
+
+
+def _tanh_parts():
+    def f1(x):
+        t = torch.tanh(x)
+        return 1 - t * t
+
+    def f2(x):
+        t = torch.tanh(x)
+        return -2 * t * (1 - t * t)
+
+    def f3(x):
+        t = torch.tanh(x)
+        return -2 * (1 - t * t) * (1 - 3 * t * t)
+
+    a, b = 0.6584789484624084, 1.1462158347805889
+    return _Smooth(torch.tanh, f1, f2, f3, (-a, a), (0.0, -b, b), 1.0, 1.0, 0.77, 2.0)
+
+
+def _sigmoid_parts():
+    def f1(x):
+        s = torch.sigmoid(x)
+        return s * (1 - s)
+
+    def f2(x):
+        s = torch.sigmoid(x)
+        return s * (1 - s) * (1 - 2 * s)
+
+    def f3(x):
+        s = torch.sigmoid(x)
+        return s * (1 - s) * (1 - 6 * s + 6 * s * s)
+
+    a, b = 1.3169578969248167, 2.2924316695611777
+    return _Smooth(torch.sigmoid, f1, f2, f3, (-a, a), (0.0, -b, b), 1.0, 0.25, 0.1, 0.125)
+
+
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def _gelu_parts():
+    def phi(x):
+        return torch.exp(-0.5 * x * x) * _INV_SQRT_2PI
+
+    def f(x):
+        return F.gelu(x)
+
+    def f1(x):
+        return 0.5 * torch.erfc(-x / math.sqrt(2.0)) + x * phi(x)
+
+    def f2(x):
+        return phi(x) * (2 - x * x)
+
+    def f3(x):
+        return -x * phi(x) * (4 - x * x)
+
+    a, b = 0.7922869913932613, 2.5243377989621386
+    return _Smooth(f, f1, f2, f3, (0.0, -2.0, 2.0), (-a, a, -b, b), 1.0, 1.13, 0.8, 0.75)
+
+
+def _softplus_parts():
+    def f2(x):
+        s = torch.sigmoid(x)
+        return s * (1 - s)
+
+    def f3(x):
+        s = torch.sigmoid(x)
+        return s * (1 - s) * (1 - 2 * s)
+
+    a = 1.3169578969248167
+    return _Smooth(lambda x: torch.log1p(torch.exp(x)), torch.sigmoid, f2, f3, (0.0,), (-a, a), 1.0, 1.0, 0.25, 0.1)
+
+
+_TANH, _SIGMOID, _GELU, _SOFTPLUS = _tanh_parts(), _sigmoid_parts(), _gelu_parts(), _softplus_parts()
+
+
+def _lib(x: Tensor, scale: float) -> Tensor:
+    """The assumed library error of a computed elementwise value x (see module docstring)."""
+    return (x.abs() + scale) * _LIB
+
+
+def _smooth(nt: EnclosureNumbers, s: _Smooth, x: Any, *, softplus_threshold: float | None = None) -> Any:
+    if not isinstance(x, Enclosure):
+        return NotImplemented
+    v, d = x.v, x.d
+    h = nt.h(v.c.dim() - 1)
+    R = (v.g.abs() * h + v.e) * (1.0 + 4 * U) + _TINY
+    lo, hi = v.c - R, v.c + R
+    lo, hi = lo - lo.abs() * (2 * U), hi + hi.abs() * (2 * U)
+    if softplus_threshold is not None and bool((hi > softplus_threshold).any()):
+        return NotImplemented  # torch switches to the identity above the threshold: not the smooth function
+    fc, f1c, f2c = s.f(v.c), s.f1(v.c), s.f2(v.c)
+    err0, err1, err2 = _lib(fc, s.scale0), _lib(f1c, s.scale1), _lib(f2c, s.scale2)
+    m2 = _sup_at(s.f2, lo, hi, s.peaks2, s.scale2)
+    m3 = _sup_at(s.f3, lo, hi, s.peaks3, s.scale3)
+    # value: f(ĉ) + f′(ĉ)ĝ t + [f′(ĉ)δ + ½ f″(ξ)(ĝt + δ)²]
+    g = _mul0(v.g, f1c)
+    e = (f1c.abs() + err1) * v.e + 0.5 * m2 * R * R + err0 + (err1 * v.g.abs() + g.abs() * (2 * U)) * h + fc.abs() * U
+    val = TM(fc, g, _up(e))
+    # f′(v) as a Taylor model, then times v′
+    g1 = _mul0(v.g, f2c)
+    e1 = (f2c.abs() + err2) * v.e + 0.5 * m3 * R * R + err1 + (err2 * v.g.abs() + g1.abs() * (2 * U)) * h
+    fprime = TM(f1c, g1, _up(e1))
+    return Enclosure(val, _product(fprime, d, h))
+
+
+def _relu_like(nt: EnclosureNumbers, x: Any, slope: float = 0.0) -> Any:
+    """LeakyReLU with 0 ≤ slope ≤ 1 (ReLU: slope 0): exact where the sign is known, relaxed elsewhere."""
+    if not isinstance(x, Enclosure) or not (0.0 <= slope <= 1.0):
+        return NotImplemented
+    v, d = x.v, x.d
+    h = nt.h(v.c.dim() - 1)
+    lo, hi = v.bounds(h)
+    pos, neg = lo >= 0, hi <= 0
+    mixed = ~(pos | neg)
+    # mixed neurons: leaky(x) = slope·x + (1 − slope)·relu(x), relu(x) ∈ λx + μ ± μ on [l, u]
+    l_, u_ = torch.where(mixed, lo, -torch.ones_like(lo)), torch.where(mixed, hi, torch.ones_like(hi))
+    lam = u_ / (u_ - l_)
+    mu = -lam * l_ * 0.5
+    # rounding of λ and μ: any λ ∈ [0, 1] gives a valid relaxation with offset interval
+    # [min(0, −λl)... ]: recompute the offset range from the rounded λ to stay exact:
+    # relu(x) − λx on [l, u] lies in [min(−λl, (1−λ)u, 0), max(−λl, (1−λ)u, 0)] for λ ∈ [0, 1]
+    lam = lam.clamp(0.0, 1.0)
+    r1, r2 = -lam * l_, (1 - lam) * u_
+    off_lo = torch.minimum(torch.minimum(r1, r2), torch.zeros_like(r1))
+    off_hi = torch.maximum(torch.maximum(r1, r2), torch.zeros_like(r1))
+    pad = (r1.abs() + r2.abs()) * (4 * U) + _TINY
+    off_lo, off_hi = off_lo - pad, off_hi + pad
+    mu = (off_lo + off_hi) * 0.5
+    rad = (off_hi - off_lo) * 0.5 * (1 + 4 * U)
+    k = 1.0 - slope
+    coef = torch.where(pos, torch.ones_like(lam), torch.where(neg, torch.full_like(lam, slope), slope + k * lam))
+    c = coef * v.c + torch.where(mixed, k * mu, torch.zeros_like(mu))
+    g = _mul0(v.g, coef)
+    e = coef * v.e + torch.where(mixed, k * rad, torch.zeros_like(rad)) + (v.magnitude(h) + mu.abs()) * (4 * U)
+    val = TM(c, g, _up(e))
+    # derivative: leaky′ ∈ [slope, 1] on mixed neurons (Clarke), exact elsewhere
+    dmid = torch.where(pos, torch.ones_like(lam), torch.where(neg, torch.full_like(lam, slope), torch.full_like(lam, (1 + slope) * 0.5)))
+    drad = torch.where(mixed, torch.full_like(lam, k * 0.5), torch.zeros_like(lam))
+    dc, dg = dmid * d.c, _mul0(d.g, dmid)
+    de = dmid * d.e + drad * d.magnitude(h) + (d.c.abs() + d.g.abs()) * (2 * U)
+    return Enclosure(val, TM(dc, dg, _up(de)))
+
+
+# ----------------------------------------------------------------------------- normalisation
+
+
+def _batch_norm_module(nt: EnclosureNumbers, mod: nn.Module, p: dict, x: Any) -> Any:
+    if mod.training or not isinstance(x, Enclosure):
+        return NotImplemented
+    mean, var = p.get("running_mean"), p.get("running_var")
+    if not isinstance(mean, Tensor) or not isinstance(var, Tensor):
+        return NotImplemented  # statistics moving along α: not enclosed here
+    nd = x.v.c.dim() - 1  # (n, F, ...) without the cell axis
+    view = (lambda t: t.reshape(-1, *([1] * (nd - 2)))) if nd > 2 else (lambda t: t)
+    mean64, var64 = mean.to(torch.float64), var.to(torch.float64)
+    # r = 1/sqrt(var + eps): three correctly rounded operations, relative error ≤ 3u
+    r = 1.0 / torch.sqrt(var64 + mod.eps)
+    centred = Enclosure(_shift(x.v, -view(mean64)), x.d)
+    r_v = view(r)
+    scaled_v, scaled_d = _scale(centred.v, r_v), _scale(centred.d, r_v)
+    scaled = Enclosure(
+        TM(scaled_v.c, scaled_v.g, _up(scaled_v.e + scaled_v.magnitude(nt.h(nd)) * (4 * U))),
+        TM(scaled_d.c, scaled_d.g, _up(scaled_d.e + scaled_d.magnitude(nt.h(nd)) * (4 * U))),
+    )
+    weight, bias = p.get("weight"), p.get("bias")
+    out = scaled
+    if weight is not None:
+        w = weight if isinstance(weight, Param) else Param(weight, torch.zeros_like(weight))
+        out = _affine_layer(nt, out, w, None, lambda a, ww: a * view(ww), 1, view)
+    if bias is not None:
+        out = _add(nt, out, _bias_enclosure(nt, bias, view, nd))
+    return out
+
+
+def _bias_enclosure(nt: EnclosureNumbers, b: Any, view, nd: int) -> Enclosure:
+    if isinstance(b, Param):
+        p = Param(view(b.w0), view(b.dw))
+        enc = _param_enclosure(nt, p)
+    else:
+        enc = _const_enclosure(nt, view(b.to(torch.float64)))
+    # add a batch axis so it broadcasts against (C, n, F, …)
+    return enc.map(lambda t: t.unsqueeze(1))
+
+
+# ----------------------------------------------------------------------------- shapes
+
+
+def _shape_of(x: Enclosure) -> torch.Size:
+    return x.shape
+
+
+def _reshape(nt: EnclosureNumbers, x: Any, *shape: Any) -> Any:
+    if not isinstance(x, Enclosure):
+        return NotImplemented
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list, torch.Size)):
+        shape = tuple(shape[0])
+    full = _full(x)
+    cells = full.v.c.shape[0]
+    return full.map(lambda t: t.reshape(cells, *shape))
+
+
+def _full(x: Enclosure) -> Enclosure:
+    """Broadcast every tensor of ``x`` to the value's full (C, …) shape."""
+    s = x.v.c.shape
+
+    def ex(t: Tensor) -> Tensor:
+        return t if _is_zero(t) else t.expand(s)
+
+    return Enclosure(TM(x.v.c, ex(x.v.g), ex(x.v.e)), TM(x.d.c.expand(s), ex(x.d.g), ex(x.d.e)))
+
+
+def _flatten(nt: EnclosureNumbers, x: Any, start_dim: int = 0, end_dim: int = -1) -> Any:
+    if not isinstance(x, Enclosure):
+        return NotImplemented
+    nd = len(x.shape)
+    s = start_dim % nd + 1
+    e = end_dim % nd + 1
+    return _full(x).map(lambda t: torch.flatten(t, s, e))
+
+
+def _flatten_module(nt: EnclosureNumbers, mod: nn.Flatten, p: dict, x: Any) -> Any:
+    return _flatten(nt, x, mod.start_dim, mod.end_dim)
+
+
+def _identity_module(nt: EnclosureNumbers, mod: nn.Module, p: dict, x: Any) -> Any:
+    if isinstance(mod, (nn.Dropout, nn.Dropout1d, nn.Dropout2d)) and mod.training:
+        return NotImplemented
+    return x
+
+
+def _dropout(nt: EnclosureNumbers, x: Any, p: float = 0.5, training: bool = False, inplace: bool = False) -> Any:
+    return NotImplemented if training else x
+
+
+def _size(nt: EnclosureNumbers, x: Any, dim: int | None = None) -> Any:
+    s = x.shape
+    return s if dim is None else s[dim]
+
+
+def _dim(nt: EnclosureNumbers, x: Any) -> Any:
+    return len(x.shape)
+
+
+def _avg_pool_module(nt: EnclosureNumbers, mod: nn.Module, p: dict, x: Any) -> Any:
+    if not isinstance(x, Enclosure):
+        return NotImplemented
+    if type(mod) is nn.AvgPool2d:
+        if mod.ceil_mode or mod.divisor_override is not None or not mod.count_include_pad and _nonzero(mod.padding):
+            return NotImplemented
+        pool = lambda t: F.avg_pool2d(t, mod.kernel_size, mod.stride, mod.padding, False, True)  # noqa: E731
+        nk = _prod2(mod.kernel_size)
+    elif type(mod) is nn.AdaptiveAvgPool2d:
+        pool = lambda t: F.adaptive_avg_pool2d(t, mod.output_size)  # noqa: E731
+        nk = None
+    else:
+        return NotImplemented
+    return _linear_average(nt, x, pool, nk)
+
+
+def _nonzero(p: Any) -> bool:
+    return any(v != 0 for v in p) if isinstance(p, (tuple, list)) else p != 0
+
+
+def _prod2(k: Any) -> int:
+    return int(k[0] * k[1]) if isinstance(k, (tuple, list)) else int(k * k)
+
+
+def _linear_average(nt: EnclosureNumbers, x: Enclosure, pool: Callable[[Tensor], Tensor], nk: int | None) -> Enclosure:
+    """An average (non-negative weights summing to 1): applied to ĉ, ĝ and e; rounding by γ."""
+    full = _full(x)
+    nd = full.v.c.dim()
+
+    def ap(t: Tensor) -> Tensor:
+        s = t.shape
+        y = pool(t.reshape(-1, *s[-3:]))
+        return y.reshape(*s[:-3], *y.shape[-3:])
+
+    k = nk if nk is not None else int(math.prod(full.v.c.shape[-2:]))
+    g2 = gamma(k + 4) * 2.0
+
+    def tm(a: TM) -> TM:
+        mag = ap(a.c.abs() + a.g.abs())
+        return TM(ap(a.c), a.g if _is_zero(a.g) else ap(a.g), _up(ap(a.e) + mag * g2))
+
+    del nd
+    return Enclosure(tm(full.v), tm(full.d))
+
+
+# ----------------------------------------------------------------------------- rule tables
+
+
+_MODULE_RULES: dict[type, Callable[..., Any]] = {
+    nn.Linear: _linear_module,
+    nn.Conv1d: _conv_module,
+    nn.Conv2d: _conv_module,
+    nn.ReLU: lambda nt, m, p, x: _relu_like(nt, x),
+    nn.LeakyReLU: lambda nt, m, p, x: _relu_like(nt, x, float(m.negative_slope)),
+    nn.Tanh: lambda nt, m, p, x: _smooth(nt, _TANH, x),
+    nn.Sigmoid: lambda nt, m, p, x: _smooth(nt, _SIGMOID, x),
+    nn.GELU: lambda nt, m, p, x: _smooth(nt, _GELU, x) if m.approximate == "none" else NotImplemented,
+    nn.Softplus: lambda nt, m, p, x: _smooth(nt, _SOFTPLUS, x, softplus_threshold=float(m.threshold)) if m.beta == 1 else NotImplemented,
+    nn.BatchNorm1d: _batch_norm_module,
+    nn.BatchNorm2d: _batch_norm_module,
+    nn.Flatten: _flatten_module,
+    nn.Identity: _identity_module,
+    nn.Dropout: _identity_module,
+    nn.AvgPool2d: _avg_pool_module,
+    nn.AdaptiveAvgPool2d: _avg_pool_module,
+}
+
+
+def _relu_fn(nt, x, inplace=False):
+    return _relu_like(nt, x)
+
+
+def _leaky_fn(nt, x, negative_slope=0.01, inplace=False):
+    return _relu_like(nt, x, float(negative_slope))
+
+
+def _gelu_fn(nt, x, approximate="none"):
+    return _smooth(nt, _GELU, x) if approximate == "none" else NotImplemented
+
+
+def _softplus_fn(nt, x, beta=1.0, threshold=20.0):
+    return _smooth(nt, _SOFTPLUS, x, softplus_threshold=float(threshold)) if beta == 1 else NotImplemented
+
+
+_FUNCTION_RULES: dict[object, Callable[..., Any]] = {
+    F.linear: _linear,
+    torch.relu: _relu_fn,
+    F.relu: _relu_fn,
+    F.leaky_relu: _leaky_fn,
+    torch.tanh: lambda nt, x: _smooth(nt, _TANH, x),
+    F.tanh: lambda nt, x: _smooth(nt, _TANH, x),
+    torch.sigmoid: lambda nt, x: _smooth(nt, _SIGMOID, x),
+    F.sigmoid: lambda nt, x: _smooth(nt, _SIGMOID, x),
+    F.gelu: _gelu_fn,
+    F.softplus: _softplus_fn,
+    operator.add: _add,
+    torch.add: _add,
+    operator.sub: _sub,
+    torch.sub: _sub,
+    operator.mul: _mul,
+    torch.mul: _mul,
+    operator.neg: _neg,
+    operator.truediv: _truediv,
+    torch.flatten: _flatten,
+    torch.reshape: _reshape,
+    F.dropout: _dropout,
+}
+
+_METHOD_RULES: dict[str, Callable[..., Any]] = {
+    "view": _reshape,
+    "reshape": _reshape,
+    "flatten": _flatten,
+    "size": _size,
+    "dim": _dim,
+    "relu": _relu_fn,
+    "tanh": lambda nt, x: _smooth(nt, _TANH, x),
+    "sigmoid": lambda nt, x: _smooth(nt, _SIGMOID, x),
+    "add": _add,
+    "sub": _sub,
+    "mul": _mul,
+    "neg": _neg,
+    "contiguous": lambda nt, x: x,
+}

@@ -1,0 +1,461 @@
+r"""Deciding MLI on all of [0, 1] by enclosing L′ on a partition of the path into cells.
+
+For a partition of [0, 1] into cells C = [a, b] with proven bounds lo_C ≤ L′(α) ≤ hi_C (for
+almost every α in C; L is absolutely continuous along α because every supported layer is locally
+Lipschitz), the fundamental theorem of calculus gives, for any a < b,
+
+    L(b) − L(a) = ∫_a^b L′ ≤ Σ_C |C|·max(0, hi_C) =: rise_bound          (GUIDE §1)
+
+so "monotone at tolerance T" is proven when rise_bound ≤ T; and for a contiguous run of cells
+[a, b], L(b) − L(a) ≥ Σ_{C ⊂ [a, b]} |C|·lo_C, so a run whose sum exceeds T proves a rise > T
+("non_monotone", witness [a, b]; the rise is re-evaluated by a plain float64 forward pass).
+
+The enclosures of L′ come from the rigorous number type of :mod:`.enclosures`, one walk of the
+traced graph per batch of cells and chunk of examples, summed over the examples with a proven
+bound on the summation's rounding:
+
+* MSE (torch's mean over the N = n·k entries): L′ = (2/N) Σ (z − y)·z′;
+* cross-entropy (mean over n): with u_k = z_k − z_y (the common shift cancels) and
+  p = softmax([0, u]), L′ = (1/n) Σ_i Σ_{k≠y} p_k u′_k; p_k is increasing in u_k and decreasing in
+  every other u_j, so interval bounds of u give tight bounds of p_k, whose small size near a
+  trained θT makes the enclosure of L′ shrink there.
+
+Adaptive bisection: start with 8 equal cells; each round splits the open cells (hi > 0) with the
+largest contribution |C|·hi, in batches evaluated together. Work is cells × (one enclosure
+walk ≈ a dozen forward passes); no activation patterns are enumerated.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import torch
+from torch.func import functional_call
+from torch.fx import GraphModule
+
+from ..exact import BudgetExceeded, check_deadline, expired
+from ..exact.dyadic import float_down, float_up
+from ..geometry.interpreter import UnsupportedGraph, interpret, node_label, plan, trace
+from ..inputs.data import Dataset
+from ..path import BNPolicy, Line
+from .enclosures import TM, U, Enclosure, EnclosureNumbers, Param, _up, gamma
+
+MIN_WIDTH = 2.0**-40
+START_CELLS = 8
+
+
+@dataclass(frozen=True)
+class CellBound:
+    """Proven bounds on one cell [a, b]: lo ≤ L′ ≤ hi almost everywhere on it."""
+
+    a: float
+    b: float
+    lo: float
+    hi: float
+
+
+@dataclass(frozen=True)
+class EnclosureVerdict:
+    """What the bisection proved.
+
+    Attributes:
+        status: ``monotone``, ``non_monotone`` or ``unknown``.
+        rise_bound: proven upper bound on sup_{a<b} L(b) − L(a) over [0, 1] (None if no partition
+            was completed).
+        rise: for ``non_monotone``, L(b) − L(a) at the witness, evaluated in float64.
+        rise_lower: for ``non_monotone``, the proven lower bound on that rise (> tol).
+        where: the witness [a, b].
+        cells: number of cells whose enclosure was evaluated.
+        undecided: α-intervals where L′ ≤ 0 is not proven (hi > 0), merged, when unknown.
+        reason: one sentence.
+        partition: the final partition with its bounds (for plots and tests).
+    """
+
+    status: str
+    rise_bound: float | None
+    rise: float | None
+    rise_lower: float | None
+    where: tuple[float, float] | None
+    cells: int
+    undecided: tuple[tuple[float, float], ...]
+    reason: str
+    partition: tuple[CellBound, ...] = field(default=(), repr=False)
+
+
+class Unsupported(ValueError):
+    """The model or the settings cannot be enclosed (the message says why)."""
+
+
+# ----------------------------------------------------------------------------- preparing the problem
+
+
+@dataclass
+class _Problem:
+    gm: GraphModule
+    params: dict[str, Any]
+    x: torch.Tensor
+    y: torch.Tensor
+    loss: str
+    start: dict[str, torch.Tensor]
+    end: dict[str, torch.Tensor]
+    shell: Any
+    chunk: int
+
+
+def prepare(line: Line, data: Dataset, bn: BNPolicy, *, device: torch.device | None = None, memory_bytes: float = 1.5e9, cells_per_batch: int = 16) -> _Problem:
+    """Trace the model, choose which entries move along α, and cast everything to float64.
+
+    Raises:
+        Unsupported: the model or settings are outside what the enclosures cover.
+    """
+    dev = device if device is not None else line.device
+    try:
+        gm = trace(line.shell)
+    except UnsupportedGraph as exc:
+        raise Unsupported(str(exc)) from None
+    start = {k: v.to(dev, torch.float64) if v.is_floating_point() else v.to(dev) for k, v in line.start.items()}
+    end = {k: v.to(dev, torch.float64) if v.is_floating_point() else v.to(dev) for k, v in line.end.items()}
+    params: dict[str, Any] = {}
+    for k in start:
+        s, e = start[k], end[k]
+        if not s.is_floating_point():
+            params[k] = e
+        elif k in line.param_names:
+            params[k] = Param(s, e - s)
+        elif line.has_bn and bn == BNPolicy.RECOMPUTE:
+            raise Unsupported(
+                "bn=recompute re-estimates the BatchNorm statistics at every α (a data-dependent function of α "
+                "that is not enclosed yet); certify with bn=frozen or bn=interpolate"
+            )
+        elif bn == BNPolicy.FROZEN:
+            params[k] = e
+        elif torch.equal(s, e):
+            params[k] = e
+        else:
+            raise Unsupported(
+                f"buffer {k!r} moves along the path under bn={bn.value} (interpolated running statistics are not "
+                "enclosed yet); certify with bn=frozen"
+            )
+    numbers = EnclosureNumbers(torch.zeros(1, dtype=torch.float64, device=dev), torch.zeros(1, dtype=torch.float64, device=dev))
+    missing = plan(gm, numbers)
+    if missing:
+        raise Unsupported(f"no rigorous enclosure rule for {', '.join(missing[:4])}" + (" …" if len(missing) > 4 else ""))
+    x = data.x.to(dev, torch.float64)
+    y = data.y.to(dev, torch.float64) if data.loss == "mse" else data.y.to(dev)
+    widest = _widest_activation(gm, start, x[:1])
+    per_example = cells_per_batch * widest * 8 * 48  # bytes for ~48 tensors of the widest activation
+    chunk = max(1, min(x.shape[0], int(memory_bytes // max(per_example, 1))))
+    return _Problem(gm, params, x, y, data.loss, start, end, line.shell, chunk)
+
+
+class _Shapes:
+    """A number type under which every float tensor is a "number" evaluated as is: records sizes."""
+
+    name = "shape recorder"
+
+    def __init__(self) -> None:
+        self.widest = 0
+
+    def is_number(self, obj: object) -> bool:
+        return isinstance(obj, torch.Tensor) and obj.is_floating_point()
+
+    def rule(self, kind: str, key: object) -> None:
+        return None
+
+    def fallback(self, fn, args, kwargs):
+        out = fn(*args, **kwargs)
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.widest = max(self.widest, int(t.numel()))
+        return out
+
+
+def _widest_activation(gm: GraphModule, state: dict[str, torch.Tensor], x1: torch.Tensor) -> int:
+    """The largest number of entries of any tensor in one plain forward pass on one example."""
+    rec = _Shapes()
+    try:
+        with torch.no_grad():
+            interpret(gm, rec, [x1], state)
+    except Exception:  # only a memory hint: fall back to the parameter sizes
+        return max([int(x1.numel())] + [int(v.shape[0]) for v in state.values() if v.dim() >= 1])
+    return max(rec.widest, int(x1.numel()))
+
+
+# ----------------------------------------------------------------------------- enclosing L′ on cells
+
+
+def _sum_tm(t: TM, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Σ over every axis but the cells: (Σc, Σg, Σe, Σ magnitude, count) in float."""
+    c = t.c.expand_as(t.c).reshape(t.c.shape[0], -1)
+    g = t.g.expand(t.c.shape).reshape(t.c.shape[0], -1)
+    e = t.e.expand(t.c.shape).reshape(t.c.shape[0], -1)
+    hh = h.reshape(-1, 1)
+    mag = c.abs() + g.abs() * hh + e
+    return c.sum(1), g.sum(1), e.sum(1), mag.sum(1), c.shape[1]
+
+
+def _mse_terms(z: Enclosure, y: torch.Tensor, h: torch.Tensor) -> tuple[TM, TM]:
+    from .enclosures import _product, _shift
+
+    r = _shift(z.v, -y.unsqueeze(0))
+    hv = h.reshape(-1, *([1] * (z.v.c.dim() - 1)))
+    return _product(r, z.d, hv), _product(r, r, hv)
+
+
+def _ce_terms(z: Enclosure, y: torch.Tensor, h: torch.Tensor) -> tuple[TM, tuple[torch.Tensor, torch.Tensor]]:
+    """Per example and class: the Taylor model of p_k·u′_k, and bounds of the per-example loss."""
+    from .enclosures import _LIB, _TINY, _add_tm
+
+    if z.v.c.dim() != 3:
+        raise Unsupported(f"cross-entropy needs (n, classes) outputs, the model gives {tuple(z.shape)}")
+    hv = h.reshape(-1, 1, 1)
+    cells, n, k = z.v.c.shape
+    idx = y.reshape(1, n, 1).expand(cells, n, 1)
+
+    def gather(t: TM) -> TM:
+        s = t.c.shape
+        return TM(t.c.gather(-1, idx), t.g.expand(s).gather(-1, idx), t.e.expand(s).gather(-1, idx))
+
+    u = _add_tm(z.v, gather(z.v), -1.0)
+    du = _add_tm(z.d, gather(z.d), -1.0)
+    lo, hi = u.bounds(hv)
+    onehot = torch.zeros(cells, n, k, dtype=torch.bool, device=lo.device).scatter_(-1, idx, True)
+    zero = torch.zeros_like(lo)
+    vlo, vhi = torch.where(onehot, zero, lo), torch.where(onehot, zero, hi)
+    eye = torch.eye(k, dtype=torch.bool, device=lo.device)
+    # row k: the k-th entry at its upper (lower) bound, every other at its lower (upper) bound
+    a_hi = torch.where(eye, vhi.unsqueeze(-1), vlo.unsqueeze(-2))
+    a_lo = torch.where(eye, vlo.unsqueeze(-1), vhi.unsqueeze(-2))
+    lse_hi, lse_lo = torch.logsumexp(a_hi, -1), torch.logsumexp(a_lo, -1)
+    rel_hi = (1.0 + vhi.abs() + lse_hi.abs()) * _LIB * 8
+    rel_lo = (1.0 + vlo.abs() + lse_lo.abs()) * _LIB * 8
+    p_hi = (torch.exp(vhi - lse_hi) * (1.0 + 2 * rel_hi)).clamp(max=1.0)
+    p_lo = (torch.exp(vlo - lse_lo) * (1.0 - 2 * rel_lo)).clamp(min=0.0)
+    p_hi, p_lo = torch.where(onehot, zero, p_hi), torch.where(onehot, zero, p_lo)
+    p_hi = torch.where(torch.isfinite(p_hi), p_hi, torch.ones_like(p_hi))
+    p_lo = torch.where(torch.isfinite(p_lo), p_lo, torch.zeros_like(p_lo))
+    pm = (p_lo + p_hi) * 0.5
+    pr = (p_hi - p_lo) * 0.5 * (1 + 4 * U) + _TINY
+    s = du.c.shape
+    term = TM(
+        pm * du.c,
+        pm * du.g.expand(s),
+        _up(pm * du.e.expand(s) + pr * du.magnitude(hv) + pm * (du.c.abs() + du.g.abs()) * (2 * U)),
+    )
+    # loss per example: log Σ_j exp(v_j) is increasing in every v_j
+    l_lo = torch.logsumexp(vlo, -1)
+    l_hi = torch.logsumexp(vhi, -1)
+    l_lo = l_lo - (l_lo.abs() + 1.0) * _LIB * 8
+    l_hi = l_hi + (l_hi.abs() + 1.0) * _LIB * 8
+    return term, (l_lo, l_hi)
+
+
+def enclose(problem: _Problem, a: list[float], b: list[float], deadline: float | None = None) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """Proven bounds of L′ and of L on each cell [a_i, b_i]: ([(lo, hi) of L′], [(lo, hi) of L])."""
+    dev = problem.x.device
+    mid = torch.tensor([(ai + bi) / 2 for ai, bi in zip(a, b)], dtype=torch.float64, device=dev)
+    rad = torch.tensor([(bi - ai) / 2 for ai, bi in zip(a, b)], dtype=torch.float64, device=dev)
+    numbers = EnclosureNumbers(mid, rad)
+    cells = len(a)
+    acc = torch.zeros(cells, 4, dtype=torch.float64, device=dev)  # Σc, Σg, Σe, Σmag of L′ terms
+    lacc = torch.zeros(cells, 2, dtype=torch.float64, device=dev)  # Σ lower / upper of loss terms
+    lmag = torch.zeros(cells, dtype=torch.float64, device=dev)
+    count = 0
+    chunks = 0
+    n = problem.x.shape[0]
+    for start in range(0, n, problem.chunk):
+        check_deadline(deadline)
+        xs = problem.x[start : start + problem.chunk]
+        ys = problem.y[start : start + problem.chunk]
+        try:
+            out = interpret(problem.gm, numbers, [xs], problem.params)
+        except UnsupportedGraph as exc:
+            raise Unsupported(str(exc)) from None
+        if isinstance(out, (tuple, list)) or not isinstance(out, Enclosure):
+            raise Unsupported("the model must return one tensor that depends on the parameters")
+        if problem.loss == "mse":
+            if tuple(out.shape) != tuple(ys.shape):
+                raise Unsupported(f"model output shape {tuple(out.shape)} does not match targets {tuple(ys.shape)}")
+            dl, ll = _mse_terms(out, ys, rad)
+            lo_l, hi_l = ll.bounds(rad.reshape(-1, *([1] * (ll.c.dim() - 1))))
+            lo_l = lo_l.clamp(min=0.0)
+        else:
+            dl, (lo_l, hi_l) = _ce_terms(out, ys, rad)
+        sc, sg, se, sm, cnt = _sum_tm(dl, rad)
+        acc += torch.stack([sc, sg, se, sm], 1)
+        lacc += torch.stack([lo_l.reshape(cells, -1).sum(1), hi_l.reshape(cells, -1).sum(1)], 1)
+        lmag += (lo_l.abs() + hi_l.abs()).reshape(cells, -1).sum(1)
+        count += cnt
+        chunks += 1
+    scale = Fraction(2, problem.y.numel()) if problem.loss == "mse" else Fraction(1, n)
+    lscale = Fraction(1, problem.y.numel()) if problem.loss == "mse" else Fraction(1, n)
+    g_sum = gamma(count + chunks + 4) * 2.0
+    out_d: list[tuple[float, float]] = []
+    out_l: list[tuple[float, float]] = []
+    rows = acc.tolist()
+    lrows = lacc.tolist()
+    lm = lmag.tolist()
+    for i in range(cells):
+        c, g, e, m = rows[i]
+        if not all(math.isfinite(v) for v in (c, g, e, m)):
+            out_d.append((-math.inf, math.inf))
+        else:
+            h = Fraction(rad[i].item())
+            width = abs(Fraction(g)) * h + Fraction(e) * (1 + Fraction(g_sum)) + Fraction(m) * Fraction(g_sum) * 2
+            centre = Fraction(c)
+            out_d.append((float_down(scale * (centre - width)), float_up(scale * (centre + width))))
+        llo, lhi = lrows[i]
+        if not all(math.isfinite(v) for v in (llo, lhi, lm[i])):
+            out_l.append((-math.inf, math.inf))
+        else:
+            pad = Fraction(lm[i]) * Fraction(g_sum)
+            out_l.append((float_down(lscale * (Fraction(llo) - pad)), float_up(lscale * (Fraction(lhi) + pad))))
+    return out_d, out_l
+
+
+# ----------------------------------------------------------------------------- the decision
+
+
+def _best_run(cells: list[CellBound]) -> tuple[Fraction, int, int]:
+    """The contiguous run of cells maximising Σ |C|·lo_C (Kadane), as (sum, first, last)."""
+    best, best_i, best_j = Fraction(-1), 0, -1
+    cur, cur_i = Fraction(0), 0
+    for j, c in enumerate(cells):
+        if not math.isfinite(c.lo):
+            cur, cur_i = Fraction(0), j + 1
+            continue
+        term = (Fraction(c.b) - Fraction(c.a)) * Fraction(c.lo)
+        if cur <= 0:
+            cur, cur_i = term, j
+        else:
+            cur += term
+        if cur > best:
+            best, best_i, best_j = cur, cur_i, j
+    return best, best_i, best_j
+
+
+def _rise_bound(cells: list[CellBound]) -> Fraction | None:
+    total = Fraction(0)
+    for c in cells:
+        if not math.isfinite(c.hi):
+            return None
+        if c.hi > 0:
+            total += (Fraction(c.b) - Fraction(c.a)) * Fraction(c.hi)
+    return total
+
+
+def _merge(intervals: list[tuple[float, float]]) -> tuple[tuple[float, float], ...]:
+    out: list[tuple[float, float]] = []
+    for a, b in sorted(intervals):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return tuple(out)
+
+
+def plain_loss(problem: _Problem, alpha: float) -> float:
+    """L(α) by a plain float64 forward pass (independent of the enclosure code: the witness check)."""
+    from torch.nn import functional as F
+
+    state = {}
+    for k, s in problem.start.items():
+        fixed = problem.params[k]
+        state[k] = (1.0 - alpha) * s + alpha * problem.end[k] if isinstance(fixed, Param) else fixed
+    shell = problem.shell
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, problem.x.shape[0], 4096):
+            out = functional_call(shell, state, (problem.x[i : i + 4096],))
+            out = out.to(torch.float64)
+            ys = problem.y[i : i + 4096]
+            total += float(F.mse_loss(out, ys, reduction="sum") if problem.loss == "mse" else F.cross_entropy(out, ys, reduction="sum"))
+    return total / (problem.y.numel() if problem.loss == "mse" else problem.x.shape[0])
+
+
+def decide_by_enclosures(
+    line: Line,
+    data: Dataset,
+    *,
+    tol: float = 0.0,
+    bn: BNPolicy = BNPolicy.FROZEN,
+    deadline: float | None = None,
+    cells_per_batch: int = 16,
+    device: torch.device | None = None,
+) -> EnclosureVerdict:
+    """Prove ``monotone`` (rise_bound ≤ tol) or ``non_monotone`` (a proven rise > tol), or ``unknown``.
+
+    Raises:
+        Unsupported: the model, loss or BatchNorm policy is outside the enclosures (before any work).
+    """
+    problem = prepare(line, data, bn, device=device, cells_per_batch=cells_per_batch)
+    return _bisect(problem, tol, deadline, cells_per_batch)
+
+
+def _bisect(problem: _Problem, tol: float, deadline: float | None, batch: int) -> EnclosureVerdict:
+    todo = [(i / START_CELLS, (i + 1) / START_CELLS) for i in range(START_CELLS)]
+    done: dict[tuple[float, float], CellBound] = {}
+    evaluated = 0
+    tol_q = Fraction(tol)
+    while True:
+        try:
+            for i in range(0, len(todo), batch):
+                part = todo[i : i + batch]
+                bounds, _ = enclose(problem, [p[0] for p in part], [p[1] for p in part], deadline)
+                for (a, b), (lo, hi) in zip(part, bounds):
+                    done[(a, b)] = CellBound(a, b, lo, hi)
+                evaluated += len(part)
+        except BudgetExceeded:
+            return _unknown(done, evaluated, "the proof budget ran out")
+        cells = sorted(done.values(), key=lambda c: c.a)
+        rb = _rise_bound(cells)
+        if rb is not None and rb <= tol_q:
+            return EnclosureVerdict(
+                "monotone", float_up(rb), None, None, None, evaluated, (),
+                f"L′ enclosed on {len(cells)} cells: the total rise is at most {float_up(rb):.3g} ≤ tol",
+                tuple(cells),
+            )
+        run, i0, i1 = _best_run(cells)
+        if i1 >= i0 and run > tol_q:
+            a, b = cells[i0].a, cells[i1].b
+            rise = plain_loss(problem, b) - plain_loss(problem, a)
+            if rise <= tol:  # the proven lower bound says otherwise: never print a false certificate
+                return _unknown(done, evaluated, f"internal inconsistency: proven rise ≥ {float_down(run):.3g} on [{a}, {b}] but float64 evaluation gives {rise:.3g}")
+            return EnclosureVerdict(
+                "non_monotone", float_up(rb) if rb is not None else None, rise, float_down(run), (a, b), evaluated, (),
+                f"L′ ≥ lower bounds on [{a:.6g}, {b:.6g}] prove a rise of at least {float_down(run):.3g} > tol",
+                tuple(cells),
+            )
+        open_cells = [c for c in cells if not (c.hi <= 0) and (c.b - c.a) > MIN_WIDTH]
+        if not open_cells or expired(deadline):
+            why = "the proof budget ran out" if open_cells else "cells reached the minimum width without a decision"
+            return _unknown(done, evaluated, why)
+        open_cells.sort(key=lambda c: -(c.b - c.a) * (c.hi if math.isfinite(c.hi) else 1e300))
+        split = open_cells[: max(1, batch // 2)]
+        todo = []
+        for c in split:
+            del done[(c.a, c.b)]
+            m = (c.a + c.b) / 2
+            todo += [(c.a, m), (m, c.b)]
+
+
+def _unknown(done: dict, evaluated: int, why: str) -> EnclosureVerdict:
+    cells = sorted(done.values(), key=lambda c: c.a)
+    rb = _rise_bound(cells) if cells and cells[0].a == 0.0 and _covers(cells) else None
+    undecided = _merge([(c.a, c.b) for c in cells if not (c.hi <= 0)])
+    bound = float_up(rb) if rb is not None else None
+    text = f"{why}; proven rise bound {bound:.3g}" if bound is not None else why
+    return EnclosureVerdict("unknown", bound, None, None, None, evaluated, undecided, text, tuple(cells))
+
+
+def _covers(cells: list[CellBound]) -> bool:
+    at = 0.0
+    for c in cells:
+        if c.a != at:
+            return False
+        at = c.b
+    return at == 1.0
