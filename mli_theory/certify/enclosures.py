@@ -441,8 +441,7 @@ def _const_enclosure(nt: EnclosureNumbers, t: Tensor) -> Enclosure:
 
 
 def _param_enclosure(nt: EnclosureNumbers, p: Param) -> Enclosure:
-    nd = p.w0.dim()
-    m, h = nt.m(nd), nt.h(nd)
+    m = nt.m(p.w0.dim())
     c = p.w0.unsqueeze(0) + m * p.dw.unsqueeze(0)
     g = p.dw.unsqueeze(0).expand_as(c)
     e = _up((p.w0.abs() + p.dw.abs()).unsqueeze(0) * (4 * U)).expand_as(c)

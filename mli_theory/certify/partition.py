@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any
 
@@ -39,13 +39,14 @@ from torch.fx import GraphModule
 
 from ..exact import BudgetExceeded, check_deadline, expired
 from ..exact.dyadic import float_down, float_up
-from ..geometry.interpreter import UnsupportedGraph, interpret, node_label, plan, trace
+from ..geometry.interpreter import UnsupportedGraph, interpret, plan, trace
 from ..inputs.data import Dataset
 from ..path import BNPolicy, Line
 from .enclosures import TM, U, Enclosure, EnclosureNumbers, Param, _up, gamma
 
 MIN_WIDTH = 2.0**-40
 START_CELLS = 8
+SCREEN_EXAMPLES = 256
 
 
 @dataclass(frozen=True)
@@ -393,11 +394,32 @@ def decide_by_enclosures(
         Unsupported: the model, loss or BatchNorm policy is outside the enclosures (before any work).
     """
     problem = prepare(line, data, bn, device=device, cells_per_batch=cells_per_batch)
-    return _bisect(problem, tol, deadline, cells_per_batch)
+    start = None
+    n = problem.x.shape[0]
+    if n > 2 * SCREEN_EXAMPLES:
+        # screening: the partition that decides on an evenly spread subsample is a good first
+        # partition for all the data (it only chooses cells; every bound below is on the full set)
+        step = n // SCREEN_EXAMPLES
+        sub = replace(problem, x=problem.x[::step], y=problem.y[::step], chunk=max(problem.chunk, 1))
+        left = None if deadline is None else deadline - time.perf_counter()
+        sub_deadline = None if left is None else time.perf_counter() + 0.3 * left
+        screened = _bisect(sub, tol, sub_deadline, cells_per_batch, max_cells=256, witness=False)
+        start = [(c.a, c.b) for c in screened.partition] or None
+    verdict = _bisect(problem, tol, deadline, cells_per_batch, start=start)
+    return verdict
 
 
-def _bisect(problem: _Problem, tol: float, deadline: float | None, batch: int) -> EnclosureVerdict:
-    todo = [(i / START_CELLS, (i + 1) / START_CELLS) for i in range(START_CELLS)]
+def _bisect(
+    problem: _Problem,
+    tol: float,
+    deadline: float | None,
+    batch: int,
+    *,
+    start: list[tuple[float, float]] | None = None,
+    max_cells: int | None = None,
+    witness: bool = True,
+) -> EnclosureVerdict:
+    todo = start or [(i / START_CELLS, (i + 1) / START_CELLS) for i in range(START_CELLS)]
     done: dict[tuple[float, float], CellBound] = {}
     evaluated = 0
     tol_q = Fraction(tol)
@@ -420,6 +442,8 @@ def _bisect(problem: _Problem, tol: float, deadline: float | None, batch: int) -
                 tuple(cells),
             )
         run, i0, i1 = _best_run(cells)
+        if i1 >= i0 and run > tol_q and not witness:
+            return _unknown(done, evaluated, "screening: a rise was found")
         if i1 >= i0 and run > tol_q:
             a, b = cells[i0].a, cells[i1].b
             rise = plain_loss(problem, b) - plain_loss(problem, a)
@@ -430,7 +454,21 @@ def _bisect(problem: _Problem, tol: float, deadline: float | None, batch: int) -
                 f"L′ ≥ lower bounds on [{a:.6g}, {b:.6g}] prove a rise of at least {float_down(run):.3g} > tol",
                 tuple(cells),
             )
+        infinite = [c for c in cells if not math.isfinite(c.hi)]
+        if infinite:
+            mid = (infinite[0].a + infinite[0].b) / 2
+            if not math.isfinite(plain_loss(problem, mid)):
+                return _unknown(done, evaluated, f"the loss itself is not finite at α = {mid:.6g} (overflow or undefined values, e.g. a negative BatchNorm variance)")
+        blown = [c for c in infinite if c.b - c.a <= 2.0**-10]
+        if blown:
+            return _unknown(
+                done, evaluated,
+                f"the enclosures are not finite on [{blown[0].a:.6g}, {blown[0].b:.6g}] even on a cell of width "
+                f"{blown[0].b - blown[0].a:.3g} (outputs overflow or are undefined there, e.g. a negative BatchNorm variance)",
+            )
         open_cells = [c for c in cells if not (c.hi <= 0) and (c.b - c.a) > MIN_WIDTH]
+        if max_cells is not None and evaluated >= max_cells:
+            return _unknown(done, evaluated, "screening: cell limit")
         if not open_cells or expired(deadline):
             why = "the proof budget ran out" if open_cells else "cells reached the minimum width without a decision"
             return _unknown(done, evaluated, why)
@@ -445,11 +483,20 @@ def _bisect(problem: _Problem, tol: float, deadline: float | None, batch: int) -
 
 def _unknown(done: dict, evaluated: int, why: str) -> EnclosureVerdict:
     cells = sorted(done.values(), key=lambda c: c.a)
-    rb = _rise_bound(cells) if cells and cells[0].a == 0.0 and _covers(cells) else None
-    undecided = _merge([(c.a, c.b) for c in cells if not (c.hi <= 0)])
+    rb = _rise_bound(cells) if cells and _covers(cells) else None
+    # undecided: every part of [0, 1] not covered by a cell with L′ ≤ 0 proven
+    undecided: list[tuple[float, float]] = []
+    at = 0.0
+    for c in cells:
+        if c.hi <= 0:
+            if c.a > at:
+                undecided.append((at, c.a))
+            at = max(at, c.b)
+    if at < 1.0:
+        undecided.append((at, 1.0))
     bound = float_up(rb) if rb is not None else None
     text = f"{why}; proven rise bound {bound:.3g}" if bound is not None else why
-    return EnclosureVerdict("unknown", bound, None, None, None, evaluated, undecided, text, tuple(cells))
+    return EnclosureVerdict("unknown", bound, None, None, None, evaluated, _merge(undecided), text, tuple(cells))
 
 
 def _covers(cells: list[CellBound]) -> bool:

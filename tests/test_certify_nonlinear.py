@@ -1,0 +1,227 @@
+"""Certified verdicts for nonlinear networks (enclosure bisection): closed forms, planted
+overshoots, agreement with the exact deep-linear decision, the CLI contract."""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import mli_theory as mt
+from mli_theory.certify import certify
+from mli_theory.certify.partition import Unsupported, decide_by_enclosures, plain_loss, prepare
+from mli_theory.exact import decide, mse_loss_polynomial, output_polynomial
+from mli_theory.path import BNPolicy
+from mli_theory.testing.strategies import build_problem, deep_linear_problems, mlp_problems
+
+
+def _line(p):
+    return mt.make_line(p.model, p.init, p.final, dtype=torch.float64)
+
+
+def _mlp(widths, act=nn.ReLU, seed=0):
+    torch.manual_seed(seed)
+    layers = []
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(widths) - 2:
+            layers.append(act())
+    return nn.Sequential(*layers).double()
+
+
+# ----------------------------------------------------------------------------- closed form: a quadratic
+
+
+@pytest.mark.parametrize("act", [nn.ReLU, nn.Tanh, nn.GELU])
+@pytest.mark.parametrize("target_shift", [0.0, 0.6])
+def test_only_the_last_layer_moves_gives_the_quadratic_verdict(act, target_shift):
+    """With only the last layer moving, z is affine in α and the MSE is a convex quadratic:
+    monotone on [0, 1] iff L′(1) ≤ 0, and the largest rise is L(1) − min L."""
+    model = _mlp([3, 5, 2], act, seed=1)
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(12, 3, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        feats = model[:-1](x)
+    y = torch.randn(12, 2, generator=g, dtype=torch.float64)
+    # least-squares last layer θ*, then θT = θ* shifted away from the optimum by target_shift
+    a = torch.cat([feats, torch.ones(12, 1, dtype=torch.float64)], 1)
+    sol = torch.linalg.lstsq(a, y).solution
+    final = dict(init)
+    final["2.weight"] = sol[:-1].T.contiguous() + target_shift
+    final["2.bias"] = sol[-1].contiguous() + target_shift
+    line = mt.make_line(model, init, final, dtype=torch.float64)
+    data = mt.Dataset(x, y, "mse", "t")
+    # closed form of the quadratic from three exact-enough evaluations
+    prob = prepare(line, data, BNPolicy.FROZEN)
+    l0, lh, l1 = (Fraction(plain_loss(prob, t)) for t in (0.0, 0.5, 1.0))
+    qa = 2 * (l0 - 2 * lh + l1)
+    qb = l1 - l0 - qa
+    lprime1 = 2 * qa + qb
+    v = decide_by_enclosures(line, data, tol=0.0)
+    if lprime1 < -1e-9:
+        assert v.status == "monotone" and v.rise_bound == 0.0
+    elif lprime1 > 1e-9:
+        assert v.status == "non_monotone"
+        amin = -qb / (2 * qa)
+        true_max_rise = float(l1 - (qa * amin * amin + qb * amin + l0))
+        lo, hi = v.where
+        assert 0 <= lo < hi <= 1 and 0 < v.rise <= true_max_rise * (1 + 1e-9)
+        assert v.rise_lower <= v.rise * (1 + 1e-9)
+
+
+# ----------------------------------------------------------------------------- planted overshoots
+
+
+def _planted(act: str, loss: str, eps: float = 0.02):
+    """θT placed just past the minimum of L along the ray from θ0 through a trained θ*.
+
+    Labels are partly flipped for ``ce`` so the data are not separable and the ray has a minimum.
+    Returns the line, the data and the α of the minimum along the line (≈ 1 − eps)."""
+    p = build_problem([4, 8, 3], 24, seed=3, endpoint="trained", activation=act, loss=loss, steps=400)
+    data = p.data
+    if loss == "ce":
+        y = data.y.clone()
+        y[::3] = (y[::3] + 1) % 3
+        data = mt.Dataset(data.x, y, "ce", "flipped")
+    ray = mt.make_line(p.model, p.init, p.final, dtype=torch.float64)
+    prob = prepare(ray, data, BNPolicy.FROZEN)
+    scales = [1 + i / 50 for i in range(101)]  # s ∈ [1, 3]
+    s_min = min(scales, key=lambda s: plain_loss(prob, s))
+    final = {k: (p.init[k] + s_min * (1 + eps) * (v - p.init[k]) if v.is_floating_point() else v) for k, v in p.final.items()}
+    return mt.make_line(p.model, p.init, final, dtype=torch.float64), data, 1 / (1 + eps)
+
+
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+def test_planted_overshoot_is_proven_non_monotone_where_a_grid_misses_it(act, loss):
+    """θT just past the minimum along the line: the rise sits in the last 2% of the path, where a
+    50-point grid has one interval; the certificate must find it and its witness must hold."""
+    line, data, at = _planted(act, loss)
+    prob = prepare(line, data, BNPolicy.FROZEN)
+    assert plain_loss(prob, 1.0) > plain_loss(prob, at)  # the plant worked
+    v = decide_by_enclosures(line, data, tol=0.0)
+    assert v.status == "non_monotone", v.reason
+    a, b = v.where
+    assert b > 0.9 and v.rise > 0 and v.rise_lower > 0
+    assert plain_loss(prob, b) - plain_loss(prob, a) == pytest.approx(v.rise, rel=1e-9)
+
+
+def test_trained_relu_net_is_certified_monotone_at_a_tolerance():
+    p = build_problem([4, 16, 16, 3], 32, seed=5, endpoint="trained", activation="relu", loss="ce", steps=200)
+    v = decide_by_enclosures(_line(p), p.data, tol=1e-3)
+    assert v.status in ("monotone", "non_monotone"), v.reason
+    if v.status == "monotone":
+        assert v.rise_bound <= 1e-3 and v.undecided == ()
+
+
+# ----------------------------------------------------------------------------- agreement with the exact method
+
+
+def _exact(line, data, tol):
+    z = output_polynomial(line.start, line.end, line.structure.linear, data.x, None)
+    return decide(mse_loss_polynomial(z, data.y, None), tol, None)
+
+
+@settings(max_examples=15)
+@given(deep_linear_problems(max_depth=3, max_width=4, max_n=8), st.sampled_from([0.0, 1e-3]))
+def test_enclosures_never_contradict_the_exact_deep_linear_decision(p, tol):
+    line = _line(p)
+    exact = _exact(line, p.data, tol)
+    v = decide_by_enclosures(line, p.data, tol=tol, deadline=mt_deadline(10))
+    if v.status != "unknown" and exact.status != "unknown":
+        assert v.status == exact.status, (p.label, v.reason, exact.reason)
+    if v.status == "monotone":
+        assert exact.status != "non_monotone"
+    if v.status == "non_monotone":
+        assert exact.status != "monotone" and v.rise > tol
+
+
+def mt_deadline(seconds):
+    from mli_theory.exact import deadline_after
+
+    return deadline_after(seconds)
+
+
+@settings(max_examples=12)
+@given(mlp_problems(max_depth=3, max_width=5, max_n=8, batchnorm=False, losses=("mse", "ce")))
+def test_witnesses_are_rechecked_and_rise_bounds_hold_on_a_dense_grid(p):
+    line = _line(p)
+    tol = 1e-3
+    v = decide_by_enclosures(line, p.data, tol=tol, deadline=mt_deadline(10))
+    prob = prepare(line, p.data, BNPolicy.FROZEN)
+    grid = [i / 200 for i in range(201)]
+    losses = [plain_loss(prob, a) for a in grid]
+    best = 0.0
+    low = losses[0]
+    for L in losses:
+        low = min(low, L)
+        best = max(best, L - low)
+    if v.status == "monotone":
+        assert best <= v.rise_bound + 1e-9 and v.rise_bound <= tol, p.label
+    if v.status == "non_monotone":
+        a, b = v.where
+        assert plain_loss(prob, b) - plain_loss(prob, a) > tol
+    if v.rise_bound is not None:
+        assert best <= v.rise_bound + 1e-9, p.label
+
+
+# ----------------------------------------------------------------------------- what is refused
+
+
+def test_batchnorm_recompute_is_refused_with_the_reason():
+    p = build_problem([3, 4, 2], 6, seed=0, endpoint="trained", activation="relu", batchnorm=True)
+    with pytest.raises(Unsupported, match="recompute"):
+        decide_by_enclosures(_line(p), p.data, bn=BNPolicy.RECOMPUTE)
+    out = certify(_line(p), p.data, bn="recompute")
+    assert out.certificate.status == "unknown" and "recompute" in out.certificate.reason
+    v = decide_by_enclosures(_line(p), p.data, bn=BNPolicy.FROZEN, tol=1e-3, deadline=mt_deadline(20))
+    assert v.cells >= 8
+
+
+def test_undefined_outputs_stop_the_bisection_with_a_reason():
+    """A random 'final' BatchNorm state has negative running variances: NaN outputs, never a verdict."""
+    p = build_problem([3, 4, 2], 6, seed=0, endpoint="random", activation="relu", batchnorm=True)
+    v = decide_by_enclosures(_line(p), p.data, bn=BNPolicy.FROZEN, tol=1e-3, deadline=mt_deadline(20))
+    assert v.status == "unknown" and "not finite" in v.reason and v.cells < 100
+
+
+def test_an_operation_without_a_rule_names_the_layer():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Mish(), nn.Linear(4, 1)).double()
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    final = {k: v + 0.1 for k, v in init.items()}
+    data = mt.Dataset(torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 1, dtype=torch.float64), "mse", "t")
+    out = certify(mt.make_line(model, init, final, dtype=torch.float64), data)
+    assert out.certificate.status == "unknown" and "Mish" in out.certificate.reason
+
+
+def test_budget_exhaustion_reports_the_undecided_intervals():
+    p = build_problem([4, 16, 16, 3], 32, seed=5, endpoint="trained", activation="relu", loss="ce", steps=200)
+    out = certify(_line(p), p.data, tol=0.0, budget_s=0.0)
+    c = out.certificate
+    assert c.status == "unknown" and c.undecided and all(a < b for a, b in c.undecided)
+
+
+# ----------------------------------------------------------------------------- the CLI contract
+
+
+def test_cli_check_certifies_an_mlp(tmp_path):
+    from test_cli import cli
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    torch.save(model.state_dict(), tmp_path / "a.pt")
+    torch.save({k: v + 0.3 * torch.randn_like(v) for k, v in model.state_dict().items()}, tmp_path / "b.pt")
+    p = cli("check", "--arch", "mlp:4-8-3:tanh", "--init", str(tmp_path / "a.pt"), "--final", str(tmp_path / "b.pt"),
+            "--data", "sklearn:iris", "--loss", "ce", "--certify", "--tol", "1e-3", "--json")
+    assert p.returncode == 0, p.stderr
+    c = json.loads(p.stdout)["certificate"]
+    assert c["method"] == "enclosure_bisection" and {"rise_bound", "cells", "undecided"} <= set(c)
+    assert c["status"] in ("monotone", "non_monotone")
+    t = cli("check", "--arch", "mlp:4-8-3:tanh", "--init", str(tmp_path / "a.pt"), "--final", str(tmp_path / "b.pt"),
+            "--data", "sklearn:iris", "--loss", "ce", "--certify", "--tol", "1e-3")
+    assert "enclosure_bisection" in t.stdout and "cells]" in t.stdout
