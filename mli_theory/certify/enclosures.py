@@ -250,8 +250,8 @@ def _affine_layer(
     if not isinstance(x, Enclosure):  # an input: exactly affine in α
         nd = x.dim()
         m, h = nt.m(nd), nt.h(nd)
-        p1, p2 = f(x, w.w0), f(x, w.dw)
-        rho = f(x.abs(), w_mag) * g2
+        p1, p2 = _multi(f, x, [w.w0, w.dw])
+        rho = (rounding(x.abs().unsqueeze(0)).squeeze(0) if rounding is not None else f(x.abs(), w_mag)) * g2
         c = p1.unsqueeze(0) + m * p2.unsqueeze(0)
         g = p2.unsqueeze(0).expand_as(c)
         if b is not None:
@@ -269,7 +269,7 @@ def _affine_layer(
     comps = [v.c, v.g, d.c, d.g]
     live = [i for i, t in enumerate(comps) if not _is_zero(t)]
     stack = torch.stack([comps[i].expand(shape) for i in live])
-    s0, s1 = f(stack, w.w0), f(stack, w.dw)
+    s0, s1 = _multi(f, stack, [w.w0, w.dw])
     zero = _zero(v.c)
     p0, p1 = [zero] * 4, [zero] * 4
     for j, i in enumerate(live):
@@ -286,10 +286,11 @@ def _affine_layer(
     both = torch.stack([v.e.expand(shape), d.e.expand(shape)])
     if abs_cellwise is not None:
         e_v, e_d = abs_cellwise(both, m, h).unbind(0)
+        e_x_dw = f(v.e.expand(shape), w.dw.abs())  # the x·ΔW term of the derivative
     else:
-        a0, a1 = f(both, w.w0.abs()), f(both, w.dw.abs())
+        a0, a1 = _multi(f, both, [w.w0.abs(), w.dw.abs()])
         e_v, e_d = (a0 + (m.abs() + h) * a1).unbind(0)
-    e_x_dw = f(v.e.expand(shape), w.dw.abs())  # the x·ΔW term of the derivative
+        e_x_dw = a1[0]
     mags = torch.stack([v.magnitude(h).expand(shape), d.magnitude(h).expand(shape)])
     rho = (rounding(mags) if rounding is not None else f(mags, w_mag)) * g2
     rho_v, rho_d = rho.unbind(0)
@@ -309,8 +310,24 @@ def _affine_layer(
     return Enclosure(TM(c, g, _up(e)), TM(dc, dg, _up(de)))
 
 
+def _multi(f: Callable[[Tensor, Tensor], Tensor], x: Tensor, ws: list[Tensor]) -> list[Tensor]:
+    """[f(x, w) for w in ws], in one call when ``f`` can take the weights stacked (``f.multi``)."""
+    multi = getattr(f, "multi", None)
+    if multi is not None:
+        return multi(x, ws)
+    return [f(x, w) for w in ws]
+
+
 def _linear_f(x: Tensor, w: Tensor) -> Tensor:
     return torch.matmul(x, w.transpose(-1, -2))
+
+
+def _linear_multi(x: Tensor, ws: list[Tensor]) -> list[Tensor]:
+    out = torch.matmul(x, torch.cat(ws, 0).transpose(-1, -2))
+    return list(out.split([w.shape[0] for w in ws], -1))
+
+
+_linear_f.multi = _linear_multi  # type: ignore[attr-defined]
 
 
 def _linear(nt: EnclosureNumbers, x: Any, weight: Any, bias: Any = None) -> Any:
@@ -349,31 +366,48 @@ def _linear_module(nt: EnclosureNumbers, mod: nn.Linear, p: dict, x: Any) -> Any
 
 
 def _conv_f(ndim: int, stride, padding, dilation, groups):
-    """f(x, W) for a convolution, computed as unfold + matmul (plain dot products, see docstring)."""
+    """f(x, W) for a convolution, computed as unfold + matmul (plain dot products, see docstring).
 
-    def f(x: Tensor, w: Tensor) -> Tensor:
-        lead = x.shape[: x.dim() - (ndim + 2)]
+    ``f.multi(x, [W1, W2, …])`` unfolds x once for all the weights; the batch is processed in
+    slices so the unfolded columns stay small.
+    """
+
+    def multi(x: Tensor, ws: list[Tensor]) -> list[Tensor]:
+        lead = x.shape[: x.dim() - (ndim + 1)]  # everything before the channel axis
         xb = x.reshape(-1, *x.shape[-(ndim + 1):])  # (B, Cin, *spatial)
         if ndim == 1:
             xb = xb.unsqueeze(-2)
-            wk = w.unsqueeze(-2)
+            wks = [w.unsqueeze(-2) for w in ws]
             st, pa, di = (1, stride[0]), (0, padding[0]), (1, dilation[0])
         else:
-            wk, st, pa, di = w, stride, padding, dilation
+            wks, st, pa, di = ws, stride, padding, dilation
         bsz, cin = xb.shape[0], xb.shape[1]
-        kh, kw = wk.shape[-2], wk.shape[-1]
-        cols = F.unfold(xb, (kh, kw), dilation=di, padding=pa, stride=st)  # (B, Cin·kh·kw, L)
+        kh, kw = wks[0].shape[-2], wks[0].shape[-1]
         oh = (xb.shape[-2] + 2 * pa[0] - di[0] * (kh - 1) - 1) // st[0] + 1
         ow = (xb.shape[-1] + 2 * pa[1] - di[1] * (kw - 1) - 1) // st[1] + 1
-        cout = wk.shape[0]
-        cols = cols.reshape(bsz, groups, (cin // groups) * kh * kw, oh * ow)
-        wg = wk.reshape(groups, cout // groups, (cin // groups) * kh * kw)
-        out = torch.matmul(wg.unsqueeze(0), cols)  # (B, groups, cout/groups, L)
-        out = out.reshape(bsz, cout, oh, ow)
-        if ndim == 1:
-            out = out.squeeze(-2)
-        return out.reshape(*lead, *out.shape[1:])
+        cout = wks[0].shape[0]
+        kk = (cin // groups) * kh * kw
+        wcat = torch.cat([w.reshape(groups, cout // groups, kk) for w in wks], 1)  # (groups, n_w·cout/groups, kk)
+        per = max(1, int(2**25 // max(1, cin * kh * kw * oh * ow)))  # ≤ 32M column entries per slice
+        outs = []
+        for i in range(0, bsz, per):
+            cols = F.unfold(xb[i : i + per], (kh, kw), dilation=di, padding=pa, stride=st)
+            cols = cols.reshape(cols.shape[0], groups, kk, oh * ow)
+            outs.append(torch.matmul(wcat.unsqueeze(0), cols))  # (b, groups, n_w·cout/groups, L)
+        out = torch.cat(outs, 0)
+        res = []
+        cg = cout // groups
+        for j in range(len(ws)):
+            o = out[:, :, j * cg : (j + 1) * cg].reshape(bsz, cout, oh, ow)
+            if ndim == 1:
+                o = o.squeeze(-2)
+            res.append(o.reshape(*lead, *o.shape[1:]))
+        return res
 
+    def f(x: Tensor, w: Tensor) -> Tensor:
+        return multi(x, [w])[0]
+
+    f.multi = multi  # type: ignore[attr-defined]
     return f
 
 
@@ -385,7 +419,17 @@ def _conv_module(nt: EnclosureNumbers, mod: nn.Module, p: dict, x: Any) -> Any:
     f = _conv_f(ndim, mod.stride, mod.padding, mod.dilation, mod.groups)
     k_len = int(w.shape[1] * math.prod(w.shape[2:]))
     view = (lambda t: t.reshape(-1, 1)) if ndim == 1 else (lambda t: t.reshape(-1, 1, 1))
-    return _affine_layer(nt, x, w, p.get("bias"), f, k_len, view)
+    wmag = w.w0.abs() + w.dw.abs() if isinstance(w, Param) else w.abs()
+    wsum = view(wmag.reshape(wmag.shape[0], -1).sum(1))  # (Cout, 1[, 1])
+    out_spatial = None
+
+    def rounding(mags: Tensor) -> Tensor:
+        # Σ over a receptive field of M·|W| ≤ max over the example's input of M · Σ|W| per output channel
+        top = mags.flatten(-(ndim + 1)).amax(-1)  # (…, ) per example
+        return top.reshape(*top.shape, 1, *([1] * ndim)) * wsum
+
+    del out_spatial
+    return _affine_layer(nt, x, w, p.get("bias"), f, k_len, view, rounding=rounding)
 
 
 # ----------------------------------------------------------------------------- products and sums
