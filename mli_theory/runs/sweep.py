@@ -51,6 +51,10 @@ def _flat_check(result: dict[str, Any]) -> dict[str, Any]:
         "gauss_length": result["gauss_length"],
         "logit_linearity": result["logit_linearity"],
         "certificate": cert.get("status"),
+        "certificate_method": cert.get("method"),
+        "certified_rise": cert.get("rise"),
+        "rise_bound": cert.get("rise_bound"),
+        "certificate_cells": cert.get("cells"),
         "rise_at": (result.get("rise_where") or [None, None])[1],
     }
     for c in result.get("conditions") or []:
