@@ -225,3 +225,44 @@ def test_cli_check_certifies_an_mlp(tmp_path):
     t = cli("check", "--arch", "mlp:4-8-3:tanh", "--init", str(tmp_path / "a.pt"), "--final", str(tmp_path / "b.pt"),
             "--data", "sklearn:iris", "--loss", "ce", "--certify", "--tol", "1e-3")
     assert "enclosure_bisection" in t.stdout and "cells]" in t.stdout
+
+
+class _FunctionalNet(nn.Module):
+    """A user model written with functional calls, shape reads and a residual block."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 3, 3, padding=1)
+        self.c2 = nn.Conv2d(3, 3, 3, padding=1, groups=3)
+        self.bn = nn.BatchNorm2d(3)
+        self.out = nn.Linear(3, 2)
+
+    def forward(self, x):
+        h = torch.nn.functional.gelu(self.c1(x))
+        h = torch.tanh(h + self.bn(self.c2(h)))
+        h = torch.nn.functional.avg_pool2d(h, 2)
+        h = h.mean((2, 3))
+        return self.out(h.view(x.shape[0], -1))
+
+
+def test_a_functional_cnn_is_enclosed_and_contains_finite_differences():
+    torch.manual_seed(4)
+    model = _FunctionalNet().double().eval()
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    final = {k: (v + 0.2 * torch.randn_like(v) if k.endswith(("weight", "bias")) else v) for k, v in init.items()}
+    data = mt.Dataset(torch.randn(6, 1, 4, 4, dtype=torch.float64), torch.tensor([0, 1, 1, 0, 1, 0]), "ce", "t")
+    line = mt.make_line(model, init, final, dtype=torch.float64)
+    prob = prepare(line, data, BNPolicy.FROZEN)
+    from mli_theory.certify.partition import enclose
+
+    a = [0.0, 0.25, 0.5, 0.875]
+    b = [0.125, 0.3125, 0.625, 1.0]
+    dl, ll = enclose(prob, a, b)
+    for (lo, hi), (llo, lhi), ai, bi in zip(dl, ll, a, b):
+        for t in (ai + (bi - ai) * f for f in (0.1, 0.5, 0.9)):
+            eps = 1e-6
+            fd = (plain_loss(prob, t + eps) - plain_loss(prob, t - eps)) / (2 * eps)
+            assert lo - 1e-6 <= fd <= hi + 1e-6
+            assert llo <= plain_loss(prob, t) <= lhi
+    v = decide_by_enclosures(line, data, tol=1e-3, bn=BNPolicy.FROZEN, deadline=mt_deadline(20))
+    assert v.status in ("monotone", "non_monotone"), v.reason

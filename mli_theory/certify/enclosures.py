@@ -848,6 +848,54 @@ def _avg_pool_module(nt: EnclosureNumbers, mod: nn.Module, p: dict, x: Any) -> A
     return _linear_average(nt, x, pool, nk)
 
 
+def _avg_pool_fn(nt: EnclosureNumbers, x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, ceil_mode: bool = False,
+                 count_include_pad: bool = True, divisor_override: Any = None) -> Any:
+    if not isinstance(x, Enclosure) or ceil_mode or divisor_override is not None or (not count_include_pad and _nonzero(padding)):
+        return NotImplemented
+    pool = lambda t: F.avg_pool2d(t, kernel_size, stride, padding, False, True)  # noqa: E731
+    return _linear_average(nt, x, pool, _prod2(kernel_size))
+
+
+def _adaptive_avg_pool_fn(nt: EnclosureNumbers, x: Any, output_size: Any) -> Any:
+    if not isinstance(x, Enclosure):
+        return NotImplemented
+    return _linear_average(nt, x, lambda t: F.adaptive_avg_pool2d(t, output_size), None)
+
+
+def _mean(nt: EnclosureNumbers, x: Any, dim: Any = None, keepdim: bool = False, *, dtype: Any = None) -> Any:
+    """The mean over non-batch axes (global average pooling written as ``x.mean((2, 3))``)."""
+    if not isinstance(x, Enclosure) or dim is None or dtype is not None:
+        return NotImplemented
+    nd = len(x.shape)
+    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    dims = tuple(d % nd for d in dims)
+    if 0 in dims:
+        return NotImplemented  # averaging over examples is not a per-example map
+    cdims = tuple(d + 1 for d in dims)
+    k = int(math.prod(x.shape[d] for d in dims))
+    g2 = gamma(k + 4) * 2.0
+    full = _full(x)
+
+    def tm(a: TM) -> TM:
+        mean = lambda t: t.mean(cdims, keepdim=keepdim)  # noqa: E731
+        mag = mean(a.c.abs() + (0.0 if _is_zero(a.g) else a.g.abs()))
+        return TM(mean(a.c), a.g if _is_zero(a.g) else mean(a.g), _up((a.e if _is_zero(a.e) else mean(a.e)) + mag * g2))
+
+    return Enclosure(tm(full.v), tm(full.d))
+
+
+def _getattr(nt: EnclosureNumbers, x: Any, name: str) -> Any:
+    if not isinstance(x, Enclosure):
+        return NotImplemented
+    if name == "shape":
+        return x.shape
+    if name == "ndim":
+        return len(x.shape)
+    if name in ("dtype", "device"):
+        return getattr(x.v.c, name)
+    return NotImplemented
+
+
 def _nonzero(p: Any) -> bool:
     return any(v != 0 for v in p) if isinstance(p, (tuple, list)) else p != 0
 
@@ -937,6 +985,10 @@ _FUNCTION_RULES: dict[object, Callable[..., Any]] = {
     operator.truediv: _truediv,
     torch.flatten: _flatten,
     torch.reshape: _reshape,
+    torch.mean: _mean,
+    F.avg_pool2d: _avg_pool_fn,
+    F.adaptive_avg_pool2d: _adaptive_avg_pool_fn,
+    getattr: _getattr,
     F.dropout: _dropout,
 }
 
@@ -954,4 +1006,5 @@ _METHOD_RULES: dict[str, Callable[..., Any]] = {
     "mul": _mul,
     "neg": _neg,
     "contiguous": lambda nt, x: x,
+    "mean": _mean,
 }
