@@ -266,3 +266,14 @@ def test_a_functional_cnn_is_enclosed_and_contains_finite_differences():
             assert llo <= plain_loss(prob, t) <= lhi
     v = decide_by_enclosures(line, data, tol=1e-3, bn=BNPolicy.FROZEN, deadline=mt_deadline(20))
     assert v.status in ("monotone", "non_monotone"), v.reason
+
+
+def test_the_decision_is_the_same_on_every_device(device):
+    """Cells are batched on the line's device (CUDA when asked); the verdict does not depend on it."""
+    line, data, _ = _planted("relu", "mse")
+    cpu = decide_by_enclosures(line, data, tol=0.0)
+    here = mt.make_line(line.shell, line.start, line.end, device=device, dtype=torch.float64)
+    moved = mt.Dataset(data.x.to(device), data.y.to(device), data.loss, data.name)
+    v = decide_by_enclosures(here, moved, tol=0.0)
+    assert v.status == cpu.status == "non_monotone"
+    assert v.where[1] > 0.9 and v.rise > 0  # rounding may pick a different (equally valid) partition
