@@ -277,3 +277,27 @@ def test_the_decision_is_the_same_on_every_device(device):
     v = decide_by_enclosures(here, moved, tol=0.0)
     assert v.status == cpu.status == "non_monotone"
     assert v.where[1] > 0.9 and v.rise > 0  # rounding may pick a different (equally valid) partition
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_interpolated_batchnorm_statistics_are_enclosed(seed):
+    """bn=interpolate: μ(α), σ²(α) affine in α, the scale (σ² + ε)^(−1/2) enclosed like an activation."""
+    p = build_problem([3, 5, 4, 2], 10, seed=seed, endpoint="trained", activation="tanh", batchnorm=True, loss="ce", steps=100)
+    final = dict(p.final)
+    for k in final:
+        if k.endswith("running_var"):
+            final[k] = final[k] * 1.7 + 0.1
+        if k.endswith("running_mean"):
+            final[k] = final[k] + 0.3
+    line = mt.make_line(p.model, p.init, final, dtype=torch.float64)
+    prob = prepare(line, p.data, BNPolicy.INTERPOLATE)
+    from mli_theory.certify.partition import enclose
+
+    a, b = [0.0, 0.25, 0.5, 0.75], [0.25, 0.5, 0.75, 1.0]
+    dl, ll = enclose(prob, a, b)
+    for (lo, hi), (llo, lhi), ai, bi in zip(dl, ll, a, b):
+        for t in (ai + (bi - ai) * f for f in (0.0, 0.3, 0.7, 1.0)):
+            eps = 1e-6
+            fd = (plain_loss(prob, min(t + eps, 1)) - plain_loss(prob, max(t - eps, 0))) / (min(t + eps, 1) - max(t - eps, 0))
+            assert lo - 1e-5 <= fd <= hi + 1e-5
+            assert llo <= plain_loss(prob, t) <= lhi

@@ -73,8 +73,8 @@ def certify(
         conditions: also prove the MSE sufficient conditions on polynomial paths (with the budget
             the decision leaves).
         bn: the BatchNorm policy of the curve being certified (what ``check`` evaluates); models
-            with BatchNorm are certified under ``frozen`` (and ``interpolate`` when the statistics
-            do not move), never under ``recompute``.
+            with BatchNorm are certified under ``frozen`` and ``interpolate``, never under
+            ``recompute`` (statistics re-estimated at every α are not enclosed).
     """
     t0 = time.perf_counter()
     deadline = deadline_after(budget_s)

@@ -662,6 +662,14 @@ def _softplus_parts():
 
 
 _TANH, _SIGMOID, _GELU, _SOFTPLUS = _tanh_parts(), _sigmoid_parts(), _gelu_parts(), _softplus_parts()
+# v ↦ v^(−1/2) on v > 0 (BatchNorm's scale with interpolated variances); |f″|, |f‴| decrease on v > 0
+_RSQRT = _Smooth(
+    torch.rsqrt,
+    lambda v: -0.5 * torch.rsqrt(v) / v,
+    lambda v: 0.75 * torch.rsqrt(v) / (v * v),
+    lambda v: -1.875 * torch.rsqrt(v) / (v * v * v),
+    (), (), 1.0, 1.0, 1.0, 1.0,
+)
 
 
 def _lib(x: Tensor, scale: float) -> Tensor:
@@ -669,7 +677,7 @@ def _lib(x: Tensor, scale: float) -> Tensor:
     return (x.abs() + scale) * _LIB
 
 
-def _smooth(nt: EnclosureNumbers, s: _Smooth, x: Any, *, softplus_threshold: float | None = None) -> Any:
+def _smooth(nt: EnclosureNumbers, s: _Smooth, x: Any, *, softplus_threshold: float | None = None, domain_lo: float | None = None) -> Any:
     if not isinstance(x, Enclosure):
         return NotImplemented
     v, d = x.v, x.d
@@ -679,6 +687,8 @@ def _smooth(nt: EnclosureNumbers, s: _Smooth, x: Any, *, softplus_threshold: flo
     lo, hi = lo - lo.abs() * (2 * U), hi + hi.abs() * (2 * U)
     if softplus_threshold is not None and bool((hi > softplus_threshold).any()):
         return NotImplemented  # torch switches to the identity above the threshold: not the smooth function
+    if domain_lo is not None and bool((lo <= domain_lo).any()):
+        return NotImplemented  # the range leaves the function's domain
     fc, f1c, f2c = s.f(v.c), s.f1(v.c), s.f2(v.c)
     err0, err1, err2 = _lib(fc, s.scale0), _lib(f1c, s.scale1), _lib(f2c, s.scale2)
     m2 = _sup_at(s.f2, lo, hi, s.peaks2, s.scale2)
@@ -739,10 +749,12 @@ def _batch_norm_module(nt: EnclosureNumbers, mod: nn.Module, p: dict, x: Any) ->
     if mod.training or not isinstance(x, Enclosure):
         return NotImplemented
     mean, var = p.get("running_mean"), p.get("running_var")
-    if not isinstance(mean, Tensor) or not isinstance(var, Tensor):
-        return NotImplemented  # statistics moving along α: not enclosed here
     nd = x.v.c.dim() - 1  # (n, F, ...) without the cell axis
     view = (lambda t: t.reshape(-1, *([1] * (nd - 2)))) if nd > 2 else (lambda t: t)
+    if mean is None or var is None:
+        return NotImplemented  # no running statistics: batch statistics even in eval mode
+    if isinstance(mean, Param) or isinstance(var, Param):
+        return _batch_norm_moving(nt, mod, p, x, mean, var, view, nd)
     mean64, var64 = mean.to(torch.float64), var.to(torch.float64)
     # r = 1/sqrt(var + eps): three correctly rounded operations, relative error ≤ 3u
     r = 1.0 / torch.sqrt(var64 + mod.eps)
@@ -758,6 +770,27 @@ def _batch_norm_module(nt: EnclosureNumbers, mod: nn.Module, p: dict, x: Any) ->
     if weight is not None:
         w = weight if isinstance(weight, Param) else Param(weight, torch.zeros_like(weight))
         out = _affine_layer(nt, out, w, None, lambda a, ww: a * view(ww), 1, view)
+    if bias is not None:
+        out = _add(nt, out, _bias_enclosure(nt, bias, view, nd))
+    return out
+
+
+def _batch_norm_moving(nt: EnclosureNumbers, mod: nn.Module, p: dict, x: Enclosure, mean: Any, var: Any, view, nd: int) -> Any:
+    """BatchNorm with interpolated statistics μ(α), σ²(α) (affine in α): y = (x − μ)·(σ² + ε)^(−1/2)·γ + β.
+
+    (σ² + ε)^(−1/2) is a smooth function of an affine form, enclosed like an activation; its
+    derivatives |f″| = ¾v^(−5/2) and |f‴| = (15/8)v^(−7/2) are decreasing on v > 0, so their sup
+    over a range is at its lower end (no interior maximiser)."""
+    mu = _bias_enclosure(nt, mean, view, nd)
+    v = _bias_enclosure(nt, var, view, nd)
+    v = Enclosure(_shift(v.v, float(mod.eps)), v.d)
+    r = _smooth(nt, _RSQRT, v, domain_lo=0.0)
+    if r is NotImplemented:
+        return NotImplemented
+    out = _mul(nt, _sub(nt, x, mu), r)
+    weight, bias = p.get("weight"), p.get("bias")
+    if weight is not None:
+        out = _mul(nt, out, _bias_enclosure(nt, weight, view, nd))
     if bias is not None:
         out = _add(nt, out, _bias_enclosure(nt, bias, view, nd))
     return out

@@ -132,15 +132,10 @@ def prepare(line: Line, data: Dataset, bn: BNPolicy, *, device: torch.device | N
                 "bn=recompute re-estimates the BatchNorm statistics at every α (a data-dependent function of α "
                 "that is not enclosed yet); certify with bn=frozen or bn=interpolate"
             )
-        elif bn == BNPolicy.FROZEN:
+        elif bn == BNPolicy.FROZEN or torch.equal(s, e):
             params[k] = e
-        elif torch.equal(s, e):
-            params[k] = e
-        else:
-            raise Unsupported(
-                f"buffer {k!r} moves along the path under bn={bn.value} (interpolated running statistics are not "
-                "enclosed yet); certify with bn=frozen"
-            )
+        else:  # interpolated like the parameters, as the loss curve does
+            params[k] = Param(s, e - s)
     numbers = EnclosureNumbers(torch.zeros(1, dtype=torch.float64, device=dev), torch.zeros(1, dtype=torch.float64, device=dev))
     missing = plan(gm, numbers)
     if missing:
