@@ -107,6 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--jobs", type=int, default=2, help="parallel worker processes (default 2)")
     w.add_argument("--alphas", type=int, default=50, help="α points of each check (default 50)")
     w.add_argument("--no-geometry", action="store_true", help="skip Gauss length and the conditions in each check")
+    w.add_argument("--executor", choices=["local", "dask", "slurm"], default="local",
+                   help="where runs execute: local processes (default), a Dask cluster, or SLURM via submitit")
+    w.add_argument("--scheduler", default=None, help="dask: address of a running scheduler (default: an embedded LocalCluster with --jobs workers)")
+    w.add_argument("--slurm-partition", default=None, help="slurm: partition")
+    w.add_argument("--slurm-time", type=int, default=60, help="slurm: time limit per run in minutes (default 60)")
+    w.add_argument("--slurm-gpus", type=int, default=0, help="slurm: GPUs per run (default 0)")
+    w.add_argument("--slurm-cpus", type=int, default=1, help="slurm: CPUs per run (default 1)")
+    w.add_argument("--slurm-cluster", choices=["slurm", "local", "debug"], default=None,
+                   help="slurm: submitit cluster (default: SLURM when available; 'local' runs jobs as local processes)")
 
     g = sub.add_parser("derive", help="print the MSE theory: statements, assumptions, derivations")
     g.add_argument("name", nargs="?", default=None, help="one result (default: list them all)")
@@ -249,8 +258,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from ..errors import InputError
-    from ..runs import TrainConfig, grid, run_sweep
+    from ..runs import ExecutorOptions, TrainConfig, grid, run_sweep
+    from ..runs.executors import check_available
 
+    options = ExecutorOptions(
+        name=args.executor, jobs=args.jobs, scheduler=args.scheduler, slurm_partition=args.slurm_partition,
+        slurm_time_min=args.slurm_time, slurm_gpus=args.slurm_gpus, slurm_cpus=args.slurm_cpus, slurm_cluster=args.slurm_cluster,
+    )
+    check_available(options)  # a missing optional dependency is one line, before any work
     try:
         with open(args.spec) as f:
             spec = json.load(f)
@@ -259,7 +274,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         raise InputError(f"cannot use sweep spec {args.spec}: {exc}") from None
     if not configs or not all(isinstance(c, TrainConfig) for c in configs):
         raise InputError("the sweep spec gives no runs")
-    rows = run_sweep(configs, args.out, jobs=args.jobs, alphas=args.alphas, geometry=not args.no_geometry)
+    try:
+        rows = run_sweep(configs, args.out, jobs=args.jobs, alphas=args.alphas, geometry=not args.no_geometry, executor=options)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"interrupted: finished runs are kept in {args.out}; run the same command to resume\n")
+        return 130
     ok = sum(r.get("status") == "ok" for r in rows)
     sys.stdout.write(f"{len(rows)} runs ({ok} ok); results in {os.path.join(args.out, 'results.csv')}\n")
     return 0

@@ -2,7 +2,8 @@
 
 from .config import TrainConfig, read_run, run_training
 from .demo import run_demo
+from .executors import EXECUTORS, ExecutorOptions
 from .sweep import grid, run_sweep
 from .train import TrainResult, train
 
-__all__ = ["TrainConfig", "TrainResult", "grid", "read_run", "run_demo", "run_sweep", "run_training", "train"]
+__all__ = ["EXECUTORS", "ExecutorOptions", "TrainConfig", "TrainResult", "grid", "read_run", "run_demo", "run_sweep", "run_training", "train"]

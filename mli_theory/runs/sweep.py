@@ -1,4 +1,4 @@
-"""Sweeps: train and check a grid of runs in parallel local processes, resumably.
+"""Sweeps: train and check a grid of runs in parallel (local processes, Dask or SLURM), resumably.
 
 Each run lives in ``ROOT/runs/<id>/`` (``id`` is a hash of its config). A run whose
 ``result.json`` exists is never redone, so an interrupted sweep continues where it stopped.
@@ -16,13 +16,13 @@ import os
 import sys
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from typing import Any, Iterable, TextIO
 
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
+from .executors import ExecutorOptions, check_available, execute
 
 RESULT = "result.json"
 
@@ -114,8 +114,24 @@ def run_sweep(
     alphas: int = 50,
     geometry: bool = True,
     log: TextIO | None = sys.stderr,
+    executor: ExecutorOptions | str = "local",
 ) -> list[dict[str, Any]]:
-    """Run every config not finished yet under ``root``, in ``jobs`` processes; return all rows."""
+    """Run every config not finished yet under ``root``; return all rows (and write results.csv).
+
+    Args:
+        configs: the runs.
+        root: the sweep folder (``runs/<id>/`` per run, ``results.csv``).
+        jobs: parallel local processes (``local``) or Dask worker processes (embedded cluster).
+        alphas, geometry: what ``check`` computes for every run.
+        log: where progress goes (None: silent).
+        executor: ``local``, ``dask``, ``slurm`` or full :class:`ExecutorOptions`.
+
+    A run whose folder has ``result.json`` is never redone. A task the executor loses (a killed
+    worker, a failed SLURM job) is recorded as failed with the error. Ctrl-C stops the sweep and
+    leaves every finished run intact; ``results.csv`` is rebuilt from the run folders on every call.
+    """
+    options = executor if isinstance(executor, ExecutorOptions) else ExecutorOptions(name=executor, jobs=jobs)  # type: ignore[arg-type]
+    check_available(options)
     os.makedirs(os.path.join(root, "runs"), exist_ok=True)
     todo = []
     for cfg in configs:
@@ -124,27 +140,33 @@ def run_sweep(
             todo.append((cfg, folder, alphas, geometry))
     done, total = len(configs) - len(todo), len(configs)
     if log:
-        log.write(f"sweep {root}: {total} runs, {done} already done, {len(todo)} to run on {jobs} process(es)\n")
-    if todo:
-        with tqdm(total=total, initial=done, desc="sweep", unit="run", file=log or sys.stderr, disable=log is None) as bar:
-            not_ok = 0
-
-            def advance(row: dict[str, Any]) -> None:
-                nonlocal not_ok
-                not_ok += row.get("status") != "ok"
-                bar.set_postfix(not_ok=not_ok, refresh=False)
-                bar.update(1)
-
-            if jobs <= 1:
-                for t in todo:
-                    advance(_worker(t))
-            else:
-                with ProcessPoolExecutor(max_workers=jobs) as pool:
-                    for fut in as_completed([pool.submit(_worker, t) for t in todo]):
-                        advance(fut.result())
-    rows = collect(root, configs)
-    write_csv(rows, os.path.join(root, "results.csv"))
+        where = f"{options.jobs} process(es)" if options.name == "local" else options.name
+        log.write(f"sweep {root}: {total} runs, {done} already done, {len(todo)} to run on {where}\n")
+    try:
+        if todo:
+            with tqdm(total=total, initial=done, desc="sweep", unit="run", file=log or sys.stderr, disable=log is None) as bar:
+                not_ok = 0
+                for task, row in execute(_worker, todo, options, root):
+                    if isinstance(row, BaseException):
+                        row = _lost(task, row)
+                    not_ok += row.get("status") != "ok"
+                    bar.set_postfix(not_ok=not_ok, refresh=False)
+                    bar.update(1)
+    finally:  # also after Ctrl-C: the table reflects every finished run
+        rows = collect(root, configs)
+        write_csv(rows, os.path.join(root, "results.csv"))
     return rows
+
+
+def _lost(task: tuple[TrainConfig, str, int, bool], exc: BaseException) -> dict[str, Any]:
+    """Record a run whose worker was lost by the executor (never silently dropped)."""
+    cfg, folder = task[0], task[1]
+    row: dict[str, Any] = {"id": os.path.basename(folder), **{k: v for k, v in asdict(cfg).items() if k != "extra"}, **cfg.extra}
+    row.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, RESULT), "w") as f:
+        json.dump(row, f)
+    return row
 
 
 def collect(root: str, configs: list[TrainConfig]) -> list[dict[str, Any]]:
