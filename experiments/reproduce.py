@@ -23,6 +23,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from mli_theory.runs.executors import ExecutorOptions  # noqa: E402
 from mli_theory.runs.sweep import grid, run_sweep, write_csv  # noqa: E402
 
 # a run counts only if its final training loss is under the threshold of its experiment
@@ -284,6 +285,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--only", nargs="*", help="run only these experiments")
+    ap.add_argument("--executor", choices=["local", "dask", "slurm"], default="local", help="where the runs execute (see README)")
+    ap.add_argument("--scheduler", default=None, help="dask: address of a running scheduler")
+    ap.add_argument("--slurm-partition", default=None, help="slurm: partition")
     args = ap.parse_args()
     mode = "quick" if args.quick else "full"
     root = os.path.join(HERE, "out", mode)
@@ -293,7 +297,8 @@ def main() -> None:
     for name, cfgs in experiments(args.quick).items():
         if args.only and name not in args.only:
             continue
-        rows = run_sweep(cfgs, os.path.join(root, name), jobs=args.jobs, alphas=50, geometry=True)
+        options = ExecutorOptions(args.executor, jobs=args.jobs, scheduler=args.scheduler, slurm_partition=args.slurm_partition)
+        rows = run_sweep(cfgs, os.path.join(root, name), jobs=args.jobs, alphas=50, geometry=True, executor=options)
         for r in rows:
             r["experiment"] = name
         by_exp[name] = rows
