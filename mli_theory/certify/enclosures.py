@@ -34,8 +34,14 @@ Rules (each with its proof in ``proofs/enclosure_soundness.md``):
   L(b) − L(a) = ∫ L′ with L′ in that set almost everywhere: the enclosure is sound for rises;
 * products of two Taylor models (elementwise): (a + g_a t)(b + g_b t) expanded exactly, t² as
   above, cross terms with the remainders bounded by the magnitudes;
-* sums, differences, scalings, reshapes, flatten, dropout in eval mode: linear maps applied to ĉ,
-  ĝ and (with |·|) to e.
+* sums, differences, scalings, reshapes, flatten, dropout in eval mode, average pooling and means
+  over feature axes: linear maps applied to ĉ, ĝ and (with |·|, valid for non-negative weights or
+  pure moves of entries) to e;
+* BatchNorm in eval mode: with fixed statistics (``bn=frozen``, or equal at both ends) an affine
+  map per channel; with interpolated statistics (``bn=interpolate``) μ(α) and σ²(α) are affine
+  in α and (σ² + ε)^(−1/2) is enclosed like a smooth activation on v > 0.
+
+Anything else has no rule: the walk stops and the certificate is "unknown", naming the layer.
 
 Floating point. torch has no directed rounding; we keep ĉ, ĝ as computed and make e cover both the
 mathematical remainder and every rounding error:
