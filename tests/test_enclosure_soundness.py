@@ -1,0 +1,192 @@
+"""Soundness of the enclosures against an independent 60-digit evaluation (mpmath).
+
+For random small networks, endpoints, cells and α in the cell, the mpmath value of L(α) and of
+L′(α) (forward-mode: every quantity carried with its exact α-derivative) must lie inside the
+enclosures returned by :func:`mli_theory.certify.partition.enclose`. The reference knows nothing
+of Taylor models: it evaluates the network at one α from the float64 weights converted exactly."""
+
+from __future__ import annotations
+
+import mpmath as mp
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import mli_theory as mt
+from mli_theory.certify import enclosures as E
+from mli_theory.certify.partition import enclose, prepare
+from mli_theory.path import BNPolicy
+
+mp.mp.dps = 60
+
+ACTS = {"relu": nn.ReLU, "leaky": lambda: nn.LeakyReLU(0.1), "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU, "softplus": nn.Softplus}
+
+
+def _act(name, v, d):
+    """(f(v), f′(v)·d) in mpmath."""
+    if name == "relu":
+        return (v, d) if v > 0 else (mp.mpf(0), mp.mpf(0))
+    if name == "leaky":
+        return (v, d) if v > 0 else (v / 10 if False else v * mp.mpf(0.1), d * mp.mpf(0.1))
+    if name == "tanh":
+        t = mp.tanh(v)
+        return t, (1 - t * t) * d
+    if name == "sigmoid":
+        s = 1 / (1 + mp.exp(-v))
+        return s, s * (1 - s) * d
+    if name == "gelu":
+        phi = mp.exp(-v * v / 2) / mp.sqrt(2 * mp.pi)
+        Phi = mp.erfc(-v / mp.sqrt(2)) / 2
+        return v * Phi, (Phi + v * phi) * d
+    if name == "softplus":
+        return mp.log1p(mp.exp(v)), d / (1 + mp.exp(-v))
+    raise AssertionError(name)
+
+
+def _reference(model, act, start, end, x, y, loss, alpha, bn=False):
+    """(L, L′) at α by mpmath forward mode on nn.Sequential(Linear, [BatchNorm1d], act, …, Linear)."""
+    a = mp.mpf(alpha)
+
+    def par(k):
+        s, e = start[k].tolist(), end[k].tolist()
+        if isinstance(s, float):
+            s, e = [s], [e]
+        return s, e
+
+    out_v, out_d = [], []
+    for i in range(x.shape[0]):
+        hv = [mp.mpf(float(t)) for t in x[i].tolist()]
+        hd = [mp.mpf(0)] * len(hv)
+        for j, layer in enumerate(model):
+            if isinstance(layer, nn.Linear):
+                W0, WT = start[f"{j}.weight"].tolist(), end[f"{j}.weight"].tolist()
+                b0, bT = start[f"{j}.bias"].tolist(), end[f"{j}.bias"].tolist()
+                nv, nd = [], []
+                for r in range(len(W0)):
+                    acc_v = mp.mpf(b0[r]) + a * (mp.mpf(bT[r]) - mp.mpf(b0[r]))
+                    acc_d = mp.mpf(bT[r]) - mp.mpf(b0[r])
+                    for c in range(len(hv)):
+                        w = mp.mpf(W0[r][c]) + a * (mp.mpf(WT[r][c]) - mp.mpf(W0[r][c]))
+                        dw = mp.mpf(WT[r][c]) - mp.mpf(W0[r][c])
+                        acc_v += w * hv[c]
+                        acc_d += dw * hv[c] + w * hd[c]
+                    nv.append(acc_v)
+                    nd.append(acc_d)
+                hv, hd = nv, nd
+            elif isinstance(layer, nn.BatchNorm1d):  # frozen: statistics of θT; γ, β move
+                mu, var = end[f"{j}.running_mean"].tolist(), end[f"{j}.running_var"].tolist()
+                g0, gT = start[f"{j}.weight"].tolist(), end[f"{j}.weight"].tolist()
+                be0, beT = start[f"{j}.bias"].tolist(), end[f"{j}.bias"].tolist()
+                nv, nd = [], []
+                for c in range(len(hv)):
+                    r = 1 / mp.sqrt(mp.mpf(var[c]) + mp.mpf(layer.eps))
+                    g = mp.mpf(g0[c]) + a * (mp.mpf(gT[c]) - mp.mpf(g0[c]))
+                    dg = mp.mpf(gT[c]) - mp.mpf(g0[c])
+                    be = mp.mpf(be0[c]) + a * (mp.mpf(beT[c]) - mp.mpf(be0[c]))
+                    dbe = mp.mpf(beT[c]) - mp.mpf(be0[c])
+                    u = (hv[c] - mp.mpf(mu[c])) * r
+                    nv.append(u * g + be)
+                    nd.append(hd[c] * r * g + u * dg + dbe)
+                hv, hd = nv, nd
+            else:
+                pairs = [_act(act, v, d) for v, d in zip(hv, hd)]
+                hv, hd = [p[0] for p in pairs], [p[1] for p in pairs]
+        out_v.append(hv)
+        out_d.append(hd)
+    if loss == "mse":
+        N = len(out_v) * len(out_v[0])
+        L = sum((v - mp.mpf(float(t))) ** 2 for row, trow in zip(out_v, y.tolist()) for v, t in zip(row, trow)) / N
+        dL = sum(2 * (v - mp.mpf(float(t))) * d for row, drow, trow in zip(out_v, out_d, y.tolist()) for v, d, t in zip(row, drow, trow)) / N
+        return L, dL
+    L, dL = mp.mpf(0), mp.mpf(0)
+    for row, drow, lab in zip(out_v, out_d, y.tolist()):
+        m = max(row)
+        ex = [mp.exp(v - m) for v in row]
+        s = sum(ex)
+        L += m + mp.log(s) - row[lab]
+        dL += sum(e_ / s * d for e_, d in zip(ex, drow)) - drow[lab]
+    n = len(out_v)
+    return L / n, dL / n
+
+
+@st.composite
+def cases(draw):
+    act = draw(st.sampled_from(sorted(ACTS)))
+    depth = draw(st.integers(1, 2))
+    widths = [draw(st.integers(1, 4)) for _ in range(depth + 1)] + [draw(st.integers(1, 3))]
+    loss = draw(st.sampled_from(["mse", "ce"]))
+    if loss == "ce":
+        widths[-1] = max(2, widths[-1])
+    bn = draw(st.booleans())
+    n = draw(st.integers(1, 4))
+    seed = draw(st.integers(0, 2**20))
+    scale = draw(st.sampled_from([1e-3, 0.3, 1.0, 5.0]))
+    # a cell with dyadic ends: [k, k + 1]·2^-j, including narrow ones and both ends of [0, 1]
+    j = draw(st.sampled_from([0, 1, 3, 6, 12, 30]))
+    k = draw(st.integers(0, 2**j - 1))
+    fracs = draw(st.lists(st.floats(0, 1), min_size=1, max_size=3))
+    return act, widths, loss, bn, n, seed, scale, (k / 2**j, (k + 1) / 2**j), fracs
+
+
+def _build(act, widths, bn, seed, scale, loss, n):
+    g = torch.Generator().manual_seed(seed)
+    layers = []
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(widths) - 2:
+            if bn:
+                layers.append(nn.BatchNorm1d(b))
+            layers.append(ACTS[act]())
+    model = nn.Sequential(*layers).double().eval()
+    start = {}
+    for k, v in model.state_dict().items():
+        if v.is_floating_point():
+            start[k] = torch.randn(v.shape, generator=g, dtype=torch.float64)
+            if k.endswith("running_var"):
+                start[k] = start[k].abs() + 0.1
+        else:
+            start[k] = v.clone()
+    end = {k: (v + scale * torch.randn(v.shape, generator=g, dtype=torch.float64) if v.is_floating_point() else v.clone()) for k, v in start.items()}
+    for k in end:
+        if k.endswith("running_var"):
+            end[k] = end[k].abs() + 0.1
+    x = torch.randn(n, widths[0], generator=g, dtype=torch.float64) * 2
+    y = torch.randn(n, widths[-1], generator=g, dtype=torch.float64) if loss == "mse" else torch.randint(0, widths[-1], (n,), generator=g)
+    return model, start, end, x, y
+
+
+@settings(deadline=None)  # example count from the profile: fast 25, ci 60, stress 400
+@given(cases())
+def test_enclosures_contain_the_60_digit_loss_and_slope(case):
+    act, widths, loss, bn, n, seed, scale, (ca, cb), fracs = case
+    model, start, end, x, y = _build(act, widths, bn, seed, scale, loss, n)
+    line = mt.make_line(model, start, end, dtype=torch.float64)
+    data = mt.Dataset(x, y, loss, "t")
+    prob = prepare(line, data, BNPolicy.FROZEN)
+    try:
+        (dlo, dhi), (llo, lhi) = (t[0] for t in enclose(prob, [ca], [cb]))
+    except Exception as exc:  # softplus past its threshold is declined, never enclosed wrongly
+        assert act == "softplus", exc
+        return
+    for f in fracs:
+        alpha = ca + f * (cb - ca)
+        L, dL = _reference(model, act, start, end, x, y, loss, alpha, bn)
+        assert mp.mpf(llo) <= L <= mp.mpf(lhi), (case, float(L), llo, lhi)
+        assert mp.mpf(dlo) <= dL <= mp.mpf(dhi), (case, float(dL), dlo, dhi)
+
+
+@pytest.mark.parametrize("spec", ["_TANH", "_SIGMOID", "_GELU", "_SOFTPLUS"])
+def test_sup_bounds_of_second_and_third_derivatives_dominate_a_dense_grid(spec):
+    """The listed maximisers make _sup_at an upper bound of |f″|, |f‴| on any interval."""
+    s = getattr(E, spec)
+    g = torch.Generator().manual_seed(0)
+    ends = torch.rand(300, 2, generator=g, dtype=torch.float64) * 24 - 12
+    lo, hi = ends.min(1).values, ends.max(1).values
+    for fn, peaks, scale in ((s.f2, s.peaks2, s.scale2), (s.f3, s.peaks3, s.scale3)):
+        bound = E._sup_at(fn, lo, hi, peaks, scale)
+        t = torch.linspace(0, 1, 4001, dtype=torch.float64)
+        pts = lo[:, None] + (hi - lo)[:, None] * t[None, :]
+        true = fn(pts).abs().amax(1)
+        assert bool((bound >= true).all())
