@@ -301,3 +301,24 @@ def test_interpolated_batchnorm_statistics_are_enclosed(seed):
             fd = (plain_loss(prob, min(t + eps, 1)) - plain_loss(prob, max(t - eps, 0))) / (min(t + eps, 1) - max(t - eps, 0))
             assert lo - 1e-5 <= fd <= hi + 1e-5
             assert llo <= plain_loss(prob, t) <= lhi
+
+
+def test_a_budget_running_out_mid_round_keeps_a_proven_bound(monkeypatch):
+    """Split cells stay in the partition until both halves are enclosed, so the bound survives."""
+    from mli_theory.certify import partition
+    from mli_theory.exact import BudgetExceeded
+
+    line, data, _ = _planted("tanh", "mse", 0.02)
+    real, calls = partition.enclose, []
+
+    def flaky(problem, a, b, deadline=None):
+        calls.append(len(a))
+        if len(calls) == 3:
+            raise BudgetExceeded("out of time")
+        return real(problem, a, b, deadline)
+
+    monkeypatch.setattr(partition, "enclose", flaky)
+    v = partition.decide_by_enclosures(line, data, tol=0.0, cells_per_batch=4)
+    assert v.status == "unknown" and v.rise_bound is not None and v.undecided
+    cells = v.partition
+    assert cells[0].a == 0.0 and cells[-1].b == 1.0 and all(x.b == y.a for x, y in zip(cells, cells[1:]))

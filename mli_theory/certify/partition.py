@@ -416,18 +416,23 @@ def _bisect(
 ) -> EnclosureVerdict:
     todo = start or [(i / START_CELLS, (i + 1) / START_CELLS) for i in range(START_CELLS)]
     done: dict[tuple[float, float], CellBound] = {}
+    parents: dict[tuple[float, float], tuple[tuple[float, float], tuple[float, float]]] = {}
     evaluated = 0
     tol_q = Fraction(tol)
     while True:
+        fresh: dict[tuple[float, float], CellBound] = {}
         try:
             for i in range(0, len(todo), batch):
                 part = todo[i : i + batch]
                 bounds, _ = enclose(problem, [p[0] for p in part], [p[1] for p in part], deadline)
                 for (a, b), (lo, hi) in zip(part, bounds):
-                    done[(a, b)] = CellBound(a, b, lo, hi)
+                    fresh[(a, b)] = CellBound(a, b, lo, hi)
                 evaluated += len(part)
+                _replace_parents(done, fresh, parents)
         except BudgetExceeded:
             return _unknown(done, evaluated, "the proof budget ran out")
+        _replace_parents(done, fresh, parents)
+        done.update(fresh)
         cells = sorted(done.values(), key=lambda c: c.a)
         rb = _rise_bound(cells)
         if rb is not None and rb <= tol_q:
@@ -475,10 +480,21 @@ def _bisect(
         open_cells.sort(key=lambda c: -(c.b - c.a) * (c.hi if math.isfinite(c.hi) else 1e300))
         split = open_cells[: max(1, batch // 2)]
         todo = []
-        for c in split:
-            del done[(c.a, c.b)]
+        parents = {}
+        for c in split:  # the parent stays in the partition until both halves are enclosed
             m = (c.a + c.b) / 2
             todo += [(c.a, m), (m, c.b)]
+            parents[(c.a, c.b)] = ((c.a, m), (m, c.b))
+
+
+def _replace_parents(done: dict, fresh: dict, parents: dict) -> None:
+    """Move both halves of a split cell from ``fresh`` into ``done`` in place of their parent, as
+    soon as both are enclosed (so ``done`` is always a partition of what has been covered)."""
+    for parent, (left, right) in list(parents.items()):
+        if left in fresh and right in fresh:
+            done.pop(parent, None)
+            done[left], done[right] = fresh.pop(left), fresh.pop(right)
+            del parents[parent]
 
 
 def _unknown(done: dict, evaluated: int, why: str) -> EnclosureVerdict:
