@@ -273,13 +273,11 @@ def _affine_layer(
     shape = v.c.shape
     # shared products: the non-zero rows of [ĉ, ĝ, ĉ′, ĝ′] times W0 and ΔW (a zero is a 0-dim tensor)
     comps = [v.c, v.g, d.c, d.g]
-    live = [i for i, t in enumerate(comps) if not _is_zero(t)]
-    stack = torch.stack([comps[i].expand(shape) for i in live])
-    s0, s1 = _multi(f, stack, [w.w0, w.dw])
     zero = _zero(v.c)
     p0, p1 = [zero] * 4, [zero] * 4
-    for j, i in enumerate(live):
-        p0[i], p1[i] = s0[j], s1[j]
+    for i, t in enumerate(comps):
+        if not _is_zero(t):  # one product per component with [W0; ΔW] (no stacked copy)
+            p0[i], p1[i] = _multi(f, t.expand(shape), [w.w0, w.dw])
     cW0, gW0, dcW0, dgW0 = p0
     cdW, gdW, dcdW, dgdW = p1
     hh = h * h * 0.5
@@ -289,17 +287,20 @@ def _affine_layer(
     # derivative: x′ W(α) + x ΔW
     dc = _add0(dcW0 + m * dcdW + hh * dgdW, cdW)
     dg = _add0(_add0(dgW0 + m * dgdW, dcdW), gdW)
-    both = torch.stack([v.e.expand(shape), d.e.expand(shape)])
     if abs_cellwise is not None:
-        e_v, e_d = abs_cellwise(both, m, h).unbind(0)
+        e_v = abs_cellwise(v.e.expand(shape).unsqueeze(0), m, h)[0]
+        e_d = abs_cellwise(d.e.expand(shape).unsqueeze(0), m, h)[0]
         e_x_dw = f(v.e.expand(shape), w.dw.abs())  # the x·ΔW term of the derivative
     else:
-        a0, a1 = _multi(f, both, [w.w0.abs(), w.dw.abs()])
-        e_v, e_d = (a0 + (m.abs() + h) * a1).unbind(0)
-        e_x_dw = a1[0]
-    mags = torch.stack([v.magnitude(h).expand(shape), d.magnitude(h).expand(shape)])
-    rho = (rounding(mags) if rounding is not None else f(mags, w_mag)) * g2
-    rho_v, rho_d = rho.unbind(0)
+        av0, av1 = _multi(f, v.e.expand(shape), [w.w0.abs(), w.dw.abs()])
+        ad0, ad1 = _multi(f, d.e.expand(shape), [w.w0.abs(), w.dw.abs()])
+        e_v, e_d = av0 + (m.abs() + h) * av1, ad0 + (m.abs() + h) * ad1
+        e_x_dw = av1
+
+    def _rho(t: Tensor) -> Tensor:
+        return (rounding(t.unsqueeze(0))[0] if rounding is not None else f(t, w_mag)) * g2
+
+    rho_v, rho_d = _rho(v.magnitude(h).expand(shape)), _rho(d.magnitude(h).expand(shape))
     e = e_v + rho_v
     de = e_d + e_x_dw + rho_d + rho_v
     if not _is_zero(gdW):
@@ -711,41 +712,66 @@ def _smooth(nt: EnclosureNumbers, s: _Smooth, x: Any, *, softplus_threshold: flo
 
 
 def _relu_like(nt: EnclosureNumbers, x: Any, slope: float = 0.0) -> Any:
-    """LeakyReLU with 0 ≤ slope ≤ 1 (ReLU: slope 0): exact where the sign is known, relaxed elsewhere."""
+    """LeakyReLU with 0 ≤ slope ≤ 1 (ReLU: slope 0): exact where the sign is known, relaxed elsewhere.
+
+    Decided neurons (range ≥ 0 or ≤ 0) are linear maps, applied to the whole tensor; the few mixed
+    neurons (their count shrinks with the cell) get the relaxation, computed on them alone:
+    leaky(x) = slope·x + (1 − slope)·relu(x) and, for any λ ∈ [0, 1], relu(x) − λx ∈
+    [0, max(−λl, (1 − λ)u)] on [l, u] (λ = u/(u − l) gives the minimal-area parallelogram); the
+    derivative lies in the Clarke set [slope, 1]·x′.
+    """
     if not isinstance(x, Enclosure) or not (0.0 <= slope <= 1.0):
         return NotImplemented
     v, d = x.v, x.d
     h = nt.h(v.c.dim() - 1)
-    lo, hi = v.bounds(h)
-    pos, neg = lo >= 0, hi <= 0
-    mixed = ~(pos | neg)
-    # mixed neurons: leaky(x) = slope·x + (1 − slope)·relu(x), relu(x) ∈ λx + μ ± μ on [l, u]
-    l_, u_ = torch.where(mixed, lo, -torch.ones_like(lo)), torch.where(mixed, hi, torch.ones_like(hi))
-    lam = u_ / (u_ - l_)
-    mu = -lam * l_ * 0.5
-    # rounding of λ and μ: any λ ∈ [0, 1] gives a valid relaxation with offset interval
-    # [min(0, −λl)... ]: recompute the offset range from the rounded λ to stay exact:
-    # relu(x) − λx on [l, u] lies in [min(−λl, (1−λ)u, 0), max(−λl, (1−λ)u, 0)] for λ ∈ [0, 1]
-    lam = lam.clamp(0.0, 1.0)
-    r1, r2 = -lam * l_, (1 - lam) * u_
-    off_lo = torch.minimum(torch.minimum(r1, r2), torch.zeros_like(r1))
-    off_hi = torch.maximum(torch.maximum(r1, r2), torch.zeros_like(r1))
-    pad = (r1.abs() + r2.abs()) * (4 * U) + _TINY
-    off_lo, off_hi = off_lo - pad, off_hi + pad
-    mu = (off_lo + off_hi) * 0.5
-    rad = (off_hi - off_lo) * 0.5 * (1 + 4 * U)
-    k = 1.0 - slope
-    coef = torch.where(pos, torch.ones_like(lam), torch.where(neg, torch.full_like(lam, slope), slope + k * lam))
-    c = coef * v.c + torch.where(mixed, k * mu, torch.zeros_like(mu))
+    full = v.c.shape
+    r = v.g.abs() * h + v.e
+    rr = r + (v.c.abs() + r) * (4 * U) + _TINY  # rigorous radius: the range is [ĉ − rr, ĉ + rr]
+    pos, neg = v.c >= rr, v.c <= -rr
+    coef = pos.to(v.c.dtype)
+    if slope:
+        coef = coef + neg.to(v.c.dtype) * slope
+    mag = v.c.abs() + r  # ≥ |x| on the cell
+    c = coef * v.c
     g = _mul0(v.g, coef)
-    e = coef * v.e + torch.where(mixed, k * rad, torch.zeros_like(rad)) + (v.magnitude(h) + mu.abs()) * (4 * U)
-    val = TM(c, g, _up(e))
-    # derivative: leaky′ ∈ [slope, 1] on mixed neurons (Clarke), exact elsewhere
-    dmid = torch.where(pos, torch.ones_like(lam), torch.where(neg, torch.full_like(lam, slope), torch.full_like(lam, (1 + slope) * 0.5)))
-    drad = torch.where(mixed, torch.full_like(lam, k * 0.5), torch.zeros_like(lam))
-    dc, dg = dmid * d.c, _mul0(d.g, dmid)
-    de = dmid * d.e + drad * d.magnitude(h) + (d.c.abs() + d.g.abs()) * (2 * U)
-    return Enclosure(val, TM(dc, dg, _up(de)))
+    e = coef * v.e + mag * (4 * U)
+    dmag = d.c.abs() + d.g.abs() * h + d.e
+    dc = coef * d.c
+    dg = _mul0(d.g, coef)
+    de = coef * d.e + (d.c.abs() + d.g.abs()) * (2 * U)
+    mixed = ~(pos | neg)
+    idx = mixed.nonzero(as_tuple=True)
+    if idx[0].numel():
+        k = 1.0 - slope
+        vc = v.c[idx]
+        rm = rr.expand(full)[idx]
+        l_, u_ = vc - rm, vc + rm
+        lam = (u_ / (u_ - l_)).clamp(0.0, 1.0)  # any λ in [0, 1] is valid; offsets use this rounded λ
+        r1, r2 = -lam * l_, (1 - lam) * u_
+        zero = torch.zeros_like(r1)
+        pad = (r1.abs() + r2.abs()) * (4 * U) + _TINY
+        off_lo = torch.minimum(torch.minimum(r1, r2), zero) - pad
+        off_hi = torch.maximum(torch.maximum(r1, r2), zero) + pad
+        mu = (off_lo + off_hi) * 0.5
+        rad = (off_hi - off_lo) * 0.5 * (1 + 4 * U)
+        cm = slope + k * lam
+        c = c.index_put(idx, cm * vc + k * mu)
+        if not _is_zero(g):
+            g = g.index_put(idx, cm * v.g.expand(full)[idx])
+        e = e.index_put(idx, cm * v.e.expand(full)[idx] + k * rad + (mag[idx] + mu.abs()) * (4 * U))
+        # derivative: leaky′ ∈ [slope, 1]: (1 + slope)/2 ± (1 − slope)/2
+        dmid = (1.0 + slope) * 0.5
+        dsh = d.c.shape
+        dc = dc.expand(full).clone() if dc.shape != full else dc
+        dc = dc.index_put(idx, dmid * d.c.expand(full)[idx])
+        if not _is_zero(dg):
+            dg = dg.expand(full).clone() if dg.shape != full else dg
+            dg = dg.index_put(idx, dmid * d.g.expand(full)[idx])
+        de = de.expand(full).clone() if de.shape != full else de
+        de = de.index_put(idx, dmid * d.e.expand(full)[idx] + k * 0.5 * dmag.expand(full)[idx]
+                          + (d.c.expand(full)[idx].abs() + (0.0 if _is_zero(d.g) else d.g.expand(full)[idx].abs())) * (2 * U))
+        del dsh
+    return Enclosure(TM(c, g, _up(e)), TM(dc, dg, _up(de)))
 
 
 # ----------------------------------------------------------------------------- normalisation
