@@ -4,7 +4,8 @@ Two runs, both on ``sklearn:diabetes`` (442 patients, 10 standardised features, 
 disease-progression target) under MSE:
 
 * ``mlp:10-32-32-1:tanh`` trained with SGD + momentum: loss curve, grid metrics, output-path
-  geometry and the MSE conditions (grid evidence);
+  geometry, the MSE conditions (grid evidence) and a certificate over [0, 1] from rigorous
+  enclosures of L′ (:mod:`mli_theory.certify.partition`);
 * ``deep_linear:10-8-8-1`` trained the same way: the same, plus an exact certificate over the
   whole interval [0, 1].
 """
