@@ -17,6 +17,7 @@ LAYERS = [
     {"geometry", "exact"},
     {"theory"},
     {"certify"},
+    {"curvature", "kernels", "connectivity"},
     {"check", "plot"},
     {"runs", "testing"},
     {"cli"},

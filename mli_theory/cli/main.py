@@ -13,61 +13,23 @@ import sys
 import re
 from typing import Any, Sequence
 
-PROG = "mli-theory"
+from .common import PROG
+from .common import Parser as _Parser
+from .common import Progress as _Progress
+from .common import add_model_args, emit as _emit, load_model_inputs
 
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors and exit code 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        raise SystemExit(2)
-
-
-class _Progress:
-    """A tqdm bar on stderr (never stdout), shown only for work that takes a while."""
-
-    def __init__(self, label: str, quiet: bool) -> None:
-        self.label, self.quiet = label, quiet
-        self.bar = None
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.quiet:
-            return
-        if self.bar is None:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc=self.label, unit="α", file=sys.stderr, delay=2.0, leave=False)
-        self.bar.update(done - self.bar.n)
-        if done >= total:
-            self.close()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+# further commands, each a module with add_parser(subparsers) and run(args)
+COMMANDS = ("curvature", "kernel", "barrier", "surface")
 
 
 def _add_check_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--arch", help="linear:IN-OUT | deep_linear:D0-..-DL | mlp:D0-..-DL[:act][:bn] | pkg.mod:factory")
-    p.add_argument("--init", help="θ0 state dict (.pt via torch.save, or .safetensors)")
-    p.add_argument("--final", help="θT state dict")
-    p.add_argument("--data", help=".npz with arrays x, y; or sklearn:diabetes, sklearn:digits, ...")
-    p.add_argument("--run", help="a run folder written by 'mli-theory train' (replaces --arch/--init/--final/--data)")
-    p.add_argument("--loss", default=None, help="mse (default) or ce")
+    add_model_args(p)
     p.add_argument("--alphas", type=int, default=50, help="number of α points in [0, 1], ends included (default 50)")
     p.add_argument("--tol", type=float, default=0.0, help="a rise ≤ tol counts as monotone (default 0)")
     p.add_argument("--certify", action="store_true", help="prove a verdict for all α in [0, 1] where possible")
     p.add_argument("--certify-budget", type=float, default=30.0, help="seconds for all proof work of this check (default 30)")
-    p.add_argument("--device", default="cpu", help="auto | cpu | cuda (default cpu)")
-    p.add_argument("--dtype", default="float32", help="float32 (default) | float64")
-    p.add_argument("--bn", default="recompute", help="BatchNorm statistics: recompute (default) | interpolate | frozen")
-    p.add_argument("--batch-size", type=int, default=None, help="examples per forward pass (default: all)")
     p.add_argument("--alpha-chunk", type=int, default=None, help="α values per vmapped pass (default: 8 on CUDA, else 1)")
     p.add_argument("--no-geometry", action="store_true", help="skip Gauss length and the MSE conditions")
-    p.add_argument("--plot", metavar="OUT.png", help="save the loss curve with the worst rise marked (.png, .pdf, .svg)")
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,25 +83,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("name", nargs="?", default=None, help="one result (default: list them all)")
     g.add_argument("--latex", action="store_true", help="LaTeX instead of text")
     g.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+    import importlib.util
+
+    for name in COMMANDS:
+        if importlib.util.find_spec(f"{__package__}.{name}") is not None:  # TEMP while commands are written
+            _command(name).add_parser(sub)
     return parser
 
 
+def _command(name: str):
+    import importlib
+
+    return importlib.import_module(f"{__package__}.{name}")
+
+
 # ----------------------------------------------------------------------------- check
-
-
-def _validate_plot_path(path: str) -> None:
-    """The plot is optional work, but a path that cannot be written is a usage error: say so first."""
-    from ..errors import InputError
-    from ..plot import PLOT_FORMATS
-
-    if os.path.isdir(path):
-        raise InputError(f"--plot {path} is a directory; give a file name such as {os.path.join(path, 'curve.png')}")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise InputError(f"--plot folder does not exist: {folder}")
-    ext = os.path.splitext(path)[1].lower().lstrip(".")
-    if ext not in PLOT_FORMATS:
-        raise InputError(f"--plot {path}: unknown image format {ext or '(none)'!r} (use one of: {', '.join(PLOT_FORMATS)})")
 
 
 def _check_inputs(args: argparse.Namespace) -> dict[str, Any]:
@@ -148,45 +107,15 @@ def _check_inputs(args: argparse.Namespace) -> dict[str, Any]:
     Everything cheap is validated before anything expensive: options, paths, then the model is
     built on the meta device (no memory) and the checkpoints are matched against it.
     """
-    import torch
-
     from ..check import validate_options
-    from ..errors import InputError
-    from ..inputs import build_model, load_data, load_state_dict, match_state_dict, parse_arch, resolve_device, resolve_dtype
 
-    bn = validate_options(
+    validate_options(
         alphas=args.alphas, tol=args.tol, bn=args.bn, batch_size=args.batch_size, alpha_chunk=args.alpha_chunk,
         certify_budget=args.certify_budget,
     )
-    dtype = resolve_dtype(args.dtype)
-    device = resolve_device(args.device)
-    if args.plot:
-        _validate_plot_path(args.plot)
-    arch, init, final, data_src, loss = args.arch, args.init, args.final, args.data, args.loss
-    if args.run:
-        from ..runs import read_run
-
-        run = read_run(args.run)
-        arch, init, final = run["arch"], run["init"], run["final"]
-        data_src = data_src or run["data"]
-        loss = loss or run["loss"]
-    missing = [f"--{n}" for n, v in (("arch", arch), ("init", init), ("final", final), ("data", data_src)) if not v]
-    if missing:
-        raise InputError(f"missing required argument(s): {', '.join(missing)} (or give --run)")
-    loss = loss or "mse"
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # user factories importable from the working directory
-    spec = parse_arch(arch)
-    init_sd, final_sd = load_state_dict(init), load_state_dict(final)
-    if spec.kind == "factory":
-        model = build_model(spec)
-    else:  # built-in specs: shapes first, on the meta device, so a huge or mistyped spec costs nothing
-        with torch.device("meta"):
-            model = build_model(spec)
-    match_state_dict(model, init_sd, "init")
-    match_state_dict(model, final_sd, "final")
-    data = load_data(data_src, loss)
-    return dict(model=model, init=init_sd, final=final_sd, data=data, spec=spec, bn=bn, dtype=dtype, device=device)
+    inp = load_model_inputs(args)
+    inp["init"], inp["final"] = inp["states"]["init"], inp["states"]["final"]
+    return inp
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -224,13 +153,6 @@ def _cmd_check(args: argparse.Namespace) -> int:
             result = replace(result, warnings=result.warnings + (f"the plot could not be written ({type(exc).__name__}: {exc})",))
     _emit(result.to_dict() if args.json else result.to_text(), args.json)
     return 0
-
-
-def _emit(obj: Any, as_json: bool) -> None:
-    if as_json:
-        sys.stdout.write(json.dumps(obj) + "\n")
-    else:
-        sys.stdout.write(str(obj) + "\n")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -327,7 +249,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     handlers = {"check": _cmd_check, "demo": _cmd_demo, "derive": _cmd_derive, "train": _cmd_train, "sweep": _cmd_sweep}
     try:
-        return handlers[args.command](args)
+        if args.command in handlers:
+            return handlers[args.command](args)
+        return _command(args.command).run(args)
     except InputError as exc:
         sys.stderr.write(f"{PROG}: error: {_as_flags(str(exc))}\n")
         return 2
