@@ -112,6 +112,44 @@ def test_planted_overshoot_is_proven_non_monotone_where_a_grid_misses_it(act, lo
     assert plain_loss(prob, b) - plain_loss(prob, a) == pytest.approx(v.rise, rel=1e-9)
 
 
+def test_a_rise_seen_while_screening_is_proven_on_all_the_data_from_its_own_cells(monkeypatch):
+    """n > 512 examples: a subsample chooses the cells first. When it shows a rise, the full data
+    are enclosed on the cells of that run alone, and the witness is re-checked on all the data."""
+    import importlib
+
+    part = importlib.import_module("mli_theory.certify.partition")
+
+    line, data, at = _planted("relu", "mse")
+    reps = 600 // data.x.shape[0] + 1  # repeated examples: the same mean loss, n > 2·SCREEN_EXAMPLES
+    big = mt.Dataset(data.x.repeat(reps, 1), data.y.repeat(reps, 1), "mse", "repeated")
+    assert big.x.shape[0] > 2 * part.SCREEN_EXAMPLES
+    calls = []
+    real = part._confirm_rise
+
+    def spy(problem, run, *args):
+        calls.append((problem.x.shape[0], list(run)))
+        return real(problem, run, *args)
+
+    monkeypatch.setattr(part, "_confirm_rise", spy)
+    v = decide_by_enclosures(line, big, tol=0.0)
+    assert v.status == "non_monotone", v.reason
+    assert len(calls) == 1 and calls[0][0] == big.x.shape[0]
+    run = calls[0][1]
+    assert run and all(c.b - c.a > 0 for c in v.partition) and v.cells == len(run)  # only the run's cells
+    a, b = v.where
+    assert run[0][0] <= a < b <= run[-1][1]
+    prob = prepare(line, big, BNPolicy.FROZEN)
+    assert plain_loss(prob, b) - plain_loss(prob, a) == pytest.approx(v.rise, rel=1e-9) and v.rise >= v.rise_lower > 0
+
+
+def test_a_run_of_cells_never_spans_a_gap():
+    from mli_theory.certify.partition import CellBound, _best_run
+
+    cells = [CellBound(0.0, 0.25, 1.0, 2.0), CellBound(0.5, 0.75, 1.0, 2.0)]
+    total, i, j = _best_run(cells)
+    assert (i, j) == (0, 0) and total == Fraction(1, 4)
+
+
 def test_trained_relu_net_is_certified_monotone_at_a_tolerance():
     p = build_problem([4, 16, 16, 3], 32, seed=5, endpoint="trained", activation="relu", loss="ce", steps=200)
     v = decide_by_enclosures(_line(p), p.data, tol=1e-3)

@@ -317,10 +317,16 @@ def enclose(problem: _Problem, a: list[float], b: list[float], deadline: float |
 
 
 def _best_run(cells: list[CellBound]) -> tuple[Fraction, int, int]:
-    """The contiguous run of cells maximising Σ |C|·lo_C (Kadane), as (sum, first, last)."""
+    """The contiguous run of cells maximising Σ |C|·lo_C (Kadane), as (sum, first, last).
+
+    ``cells`` are sorted by their left end; a run never spans a gap between two cells, so
+    Σ |C|·lo_C over the run is a lower bound on L(b) − L(a) = ∫_a^b L′ for the run's ends a, b.
+    """
     best, best_i, best_j = Fraction(-1), 0, -1
     cur, cur_i = Fraction(0), 0
     for j, c in enumerate(cells):
+        if j and c.a != cells[j - 1].b:  # a gap: a run never spans it
+            cur, cur_i = Fraction(0), j
         if not math.isfinite(c.lo):
             cur, cur_i = Fraction(0), j + 1
             continue
@@ -399,9 +405,60 @@ def decide_by_enclosures(
         left = None if deadline is None else deadline - time.perf_counter()
         sub_deadline = None if left is None else time.perf_counter() + 0.3 * left
         screened = _bisect(sub, tol, sub_deadline, cells_per_batch, max_cells=256, witness=False)
+        if screened.where is not None:
+            # the subsample shows a rise: try to prove it on all the data from the screened cells
+            # of that run alone (a rise needs only the cells between its ends), before any
+            # partition of the whole interval is paid for
+            a, b = screened.where
+            run = [(c.a, c.b) for c in screened.partition if a <= c.a and c.b <= b]
+            try:
+                found = _confirm_rise(problem, run, tol, deadline, cells_per_batch)
+            except BudgetExceeded:
+                return _unknown({}, len(run), "the proof budget ran out while a rise seen on a subsample was checked on all the data")
+            if found is not None:
+                return found
         start = [(c.a, c.b) for c in screened.partition] or None
     verdict = _bisect(problem, tol, deadline, cells_per_batch, start=start)
     return verdict
+
+
+def _confirm_rise(problem: _Problem, run: list[tuple[float, float]], tol: float, deadline: float | None, batch: int) -> EnclosureVerdict | None:
+    """Enclose L′ on the contiguous cells ``run`` only and return ``non_monotone`` if they prove a
+    rise > tol (checked like every witness); None otherwise. No monotone claim is made here: the
+    cells do not cover [0, 1]."""
+    cells: list[CellBound] = []
+    for i in range(0, len(run), batch):
+        part = run[i : i + batch]
+        bounds, _ = enclose(problem, [p[0] for p in part], [p[1] for p in part], deadline)
+        cells += [CellBound(a, b, lo, hi) for (a, b), (lo, hi) in zip(part, bounds)]
+    cells.sort(key=lambda c: c.a)
+    return _witness(problem, cells, tol, len(cells), rise_bound=None)
+
+
+def _witness(problem: _Problem, cells: list[CellBound], tol: float, evaluated: int, rise_bound: Fraction | None) -> EnclosureVerdict | None:
+    """``non_monotone`` from the best contiguous run of ``cells`` if it proves a rise > tol, after
+    an independent float64 re-evaluation of the rise at its ends; None when no run proves one."""
+    run, i0, i1 = _best_run(cells)
+    if not (i1 >= i0 and run > Fraction(tol)):
+        return None
+    a, b = cells[i0].a, cells[i1].b
+    la, lb = plain_loss(problem, a), plain_loss(problem, b)
+    rise = lb - la
+    slack = 1e-9 * (abs(la) + abs(lb)) + 1e-300
+    if not rise >= float(run) - slack:
+        # an independent float64 evaluation contradicts the proven lower bound: never certify
+        return EnclosureVerdict(
+            "unknown", None, None, None, None, evaluated, (),
+            f"internal inconsistency: proven rise ≥ {float_down(run):.3g} on [{a}, {b}] but float64 evaluation gives {rise:.3g}",
+            tuple(cells),
+        )
+    if rise <= tol:  # float64 rounding hides a proven rise just above tol: report the proven bound
+        rise = float_down(run)
+    return EnclosureVerdict(
+        "non_monotone", float_up(rise_bound) if rise_bound is not None else None, rise, float_down(run), (a, b), evaluated, (),
+        f"L′ ≥ lower bounds on [{a:.6g}, {b:.6g}] prove a rise of at least {float_down(run):.3g} > tol",
+        tuple(cells),
+    )
 
 
 def _bisect(
@@ -443,22 +500,13 @@ def _bisect(
             )
         run, i0, i1 = _best_run(cells)
         if i1 >= i0 and run > tol_q and not witness:
-            return _unknown(done, evaluated, "screening: a rise was found")
+            return replace(_unknown(done, evaluated, "screening: a rise was found"), where=(cells[i0].a, cells[i1].b))
         if i1 >= i0 and run > tol_q:
-            a, b = cells[i0].a, cells[i1].b
-            la, lb = plain_loss(problem, a), plain_loss(problem, b)
-            rise = lb - la
-            slack = 1e-9 * (abs(la) + abs(lb)) + 1e-300
-            if rise < float(run) - slack:
-                # an independent float64 evaluation contradicts the proven lower bound: never certify
-                return _unknown(done, evaluated, f"internal inconsistency: proven rise ≥ {float_down(run):.3g} on [{a}, {b}] but float64 evaluation gives {rise:.3g}")
-            if rise <= tol:  # float64 rounding hides a proven rise just above tol: report the proven bound
-                rise = float_down(run)
-            return EnclosureVerdict(
-                "non_monotone", float_up(rb) if rb is not None else None, rise, float_down(run), (a, b), evaluated, (),
-                f"L′ ≥ lower bounds on [{a:.6g}, {b:.6g}] prove a rise of at least {float_down(run):.3g} > tol",
-                tuple(cells),
-            )
+            found = _witness(problem, cells, tol, evaluated, rb)
+            if found is not None:
+                if found.status == "unknown":
+                    return _unknown(done, evaluated, found.reason)
+                return found
         infinite = [c for c in cells if not math.isfinite(c.hi)]
         if infinite:
             mid = (infinite[0].a + infinite[0].b) / 2

@@ -424,8 +424,26 @@ def batch_norm(
     if bias is not None:
         shift = add(bias, shift)
     n = x.v.dim()
-    out = add(mul(x, _channel(scale, n)), _channel(shift, n))
-    return _jet(value, out.d1, out.d2)
+    return _scaled_shift(x, lift(_channel(scale, n)), lift(_channel(shift, n)), value)
+
+
+def _scaled_shift(x: Jet, s: Any, t: Any, value: Tensor) -> Jet:
+    """The derivatives of x·s + t for a large x and small broadcast s, t (value already computed):
+    (x s + t)′ = x′ s + x s′ + t′ and (x s + t)″ = x″ s + 2 x′ s′ + x s″ + t″, each as one chain of
+    fused multiply-adds over the large tensor."""
+
+    def fma(acc: Tensor | None, a: Tensor | None, b: Tensor | None, c: float = 1.0) -> Tensor | None:
+        if a is None or b is None:
+            return acc
+        if acc is None:
+            return a * b if c == 1.0 else (a * b) * c
+        return torch.addcmul(acc, a, b, value=c)
+
+    s = s if isinstance(s, Jet) else Jet(torch.as_tensor(s, dtype=x.v.dtype, device=x.v.device))
+    t = t if isinstance(t, Jet) else Jet(torch.as_tensor(t, dtype=x.v.dtype, device=x.v.device))
+    d1 = fma(fma(t.d1, x.d1, s.v), x.v, s.d1)
+    d2 = fma(fma(fma(t.d2, x.d2, s.v), x.d1, s.d1, 2.0), x.v, s.d2)
+    return _jet(value, d1, d2)
 
 
 def _normalized(x: Jet, dims: tuple[int, ...], eps: float) -> Jet:
@@ -515,7 +533,16 @@ def _where(mask: Tensor, a: float, b: float, like: Tensor) -> Tensor:
 
 
 def relu(input: Any, inplace: bool = False) -> Jet:
-    return unary(input, torch.relu, lambda u, v: ((u > 0).to(u.dtype), None))
+    """(relu u, 1[u > 0] u′, 1[u > 0] u″): the derivatives selected by one mask (relu″ = 0 off the kink)."""
+    x = lift(input)
+    v = torch.relu(x.v)
+    if x.constant:
+        return Jet(v)
+    mask = x.v > 0
+    zero = x.v.new_zeros(())
+    d1 = None if x.d1 is None else torch.where(mask, x.d1, zero)
+    d2 = None if x.d2 is None else torch.where(mask, x.d2, zero)
+    return _jet(v, d1, d2)
 
 
 def leaky_relu(input: Any, negative_slope: float = 0.01, inplace: bool = False) -> Jet:
