@@ -139,3 +139,41 @@ def transformer_line(n: int, device: str, d: int = 64, tokens: int = 16):
     x = torch.randn(n, tokens, d, device=device)
     data = Dataset(x, torch.zeros(n, 4, device=device), "mse", "synthetic")
     return model, make_line(model, init, final, device=device, dtype=torch.float32), data
+
+
+def resnet18_line(n: int, device: str):
+    """(model, line, data): ResNet-18 in its CIFAR form (3×3 stem, no max-pool; four stages of two
+    basic blocks, 64–512 channels, BatchNorm2d) on 3×32×32 inputs, 10 outputs. Defined here because
+    torchvision's compiled ops do not load beside the CPU torch wheel."""
+    from torch import nn
+
+    from mli_theory.inputs import Dataset
+    from mli_theory.path import make_line
+
+    class Basic(nn.Module):
+        def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(c_out)
+            self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(c_out)
+            self.shortcut = nn.Sequential()
+            if stride != 1 or c_in != c_out:
+                self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+        def forward(self, x):
+            out = torch.relu(self.bn1(self.conv1(x)))
+            return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU()]
+    c = 64
+    for width, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        layers += [Basic(c, width, stride), Basic(width, width, 1)]
+        c = width
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 10)]
+    model = nn.Sequential(*layers).to(device).eval()
+    init, final = _endpoints(model, device)
+    x = torch.randn(n, 3, 32, 32, device=device)
+    data = Dataset(x, torch.zeros(n, 10, device=device), "mse", "synthetic")
+    return model, make_line(model, init, final, device=device, dtype=torch.float32), data

@@ -363,6 +363,7 @@ def interpret(
     env: dict[Node, Any] = {}
     it = iter(inputs)
     mutations = _mutations(gm)
+    free_after = _last_uses(gm)
 
     def load(a: Any) -> Any:
         return torch.fx.node.map_arg(a, lambda n: env[n])
@@ -429,4 +430,20 @@ def interpret(
         target = mutations.get(node)
         if target is not None:
             env[target] = out
+        for dead in free_after.get(node, ()):  # values no later node reads: memory as in a plain forward
+            env.pop(dead, None)
     raise UnsupportedGraph("the graph has no output")  # pragma: no cover
+
+
+def _last_uses(gm: GraphModule) -> dict[Node, list[Node]]:
+    """For each node, the values read for the last time by it (and itself, if nothing reads it)."""
+    last: dict[Node, Node] = {}
+    for node in gm.graph.nodes:
+        last.setdefault(node, node)
+        for a in node.all_input_nodes:
+            last[a] = node
+    out: dict[Node, list[Node]] = {}
+    for value, node in last.items():
+        if node.op != "output":
+            out.setdefault(node, []).append(value)
+    return out

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -148,18 +148,13 @@ def _taylor(
     line: Line,
     gm: GraphModule,
     fixed: StateDict,
-    deltas: StateDict,
+    moving: frozenset[str],
     x: torch.Tensor,
     alpha: float,
     fallbacks: list[str],
 ):
     """(z, z′, z″) at one α in a single pass of the jet interpreter."""
-    params: dict[str, Jet] = {}
-    for k, s in line.start.items():
-        if k in fixed or k not in deltas:
-            params[k] = Jet(fixed[k] if k in fixed else line.end[k])
-        else:
-            params[k] = Jet((1 - alpha) * s + alpha * line.end[k], deltas[k])
+    params = _ParamJets(line, fixed, moving, alpha)
     out = interpret(gm, JET, [Jet(x)], params, fallbacks=fallbacks)
     if isinstance(out, torch.Tensor):
         out = Jet(out)
@@ -167,6 +162,33 @@ def _taylor(
         raise ValueError(f"the Taylor mode needs a model that returns one tensor, got {type(out).__name__}")
     d1, d2 = out.derivatives()
     return out.v, d1, d2
+
+
+class _ParamJets(Mapping):
+    """The parameter jets (θ(α), Δθ, 0), built when a layer reads them and dropped after it, so
+    that no copy of the whole parameter vector (θ(α) or Δθ) is ever held: the extra memory over a
+    plain forward pass is one layer's weights."""
+
+    def __init__(self, line: Line, fixed: StateDict, moving: frozenset[str], alpha: float) -> None:
+        self.line, self.fixed, self.moving, self.alpha = line, fixed, moving, alpha
+
+    def __getitem__(self, k: str) -> Jet:
+        if k in self.fixed:
+            return Jet(self.fixed[k])
+        end = self.line.end[k]  # KeyError for a name the line does not hold
+        if k not in self.moving:
+            return Jet(end)
+        s = self.line.start[k]
+        return Jet((1 - self.alpha) * s + self.alpha * end, end - s)
+
+    def __contains__(self, k: object) -> bool:
+        return k in self.fixed or k in self.line.start
+
+    def __iter__(self):
+        return iter(self.line.start)
+
+    def __len__(self) -> int:
+        return len(self.line.start)
 
 
 # ----------------------------------------------------------------------------- public
@@ -209,7 +231,7 @@ def path_jet(
     zs, d1s, d2s = [], [], []
     fallbacks: list[str] = []
     with torch.no_grad():
-        deltas = {k: line.end[k] - line.start[k] for k in line.start if line.start[k].is_floating_point()} if use_taylor else {}
+        moving = frozenset(k for k in line.start if line.start[k].is_floating_point()) if use_taylor else frozenset()
         fixed_const = None if per_alpha_fixed else _fixed_buffers(line, bn, 0.0, data, batch_size)
         step = 1 if (use_taylor or per_alpha_fixed) else max(1, alpha_chunk)
         for i0 in range(0, a.shape[0], step):
@@ -219,7 +241,7 @@ def path_jet(
             for sl in batches(data.n, batch_size):
                 xb = data.x[sl]
                 if use_taylor:
-                    z, d1, d2 = _taylor(line, gm, fixed, deltas, xb, float(chunk[0]), fallbacks)  # type: ignore[arg-type]
+                    z, d1, d2 = _taylor(line, gm, fixed, moving, xb, float(chunk[0]), fallbacks)  # type: ignore[arg-type]
                     parts.append((z[None], d1[None], d2[None]))
                 else:
                     parts.append(_nested_jvp(line, fixed, xb, chunk))
