@@ -669,3 +669,21 @@ def test_unsupported_models_use_nested_jvp_under_auto():
             path_jet(line, data, [0.5], method="taylor")
         jet = path_jet(line, data, [0.5])
         assert jet.fallbacks == ()
+
+
+def test_values_are_freed_after_their_last_reader():
+    """The interpreter drops each value after the last node that reads it (memory as in a plain
+    forward pass): no value is dropped before a reader, and every intermediate is dropped."""
+    from mli_theory.geometry.interpreter import _last_uses
+
+    gm = trace(ConvNet())
+    nodes = list(gm.graph.nodes)
+    order = {n: i for i, n in enumerate(nodes)}
+    freed_at = {v: order[n] for n, vs in _last_uses(gm).items() for v in vs}
+    for v in nodes:
+        if v.op == "output" or any(u.op == "output" for u in v.users):
+            assert v not in freed_at  # the returned value is never dropped
+            continue
+        assert v in freed_at, v
+        assert all(order[u] <= freed_at[v] for u in v.users), v
+        assert freed_at[v] == max([order[u] for u in v.users], default=order[v]), v
