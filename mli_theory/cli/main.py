@@ -19,7 +19,7 @@ from .common import Progress as _Progress
 from .common import add_model_args, emit as _emit, load_model_inputs
 
 # further commands, each a module with add_parser(subparsers) and run(args)
-COMMANDS = ("curvature", "kernel", "barrier", "surface")
+COMMANDS = ("curvature", "kernel", "barrier", "surface", "roughness")
 
 
 def _add_check_args(p: argparse.ArgumentParser) -> None:
@@ -61,6 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--distance-reward", type=float, default=0.0, help="λ ≥ 0: adds −λ‖θ−θ0‖²/2 to the loss (default 0)")
     t.add_argument("--init-scale", type=float, default=1.0, help="multiply the default initialisation (default 1)")
     t.add_argument("--out", required=True, help="run folder to write")
+    t.add_argument("--save-every", type=int, default=0, metavar="STEPS",
+                   help="also save the state dict at step 0 and every STEPS optimiser steps to "
+                        "OUT/checkpoints/step_<8-digit step>.pt (default 0: none)")
+    t.add_argument("--fork-at", type=int, default=None, metavar="STEP",
+                   help="instability analysis: train to optimiser step STEP with --seed, then continue one copy per "
+                        "--fork-seeds seed from the same weights with its own data order; writes OUT/fork_<S>/ run folders "
+                        "(init.pt = the original init) and OUT/fork_point.pt")
+    t.add_argument("--fork-seeds", default=None, metavar="S1,S2",
+                   help="data-order seeds of the forks, comma-separated, at least two (with --fork-at)")
     t.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
     w = sub.add_parser("sweep", help="train and check a grid of runs (parallel, resumable)")
@@ -164,14 +173,49 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from ..errors import InputError
     from ..runs import TrainConfig, run_training
 
+    if args.save_every < 0:
+        raise InputError(f"--save-every {args.save_every}: must be an integer ≥ 0")
+    if (args.fork_at is None) != (args.fork_seeds is None):
+        raise InputError("--fork-at and --fork-seeds go together")
     cfg = TrainConfig(
         arch=args.arch, data=args.data, loss=args.loss, optimizer=args.optimizer, lr=args.lr, epochs=args.epochs,
         batch_size=args.batch_size, seed=args.seed, momentum=args.momentum, distance_reward=args.distance_reward,
         init_scale=args.init_scale,
     )
-    res = run_training(cfg, args.out)
+    if args.fork_at is not None:
+        from ..runs.config import fork_folder, run_forks
+
+        try:
+            seeds = tuple(int(x) for x in args.fork_seeds.split(","))
+        except ValueError:
+            raise InputError(f"--fork-seeds {args.fork_seeds}: expected integers separated by commas, e.g. 1,2") from None
+        if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+            raise InputError(f"--fork-seeds {args.fork_seeds}: need at least two different seeds")
+        if args.fork_at < 0:
+            raise InputError(f"--fork-at {args.fork_at}: must be a step ≥ 0")
+        try:
+            forks = run_forks(cfg, args.out, fork_at=args.fork_at, fork_seeds=seeds, save_every=args.save_every)
+        except InputError as exc:  # the library names its parameter; the CLI speaks of the flag
+            raise InputError(str(exc).replace("fork_at=", "--fork-at ", 1)) from None
+        summary = {
+            "run": args.out, "fork_at": args.fork_at,
+            "forks": {str(s): {"run": fork_folder(args.out, s), "final_loss": r.final_loss, "diverged": r.diverged,
+                               "epochs": len(r.history)} for s, r in forks.items()},
+        }
+        a, b = (fork_folder(args.out, s) for s in seeds[:2])
+        text = "\n".join(
+            [f"trained {args.arch} on {args.data} to step {args.fork_at}, then {len(seeds)} forks:"]
+            + [f"  seed {s}: final training loss {r.final_loss:.6g}{' (DIVERGED)' if r.diverged else ''}; run folder "
+               f"{fork_folder(args.out, s)}" for s, r in forks.items()]
+            + [f"  next: mli-theory barrier --arch {args.arch} --data {args.data} --loss {args.loss} "
+               f"--a {os.path.join(a, 'final.pt')} --b {os.path.join(b, 'final.pt')}"]
+        )
+        _emit(summary if args.json else text, args.json)
+        return 0
+    res = run_training(cfg, args.out, save_every=args.save_every)
     summary = {"run": args.out, "final_loss": res.final_loss, "diverged": res.diverged, "epochs": len(res.history)}
     _emit(summary if args.json else f"trained {args.arch} on {args.data}: final training loss {res.final_loss:.6g}"
           f"{' (DIVERGED)' if res.diverged else ''}; run folder {args.out}\n  next: mli-theory check --run {args.out}", args.json)

@@ -2,7 +2,21 @@
 
 A run folder holds ``init.pt``, ``final.pt`` (state dicts) and ``config.json`` with the arch,
 data, loss, optimiser, learning rate, epochs, batch size, seed, BatchNorm flag, the loss history and
-the final training loss.
+the final training loss. With ``save_every=STEPS`` it also holds
+``checkpoints/step_<STEP, zero-padded to 8 digits>.pt``: the state dict at step 0 and after every
+STEPS optimiser steps.
+
+Forks (instability analysis, Frankle et al. 2020; :func:`run_forks`): ``<out>/`` holds the trunk —
+``init.pt`` (θ0), ``fork_point.pt`` (θ_k, the state after ``fork_at`` optimiser steps with the base
+seed), ``forks.json`` (what was done) and, with ``save_every``, ``checkpoints/`` for steps ≤ k —
+and one ordinary run folder ``<out>/fork_<S>/`` per fork seed S: ``init.pt`` = the original θ0,
+``final.pt`` = the end of the fork, ``config.json`` (``extra`` records ``fork_at`` and
+``fork_seed``; ``history`` is the trunk's epochs followed by the fork's) and, with ``save_every``,
+``checkpoints/`` for the fork's steps after k. Each fork continues from θ_k with the trunk's
+optimiser state; its data order comes from a generator seeded with S (the examples not yet seen in
+the current epoch are reshuffled with it, and every later epoch is drawn from it). So
+``mli-theory check --run <out>/fork_S`` checks MLI of a fork and ``mli-theory barrier --a
+<out>/fork_S1/final.pt --b <out>/fork_S2/final.pt`` measures its instability.
 """
 
 from __future__ import annotations
@@ -19,7 +33,7 @@ from ..inputs.checkpoint import save_state_dict
 from ..inputs.data import load_data
 from ..errors import InputError
 from ..results import json_safe
-from .train import TrainResult, train
+from .train import TrainResult, train, train_forks
 
 
 @dataclass(frozen=True)
@@ -58,12 +72,16 @@ class TrainConfig:
         return parse_arch(self.arch).batchnorm
 
 
-def run_training(config: TrainConfig, out: str) -> TrainResult:
-    """Train from ``config`` and write the run folder ``out``."""
+def _validate(config: TrainConfig, save_every: int) -> None:
     if config.optimizer not in ("sgd", "adam"):
         raise InputError(f"unknown optimizer {config.optimizer!r} (expected sgd or adam)")
     if config.lr <= 0 or config.epochs < 1 or config.batch_size < 1:
         raise InputError("lr must be positive, epochs and batch size at least 1")
+    if isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 0:
+        raise InputError(f"save_every={save_every!r}: must be an integer ≥ 0 (0: no checkpoints)")
+
+
+def _setup(config: TrainConfig):
     data = load_data(config.data, config.loss).to("cpu", torch.float32)
     torch.manual_seed(config.seed)
     model = build_model(parse_arch(config.arch))
@@ -71,6 +89,31 @@ def run_training(config: TrainConfig, out: str) -> TrainResult:
         with torch.no_grad():
             for p in model.parameters():
                 p.mul_(config.init_scale)
+    return data, model
+
+
+def _write_run(out: str, config: TrainConfig, result: TrainResult, extra: dict[str, Any]) -> None:
+    os.makedirs(out, exist_ok=True)
+    save_state_dict(result.init, os.path.join(out, "init.pt"))
+    save_state_dict(result.final, os.path.join(out, "final.pt"))
+    meta = asdict(config)
+    meta["extra"] = {**meta.get("extra", {}), **extra}
+    meta.update(batchnorm=config.batchnorm, history=list(result.history), final_loss=result.final_loss, diverged=result.diverged)
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(json_safe(meta), f, indent=1)
+
+
+def run_training(config: TrainConfig, out: str, *, save_every: int = 0) -> TrainResult:
+    """Train from ``config`` and write the run folder ``out``.
+
+    Args:
+        config: the run.
+        out: the run folder.
+        save_every: STEPS > 0: also save ``out/checkpoints/step_<STEP:08d>.pt`` at step 0 and after
+            every STEPS optimiser steps (0: none). It does not change the training.
+    """
+    _validate(config, save_every)
+    data, model = _setup(config)
     result = train(
         model,
         data,
@@ -81,15 +124,58 @@ def run_training(config: TrainConfig, out: str) -> TrainResult:
         momentum=config.momentum,
         seed=config.seed,
         distance_reward=config.distance_reward,
+        save_every=save_every,
+        checkpoint_dir=os.path.join(out, "checkpoints") if save_every else None,
+    )
+    _write_run(out, config, result, {"save_every": save_every} if save_every else {})
+    return result
+
+
+def fork_folder(out: str, seed: int) -> str:
+    """The run folder of the fork with data-order seed ``seed`` inside ``out``."""
+    return os.path.join(out, f"fork_{seed}")
+
+
+def run_forks(config: TrainConfig, out: str, *, fork_at: int, fork_seeds: tuple[int, ...], save_every: int = 0) -> dict[int, TrainResult]:
+    """Train to step ``fork_at`` with ``config.seed``, then one fork per seed to the end (module docstring).
+
+    Returns:
+        fork seed → :class:`TrainResult` (``init`` = θ0, ``final`` = the fork's end).
+
+    Raises:
+        InputError: bad options (``fork_at`` outside [0, total steps), fewer than two distinct seeds).
+    """
+    _validate(config, save_every)
+    seeds = tuple(int(s) for s in fork_seeds)
+    data, model = _setup(config)
+    theta_k, results = train_forks(
+        model,
+        data,
+        fork_at=fork_at,
+        fork_seeds=seeds,
+        optimizer=config.optimizer,  # type: ignore[arg-type]
+        lr=config.lr,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        momentum=config.momentum,
+        seed=config.seed,
+        distance_reward=config.distance_reward,
+        save_every=save_every,
+        checkpoint_dir=os.path.join(out, "checkpoints") if save_every else None,
+        fork_checkpoint_dirs=tuple(os.path.join(fork_folder(out, s), "checkpoints") if save_every else None for s in seeds),
     )
     os.makedirs(out, exist_ok=True)
-    save_state_dict(result.init, os.path.join(out, "init.pt"))
-    save_state_dict(result.final, os.path.join(out, "final.pt"))
-    meta = asdict(config)
-    meta.update(batchnorm=config.batchnorm, history=list(result.history), final_loss=result.final_loss, diverged=result.diverged)
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(json_safe(meta), f, indent=1)
-    return result
+    save_state_dict(results[0].init, os.path.join(out, "init.pt"))
+    save_state_dict(theta_k, os.path.join(out, "fork_point.pt"))
+    for s, r in zip(seeds, results):
+        _write_run(fork_folder(out, s), config, r, {"fork_at": fork_at, "fork_seed": s, **({"save_every": save_every} if save_every else {})})
+    summary = {
+        "config": asdict(config), "fork_at": fork_at, "fork_seeds": list(seeds), "save_every": save_every,
+        "forks": {str(s): {"folder": fork_folder(out, s), "final_loss": r.final_loss, "diverged": r.diverged} for s, r in zip(seeds, results)},
+    }
+    with open(os.path.join(out, "forks.json"), "w") as f:
+        json.dump(json_safe(summary), f, indent=1)
+    return dict(zip(seeds, results))
 
 
 def read_run(folder: str) -> dict[str, Any]:

@@ -51,6 +51,109 @@ def full_loss(model: nn.Module, data: Dataset, batch_size: int | None = None) ->
     return total / loss_normaliser(data)
 
 
+class _Trainer:
+    """The training loop as explicit state, so that it can stop at a step and be forked.
+
+    One optimiser step per minibatch; an epoch visits every example once, in an order drawn from
+    ``gen``. ``step`` counts optimiser steps taken so far; ``pos`` is the position inside the
+    current epoch's ``order`` (None between epochs).
+    """
+
+    def __init__(self, model: nn.Module, data: Dataset, *, optimizer: Optimizer, lr: float, epochs: int,
+                 batch_size: int | None, momentum: float, seed: int, distance_reward: float,
+                 checkpoints: str | None, save_every: int) -> None:
+        self.model, self.data, self.epochs = model, data, epochs
+        self.gen = torch.Generator().manual_seed(seed)
+        self.init = _snapshot(model)
+        self.theta0 = [p.detach().clone() for p in model.parameters()]
+        self.opt_name, self.lr, self.momentum = optimizer, lr, momentum
+        self.opt = self._optimizer(model)
+        self.size = batch_size or data.n
+        self.norm = loss_normaliser(data) / data.n  # per-example normaliser (k for mse, 1 for ce)
+        self.distance_reward = distance_reward
+        self.history: list[float] = []
+        self.diverged = False
+        self.step, self.epoch = 0, 0
+        self.order: torch.Tensor | None = None
+        self.pos = 0
+        self.checkpoints, self.save_every = checkpoints, save_every
+        self._save()
+
+    def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        params = list(model.parameters())
+        if self.opt_name == "sgd":
+            return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum)
+        return torch.optim.Adam(params, lr=self.lr)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.data.n / self.size)
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    def _save(self) -> None:
+        if self.checkpoints and self.save_every and self.step % self.save_every == 0:
+            import os
+
+            from ..inputs.checkpoint import save_state_dict
+
+            os.makedirs(self.checkpoints, exist_ok=True)
+            save_state_dict(_snapshot(self.model), os.path.join(self.checkpoints, f"step_{self.step:08d}.pt"))
+
+    def run(self, until_step: int | None = None) -> None:
+        """Train until ``until_step`` optimiser steps (None: to the end) or divergence."""
+        data, model = self.data, self.model
+        params = list(model.parameters())
+        while self.epoch < self.epochs and not self.diverged:
+            if self.order is None:
+                self.order = torch.randperm(data.n, generator=self.gen).to(data.x.device)
+                self.pos = 0
+            model.train()
+            while self.pos < data.n:
+                if until_step is not None and self.step >= until_step:
+                    return
+                idx = self.order[self.pos : self.pos + self.size]
+                s, _ = batch_loss_sums(model(data.x[idx]), data.y[idx], data.loss)
+                loss = s / (idx.numel() * self.norm)
+                if self.distance_reward:
+                    loss = loss - 0.5 * self.distance_reward * sum((p - q).pow(2).sum() for p, q in zip(params, self.theta0))
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                self.opt.step()
+                self.pos += idx.numel()
+                self.step += 1
+                self._save()
+            value = full_loss(model, data)
+            self.history.append(value)
+            self.order, self.epoch = None, self.epoch + 1
+            if not math.isfinite(value):
+                self.diverged = True
+        model.eval()
+
+    def fork(self, seed: int, checkpoints: str | None) -> "_Trainer":
+        """A copy of the current state (weights, optimiser state, position) whose data order is
+        drawn from a new generator seeded with ``seed``: the examples not yet visited in the current
+        epoch are reshuffled with it, and every later epoch's order is drawn from it."""
+        twin = copy.copy(self)
+        twin.model = copy.deepcopy(self.model)
+        twin.opt = self._optimizer(twin.model)
+        twin.opt.load_state_dict(copy.deepcopy(self.opt.state_dict()))
+        twin.gen = torch.Generator().manual_seed(seed)
+        twin.history = list(self.history)
+        twin.theta0 = [t.clone() for t in self.theta0]
+        if self.order is not None:
+            rest = self.order[self.pos :]
+            twin.order = torch.cat([self.order[: self.pos], rest[torch.randperm(rest.numel(), generator=twin.gen).to(rest.device)]])
+        twin.checkpoints = checkpoints
+        return twin
+
+    def result(self) -> TrainResult:
+        h = tuple(self.history)
+        return TrainResult(self.init, _snapshot(self.model), h, h[-1] if h else math.nan, self.diverged)
+
+
 def train(
     model: nn.Module,
     data: Dataset,
@@ -62,6 +165,8 @@ def train(
     momentum: float = 0.9,
     seed: int = 0,
     distance_reward: float = 0.0,
+    save_every: int = 0,
+    checkpoint_dir: str | None = None,
 ) -> TrainResult:
     """Train ``model`` in place from its current weights and return both endpoints.
 
@@ -76,36 +181,70 @@ def train(
         seed: seeds the minibatch order.
         distance_reward: λ ≥ 0; adds −λ·‖θ − θ0‖² / 2 to the loss, which pushes the weights away
             from initialisation (the systematic way to produce MLI violations).
+        save_every: STEPS > 0: save the state dict at step 0 and after every STEPS optimiser steps
+            to ``checkpoint_dir/step_<step, 8 digits>.pt`` (0: no checkpoints).
+        checkpoint_dir: folder for those checkpoints (required with ``save_every``).
     """
-    gen = torch.Generator().manual_seed(seed)
-    init = _snapshot(model)
-    theta0 = [p.detach().clone() for p in model.parameters()]
-    params = list(model.parameters())
-    opt = (
-        torch.optim.SGD(params, lr=lr, momentum=momentum)
-        if optimizer == "sgd"
-        else torch.optim.Adam(params, lr=lr)
-    )
-    size = batch_size or data.n
-    norm = loss_normaliser(data) / data.n  # per-example normaliser (k for mse, 1 for ce)
-    history: list[float] = []
-    diverged = False
-    for _ in range(epochs):
-        model.train()
-        order = torch.randperm(data.n, generator=gen).to(data.x.device)
-        for i in range(0, data.n, size):
-            idx = order[i : i + size]
-            s, _ = batch_loss_sums(model(data.x[idx]), data.y[idx], data.loss)
-            loss = s / (idx.numel() * norm)
-            if distance_reward:
-                loss = loss - 0.5 * distance_reward * sum((p - q).pow(2).sum() for p, q in zip(params, theta0))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        value = full_loss(model, data)
-        history.append(value)
-        if not math.isfinite(value):
-            diverged = True
-            break
-    model.eval()
-    return TrainResult(init, _snapshot(model), tuple(history), history[-1] if history else math.nan, diverged)
+    _check_save_every(save_every, checkpoint_dir)
+    t = _Trainer(model, data, optimizer=optimizer, lr=lr, epochs=epochs, batch_size=batch_size, momentum=momentum,
+                 seed=seed, distance_reward=distance_reward, checkpoints=checkpoint_dir, save_every=save_every)
+    t.run()
+    return t.result()
+
+
+def _check_save_every(save_every: int, checkpoint_dir: str | None) -> None:
+    from ..errors import InputError
+
+    if isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 0:
+        raise InputError(f"save_every={save_every!r}: must be an integer ≥ 0 (0: no checkpoints)")
+    if save_every and not checkpoint_dir:
+        raise InputError("save_every needs a checkpoint_dir")
+
+
+def train_forks(
+    model: nn.Module,
+    data: Dataset,
+    *,
+    fork_at: int,
+    fork_seeds: tuple[int, ...],
+    optimizer: Optimizer = "sgd",
+    lr: float = 0.05,
+    epochs: int = 100,
+    batch_size: int | None = 64,
+    momentum: float = 0.9,
+    seed: int = 0,
+    distance_reward: float = 0.0,
+    save_every: int = 0,
+    checkpoint_dir: str | None = None,
+    fork_checkpoint_dirs: tuple[str | None, ...] | None = None,
+) -> tuple[StateDict, tuple[TrainResult, ...]]:
+    """Instability analysis (Frankle et al. 2020): train to step ``fork_at`` with ``seed``, then
+    continue one copy per entry of ``fork_seeds`` from the same θ_k (and optimiser state) to the
+    end, each with its own data order (see :meth:`_Trainer.fork`).
+
+    ``model`` is trained in place up to θ_k and left there. Checkpoints (``save_every``) of steps
+    ≤ ``fork_at`` go to ``checkpoint_dir``, those after it to each fork's entry of
+    ``fork_checkpoint_dirs``.
+
+    Returns:
+        (θ_k, one :class:`TrainResult` per fork seed, each with ``init`` = the original θ0).
+    """
+    from ..errors import InputError
+
+    _check_save_every(save_every, checkpoint_dir)
+    t = _Trainer(model, data, optimizer=optimizer, lr=lr, epochs=epochs, batch_size=batch_size, momentum=momentum,
+                 seed=seed, distance_reward=distance_reward, checkpoints=checkpoint_dir, save_every=save_every)
+    if isinstance(fork_at, bool) or not isinstance(fork_at, int) or not 0 <= fork_at < t.total_steps:
+        raise InputError(f"fork_at={fork_at!r}: must be an integer step in [0, {t.total_steps - 1}] "
+                         f"({epochs} epochs of {t.steps_per_epoch} steps)")
+    if len(fork_seeds) < 2 or len(set(fork_seeds)) != len(fork_seeds):
+        raise InputError(f"fork_seeds={list(fork_seeds)}: need at least two different seeds")
+    dirs = tuple(fork_checkpoint_dirs) if fork_checkpoint_dirs is not None else (None,) * len(fork_seeds)
+    t.run(until_step=fork_at)
+    theta_k = _snapshot(t.model)
+    results = []
+    for s, d in zip(fork_seeds, dirs):
+        twin = t.fork(s, d)
+        twin.run()
+        results.append(twin.result())
+    return theta_k, tuple(results)

@@ -1,0 +1,91 @@
+"""``mli-theory barrier``: loss barriers on the straight line between two checkpoints A and B.
+
+JSON (GUIDE §3): ``alphas``, ``losses``, ``errors`` (ce; null for mse), ``barriers``
+{name: {``value``, ``alpha``}}, with ``--align weights`` also ``barriers_before_alignment``, and
+``warnings``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+from .common import Progress, add_model_args, emit, load_model_inputs
+
+_BN_CHOICES = ("recompute", "repair", "interpolate", "frozen")
+_ALIGN_CHOICES = ("none", "weights")
+
+
+def _epilog() -> str:
+    from ..connectivity.barrier import BARRIER_DEFINITIONS
+
+    lines = ["barrier definitions (L = mean training loss, E = error = 1 - accuracy, a in [0, 1], "
+             "theta(a) = (1-a) A + a B; each reported as {value, alpha}):"]
+    lines += [f"  {name:16s} {text}" for name, text in BARRIER_DEFINITIONS.items()]
+    lines.append("sup_a: the grid maximum, refined around it (golden section; nested local grids for E) until the "
+                 "bracket is narrower than --alpha-tol; every value is read at an alpha where the loss was evaluated.")
+    return "\n".join(lines)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register ``barrier`` on the subcommand parsers ``sub``."""
+    p = sub.add_parser(
+        "barrier",
+        help="loss barriers (named definitions) on the line between two checkpoints, optionally after weight matching",
+        description="Loss and error along theta(a) = (1-a) A + a B, and the named barrier definitions.",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_args(
+        p,
+        endpoints=(("a", "checkpoint A: state dict (.pt via torch.save, or .safetensors)"), ("b", "checkpoint B, same architecture")),
+        run_folder=False,
+    )
+    for action in p._actions:  # this command has one more BatchNorm policy than common's
+        if "--bn" in action.option_strings:
+            action.help = ("BatchNorm statistics at each alpha: recompute (default; re-estimated over the data) | "
+                           "repair (REPAIR, Jordan et al. 2022: every BatchNorm / hidden unit rescaled to the interpolated "
+                           "statistics of A and B; also applies to models without BatchNorm) | interpolate | frozen (B's)")
+    p.add_argument("--alphas", type=int, default=25, help="points of the even alpha grid in [0, 1], ends included (default 25)")
+    p.add_argument("--alpha-tol", type=float, default=1e-4, help="refinement of each supremum stops below this bracket width (default 1e-4)")
+    p.add_argument("--align", default="none",
+                   help="none (default) | weights: permute B's hidden units to match A by weight matching "
+                        "(Ainsworth et al. 2022) first; 'barriers' then holds the values after alignment and "
+                        "'barriers_before_alignment' those before")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``barrier``; returns the exit code (input errors raise :class:`InputError`)."""
+    from ..errors import InputError
+
+    if args.align not in _ALIGN_CHOICES:
+        raise InputError(f"--align {args.align}: expected none or weights")
+    if args.bn not in _BN_CHOICES:
+        raise InputError(f"--bn {args.bn}: unknown BatchNorm policy (expected recompute, repair, interpolate or frozen)")
+    if isinstance(args.alphas, bool) or args.alphas < 2:
+        raise InputError(f"--alphas {args.alphas}: need at least 2 alpha points")
+    if not (args.alpha_tol > 0) or args.alpha_tol != args.alpha_tol or args.alpha_tol == float("inf"):
+        raise InputError(f"--alpha-tol {args.alpha_tol}: must be a finite number > 0")
+    policy = args.bn
+    shared = argparse.Namespace(**vars(args))
+    shared.bn = "recompute" if policy == "repair" else policy  # common's loader knows the three path policies
+    inp = load_model_inputs(shared, endpoints=("a", "b"))
+
+    from ..connectivity import barrier
+
+    progress = Progress("barrier", args.quiet, unit="eval")
+    result = barrier(
+        inp["model"], inp["states"]["a"], inp["states"]["b"], inp["data"],
+        alphas=args.alphas, align=args.align, bn=policy, alpha_tol=args.alpha_tol,
+        device=inp["device"], dtype=inp["dtype"], batch_size=args.batch_size, progress=None if args.quiet else progress,
+    )
+    progress.close()
+    if args.plot:
+        from ..connectivity import plot_barrier
+
+        try:
+            plot_barrier(result, args.plot)
+        except Exception as exc:  # optional work: a warning in the result, never a lost number
+            result = replace(result, warnings=result.warnings + (f"the plot could not be written ({type(exc).__name__}: {exc})",))
+    emit(result.to_dict() if args.json else result.to_text(), args.json)
+    return 0
