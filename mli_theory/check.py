@@ -205,6 +205,19 @@ def check(
             certificate = Certificate.unknown(f"proof work failed: {_first_line(exc)}")
             warnings.append(f"certification failed ({_first_line(exc)})")
 
+    if conditions:
+        from .theory import overrule
+
+        # every condition is sufficient for MLI: a loss that rises (measured above rounding, or
+        # proven) contradicts any "holds" obtained at grid points only
+        conditions = overrule(
+            conditions,
+            grid_rise=rise.value,
+            rounding=rounding,
+            certificate_status=certificate.status,
+            witness=certificate.where,
+        )
+
     facts = {
         "n_examples": data.n,
         "device": str(device),

@@ -25,6 +25,12 @@ class Condition:
             error bound, or on a grid, which is evidence, not proof).
         proven: True when ``holds`` was established rigorously (exact arithmetic or proven bounds);
             only a proven condition may back a certificate.
+        applicable: False when the traced model does not provably satisfy the result's hypotheses
+            (a C² result on a ReLU path, jets with fixed BatchNorm statistics for a curve whose
+            statistics move with α, …); ``holds`` is then None and ``reason`` says which hypothesis
+            failed. A condition that is not applicable never holds.
+        reason: why it is not applicable, or why a grid verdict was overruled (the measured loss
+            rises, or a proven non-monotone certificate); None otherwise.
     """
 
     name: str
@@ -33,6 +39,12 @@ class Condition:
     threshold: float | None
     statement: str
     proven: bool = False
+    applicable: bool = True
+    reason: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.applicable and self.holds is not None:
+            raise ValueError(f"condition {self.name!r}: not applicable, so holds must be None")
 
 
 @dataclass(frozen=True)
@@ -192,10 +204,15 @@ def _text(r: CheckResult) -> str:
     if r.conditions:
         lines += ["", "  sufficient conditions (MSE)", f"    {'name':<32} {'holds':<6} {'value':>12} {'threshold':>10}  status"]
         for cond in r.conditions:
-            status = "proven" if cond.proven else ("undecided" if cond.holds is None else "evidence (grid)")
+            if not cond.applicable:
+                status = "not applicable"
+            else:
+                status = "proven" if cond.proven else ("undecided" if cond.holds is None else "evidence (grid)")
             lines.append(
-                f"    {cond.name:<32} {_fmt(cond.holds):<6} {_fmt(cond.value, 4):>12} {_fmt(cond.threshold, 4):>10}  {status}"
+                f"    {cond.name:<32} {_fmt(cond.holds) if cond.applicable else 'n/a':<6} {_fmt(cond.value, 4):>12} {_fmt(cond.threshold, 4):>10}  {status}"
             )
+            if cond.reason:
+                lines.append(f"      ({cond.reason})")
     if r.warnings:
         lines += ["", "  warnings"] + [f"    - {w}" for w in r.warnings]
     return "\n".join(lines)

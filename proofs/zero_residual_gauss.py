@@ -1,4 +1,4 @@
-"""Proof: r = 0 and total turning < π/2 imply a non-increasing loss."""
+"""Proof: r = 0 and total turning ≤ π/2 imply a non-increasing loss (G = π/2 itself: proofs/hierarchy.py)."""
 
 import numpy as np
 from _common import exit_with, random_poly_curve, run, turning

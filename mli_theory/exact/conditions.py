@@ -36,8 +36,11 @@ NAMES = (
     "acute_tangents_per_example",
     "stationary_pairwise",
     "stationary_curvature",
+    "two_phase",
     "linear_in_theta",
 )
+# result (f): candidate splits c = m/2^SPLIT_LEVEL (dyadic, so that [c, 1] is a union of boxes)
+SPLIT_LEVEL = 5
 
 
 def _dot(a: list[int], b: list[int]) -> int:
@@ -103,6 +106,8 @@ class _IntegerPath:
         self.s = min(self.e, fy.exp)
         z1 = [sum(col) for col in zip(*Z)]
         self.R = [(a << (self.e - self.s)) - (b << (fy.exp - self.s)) for a, b in zip(z1, fy.ints[0])]
+        self.Y = [b << (fy.exp - self.s) for b in fy.ints[0]]  # y = 2^s Y
+        self.Z = Z
         self.degree = len(Z) - 1
         self.V = [[(i + 1) * v for v in Z[i + 1]] for i in range(self.degree)]
         self.U = [[(i + 1) * (i + 2) * v for v in Z[i + 2]] for i in range(self.degree - 1)]
@@ -177,7 +182,8 @@ def prove_conditions(z: OutputPolynomial, y: torch.Tensor, deadline: float | Non
     A = _gram(p.U, p.U)
     B = _gram(p.V, p.U)
     bound = gauss_upper(D, D * A - B * B, HALF_PI_BELOW, deadline) if p.V else None
-    proven_small = bound is not None and bound[0] < HALF_PI_BELOW
+    # (a) holds up to G = π/2 inclusive; HALF_PI_BELOW < π/2, so "bound ≤ it" proves G < π/2
+    proven_small = bound is not None and bound[0] <= HALF_PI_BELOW
     out["zero_residual_gauss"] = False if not r_zero else (True if proven_small else None)
     if not r_zero:
         out["zero_residual_gauss_per_example"] = False if any(any(p.rcol(x)) for x in range(p.n)) else None
@@ -188,10 +194,11 @@ def prove_conditions(z: OutputPolynomial, y: torch.Tensor, deadline: float | Non
             Vx, Ux = p.column(p.V, x), p.column(p.U, x)
             Dx = _gram(Vx, Vx)
             bx = gauss_upper(Dx, Dx * _gram(Ux, Ux) - _gram(Vx, Ux) ** 2, HALF_PI_BELOW, deadline)
-            return True if (bx is not None and bx[0] < HALF_PI_BELOW) else None
+            return True if (bx is not None and bx[0] <= HALF_PI_BELOW) else None
 
         out["zero_residual_gauss_per_example"] = _all(per_example(x) for x in range(p.n))
-    if s1 > 0:
+    if s1 > 0 or out["stationary_pairwise"] is False:
+        # the curvature form implies the pairwise form (proofs/stationary_curvature.py)
         out["stationary_curvature"] = False
     elif not proven_small:
         out["stationary_curvature"] = None
@@ -205,6 +212,69 @@ def prove_conditions(z: OutputPolynomial, y: torch.Tensor, deadline: float | Non
         lhs = rn2 * max(amax, Fraction(0)) * Fraction(4) ** p.s
         rhs = cos_lo * cos_lo * dmin * dmin * Fraction(4) ** p.e
         out["stationary_curvature"] = True if (cos_lo > 0 and lhs <= rhs) else None
+    check_deadline(deadline)
+    out["two_phase"] = _two_phase(p, s1, D, D * A - B * B, bound, deadline)
     if p.degree <= 1:
         out["linear_in_theta"] = s1 <= 0
     return out
+
+
+def _two_phase(p: _IntegerPath, s1: int, D, N, bound, deadline: float | None) -> bool | None:
+    """Result (f), simple form, proven: some dyadic c = m/2^SPLIT_LEVEL with (iii) needed only if c > 0,
+
+    (i) ⟨z′(1), r⟩ ≤ 0 (exact integer), (ii) L″ ≥ 0 on [c, 1] (Bernstein bounds on each box of
+    [c, 1]), (iii) ‖r‖ ≤ cos(G_up)·‖z(1) − z(c)‖ with G_up ≥ G a proven upper bound of the total
+    turning (≤ π/2, so cos(G_up) ≥ 0 is a proven lower bound by arb) — the chord ‖z(1) − z(c)‖ is
+    ≤ arc(c, 1), so this implies the simple form ‖r‖ ≤ cos(G)·arc(c, 1).
+
+    False when (i) fails (then no split works); None when no candidate split is proven.
+    """
+    if s1 > 0:
+        return False
+    if not p.V:
+        return True  # z constant: L constant
+    # z(α) − y = 2^s Σ α^j W_j; L ∝ ‖W(α)‖², so L″ has the sign of P″ with P = ‖W‖²
+    W = [[(a << (p.e - p.s)) for a in Zj] for Zj in p.Z]
+    W[0] = [a - b for a, b in zip(W[0], p.Y)]
+    P2 = _ints(_gram(W, W).derivative().derivative()) if len(W) > 1 else [0]
+    k = SPLIT_LEVEL
+    ok_from = 2**k  # boxes m ≥ ok_from are proven to have L″ ≥ 0
+    for m in range(2**k - 1, -1, -1):
+        check_deadline(deadline)
+        if bz.prove_nonnegative(bz.shift(P2, m, k), deadline=deadline) is not True:
+            break
+        ok_from = m
+    if ok_from == 2**k:
+        return None
+    if ok_from == 0:
+        return True  # L convex on [0, 1] and L′(1) ≤ 0: (iii) has nothing left to show
+    rn2 = Fraction(_dot(p.R, p.R)) * Fraction(4) ** p.s
+
+    def cos_sq(b) -> Fraction | None:
+        if b is None or b[0] > HALF_PI_BELOW:
+            return None
+        c = _cos_lower(b[0])
+        return c * c if c > 0 else None
+
+    cs = cos_sq(bound)
+    coarse = cs is not None and bound[2] < GAUSS_LEVELS[-1]
+    if coarse and cs * max(_chord_sq(p, Fraction(m, 2**k)) for m in range(ok_from, 2**k + 1)) < rn2:
+        # gauss_upper stopped at the first level below π/2; the finest level gives a larger cos G
+        cs = cos_sq(gauss_upper(D, N, Fraction(0), deadline))
+    if cs is None:
+        return None
+    for m in range(ok_from, 2**k + 1):
+        if rn2 <= cs * _chord_sq(p, Fraction(m, 2**k)):
+            return True
+    return None
+
+
+def _chord_sq(p: _IntegerPath, c: Fraction) -> Fraction:
+    """‖z(1) − z(c)‖² exactly (z = 2^e Σ α^j Z_j)."""
+    diff = [Fraction(0)] * len(p.Z[0])
+    for j, Zj in enumerate(p.Z):
+        f = 1 - c**j
+        if f:
+            for i, a in enumerate(Zj):
+                diff[i] += a * f
+    return sum(d * d for d in diff) * Fraction(4) ** p.e

@@ -2,8 +2,17 @@
 
 :func:`evaluate_conditions` computes the geometry of the output path (jets on the α grid, the
 Gauss length, logit linearity) and the conditions of :mod:`mli_theory.theory.statements` on the
-grid (``proven`` = False: evidence). :func:`with_proofs` replaces the verdicts by the proven ones
-from :func:`mli_theory.exact.prove_conditions` (polynomial paths, within the proof budget).
+grid (``proven`` = False: evidence), each only where the traced model satisfies its hypotheses
+(:mod:`mli_theory.theory.hypotheses`; otherwise ``applicable`` = False, ``holds`` = None and a
+``reason``). :func:`with_proofs` replaces the verdicts by the proven ones from
+:func:`mli_theory.exact.prove_conditions` (polynomial paths, within the proof budget).
+:func:`overrule` withdraws a grid "holds" that the measured loss contradicts, and turns every
+condition false when a rise is proven.
+
+Grid evidence is no proof: every value is computed at grid points (and the Gauss length by
+quadrature), so an inequality that holds there can fail in between. The sound grid statement is
+``grid_slope`` with *proven* bounds on L″ per interval; the geometric conditions (a)–(f) checked on
+the same grid are more conservative than it and no more rigorous.
 """
 
 from __future__ import annotations
@@ -15,10 +24,11 @@ import torch
 
 from ..geometry import GaussLength, PathJet, gauss_length, logit_linearity, path_jet
 from ..inputs.data import Dataset
-from ..path import BNPolicy, Line, PathKind
+from ..path import BNPolicy, Line
 from ..results import Condition
-from .evidence import grid_evidence
-from .statements import NEEDS_C2, STATEMENTS
+from .evidence import grid_evidence, two_phase_grid
+from .hypotheses import applicability
+from .statements import STATEMENTS
 
 
 @dataclass(frozen=True)
@@ -64,7 +74,9 @@ def evaluate_conditions(
         data: training data on the line's device and dtype.
         alphas: the base α grid for z′, z″ (a count of evenly spaced points with both ends, or the
             points); the Gauss length refines it adaptively.
-        bn: BatchNorm policy (statistics are held fixed at each α while differentiating).
+        bn: BatchNorm policy (statistics are held fixed at each α while differentiating, so with
+            BatchNorm only ``frozen`` gives jets of the measured curve; under the other policies
+            every condition is reported not applicable).
         batch_size: examples per pass.
         rtol: relative tolerance of the Gauss-length estimate.
         max_alphas: α budget of the Gauss-length refinement (bounds its time: ReLU paths on many
@@ -82,18 +94,22 @@ def evaluate_conditions(
         r1 = jet.z[-1].double() - data.y.double().reshape(jet.z[-1].shape)
         lprime1 = float(2.0 * (jet.dz[-1].double() * r1).sum() / data.y.numel())
     evidence = grid_evidence(jet, data.y, gauss)
-    smooth = line.structure.kind in (PathKind.POLYNOMIAL, PathKind.SMOOTH)
+    split = two_phase_grid(jet, data.y).split if "two_phase" in evidence else None
     conds = []
     for name, statement in STATEMENTS.items():
         if name not in evidence:
             continue
+        app = applicability(name, line.structure, has_bn=line.has_bn, bn=bn)
+        if not app.applicable:
+            # never evaluated: its hypotheses are not shown (e.g. z″ of the jets misses the jumps
+            # of z′ at ReLU kinks, the terms Σ⟨[z′](κ), r⟩ of the identity)
+            conds.append(Condition(name, None, None, evidence[name][2], f"{statement} [{app.reason}]", False, False, app.reason))
+            continue
         holds, value, threshold = evidence[name]
         points = len(gauss.alphas) if ("gauss" in name or "curvature" in name) else len(jet.alphas)
         note = f"evaluated on a {points}-point α grid: evidence, not proof"
-        if name in NEEDS_C2 and not smooth:
-            # z″ of the jets misses the jumps of z′ at kinks, the terms Σ⟨[z′](κ), r⟩ of the identity
-            holds = None
-            note = f"not applicable: the result needs z ∈ C² on [0, 1], and this path is {line.structure.kind.value.replace('_', ' ')} ({line.structure.reason})"
+        if name == "two_phase" and split is not None:
+            note += f"; split c = {split:.4g}"
         conds.append(Condition(name, bool(holds) if holds is not None else None, value, threshold, f"{statement} [{note}]", False))
     return GeometryReport(gauss, lin, tuple(conds), jet, lprime1)
 
@@ -118,6 +134,8 @@ def with_proofs(conditions: Sequence[Condition], proven: Mapping[str, bool | Non
         out.append(
             replace(
                 cond,
+                applicable=True,  # an exact verdict is on the polynomial path itself
+                reason=None,
                 holds=verdict,
                 statement=f"{STATEMENTS[cond.name]} [{how} (integer arithmetic, Bernstein bounds); {grid_note}]",
                 proven=verdict is not None,
@@ -136,4 +154,48 @@ def with_proofs(conditions: Sequence[Condition], proven: Mapping[str, bool | Non
                 verdict is not None,
             )
         )
+    return tuple(out)
+
+
+def overrule(
+    conditions: Sequence[Condition],
+    *,
+    grid_rise: float,
+    rounding: float,
+    certificate_status: str | None = None,
+    witness: tuple[float, float] | None = None,
+) -> tuple[Condition, ...]:
+    """Withdraw verdicts that the measured or proven loss contradicts (soundness backstop).
+
+    Every condition is *sufficient* for a non-increasing L on [0, 1], so a path whose loss rises
+    satisfies none of them. Hence:
+
+    * with a proven ``non_monotone`` certificate (witness a < b with L(b) > L(a)), every applicable
+      condition is false, and that is proven (``proven`` = True);
+    * with a grid rise above the rounding level of the loss evaluation, a grid verdict "holds"
+      (``proven`` = False) is false: the inequality held at the grid points only. It becomes
+      False, with the reason.
+
+    Not-applicable conditions stay not applicable. A *proven* "holds" contradicted by a proven
+    rise would be a bug; it is turned to False as well, and the reason says so.
+    """
+    out = []
+    for cond in conditions:
+        if not cond.applicable:
+            out.append(cond)
+            continue
+        if certificate_status == "non_monotone" and cond.holds is not False:
+            where = f" on [{witness[0]:.6g}, {witness[1]:.6g}]" if witness else ""
+            why = f"disproven: the loss provably rises{where} (certificate non_monotone), and the condition implies that it does not"
+            if cond.proven and cond.holds:
+                why += " (CONTRADICTION with its own proof: please report)"
+            out.append(replace(cond, holds=False, proven=True, reason=why))
+        elif cond.holds and not cond.proven and grid_rise > rounding:
+            why = (
+                f"withdrawn: the measured loss rises by {grid_rise:.3g} on the grid (above rounding {rounding:.2g}), "
+                "so the condition fails between grid points; it held at the grid points only"
+            )
+            out.append(replace(cond, holds=False, reason=why))
+        else:
+            out.append(cond)
     return tuple(out)

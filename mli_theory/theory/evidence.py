@@ -8,6 +8,7 @@ adaptive grid), so a condition that "holds" here can still fail between grid poi
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -47,10 +48,11 @@ def grid_evidence(jet: PathJet, y: torch.Tensor, gauss: GaussLength) -> dict[str
     rn = float(r.norm())
     out: dict[str, tuple[bool | None, float | None, float]] = {}
     g = gauss.stacked
-    out["zero_residual_gauss"] = (rn == 0.0 and g < HALF_PI and not gauss.singular, g, HALF_PI)
+    # (a) holds up to G = π/2 inclusive (tangents at most at right angles: ⟨z′(α), z′(s)⟩ ≥ 0)
+    out["zero_residual_gauss"] = (rn == 0.0 and g <= HALF_PI and not gauss.singular, g, HALF_PI)
     gmax = float(gauss.per_example.max())
     out["zero_residual_gauss_per_example"] = (
-        bool((r_ex.norm(dim=-1) == 0).all()) and gmax < HALF_PI and not gauss.singular,
+        bool((r_ex.norm(dim=-1) == 0).all()) and gmax <= HALF_PI and not gauss.singular,
         gmax,
         HALF_PI,
     )
@@ -76,4 +78,133 @@ def grid_evidence(jet: PathJet, y: torch.Tensor, gauss: GaussLength) -> dict[str
         out["stationary_curvature"] = (s1 <= 0.0 and ratio <= 1.0, ratio, 1.0)
     else:
         out["stationary_curvature"] = (False, None, 1.0)
+    tp = two_phase_grid(jet, y)
+    out["two_phase"] = (tp.holds, tp.value, 0.0)
+    out["grid_slope"] = grid_slope(jet, y)
     return out
+
+
+def slope_envelope(lp: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Per grid interval, max over s ∈ [0, h] of min(L′(αᵢ) + Mᵢs, L′(αᵢ₊₁) − mᵢ(h − s)).
+
+    Args:
+        lp: L′ at the K grid points (any positive multiple).
+        lower, upper: mᵢ ≤ L″ ≤ Mᵢ on each of the K − 1 intervals (the same multiple).
+        h: interval widths.
+
+    With proven bounds mᵢ, Mᵢ the result bounds L′ on each interval from above (a proof of L′ ≤ 0
+    where it is ≤ 0); with sampled ones it is evidence. The envelope is the minimum of two lines, so
+    its maximum is at an end or where they cross, t* = (q − mh − p)/(M − m).
+    """
+    p, q, m, M = lp[:-1], lp[1:], lower, upper
+
+    def env(t: torch.Tensor) -> torch.Tensor:
+        return torch.minimum(p + M * t, q - m * (h - t))
+
+    gap = M - m
+    t_star = torch.where(gap > 0, (q - m * h - p) / torch.where(gap > 0, gap, torch.ones_like(gap)), torch.zeros_like(h))
+    t_star = torch.minimum(torch.maximum(t_star, torch.zeros_like(h)), h)
+    return torch.maximum(torch.maximum(env(torch.zeros_like(h)), env(h)), env(t_star))
+
+
+def grid_slope(jet: PathJet, y: torch.Tensor) -> tuple[bool, float | None, float]:
+    """The sound grid statement, evaluated with the jets' L″ at the grid points (evidence).
+
+    Statement: on a grid interval [a, b] (h = b − a) with mᵢ ≤ L″ ≤ Mᵢ, for α = a + s,
+    L′(α) ≤ E(s) = min(L′(a) + Mᵢs, L′(b) − mᵢ(h − s)) (integrate L″ from either end). If
+    L′(αᵢ) ≤ 0 at every grid point and max_{s∈[0,h]} E(s) ≤ 0 on every interval, L is non-increasing
+    on [0, 1]. E is the minimum of two lines, so its maximum is at an end or where they cross. It is a
+    proof with *proven* bounds mᵢ, Mᵢ (an enclosure of L″ on the interval); here they are the smaller
+    and larger of L″(αᵢ), L″(αᵢ₊₁) from the jets, so the verdict is evidence. Any geometric condition
+    (a)–(f) checked on the same grid is more conservative than this (each implies L′ ≤ 0 at the grid
+    points) and no more rigorous.
+
+    Returns (holds, value, threshold): value = the largest max E over the intervals divided by
+    max|L′(αᵢ)| (≤ 0 where it holds).
+    """
+    K = jet.dz.shape[0]
+    V = jet.dz.reshape(K, -1).double()
+    A = jet.d2z.reshape(K, -1).double()
+    R = jet.z.reshape(K, -1).double() - y.reshape(-1).double()
+    lp = (V * R).sum(-1)  # L′ up to the positive factor 2/(n·k)
+    lpp = V.pow(2).sum(-1) + (A * R).sum(-1)  # L″, same factor
+    if K < 2:
+        return (bool(lp.max() <= 0), None, 0.0)
+    h = jet.alphas.double().diff()
+    peak = slope_envelope(lp, torch.minimum(lpp[1:], lpp[:-1]), torch.maximum(lpp[1:], lpp[:-1]), h)
+    worst = float(peak.max())
+    scale = float(lp.abs().max())
+    return (bool(lp.max() <= 0) and worst <= 0.0, worst / scale if scale > 0 else worst, 0.0)
+
+
+@dataclass(frozen=True)
+class TwoPhaseGrid:
+    """Result (f) evaluated on the jet grid (evidence).
+
+    Attributes:
+        holds: (i) ⟨z′(1), r⟩ ≤ 0, (ii) L″(αᵢ) ≥ 0 at every grid point αᵢ ≥ c, (iii) at every grid
+            point αᵢ < c: ⟨z′(αᵢ), r⟩ ≤ cos(min(G(αᵢ), π))·‖z′(αᵢ)‖·arc(αᵢ, 1).
+        value: max over grid αᵢ < c of ⟨z′(αᵢ), r⟩ − cos G(αᵢ)·‖z′(αᵢ)‖·arc(αᵢ, 1), divided by
+            ‖r‖·max‖z′‖ (when positive); ≤ 0 where (iii) holds.
+        split: c, the smallest grid point with L″ ≥ 0 at every grid point from c on (the best split
+            for (ii), and the one that leaves (iii) the fewest points). value is None when c = 0
+            (L convex on the grid: (iii) has no points).
+    """
+
+    holds: bool
+    value: float | None
+    split: float | None
+
+
+def _tail_turning(V: torch.Tensor, A: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """G(αᵢ) ≈ turning of the tangent on [αᵢ, 1] from the grid (K,), capped at π.
+
+    Per interval: max(angle between the end tangents, trapezoid of ‖z″⊥‖/‖z′‖); an interval with a
+    zero velocity at an end counts π (the tangent may reverse there), so cos G = −1 and (iii)
+    reduces to Cauchy–Schwarz, which always holds.
+    """
+    speed = V.norm(dim=-1)
+    zero = speed == 0
+    safe = torch.where(zero, torch.ones_like(speed), speed)
+    T = V / safe.unsqueeze(-1)
+    perp = A - (A * T).sum(-1, keepdim=True) * T
+    rate = torch.where(zero, torch.zeros_like(speed), perp.norm(dim=-1) / safe)
+    ang = 2 * torch.atan2((T[1:] - T[:-1]).norm(dim=-1), (T[1:] + T[:-1]).norm(dim=-1))
+    turn = torch.maximum(ang, h * (rate[1:] + rate[:-1]) / 2)
+    turn = torch.where(zero[1:] | zero[:-1], torch.full_like(turn, math.pi), turn)
+    tail = torch.zeros_like(speed)
+    tail[:-1] = torch.flip(torch.cumsum(torch.flip(turn, [0]), 0), [0])
+    return tail.clamp(max=math.pi)
+
+
+def two_phase_grid(jet: PathJet, y: torch.Tensor) -> TwoPhaseGrid:
+    """Result (f) (:func:`mli_theory.theory.symbolic.two_phase`) on the jet grid: evidence, not proof.
+
+    Needs a grid that contains α = 1 (the residual r = z(1) − y is taken at the last point).
+    """
+    K = jet.dz.shape[0]
+    a = jet.alphas.double()
+    V = jet.dz.reshape(K, -1).double()
+    A = jet.d2z.reshape(K, -1).double()
+    Z = jet.z.reshape(K, -1).double()
+    yy = y.reshape(-1).double()
+    r = Z[-1] - yy
+    s1 = float(V[-1] @ r)
+    if K < 2 or float(a[-1]) != 1.0:
+        return TwoPhaseGrid(False, None, None)
+    lpp = V.pow(2).sum(-1) + ((Z - yy) * A).sum(-1)  # ∝ L″ at the grid points
+    bad = torch.nonzero(lpp < 0).flatten()
+    ci = int(bad.max()) + 1 if bad.numel() else 0
+    if ci >= K:  # L″(1) < 0: no split works
+        return TwoPhaseGrid(False, None, None)
+    h = a[1:] - a[:-1]
+    speed = V.norm(dim=-1)
+    arc = torch.zeros_like(speed)
+    arc[:-1] = torch.flip(torch.cumsum(torch.flip(h * (speed[1:] + speed[:-1]) / 2, [0]), 0), [0])
+    G = _tail_turning(V, A, h)
+    gap = (V @ r) - torch.cos(G) * speed * arc
+    # (iii) is needed only before the split: from c on, (ii) and (i) give L′ ≤ L′(1) ≤ 0
+    worst = float(gap[:ci].max()) if ci > 0 else -math.inf
+    scale = float(r.norm()) * float(speed.max())
+    value = worst / scale if scale > 0 else worst
+    return TwoPhaseGrid(s1 <= 0.0 and worst <= 0.0, value if math.isfinite(value) else None, float(a[ci]))

@@ -325,7 +325,11 @@ def integral_identity(m: int = 2, degree: int = 4) -> Derivation:
 
 
 def zero_residual_gauss(m: int = 2, degree: int = 4) -> Derivation:
-    """(a) r = 0 and total turning G < π/2 imply L′ ≤ 0 on [0, 1] (stacked outputs or per example).
+    """(a) r = 0 and total turning G ≤ π/2 imply L′ ≤ 0 on [0, 1] (stacked outputs or per example).
+
+    π/2 is tight for any rule that sees only G (see :func:`hierarchy`); z may be piecewise C¹ when G
+    counts the angle of each jump of the tangent (the tangent indicatrix is then closed by
+    great-circle arcs at the jumps, and the angle bound below still holds).
 
     Checked steps: (1) with y := z(1) the slope L′ of L(α) = (1/2n)‖z(α) − z(1)‖², differentiated
     by sympy on a generic polynomial path, equals −(1/n)∫_α^1⟨z′(α), z′(s)⟩ds, integrated by sympy;
@@ -344,10 +348,16 @@ def zero_residual_gauss(m: int = 2, degree: int = 4) -> Derivation:
         "zero_residual_gauss",
         "(a) Zero final residual and Gauss length below π/2",
         "If r = z(1) − y = 0, z′(α) ≠ 0 on [0, 1] and the total turning G = ∫₀¹‖dT/dα‖dα of the unit "
-        "tangent T = z′/‖z′‖ is < π/2, then L is non-increasing on [0, 1]. Applied per example (each "
-        "example's own output path and residual), the sum of non-increasing per-example losses is "
-        "non-increasing.",
-        ("z ∈ C² on [0, 1]", "z′(α) ≠ 0 for all α (the tangent is defined)", "r = 0", "G < π/2"),
+        "tangent T = z′/‖z′‖ is ≤ π/2, then L is non-increasing on [0, 1]. π/2 cannot be raised by any "
+        "rule that sees only G (result 'hierarchy'). Applied per example (each example's own output path "
+        "and residual), the sum of non-increasing per-example losses is non-increasing (a subordinate "
+        "variant: it implies stacked (b)).",
+        (
+            "z continuous and piecewise C¹ on [0, 1] (G includes the angle of each jump of the tangent)",
+            "z′(α) ≠ 0 for all α, one-sided at kinks (the tangent is defined)",
+            "r = 0",
+            "G ≤ π/2",
+        ),
         sp.Lt(sp.Symbol("G"), sp.pi / 2),
         (
             Step(
@@ -372,8 +382,8 @@ def zero_residual_gauss(m: int = 2, degree: int = 4) -> Derivation:
             Step(
                 "the angle between T(α) and T(s) is the great-circle distance between two points of the "
                 "unit sphere, which is at most the length of any path between them on the sphere, here "
-                "the tangent indicatrix, of length ∫_α^s‖T′‖ ≤ G < π/2; so ⟨z′(α), z′(s)⟩ = "
-                "‖z′(α)‖‖z′(s)‖cos∠ > 0 and the integrand is positive",
+                "the tangent indicatrix (with great-circle arcs at jumps), of length ≤ G ≤ π/2; so ⟨z′(α), z′(s)⟩ = "
+                "‖z′(α)‖‖z′(s)‖cos∠ ≥ 0 and the integrand is non-negative",
                 "argument",
             ),
             Step("a sum of non-increasing functions is non-increasing (per-example form)", "argument"),
@@ -542,6 +552,177 @@ def deep_linear_degree(depth: int = 3, width: int = 2) -> Derivation:
     )
 
 
+def two_phase(m: int = 2, degree: int = 3) -> Derivation:
+    """(f) Two phases: a convex final phase and a first phase pulled by the rest of the path.
+
+    Statement (our own; proof sketch of issue 16, made precise). Let z ∈ C² on [0, 1], r = z(1) − y,
+    G(α) the total turning of the unit tangent on [α, 1] (at most π is used: cos G(α) with G(α)
+    capped at π; where z′(α) = 0 the bound below is 0 = 0) and arc(α, 1) = ∫_α^1‖z′(s)‖ds. If for
+    some c ∈ [0, 1]
+
+    (i)   ⟨z′(1), r⟩ ≤ 0                                   (n·L′(1) ≤ 0, necessary for MLI),
+    (ii)  L″ ≥ 0 on [c, 1],
+    (iii) ⟨z′(α), r⟩ ≤ cos G(α)·‖z′(α)‖·arc(α, 1) for every α ∈ [0, c)  (void when c = 0),
+
+    then L is non-increasing on [0, 1]. Simple sufficient form of (iii): G = G(0) ≤ π/2 and
+    ‖r‖ ≤ cos(G)·arc(c, 1); and since the chord is shorter than the arc, ‖r‖ ≤ cos(G)·‖z(1) − z(c)‖
+    suffices (what the exact evaluator proves on polynomial paths).
+
+    Proof. On [c, 1]: L′(α) = L′(1) − ∫_α^1 L″ ≤ L′(1) ≤ 0 by (ii) and (i). On [0, c): the integral
+    identity gives n·L′(α) = ⟨z′(α), r⟩ − ∫_α^1⟨z′(α), z′(s)⟩ds; the angle between z′(α) and z′(s)
+    (s ≥ α) is at most the length of the tangent indicatrix between them, ≤ G(α), so
+    ⟨z′(α), z′(s)⟩ ≥ cos G(α)·‖z′(α)‖‖z′(s)‖ (cos decreasing on [0, π]); integrating over s,
+    n·L′(α) ≤ ⟨z′(α), r⟩ − cos G(α)·‖z′(α)‖·arc(α, 1) ≤ 0 by (iii). Simple form: by
+    Cauchy–Schwarz ⟨z′(α), r⟩ ≤ ‖z′(α)‖‖r‖, and for α < c, G(α) ≤ G and arc(α, 1) ≥ arc(c, 1),
+    so with cos G ≥ 0, ‖z′(α)‖‖r‖ ≤ ‖z′(α)‖cos G·arc(c, 1) ≤ ‖z′(α)‖cos G(α)·arc(α, 1).
+
+    It contains (d) (c = 0, L convex) and needs no lower bound on ‖z′‖, unlike the curvature form
+    of (c): a plateau z′ ≈ 0 at the start costs nothing. Hypothesis z ∈ C² is needed for (ii)
+    (L′ non-decreasing): at a ReLU kink L′ may jump down, which the jets' L″ does not see.
+    """
+    zs, za, y, r, dza, dzs = _generic_path(m, degree)
+    res_a = [zi - yi for zi, yi in zip(za, y)]
+    L = _dot(res_a, res_a) / (2 * n)
+    Lp = sp.diff(L, alpha)
+    Lpp_s = sp.diff(L, alpha, 2).subs(alpha, s)
+    P_int = sp.integrate(sp.expand(_dot(dza, dzs)), (s, alpha, 1))
+    Q = _dot(dza, r)
+    # the cosine bound integrated: ∫_α^1 κ·σ(s) ds = κ·∫_α^1 σ(s) ds for a constant κ = cos G(α)·‖z′(α)‖
+    kappa = sp.Symbol("kappa", real=True)
+    sig = sum(sp.Symbol(f"g{j}") * s**j for j in range(degree + 1))
+    r1, r2 = sp.symbols("rho1 rho2", positive=True)
+    p1, p2 = sp.symbols("phi1 phi2", real=True)
+    u, v = _polar(r1, p1), _polar(r2, p2)
+    a3, b3 = sp.symbols("a0:3", real=True), sp.symbols("b0:3", real=True)
+    lagrange = sum((a3[i] * b3[j] - a3[j] * b3[i]) ** 2 for i in range(3) for j in range(i + 1, 3))
+    return Derivation(
+        "two_phase",
+        "(f) Two phases: convex end, first phase pulled by the rest of the path",
+        "If z ∈ C² and, for some c ∈ [0, 1], (i) ⟨z′(1), r⟩ ≤ 0, (ii) L″ ≥ 0 on [c, 1] and (iii) "
+        "⟨z′(α), r⟩ ≤ cos G(α)·‖z′(α)‖·arc(α, 1) for every α < c (G(α): turning of the tangent on "
+        "[α, 1], capped at π; arc(α, 1) = ∫_α^1‖z′‖), then L is non-increasing on [0, 1]. Simple "
+        "form of (iii): G(0) ≤ π/2 and ‖r‖ ≤ cos G(0)·arc(c, 1), implied by ‖r‖ ≤ cos G(0)·‖z(1) − z(c)‖. "
+        "With c = 0 it is 'L convex and L′(1) ≤ 0', which contains (d).",
+        (
+            "z ∈ C² on [0, 1] (for (ii); (iii) needs only piecewise C¹)",
+            "(i) ⟨z′(1), r⟩ ≤ 0",
+            "(ii) L″ ≥ 0 on [c, 1]",
+            "(iii) ⟨z′(α), r⟩ ≤ cos G(α)·‖z′(α)‖·arc(α, 1) for all α < c",
+        ),
+        sp.Le(sp.Symbol("|r|"), sp.cos(sp.Symbol("G")) * sp.Symbol("arc(c,1)")),
+        (
+            Step(
+                f"phase 2: L′(1) − L′(α) = ∫_α^1 L″(s) ds (sympy's L′, L″ and integral on m = {m}, degree {degree} "
+                "generic polynomials), so L″ ≥ 0 on [c, 1] gives L′(α) ≤ L′(1) = ⟨z′(1), r⟩/n ≤ 0 there",
+                "zero",
+                Lp.subs(alpha, 1) - Lp - sp.Integral(Lpp_s, (s, alpha, 1)),
+            ),
+            Step(
+                "phase 1: n·L′(α) = ⟨z′(α), r⟩ − ∫_α^1⟨z′(α), z′(s)⟩ds (integral identity, generic polynomials, generic y)",
+                "zero",
+                n * Lp + P_int - Q,
+            ),
+            Step(
+                "⟨z′(α), z′(s)⟩ = ‖z′(α)‖‖z′(s)‖cos∠ (polar form on the plane the two tangents span)",
+                "zero",
+                _dot(u, v) - r1 * r2 * sp.cos(p1 - p2),
+            ),
+            Step(
+                "∠(z′(α), z′(s)) ≤ turning of the tangent on [α, s] ≤ G(α) (great-circle distance ≤ length of "
+                "the indicatrix), and cos is decreasing on [0, π]: ⟨z′(α), z′(s)⟩ ≥ cos G(α)·‖z′(α)‖‖z′(s)‖",
+                "argument",
+            ),
+            Step(
+                "integrate the bound over s ∈ [α, 1]: ∫_α^1 κ‖z′(s)‖ds = κ·arc(α, 1) with κ = cos G(α)‖z′(α)‖ "
+                "(checked for a generic polynomial speed)",
+                "zero",
+                sp.Integral(kappa * sig, (s, alpha, 1)) - kappa * sp.integrate(sig, (s, alpha, 1)),
+            ),
+            Step(
+                "so n·L′(α) ≤ ⟨z′(α), r⟩ − cos G(α)‖z′(α)‖·arc(α, 1) ≤ 0 on [0, c) by (iii)",
+                "argument",
+            ),
+            Step(
+                "simple form, Cauchy–Schwarz ⟨z′, r⟩ ≤ ‖z′‖‖r‖ from Lagrange's identity "
+                "‖a‖²‖b‖² − ⟨a, b⟩² = Σ_{i<j}(a_i b_j − a_j b_i)² ≥ 0 (R³)",
+                "zero",
+                _dot(a3, a3) * _dot(b3, b3) - _dot(a3, b3) ** 2 - lagrange,
+            ),
+            Step(
+                "for α < c: G(α) ≤ G(0) (a sub-interval turns less), arc(α, 1) ≥ arc(c, 1) ≥ ‖z(1) − z(c)‖ (the "
+                "chord is the shortest path); with cos G(0) ≥ 0, ‖r‖ ≤ cos G(0)·arc(c, 1) gives (iii)",
+                "argument",
+            ),
+        ),
+    )
+
+
+def hierarchy() -> Derivation:
+    """How the conditions relate, and which thresholds are tight (all checked in ``proofs/hierarchy.py``).
+
+    * per-example (a) ⇒ per-example (b) ⇒ stacked (b); with r = 0, (a) ⇒ (b): the per-example
+      variants are subordinate (they imply the stacked form of (b), never conversely);
+    * curvature form of (c) ⇒ pairwise form of (c);
+    * (d) ⇔ monotone for affine z; (f) with c = 0 contains (d);
+    * tightness of (a): G ≤ π/2 suffices, and no rule that sees only G can allow more: a unit-speed
+      curve that turns by π/2 + ε on an arc and then runs straight, with y = z(1), has L′(0) > 0
+      once the straight part is long enough (L′(0) = −⟨T(0), ∫T⟩ and ⟨T(0), T_end⟩ = −sin ε);
+    * (a), (b), (c) are not necessary: a spiral z(α) − y = (1 − α)(cos ωα, sin ωα) has
+      L = (1 − α)²/2, monotone, whatever its turning (G ≈ 7.7 for ω = 2π): (a) and (b) fail (and
+      (c), which with r = 0 is (b)'s pairwise form); (f) holds on it (L convex: c = 0). Whether (f)
+      is necessary we do not know (not claimed).
+    """
+    eps, ell = sp.symbols("epsilon ell", positive=True)
+    phi = sp.pi / 2 + eps
+    # unit-speed: arc of angle φ with radius 1 (length φ), then a straight segment of length ℓ in
+    # the final direction (−sin ε, cos ε)... expressed from T(0) = (1, 0): T(t) = (cos t, sin t)
+    t = sp.Symbol("t", real=True)
+    # left unevaluated: the check integrates
+    chord_arc = [sp.Integral(sp.cos(t), (t, 0, phi)), sp.Integral(sp.sin(t), (t, 0, phi))]
+    T_end = [sp.cos(phi), sp.sin(phi)]
+    # L(0) = ½‖z(0) − z(1)‖² with z(1) − z(0) = ∫T; in arc length σ, dL/dσ at 0 = −⟨T(0), z(1) − z(0)⟩
+    slope0 = -(chord_arc[0] + ell * T_end[0])
+    w = sp.Symbol("omega", positive=True)
+    spiral = [(1 - alpha) * sp.cos(w * alpha), (1 - alpha) * sp.sin(w * alpha)]
+    return Derivation(
+        "hierarchy",
+        "Hierarchy and tightness of the MSE conditions",
+        "Implications: per-example (a) ⇒ per-example (b) ⇒ stacked (b); with r = 0, (a) ⇒ (b); the "
+        "curvature form of (c) ⇒ the pairwise form; (f) with c = 0 contains (d); (d) is also necessary "
+        "for affine z. Tightness: (a) holds at G ≤ π/2, and π/2 cannot be raised by any rule that sees "
+        "only G (turn by π/2 + ε, then go straight: L′(0) = ℓ·sin ε − cos ε > 0 for ℓ > cot ε). (a), (b) "
+        "and (c) are not necessary: the spiral (1 − α)(cos ωα, sin ωα) into y is monotone (L = "
+        "(1 − α)²/2) with G ≈ 7.7 at ω = 2π, where they fail and (f) holds (c = 0); necessity of (f) is "
+        "not claimed. Per-example variants are subordinate to stacked (b), which "
+        "is the form that holds in practice.",
+        (
+            "L(α) = (1/2n)‖z(α) − y‖²",
+            "the counterexamples are curves in R² (one example, two outputs)",
+        ),
+        sp.Eq(sp.Symbol("L'(0)"), ell * sp.sin(eps) - sp.cos(eps)),
+        (
+            Step(
+                "tightness of π/2: for the curve turning by π/2 + ε on a unit arc and then running straight for ℓ, "
+                "with y = z(1), the slope of L at the start (per unit arc length) is ℓ·sin ε − cos ε",
+                "zero",
+                slope0 - (ell * sp.sin(eps) - sp.cos(eps)),
+            ),
+            Step("so L′(0) > 0 for ℓ > cot ε (e.g. ε = 0.05, ℓ = 25): L rises, though G = π/2 + ε", "argument"),
+            Step(
+                "spiral into y: L(α) = ½‖z(α) − y‖² = ½(1 − α)², non-increasing for every ω",
+                "zero",
+                _dot(spiral, spiral) / 2 - (1 - alpha) ** 2 / 2,
+            ),
+            Step(
+                "the spiral's tangents are not pairwise acute for ω = 2π, so (b) (and (c) with r = 0) fails, and its "
+                "turning G ≈ 7.7 > π/2 (computed in proofs/hierarchy.py), so (a) fails; L″ = 1 ≥ 0, so (f) holds with c = 0",
+                "argument",
+            ),
+            Step("per-example (a) ⇒ per-example (b) (result (a)'s proof), and a sum of per-example slopes ≤ 0 is ≤ 0", "argument"),
+        ),
+    )
+
+
 _RESULTS = {
     "mse_path_derivatives": mse_path_derivatives,
     "integral_identity": integral_identity,
@@ -550,6 +731,8 @@ _RESULTS = {
     "stationary_curvature": stationary_curvature,
     "linear_model": linear_model,
     "deep_linear_degree": deep_linear_degree,
+    "two_phase": two_phase,
+    "hierarchy": hierarchy,
 }
 
 
