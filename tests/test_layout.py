@@ -109,7 +109,7 @@ def test_no_import_cycle_between_modules():
 def test_public_surface_is_explicit_and_importable():
     import importlib
 
-    for name in ["mli_theory", *(f"mli_theory.{s}" for s in ["inputs", "path", "geometry", "exact", "theory", "certify", "runs", "testing", "cli"])]:
+    for name in ["mli_theory", *(f"mli_theory.{s}" for s in ["inputs", "path", "geometry", "exact", "theory", "certify", "curvature", "kernels", "connectivity", "runs", "testing", "cli"])]:
         mod = importlib.import_module(name)
         assert mod.__all__, name
         for attr in mod.__all__:

@@ -93,11 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--latex", action="store_true", help="LaTeX instead of text")
     g.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
-    import importlib.util
-
     for name in COMMANDS:
-        if importlib.util.find_spec(f"{__package__}.{name}") is not None:  # TEMP while commands are written
-            _command(name).add_parser(sub)
+        _command(name).add_parser(sub)
     return parser
 
 

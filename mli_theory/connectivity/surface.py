@@ -1,0 +1,672 @@
+"""Loss surfaces: 1D and 2D slices of the training loss in parameter space.
+
+Two kinds of slice (GUIDE §1 for the path; Li et al. 2018 for the directions):
+
+* **Random directions** around a centre c ∈ {θT, θ0}: with filter-normalised directions d1, d2
+  (:mod:`mli_theory.connectivity.directions`),
+
+      f(x) = L(c + x·d1)                  (1D),
+      f(x, y) = L(c + x·d1 + y·d2)        (2D),   x, y ∈ [−R, R].
+
+* **The plane through θ0, θT and a third point θC** (a checkpoint). With e1 = θT − θ0,
+  u = θC − θ0, β = ⟨u, e1⟩/⟨e1, e1⟩ and e2 = u − β·e1 (Gram–Schmidt of the third point against
+  the MLI line), a grid point (x, y) is the parameter vector
+
+      θ(x, y) = θ0 + x·e1 + y·e2 = (1 − a − y)·θ0 + a·θT + y·θC,   a = x − β·y.
+
+  So θ0 sits at (0, 0), θT at (1, 0), θC at (β, 1), and the MLI line θ(α) = (1−α)θ0 + αθT is the
+  segment y = 0, 0 ≤ x ≤ 1; on that row the point is computed exactly as
+  :func:`mli_theory.path.interpolate` computes θ(α). Both axes span [−R, 1 + R]. θ0 and θT are
+  grid points when (steps − 1)·R/(1 + 2R) is an integer (e.g. R = 0.5 with steps = 21 or 41).
+  In 1D the plane mode is the line through θ0 and θT itself, x ∈ [−R, 1 + R].
+
+Inner products (β, the Gram–Schmidt step) run over the trainable parameters only.
+
+**BatchNorm** (``bn``; models without BatchNorm ignore it):
+
+* ``recompute`` (default, as the reference of Lucas et al. 2021 does along the path): at *every*
+  grid point the running statistics are reset and re-estimated with one no-grad pass in train mode
+  over the whole data set, then the loss is evaluated in eval mode. Cost: two passes over the data
+  per grid point instead of one, and no ``vmap`` batching of grid points (the statistics update
+  in place): a 51×51 surface costs 2·2601 passes.
+* ``interpolate``: running statistics are combined with the same affine weights as the
+  parameters (in plane mode; random directions have no buffer component, so they stay at the
+  centre's values). Far outside the triangle θ0, θT, θC an extrapolated variance can turn
+  negative; such points give a non-finite loss, reported as None with a warning.
+* ``frozen``: running statistics fixed at θT's values (plane mode) or the centre's (random mode).
+
+**Evaluation** is batched over grid points: the parameters of a chunk of points are stacked along a
+new leading axis and ``torch.func.vmap`` runs ``functional_call`` over them (eval mode). The chunk
+size is chosen from the parameter and activation sizes to fit a memory budget (or given). Where
+``vmap`` fails (a model it cannot batch), or with ``bn="recompute"``, points are evaluated one by
+one. Every loss is the mean over the whole data set (per-batch sums accumulated in float64, one
+division by the full count), as :func:`mli_theory.path.loss_curve` computes it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+from torch.nn import functional as F
+
+from ..errors import InputError
+from ..inputs.checkpoint import StateDict, match_state_dict
+from ..inputs.data import Dataset
+from ..inputs.devices import resolve_device, resolve_dtype
+from ..path.batchnorm import batches, check_recompute_batch_size, recompute_bn_statistics
+from ..path.line import BNPolicy, Line, make_line
+from ..path.losses import batch_loss_sums, loss_normaliser
+from .directions import dot, random_directions
+
+Progress = Callable[[int, int], None]
+
+# the most grid points one surface evaluates (each is at least one pass over the data set)
+MAX_POINTS = 1_000_000
+# default memory budget for one vmapped chunk (bytes) on CPU; on CUDA a share of free memory
+_CPU_CHUNK_BYTES = 512 * 2**20
+_MAX_CHUNK = 256
+
+
+@dataclass(frozen=True)
+class Surface:
+    """A 1D or 2D slice of the loss.
+
+    Attributes:
+        x: coordinates along the first axis, increasing.
+        y: coordinates along the second axis (2D), else None.
+        losses: 1D: ``losses[i]`` = f(x[i]). 2D: ``losses[r][c]`` = f(x[c], y[r]) (rows follow y,
+            columns follow x, the layout of ``matplotlib.pyplot.contour(x, y, losses)``).
+            A non-finite loss is None.
+        dims: 1 or 2.
+        mode: ``random`` (filter-normalised directions about a centre) or ``plane`` (through θ0,
+            θT and a third point; in 1D the line through θ0 and θT).
+        center: ``final`` (θT) or ``init`` (θ0) for random mode; ``init`` for plane mode, whose
+            origin is θ0.
+        directions: what the axes are, in words.
+        mli_line: the MLI segment θ0 → θT in slice coordinates, ((x0, y0), (x1, y1)) in 2D or
+            ((x0,), (x1,)) in 1D, when it lies in the slice (always in plane mode; in random mode
+            only if θ0 − c happens to lie in the span of the directions), else None.
+        points: named points of the slice in its coordinates (``init``, ``final``, ``third``).
+        bn: the BatchNorm policy used (None for models without BatchNorm).
+        seed: seed of the random directions (None in plane mode).
+        include_bn_and_bias: whether biases and BatchNorm parameters were perturbed.
+        warnings: optional work that failed or caveats (vmap fallback, non-finite points).
+        info: facts (device, dtype, chunk size, timings, β of the plane).
+    """
+
+    x: tuple[float, ...]
+    y: tuple[float, ...] | None
+    losses: tuple[Any, ...]
+    dims: int
+    mode: str
+    center: str
+    directions: str
+    mli_line: tuple[tuple[float, ...], tuple[float, ...]] | None
+    points: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    bn: str | None = None
+    seed: int | None = None
+    include_bn_and_bias: bool = False
+    warnings: tuple[str, ...] = ()
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``--json`` object: plain lists, None for non-finite losses."""
+        return {
+            "dims": self.dims,
+            "mode": self.mode,
+            "x": list(self.x),
+            **({"y": list(self.y)} if self.y is not None else {}),
+            "losses": [list(r) for r in self.losses] if self.dims == 2 else list(self.losses),
+            "center": self.center,
+            "directions": self.directions,
+            "mli_line": [list(p) for p in self.mli_line] if self.mli_line is not None else None,
+            "points": {k: list(v) for k, v in self.points.items()},
+            "bn": self.bn,
+            "seed": self.seed,
+            "include_bn_and_bias": self.include_bn_and_bias,
+            "warnings": list(self.warnings),
+            "info": dict(self.info),
+        }
+
+    def grid(self) -> list[list[float | None]]:
+        """2D losses as a list of rows (1D: one row)."""
+        return [list(r) for r in self.losses] if self.dims == 2 else [list(self.losses)]
+
+
+# ----------------------------------------------------------------------------- frames
+
+
+@dataclass(frozen=True)
+class Frame:
+    """An affine parametrisation θ(w) = offset + Σ_k w_k·B_k of the slice, entry by entry.
+
+    Attributes:
+        fixed: entries equal at every grid point (integer buffers, frozen statistics, entries
+            every direction leaves at zero).
+        offset: for varying entries, the constant term (None: zero).
+        bases: for varying entries, the K basis tensors stacked along a new axis 0.
+        weights: maps slice coordinates (x,) or (x, y) to the K weights w.
+    """
+
+    fixed: Mapping[str, torch.Tensor]
+    offset: Mapping[str, torch.Tensor | None]
+    bases: Mapping[str, torch.Tensor]
+    weights: Callable[[Sequence[float]], list[float]]
+
+    def state(self, w: Sequence[float]) -> StateDict:
+        """θ(w) for one weight vector (terms summed left to right, as ``interpolate`` does)."""
+        out: StateDict = dict(self.fixed)
+        for name, b in self.bases.items():
+            acc = self.offset[name]
+            for k in range(b.shape[0]):
+                term = w[k] * b[k]
+                acc = term if acc is None else acc + term
+            out[name] = acc  # type: ignore[assignment]
+        return out
+
+    def stacked(self, W: torch.Tensor) -> StateDict:
+        """θ(w) for P weight vectors (rows of ``W``), stacked along a new leading axis."""
+        P = W.shape[0]
+        out: StateDict = {k: v.expand(P, *v.shape) for k, v in self.fixed.items()}
+        for name, b in self.bases.items():
+            flat = b.reshape(b.shape[0], -1)
+            w = W.to(device=flat.device, dtype=flat.dtype)
+            off = self.offset[name]
+            if off is None:
+                val = w @ flat
+            else:
+                val = torch.addmm(off.reshape(1, -1), w, flat)
+            out[name] = val.reshape(P, *b.shape[1:])
+        return out
+
+
+def _cast_state(model: nn.Module, state: StateDict, label: str, device: torch.device, dtype: torch.dtype) -> StateDict:
+    state = match_state_dict(model, state, label)
+    out: StateDict = {}
+    for k, v in state.items():
+        v = v.detach()
+        out[k] = v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device=device)
+    bad = [k for k, v in out.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise InputError(f"{label} checkpoint overflows {dtype} in {', '.join(bad[:6])}")
+    return out
+
+
+def random_frame(
+    line: Line,
+    model: nn.Module,
+    *,
+    dims: int,
+    center: str,
+    seed: int,
+    include_bn_and_bias: bool,
+) -> tuple[Frame, list[StateDict]]:
+    """The frame c + x·d1 (+ y·d2) about c = θT (``final``) or θ0 (``init``)."""
+    c = line.end if center == "final" else line.start
+    dirs = random_directions(model, c, dims, seed=seed, include_bn_and_bias=include_bn_and_bias)
+    fixed: dict[str, torch.Tensor] = {}
+    offset: dict[str, torch.Tensor | None] = {}
+    bases: dict[str, torch.Tensor] = {}
+    for name, t in c.items():
+        if not t.is_floating_point() or all(not bool(d[name].any()) for d in dirs):
+            fixed[name] = t
+        else:
+            offset[name] = t
+            bases[name] = torch.stack([d[name] for d in dirs])
+    return Frame(fixed, offset, bases, lambda u: [float(v) for v in u]), dirs
+
+
+def plane_frame(
+    line: Line, third: StateDict | None, *, dims: int, bn: BNPolicy
+) -> tuple[Frame, float]:
+    """The frame (1 − a − y)·θ0 + a·θT + y·θC with a = x − β·y (2D) or (1 − x)·θ0 + x·θT (1D).
+
+    Returns the frame and β (0.0 in 1D).
+
+    Raises:
+        InputError: θT = θ0, or θC on the line through θ0 and θT (no plane).
+    """
+    names = list(line.param_names)
+    e1 = {n: line.end[n] - line.start[n] for n in names}
+    e1e1 = dot(e1, e1, names)
+    if e1e1 == 0.0:
+        raise InputError("init and final checkpoints have the same parameters: there is no line through them")
+    beta = 0.0
+    if dims == 2:
+        assert third is not None
+        u = {n: third[n] - line.start[n] for n in names}
+        beta = dot(u, e1, names) / e1e1
+        uu = dot(u, u, names)
+        rest = uu - beta * beta * e1e1
+        if rest <= 1e-20 * max(uu, 1e-300) or rest <= 0.0:
+            raise InputError("the third checkpoint lies on the line through init and final: it spans no plane")
+    varying = set(names) if bn == BNPolicy.FROZEN else {k for k, v in line.start.items() if v.is_floating_point()}
+    fixed: dict[str, torch.Tensor] = {}
+    offset: dict[str, torch.Tensor | None] = {}
+    bases: dict[str, torch.Tensor] = {}
+    for name, t0 in line.start.items():
+        if name not in varying:
+            fixed[name] = line.end[name]
+            continue
+        ends = [t0, line.end[name]] + ([third[name]] if dims == 2 and third is not None else [])
+        offset[name] = None
+        bases[name] = torch.stack(ends)
+
+    def weights(u: Sequence[float]) -> list[float]:
+        if dims == 1:
+            x = float(u[0])
+            return [1.0 - x, x]
+        x, y = float(u[0]), float(u[1])
+        a = x - beta * y
+        return [1.0 - a - y, a, y]
+
+    return Frame(fixed, offset, bases, weights), beta
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _activation_bytes(line: Line, data: Dataset, batch: int) -> int:
+    """Bytes of all module outputs for one forward pass of ``batch`` examples (a probe on 2)."""
+    sizes: list[int] = []
+
+    def hook(_m, _i, out):
+        if isinstance(out, torch.Tensor):
+            sizes.append(out.numel() * out.element_size())
+
+    handles = [m.register_forward_hook(hook) for m in line.shell.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            functional_call(line.shell, line.end, (data.x[:2],))
+    finally:
+        for h in handles:
+            h.remove()
+    per_example = sum(sizes) / max(1, min(2, data.n))
+    return int(per_example * batch)
+
+
+def auto_chunk(line: Line, frame: Frame, data: Dataset, batch_size: int | None) -> int:
+    """Grid points per vmapped pass: parameters plus activations of a chunk within a budget.
+
+    Budget: 512 MiB on CPU; a quarter of the free memory on CUDA. At least 1, at most 256.
+    """
+    param_bytes = sum(b[0].numel() * b.element_size() for b in frame.bases.values())
+    batch = data.n if not batch_size or batch_size <= 0 else min(batch_size, data.n)
+    try:
+        act = _activation_bytes(line, data, batch)
+    except Exception:
+        act = 0
+    per_point = max(1, 2 * param_bytes + 3 * act)
+    budget = _CPU_CHUNK_BYTES
+    if line.device.type == "cuda":
+        try:
+            free, _ = torch.cuda.mem_get_info(line.device)
+            budget = int(free * 0.25)
+        except Exception:
+            pass
+    return int(max(1, min(_MAX_CHUNK, budget // per_point)))
+
+
+def _loss_sums_stacked(outs: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
+    """Sum-reduced loss for each leading index of ``outs`` (P, batch, ...), in float64."""
+    P = outs.shape[0]
+    if loss == "mse":
+        return (outs - y.unsqueeze(0)).pow(2).reshape(P, -1).sum(dim=1).double()
+    flat = outs.reshape(P * outs.shape[1], outs.shape[2])
+    ce = F.cross_entropy(flat, y.repeat(P), reduction="none")
+    return ce.reshape(P, -1).sum(dim=1).double()
+
+
+def _eval_state(line: Line, state: StateDict, data: Dataset, batch_size: int | None) -> float:
+    total = torch.zeros((), dtype=torch.float64, device=line.device)
+    with torch.no_grad():
+        for sl in batches(data.n, batch_size):
+            out = functional_call(line.shell, state, (data.x[sl],))
+            s, _ = batch_loss_sums(out, data.y[sl], data.loss)
+            total += s.double()
+    return float(total) / loss_normaliser(data)
+
+
+def _eval_chunk(line: Line, frame: Frame, W: torch.Tensor, data: Dataset, batch_size: int | None) -> list[float]:
+    stacked = frame.stacked(W)
+    totals = torch.zeros(W.shape[0], dtype=torch.float64, device=line.device)
+
+    def run(p: StateDict, xb: torch.Tensor) -> torch.Tensor:
+        return functional_call(line.shell, p, (xb,))
+
+    with torch.no_grad():
+        for sl in batches(data.n, batch_size):
+            outs = vmap(run, in_dims=(0, None))(stacked, data.x[sl])
+            totals += _loss_sums_stacked(outs, data.y[sl], data.loss)
+    norm = loss_normaliser(data)
+    return [float(t) / norm for t in totals.cpu()]
+
+
+def evaluate_points(
+    line: Line,
+    frame: Frame,
+    coords: Sequence[Sequence[float]],
+    data: Dataset,
+    *,
+    bn: BNPolicy = BNPolicy.RECOMPUTE,
+    batch_size: int | None = None,
+    chunk: int | None = None,
+    progress: Progress | None = None,
+) -> tuple[list[float], int, list[str]]:
+    """Mean loss over ``data`` at every point of ``coords`` (each a tuple of slice coordinates).
+
+    Args:
+        line: the model shell and endpoints (device, dtype).
+        frame: the slice's parametrisation.
+        coords: the grid points, in order.
+        data: on the line's device and dtype.
+        bn: BatchNorm policy; ``recompute`` evaluates point by point.
+        batch_size: examples per forward pass (None: all).
+        chunk: grid points per vmapped pass (None: :func:`auto_chunk`; 1: a plain loop).
+        progress: called with (done, total) after each chunk.
+
+    Returns:
+        (losses, chunk used, warnings). A ``vmap`` failure falls back to the loop with a warning.
+    """
+    recompute = line.has_bn and bn == BNPolicy.RECOMPUTE
+    weights = [frame.weights(c) for c in coords]
+    total = len(weights)
+    warnings: list[str] = []
+    if recompute:
+        chunk = 1
+    elif chunk is None:
+        chunk = auto_chunk(line, frame, data, batch_size)
+    chunk = max(1, int(chunk))
+    losses: list[float] = []
+    i0 = 0
+    while i0 < total:
+        part = weights[i0 : i0 + chunk]
+        if chunk == 1:
+            for w in part:
+                state = frame.state(w)
+                if recompute:
+                    state = recompute_bn_statistics(line, state, data.x, batch_size)
+                losses.append(_eval_state(line, state, data, batch_size))
+        else:
+            W = torch.tensor(part, dtype=torch.float64, device=line.device)
+            try:
+                losses.extend(_eval_chunk(line, frame, W, data, batch_size))
+            except Exception as exc:  # a model vmap cannot batch: fall back to the loop
+                msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+                warnings.append(f"vmap over grid points failed ({type(exc).__name__}: {msg}); evaluated point by point")
+                chunk = 1
+                continue
+        i0 += len(part)
+        if progress is not None:
+            progress(min(i0, total), total)
+    return losses, chunk, warnings
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def axis_grid(lo: float, hi: float, steps: int) -> list[float]:
+    """``steps`` evenly spaced values from ``lo`` to ``hi`` (both included), computed as
+    (lo·(steps − 1 − i) + hi·i)/(steps − 1), so that [0, 1] gives exactly the α grid of
+    :func:`mli_theory.path.alpha_grid` and [−R, R] is symmetric; values within 1e-12 of 0 or 1 are
+    snapped to exactly 0.0 / 1.0.
+
+    >>> axis_grid(0.0, 1.0, 5)
+    [0.0, 0.25, 0.5, 0.75, 1.0]
+    >>> axis_grid(-1.0, 1.0, 11)[4]
+    -0.2
+    """
+    n = steps - 1
+    out = []
+    for i in range(steps):
+        v = (lo * (n - i) + hi * i) / n if n > 0 else lo
+        for snap in (0.0, 1.0):
+            if abs(v - snap) <= 1e-12:
+                v = snap
+        out.append(float(v))
+    return out
+
+
+def validate_surface_options(
+    *,
+    dims: int,
+    steps: int,
+    span: float,
+    plane: bool,
+    third: Any,
+    center: str,
+    seed: int,
+    bn: BNPolicy | str,
+    batch_size: int | None = None,
+    chunk: int | None = None,
+) -> BNPolicy:
+    """Check the scalar options of :func:`loss_surface` before any work.
+
+    Raises:
+        InputError: naming the parameter.
+    """
+    if isinstance(dims, bool) or dims not in (1, 2):
+        raise InputError(f"dims={dims!r}: a surface has 1 or 2 dimensions")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
+        raise InputError(f"steps={steps!r}: need an integer of at least 2 grid points per axis")
+    if steps**dims > MAX_POINTS:
+        raise InputError(f"steps={steps}: {steps ** dims} grid points is more than the {MAX_POINTS} a surface evaluates")
+    if isinstance(span, bool) or not isinstance(span, (int, float)) or not math.isfinite(span) or span < 0 or (span == 0 and not plane):
+        raise InputError(f"range={span!r}: must be a finite number > 0 (≥ 0 with a plane)")
+    if center not in ("final", "init"):
+        raise InputError(f"center={center!r}: expected final or init")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InputError(f"seed={seed!r}: must be an integer")
+    if plane and dims == 2 and third is None:
+        raise InputError("plane=True needs third (a third checkpoint spanning the plane with init and final)")
+    if not plane and third is not None:
+        raise InputError("third is only used with plane=True")
+    if plane and dims == 1 and third is not None:
+        raise InputError("third is only used with a 2D plane (dims=2)")
+    if batch_size is not None and (isinstance(batch_size, bool) or batch_size <= 0):
+        raise InputError(f"batch_size={batch_size!r}: must be a positive integer")
+    if chunk is not None and (isinstance(chunk, bool) or chunk <= 0):
+        raise InputError(f"chunk={chunk!r}: must be a positive integer")
+    try:
+        return BNPolicy(bn)
+    except ValueError:
+        raise InputError(f"bn={bn!r}: unknown BatchNorm policy (expected recompute, interpolate or frozen)") from None
+
+
+def _span_coords(frame_dirs: list[StateDict], target: StateDict, origin: StateDict, names: list[str]) -> tuple[float, ...] | None:
+    """Coordinates of ``target`` − ``origin`` in span(dirs) if it lies there (relative residual ≤ 1e-6)."""
+    v = {n: target[n] - origin[n] for n in names}
+    vv = dot(v, v, names)
+    if vv == 0.0:
+        return tuple(0.0 for _ in frame_dirs)
+    G = torch.tensor([[dot(a, b, names) for b in frame_dirs] for a in frame_dirs], dtype=torch.float64)
+    r = torch.tensor([dot(a, v, names) for a in frame_dirs], dtype=torch.float64)
+    try:
+        c = torch.linalg.solve(G, r)
+    except Exception:
+        return None
+    resid = vv - float(c @ r)
+    if resid > 1e-12 * vv:
+        return None
+    return tuple(float(t) for t in c)
+
+
+def loss_surface(
+    model: nn.Module,
+    init: StateDict,
+    final: StateDict,
+    data: Dataset,
+    *,
+    dims: int = 2,
+    plane: bool = False,
+    third: StateDict | None = None,
+    center: str = "final",
+    steps: int = 21,
+    span: float | None = None,
+    seed: int = 0,
+    include_bn_and_bias: bool = False,
+    bn: BNPolicy | str = BNPolicy.RECOMPUTE,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str = torch.float32,
+    batch_size: int | None = None,
+    chunk: int | None = None,
+    progress: Progress | None = None,
+) -> Surface:
+    """A 1D or 2D slice of the mean training loss (see the module docstring for the maths).
+
+    Args:
+        model: the architecture (not modified; its own weights are ignored).
+        init, final: θ0 and θT state dicts (not modified).
+        data: the training data (cast to ``device``/``dtype``).
+        dims: 1 or 2.
+        plane: slice through θ0 and θT (and ``third`` in 2D) instead of random directions.
+        third: θC, the third point of the plane (2D plane mode only).
+        center: ``final`` (θT) or ``init`` (θ0), the centre of random slices.
+        steps: grid points per axis (≥ 2).
+        span: R. Random mode: coordinates in [−R, R] (default 1). Plane mode: [−R, 1 + R]
+            (default 0.5; 0 allowed).
+        seed: seed of the random directions.
+        include_bn_and_bias: perturb biases and BatchNorm parameters too (random mode).
+        bn: BatchNorm policy (``recompute``, ``interpolate``, ``frozen``).
+        device, dtype: where and in which precision to evaluate.
+        batch_size: examples per forward pass (None: all at once); does not change the result.
+        chunk: grid points per vmapped pass (None: sized to memory; 1: a plain loop).
+        progress: called with (done, total) after each chunk of points.
+
+    Raises:
+        InputError: bad options, checkpoints or data, before any heavy work.
+    """
+    import time
+
+    if span is None:
+        span = 0.5 if plane else 1.0
+    bn = validate_surface_options(
+        dims=dims, steps=steps, span=span, plane=plane, third=third, center=center, seed=seed, bn=bn,
+        batch_size=batch_size, chunk=chunk,
+    )
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype)
+    line = make_line(model, init, final, device=device, dtype=dtype)
+    third_state = _cast_state(model, third, "third", device, dtype) if third is not None else None
+    if line.has_bn and bn == BNPolicy.RECOMPUTE:
+        check_recompute_batch_size(batch_size)
+        if data.n < 2:
+            raise InputError('bn="recompute" re-estimates BatchNorm statistics and needs at least 2 examples')
+    data = data.to(device, dtype)
+    _probe(line, data)
+
+    names = list(line.param_names)
+    warnings: list[str] = []
+    info: dict[str, Any] = {"device": str(device), "dtype": str(dtype).replace("torch.", ""), "n_examples": data.n}
+    points: dict[str, tuple[float, ...]] = {}
+    if plane:
+        frame, beta = plane_frame(line, third_state, dims=dims, bn=bn)
+        lo, hi = -float(span), 1.0 + float(span)
+        xs = axis_grid(lo, hi, steps)
+        ys = axis_grid(lo, hi, steps) if dims == 2 else None
+        mli = ((0.0, 0.0), (1.0, 0.0)) if dims == 2 else ((0.0,), (1.0,))
+        points = {"init": mli[0], "final": mli[1]}
+        if dims == 2:
+            points["third"] = (beta, 1.0)
+            info["beta"] = beta
+            desc = (
+                "plane through init (0,0), final (1,0) and third (beta,1): theta(x,y) = theta0 + x*(thetaT - theta0) "
+                "+ y*((thetaC - theta0) - beta*(thetaT - theta0)), beta = <thetaC - theta0, thetaT - theta0>/|thetaT - theta0|^2"
+            )
+        else:
+            desc = "line through init (x=0) and final (x=1): theta(x) = (1 - x)*theta0 + x*thetaT"
+        center_name = "init"
+    else:
+        frame, dirs = random_frame(line, model, dims=dims, center=center, seed=seed, include_bn_and_bias=include_bn_and_bias)
+        xs = axis_grid(-float(span), float(span), steps)
+        ys = axis_grid(-float(span), float(span), steps) if dims == 2 else None
+        c = line.end if center == "final" else line.start
+        what = "weights and biases/BatchNorm" if include_bn_and_bias else "weights (biases and BatchNorm parameters zero)"
+        desc = (
+            f"{dims} filter-normalised Gaussian direction{'s' if dims == 2 else ''} about {center} (seed {seed}; {what}; "
+            f"each filter rescaled to the norm of the {center} weights' filter"
+            + ("; second orthogonalised against the first after normalisation)" if dims == 2 else ")")
+        )
+        origin_label = "final" if center == "final" else "init"
+        other_label = "init" if center == "final" else "final"
+        points[origin_label] = tuple(0.0 for _ in range(dims))
+        other = line.start if center == "final" else line.end
+        co = _span_coords(dirs, other, c, names)
+        if co is not None:
+            points[other_label] = co
+        mli = (points["init"], points["final"]) if co is not None else None
+        norms = [math.sqrt(max(dot(d, d, names), 0.0)) for d in dirs]
+        info["direction_norms"] = norms
+        if dims == 2:
+            info["direction_cosine"] = dot(dirs[0], dirs[1], names) / (norms[0] * norms[1]) if norms[0] * norms[1] > 0 else None
+        center_name = center
+    if ys is None:
+        coords = [(x,) for x in xs]
+    else:
+        coords = [(x, y) for y in ys for x in xs]  # row-major: rows follow y
+    t0 = time.perf_counter()
+    flat, used_chunk, w = evaluate_points(line, frame, coords, data, bn=bn, batch_size=batch_size, chunk=chunk, progress=progress)
+    warnings.extend(w)
+    info["chunk"] = used_chunk
+    info["eval_s"] = round(time.perf_counter() - t0, 4)
+    info["n_points"] = len(coords)
+    n_bad = sum(1 for v in flat if not math.isfinite(v))
+    if n_bad:
+        hint = " (try dtype float64 or a smaller range)" if dtype != torch.float64 else " (try a smaller range)"
+        warnings.append(f"{n_bad} of {len(flat)} grid points gave a non-finite loss (reported as null){hint}")
+    clean: list[float | None] = [v if math.isfinite(v) else None for v in flat]
+    if ys is None:
+        losses: tuple[Any, ...] = tuple(clean)
+    else:
+        nx = len(xs)
+        losses = tuple(tuple(clean[r * nx : (r + 1) * nx]) for r in range(len(ys)))
+    return Surface(
+        x=tuple(xs),
+        y=tuple(ys) if ys is not None else None,
+        losses=losses,
+        dims=dims,
+        mode="plane" if plane else "random",
+        center=center_name,
+        directions=desc,
+        mli_line=mli,
+        points=points,
+        bn=bn.value if line.has_bn else None,
+        seed=None if plane else seed,
+        include_bn_and_bias=bool(include_bn_and_bias) and not plane,
+        warnings=tuple(warnings),
+        info=info,
+    )
+
+
+def _probe(line: Line, data: Dataset) -> None:
+    """Run the model on two examples so that a shape mismatch becomes a clear input error."""
+    try:
+        with torch.no_grad():
+            out = functional_call(line.shell, line.start, (data.x[:2],))
+    except (RuntimeError, ValueError, IndexError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"data x of shape {tuple(data.x.shape)} does not fit the model: {msg[:200]}") from None
+    if not isinstance(out, torch.Tensor):
+        raise InputError(f"the model returns {type(out).__name__}, not a tensor")
+    batch_loss_sums(out, data.y[:2], data.loss)  # raises InputError on a shape or label mismatch
+    if data.loss == "ce" and int(data.y.max()) >= out.shape[1]:
+        raise InputError(f"label {int(data.y.max())} out of range for a model with {out.shape[1]} outputs")
+
+
+__all__ = [
+    "Frame",
+    "MAX_POINTS",
+    "Surface",
+    "auto_chunk",
+    "axis_grid",
+    "evaluate_points",
+    "loss_surface",
+    "plane_frame",
+    "random_frame",
+    "validate_surface_options",
+]
