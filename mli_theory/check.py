@@ -13,38 +13,13 @@ from .errors import InputError
 from .inputs.checkpoint import StateDict
 from .inputs.data import Dataset
 from .inputs.devices import resolve_device, resolve_dtype
-from .path import BNPolicy, Progress, alpha_grid, distances, loss_curve, make_line, max_rise
-from .path.batchnorm import check_recompute_batch_size
+from .path import BNPolicy, Progress, alpha_grid, data_on_line, distances, loss_curve, make_line, max_rise
 from .results import Certificate, CheckResult, Condition
 
 # the most α points a check evaluates (each is a pass over the whole data set)
 MAX_ALPHAS = 100_000
 # a grid rise below this many float epsilons of the largest loss is reported as possibly rounding
 _ROUNDING_EPS = 64
-
-
-def _probe(line, data: Dataset) -> None:
-    """Run the model on two examples so that a shape mismatch becomes a clear input error."""
-    from torch.func import functional_call
-
-    try:
-        with torch.no_grad():
-            out = functional_call(line.shell, line.start, (data.x[:2],))
-    except (RuntimeError, ValueError, IndexError) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"data x of shape {tuple(data.x.shape)} does not fit the model: {msg[:200]}") from None
-    if not isinstance(out, torch.Tensor):
-        raise InputError(f"the model returns {type(out).__name__}, not a tensor")
-    if data.loss == "mse" and tuple(out.shape[1:]) != tuple(data.y.shape[1:]):
-        raise InputError(
-            f"model outputs have shape {tuple(out.shape[1:])} per example but targets y have "
-            f"{tuple(data.y.shape[1:])}"
-        )
-    if data.loss == "ce":
-        if out.dim() != 2:
-            raise InputError(f"cross-entropy needs (n, classes) outputs, the model gives {tuple(out.shape)}")
-        if int(data.y.max()) >= out.shape[1]:
-            raise InputError(f"label {int(data.y.max())} out of range for a model with {out.shape[1]} outputs")
 
 
 def validate_options(
@@ -137,12 +112,7 @@ def check(
     dtype = resolve_dtype(dtype)
     grid = alpha_grid(alphas)
     line = make_line(model, init, final, device=device, dtype=dtype)
-    if line.has_bn and bn == BNPolicy.RECOMPUTE:
-        check_recompute_batch_size(batch_size)
-        if data.n < 2:
-            raise InputError('bn="recompute" re-estimates BatchNorm statistics and needs at least 2 examples')
-    data = data.to(device, dtype)
-    _probe(line, data)
+    data = data_on_line(line, data, bn, batch_size)
     if alpha_chunk is None:
         alpha_chunk = 8 if device.type == "cuda" and not line.has_bn else 1
     warnings: list[str] = []

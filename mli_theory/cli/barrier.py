@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from .common import Progress, add_model_args, emit, load_model_inputs
+from .common import Progress, add_model_args, emit, load_model_inputs, plot_warnings
 
 _BN_CHOICES = ("recompute", "repair", "interpolate", "frozen")
 _ALIGN_CHOICES = ("none", "weights")
@@ -83,9 +83,6 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         from ..connectivity import plot_barrier
 
-        try:
-            plot_barrier(result, args.plot)
-        except Exception as exc:  # optional work: a warning in the result, never a lost number
-            result = replace(result, warnings=result.warnings + (f"the plot could not be written ({type(exc).__name__}: {exc})",))
+        result = replace(result, warnings=result.warnings + plot_warnings(plot_barrier, result, args.plot))
     emit(result.to_dict() if args.json else result.to_text(), args.json)
     return 0

@@ -73,6 +73,16 @@ def validate_plot_path(path: str) -> None:
         raise InputError(f"--plot {path}: unknown image format {ext or '(none)'!r} (use one of: {', '.join(PLOT_FORMATS)})")
 
 
+def plot_warnings(draw: Any, *args: Any, **kwargs: Any) -> tuple[str, ...]:
+    """Run optional plotting work: () when it succeeds, else one warning for the result (a failed
+    plot never loses the numbers)."""
+    try:
+        draw(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - any failure of optional work becomes a warning
+        return (f"the plot could not be written ({type(exc).__name__}: {exc})",)
+    return ()
+
+
 def add_model_args(
     p: argparse.ArgumentParser,
     endpoints: tuple[tuple[str, str], ...] = (("init", "θ0 state dict (.pt via torch.save, or .safetensors)"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from .common import Progress, add_model_args, emit, load_model_inputs, positive_float, positive_int
+from .common import Progress, add_model_args, emit, load_model_inputs, plot_warnings, positive_float, positive_int
 
 WHICH = ("LA", "SA", "LM")
 DEFAULT_ALPHAS = 5
@@ -110,11 +110,8 @@ def run(args: argparse.Namespace) -> int:
     progress.close()
     result = replace(result, info={**result.info, "arch": inp["spec"].text, "data": inp["data"].name})
     if args.plot:
-        try:
-            from ..curvature.figures import plot_curvature
+        from ..curvature.figures import plot_curvature
 
-            plot_curvature(result, args.plot)
-        except Exception as exc:  # optional work: a warning in the result, never a lost answer
-            result = replace(result, warnings=result.warnings + (f"the plot could not be written ({type(exc).__name__}: {exc})",))
+        result = replace(result, warnings=result.warnings + plot_warnings(plot_curvature, result, args.plot))
     emit(result.to_dict() if args.json else result.to_text(), args.json)
     return 0

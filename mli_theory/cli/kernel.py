@@ -12,7 +12,7 @@ import argparse
 import dataclasses
 from typing import Any
 
-from .common import Progress, add_model_args, emit, load_model_inputs, positive_int
+from .common import Progress, add_model_args, emit, load_model_inputs, plot_warnings, positive_int
 
 #: examples used for the kernel when --examples is not given (a seeded random subset above it)
 DEFAULT_EXAMPLES = 256
@@ -52,20 +52,16 @@ def _validate(args: argparse.Namespace) -> None:
     positive_int(args.memory_mb, "--memory-mb")
 
 
-def _probe(model: Any, x: Any) -> None:
-    """Run the model on two examples so that a shape mismatch is one clear line."""
+def _first_axis(line: Any, x: Any) -> None:
+    """The kernel needs the examples along the first axis of the model's output."""
     import torch
     from torch.func import functional_call
 
     from ..errors import InputError
 
-    try:
-        with torch.no_grad():
-            out = functional_call(model.shell, model.start, (x[:2],))
-    except (RuntimeError, ValueError, IndexError) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"data x of shape {tuple(x.shape)} does not fit the model: {msg[:200]}") from None
-    if not isinstance(out, torch.Tensor) or out.dim() < 1 or out.shape[0] != min(2, x.shape[0]):
+    with torch.no_grad():
+        out = functional_call(line.shell, line.start, (x[:2],))
+    if out.dim() < 1 or out.shape[0] != min(2, x.shape[0]):
         raise InputError("the model must return one tensor with the examples along its first axis")
 
 
@@ -95,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import InputError
     from ..kernels import kernel_along_path, kernel_between_checkpoints, list_checkpoints, load_checkpoints, plot_kernel_path
-    from ..path import BNPolicy, alpha_grid, make_line
+    from ..path import BNPolicy, alpha_grid, data_on_line, make_line
 
     _validate(args)
     files = None
@@ -106,10 +102,8 @@ def run(args: argparse.Namespace) -> int:
     inp = load_model_inputs(args)
     data, bn, device, dtype = inp["data"], inp["bn"], inp["device"], inp["dtype"]
     line = make_line(inp["model"], inp["states"]["init"], inp["states"]["final"], device=device, dtype=dtype)
-    if line.has_bn and bn == BNPolicy.RECOMPUTE and data.n < 2:
-        raise InputError("--bn recompute re-estimates BatchNorm statistics and needs at least 2 examples")
-    data = data.to(device, dtype)
-    _probe(line, data.x)
+    data = data_on_line(line, data, bn)
+    _first_axis(line, data.x)
     ckpt_states = load_checkpoints(files) if files else None
     if files and ckpt_states is not None:
         from ..inputs import match_state_dict
@@ -152,9 +146,6 @@ def run(args: argparse.Namespace) -> int:
         out["checkpoints"] = {"run": args.checkpoints, "files": [c.path for c in files], **ck.to_dict()}
         out["warnings"] = out["warnings"] + [f"checkpoints: {w}" for w in ck.warnings if w not in out["warnings"]]
     if args.plot:
-        try:
-            plot_kernel_path(result, args.plot)
-        except Exception as exc:  # optional work: a warning in the result, never lost numbers
-            out["warnings"] = out["warnings"] + [f"the plot could not be written ({type(exc).__name__}: {exc})"]
+        out["warnings"] = out["warnings"] + list(plot_warnings(plot_kernel_path, result, args.plot))
     emit(out if args.json else _text(out), args.json)
     return 0

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from .common import PROG
 from .common import Parser as _Parser
 from .common import Progress as _Progress
-from .common import add_model_args, emit as _emit, load_model_inputs
+from .common import add_model_args, emit as _emit, load_model_inputs, plot_warnings
 
 # further commands, each a module with add_parser(subparsers) and run(args)
 COMMANDS = ("curvature", "kernel", "barrier", "surface", "roughness")
@@ -153,10 +153,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
         from ..plot import plot_curve
 
-        try:
-            plot_curve(result, args.plot)
-        except Exception as exc:  # optional work: a warning in the result, never a lost verdict
-            result = replace(result, warnings=result.warnings + (f"the plot could not be written ({type(exc).__name__}: {exc})",))
+        result = replace(result, warnings=result.warnings + plot_warnings(plot_curve, result, args.plot))
     _emit(result.to_dict() if args.json else result.to_text(), args.json)
     return 0
 

@@ -7,7 +7,7 @@ import argparse
 import math
 from typing import Any
 
-from .common import Progress, add_model_args, emit, load_model_inputs, positive_int
+from .common import Progress, add_model_args, emit, load_model_inputs, plot_warnings, positive_int
 
 DESCRIPTION = """\
 Roughness index (our reading of Wu et al. 2021, arXiv:2103.11069): for m random filter-normalised
@@ -102,11 +102,8 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         from ..connectivity.surface_figures import plot_slices
 
-        try:
-            plot_slices(res.t, res.slices, args.plot, title=f"roughness index {out['roughness_index']}",
-                        path_alphas=grid, path_losses=curve.losses)
-        except Exception as exc:  # optional work
-            warnings.append(f"the plot could not be written ({type(exc).__name__}: {exc})")
+        warnings += plot_warnings(plot_slices, res.t, res.slices, args.plot, title=f"roughness index {out['roughness_index']}",
+                                  path_alphas=grid, path_losses=curve.losses)
     out["warnings"] = warnings
     if args.json:
         emit(out, True)

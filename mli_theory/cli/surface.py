@@ -7,7 +7,7 @@ import argparse
 import math
 from typing import Any
 
-from .common import Progress, add_model_args, emit, load_model_inputs, positive_int
+from .common import Progress, add_model_args, emit, load_model_inputs, plot_warnings, positive_int
 
 DESCRIPTION = """\
 A slice of the mean training loss L over the whole data set.
@@ -117,10 +117,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         from ..connectivity.surface_figures import plot_surface
 
-        try:
-            plot_surface(result, args.plot)
-        except Exception as exc:  # optional work: a warning, never a lost result
-            result = replace(result, warnings=result.warnings + (f"the plot could not be written ({type(exc).__name__}: {exc})",))
+        result = replace(result, warnings=result.warnings + plot_warnings(plot_surface, result, args.plot))
     emit(result.to_dict() if args.json else _text(result), args.json)
     return 0
 

@@ -52,7 +52,7 @@ from ..errors import InputError
 from ..inputs.checkpoint import StateDict
 from ..inputs.data import Dataset
 from ..inputs.devices import resolve_device, resolve_dtype
-from ..path import BNPolicy, Line, Progress, alpha_grid, evaluate, interpolate, make_line, recompute_bn_statistics
+from ..path import BNPolicy, Line, Progress, alpha_grid, evaluate, interpolate, make_line, probe, recompute_bn_statistics
 from ..path.batchnorm import check_recompute_batch_size
 from ..results import json_safe
 
@@ -317,20 +317,6 @@ class _PathEvaluator:
         return self.cache[alpha]
 
 
-def _probe(line: Line, data: Dataset) -> None:
-    """Run the model on two examples so that a shape mismatch becomes a one-line input error."""
-    from torch.func import functional_call
-
-    try:
-        with torch.no_grad():
-            out = functional_call(line.shell, line.start, (data.x[:2],))
-    except (RuntimeError, ValueError, IndexError) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"data x of shape {tuple(data.x.shape)} does not fit the model: {msg[:200]}") from None
-    if not isinstance(out, torch.Tensor):
-        raise InputError(f"the model returns {type(out).__name__}, not a tensor")
-
-
 def barrier_on_line(
     line: Line,
     data: Dataset,
@@ -449,7 +435,7 @@ def barrier(
     if policy in (BarrierBN.RECOMPUTE, BarrierBN.REPAIR) and (line.has_bn or policy == BarrierBN.REPAIR) and data.n < 2:
         raise InputError(f'bn="{policy.value}" measures statistics over the data and needs at least 2 examples')
     data = data.to(device, dtype)
-    _probe(line, data)
+    probe(line, data)
     if align == "none":
         return barrier_on_line(line, data, alphas=alphas, bn=policy, alpha_tol=alpha_tol, batch_size=batch_size, progress=progress)
     from dataclasses import replace

@@ -43,10 +43,10 @@ from ..errors import InputError
 from ..inputs.checkpoint import StateDict
 from ..inputs.data import Dataset
 from ..inputs.devices import resolve_device, resolve_dtype
-from ..path.batchnorm import check_recompute_batch_size
+from ..path.curve import data_on_line
 from ..path.line import BNPolicy, make_line
 from .directions import random_directions
-from .surface import Frame, _probe, axis_grid, evaluate_points
+from .surface import Frame, axis_grid, evaluate_points
 
 Progress = Callable[[int, int], None]
 
@@ -209,12 +209,7 @@ def landscape_roughness(
     device = resolve_device(device)
     dtype = resolve_dtype(dtype)
     line = make_line(model, init, final, device=device, dtype=dtype)
-    if line.has_bn and bn == BNPolicy.RECOMPUTE:
-        check_recompute_batch_size(batch_size)
-        if data.n < 2:
-            raise InputError('bn="recompute" re-estimates BatchNorm statistics and needs at least 2 examples')
-    data = data.to(device, dtype)
-    _probe(line, data)
+    data = data_on_line(line, data, bn, batch_size)
     c = line.end if center == "final" else line.start
     dirs = random_directions(model, c, slices, seed=seed, include_bn_and_bias=include_bn_and_bias, orthogonal=False)
     ts = axis_grid(-float(span), float(span), steps)

@@ -58,7 +58,8 @@ from ..errors import InputError
 from ..inputs.checkpoint import StateDict, match_state_dict
 from ..inputs.data import Dataset
 from ..inputs.devices import resolve_device, resolve_dtype
-from ..path.batchnorm import batches, check_recompute_batch_size, recompute_bn_statistics
+from ..path.batchnorm import batches, recompute_bn_statistics
+from ..path.curve import data_on_line
 from ..path.line import BNPolicy, Line, make_line
 from ..path.losses import batch_loss_sums, loss_normaliser
 from .directions import dot, random_directions
@@ -553,12 +554,7 @@ def loss_surface(
     dtype = resolve_dtype(dtype)
     line = make_line(model, init, final, device=device, dtype=dtype)
     third_state = _cast_state(model, third, "third", device, dtype) if third is not None else None
-    if line.has_bn and bn == BNPolicy.RECOMPUTE:
-        check_recompute_batch_size(batch_size)
-        if data.n < 2:
-            raise InputError('bn="recompute" re-estimates BatchNorm statistics and needs at least 2 examples')
-    data = data.to(device, dtype)
-    _probe(line, data)
+    data = data_on_line(line, data, bn, batch_size)
 
     names = list(line.param_names)
     warnings: list[str] = []
@@ -641,21 +637,6 @@ def loss_surface(
         warnings=tuple(warnings),
         info=info,
     )
-
-
-def _probe(line: Line, data: Dataset) -> None:
-    """Run the model on two examples so that a shape mismatch becomes a clear input error."""
-    try:
-        with torch.no_grad():
-            out = functional_call(line.shell, line.start, (data.x[:2],))
-    except (RuntimeError, ValueError, IndexError) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"data x of shape {tuple(data.x.shape)} does not fit the model: {msg[:200]}") from None
-    if not isinstance(out, torch.Tensor):
-        raise InputError(f"the model returns {type(out).__name__}, not a tensor")
-    batch_loss_sums(out, data.y[:2], data.loss)  # raises InputError on a shape or label mismatch
-    if data.loss == "ce" and int(data.y.max()) >= out.shape[1]:
-        raise InputError(f"label {int(data.y.max())} out of range for a model with {out.shape[1]} outputs")
 
 
 __all__ = [

@@ -26,15 +26,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
-import torch
-
 from ..errors import InputError
 from ..inputs.data import Dataset
-from ..path import BNPolicy, Line
-from ..path.batchnorm import check_recompute_batch_size
+from ..path import BNPolicy, Line, data_on_line
 from ..results import json_safe
 from .density import SpectralDensity, spectral_density
-from .hvp import ENGINES, MatrixOperator, loss_hessian, path_direction, probe
+from .hvp import ENGINES, MatrixOperator, loss_hessian, path_direction
 from .spectrum import Eigenpairs, extreme_eigenpairs, validate_eigen_options
 from .trace import TraceEstimate, hutchpp_trace
 
@@ -274,12 +271,7 @@ def curvature_along(
         raise InputError(f"engine={engine!r}: expected one of {', '.join(ENGINES)}")
     n_params = sum(line.start[k].numel() for k in line.param_names)
     validate_eigen_options(top_k, which, tol, n_params)
-    if line.has_bn and bn == BNPolicy.RECOMPUTE:
-        check_recompute_batch_size(batch_size)
-        if data.n < 2:
-            raise InputError('bn="recompute" re-estimates BatchNorm statistics and needs at least 2 examples')
-    data = data.to(line.device, line.dtype)
-    probe(line, data)
+    data = data_on_line(line, data, bn, batch_size)
     d = path_direction(line)
     warnings: list[str] = []
     points: list[CurvatureAt] = []

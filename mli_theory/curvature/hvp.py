@@ -65,27 +65,6 @@ def _loss_sum(out: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
     return F.cross_entropy(out, y, reduction="sum")
 
 
-def probe(line: Line, data: Dataset) -> None:
-    """Run the model on two examples so that a shape mismatch is a one-line :class:`InputError`."""
-    try:
-        with torch.no_grad():
-            out = functional_call(line.shell, line.start, (data.x[:2],))
-    except (RuntimeError, ValueError, IndexError) as exc:
-        msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise InputError(f"data x of shape {tuple(data.x.shape)} does not fit the model: {msg[:200]}") from None
-    if not isinstance(out, torch.Tensor):
-        raise InputError(f"the model returns {type(out).__name__}, not a tensor")
-    if data.loss == "mse" and tuple(out.shape[1:]) != tuple(data.y.shape[1:]):
-        raise InputError(
-            f"model outputs have shape {tuple(out.shape[1:])} per example but targets y have {tuple(data.y.shape[1:])}"
-        )
-    if data.loss == "ce":
-        if out.dim() != 2:
-            raise InputError(f"cross-entropy needs (n, classes) outputs, the model gives {tuple(out.shape)}")
-        if int(data.y.max()) >= out.shape[1]:
-            raise InputError(f"label {int(data.y.max())} out of range for a model with {out.shape[1]} outputs")
-
-
 def fixed_buffers(line: Line, data: Dataset, alpha: float, bn: BNPolicy | str, batch_size: int | None = None) -> StateDict:
     """The state entries held constant at θ(α): every non-parameter entry, BatchNorm statistics by ``bn``."""
     bn = BNPolicy(bn)

@@ -1,7 +1,7 @@
 """The straight path θ(α) = (1−α)θ0 + αθT, what the model computes along it, and the loss curve."""
 
 from .batchnorm import batches, recompute_bn_statistics
-from .curve import LossCurve, Progress, alpha_grid, evaluate, loss_curve
+from .curve import LossCurve, Progress, alpha_grid, data_on_line, evaluate, loss_curve, probe
 from .line import BNPolicy, Line, distances, interpolate, make_line
 from .losses import batch_loss_sums, loss_normaliser
 from .monotonicity import Rise, max_rise
@@ -19,6 +19,7 @@ __all__ = [
     "analyse",
     "batch_loss_sums",
     "batches",
+    "data_on_line",
     "distances",
     "evaluate",
     "interpolate",
@@ -26,5 +27,6 @@ __all__ = [
     "loss_normaliser",
     "make_line",
     "max_rise",
+    "probe",
     "recompute_bn_statistics",
 ]

@@ -12,11 +12,54 @@ from torch.func import functional_call, vmap
 from ..errors import InputError
 from ..inputs.checkpoint import StateDict
 from ..inputs.data import Dataset
-from .batchnorm import batches, recompute_bn_statistics
+from .batchnorm import batches, check_recompute_batch_size, recompute_bn_statistics
 from .line import BNPolicy, Line, _stacked, interpolate
 from .losses import batch_loss_sums, loss_normaliser
 
 Progress = Callable[[int, int], None]
+
+
+def probe(line: Line, data: Dataset) -> None:
+    """Run the model on two examples so that a shape mismatch becomes a one-line :class:`InputError`.
+
+    Checks that the model returns one tensor, that MSE targets have its per-example shape, and that
+    cross-entropy labels index its (n, classes) outputs.
+    """
+    try:
+        with torch.no_grad():
+            out = functional_call(line.shell, line.start, (data.x[:2],))
+    except (RuntimeError, ValueError, IndexError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"data x of shape {tuple(data.x.shape)} does not fit the model: {msg[:200]}") from None
+    if not isinstance(out, torch.Tensor):
+        raise InputError(f"the model returns {type(out).__name__}, not a tensor")
+    if data.loss == "mse" and tuple(out.shape[1:]) != tuple(data.y.shape[1:]):
+        raise InputError(
+            f"model outputs have shape {tuple(out.shape[1:])} per example but targets y have "
+            f"{tuple(data.y.shape[1:])}"
+        )
+    if data.loss == "ce":
+        if out.dim() != 2:
+            raise InputError(f"cross-entropy needs (n, classes) outputs, the model gives {tuple(out.shape)}")
+        if int(data.y.max()) >= out.shape[1]:
+            raise InputError(f"label {int(data.y.max())} out of range for a model with {out.shape[1]} outputs")
+
+
+def data_on_line(line: Line, data: Dataset, bn: BNPolicy | str, batch_size: int | None = None) -> Dataset:
+    """``data`` cast to the line's device and dtype, after the checks every evaluation along the line
+    needs: BatchNorm re-estimation (``bn="recompute"``) needs batches and a data set of 2+ examples,
+    and the model must accept the data (:func:`probe`).
+
+    Raises:
+        InputError: naming the parameter, before any heavy work.
+    """
+    if line.has_bn and BNPolicy(bn) == BNPolicy.RECOMPUTE:
+        check_recompute_batch_size(batch_size)
+        if data.n < 2:
+            raise InputError('bn="recompute" re-estimates BatchNorm statistics and needs at least 2 examples')
+    data = data.to(line.device, line.dtype)
+    probe(line, data)
+    return data
 
 
 def evaluate(line: Line, state: StateDict, data: Dataset, batch_size: int | None = None) -> tuple[float, float | None]:
