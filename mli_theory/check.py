@@ -149,6 +149,8 @@ def check(
                 "gauss_error": geo.gauss.error,
                 "gauss_singular": geo.gauss.singular,
             }
+            if geo.jet.off_curve is not None:
+                warnings.append(f"the Gauss length and the conditions describe another curve: {geo.jet.off_curve}")
             if not geo.gauss.converged:
                 warnings.append(
                     f"the Gauss length did not reach its relative tolerance on {geo.gauss.n_alphas} α "

@@ -89,7 +89,12 @@ def test_taylor_mode_equals_nested_jvp(case, bn, device):
     a = [0.0, 0.25, 0.9, 1.0]
     fast = path_jet(line, data, a, bn=bn, method="taylor")
     ref = path_jet(line, data, a, bn=bn, method="nested_jvp")
-    for name in ("z", "dz", "d2z"):
+    assert fast.off_curve is None
+    names = ("z", "dz", "d2z")
+    if ref.off_curve is not None:  # BatchNorm statistics that move: nested jvp holds them fixed
+        assert line.has_bn and bn != "frozen"  # (tests/test_bn_geometry.py checks the Taylor mode)
+        names = ("z",)
+    for name in names:
         f, r = getattr(fast, name), getattr(ref, name)
         assert torch.allclose(f, r, rtol=1e-10, atol=1e-12 * (1 + float(r.abs().max()))), name
 

@@ -31,6 +31,7 @@ from ..inputs.data import Dataset
 from ..path import BNPolicy, Line, batches, recompute_bn_statistics
 from .interpreter import UnsupportedGraph, interpret, plan, trace
 from .rules import JET, Jet
+from .statistics import NotOnMeasuredCurve, statistics_jets
 
 JetMethod = Literal["auto", "taylor", "nested_jvp"]
 
@@ -46,6 +47,9 @@ class PathJet:
         d2z: z″(α), same shape.
         fallbacks: operations the Taylor mode evaluated by nested forward mode because no rule
             covers them (empty for ``nested_jvp`` and when every operation had a rule).
+        off_curve: None when z′, z″ are the derivatives of the curve whose loss is measured;
+            otherwise why they are not (BatchNorm statistics that change with α were held fixed
+            at each α, see :mod:`mli_theory.geometry.statistics`).
     """
 
     alphas: torch.Tensor
@@ -53,6 +57,7 @@ class PathJet:
     dz: torch.Tensor
     d2z: torch.Tensor
     fallbacks: tuple[str, ...] = ()
+    off_curve: str | None = None
 
 
 # ----------------------------------------------------------------------------- states along α
@@ -144,17 +149,8 @@ def taylor_plan(line: Line) -> list[str]:
     return plan(gm, JET)
 
 
-def _taylor(
-    line: Line,
-    gm: GraphModule,
-    fixed: StateDict,
-    moving: frozenset[str],
-    x: torch.Tensor,
-    alpha: float,
-    fallbacks: list[str],
-):
+def _taylor(gm: GraphModule, params: Mapping[str, Jet], x: torch.Tensor, fallbacks: list[str]):
     """(z, z′, z″) at one α in a single pass of the jet interpreter."""
-    params = _ParamJets(line, fixed, moving, alpha)
     out = interpret(gm, JET, [Jet(x)], params, fallbacks=fallbacks)
     if isinstance(out, torch.Tensor):
         out = Jet(out)
@@ -169,12 +165,13 @@ class _ParamJets(Mapping):
     that no copy of the whole parameter vector (θ(α) or Δθ) is ever held: the extra memory over a
     plain forward pass is one layer's weights."""
 
-    def __init__(self, line: Line, fixed: StateDict, moving: frozenset[str], alpha: float) -> None:
+    def __init__(self, line: Line, fixed: Mapping[str, torch.Tensor | Jet], moving: frozenset[str], alpha: float) -> None:
         self.line, self.fixed, self.moving, self.alpha = line, fixed, moving, alpha
 
     def __getitem__(self, k: str) -> Jet:
         if k in self.fixed:
-            return Jet(self.fixed[k])
+            got = self.fixed[k]
+            return got if isinstance(got, Jet) else Jet(got)
         end = self.line.end[k]  # KeyError for a name the line does not hold
         if k not in self.moving:
             return Jet(end)
@@ -206,9 +203,12 @@ def path_jet(
 ) -> PathJet:
     """z, z′ = J·Δθ and z″ = D²f[Δθ, Δθ] at each α, without forming Jacobians or Hessians.
 
-    BatchNorm statistics are held fixed while differentiating (torch's batch norm has no forward
-    derivative in them): at each α they are the re-estimated statistics (``recompute``, as the
-    reference does), the interpolated statistics at that α (``interpolate``), or θT's (``frozen``).
+    The derivatives are those of the curve whose loss ``check`` measures. With BatchNorm that curve
+    moves the running statistics by the policy (``frozen``: θT's; ``interpolate``: affine in α;
+    ``recompute``, the reference's: re-estimated from the data at each α), and the Taylor mode
+    differentiates through them (:mod:`mli_theory.geometry.statistics`). Where it cannot (nested
+    forward mode, or a re-estimation pass it cannot follow) the statistics are held fixed at each
+    α and :attr:`PathJet.off_curve` says so.
 
     Args:
         line: the path.
@@ -217,7 +217,7 @@ def path_jet(
         bn: BatchNorm policy.
         method: ``taylor`` (one pass of the jet interpreter; any model torch.fx can trace, see
             :func:`taylor_supported`), ``nested_jvp`` (any model), or ``auto`` (Taylor mode where supported).
-        batch_size: examples per pass (bounds memory).
+        batch_size: examples per pass (bounds memory), and the minibatches of the re-estimation.
         alpha_chunk: α values per vmapped nested-jvp call (bounds memory).
     """
     bn = BNPolicy(bn)
@@ -227,28 +227,46 @@ def path_jet(
     use_taylor = method == "taylor" or (method == "auto" and supported)
     if use_taylor and not supported:
         raise ValueError(f"method='taylor' cannot run this model: {gm}")
-    per_alpha_fixed = line.has_bn and bn != BNPolicy.FROZEN
+    moving_stats = line.has_bn and bn != BNPolicy.FROZEN
     zs, d1s, d2s = [], [], []
     fallbacks: list[str] = []
+    off_curve: str | None = None
     with torch.no_grad():
-        moving = frozenset(k for k in line.start if line.start[k].is_floating_point()) if use_taylor else frozenset()
-        fixed_const = None if per_alpha_fixed else _fixed_buffers(line, bn, 0.0, data, batch_size)
-        step = 1 if (use_taylor or per_alpha_fixed) else max(1, alpha_chunk)
-        for i0 in range(0, a.shape[0], step):
-            chunk = a[i0 : i0 + step]
-            fixed = fixed_const if fixed_const is not None else _fixed_buffers(line, bn, float(chunk[0]), data, batch_size)
-            parts = []
-            for sl in batches(data.n, batch_size):
-                xb = data.x[sl]
-                if use_taylor:
-                    z, d1, d2 = _taylor(line, gm, fixed, moving, xb, float(chunk[0]), fallbacks)  # type: ignore[arg-type]
-                    parts.append((z[None], d1[None], d2[None]))
-                else:
-                    parts.append(_nested_jvp(line, fixed, xb, chunk))
-            zs.append(torch.cat([p[0] for p in parts], dim=1))
-            d1s.append(torch.cat([p[1] for p in parts], dim=1))
-            d2s.append(torch.cat([p[2] for p in parts], dim=1))
-    return PathJet(a, _stack_alphas(zs), _stack_alphas(d1s), _stack_alphas(d2s), tuple(fallbacks))
+        if use_taylor:
+            moving = frozenset(k for k in line.start if line.start[k].is_floating_point())
+            held = {k: v for k, v in line.end.items() if not v.is_floating_point()}
+            if line.has_bn and bn == BNPolicy.FROZEN:  # every buffer at θT's, as the loss curve has it
+                held = {k: v for k, v in line.end.items() if k not in line.param_names}
+            for alpha in a.tolist():
+                fixed: dict[str, torch.Tensor | Jet] = dict(held)
+                if moving_stats and off_curve is None:
+                    try:
+                        fixed.update(statistics_jets(line, gm, _ParamJets(line, held, moving, alpha), bn, alpha, data, batch_size))  # type: ignore[arg-type]
+                    except NotOnMeasuredCurve as exc:
+                        off_curve = f"BatchNorm statistics held fixed at each α: {exc}"
+                if moving_stats and off_curve is not None:
+                    fixed = dict(_fixed_buffers(line, bn, alpha, data, batch_size))
+                params = _ParamJets(line, fixed, moving, alpha)
+                parts = [_taylor(gm, params, data.x[sl], fallbacks) for sl in batches(data.n, batch_size)]  # type: ignore[arg-type]
+                zs.append(torch.cat([p[0][None] for p in parts], dim=1))
+                d1s.append(torch.cat([p[1][None] for p in parts], dim=1))
+                d2s.append(torch.cat([p[2][None] for p in parts], dim=1))
+        else:
+            if moving_stats:
+                off_curve = (
+                    "BatchNorm statistics held fixed at each α: nested forward mode cannot differentiate through "
+                    "them (torch's eval-mode batch norm has a zero forward derivative in its running statistics)"
+                )
+            fixed_const = None if moving_stats else _fixed_buffers(line, bn, 0.0, data, batch_size)
+            step = 1 if moving_stats else max(1, alpha_chunk)
+            for i0 in range(0, a.shape[0], step):
+                chunk = a[i0 : i0 + step]
+                fixed_buf = fixed_const if fixed_const is not None else _fixed_buffers(line, bn, float(chunk[0]), data, batch_size)
+                parts = [_nested_jvp(line, fixed_buf, data.x[sl], chunk) for sl in batches(data.n, batch_size)]
+                zs.append(torch.cat([p[0] for p in parts], dim=1))
+                d1s.append(torch.cat([p[1] for p in parts], dim=1))
+                d2s.append(torch.cat([p[2] for p in parts], dim=1))
+    return PathJet(a, _stack_alphas(zs), _stack_alphas(d1s), _stack_alphas(d2s), tuple(fallbacks), off_curve)
 
 
 def _stack_alphas(parts: list[torch.Tensor]) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """The straight path θ(α) = (1−α)θ0 + αθT, what the model computes along it, and the loss curve."""
 
-from .batchnorm import batches, recompute_bn_statistics
+from .batchnorm import batches, recompute_batches, recompute_bn_statistics
 from .curve import LossCurve, Progress, alpha_grid, data_on_line, evaluate, loss_curve, probe
 from .line import BNPolicy, Line, distances, interpolate, make_line
 from .losses import batch_loss_sums, loss_normaliser
@@ -28,5 +28,6 @@ __all__ = [
     "make_line",
     "max_rise",
     "probe",
+    "recompute_batches",
     "recompute_bn_statistics",
 ]

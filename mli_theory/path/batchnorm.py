@@ -17,6 +17,15 @@ def batches(n: int, batch_size: int | None) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
+def recompute_batches(n: int, batch_size: int | None) -> list[slice]:
+    """The minibatches of the re-estimation pass: :func:`batches`, with a last batch of one
+    example merged into the one before (train-mode BatchNorm needs 2+ examples)."""
+    parts = batches(n, batch_size)
+    if len(parts) > 1 and parts[-1].stop - parts[-1].start == 1:
+        parts = parts[:-2] + [slice(parts[-2].start, parts[-1].stop)]
+    return parts
+
+
 def check_recompute_batch_size(batch_size: int | None) -> None:
     """Train-mode BatchNorm needs 2+ examples per batch: refuse ``batch_size=1`` up front."""
     if batch_size is not None and 0 < batch_size < 2:
@@ -43,9 +52,7 @@ def recompute_bn_statistics(line: Line, state: StateDict, x: torch.Tensor, batch
             "re-estimating BatchNorm statistics needs at least 2 examples (use bn=\"interpolate\" or \"frozen\")"
         )
     check_recompute_batch_size(batch_size)
-    parts = batches(x.shape[0], batch_size)
-    if len(parts) > 1 and parts[-1].stop - parts[-1].start == 1:  # train-mode BN needs 2+ examples
-        parts = parts[:-2] + [slice(parts[-2].start, parts[-1].stop)]
+    parts = recompute_batches(x.shape[0], batch_size)
     line.shell.train()
     try:
         with torch.no_grad():

@@ -74,9 +74,8 @@ def evaluate_conditions(
         data: training data on the line's device and dtype.
         alphas: the base α grid for z′, z″ (a count of evenly spaced points with both ends, or the
             points); the Gauss length refines it adaptively.
-        bn: BatchNorm policy (statistics are held fixed at each α while differentiating, so with
-            BatchNorm only ``frozen`` gives jets of the measured curve; under the other policies
-            every condition is reported not applicable).
+        bn: BatchNorm policy; the jets differentiate through the statistics it sets (where they
+            cannot, :attr:`PathJet.off_curve` says why and every condition is not applicable).
         batch_size: examples per pass.
         rtol: relative tolerance of the Gauss-length estimate.
         max_alphas: α budget of the Gauss-length refinement (bounds its time: ReLU paths on many
@@ -99,7 +98,7 @@ def evaluate_conditions(
     for name, statement in STATEMENTS.items():
         if name not in evidence:
             continue
-        app = applicability(name, line.structure, has_bn=line.has_bn, bn=bn)
+        app = applicability(name, line.structure, off_curve=jet.off_curve)
         if not app.applicable:
             # never evaluated: its hypotheses are not shown (e.g. z″ of the jets misses the jumps
             # of z′ at ReLU kinks, the terms Σ⟨[z′](κ), r⟩ of the identity)

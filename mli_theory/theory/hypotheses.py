@@ -19,17 +19,19 @@ least as structured as listed):
   by ≈ 0.7 while the pairwise form holds at every grid point). Kinds: polynomial, smooth.
 * ``AFFINE`` — z affine in α (a single affine layer). Kind: polynomial of degree ≤ 1.
 * ``JETS_OF_MEASURED_CURVE`` — the z′, z″ used are the derivatives of the curve whose loss is
-  measured. False for BatchNorm models under ``bn=recompute`` or ``bn=interpolate``: the jets hold
-  the statistics fixed at each α, while the measured curve re-estimates (or interpolates) them, so
-  the jets differentiate another curve (72 % off a finite difference on a tanh+BN net, issue 16).
-  True without BatchNorm and with ``bn=frozen``.
+  measured. The Taylor mode differentiates through the BatchNorm statistics of every policy
+  (:mod:`mli_theory.geometry.statistics`: interpolated statistics are affine in α, re-estimated
+  ones are smooth functions of the pre-activations), so this holds unless the jets report
+  otherwise (:attr:`mli_theory.geometry.PathJet.off_curve`: nested forward mode or a re-estimation
+  pass that cannot be followed hold the statistics fixed at each α, and then differentiate another
+  curve: 72 % off a finite difference on a tanh+BN net, issue 16).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..path import BNPolicy, PathKind, PathStructure
+from ..path import PathKind, PathStructure
 
 C1_PIECEWISE = "C1_PIECEWISE"
 C2 = "C2"
@@ -77,7 +79,7 @@ class Applicability:
     reason: str | None = None
 
 
-def applicability(name: str, structure: PathStructure, *, has_bn: bool = False, bn: BNPolicy | str = BNPolicy.RECOMPUTE) -> Applicability:
+def applicability(name: str, structure: PathStructure, *, off_curve: str | None = None) -> Applicability:
     """Decide whether condition ``name`` may be evaluated on this model (see the module docstring).
 
     >>> from torch import nn
@@ -86,14 +88,12 @@ def applicability(name: str, structure: PathStructure, *, has_bn: bool = False, 
     >>> applicability("acute_tangents", relu).applicable, applicability("stationary_pairwise", relu).applicable
     (True, False)
     """
-    bn = BNPolicy(bn)
     for hyp in HYPOTHESES.get(name, (C2, JETS_OF_MEASURED_CURVE)):
         if hyp == JETS_OF_MEASURED_CURVE:
-            if has_bn and bn != BNPolicy.FROZEN:
+            if off_curve is not None:
                 return Applicability(
                     False,
-                    f"not applicable: the result needs {_WORDS[hyp]}, but with bn={bn.value} the BatchNorm statistics "
-                    "change with α while the jets hold them fixed (they differentiate another curve); use bn=frozen",
+                    f"not applicable: the result needs {_WORDS[hyp]}, but the jets differentiate another curve ({off_curve})",
                 )
             continue
         if structure.kind not in _KINDS[hyp]:
