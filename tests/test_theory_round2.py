@@ -335,3 +335,20 @@ def test_grid_slope_is_sound_with_true_bounds_and_only_evidence_with_sampled_one
     # with L″ sampled at the grid points only, the rising path fools it: evidence, not proof
     jet2 = PathJet(a, z2(a).reshape(K, 1, 1), d2(a).reshape(K, 1, 1), dd2(a).reshape(K, 1, 1))
     assert grid_slope(jet2, y)[0] is True
+
+
+def test_per_example_pairwise_values_do_not_depend_on_the_chunking(monkeypatch):
+    """The per-example cosine matrices are batched to bound memory (K = 2001 α on 1 797 examples
+    once needed 16 GiB and was killed); the batches must not change the value."""
+    from mli_theory.theory import evidence
+
+    g = torch.Generator().manual_seed(5)
+    K, n, k = 9, 7, 3
+    jet = PathJet(torch.linspace(0, 1, K, dtype=D), torch.randn(K, n, k, generator=g, dtype=D),
+                  torch.randn(K, n, k, generator=g, dtype=D), torch.randn(K, n, k, generator=g, dtype=D))
+    gauss = SimpleNamespace(stacked=1.0, per_example=torch.ones(n, dtype=D), singular=False)
+    y = torch.randn(n, k, generator=g, dtype=D)
+    whole = evidence.grid_evidence(jet, y, gauss)
+    monkeypatch.setattr(evidence, "_PAIRWISE_ENTRIES", 2 * K * K)  # batches of 2 examples
+    batched = evidence.grid_evidence(jet, y, gauss)
+    assert batched["acute_tangents_per_example"] == whole["acute_tangents_per_example"]

@@ -15,8 +15,9 @@ import torch
 from ..geometry import GaussLength, PathJet
 from .statements import HALF_PI
 
-# examples per batch of the per-example pairwise-cosine matrices (bounds memory: chunk·K² floats)
-_EXAMPLE_CHUNK = 512
+# entries per batch of the per-example pairwise-cosine matrices (chunk·K² floats, a few copies live
+# at once): 2²⁴ float64 = 128 MiB, so K = 2001 α take 4 examples per batch instead of 16 GiB for 512
+_PAIRWISE_ENTRIES = 2**24
 
 
 def _cos_matrix(v: torch.Tensor) -> torch.Tensor:
@@ -60,8 +61,9 @@ def grid_evidence(jet: PathJet, y: torch.Tensor, gauss: GaussLength) -> dict[str
     out["acute_tangents"] = (acute >= 0.0, acute, 0.0)
     per = []
     Vx = jet.dz.double().permute(1, 0, 2)  # (n, K, k)
-    for i0 in range(0, Vx.shape[0], _EXAMPLE_CHUNK):
-        per.append(_acute_value(Vx[i0 : i0 + _EXAMPLE_CHUNK], r_ex[i0 : i0 + _EXAMPLE_CHUNK]))
+    chunk = max(1, _PAIRWISE_ENTRIES // (K * K))
+    for i0 in range(0, Vx.shape[0], chunk):
+        per.append(_acute_value(Vx[i0 : i0 + chunk], r_ex[i0 : i0 + chunk]))
     acute_ex = float(torch.cat(per).min())
     out["acute_tangents_per_example"] = (acute_ex >= 0.0, acute_ex, 0.0)
     s1 = float(V[-1] @ r)
