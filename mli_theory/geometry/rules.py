@@ -186,7 +186,8 @@ def linear_n(fn: Callable[..., Any], xs: Any, *args: Any, **kwargs: Any) -> Any:
 def unary(x: Any, fn: Callable[[Tensor], Tensor], derivs: Callable[[Tensor, Tensor], tuple[Any, Any]]) -> Jet:
     """Chain rule for an elementwise f: (f(u), f′ u′, f″ u′² + f′ u″).
 
-    ``derivs(u, f(u))`` returns (f′(u), f″(u)); f″ may be None (identically zero).
+    ``derivs(u, f(u))`` returns (f′(u), f″(u)); f″ may be None (identically zero). h″ is built in
+    one fresh buffer: f′ u″, then + (f″ u′) u′ by a fused multiply-add (:func:`_chain2`).
     """
     x = lift(x)
     v = fn(x.v)
@@ -194,11 +195,25 @@ def unary(x: Any, fn: Callable[[Tensor], Tensor], derivs: Callable[[Tensor, Tens
         return Jet(v)
     f1, f2 = derivs(x.v, v)
     d1 = None if x.d1 is None else f1 * x.d1
-    d2 = _plus(
-        None if (x.d1 is None or f2 is None) else f2 * (x.d1 * x.d1),
-        None if x.d2 is None else f1 * x.d2,
-    )
-    return _jet(v, d1, d2)
+    return _jet(v, d1, _chain2(f1, f2, x.d1, x.d2))
+
+
+def _chain2(f1: Any, f2: Any, u1: Tensor | None, u2: Tensor | None) -> Tensor | None:
+    """f″ u′² + f′ u″ for elementwise f′, f″ (tensors of u's shape, Python numbers, or f″ None).
+
+    At most one temporary: f′ u″ is a fresh tensor, f″ u′ a second one, and the rest is an in-place
+    ``addcmul_`` into the first (never into an operand, which other nodes may still read)."""
+    curv = None if (u1 is None or f2 is None) else f2 * u1  # f″ u′ (fresh)
+    if u2 is None:
+        if curv is None:
+            return None
+        return curv.mul_(u1) if curv.shape == u1.shape and curv.dtype == u1.dtype else curv * u1
+    out = f1 * u2
+    if curv is None:
+        return out
+    if out.shape == torch.broadcast_shapes(out.shape, curv.shape) and out.dtype == torch.result_type(curv, u1):
+        return out.addcmul_(curv, u1)
+    return torch.addcmul(out, curv, u1)
 
 
 def bilinear(f: Callable[[Tensor, Tensor], Tensor], a: Any, b: Any, value: Tensor | None = None) -> Jet:
@@ -212,12 +227,10 @@ def bilinear(f: Callable[[Tensor, Tensor], Tensor], a: Any, b: Any, value: Tenso
         None if a.d1 is None else f(a.d1, b.v),
         None if b.d1 is None else f(a.v, b.d1),
     )
-    cross = None if (a.d1 is None or b.d1 is None) else f(a.d1, b.d1)
-    d2 = _plus(
-        None if a.d2 is None else f(a.d2, b.v),
-        None if cross is None else 2 * cross,
-        None if b.d2 is None else f(a.v, b.d2),
-    )
+    d2 = _plus(None if a.d2 is None else f(a.d2, b.v), None if b.d2 is None else f(a.v, b.d2))
+    if a.d1 is not None and b.d1 is not None:
+        cross = f(a.d1, b.d1)
+        d2 = 2 * cross if d2 is None else torch.add(d2, cross, alpha=2)
     return _jet(v, d1, d2)
 
 
@@ -335,15 +348,71 @@ def pow_(input: Any, exponent: Any) -> Any:
 def _matmul(input: Any, other: Any, *, out: Any = None) -> Any:
     if out is not None:
         return NotImplemented
-    return bilinear(torch.matmul, input, other)
+    a, b = lift(input), lift(other)
+    if isinstance(a, Jet) and isinstance(b, Jet) and _batched_alike(a.v, b.v):
+        return _bmm_jet(a, b)
+    return bilinear(torch.matmul, a, b)
 
 
 def _mm(input: Any, mat2: Any, *, out: Any = None) -> Any:
-    return bilinear(torch.mm, input, mat2) if out is None else NotImplemented
+    if out is not None:
+        return NotImplemented
+    a, b = lift(input), lift(mat2)
+    if isinstance(a, Jet) and isinstance(b, Jet) and _batched_alike(a.v, b.v):
+        return _bmm_jet(a, b)
+    return bilinear(torch.mm, a, b)
 
 
 def _bmm(input: Any, mat2: Any, *, out: Any = None) -> Any:
-    return bilinear(torch.bmm, input, mat2) if out is None else NotImplemented
+    if out is not None:
+        return NotImplemented
+    a, b = lift(input), lift(mat2)
+    if isinstance(a, Jet) and isinstance(b, Jet) and _batched_alike(a.v, b.v):
+        return _bmm_jet(a, b)
+    return bilinear(torch.bmm, a, b)
+
+
+def _batched_alike(a: Tensor, b: Tensor) -> bool:
+    """Whether a @ b is a plain (batched) matrix product: both at least 2-D, one floating dtype,
+    the same batch shape (no broadcasting) and matching inner dimensions."""
+    return (
+        a.dim() >= 2 and a.dim() == b.dim() and a.shape[:-2] == b.shape[:-2] and a.shape[-1] == b.shape[-2]
+        and a.dtype == b.dtype and a.is_floating_point() and not a.is_complex()
+    )
+
+
+def _bmm_jet(a: Jet, b: Jet) -> Jet:
+    """The jet of the batched matrix product C = A B (same batch shape, see :func:`_batched_alike`):
+    C′ = A′B + AB′, C″ = A″B + 2A′B′ + AB″.
+
+    Each component is brought to (batch, m, k) / (batch, k, n) once (a copy only where the batch
+    dims cannot be merged by a view; every component is read by two or three products), each of
+    C′, C″ is one ``bmm`` followed by in-place ``baddbmm_`` accumulations. The value is ``mm`` of
+    two matrices, else ``bmm`` of the same (batch, m, k), (batch, k, n) operands: what
+    ``torch.matmul`` computes for them."""
+    out_shape = a.v.shape[:-1] + b.v.shape[-1:]
+
+    def as3(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t.reshape((math.prod(t.shape[:-2]),) + tuple(t.shape[-2:]))
+
+    A, A1, A2 = as3(a.v), as3(a.d1), as3(a.d2)
+    B, B1, B2 = as3(b.v), as3(b.d1), as3(b.d2)
+    value = torch.mm(a.v, b.v) if a.v.dim() == 2 else torch.bmm(A, B).view(out_shape)
+
+    def acc(pairs: list[tuple[Tensor | None, Tensor | None, float]]) -> Tensor | None:
+        out = None
+        for x, y, c in pairs:
+            if x is None or y is None:
+                continue
+            if out is None:
+                out = torch.bmm(x, y) if c == 1 else torch.bmm(x, y).mul_(c)
+            else:
+                out.baddbmm_(x, y, alpha=c)
+        return None if out is None else out.view(out_shape)
+
+    d1 = acc([(A1, B, 1), (A, B1, 1)])
+    d2 = acc([(A2, B, 1), (A1, B1, 2), (A, B2, 1)])
+    return _jet(value, d1, d2)
 
 
 def addmm(input: Any, mat1: Any, mat2: Any, *, beta: Any = 1, alpha: Any = 1, out: Any = None) -> Any:
@@ -374,10 +443,43 @@ def einsum(equation: str, *operands: Any) -> Any:
 
 
 def linear_layer(input: Any, weight: Any, bias: Any = None) -> Jet:
-    """F.linear: value by torch (bias folded in), derivatives by the product rule."""
-    value = F.linear(_v(input), _v(weight), _v(bias))
-    out = bilinear(lambda a, w: F.linear(a, w), input, weight, value=value)
-    return _with_bias(out, bias)
+    """F.linear: value by torch (bias folded in), derivatives by the product rule.
+
+    o = a Wᵀ + b gives o′ = a W′ᵀ + b′ + a′ Wᵀ and o″ = a″ Wᵀ + 2 a′ W′ᵀ + a W″ᵀ + b″; each of o′, o″
+    is one ``F.linear`` (with b′ or b″ folded in) followed by in-place ``addmm_`` accumulations into
+    its (N, out) view, so no product is materialised apart from its sum (:func:`_gemm_sum`).
+    """
+    a, w, b = lift(input), lift(weight), lift(bias)
+    value = F.linear(a.v, w.v, _v(b))
+    if not isinstance(w, Jet) or w.v.dim() != 2 or a.v.dim() == 0 or a.v.dtype != w.v.dtype:
+        out = bilinear(lambda x, m: F.linear(x, m), a, w, value=value)
+        return _with_bias(out, bias)
+    b1 = b.d1 if isinstance(b, Jet) else None
+    b2 = b.d2 if isinstance(b, Jet) else None
+    d1 = _gemm_sum([(a.v, w.d1, 1), (a.d1, w.v, 1)], b1)
+    d2 = _gemm_sum([(a.d2, w.v, 1), (a.d1, w.d1, 2), (a.v, w.d2, 1)], b2)
+    return _jet(value, d1, d2)
+
+
+def _gemm_sum(terms: list[tuple[Tensor | None, Tensor | None, float]], bias: Tensor | None) -> Tensor | None:
+    """Σ c·x Wᵀ (+ bias) over the terms (x, W, c) whose x and W are both present.
+
+    The first present term is ``F.linear(x, c W, bias)`` (a fresh tensor; c W is exact for c = 2);
+    the others are accumulated into its (N, out) view by ``addmm_(x, Wᵀ, alpha=c)``. A bias alone
+    is returned as it is (``_jet`` broadcasts it)."""
+    out = flat = None
+    for x, w, c in terms:
+        if x is None or w is None:
+            continue
+        if out is None:
+            out = F.linear(x, w if c == 1 else w * c, bias)
+            if not out.is_contiguous():
+                out = out.contiguous()
+            flat = out.view(-1, out.shape[-1]) if out.dim() != 1 else out.view(1, -1)
+            bias = None
+        else:
+            flat.addmm_(x.reshape(-1, x.shape[-1]), w.t(), alpha=c)
+    return bias if out is None else out
 
 
 def _conv(fn: Callable[..., Tensor]) -> Rule:
@@ -430,14 +532,20 @@ def batch_norm(
 def _scaled_shift(x: Jet, s: Any, t: Any, value: Tensor) -> Jet:
     """The derivatives of x·s + t for a large x and small broadcast s, t (value already computed):
     (x s + t)′ = x′ s + x s′ + t′ and (x s + t)″ = x″ s + 2 x′ s′ + x s″ + t″, each as one chain of
-    fused multiply-adds over the large tensor."""
+    fused multiply-adds over the large tensor (the first allocates, the rest update it in place)."""
+    fresh: set[int] = set()  # accumulators allocated here (safe to update in place)
 
     def fma(acc: Tensor | None, a: Tensor | None, b: Tensor | None, c: float = 1.0) -> Tensor | None:
         if a is None or b is None:
             return acc
         if acc is None:
-            return a * b if c == 1.0 else (a * b) * c
-        return torch.addcmul(acc, a, b, value=c)
+            out = a * b if c == 1.0 else (a * b).mul_(c)
+        elif id(acc) in fresh and acc.shape == value.shape and acc.dtype == torch.result_type(a, b):
+            return acc.addcmul_(a, b, value=c)
+        else:
+            out = torch.addcmul(acc, a, b, value=c)
+        fresh.add(id(out))
+        return out
 
     s = s if isinstance(s, Jet) else Jet(torch.as_tensor(s, dtype=x.v.dtype, device=x.v.device))
     t = t if isinstance(t, Jet) else Jet(torch.as_tensor(t, dtype=x.v.dtype, device=x.v.device))
@@ -447,7 +555,12 @@ def _scaled_shift(x: Jet, s: Any, t: Any, value: Tensor) -> Jet:
 
 
 def _normalized(x: Jet, dims: tuple[int, ...], eps: float) -> Jet:
-    """y = (u − m(u)) (m(c²) + ε)^{−1/2} over ``dims`` with its exact first and second derivatives."""
+    """y = (u − m(u)) (m(c²) + ε)^{−1/2} over ``dims`` with its exact first and second derivatives.
+
+    With c = u − m(u), r = (m(c²) + ε)^{−1/2}, c′ = u′ − m(u′), c″ = u″ − m(u″),
+    (σ²)′ = 2m(c c′), (σ²)″ = 2m(c′² + c c″), r′ = −½ r³ (σ²)′, r″ = ¾ r⁵ (σ²)′² − ½ r³ (σ²)″:
+    y′ = c′r + c r′ and y″ = c″r + 2c′r′ + c r″. The reduced quantities (r, r′, r″) are small; the
+    full-size c, c′, c″ are fresh buffers that become y, y′, y″ in place (y″ first: it reads c′)."""
     u = x.v
 
     def m(t: Tensor) -> Tensor:
@@ -455,9 +568,8 @@ def _normalized(x: Jet, dims: tuple[int, ...], eps: float) -> Jet:
 
     c = u - m(u)
     r = torch.rsqrt(m(c * c) + eps)
-    y = c * r
     if x.constant:
-        return Jet(y)
+        return Jet(c.mul_(r))
     c1 = None if x.d1 is None else x.d1 - m(x.d1)
     c2 = None if x.d2 is None else x.d2 - m(x.d2)
     s1 = None if c1 is None else 2 * m(c * c1)
@@ -465,13 +577,13 @@ def _normalized(x: Jet, dims: tuple[int, ...], eps: float) -> Jet:
     r3 = r * r * r
     r1 = None if s1 is None else -0.5 * r3 * s1
     r2 = _plus(None if s1 is None else 0.75 * (r3 * r * r) * (s1 * s1), None if s2 is None else -0.5 * r3 * s2)
-    y1 = _plus(None if c1 is None else c1 * r, None if r1 is None else c * r1)
-    y2 = _plus(
-        None if c2 is None else c2 * r,
-        None if (c1 is None or r1 is None) else 2 * (c1 * r1),
-        None if r2 is None else c * r2,
-    )
-    return _jet(y, y1, y2)
+    y2 = None if c2 is None else c2.mul_(r)
+    if c1 is not None:  # then r1 is not None too
+        y2 = c1 * (2 * r1) if y2 is None else y2.addcmul_(c1, r1, value=2.0)
+    if r2 is not None:
+        y2 = c * r2 if y2 is None else y2.addcmul_(c, r2)
+    y1 = None if c1 is None else c1.mul_(r).addcmul_(c, r1)
+    return _jet(c.mul_(r), y1, y2)
 
 
 def _affine(y: Jet, weight: Any, bias: Any) -> Jet:
@@ -489,8 +601,11 @@ def layer_norm(input: Any, normalized_shape: Any, weight: Any = None, bias: Any 
         normalized_shape = (normalized_shape,)
     value = F.layer_norm(x.v, normalized_shape, _v(weight), _v(bias), eps)
     dims = tuple(range(-len(normalized_shape), 0))
-    out = _affine(_normalized(x, dims, eps), weight, bias)
-    return _jet(value, out.d1, out.d2)
+    y = _normalized(x, dims, eps)
+    if weight is None:
+        out = _affine(y, weight, bias)
+        return _jet(value, out.d1, out.d2)
+    return _scaled_shift(y, lift(weight), 0.0 if bias is None else lift(bias), value)  # γ y + β, fused
 
 
 def group_norm(input: Any, num_groups: int, weight: Any = None, bias: Any = None, eps: float = 1e-5) -> Jet:
@@ -573,11 +688,8 @@ _C_TANH = 0.044715
 
 def gelu(input: Any, approximate: str = "none") -> Any:
     if approximate == "none":
-        def derivs(u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-            phi = torch.exp(-0.5 * u * u) / _SQRT_2PI
-            cdf = 0.5 * (1 + torch.erf(u / math.sqrt(2)))
-            return cdf + u * phi, phi * (2 - u * u)
-    elif approximate == "tanh":
+        return _gelu_erf(lift(input))
+    if approximate == "tanh":
         def derivs(u: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
             u2 = u * u
             t = torch.tanh(_K_TANH * (u + _C_TANH * u2 * u))
@@ -588,6 +700,32 @@ def gelu(input: Any, approximate: str = "none") -> Any:
     else:
         return NotImplemented
     return unary(input, lambda u: F.gelu(u, approximate=approximate), derivs)
+
+
+def _gelu_erf(x: Jet) -> Jet:
+    """GELU(u) = u Φ(u) with f′ = Φ + uφ and f″ = φ (2 − u²), φ(u) = e^{−u²/2}/√(2π).
+
+    f′ is torch's fused ``gelu_backward`` kernel at a unit cotangent (one pass, the same closed
+    form); h″ = f′ u″ is a fresh tensor, then f′ becomes h′ = f′ u′ in place. f″ u′² is built in
+    one temporary e (and one g): e = 2 − u², g = e^{e/2} = e·e^{−u²/2}, e ← e g u′ = e√(2π) f″ u′,
+    and h″ += e u′ / (e√(2π)) (five passes over the tensor instead of the ten of f″ and u′² taken
+    apart)."""
+    u = x.v
+    v = F.gelu(u)
+    if x.constant:
+        return Jet(v)
+    f1 = torch.ops.aten.gelu_backward(u.new_ones(()).expand_as(u), u)  # f′(u), fresh
+    d2 = None if x.d2 is None else f1 * x.d2
+    if x.d1 is not None:
+        e = torch.addcmul(u.new_full((), 2.0), u, u, value=-1.0)  # 2 − u²
+        g = torch.mul(e, 0.5).exp_()  # e^{1 − u²/2}
+        e.mul_(g).mul_(x.d1)
+        del g
+        c = 1 / (math.e * _SQRT_2PI)
+        d2 = e.mul_(x.d1).mul_(c) if d2 is None else d2.addcmul_(e, x.d1, value=c)
+        del e
+    d1 = None if x.d1 is None else f1.mul_(x.d1)
+    return _jet(v, d1, d2)
 
 
 def silu(input: Any, inplace: bool = False) -> Jet:
@@ -696,8 +834,29 @@ def _softmax(x: Any, dim: Any, dtype: Any) -> Any:
     s = torch.softmax(x.v, dim)
     if x.constant:
         return Jet(s)
-    s1, s2, _ = _softmax_jet(x, dim, s)
+    s1, s2 = _softmax_derivatives(x, dim, s)
     return _jet(s, s1, s2)
+
+
+def _softmax_derivatives(x: Jet, dim: int, s: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    """(s′, s″) of s = softmax(u) in fused form: with a = u′ − ⟨s u′⟩ and i = ⟨s′u′⟩ + ⟨s u″⟩,
+    s′ = s a and s″ = s′a + s (u″ − i) = s (a² + u″ − i); a is a fresh buffer that becomes s″ in
+    place (three full-size tensors in all: a, s′ and the products under ⟨·⟩)."""
+    def tot(t: Tensor) -> Tensor:
+        return t.sum(dim, keepdim=True)
+
+    if x.d1 is None:
+        b = x.d2 - tot(s * x.d2)
+        return None, b.mul_(s)
+    a = x.d1 - tot(s * x.d1)
+    s1 = s * a
+    inner = tot(s1 * x.d1)
+    if x.d2 is not None:
+        inner = inner + tot(s * x.d2)
+    s2 = a.mul_(a)
+    if x.d2 is not None:
+        s2 = s2.add_(x.d2)
+    return s1, s2.sub_(inner).mul_(s)
 
 
 def _log_softmax(x: Any, dim: Any, dtype: Any) -> Any:
