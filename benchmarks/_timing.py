@@ -9,6 +9,7 @@ import time
 from typing import Callable
 
 import torch
+from torch import nn
 
 
 def sync(device: str) -> None:
@@ -43,15 +44,51 @@ def table(rows: list[tuple[str, float]], ref: float, ref_name: str) -> str:
     return "\n".join(out)
 
 
+# ----------------------------------------------------------------------------- models shared by the benchmarks
+
+
+class ResBlock(nn.Module):
+    """A basic residual block: conv-BN-ReLU-conv-BN plus a (projected) skip connection."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.b1 = nn.BatchNorm2d(c_out)
+        self.c2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.b2 = nn.BatchNorm2d(c_out)
+        self.skip = (
+            nn.Sequential()
+            if stride == 1 and c_in == c_out
+            else nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.b1(self.c1(x)))
+        return torch.relu(self.b2(self.c2(h)) + self.skip(x))
+
+
+def small_resnet(width: int = 16, classes: int = 10) -> nn.Module:
+    """Stem conv + three residual stages (width, 2·width, 4·width) + global pooling + linear head."""
+    w = width
+    return nn.Sequential(
+        nn.Conv2d(3, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
+        ResBlock(w, w, 1), ResBlock(w, 2 * w, 2), ResBlock(2 * w, 4 * w, 2),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * w, classes),
+    )
+
+
+def big_mlp() -> nn.Module:
+    """The MLP 784-1000-1000-10 (ReLU) of the GUIDE's anchors."""
+    return nn.Sequential(nn.Linear(784, 1000), nn.ReLU(), nn.Linear(1000, 1000), nn.ReLU(), nn.Linear(1000, 10))
+
+
 def mlp_line(n: int, device: str, loss: str):
     """(model, line, data) for the MLP 784-1000-1000-10 of the GUIDE's anchors, θT = θ0 + noise."""
-    from torch import nn
-
     from mli_theory.inputs import Dataset
     from mli_theory.path import make_line
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(784, 1000), nn.ReLU(), nn.Linear(1000, 1000), nn.ReLU(), nn.Linear(1000, 10)).to(device)
+    model = big_mlp().to(device)
     init = {k: v.clone() for k, v in model.state_dict().items()}
     final = {k: v + 0.01 * torch.randn_like(v) for k, v in init.items()}
     x = torch.randn(n, 784, device=device)
@@ -78,32 +115,12 @@ def _endpoints(model, device: str):
 
 
 def resnet_line(n: int, device: str, width: int = 16):
-    """(model, line, data): a small ResNet (two residual stages with BatchNorm2d) on 3×16×16 inputs."""
-    from torch import nn
-
+    """(model, line, data): :func:`small_resnet` (BatchNorm2d, residual adds) on 3×16×16 inputs."""
     from mli_theory.inputs import Dataset
     from mli_theory.path import make_line
 
-    class Block(nn.Module):
-        def __init__(self, c_in: int, c_out: int, stride: int) -> None:
-            super().__init__()
-            self.c1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-            self.b1 = nn.BatchNorm2d(c_out)
-            self.c2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-            self.b2 = nn.BatchNorm2d(c_out)
-            self.skip = nn.Sequential() if stride == 1 and c_in == c_out else nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
-
-        def forward(self, x):
-            h = torch.relu(self.b1(self.c1(x)))
-            return torch.relu(self.b2(self.c2(h)) + self.skip(x))
-
     torch.manual_seed(0)
-    w = width
-    model = nn.Sequential(
-        nn.Conv2d(3, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
-        Block(w, w, 1), Block(w, 2 * w, 2), Block(2 * w, 4 * w, 2),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * w, 10),
-    ).to(device).eval()
+    model = small_resnet(width).to(device).eval()
     init, final = _endpoints(model, device)
     x = torch.randn(n, 3, 16, 16, device=device)
     data = Dataset(x, torch.zeros(n, 10, device=device), "mse", "synthetic")

@@ -51,9 +51,11 @@ import time
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
+from _timing import big_mlp, small_resnet  # noqa: E402
+
 
 from mli_theory.curvature import extreme_eigenpairs, hutchpp_trace, loss_hessian  # noqa: E402
 from mli_theory.inputs import Dataset  # noqa: E402
@@ -67,43 +69,12 @@ TRACE_RTOL = 0.01
 # ----------------------------------------------------------------------------- models and data
 
 
-class Block(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
-        super().__init__()
-        self.c1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.b1 = nn.BatchNorm2d(c_out)
-        self.c2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.b2 = nn.BatchNorm2d(c_out)
-        self.skip = (
-            nn.Sequential()
-            if stride == 1 and c_in == c_out
-            else nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(self.b1(self.c1(x)))
-        return torch.relu(self.b2(self.c2(h)) + self.skip(x))
-
-
-def small_resnet(width: int = 16, classes: int = 10) -> nn.Module:
-    w = width
-    return nn.Sequential(
-        nn.Conv2d(3, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
-        Block(w, w, 1), Block(w, 2 * w, 2), Block(2 * w, 4 * w, 2),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * w, classes),
-    )
-
-
-def mlp() -> nn.Module:
-    return nn.Sequential(nn.Linear(784, 1000), nn.ReLU(), nn.Linear(1000, 1000), nn.ReLU(), nn.Linear(1000, 10))
-
-
 def setup(name: str, n: int, device: str):
     """(model at θ(α) in eval mode, line, data, criterion) for one benchmark model."""
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     if name == "mlp":
-        model = mlp()
+        model = big_mlp()
         x = torch.randn(n, 784, generator=g)
         teacher = nn.Sequential(nn.Linear(784, 64), nn.Tanh(), nn.Linear(64, 10))
         with torch.no_grad():
@@ -125,7 +96,7 @@ def setup(name: str, n: int, device: str):
     data = Dataset(x.to(device), y.to(device), loss, "teacher")
     line = make_line(model, init, final, device=device)
     state = line.at(ALPHA, "frozen")  # θ(α); BatchNorm statistics θT's, as the HVP operator uses
-    at = mlp() if name == "mlp" else small_resnet()
+    at = big_mlp() if name == "mlp" else small_resnet()
     at.load_state_dict(state)
     at = at.to(device).eval()
     crit = nn.CrossEntropyLoss() if loss == "ce" else nn.MSELoss()

@@ -29,60 +29,15 @@ import copy
 import os
 import statistics
 import sys
-import time
 
 import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _timing import machine, sync  # noqa: E402
+from _timing import big_mlp, machine, median_time, small_resnet  # noqa: E402
 
 from mli_theory.connectivity.surface import loss_surface  # noqa: E402
 from mli_theory.inputs import Dataset  # noqa: E402
-
-
-class Block(nn.Module):
-    """A basic residual block: conv-BN-ReLU-conv-BN plus a (projected) skip connection."""
-
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
-        super().__init__()
-        self.c1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.b1 = nn.BatchNorm2d(c_out)
-        self.c2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.b2 = nn.BatchNorm2d(c_out)
-        self.skip = (
-            nn.Identity() if stride == 1 and c_in == c_out
-            else nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(self.b1(self.c1(x)))
-        return torch.relu(self.b2(self.c2(h)) + self.skip(x))
-
-
-def small_resnet(width: int = 16, classes: int = 10) -> nn.Module:
-    """Stem conv + three residual stages (width, 2·width, 4·width) + global pooling + linear head."""
-    w = width
-    return nn.Sequential(
-        nn.Conv2d(3, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
-        Block(w, w, 1), Block(w, 2 * w, 2), Block(2 * w, 4 * w, 2),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * w, classes),
-    )
-
-
-def mlp() -> nn.Module:
-    return nn.Sequential(nn.Linear(784, 1000), nn.ReLU(), nn.Linear(1000, 1000), nn.ReLU(), nn.Linear(1000, 10))
-
-
-def _time(fn, device: str, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def compare(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, device: str, repeats: int,
@@ -120,9 +75,9 @@ def compare(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps
     # paired, interleaved runs: a shared machine's load hits both tools alike
     ours_t, ll_t = [], []
     for _ in range(repeats):
-        ours_t.append(_time(ours, device, 1))
+        ours_t.append(median_time(ours, device, repeats=1, warmup=0))
         if theirs is not None:
-            ll_t.append(_time(theirs, device, 1))
+            ll_t.append(median_time(theirs, device, repeats=1, warmup=0))
     t_ours = statistics.median(ours_t)
     t_ll = statistics.median(ll_t) if ll_t else None
     return name, t_ours, t_ll, used.get("chunk", 0)
@@ -145,7 +100,7 @@ def main() -> None:
         torch.manual_seed(0)
         x = torch.randn(args.n_mlp, 784, generator=g).to(dev)
         y = torch.randint(0, 10, (args.n_mlp,), generator=g).to(dev)
-        rows.append(compare(f"MLP 784-1000-1000-10, n={args.n_mlp}", mlp(), x, y, args.steps, dev, args.repeats, args.chunk))
+        rows.append(compare(f"MLP 784-1000-1000-10, n={args.n_mlp}", big_mlp(), x, y, args.steps, dev, args.repeats, args.chunk))
     if args.only in (None, "resnet"):
         torch.manual_seed(0)
         x = torch.randn(args.n_resnet, 3, 16, 16, generator=g).to(dev)

@@ -35,8 +35,10 @@ import re
 import subprocess
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from typing import Any, Iterable
+
+from scipy.stats import binomtest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -66,15 +68,12 @@ COST = {"deep_linear": 0, "diabetes": 1, "teacher": 1, "digits_ae": 9}
 # ----------------------------------------------------------------------------- small helpers
 
 
-def wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """Wilson score interval for k successes in n trials (nan, nan for n = 0)."""
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """Wilson score 95 % interval for k successes in n trials (nan, nan for n = 0)."""
     if n <= 0:
         return math.nan, math.nan
-    p = k / n
-    den = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return max(0.0, centre - half), min(1.0, centre + half)
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def frac(k: int, n: int) -> str:

@@ -140,7 +140,7 @@ def test_reestimated_statistics_match_torch():
     data = Dataset(x, torch.zeros(19, 2, dtype=D), "mse", "t")
     moving = frozenset(k for k in line.start if line.start[k].is_floating_point())
     held = {k: v for k, v in line.end.items() if not v.is_floating_point()}
-    got = statistics_jets(line, _graph(line), _ParamJets(line, held, moving, 0.4), BNPolicy.RECOMPUTE, 0.4, data, 6)
+    got = statistics_jets(line, _graph(line), _ParamJets(line, held, moving, 0.4), data, 6)
     want = recompute_bn_statistics(line, line.at(0.4), x, 6)
     assert set(got) == {"1.running_mean", "1.running_var", "4.running_mean", "4.running_var"}
     for k, j in got.items():

@@ -228,6 +228,7 @@ def path_jet(
     if use_taylor and not supported:
         raise ValueError(f"method='taylor' cannot run this model: {gm}")
     moving_stats = line.has_bn and bn != BNPolicy.FROZEN
+    reestimated = line.has_bn and bn == BNPolicy.RECOMPUTE  # interpolated statistics move like parameters
     zs, d1s, d2s = [], [], []
     fallbacks: list[str] = []
     off_curve: str | None = None
@@ -239,12 +240,12 @@ def path_jet(
                 held = {k: v for k, v in line.end.items() if k not in line.param_names}
             for alpha in a.tolist():
                 fixed: dict[str, torch.Tensor | Jet] = dict(held)
-                if moving_stats and off_curve is None:
+                if reestimated and off_curve is None:
                     try:
-                        fixed.update(statistics_jets(line, gm, _ParamJets(line, held, moving, alpha), bn, alpha, data, batch_size))  # type: ignore[arg-type]
+                        fixed.update(statistics_jets(line, gm, _ParamJets(line, held, moving, alpha), data, batch_size))  # type: ignore[arg-type]
                     except NotOnMeasuredCurve as exc:
                         off_curve = f"BatchNorm statistics held fixed at each α: {exc}"
-                if moving_stats and off_curve is not None:
+                if reestimated and off_curve is not None:
                     fixed = dict(_fixed_buffers(line, bn, alpha, data, batch_size))
                 params = _ParamJets(line, fixed, moving, alpha)
                 parts = [_taylor(gm, params, data.x[sl], fallbacks) for sl in batches(data.n, batch_size)]  # type: ignore[arg-type]

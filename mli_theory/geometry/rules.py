@@ -345,31 +345,22 @@ def pow_(input: Any, exponent: Any) -> Any:
     return NotImplemented
 
 
-def _matmul(input: Any, other: Any, *, out: Any = None) -> Any:
-    if out is not None:
-        return NotImplemented
-    a, b = lift(input), lift(other)
-    if isinstance(a, Jet) and isinstance(b, Jet) and _batched_alike(a.v, b.v):
-        return _bmm_jet(a, b)
-    return bilinear(torch.matmul, a, b)
+def _matrix_product(fn: Callable[[Tensor, Tensor], Tensor]) -> Rule:
+    """The rule of ``fn`` (matmul, mm, bmm): :func:`_bmm_jet` for a plain batched product of two
+    jets, the general :func:`bilinear` otherwise."""
+
+    def product(input: Any, other: Any = None, *, out: Any = None, mat2: Any = None) -> Any:
+        if out is not None:
+            return NotImplemented
+        a, b = lift(input), lift(other if mat2 is None else mat2)
+        if isinstance(a, Jet) and isinstance(b, Jet) and _batched_alike(a.v, b.v):
+            return _bmm_jet(a, b)
+        return bilinear(fn, a, b)
+
+    return product
 
 
-def _mm(input: Any, mat2: Any, *, out: Any = None) -> Any:
-    if out is not None:
-        return NotImplemented
-    a, b = lift(input), lift(mat2)
-    if isinstance(a, Jet) and isinstance(b, Jet) and _batched_alike(a.v, b.v):
-        return _bmm_jet(a, b)
-    return bilinear(torch.mm, a, b)
-
-
-def _bmm(input: Any, mat2: Any, *, out: Any = None) -> Any:
-    if out is not None:
-        return NotImplemented
-    a, b = lift(input), lift(mat2)
-    if isinstance(a, Jet) and isinstance(b, Jet) and _batched_alike(a.v, b.v):
-        return _bmm_jet(a, b)
-    return bilinear(torch.bmm, a, b)
+_matmul, _mm, _bmm = _matrix_product(torch.matmul), _matrix_product(torch.mm), _matrix_product(torch.bmm)
 
 
 def _batched_alike(a: Tensor, b: Tensor) -> bool:

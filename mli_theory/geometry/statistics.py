@@ -19,8 +19,8 @@ statistics s(α) = (μ(α), σ²(α)) of every BatchNorm layer follow the policy
   as v_b + ε > 0), so s(α) is smooth and its jet is the equal-weight average of the jets of the
   batch statistics.
 
-:func:`statistics_jets` computes those jets by running the jet interpreter over the recompute
-pass itself: BatchNorm modules get a rule that normalises with the batch statistics *as jets*
+:func:`statistics_jets` computes the jets of the re-estimated statistics by running the jet
+interpreter over the recompute pass itself: BatchNorm modules get a rule that normalises with the batch statistics *as jets*
 (the full second-order rule of the normalisation, as for LayerNorm) and records them. The
 evaluation pass then reads (s, s′, s″) instead of constants, so z′ and z″ are the derivatives of
 the curve that ``check`` evaluates; the tests compare them with finite differences of that curve
@@ -42,7 +42,7 @@ from torch import nn
 from torch.fx import GraphModule
 
 from ..inputs.data import Dataset
-from ..path import BNPolicy, Line, recompute_batches
+from ..path import Line, recompute_batches
 from .interpreter import interpret
 from .rules import FUNCTION_RULES, METHOD_RULES, MODULE_RULES, Jet, JetNumbers, _affine, _channel, _normalized, lift, linear, mul
 
@@ -110,20 +110,17 @@ def statistics_jets(
     line: Line,
     gm: GraphModule,
     params: Mapping[str, Any],
-    bn: BNPolicy,
-    alpha: float,
     data: Dataset,
     batch_size: int | None,
 ) -> dict[str, Jet]:
-    """Jets (s(α), s′(α), s″(α)) of the running statistics of every BatchNorm layer at one α.
+    """Jets (s(α), s′(α), s″(α)) of the re-estimated running statistics (``bn=recompute``) of every
+    BatchNorm layer at one α. (Under ``interpolate`` the statistics are affine in α and enter like
+    the parameters; under ``frozen`` they are constants: neither needs this pass.)
 
     Args:
         line: the path (its shell is the model whose graph is ``gm``).
         gm: the traced model.
         params: parameter jets at α (θ(α), Δθ, 0), keyed like the state dict.
-        bn: the policy; ``frozen`` gives constants, ``interpolate`` affine jets, ``recompute`` the
-            jets of the re-estimated statistics (module docstring).
-        alpha: where.
         data: the training data (inputs used), as for the loss.
         batch_size: minibatch size of the re-estimation (as for the loss).
 
@@ -131,15 +128,10 @@ def statistics_jets(
         NotOnMeasuredCurve: the recompute pass cannot be followed (active dropout in train mode,
             a layer with fewer than 2 values per channel).
     """
-    names = _bn_modules(gm)
-    keys = [f"{n}.{s}" if n else s for n in names.values() for s in ("running_mean", "running_var")]
-    if bn == BNPolicy.FROZEN:
-        return {k: Jet(line.end[k]) for k in keys}
-    if bn == BNPolicy.INTERPOLATE:
-        return {k: Jet((1 - alpha) * line.start[k] + alpha * line.end[k], line.end[k] - line.start[k]) for k in keys}
     why = _random_in_train_mode(line.shell)
     if why is not None:
         raise NotOnMeasuredCurve(f"the re-estimation pass runs {why} in train mode, which is random")
+    names = _bn_modules(gm)
     record: dict[str, list[tuple[Jet, Jet]]] = {}
     numbers = _train_mode_numbers(names, record)
     for sl in recompute_batches(data.n, batch_size):
