@@ -54,9 +54,13 @@ class Certificate:
     Attributes:
         status: ``monotone`` (proven: sup over a<b of L(b) − L(a) ≤ tol), ``non_monotone`` (proven:
             a witness a < b with L(b) − L(a) = rise > tol), or ``unknown``.
-        method: how it was proven (``exact_polynomial``, ``condition:<name>``), None if unknown.
-        rise: for ``non_monotone`` the exact rise of the witness; for ``monotone`` a proven upper
-            bound on the largest rise; None if unknown.
+        method: how it was proven (``exact_polynomial``, ``enclosure_bisection``,
+            ``condition:<name>``), None if unknown.
+        rise: for ``non_monotone`` the rise L(b) − L(a) of the witness: exact for
+            ``exact_polynomial``; for ``enclosure_bisection`` the floating-point value at the witness,
+            which is evidence of the size only. The proof there is the rigorous lower bound on the
+            rise quoted in ``reason`` (always > tol), and it can be smaller than this value. For
+            ``monotone``: a proven upper bound on the largest rise. None if unknown.
         where: the witness [a, b] for ``non_monotone``, else None.
         reason: a sentence on why (or why not).
         rise_bound: a proven upper bound on the largest rise sup_{a<b} L(b) − L(a) on [0, 1]

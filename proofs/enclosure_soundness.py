@@ -34,6 +34,20 @@ function v on the cell is (ĉ, ĝ, e) with |v(m + t) − ĉ − ĝt| ≤ e for a
    increasing in u_k and decreasing in u_j (j ≠ k) (step K), so it is bounded by evaluating it at
    the corresponding corners of the box of u.
 
+5b. BatchNorm with re-estimated statistics (``bn=recompute``, one batch of all N values per
+   channel, cumulative average = that batch's statistics). The pass is the network itself run in
+   train mode: μ = (1/N)Σx_i, v = (1/N)Σ(x_i − μ)², y_i = (x_i − μ)(v + ε)^(−1/2)γ + β, and the
+   stored statistics μ and v·N/(N − 1); the evaluation pass uses those. Every piece is a mean, a
+   difference, a product or a smooth function of enclosed quantities, so rules 2–3 and the product
+   rule enclose it, derivatives included: v′ = (2/N)Σ(x_i − μ)(x′_i − μ′) and
+   d/dα[(x − μ)(v + ε)^(−1/2)] = (x′ − μ′)(v + ε)^(−1/2) − ½(x − μ)(v + ε)^(−3/2)v′ (step L, for
+   N = 3 symbolically). f(v) = v^(−1/2) has |f″| = ¾v^(−5/2) and |f‴| = (15/8)v^(−7/2),
+   decreasing on v > 0 (step M), so their sup over a range is at its lower end. The true variance is
+   ≥ 0 for every α, so v + ε ≥ ε: Taylor's ξ lies between ĉ and v(α), i.e. in
+   [min(ĉ, max(ĉ − R, ε)), ĉ + R], and the sup is taken there (the Taylor model's own lower end
+   ĉ − R may be below ε, or below 0); ĉ itself must be > 0 or the cell is left undecided. Where the
+   range still reaches 0 the enclosure is infinite and the cell is bisected.
+
 6. Floating point. Every computed remainder adds a bound on the rounding of the centre and slope
    it accompanies: γ_K Σ|a_i b_i| for a dot product of length K (Higham, Accuracy and Stability of
    Numerical Algorithms, Thm 3.1 / Lemma 3.1, valid for every summation order, with or without
@@ -192,6 +206,36 @@ def step_j_k_ce() -> bool:
     return bool(ok and d11 == 0 and d12 == 0)  # ∂p1/∂u1 = p1(1 − p1) > 0, ∂p1/∂u2 = −p1 p2 < 0
 
 
+def step_l_batchnorm() -> bool:
+    xs = [sp.Function(f"x{i}")(t) for i in range(3)]
+    eps = sp.Symbol("epsilon", positive=True)
+    mu = sum(xs) / 3
+    v = sum((xi - mu) ** 2 for xi in xs) / 3
+    dmu = sum(sp.diff(xi, t) for xi in xs) / 3
+    dv = sp.Rational(2, 3) * sum((xi - mu) * (sp.diff(xi, t) - dmu) for xi in xs)
+    ok_v = sp.simplify(sp.diff(v, t) - dv) == 0
+    y = (xs[0] - mu) / sp.sqrt(v + eps)
+    dy = (sp.diff(xs[0], t) - dmu) / sp.sqrt(v + eps) - (xs[0] - mu) * dv / (2 * (v + eps) ** sp.Rational(3, 2))
+    return bool(ok_v and sp.simplify(sp.diff(y, t) - dy) == 0)
+
+
+def step_m_rsqrt() -> bool:
+    vv = sp.Symbol("v", positive=True)
+    f = vv ** sp.Rational(-1, 2)
+    f2, f3 = sp.diff(f, vv, 2), sp.diff(f, vv, 3)
+    ok = sp.simplify(f2 - sp.Rational(3, 4) * vv ** sp.Rational(-5, 2)) == 0 and sp.simplify(f3 + sp.Rational(15, 8) * vv ** sp.Rational(-7, 2)) == 0
+    # |f″| = f″ > 0 and |f‴| = −f‴ > 0 are decreasing: their derivatives are negative for v > 0
+    dec = sp.simplify(sp.diff(f2, vv)).is_negative and sp.simplify(sp.diff(-f3, vv)).is_negative
+    # the module's formulas for f, f′, f″, f‴ agree at a few points
+    import torch
+
+    pts = torch.tensor([1e-5, 0.3, 2.0, 50.0], dtype=torch.float64)
+    mod = [E._RSQRT.f(pts), E._RSQRT.f1(pts), E._RSQRT.f2(pts), E._RSQRT.f3(pts)]
+    ref = [f, sp.diff(f, vv), f2, f3]
+    agree = all(abs(float(m[i]) - float(r.subs(vv, float(pts[i])))) <= 1e-12 * abs(float(r.subs(vv, float(pts[i])))) for m, r in zip(mod, ref) for i in range(4))
+    return bool(ok and dec and agree and E._RSQRT.peaks2 == () and E._RSQRT.peaks3 == ())
+
+
 STEPS = {
     "A: W(α)x expanded in t": step_a,
     "B: |t² − h²/2| ≤ h²/2 on |t| ≤ h": step_b,
@@ -203,6 +247,8 @@ STEPS = {
     "H: relu(x) − λx on [l, u] lies in [0, max(−λl, (1−λ)u)]": step_h_relu,
     "I: MSE derivative": step_i_mse,
     "J/K: cross-entropy derivative and monotonicity of softmax in its logits": step_j_k_ce,
+    "L: re-estimated BatchNorm: variance and normalisation derivatives": step_l_batchnorm,
+    "M: (v + ε)^(−1/2): f″, f‴ and their monotonicity on v > 0": step_m_rsqrt,
 }
 
 

@@ -212,12 +212,15 @@ def test_witnesses_are_rechecked_and_rise_bounds_hold_on_a_dense_grid(p):
 # ----------------------------------------------------------------------------- what is refused
 
 
-def test_batchnorm_recompute_is_refused_with_the_reason():
+def test_batchnorm_recompute_in_minibatches_is_refused_with_the_reason():
     p = build_problem([3, 4, 2], 6, seed=0, endpoint="trained", activation="relu", batchnorm=True)
-    with pytest.raises(Unsupported, match="recompute"):
-        decide_by_enclosures(_line(p), p.data, bn=BNPolicy.RECOMPUTE)
-    out = certify(_line(p), p.data, bn="recompute")
+    with pytest.raises(Unsupported, match="minibatches of 3"):
+        decide_by_enclosures(_line(p), p.data, bn=BNPolicy.RECOMPUTE, batch_size=3)
+    out = certify(_line(p), p.data, bn="recompute", batch_size=3)
     assert out.certificate.status == "unknown" and "recompute" in out.certificate.reason
+    # one batch of all the data (the default) is enclosed (tests/test_bn_recompute_certify.py)
+    full = decide_by_enclosures(_line(p), p.data, bn=BNPolicy.RECOMPUTE, tol=1e-3, deadline=mt_deadline(20))
+    assert full.cells >= 8
     v = decide_by_enclosures(_line(p), p.data, bn=BNPolicy.FROZEN, tol=1e-3, deadline=mt_deadline(20))
     assert v.cells >= 8
 

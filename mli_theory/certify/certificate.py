@@ -11,13 +11,14 @@ What can be proven depends on what the model computes, decided by tracing it
   overrule the decision, which is complete for these paths (a condition that proves L′ ≤ 0 means
   the decision already answered "monotone").
 * every other model the enclosure interpreter supports (ReLU/LeakyReLU/tanh/sigmoid/GELU/softplus
-  MLPs and CNNs, residual additions, average pooling, BatchNorm with fixed statistics), under MSE
+  MLPs and CNNs, residual additions, average pooling, BatchNorm with frozen or interpolated
+  statistics or statistics re-estimated in one pass over all the data), under MSE
   or cross-entropy, and polynomial paths under cross-entropy: L′ is enclosed on a partition of
   [0, 1] into cells, refined by bisection (:mod:`.partition`, :mod:`.enclosures`):
   "monotone" with a proven ``rise_bound`` ≤ tol, "non_monotone" with a witness whose rise is proven
   > tol, or "unknown" with the best proven bound and the undecided α-intervals;
-* anything else (an operation without an enclosure rule, ``bn=recompute`` with BatchNorm, an
-  untraceable model): "unknown", naming the reason.
+* anything else (an operation without an enclosure rule, BatchNorm re-estimated in minibatches,
+  an untraceable model): "unknown", naming the reason.
 
 One deadline bounds all of it: the work stops within the budget plus the time of one indivisible
 step (an integer matrix product, a Bernstein box).
@@ -61,6 +62,7 @@ def certify(
     budget_s: float | None = 30.0,
     conditions: bool = True,
     bn: BNPolicy | str = BNPolicy.RECOMPUTE,
+    batch_size: int | None = None,
 ) -> ProofOutcome:
     """Prove monotonicity or non-monotonicity of the loss on all of [0, 1], or say "unknown".
 
@@ -72,9 +74,11 @@ def certify(
         budget_s: seconds for all proof work (None: no limit).
         conditions: also prove the MSE sufficient conditions on polynomial paths (with the budget
             the decision leaves).
-        bn: the BatchNorm policy of the curve being certified (what ``check`` evaluates); models
-            with BatchNorm are certified under ``frozen`` and ``interpolate``, never under
-            ``recompute`` (statistics re-estimated at every α are not enclosed).
+        bn: the BatchNorm policy of the curve being certified (what ``check`` evaluates). Under
+            ``recompute`` the re-estimation pass itself is enclosed (one train-mode pass over all
+            the data: the statistics are smooth functions of the enclosed activations).
+        batch_size: the minibatch size of that re-estimation in the curve; only None (one batch of
+            all the examples) is certified, anything smaller gives ``unknown`` with the reason.
     """
     t0 = time.perf_counter()
     deadline = deadline_after(budget_s)
@@ -84,7 +88,7 @@ def certify(
         return ProofOutcome(cert, proven or {}, notes, round(time.perf_counter() - t0, 4))
 
     if data.loss != "mse" or kind != PathKind.POLYNOMIAL or data.x.dim() != 2:
-        return done(_by_enclosures(line, data, tol, BNPolicy(bn), deadline, budget_s))
+        return done(_by_enclosures(line, data, tol, BNPolicy(bn), deadline, budget_s, batch_size))
     try:
         z = output_polynomial(line.start, line.end, line.structure.linear, data.x, deadline)
         verdict = decide(mse_loss_polynomial(z, data.y, deadline), tol, deadline)
@@ -106,10 +110,11 @@ def certify(
     return done(cert, proven)
 
 
-def _by_enclosures(line: Line, data: Dataset, tol: float, bn: BNPolicy, deadline: float | None, budget_s: float | None) -> Certificate:
+def _by_enclosures(line: Line, data: Dataset, tol: float, bn: BNPolicy, deadline: float | None, budget_s: float | None,
+                   batch_size: int | None = None) -> Certificate:
     """The enclosure method's verdict as a certificate (``unknown`` naming why when unsupported)."""
     try:
-        v = decide_by_enclosures(line, data, tol=tol, bn=bn, deadline=deadline)
+        v = decide_by_enclosures(line, data, tol=tol, bn=bn, deadline=deadline, batch_size=batch_size)
     except Unsupported as exc:
         return Certificate.unknown(f"no proof method for this model: {exc}; the grid result is evidence only")
     except BudgetExceeded:

@@ -684,7 +684,14 @@ def _lib(x: Tensor, scale: float) -> Tensor:
     return (x.abs() + scale) * _LIB
 
 
-def _smooth(nt: EnclosureNumbers, s: _Smooth, x: Any, *, softplus_threshold: float | None = None, domain_lo: float | None = None) -> Any:
+def _smooth(nt: EnclosureNumbers, s: _Smooth, x: Any, *, softplus_threshold: float | None = None, domain_lo: float | None = None,
+            known_lo: float | None = None) -> Any:
+    """f(x) as an enclosure, by Taylor's theorem about the centre ĉ with |f″|, |f‴| bounded on a
+    range that contains ĉ and every value of x on the cell.
+
+    ``known_lo``: a proven lower bound on the true values of x (a variance plus ε is ≥ ε) that
+    may be larger than the Taylor model's own lower end; the range is then
+    [min(ĉ, max(lo, known_lo)), hi], which still contains every ξ between ĉ and x(α)."""
     if not isinstance(x, Enclosure):
         return NotImplemented
     v, d = x.v, x.d
@@ -694,6 +701,10 @@ def _smooth(nt: EnclosureNumbers, s: _Smooth, x: Any, *, softplus_threshold: flo
     lo, hi = lo - lo.abs() * (2 * U), hi + hi.abs() * (2 * U)
     if softplus_threshold is not None and bool((hi > softplus_threshold).any()):
         return NotImplemented  # torch switches to the identity above the threshold: not the smooth function
+    if known_lo is not None:
+        if domain_lo is not None and bool((v.c <= domain_lo).any()):
+            return NotImplemented  # the expansion point itself is outside the domain
+        lo = torch.minimum(torch.clamp(lo, min=known_lo), v.c)
     if domain_lo is not None and bool((lo <= domain_lo).any()):
         return NotImplemented  # the range leaves the function's domain
     fc, f1c, f2c = s.f(v.c), s.f1(v.c), s.f2(v.c)
@@ -761,7 +772,6 @@ def _relu_like(nt: EnclosureNumbers, x: Any, slope: float = 0.0) -> Any:
         e = e.index_put(idx, cm * v.e.expand(full)[idx] + k * rad + (mag[idx] + mu.abs()) * (4 * U))
         # derivative: leaky′ ∈ [slope, 1]: (1 + slope)/2 ± (1 − slope)/2
         dmid = (1.0 + slope) * 0.5
-        dsh = d.c.shape
         dc = dc.expand(full).clone() if dc.shape != full else dc
         dc = dc.index_put(idx, dmid * d.c.expand(full)[idx])
         if not _is_zero(dg):
@@ -770,7 +780,6 @@ def _relu_like(nt: EnclosureNumbers, x: Any, slope: float = 0.0) -> Any:
         de = de.expand(full).clone() if de.shape != full else de
         de = de.index_put(idx, dmid * d.e.expand(full)[idx] + k * 0.5 * dmag.expand(full)[idx]
                           + (d.c.expand(full)[idx].abs() + (0.0 if _is_zero(d.g) else d.g.expand(full)[idx].abs())) * (2 * U))
-        del dsh
     return Enclosure(TM(c, g, _up(e)), TM(dc, dg, _up(de)))
 
 
@@ -785,7 +794,7 @@ def _batch_norm_module(nt: EnclosureNumbers, mod: nn.Module, p: dict, x: Any) ->
     view = (lambda t: t.reshape(-1, *([1] * (nd - 2)))) if nd > 2 else (lambda t: t)
     if mean is None or var is None:
         return NotImplemented  # no running statistics: batch statistics even in eval mode
-    if isinstance(mean, Param) or isinstance(var, Param):
+    if isinstance(mean, (Param, Enclosure)) or isinstance(var, (Param, Enclosure)):
         return _batch_norm_moving(nt, mod, p, x, mean, var, view, nd)
     mean64, var64 = mean.to(torch.float64), var.to(torch.float64)
     # r = 1/sqrt(var + eps): three correctly rounded operations, relative error ≤ 3u
@@ -808,17 +817,22 @@ def _batch_norm_module(nt: EnclosureNumbers, mod: nn.Module, p: dict, x: Any) ->
 
 
 def _batch_norm_moving(nt: EnclosureNumbers, mod: nn.Module, p: dict, x: Enclosure, mean: Any, var: Any, view, nd: int) -> Any:
-    """BatchNorm with interpolated statistics μ(α), σ²(α) (affine in α): y = (x − μ)·(σ² + ε)^(−1/2)·γ + β.
+    """BatchNorm with moving statistics μ(α), σ²(α): y = (x − μ)·(σ² + ε)^(−1/2)·γ + β.
 
-    (σ² + ε)^(−1/2) is a smooth function of an affine form, enclosed like an activation; its
+    The statistics are either interpolated (``Param``: affine in α) or re-estimated (``Enclosure``
+    from :class:`StatisticsNumbers`, shaped (C, 1, F, 1, …) to broadcast over examples).
+    (σ² + ε)^(−1/2) is a smooth function of a Taylor model, enclosed like an activation; its
     derivatives |f″| = ¾v^(−5/2) and |f‴| = (15/8)v^(−7/2) are decreasing on v > 0, so their sup
     over a range is at its lower end (no interior maximiser)."""
-    mu = _bias_enclosure(nt, mean, view, nd)
-    v = _bias_enclosure(nt, var, view, nd)
+    mu = mean if isinstance(mean, Enclosure) else _bias_enclosure(nt, mean, view, nd)
+    v = var if isinstance(var, Enclosure) else _bias_enclosure(nt, var, view, nd)
+    known = None
+    if isinstance(var, Enclosure):  # re-estimated: an unbiased variance, ≥ 0 for every α
+        known = float(mod.eps) * (1 - 2 * U)
     v = Enclosure(_shift(v.v, float(mod.eps)), v.d)
-    r = _smooth(nt, _RSQRT, v, domain_lo=0.0)
-    if r is NotImplemented:
-        return NotImplemented
+    r = _smooth(nt, _RSQRT, v, domain_lo=0.0, known_lo=known)
+    if r is NotImplemented:  # the variance's enclosure reaches 0 on some cell: nothing is known there
+        return _undefined(_full(x))
     out = _mul(nt, _sub(nt, x, mu), r)
     weight, bias = p.get("weight"), p.get("bias")
     if weight is not None:
@@ -826,6 +840,94 @@ def _batch_norm_moving(nt: EnclosureNumbers, mod: nn.Module, p: dict, x: Enclosu
     if bias is not None:
         out = _add(nt, out, _bias_enclosure(nt, bias, view, nd))
     return out
+
+
+def _undefined(x: Enclosure) -> Enclosure:
+    """An enclosure that says nothing (infinite remainders): the cells' bounds become infinite and
+    the bisection splits them (or reports the interval as undecided)."""
+    inf = torch.full_like(x.v.c, math.inf)
+    return Enclosure(TM(x.v.c, _zero(x.v.c), inf), TM(x.d.c.expand_as(x.v.c), _zero(x.v.c), inf))
+
+
+def _mean_over(x: Enclosure, cdims: tuple[int, ...]) -> Enclosure:
+    """The mean over the axes ``cdims`` (counted with the cell axis; the batch axis is 1), kept as
+    size-1 axes. A mean of k terms in any summation order errs by at most γ_k·mean|·| (and the
+    division by k by one more rounding); |t| ≤ h ≤ 1 bounds the ĝ part, as in :func:`_mean`."""
+    full = _full(x)
+    k = int(math.prod(full.v.c.shape[d] for d in cdims))
+    g2 = gamma(k + 4) * 2.0
+
+    def tm(a: TM) -> TM:
+        mean = lambda t: t.mean(cdims, keepdim=True)  # noqa: E731
+        mag = mean(a.c.abs() + (0.0 if _is_zero(a.g) else a.g.abs()))
+        return TM(mean(a.c), a.g if _is_zero(a.g) else mean(a.g), _up((a.e if _is_zero(a.e) else mean(a.e)) + mag * g2))
+
+    return Enclosure(tm(full.v), tm(full.d))
+
+
+def _scale_inexact(a: TM, s: float) -> TM:
+    """a·s for a constant s that is itself a rounded quotient (relative error ≤ u): the product's
+    rounding is :func:`_scale`'s; the constant's error adds (|ĉ| + |ĝ|)·|s|·u, covered by 2u."""
+    out = _scale(a, s)
+    return TM(out.c, out.g, _up(out.e + (out.c.abs() + (0.0 if _is_zero(out.g) else out.g.abs())) * (2 * U)))
+
+
+def _batch_norm_statistics(nt: "StatisticsNumbers", mod: nn.Module, p: dict, x: Any) -> Any:
+    """BatchNorm in the re-estimation pass (train mode): normalise with the batch's own statistics
+    and record the running statistics torch stores after one batch with ``momentum=None``:
+
+        μ = mean of x over examples (and positions),   v = mean of (x − μ)²,
+        running_mean = μ,   running_var = v·N/(N − 1),   y = (x − μ)·(v + ε)^(−1/2)·γ + β,
+
+    N the number of values per channel. All as enclosures over the cells, derivatives included
+    (the product and quotient rules of :func:`_mul` and :func:`_smooth`)."""
+    name = nt.names.get(id(mod))
+    if name is None or not isinstance(x, Enclosure):
+        return _batch_norm_module(nt, mod, p, x)
+    full = _full(x)
+    nd = full.v.c.dim()
+    cdims = (1,) + tuple(range(3, nd))
+    count = int(math.prod(full.v.c.shape[d] for d in cdims))
+    if count < 2:
+        return NotImplemented  # torch refuses train-mode BatchNorm with one value per channel
+    mu = _mean_over(full, cdims)
+    centred = _sub(nt, full, mu)
+    var_b = _mean_over(_mul(nt, centred, centred), cdims)
+    factor = count / (count - 1)
+    var_u = Enclosure(_scale_inexact(var_b.v, factor), _scale_inexact(var_b.d, factor))
+    nt.record[name] = (mu, var_u)
+    # var_b ≥ 0 for every α, so var_b + ε ≥ ε (ε rounded down by one ulp for safety)
+    r = _smooth(nt, _RSQRT, Enclosure(_shift(var_b.v, float(mod.eps)), var_b.d), domain_lo=0.0,
+                known_lo=float(mod.eps) * (1 - 2 * U))
+    if r is NotImplemented:  # the variance's enclosure reaches 0 on some cell: nothing is known there
+        return _undefined(centred)
+    out = _mul(nt, centred, r)
+    inner = nd - 1  # (n, F, …) without the cell axis
+    view = (lambda t: t.reshape(-1, *([1] * (inner - 2)))) if inner > 2 else (lambda t: t)
+    weight, bias = p.get("weight"), p.get("bias")
+    if weight is not None:
+        out = _mul(nt, out, _bias_enclosure(nt, weight, view, inner))
+    if bias is not None:
+        out = _add(nt, out, _bias_enclosure(nt, bias, view, inner))
+    return out
+
+
+class StatisticsNumbers(EnclosureNumbers):
+    """Enclosures for the re-estimation pass of ``bn=recompute`` (one batch of all the data):
+    BatchNorm layers named in ``names`` (id(module) → name) normalise with their batch statistics
+    and record (running_mean, running_var) enclosures in ``record``."""
+
+    name = "rigorous enclosure (re-estimation pass)"
+
+    def __init__(self, mid: Tensor, rad: Tensor, names: dict[int, str]):
+        super().__init__(mid, rad)
+        self.names = names
+        self.record: dict[str, tuple[Enclosure, Enclosure]] = {}
+
+    def rule(self, kind: str, key: object):
+        if kind == "module" and key in (nn.BatchNorm1d, nn.BatchNorm2d):
+            return lambda *a, **k: _batch_norm_statistics(self, *a, **k)
+        return super().rule(kind, key)
 
 
 def _bias_enclosure(nt: EnclosureNumbers, b: Any, view, nd: int) -> Enclosure:
@@ -876,6 +978,13 @@ def _flatten(nt: EnclosureNumbers, x: Any, start_dim: int = 0, end_dim: int = -1
 
 def _flatten_module(nt: EnclosureNumbers, mod: nn.Flatten, p: dict, x: Any) -> Any:
     return _flatten(nt, x, mod.start_dim, mod.end_dim)
+
+
+def _unflatten_module(nt: EnclosureNumbers, mod: nn.Unflatten, p: dict, x: Any) -> Any:
+    if not isinstance(x, Enclosure):
+        return NotImplemented
+    dim = mod.dim % len(x.shape) + 1  # + 1: the leading cell axis
+    return _full(x).map(lambda t: t.unflatten(dim, tuple(mod.unflattened_size)))
 
 
 def _identity_module(nt: EnclosureNumbers, mod: nn.Module, p: dict, x: Any) -> Any:
@@ -1006,6 +1115,7 @@ _MODULE_RULES: dict[type, Callable[..., Any]] = {
     nn.BatchNorm1d: _batch_norm_module,
     nn.BatchNorm2d: _batch_norm_module,
     nn.Flatten: _flatten_module,
+    nn.Unflatten: _unflatten_module,
     nn.Identity: _identity_module,
     nn.Dropout: _identity_module,
     nn.AvgPool2d: _avg_pool_module,

@@ -42,7 +42,7 @@ from ..exact.dyadic import float_down, float_up
 from ..geometry.interpreter import UnsupportedGraph, interpret, plan, trace
 from ..inputs.data import Dataset
 from ..path import BNPolicy, Line
-from .enclosures import TM, U, Enclosure, EnclosureNumbers, Param, _up, gamma
+from .enclosures import TM, U, Enclosure, EnclosureNumbers, Param, StatisticsNumbers, _up, gamma
 
 MIN_WIDTH = 2.0**-40
 START_CELLS = 8
@@ -105,10 +105,20 @@ class _Problem:
     end: dict[str, torch.Tensor]
     shell: Any
     chunk: int
+    # bn=recompute: BatchNorm layers whose running statistics are re-estimated at every α
+    # (id(module) → name), the line (for the independent float64 re-evaluation) and how many
+    # cells share one re-estimation pass over all examples (memory)
+    statistics: dict[int, str] = field(default_factory=dict)
+    line: Any = None
+    statistics_cells: int = 16
 
 
-def prepare(line: Line, data: Dataset, bn: BNPolicy, *, device: torch.device | None = None, memory_bytes: float = 1.5e9, cells_per_batch: int = 16) -> _Problem:
+def prepare(line: Line, data: Dataset, bn: BNPolicy, *, device: torch.device | None = None, memory_bytes: float = 1.5e9,
+            cells_per_batch: int = 16, batch_size: int | None = None) -> _Problem:
     """Trace the model, choose which entries move along α, and cast everything to float64.
+
+    ``batch_size`` is the minibatch size of the curve's BatchNorm re-estimation (``bn=recompute``);
+    only one batch of all the examples is enclosed (None, or ≥ n).
 
     Raises:
         Unsupported: the model or settings are outside what the enclosures cover.
@@ -128,10 +138,7 @@ def prepare(line: Line, data: Dataset, bn: BNPolicy, *, device: torch.device | N
         elif k in line.param_names:
             params[k] = Param(s, e - s)
         elif line.has_bn and bn == BNPolicy.RECOMPUTE:
-            raise Unsupported(
-                "bn=recompute re-estimates the BatchNorm statistics at every α (a data-dependent function of α "
-                "that is not enclosed yet); certify with bn=frozen or bn=interpolate"
-            )
+            params[k] = e  # a running statistic: replaced by its enclosure from the re-estimation pass
         elif bn == BNPolicy.FROZEN or torch.equal(s, e):
             params[k] = e
         else:  # interpolated like the parameters, as the loss curve does
@@ -142,10 +149,84 @@ def prepare(line: Line, data: Dataset, bn: BNPolicy, *, device: torch.device | N
         raise Unsupported(f"no rigorous enclosure rule for {', '.join(missing[:4])}" + (" …" if len(missing) > 4 else ""))
     x = data.x.to(dev, torch.float64)
     y = data.y.to(dev, torch.float64) if data.loss == "mse" else data.y.to(dev)
+    statistics = _recomputed(gm, line, bn, x.shape[0], batch_size)
     widest = _widest_activation(gm, start, x[:1])
     per_example = cells_per_batch * widest * 8 * 48  # bytes for ~48 tensors of the widest activation
     chunk = max(1, min(x.shape[0], int(memory_bytes // max(per_example, 1))))
-    return _Problem(gm, params, x, y, data.loss, start, end, line.shell, chunk)
+    # the re-estimation pass sees every example at once: fewer cells per pass when they do not fit
+    stat_cells = max(1, min(cells_per_batch, int(memory_bytes // max(widest * 8 * 48 * x.shape[0], 1))))
+    return _Problem(gm, params, x, y, data.loss, start, end, line.shell, chunk, statistics, line, stat_cells)
+
+
+def _recomputed(gm: GraphModule, line: Line, bn: BNPolicy, n: int, batch_size: int | None) -> dict[int, str]:
+    """The BatchNorm layers re-estimated under ``bn=recompute`` (id → name), after checking that the
+    enclosed re-estimation is the one the curve performs: one train-mode pass over all the data,
+    each layer called once, nothing random in train mode."""
+    if not (line.has_bn and bn == BNPolicy.RECOMPUTE):
+        return {}
+    from torch import nn
+
+    if batch_size is not None and 0 < batch_size < n:
+        raise Unsupported(
+            f"bn=recompute re-estimates the BatchNorm statistics in minibatches of {batch_size} < {n} examples; "
+            "only the full-batch re-estimation (batch_size None) is enclosed"
+        )
+    names = {id(m): name for name, m in gm.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats}
+    for name, m in gm.named_modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
+            raise Unsupported(f"bn=recompute runs {name} ({type(m).__name__}, p={m.p}) in train mode, which is random")
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            raise Unsupported(f"no re-estimation enclosure for {name} ({type(m).__name__})")
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.momentum is not None:
+            raise Unsupported(f"{name} has momentum {m.momentum}, not the cumulative average of the re-estimation")
+    calls: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and node.target in names.values():
+            calls[node.target] = calls.get(node.target, 0) + 1
+        if node.op == "get_attr" and any(node.target.startswith(f"{t}.") for t in names.values()):
+            raise Unsupported(f"the traced model reads {node.target} directly; only BatchNorm modules are re-estimated")
+    for name in names.values():
+        if calls.get(name, 0) != 1:
+            raise Unsupported(f"BatchNorm layer {name} is called {calls.get(name, 0)} times per forward pass (re-estimation needs exactly one)")
+    return names
+
+
+def _statistics(problem: _Problem, mid: torch.Tensor, rad: torch.Tensor, deadline: float | None) -> dict[str, Enclosure]:
+    """Enclosures of the re-estimated running statistics on every cell (keyed like the state dict):
+    the re-estimation pass over all the examples, a few cells at a time."""
+    parts: dict[str, list[tuple[Enclosure, Enclosure]]] = {}
+    for i in range(0, mid.shape[0], problem.statistics_cells):
+        check_deadline(deadline)
+        nt = StatisticsNumbers(mid[i : i + problem.statistics_cells], rad[i : i + problem.statistics_cells], problem.statistics)
+        try:
+            interpret(problem.gm, nt, [problem.x], problem.params)
+        except UnsupportedGraph as exc:
+            raise Unsupported(str(exc)) from None
+        for name in problem.statistics.values():
+            if name not in nt.record:
+                raise Unsupported(f"the re-estimation of BatchNorm layer {name} could not be enclosed (its variance range reaches 0?)")
+            parts.setdefault(name, []).append(nt.record[name])
+    out: dict[str, Enclosure] = {}
+    for name, got in parts.items():
+        prefix = f"{name}." if name else ""
+        out[prefix + "running_mean"] = _cat([m for m, _ in got])
+        out[prefix + "running_var"] = _cat([v for _, v in got])
+    return out
+
+
+def _cat(encs: list[Enclosure]) -> Enclosure:
+    """Enclosures of consecutive groups of cells joined along the cell axis."""
+    if len(encs) == 1:
+        return encs[0]
+
+    def join(parts: list[TM]) -> TM:
+        def field_(f: str) -> torch.Tensor:
+            ts = [getattr(t, f) for t in parts]
+            return torch.cat([t.expand_as(p.c) for t, p in zip(ts, parts)], 0)
+
+        return TM(field_("c"), field_("g"), field_("e"))
+
+    return Enclosure(join([e.v for e in encs]), join([e.d for e in encs]))
 
 
 class _Shapes:
@@ -263,12 +344,15 @@ def enclose(problem: _Problem, a: list[float], b: list[float], deadline: float |
     count = 0
     chunks = 0
     n = problem.x.shape[0]
+    params = problem.params
+    if problem.statistics:
+        params = {**params, **_statistics(problem, mid, rad, deadline)}
     for start in range(0, n, problem.chunk):
         check_deadline(deadline)
         xs = problem.x[start : start + problem.chunk]
         ys = problem.y[start : start + problem.chunk]
         try:
-            out = interpret(problem.gm, numbers, [xs], problem.params)
+            out = interpret(problem.gm, numbers, [xs], params)
         except UnsupportedGraph as exc:
             raise Unsupported(str(exc)) from None
         if isinstance(out, (tuple, list)) or not isinstance(out, Enclosure):
@@ -369,6 +453,10 @@ def plain_loss(problem: _Problem, alpha: float) -> float:
         fixed = problem.params[k]
         state[k] = (1.0 - alpha) * s + alpha * problem.end[k] if isinstance(fixed, Param) else fixed
     shell = problem.shell
+    if problem.statistics:  # torch's own re-estimation (train-mode batch norm) at this α
+        from ..path.batchnorm import recompute_bn_statistics
+
+        state = recompute_bn_statistics(problem.line, state, problem.x, None)
     total = 0.0
     with torch.no_grad():
         for i in range(0, problem.x.shape[0], 4096):
@@ -388,13 +476,14 @@ def decide_by_enclosures(
     deadline: float | None = None,
     cells_per_batch: int = 16,
     device: torch.device | None = None,
+    batch_size: int | None = None,
 ) -> EnclosureVerdict:
     """Prove ``monotone`` (rise_bound ≤ tol) or ``non_monotone`` (a proven rise > tol), or ``unknown``.
 
     Raises:
         Unsupported: the model, loss or BatchNorm policy is outside the enclosures (before any work).
     """
-    problem = prepare(line, data, bn, device=device, cells_per_batch=cells_per_batch)
+    problem = prepare(line, data, bn, device=device, cells_per_batch=cells_per_batch, batch_size=batch_size)
     start = None
     n = problem.x.shape[0]
     if n > 2 * SCREEN_EXAMPLES:

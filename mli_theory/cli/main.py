@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0, help="seed of the initialisation and minibatch order (default 0)")
     t.add_argument("--distance-reward", type=float, default=0.0, help="λ ≥ 0: adds −λ‖θ−θ0‖²/2 to the loss (default 0)")
     t.add_argument("--init-scale", type=float, default=1.0, help="multiply the default initialisation (default 1)")
+    t.add_argument("--anneal", type=float, default=0.0, metavar="FRACTION",
+                   help="decay the learning rate linearly to 0 over the last FRACTION of the steps (default 0: constant)")
+    t.add_argument("--min-distance", type=float, default=0.0, metavar="RHO",
+                   help="bounded push: keep ‖θ−θ0‖ ≥ RHO·‖θ0‖ by projection after every step (default 0: off)")
     t.add_argument("--out", required=True, help="run folder to write")
     t.add_argument("--save-every", type=int, default=0, metavar="STEPS",
                    help="also save the state dict at step 0 and every STEPS optimiser steps to "
@@ -177,7 +181,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         arch=args.arch, data=args.data, loss=args.loss, optimizer=args.optimizer, lr=args.lr, epochs=args.epochs,
         batch_size=args.batch_size, seed=args.seed, momentum=args.momentum, distance_reward=args.distance_reward,
-        init_scale=args.init_scale,
+        init_scale=args.init_scale, anneal=args.anneal, min_distance=args.min_distance,
     )
     if args.fork_at is not None:
         from ..runs.config import fork_folder, run_forks

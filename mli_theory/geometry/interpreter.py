@@ -31,7 +31,8 @@ Walk semantics:
   ``params`` (the caller decides which entries move along the path and which are held fixed); a
   name that is not there is the module's own tensor, a plain value;
 * an operation none of whose arguments is a number is evaluated as is (shape arithmetic, masks
-  built from ``size()``): constant folding; indexing a tuple or list is plain indexing;
+  built from ``size()``, a parameter-free module such as ``nn.Unflatten`` applied to the data):
+  constant folding; indexing a tuple or list is plain indexing;
 * in-place operations (``x.add_(y)``, ``F.relu(x, inplace=True)``, ``nn.ReLU(inplace=True)``)
   are evaluated out of place, and the mutated node is rebound to the result, so later readers of that node see the new value as they would in torch. This is exact when the
   mutated tensor is a fresh result that no earlier view aliases; :func:`check_graph` refuses the
@@ -397,8 +398,11 @@ def interpret(
         if op == "call_module":
             m = gm.get_submodule(node.target)
             p = {k: params.get(f"{node.target}.{k}", t) for k, t in _module_tensors(m)}
-            rule = numbers.rule("module", type(m))
-            out = NotImplemented if rule is None else rule(m, p, *args, **kwargs)
+            if not _has_number((p, args, kwargs), numbers):  # constant folding, as for functions
+                out = _module_fn(m)(p, *args, **kwargs)
+            else:
+                rule = numbers.rule("module", type(m))
+                out = NotImplemented if rule is None else rule(m, p, *args, **kwargs)
             if out is NotImplemented:
                 out = fall_back(node, _module_fn(m), (p, *args), kwargs)
         elif op == "call_function":

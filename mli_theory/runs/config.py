@@ -28,12 +28,12 @@ from typing import Any
 
 import torch
 
-from ..inputs.arch import build_model, parse_arch
+from ..inputs.arch import build_model, has_batchnorm, parse_arch
 from ..inputs.checkpoint import save_state_dict
 from ..inputs.data import load_data
 from ..errors import InputError
 from ..results import json_safe
-from .train import TrainResult, train, train_forks
+from .train import TrainResult, check_schedule, train, train_forks
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,9 @@ class TrainConfig:
         momentum: SGD momentum.
         distance_reward: λ of the −λ‖θ − θ0‖²/2 term that pushes weights away from θ0.
         init_scale: multiplies the default initialisation.
+        anneal: fraction of the steps at the end over which the learning rate decays linearly
+            (0: constant learning rate).
+        min_distance: ρ of the bounded push: θ is kept in {‖θ − θ0‖ ≥ ρ·‖θ0‖} by projection (0: off).
     """
 
     arch: str
@@ -65,11 +68,17 @@ class TrainConfig:
     momentum: float = 0.9
     distance_reward: float = 0.0
     init_scale: float = 1.0
+    anneal: float = 0.0
+    min_distance: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def batchnorm(self) -> bool:
-        return parse_arch(self.arch).batchnorm
+        """Whether the model has BatchNorm layers (for a factory: read from the built model)."""
+        spec = parse_arch(self.arch)
+        if spec.kind != "factory":
+            return spec.batchnorm
+        return has_batchnorm(build_model(spec))
 
 
 def _validate(config: TrainConfig, save_every: int) -> None:
@@ -79,6 +88,7 @@ def _validate(config: TrainConfig, save_every: int) -> None:
         raise InputError("lr must be positive, epochs and batch size at least 1")
     if isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 0:
         raise InputError(f"save_every={save_every!r}: must be an integer ≥ 0 (0: no checkpoints)")
+    check_schedule(config.anneal, config.min_distance)
 
 
 def _setup(config: TrainConfig):
@@ -126,6 +136,8 @@ def run_training(config: TrainConfig, out: str, *, save_every: int = 0) -> Train
         distance_reward=config.distance_reward,
         save_every=save_every,
         checkpoint_dir=os.path.join(out, "checkpoints") if save_every else None,
+        anneal=config.anneal,
+        min_distance=config.min_distance,
     )
     _write_run(out, config, result, {"save_every": save_every} if save_every else {})
     return result
@@ -146,6 +158,8 @@ def run_forks(config: TrainConfig, out: str, *, fork_at: int, fork_seeds: tuple[
         InputError: bad options (``fork_at`` outside [0, total steps), fewer than two distinct seeds).
     """
     _validate(config, save_every)
+    if config.anneal or config.min_distance:
+        raise InputError("anneal and min_distance are not supported for forked runs")
     seeds = tuple(int(s) for s in fork_seeds)
     data, model = _setup(config)
     theta_k, results = train_forks(

@@ -27,9 +27,14 @@ from .executors import ExecutorOptions, check_available, execute
 RESULT = "result.json"
 
 
+# fields added after sweeps had been run: left out of the id at their default, so old ids stay valid
+_LATER_FIELDS = {"anneal": 0.0, "min_distance": 0.0}
+
+
 def run_id(config: TrainConfig) -> str:
     """Stable short id of a config."""
-    blob = json.dumps(asdict(config), sort_keys=True).encode()
+    fields = {k: v for k, v in asdict(config).items() if not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
+    blob = json.dumps(fields, sort_keys=True).encode()
     return hashlib.sha1(blob).hexdigest()[:12]
 
 
@@ -62,14 +67,33 @@ def _flat_check(result: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def run_one(config: TrainConfig, folder: str, alphas: int = 50, geometry: bool = True) -> dict[str, Any]:
-    """Train, check, and write ``result.json`` (also for a failed or diverged run)."""
+def run_one(
+    config: TrainConfig,
+    folder: str,
+    alphas: int = 50,
+    geometry: bool = True,
+    tols: tuple[float, ...] = (0.0,),
+    certify_budget: float = 30.0,
+) -> dict[str, Any]:
+    """Train, check, and write ``result.json`` (also for a failed or diverged run).
+
+    The row holds the grid metrics of ``check`` (float32, ``alphas`` points, BatchNorm statistics
+    re-estimated at every α), the rise statistics of :func:`~mli_theory.connectivity.path_statistics`
+    (``interior_bump``, ``end_rise``, ``final_run_rise``/``final_run_steps``) and, for every
+    tolerance T in ``tols``, the certificate at T: ``cert@T`` (status), ``rise_bound@T``,
+    ``witness@T`` ("a,b" or empty), ``cells@T`` and ``cert_s@T`` (seconds). The first tolerance is
+    also the certificate of the ``certificate`` columns.
+    """
     import torch
 
     from ..check import check
+    from ..certify import certify
+    from ..connectivity.pathstats import path_statistics
     from ..inputs.arch import build_model, parse_arch
     from ..inputs.checkpoint import load_state_dict
     from ..inputs.data import load_data
+    from ..path import make_line
+    from ..path.curve import data_on_line
     from .config import run_training
 
     torch.set_num_threads(1)
@@ -80,17 +104,34 @@ def run_one(config: TrainConfig, folder: str, alphas: int = 50, geometry: bool =
         res = run_training(config, folder)
         row.update(train_loss=res.final_loss, diverged=res.diverged, status="diverged" if res.diverged else "ok")
         if not res.diverged:
-            result = check(
-                build_model(parse_arch(config.arch)),
-                load_state_dict(os.path.join(folder, "init.pt")),
-                load_state_dict(os.path.join(folder, "final.pt")),
-                load_data(config.data, config.loss),
-                alphas=alphas,
-                geometry=geometry,
-                certify=True,  # the certifier decides from the traced model what it can prove
-                dtype=torch.float32,
-            ).to_dict()
+            model = build_model(parse_arch(config.arch))
+            init = load_state_dict(os.path.join(folder, "init.pt"))
+            final = load_state_dict(os.path.join(folder, "final.pt"))
+            data = load_data(config.data, config.loss)
+            first = tols[0] if tols else 0.0
+            result = check(model, init, final, data, alphas=alphas, geometry=geometry, tol=first,
+                           certify=bool(tols),  # the certifier decides from the traced model what it can prove
+                           certify_budget=certify_budget, dtype=torch.float32).to_dict()
             row.update(_flat_check(result))
+            stats = path_statistics(result["losses"], alphas=result["alphas"])
+            row.update(interior_bump=stats.interior_bump, end_rise=stats.end_rise,
+                       final_run_rise=stats.final_run_rise, final_run_steps=stats.final_run_steps)
+            cert = result.get("certificate") or {}
+            certs = {first: (cert, (result.get("info") or {}).get("timings", {}).get("certify_s"))} if tols else {}
+            if len(tols) > 1:
+                line = make_line(model, init, final, dtype=torch.float32)
+                on_line = data_on_line(line, data, "recompute")
+                for tol in tols[1:]:
+                    out = certify(line, on_line, tol=tol, budget_s=certify_budget, conditions=False, bn="recompute")
+                    certs[tol] = (asdict(out.certificate), out.seconds)
+            for tol, (c, secs) in certs.items():
+                key = f"{tol:g}"
+                row[f"cert@{key}"] = c.get("status")
+                row[f"rise_bound@{key}"] = c.get("rise_bound")
+                row[f"witness@{key}"] = ",".join(f"{w:.6g}" for w in c["where"]) if c.get("status") == "non_monotone" and c.get("where") else ""
+                row[f"cells@{key}"] = c.get("cells")
+                row[f"cert_s@{key}"] = secs
+                row[f"cert_reason@{key}"] = (c.get("reason") or "")[:200]
             with open(os.path.join(folder, "curve.json"), "w") as f:
                 json.dump({"alphas": result["alphas"], "losses": result["losses"]}, f)
     except Exception as exc:  # recorded, never dropped
@@ -102,7 +143,7 @@ def run_one(config: TrainConfig, folder: str, alphas: int = 50, geometry: bool =
     return row
 
 
-def _worker(args: tuple[TrainConfig, str, int, bool]) -> dict[str, Any]:
+def _worker(args: tuple) -> dict[str, Any]:
     return run_one(*args)
 
 
@@ -115,6 +156,8 @@ def run_sweep(
     geometry: bool = True,
     log: TextIO | None = sys.stderr,
     executor: ExecutorOptions | str = "local",
+    tols: tuple[float, ...] = (0.0,),
+    certify_budget: float = 30.0,
 ) -> list[dict[str, Any]]:
     """Run every config not finished yet under ``root``; return all rows (and write results.csv).
 
@@ -123,6 +166,8 @@ def run_sweep(
         root: the sweep folder (``runs/<id>/`` per run, ``results.csv``).
         jobs: parallel local processes (``local``) or Dask worker processes (embedded cluster).
         alphas, geometry: what ``check`` computes for every run.
+        tols: the tolerances T at which every run is certified (empty: no certificate).
+        certify_budget: seconds of proof work per run and tolerance.
         log: where progress goes (None: silent).
         executor: ``local``, ``dask``, ``slurm`` or full :class:`ExecutorOptions`.
 
@@ -137,7 +182,7 @@ def run_sweep(
     for cfg in configs:
         folder = os.path.join(root, "runs", run_id(cfg))
         if not os.path.isfile(os.path.join(folder, RESULT)):
-            todo.append((cfg, folder, alphas, geometry))
+            todo.append((cfg, folder, alphas, geometry, tuple(tols), certify_budget))
     done, total = len(configs) - len(todo), len(configs)
     if log:
         where = f"{options.jobs} process(es)" if options.name == "local" else options.name
@@ -158,7 +203,7 @@ def run_sweep(
     return rows
 
 
-def _lost(task: tuple[TrainConfig, str, int, bool], exc: BaseException) -> dict[str, Any]:
+def _lost(task: tuple, exc: BaseException) -> dict[str, Any]:
     """Record a run whose worker was lost by the executor (never silently dropped)."""
     cfg, folder = task[0], task[1]
     row: dict[str, Any] = {"id": os.path.basename(folder), **{k: v for k, v in asdict(cfg).items() if k != "extra"}, **cfg.extra}

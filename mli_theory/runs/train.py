@@ -61,7 +61,7 @@ class _Trainer:
 
     def __init__(self, model: nn.Module, data: Dataset, *, optimizer: Optimizer, lr: float, epochs: int,
                  batch_size: int | None, momentum: float, seed: int, distance_reward: float,
-                 checkpoints: str | None, save_every: int) -> None:
+                 checkpoints: str | None, save_every: int, anneal: float = 0.0, min_distance: float = 0.0) -> None:
         self.model, self.data, self.epochs = model, data, epochs
         self.gen = torch.Generator().manual_seed(seed)
         self.init = _snapshot(model)
@@ -71,6 +71,9 @@ class _Trainer:
         self.size = batch_size or data.n
         self.norm = loss_normaliser(data) / data.n  # per-example normaliser (k for mse, 1 for ce)
         self.distance_reward = distance_reward
+        self.anneal = anneal
+        # the radius r = min_distance·‖θ0‖ of the constraint ‖θ − θ0‖ ≥ r (0: no constraint)
+        self.radius = min_distance * math.sqrt(sum(float(p.pow(2).sum()) for p in self.theta0)) if min_distance else 0.0
         self.history: list[float] = []
         self.diverged = False
         self.step, self.epoch = 0, 0
@@ -121,7 +124,10 @@ class _Trainer:
                     loss = loss - 0.5 * self.distance_reward * sum((p - q).pow(2).sum() for p, q in zip(params, self.theta0))
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
+                self._set_lr()
                 self.opt.step()
+                if self.radius:
+                    self._project(params)
                 self.pos += idx.numel()
                 self.step += 1
                 self._save()
@@ -131,6 +137,26 @@ class _Trainer:
             if not math.isfinite(value):
                 self.diverged = True
         model.eval()
+
+    def _set_lr(self) -> None:
+        """Constant lr, then (with ``anneal`` = a > 0) linear decay over the last fraction a of the
+        steps: lr·min(1, (S − s)/(a·S)) at step s of S, reaching lr/(a·S) at the last step."""
+        if not self.anneal:
+            return
+        total = self.total_steps
+        scale = min(1.0, (total - self.step) / (self.anneal * total))
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr * scale
+
+    @torch.no_grad()
+    def _project(self, params: list[torch.Tensor]) -> None:
+        """Project onto {θ : ‖θ − θ0‖ ≥ r}: scale θ − θ0 up to length r when it is shorter (and
+        non-zero). The set is closed, so training inside it is bounded, unlike a distance reward."""
+        d2 = sum(float((p - q).pow(2).sum()) for p, q in zip(params, self.theta0))
+        if 0.0 < d2 < self.radius**2:
+            c = self.radius / math.sqrt(d2)
+            for p, q in zip(params, self.theta0):
+                p.sub_(q).mul_(c).add_(q)
 
     def fork(self, seed: int, checkpoints: str | None) -> "_Trainer":
         """A copy of the current state (weights, optimiser state, position) whose data order is
@@ -167,6 +193,8 @@ def train(
     distance_reward: float = 0.0,
     save_every: int = 0,
     checkpoint_dir: str | None = None,
+    anneal: float = 0.0,
+    min_distance: float = 0.0,
 ) -> TrainResult:
     """Train ``model`` in place from its current weights and return both endpoints.
 
@@ -184,12 +212,28 @@ def train(
         save_every: STEPS > 0: save the state dict at step 0 and after every STEPS optimiser steps
             to ``checkpoint_dir/step_<step, 8 digits>.pt`` (0: no checkpoints).
         checkpoint_dir: folder for those checkpoints (required with ``save_every``).
+        anneal: a ∈ [0, 1]: the learning rate decays linearly over the last fraction a of the steps
+            (0: constant), the learning-rate-decay control of end rises.
+        min_distance: ρ ≥ 0: after every step, θ is projected onto {‖θ − θ0‖ ≥ ρ·‖θ0‖} (0: off).
+            A bounded way to push weights away from initialisation: unlike ``distance_reward``
+            it does not make the objective unbounded below, so pushed runs can converge.
     """
     _check_save_every(save_every, checkpoint_dir)
+    check_schedule(anneal, min_distance)
     t = _Trainer(model, data, optimizer=optimizer, lr=lr, epochs=epochs, batch_size=batch_size, momentum=momentum,
-                 seed=seed, distance_reward=distance_reward, checkpoints=checkpoint_dir, save_every=save_every)
+                 seed=seed, distance_reward=distance_reward, checkpoints=checkpoint_dir, save_every=save_every,
+                 anneal=anneal, min_distance=min_distance)
     t.run()
     return t.result()
+
+
+def check_schedule(anneal: float, min_distance: float) -> None:
+    from ..errors import InputError
+
+    if not (isinstance(anneal, (int, float)) and 0.0 <= anneal <= 1.0):
+        raise InputError(f"anneal={anneal!r}: must be a fraction of the steps in [0, 1]")
+    if not (isinstance(min_distance, (int, float)) and math.isfinite(min_distance) and min_distance >= 0.0):
+        raise InputError(f"min_distance={min_distance!r}: must be a finite number ≥ 0")
 
 
 def _check_save_every(save_every: int, checkpoint_dir: str | None) -> None:
