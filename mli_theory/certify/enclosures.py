@@ -786,12 +786,17 @@ def _relu_like(nt: EnclosureNumbers, x: Any, slope: float = 0.0) -> Any:
 # ----------------------------------------------------------------------------- normalisation
 
 
+def _channel_view(nd: int) -> Callable[[Tensor], Tensor]:
+    """Per-channel (F,) tensors viewed as (F, 1, …) against an (n, F, …) activation of ``nd`` axes."""
+    return (lambda t: t.reshape(-1, *([1] * (nd - 2)))) if nd > 2 else (lambda t: t)
+
+
 def _batch_norm_module(nt: EnclosureNumbers, mod: nn.Module, p: dict, x: Any) -> Any:
     if mod.training or not isinstance(x, Enclosure):
         return NotImplemented
     mean, var = p.get("running_mean"), p.get("running_var")
     nd = x.v.c.dim() - 1  # (n, F, ...) without the cell axis
-    view = (lambda t: t.reshape(-1, *([1] * (nd - 2)))) if nd > 2 else (lambda t: t)
+    view = _channel_view(nd)
     if mean is None or var is None:
         return NotImplemented  # no running statistics: batch statistics even in eval mode
     if isinstance(mean, (Param, Enclosure)) or isinstance(var, (Param, Enclosure)):
@@ -826,14 +831,19 @@ def _batch_norm_moving(nt: EnclosureNumbers, mod: nn.Module, p: dict, x: Enclosu
     over a range is at its lower end (no interior maximiser)."""
     mu = mean if isinstance(mean, Enclosure) else _bias_enclosure(nt, mean, view, nd)
     v = var if isinstance(var, Enclosure) else _bias_enclosure(nt, var, view, nd)
-    known = None
-    if isinstance(var, Enclosure):  # re-estimated: an unbiased variance, ≥ 0 for every α
-        known = float(mod.eps) * (1 - 2 * U)
-    v = Enclosure(_shift(v.v, float(mod.eps)), v.d)
-    r = _smooth(nt, _RSQRT, v, domain_lo=0.0, known_lo=known)
+    # a re-estimated variance is ≥ 0 for every α; an interpolated one is positive at both ends
+    return _normalise(nt, mod, p, _sub(nt, x, mu), v, view, nd, nonnegative=isinstance(var, Enclosure))
+
+
+def _normalise(nt: EnclosureNumbers, mod: nn.Module, p: dict, centred: Enclosure, var: Enclosure, view, nd: int, *,
+               nonnegative: bool) -> Enclosure:
+    """(x − μ)·(var + ε)^(−1/2)·γ + β from the centred input and the variance's enclosure.
+    ``nonnegative``: var is proven ≥ 0 for every α, so var + ε ≥ ε bounds the range of the rsqrt."""
+    known = float(mod.eps) * (1 - 2 * U) if nonnegative else None
+    r = _smooth(nt, _RSQRT, Enclosure(_shift(var.v, float(mod.eps)), var.d), domain_lo=0.0, known_lo=known)
     if r is NotImplemented:  # the variance's enclosure reaches 0 on some cell: nothing is known there
-        return _undefined(_full(x))
-    out = _mul(nt, _sub(nt, x, mu), r)
+        return _undefined(_full(centred))
+    out = _mul(nt, centred, r)
     weight, bias = p.get("weight"), p.get("bias")
     if weight is not None:
         out = _mul(nt, out, _bias_enclosure(nt, weight, view, nd))
@@ -896,20 +906,8 @@ def _batch_norm_statistics(nt: "StatisticsNumbers", mod: nn.Module, p: dict, x: 
     factor = count / (count - 1)
     var_u = Enclosure(_scale_inexact(var_b.v, factor), _scale_inexact(var_b.d, factor))
     nt.record[name] = (mu, var_u)
-    # var_b ≥ 0 for every α, so var_b + ε ≥ ε (ε rounded down by one ulp for safety)
-    r = _smooth(nt, _RSQRT, Enclosure(_shift(var_b.v, float(mod.eps)), var_b.d), domain_lo=0.0,
-                known_lo=float(mod.eps) * (1 - 2 * U))
-    if r is NotImplemented:  # the variance's enclosure reaches 0 on some cell: nothing is known there
-        return _undefined(centred)
-    out = _mul(nt, centred, r)
     inner = nd - 1  # (n, F, …) without the cell axis
-    view = (lambda t: t.reshape(-1, *([1] * (inner - 2)))) if inner > 2 else (lambda t: t)
-    weight, bias = p.get("weight"), p.get("bias")
-    if weight is not None:
-        out = _mul(nt, out, _bias_enclosure(nt, weight, view, inner))
-    if bias is not None:
-        out = _add(nt, out, _bias_enclosure(nt, bias, view, inner))
-    return out
+    return _normalise(nt, mod, p, centred, var_b, _channel_view(inner), inner, nonnegative=True)
 
 
 class StatisticsNumbers(EnclosureNumbers):
