@@ -15,6 +15,20 @@ function v on the cell is (ĉ, ĝ, e) with |v(m + t) − ĉ − ĝt| ≤ e for a
    |t² − h²/2| ≤ h²/2 (step B), and |W(α)δ| ≤ (|W_m| + h|Δ|)e. The derivative is
    d/dα[W(α)x(α)] = Δx + W(α)x′ (product rule, W″ = 0), enclosed the same way.
 
+2b. Remainders in Euclidean norm. A Taylor model may also carry n ≥ ‖δ‖₂ over the feature
+   axis (every |δ_i| ≤ ‖δ‖₂, so e ← min(e, n) is sound). Through an affine layer the remainder
+   W(α)δ satisfies |(W(α)δ)_j| ≤ ‖W(α)_j‖₂‖δ‖₂ (Cauchy–Schwarz) and ‖W(α)δ‖₂ ≤ ‖W(α)‖₂‖δ‖₂,
+   and the other remainder parts (t² terms, rounding) enter by the triangle inequality. For a
+   cell inside [0, 1], W(α) = (1 − α)W0 + α(W0 + Δ) (step N), so any norm of W(α) is at most
+   (1 − α)‖W0‖ + α‖W0 + Δ‖ (convexity), a linear function of α whose maximum on the cell is at an
+   end. ‖A‖₂ is bounded by repeated squaring: λ_max(AᵀA) ≤ ‖T‖₂ + ‖T − AᵀA‖_F for the computed
+   symmetric T (Weyl), ‖T‖₂² = ‖T²‖₂ for symmetric T, and ‖T_J‖₂ ≤ ‖T_J‖_F at the end; each
+   computed product is within γ_c‖T‖_F² of the exact one (step N checks the bound against exact
+   eigenvalues). Elementwise rules multiply δ by a diagonal D (ReLU: entries in [0, 1]; smooth f:
+   f′(ĉ) plus the library error), so ‖Dδ‖₂ ≤ max|D_ii|·‖δ‖₂, plus the entrywise-bounded new terms.
+   This norm does not compound the way |W|-propagation does: ‖ |W| ‖₂ can exceed ‖W‖₂ by a factor
+   of order √width.
+
 3. Elementwise smooth f. Taylor with Lagrange remainder: f(v) = f(ĉ) + f′(ĉ)(v − ĉ) +
    ½f″(ξ)(v − ĉ)², |v − ĉ| ≤ R = |ĝ|h + e, so f(v) ∈ f(ĉ) + f′(ĉ)ĝt ± (|f′(ĉ)|e + ½ sup|f″|·R²),
    the sup over [ĉ − R, ĉ + R]. The same for f′(v) with sup|f‴|, then f′(v)·v′ by the product of
@@ -236,6 +250,22 @@ def step_m_rsqrt() -> bool:
     return bool(ok and dec and agree and E._RSQRT.peaks2 == () and E._RSQRT.peaks3 == ())
 
 
+def step_n_norms() -> bool:
+    al, w0, dd = sp.symbols("alpha W_0 Delta", real=True)
+    convex = sp.expand((1 - al) * w0 + al * (w0 + dd) - (w0 + al * dd)) == 0
+    # the module's spectral bound against exact singular values of integer matrices
+    import torch
+
+    mats = [sp.Matrix([[3, 1], [-2, 5], [0, 1]]), sp.Matrix([[1, 1, 1], [1, 1, 1]]), sp.Matrix([[7]]),
+            sp.Matrix([[2, -1, 0], [-1, 2, -1], [0, -1, 2]]), sp.Matrix([[1, 2], [3, 4]])]
+    good = True
+    for m in mats:
+        lam_max = max(sp.re(sp.N(ev, 50)) for ev in (m.T * m).eigenvals())
+        b = E._spectral_bound(torch.tensor([[float(v) for v in m.row(i)] for i in range(m.rows)], dtype=torch.float64))
+        good &= sp.Float(b, 50) ** 2 >= lam_max and sp.Float(b, 50) ** 2 <= lam_max * sp.Float(1.2, 50)
+    return bool(convex and good)
+
+
 STEPS = {
     "A: W(α)x expanded in t": step_a,
     "B: |t² − h²/2| ≤ h²/2 on |t| ≤ h": step_b,
@@ -249,6 +279,7 @@ STEPS = {
     "J/K: cross-entropy derivative and monotonicity of softmax in its logits": step_j_k_ce,
     "L: re-estimated BatchNorm: variance and normalisation derivatives": step_l_batchnorm,
     "M: (v + ε)^(−1/2): f″, f‴ and their monotonicity on v > 0": step_m_rsqrt,
+    "N: W(α) as a convex combination; the spectral bound against exact singular values": step_n_norms,
 }
 
 

@@ -23,6 +23,14 @@ Rules (each with its proof in ``proofs/enclosure_soundness.md``):
   B(x, W(α)) = B(ĉ, W_m) + t[B(ĝ, W_m) + B(ĉ, ΔW)] + t²B(ĝ, ΔW) + B(δ, W_m + tΔW); t² ∈ [0, h²]
   becomes its midpoint h²/2 plus a remainder h²/2·|B(ĝ, ΔW)|, and |B(δ, ·)| ≤ B(e, |W_m| + h|ΔW|).
   The derivative is B(x′, W(α)) + B(x, ΔW) by the product rule (W″ = 0);
+* remainders in Euclidean norm: a Taylor model may also carry n ≥ ‖δ‖₂ over its last axis (then
+  e ≤ n entrywise). A Linear layer bounds W(α)δ both entrywise, (|W_m| + h|ΔW|)e, and by
+  |(W(α)δ)_j| ≤ ‖W(α)_j‖₂‖δ‖₂ and ‖W(α)δ‖₂ ≤ ‖W(α)‖₂‖δ‖₂, taking the smaller; the norms of
+  W(α) = (1 − α)W0 + α(W0 + ΔW) are bounded by convexity from proven bounds at both ends
+  (:func:`_spectral_bound`: repeated squaring of the Gram matrix with every rounding covered).
+  ReLU and smooth activations scale δ by a diagonal of magnitude ≤ 1 (or ≤ max f′), so n passes
+  through them plus the norm of their new entrywise terms. In wide layers this does not compound
+  the way |W|-propagation does (‖|W|‖₂ can exceed ‖W‖₂ by a factor of order √width);
 * smooth elementwise f (tanh, sigmoid, GELU, softplus): Taylor's theorem with the Lagrange
   remainder: f(v) = f(ĉ) + f′(ĉ)(v − ĉ) + ½f″(ξ)(v − ĉ)², |v − ĉ| ≤ R = |ĝ|h + e, and
   |f″(ξ)| ≤ sup over the range [ĉ − R, ĉ + R] (computed from the finitely many local maxima
@@ -68,7 +76,7 @@ from __future__ import annotations
 
 import math
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -113,6 +121,121 @@ def _up(e: Tensor) -> Tensor:
     return e * (1.0 + _SLACK) + _TINY
 
 
+# ----------------------------------------------------------------------------- Euclidean remainders
+
+_TINY_N = 2.0**-500  # absolute inflation of a computed Euclidean norm (squares that underflowed)
+
+
+def _l2(e: Tensor, width: int) -> Tensor:
+    """A proven upper bound of ‖δ‖₂ over the last axis (kept, size 1) for any |δ| ≤ e entrywise.
+
+    ``width`` is the true length of that axis (e may broadcast along it: then e is constant there
+    and the norm is √width·e). The computed Σe² has relative error ≤ γ_{K+1} (non-negative terms),
+    the square root halves it and adds one rounding; (1 + 2γ_{K+4}) covers all of it with the final
+    product's rounding. Squares below the normal range lose at most K·2⁻¹⁰⁷⁴, i.e. √K·2⁻⁵³⁷ ≤ 2⁻⁵⁰⁰
+    on the norm."""
+    if e.dim() == 0 or e.shape[-1] != width:
+        return e.amax(-1, keepdim=True) * (math.sqrt(width) * (1.0 + 8 * U)) + _TINY_N if e.dim() else (
+            e * (math.sqrt(width) * (1.0 + 8 * U)) + _TINY_N).reshape(1)
+    return (e * e).sum(-1, keepdim=True).sqrt() * (1.0 + 2 * gamma(width + 4)) + _TINY_N
+
+
+def _with_norm(c: Tensor, g: Tensor, e: Tensor, n: Tensor) -> "TM":
+    """A Taylor model whose remainder is bounded both entrywise (e) and in Euclidean norm over the
+    last axis (n); every entry of the remainder is at most its norm, so e ← min(e, n) is sound."""
+    return TM(c, g, torch.minimum(e, n), n)
+
+
+def _norm_of(t: "TM", width: int) -> Tensor:
+    """‖δ‖₂ over the last axis for the remainder δ of ``t``: the tracked bound, else from e."""
+    return t.n if t.n is not None else _l2(t.e, width)
+
+
+def _frobenius_up(a: Tensor) -> float:
+    """A proven upper bound of the Frobenius norm of a float64 tensor (same argument as :func:`_l2`)."""
+    return math.sqrt(float((a * a).sum())) * (1.0 + 2 * gamma(a.numel() + 4)) + _TINY_N
+
+
+def _spectral_bound(a: Tensor, squarings: int = 5) -> float:
+    r"""A proven upper bound of the largest singular value ‖A‖₂ of a float64 matrix (exact entries).
+
+    After an exact power-of-two scaling, T₀ = sym(fl(AᵀA)) (the smaller Gram matrix) satisfies
+    ‖T₀ − AᵀA‖₂ ≤ η₀ = γ_r‖A‖_F² + u‖T₀‖_F (|fl(AᵀA) − AᵀA| ≤ γ_r|A|ᵀ|A| entrywise, Higham §3.5, and
+    ‖|A|ᵀ|A|‖_F ≤ ‖A‖_F²; symmetrising a symmetric target cannot increase the error, its own
+    rounding is u|T₀|), so λ_max(AᵀA) ≤ ‖T₀‖₂ + η₀ (Weyl). For symmetric T, ‖T‖₂² = ‖T²‖₂ and
+    T_{j+1}·2^{k_j} = sym(fl(T_j T_j)) is within η_j = γ_c‖T_j‖_F² + u‖sym(fl(T_j T_j))‖_F of
+    T_j², so ‖T_j‖₂ ≤ √(2^{k_j}‖T_{j+1}‖₂ + η_j); at the end ‖T_J‖₂ ≤ ‖T_J‖_F. The bound
+    overestimates ‖A‖₂ by at most the factor c^{1/2^{J+2}} (c = the Gram size): ≤ 1.06 for c ≤ 1000
+    and J = 5. Back-substitution in Python floats, each step inflated by 2⁻⁵⁰ (≥ 8 roundings)."""
+    if a.numel() == 0:
+        return 0.0
+    mx = float(a.abs().max())
+    if mx == 0.0:
+        return 0.0
+    if not math.isfinite(mx):
+        return math.inf
+    up = 1.0 + 2.0**-50
+    e0 = math.frexp(mx)[1]
+    A = torch.ldexp(a.to(torch.float64), torch.tensor(-e0, dtype=torch.int32, device=a.device))  # exact (|A| < 1)
+    if A.shape[0] < A.shape[1]:
+        A = A.T
+    r, c = A.shape
+    G = A.T @ A
+    T = (G + G.T) * 0.5
+    fa = _frobenius_up(A)
+    eta0 = (gamma(r) * fa * fa + U * _frobenius_up(T)) * up + _TINY
+    steps: list[tuple[int, float]] = []
+    for _ in range(squarings):
+        ft = _frobenius_up(T)
+        P = T @ T
+        S = (P + P.T) * 0.5
+        eta = (gamma(c) * ft * ft + U * _frobenius_up(S)) * up + _TINY
+        ms = float(S.abs().max())
+        if ms == 0.0:
+            steps.append((0, eta))
+            T = S
+            break
+        k = math.frexp(ms)[1]
+        T = torch.ldexp(S, torch.tensor(-k, dtype=torch.int32, device=S.device))
+        steps.append((k, eta))
+    beta = _frobenius_up(T)
+    for k, eta in reversed(steps):
+        beta = math.sqrt(math.ldexp(beta, k) + eta) * up
+    lam = (beta + eta0) * up
+    return math.ldexp(math.sqrt(lam) * up + _TINY, e0) * up
+
+
+def _matrix_norms(p: "Param") -> dict:
+    """Proven norm bounds of a matrix parameter along the path, cached on the parameter:
+    ``s0, sT, sD`` ≥ ‖W0‖₂, ‖W0 + ΔW‖₂, ‖ΔW‖₂ (the real W0 + ΔW, within u|ΔW| of fl(W0 + ΔW))
+    and ``r0, rT, rD``: the same for every row (Euclidean norms, shape (out,))."""
+    if not p.norms:
+        wt = p.w0 + p.dw  # |fl(W0 + ΔW) − (W0 + ΔW)| ≤ u|W0 + ΔW| ≤ 2u|fl(W0 + ΔW)|
+        grow = 1.0 + 4 * U
+        p.norms.update(
+            s0=_spectral_bound(p.w0),
+            sT=(_spectral_bound(wt) + 2 * U * _frobenius_up(wt)) * grow,
+            sD=_spectral_bound(p.dw),
+            r0=_l2(p.w0.abs(), p.w0.shape[-1]).squeeze(-1),
+            rT=_l2(wt.abs(), wt.shape[-1]).squeeze(-1) * (1.0 + 4 * U),
+            rD=_l2(p.dw.abs(), p.dw.shape[-1]).squeeze(-1),
+        )
+    return p.norms
+
+
+def _along_cells(v0: Tensor | float, vT: Tensor | float, vD: Tensor | float, m: Tensor, h: Tensor) -> Tensor:
+    """An upper bound of ‖W0 + αΔW‖ over each cell α ∈ [m − h, m + h], for a norm with bounds v0 at
+    α = 0, vT at α = 1 and vD of ΔW: convexity, (1 − α)v0 + αvT at the cell's ends, where the cell
+    lies in [0, 1]; the triangle inequality v0 + (|m| + h)vD elsewhere."""
+    a, b = m - h, m + h
+    ends = torch.maximum((1.0 - a) * v0 + a * vT, (1.0 - b) * v0 + b * vT)
+    slack = (abs(vT) + abs(v0) if not isinstance(vT, Tensor) else vT.abs() + v0.abs()) * (8 * U)
+    ends = ends * (1.0 + 4 * U) + slack + _TINY
+    tri = (v0 + (m.abs() + h) * vD) * (1.0 + 4 * U) + _TINY
+    inside = (a >= 0.0) & (b <= 1.0)
+    return torch.where(inside, torch.minimum(ends, tri), tri)
+
+
 # ----------------------------------------------------------------------------- numbers
 
 
@@ -126,6 +249,9 @@ class TM:
     c: Tensor
     g: Tensor
     e: Tensor
+    # optional: an upper bound of the Euclidean norm of the remainder vector over the last axis,
+    # shape (…, 1); None when not tracked (see :func:`_l2` and the Linear rule)
+    n: Tensor | None = None
 
     def magnitude(self, h: Tensor) -> Tensor:
         """An upper bound of |v| on the cell (up to rounding of this sum, which callers inflate)."""
@@ -163,10 +289,13 @@ class Enclosure:
 
 @dataclass(frozen=True, slots=True)
 class Param:
-    """A parameter on the path: θ(α) = θ0 + α·Δθ (no cell axis)."""
+    """A parameter on the path: θ(α) = θ0 + α·Δθ (no cell axis).
+
+    ``norms`` caches the proven norm bounds of a matrix parameter (:func:`_matrix_norms`)."""
 
     w0: Tensor
     dw: Tensor
+    norms: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def shape(self) -> torch.Size:
@@ -193,6 +322,18 @@ class EnclosureNumbers:
     def __init__(self, mid: Tensor, rad: Tensor):
         self.mid = mid
         self.rad = rad
+        # per-walk memo of weight-only work (stacked and per-cell absolute weights), shared by the
+        # example chunks of one enclosure call: keyed by id, holding the object to pin the id
+        self._memo: dict[tuple[int, str], tuple[object, Any]] = {}
+
+    def memo(self, obj: object, tag: str, make: Callable[[], Any]) -> Any:
+        """``make()``, computed once per (object, tag) for this batch of cells."""
+        key = (id(obj), tag)
+        hit = self._memo.get(key)
+        if hit is None or hit[0] is not obj:
+            hit = (obj, make())
+            self._memo[key] = hit
+        return hit[1]
 
     # --- protocol
     def is_number(self, obj: object) -> bool:
@@ -237,6 +378,7 @@ def _affine_layer(
     bias_view: Callable[[Tensor], Tensor],
     abs_cellwise: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
     rounding: Callable[[Tensor], Tensor] | None = None,
+    norms: Callable[[Tensor, Tensor, int], tuple[Tensor, Tensor, Tensor, Tensor]] | None = None,
 ) -> Enclosure:
     """o = f(x, W(α)) + b(α) for a map f bilinear in (x, W) with non-negative coefficients.
 
@@ -245,13 +387,17 @@ def _affine_layer(
     f(e, |W0|) + (m + h)·f(e, |ΔW|) is used (valid as |W0 + mΔW| + h|ΔW| ≤ |W0| + (|m| + h)|ΔW|).
     ``rounding(M)``, if given, returns an upper bound of f(M, |W0| + |ΔW|) for M ≥ 0 (cheaper than
     the product itself); it is multiplied by 2γ_{K+16} to cover every rounding error.
+    ``norms(m, h, nd)``, if given (a matrix acting on the last axis), returns per-cell upper bounds
+    (‖W(α)‖₂, rows ‖W(α)_j‖₂, ‖ΔW‖₂, rows ‖ΔW_j‖₂) viewed against the output: the remainder is then
+    also carried in Euclidean norm, ‖W(α)δ‖₂ ≤ ‖W(α)‖₂‖δ‖₂ and |(W(α)δ)_j| ≤ ‖W(α)_j‖₂‖δ‖₂, which
+    does not compound the way entrywise |W|-propagation does in wide layers.
     """
     if not isinstance(w, Param):
         w = Param(w, torch.zeros_like(w))
     if b is not None and not isinstance(b, Param):
         b = Param(b, torch.zeros_like(b))
     g2 = gamma(k_len + 16) * 2.0
-    w_mag = w.w0.abs() + w.dw.abs()
+    w_mag = (w.w0.abs() + w.dw.abs()) if rounding is None else None
 
     if not isinstance(x, Enclosure):  # an input: exactly affine in α
         nd = x.dim()
@@ -301,20 +447,33 @@ def _affine_layer(
         return (rounding(t.unsqueeze(0))[0] if rounding is not None else f(t, w_mag)) * g2
 
     rho_v, rho_d = _rho(v.magnitude(h).expand(shape)), _rho(d.magnitude(h).expand(shape))
-    e = e_v + rho_v
-    de = e_d + e_x_dw + rho_d + rho_v
+    if norms is not None:
+        s_w, r_w, s_d, r_d = norms(m, h, nd)
+        nv, ndv = _norm_of(v, shape[-1]), _norm_of(d, shape[-1])
+        e_v = torch.minimum(e_v, r_w * nv)
+        e_d = torch.minimum(e_d, r_w * ndv)
+        e_x_dw = torch.minimum(e_x_dw, r_d * nv)
+    extra_v = rho_v  # the entrywise-only parts: rounding, t² terms, bias rounding
+    extra_d = rho_d + rho_v
     if not _is_zero(gdW):
-        e = e + hh * gdW.abs()
+        extra_v = extra_v + hh * gdW.abs()
     if not _is_zero(dgdW):
-        de = de + hh * dgdW.abs()
+        extra_d = extra_d + hh * dgdW.abs()
     if b is not None:
         c = c + bias_view(b.w0) + m * bias_view(b.dw)
         g = g + bias_view(b.dw)
         dc = dc + bias_view(b.dw)
         bmag = bias_view(b.w0.abs() + b.dw.abs()) * g2
-        e = e + bmag
-        de = de + bmag
-    return Enclosure(TM(c, g, _up(e)), TM(dc, dg, _up(de)))
+        extra_v = extra_v + bmag
+        extra_d = extra_d + bmag
+    e = _up(e_v + extra_v)
+    de = _up(e_d + e_x_dw + extra_d)
+    if norms is None:
+        return Enclosure(TM(c, g, e), TM(dc, dg, de))
+    width = c.shape[-1]
+    n_v = torch.minimum(_up(s_w * nv + _l2(extra_v, width)), _l2(e, width))
+    n_d = torch.minimum(_up(s_w * ndv + s_d * nv + _l2(extra_d, width)), _l2(de, width))
+    return Enclosure(_with_norm(c, g, e, n_v), _with_norm(dc, dg, de, n_d))
 
 
 def _multi(f: Callable[[Tensor, Tensor], Tensor], x: Tensor, ws: list[Tensor]) -> list[Tensor]:
@@ -350,22 +509,46 @@ def _linear(nt: EnclosureNumbers, x: Any, weight: Any, bias: Any = None) -> Any:
         # |W0 + mΔW| + h|ΔW| per cell, (C, out, in); fl(W0 + mΔW) is within 2u(|W0| + |ΔW|) of
         # the exact value (|m| ≤ 1), which the added term covers; the final factor covers the
         # rounding of this elementwise sum and of the non-negative matmul (γ_K).
-        mc, hc = m.reshape(-1, 1, 1), h.reshape(-1, 1, 1)
-        wmag = w.w0.abs() + w.dw.abs()
-        wa = (w.w0 + mc * w.dw).abs() + hc * w.dw.abs() + wmag * (4 * U)
+        def make() -> Tensor:
+            mc, hc = m.reshape(-1, 1, 1), h.reshape(-1, 1, 1)
+            wmag = w.w0.abs() + w.dw.abs()
+            return ((w.w0 + mc * w.dw).abs() + hc * w.dw.abs() + wmag * (4 * U)).transpose(-1, -2)
+
+        wa_t = nt.memo(weight, "abs-per-cell", make)
         lead = e.shape[2:-1]
         e2 = e.reshape(e.shape[0], e.shape[1], -1, e.shape[-1])  # (2, C, N, in)
-        out = torch.matmul(e2, wa.transpose(-1, -2))  # (2, C, N, out)
+        out = torch.matmul(e2, wa_t)  # (2, C, N, out)
         out = out * (1.0 + gamma(k_len + 8) * 2.0)
         return out.reshape(e.shape[0], e.shape[1], *lead, -1)
 
-    wsum = (w.w0.abs() + w.dw.abs()).sum(-1)  # (out,)
+    wsum = nt.memo(weight, "abs-row-sums", lambda: (w.w0.abs() + w.dw.abs()).sum(-1))  # (out,)
+    stacked_t = nt.memo(weight, "stacked", lambda: torch.cat([w.w0, w.dw], 0).transpose(-1, -2))
+
+    def f(x: Tensor, ww: Tensor) -> Tensor:
+        return torch.matmul(x, ww.transpose(-1, -2))
+
+    def multi(x: Tensor, ws: list[Tensor]) -> list[Tensor]:
+        if len(ws) == 2 and ws[0] is w.w0 and ws[1] is w.dw:
+            return list(torch.matmul(x, stacked_t).split([w.w0.shape[0]] * 2, -1))
+        return _linear_multi(x, ws)
+
+    f.multi = multi  # type: ignore[attr-defined]
 
     def rounding(mags: Tensor) -> Tensor:
         # Σ_k M_k |W|_jk ≤ max_k M_k · Σ_k |W|_jk
         return mags.amax(-1, keepdim=True) * wsum
 
-    return _affine_layer(nt, x, w, bias, _linear_f, k_len, lambda t: t, abs_cellwise, rounding)
+    norms = None
+    if isinstance(weight, Param) and weight.w0.dim() == 2:
+        def norms(m: Tensor, h: Tensor, nd: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+            b = _matrix_norms(weight)
+            mc, hc = m.reshape(-1, 1), h.reshape(-1, 1)
+            s_w = _along_cells(b["s0"], b["sT"], b["sD"], mc, hc).reshape(-1, *([1] * nd))
+            r_w = _along_cells(b["r0"], b["rT"], b["rD"], mc, hc)  # (C, out)
+            r_w = r_w.reshape(r_w.shape[0], *([1] * (nd - 1)), r_w.shape[-1])
+            return s_w, r_w, torch.tensor(b["sD"], dtype=m.dtype, device=m.device), b["rD"]
+
+    return _affine_layer(nt, x, w, bias, f, k_len, lambda t: t, abs_cellwise, rounding, norms)
 
 
 def _linear_module(nt: EnclosureNumbers, mod: nn.Linear, p: dict, x: Any) -> Any:
@@ -442,8 +625,12 @@ def _conv_module(nt: EnclosureNumbers, mod: nn.Module, p: dict, x: Any) -> Any:
 # ----------------------------------------------------------------------------- products and sums
 
 
-def _product(a: TM, b: TM, h: Tensor) -> TM:
-    """The elementwise product of two Taylor models (broadcasting)."""
+def _product(a: TM, b: TM, h: Tensor, *, norm_of_b: bool = False) -> TM:
+    """The elementwise product of two Taylor models (broadcasting).
+
+    With ``norm_of_b`` (both of the result's full shape along the last axis), the remainder is also
+    bounded in Euclidean norm over the last axis: the part â·δ_b (â the affine part of a) has norm
+    ≤ max|â|·‖δ_b‖₂, the rest is bounded entrywise."""
     hh = h * h * 0.5
     gg = _mul0(a.g, b.g)
     c = a.c * b.c
@@ -452,11 +639,16 @@ def _product(a: TM, b: TM, h: Tensor) -> TM:
     g = _add0(_mul0(a.c, b.g), _mul0(a.g, b.c))
     ma = a.c.abs() + a.g.abs() * h
     mb = b.c.abs() + b.g.abs() * h
-    e = a.e * (mb + b.e) + ma * b.e
+    rest = a.e * (mb + b.e)
     if not _is_zero(gg):
-        e = e + hh * gg.abs()
-    rho = (a.c.abs() + a.g.abs() + a.e) * (b.c.abs() + b.g.abs() + b.e) * (8 * U)
-    return TM(c, g, _up(e + rho))
+        rest = rest + hh * gg.abs()
+    rest = rest + (a.c.abs() + a.g.abs() + a.e) * (b.c.abs() + b.g.abs() + b.e) * (8 * U)
+    e = _up(rest + ma * b.e)
+    if not norm_of_b:
+        return TM(c, g, e)
+    width = c.shape[-1]
+    n = torch.minimum(_up(ma.amax(-1, keepdim=True) * _norm_of(b, width) + _l2(rest, width)), _l2(e, width))
+    return _with_norm(c, g, e, n)
 
 
 def _scale(a: TM, s: Tensor | float) -> TM:
@@ -713,13 +905,20 @@ def _smooth(nt: EnclosureNumbers, s: _Smooth, x: Any, *, softplus_threshold: flo
     m3 = _sup_at(s.f3, lo, hi, s.peaks3, s.scale3)
     # value: f(ĉ) + f′(ĉ)ĝ t + [f′(ĉ)δ + ½ f″(ξ)(ĝt + δ)²]
     g = _mul0(v.g, f1c)
-    e = (f1c.abs() + err1) * v.e + 0.5 * m2 * R * R + err0 + (err1 * v.g.abs() + g.abs() * (2 * U)) * h + fc.abs() * U
-    val = TM(fc, g, _up(e))
+    slope = f1c.abs() + err1
+    rest = 0.5 * m2 * R * R + err0 + (err1 * v.g.abs() + g.abs() * (2 * U)) * h + fc.abs() * U
+    e = _up(slope * v.e + rest)
     # f′(v) as a Taylor model, then times v′
     g1 = _mul0(v.g, f2c)
     e1 = (f2c.abs() + err2) * v.e + 0.5 * m3 * R * R + err1 + (err2 * v.g.abs() + g1.abs() * (2 * U)) * h
     fprime = TM(f1c, g1, _up(e1))
-    return Enclosure(val, _product(fprime, d, h))
+    full = v.c.shape
+    if len(full) < 2 or full.numel() == 0 or d.c.shape != full:
+        return Enclosure(TM(fc, g, e), _product(fprime, d, h))
+    # Euclidean norm over the last axis: the remainder is f′(ĉ)·δ plus entrywise-bounded terms
+    width = full[-1]
+    n = torch.minimum(_up(slope.amax(-1, keepdim=True) * _norm_of(v, width) + _l2(rest, width)), _l2(e, width))
+    return Enclosure(_with_norm(fc, g, e, n), _product(fprime, d, h, norm_of_b=True))
 
 
 def _relu_like(nt: EnclosureNumbers, x: Any, slope: float = 0.0) -> Any:
@@ -745,11 +944,13 @@ def _relu_like(nt: EnclosureNumbers, x: Any, slope: float = 0.0) -> Any:
     mag = v.c.abs() + r  # ≥ |x| on the cell
     c = coef * v.c
     g = _mul0(v.g, coef)
-    e = coef * v.e + mag * (4 * U)
+    extra = mag * (4 * U)  # the remainder is coef·δ (|coef| ≤ 1) plus these (Euclidean tracking)
+    e = coef * v.e + extra
     dmag = d.c.abs() + d.g.abs() * h + d.e
     dc = coef * d.c
     dg = _mul0(d.g, coef)
-    de = coef * d.e + (d.c.abs() + d.g.abs()) * (2 * U)
+    dextra = (d.c.abs() + d.g.abs()) * (2 * U)
+    de = coef * d.e + dextra
     mixed = ~(pos | neg)
     idx = mixed.nonzero(as_tuple=True)
     if idx[0].numel():
@@ -769,7 +970,10 @@ def _relu_like(nt: EnclosureNumbers, x: Any, slope: float = 0.0) -> Any:
         c = c.index_put(idx, cm * vc + k * mu)
         if not _is_zero(g):
             g = g.index_put(idx, cm * v.g.expand(full)[idx])
-        e = e.index_put(idx, cm * v.e.expand(full)[idx] + k * rad + (mag[idx] + mu.abs()) * (4 * U))
+        x_extra = k * rad + (mag[idx] + mu.abs()) * (4 * U)
+        e = e.index_put(idx, cm * v.e.expand(full)[idx] + x_extra)
+        extra = extra.expand(full).clone() if extra.shape != full else extra
+        extra = extra.index_put(idx, x_extra)
         # derivative: leaky′ ∈ [slope, 1]: (1 + slope)/2 ± (1 − slope)/2
         dmid = (1.0 + slope) * 0.5
         dc = dc.expand(full).clone() if dc.shape != full else dc
@@ -777,10 +981,20 @@ def _relu_like(nt: EnclosureNumbers, x: Any, slope: float = 0.0) -> Any:
         if not _is_zero(dg):
             dg = dg.expand(full).clone() if dg.shape != full else dg
             dg = dg.index_put(idx, dmid * d.g.expand(full)[idx])
+        d_extra = (k * 0.5 * dmag.expand(full)[idx]
+                   + (d.c.expand(full)[idx].abs() + (0.0 if _is_zero(d.g) else d.g.expand(full)[idx].abs())) * (2 * U))
         de = de.expand(full).clone() if de.shape != full else de
-        de = de.index_put(idx, dmid * d.e.expand(full)[idx] + k * 0.5 * dmag.expand(full)[idx]
-                          + (d.c.expand(full)[idx].abs() + (0.0 if _is_zero(d.g) else d.g.expand(full)[idx].abs())) * (2 * U))
-    return Enclosure(TM(c, g, _up(e)), TM(dc, dg, _up(de)))
+        de = de.index_put(idx, dmid * d.e.expand(full)[idx] + d_extra)
+        dextra = dextra.expand(full).clone() if dextra.shape != full else dextra
+        dextra = dextra.index_put(idx, d_extra)
+    e, de = _up(e), _up(de)
+    if full.numel() == 0 or len(full) < 2:
+        return Enclosure(TM(c, g, e), TM(dc, dg, de))
+    # Euclidean norms over the last axis: δ_out = D·δ_in + (extra), D diagonal with entries in [0, 1]
+    width = full[-1]
+    n_v = torch.minimum(_up(_norm_of(v, width) + _l2(extra, width)), _l2(e, width))
+    n_d = torch.minimum(_up(_norm_of(d, width) + _l2(dextra, width)), _l2(de, width))
+    return Enclosure(_with_norm(c, g, e, n_v), _with_norm(dc, dg, de, n_d))
 
 
 # ----------------------------------------------------------------------------- normalisation

@@ -113,12 +113,17 @@ class _Problem:
     statistics_cells: int = 16
 
 
-def prepare(line: Line, data: Dataset, bn: BNPolicy, *, device: torch.device | None = None, memory_bytes: float = 1.5e9,
+def prepare(line: Line, data: Dataset, bn: BNPolicy, *, device: torch.device | None = None, memory_bytes: float | None = None,
             cells_per_batch: int = 16, batch_size: int | None = None) -> _Problem:
     """Trace the model, choose which entries move along α, and cast everything to float64.
 
     ``batch_size`` is the minibatch size of the curve's BatchNorm re-estimation (``bn=recompute``);
     only one batch of all the examples is enclosed (None, or ≥ n).
+
+    ``memory_bytes`` sizes the example chunks of one walk (default: 0.4 GB on a CPU, where chunks
+    whose tensors stay near the last-level cache run fastest — 784-1000-1000-10 on 2 cores: 5.4 s
+    per 16 cells × 2000 examples at 64 examples per chunk against 6.4 s at 256 — and 1.5 GB on
+    an accelerator, where larger kernels pay).
 
     Raises:
         Unsupported: the model or settings are outside what the enclosures cover.
@@ -150,11 +155,13 @@ def prepare(line: Line, data: Dataset, bn: BNPolicy, *, device: torch.device | N
     x = data.x.to(dev, torch.float64)
     y = data.y.to(dev, torch.float64) if data.loss == "mse" else data.y.to(dev)
     statistics = _recomputed(gm, line, bn, x.shape[0], batch_size)
+    if memory_bytes is None:
+        memory_bytes = 4e8 if x.device.type == "cpu" else 1.5e9
     widest = _widest_activation(gm, start, x[:1])
     per_example = cells_per_batch * widest * 8 * 48  # bytes for ~48 tensors of the widest activation
     chunk = max(1, min(x.shape[0], int(memory_bytes // max(per_example, 1))))
     # the re-estimation pass sees every example at once: fewer cells per pass when they do not fit
-    stat_cells = max(1, min(cells_per_batch, int(memory_bytes // max(widest * 8 * 48 * x.shape[0], 1))))
+    stat_cells = max(1, min(cells_per_batch, int(max(memory_bytes, 1.5e9) // max(widest * 8 * 48 * x.shape[0], 1))))
     return _Problem(gm, params, x, y, data.loss, start, end, line.shell, chunk, statistics, line, stat_cells)
 
 
