@@ -538,17 +538,16 @@ def _linear(nt: EnclosureNumbers, x: Any, weight: Any, bias: Any = None) -> Any:
         # Σ_k M_k |W|_jk ≤ max_k M_k · Σ_k |W|_jk
         return mags.amax(-1, keepdim=True) * wsum
 
-    norms = None
-    if isinstance(weight, Param) and weight.w0.dim() == 2:
-        def norms(m: Tensor, h: Tensor, nd: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-            b = _matrix_norms(weight)
-            mc, hc = m.reshape(-1, 1), h.reshape(-1, 1)
-            s_w = _along_cells(b["s0"], b["sT"], b["sD"], mc, hc).reshape(-1, *([1] * nd))
-            r_w = _along_cells(b["r0"], b["rT"], b["rD"], mc, hc)  # (C, out)
-            r_w = r_w.reshape(r_w.shape[0], *([1] * (nd - 1)), r_w.shape[-1])
-            return s_w, r_w, torch.tensor(b["sD"], dtype=m.dtype, device=m.device), b["rD"]
+    def norms(m: Tensor, h: Tensor, nd: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        b = _matrix_norms(weight)
+        mc, hc = m.reshape(-1, 1), h.reshape(-1, 1)
+        s_w = _along_cells(b["s0"], b["sT"], b["sD"], mc, hc).reshape(-1, *([1] * nd))
+        r_w = _along_cells(b["r0"], b["rT"], b["rD"], mc, hc)  # (C, out)
+        r_w = r_w.reshape(r_w.shape[0], *([1] * (nd - 1)), r_w.shape[-1])
+        return s_w, r_w, torch.tensor(b["sD"], dtype=m.dtype, device=m.device), b["rD"]
 
-    return _affine_layer(nt, x, w, bias, f, k_len, lambda t: t, abs_cellwise, rounding, norms)
+    use_norms = isinstance(weight, Param) and weight.w0.dim() == 2
+    return _affine_layer(nt, x, w, bias, f, k_len, lambda t: t, abs_cellwise, rounding, norms if use_norms else None)
 
 
 def _linear_module(nt: EnclosureNumbers, mod: nn.Linear, p: dict, x: Any) -> Any:
