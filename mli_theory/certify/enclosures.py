@@ -140,9 +140,13 @@ def _l2(e: Tensor, width: int) -> Tensor:
     return (e * e).sum(-1, keepdim=True).sqrt() * (1.0 + 2 * gamma(width + 4)) + _TINY_N
 
 
-def _with_norm(c: Tensor, g: Tensor, e: Tensor, n: Tensor) -> "TM":
-    """A Taylor model whose remainder is bounded both entrywise (e) and in Euclidean norm over the
-    last axis (n); every entry of the remainder is at most its norm, so e ← min(e, n) is sound."""
+def _with_norm(c: Tensor, g: Tensor, e: Tensor, carried: Tensor, extra: Tensor) -> "TM":
+    """A Taylor model whose remainder δ is bounded entrywise by e and in Euclidean norm over the last
+    axis by n = min(carried + ‖extra‖₂, ‖e‖₂), where ``carried`` bounds the norm of the part mapped
+    from an input's remainder and ``extra`` bounds the new parts entrywise (triangle inequality).
+    Every entry of δ is at most ‖δ‖₂, so e ← min(e, n) is sound."""
+    width = c.shape[-1]
+    n = torch.minimum(_up(carried + _l2(extra, width)), _l2(e, width))
     return TM(c, g, torch.minimum(e, n), n)
 
 
@@ -470,10 +474,7 @@ def _affine_layer(
     de = _up(e_d + e_x_dw + extra_d)
     if norms is None:
         return Enclosure(TM(c, g, e), TM(dc, dg, de))
-    width = c.shape[-1]
-    n_v = torch.minimum(_up(s_w * nv + _l2(extra_v, width)), _l2(e, width))
-    n_d = torch.minimum(_up(s_w * ndv + s_d * nv + _l2(extra_d, width)), _l2(de, width))
-    return Enclosure(_with_norm(c, g, e, n_v), _with_norm(dc, dg, de, n_d))
+    return Enclosure(_with_norm(c, g, e, s_w * nv, extra_v), _with_norm(dc, dg, de, s_w * ndv + s_d * nv, extra_d))
 
 
 def _multi(f: Callable[[Tensor, Tensor], Tensor], x: Tensor, ws: list[Tensor]) -> list[Tensor]:
@@ -484,16 +485,11 @@ def _multi(f: Callable[[Tensor, Tensor], Tensor], x: Tensor, ws: list[Tensor]) -
     return [f(x, w) for w in ws]
 
 
-def _linear_f(x: Tensor, w: Tensor) -> Tensor:
-    return torch.matmul(x, w.transpose(-1, -2))
-
-
 def _linear_multi(x: Tensor, ws: list[Tensor]) -> list[Tensor]:
     out = torch.matmul(x, torch.cat(ws, 0).transpose(-1, -2))
     return list(out.split([w.shape[0] for w in ws], -1))
 
 
-_linear_f.multi = _linear_multi  # type: ignore[attr-defined]
 
 
 def _linear(nt: EnclosureNumbers, x: Any, weight: Any, bias: Any = None) -> Any:
@@ -645,9 +641,7 @@ def _product(a: TM, b: TM, h: Tensor, *, norm_of_b: bool = False) -> TM:
     e = _up(rest + ma * b.e)
     if not norm_of_b:
         return TM(c, g, e)
-    width = c.shape[-1]
-    n = torch.minimum(_up(ma.amax(-1, keepdim=True) * _norm_of(b, width) + _l2(rest, width)), _l2(e, width))
-    return _with_norm(c, g, e, n)
+    return _with_norm(c, g, e, ma.amax(-1, keepdim=True) * _norm_of(b, c.shape[-1]), rest)
 
 
 def _scale(a: TM, s: Tensor | float) -> TM:
@@ -915,9 +909,8 @@ def _smooth(nt: EnclosureNumbers, s: _Smooth, x: Any, *, softplus_threshold: flo
     if len(full) < 2 or full.numel() == 0 or d.c.shape != full:
         return Enclosure(TM(fc, g, e), _product(fprime, d, h))
     # Euclidean norm over the last axis: the remainder is f′(ĉ)·δ plus entrywise-bounded terms
-    width = full[-1]
-    n = torch.minimum(_up(slope.amax(-1, keepdim=True) * _norm_of(v, width) + _l2(rest, width)), _l2(e, width))
-    return Enclosure(_with_norm(fc, g, e, n), _product(fprime, d, h, norm_of_b=True))
+    return Enclosure(_with_norm(fc, g, e, slope.amax(-1, keepdim=True) * _norm_of(v, full[-1]), rest),
+                     _product(fprime, d, h, norm_of_b=True))
 
 
 def _relu_like(nt: EnclosureNumbers, x: Any, slope: float = 0.0) -> Any:
@@ -991,9 +984,7 @@ def _relu_like(nt: EnclosureNumbers, x: Any, slope: float = 0.0) -> Any:
         return Enclosure(TM(c, g, e), TM(dc, dg, de))
     # Euclidean norms over the last axis: δ_out = D·δ_in + (extra), D diagonal with entries in [0, 1]
     width = full[-1]
-    n_v = torch.minimum(_up(_norm_of(v, width) + _l2(extra, width)), _l2(e, width))
-    n_d = torch.minimum(_up(_norm_of(d, width) + _l2(dextra, width)), _l2(de, width))
-    return Enclosure(_with_norm(c, g, e, n_v), _with_norm(dc, dg, de, n_d))
+    return Enclosure(_with_norm(c, g, e, _norm_of(v, width), extra), _with_norm(dc, dg, de, _norm_of(d, width), dextra))
 
 
 # ----------------------------------------------------------------------------- normalisation

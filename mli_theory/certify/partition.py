@@ -122,7 +122,7 @@ def prepare(line: Line, data: Dataset, bn: BNPolicy, *, device: torch.device | N
 
     ``memory_bytes`` sizes the example chunks of one walk (default: 0.4 GB on a CPU, where chunks
     whose tensors stay near the last-level cache run fastest — 784-1000-1000-10 on 2 cores: 5.4 s
-    per 16 cells × 2000 examples at 64 examples per chunk against 6.4 s at 256 — and 1.5 GB on
+    per 16 cells × 1024 examples at 64 examples per chunk against 6.4 s at 256 — and 1.5 GB on
     an accelerator, where larger kernels pay).
 
     Raises:
