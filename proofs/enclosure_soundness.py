@@ -43,6 +43,19 @@ function v on the cell is (ĉ, ĝ, e) with |v(m + t) − ĉ − ĝt| ≤ e for a
    at the break points). Its derivative is 1[x > 0] wherever it exists; with the Clarke set [0, 1]
    the product with x′ is enclosed by ½x′ ± ½|x′| (LeakyReLU: slope s, [s, 1]).
 
+4b. ReLU kinks bounded backward (mli_theory.certify.adjoint). Let D̃ equal the true slope D on
+   neurons whose sign is proven on the cell and the Clarke midpoint (1 + s)/2 on mixed ones, and
+   let ṽ′ be the derivative walk with D̃ in place of D (values unchanged). For a chain
+   v′_l = W_l a′_{l−1} + q_l, a′_l = D_l v′_l the differences e_l = a′_l − ã′_l satisfy
+   e_l = D_l W_l e_{l−1} + (D_l − D̃_l)ṽ′_l, hence ⟨∇_z ℓ, z′ − z̃′⟩ = Σ_l ⟨g_l, (D_l − D̃_l)ṽ′_l⟩
+   with g_l = ∂ℓ/∂a_l the true backprop gradient (step O, symbolically for two kink layers of
+   width 2; sums of paths in graphs with residual additions follow by linearity). On mixed
+   neurons |D − D̃| ≤ (1 − s)/2, elsewhere 0, so |L′ − L̃′| ≤ Σ_mixed sup|g|·(1 − s)/2·sup|ṽ′| for
+   a.e. α (where every slope is a true derivative, which suffices by step 1). sup|g| comes from
+   an interval reverse walk: through a Linear layer g·W(α) with |W(α)| ≤ |W_m| + h|Δ|; through a
+   ReLU D·g with D ∈ [s, 1] on mixed neurons (the hull of s·g and g); at the output p − e_y
+   (cross-entropy, from the bounds of step 5) or z − y (MSE).
+
 5. Losses. MSE: L′ = (2/N)Σ(z − y)z′ (step I). Cross-entropy: with u_k = z_k − z_y,
    ℓ = log(1 + Σ_{k≠y} e^{u_k}) and ℓ′ = Σ_{k≠y} p_k u′_k, p = softmax([0, u]) (step J); p_k is
    increasing in u_k and decreasing in u_j (j ≠ k) (step K), so it is bounded by evaluating it at
@@ -266,6 +279,29 @@ def step_n_norms() -> bool:
     return bool(convex and good)
 
 
+def step_o_adjoint_kinks() -> bool:
+    # two kink layers of width 2 between linear maps; D, D̃ diagonal, everything else symbolic
+    def mat(name, r, c):
+        return sp.Matrix(r, c, lambda i, j: sp.Symbol(f"{name}{i}{j}", real=True))
+
+    def diag(name):
+        return sp.diag(sp.Symbol(f"{name}0", real=True), sp.Symbol(f"{name}1", real=True))
+
+    W2, W3 = mat("W2_", 2, 2), mat("W3_", 1, 2)
+    q1, q2, q3 = mat("q1_", 2, 1), mat("q2_", 2, 1), mat("q3_", 1, 1)
+    D1, D2, T1, T2 = diag("D1_"), diag("D2_"), diag("T1_"), diag("T2_")
+    gz = sp.Symbol("g_z", real=True)
+    v1 = q1  # the first layer's derivative does not depend on any slope
+    z_true = W3 * D2 * (W2 * D1 * v1 + q2) + q3
+    v2_mid = W2 * T1 * v1 + q2
+    z_mid = W3 * T2 * v2_mid + q3
+    g2 = (gz * W3).T  # ∂ℓ/∂a_2
+    g1 = (gz * W3 * D2 * W2).T  # ∂ℓ/∂a_1, true slopes above
+    lhs = gz * (z_true - z_mid)
+    rhs = g1.T * (D1 - T1) * v1 + g2.T * (D2 - T2) * v2_mid
+    return sp.expand(lhs[0] - rhs[0]) == 0
+
+
 STEPS = {
     "A: W(α)x expanded in t": step_a,
     "B: |t² − h²/2| ≤ h²/2 on |t| ≤ h": step_b,
@@ -280,6 +316,7 @@ STEPS = {
     "L: re-estimated BatchNorm: variance and normalisation derivatives": step_l_batchnorm,
     "M: (v + ε)^(−1/2): f″, f‴ and their monotonicity on v > 0": step_m_rsqrt,
     "N: W(α) as a convex combination; the spectral bound against exact singular values": step_n_norms,
+    "O: the kinks' share of L′ as Σ ⟨∂ℓ/∂a, (D − D̃)ṽ′⟩ (adjoint bound)": step_o_adjoint_kinks,
 }
 
 

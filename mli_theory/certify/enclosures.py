@@ -39,7 +39,9 @@ Rules (each with its proof in ``proofs/enclosure_soundness.md``):
 * ReLU/LeakyReLU: on a neuron whose range does not contain 0 the map is linear (exact); otherwise
   the value uses the minimal-area parallelogram relaxation (λ = u/(u − l)) and the derivative the
   Clarke set: relu′ ∈ [0, 1], slope s ≤ leaky′ ≤ 1. L is absolutely continuous along α, so
-  L(b) − L(a) = ∫ L′ with L′ in that set almost everywhere: the enclosure is sound for rises;
+  L(b) − L(a) = ∫ L′ with L′ in that set almost everywhere: the enclosure is sound for rises.
+  With ``EnclosureNumbers.deferred`` set, the derivative uses the midpoint slope (1 + s)/2 alone
+  and the Clarke term is bounded afterwards by a reverse walk (:mod:`.adjoint`);
 * products of two Taylor models (elementwise): (a + g_a t)(b + g_b t) expanded exactly, t² as
   above, cross terms with the remainders bounded by the magnitudes;
 * sums, differences, scalings, reshapes, flatten, dropout in eval mode, average pooling and means
@@ -306,6 +308,21 @@ class Param:
         return self.w0.shape
 
 
+@dataclass(frozen=True, slots=True)
+class Kink:
+    """What a ReLU/LeakyReLU did on a batch of cells when its Clarke term is deferred
+    (:attr:`EnclosureNumbers.deferred`): ``pos``/``neg`` mark the neurons whose sign is proven on
+    the cell, ``idx`` (as from ``nonzero(as_tuple=True)``) the mixed ones, where the derivative was
+    propagated with the midpoint slope D̃ = (1 + slope)/2, and ``w`` ≥ (1 − slope)/2·|ṽ′| there, so
+    that |(D − D̃)ṽ′| ≤ w for the true slope D ∈ [slope, 1] (see :mod:`.adjoint`)."""
+
+    pos: Tensor
+    neg: Tensor
+    idx: tuple[Tensor, ...]
+    w: Tensor
+    slope: float
+
+
 def _cells_view(x: Tensor, ndim: int) -> Tensor:
     """A (C,) tensor viewed as (C, 1, …, 1) with ``ndim`` trailing singleton axes."""
     return x.reshape(-1, *([1] * ndim))
@@ -329,6 +346,10 @@ class EnclosureNumbers:
         # per-walk memo of weight-only work (stacked and per-cell absolute weights), shared by the
         # example chunks of one enclosure call: keyed by id, holding the object to pin the id
         self._memo: dict[tuple[int, str], tuple[object, Any]] = {}
+        # None: ReLU derivatives carry their Clarke set [slope, 1]·v′ in the remainder; a list:
+        # they use the midpoint slope and append a :class:`Kink` (bounded later by
+        # :func:`mli_theory.certify.adjoint.kink_bound`; the walk's L′ is not an enclosure without it)
+        self.deferred: list[Kink] | None = None
 
     def memo(self, obj: object, tag: str, make: Callable[[], Any]) -> Any:
         """``make()``, computed once per (object, tag) for this batch of cells."""
@@ -492,6 +513,19 @@ def _linear_multi(x: Tensor, ws: list[Tensor]) -> list[Tensor]:
 
 
 
+def abs_per_cell(nt: EnclosureNumbers, key: object, w: Param) -> Tensor:
+    """(C, out, in): an entrywise upper bound of |W(α)| on each cell, |W0 + mΔW| + h|ΔW| plus
+    4u(|W0| + |ΔW|), which covers the rounding of fl(W0 + mΔW) (|m| ≤ 1) and of this sum;
+    memoised per batch of cells under ``key``."""
+
+    def make() -> Tensor:
+        mc, hc = nt.mid.reshape(-1, 1, 1), nt.rad.reshape(-1, 1, 1)
+        wmag = w.w0.abs() + w.dw.abs()
+        return (w.w0 + mc * w.dw).abs() + hc * w.dw.abs() + wmag * (4 * U)
+
+    return nt.memo(key, "abs-per-cell", make)
+
+
 def _linear(nt: EnclosureNumbers, x: Any, weight: Any, bias: Any = None) -> Any:
     if not isinstance(x, Enclosure) and not isinstance(weight, Param) and not isinstance(bias, Param):
         return NotImplemented
@@ -501,16 +535,8 @@ def _linear(nt: EnclosureNumbers, x: Any, weight: Any, bias: Any = None) -> Any:
     w = weight if isinstance(weight, Param) else Param(weight, torch.zeros_like(weight))
 
     def abs_cellwise(e: Tensor, m: Tensor, h: Tensor) -> Tensor:
-        # |W(m)| + h|ΔW| per cell: (C, out, in); e is (2, C, …, in)
-        # |W0 + mΔW| + h|ΔW| per cell, (C, out, in); fl(W0 + mΔW) is within 2u(|W0| + |ΔW|) of
-        # the exact value (|m| ≤ 1), which the added term covers; the final factor covers the
-        # rounding of this elementwise sum and of the non-negative matmul (γ_K).
-        def make() -> Tensor:
-            mc, hc = m.reshape(-1, 1, 1), h.reshape(-1, 1, 1)
-            wmag = w.w0.abs() + w.dw.abs()
-            return ((w.w0 + mc * w.dw).abs() + hc * w.dw.abs() + wmag * (4 * U)).transpose(-1, -2)
-
-        wa_t = nt.memo(weight, "abs-per-cell", make)
+        # e is (2, C, …, in); the final factor covers the rounding of the non-negative matmul (γ_K)
+        wa_t = abs_per_cell(nt, weight, w).transpose(-1, -2)
         lead = e.shape[2:-1]
         e2 = e.reshape(e.shape[0], e.shape[1], -1, e.shape[-1])  # (2, C, N, in)
         out = torch.matmul(e2, wa_t)  # (2, C, N, out)
@@ -945,6 +971,7 @@ def _relu_like(nt: EnclosureNumbers, x: Any, slope: float = 0.0) -> Any:
     de = coef * d.e + dextra
     mixed = ~(pos | neg)
     idx = mixed.nonzero(as_tuple=True)
+    kink_w = v.c.new_zeros(0)
     if idx[0].numel():
         k = 1.0 - slope
         vc = v.c[idx]
@@ -973,13 +1000,19 @@ def _relu_like(nt: EnclosureNumbers, x: Any, slope: float = 0.0) -> Any:
         if not _is_zero(dg):
             dg = dg.expand(full).clone() if dg.shape != full else dg
             dg = dg.index_put(idx, dmid * d.g.expand(full)[idx])
-        d_extra = (k * 0.5 * dmag.expand(full)[idx]
-                   + (d.c.expand(full)[idx].abs() + (0.0 if _is_zero(d.g) else d.g.expand(full)[idx].abs())) * (2 * U))
+        d_round = (d.c.expand(full)[idx].abs() + (0.0 if _is_zero(d.g) else d.g.expand(full)[idx].abs())) * (2 * U)
+        if nt.deferred is not None:  # D̃ = dmid exactly; the Clarke term goes to the adjoint bound
+            kink_w = _up(k * 0.5 * dmag.expand(full)[idx])
+            d_extra = d_round
+        else:
+            d_extra = k * 0.5 * dmag.expand(full)[idx] + d_round
         de = de.expand(full).clone() if de.shape != full else de
         de = de.index_put(idx, dmid * d.e.expand(full)[idx] + d_extra)
         dextra = dextra.expand(full).clone() if dextra.shape != full else dextra
         dextra = dextra.index_put(idx, d_extra)
     e, de = _up(e), _up(de)
+    if nt.deferred is not None:
+        nt.deferred.append(Kink(pos, neg, idx, kink_w, slope))
     if full.numel() == 0 or len(full) < 2:
         return Enclosure(TM(c, g, e), TM(dc, dg, de))
     # Euclidean norms over the last axis: δ_out = D·δ_in + (extra), D diagonal with entries in [0, 1]

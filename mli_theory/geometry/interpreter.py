@@ -346,6 +346,7 @@ def interpret(
     params: Mapping[str, Any],
     *,
     fallbacks: list[str] | None = None,
+    on_node: Callable[[Node, Any, tuple, dict], None] | None = None,
 ) -> Any:
     """Evaluate the traced model on numbers of type ``numbers`` (see the module docstring).
 
@@ -357,6 +358,9 @@ def interpret(
             ``gm.state_dict()``; a name that is missing is the module's own tensor.
         fallbacks: if given, the label of every operation evaluated by ``numbers.fallback`` is
             appended once (first-seen order).
+        on_node: if given, called as ``on_node(node, out, args, kwargs)`` after every operation
+            node, with the values it read (for a submodule, ``args`` starts with its parameters
+            dict, as module rules receive them): a tape for a reverse walk (see :func:`reads`).
 
     Returns:
         What the graph returns, with numbers in place of tensors.
@@ -431,12 +435,32 @@ def interpret(
         else:  # pragma: no cover - fx has no other ops
             raise UnsupportedGraph(f"unknown graph op {op}")
         env[node] = out
+        if on_node is not None:
+            on_node(node, out, (p, *args) if op == "call_module" else args, kwargs)
         target = mutations.get(node)
         if target is not None:
             env[target] = out
         for dead in free_after.get(node, ()):  # values no later node reads: memory as in a plain forward
             env.pop(dead, None)
     raise UnsupportedGraph("the graph has no output")  # pragma: no cover
+
+
+def reads(gm: GraphModule) -> dict[Node, tuple[tuple, dict]]:
+    """The (args, kwargs) each node reads, as :func:`interpret` resolves them: a node modified in
+    place earlier in the walk is replaced by the operation that modified it (the value a later
+    reader sees). A reverse walk sends cotangents along these edges."""
+    mutations = _mutations(gm)
+    bound: dict[Node, Node] = {}
+    out: dict[Node, tuple[tuple, dict]] = {}
+    for node in gm.graph.nodes:
+        def rebind(a: Node) -> Node:
+            return bound.get(a, a)
+
+        out[node] = (torch.fx.node.map_arg(node.args, rebind), torch.fx.node.map_arg(node.kwargs, rebind))
+        target = mutations.get(node)
+        if target is not None:
+            bound[target] = node
+    return out
 
 
 def _last_uses(gm: GraphModule) -> dict[Node, list[Node]]:

@@ -1,0 +1,245 @@
+"""The adjoint bound of the ReLU kinks' Clarke terms (certify/adjoint.py).
+
+With the bound on, the forward walk propagates derivatives through a mixed ReLU neuron with the
+midpoint slope and the reverse walk adds Σ sup|∂ℓ/∂a|·(1 − s)/2·|ṽ′| to the radius of L′. Checked
+here: L and L′ from an independent 60-digit forward-mode evaluation lie in the enclosures on cells
+chosen to straddle kinks (deep and narrow nets, ReLU and LeakyReLU, MSE and cross-entropy); a
+single kink where the bound is attained at both ends of the cell (so a smaller bound fails); graphs
+with residual sums, in-place ReLU, flatten, negation; the fall-back to the forward Clarke rule for
+graphs the reverse walk does not cover; and that the bound is the tighter one on a deep net."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import mpmath as mp
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+from torch.func import functional_call, jvp
+from torch.nn import functional as F
+
+import mli_theory as mt
+from mli_theory.certify.partition import decide_by_enclosures, enclose, prepare
+from mli_theory.exact import deadline_after
+from mli_theory.path import BNPolicy
+
+from test_enclosure_soundness import _build, _reference
+
+mp.mp.dps = 60
+
+
+def _problem(model, start, end, x, y, loss, adjoint=True):
+    line = mt.make_line(model, start, end, dtype=torch.float64)
+    return prepare(line, mt.Dataset(x, y, loss, "t"), BNPolicy.FROZEN, adjoint=adjoint)
+
+
+@st.composite
+def deep_cases(draw):
+    act = draw(st.sampled_from(["relu", "leaky"]))
+    depth = draw(st.integers(2, 4))
+    widths = [draw(st.integers(1, 3))] + [draw(st.integers(2, 6)) for _ in range(depth)] + [draw(st.integers(1, 3))]
+    loss = draw(st.sampled_from(["mse", "ce"]))
+    if loss == "ce":
+        widths[-1] = max(2, widths[-1])
+    n = draw(st.integers(1, 3))
+    seed = draw(st.integers(0, 2**20))
+    scale = draw(st.sampled_from([0.3, 1.0, 3.0]))
+    j = draw(st.sampled_from([2, 4, 7, 10]))
+    k = draw(st.integers(0, 2**j - 1))
+    fracs = draw(st.lists(st.floats(0, 1), min_size=2, max_size=4))
+    return act, widths, loss, n, seed, scale, (k / 2**j, (k + 1) / 2**j), fracs
+
+
+@settings(deadline=None)
+@given(deep_cases())
+def test_adjoint_enclosures_contain_the_60_digit_loss_and_slope(case):
+    act, widths, loss, n, seed, scale, (ca, cb), fracs = case
+    model, start, end, x, y = _build(act, widths, False, seed, scale, loss, n)
+    prob = _problem(model, start, end, x, y, loss)
+    assert prob.adjoint
+    (dlo, dhi), (llo, lhi) = (t[0] for t in enclose(prob, [ca], [cb]))
+    for f in fracs + [0.0, 1.0]:
+        alpha = ca + f * (cb - ca)
+        L, dL = _reference(model, act, start, end, x, y, loss, alpha)
+        assert mp.mpf(llo) <= L <= mp.mpf(lhi), (case, float(L), llo, lhi)
+        assert mp.mpf(dlo) <= dL <= mp.mpf(dhi), (case, float(dL), dlo, dhi)
+
+
+def _one_kink(hidden_moves: bool):
+    """x = 1, v(α) = s(α − 1/2) (exactly affine: no remainder), z = c·relu(v) (+ a moving hidden
+    layer after it when ``hidden_moves``), MSE against y: L′ jumps at α = 1/2 from 0 to
+    2(z − y)·c·s, and on a small cell around 1/2 the enclosure must reach both values."""
+    s, c, y = 4.0, 1.5, 2.0
+    model = nn.Sequential(nn.Linear(1, 1), nn.ReLU(), nn.Linear(1, 1)).double()
+    start = {"0.weight": torch.tensor([[-s / 2]], dtype=torch.float64), "0.bias": torch.zeros(1, dtype=torch.float64),
+             "2.weight": torch.tensor([[c]], dtype=torch.float64), "2.bias": torch.zeros(1, dtype=torch.float64)}
+    end = dict(start)
+    end["0.weight"] = torch.tensor([[s / 2]], dtype=torch.float64)
+    if hidden_moves:
+        end["2.weight"] = torch.tensor([[c * 1.25]], dtype=torch.float64)
+    x = torch.ones(1, 1, dtype=torch.float64)
+    t = torch.full((1, 1), y, dtype=torch.float64)
+    return model, start, end, x, t
+
+
+def test_a_single_kink_attains_the_bound_at_both_sides():
+    for moves in (False, True):
+        model, start, end, x, y = _one_kink(moves)
+        prob = _problem(model, start, end, x, y, "mse")
+        assert prob.adjoint
+        h = 2.0**-20
+        (dlo, dhi), _ = (t[0] for t in enclose(prob, [0.5 - h], [0.5 + h]))
+        left = _reference(model, "relu", start, end, x, y, "mse", 0.5 - h)[1]
+        right = _reference(model, "relu", start, end, x, y, "mse", 0.5 + h)[1]
+        assert left == 0 and right < -1
+        assert mp.mpf(dlo) <= right and mp.mpf(dhi) >= left
+        # the bound is attained: the enclosure is no wider than the jump plus a little
+        assert dhi - dlo <= float(left - right) * (1 + 1e-3) + 1e-6, (dlo, dhi, float(right))
+
+
+def test_two_kinks_in_one_cell_need_the_clarke_set_of_the_backward_slope():
+    """v1 = s(α − 1/2), v2 = relu(v1) + k(α − 1/2), z = c·relu(v2): both neurons change sign at
+    α = 1/2, so the true L′ is 0 on the left and 2(z − y)c(s + k) on the right. The reverse walk
+    must let the gradient pass the mixed second neuron with a slope in [0, 1] (taking 0 there, as
+    a proven-negative neuron would, loses the first kink's share, and the enclosure misses the
+    right-hand value)."""
+    s, k, c, y = 4.0, 1.0, 1.5, 2.0
+    model = nn.Sequential(nn.Linear(1, 1), nn.ReLU(), nn.Linear(1, 1), nn.ReLU(), nn.Linear(1, 1)).double()
+    one, zero = torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    start = {"0.weight": -s / 2 * one, "0.bias": zero, "2.weight": one, "2.bias": torch.tensor([-k / 2], dtype=torch.float64),
+             "4.weight": c * one, "4.bias": zero}
+    end = dict(start, **{"0.weight": s / 2 * one, "2.bias": torch.tensor([k / 2], dtype=torch.float64)})
+    x, t = one.clone(), torch.full((1, 1), y, dtype=torch.float64)
+    prob = _problem(model, start, end, x, t, "mse")
+    assert prob.adjoint
+    h = 2.0**-20
+    (dlo, dhi), _ = (t_[0] for t_ in enclose(prob, [0.5 - h], [0.5 + h]))
+    left = _reference(model, "relu", start, end, x, t, "mse", 0.5 - h)[1]
+    right = _reference(model, "relu", start, end, x, t, "mse", 0.5 + h)[1]
+    assert left == 0 and right < -1
+    assert mp.mpf(dlo) <= right and mp.mpf(dhi) >= left, (dlo, dhi, float(right))
+
+
+class _ResidualNoCat(nn.Module):
+    """Residual sums, in-place ReLU, flatten, view, negation, a constant shift and a LeakyReLU:
+    every reverse rule."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(3, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+        self.leaky = nn.LeakyReLU(0.2)
+
+    def forward(self, x):
+        h = F.relu(self.a(x))
+        r = self.b(h)
+        r.relu_()
+        u = h + r
+        w = self.leaky(-u)
+        v = torch.flatten(w.view(-1, 1, 4), 1)
+        return self.c(v - 0.25).view(-1, 2)
+
+
+def _float_reference(model, start, end, x, y, loss, alpha):
+    """(L, L′) at α in float64 (torch.func.jvp on the interpolated parameters)."""
+    names = {k for k, _ in model.named_parameters()}
+
+    def loss_at(a):  # buffers (BatchNorm statistics) frozen at θT, as BNPolicy.FROZEN
+        state = {k: start[k] + a * (end[k] - start[k]) if k in names else end[k] for k in start}
+        out = functional_call(model, state, (x,))
+        return F.mse_loss(out, y) if loss == "mse" else F.cross_entropy(out, y)
+
+    a = torch.tensor(alpha, dtype=torch.float64)
+    L, dL = jvp(loss_at, (a,), (torch.ones_like(a),))
+    return float(L), float(dL)
+
+
+@settings(deadline=None, max_examples=20)
+@given(st.integers(0, 2**20), st.sampled_from(["mse", "ce"]), st.sampled_from([2, 5, 9]), st.integers(0, 2**9 - 1))
+def test_residual_graphs_take_the_reverse_walk_and_stay_sound(seed, loss, j, k):
+    torch.manual_seed(seed)
+    model = _ResidualNoCat().double()
+    g = torch.Generator().manual_seed(seed)
+    start = {k_: torch.randn(v.shape, generator=g, dtype=torch.float64) for k_, v in model.state_dict().items()}
+    end = {k_: v + torch.randn(v.shape, generator=g, dtype=torch.float64) for k_, v in start.items()}
+    x = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(4, 2, generator=g, dtype=torch.float64) if loss == "mse" else torch.randint(0, 2, (4,), generator=g)
+    prob = _problem(model, start, end, x, y, loss)
+    assert prob.adjoint
+    k %= 2**j
+    ca, cb = k / 2**j, (k + 1) / 2**j
+    (dlo, dhi), (llo, lhi) = (t[0] for t in enclose(prob, [ca], [cb]))
+    for f in (0.0, 0.3, 0.71, 1.0):
+        L, dL = _float_reference(model, start, end, x, y, loss, ca + f * (cb - ca))
+        slack = 1e-10 * (1 + abs(L) + abs(dL))
+        assert llo - slack <= L <= lhi + slack
+        assert dlo - slack <= dL <= dhi + slack, (seed, loss, j, k, f, dL, dlo, dhi)
+
+
+def test_graphs_without_reverse_rules_keep_the_forward_clarke_rule():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(5, 2, generator=g, dtype=torch.float64)
+    mixed = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)).double()
+    bn = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2)).double().eval()
+    smooth = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    for model in (mixed, bn, smooth):
+        start = {k: v.clone() for k, v in model.state_dict().items()}
+        end = {k: (v + 0.5 * torch.randn(v.shape, generator=g, dtype=torch.float64) if k.endswith(("weight", "bias")) else v.clone())
+               for k, v in start.items()}
+        prob = _problem(model, start, end, x, y, "mse")
+        assert not prob.adjoint
+        (dlo, dhi), _ = (t[0] for t in enclose(prob, [0.25], [0.5]))
+        for f in (0.25, 0.4, 0.5):
+            _, dL = _float_reference(model, start, end, x, y, "mse", f)
+            assert dlo - 1e-10 <= dL <= dhi + 1e-10
+
+
+def _deep_default_init(seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(*[m for i in range(5) for m in (nn.Linear(16 if i == 0 else 64, 64), nn.ReLU())], nn.Linear(64, 4)).double()
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    g = torch.Generator().manual_seed(seed + 1)
+    end = {k: v + 0.2 * torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in start.items()}
+    x = torch.randn(32, 16, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 4, (32,), generator=g)
+    return model, start, end, x, y
+
+
+def test_the_adjoint_bound_is_the_default_from_three_relu_layers():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(4, 2, generator=g, dtype=torch.float64)
+    for depth, expected in ((1, False), (2, False), (3, True)):
+        model, start, end, _, _ = _build("relu", [3] + [4] * depth + [2], False, depth, 1.0, "mse", 4)
+        assert _problem(model, start, end, x, y, "mse", adjoint=None).adjoint is expected
+        assert _problem(model, start, end, x, y, "mse", adjoint=False).adjoint is False
+        assert _problem(model, start, end, x, y, "mse", adjoint=True).adjoint is True
+
+
+def test_the_adjoint_bound_is_much_tighter_on_a_deep_net():
+    model, start, end, x, y = _deep_default_init()
+    prob = _problem(model, start, end, x, y, "ce", adjoint=None)
+    assert prob.adjoint
+    cells = ([0.0, 0.5, 0.9], [2.0**-6, 0.5 + 2.0**-6, 0.9 + 2.0**-6])
+    with_adjoint = enclose(prob, *cells)[0]
+    clarke = enclose(dataclasses.replace(prob, adjoint=False), *cells)[0]
+    for (alo, ahi), (clo, chi), a in zip(with_adjoint, clarke, cells[0]):
+        _, dL = _float_reference(model, start, end, x, y, "ce", a + 2.0**-7)
+        assert alo <= dL <= ahi and clo <= dL <= chi
+    widths = [(ahi - alo) / (chi - clo) for (alo, ahi), (clo, chi) in zip(with_adjoint, clarke)]
+    assert max(widths) < 0.75 and min(widths) < 0.2, widths
+
+
+def test_decisions_agree_with_and_without_the_adjoint_bound():
+    model, start, end, x, y = _deep_default_init(3)
+    line = mt.make_line(model, start, end, dtype=torch.float64)
+    data = mt.Dataset(x, y, "ce", "t")
+    v = decide_by_enclosures(line, data, tol=1e-3, deadline=deadline_after(20))
+    assert v.status in ("monotone", "non_monotone")
+    grid = [_float_reference(model, start, end, x, y, "ce", i / 400)[0] for i in range(401)]
+    rise = max(max(grid[j] - min(grid[: j + 1]) for j in range(len(grid))), 0.0)
+    if v.status == "monotone":
+        assert rise <= v.rise_bound + 1e-12
+    else:
+        assert v.rise_lower > 1e-3 and rise >= v.rise_lower - 1e-9
