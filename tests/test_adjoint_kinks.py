@@ -243,3 +243,43 @@ def test_decisions_agree_with_and_without_the_adjoint_bound():
         assert rise <= v.rise_bound + 1e-12
     else:
         assert v.rise_lower > 1e-3 and rise >= v.rise_lower - 1e-9
+
+
+class _ParameterAdded(nn.Module):
+    """A parameter vector added to, and another multiplying, an activation (no example axis of
+    their own), and a branch computed from a buffer alone: as many examples as cells, the case where
+    a wrong broadcast would silently pair example i with cell i (found by an adversarial review)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c, self.p = nn.Linear(2, 3), nn.Linear(3, 3), nn.Linear(3, 1), nn.Linear(2, 3)
+        self.extra = nn.Parameter(torch.zeros(3))
+        self.scale = nn.Parameter(torch.ones(3))
+        self.register_buffer("pos", torch.ones(2))
+
+    def forward(self, x):
+        h = F.relu(self.a(x) + self.extra) * self.scale
+        h = F.relu(self.b(h) + F.relu(self.p(self.pos)))
+        return self.c(F.relu(h))
+
+
+def test_parameters_and_example_free_branches_broadcast_against_the_examples():
+    model = _ParameterAdded().double()
+    for seed, cells in ((0, 2), (1, 8)):
+        g = torch.Generator().manual_seed(seed)
+        start = {k: torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in model.state_dict().items()}
+        end = {k: v + torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in start.items()}
+        end["extra"] = start["extra"] + 10.0
+        x = torch.randn(cells, 2, generator=g, dtype=torch.float64)
+        y = torch.randn(cells, 1, generator=g, dtype=torch.float64)
+        a = [i / cells for i in range(cells)]
+        b = [(i + 1) / cells for i in range(cells)]
+        for adjoint in (None, True, False):
+            prob = _problem(model, start, end, x, y, "mse", adjoint=adjoint)
+            dB, lB = enclose(prob, a, b)
+            for (ca, cb), (dlo, dhi), (llo, lhi) in zip(zip(a, b), dB, lB):
+                for f in (0.0, 0.5, 1.0):
+                    L, dL = _float_reference(model, start, end, x, y, "mse", ca + f * (cb - ca))
+                    slack = 1e-10 * (1 + abs(L) + abs(dL))
+                    assert llo - slack <= L <= lhi + slack, (seed, adjoint, ca, L, llo, lhi)
+                    assert dlo - slack <= dL <= dhi + slack, (seed, adjoint, ca, dL, dlo, dhi)

@@ -720,6 +720,22 @@ def _as_enclosure(nt: EnclosureNumbers, x: Any) -> Enclosure | None:
     return None
 
 
+def _aligned(*encs: Enclosure) -> list[Enclosure]:
+    """The enclosures with singleton axes inserted after the cell axis so that all have the same
+    rank: torch broadcasts the model's tensors from the right, and an enclosure's leading axis is
+    the cells, so a parameter vector (cells, d) must meet an activation (cells, n, d) as
+    (cells, 1, d), never as (1, cells, d) (which would pair example i with cell i)."""
+    rank = max(e.v.c.dim() for e in encs)
+
+    def pad(e: Enclosure) -> Enclosure:
+        k = rank - e.v.c.dim()
+        if k == 0:
+            return e
+        return e.map(lambda t: t if _is_zero(t) else t.reshape(t.shape[0], *([1] * k), *t.shape[1:]))
+
+    return [pad(e) for e in encs]
+
+
 def _add(nt: EnclosureNumbers, a: Any, b: Any, *, alpha: Any = 1, sign: float = 1.0) -> Any:
     if alpha != 1:
         return NotImplemented
@@ -732,6 +748,7 @@ def _add(nt: EnclosureNumbers, a: Any, b: Any, *, alpha: Any = 1, sign: float = 
     ea, eb = _as_enclosure(nt, a), _as_enclosure(nt, b)
     if ea is None or eb is None:
         return NotImplemented
+    ea, eb = _aligned(ea, eb)
     return Enclosure(_add_tm(ea.v, eb.v, sign), _add_tm(ea.d, eb.d, sign))
 
 
@@ -754,6 +771,7 @@ def _mul(nt: EnclosureNumbers, a: Any, b: Any) -> Any:
     eb = _as_enclosure(nt, b)
     if eb is None:
         return NotImplemented
+    a, eb = _aligned(a, eb)
     h = nt.h(a.v.c.dim() - 1)
     # (a b)′ = a′ b + a b′
     return Enclosure(_product(a.v, eb.v, h), _add_tm(_product(a.d, eb.v, h), _product(a.v, eb.d, h)))

@@ -199,6 +199,11 @@ def _adjoint_plan(gm: GraphModule, params: dict[str, Any], x1: torch.Tensor, min
         return False, {}, None
     if unsupported(gm, set(tape.shapes)) is not None:
         return False, {}, None
+    z = torch.zeros(out.v.c.shape, dtype=torch.float64, device=x1.device)
+    try:  # the reverse walk once on the probe: shapes it does not handle show here
+        kink_bound(gm, tape, edges, target, (z, z, z))
+    except RuntimeError:
+        return False, {}, None
     return True, edges, target
 
 
@@ -465,29 +470,38 @@ def enclose(problem: _Problem, a: list[float], b: list[float], deadline: float |
         check_deadline(deadline)
         xs = problem.x[start : start + problem.chunk]
         ys = problem.y[start : start + problem.chunk]
-        tape = None
-        if problem.adjoint:
-            numbers.deferred = []
-            tape = Tape(numbers)
-        try:
-            out = interpret(problem.gm, numbers, [xs], params, on_node=None if tape is None else tape.record)
-        except UnsupportedGraph as exc:
-            raise Unsupported(str(exc)) from None
-        finally:
-            numbers.deferred = None
-        if isinstance(out, (tuple, list)) or not isinstance(out, Enclosure):
-            raise Unsupported("the model must return one tensor that depends on the parameters")
-        if problem.loss == "mse":
-            if tuple(out.shape) != tuple(ys.shape):
-                raise Unsupported(f"model output shape {tuple(out.shape)} does not match targets {tuple(ys.shape)}")
-            dl, ll = _mse_terms(out, ys, rad)
-            lo_l, hi_l = ll.bounds(rad.reshape(-1, *([1] * (ll.c.dim() - 1))))
-            lo_l = lo_l.clamp(min=0.0)
-            cot = _mse_cotangent(out, ys, rad) if tape is not None else None
-        else:
-            dl, (lo_l, hi_l), cot = _ce_terms(out, ys, rad)
-        if tape is not None:
-            kinks += kink_bound(problem.gm, tape, problem.reads, problem.output, cot)
+        # with the adjoint bound first; should its reverse walk fail on this graph (a shape it does
+        # not handle), the chunk is walked again with the forward Clarke rule: without the bound,
+        # the deferred walk's L′ is not an enclosure
+        for deferred in ((True, False) if problem.adjoint else (False,)):
+            tape = None
+            if deferred:
+                numbers.deferred = []
+                tape = Tape(numbers)
+            try:
+                out = interpret(problem.gm, numbers, [xs], params, on_node=None if tape is None else tape.record)
+            except UnsupportedGraph as exc:
+                raise Unsupported(str(exc)) from None
+            finally:
+                numbers.deferred = None
+            if isinstance(out, (tuple, list)) or not isinstance(out, Enclosure):
+                raise Unsupported("the model must return one tensor that depends on the parameters")
+            if problem.loss == "mse":
+                if tuple(out.shape) != tuple(ys.shape):
+                    raise Unsupported(f"model output shape {tuple(out.shape)} does not match targets {tuple(ys.shape)}")
+                dl, ll = _mse_terms(out, ys, rad)
+                lo_l, hi_l = ll.bounds(rad.reshape(-1, *([1] * (ll.c.dim() - 1))))
+                lo_l = lo_l.clamp(min=0.0)
+                cot = _mse_cotangent(out, ys, rad) if tape is not None else None
+            else:
+                dl, (lo_l, hi_l), cot = _ce_terms(out, ys, rad)
+            if tape is None:
+                break
+            try:
+                kinks += kink_bound(problem.gm, tape, problem.reads, problem.output, cot)
+                break
+            except RuntimeError:
+                continue
         sc, sg, se, sm, cnt = _sum_tm(dl, rad)
         acc += torch.stack([sc, sg, se, sm], 1)
         lacc += torch.stack([lo_l.reshape(cells, -1).sum(1), hi_l.reshape(cells, -1).sum(1)], 1)
