@@ -283,3 +283,41 @@ def test_parameters_and_example_free_branches_broadcast_against_the_examples():
                     slack = 1e-10 * (1 + abs(L) + abs(dL))
                     assert llo - slack <= L <= lhi + slack, (seed, adjoint, ca, L, llo, lhi)
                     assert dlo - slack <= dL <= dhi + slack, (seed, adjoint, ca, dL, dlo, dhi)
+
+
+@settings(deadline=None, max_examples=40)
+@given(st.integers(2, 5), st.integers(0, 2**20), st.sampled_from([0.0, 1e-3, 0.3, 2.0]), st.sampled_from([0.0, 1e-3, 0.5, 3.0]),
+       st.sampled_from([2.0**-10, 2.0**-3, 0.5]))
+def test_the_cross_entropy_cotangent_contains_p_minus_the_label_on_the_whole_cell(k, seed, g_scale, e_scale, h):
+    """∇_z ℓ = p − e_y as a Taylor model from the logits' value model u = ū + ĝt ± e: checked at the
+    cell ends and the corners of the remainder box (where the remainder term is attained), against
+    60-digit softmax values."""
+    from mli_theory.certify.enclosures import TM
+    from mli_theory.certify.partition import _ce_cotangent, _softmax_box
+
+    g = torch.Generator().manual_seed(seed)
+    n = 2
+    y = torch.randint(0, k, (n,), generator=g)
+    onehot = torch.zeros(1, n, k, dtype=torch.bool).scatter_(-1, y.reshape(1, n, 1), True)
+    zero = torch.zeros(1, n, k, dtype=torch.float64)
+    c = torch.where(onehot, zero, 3 * torch.randn(1, n, k, generator=g, dtype=torch.float64))
+    gg = torch.where(onehot, zero, g_scale * torch.randn(1, n, k, generator=g, dtype=torch.float64))
+    e = torch.where(onehot, zero, e_scale * torch.rand(1, n, k, generator=g, dtype=torch.float64))
+    u = TM(c, gg, e)
+    hv = torch.full((1, 1, 1), h, dtype=torch.float64)
+    lo, hi = u.bounds(hv)
+    p_cell = _softmax_box(torch.where(onehot, zero, lo), torch.where(onehot, zero, hi), onehot)
+    oc, os_, orad = _ce_cotangent(u, hv, onehot, p_cell)
+    signs = torch.randint(0, 2, (6, n, k), generator=g, dtype=torch.float64) * 2 - 1
+    for t in (-h, 0.0, h / 3, h):
+        for sgn in signs:
+            for i in range(n):
+                vals = [mp.mpf(0) if j == int(y[i]) else mp.mpf(float(c[0, i, j])) + mp.mpf(float(gg[0, i, j])) * mp.mpf(t)
+                        + mp.mpf(float(e[0, i, j])) * mp.mpf(float(sgn[i, j])) for j in range(k)]
+                top = max(vals)
+                ex = [mp.exp(v - top) for v in vals]
+                tot = sum(ex)
+                for j in range(k):
+                    true = ex[j] / tot - (1 if j == int(y[i]) else 0)
+                    centre = mp.mpf(float(oc[0, i, j])) + mp.mpf(float(os_[0, i, j])) * mp.mpf(t)
+                    assert abs(true - centre) <= mp.mpf(float(orad[0, i, j])), (k, seed, g_scale, e_scale, h, t, i, j)
