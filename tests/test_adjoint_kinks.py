@@ -84,15 +84,20 @@ def _one_kink(hidden_moves: bool):
     return model, start, end, x, t
 
 
+def _around_the_kink(model, start, end, x, y, h=2.0**-20):
+    """(lower, upper) of the L′ enclosure on [1/2 − h, 1/2 + h] with the adjoint bound, and the
+    60-digit L′ at both ends."""
+    prob = _problem(model, start, end, x, y, "mse")
+    assert prob.adjoint
+    (dlo, dhi), _ = (t[0] for t in enclose(prob, [0.5 - h], [0.5 + h]))
+    left = _reference(model, "relu", start, end, x, y, "mse", 0.5 - h)[1]
+    right = _reference(model, "relu", start, end, x, y, "mse", 0.5 + h)[1]
+    return dlo, dhi, left, right
+
+
 def test_a_single_kink_attains_the_bound_at_both_sides():
     for moves in (False, True):
-        model, start, end, x, y = _one_kink(moves)
-        prob = _problem(model, start, end, x, y, "mse")
-        assert prob.adjoint
-        h = 2.0**-20
-        (dlo, dhi), _ = (t[0] for t in enclose(prob, [0.5 - h], [0.5 + h]))
-        left = _reference(model, "relu", start, end, x, y, "mse", 0.5 - h)[1]
-        right = _reference(model, "relu", start, end, x, y, "mse", 0.5 + h)[1]
+        dlo, dhi, left, right = _around_the_kink(*_one_kink(moves))
         assert left == 0 and right < -1
         assert mp.mpf(dlo) <= right and mp.mpf(dhi) >= left
         # the bound is attained: the enclosure is no wider than the jump plus a little
@@ -111,13 +116,7 @@ def test_two_kinks_in_one_cell_need_the_clarke_set_of_the_backward_slope():
     start = {"0.weight": -s / 2 * one, "0.bias": zero, "2.weight": one, "2.bias": torch.tensor([-k / 2], dtype=torch.float64),
              "4.weight": c * one, "4.bias": zero}
     end = dict(start, **{"0.weight": s / 2 * one, "2.bias": torch.tensor([k / 2], dtype=torch.float64)})
-    x, t = one.clone(), torch.full((1, 1), y, dtype=torch.float64)
-    prob = _problem(model, start, end, x, t, "mse")
-    assert prob.adjoint
-    h = 2.0**-20
-    (dlo, dhi), _ = (t_[0] for t_ in enclose(prob, [0.5 - h], [0.5 + h]))
-    left = _reference(model, "relu", start, end, x, t, "mse", 0.5 - h)[1]
-    right = _reference(model, "relu", start, end, x, t, "mse", 0.5 + h)[1]
+    dlo, dhi, left, right = _around_the_kink(model, start, end, one.clone(), torch.full((1, 1), y, dtype=torch.float64))
     assert left == 0 and right < -1
     assert mp.mpf(dlo) <= right and mp.mpf(dhi) >= left, (dlo, dhi, float(right))
 

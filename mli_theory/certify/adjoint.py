@@ -53,7 +53,6 @@ from torch.nn import functional as F
 from .enclosures import _TINY, U, Enclosure, EnclosureNumbers, Kink, Param, _up, abs_per_cell, gamma
 
 _RELU_MODULES = (nn.ReLU, nn.LeakyReLU)
-_PASS_MODULES = (nn.Identity, nn.Dropout, nn.Flatten)
 _RELU_FUNCTIONS = {F.relu, torch.relu, F.leaky_relu}
 _RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape}
 _RESHAPE_METHODS = {"view", "reshape", "flatten", "contiguous"}
@@ -114,8 +113,10 @@ def _kind(gm: GraphModule, node: Node) -> str | None:
             return "linear"
         if t in _RELU_MODULES:
             return "relu"
-        if t in (nn.Identity, nn.Flatten) or (t is nn.Dropout and not m.training):
-            return "pass" if t is not nn.Flatten else "reshape"
+        if t is nn.Flatten:
+            return "reshape"
+        if t is nn.Identity or (t is nn.Dropout and not m.training):
+            return "pass"
         return None
     if node.op == "call_function":
         if node.target is F.linear:
@@ -196,12 +197,12 @@ def kink_bound(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]
             kink = tape.kinks.get(node)
             if kink is None:
                 raise RuntimeError(f"no kink record for {node.name}")
+            hh = nt.h(g.c.dim() - 1)
             if kink.idx[0].numel():
-                hh = nt.h(g.c.dim() - 1)
                 mag = (g.magnitude(hh) * (1 + 4 * U)).expand(kink.pos.shape)[kink.idx]
                 total = total.index_add(0, kink.idx[0], mag * kink.w)
                 count += int(kink.idx[0].numel())
-            send(args[0], _relu_back(g, kink, nt.h(g.c.dim() - 1)))
+            send(args[0], _relu_back(g, kink, hh))
         elif kind in ("pass", "reshape"):
             x = args[0]
             shape = tape.shapes.get(x) if isinstance(x, Node) else None

@@ -511,8 +511,6 @@ def _linear_multi(x: Tensor, ws: list[Tensor]) -> list[Tensor]:
     return list(out.split([w.shape[0] for w in ws], -1))
 
 
-
-
 def abs_per_cell(nt: EnclosureNumbers, key: object, w: Param) -> Tensor:
     """(C, out, in): an entrywise upper bound of |W(α)| on each cell, |W0 + mΔW| + h|ΔW| plus
     4u(|W0| + |ΔW|), which covers the rounding of fl(W0 + mΔW) (|m| ≤ 1) and of this sum;

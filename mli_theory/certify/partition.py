@@ -43,7 +43,7 @@ from ..geometry.interpreter import UnsupportedGraph, interpret, plan, reads, tra
 from ..inputs.data import Dataset
 from ..path import BNPolicy, Line
 from .adjoint import Tape, kink_bound, unsupported
-from .enclosures import _TINY, TM, U, Enclosure, EnclosureNumbers, Param, StatisticsNumbers, _up, gamma
+from .enclosures import _LIB, _TINY, TM, U, Enclosure, EnclosureNumbers, Param, StatisticsNumbers, _add_tm, _up, gamma
 
 MIN_WIDTH = 2.0**-40
 ADJOINT_MIN_KINK_LAYERS = 3  # ReLU layers from which the adjoint kink bound is the default (see prepare)
@@ -202,7 +202,7 @@ def _adjoint_plan(gm: GraphModule, params: dict[str, Any], x1: torch.Tensor, min
     z = torch.zeros(out.v.c.shape, dtype=torch.float64, device=x1.device)
     try:  # the reverse walk once on the probe: shapes it does not handle show here
         kink_bound(gm, tape, edges, target, (z, z, z))
-    except RuntimeError:
+    except Exception:  # whatever fails here keeps the forward Clarke rule, which is always available
         return False, {}, None
     return True, edges, target
 
@@ -332,11 +332,9 @@ def _mse_terms(z: Enclosure, y: torch.Tensor, h: torch.Tensor) -> tuple[TM, TM]:
     return _product(r, z.d, hv), _product(r, r, hv)
 
 
-def _ce_terms(z: Enclosure, y: torch.Tensor, h: torch.Tensor) -> tuple[TM, tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+def _ce_terms(z: Enclosure, y: torch.Tensor, h: torch.Tensor, *, cotangent: bool = False) -> tuple[TM, tuple[torch.Tensor, torch.Tensor], Any]:
     """Per example and class: the Taylor model of p_k·u′_k, bounds of the per-example loss, and
-    ∇_z ℓ = p − e_y as a Taylor model (the adjoint bound's starting cotangent)."""
-    from .enclosures import _LIB, _TINY, _add_tm
-
+    (when ``cotangent``) ∇_z ℓ = p − e_y as a Taylor model, the adjoint bound's starting cotangent."""
     if z.v.c.dim() != 3:
         raise Unsupported(f"cross-entropy needs (n, classes) outputs, the model gives {tuple(z.shape)}")
     hv = h.reshape(-1, 1, 1)
@@ -367,14 +365,12 @@ def _ce_terms(z: Enclosure, y: torch.Tensor, h: torch.Tensor) -> tuple[TM, tuple
     l_hi = torch.logsumexp(vhi, -1)
     l_lo = l_lo - (l_lo.abs() + 1.0) * _LIB * 8
     l_hi = l_hi + (l_hi.abs() + 1.0) * _LIB * 8
-    return term, (l_lo, l_hi), _ce_cotangent(u, hv, onehot, (p_lo, p_hi))
+    return term, (l_lo, l_hi), _ce_cotangent(u, hv, onehot, (p_lo, p_hi)) if cotangent else None
 
 
 def _softmax_box(vlo: torch.Tensor, vhi: torch.Tensor, onehot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Bounds of p_k = softmax([0, u])_k (k ≠ y; zero at k = y) over the box vlo ≤ u ≤ vhi (u_y = 0):
     p_k is increasing in u_k and decreasing in every other entry, so its extremes are at corners."""
-    from .enclosures import _LIB
-
     k = vlo.shape[-1]
     zero = torch.zeros_like(vlo)
     eye = torch.eye(k, dtype=torch.bool, device=vlo.device)
@@ -449,6 +445,41 @@ def _mse_cotangent(z: Enclosure, y: torch.Tensor, h: torch.Tensor) -> tuple[torc
     return c, z.v.g, _up(r)
 
 
+def _chunk_terms(problem: _Problem, numbers: EnclosureNumbers, params: dict[str, Any], xs: torch.Tensor, ys: torch.Tensor,
+                 rad: torch.Tensor, *, deferred: bool) -> tuple[TM, torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
+    """One walk of the graph on a chunk of examples: the per-entry Taylor models of L′'s terms, the
+    bounds of the loss terms, and (``deferred``) the adjoint bound of the kinks, which the terms then
+    need; None when that bound's reverse walk fails on this graph."""
+    tape = None
+    if deferred:
+        numbers.deferred = []
+        tape = Tape(numbers)
+    try:
+        out = interpret(problem.gm, numbers, [xs], params, on_node=None if tape is None else tape.record)
+    except UnsupportedGraph as exc:
+        raise Unsupported(str(exc)) from None
+    finally:
+        numbers.deferred = None
+    if isinstance(out, (tuple, list)) or not isinstance(out, Enclosure):
+        raise Unsupported("the model must return one tensor that depends on the parameters")
+    if problem.loss == "mse":
+        if tuple(out.shape) != tuple(ys.shape):
+            raise Unsupported(f"model output shape {tuple(out.shape)} does not match targets {tuple(ys.shape)}")
+        dl, ll = _mse_terms(out, ys, rad)
+        lo_l, hi_l = ll.bounds(rad.reshape(-1, *([1] * (ll.c.dim() - 1))))
+        lo_l = lo_l.clamp(min=0.0)
+        cot = _mse_cotangent(out, ys, rad) if deferred else None
+    else:
+        dl, (lo_l, hi_l), cot = _ce_terms(out, ys, rad, cotangent=deferred)
+    if tape is None:
+        return dl, lo_l, hi_l, None
+    try:
+        kb = kink_bound(problem.gm, tape, problem.reads, problem.output, cot)
+    except Exception:  # any failure of the reverse walk: the caller falls back to the forward rule
+        return None
+    return dl, lo_l, hi_l, kb
+
+
 def enclose(problem: _Problem, a: list[float], b: list[float], deadline: float | None = None) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
     """Proven bounds of L′ and of L on each cell [a_i, b_i]: ([(lo, hi) of L′], [(lo, hi) of L])."""
     dev = problem.x.device
@@ -470,38 +501,12 @@ def enclose(problem: _Problem, a: list[float], b: list[float], deadline: float |
         check_deadline(deadline)
         xs = problem.x[start : start + problem.chunk]
         ys = problem.y[start : start + problem.chunk]
-        # with the adjoint bound first; should its reverse walk fail on this graph (a shape it does
-        # not handle), the chunk is walked again with the forward Clarke rule: without the bound,
-        # the deferred walk's L′ is not an enclosure
-        for deferred in ((True, False) if problem.adjoint else (False,)):
-            tape = None
-            if deferred:
-                numbers.deferred = []
-                tape = Tape(numbers)
-            try:
-                out = interpret(problem.gm, numbers, [xs], params, on_node=None if tape is None else tape.record)
-            except UnsupportedGraph as exc:
-                raise Unsupported(str(exc)) from None
-            finally:
-                numbers.deferred = None
-            if isinstance(out, (tuple, list)) or not isinstance(out, Enclosure):
-                raise Unsupported("the model must return one tensor that depends on the parameters")
-            if problem.loss == "mse":
-                if tuple(out.shape) != tuple(ys.shape):
-                    raise Unsupported(f"model output shape {tuple(out.shape)} does not match targets {tuple(ys.shape)}")
-                dl, ll = _mse_terms(out, ys, rad)
-                lo_l, hi_l = ll.bounds(rad.reshape(-1, *([1] * (ll.c.dim() - 1))))
-                lo_l = lo_l.clamp(min=0.0)
-                cot = _mse_cotangent(out, ys, rad) if tape is not None else None
-            else:
-                dl, (lo_l, hi_l), cot = _ce_terms(out, ys, rad)
-            if tape is None:
-                break
-            try:
-                kinks += kink_bound(problem.gm, tape, problem.reads, problem.output, cot)
-                break
-            except RuntimeError:
-                continue
+        # the adjoint bound first; should its reverse walk fail on this graph, the chunk is walked
+        # again with the forward Clarke rule (the deferred walk's L′ is no enclosure without it)
+        got = _chunk_terms(problem, numbers, params, xs, ys, rad, deferred=True) if problem.adjoint else None
+        dl, lo_l, hi_l, kb = got if got is not None else _chunk_terms(problem, numbers, params, xs, ys, rad, deferred=False)
+        if kb is not None:
+            kinks += kb
         sc, sg, se, sm, cnt = _sum_tm(dl, rad)
         acc += torch.stack([sc, sg, se, sm], 1)
         lacc += torch.stack([lo_l.reshape(cells, -1).sum(1), hi_l.reshape(cells, -1).sum(1)], 1)

@@ -452,10 +452,11 @@ def reads(gm: GraphModule) -> dict[Node, tuple[tuple, dict]]:
     mutations = _mutations(gm)
     bound: dict[Node, Node] = {}
     out: dict[Node, tuple[tuple, dict]] = {}
-    for node in gm.graph.nodes:
-        def rebind(a: Node) -> Node:
-            return bound.get(a, a)
 
+    def rebind(a: Node) -> Node:
+        return bound.get(a, a)
+
+    for node in gm.graph.nodes:
         out[node] = (torch.fx.node.map_arg(node.args, rebind), torch.fx.node.map_arg(node.kwargs, rebind))
         target = mutations.get(node)
         if target is not None:
