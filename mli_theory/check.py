@@ -165,7 +165,7 @@ def check(
         from .certify import certify as _certify
 
         try:
-            outcome = _certify(line, data, tol=tol, budget_s=certify_budget, conditions=geometry, bn=bn, batch_size=batch_size)
+            outcome = _certify(line, data, tol=tol, budget_s=certify_budget, conditions=geometry, bn=bn, batch_size=batch_size, curve=curve)
             certificate = outcome.certificate
             warnings.extend(outcome.notes)
             if outcome.proven_conditions and conditions:

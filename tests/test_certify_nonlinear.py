@@ -353,6 +353,8 @@ def test_a_budget_running_out_mid_round_keeps_a_proven_bound(monkeypatch):
     real, calls = partition.enclose, []
 
     def flaky(problem, a, b, deadline=None):
+        if list(a) == list(b):  # the validation's degenerate cells, before the bisection
+            return real(problem, a, b, deadline)
         calls.append(len(a))
         if len(calls) == 3:
             raise BudgetExceeded("out of time")

@@ -31,9 +31,11 @@ from dataclasses import dataclass, field
 
 from ..exact import BudgetExceeded, decide, deadline_after, expired, mse_loss_polynomial, output_polynomial, prove_conditions
 from ..inputs.data import Dataset
-from ..path import BNPolicy, Line, PathKind
+from ..errors import InputError
+from ..path import BNPolicy, Line, LossCurve, PathKind
 from ..results import Certificate
 from .partition import Unsupported, decide_by_enclosures
+from .validation import MEASURED_DIFFERS, Reference, validation_points
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ def certify(
     conditions: bool = True,
     bn: BNPolicy | str = BNPolicy.RECOMPUTE,
     batch_size: int | None = None,
+    curve: LossCurve | None = None,
 ) -> ProofOutcome:
     """Prove monotonicity or non-monotonicity of the loss on all of [0, 1], or say "unknown".
 
@@ -79,19 +82,49 @@ def certify(
             the data: the statistics are smooth functions of the enclosed activations).
         batch_size: the minibatch size of that re-estimation in the curve; only None (one batch of
             all the examples) is certified, anything smaller gives ``unknown`` with the reason.
+        curve: the check's measured loss curve (its grid is where the certified model is validated,
+            :mod:`.validation`; None: a few fixed α).
+
+    Every verdict passes the differential validation of :mod:`.validation` first: the certifier's
+    own values of L (exact, or enclosed) must reproduce the measured computation re-evaluated in
+    float64 at the validation α, the measured curve must be a function of α, a witness must be
+    reproduced by the measured computation and a ``monotone`` verdict must not be contradicted by
+    the grid; anything else is ``unknown``, saying where the two differ.
     """
     t0 = time.perf_counter()
     deadline = deadline_after(budget_s)
     kind = line.structure.kind
+    reference = Reference(line, data, BNPolicy(bn), batch_size, curve)
 
     def done(cert: Certificate, proven: dict[str, bool | None] | None = None, notes: tuple[str, ...] = ()) -> ProofOutcome:
-        return ProofOutcome(cert, proven or {}, notes, round(time.perf_counter() - t0, 4))
+        cert, withdrawn = _validated(cert, reference, tol)
+        if cert.status == "unknown" and cert.reason and MEASURED_DIFFERS in cert.reason and not notes:
+            notes = (f"no certificate: {cert.reason}",)
+        if withdrawn:  # conditions proven on a model the measured curve contradicts prove nothing
+            proven = None
+        return ProofOutcome(cert, proven or {}, notes + withdrawn, round(time.perf_counter() - t0, 4))
 
+    try:
+        inconsistent = reference.consistency()
+    except InputError as exc:
+        inconsistent = f"the measured curve could not be re-evaluated in float64 ({exc})"
+    if inconsistent is not None:
+        return ProofOutcome(Certificate.unknown(inconsistent), {}, (f"no certificate: {inconsistent}",), round(time.perf_counter() - t0, 4))
     if data.loss != "mse" or kind != PathKind.POLYNOMIAL or data.x.dim() != 2:
-        return done(_by_enclosures(line, data, tol, BNPolicy(bn), deadline, budget_s, batch_size))
+        return done(_by_enclosures(line, data, tol, BNPolicy(bn), deadline, budget_s, batch_size, reference))
     try:
         z = output_polynomial(line.start, line.end, line.structure.linear, data.x, deadline)
-        verdict = decide(mse_loss_polynomial(z, data.y, deadline), tol, deadline)
+        poly = mse_loss_polynomial(z, data.y, deadline)
+    except BudgetExceeded:
+        return done(Certificate.unknown(f"the exact method ran past the proof budget of {budget_s:g} s"))
+    # the certified model (the product of the traced nn.Linear weights) against the measured curve
+    points = validation_points(curve)
+    exact = [float(poly.exact(a)) for a in points]
+    differs = reference.compare(points, [(v, v) for v in exact])
+    if differs is not None:
+        return done(Certificate.unknown(differs))
+    try:
+        verdict = decide(poly, tol, deadline)
     except BudgetExceeded:
         return done(Certificate.unknown(f"the exact method ran past the proof budget of {budget_s:g} s"))
     if verdict.status == "unknown":
@@ -110,11 +143,28 @@ def certify(
     return done(cert, proven)
 
 
+def _validated(cert: Certificate, reference: Reference, tol: float) -> tuple[Certificate, tuple[str, ...]]:
+    """``cert``, or ``unknown`` with a warning when the measured computation does not reproduce its
+    witness or contradicts its ``monotone`` verdict (:mod:`.validation`)."""
+    try:
+        if cert.status == "non_monotone" and cert.where is not None:
+            why = reference.witness(cert.where[0], cert.where[1], float(cert.rise or 0.0), tol)
+        elif cert.status == "monotone":
+            why = reference.contradicts(tol)
+        else:
+            return cert, ()
+    except InputError as exc:
+        why = f"the measured curve could not be re-evaluated in float64 to validate the verdict ({exc})"
+    if why is None:
+        return cert, ()
+    return Certificate.unknown(f"{cert.status} withdrawn: {why}"), (f"a {cert.status} verdict was withdrawn: {why}",)
+
+
 def _by_enclosures(line: Line, data: Dataset, tol: float, bn: BNPolicy, deadline: float | None, budget_s: float | None,
-                   batch_size: int | None = None) -> Certificate:
+                   batch_size: int | None = None, reference: Reference | None = None) -> Certificate:
     """The enclosure method's verdict as a certificate (``unknown`` naming why when unsupported)."""
     try:
-        v = decide_by_enclosures(line, data, tol=tol, bn=bn, deadline=deadline, batch_size=batch_size)
+        v = decide_by_enclosures(line, data, tol=tol, bn=bn, deadline=deadline, batch_size=batch_size, reference=reference)
     except Unsupported as exc:
         return Certificate.unknown(f"no proof method for this model: {exc}; the grid result is evidence only")
     except BudgetExceeded:

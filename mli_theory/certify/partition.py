@@ -40,9 +40,11 @@ from torch.fx import GraphModule
 from ..exact import BudgetExceeded, check_deadline, expired
 from ..exact.dyadic import float_down, float_up
 from ..geometry.interpreter import UnsupportedGraph, interpret, plan, reads, trace
+from ..errors import InputError
 from ..inputs.data import Dataset
-from ..path import BNPolicy, Line
+from ..path import BNPolicy, Line, Motion
 from .adjoint import Tape, kink_bound, unsupported
+from .validation import MEASURED_DIFFERS, Reference, validation_points
 from .enclosures import _LIB, _TINY, TM, U, Enclosure, EnclosureNumbers, Param, StatisticsNumbers, _add_tm, _up, gamma
 
 MIN_WIDTH = 2.0**-40
@@ -118,6 +120,8 @@ class _Problem:
     adjoint: bool = False
     reads: dict = field(default_factory=dict)
     output: Any = None
+    # the measured computation (:class:`.validation.Reference`): validation and witnesses
+    reference: Any = None
 
 
 def prepare(line: Line, data: Dataset, bn: BNPolicy, *, device: torch.device | None = None, memory_bytes: float | None = None,
@@ -148,19 +152,14 @@ def prepare(line: Line, data: Dataset, bn: BNPolicy, *, device: torch.device | N
         raise Unsupported(str(exc)) from None
     start = {k: v.to(dev, torch.float64) if v.is_floating_point() else v.to(dev) for k, v in line.start.items()}
     end = {k: v.to(dev, torch.float64) if v.is_floating_point() else v.to(dev) for k, v in line.end.items()}
+    # every entry moves as the loss curve moves it: one declaration (Line.motions) read by both
     params: dict[str, Any] = {}
-    for k in start:
+    for k, motion in line.motions(bn).items():
         s, e = start[k], end[k]
-        if not s.is_floating_point():
-            params[k] = e
-        elif k in line.param_names:
+        if motion == Motion.AFFINE and (k in line.param_names or not torch.equal(s, e)):
             params[k] = Param(s, e - s)
-        elif line.has_bn and bn == BNPolicy.RECOMPUTE:
-            params[k] = e  # a running statistic: replaced by its enclosure from the re-estimation pass
-        elif bn == BNPolicy.FROZEN or torch.equal(s, e):
-            params[k] = e
-        else:  # interpolated like the parameters, as the loss curve does
-            params[k] = Param(s, e - s)
+        else:  # held at θT's (END, or an affine entry equal at both ends), or a running statistic
+            params[k] = e  # replaced by its enclosure from the re-estimation pass (RECOMPUTED)
     numbers = EnclosureNumbers(torch.zeros(1, dtype=torch.float64, device=dev), torch.zeros(1, dtype=torch.float64, device=dev))
     missing = plan(gm, numbers)
     if missing:
@@ -173,12 +172,38 @@ def prepare(line: Line, data: Dataset, bn: BNPolicy, *, device: torch.device | N
     widest = _widest_activation(gm, start, x[:1])
     per_example = cells_per_batch * widest * 8 * 48  # bytes for ~48 tensors of the widest activation
     chunk = max(1, min(x.shape[0], int(memory_bytes // max(per_example, 1))))
+    if _mixes_examples(line.shell, start, end, x):
+        # outputs depend on the other examples in the batch: certify the batches the curve evaluates
+        # (all examples at once unless batch_size), never chunks of the enclosure's own choosing
+        chunk = x.shape[0] if not batch_size or batch_size <= 0 else min(x.shape[0], batch_size)
     # the re-estimation pass sees every example at once: fewer cells per pass when they do not fit
     stat_cells = max(1, min(cells_per_batch, int(max(memory_bytes, 1.5e9) // max(widest * 8 * 48 * x.shape[0], 1))))
     use, edges, output = (False, {}, None)
     if not statistics and adjoint is not False:
         use, edges, output = _adjoint_plan(gm, params, x[:1], 1 if adjoint else ADJOINT_MIN_KINK_LAYERS)
     return _Problem(gm, params, x, y, data.loss, start, end, line.shell, chunk, statistics, line, stat_cells, use, edges, output)
+
+
+def _mixes_examples(shell: Any, start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], x: torch.Tensor, m: int = 8) -> bool:
+    """Whether the model's output for one example depends on the other examples of its batch
+    (a reduction or reshape across the batch axis, batch statistics): the outputs of the first
+    ``m`` examples at θ(½) evaluated together and one by one differ beyond rounding (or the
+    one-by-one evaluation fails). A model that mixes examples is certified on the curve's own
+    batches; the differential validation (:mod:`.validation`) catches what this probe misses."""
+    m = min(m, x.shape[0])
+    if m < 2:
+        return False
+    state = {k: (0.5 * s + 0.5 * end[k]) if s.is_floating_point() else end[k] for k, s in start.items()}
+    try:
+        with torch.no_grad():
+            together = functional_call(shell, state, (x[:m],))
+            alone = torch.cat([functional_call(shell, state, (x[i : i + 1],)) for i in range(m)])
+    except Exception:  # cannot be evaluated one example at a time: treat as mixing
+        return True
+    if not isinstance(together, torch.Tensor) or together.shape != alone.shape:
+        return True
+    scale = together.abs().max() + alone.abs().max() + 1e-300
+    return bool(((together - alone).abs() > 1e-9 * scale).any())
 
 
 def _adjoint_plan(gm: GraphModule, params: dict[str, Any], x1: torch.Tensor, min_kinks: int) -> tuple[bool, dict, Any]:
@@ -220,6 +245,9 @@ def _recomputed(gm: GraphModule, line: Line, bn: BNPolicy, n: int, batch_size: i
             f"bn=recompute re-estimates the BatchNorm statistics in minibatches of {batch_size} < {n} examples; "
             "only the full-batch re-estimation (batch_size None) is enclosed"
         )
+    differs = _train_mode_differs(line.shell, gm)
+    if differs is not None:
+        raise Unsupported(differs)
     names = {id(m): name for name, m in gm.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats}
     for name, m in gm.named_modules():
         if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
@@ -238,6 +266,27 @@ def _recomputed(gm: GraphModule, line: Line, bn: BNPolicy, n: int, batch_size: i
         if calls.get(name, 0) != 1:
             raise Unsupported(f"BatchNorm layer {name} is called {calls.get(name, 0)} times per forward pass (re-estimation needs exactly one)")
     return names
+
+
+def _train_mode_differs(shell: Any, gm: GraphModule) -> str | None:
+    """Why the train-mode pass of the re-estimation computes something the eval-mode graph does not
+    show (None when both modes trace to the same graph). The re-estimation pass runs the model in
+    train mode; the enclosures walk the eval-mode trace, reading only BatchNorm (and dropout)
+    modules' mode, so a ``forward`` that branches on ``self.training`` or passes it to a function
+    (``F.dropout(h, p, self.training)``) is refused."""
+    from ..path.line import private_copy
+
+    twin = private_copy(shell).train()
+    try:
+        train_gm = trace(twin)
+    except UnsupportedGraph as exc:
+        return f"the train-mode pass of the BatchNorm re-estimation cannot be traced ({exc})"
+    if train_gm.code != gm.code:
+        return (
+            "the model computes differently in train mode (the BatchNorm re-estimation pass) than in eval mode: "
+            "its forward reads self.training (a branch, or functional dropout/batch norm given the mode)"
+        )
+    return None
 
 
 def _statistics(problem: _Problem, mid: torch.Tensor, rad: torch.Tensor, deadline: float | None) -> dict[str, Enclosure]:
@@ -621,13 +670,25 @@ def decide_by_enclosures(
     cells_per_batch: int = 16,
     device: torch.device | None = None,
     batch_size: int | None = None,
+    reference: Reference | None = None,
 ) -> EnclosureVerdict:
     """Prove ``monotone`` (rise_bound ≤ tol) or ``non_monotone`` (a proven rise > tol), or ``unknown``.
+
+    Before any bisection the certified model is validated against the measured computation
+    (``reference``, by default the check's own loss-curve code re-evaluated in float64,
+    :mod:`.validation`): the enclosures of L at the validation α (degenerate cells, walked by the
+    same rules, motions, statistics and chunks as every cell) must contain the measured values;
+    otherwise the answer is ``unknown``, naming the α where they differ. Witnesses are re-evaluated
+    by the same reference.
 
     Raises:
         Unsupported: the model, loss or BatchNorm policy is outside the enclosures (before any work).
     """
     problem = prepare(line, data, bn, device=device, cells_per_batch=cells_per_batch, batch_size=batch_size)
+    problem.reference = reference if reference is not None else Reference(line, data, BNPolicy(bn), batch_size)
+    differs = _validate(problem, cells_per_batch, deadline)
+    if differs is not None:
+        return EnclosureVerdict("unknown", None, None, None, None, 0, ((0.0, 1.0),), differs)
     start = None
     n = problem.x.shape[0]
     if n > 2 * SCREEN_EXAMPLES:
@@ -655,6 +716,32 @@ def decide_by_enclosures(
     return verdict
 
 
+def _validate(problem: _Problem, batch: int, deadline: float | None) -> str | None:
+    """None when the enclosures of L at the validation α contain the measured values; else why."""
+    ref = problem.reference
+    points = validation_points(ref.curve)
+    values: list[tuple[float, float]] = []
+    try:
+        for i in range(0, len(points), batch):
+            part = points[i : i + batch]
+            values += enclose(problem, part, part, deadline)[1]
+        return ref.compare(points, values)
+    except BudgetExceeded:
+        return "the proof budget ran out while the certified model was validated against the measured curve"
+    except InputError as exc:
+        return f"the measured curve could not be re-evaluated in float64 ({exc})"
+
+
+def _measured(problem: _Problem, alphas: list[float]) -> list[float]:
+    """L at ``alphas`` as the check measures it (the reference; NaN where it is not finite)."""
+    if problem.reference is None:
+        return [plain_loss(problem, a) for a in alphas]
+    try:
+        return problem.reference.losses(alphas)
+    except InputError:
+        return [math.nan] * len(alphas)
+
+
 def _confirm_rise(problem: _Problem, run: list[tuple[float, float]], tol: float, deadline: float | None, batch: int) -> EnclosureVerdict | None:
     """Enclose L′ on the contiguous cells ``run`` only and return ``non_monotone`` if they prove a
     rise > tol (checked like every witness); None otherwise. No monotone claim is made here: the
@@ -675,14 +762,15 @@ def _witness(problem: _Problem, cells: list[CellBound], tol: float, evaluated: i
     if not (i1 >= i0 and run > Fraction(tol)):
         return None
     a, b = cells[i0].a, cells[i1].b
-    la, lb = plain_loss(problem, a), plain_loss(problem, b)
+    la, lb = _measured(problem, [a, b])
     rise = lb - la
     slack = 1e-9 * (abs(la) + abs(lb)) + 1e-300
     if not rise >= float(run) - slack:
         # an independent float64 evaluation contradicts the proven lower bound: never certify
         return EnclosureVerdict(
             "unknown", None, None, None, None, evaluated, (),
-            f"internal inconsistency: proven rise ≥ {float_down(run):.3g} on [{a}, {b}] but float64 evaluation gives {rise:.3g}",
+            f"the certified model {MEASURED_DIFFERS}: the measured computation does not reproduce the witness: proven rise ≥ {float_down(run):.3g} on [{a}, {b}] "
+            f"but the measured computation (float64) gives {rise:.3g}",
             tuple(cells),
         )
     if rise <= tol:  # float64 rounding hides a proven rise just above tol: report the proven bound
@@ -743,7 +831,7 @@ def _bisect(
         infinite = [c for c in cells if not math.isfinite(c.hi)]
         if infinite:
             mid = (infinite[0].a + infinite[0].b) / 2
-            if not math.isfinite(plain_loss(problem, mid)):
+            if not math.isfinite(_measured(problem, [mid])[0]):
                 return _unknown(done, evaluated, f"the loss itself is not finite at α = {mid:.6g} (overflow or undefined values, e.g. a negative BatchNorm variance)")
         blown = [c for c in infinite if c.b - c.a <= 2.0**-10]
         if blown:

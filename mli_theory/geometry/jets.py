@@ -64,15 +64,15 @@ class PathJet:
 
 
 def _fixed_buffers(line: Line, bn: BNPolicy, alpha: float, data: Dataset, batch_size: int | None) -> StateDict:
-    """Entries held constant when differentiating in α (BatchNorm statistics by policy)."""
-    if not line.has_bn:
-        return {k: v for k, v in line.end.items() if not v.is_floating_point()}
-    if bn == BNPolicy.RECOMPUTE:
-        state = recompute_bn_statistics(line, line.at(alpha), data.x, batch_size)
-        return {k: v for k, v in state.items() if k not in line.param_names}
-    if bn == BNPolicy.FROZEN:
-        return {k: v for k, v in line.end.items() if k not in line.param_names}
-    return {k: v for k, v in line.at(alpha).items() if k not in line.param_names}  # interpolated, held at α
+    """Entries held constant when differentiating in α: integer entries and BatchNorm statistics (θT's
+    under ``frozen``, re-estimated at α under ``recompute``, interpolated to α under ``interpolate``,
+    where nested forward mode cannot follow them). Every other entry, parameters and other floating
+    buffers alike, moves by its declared motion (:meth:`mli_theory.path.Line.motions`)."""
+    state = line.at(alpha, bn)
+    if line.has_bn and bn == BNPolicy.RECOMPUTE:
+        state = recompute_bn_statistics(line, state, data.x, batch_size)
+    stats = line.statistics
+    return {k: v for k, v in state.items() if not v.is_floating_point() or k in stats}
 
 
 def _state_fn(line: Line, fixed: StateDict):
@@ -236,8 +236,9 @@ def path_jet(
         if use_taylor:
             moving = frozenset(k for k in line.start if line.start[k].is_floating_point())
             held = {k: v for k, v in line.end.items() if not v.is_floating_point()}
-            if line.has_bn and bn == BNPolicy.FROZEN:  # every buffer at θT's, as the loss curve has it
-                held = {k: v for k, v in line.end.items() if k not in line.param_names}
+            if line.has_bn and bn == BNPolicy.FROZEN:  # the statistics at θT's, as the loss curve has them
+                frozen = line._frozen_names(bn)
+                held = {k: v for k, v in line.end.items() if not v.is_floating_point() or k in frozen}
             for alpha in a.tolist():
                 fixed: dict[str, torch.Tensor | Jet] = dict(held)
                 if reestimated and off_curve is None:

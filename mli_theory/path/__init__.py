@@ -2,7 +2,7 @@
 
 from .batchnorm import batches, recompute_batches, recompute_bn_statistics
 from .curve import LossCurve, Progress, alpha_grid, data_on_line, evaluate, loss_curve, probe
-from .line import BNPolicy, Line, distances, interpolate, make_line
+from .line import BNPolicy, Line, Motion, batchnorm_statistics, distances, interpolate, make_line, motions
 from .losses import batch_loss_sums, loss_normaliser
 from .monotonicity import Rise, max_rise
 from .structure import PathKind, PathStructure, analyse
@@ -11,6 +11,7 @@ __all__ = [
     "BNPolicy",
     "Line",
     "LossCurve",
+    "Motion",
     "PathKind",
     "PathStructure",
     "Progress",
@@ -18,6 +19,7 @@ __all__ = [
     "alpha_grid",
     "analyse",
     "batch_loss_sums",
+    "batchnorm_statistics",
     "batches",
     "data_on_line",
     "distances",
@@ -27,6 +29,7 @@ __all__ = [
     "loss_normaliser",
     "make_line",
     "max_rise",
+    "motions",
     "probe",
     "recompute_batches",
     "recompute_bn_statistics",

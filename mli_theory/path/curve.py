@@ -160,7 +160,7 @@ def loss_curve(
         raise InputError(f"need at least 2 alpha points, got {len(alist)}")
     bn = BNPolicy(bn)
     recompute = line.has_bn and bn == BNPolicy.RECOMPUTE
-    frozen = line._frozen_names(bn) if line.has_bn else frozenset()
+    frozen = line._frozen_names(bn)  # the declared motion of every entry (Line.motions)
     losses: list[float] = []
     accs: list[float | None] = []
     chunk = 1 if recompute else max(1, int(alpha_chunk))

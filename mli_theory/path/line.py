@@ -39,6 +39,57 @@ class BNPolicy(str, Enum):
     FROZEN = "frozen"
 
 
+class Motion(str, Enum):
+    """How one state-dict entry moves along the path: the one declaration every evaluation reads
+    (the loss curve, the jets, the exact decision and the enclosures alike).
+
+    * ``affine``: (1−α)·θ0 + α·θT — every parameter and every other floating buffer;
+    * ``end``: held at θT's value — integer entries (``num_batches_tracked``) and, under
+      ``bn="frozen"``, BatchNorm running statistics;
+    * ``recomputed``: BatchNorm running statistics under ``bn="recompute"``: reset and re-estimated
+      at every α by one train-mode pass over the data (:func:`mli_theory.path.recompute_bn_statistics`).
+    """
+
+    AFFINE = "affine"
+    END = "end"
+    RECOMPUTED = "recomputed"
+
+
+def batchnorm_statistics(model: nn.Module) -> frozenset[str]:
+    """State-dict names of the running mean and variance of every BatchNorm layer that tracks them
+    (the entries :func:`mli_theory.path.recompute_bn_statistics` resets and re-estimates).
+
+    >>> sorted(batchnorm_statistics(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))))
+    ['1.running_mean', '1.running_var']
+    """
+    out = set()
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            prefix = f"{name}." if name else ""
+            out.update((prefix + "running_mean", prefix + "running_var"))
+    return frozenset(out)
+
+
+def motions(start: Mapping[str, torch.Tensor], statistics: frozenset[str], bn: "BNPolicy | str") -> dict[str, Motion]:
+    """The declared :class:`Motion` of every entry of ``start`` under the BatchNorm policy ``bn``.
+
+    >>> sd = {"w": torch.zeros(2), "scale": torch.ones(2), "bn.running_mean": torch.zeros(2),
+    ...       "bn.num_batches_tracked": torch.tensor(0)}
+    >>> {k: v.value for k, v in motions(sd, frozenset({"bn.running_mean"}), "frozen").items()}
+    {'w': 'affine', 'scale': 'affine', 'bn.running_mean': 'end', 'bn.num_batches_tracked': 'end'}
+    """
+    bn = BNPolicy(bn)
+    out: dict[str, Motion] = {}
+    for k, t in start.items():
+        if not t.is_floating_point():
+            out[k] = Motion.END
+        elif k in statistics:
+            out[k] = {BNPolicy.RECOMPUTE: Motion.RECOMPUTED, BNPolicy.INTERPOLATE: Motion.AFFINE, BNPolicy.FROZEN: Motion.END}[bn]
+        else:
+            out[k] = Motion.AFFINE
+    return out
+
+
 @dataclass(frozen=True)
 class Line:
     """Two endpoints of a straight path, cast to one device and dtype.
@@ -70,13 +121,22 @@ class Line:
         return next(v for v in self.start.values() if v.is_floating_point()).dtype
 
     def at(self, alpha: float, bn: BNPolicy = BNPolicy.INTERPOLATE) -> StateDict:
-        """θ(α) for every state entry (BatchNorm statistics by ``bn``, without recomputation)."""
+        """θ(α) for every state entry by its declared motion (:meth:`motions`; re-estimated BatchNorm
+        statistics are interpolated here, the caller re-estimates them)."""
         return interpolate(self.start, self.end, alpha, frozen=self._frozen_names(bn))
 
-    def _frozen_names(self, bn: BNPolicy) -> frozenset[str]:
-        if bn == BNPolicy.FROZEN:
-            return frozenset(k for k in self.start if k not in self.param_names)
-        return frozenset()
+    @property
+    def statistics(self) -> frozenset[str]:
+        """Names of the BatchNorm running statistics (:func:`batchnorm_statistics` of the model)."""
+        return batchnorm_statistics(self.shell)
+
+    def motions(self, bn: BNPolicy | str) -> dict[str, Motion]:
+        """The declared motion of every state entry under ``bn`` (:func:`motions`)."""
+        return motions(self.start, self.statistics, bn)
+
+    def _frozen_names(self, bn: BNPolicy | str) -> frozenset[str]:
+        """Floating entries held at θT's value under ``bn`` (BatchNorm statistics when frozen)."""
+        return frozenset(k for k, m in self.motions(bn).items() if m == Motion.END and self.start[k].is_floating_point())
 
 
 def interpolate(
@@ -88,7 +148,7 @@ def interpolate(
     """θ(α) = (1−α)·θ0 + α·θT entry by entry.
 
     Integer entries (such as BatchNorm's ``num_batches_tracked``) and names in ``frozen`` take the
-    end value. The formula is exact at both ends: θ(0) = θ0 and θ(1) = θT bit for bit.
+    end value (see :class:`Motion`). The formula is exact at both ends: θ(0) = θ0 and θ(1) = θT bit for bit.
 
     >>> a, b = {"w": torch.tensor([1.0, 3.0])}, {"w": torch.tensor([5.0, -1.0])}
     >>> interpolate(a, b, 0.25)["w"].tolist()
@@ -117,6 +177,30 @@ def _stacked(start: StateDict, end: StateDict, alphas: torch.Tensor, frozen: fro
     return out
 
 
+def private_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` that shares no tensor with it.
+
+    Modules that keep a *computed* tensor as a plain attribute (``torch.nn.utils.weight_norm``'s
+    ``weight``, ``torch.nn.utils.prune``'s masked ``weight``: non-leaf results of a forward
+    pre-hook) defeat ``copy.deepcopy``; such attributes are copied detached (the hook recomputes
+    them from the parameters at every call, so their value never matters).
+
+    >>> m = nn.utils.weight_norm(nn.Linear(2, 1))
+    >>> c = private_copy(m)
+    >>> c.weight_v is not m.weight_v and torch.equal(c.weight_v, m.weight_v)
+    True
+    """
+    memo: dict[int, object] = {}
+    for m in model.modules():
+        for value in vars(m).values():
+            if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter) and value.grad_fn is not None:
+                memo[id(value)] = value.detach().clone()
+    try:
+        return copy.deepcopy(model, memo)
+    except Exception as exc:  # a module that cannot be copied cannot be evaluated without touching it
+        raise InputError(f"the model cannot be copied for evaluation ({type(exc).__name__}: {str(exc).strip()[:160]})") from None
+
+
 def make_line(
     model: nn.Module,
     init: StateDict,
@@ -139,7 +223,7 @@ def make_line(
     """
     init = match_state_dict(model, init, "init")
     final = match_state_dict(model, final, "final")
-    shell = copy.deepcopy(model)
+    shell = private_copy(model)
     if any(t.is_meta for t in itertools.chain(shell.parameters(), shell.buffers())):
         shell = shell.to_empty(device=device)  # built on the meta device: its own tensors are never read
     shell = shell.to(device=device, dtype=dtype)

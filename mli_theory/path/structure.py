@@ -140,11 +140,17 @@ def opaque_call_reason(model: nn.Module) -> str | None:
     """Why ``model(x)`` may compute something its traced graph does not show (None if nothing).
 
     Hooks (module and global), ``__call__`` overrides, instance-level ``forward`` or call methods,
-    and ``torch.nn`` forwards replaced from outside torch. Shared by :func:`analyse` and the jet
+    ``torch.nn`` forwards replaced from outside torch, and torch functions replaced process-wide
+    (:mod:`.pristine`). Shared by :func:`analyse` and the jet
     interpreter.
     """
     from torch.nn.modules import module as module_mod
 
+    from .pristine import replaced_functions
+
+    replaced = replaced_functions()
+    if replaced:
+        return f"torch functions have been replaced in this process ({', '.join(replaced)}): the trace cannot show what they compute"
     for attr in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_forward_hooks_always_called"):
         if getattr(module_mod, attr, None):
             return "global module forward hooks are registered"
