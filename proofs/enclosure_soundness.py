@@ -84,6 +84,16 @@ function v on the cell is (ĉ, ĝ, e) with |v(m + t) − ĉ − ĝt| ≤ e for a
    a margin of 2⁸ over the worst bound documented by glibc (≤ 4 ulp) or SLEEF (≤ 1 ulp). That is the
    one assumption here; tests/test_enclosures.py checks enclosures against 60-digit mpmath.
 
+7. From cells to rises. Each cell's enclosure is a pointwise model L′(m + t) ∈ C + G·t ± E for
+   |t| ≤ h (the Taylor form of the summed terms; the rounding of the three sums and the kinks'
+   adjoint share enter E, independent of t). So ∫_cell L′ ≥ ∫(C − E + G·t) dt = 2h(C − E), the
+   slope integrating to zero over the symmetric cell (step P), and, max(0, ·) being monotone,
+   ∫_cell max(0, L′) ≤ ∫_{−h}^{h} max(0, C + E + G·t) dt, the positive part of a linear function:
+   2h(C + E) when it is non-negative at both ends, 0 when non-positive at both, else the triangle
+   f²/(2|G|) with f its larger end value (step P, against sympy's integral of Max). The rise bound
+   is Σ over cells of the second, the proven rise of a run of cells Σ of the first; both are of
+   second order in h where |C|·sup L′ and |C|·inf L′ are of first.
+
 Run ``python proofs/enclosure_soundness.py``: every symbolic step is checked by sympy, then the
 listed maximisers are compared with the module's constants.
 """
@@ -302,6 +312,23 @@ def step_o_adjoint_kinks() -> bool:
     return sp.expand(lhs[0] - rhs[0]) == 0
 
 
+def step_p_cell_integrals() -> bool:
+    from fractions import Fraction
+
+    from mli_theory.certify.partition import positive_part_integral
+
+    # the slope integrates to zero over a symmetric cell
+    ok = sp.simplify(sp.integrate(c + g * t, (t, -h, h)) - 2 * h * c) == 0
+    # the positive part of a linear function, against sympy's integral of Max(0, ·), on cases that
+    # cover both signs at each end, a zero slope and a zero crossing exactly at an end
+    for a0, gv, hv in [(1, 0, 1), (-1, 0, 1), (0, 1, 1), (Fraction(1, 3), 2, Fraction(1, 2)), (-1, 3, 1), (1, -3, 1),
+                       (5, 2, 1), (-5, 2, 1), (2, 2, 1), (-2, 2, 1), (Fraction(-7, 5), Fraction(-9, 4), Fraction(3, 2))]:
+        exact = sp.integrate(sp.Max(0, sp.Rational(a0) + sp.Rational(gv) * t), (t, -sp.Rational(hv), sp.Rational(hv)))
+        got = positive_part_integral(Fraction(a0), Fraction(gv), Fraction(hv))
+        ok &= sp.simplify(exact - sp.Rational(got.numerator, got.denominator)) == 0
+    return bool(ok)
+
+
 STEPS = {
     "A: W(α)x expanded in t": step_a,
     "B: |t² − h²/2| ≤ h²/2 on |t| ≤ h": step_b,
@@ -317,6 +344,7 @@ STEPS = {
     "M: (v + ε)^(−1/2): f″, f‴ and their monotonicity on v > 0": step_m_rsqrt,
     "N: W(α) as a convex combination; the spectral bound against exact singular values": step_n_norms,
     "O: the kinks' share of L′ as Σ ⟨∂ℓ/∂a, (D − D̃)ṽ′⟩ (adjoint bound)": step_o_adjoint_kinks,
+    "P: cell integrals of the Taylor form: ∫ L′ ≥ 2h(C − E), ∫ max(0, L′) ≤ ∫ max(0, C + E + Gt)": step_p_cell_integrals,
 }
 
 

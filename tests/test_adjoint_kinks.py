@@ -269,6 +269,7 @@ def test_parameters_and_example_free_branches_broadcast_against_the_examples():
         start = {k: torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in model.state_dict().items()}
         end = {k: v + torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in start.items()}
         end["extra"] = start["extra"] + 10.0
+        end["pos"] = start["pos"]  # a buffer that does not move: the branch is a constant of the path
         x = torch.randn(cells, 2, generator=g, dtype=torch.float64)
         y = torch.randn(cells, 1, generator=g, dtype=torch.float64)
         a = [i / cells for i in range(cells)]

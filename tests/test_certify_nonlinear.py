@@ -350,7 +350,7 @@ def test_a_budget_running_out_mid_round_keeps_a_proven_bound(monkeypatch):
     from mli_theory.exact import BudgetExceeded
 
     line, data, _ = _planted("tanh", "mse", 0.02)
-    real, calls = partition.enclose, []
+    real, calls = partition.enclose_cells, []
 
     def flaky(problem, a, b, deadline=None):
         if list(a) == list(b):  # the validation's degenerate cells, before the bisection
@@ -360,7 +360,7 @@ def test_a_budget_running_out_mid_round_keeps_a_proven_bound(monkeypatch):
             raise BudgetExceeded("out of time")
         return real(problem, a, b, deadline)
 
-    monkeypatch.setattr(partition, "enclose", flaky)
+    monkeypatch.setattr(partition, "enclose_cells", flaky)
     v = partition.decide_by_enclosures(line, data, tol=0.0, cells_per_batch=4)
     assert v.status == "unknown" and v.rise_bound is not None and v.undecided
     cells = v.partition

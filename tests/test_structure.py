@@ -84,7 +84,10 @@ STRUCTURES = [
     ("forward pre-hook", _with_pre_hook, PathKind.UNKNOWN),
     ("__call__ override", _call_override, PathKind.UNKNOWN),
     ("untraceable", Branchy, PathKind.UNKNOWN),
-    ("unknown op", lambda: nn.Sequential(nn.Linear(2, 2), nn.Hardswish()), PathKind.UNKNOWN),
+    ("unknown op", lambda: nn.Sequential(nn.Linear(2, 2), nn.LPPool1d(2, 2)), PathKind.UNKNOWN),
+    # Hardswish is in the smoothness table (kinks at ±3); Softplus's threshold is a jump in value
+    ("hardswish mlp", lambda: nn.Sequential(nn.Linear(2, 2), nn.Hardswish()), PathKind.PIECEWISE_SMOOTH),
+    ("softplus threshold", lambda: nn.Sequential(nn.Linear(2, 2), nn.Softplus(threshold=5)), PathKind.UNKNOWN),
 ]
 
 

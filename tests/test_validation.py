@@ -44,7 +44,7 @@ def _truth(model: nn.Module, a: dict, b: dict, data: Dataset, alphas: list[float
     for t in alphas:
         state = {k: ((1 - t) * a[k].double() + t * b[k].double()) if a[k].is_floating_point() else b[k] for k in a}
         with torch.no_grad():
-            z = torch.func.functional_call(m, state, (data.x.double(),))
+            z = torch.func.functional_call(m, state, (data.x.double(),), tie_weights=False)
         out.append(float(F.mse_loss(z, data.y.double())))
     return out
 
@@ -306,3 +306,54 @@ def test_parametrised_models_give_an_answer(kind):
     truth = _truth(model, a, b, _data(), [0.0, 0.5, 1.0])
     assert r.losses[0] == pytest.approx(truth[0], rel=1e-9) and r.losses[-1] == pytest.approx(truth[2], rel=1e-9)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the caller's model untouched
+
+
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+def test_a_constant_path_is_monotone_at_once(loss):
+    """θ0 = θT: L is constant, so monotone at tol 0 without any cell (it used to spend the budget)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2))
+    sd = model.state_dict()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(20, 3, generator=g)
+    data = Dataset(x, torch.randn(20, 2, generator=g), "mse", "r") if loss == "mse" else Dataset(x, torch.randint(0, 2, (20,), generator=g), "ce", "r")
+    r = check(model, sd, sd, data, certify=True, geometry=False, tol=0.0, certify_budget=5)
+    assert r.certificate.status == "monotone" and r.certificate.method == "constant_path" and r.certificate.rise_bound == 0.0
+    moved = {k: v + 1e-3 if k == "2.bias" else v for k, v in sd.items()}
+    assert check(model, sd, moved, data, certify=True, geometry=False, certify_budget=5).certificate.method != "constant_path"
+
+
+class Tied(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(3, 3), nn.Linear(3, 3)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)))
+
+
+def test_tied_weights_are_measured_and_certified_and_their_mismatch_is_named():
+    from mli_theory import InputError
+
+    torch.manual_seed(0)
+    model = Tied()
+    sd = model.state_dict()
+    moved = {k: v + 0.1 for k, v in sd.items()}
+    data = Dataset(torch.randn(20, 3), torch.randn(20, 3), "mse", "r")
+    r = check(model, sd, moved, data, certify=True, dtype=torch.float64, geometry=False, certify_budget=10)
+    truth = _truth(model, sd, moved, data, [0.0, 1.0])
+    assert r.losses[0] == pytest.approx(truth[0], rel=1e-12) and r.losses[-1] == pytest.approx(truth[1], rel=1e-12)
+    assert r.certificate.status in ("monotone", "non_monotone")
+    assert r.distance == pytest.approx(0.1 * 15**0.5)  # the shared weight counts once
+    bad = dict(moved)
+    bad["b.weight"] = bad["b.weight"] + 1
+    with pytest.raises(InputError, match=r"a\.weight and b\.weight are one tensor"):
+        check(model, sd, bad, data)
+    assert model.b.weight is model.a.weight  # the caller's model keeps its tie
+
+
+def test_flag_hints_use_the_flags_values():
+    from mli_theory.cli.main import _as_flags
+
+    assert "--dtype float64" in _as_flags("not finite (evaluate in float64 with dtype=torch.float64)")

@@ -1,6 +1,8 @@
 """Certificates: verdicts on the whole interval α ∈ [0, 1], never a grid result in disguise.
 
-What can be proven depends on what the model computes, decided by tracing it
+A path along which nothing moves (θ0 = θT in every affine entry) has a constant loss:
+``monotone`` at once (method ``constant_path``). Otherwise what can be proven depends on what the
+model computes, decided by tracing it
 (:attr:`mli_theory.path.Line.structure`), never by its class or spec string:
 
 * :attr:`~mli_theory.path.PathKind.POLYNOMIAL` under MSE: the loss polynomial is computed exactly
@@ -29,10 +31,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import torch
+
 from ..exact import BudgetExceeded, decide, deadline_after, expired, mse_loss_polynomial, output_polynomial, prove_conditions
 from ..inputs.data import Dataset
-from ..errors import InputError
-from ..path import BNPolicy, Line, LossCurve, PathKind
+from ..path import BNPolicy, Line, LossCurve, Motion, PathKind
 from ..results import Certificate
 from .partition import Unsupported, decide_by_enclosures
 from .validation import MEASURED_DIFFERS, Reference, validation_points
@@ -106,10 +109,13 @@ def certify(
 
     try:
         inconsistent = reference.consistency()
-    except InputError as exc:
-        inconsistent = f"the measured curve could not be re-evaluated in float64 ({exc})"
+    except Exception as exc:  # noqa: BLE001 - whatever stops the re-evaluation stops the certificate
+        inconsistent = f"the measured curve could not be re-evaluated in float64 ({type(exc).__name__}: {str(exc)[:160]})"
     if inconsistent is not None:
         return ProofOutcome(Certificate.unknown(inconsistent), {}, (f"no certificate: {inconsistent}",), round(time.perf_counter() - t0, 4))
+    if _constant(line, BNPolicy(bn)):
+        return done(Certificate("monotone", "constant_path", 0.0, None,
+                                "θ0 = θT in every entry that moves along the path, so L is constant on [0, 1]", rise_bound=0.0))
     if data.loss != "mse" or kind != PathKind.POLYNOMIAL or data.x.dim() != 2:
         return done(_by_enclosures(line, data, tol, BNPolicy(bn), deadline, budget_s, batch_size, reference))
     try:
@@ -143,6 +149,13 @@ def certify(
     return done(cert, proven)
 
 
+def _constant(line: Line, bn: BNPolicy) -> bool:
+    """Whether nothing moves along the path: every affine entry is equal at both ends (BatchNorm
+    statistics re-estimated at every α are then re-estimated from the same parameters, and the
+    re-estimation was checked to be deterministic), so θ(α) and L(α) do not depend on α."""
+    return all(torch.equal(line.start[k], line.end[k]) for k, m in line.motions(bn).items() if m == Motion.AFFINE)
+
+
 def _validated(cert: Certificate, reference: Reference, tol: float) -> tuple[Certificate, tuple[str, ...]]:
     """``cert``, or ``unknown`` with a warning when the measured computation does not reproduce its
     witness or contradicts its ``monotone`` verdict (:mod:`.validation`)."""
@@ -153,8 +166,8 @@ def _validated(cert: Certificate, reference: Reference, tol: float) -> tuple[Cer
             why = reference.contradicts(tol)
         else:
             return cert, ()
-    except InputError as exc:
-        why = f"the measured curve could not be re-evaluated in float64 to validate the verdict ({exc})"
+    except Exception as exc:  # noqa: BLE001 - a verdict that cannot be validated is not given
+        why = f"the measured curve could not be re-evaluated in float64 to validate the verdict ({type(exc).__name__}: {str(exc)[:160]})"
     if why is None:
         return cert, ()
     return Certificate.unknown(f"{cert.status} withdrawn: {why}"), (f"a {cert.status} verdict was withdrawn: {why}",)

@@ -791,6 +791,20 @@ def _truediv(nt: EnclosureNumbers, a: Any, b: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- elementwise nonlinearities
+#
+# Which activations have a rule, for which parameter values (each checked against the smoothness
+# table, mli_theory/path/smoothness.py, in tests/test_smoothness.py): the bisection bounds rises by
+# ∫ L′, which needs L absolutely continuous along α, so a rule exists only for continuous maps and
+# only where the maths it uses is the function torch computes:
+# * tanh, sigmoid, exact GELU: C∞, Taylor with Lagrange remainder (GELU approximate="tanh" has no
+#   derivative bounds here: declined);
+# * softplus with beta = 1 only (other β declined), and only on cells whose whole range lies at or
+#   below the threshold: above it torch returns x, a jump of log(1 + e^(−threshold)) in value, so a
+#   range that reaches the threshold is declined (never enclosed as if smooth);
+# * ReLU and LeakyReLU with 0 ≤ slope ≤ 1 (C⁰: the Clarke set [slope, 1] of the derivative); other
+#   slopes declined;
+# * no rule (declined, certificate "unknown") for ELU/CELU/SELU (any alpha), ReLU6, Hardtanh,
+#   Hardswish, Hardsigmoid, clamp, abs, max pooling and the activations that may jump.
 
 
 def _sup_at(fn: Callable[[Tensor], Tensor], lo: Tensor, hi: Tensor, peaks: tuple[float, ...], scale: float) -> Tensor:

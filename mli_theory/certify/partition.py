@@ -40,7 +40,6 @@ from torch.fx import GraphModule
 from ..exact import BudgetExceeded, check_deadline, expired
 from ..exact.dyadic import float_down, float_up
 from ..geometry.interpreter import UnsupportedGraph, interpret, plan, reads, trace
-from ..errors import InputError
 from ..inputs.data import Dataset
 from ..path import BNPolicy, Line, Motion
 from .adjoint import Tape, kink_bound, unsupported
@@ -55,12 +54,56 @@ SCREEN_EXAMPLES = 256
 
 @dataclass(frozen=True)
 class CellBound:
-    """Proven bounds on one cell [a, b]: lo ≤ L′ ≤ hi almost everywhere on it."""
+    """Proven bounds on one cell [a, b]: lo ≤ L′ ≤ hi almost everywhere on it, and (when the
+    enclosure's Taylor form is known) ``low`` ≤ ∫_a^b L′ and ∫_a^b max(0, L′) ≤ ``up``.
+
+    The integrals come from the pointwise model L′(m + t) ∈ C + G·t ± E (|t| ≤ h, m the midpoint,
+    h the half-width): ∫ L′ ≥ 2h(C − E) (the slope integrates to zero over the symmetric cell) and
+    ∫ max(0, L′) ≤ ∫_{−h}^{h} max(0, C + E + G·t) dt, the positive part of a linear function, which
+    is of second order where the interval bound |C|·hi is of first (proof step P).
+    """
 
     a: float
     b: float
     lo: float
     hi: float
+    low: float | None = None
+    up: float | None = None
+
+    @property
+    def rise_share(self) -> float:
+        """A proven upper bound of ∫ max(0, L′) over the cell (inf when the enclosure is not finite)."""
+        if not math.isfinite(self.hi):
+            return math.inf
+        coarse = float_up((Fraction(self.b) - Fraction(self.a)) * Fraction(max(self.hi, 0.0)))
+        return coarse if self.up is None else min(coarse, self.up)
+
+    @property
+    def fall_share(self) -> float:
+        """A proven lower bound of ∫ L′ over the cell (−inf when the enclosure is not finite)."""
+        if not math.isfinite(self.lo):
+            return -math.inf
+        coarse = float_down((Fraction(self.b) - Fraction(self.a)) * Fraction(self.lo))
+        return coarse if self.low is None else max(coarse, self.low)
+
+
+def positive_part_integral(a0: Fraction, g: Fraction, h: Fraction) -> Fraction:
+    """∫_{−h}^{h} max(0, a0 + g·t) dt exactly (h ≥ 0).
+
+    >>> positive_part_integral(Fraction(1), Fraction(0), Fraction(1))
+    Fraction(2, 1)
+    >>> positive_part_integral(Fraction(0), Fraction(1), Fraction(1))  # a triangle of height 1
+    Fraction(1, 2)
+    >>> positive_part_integral(Fraction(-3), Fraction(1), Fraction(1))
+    Fraction(0, 1)
+    """
+    f1, f2 = a0 - g * h, a0 + g * h
+    if f1 >= 0 and f2 >= 0:
+        return 2 * h * a0
+    if f1 <= 0 and f2 <= 0:
+        return Fraction(0)
+    top = max(f1, f2)
+    return top * top / (2 * abs(g))
 
 
 @dataclass(frozen=True)
@@ -531,6 +574,14 @@ def _chunk_terms(problem: _Problem, numbers: EnclosureNumbers, params: dict[str,
 
 def enclose(problem: _Problem, a: list[float], b: list[float], deadline: float | None = None) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
     """Proven bounds of L′ and of L on each cell [a_i, b_i]: ([(lo, hi) of L′], [(lo, hi) of L])."""
+    d, l, _ = enclose_cells(problem, a, b, deadline)
+    return d, l
+
+
+def enclose_cells(problem: _Problem, a: list[float], b: list[float], deadline: float | None = None
+                  ) -> tuple[list[tuple[float, float]], list[tuple[float, float]], list[tuple[float, float]]]:
+    """:func:`enclose`, and per cell (low, up): proven bounds low ≤ ∫ L′ and ∫ max(0, L′) ≤ up over
+    the cell, from the enclosure's Taylor form (see :class:`CellBound`)."""
     dev = problem.x.device
     mid = torch.tensor([(ai + bi) / 2 for ai, bi in zip(a, b)], dtype=torch.float64, device=dev)
     rad = torch.tensor([(bi - ai) / 2 for ai, bi in zip(a, b)], dtype=torch.float64, device=dev)
@@ -567,6 +618,7 @@ def enclose(problem: _Problem, a: list[float], b: list[float], deadline: float |
     g_sum = gamma(count + chunks + 4) * 2.0
     out_d: list[tuple[float, float]] = []
     out_l: list[tuple[float, float]] = []
+    out_i: list[tuple[float, float]] = []
     rows = acc.tolist()
     krows = _up(kinks * (1 + gamma(chunks + 2))).tolist()
     lrows = lacc.tolist()
@@ -576,18 +628,25 @@ def enclose(problem: _Problem, a: list[float], b: list[float], deadline: float |
         kb = krows[i]
         if not all(math.isfinite(v) for v in (c, g, e, m, kb)):
             out_d.append((-math.inf, math.inf))
+            out_i.append((-math.inf, math.inf))
         else:
+            # L′(mid + t) ∈ scale·(C + G·t ± E) for |t| ≤ h: the rounding of the three sums is
+            # covered by E (|t|·γΣ|g| ≤ γΣ mag), the kinks' adjoint share is t-independent
             h = Fraction(rad[i].item())
-            width = abs(Fraction(g)) * h + (Fraction(e) + Fraction(kb)) * (1 + Fraction(g_sum)) + Fraction(m) * Fraction(g_sum) * 2
+            err = (Fraction(e) + Fraction(kb)) * (1 + Fraction(g_sum)) + Fraction(m) * Fraction(g_sum) * 2
+            width = abs(Fraction(g)) * h + err
             centre = Fraction(c)
             out_d.append((float_down(scale * (centre - width)), float_up(scale * (centre + width))))
+            low = scale * 2 * h * (centre - err)
+            up = scale * positive_part_integral(centre + err, Fraction(g), h)
+            out_i.append((float_down(low), float_up(up)))
         llo, lhi = lrows[i]
         if not all(math.isfinite(v) for v in (llo, lhi, lm[i])):
             out_l.append((-math.inf, math.inf))
         else:
             pad = Fraction(lm[i]) * Fraction(g_sum)
             out_l.append((float_down(lscale * (Fraction(llo) - pad)), float_up(lscale * (Fraction(lhi) + pad))))
-    return out_d, out_l
+    return out_d, out_l, out_i
 
 
 # ----------------------------------------------------------------------------- the decision
@@ -604,10 +663,11 @@ def _best_run(cells: list[CellBound]) -> tuple[Fraction, int, int]:
     for j, c in enumerate(cells):
         if j and c.a != cells[j - 1].b:  # a gap: a run never spans it
             cur, cur_i = Fraction(0), j
-        if not math.isfinite(c.lo):
+        share = c.fall_share
+        if not math.isfinite(share):
             cur, cur_i = Fraction(0), j + 1
             continue
-        term = (Fraction(c.b) - Fraction(c.a)) * Fraction(c.lo)
+        term = Fraction(share)
         if cur <= 0:
             cur, cur_i = term, j
         else:
@@ -620,10 +680,10 @@ def _best_run(cells: list[CellBound]) -> tuple[Fraction, int, int]:
 def _rise_bound(cells: list[CellBound]) -> Fraction | None:
     total = Fraction(0)
     for c in cells:
-        if not math.isfinite(c.hi):
+        share = c.rise_share
+        if not math.isfinite(share):
             return None
-        if c.hi > 0:
-            total += (Fraction(c.b) - Fraction(c.a)) * Fraction(c.hi)
+        total += Fraction(share)
     return total
 
 
@@ -728,8 +788,10 @@ def _validate(problem: _Problem, batch: int, deadline: float | None) -> str | No
         return ref.compare(points, values)
     except BudgetExceeded:
         return "the proof budget ran out while the certified model was validated against the measured curve"
-    except InputError as exc:
-        return f"the measured curve could not be re-evaluated in float64 ({exc})"
+    except (Unsupported, UnsupportedGraph):
+        raise
+    except Exception as exc:  # noqa: BLE001 - no validation, no certificate
+        return f"the measured curve could not be re-evaluated in float64 ({type(exc).__name__}: {str(exc)[:160]})"
 
 
 def _measured(problem: _Problem, alphas: list[float]) -> list[float]:
@@ -738,7 +800,7 @@ def _measured(problem: _Problem, alphas: list[float]) -> list[float]:
         return [plain_loss(problem, a) for a in alphas]
     try:
         return problem.reference.losses(alphas)
-    except InputError:
+    except Exception:  # noqa: BLE001 - not finite, or not evaluable: no witness is confirmed by it
         return [math.nan] * len(alphas)
 
 
@@ -749,8 +811,8 @@ def _confirm_rise(problem: _Problem, run: list[tuple[float, float]], tol: float,
     cells: list[CellBound] = []
     for i in range(0, len(run), batch):
         part = run[i : i + batch]
-        bounds, _ = enclose(problem, [p[0] for p in part], [p[1] for p in part], deadline)
-        cells += [CellBound(a, b, lo, hi) for (a, b), (lo, hi) in zip(part, bounds)]
+        bounds, _, shares = enclose_cells(problem, [p[0] for p in part], [p[1] for p in part], deadline)
+        cells += [CellBound(a, b, lo, hi, low, up) for (a, b), (lo, hi), (low, up) in zip(part, bounds, shares)]
     cells.sort(key=lambda c: c.a)
     return _witness(problem, cells, tol, len(cells), rise_bound=None)
 
@@ -802,9 +864,9 @@ def _bisect(
         try:
             for i in range(0, len(todo), batch):
                 part = todo[i : i + batch]
-                bounds, _ = enclose(problem, [p[0] for p in part], [p[1] for p in part], deadline)
-                for (a, b), (lo, hi) in zip(part, bounds):
-                    fresh[(a, b)] = CellBound(a, b, lo, hi)
+                bounds, _, shares = enclose_cells(problem, [p[0] for p in part], [p[1] for p in part], deadline)
+                for (a, b), (lo, hi), (low, up) in zip(part, bounds, shares):
+                    fresh[(a, b)] = CellBound(a, b, lo, hi, low, up)
                 evaluated += len(part)
                 _replace_parents(done, fresh, parents)
         except BudgetExceeded:
@@ -840,20 +902,34 @@ def _bisect(
                 f"the enclosures are not finite on [{blown[0].a:.6g}, {blown[0].b:.6g}] even on a cell of width "
                 f"{blown[0].b - blown[0].a:.3g} (outputs overflow or are undefined there, e.g. a negative BatchNorm variance)",
             )
-        open_cells = [c for c in cells if not (c.hi <= 0) and (c.b - c.a) > MIN_WIDTH]
+        open_cells = [c for c in cells if not (c.rise_share <= 0) and (c.b - c.a) > MIN_WIDTH]
         if max_cells is not None and evaluated >= max_cells:
             return _unknown(done, evaluated, "screening: cell limit")
         if not open_cells or expired(deadline):
             why = "the proof budget ran out" if open_cells else "cells reached the minimum width without a decision"
             return _unknown(done, evaluated, why)
-        open_cells.sort(key=lambda c: -(c.b - c.a) * (c.hi if math.isfinite(c.hi) else 1e300))
-        split = open_cells[: max(1, batch // 2)]
+        split = _to_split(cells, open_cells, run, i0, i1, max(1, batch // 2))
         todo = []
         parents = {}
         for c in split:  # the parent stays in the partition until both halves are enclosed
             m = (c.a + c.b) / 2
             todo += [(c.a, m), (m, c.b)]
             parents[(c.a, c.b)] = ((c.a, m), (m, c.b))
+
+
+def _to_split(cells: list[CellBound], open_cells: list[CellBound], run: Fraction, i0: int, i1: int, k: int) -> list[CellBound]:
+    """The ``k`` cells to bisect next. By their share of the rise bound (what stands between the
+    bound and a ``monotone`` verdict); and, when a run of cells already proves a rise, also the
+    cells of that run and its two neighbours whose integral is known least precisely (the gap
+    between the bounds of ∫ L′ on them: what stands between the run and a proven rise above tol)."""
+    order = sorted(open_cells, key=lambda c: -(c.rise_share if math.isfinite(c.rise_share) else 1e300))
+    if not (i1 >= i0 and run > 0) or k < 2:
+        return order[:k]
+    near = [c for c in cells[max(0, i0 - 1) : i1 + 2] if c.rise_share > 0 and (c.b - c.a) > MIN_WIDTH]
+    near.sort(key=lambda c: -(c.rise_share - c.fall_share))
+    chosen = near[: k // 2]
+    seen = {(c.a, c.b) for c in chosen}
+    return chosen + [c for c in order if (c.a, c.b) not in seen][: k - len(chosen)]
 
 
 def _replace_parents(done: dict, fresh: dict, parents: dict) -> None:
@@ -873,7 +949,7 @@ def _unknown(done: dict, evaluated: int, why: str) -> EnclosureVerdict:
     undecided: list[tuple[float, float]] = []
     at = 0.0
     for c in cells:
-        if c.hi <= 0:
+        if c.rise_share <= 0:
             if c.a > at:
                 undecided.append((at, c.a))
             at = max(at, c.b)

@@ -632,6 +632,18 @@ def embedding(input: Any, weight: Any, padding_idx: Any = None, max_norm: Any = 
 
 
 # ----------------------------------------------------------------------------- elementwise
+#
+# Each rule gives f′ and f″ of the function torch computes, for every value of its parameters, at
+# every input off the break points listed by the smoothness table (mli_theory/path/smoothness.py):
+# the kinks of relu, leaky_relu (any slope), relu6, hardtanh, clamp, abs and of elu with alpha ≠ 1,
+# where f′ jumps; the point 0 of elu with alpha = 1, where only f″ jumps (1 below, 0 above); and
+# softplus's threshold βu = threshold, above which torch returns u itself (f′ = 1, f″ = 0 there), a
+# jump in *value* that no jet can carry. At a break point the rules return one one-sided
+# derivative. So the jets are the derivatives of the measured curve between the breaks, and the
+# breaks are what the path kind records: a path through a kink is piecewise smooth (z′ or z″ may
+# jump: the C² conditions are not applicable), one through softplus's threshold may be
+# discontinuous (kind unknown: no condition is applicable). tests/test_smoothness.py checks each
+# rule against finite differences for the parameter values above.
 
 
 def _where(mask: Tensor, a: float, b: float, like: Tensor) -> Tensor:

@@ -5,6 +5,7 @@ from .curve import LossCurve, Progress, alpha_grid, data_on_line, evaluate, loss
 from .line import BNPolicy, Line, Motion, batchnorm_statistics, distances, interpolate, make_line, motions
 from .losses import batch_loss_sums, loss_normaliser
 from .monotonicity import Rise, max_rise
+from .smoothness import Smoothness
 from .structure import PathKind, PathStructure, analyse
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "PathStructure",
     "Progress",
     "Rise",
+    "Smoothness",
     "alpha_grid",
     "analyse",
     "batch_loss_sums",

@@ -201,6 +201,35 @@ def private_copy(model: nn.Module) -> nn.Module:
         raise InputError(f"the model cannot be copied for evaluation ({type(exc).__name__}: {str(exc).strip()[:160]})") from None
 
 
+def tied_entries(model: nn.Module) -> list[tuple[str, ...]]:
+    """Groups of state-dict names that are one tensor in ``model`` (tied weights), each in order.
+
+    >>> m = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)); m[1].weight = m[0].weight
+    >>> tied_entries(m)
+    [('0.weight', '1.weight')]
+    """
+    groups: dict[int, list[str]] = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        groups.setdefault(id(t), []).append(name)
+    return [tuple(g) for g in groups.values() if len(g) > 1]
+
+
+def _untied(shell: nn.Module, tied: list[tuple[str, ...]]) -> nn.Module:
+    """``shell`` with every tied entry given a tensor of its own. The checkpoints hold equal values
+    under every name of a group, so every θ(α) does too and the computation is unchanged; but
+    ``functional_call`` can then take the whole state dict (it refuses two values for one tensor)."""
+    for group in tied:
+        for name in group[1:]:
+            prefix, _, leaf = name.rpartition(".")
+            module = shell.get_submodule(prefix)
+            t = getattr(module, leaf)
+            if isinstance(t, nn.Parameter):
+                setattr(module, leaf, nn.Parameter(t.detach().clone(), requires_grad=t.requires_grad))
+            else:
+                module._buffers[leaf] = t.detach().clone()
+    return shell
+
+
 def make_line(
     model: nn.Module,
     init: StateDict,
@@ -223,7 +252,16 @@ def make_line(
     """
     init = match_state_dict(model, init, "init")
     final = match_state_dict(model, final, "final")
-    shell = private_copy(model)
+    tied = tied_entries(model)
+    for label, state in (("init", init), ("final", final)):
+        for group in tied:
+            for other in group[1:]:
+                if not torch.equal(state[other], state[group[0]]):
+                    raise InputError(
+                        f"{label} checkpoint: {group[0]} and {other} are one tensor in the model (tied weights) "
+                        "but differ in the checkpoint"
+                    )
+    shell = _untied(private_copy(model), tied)
     if any(t.is_meta for t in itertools.chain(shell.parameters(), shell.buffers())):
         shell = shell.to_empty(device=device)  # built on the meta device: its own tensors are never read
     shell = shell.to(device=device, dtype=dtype)

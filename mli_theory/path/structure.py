@@ -15,30 +15,43 @@ Refused (kind :attr:`PathKind.UNKNOWN`, with the reason):
   ``forward`` (or call method) as an instance attribute, or a ``torch.nn`` class whose
   ``forward`` was replaced (none of these shows in the trace);
 * a model that :mod:`torch.fx` cannot trace (data-dependent control flow, for example);
-* any operation outside the tables below.
+* any operation without an entry in the table of :mod:`mli_theory.path.smoothness`, or whose
+  parameter values the table does not classify (random in training mode, ``eps = 0``, …);
+* any operation that may make z(α) jump in value (class DISCONTINUOUS of that table: Softplus with
+  a finite ``threshold``, Hardshrink, Threshold, comparisons, ``where`` on a condition that varies
+  along α, …).
 
-Kinds, from the most to the least structured:
+Every operation is classified by that one table, for its parameter values (read from the module or
+from the call's arguments); the path's class is the least regular class of its operations, kept in
+:attr:`PathStructure.smoothness`. Kinds, from the most to the least structured:
 
 * :attr:`PathKind.POLYNOMIAL`: the graph is a chain ``x → A_1 → … → A_L → output`` of exact
   ``nn.Linear`` modules (``nn.Identity`` and eval-mode ``nn.Dropout`` allowed between them). Along
   θ(α) = θ0 + αΔθ the outputs are polynomials of degree ≤ L in α.
-* :attr:`PathKind.SMOOTH`: every operation is in the table of C∞ operations (affine layers,
-  BatchNorm with fixed statistics, tanh, sigmoid, GELU, softplus, …): z(α) is C² on [0, 1].
-* :attr:`PathKind.PIECEWISE_SMOOTH`: as SMOOTH, but with kinks (ReLU, LeakyReLU, max pooling,
-  abs, clamp): z(α) is continuous and piecewise C²; z′ may jump at finitely many α.
-* :attr:`PathKind.UNKNOWN`: anything else.
+* :attr:`PathKind.SMOOTH`: every operation is C∞ (affine layers, normalisations with ε > 0, tanh,
+  sigmoid, GELU, SiLU, Softplus with ``threshold=inf``, …): z(α) is C² on [0, 1] (C∞ wherever it
+  is finite).
+* :attr:`PathKind.PIECEWISE_SMOOTH`: every operation is continuous and piecewise C∞, some with
+  kinks: z(α) is continuous and piecewise C²; z′ may jump at finitely many α (smoothness C0:
+  ReLU, LeakyReLU, ELU with alpha ≠ 1, Hardswish, max pooling, abs, clamp, …), or only z″ may
+  jump (smoothness C1: ELU with alpha = 1, CELU, Softsign). Not C² in either case.
+* :attr:`PathKind.UNKNOWN`: anything else, including a path that may be discontinuous
+  (:attr:`PathStructure.smoothness` is then DISCONTINUOUS and the reason names the operation and
+  the size of its jump). A path that may jump satisfies no hypothesis of the conditions (each
+  needs z continuous), so it needs no kind of its own: the JSON ``path_kind`` keeps its four
+  documented values.
 """
 
 from __future__ import annotations
 
-import operator
 import warnings
 from dataclasses import dataclass
 from enum import Enum
 
 import torch
 from torch import nn
-from torch.nn import functional as F
+
+from .smoothness import Smoothness, classify_node, varying_nodes
 
 
 class PathKind(str, Enum):
@@ -61,12 +74,17 @@ class PathStructure:
             chain ``x → m_1 → … → m_L → output`` of module calls (each taking the previous output
             as its only argument); None otherwise.
         linear: for POLYNOMIAL, ``(name, has_bias)`` of each ``nn.Linear`` in call order; else ().
+        smoothness: the least regular class of the traced operations
+            (:class:`~mli_theory.path.smoothness.Smoothness`: SMOOTH for POLYNOMIAL and SMOOTH,
+            C0 or C1 for PIECEWISE_SMOOTH, DISCONTINUOUS or UNKNOWN for UNKNOWN); None when it was
+            not traced.
     """
 
     kind: PathKind
     reason: str
     chain: tuple[str, ...] | None = None
     linear: tuple[tuple[str, bool], ...] = ()
+    smoothness: Smoothness | None = None
 
     @property
     def degree(self) -> int | None:
@@ -74,62 +92,7 @@ class PathStructure:
         return len(self.linear) if self.kind == PathKind.POLYNOMIAL else None
 
 
-# modules whose forward is smooth in (input, parameters) when evaluated with fixed statistics
-_SMOOTH_MODULES: tuple[type, ...] = (
-    nn.Linear,
-    nn.Bilinear,
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.BatchNorm3d,
-    nn.LayerNorm,
-    nn.GroupNorm,
-    nn.Tanh,
-    nn.Sigmoid,
-    nn.GELU,
-    nn.SiLU,
-    nn.Softplus,
-    nn.ELU,
-    nn.Identity,
-    nn.Flatten,
-    nn.Unflatten,
-    nn.AvgPool1d,
-    nn.AvgPool2d,
-    nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d,
-    nn.Softmax,
-    nn.LogSoftmax,
-    nn.Dropout,
-)
-_KINKED_MODULES: tuple[type, ...] = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.Hardtanh,
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-    nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d,
-)
 _CHAIN_PASSTHROUGH: tuple[type, ...] = (nn.Identity, nn.Dropout)
-
-_SMOOTH_FUNCTIONS = {
-    operator.add, operator.sub, operator.mul, operator.truediv, operator.neg, operator.getitem,
-    torch.add, torch.sub, torch.mul, torch.div, torch.neg, torch.tanh, torch.sigmoid, torch.exp,
-    torch.flatten, torch.cat, torch.stack, torch.reshape, torch.transpose, torch.permute, torch.matmul,
-    torch.softmax, torch.log_softmax,
-    F.linear, F.conv1d, F.conv2d, F.gelu, F.silu, F.softplus, F.elu, F.layer_norm, F.group_norm,
-    F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.softmax, F.log_softmax,
-    F.scaled_dot_product_attention,
-}
-_KINKED_FUNCTIONS = {torch.relu, F.relu, F.leaky_relu, F.relu6, F.hardtanh, torch.abs, torch.clamp, F.max_pool1d, F.max_pool2d}
-_SMOOTH_METHODS = {
-    "view", "reshape", "flatten", "permute", "transpose", "contiguous", "size", "unsqueeze", "squeeze",
-    "add", "sub", "mul", "div", "tanh", "sigmoid", "exp", "softmax", "log_softmax", "matmul", "t", "expand",
-}
-_KINKED_METHODS = {"relu", "abs", "clamp"}
 
 
 # methods through which module(x) runs; an instance attribute of one of these names overrides it
@@ -169,22 +132,6 @@ def opaque_call_reason(model: nn.Module) -> str | None:
     return None
 
 
-def _natural_exponent(node) -> bool:
-    """x ** n with a literal natural number n (a polynomial, so smooth); fractional powers are not."""
-    exponent = node.args[1] if len(node.args) > 1 else node.kwargs.get("exponent")
-    return isinstance(exponent, int) and not isinstance(exponent, bool) and exponent >= 0
-
-
-def _module_class(m: nn.Module) -> str:
-    """``smooth``, ``kinked`` or ``other`` for a leaf module (exact types only: no subclasses)."""
-    t = type(m)
-    if t in _KINKED_MODULES:
-        return "kinked"
-    if t in _SMOOTH_MODULES:
-        return "smooth"
-    return "other"
-
-
 def analyse(model: nn.Module) -> PathStructure:
     """Trace ``model`` and classify the path it gives (never raises; UNKNOWN says why).
 
@@ -211,33 +158,22 @@ def analyse(model: nn.Module) -> PathStructure:
     nodes = list(graph.nodes)
     placeholders = [n for n in nodes if n.op == "placeholder"]
 
-    # classify every operation
-    kind = PathKind.SMOOTH
-    first_kink = None
+    # classify every operation by the one table (mli_theory.path.smoothness), for its parameters
+    varying = varying_nodes(graph, model)
+    least, culprit = Smoothness.SMOOTH, None
     for node in nodes:
         if node.op in ("placeholder", "output"):
             continue
-        if node.op == "call_module":
-            cls = _module_class(modules[node.target])
-            label = f"{node.target} ({type(modules[node.target]).__name__})"
-        elif node.op == "call_function":
-            cls = "kinked" if node.target in _KINKED_FUNCTIONS else ("smooth" if node.target in _SMOOTH_FUNCTIONS else "other")
-            if node.target in (operator.pow, torch.pow):
-                cls = "smooth" if _natural_exponent(node) else "other"
-            label = getattr(node.target, "__name__", str(node.target))
-        elif node.op == "call_method":
-            cls = "kinked" if node.target in _KINKED_METHODS else ("smooth" if node.target in _SMOOTH_METHODS else "other")
-            if node.target == "pow":
-                cls = "smooth" if _natural_exponent(node) else "other"
-            label = f".{node.target}()"
-        elif node.op == "get_attr":
-            cls, label = "smooth", node.target
-        else:  # pragma: no cover - fx has no other ops today
-            cls, label = "other", node.op
-        if cls == "other":
-            return PathStructure(PathKind.UNKNOWN, f"no smoothness rule for the operation {label}")
-        if cls == "kinked" and first_kink is None:
-            kind, first_kink = PathKind.PIECEWISE_SMOOTH, label
+        verdict, label = classify_node(node, modules, varying)
+        if verdict.smoothness == Smoothness.UNKNOWN:
+            why = "" if verdict.why.startswith("no smoothness rule") else f" ({verdict.why})"
+            return PathStructure(PathKind.UNKNOWN, f"no smoothness rule for the operation {label}{why}", smoothness=Smoothness.UNKNOWN)
+        if verdict.smoothness < least:
+            least, culprit = verdict.smoothness, (label, verdict.why)
+    if least == Smoothness.DISCONTINUOUS:
+        return PathStructure(
+            PathKind.UNKNOWN, f"traced: z(α) may be discontinuous at {culprit[0]}: {culprit[1]}", smoothness=least
+        )
 
     # is it a plain chain of module calls?
     chain: tuple[str, ...] | None = None
@@ -261,7 +197,20 @@ def analyse(model: nn.Module) -> PathStructure:
                 f"traced: a chain of {len(linear)} affine layer(s); outputs are polynomials of degree ≤ {len(linear)} in α",
                 chain,
                 linear,
+                Smoothness.SMOOTH,
             )
-    if kind == PathKind.PIECEWISE_SMOOTH:
-        return PathStructure(kind, f"traced: every operation is smooth or piecewise smooth, first kink at {first_kink}", chain)
-    return PathStructure(kind, "traced: every operation is smooth", chain)
+    if least == Smoothness.C0:
+        return PathStructure(
+            PathKind.PIECEWISE_SMOOTH,
+            f"traced: continuous and piecewise smooth, z′ may jump; first kink at {culprit[0]}: {culprit[1]}",
+            chain,
+            smoothness=least,
+        )
+    if least == Smoothness.C1:
+        return PathStructure(
+            PathKind.PIECEWISE_SMOOTH,
+            f"traced: C¹ and piecewise smooth, not C² (z″ may jump) at {culprit[0]}: {culprit[1]}",
+            chain,
+            smoothness=least,
+        )
+    return PathStructure(PathKind.SMOOTH, "traced: every operation is smooth", chain, smoothness=Smoothness.SMOOTH)
