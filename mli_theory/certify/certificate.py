@@ -36,6 +36,7 @@ import torch
 from ..exact import BudgetExceeded, decide, deadline_after, expired, mse_loss_polynomial, output_polynomial, prove_conditions
 from ..inputs.data import Dataset
 from ..path import BNPolicy, Line, LossCurve, Motion, PathKind
+from ..path.structure import _flattens_rows
 from ..results import Certificate
 from .partition import Unsupported, decide_by_enclosures
 from .validation import MEASURED_DIFFERS, Reference, validation_points
@@ -116,10 +117,11 @@ def certify(
     if _constant(line, BNPolicy(bn)):
         return done(Certificate("monotone", "constant_path", 0.0, None,
                                 "θ0 = θT in every entry that moves along the path, so L is constant on [0, 1]", rise_bound=0.0))
-    if data.loss != "mse" or kind != PathKind.POLYNOMIAL or data.x.dim() != 2:
+    x = _rows(line, data.x) if kind == PathKind.POLYNOMIAL else None
+    if data.loss != "mse" or x is None:
         return done(_by_enclosures(line, data, tol, BNPolicy(bn), deadline, budget_s, batch_size, reference))
     try:
-        z = output_polynomial(line.start, line.end, line.structure.linear, data.x, deadline)
+        z = output_polynomial(line.start, line.end, line.structure.linear, x, deadline)
         poly = mse_loss_polynomial(z, data.y, deadline)
     except BudgetExceeded:
         return done(Certificate.unknown(f"the exact method ran past the proof budget of {budget_s:g} s"))
@@ -147,6 +149,18 @@ def certify(
     except BudgetExceeded:
         return done(cert, None, ("the proof budget ran out while proving the conditions (they stay grid evidence)",))
     return done(cert, proven)
+
+
+def _rows(line: Line, x: torch.Tensor) -> torch.Tensor | None:
+    """The inputs as the (n, d) rows the chain of Linear layers reads: ``x`` itself when 2-D, its
+    flattened rows when the chain starts with ``nn.Flatten()``; None otherwise."""
+    if x.dim() == 2:
+        return x
+    chain = line.structure.chain or ()
+    first = line.shell.get_submodule(chain[0]) if chain else None
+    if first is not None and _flattens_rows(first) and x.dim() > 2:
+        return x.flatten(1)
+    return None
 
 
 def _constant(line: Line, bn: BNPolicy) -> bool:

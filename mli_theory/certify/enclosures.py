@@ -620,12 +620,43 @@ def _conv_f(ndim: int, stride, padding, dilation, groups):
     return f
 
 
+def _string_padding(ndim: int, padding: str, kernel: tuple, dilation: tuple, stride: tuple) -> tuple[tuple[int, ...], list[int] | None] | None:
+    """``padding='valid'`` or ``'same'`` as (symmetric padding, zero pad of the input or None), the
+    way torch computes them (``'same'``: total d·(k − 1) per dimension, the left half rounded down,
+    the odd one on the right by padding the input first); None for what torch itself refuses."""
+    if padding == "valid":
+        return (0,) * ndim, None
+    if padding != "same" or any(v != 1 for v in stride):
+        return None
+    left = [dilation[i] * (kernel[i] - 1) // 2 for i in range(ndim)]
+    right = [dilation[i] * (kernel[i] - 1) - left[i] for i in range(ndim)]
+    if left == right:
+        return tuple(left), None
+    pads: list[int] = []
+    for i in reversed(range(ndim)):  # F.pad lists the last dimension first
+        pads += [left[i], right[i]]
+    return (0,) * ndim, pads
+
+
 def _conv_module(nt: EnclosureNumbers, mod: nn.Module, p: dict, x: Any) -> Any:
     ndim = 1 if type(mod) is nn.Conv1d else 2
-    if mod.padding_mode != "zeros" or isinstance(mod.padding, str):
+    if mod.padding_mode != "zeros":
         return NotImplemented
+    padding, pre = mod.padding, None
+    if isinstance(padding, str):
+        got = _string_padding(ndim, padding, tuple(mod.kernel_size), tuple(mod.dilation), tuple(mod.stride))
+        if got is None:
+            return NotImplemented
+        padding, pre = got
     w = p["weight"]
-    f = _conv_f(ndim, mod.stride, mod.padding, mod.dilation, mod.groups)
+    f = _conv_f(ndim, mod.stride, padding, mod.dilation, mod.groups)
+    if pre is not None:  # zero padding of the input: exact on centres, slopes, radii and magnitudes alike
+        inner = f
+
+        def f(t: Tensor, wt: Tensor) -> Tensor:  # noqa: F811 - the padded convolution
+            return inner(F.pad(t, pre), wt)
+
+        f.multi = lambda t, ws: inner.multi(F.pad(t, pre), ws)  # type: ignore[attr-defined]
     k_len = int(w.shape[1] * math.prod(w.shape[2:]))
     view = (lambda t: t.reshape(-1, 1)) if ndim == 1 else (lambda t: t.reshape(-1, 1, 1))
     wmag = w.w0.abs() + w.dw.abs() if isinstance(w, Param) else w.abs()
@@ -798,7 +829,7 @@ def _truediv(nt: EnclosureNumbers, a: Any, b: Any) -> Any:
 # only where the maths it uses is the function torch computes:
 # * tanh, sigmoid, exact GELU: C∞, Taylor with Lagrange remainder (GELU approximate="tanh" has no
 #   derivative bounds here: declined);
-# * softplus with beta = 1 only (other β declined), and only on cells whose whole range lies at or
+# * softplus_β(x) = softplus(βx)/β for β > 0 (other β declined), and only on cells whose range of βx lies at or
 #   below the threshold: above it torch returns x, a jump of log(1 + e^(−threshold)) in value, so a
 #   range that reaches the threshold is declined (never enclosed as if smooth);
 # * ReLU and LeakyReLU with 0 ≤ slope ≤ 1 (C⁰: the Clarke set [slope, 1] of the derivative); other
@@ -1275,9 +1306,12 @@ def _avg_pool_module(nt: EnclosureNumbers, mod: nn.Module, p: dict, x: Any) -> A
     if not isinstance(x, Enclosure):
         return NotImplemented
     if type(mod) is nn.AvgPool2d:
-        if mod.ceil_mode or mod.divisor_override is not None or not mod.count_include_pad and _nonzero(mod.padding):
+        if mod.divisor_override is not None:
             return NotImplemented
-        pool = lambda t: F.avg_pool2d(t, mod.kernel_size, mod.stride, mod.padding, False, True)  # noqa: E731
+        # every output is Σ w_i x_i over its window, w_i = 1/divisor ≥ 0, Σ w_i ≤ 1 (ceil_mode windows
+        # clipped at the border, count_include_pad=False dividing by the entries inside): a
+        # non-negative map of norm ≤ 1 whatever the options, applied to ĉ, ĝ and e alike
+        pool = lambda t: F.avg_pool2d(t, mod.kernel_size, mod.stride, mod.padding, mod.ceil_mode, mod.count_include_pad)  # noqa: E731
         nk = _prod2(mod.kernel_size)
     elif type(mod) is nn.AdaptiveAvgPool2d:
         pool = lambda t: F.adaptive_avg_pool2d(t, mod.output_size)  # noqa: E731
@@ -1289,9 +1323,9 @@ def _avg_pool_module(nt: EnclosureNumbers, mod: nn.Module, p: dict, x: Any) -> A
 
 def _avg_pool_fn(nt: EnclosureNumbers, x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, ceil_mode: bool = False,
                  count_include_pad: bool = True, divisor_override: Any = None) -> Any:
-    if not isinstance(x, Enclosure) or ceil_mode or divisor_override is not None or (not count_include_pad and _nonzero(padding)):
+    if not isinstance(x, Enclosure) or divisor_override is not None:
         return NotImplemented
-    pool = lambda t: F.avg_pool2d(t, kernel_size, stride, padding, False, True)  # noqa: E731
+    pool = lambda t: F.avg_pool2d(t, kernel_size, stride, padding, ceil_mode, count_include_pad)  # noqa: E731
     return _linear_average(nt, x, pool, _prod2(kernel_size))
 
 
@@ -1376,7 +1410,7 @@ _MODULE_RULES: dict[type, Callable[..., Any]] = {
     nn.Tanh: lambda nt, m, p, x: _smooth(nt, _TANH, x),
     nn.Sigmoid: lambda nt, m, p, x: _smooth(nt, _SIGMOID, x),
     nn.GELU: lambda nt, m, p, x: _smooth(nt, _GELU, x) if m.approximate == "none" else NotImplemented,
-    nn.Softplus: lambda nt, m, p, x: _smooth(nt, _SOFTPLUS, x, softplus_threshold=float(m.threshold)) if m.beta == 1 else NotImplemented,
+    nn.Softplus: lambda nt, m, p, x: _softplus_fn(nt, x, m.beta, m.threshold),
     nn.BatchNorm1d: _batch_norm_module,
     nn.BatchNorm2d: _batch_norm_module,
     nn.Flatten: _flatten_module,
@@ -1401,7 +1435,17 @@ def _gelu_fn(nt, x, approximate="none"):
 
 
 def _softplus_fn(nt, x, beta=1.0, threshold=20.0):
-    return _smooth(nt, _SOFTPLUS, x, softplus_threshold=float(threshold)) if beta == 1 else NotImplemented
+    """softplus_β(x) = softplus(βx)/β where βx ≤ threshold (torch returns x above it: declined).
+    β > 0: βx is a constant scaling (rounded like any product), and 1/β a rounded constant."""
+    beta = float(beta)
+    if beta == 1:
+        return _smooth(nt, _SOFTPLUS, x, softplus_threshold=float(threshold))
+    if not isinstance(x, Enclosure) or not (math.isfinite(beta) and beta > 0):
+        return NotImplemented
+    y = _smooth(nt, _SOFTPLUS, Enclosure(_scale(x.v, beta), _scale(x.d, beta)), softplus_threshold=float(threshold))
+    if y is NotImplemented:
+        return y
+    return Enclosure(_scale_inexact(y.v, 1.0 / beta), _scale_inexact(y.d, 1.0 / beta))
 
 
 _FUNCTION_RULES: dict[object, Callable[..., Any]] = {

@@ -95,6 +95,12 @@ class PathStructure:
 _CHAIN_PASSTHROUGH: tuple[type, ...] = (nn.Identity, nn.Dropout)
 
 
+def _flattens_rows(m: nn.Module) -> bool:
+    """``nn.Flatten()`` (start_dim 1, end_dim −1): each example's entries as one row, the identity on
+    the (n, d) activations of a chain of Linear layers (and a reshape of the data before the first)."""
+    return type(m) is nn.Flatten and m.start_dim == 1 and m.end_dim == -1
+
+
 # methods through which module(x) runs; an instance attribute of one of these names overrides it
 _CALL_ATTRS = frozenset({"forward", "_call_impl", "_wrapped_call_impl", "__call__"})
 
@@ -191,7 +197,7 @@ def analyse(model: nn.Module) -> PathStructure:
     if chain is not None and chain:
         mods = [modules[name] for name in chain]
         linear = tuple((name, m.bias is not None) for name, m in zip(chain, mods) if type(m) is nn.Linear)
-        if linear and all(type(m) is nn.Linear or type(m) in _CHAIN_PASSTHROUGH for m in mods):
+        if linear and all(type(m) is nn.Linear or type(m) in _CHAIN_PASSTHROUGH or _flattens_rows(m) for m in mods):
             return PathStructure(
                 PathKind.POLYNOMIAL,
                 f"traced: a chain of {len(linear)} affine layer(s); outputs are polynomials of degree ≤ {len(linear)} in α",
