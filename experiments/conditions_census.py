@@ -352,9 +352,12 @@ def census_row(experiment: str, config: Any, sweep_row: dict, record: dict | Non
 
 
 def verdict(c: dict) -> str:
+    """``holds``/``fails`` from the proven verdict (``holds``) or, when there is none, from the grid
+    evidence (``on_grid``); the ``_proven`` column tells them apart."""
     if not c.get("applicable", True):
         return NA
-    return {True: HOLDS, False: FAILS}.get(c.get("holds"), UNDECIDED)
+    found = c.get("holds") if c.get("holds") is not None else c.get("on_grid")
+    return {True: HOLDS, False: FAILS}.get(found, UNDECIDED)
 
 
 def note(c: dict) -> str:

@@ -60,6 +60,20 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
+def _witness_curve(line, data: Dataset, where: tuple[float, float], bn: BNPolicy, batch_size: int | None,
+                   warnings: list[str]) -> dict[str, list[float]] | None:
+    """The measured loss around a witness, in float64 (a rise below float32 rounding shows)."""
+    from .certify.validation import Reference
+    from .plot import witness_alphas
+
+    try:
+        alphas = witness_alphas(where)
+        return {"alphas": alphas, "losses": Reference(line, data, bn, batch_size).losses(alphas)}
+    except Exception as exc:  # optional work: a warning, never a lost verdict
+        warnings.append(f"the loss around the witness could not be evaluated ({_first_line(exc)})")
+        return None
+
+
 def check(
     model: nn.Module,
     init: StateDict,
@@ -78,6 +92,7 @@ def check(
     certify_budget: float | None = 30.0,
     progress: Progress | None = None,
     info: dict[str, Any] | None = None,
+    witness_curve: bool = False,
 ) -> CheckResult:
     """Check monotonic linear interpolation from ``init`` to ``final`` on ``data``.
 
@@ -89,7 +104,8 @@ def check(
             also the base grid of the geometry.
         tol: a rise ≤ tol still counts as monotone.
         certify: prove a verdict for all of [0, 1] where a method exists (see
-            :mod:`mli_theory.certify`), and prove the MSE conditions where possible.
+            :mod:`mli_theory.certify`). The MSE conditions on polynomial paths are proven with or
+            without it (without: within min(5 s, ``certify_budget``)).
         device: ``cpu``, ``cuda[:i]`` or ``auto``.
         dtype: ``torch.float32`` or ``torch.float64`` (or their names).
         bn: BatchNorm statistics policy.
@@ -99,6 +115,9 @@ def check(
         certify_budget: seconds for *all* proof work of this check (None: no limit).
         progress: called with (done, total) while the loss curve is computed.
         info: extra facts to record in the result's ``info``.
+        witness_curve: with a ``non_monotone`` certificate, also evaluate the loss (float64, the
+            check's own code) at ~50 α around the witness, for the plot's inset
+            (``info["witness_curve"]`` = {alphas, losses}).
 
     Returns:
         A :class:`~mli_theory.results.CheckResult`. Failures of optional work (geometry,
@@ -139,7 +158,8 @@ def check(
         try:
             from .theory import evaluate_conditions
 
-            geo = evaluate_conditions(line, data, alphas=grid, bn=bn, batch_size=batch_size)
+            # grid evidence here; the proofs (polynomial paths) come after the certificate, below
+            geo = evaluate_conditions(line, data, alphas=grid, bn=bn, batch_size=batch_size, prove=False)
             gauss, linearity, conditions = geo.gauss_length, geo.logit_linearity, geo.conditions
             extra = {
                 "gauss_length_stacked": geo.gauss.stacked,
@@ -168,6 +188,8 @@ def check(
             outcome = _certify(line, data, tol=tol, budget_s=certify_budget, conditions=geometry, bn=bn, batch_size=batch_size, curve=curve)
             certificate = outcome.certificate
             warnings.extend(outcome.notes)
+            if witness_curve and certificate.status == "non_monotone" and certificate.where is not None:
+                extra["witness_curve"] = _witness_curve(line, data, certificate.where, bn, batch_size, warnings)
             if outcome.proven_conditions and conditions:
                 from .theory import with_proofs
 
@@ -178,10 +200,28 @@ def check(
             warnings.append(f"certification failed ({_first_line(exc)})")
 
     if conditions:
-        from .theory import overrule
+        from .theory import DEFAULT_PROOF_BUDGET_S, complete_proofs, overrule
 
-        # every condition is sufficient for MLI: a loss that rises (measured above rounding, or
-        # proven) contradicts any "holds" obtained at grid points only
+        # polynomial MSE paths: the conditions are proven, without certify too (a few seconds, within
+        # certify_budget); under certify the certifier proved them with the shared budget, and only
+        # the grid statement (it needs the grid) is left for what remains of that budget
+        if certify:
+            left = None if certify_budget is None else certify_budget - timings.get("certify_s", certify_budget)
+            names: tuple[str, ...] | None = ("grid_slope",)
+        else:
+            left = DEFAULT_PROOF_BUDGET_S if certify_budget is None else min(DEFAULT_PROOF_BUDGET_S, certify_budget)
+            names = None
+        try:
+            conditions, notes, proof_s = complete_proofs(
+                conditions, line, data, alphas=grid, lprime1=geo.lprime1, budget_s=left, names=names, measured=curve.losses
+            )
+            warnings.extend(notes)
+            if proof_s is not None:
+                timings["condition_proofs_s"] = proof_s
+        except Exception as exc:  # optional work: the conditions stay grid evidence
+            warnings.append(f"the condition proofs failed ({_first_line(exc)}); the conditions are grid evidence only")
+        # every condition is sufficient for MLI: a proven rise disproves all of them, and a measured
+        # rise above rounding withdraws what the grid showed (on_grid)
         conditions = overrule(
             conditions,
             grid_rise=rise.value,

@@ -16,21 +16,30 @@ Status = Literal["monotone", "non_monotone", "unknown"]
 class Condition:
     """One sufficient condition for MLI, evaluated on a concrete path.
 
+    Proof and evidence never share a field: ``holds`` is a verdict about every α in [0, 1] and is
+    set only when it was *proven* (``proven`` = True); what the α grid showed is ``on_grid``.
+
     Attributes:
         name: short identifier, e.g. ``acute_tangents``.
-        holds: whether it holds (None when it does not apply to this model or loss).
-        value: the measured quantity the condition compares.
+        holds: True (proven to hold on all of [0, 1]) or False (proven to fail: disproven exactly,
+            or by a proven rise of the loss); None when not proven either way (checked on the grid
+            alone, undecided within the proof budget, or not applicable).
+        value: the measured quantity the condition compares (on the grid).
         threshold: the bound ``value`` is compared with.
-        statement: the condition in words, including how it was evaluated (exactly, with a proven
-            error bound, or on a grid, which is evidence, not proof).
-        proven: True when ``holds`` was established rigorously (exact arithmetic or proven bounds);
-            only a proven condition may back a certificate.
+        statement: the condition in words, including how it was evaluated ("proven exactly",
+            "on grid: …, evidence, not proof", …).
+        proven: True exactly when ``holds`` is not None (a proof either way, exact arithmetic or
+            proven bounds); only a proven condition may back a certificate.
         applicable: False when the traced model does not provably satisfy the result's hypotheses
             (a C² result on a ReLU path, jets with fixed BatchNorm statistics for a curve whose
-            statistics move with α, …); ``holds`` is then None and ``reason`` says which hypothesis
-            failed. A condition that is not applicable never holds.
-        reason: why it is not applicable, or why a grid verdict was overruled (the measured loss
-            rises, or a proven non-monotone certificate); None otherwise.
+            statistics move with α, …); ``holds`` and ``on_grid`` are then None and ``reason``
+            says which hypothesis failed. A condition that is not applicable never holds.
+        reason: why it is not applicable, why the grid result is false (a slope L′(αᵢ) > 0, a
+            measured rise), or why it was disproven (a proven rise); None otherwise.
+        on_grid: what the evaluation at the α grid points found: True (the inequalities, and
+            L′(αᵢ) ≤ 0, hold at every grid point), False (they fail at some grid point, or the
+            measured loss rises), None (not evaluated on the grid). Evidence, never a proof: a
+            condition can hold on the grid and fail between grid points.
     """
 
     name: str
@@ -41,10 +50,22 @@ class Condition:
     proven: bool = False
     applicable: bool = True
     reason: str | None = None
+    on_grid: bool | None = None
 
     def __post_init__(self) -> None:
-        if not self.applicable and self.holds is not None:
-            raise ValueError(f"condition {self.name!r}: not applicable, so holds must be None")
+        if self.holds is not None and not isinstance(self.holds, bool):
+            raise ValueError(f"condition {self.name!r}: holds must be True, False or None, got {self.holds!r}")
+        if self.on_grid is not None and not isinstance(self.on_grid, bool):
+            raise ValueError(f"condition {self.name!r}: on_grid must be True, False or None, got {self.on_grid!r}")
+        if self.holds is not None and not self.proven:
+            raise ValueError(
+                f"condition {self.name!r}: holds is a verdict on all of [0, 1] and needs a proof (proven=True); "
+                "a grid result goes in on_grid"
+            )
+        if self.proven and self.holds is None:
+            raise ValueError(f"condition {self.name!r}: proven=True needs a verdict (holds True or False)")
+        if not self.applicable and (self.holds is not None or self.on_grid is not None):
+            raise ValueError(f"condition {self.name!r}: not applicable, so holds and on_grid must be None")
 
 
 @dataclass(frozen=True)
@@ -206,15 +227,21 @@ def _text(r: CheckResult) -> str:
     if c.reason:
         lines.append(f"                         {c.reason}")
     if r.conditions:
-        lines += ["", "  sufficient conditions (MSE)", f"    {'name':<32} {'holds':<6} {'value':>12} {'threshold':>10}  status"]
+        lines += [
+            "",
+            "  sufficient conditions (MSE)   holds: proven on all of [0, 1];  on grid: at the α grid points only (evidence)",
+            f"    {'name':<32} {'holds':<6} {'on grid':<8} {'value':>12} {'threshold':>10}  status",
+        ]
         for cond in r.conditions:
             if not cond.applicable:
                 status = "not applicable"
+            elif cond.holds is not None:
+                status = "proven" if cond.holds else "disproven"
             else:
-                status = "proven" if cond.proven else ("undecided" if cond.holds is None else "evidence (grid)")
-            lines.append(
-                f"    {cond.name:<32} {_fmt(cond.holds) if cond.applicable else 'n/a':<6} {_fmt(cond.value, 4):>12} {_fmt(cond.threshold, 4):>10}  {status}"
-            )
+                status = "on grid only (not proven)" if cond.on_grid is not None else "undecided"
+            holds = _fmt(cond.holds) if cond.applicable else "n/a"
+            grid = _fmt(cond.on_grid) if cond.applicable else "n/a"
+            lines.append(f"    {cond.name:<32} {holds:<6} {grid:<8} {_fmt(cond.value, 4):>12} {_fmt(cond.threshold, 4):>10}  {status}")
             if cond.reason:
                 lines.append(f"      ({cond.reason})")
     if r.warnings:

@@ -52,12 +52,21 @@ def test_bad_options_name_the_parameter(case, option, value):
         check(case.model, case.init, case.final, case.data, **{option: value})
 
 
-def test_proven_conditions_only_under_certify(case):
+def test_conditions_are_proven_on_polynomial_paths_by_default(case):
+    """Deep linear path: proven without certify too (a few seconds at most); without geometry proofs
+    (a tiny budget) every condition is grid evidence: holds None, the grid's answer in on_grid."""
     plain = check(case.model, case.init, case.final, case.data, dtype=torch.float64)
     proven = check(case.model, case.init, case.final, case.data, dtype=torch.float64, certify=True)
-    assert plain.conditions and not any(c.proven for c in plain.conditions)
-    assert all("evidence" in c.statement for c in plain.conditions)
+    assert plain.conditions and any(c.proven for c in plain.conditions)
+    assert "condition_proofs_s" in plain.info["timings"]
     assert any(c.proven for c in proven.conditions)
+    for r in (plain, proven):
+        for c in r.conditions:
+            assert (c.holds is not None) == c.proven
+    starved = check(case.model, case.init, case.final, case.data, dtype=torch.float64, certify_budget=1e-9)
+    assert starved.conditions and not any(c.proven for c in starved.conditions)
+    assert all(c.holds is None and c.on_grid is not None and "on grid" in c.statement for c in starved.conditions)
+    assert any("budget" in w for w in starved.warnings)
 
 
 def test_curvature_conditions_are_not_claimed_on_kinked_paths():
@@ -79,9 +88,10 @@ def test_curvature_conditions_are_not_claimed_on_kinked_paths():
     assert r.info["path_kind"] == "piecewise_smooth"
     by_name = {cond.name: cond for cond in r.conditions}
     for name in ("stationary_pairwise", "stationary_curvature"):
-        assert by_name[name].holds is None and "not applicable" in by_name[name].statement
-    # smooth paths keep their grid evidence
+        assert by_name[name].holds is None and by_name[name].on_grid is None and "not applicable" in by_name[name].statement
+    # smooth paths keep their grid evidence (in on_grid: holds is for proofs)
     smooth = nn.Sequential(nn.Linear(1, 2), nn.Tanh(), nn.Linear(2, 2)).double()
     r2 = check(smooth, init, final, data, alphas=20, dtype=torch.float64)
     assert r2.info["path_kind"] == "smooth"
-    assert {cond.name: cond for cond in r2.conditions}["stationary_pairwise"].holds is not None
+    pairwise = {cond.name: cond for cond in r2.conditions}["stationary_pairwise"]
+    assert pairwise.on_grid is not None and pairwise.holds is None and "on grid" in pairwise.statement

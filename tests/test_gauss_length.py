@@ -9,7 +9,10 @@ References:
   (between z′ just before and just after) is added; a dense grid that takes the larger of the
   trapezoid and the chord angle per step is not accurate enough there (with 20 examples the
   stacked path has ~300 kinks, and two of them in one step count less than each alone);
-* planar curves and reversals: closed forms.
+* planar curves and reversals: closed forms;
+* the default (angle sums) on the reference code's paths (the tanh FCNet 5-16-16-2 with 20
+  examples, its π arc) and on a deep linear network: the angle sum on 20 001 α with z′ from
+  ``torch.func.jvp`` of a plain ``functional_call`` forward pass (no mli_theory code), to 1e-5.
 """
 
 from __future__ import annotations
@@ -344,3 +347,142 @@ def test_float32_path_reaches_the_tolerance():
     g = gauss_length(line, data, rtol=RTOL)
     assert g.converged
     assert g.mean == pytest.approx(mean, rel=RTOL) and g.stacked == pytest.approx(stacked, rel=RTOL)
+
+
+# ----------------------------------------------------------------------------- angle sums (the default): accuracy
+
+
+def _plain_fcnet() -> nn.Module:
+    """The reference code's FCNet(5, [16, 16], out 2) with tanh, as plain torch (state-dict keys as
+    ``mlp:5-16-16-2:tanh``)."""
+    return nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 2)).double()
+
+
+def _plain_angle_sum(model: nn.Module, start, end, x: torch.Tensor, points: int = 20001, chunk: int = 2001):
+    """(mean over examples, stacked) of Σ angle(T_i, T_{i+1}) on ``points`` evenly spaced α, with z′ by
+    ``torch.func.jvp`` of a plain ``functional_call`` forward pass: nothing of mli_theory."""
+    names = list(start)
+
+    def velocity(a: torch.Tensor) -> torch.Tensor:
+        def z_of(t: torch.Tensor) -> torch.Tensor:
+            return torch.func.functional_call(model, {k: (1 - t) * start[k] + t * end[k] for k in names}, (x,))
+
+        return torch.func.jvp(z_of, (a,), (torch.ones_like(a),))[1]
+
+    def turn(u: torch.Tensor) -> torch.Tensor:
+        t = u / u.norm(dim=-1, keepdim=True)
+        return 2 * torch.atan2((t[1:] - t[:-1]).norm(dim=-1), (t[1:] + t[:-1]).norm(dim=-1)).sum(0)
+
+    alphas = torch.linspace(0, 1, points, dtype=F64)
+    per, st, prev = torch.zeros(x.shape[0], dtype=F64), 0.0, None
+    with torch.no_grad():
+        for i in range(0, points, chunk):
+            v = torch.func.vmap(velocity)(alphas[i : i + chunk])
+            v = v.reshape(v.shape[0], x.shape[0], -1)
+            v = v if prev is None else torch.cat([prev, v])
+            per, st, prev = per + turn(v), st + float(turn(v.reshape(v.shape[0], -1))), v[-1:]
+    return float(per.mean()), st
+
+
+@functools.lru_cache(maxsize=None)
+def _fcnet_reference(seed: int) -> tuple[float, float]:
+    line, data = _mlp("tanh", seed)
+    return _plain_angle_sum(_plain_fcnet(), line.start, line.end, data.x)
+
+
+@pytest.mark.parametrize("seed", [0, 4, 7])
+def test_default_matches_a_plain_torch_angle_sum_on_the_tanh_fcnet_path(seed):
+    # seed 4: an example whose velocity nearly reverses (‖z′‖ dips to 5e-4 of its size; the tangent
+    # turns by ~π within Δα ~ 1e-4); the former quadrature was 2e-4 off on seed 0 (669 α)
+    line, data = _mlp("tanh", seed)
+    mean, stacked = _fcnet_reference(seed)
+    g = gauss_length(line, data)
+    assert g.converged and not g.singular
+    assert g.mean == pytest.approx(mean, rel=1e-5)
+    assert g.stacked == pytest.approx(stacked, rel=1e-5)
+    assert g.error <= 1e-5 * max(g.mean, g.stacked)
+    assert _actual_error(g, mean, stacked) <= g.error
+    assert g.n_alphas <= 250  # measured 105–161
+
+
+@pytest.mark.parametrize("seed", [0, 4])
+def test_check_settings_on_the_fcnet_path_converge_within_their_budget(seed):
+    # what the conditions pass: the jets of the check's 50-α grid, rtol 1e-3, at most 513 α (the
+    # former quadrature reported 'not converged' there, 2e-2 off on seed 4)
+    line, data = _mlp("tanh", seed)
+    mean, stacked = _fcnet_reference(seed)
+    jet = path_jet(line, data, torch.linspace(0, 1, 50, dtype=F64))
+    g = gauss_length(line, data, rtol=1e-3, max_alphas=513, jet=jet)
+    assert g.converged and g.n_alphas <= 200  # measured 93 and 125
+    assert _actual_error(g, mean, stacked) <= g.error <= 1e-3 * max(g.mean, g.stacked)
+    assert g.mean == pytest.approx(mean, rel=5e-5) and g.stacked == pytest.approx(stacked, rel=5e-5)  # measured ≤ 4e-6
+
+
+class ReferenceArc(nn.Module):
+    """The reference code's test model: outputs (sin(θ + x), cos(θ + x)) for a scalar θ."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.theta = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([torch.sin(self.theta + x[:, 0]), torch.cos(self.theta + x[:, 0])], -1)
+
+
+def test_the_reference_codes_pi_arc_turns_by_pi():
+    # its test: θ from π to 0 along the line, 100 random examples; every example and the stacked
+    # outputs (a great circle of the unit tangent) turn by π
+    g0 = torch.Generator().manual_seed(0)
+    x = torch.randn(100, 1, generator=g0, dtype=F64)
+    start, end = {"theta": torch.tensor([math.pi], dtype=F64)}, {"theta": torch.tensor([0.0], dtype=F64)}
+    line = make_line(ReferenceArc(), start, end, dtype=F64)
+    data = Dataset(x, torch.zeros(100, 2, dtype=F64), "mse", "arc")
+    mean, stacked = _plain_angle_sum(ReferenceArc().double(), start, end, x)
+    assert mean == pytest.approx(math.pi, rel=1e-12) and stacked == pytest.approx(math.pi, rel=1e-12)
+    g = gauss_length(line, data)
+    assert g.converged and not g.singular
+    assert g.mean == pytest.approx(mean, rel=1e-5) and g.stacked == pytest.approx(stacked, rel=1e-5)
+    assert torch.allclose(g.per_example, torch.full((100,), math.pi, dtype=F64), rtol=1e-10)
+
+
+class Cubic(nn.Module):
+    """Outputs (t, t³): the tangent's angle atan(3t²) falls and then rises (an inflection at t = 0)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.t = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.t * x[:, 0]
+        return torch.stack([t, t**3], -1)
+
+
+def test_an_inflection_is_counted_by_the_turnaround_term():
+    # a chord angle misses what the tangent turns back within a step (O(h²)); the turnaround term
+    # (a cubic along the great circle, from z″ at both ends) makes it O(h⁴)
+    c = 0.3137
+    line, data = _scalar_line(Cubic(), -c, 1 - c, [1.0, 1.0])
+    want = math.atan(3 * c * c) + math.atan(3 * (1 - c) ** 2)
+    g = gauss_length(line, data)
+    assert g.mean == pytest.approx(want, rel=1e-8) and g.stacked == pytest.approx(want, rel=1e-8)
+    assert g.converged and abs(g.mean - want) <= g.error and g.n_alphas <= 60
+
+
+def test_scalar_outputs_count_their_reversals_without_localising_them():
+    # deep linear, one output per example: every turn of an example's tangent is a reversal by π,
+    # which one step counts exactly wherever it falls, so the grid stays small (the former
+    # quadrature spent its whole budget localising them); the stacked path is smooth
+    torch.manual_seed(3)
+    model = build_model("deep_linear:8-8-8-8-1").double()
+    init = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    final = {k: v + 0.4 * torch.randn_like(v) for k, v in init.items()}
+    x = torch.randn(256, 8, dtype=F64)
+    line = make_line(model, init, final, dtype=F64)
+    data = Dataset(x, torch.zeros(256, 1, dtype=F64), "mse", "dl")
+    plain = nn.Sequential(*[nn.Linear(8, 8, bias=False) for _ in range(3)], nn.Linear(8, 1, bias=False)).double()
+    mean, stacked = _plain_angle_sum(plain, init, final, x)
+    g = gauss_length(line, data)
+    assert mean > 0.5  # the examples do reverse
+    assert g.mean == pytest.approx(mean, rel=1e-12)  # π × the number of reversals
+    assert g.stacked == pytest.approx(stacked, rel=1e-5)
+    assert g.converged and g.singular and g.n_alphas <= 120

@@ -544,13 +544,15 @@ def _encloses(act, b0, b1):
         (nn.Softplus(threshold=5.0), -1.0, 2.0, True),  # below the threshold on the whole cell: the smooth function
         (nn.Softplus(threshold=5.0), 4.0, 6.0, False),  # crosses the jump: declined, never enclosed as if smooth
         (nn.Softplus(threshold=INF), 4.0, 6.0, True),
-        (nn.Softplus(beta=2.0), -1.0, 1.0, False),  # no rule for beta ≠ 1
+        (nn.Softplus(beta=2.0), -1.0, 1.0, True),  # softplus(2x)/2, 2x below the threshold
+        (nn.Softplus(beta=0.5, threshold=1.0), 1.0, 3.0, False),  # βx crosses the threshold at x = 2
+        (nn.Softplus(beta=-1.0), -1.0, 1.0, False),  # β ≤ 0 declined
         (nn.ELU(alpha=0.5), -1.0, 1.0, False),  # no ELU enclosure rule (any alpha)
         (nn.GELU(approximate="tanh"), -1.0, 1.0, False),
         (nn.LeakyReLU(2.0), -1.0, 1.0, False),  # the Clarke set [slope, 1] assumes 0 ≤ slope ≤ 1
         (nn.LeakyReLU(0.1), -1.0, 1.0, True),
     ],
-    ids=["softplus-below", "softplus-across", "softplus-inf", "softplus-beta2", "elu", "gelu-tanh", "leaky2", "leaky0.1"],
+    ids=["softplus-below", "softplus-across", "softplus-inf", "softplus-beta2", "softplus-beta-across", "softplus-beta-negative", "elu", "gelu-tanh", "leaky2", "leaky0.1"],
 )
 def test_enclosure_rules_decline_where_their_maths_does_not_hold(act, b0, b1, ok):
     got = _encloses(act, b0, b1)

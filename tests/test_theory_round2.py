@@ -56,11 +56,13 @@ def test_kink_counterexample_no_condition_holds_library():
     by = {c.name: c for c in r.conditions}
     assert set(by) == set(STATEMENTS) - {"linear_in_theta"}
     assert not any(c.holds for c in r.conditions)
+    assert not any(c.on_grid for c in r.conditions)
     for name in ("stationary_pairwise", "stationary_curvature", "two_phase"):
-        assert by[name].applicable is False and by[name].holds is None
+        assert by[name].applicable is False and by[name].holds is None and by[name].on_grid is None
         assert "C²" in by[name].reason and "piecewise smooth" in by[name].reason
-    # the C¹ results stay evaluated (and fail: z′ = (1, 0) before the kink is acute to r)
-    assert by["acute_tangents"].applicable and by["acute_tangents"].holds is False
+    # the C¹ results stay evaluated on the grid (and fail there: z′ = (1, 0) before the kink is
+    # acute to r); nothing is proven without certify on a ReLU path, so holds stays None
+    assert by["acute_tangents"].applicable and by["acute_tangents"].on_grid is False and by["acute_tangents"].holds is None
 
 
 def test_kink_jets_would_have_claimed_the_pairwise_form():
@@ -96,8 +98,10 @@ def test_kink_counterexample_cli_json(tmp_path):
     js = json.loads(out.getvalue())
     assert js["max_rise"] > 0.6
     assert js["conditions"] and not any(c["holds"] for c in js["conditions"])
+    assert not any(c["on_grid"] for c in js["conditions"])
     for c in js["conditions"]:
-        assert {"name", "holds", "value", "threshold", "statement", "applicable", "reason"} <= set(c)
+        assert {"name", "holds", "value", "threshold", "statement", "proven", "applicable", "reason", "on_grid"} <= set(c)
+        assert c["holds"] is None or c["proven"] is True  # holds is a proof verdict, never grid evidence
     na = {c["name"] for c in js["conditions"] if c["applicable"] is False}
     assert {"stationary_pairwise", "stationary_curvature", "two_phase"} <= na
 
@@ -127,7 +131,9 @@ def test_batchnorm_conditions_under_every_policy(bn):
 
 def test_not_applicable_cannot_hold():
     with pytest.raises(ValueError):
-        Condition("x", True, None, None, "s", applicable=False, reason="no")
+        Condition("x", True, None, None, "s", proven=True, applicable=False, reason="no")
+    with pytest.raises(ValueError):
+        Condition("x", None, None, None, "s", applicable=False, reason="no", on_grid=True)
 
 
 def test_every_condition_declares_hypotheses():
@@ -145,17 +151,19 @@ def test_every_condition_declares_hypotheses():
 
 def test_measured_rise_withdraws_grid_verdicts_and_a_proven_rise_disproves():
     conds = (
-        Condition("acute_tangents", True, 0.1, 0.0, "s"),
+        Condition("acute_tangents", None, 0.1, 0.0, "s [on grid]", on_grid=True),
         Condition("two_phase", None, None, 0.0, "s", applicable=False, reason="not applicable: …"),
-        Condition("stationary_pairwise", True, 0.0, 0.0, "s", proven=True),
+        Condition("stationary_pairwise", True, 0.0, 0.0, "s", proven=True, on_grid=True),
     )
     out = overrule(conds, grid_rise=0.5, rounding=1e-12)
-    assert out[0].holds is False and "withdrawn" in out[0].reason
-    assert out[1] == conds[1] and out[2].holds is True  # proven verdicts are not overruled by the grid
+    assert out[0].on_grid is False and out[0].holds is None and "withdrawn" in out[0].reason
+    assert out[1] == conds[1]
+    assert out[2].holds is True and out[2].on_grid is False  # a float grid rise changes no proven verdict
     kept = overrule(conds, grid_rise=1e-14, rounding=1e-12)
     assert kept == conds  # a rise within rounding withdraws nothing
     out = overrule(conds, grid_rise=0.0, rounding=1e-12, certificate_status="non_monotone", witness=(0.0, 0.3))
     assert out[0].holds is False and out[0].proven and "[0, 0.3]" in out[0].reason
+    assert out[0].on_grid is True  # what the grid showed: it missed the rise
     assert out[1].holds is None
     assert "CONTRADICTION" in out[2].reason
 
@@ -189,11 +197,21 @@ def test_two_phase_certifies_where_every_other_condition_fails_exactly():
 
 def test_two_phase_on_the_grid_toy():
     model, init, final, data = _toy_problem()
+    from mli_theory.path import make_line
+    from mli_theory.theory import evaluate_conditions
+
+    grid_only = evaluate_conditions(make_line(model, init, final, dtype=D), data, alphas=50, prove=False).conditions
+    by = {c.name: c for c in grid_only}
+    assert all(c.holds is None and not c.proven and "on grid" in c.statement for c in grid_only)
+    assert by["two_phase"].on_grid is True and "split c =" in by["two_phase"].statement
+    assert not any(c.on_grid for n, c in by.items() if n not in ("two_phase", "grid_slope"))
+    assert by["grid_slope"].on_grid is True  # the sound grid statement sees it too (L′(1) = 0, L″ ≥ 0 at the end)
+    # check() proves them on this polynomial path without certify, and keeps what the grid showed
     r = check(model, init, final, data, alphas=50, dtype=D)
     by = {c.name: c for c in r.conditions}
-    assert by["two_phase"].holds is True and not by["two_phase"].proven and "split c =" in by["two_phase"].statement
+    assert by["two_phase"].holds is True and by["two_phase"].proven and by["two_phase"].on_grid is True
+    assert by["grid_slope"].holds is True and by["grid_slope"].proven  # Bernstein bounds of L″ on each interval
     assert not any(c.holds for n, c in by.items() if n not in ("two_phase", "grid_slope"))
-    assert by["grid_slope"].holds is True  # the sound grid statement sees it too (L′(1) = 0, L″ ≥ 0 at the end)
 
 
 def _jet_of(fz, fdz, fd2z, K=401):

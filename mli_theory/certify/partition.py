@@ -215,7 +215,7 @@ def prepare(line: Line, data: Dataset, bn: BNPolicy, *, device: torch.device | N
     widest = _widest_activation(gm, start, x[:1])
     per_example = cells_per_batch * widest * 8 * 48  # bytes for ~48 tensors of the widest activation
     chunk = max(1, min(x.shape[0], int(memory_bytes // max(per_example, 1))))
-    if _mixes_examples(line.shell, start, end, x):
+    if _mixes_examples(line.shell, start, end, x, names=frozenset(line.param_names)):
         # outputs depend on the other examples in the batch: certify the batches the curve evaluates
         # (all examples at once unless batch_size), never chunks of the enclosure's own choosing
         chunk = x.shape[0] if not batch_size or batch_size <= 0 else min(x.shape[0], batch_size)
@@ -227,26 +227,50 @@ def prepare(line: Line, data: Dataset, bn: BNPolicy, *, device: torch.device | N
     return _Problem(gm, params, x, y, data.loss, start, end, line.shell, chunk, statistics, line, stat_cells, use, edges, output)
 
 
-def _mixes_examples(shell: Any, start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], x: torch.Tensor, m: int = 8) -> bool:
-    """Whether the model's output for one example depends on the other examples of its batch
-    (a reduction or reshape across the batch axis, batch statistics): the outputs of the first
-    ``m`` examples at θ(½) evaluated together and one by one differ beyond rounding (or the
-    one-by-one evaluation fails). A model that mixes examples is certified on the curve's own
-    batches; the differential validation (:mod:`.validation`) catches what this probe misses."""
-    m = min(m, x.shape[0])
-    if m < 2:
+def _mixes_examples(shell: Any, start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], x: torch.Tensor, m: int = 8,
+                    names: frozenset[str] | None = None) -> bool:
+    """Whether the model's output for one example may depend on the other examples of its batch (a
+    reduction or reshape across the batch axis, batch statistics).
+
+    A structural probe, so that neither the data nor the path can hide it: ``m`` examples evaluated
+    together and one by one must agree, (1) at θ(½) on ``m`` examples spread over the data, and
+    (2) twice at a random point of parameter space (every entry of ``names``, the parameters, drawn
+    at its endpoints' scale; buffers at θ(½)) on random inputs of the data's shape and scale —
+    where a mixing operation shows generically, even if its effect vanishes along the path or
+    on these data (a batch centring of outputs that are 0, identical examples). A failure to
+    evaluate one example at a time counts as mixing. Models that mix are certified on the curve's
+    own batches; the differential validation (:mod:`.validation`) backs this probe up."""
+    n = x.shape[0]
+    m = min(m, n)
+    if m < 2 and n < 2:
         return False
-    state = {k: (0.5 * s + 0.5 * end[k]) if s.is_floating_point() else end[k] for k, s in start.items()}
+    mid = {k: (0.5 * s + 0.5 * end[k]) if s.is_floating_point() else end[k] for k, s in start.items()}
+    g = torch.Generator(device="cpu").manual_seed(20261204)
+    probes = [(mid, x[torch.linspace(0, n - 1, m).round().long()])] if m >= 2 else []
+    scale_x = float(x.std()) if x.numel() > 1 and float(x.std()) > 0 else 1.0
+    for _ in range(2):
+        state = dict(mid)
+        for k in (names or ()):
+            t = mid[k]
+            if t.is_floating_point() and t.numel():
+                size = max(float(start[k].abs().max()), float(end[k].abs().max()), 1e-3)
+                state[k] = torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.device, t.dtype) * size
+        xr = (torch.randn((max(m, 2), *x.shape[1:]), generator=g, dtype=torch.float64) * scale_x).to(x.device, x.dtype)
+        probes.append((state, xr))
     try:
         with torch.no_grad():
-            together = functional_call(shell, state, (x[:m],))
-            alone = torch.cat([functional_call(shell, state, (x[i : i + 1],)) for i in range(m)])
+            for state, xs in probes:
+                together = functional_call(shell, state, (xs,))
+                alone = torch.cat([functional_call(shell, state, (xs[i : i + 1],)) for i in range(xs.shape[0])])
+                if not isinstance(together, torch.Tensor) or together.shape != alone.shape:
+                    return True
+                scale = together.abs().nan_to_num().max() + alone.abs().nan_to_num().max() + 1e-300
+                same = ((together - alone).abs() <= 1e-9 * scale) | (together.isnan() & alone.isnan())
+                if not bool(same.all()):
+                    return True
     except Exception:  # cannot be evaluated one example at a time: treat as mixing
         return True
-    if not isinstance(together, torch.Tensor) or together.shape != alone.shape:
-        return True
-    scale = together.abs().max() + alone.abs().max() + 1e-300
-    return bool(((together - alone).abs() > 1e-9 * scale).any())
+    return False
 
 
 def _adjoint_plan(gm: GraphModule, params: dict[str, Any], x1: torch.Tensor, min_kinks: int) -> tuple[bool, dict, Any]:

@@ -15,6 +15,7 @@ same BatchNorm policy and minibatches — in float64, and :meth:`Reference.compa
 certifier's own values of L at a few α (proven enclosures, or exact rationals) against it:
 
     |L_cert(α) − L_meas(α)| ≤ slack(α),   slack = 2⁻²⁶·|L_meas(α)| + 2⁻¹⁶·|L_dtype(α) − L_meas(α)|
+                                                   (+ 2√L·δ + δ² under MSE, δ = 2⁻⁴⁰(max|y| + √L))
 
 (``L_dtype`` is the check's own curve in its dtype: its distance from the float64 value measures
 how ill-conditioned the evaluation is, and float64 rounding is about 2⁻²⁹ of float32's). The slack is
@@ -41,8 +42,10 @@ from ..path import BNPolicy, Line, LossCurve, loss_curve
 from ..path.line import private_copy
 
 MEASURED_DIFFERS = "differs from the measured curve"  # in every reason of a failed validation
+OFF_GRID = (1 / math.pi, 1 / math.sqrt(2))  # validation α that no evenly spaced grid contains
 REL = 2.0**-26  # trusted relative accuracy of the float64 re-evaluation of the measured curve
 COND = 2.0**-16  # float64 error as a fraction of the distance between the dtype curve and float64
+OUT_REL = 2.0**-40  # trusted relative accuracy of float64 outputs (MSE near a perfect fit)
 CURVE_REL = 2.0**-12  # the check's own curve (float32) may differ from float64 by this much relative
 
 
@@ -61,13 +64,15 @@ def _float64_line(line: Line) -> Line:
 
 def validation_points(curve: LossCurve | None, extra: Sequence[float] = ()) -> list[float]:
     """Where the certified model is compared with the measured one: the grid points nearest to
-    0, ¼, ½, ¾ and 1, the ends of the grid's largest rise, and ``extra`` (sorted, distinct).
+    0, ¼, ½, ¾ and 1, the ends of the grid's largest rise, two points off any rational grid
+    (:data:`OFF_GRID`: a difference placed between grid points is not hidden by the grid), and
+    ``extra`` (sorted, distinct).
 
-    >>> validation_points(None)
-    [0.0, 0.25, 0.5, 0.75, 1.0]
+    >>> [round(a, 4) for a in validation_points(None)]
+    [0.0, 0.25, 0.3183, 0.5, 0.7071, 0.75, 1.0]
     """
     targets = [0.0, 0.25, 0.5, 0.75, 1.0]
-    points: set[float] = set(float(a) for a in extra)
+    points: set[float] = set(float(a) for a in extra) | set(OFF_GRID)
     if curve is None:
         points.update(targets)
         return sorted(points)
@@ -116,6 +121,7 @@ class Reference:
     _line64: Line | None = field(default=None, repr=False)
     _data64: Dataset | None = field(default=None, repr=False)
     _cache: dict[float, float] = field(default_factory=dict, repr=False)
+    _ymax: float | None = field(default=None, repr=False)
 
     def losses(self, alphas: Sequence[float]) -> list[float]:
         """L(α) of the measured computation in float64 (each α evaluated once, then cached)."""
@@ -128,13 +134,26 @@ class Reference:
         return [self._cache[float(a)] for a in alphas]
 
     def slack(self, alpha: float, value: float) -> float:
-        """How far a certified value may be from the float64 measurement at ``alpha``."""
-        s = REL * abs(value) + 1e-300
+        """How far a certified value may be from the float64 measurement at ``alpha``: 2⁻²⁶ of the
+        loss, plus, under MSE, what outputs accurate to 2⁻⁴⁰ of their scale M = max|y| + √L do to
+        a mean of squared residuals near 0 (2·√L·δ + δ², δ = 2⁻⁴⁰M: a fitted network's loss of
+        1e-32 is all rounding), plus the conditioning term of the module docstring."""
+        s = REL * abs(value) + 1e-300 + self._fit_floor(value, OUT_REL)
         if self.curve is not None and self.line.dtype != torch.float64:
             dtype_value = dict(zip(self.curve.alphas, self.curve.losses)).get(alpha)
             if dtype_value is not None and math.isfinite(dtype_value):
                 s += COND * abs(dtype_value - value)
         return s
+
+    def _fit_floor(self, value: float, rel: float) -> float:
+        """Under MSE, 2√L·δ + δ² with δ = rel·(max|y| + √L): what output errors of δ do to L."""
+        if self.data.loss != "mse":
+            return 0.0
+        if self._ymax is None:
+            self._ymax = float(self.data.y.abs().max()) if self.data.y.numel() else 0.0
+        root = math.sqrt(abs(value))
+        delta = rel * (self._ymax + root)
+        return 2 * root * delta + delta * delta
 
     def compare(self, alphas: Sequence[float], certified: Sequence[tuple[float, float]]) -> str | None:
         """None when every certified enclosure [lo, hi] of L(α) contains the measured value up to
@@ -163,7 +182,7 @@ class Reference:
             self.losses([])
         first, second = _measure(self._line64, self._data64, [probe, probe], self.bn, self.batch_size)  # type: ignore[arg-type]
         self._cache.setdefault(probe, first)
-        if abs(first - second) > REL * (abs(first) + abs(second)) + 1e-300:
+        if abs(first - second) > 2 * self.slack(probe, first):
             return (
                 f"the certified model {MEASURED_DIFFERS}: that curve is not a function of α: two float64 evaluations at α = {probe:.6g} give "
                 f"{first:.10g} and {second:.10g} (random operations in the evaluation or re-estimation pass, or a "
@@ -172,7 +191,8 @@ class Reference:
         if self.curve is not None:
             m = self.losses([probe])[0]
             dtype_value = dict(zip(self.curve.alphas, self.curve.losses)).get(probe)
-            if dtype_value is not None and abs(dtype_value - m) > CURVE_REL * abs(m) + 64 * _eps(self.line.dtype) * abs(m) + 1e-300:
+            allowed = (CURVE_REL + 64 * _eps(self.line.dtype)) * abs(m) + self._fit_floor(m, CURVE_REL) + self.slack(probe, m)
+            if dtype_value is not None and abs(dtype_value - m) > allowed:
                 return (
                     f"the certified model {MEASURED_DIFFERS}: the check's curve gives L({probe:.6g}) = {dtype_value:.10g}, a float64 re-evaluation of the same "
                     f"computation {m:.10g} (the computation changed between evaluations, or is random)"

@@ -150,6 +150,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         certify_budget=args.certify_budget,
         progress=progress,
         info={"arch": inp["spec"].text, "data": inp["data"].name},
+        witness_curve=bool(args.plot),
     )
     progress.close()
     if args.plot:
@@ -157,7 +158,9 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
         from ..plot import plot_curve
 
-        result = replace(result, warnings=result.warnings + plot_warnings(plot_curve, result, args.plot))
+        near = result.info.get("witness_curve")
+        samples = (near["alphas"], near["losses"]) if near else None
+        result = replace(result, warnings=result.warnings + plot_warnings(plot_curve, result, args.plot, witness_samples=samples))
     _emit(result.to_dict() if args.json else result.to_text(), args.json)
     return 0
 
@@ -272,9 +275,12 @@ def _as_flags(message: str) -> str:
 
     >>> _as_flags("use batch_size=2, or bn='x': unknown")
     'use --batch-size 2, or --bn x: unknown'
+    >>> _as_flags("(evaluate in float64 with dtype=torch.float64)")
+    '(evaluate in float64 with --dtype float64)'
     """
     def flag(m: re.Match) -> str:
         value = next(g for g in m.groups()[1:] if g is not None)
+        value = value.removeprefix("torch.")  # dtype=torch.float64 → --dtype float64 (the flag's values)
         return f"--{m.group(1).replace('_', '-')} {value}"
 
     return _PARAM_RE.sub(flag, message)

@@ -113,6 +113,12 @@ def match_state_dict(model: nn.Module, state: StateDict, label: str) -> StateDic
         if unexpected:
             parts.append(f"unexpected keys {_names(unexpected)}")
         raise InputError(f"{label} checkpoint does not match the model: {'; '.join(parts)}")
+    not_tensor = [k for k in expected if not isinstance(expected[k], torch.Tensor) or not isinstance(state[k], torch.Tensor)]
+    if not_tensor:
+        raise InputError(
+            f"{label} checkpoint: {_names(not_tensor)} is not a tensor (a module's extra state, from get_extra_state); "
+            "only tensor entries can be interpolated along the path"
+        )
     floating = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
     params = {n for n, _ in model.named_parameters()}
     bad_dtype = [f"{k} ({state[k].dtype})" for k in expected if (k in params or expected[k].is_floating_point()) and state[k].dtype not in floating]

@@ -158,7 +158,7 @@ def interpolate(
     for k, t0 in start.items():
         t1 = end[k]
         if k in frozen or not t0.is_floating_point():
-            out[k] = t1
+            out[k] = t1.clone()  # a fresh tensor per α: a forward that writes buffers in place changes no endpoint
         else:
             out[k] = (1.0 - alpha) * t0 + alpha * t1
     return out
@@ -270,9 +270,9 @@ def make_line(
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.momentum = None  # cumulative average when statistics are re-estimated
 
-    def cast(t: torch.Tensor) -> torch.Tensor:
+    def cast(t: torch.Tensor) -> torch.Tensor:  # always a copy: a forward that writes its buffers never reaches the caller
         t = t.detach()
-        return t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device=device)
+        return (t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device=device)).clone()
 
     start = {k: cast(v) for k, v in init.items()}
     end = {k: cast(v) for k, v in final.items()}

@@ -7,7 +7,7 @@ disease-progression target) under MSE:
   geometry, the MSE conditions (grid evidence) and a certificate over [0, 1] from rigorous
   enclosures of L′ (:mod:`mli_theory.certify.partition`);
 * ``deep_linear:10-8-8-1`` trained the same way: the same, plus an exact certificate over the
-  whole interval [0, 1].
+  whole interval [0, 1], with the MSE conditions proven or disproven exactly (polynomial path).
 """
 
 from __future__ import annotations
@@ -55,9 +55,12 @@ def run_demo(out: str, *, epochs: int = 150, seed: int = 0, log: TextIO | None =
             certify=True,
             dtype=torch.float64,
             info={"arch": arch, "data": data.name},
+            witness_curve=True,
         )
         plot_p = os.path.join(out, f"{name}_curve.png")
-        plot_curve(result, plot_p, title=f"{arch} on {data.name}: certificate {result.certificate.status}")
+        near = result.info.get("witness_curve")
+        plot_curve(result, plot_p, title=f"{arch} on {data.name}: certificate {result.certificate.status}",
+                   witness_samples=(near["alphas"], near["losses"]) if near else None)
         summary["runs"][name] = {
             "arch": arch,
             "init": init_p,

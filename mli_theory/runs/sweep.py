@@ -63,7 +63,8 @@ def _flat_check(result: dict[str, Any]) -> dict[str, Any]:
         "rise_at": (result.get("rise_where") or [None, None])[1],
     }
     for c in result.get("conditions") or []:
-        row[f"cond_{c['name']}"] = c["holds"]
+        row[f"cond_{c['name']}"] = c["holds"]  # proven verdicts only (null: not proven)
+        row[f"cond_{c['name']}_on_grid"] = c.get("on_grid")  # grid evidence
     return row
 
 

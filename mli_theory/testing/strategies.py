@@ -178,3 +178,270 @@ def overshoot_problems(draw, max_depth: int = 3, max_width: int = 4, max_n: int 
 def rises() -> st.SearchStrategy[list[float]]:
     """Sequences of finite floats (sampled loss curves) for max-rise properties."""
     return st.lists(st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False), min_size=0, max_size=60)
+
+
+# ==================================================================================================
+# BEGIN adversarial feature models (append-only block, written for tests/test_differential_search.py)
+#
+# Small MLPs whose first hidden layer carries "costume" features that a certifier reading the model
+# as a plain stack of layers gets wrong: floating buffers that move between θ0 and θT, branches taken
+# in train mode only, computation across the examples of a batch, random operations in the
+# train-mode BatchNorm re-estimation pass, and parametrised weights. The loss curve ``check`` measures
+# must be certified as it is measured, costume and all.
+# ==================================================================================================
+
+from torch.nn import functional as _F  # noqa: E402
+
+FEATURES: tuple[str, ...] = ("buffer", "branch", "mix", "dropout", "weight_norm", "batchnorm")
+MIX_FORMS: tuple[str, ...] = ("mean0", "flat")
+FEATURE_ENDPOINTS: tuple[str, ...] = ("near", "random", "teacher_end", "near_teacher_end", "overshoot", "teacher_start", "still")
+
+
+class FeatureNet(nn.Module):
+    """Linear → [features] → act → (Linear → act)* → Linear, features on the first hidden layer.
+
+    Features (any subset of :data:`FEATURES`), applied in this order after the first Linear:
+
+    * ``weight_norm``: the first Linear is reparametrised (``torch.nn.utils.parametrizations.weight_norm``,
+      or the hook-based ``torch.nn.utils.weight_norm`` with ``legacy_weight_norm=True``);
+    * ``buffer``: multiplied by a registered floating buffer ``scale`` (not a BatchNorm statistic);
+    * ``branch``: ``if self.training: h = branch_scale·h + branch_shift`` (only the train-mode pass
+      of ``bn="recompute"`` takes it);
+    * ``dropout``: ``F.dropout(h, p, self.training)`` (random in the train-mode pass);
+    * ``batchnorm``: ``BatchNorm1d``;
+    * ``mix``: centring across the batch, ``h − h.mean(0)`` (``mix_form="mean0"``) or minus the mean
+      of every entry of the batch (``"flat"``), on the hidden layer or on the output (``mix_at``).
+
+    >>> net = FeatureNet([2, 3, 1], features=("buffer", "batchnorm"))
+    >>> sorted(k for k in net.state_dict() if not k.startswith("linears"))
+    ['bn.bias', 'bn.num_batches_tracked', 'bn.running_mean', 'bn.running_var', 'bn.weight', 'scale']
+    """
+
+    def __init__(
+        self,
+        widths: list[int],
+        activation: str = "tanh",
+        features=(),
+        *,
+        mix_form: str = "mean0",
+        mix_at: str = "hidden",
+        p: float = 0.3,
+        branch_scale: float = 3.0,
+        branch_shift: float = 0.5,
+        legacy_weight_norm: bool = False,
+    ):
+        super().__init__()
+        unknown = set(features) - set(FEATURES)
+        if unknown:
+            raise ValueError(f"unknown features {sorted(unknown)}")
+        self.features = frozenset(features)
+        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        if "weight_norm" in self.features:
+            if legacy_weight_norm:
+                import warnings
+
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    self.linears[0] = torch.nn.utils.weight_norm(self.linears[0])
+            else:
+                self.linears[0] = torch.nn.utils.parametrizations.weight_norm(self.linears[0])
+        h = widths[1]
+        if "buffer" in self.features:
+            self.register_buffer("scale", torch.ones(h))
+        if "batchnorm" in self.features:
+            self.bn = nn.BatchNorm1d(h)
+        self.act = ACTIVATIONS[activation]()
+        self.mix_form, self.mix_at, self.p = mix_form, mix_at, p
+        self.branch_scale, self.branch_shift = branch_scale, branch_shift
+        self._buffer = "buffer" in self.features
+        self._branch = "branch" in self.features
+        self._dropout = "dropout" in self.features
+        self._bn = "batchnorm" in self.features
+        self._mix = "mix" in self.features
+
+    @property
+    def random_in_train_pass(self) -> bool:
+        """Whether ``bn="recompute"`` draws random numbers (dropout active before BatchNorm's pass)."""
+        return self._dropout and self._bn
+
+    def _centre(self, t: torch.Tensor) -> torch.Tensor:
+        if self.mix_form == "mean0":
+            return t - t.mean(0, keepdim=True)
+        return t - t.reshape(1, -1).mean(1, keepdim=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.linears[0](x)
+        if self._buffer:
+            h = h * self.scale
+        if self._branch and self.training:
+            h = h * self.branch_scale + self.branch_shift
+        if self._dropout:
+            h = _F.dropout(h, self.p, self.training)
+        if self._bn:
+            h = self.bn(h)
+        if self._mix and self.mix_at == "hidden":
+            h = self._centre(h)
+        h = self.act(h)
+        for lin in self.linears[1:-1]:
+            h = self.act(lin(h))
+        out = self.linears[-1](h)
+        if self._mix and self.mix_at == "output":
+            out = self._centre(out)
+        return out
+
+
+def _measured_outputs(model: nn.Module, state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Outputs of ``model`` at ``state`` as the default curve measures them: with BatchNorm, running
+    statistics reset and re-estimated by one no-grad train-mode pass over all of ``x`` (cumulative
+    average), then eval mode; without, eval mode. Used for targets only."""
+    from torch.func import functional_call
+
+    bns = [(f"{n}." if n else "", m) for n, m in model.named_modules()
+           if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    state = dict(state)
+    saved = [(m, m.momentum) for _, m in bns]
+    was = model.training
+    try:
+        with torch.no_grad():
+            if bns:
+                for prefix, m in bns:
+                    m.momentum = None
+                    state[prefix + "running_mean"] = torch.zeros_like(state[prefix + "running_mean"])
+                    state[prefix + "running_var"] = torch.ones_like(state[prefix + "running_var"])
+                    state[prefix + "num_batches_tracked"] = torch.zeros_like(state[prefix + "num_batches_tracked"])
+                model.train()
+                functional_call(model, state, (x,))
+            model.eval()
+            return functional_call(model, state, (x,))
+    finally:
+        for m, mom in saved:
+            m.momentum = mom
+        model.train(was)
+
+
+def build_feature_problem(
+    widths: list[int],
+    features,
+    n: int,
+    seed: int,
+    *,
+    activation: str = "tanh",
+    loss: Literal["mse", "ce"] = "mse",
+    init_scale: float = 1.0,
+    endpoint: str = "random",
+    buffer_motion: str = "flip",
+    alpha_star: float = 0.5,
+    mix_form: str = "mean0",
+    mix_at: str = "hidden",
+    p: float = 0.3,
+    legacy_weight_norm: bool = False,
+) -> MLIProblem:
+    """One :class:`FeatureNet` problem, deterministic in its arguments (float64).
+
+    Args:
+        widths: D0, hidden widths…, outputs.
+        features: a subset of :data:`FEATURES`.
+        n: number of examples.
+        seed: seeds weights, buffers, data and the endpoint's step.
+        endpoint: ``near`` (θT = θ0 + 0.05·N(0, 1), linear-teacher targets), ``random``
+            (θT = θ0 + N(0, 1), linear-teacher targets), ``teacher_end`` / ``near_teacher_end`` (a
+            far / near θT, targets = the outputs at θT as the default curve measures them: BatchNorm
+            statistics re-estimated on all the data) or ``overshoot`` (targets = those outputs at
+            θ(``alpha_star``): the loss tends to fall towards α* and rise after it, a planted violation),
+            ``teacher_start`` (a near θT, targets = the outputs at θ0: the loss starts at 0) or ``still``
+            (every parameter the same at both ends, only buffers move; targets = the outputs at θ0).
+        buffer_motion: the ``scale`` buffer at θT: ``flip`` (−θ0's), ``perturb`` (θ0's + 0.5·N(0, 1))
+            or ``same``. BatchNorm running statistics get fresh values at θT.
+    """
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    model = FeatureNet(
+        widths, activation, features, mix_form=mix_form, mix_at=mix_at, p=p, legacy_weight_norm=legacy_weight_norm
+    ).double()
+    with torch.no_grad():
+        for _, prm in model.named_parameters():
+            fan = prm.shape[-1] if prm.dim() > 1 else 1
+            prm.copy_(randn(*prm.shape) * init_scale / max(1, fan) ** 0.5)
+    model.eval()
+    init = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    h = widths[1]
+    if model._buffer:
+        init["scale"] = (0.5 + torch.rand(h, generator=g, dtype=torch.float64)) * torch.sign(randn(h) + 1e-3)
+    if model._bn:
+        init["bn.running_mean"] = 0.3 * randn(h)
+        init["bn.running_var"] = 0.5 + torch.rand(h, generator=g, dtype=torch.float64)
+    step = {"near": 0.05, "near_teacher_end": 0.05, "teacher_start": 0.05, "still": 0.0}.get(endpoint, 1.0)
+    params = {k for k, _ in model.named_parameters()}
+    final: dict[str, torch.Tensor] = {}
+    for k, v in init.items():
+        if not v.is_floating_point():
+            final[k] = torch.full_like(v, 10)
+        elif k in params:
+            final[k] = v + step * randn(*v.shape)
+        elif k == "scale":
+            final[k] = -v if buffer_motion == "flip" else v + 0.5 * randn(*v.shape) if buffer_motion == "perturb" else v.clone()
+        elif k.endswith("running_var"):
+            final[k] = 0.5 + torch.rand(v.shape, generator=g, dtype=torch.float64)
+        else:
+            final[k] = 0.3 * randn(*v.shape)
+    x = randn(n, widths[0])
+    if endpoint in ("teacher_end", "near_teacher_end", "overshoot", "teacher_start", "still"):
+        a = alpha_star if endpoint == "overshoot" else 0.0 if endpoint in ("teacher_start", "still") else 1.0
+        mid = {k: ((1 - a) * v + a * final[k]) if v.is_floating_point() else final[k] for k, v in init.items()}
+        z = _measured_outputs(model, mid, x).detach().clone()
+    else:
+        z = x @ randn(widths[0], widths[-1]) + 0.1 * randn(n, widths[-1])
+    data = Dataset(x, z, "mse", "synthetic") if loss == "mse" else Dataset(x, z.argmax(1), "ce", "synthetic")
+    feats = ",".join(sorted(model.features)) or "plain"
+    extra = f" mix={mix_form}@{mix_at}" if model._mix else ""
+    label = (
+        f"FeatureNet[{feats}]{extra} {'-'.join(map(str, widths))} {activation}, n={n}, seed={seed}, scale={init_scale}, "
+        f"{endpoint}{f'@{alpha_star}' if endpoint == 'overshoot' else ''}, buffer {buffer_motion}, {loss}"
+    )
+    return MLIProblem(model, init, final, data, label)
+
+
+@st.composite
+def feature_problems(
+    draw,
+    features=FEATURES,
+    max_width: int = 6,
+    max_n: int = 16,
+    losses=("mse", "ce"),
+    endpoints=FEATURE_ENDPOINTS,
+    legacy_weight_norm: bool = False,
+) -> MLIProblem:
+    """:class:`FeatureNet` problems: input dim 2–4, 1–2 hidden layers of width 2–``max_width``,
+    tanh or ReLU, a random subset of ``features``, 4–``max_n`` examples, MSE or cross-entropy.
+    Shrinks towards no features, one hidden layer, few examples and small seeds."""
+    # each feature on with probability 1/2, weight_norm with 1/4 (a model the certifier refuses
+    # outright says less); a list of booleans shrinks towards no features
+    chosen = {f for f in features if draw(st.integers(0, 3)) >= (3 if f == "weight_norm" else 2)}
+    loss = draw(st.sampled_from(list(losses)))
+    depth = draw(st.integers(1, 2))
+    d = draw(st.integers(2, 4))
+    hidden = [draw(st.integers(2, max_width)) for _ in range(depth)]
+    k = draw(st.integers(2, 3)) if loss == "ce" else draw(st.integers(1, 3))
+    return build_feature_problem(
+        [d, *hidden, k],
+        chosen,
+        draw(st.integers(4, max_n)),
+        draw(st.integers(0, 2**16)),
+        activation=draw(st.sampled_from(["tanh", "relu"])),
+        loss=loss,
+        init_scale=draw(st.sampled_from([0.5, 1.0, 2.0])),
+        endpoint=draw(st.sampled_from(list(endpoints))),
+        buffer_motion=draw(st.sampled_from(["flip", "perturb", "flip", "same"])),
+        alpha_star=draw(st.sampled_from([0.25, 0.5, 0.75])),
+        mix_form=draw(st.sampled_from(["flat", "flat", "mean0"])),
+        mix_at=draw(st.sampled_from(["hidden", "output"])),
+        p=draw(st.sampled_from([0.2, 0.5])),
+        legacy_weight_norm=legacy_weight_norm,
+    )
+
+
+# END adversarial feature models
+# ==================================================================================================

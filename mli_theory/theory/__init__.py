@@ -4,12 +4,12 @@ The sympy derivations (:mod:`mli_theory.theory.symbolic`) are imported on first 
 checking a model does not pay for importing sympy.
 """
 
-from .conditions import GeometryReport, evaluate_conditions, overrule, with_proofs
+from .conditions import DEFAULT_PROOF_BUDGET_S, GeometryReport, complete_proofs, evaluate_conditions, overrule, with_proofs
 from .statements import STATEMENTS
 
 _SYMBOLIC = ("Derivation", "Step", "check_step", "derivation", "render_result", "result_names")
 
-__all__ = ["GeometryReport", "STATEMENTS", "evaluate_conditions", "overrule", "with_proofs", *_SYMBOLIC]
+__all__ = ["DEFAULT_PROOF_BUDGET_S", "GeometryReport", "STATEMENTS", "complete_proofs", "evaluate_conditions", "overrule", "with_proofs", *_SYMBOLIC]
 
 
 def __getattr__(name: str):

@@ -1,32 +1,38 @@
-"""The MSE sufficient conditions on a concrete path: grid evidence, replaced by proofs where we have them.
+"""The MSE sufficient conditions on a concrete path: proofs where we have them, grid evidence apart.
+
+Proof and evidence never share a field (GUIDE §3): ``holds`` is True or False only when proven for
+all of [0, 1] (``proven`` = True); what the α grid showed is ``on_grid``.
 
 :func:`evaluate_conditions` computes the geometry of the output path (jets on the α grid, the
 Gauss length, logit linearity) and the conditions of :mod:`mli_theory.theory.statements` on the
-grid (``proven`` = False: evidence), each only where the traced model satisfies its hypotheses
-(:mod:`mli_theory.theory.hypotheses`; otherwise ``applicable`` = False, ``holds`` = None and a
-``reason``). :func:`with_proofs` replaces the verdicts by the proven ones from
-:func:`mli_theory.exact.prove_conditions` (polynomial paths, within the proof budget).
-:func:`overrule` withdraws a grid "holds" that the measured loss contradicts, and turns every
-condition false when a rise is proven.
+grid (into ``on_grid``; ``holds`` = None), each only where the traced model satisfies its
+hypotheses (:mod:`mli_theory.theory.hypotheses`; otherwise ``applicable`` = False and a ``reason``).
+A grid result is True only if, besides the condition's inequalities, L′(αᵢ) ≤ 0 at every grid
+point (:func:`mli_theory.theory.evidence.grid_slopes`): every condition implies that, and the grid
+forms of (a)–(f) do not. On polynomial paths under MSE, :func:`complete_proofs` then proves the
+conditions exactly (:func:`mli_theory.exact.prove_conditions`, within a few seconds by default:
+:data:`DEFAULT_PROOF_BUDGET_S`), after checking that the exact loss reproduces the measured curve;
+:func:`with_proofs` puts proven verdicts in ``holds``. :func:`overrule` makes every condition
+false when a rise is proven, and withdraws a grid result that the measured loss contradicts.
 
 Grid evidence is no proof: every value is computed at grid points (and the Gauss length by
 quadrature), so an inequality that holds there can fail in between. The sound grid statement is
-``grid_slope`` with *proven* bounds on L″ per interval; the geometric conditions (a)–(f) checked on
-the same grid are more conservative than it and no more rigorous.
+``grid_slope`` with *proven* bounds on L″ per interval.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 import torch
 
 from ..geometry import GaussLength, PathJet, gauss_length, logit_linearity, path_jet
 from ..inputs.data import Dataset
-from ..path import BNPolicy, Line
+from ..path import BNPolicy, Line, PathKind
 from ..results import Condition
-from .evidence import grid_evidence, two_phase_grid
+from .evidence import grid_evidence, grid_slopes, two_phase_grid
 from .hypotheses import applicability
 from .statements import STATEMENTS
 
@@ -43,6 +49,9 @@ class GeometryReport:
         jet: z, z′, z″ on the base grid.
         lprime1: L′(1) = (2/(n·k))⟨z′(1), z(1) − y⟩ for MSE (the value of ``linear_in_theta``),
             None for cross-entropy or a grid that does not end at α = 1.
+        proof_notes: what the exact proofs could not do (budget, a measured curve the exact
+            polynomial does not reproduce), for the check's warnings.
+        proof_seconds: time spent proving (None: no proof was attempted).
     """
 
     gauss: GaussLength
@@ -50,11 +59,25 @@ class GeometryReport:
     conditions: tuple[Condition, ...]
     jet: PathJet
     lprime1: float | None = None
+    proof_notes: tuple[str, ...] = ()
+    proof_seconds: float | None = None
 
     @property
     def gauss_length(self) -> float:
         """Mean over examples of the Gauss length."""
         return self.gauss.mean
+
+
+# seconds of exact proof work on a polynomial path when the check does not certify (bounded by the
+# check's certify_budget when that is smaller)
+DEFAULT_PROOF_BUDGET_S = 5.0
+# the exact loss must reproduce the measured one to this relative accuracy (float32 curves; 2⁻²⁶ for
+# float64), plus 64 float epsilons of the largest loss, before its proofs are taken to be about it
+_MEASURED_REL = {torch.float32: 2.0**-12, torch.float64: 2.0**-26}
+
+
+def _grid_note(points: int) -> str:
+    return f"on grid: checked at {points} α grid points only (evidence, not proof)"
 
 
 def evaluate_conditions(
@@ -64,10 +87,13 @@ def evaluate_conditions(
     alphas: int | Sequence[float] = 51,
     bn: BNPolicy | str = BNPolicy.RECOMPUTE,
     batch_size: int | None = None,
-    rtol: float = 1e-3,
+    rtol: float | None = None,
     max_alphas: int = 513,
+    prove: bool = True,
+    proof_budget: float | None = DEFAULT_PROOF_BUDGET_S,
 ) -> GeometryReport:
-    """Geometry of the output path and the MSE sufficient conditions as grid evidence.
+    """Geometry of the output path and the MSE sufficient conditions: grid evidence, and proofs on
+    polynomial paths.
 
     Args:
         line: the path.
@@ -77,10 +103,13 @@ def evaluate_conditions(
         bn: BatchNorm policy; the jets differentiate through the statistics it sets (where they
             cannot, :attr:`PathJet.off_curve` says why and every condition is not applicable).
         batch_size: examples per pass.
-        rtol: relative tolerance of the Gauss-length estimate.
+        rtol: relative tolerance of the Gauss-length estimate (None: the default of
+            :func:`mli_theory.geometry.gauss_length`, 1e-5 for angle sums, 1e-3 on kinked paths).
         max_alphas: α budget of the Gauss-length refinement (bounds its time: ReLU paths on many
             examples have thousands of kinks, and the estimate then reports that it did not
             converge, with its error estimate, instead of running for minutes).
+        prove: on a polynomial path under MSE, prove the conditions exactly (:func:`complete_proofs`)
+            within ``proof_budget`` seconds (None: no limit).
     """
     grid = torch.linspace(0, 1, alphas, dtype=torch.float64) if isinstance(alphas, int) else torch.as_tensor(alphas, dtype=torch.float64)
     jet = path_jet(line, data, grid, bn=bn, batch_size=batch_size)
@@ -93,6 +122,7 @@ def evaluate_conditions(
         r1 = jet.z[-1].double() - data.y.double().reshape(jet.z[-1].shape)
         lprime1 = float(2.0 * (jet.dz[-1].double() * r1).sum() / data.y.numel())
     evidence = grid_evidence(jet, data.y, gauss)
+    slope_reason = grid_slopes(jet, data.y).reason()
     split = two_phase_grid(jet, data.y).split if "two_phase" in evidence else None
     conds = []
     for name, statement in STATEMENTS.items():
@@ -104,22 +134,109 @@ def evaluate_conditions(
             # of z′ at ReLU kinks, the terms Σ⟨[z′](κ), r⟩ of the identity)
             conds.append(Condition(name, None, None, evidence[name][2], f"{statement} [{app.reason}]", False, False, app.reason))
             continue
-        holds, value, threshold = evidence[name]
+        found, value, threshold = evidence[name]
+        on_grid = bool(found) if found is not None else None
+        reason = None
+        if on_grid and slope_reason is not None:
+            on_grid, reason = False, slope_reason
         points = len(gauss.alphas) if ("gauss" in name or "curvature" in name) else len(jet.alphas)
-        note = f"evaluated on a {points}-point α grid: evidence, not proof"
+        note = _grid_note(points)
         if name == "two_phase" and split is not None:
             note += f"; split c = {split:.4g}"
-        conds.append(Condition(name, bool(holds) if holds is not None else None, value, threshold, f"{statement} [{note}]", False))
-    return GeometryReport(gauss, lin, tuple(conds), jet, lprime1)
+        conds.append(Condition(name, None, value, threshold, f"{statement} [{note}]", False, True, reason, on_grid))
+    report = GeometryReport(gauss, lin, tuple(conds), jet, lprime1)
+    if prove:
+        proven, notes, seconds = complete_proofs(report.conditions, line, data, alphas=grid.tolist(), lprime1=lprime1, budget_s=proof_budget)
+        report = replace(report, conditions=proven, proof_notes=notes, proof_seconds=seconds)
+    return report
+
+
+def complete_proofs(
+    conditions: Sequence[Condition],
+    line: Line,
+    data: Dataset,
+    *,
+    alphas: Sequence[float],
+    lprime1: float | None = None,
+    budget_s: float | None = DEFAULT_PROOF_BUDGET_S,
+    names: Collection[str] | None = None,
+    measured: Sequence[float] | None = None,
+) -> tuple[tuple[Condition, ...], tuple[str, ...], float | None]:
+    """The conditions with exact verdicts on a polynomial path under MSE (anything else: unchanged).
+
+    The exact output polynomial of the traced chain of ``nn.Linear`` layers is computed, its loss is
+    compared with the measured loss at five grid points (``measured``: the check's curve on
+    ``alphas``; None: re-measured here with :func:`mli_theory.path.loss_curve`), and only if they
+    agree to rounding are the verdicts of :func:`mli_theory.exact.prove_conditions` put in place
+    (:func:`with_proofs`): a proof about another computation would prove nothing.
+
+    Args:
+        conditions: the grid evaluation (:func:`evaluate_conditions` with ``prove=False``).
+        line, data: the path and the training data.
+        alphas: the α grid of the conditions (for ``grid_slope``).
+        lprime1: L′(1) (the value of ``linear_in_theta``).
+        budget_s: seconds for all of it (None: no limit); conditions not decided in time stay
+            grid evidence.
+        names: prove only these (None: every condition).
+        measured: the measured losses at ``alphas``.
+
+    Returns:
+        (conditions, notes for the warnings, seconds spent or None when nothing was attempted).
+    """
+    from ..exact import BudgetExceeded, deadline_after, mse_loss_polynomial, output_polynomial, prove_conditions
+
+    if (not conditions or data.loss != "mse" or line.structure.kind != PathKind.POLYNOMIAL or data.x.dim() != 2
+            or (budget_s is not None and budget_s <= 0)):
+        return tuple(conditions), (), None
+    t0 = time.perf_counter()
+    deadline = deadline_after(budget_s)
+    try:
+        z = output_polynomial(line.start, line.end, line.structure.linear, data.x, deadline)
+        loss = mse_loss_polynomial(z, data.y, deadline)
+        differs = _differs_from_measured(loss, line, data, alphas, measured)
+        if differs is not None:
+            return tuple(conditions), (f"the conditions were not proven: {differs}",), round(time.perf_counter() - t0, 4)
+        verdicts = prove_conditions(z, data.y, deadline, alphas=alphas, names=names, partial=True, loss=loss)
+    except BudgetExceeded:
+        spent = round(time.perf_counter() - t0, 4)
+        return tuple(conditions), (f"the condition proofs ran past their budget of {budget_s:g} s; the conditions are grid evidence only",), spent
+    notes = ()
+    if getattr(verdicts, "expired", False):
+        notes = (f"the condition proofs ran past their budget of {budget_s:g} s; the undecided ones are grid evidence only",)
+    return with_proofs(conditions, verdicts, lprime1), notes, round(time.perf_counter() - t0, 4)
+
+
+def _differs_from_measured(loss, line: Line, data: Dataset, alphas: Sequence[float], measured: Sequence[float] | None) -> str | None:
+    """Why the exact loss polynomial is not the measured computation, or None when it reproduces it."""
+    from ..path import loss_curve
+
+    grid = [float(a) for a in alphas]
+    picks = sorted({min(range(len(grid)), key=lambda i: abs(grid[i] - t)) for t in (0.0, 0.25, 0.5, 0.75, 1.0)})
+    if measured is None:
+        values = loss_curve(line, data, [grid[i] for i in picks]).losses
+    else:
+        values = [measured[i] for i in picks]
+    rel = _MEASURED_REL.get(line.dtype, 2.0**-12)
+    eps = torch.finfo(line.dtype).eps
+    floor = 64 * eps * max(abs(float(v)) for v in values)
+    for i, v in zip(picks, values):
+        exact = float(loss.exact(grid[i]))
+        if not abs(exact - float(v)) <= rel * abs(float(v)) + floor:
+            return (f"the exact loss of the traced nn.Linear chain, {exact:.9g} at α = {grid[i]:.4g}, differs from the "
+                    f"measured {float(v):.9g}")
+    return None
 
 
 def with_proofs(conditions: Sequence[Condition], proven: Mapping[str, bool | None], lprime1: float | None = None) -> tuple[Condition, ...]:
     """The conditions with the proven verdicts of :func:`mli_theory.exact.prove_conditions` in place.
 
-    A proven True or False replaces the grid verdict (``proven`` = True); an undecided one keeps
-    ``holds`` = None and says so. ``linear_in_theta`` (only for affine paths) is added, with
-    ``lprime1`` = L′(1) as its value.
+    A proven True or False goes into ``holds`` (``proven`` = True); ``on_grid`` keeps what the grid
+    showed. An undecided one keeps ``holds`` = None and says so. ``linear_in_theta`` (only for
+    affine paths) is added, with ``lprime1`` = L′(1) as its value and L′(1) ≤ 0 as its grid result.
+    The reasons of :class:`mli_theory.exact.conditions.Verdicts` (a witness of a rise, the budget)
+    go into ``reason``.
     """
+    reasons = getattr(proven, "reasons", {})
     out = []
     seen = set()
     for cond in conditions:
@@ -128,29 +245,41 @@ def with_proofs(conditions: Sequence[Condition], proven: Mapping[str, bool | Non
             out.append(cond)
             continue
         verdict = proven[cond.name]
-        how = {True: "proven exactly", False: "disproven exactly", None: "undecided by the exact method"}[verdict]
-        grid_note = "value on the grid" if cond.value is not None else "no grid value"
+        why = reasons.get(cond.name)
+        grid = cond.statement[cond.statement.rfind("[") + 1 : -1] if cond.on_grid is not None and cond.statement.endswith("]") else None
+        if verdict is None:
+            how = "undecided by the exact method (integer arithmetic, Bernstein bounds)"
+            text = f"{STATEMENTS[cond.name]} [{how}; {grid}]" if grid else f"{STATEMENTS[cond.name]} [{how}]"
+            out.append(replace(cond, holds=None, proven=False, statement=text, reason=why or cond.reason))
+            continue
+        how = "proven exactly" if verdict else "disproven exactly"
+        grid_note = f"value and on_grid from the grid, {grid}" if grid else "no grid value"
         out.append(
             replace(
                 cond,
                 applicable=True,  # an exact verdict is on the polynomial path itself
-                reason=None,
-                holds=verdict,
+                reason=why if why else (cond.reason if cond.applicable else None),
+                holds=bool(verdict),
                 statement=f"{STATEMENTS[cond.name]} [{how} (integer arithmetic, Bernstein bounds); {grid_note}]",
-                proven=verdict is not None,
+                proven=True,
             )
         )
     for name, verdict in proven.items():
-        if name in seen:
+        if name in seen or name not in STATEMENTS:
             continue
+        on_grid = (lprime1 <= 0.0) if (name == "linear_in_theta" and lprime1 is not None) else None
+        word = {True: "proven", False: "disproven", None: "undecided"}[verdict]
         out.append(
             Condition(
                 name,
                 verdict,
                 lprime1 if name == "linear_in_theta" else None,
                 0.0 if name == "linear_in_theta" else None,
-                f"{STATEMENTS[name]} [exact: {'proven' if verdict else ('disproven' if verdict is False else 'undecided')} in integer arithmetic]",
+                f"{STATEMENTS[name]} [exact: {word} in integer arithmetic]",
                 verdict is not None,
+                True,
+                reasons.get(name),
+                on_grid,
             )
         )
     return tuple(out)
@@ -164,16 +293,17 @@ def overrule(
     certificate_status: str | None = None,
     witness: tuple[float, float] | None = None,
 ) -> tuple[Condition, ...]:
-    """Withdraw verdicts that the measured or proven loss contradicts (soundness backstop).
+    """Disprove what a proven rise contradicts, withdraw grid results the measured loss contradicts.
 
     Every condition is *sufficient* for a non-increasing L on [0, 1], so a path whose loss rises
     satisfies none of them. Hence:
 
     * with a proven ``non_monotone`` certificate (witness a < b with L(b) > L(a)), every applicable
-      condition is false, and that is proven (``proven`` = True);
-    * with a grid rise above the rounding level of the loss evaluation, a grid verdict "holds"
-      (``proven`` = False) is false: the inequality held at the grid points only. It becomes
-      False, with the reason.
+      condition is false, and that is proven (``holds`` = False, ``proven`` = True); ``on_grid``
+      keeps what the grid showed (it can be True: the grid missed the rise);
+    * with a grid rise above the rounding level of the loss evaluation, a grid result ``on_grid``
+      = True is withdrawn (False, with the reason): the inequalities held at the grid points only.
+      A grid rise is a float measurement, so it changes no proven verdict.
 
     Not-applicable conditions stay not applicable. A *proven* "holds" contradicted by a proven
     rise would be a bug; it is turned to False as well, and the reason says so.
@@ -186,15 +316,14 @@ def overrule(
         if certificate_status == "non_monotone" and cond.holds is not False:
             where = f" on [{witness[0]:.6g}, {witness[1]:.6g}]" if witness else ""
             why = f"disproven: the loss provably rises{where} (certificate non_monotone), and the condition implies that it does not"
-            if cond.proven and cond.holds:
+            if cond.holds:
                 why += " (CONTRADICTION with its own proof: please report)"
-            out.append(replace(cond, holds=False, proven=True, reason=why))
-        elif cond.holds and not cond.proven and grid_rise > rounding:
+            cond = replace(cond, holds=False, proven=True, reason=why)
+        if cond.on_grid and grid_rise > rounding:
             why = (
-                f"withdrawn: the measured loss rises by {grid_rise:.3g} on the grid (above rounding {rounding:.2g}), "
+                f"on grid: withdrawn, the measured loss rises by {grid_rise:.3g} on the grid (above rounding {rounding:.2g}), "
                 "so the condition fails between grid points; it held at the grid points only"
             )
-            out.append(replace(cond, holds=False, reason=why))
-        else:
-            out.append(cond)
+            cond = replace(cond, on_grid=False, reason=f"{cond.reason}; {why}" if cond.reason else why)
+        out.append(cond)
     return tuple(out)

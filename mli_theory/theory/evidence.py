@@ -1,8 +1,13 @@
 """The MSE conditions evaluated on the α grid of the geometry: evidence, never a certificate.
 
 Each value is computed from z, z′, z″ sampled at the grid points (the Gauss length from its
-adaptive grid), so a condition that "holds" here can still fail between grid points; only
-:mod:`mli_theory.exact.conditions` proves them.
+adaptive grid), so a condition that is true on the grid can still fail between grid points; only
+:mod:`mli_theory.exact.conditions` proves them. The grid forms of (a)–(f) do *not* imply
+L′(αᵢ) ≤ 0 at the grid points (e.g. (b) compares z′(αᵢ) with r = z(1) − y, not with z(αᵢ) − y, and
+z(1) − z(αᵢ) is an integral, not a grid sum): a tanh staircase has (b), (c) and (f) true at every
+grid point while L′ > 0 at all of them but α = 1. Every condition implies L′ ≤ 0 on [0, 1], so
+:func:`grid_slopes` checks that necessary part at the grid points, and the grid result of a
+condition (``on_grid``) requires it.
 """
 
 from __future__ import annotations
@@ -86,6 +91,51 @@ def grid_evidence(jet: PathJet, y: torch.Tensor, gauss: GaussLength) -> dict[str
     return out
 
 
+@dataclass(frozen=True)
+class GridSlopes:
+    """L′ at the grid points, from the jets (evidence).
+
+    Attributes:
+        alphas: the grid (K,).
+        lprime: L′(αᵢ) = (2/(n·k))⟨z′(αᵢ), z(αᵢ) − y⟩ (torch's mean squared error), (K,).
+        allowance: the rounding level of each value, 64·eps·(2/(n·k))·Σ|z′|(|z| + |y|) in the jets'
+            dtype: a positive L′ below it may be rounding (a stationary endpoint computes as ±tiny).
+    """
+
+    alphas: torch.Tensor
+    lprime: torch.Tensor
+    allowance: torch.Tensor
+
+    @property
+    def rising(self) -> torch.Tensor:
+        """Where L′(αᵢ) > 0 beyond rounding (K booleans)."""
+        return self.lprime > self.allowance
+
+    def reason(self) -> str | None:
+        """Why no condition can be true on this grid (a grid point with L′ > 0), or None."""
+        up = self.rising
+        if not bool(up.any()):
+            return None
+        i = int(torch.argmax(torch.where(up, self.lprime, torch.full_like(self.lprime, -math.inf))))
+        return (
+            f"on grid: L′(αᵢ) > 0 at {int(up.sum())} of {len(up)} grid points (largest {float(self.lprime[i]):.3g} at "
+            f"α = {float(self.alphas[i]):.4g}); every condition implies L′ ≤ 0, so it is false on the grid"
+        )
+
+
+def grid_slopes(jet: PathJet, y: torch.Tensor) -> GridSlopes:
+    """L′ at the jet's grid points with the rounding level of each value (:class:`GridSlopes`)."""
+    K = jet.dz.shape[0]
+    V = jet.dz.reshape(K, -1).double()
+    Z = jet.z.reshape(K, -1).double()
+    yy = y.reshape(-1).double()
+    c = 2.0 / yy.numel()
+    eps = torch.finfo(jet.dz.dtype).eps if jet.dz.is_floating_point() else torch.finfo(torch.float64).eps
+    lp = c * (V * (Z - yy)).sum(-1)
+    allowance = 64 * eps * c * (V.abs() * (Z.abs() + yy.abs())).sum(-1)
+    return GridSlopes(jet.alphas.double(), lp, allowance)
+
+
 def slope_envelope(lp: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """Per grid interval, max over s ∈ [0, h] of min(L′(αᵢ) + Mᵢs, L′(αᵢ₊₁) − mᵢ(h − s)).
 
@@ -116,10 +166,11 @@ def grid_slope(jet: PathJet, y: torch.Tensor) -> tuple[bool, float | None, float
     L′(α) ≤ E(s) = min(L′(a) + Mᵢs, L′(b) − mᵢ(h − s)) (integrate L″ from either end). If
     L′(αᵢ) ≤ 0 at every grid point and max_{s∈[0,h]} E(s) ≤ 0 on every interval, L is non-increasing
     on [0, 1]. E is the minimum of two lines, so its maximum is at an end or where they cross. It is a
-    proof with *proven* bounds mᵢ, Mᵢ (an enclosure of L″ on the interval); here they are the smaller
-    and larger of L″(αᵢ), L″(αᵢ₊₁) from the jets, so the verdict is evidence. Any geometric condition
-    (a)–(f) checked on the same grid is more conservative than this (each implies L′ ≤ 0 at the grid
-    points) and no more rigorous.
+    proof with *proven* bounds mᵢ, Mᵢ (an enclosure of L″ on the interval: on polynomial paths
+    :mod:`mli_theory.exact.conditions` proves it with Bernstein bounds); here they are the smaller
+    and larger of L″(αᵢ), L″(αᵢ₊₁) from the jets, so the verdict is evidence. The geometric conditions
+    (a)–(f) checked on the same grid are no more rigorous, and their grid forms do not imply
+    L′(αᵢ) ≤ 0: the grid result of every condition adds that requirement (:func:`grid_slopes`).
 
     Returns (holds, value, threshold): value = the largest max E over the intervals divided by
     max|L′(αᵢ)| (≤ 0 where it holds).

@@ -18,9 +18,12 @@ L′(α) = 2c·⟨z′(α), z(α) − y⟩. Each condition below implies L′ �
 * (d) ``linear_in_theta`` (only when z is affine in α): L′(1) ≤ 0, which is also necessary.
 * ``grid_slope``: the sound grid statement — L′(αᵢ) ≤ 0 at the grid points, and with mᵢ ≤ L″ ≤ Mᵢ
   on each grid interval [αᵢ, αᵢ + h], L′(αᵢ + s) ≤ min(L′(αᵢ) + Mᵢs, L′(αᵢ₊₁) − mᵢ(h − s)) ≤ 0. A
-  proof once mᵢ, Mᵢ are proven bounds; evaluated with L″ at the grid points it is evidence. Every geometric condition
-  (a)–(f) checked on the same grid is *more conservative* (each implies L′(αᵢ) ≤ 0) and *no more
-  rigorous*: their grid values also miss what happens between grid points. Hypothesis: z ∈ C².
+  proof once mᵢ, Mᵢ are proven bounds (on polynomial paths: Bernstein bounds of the exact L″);
+  evaluated with L″ at the grid points it is evidence. The geometric conditions (a)–(f) checked on
+  the same grid are *no more rigorous*: their grid values miss what happens between grid points,
+  and their grid forms do not even imply L′(αᵢ) ≤ 0 (a tanh staircase satisfies (b), (c), (f) at
+  every grid point with L′ > 0 at all but α = 1), so every grid result also requires
+  L′(αᵢ) ≤ 0. Hypothesis: z ∈ C².
 
 Subordinate per-example variants (``zero_residual_gauss_per_example``,
 ``acute_tangents_per_example``): each example's own output path and residual satisfy (a), resp.
@@ -33,14 +36,20 @@ curvature form ⇒ pairwise form of (c); (d) ⇔ monotone for affine z; (f) with
 (a spiral into y with G ≈ 7.7 is monotone, and (f) certifies it); π/2 in (a) cannot be raised by any rule that sees only G
 (a unit-speed curve turning by π/2 + 0.05 then running straight rises).
 
-How they are evaluated (:mod:`mli_theory.theory.conditions`):
+How they are evaluated (:mod:`mli_theory.theory.conditions`). Proof and evidence never share a
+field: ``holds`` is True or False only when proven for all of [0, 1] (``proven`` = True); what the
+grid showed is ``on_grid``.
 
-* only where the traced model satisfies the hypotheses (else ``applicable`` = False, ``holds`` = None);
-* any such model: on the α grid of the geometry (``proven`` = False: evidence, never a certificate;
-  a grid verdict "holds" is withdrawn when the measured loss rises above rounding);
-* Sequential-of-Linear models (polynomial paths): with exact integer arithmetic and Bernstein
-  bounds (``proven`` = True); ``holds`` is then True only when proven, False when disproven, and
-  None when the exact evaluation was undecided within its budget.
+* only where the traced model satisfies the hypotheses (else ``applicable`` = False, ``holds`` and
+  ``on_grid`` None);
+* any such model: on the α grid of the geometry, into ``on_grid`` (evidence, never a certificate:
+  ``holds`` stays None). ``on_grid`` is True only when the condition's inequalities and L′(αᵢ) ≤ 0
+  hold at every grid point, and it is withdrawn (False) when the measured loss rises above rounding;
+* Sequential-of-Linear models (polynomial paths) under MSE: proven with exact integer arithmetic and
+  Bernstein bounds, by default (a few seconds) and under ``certify``; ``holds`` is True when proven,
+  False when disproven (an exact rise of the loss disproves all of them), None when undecided
+  within the budget;
+* a proven rise of the loss (a ``non_monotone`` certificate) makes every applicable condition False.
 """
 
 from __future__ import annotations

@@ -557,8 +557,9 @@ def two_phase(m: int = 2, degree: int = 3) -> Derivation:
 
     Statement (our own; proof sketch of issue 16, made precise). Let z ∈ C² on [0, 1], r = z(1) − y,
     G(α) the total turning of the unit tangent on [α, 1] (at most π is used: cos G(α) with G(α)
-    capped at π; where z′(α) = 0 the bound below is 0 = 0) and arc(α, 1) = ∫_α^1‖z′(s)‖ds. If for
-    some c ∈ [0, 1]
+    capped at π; where z′(α) = 0 the bound below is 0 = 0; on a plateau start, z′(0) = 0, the
+    tangent is defined on (0, 1] only and G(0) is its turning there, the limit of G(α) as α ↓ 0)
+    and arc(α, 1) = ∫_α^1‖z′(s)‖ds. If for some c ∈ [0, 1]
 
     (i)   ⟨z′(1), r⟩ ≤ 0                                   (n·L′(1) ≤ 0, necessary for MLI),
     (ii)  L″ ≥ 0 on [c, 1],
