@@ -357,3 +357,26 @@ def test_flag_hints_use_the_flags_values():
     from mli_theory.cli.main import _as_flags
 
     assert "--dtype float64" in _as_flags("not finite (evaluate in float64 with dtype=torch.float64)")
+
+
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+def test_subnormal_weights_end_at_once_with_the_reason_and_decide_above_the_floor(loss):
+    """Weights of 1e-310: the loss varies by less than the enclosures' underflow guards. At tol 0
+    the answer is unknown at once, saying so (it used to spend the whole budget); above the floor
+    the path is decided."""
+    import time
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    a = {k: torch.randn_like(v) * 1e-310 for k, v in model.state_dict().items()}
+    b = {k: torch.randn_like(v) * 1e-310 for k, v in model.state_dict().items()}
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(10, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(10, 2, generator=g, dtype=torch.float64) if loss == "mse" else torch.randint(0, 2, (10,), generator=g)
+    data = Dataset(x, y, loss, "subnormal")
+    t = time.perf_counter()
+    r = check(model, a, b, data, certify=True, dtype=torch.float64, geometry=False, tol=0.0, certify_budget=30)
+    assert r.certificate.status == "unknown" and "underflow floor" in r.certificate.reason
+    assert time.perf_counter() - t < 15
+    r = check(model, a, b, data, certify=True, dtype=torch.float64, geometry=False, tol=1e-250, certify_budget=30)
+    assert r.certificate.status == "monotone"

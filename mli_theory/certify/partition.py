@@ -47,6 +47,7 @@ from .validation import MEASURED_DIFFERS, Reference, validation_points
 from .enclosures import _LIB, _TINY, TM, U, Enclosure, EnclosureNumbers, Param, StatisticsNumbers, _add_tm, _up, gamma
 
 MIN_WIDTH = 2.0**-40
+UNDERFLOW_FLOOR = 2.0**-900  # a rise bound below this is made of the enclosures' underflow guards
 ADJOINT_MIN_KINK_LAYERS = 3  # ReLU layers from which the adjoint kink bound is the default (see prepare)
 START_CELLS = 8
 SCREEN_EXAMPLES = 256
@@ -905,6 +906,12 @@ def _bisect(
                 f"L′ enclosed on {len(cells)} cells: the total rise is at most {float_up(rb):.3g} ≤ tol",
                 tuple(cells),
             )
+        if rb is not None and rb <= UNDERFLOW_FLOOR and evaluated >= 4 * START_CELLS:
+            # what is left of the bound is the underflow guards of the enclosures (2⁻¹⁰⁰⁰ per term):
+            # bisection cannot shrink it, so do not spend the budget on it
+            return _unknown(done, evaluated, f"the proven rise bound {float_up(rb):.3g} is at the enclosures' underflow floor "
+                                             f"(the loss varies by less than about {UNDERFLOW_FLOOR:.0e} along the path): no finite "
+                                             "partition decides tol below it; give a tolerance of at least that")
         run, i0, i1 = _best_run(cells)
         if i1 >= i0 and run > tol_q and not witness:
             return replace(_unknown(done, evaluated, "screening: a rise was found"), where=(cells[i0].a, cells[i1].b))
