@@ -30,16 +30,7 @@ DENSE = 2001
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_cpu_thread():
-    """One intra-op thread while these tests run: train-mode BatchNorm on a handful of examples costs
-    ~6-25 ms per call with two threads on a loaded machine against ~0.02 ms with one (results equal)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def run_check(c: C.Costume, **kw):

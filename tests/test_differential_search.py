@@ -45,16 +45,7 @@ TOLERANCES = (1e-3, 0.0, 1e-6, 1e-3, 1e-2)
 FOCUSED_ENDPOINTS = ("near_teacher_end", "teacher_start", "still", "near")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_cpu_thread():
-    """One intra-op thread while these tests run: train-mode BatchNorm on a handful of examples costs
-    ~6-25 ms per call with two threads on a loaded machine against ~0.02 ms with one (results equal)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def _profile(examples: int, shrink: bool = True) -> settings:
