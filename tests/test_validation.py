@@ -380,3 +380,87 @@ def test_subnormal_weights_end_at_once_with_the_reason_and_decide_above_the_floo
     assert time.perf_counter() - t < 15
     r = check(model, a, b, data, certify=True, dtype=torch.float64, geometry=False, tol=1e-250, certify_budget=30)
     assert r.certificate.status == "monotone"
+
+
+# ----------------------------------------------------------------------------- found by an adversarial review
+
+
+class _BatchSized(nn.Module):
+    """Outputs that depend on the batch size through arithmetic on ``x.shape[0]``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 1)
+
+    def forward(self, x):
+        b = x.shape[0]
+        return self.lin(x) * ((b - 1) * (b - 8) / 100.0) + self.lin(x)
+
+
+def test_a_graph_that_computes_with_the_batch_size_is_enclosed_on_the_curves_batches():
+    from mli_theory.certify.partition import _reads_batch_size, prepare
+    from mli_theory.geometry.interpreter import trace
+
+    assert _reads_batch_size(trace(_BatchSized()))
+    flat = nn.Sequential(nn.Linear(3, 4), nn.Flatten())
+
+    class Viewed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.l = nn.Linear(3, 4)
+
+        def forward(self, x):
+            h = self.l(x)
+            return h.view(h.shape[0], -1) + h.reshape(h.size(0), 2, 2).flatten(1)
+
+    assert not _reads_batch_size(trace(flat)) and not _reads_batch_size(trace(Viewed()))
+    model = _BatchSized().double()
+    a, b = _pair(model)
+    data = _data(40)
+    line = make_line(model, a, b, dtype=torch.float64)
+    assert prepare(line, data, BNPolicy.FROZEN, memory_bytes=1.0).chunk == data.n
+
+
+def test_helpers_of_torch_module_classes_and_module_call_are_in_the_snapshot(monkeypatch):
+    from mli_theory.path.structure import opaque_call_reason
+
+    original = nn.Conv2d._conv_forward
+    monkeypatch.setattr(nn.Conv2d, "_conv_forward", lambda self, x, w, b: original(self, x, w, b) * 2)
+    assert any("_conv_forward" in name for name in replaced_functions())
+    assert "replaced" in opaque_call_reason(nn.Sequential(nn.Conv2d(1, 1, 1)))
+    monkeypatch.undo()
+    call = nn.Module._call_impl
+    monkeypatch.setattr(nn.Module, "_call_impl", lambda self, *a, **k: call(self, *a, **k))
+    assert any("_call_impl" in name for name in replaced_functions())
+    monkeypatch.undo()
+    assert replaced_functions() == []
+
+
+class _Tracing(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = nn.Linear(3, 1)
+
+    def forward(self, x):
+        out = self.l(x)
+        if not torch.fx._symbolic_trace.is_fx_tracing():
+            out = out * 2
+        return out
+
+
+class _GradMode(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = nn.Linear(3, 1)
+
+    def forward(self, x):
+        return self.l(x) * (2.0 if torch.is_grad_enabled() else 1.0)
+
+
+@pytest.mark.parametrize("cls", [_Tracing, _GradMode])
+def test_a_forward_that_asks_how_it_runs_is_refused(cls):
+    model = cls()
+    a, b = _pair(model)
+    r = _certify(model, a, b, _data())
+    assert r.certificate.status == "unknown" and "reads" in r.certificate.reason
+    assert r.info["path_kind"] == "unknown"

@@ -1342,8 +1342,8 @@ def _mean(nt: EnclosureNumbers, x: Any, dim: Any = None, keepdim: bool = False, 
     nd = len(x.shape)
     dims = (dim,) if isinstance(dim, int) else tuple(dim)
     dims = tuple(d % nd for d in dims)
-    if 0 in dims:
-        return NotImplemented  # averaging over examples is not a per-example map
+    if not dims or 0 in dims:
+        return NotImplemented  # averaging over examples (dim=[] is every axis) is not a per-example map
     cdims = tuple(d + 1 for d in dims)
     k = int(math.prod(x.shape[d] for d in dims))
     g2 = gamma(k + 4) * 2.0

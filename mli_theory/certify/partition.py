@@ -216,7 +216,7 @@ def prepare(line: Line, data: Dataset, bn: BNPolicy, *, device: torch.device | N
     widest = _widest_activation(gm, start, x[:1])
     per_example = cells_per_batch * widest * 8 * 48  # bytes for ~48 tensors of the widest activation
     chunk = max(1, min(x.shape[0], int(memory_bytes // max(per_example, 1))))
-    if _mixes_examples(line.shell, start, end, x, names=frozenset(line.param_names)):
+    if _reads_batch_size(gm) or _mixes_examples(line.shell, start, end, x, names=frozenset(line.param_names)):
         # outputs depend on the other examples in the batch: certify the batches the curve evaluates
         # (all examples at once unless batch_size), never chunks of the enclosure's own choosing
         chunk = x.shape[0] if not batch_size or batch_size <= 0 else min(x.shape[0], batch_size)
@@ -226,6 +226,32 @@ def prepare(line: Line, data: Dataset, bn: BNPolicy, *, device: torch.device | N
     if not statistics and adjoint is not False:
         use, edges, output = _adjoint_plan(gm, params, x[:1], 1 if adjoint else ADJOINT_MIN_KINK_LAYERS)
     return _Problem(gm, params, x, y, data.loss, start, end, line.shell, chunk, statistics, line, stat_cells, use, edges, output)
+
+
+_SHAPE_ONLY_METHODS = frozenset({"view", "reshape", "expand", "flatten", "unflatten", "new_zeros", "new_ones", "new_empty", "size"})
+_SHAPE_ONLY_FUNCTIONS = (torch.reshape, torch.flatten, torch.unflatten)
+
+
+def _reads_batch_size(gm: GraphModule) -> bool:
+    """Whether the traced graph uses a size of a tensor as a number: a ``size()``/``.shape``/``len``
+    whose value (or an entry of it) reaches anything but the shape argument of a reshape. Outputs
+    of such a graph may depend on how many examples a batch holds (a per-chunk walk would see other
+    batch sizes than the curve), so it is enclosed on the curve's own batches."""
+    import builtins
+    import operator
+
+    def sizes(n) -> bool:
+        return (n.op == "call_method" and n.target == "size") or (
+            n.op == "call_function" and n.target in (getattr, builtins.len) and (n.target is builtins.len or n.args[1:2] == ("shape",)))
+
+    def shape_only(user, node) -> bool:
+        if user.op == "call_function" and user.target is operator.getitem and user.args[0] is node:
+            return all(shape_only(u, user) for u in user.users)
+        if user.op == "call_method" and user.target in _SHAPE_ONLY_METHODS and user.args[0] is not node:
+            return True
+        return user.op == "call_function" and user.target in _SHAPE_ONLY_FUNCTIONS and (user.args[:1] != (node,))
+
+    return any(sizes(n) and not all(shape_only(u, n) for u in n.users) for n in gm.graph.nodes)
 
 
 def _mixes_examples(shell: Any, start: dict[str, torch.Tensor], end: dict[str, torch.Tensor], x: torch.Tensor, m: int = 8,

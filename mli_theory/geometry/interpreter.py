@@ -89,7 +89,8 @@ def trace(module: nn.Module) -> GraphModule:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            gm = torch.fx.symbolic_trace(module)
+            with torch.no_grad():  # the mode every evaluation runs in (a forward may read it)
+                gm = torch.fx.symbolic_trace(module)
     except Exception as exc:  # any failure to trace: we cannot tell what the model computes
         msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         raise UnsupportedGraph(f"torch.fx could not trace the model ({type(exc).__name__}: {msg})") from exc

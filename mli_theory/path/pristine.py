@@ -5,8 +5,9 @@ modules it called (``nn.Linear``), and every rule of the jets and enclosures com
 function computes. A process that replaced ``torch.nn.functional.linear`` (which ``nn.Linear``
 calls inside its leaf module) or ``torch.Tensor.__add__`` evaluates something else, and the trace
 shows nothing of it. So the operations of ``torch`` (its compiled functions and those of
-``torch.functional``), ``torch.nn.functional``, ``torch.special`` and the methods of ``torch.Tensor``
-are compared with the objects they were when mli_theory was
+``torch.functional``), ``torch.nn.functional``, ``torch.special``, the methods of ``torch.Tensor``
+and the methods of ``nn.Module`` and of every module class torch defines (``nn.Conv2d._conv_forward``,
+``nn.Module._call_impl``, …) are compared with the objects they were when mli_theory was
 imported (a read-only snapshot), and the public functions that live in those namespaces must come
 from torch itself (a replacement made before the import is a function defined outside torch).
 """
@@ -26,7 +27,22 @@ _NAMESPACES: tuple[tuple[str, object], ...] = (
     ("torch.special", torch.special),
 )
 _CALLABLE = (types.FunctionType, types.BuiltinFunctionType, types.MethodDescriptorType, types.WrapperDescriptorType,
-             types.BuiltinMethodType)
+             types.BuiltinMethodType, classmethod, staticmethod)
+
+
+def _module_classes() -> list[type]:
+    """``nn.Module`` and every module class torch defines in ``torch.nn`` (their methods, such as
+    ``nn.Conv2d._conv_forward`` or ``nn.Module._call_impl``, run inside the leaves of a trace)."""
+    from torch import nn
+
+    out: dict[str, type] = {"torch.nn.Module": nn.Module}
+    for name, obj in vars(nn).items():
+        if isinstance(obj, type) and issubclass(obj, nn.Module) and str(obj.__module__).startswith("torch."):
+            out.setdefault(f"torch.nn.{name}", obj)
+            for base in obj.__mro__:
+                if isinstance(base, type) and issubclass(base, nn.Module) and str(base.__module__).startswith("torch."):
+                    out.setdefault(f"{base.__module__}.{base.__qualname__}", base)
+    return list(out.items())  # type: ignore[return-value]
 
 
 def _tensor_attributes() -> dict[str, object]:
@@ -52,6 +68,10 @@ def _snapshot() -> Mapping[tuple[str, str], object]:
             snap[label, name] = obj
     for name, obj in _tensor_attributes().items():
         snap["torch.Tensor", name] = obj
+    for label, cls in _module_classes():
+        for name, obj in vars(cls).items():
+            if isinstance(obj, _CALLABLE):
+                snap[label, name] = obj
     return MappingProxyType(snap)
 
 
@@ -75,11 +95,15 @@ def replaced_functions(limit: int = 4) -> list[str]:
     """
     found: list[str] = []
     now = _tensor_attributes()
+    namespaces = dict(_NAMESPACES)
+    classes = dict(_module_classes())
     for (label, name), obj in _PRISTINE.items():
         if label == "torch.Tensor":
             current = now.get(name)
+        elif label in namespaces:
+            current = vars(namespaces[label]).get(name)
         else:
-            current = vars(dict(_NAMESPACES)[label]).get(name)
+            current = vars(classes[label]).get(name) if label in classes else None
         if current is not obj or not _from_torch(name, current):
             found.append(f"{label}.{name}")
             if len(found) >= limit:

@@ -51,6 +51,7 @@ from enum import Enum
 import torch
 from torch import nn
 
+from .pristine import replaced_functions  # imported with the package: the snapshot predates user code
 from .smoothness import Smoothness, classify_node, varying_nodes
 
 
@@ -115,8 +116,6 @@ def opaque_call_reason(model: nn.Module) -> str | None:
     """
     from torch.nn.modules import module as module_mod
 
-    from .pristine import replaced_functions
-
     replaced = replaced_functions()
     if replaced:
         return f"torch functions have been replaced in this process ({', '.join(replaced)}): the trace cannot show what they compute"
@@ -135,6 +134,35 @@ def opaque_call_reason(model: nn.Module) -> str | None:
             return f"{label} has its own instance attribute {patched[0]!r} (a patched method the trace cannot see)"
         if cls.__module__.startswith("torch.nn.") and not str(getattr(cls.forward, "__module__", "")).startswith("torch."):
             return f"{label}: {cls.__name__}.forward has been replaced by code outside torch"
+        asks = _asks_how_it_runs(cls)
+        if asks is not None:
+            return f"{label} ({cls.__name__}) reads {asks} in its forward: it may compute one thing when traced and another when run"
+    return None
+
+
+# what a forward can read to behave differently under the trace than when the curve runs it
+_MODE_PROBES = frozenset({
+    "is_fx_tracing", "is_fx_symbolic_tracing", "_is_fx_tracing_flag", "is_scripting", "is_tracing", "is_compiling",
+    "is_dynamo_compiling", "is_grad_enabled", "is_inference_mode_enabled", "is_inference", "_get_tracing_state",
+})
+
+
+def _asks_how_it_runs(cls: type) -> str | None:
+    """The first name of :data:`_MODE_PROBES` that the ``forward`` of a module class defined outside
+    torch refers to (its own code and the code objects nested in it), or None. A forward that asks
+    whether it is being traced, or in which grad mode it runs, can differ between the trace and the
+    measured evaluation anywhere, even between the points where the two are compared."""
+    if str(cls.__module__).startswith("torch."):
+        return None
+    code = getattr(getattr(cls, "forward", None), "__code__", None)
+    todo, seen = [code] if code is not None else [], 0
+    while todo and seen < 64:
+        c = todo.pop()
+        seen += 1
+        hit = _MODE_PROBES.intersection(c.co_names)
+        if hit:
+            return sorted(hit)[0]
+        todo.extend(k for k in c.co_consts if hasattr(k, "co_names"))
     return None
 
 
@@ -156,7 +184,8 @@ def analyse(model: nn.Module) -> PathStructure:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            graph = torch.fx.symbolic_trace(model).graph
+            with torch.no_grad():  # the mode every evaluation runs in (a forward may read it)
+                graph = torch.fx.symbolic_trace(model).graph
     except Exception as exc:  # any failure to trace means we cannot tell what the model computes
         msg = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         return PathStructure(PathKind.UNKNOWN, f"torch.fx could not trace the model ({type(exc).__name__}: {msg})")
