@@ -62,11 +62,12 @@ def test_cell_integrals_bound_the_measured_loss(act, loss, seed, width, where):
     lo_a = min(where, 1 - width)
     cells = [(lo_a, lo_a + width), (0.0, 0.5), (0.5, 1.0)]
     _, _, shares = enclose_cells(prob, [c[0] for c in cells], [c[1] for c in cells])
-    for (ca, cb), (low, up) in zip(cells, shares):
+    for (ca, cb), (low, up, high) in zip(cells, shares):
         grid = [ca + (cb - ca) * i / 200 for i in range(201)]
         ls = [_loss(model, a, b, data, t) for t in grid]
         slack = 1e-11 * (1 + max(abs(v) for v in ls))
         assert low <= ls[-1] - ls[0] + slack, (ca, cb, low, ls[-1] - ls[0])
+        assert ls[-1] - ls[0] <= high + slack, (ca, cb, high, ls[-1] - ls[0])
         positive = sum(max(0.0, q - p) for p, q in zip(ls, ls[1:]))  # ≤ ∫ max(0, L′)
         assert positive <= up + slack, (ca, cb, positive, up)
 
@@ -101,3 +102,39 @@ def test_near_ties_are_decided(act, seed, eps):
     assert above.certificate.status == "monotone", above.certificate.reason
     w0, w1 = below.certificate.where
     assert _loss(model, a, b, data, w1) - _loss(model, a, b, data, w0) > rise * (1 - eps)
+
+
+def test_the_rise_bound_is_the_largest_rise_not_the_total_increase():
+    """Two rises of 1 separated by a fall of 3: every L(b) − L(a) ≤ 1 + tiny, though L increases by
+    2 in total; cells with exact integrals give the max-rise bound, the sum of positive parts 2."""
+    from fractions import Fraction
+
+    from mli_theory.certify.partition import CellBound, _rise_bound
+
+    def cell(a, b, integral):  # a cell on which L′ is constant
+        slope = integral / (b - a)
+        return CellBound(a, b, slope, slope, integral, max(integral, 0.0), integral)
+
+    cells = [cell(0.0, 0.25, 1.0), cell(0.25, 0.5, -3.0), cell(0.5, 0.75, 1.0), cell(0.75, 1.0, -0.5)]
+    assert _rise_bound(cells) == Fraction(1)
+    assert sum(c.rise_share for c in cells) == 2.0
+    # one rise spread over two cells, a small dip between them that does not undo it
+    cells = [cell(0.0, 0.25, 1.0), cell(0.25, 0.5, -0.25), cell(0.5, 0.75, 1.0), cell(0.75, 1.0, -5.0)]
+    assert _rise_bound(cells) == Fraction(7, 4)
+
+
+def test_a_path_that_rises_twice_is_monotone_at_a_tolerance_above_its_largest_rise():
+    """tanh 3-8-2 (seed 2 of the near-tie benchmark) rises twice: largest rise R = 0.40714, total
+    increase 0.40807. At T = R(1 + 1e-3) < the total increase it is monotone (it was unknown)."""
+    import sys
+
+    sys.path.insert(0, __import__("os").path.join(__import__("os").path.dirname(__file__), "..", "benchmarks"))
+    from certify_round3 import _case
+
+    model, a, b, data = _case("tanh", 2)
+    rise = _true_rise(model, a, b, data)
+    ls = [_loss(model, a, b, data, i / 2000) for i in range(2001)]
+    total = sum(max(0.0, q - p) for p, q in zip(ls, ls[1:]))
+    assert total > rise * (1 + 1e-3)  # the sum of positive parts cannot prove it
+    r = check(model, a, b, data, tol=rise * (1 + 1e-3), certify=True, dtype=torch.float64, geometry=False, certify_budget=60)
+    assert r.certificate.status == "monotone", r.certificate.reason

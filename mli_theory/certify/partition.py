@@ -70,6 +70,7 @@ class CellBound:
     hi: float
     low: float | None = None
     up: float | None = None
+    high: float | None = None  # ∫ L′ ≤ high = 2h(C + E)
 
     @property
     def rise_share(self) -> float:
@@ -78,6 +79,12 @@ class CellBound:
             return math.inf
         coarse = float_up((Fraction(self.b) - Fraction(self.a)) * Fraction(max(self.hi, 0.0)))
         return coarse if self.up is None else min(coarse, self.up)
+
+    @property
+    def gain_share(self) -> float:
+        """A proven upper bound of ∫ L′ over the cell (inf when the enclosure is not finite)."""
+        share = self.rise_share
+        return share if self.high is None else min(share, self.high)
 
     @property
     def fall_share(self) -> float:
@@ -679,7 +686,7 @@ def enclose_cells(problem: _Problem, a: list[float], b: list[float], deadline: f
         kb = krows[i]
         if not all(math.isfinite(v) for v in (c, g, e, m, kb)):
             out_d.append((-math.inf, math.inf))
-            out_i.append((-math.inf, math.inf))
+            out_i.append((-math.inf, math.inf, math.inf))
         else:
             # L′(mid + t) ∈ scale·(C + G·t ± E) for |t| ≤ h: the rounding of the three sums is
             # covered by E (|t|·γΣ|g| ≤ γΣ mag), the kinks' adjoint share is t-independent
@@ -690,7 +697,7 @@ def enclose_cells(problem: _Problem, a: list[float], b: list[float], deadline: f
             out_d.append((float_down(scale * (centre - width)), float_up(scale * (centre + width))))
             low = scale * 2 * h * (centre - err)
             up = scale * positive_part_integral(centre + err, Fraction(g), h)
-            out_i.append((float_down(low), float_up(up)))
+            out_i.append((float_down(low), float_up(up), float_up(scale * 2 * h * (centre + err))))
         llo, lhi = lrows[i]
         if not all(math.isfinite(v) for v in (llo, lhi, lm[i])):
             out_l.append((-math.inf, math.inf))
@@ -729,13 +736,21 @@ def _best_run(cells: list[CellBound]) -> tuple[Fraction, int, int]:
 
 
 def _rise_bound(cells: list[CellBound]) -> Fraction | None:
-    total = Fraction(0)
+    """A proven bound on sup_{a<b} L(b) − L(a) over a partition sorted by position: for a in cell i
+    and b in cell j > i, ∫_a^b L′ ≤ P_i + Σ_{i<k<j} G_k + P_j (P the bound of ∫ max(0, L′) on a cell,
+    which bounds the integral over any part of it; G the bound of ∫ L′ on a whole cell), and ≤ P_i
+    when both lie in cell i; maximised over i ≤ j by one pass (Kadane). Never above Σ P, the bound
+    on the total increase, and equal to it when the path rises only once."""
+    best = Fraction(0)
+    open_run: Fraction | None = None  # max over i < j of P_i + Σ_{i<k<j} G_k, for the current j
     for c in cells:
-        share = c.rise_share
-        if not math.isfinite(share):
+        share, gain = c.rise_share, c.gain_share
+        if not (math.isfinite(share) and math.isfinite(gain)):
             return None
-        total += Fraction(share)
-    return total
+        p, g = Fraction(share), Fraction(gain)
+        best = max(best, p, open_run + p if open_run is not None else p)
+        open_run = p if open_run is None else max(p, open_run + g)
+    return best
 
 
 def _merge(intervals: list[tuple[float, float]]) -> tuple[tuple[float, float], ...]:
@@ -863,7 +878,7 @@ def _confirm_rise(problem: _Problem, run: list[tuple[float, float]], tol: float,
     for i in range(0, len(run), batch):
         part = run[i : i + batch]
         bounds, _, shares = enclose_cells(problem, [p[0] for p in part], [p[1] for p in part], deadline)
-        cells += [CellBound(a, b, lo, hi, low, up) for (a, b), (lo, hi), (low, up) in zip(part, bounds, shares)]
+        cells += [CellBound(a, b, lo, hi, low, up, high) for (a, b), (lo, hi), (low, up, high) in zip(part, bounds, shares)]
     cells.sort(key=lambda c: c.a)
     return _witness(problem, cells, tol, len(cells), rise_bound=None)
 
@@ -916,8 +931,8 @@ def _bisect(
             for i in range(0, len(todo), batch):
                 part = todo[i : i + batch]
                 bounds, _, shares = enclose_cells(problem, [p[0] for p in part], [p[1] for p in part], deadline)
-                for (a, b), (lo, hi), (low, up) in zip(part, bounds, shares):
-                    fresh[(a, b)] = CellBound(a, b, lo, hi, low, up)
+                for (a, b), (lo, hi), (low, up, high) in zip(part, bounds, shares):
+                    fresh[(a, b)] = CellBound(a, b, lo, hi, low, up, high)
                 evaluated += len(part)
                 _replace_parents(done, fresh, parents)
         except BudgetExceeded:
