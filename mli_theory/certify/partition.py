@@ -944,7 +944,7 @@ def _bisect(
         if rb is not None and rb <= tol_q:
             return EnclosureVerdict(
                 "monotone", float_up(rb), None, None, None, evaluated, (),
-                f"L′ enclosed on {len(cells)} cells: the total rise is at most {float_up(rb):.3g} ≤ tol",
+                f"L′ enclosed on {len(cells)} cells: every rise L(b) − L(a) is at most {float_up(rb):.3g} ≤ tol",
                 tuple(cells),
             )
         if rb is not None and rb <= UNDERFLOW_FLOOR and evaluated >= 4 * START_CELLS:
