@@ -60,15 +60,14 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
-def _witness_curve(line, data: Dataset, where: tuple[float, float], bn: BNPolicy, batch_size: int | None,
-                   warnings: list[str]) -> dict[str, list[float]] | None:
-    """The measured loss around a witness, in float64 (a rise below float32 rounding shows)."""
-    from .certify.validation import Reference
+def _witness_curve(reference: Any, where: tuple[float, float], warnings: list[str]) -> dict[str, list[float]] | None:
+    """The measured loss around a witness, in float64 (a rise below float32 rounding shows), from
+    the reference the certificate was validated against."""
     from .plot import witness_alphas
 
     try:
         alphas = witness_alphas(where)
-        return {"alphas": alphas, "losses": Reference(line, data, bn, batch_size).losses(alphas)}
+        return {"alphas": alphas, "losses": reference.losses(alphas)}
     except Exception as exc:  # optional work: a warning, never a lost verdict
         warnings.append(f"the loss around the witness could not be evaluated ({_first_line(exc)})")
         return None
@@ -188,8 +187,8 @@ def check(
             outcome = _certify(line, data, tol=tol, budget_s=certify_budget, conditions=geometry, bn=bn, batch_size=batch_size, curve=curve)
             certificate = outcome.certificate
             warnings.extend(outcome.notes)
-            if witness_curve and certificate.status == "non_monotone" and certificate.where is not None:
-                extra["witness_curve"] = _witness_curve(line, data, certificate.where, bn, batch_size, warnings)
+            if witness_curve and certificate.status == "non_monotone" and certificate.where is not None and outcome.reference is not None:
+                extra["witness_curve"] = _witness_curve(outcome.reference, certificate.where, warnings)
             if outcome.proven_conditions and conditions:
                 from .theory import with_proofs
 

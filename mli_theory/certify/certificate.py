@@ -52,12 +52,15 @@ class ProofOutcome:
             conditions, when they were evaluated exactly; empty otherwise.
         notes: what was skipped or ran out of budget (for the result's warnings).
         seconds: time spent.
+        reference: the float64 re-evaluation of the measured curve the verdict was validated
+            against (its cache and float64 copies serve later evaluations along the same line).
     """
 
     certificate: Certificate
     proven_conditions: dict[str, bool | None] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     seconds: float = 0.0
+    reference: Reference | None = field(default=None, repr=False, compare=False)
 
 
 def certify(
@@ -106,14 +109,15 @@ def certify(
             notes = (f"no certificate: {cert.reason}",)
         if withdrawn:  # conditions proven on a model the measured curve contradicts prove nothing
             proven = None
-        return ProofOutcome(cert, proven or {}, notes + withdrawn, round(time.perf_counter() - t0, 4))
+        return ProofOutcome(cert, proven or {}, notes + withdrawn, round(time.perf_counter() - t0, 4), reference)
 
     try:
         inconsistent = reference.consistency()
     except Exception as exc:  # noqa: BLE001 - whatever stops the re-evaluation stops the certificate
         inconsistent = f"the measured curve could not be re-evaluated in float64 ({type(exc).__name__}: {str(exc)[:160]})"
     if inconsistent is not None:
-        return ProofOutcome(Certificate.unknown(inconsistent), {}, (f"no certificate: {inconsistent}",), round(time.perf_counter() - t0, 4))
+        return ProofOutcome(Certificate.unknown(inconsistent), {}, (f"no certificate: {inconsistent}",), round(time.perf_counter() - t0, 4),
+                            reference)
     if _constant(line, BNPolicy(bn)):
         return done(Certificate("monotone", "constant_path", 0.0, None,
                                 "θ0 = θT in every entry that moves along the path, so L is constant on [0, 1]", rise_bound=0.0))

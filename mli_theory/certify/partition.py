@@ -281,7 +281,8 @@ def _mixes_examples(shell: Any, start: dict[str, torch.Tensor], end: dict[str, t
     mid = {k: (0.5 * s + 0.5 * end[k]) if s.is_floating_point() else end[k] for k, s in start.items()}
     g = torch.Generator(device="cpu").manual_seed(20261204)
     probes = [(mid, x[torch.linspace(0, n - 1, m).round().long()])] if m >= 2 else []
-    scale_x = float(x.std()) if x.numel() > 1 and float(x.std()) > 0 else 1.0
+    spread = float(x.std()) if x.numel() > 1 else 0.0
+    scale_x = spread if spread > 0 else 1.0
     for _ in range(2):
         state = dict(mid)
         for k in (names or ()):

@@ -122,12 +122,25 @@ class Reference:
     _data64: Dataset | None = field(default=None, repr=False)
     _cache: dict[float, float] = field(default_factory=dict, repr=False)
     _ymax: float | None = field(default=None, repr=False)
+    _curve_at: dict[float, float] | None = field(default=None, repr=False)
 
-    def losses(self, alphas: Sequence[float]) -> list[float]:
-        """L(α) of the measured computation in float64 (each α evaluated once, then cached)."""
+    def _ensure64(self) -> None:
+        """The float64 copies of the line and the data, made once."""
         if self._line64 is None:
             self._line64 = _float64_line(self.line)
             self._data64 = self.data.to(self.line.device, torch.float64)
+
+    def _dtype_value(self, alpha: float) -> float | None:
+        """The check's own curve at ``alpha`` (None off its grid or without a curve)."""
+        if self.curve is None:
+            return None
+        if self._curve_at is None:
+            self._curve_at = dict(zip(self.curve.alphas, self.curve.losses))
+        return self._curve_at.get(alpha)
+
+    def losses(self, alphas: Sequence[float]) -> list[float]:
+        """L(α) of the measured computation in float64 (each α evaluated once, then cached)."""
+        self._ensure64()
         todo = sorted({float(a) for a in alphas if float(a) not in self._cache})
         if todo:
             self._cache.update(zip(todo, _measure(self._line64, self._data64, todo, self.bn, self.batch_size)))  # type: ignore[arg-type]
@@ -139,10 +152,9 @@ class Reference:
         a mean of squared residuals near 0 (2·√L·δ + δ², δ = 2⁻⁴⁰M: a fitted network's loss of
         1e-32 is all rounding), plus the conditioning term of the module docstring."""
         s = REL * abs(value) + 1e-300 + self._fit_floor(value, OUT_REL)
-        if self.curve is not None and self.line.dtype != torch.float64:
-            dtype_value = dict(zip(self.curve.alphas, self.curve.losses)).get(alpha)
-            if dtype_value is not None and math.isfinite(dtype_value):
-                s += COND * abs(dtype_value - value)
+        dtype_value = self._dtype_value(alpha) if self.line.dtype != torch.float64 else None
+        if dtype_value is not None and math.isfinite(dtype_value):
+            s += COND * abs(dtype_value - value)
         return s
 
     def _fit_floor(self, value: float, rel: float) -> float:
@@ -178,8 +190,7 @@ class Reference:
         probe = 0.5
         if self.curve is not None and len(self.curve.alphas) > 2:
             probe = min(self.curve.alphas[1:-1], key=lambda a: abs(a - 0.5))
-        if self._line64 is None:
-            self.losses([])
+        self._ensure64()
         first, second = _measure(self._line64, self._data64, [probe, probe], self.bn, self.batch_size)  # type: ignore[arg-type]
         self._cache.setdefault(probe, first)
         if abs(first - second) > 2 * self.slack(probe, first):
@@ -188,11 +199,11 @@ class Reference:
                 f"{first:.10g} and {second:.10g} (random operations in the evaluation or re-estimation pass, or a "
                 "forward that keeps state)"
             )
-        if self.curve is not None:
+        dtype_value = self._dtype_value(probe)
+        if dtype_value is not None:
             m = self.losses([probe])[0]
-            dtype_value = dict(zip(self.curve.alphas, self.curve.losses)).get(probe)
             allowed = (CURVE_REL + 64 * _eps(self.line.dtype)) * abs(m) + self._fit_floor(m, CURVE_REL) + self.slack(probe, m)
-            if dtype_value is not None and abs(dtype_value - m) > allowed:
+            if abs(dtype_value - m) > allowed:
                 return (
                     f"the certified model {MEASURED_DIFFERS}: the check's curve gives L({probe:.6g}) = {dtype_value:.10g}, a float64 re-evaluation of the same "
                     f"computation {m:.10g} (the computation changed between evaluations, or is random)"
