@@ -13,6 +13,7 @@ from .errors import InputError
 from .inputs.checkpoint import StateDict
 from .inputs.data import Dataset
 from .inputs.devices import resolve_device, resolve_dtype
+from .inputs.examples import stream_batch_size
 from .path import BNPolicy, Progress, alpha_grid, data_on_line, distances, loss_curve, make_line, max_rise
 from .results import Certificate, CheckResult, Condition
 
@@ -108,7 +109,8 @@ def check(
         device: ``cpu``, ``cuda[:i]`` or ``auto``.
         dtype: ``torch.float32`` or ``torch.float64`` (or their names).
         bn: BatchNorm statistics policy.
-        batch_size: examples per forward pass (None: all).
+        batch_size: examples per forward pass (None: all of an in-memory data set,
+            :data:`~mli_theory.inputs.examples.STREAM_BATCH` of a streamed one).
         alpha_chunk: α values per vmapped evaluation (None: 8 on CUDA without BatchNorm, else 1).
         geometry: compute the output-path geometry (Gauss length, logit linearity, conditions).
         certify_budget: seconds for *all* proof work of this check (None: no limit).
@@ -126,6 +128,7 @@ def check(
         InputError: bad options, checkpoints or data (before any heavy work).
     """
     bn = validate_options(alphas=alphas, tol=tol, bn=bn, batch_size=batch_size, alpha_chunk=alpha_chunk, certify_budget=certify_budget)
+    batch_size = stream_batch_size(data.x, batch_size)  # streamed inputs: a batch at a time, never whole
     device = resolve_device(device)
     dtype = resolve_dtype(dtype)
     grid = alpha_grid(alphas)
@@ -133,7 +136,7 @@ def check(
     data = data_on_line(line, data, bn, batch_size)
     if alpha_chunk is None:
         alpha_chunk = 8 if device.type == "cuda" and not line.has_bn else 1
-    warnings: list[str] = []
+    warnings: list[str] = list(data.notes)
     t0 = time.perf_counter()
     curve = loss_curve(line, data, grid, bn=bn, batch_size=batch_size, alpha_chunk=alpha_chunk, progress=progress)
     t_curve = time.perf_counter() - t0
@@ -168,6 +171,15 @@ def check(
                 "gauss_error": geo.gauss.error,
                 "gauss_singular": geo.gauss.singular,
             }
+            if geo.blocks > 1:
+                extra["geometry_blocks"] = geo.blocks
+                extra["geometry_examples_per_block"] = geo.examples_per_block
+                warnings.append(
+                    f"the output path of all {data.n} examples does not fit the geometry's memory budget: it was computed "
+                    f"in {geo.blocks} blocks of {geo.examples_per_block} examples; the Gauss length (mean over examples), "
+                    "its largest example and the logit linearity are exact over all examples, while the stacked Gauss "
+                    "length and the conditions, which need every example at once, are not reported"
+                )
             if geo.jet.off_curve is not None:
                 warnings.append(f"the Gauss length and the conditions describe another curve: {geo.jet.off_curve}")
             if not geo.gauss.converged:

@@ -157,7 +157,10 @@ def certify(
 
 def _rows(line: Line, x: torch.Tensor) -> torch.Tensor | None:
     """The inputs as the (n, d) rows the chain of Linear layers reads: ``x`` itself when 2-D, its
-    flattened rows when the chain starts with ``nn.Flatten()``; None otherwise."""
+    flattened rows when the chain starts with ``nn.Flatten()``; None otherwise. Streamed inputs
+    are read whole: exact arithmetic on every example needs them all (as exact integers, more)."""
+    if not isinstance(x, torch.Tensor):
+        x = x[:]
     if x.dim() == 2:
         return x
     chain = line.structure.chain or ()

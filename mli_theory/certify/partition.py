@@ -281,7 +281,9 @@ def _mixes_examples(shell: Any, start: dict[str, torch.Tensor], end: dict[str, t
     mid = {k: (0.5 * s + 0.5 * end[k]) if s.is_floating_point() else end[k] for k, s in start.items()}
     g = torch.Generator(device="cpu").manual_seed(20261204)
     probes = [(mid, x[torch.linspace(0, n - 1, m).round().long()])] if m >= 2 else []
-    spread = float(x.std()) if x.numel() > 1 else 0.0
+    # the data's scale from at most 4096 evenly spread examples (streamed inputs are never read whole)
+    seen = x if n <= 4096 and isinstance(x, torch.Tensor) else x[torch.linspace(0, n - 1, min(n, 4096)).round().long()]
+    spread = float(seen.std()) if seen.numel() > 1 else 0.0
     scale_x = spread if spread > 0 else 1.0
     for _ in range(2):
         state = dict(mid)
@@ -395,11 +397,13 @@ def _statistics(problem: _Problem, mid: torch.Tensor, rad: torch.Tensor, deadlin
     """Enclosures of the re-estimated running statistics on every cell (keyed like the state dict):
     the re-estimation pass over all the examples, a few cells at a time."""
     parts: dict[str, list[tuple[Enclosure, Enclosure]]] = {}
+    # the full-batch re-estimation (the only one enclosed, see _recomputed) reads every example at once
+    x = problem.x if isinstance(problem.x, torch.Tensor) else problem.x[:]
     for i in range(0, mid.shape[0], problem.statistics_cells):
         check_deadline(deadline)
         nt = StatisticsNumbers(mid[i : i + problem.statistics_cells], rad[i : i + problem.statistics_cells], problem.statistics)
         try:
-            interpret(problem.gm, nt, [problem.x], problem.params)
+            interpret(problem.gm, nt, [x], problem.params)
         except UnsupportedGraph as exc:
             raise Unsupported(str(exc)) from None
         for name in problem.statistics.values():

@@ -83,6 +83,13 @@ def plot_warnings(draw: Any, *args: Any, **kwargs: Any) -> tuple[str, ...]:
     return ()
 
 
+DATA_HELP = (".npz with arrays x, y | sklearn:digits, sklearn:diabetes, ... | mnist:DIR | fashion-mnist:DIR | "
+             "cifar10:DIR | cifar100:DIR | images:DIR (one sub-folder per class) | npy:DIR (x.npy, y.npy) | "
+             "pkg.mod:factory (a Dataset, DataLoader, (x, y) batches or arrays); images are pixels in [0, 1], (C, H, W)")
+NORMALIZE_HELP = ("per-channel (x - mean) / std of the inputs as read: 'mean,std' for every channel or "
+                  "'m1,..,mC,s1,..,sC' (default: none)")
+
+
 def add_model_args(
     p: argparse.ArgumentParser,
     endpoints: tuple[tuple[str, str], ...] = (("init", "θ0 state dict (.pt via torch.save, or .safetensors)"),
@@ -94,14 +101,16 @@ def add_model_args(
     p.add_argument("--arch", help="linear:IN-OUT | deep_linear:D0-..-DL | mlp:D0-..-DL[:act][:bn] | pkg.mod:factory")
     for name, text in endpoints:
         p.add_argument(f"--{name}", help=text)
-    p.add_argument("--data", help=".npz with arrays x, y; or sklearn:diabetes, sklearn:digits, ...")
+    p.add_argument("--data", help=DATA_HELP)
+    p.add_argument("--normalize", metavar="MEAN,STD", default=None, help=NORMALIZE_HELP)
     if run_folder:
         p.add_argument("--run", help="a run folder written by 'mli-theory train' (gives --arch/--init/--final/--data)")
     p.add_argument("--loss", default=None, help="mse (default) or ce")
     p.add_argument("--device", default="cpu", help="auto | cpu | cuda (default cpu)")
     p.add_argument("--dtype", default="float32", help="float32 (default) | float64")
     p.add_argument("--bn", default="recompute", help="BatchNorm statistics: recompute (default) | interpolate | frozen")
-    p.add_argument("--batch-size", type=int, default=None, help="examples per forward pass (default: all)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="examples per forward pass (default: all of an in-memory data set; 1024 for streamed sources)")
     if plot:
         p.add_argument("--plot", metavar="OUT.png", help="save a figure (.png, .pdf, .svg)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -168,6 +177,8 @@ def load_model_inputs(
                 paths[name] = run[key]
         data_src = data_src or run["data"]
         loss = loss or run["loss"]
+        if getattr(args, "normalize", None) is None and args.data is None:
+            args.normalize = run.get("normalize")
     missing = [f"--{n}" for n, v in (("arch", arch), *paths.items(), ("data", data_src)) if not v]
     if missing:
         raise InputError(f"missing required argument(s): {', '.join(missing)}")
@@ -183,5 +194,11 @@ def load_model_inputs(
             model = build_model(spec)
     for name, sd in states.items():
         match_state_dict(model, sd, name)
-    data = load_data(data_src, loss)
+    data = load_data(data_src, loss, normalize=getattr(args, "normalize", None))
+    if spec.kind != "factory":
+        data = data.flattened()  # built-in specs read vectors: images become their pixel rows
+    if data.streamed and getattr(args, "batch_size", None) is None and hasattr(args, "batch_size"):
+        from ..inputs.examples import STREAM_BATCH
+
+        args.batch_size = STREAM_BATCH  # streamed sources are read a batch at a time, never whole
     return dict(model=model, states=states, data=data, spec=spec, bn=bn, dtype=dtype, device=device, loss=loss)

@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         warnings.append(f"the kernel uses a random subset of {n_use} of the {data.n} examples (seed {args.seed}; "
                         "set --examples to change)")
     else:
-        x = data.x
+        x = data.x if isinstance(data.x, torch.Tensor) else data.x[:]  # a kernel holds n² blocks anyway
     memory = args.memory_mb * (1 << 20)
 
     progress = Progress("kernels", args.quiet)

@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a network from a spec and save a run folder (init, final, config)")
     t.add_argument("--arch", required=True, help="architecture spec, as for check")
     t.add_argument("--data", required=True, help="data source, as for check")
+    t.add_argument("--normalize", metavar="MEAN,STD", default=None, help="per-channel input normalisation, as for check")
     t.add_argument("--loss", default="mse", help="mse (default) or ce")
     t.add_argument("--optimizer", default="sgd", help="sgd (with momentum, default) or adam")
     t.add_argument("--lr", type=float, default=0.05, help="learning rate (default 0.05)")
@@ -184,7 +185,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         arch=args.arch, data=args.data, loss=args.loss, optimizer=args.optimizer, lr=args.lr, epochs=args.epochs,
         batch_size=args.batch_size, seed=args.seed, momentum=args.momentum, distance_reward=args.distance_reward,
-        init_scale=args.init_scale, anneal=args.anneal, min_distance=args.min_distance,
+        init_scale=args.init_scale, anneal=args.anneal, min_distance=args.min_distance, normalize=args.normalize,
     )
     if args.fork_at is not None:
         from ..runs.config import fork_folder, run_forks

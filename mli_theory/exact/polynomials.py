@@ -108,6 +108,8 @@ def output_polynomial(
         raise RuntimeError("the exact method needs python-flint (pip install python-flint)")
     if x.dim() != 2:
         raise InputError(f"the exact method needs 2-D inputs x, got shape {tuple(x.shape)}")
+    if not isinstance(x, torch.Tensor):  # streamed inputs: exact arithmetic reads every example
+        x = x[:]
     aug = any(b for _, b in layers)  # carry a row of ones so that biases become matrix columns
     xt = x.detach().cpu().double().numpy().T  # d0 × n
     n = xt.shape[1]

@@ -168,7 +168,8 @@ class GaussLength:
     Attributes:
         mean: mean over examples of G(x).
         per_example: G(x) for each example, shape (n,).
-        stacked: G of the stacked output path z ∈ R^{n·k}.
+        stacked: G of the stacked output path z ∈ R^{n·k} (None when computed in blocks of
+            examples, see :func:`mli_theory.theory.evaluate_conditions`).
         n_alphas: number of α points of the final (refined) grid.
         converged: ``error`` ≤ rtol·max(mean, stacked) (the refinement met its tolerance).
         error: estimated absolute error of ``mean`` and of ``stacked`` (the larger of the two; see
@@ -181,7 +182,7 @@ class GaussLength:
 
     mean: float
     per_example: torch.Tensor
-    stacked: float
+    stacked: float | None
     n_alphas: int
     converged: bool
     error: float

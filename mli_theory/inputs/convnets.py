@@ -12,13 +12,19 @@ such networks (Lucas et al. 2021, §5).
   identity, then ReLU; the second block downsamples with stride 2 and a 1×1 projection shortcut),
   global average pool, linear(16→10); ``digits_resnet_bn`` puts BatchNorm2d after every
   convolution, as in He et al. (2016).
+
+The same ResNet reads images as they come from the on-disk formats, (C, H, W) pixels in [0, 1] of
+any size (the global average pool makes it size-agnostic): ``mnist_resnet`` / ``mnist_resnet_bn``
+(1 channel, e.g. ``--data mnist:DIR``) and ``cifar_resnet`` / ``cifar_resnet_bn`` (3 channels,
+``--data cifar10:DIR``); they differ from ``digits_resnet`` only by reading (C, H, W) directly.
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-__all__ = ["digits_cnn", "digits_cnn_bn", "digits_resnet", "digits_resnet_bn"]
+__all__ = ["cifar_resnet", "cifar_resnet_bn", "digits_cnn", "digits_cnn_bn", "digits_resnet", "digits_resnet_bn",
+           "image_resnet", "mnist_resnet", "mnist_resnet_bn"]
 
 
 def _conv(cin: int, cout: int, stride: int, bn: bool, k: int = 3) -> list[nn.Module]:
@@ -49,12 +55,37 @@ def _cnn(bn: bool) -> nn.Module:
 
 
 def _resnet(bn: bool) -> nn.Module:
+    return nn.Sequential(nn.Unflatten(1, (1, 8, 8)), *image_resnet(1, bn=bn))
+
+
+def image_resnet(channels: int, *, bn: bool = False, width: int = 16, classes: int = 10) -> nn.Sequential:
+    """The validation ResNet on (``channels``, H, W) images: conv3×3 stem, two residual blocks of
+    ``width`` (the second with stride 2 and a 1×1 projection), global average pool, linear."""
     return nn.Sequential(
-        nn.Unflatten(1, (1, 8, 8)),
-        *_conv(1, 16, 1, bn), nn.ReLU(),
-        _Block(16, 16, 1, bn), _Block(16, 16, 2, bn),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+        *_conv(channels, width, 1, bn), nn.ReLU(),
+        _Block(width, width, 1, bn), _Block(width, width, 2, bn),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, classes),
     )
+
+
+def mnist_resnet() -> nn.Module:
+    """The validation ResNet on 1-channel images (MNIST, Fashion-MNIST)."""
+    return image_resnet(1)
+
+
+def mnist_resnet_bn() -> nn.Module:
+    """:func:`mnist_resnet` with BatchNorm2d after every convolution."""
+    return image_resnet(1, bn=True)
+
+
+def cifar_resnet() -> nn.Module:
+    """The validation ResNet on 3-channel images (CIFAR-10)."""
+    return image_resnet(3)
+
+
+def cifar_resnet_bn() -> nn.Module:
+    """:func:`cifar_resnet` with BatchNorm2d after every convolution."""
+    return image_resnet(3, bn=True)
 
 
 def digits_cnn() -> nn.Module:

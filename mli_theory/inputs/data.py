@@ -1,6 +1,10 @@
-"""Training data: ``.npz`` files and data sets that ship with scikit-learn.
+"""Training data: ``.npz`` files, data sets that ship with scikit-learn, the standard on-disk
+formats (MNIST IDX, CIFAR python batches, image folders, ``.npy`` pairs) and users' own
+``torch.utils.data`` data sets.
 
-A data set is a pair ``(x, y)`` of tensors: ``x`` has the examples along its first axis, ``y`` is
+A data set is a pair ``(x, y)``: ``x`` has the examples along its first axis, either as a tensor in
+memory or as :class:`~mli_theory.inputs.examples.Examples` read batch by batch from their source
+(the on-disk formats and user data sets: memory does not grow with ``n``); ``y`` is held in memory,
 ``n x k`` floats for mean squared error or ``n`` integer labels for cross-entropy.
 """
 
@@ -14,6 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from .examples import Examples, Normalization
 
 LossName = Literal["mse", "ce"]
 LOSSES: tuple[str, ...] = ("mse", "ce")
@@ -46,26 +51,42 @@ class Dataset:
     """Inputs and targets, validated for one loss.
 
     Attributes:
-        x: inputs, shape ``(n, ...)``, floating point.
+        x: inputs, shape ``(n, ...)``, floating point: a tensor, or :class:`Examples` read on
+            demand (index it by batches; see :mod:`mli_theory.inputs.examples`).
         y: targets: ``(n, k)`` floats for ``mse``; ``(n,)`` int64 labels for ``ce``.
         loss: the loss the targets were validated for.
         name: where the data came from (a path or a built-in name).
     """
 
-    x: torch.Tensor
+    x: torch.Tensor | Examples
     y: torch.Tensor
     loss: LossName
     name: str
+    notes: tuple[str, ...] = ()
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the inputs are read from their source batch by batch (not held in memory)."""
+        return isinstance(self.x, Examples)
 
     @property
     def n(self) -> int:
         """Number of examples."""
         return int(self.x.shape[0])
 
+    def flattened(self) -> "Dataset":
+        """The same data with each example as a vector ``(n, d)`` (what the built-in ``linear``,
+        ``deep_linear`` and ``mlp`` specs read); itself when the examples already are vectors."""
+        if self.x.dim() <= 2:
+            return self
+        d = int(np.prod(tuple(self.x.shape[1:]), dtype=np.int64))
+        note = f"the inputs of shape {tuple(self.x.shape[1:])} are read as vectors of {d} values (a built-in spec)"
+        return Dataset(self.x.flatten(1), self.y, self.loss, self.name, self.notes + (note,))
+
     def to(self, device: torch.device | str, dtype: torch.dtype) -> "Dataset":
         """Inputs (and float targets) on ``device`` in ``dtype``; labels stay int64."""
         y = self.y.to(device=device, dtype=dtype) if self.loss == "mse" else self.y.to(device)
-        return Dataset(self.x.to(device=device, dtype=dtype), y, self.loss, self.name)
+        return Dataset(self.x.to(device=device, dtype=dtype), y, self.loss, self.name, self.notes)
 
 
 def _standardise(a: np.ndarray) -> np.ndarray:
@@ -121,22 +142,34 @@ def _labels(y: np.ndarray, name: str) -> np.ndarray:
     return labels
 
 
-def load_data(source: str, loss: str) -> Dataset:
+def load_data(source: str, loss: str, *, normalize: str | Normalization | None = None) -> Dataset:
     """Load and validate a data set for ``loss`` (``mse`` or ``ce``).
 
     Args:
-        source: a path to an ``.npz`` file with arrays ``x`` and ``y``, or a built-in name such as
-            ``sklearn:diabetes`` (regression), ``sklearn:digits`` (10 classes; one-hot targets under
-            ``mse``), ``sklearn:digits_autoencoder`` (targets equal inputs) or
-            ``synthetic:teacher`` (512 × 16 Gaussian inputs, a fixed tanh teacher 16-32-4).
-        loss: ``mse`` or ``ce``.
+        source: one of
+            - a path to an ``.npz`` file with arrays ``x`` and ``y``;
+            - a built-in name: ``sklearn:diabetes`` (regression), ``sklearn:digits`` (10 classes;
+              one-hot targets under ``mse``), ``sklearn:digits_autoencoder`` (targets equal
+              inputs), ``synthetic:teacher`` (512 × 16 Gaussian inputs, a fixed tanh teacher);
+            - a standard on-disk format, read batch by batch: ``mnist:DIR`` / ``fashion-mnist:DIR``
+              (IDX files, ``.gz`` or not), ``cifar10:DIR`` / ``cifar100:DIR`` (the "python
+              version" batches, read without executing pickled code), ``images:DIR`` (one
+              sub-folder per class), ``npy:DIR`` (``x.npy`` and ``y.npy``, memory-mapped);
+            - ``package.module:factory``: a callable returning a ``torch.utils.data.Dataset``, a
+              ``DataLoader``, an iterable of ``(x, y)`` batches, or ``(x, y)`` arrays/tensors.
+            Images are float pixels in [0, 1] in (C, H, W) order, labels integers.
+        loss: ``mse`` (class labels become one-hot targets) or ``ce``.
+        normalize: per-channel ``(x - mean) / std`` applied to the inputs as read, given as
+            ``"mean,std"`` or ``"m1,..,mC,s1,..,sC"`` (see :class:`Normalization`), or None.
 
     Raises:
-        InputError: unreadable file, missing arrays, empty data, non-finite values, or targets that
-            do not fit the loss.
+        InputError: unreadable or truncated file, missing arrays, empty data, non-finite values,
+            a factory that raises or returns the wrong type, or targets that do not fit the loss.
     """
     if loss not in LOSSES:
         raise InputError(f"loss={loss!r}: unknown loss (expected one of: {', '.join(LOSSES)})")
+    norm = Normalization.parse(normalize) if isinstance(normalize, str) else normalize
+    notes: tuple[str, ...] = ()
     if source == "synthetic:teacher":
         if loss != "mse":
             raise InputError("synthetic:teacher is a regression data set: use loss=\"mse\"")
@@ -147,9 +180,25 @@ def load_data(source: str, loss: str) -> Dataset:
             y = _one_hot(y)
         if loss == "ce" and task != "classification":
             raise InputError(f"{source} is a {task} data set: use loss=\"mse\"")
-    else:
+    elif source.lower().endswith(".npz") or os.path.isfile(source):
         x, y = _read_npz(source)
-    return _validate(x, y, loss, source)
+    else:
+        from .formats import open_source
+
+        opened = open_source(source)
+        x, y, notes = opened.x, np.asarray(opened.y), tuple(opened.notes)
+        if loss == "mse" and opened.task == "classification":
+            y = _one_hot(_labels(y, source))
+        if loss == "ce" and opened.task == "regression" and not np.issubdtype(y.dtype, np.integer):
+            raise InputError(f"{source} has float targets (a regression data set): use loss=\"mse\"")
+    if norm is not None:
+        if isinstance(x, Examples):
+            x = Examples(x.reader, scale=x.scale, normalization=norm, dtype=x.dtype, device=x.device,
+                         check_finite=x.check_finite)
+        else:
+            x = norm.apply(np.asarray(x, dtype=np.float64), source)
+    data = _validate(x, y, loss, source)
+    return Dataset(data.x, data.y, data.loss, data.name, notes) if notes else data
 
 
 def _read_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -169,10 +218,15 @@ def _read_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
         raise InputError(f"cannot read data file {path}: {type(exc).__name__}: {exc}") from None
 
 
-def _validate(x: np.ndarray, y: np.ndarray, loss: str, name: str) -> Dataset:
-    if x.dtype == object or y.dtype == object:
+def _validate(x: np.ndarray | Examples, y: np.ndarray, loss: str, name: str) -> Dataset:
+    streamed = isinstance(x, Examples)
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    if not streamed and (x.dtype == object or y.dtype == object):
         raise InputError(f"{name}: object arrays are not supported")
-    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+    if y.dtype == object:
+        raise InputError(f"{name}: object arrays are not supported")
+    if not streamed and not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
         raise InputError(f"{name}: x must be numeric, got dtype {x.dtype}")
     if x.ndim < 2:
         raise InputError(f"{name}: x must have shape (n, d), got {tuple(x.shape)}")
@@ -181,9 +235,10 @@ def _validate(x: np.ndarray, y: np.ndarray, loss: str, name: str) -> Dataset:
         raise InputError(f"{name}: the data set is empty")
     if y.shape[:1] != (n,):
         raise InputError(f"{name}: x has {n} examples but y has shape {tuple(y.shape)}")
-    x = x.astype(np.float64)
-    if not np.all(np.isfinite(x)):
-        raise InputError(f"{name}: x contains non-finite values")
+    if not streamed:
+        x = x.astype(np.float64)
+        if not np.all(np.isfinite(x)):
+            raise InputError(f"{name}: x contains non-finite values")
     if loss == "mse":
         if not (np.issubdtype(y.dtype, np.floating) or np.issubdtype(y.dtype, np.integer)):
             raise InputError(f"{name}: mse needs float targets, y has dtype {y.dtype}")
@@ -197,4 +252,5 @@ def _validate(x: np.ndarray, y: np.ndarray, loss: str, name: str) -> Dataset:
         yt = torch.from_numpy(y)
     else:
         yt = torch.from_numpy(_labels(y, name))
-    return Dataset(torch.from_numpy(x), yt, loss, name)  # type: ignore[arg-type]
+    xt = x if streamed else torch.from_numpy(x)
+    return Dataset(xt, yt, loss, name)  # type: ignore[arg-type]

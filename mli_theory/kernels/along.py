@@ -138,6 +138,8 @@ def kernel_along_path(
     Raises:
         InputError: bad options (naming the parameter).
     """
+    if not isinstance(x, torch.Tensor):  # streamed inputs: the kernel's n examples (its n² blocks dominate)
+        x = x[:]
     check_kernel(kernel)
     check_recipe(recipe)
     alist = [float(a) for a in alphas]

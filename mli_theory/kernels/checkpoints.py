@@ -144,6 +144,8 @@ def kernel_between_checkpoints(
     Raises:
         InputError: fewer than 2 states, mismatched checkpoints, bad steps or options.
     """
+    if not isinstance(x, torch.Tensor):  # streamed inputs: the kernel's n examples (its n² blocks dominate)
+        x = x[:]
     check_kernel(kernel)
     check_recipe(recipe)
     if len(states) < 2:

@@ -42,7 +42,7 @@ class TrainConfig:
 
     Attributes:
         arch: architecture spec.
-        data: data source (an ``.npz`` path or a built-in name).
+        data: data source (as for :func:`~mli_theory.inputs.load_data`).
         loss: ``mse`` or ``ce``.
         optimizer: ``sgd`` (with momentum) or ``adam``.
         lr: learning rate.
@@ -55,6 +55,8 @@ class TrainConfig:
         anneal: fraction of the steps at the end over which the learning rate decays linearly
             (0: constant learning rate).
         min_distance: ρ of the bounded push: θ is kept in {‖θ − θ0‖ ≥ ρ·‖θ0‖} by projection (0: off).
+        normalize: per-channel input normalisation ``"mean,std"`` (see
+            :class:`~mli_theory.inputs.examples.Normalization`), or None.
     """
 
     arch: str
@@ -70,6 +72,7 @@ class TrainConfig:
     init_scale: float = 1.0
     anneal: float = 0.0
     min_distance: float = 0.0
+    normalize: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -92,9 +95,12 @@ def _validate(config: TrainConfig, save_every: int) -> None:
 
 
 def _setup(config: TrainConfig):
-    data = load_data(config.data, config.loss).to("cpu", torch.float32)
+    data = load_data(config.data, config.loss, normalize=config.normalize).to("cpu", torch.float32)
+    spec = parse_arch(config.arch)
+    if spec.kind != "factory":
+        data = data.flattened()  # built-in specs read vectors: images become their pixel rows
     torch.manual_seed(config.seed)
-    model = build_model(parse_arch(config.arch))
+    model = build_model(spec)
     if config.init_scale != 1.0:
         with torch.no_grad():
             for p in model.parameters():

@@ -28,7 +28,7 @@ RESULT = "result.json"
 
 
 # fields added after sweeps had been run: left out of the id at their default, so old ids stay valid
-_LATER_FIELDS = {"anneal": 0.0, "min_distance": 0.0}
+_LATER_FIELDS = {"anneal": 0.0, "min_distance": 0.0, "normalize": None}
 
 
 def run_id(config: TrainConfig) -> str:

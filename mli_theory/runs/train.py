@@ -12,6 +12,7 @@ from torch import nn
 
 from ..inputs.checkpoint import StateDict
 from ..inputs.data import Dataset
+from ..inputs.examples import stream_batch_size
 from ..path.losses import batch_loss_sums, loss_normaliser
 
 Optimizer = Literal["sgd", "adam"]
@@ -43,7 +44,7 @@ def _snapshot(model: nn.Module) -> StateDict:
 def full_loss(model: nn.Module, data: Dataset, batch_size: int | None = None) -> float:
     """Mean loss of ``model`` (in eval mode, on a copy) over the whole data set."""
     m = copy.deepcopy(model).eval()
-    total, size = 0.0, batch_size or data.n
+    total, size = 0.0, stream_batch_size(data.x, batch_size) or data.n
     with torch.no_grad():
         for i in range(0, data.n, size):
             s, _ = batch_loss_sums(m(data.x[i : i + size]), data.y[i : i + size], data.loss)

@@ -52,6 +52,12 @@ class GeometryReport:
         proof_notes: what the exact proofs could not do (budget, a measured curve the exact
             polynomial does not reproduce), for the check's warnings.
         proof_seconds: time spent proving (None: no proof was attempted).
+        blocks: how many blocks of examples the geometry was computed in (1: all at once; more
+            when the output path of all examples exceeds the memory budget: then the Gauss length,
+            its largest example, logit linearity and L′(1) are exact sums over blocks, while the
+            stacked Gauss length and the conditions, which need every example at once, are
+            missing and ``jet`` is the first block's).
+        examples_per_block: examples per block (n when ``blocks`` is 1).
     """
 
     gauss: GaussLength
@@ -61,11 +67,38 @@ class GeometryReport:
     lprime1: float | None = None
     proof_notes: tuple[str, ...] = ()
     proof_seconds: float | None = None
+    blocks: int = 1
+    examples_per_block: int | None = None
 
     @property
     def gauss_length(self) -> float:
         """Mean over examples of the Gauss length."""
         return self.gauss.mean
+
+
+# bytes the geometry may hold: its jets keep z, z′, z″ of every example at every α of the refined
+# Gauss-length grid (measured: about GEOMETRY_COPIES float64 copies of one (α, example, output)
+# array at the peak); above this the examples are taken in blocks (GeometryReport.blocks)
+GEOMETRY_MEMORY = 2.0 * 2**30
+GEOMETRY_COPIES = 20
+
+
+class GeometryTooLarge(ValueError):
+    """The geometry cannot be computed in blocks of examples within the memory budget (why)."""
+
+
+def examples_per_block(line: Line, data: Dataset, max_alphas: int, memory_bytes: float | None) -> int:
+    """How many examples the geometry can hold at once within ``memory_bytes`` (None:
+    :data:`GEOMETRY_MEMORY`)."""
+    memory_bytes = GEOMETRY_MEMORY if memory_bytes is None else memory_bytes
+    if memory_bytes == float("inf"):
+        return data.n
+    from torch.func import functional_call
+
+    with torch.no_grad():
+        k = int(functional_call(line.shell, line.end, (data.x[:2],))[0].numel())
+    per_example = GEOMETRY_COPIES * max_alphas * max(k, 1) * 8
+    return max(1, min(data.n, int(memory_bytes // per_example)))
 
 
 # seconds of exact proof work on a polynomial path when the check does not certify (bounded by the
@@ -91,6 +124,7 @@ def evaluate_conditions(
     max_alphas: int = 513,
     prove: bool = True,
     proof_budget: float | None = DEFAULT_PROOF_BUDGET_S,
+    memory_bytes: float | None = None,
 ) -> GeometryReport:
     """Geometry of the output path and the MSE sufficient conditions: grid evidence, and proofs on
     polynomial paths.
@@ -110,8 +144,19 @@ def evaluate_conditions(
             converge, with its error estimate, instead of running for minutes).
         prove: on a polynomial path under MSE, prove the conditions exactly (:func:`complete_proofs`)
             within ``proof_budget`` seconds (None: no limit).
+        memory_bytes: what the geometry may hold (None: :data:`GEOMETRY_MEMORY`; ``math.inf``: no
+            limit). When the output path of all
+            examples does not fit, the geometry is computed in blocks of examples
+            (:attr:`GeometryReport.blocks`; every block read batch by batch).
+
+    Raises:
+        GeometryTooLarge: blocks are needed but BatchNorm statistics are re-estimated from the
+            data at each α (every block would need a pass over all the data per α).
     """
     grid = torch.linspace(0, 1, alphas, dtype=torch.float64) if isinstance(alphas, int) else torch.as_tensor(alphas, dtype=torch.float64)
+    per_block = examples_per_block(line, data, max(max_alphas, len(grid)), memory_bytes)
+    if per_block < data.n:
+        return _in_blocks(line, data, grid, per_block, bn=bn, batch_size=batch_size, rtol=rtol, max_alphas=max_alphas)
     jet = path_jet(line, data, grid, bn=bn, batch_size=batch_size)
     gauss = gauss_length(line, data, bn=bn, batch_size=batch_size, rtol=rtol, max_alphas=max(max_alphas, len(grid)), jet=jet)
     lin = logit_linearity(jet.z, jet.alphas)
@@ -149,6 +194,49 @@ def evaluate_conditions(
         proven, notes, seconds = complete_proofs(report.conditions, line, data, alphas=grid.tolist(), lprime1=lprime1, budget_s=proof_budget)
         report = replace(report, conditions=proven, proof_notes=notes, proof_seconds=seconds)
     return report
+
+
+def _in_blocks(line: Line, data: Dataset, grid: torch.Tensor, per_block: int, *, bn: BNPolicy | str,
+               batch_size: int | None, rtol: float | None, max_alphas: int) -> GeometryReport:
+    """The per-example geometry in blocks of ``per_block`` examples (each example's path is its own:
+    the Gauss length of an example, its mean and logit linearity do not depend on the others, and
+    L′(1) is a sum over examples)."""
+    if line.has_bn and BNPolicy(bn) == BNPolicy.RECOMPUTE:
+        raise GeometryTooLarge(
+            f"the output path of {data.n} examples does not fit the geometry's memory budget, and with "
+            "bn=\"recompute\" a block of examples cannot be differentiated without a pass over all the data at every α"
+        )
+    n = data.n
+    per: list[torch.Tensor] = []
+    errors = mean_sum = lin_sum = lp_sum = 0.0
+    converged, singular, n_alphas, alphas, first_jet = True, False, 0, (), None
+    lin_none = False
+    for i0 in range(0, n, per_block):
+        sl = slice(i0, min(i0 + per_block, n))
+        block = Dataset(data.x[sl], data.y[sl], data.loss, data.name)
+        jet = path_jet(line, block, grid, bn=bn, batch_size=batch_size)
+        g = gauss_length(line, block, bn=bn, batch_size=batch_size, rtol=rtol, max_alphas=max(max_alphas, len(grid)), jet=jet)
+        m = block.n
+        per.append(g.per_example)
+        mean_sum += g.mean * m
+        errors += g.error * m
+        converged, singular = converged and g.converged, singular or g.singular
+        if g.n_alphas > n_alphas:
+            n_alphas, alphas = g.n_alphas, g.alphas
+        lin = logit_linearity(jet.z, jet.alphas)
+        lin_none = lin_none or lin is None
+        lin_sum += (lin or 0.0) * m
+        if data.loss == "mse" and float(jet.alphas[-1]) == 1.0:
+            r1 = jet.z[-1].double() - block.y.double().reshape(jet.z[-1].shape)
+            lp_sum += float(2.0 * (jet.dz[-1].double() * r1).sum())
+        if first_jet is None:
+            first_jet = jet
+        del jet
+    assert first_jet is not None
+    gauss = GaussLength(mean_sum / n, torch.cat(per), None, n_alphas, converged, errors / n, singular, alphas)  # type: ignore[arg-type]
+    lprime1 = lp_sum / data.y.numel() if data.loss == "mse" and float(grid[-1]) == 1.0 else None
+    return GeometryReport(gauss, None if lin_none else lin_sum / n, (), first_jet, lprime1,
+                          blocks=-(-n // per_block), examples_per_block=per_block)
 
 
 def complete_proofs(
