@@ -313,3 +313,16 @@ def test_cli_bad_data_is_one_line_and_exit_2(tmp_path, capsys, case):
     assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, (code, err)
     assert {"truncated": "truncated", "count": "12 images but", "normalize": "channels",
             "labels": "out of range"}[case] in err
+
+
+def test_exact_method_is_not_tried_beyond_its_size(monkeypatch):
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("mli_theory.certify.certificate"), "exact_fits", lambda x: False)
+    base = load_data("sklearn:diabetes", "mse")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 1))
+    init, final = _endpoints(model, 1.0)
+    r = check(model, init, final, base, alphas=7, certify=True, dtype="float64", geometry=False)
+    assert r.certificate.method != "exact_polynomial"
+    assert any("exact method was not tried" in w for w in r.warnings)

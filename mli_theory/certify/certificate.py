@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..exact import BudgetExceeded, decide, deadline_after, expired, mse_loss_polynomial, output_polynomial, prove_conditions
+from ..exact import EXACT_MAX_ENTRIES, BudgetExceeded, exact_fits, decide, deadline_after, expired, mse_loss_polynomial, output_polynomial, prove_conditions
 from ..inputs.data import Dataset
 from ..path import BNPolicy, Line, LossCurve, Motion, PathKind
 from ..path.structure import _flattens_rows
@@ -121,9 +121,15 @@ def certify(
     if _constant(line, BNPolicy(bn)):
         return done(Certificate("monotone", "constant_path", 0.0, None,
                                 "θ0 = θT in every entry that moves along the path, so L is constant on [0, 1]", rise_bound=0.0))
-    x = _rows(line, data.x) if kind == PathKind.POLYNOMIAL else None
+    fits = exact_fits(data.x)
+    x = _rows(line, data.x) if kind == PathKind.POLYNOMIAL and data.loss == "mse" and fits else None
     if data.loss != "mse" or x is None:
-        return done(_by_enclosures(line, data, tol, BNPolicy(bn), deadline, budget_s, batch_size, reference))
+        cert = _by_enclosures(line, data, tol, BNPolicy(bn), deadline, budget_s, batch_size, reference)
+        if kind == PathKind.POLYNOMIAL and data.loss == "mse" and not fits:
+            note = (f"the exact method was not tried: its integer arithmetic on all {data.n} examples' input values exceeds "
+                    f"{EXACT_MAX_ENTRIES} (the enclosures decided instead)",)
+            return _with_note(done(cert), note)
+        return done(cert)
     try:
         z = output_polynomial(line.start, line.end, line.structure.linear, x, deadline)
         poly = mse_loss_polynomial(z, data.y, deadline)
@@ -153,6 +159,10 @@ def certify(
     except BudgetExceeded:
         return done(cert, None, ("the proof budget ran out while proving the conditions (they stay grid evidence)",))
     return done(cert, proven)
+
+
+def _with_note(outcome: ProofOutcome, note: tuple[str, ...]) -> ProofOutcome:
+    return ProofOutcome(outcome.certificate, outcome.proven_conditions, note + outcome.notes, outcome.seconds, outcome.reference)
 
 
 def _rows(line: Line, x: torch.Tensor) -> torch.Tensor | None:

@@ -89,6 +89,20 @@ class LossPolynomial:
         return float(self.exact(alpha))
 
 
+# the most input values (n · d) the exact method turns into exact integers: beyond this it would hold
+# gigabytes of Python integers and spend minutes before its first budget check
+EXACT_MAX_ENTRIES = 1 << 22
+
+
+def exact_fits(x) -> bool:
+    """Whether the exact method takes inputs ``x`` (n × d values at most :data:`EXACT_MAX_ENTRIES`)."""
+    n = int(x.shape[0])
+    d = 1
+    for s in tuple(x.shape[1:]):
+        d *= int(s)
+    return n * d <= EXACT_MAX_ENTRIES
+
+
 def output_polynomial(
     start: dict[str, torch.Tensor],
     end: dict[str, torch.Tensor],

@@ -276,6 +276,11 @@ def complete_proofs(
     if (not conditions or data.loss != "mse" or line.structure.kind != PathKind.POLYNOMIAL or data.x.dim() != 2
             or (budget_s is not None and budget_s <= 0)):
         return tuple(conditions), (), None
+    from ..exact import EXACT_MAX_ENTRIES, exact_fits
+
+    if not exact_fits(data.x):
+        return tuple(conditions), (f"the conditions were not proven: the exact method takes at most {EXACT_MAX_ENTRIES} "
+                                   "input values (n · d)",), None
     t0 = time.perf_counter()
     deadline = deadline_after(budget_s)
     try:
