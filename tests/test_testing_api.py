@@ -59,3 +59,15 @@ def test_plugin_option_saves_plots(tmp_path):
                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 1, out.stdout + out.stderr
     assert "plot: " in out.stdout and len(list(plots.glob("*.png"))) == 1
+
+
+def test_promising_problems_carry_the_certificate_the_assertions_find():
+    from mli_theory.testing.strategies import planted_violation, proven_mli
+
+    bad = planted_violation([1, 1], 1, 0, 0.125)  # needs its overshoot doubled before the violation is proven
+    cert = assert_not_mli(bad.model, bad.init, bad.final, bad.data).certificate
+    assert (bad.certificate.status, bad.certificate.where, bad.certificate.rise) == (cert.status, cert.where, cert.rise)
+    assert "overshoot ε=" in bad.label and "doubled" in bad.label
+    good = proven_mli([2, 1], 8, 0)
+    assert good.certificate.status == assert_mli(good.model, good.init, good.final, good.data).certificate.status == "monotone"
+    assert build_problem([2, 1], 8, seed=0).certificate is None  # plain problems promise nothing

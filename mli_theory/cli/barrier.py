@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
-from .common import Progress, add_model_args, emit, load_model_inputs, plot_warnings
+from .common import Progress, Timings, add_model_args, emit, envelope, load_model_inputs, model_facts, plot_warnings
 
 _BN_CHOICES = ("recompute", "repair", "interpolate", "frozen")
 _ALIGN_CHOICES = ("none", "weights")
@@ -52,6 +52,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="none (default) | weights: permute B's hidden units to match A by weight matching "
                         "(Ainsworth et al. 2022) first; 'barriers' then holds the values after alignment and "
                         "'barriers_before_alignment' those before")
+    p.add_argument("--curve", default="line",
+                   help="line (default) | bezier | polychain: also train a curve from A to B with one bend "
+                        "(Garipov et al. 2018) and report its barriers beside the line's ('curve' in the JSON)")
+    p.add_argument("--curve-epochs", type=int, default=20, help="epochs of training the bend (default 20)")
+    p.add_argument("--curve-lr", type=float, default=0.01, help="Adam learning rate of the bend (default 0.01)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the curve's minibatches and t samples (default 0)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,23 +72,55 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--alphas {args.alphas}: need at least 2 alpha points")
     if not (args.alpha_tol > 0) or args.alpha_tol != args.alpha_tol or args.alpha_tol == float("inf"):
         raise InputError(f"--alpha-tol {args.alpha_tol}: must be a finite number > 0")
+    if args.curve not in ("line", "bezier", "polychain"):
+        raise InputError(f"--curve {args.curve}: expected line, bezier or polychain")
+    if args.curve != "line" and args.bn == "repair":
+        raise InputError("--bn repair applies to the straight line only; use recompute, interpolate or frozen with --curve")
+    if args.curve != "line" and (isinstance(args.curve_epochs, bool) or args.curve_epochs < 0):
+        raise InputError(f"--curve-epochs {args.curve_epochs}: must be an integer ≥ 0")
+    if args.curve != "line" and not (0 < args.curve_lr < float("inf")):
+        raise InputError(f"--curve-lr {args.curve_lr}: must be a finite number > 0")
     policy = args.bn
     shared = argparse.Namespace(**vars(args))
     shared.bn = "recompute" if policy == "repair" else policy  # common's loader knows the three path policies
-    inp = load_model_inputs(shared, endpoints=("a", "b"))
+    timings = Timings()
+    with timings.stage("load"):
+        inp = load_model_inputs(shared, endpoints=("a", "b"))
 
     from ..connectivity import barrier
 
     progress = Progress("barrier", args.quiet, unit="eval")
-    result = barrier(
-        inp["model"], inp["states"]["a"], inp["states"]["b"], inp["data"],
-        alphas=args.alphas, align=args.align, bn=policy, alpha_tol=args.alpha_tol,
-        device=inp["device"], dtype=inp["dtype"], batch_size=args.batch_size, progress=None if args.quiet else progress,
-    )
+    with timings.stage("barrier"):
+        result = barrier(
+            inp["model"], inp["states"]["a"], inp["states"]["b"], inp["data"],
+            alphas=args.alphas, align=args.align, bn=policy, alpha_tol=args.alpha_tol,
+            device=inp["device"], dtype=inp["dtype"], batch_size=args.batch_size, progress=None if args.quiet else progress,
+        )
     progress.close()
+    curve = None
+    if args.curve != "line":
+        from ..connectivity import curve_connectivity
+
+        cprog = Progress(f"{args.curve} curve", args.quiet, unit="step")
+        with timings.stage("curve"):
+            curve = curve_connectivity(
+                inp["model"], inp["states"]["a"], inp["states"]["b"], inp["data"], curve=args.curve,
+                epochs=args.curve_epochs, lr=args.curve_lr, batch_size=args.batch_size or 128, alphas=args.alphas,
+                alpha_tol=args.alpha_tol, seed=args.seed, bn=policy, device=inp["device"], dtype=inp["dtype"],
+                progress=None if args.quiet else cprog,
+            )
+        cprog.close()
+        result = replace(result, warnings=result.warnings + tuple(f"curve: {w}" for w in curve.warnings))
     if args.plot:
         from ..connectivity import plot_barrier
 
-        result = replace(result, warnings=result.warnings + plot_warnings(plot_barrier, result, args.plot))
-    emit(result.to_dict() if args.json else result.to_text(), args.json)
+        with timings.stage("plot"):
+            result = replace(result, warnings=result.warnings + plot_warnings(plot_barrier, result, args.plot))
+    if args.json:
+        out = result.to_dict()
+        if curve is not None:
+            out["curve"] = {k: v for k, v in curve.to_dict().items() if k not in ("bend", "timings")}
+        emit(envelope(out, **model_facts(inp), seed=args.seed if curve is not None else None, timings=timings), True)
+    else:
+        emit(result.to_text() + ("\n" + curve.to_text() if curve is not None else ""), False)
     return 0

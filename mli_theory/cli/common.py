@@ -9,11 +9,13 @@ one line and exit code 2 in :func:`mli_theory.cli.main.main`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import sys
-from typing import Any
+import time
+from typing import Any, Iterator
 
 PROG = "mli-theory"
 
@@ -33,13 +35,19 @@ class Progress:
         self.label, self.quiet, self.unit = label, quiet, unit
         self.bar = None
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, done: int, total: int, **postfix: Any) -> None:
+        """Advance to ``done`` of ``total`` (a total that grows is followed); ``postfix`` values
+        (e.g. ``loss=0.12``) are shown after the bar."""
         if self.quiet:
             return
         if self.bar is None:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, desc=self.label, unit=self.unit, file=sys.stderr, delay=2.0, leave=False)
+        if self.bar.total != total:
+            self.bar.total = total
+        if postfix:
+            self.bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()}, refresh=False)
         self.bar.update(done - self.bar.n)
         if done >= total:
             self.close()
@@ -48,6 +56,138 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+class Timings:
+    """Wall seconds per stage of a command, for ``info.timings`` (keys end in ``_s``)."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time the ``with`` block as ``<name>_s`` (added to an earlier stage of the same name)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            key = name if name.endswith("_s") else f"{name}_s"
+            self.seconds[key] = round(self.seconds.get(key, 0.0) + time.perf_counter() - t0, 4)
+
+    def total(self) -> dict[str, float]:
+        """Every stage so far and ``total_s``, the wall time since this object was made."""
+        return {**self.seconds, "total_s": round(time.perf_counter() - self.start, 4)}
+
+
+def versions() -> dict[str, str]:
+    """The versions of this package, torch, numpy and Python (``info.versions``)."""
+    import platform
+
+    import numpy
+    import torch
+
+    from .. import __version__
+
+    return {"mli_theory": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+            "python": platform.python_version()}
+
+
+#: timing keys a library result may keep in its ``info`` (moved into ``info.timings`` by :func:`envelope`)
+_LIBRARY_SECONDS = ("seconds", "eval_s")
+
+
+def envelope(
+    result: dict[str, Any],
+    *,
+    arch: str | None,
+    data: str | None,
+    n: int | None,
+    device: Any,
+    dtype: Any,
+    seed: int | None,
+    timings: Timings | dict[str, float] | None = None,
+    stage: str = "compute",
+    **facts: Any,
+) -> dict[str, Any]:
+    """``result`` (a JSON-ready dict) with the ``info`` envelope every command's ``--json`` carries.
+
+    ``info`` = {``arch``, ``data``, ``n`` (examples in the data set), ``device``, ``dtype``, ``seed``
+    (None where the command has none), ``versions`` {``mli_theory``, ``torch``, ``numpy``,
+    ``python``}, ``timings`` {stage: seconds, keys ending in ``_s``}} plus the command-specific facts
+    already in ``result["info"]`` and ``facts``. A library's own timings (``info.timings``, or a
+    bare ``info.seconds`` / ``info.eval_s``, which become ``timings.<stage>_s`` / ``timings.eval_s``)
+    join the command's stage timings; ``total_s`` is the command's wall time.
+    """
+    from ..results import json_safe
+
+    out = dict(result)
+    info = dict(out.pop("info", None) or {})
+    times: dict[str, float] = {}
+    lib = info.pop("timings", None)
+    if isinstance(lib, dict):
+        times.update(lib)
+    for key in _LIBRARY_SECONDS:
+        if key in info:
+            value = info.pop(key)
+            times[f"{stage}_s" if key == "seconds" else key] = value
+    if isinstance(timings, Timings):
+        times.update(timings.total())
+    elif timings:
+        times.update(timings)
+    times = {(k if k.endswith("_s") else f"{k}_s"): (float(v) if isinstance(v, (int, float)) else v)
+             for k, v in times.items() if v is not None}
+    info.update(facts)
+    info.update(
+        arch=arch, data=data, n=n,
+        device=None if device is None else str(device),
+        dtype=None if dtype is None else str(dtype).replace("torch.", ""),
+        seed=seed, versions=versions(), timings=times,
+    )
+    out["info"] = info
+    return json_safe(out)
+
+
+def model_facts(inp: dict[str, Any]) -> dict[str, Any]:
+    """``arch``, ``data``, ``n``, ``device`` and ``dtype`` of :func:`load_model_inputs`' result, for :func:`envelope`."""
+    data = inp["data"]
+    return dict(arch=inp["spec"].text, data=data.name, n=getattr(data, "n", None), device=inp["device"], dtype=inp["dtype"])
+
+
+def writable_folder(path: str, flag: str, create: bool = True) -> str:
+    """Make sure ``path`` is a folder this process can write in, before any work: create it (and its
+    parents) when missing and ``create``, then create and remove a probe file in it.
+
+    Raises:
+        InputError: one line naming ``flag``.
+    """
+    from ..errors import InputError
+
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise InputError(f"{flag} {path}: exists and is not a folder")
+    if not os.path.isdir(path):
+        if not create:
+            raise InputError(f"{flag} folder does not exist: {path}")
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"{flag} {path}: cannot create the folder ({exc.strerror or exc})") from None
+    reason = _cannot_write_in(path)
+    if reason:
+        raise InputError(f"{flag} {path}: the folder is not writable ({reason})")
+    return path
+
+
+def _cannot_write_in(folder: str) -> str | None:
+    """None when a probe file can be created (and removed) in ``folder``, else why not."""
+    probe = os.path.join(folder, f".mli-theory-write-probe-{os.getpid()}")
+    try:
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def emit(obj: Any, as_json: bool) -> None:
@@ -71,6 +211,11 @@ def validate_plot_path(path: str) -> None:
     ext = os.path.splitext(path)[1].lower().lstrip(".")
     if ext not in PLOT_FORMATS:
         raise InputError(f"--plot {path}: unknown image format {ext or '(none)'!r} (use one of: {', '.join(PLOT_FORMATS)})")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise InputError(f"--plot {path}: the file exists and is not writable")
+    reason = _cannot_write_in(folder)
+    if reason:
+        raise InputError(f"--plot {path}: cannot write in the folder {folder} ({reason})")
 
 
 def plot_warnings(draw: Any, *args: Any, **kwargs: Any) -> tuple[str, ...]:

@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import math
 
-from .common import Progress, add_model_args, emit, load_model_inputs, plot_warnings, positive_float, positive_int
+from .common import (
+    Progress, Timings, add_model_args, emit, envelope, load_model_inputs, model_facts, plot_warnings, positive_float,
+    positive_int,
+)
 
 WHICH = ("LA", "SA", "LM")
 DEFAULT_ALPHAS = 5
@@ -39,8 +42,17 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--trace", action="store_true", help="estimate the trace by Hutch++ with a 95%% interval")
     p.add_argument("--trace-rtol", type=float, default=0.01, help="relative half-width of the trace interval (default 0.01)")
     p.add_argument("--density", action="store_true", help="spectral density by stochastic Lanczos quadrature")
-    p.add_argument("--tol", type=float, default=1e-3, help="relative residual ‖Hv − λv‖ ≤ tol·|λ| (default 1e-3)")
+    p.add_argument("--tol", type=float, default=1e-3,
+                   help="relative residual ‖Hv − λv‖ ≤ tol·|λ| of the eigenvalues (default 1e-3; JSON 'eigen_tol')")
     p.add_argument("--seed", type=int, default=0, help="seed of the random vectors (default 0)")
+    p.add_argument("--matrix", default="hessian",
+                   help="the matrix of --per-layer, --diagonal and, when not hessian, of extra top-k eigenvalues "
+                        "(matrix_eigenvalues): hessian (default) | ggn | fisher_mc | empirical_fisher | kfac")
+    p.add_argument("--per-layer", action="store_true", help="top-k eigenvalues of each parameter tensor's block of --matrix")
+    p.add_argument("--diagonal", action="store_true",
+                   help="the diagonal of --matrix (exact up to 2048 parameters, else Hutchinson with standard errors)")
+    p.add_argument("--split", action="store_true",
+                   help="L″ = Δθᵀ G Δθ + Σ⟨∇ℓ, z″⟩: the Gauss–Newton and output-curvature terms of the loss's second derivative")
     p.add_argument("--engine", default="forward_over_reverse",
                    help="Hessian-vector products: forward_over_reverse (default, torch.func) | double_backward "
                         "(cached gradient graphs: faster, more memory)")
@@ -62,6 +74,10 @@ def _validate(args: argparse.Namespace) -> list[float]:
 
     if args.engine not in ENGINES:
         raise InputError(f"--engine {args.engine}: expected one of {', '.join(ENGINES)}")
+    from ..curvature import MATRICES
+
+    if args.matrix not in MATRICES:
+        raise InputError(f"--matrix {args.matrix}: expected one of {', '.join(MATRICES)}")
     if args.at is not None:
         if not math.isfinite(args.at) or not 0 <= args.at <= 1:
             raise InputError(f"--at {args.at}: α must be a number in [0, 1]")
@@ -83,7 +99,9 @@ def run(args: argparse.Namespace) -> int:
     from ..path import make_line
 
     alphas = _validate(args)
-    inp = load_model_inputs(args)
+    timings = Timings()
+    with timings.stage("load"):
+        inp = load_model_inputs(args)
     model = inp["model"]
     n_params = sum(p.numel() for p in model.parameters())
     if args.top_k > n_params:
@@ -108,10 +126,80 @@ def run(args: argparse.Namespace) -> int:
         progress=progress,
     )
     progress.close()
-    result = replace(result, info={**result.info, "arch": inp["spec"].text, "data": inp["data"].name})
+    extra: dict = {}
+    if args.matrix != "hessian" or args.per_layer or args.diagonal or args.split:
+        with timings.stage("matrices"):
+            extra = _matrices(args, line, inp, alphas)
     if args.plot:
         from ..curvature.figures import plot_curvature
 
-        result = replace(result, warnings=result.warnings + plot_warnings(plot_curvature, result, args.plot))
-    emit(result.to_dict() if args.json else result.to_text(), args.json)
+        with timings.stage("plot"):
+            result = replace(result, warnings=result.warnings + plot_warnings(plot_curvature, result, args.plot))
+    if args.json:
+        emit(envelope({**result.to_dict(), **extra}, **model_facts(inp), seed=args.seed, timings=timings, stage="curvature"), True)
+    else:
+        emit("\n".join([result.to_text(), *_matrices_text(extra)]), False)
     return 0
+
+
+def _matrices(args: argparse.Namespace, line, inp: dict, alphas: list[float]) -> dict:
+    """The GGN/Fisher/K-FAC eigenvalues, per-layer spectra, diagonals and the split of L″ at each α."""
+    from ..curvature import (curvature_operator, extreme_eigenpairs, ggn_diagonal, hessian_diagonal, layer_spectra,
+                             operator_diagonal, second_derivative_splits)
+
+    data, bn, out = inp["data"], inp["bn"], {}
+    each = dict(bn=bn, batch_size=args.batch_size)
+    progress = Progress(f"{args.matrix} curvature", args.quiet)
+    total, done = len(alphas) * (int(args.matrix != "hessian") + int(args.per_layer) + int(args.diagonal)), 0
+    if args.matrix != "hessian":
+        eig = []
+        for a in alphas:
+            op = curvature_operator(line, data, a, args.matrix, seed=args.seed, **each)
+            e = extreme_eigenpairs(op, args.top_k, args.which, tol=args.tol, seed=args.seed)
+            eig.append({"eigenvalues": list(e.eigenvalues), "residuals": list(e.residuals), "converged": e.converged})
+            done += 1
+            progress(done, total)
+        out["matrix_eigenvalues"] = {"matrix": args.matrix, "points": eig}
+    if args.per_layer:
+        layers = []
+        for a in alphas:
+            layers.append(layer_spectra(line, data, a, top_k=args.top_k, which=args.which, matrix=args.matrix,
+                                        tol=args.tol, seed=args.seed, engine=args.engine, **each).to_dict())
+            done += 1
+            progress(done, total)
+        out["per_layer"] = layers
+    if args.diagonal:
+        diags = []
+        for a in alphas:
+            if args.matrix == "hessian":
+                d = hessian_diagonal(line, data, a, seed=args.seed, engine=args.engine, **each)
+            elif args.matrix == "ggn":
+                d = ggn_diagonal(line, data, a, **each)
+            else:
+                d = operator_diagonal(curvature_operator(line, data, a, args.matrix, seed=args.seed, **each),
+                                      seed=args.seed, matrix=args.matrix)
+            diags.append({k: v for k, v in d.to_dict().items() if k not in ("values", "standard_error")})
+            done += 1
+            progress(done, total)
+        out["diagonal"] = diags
+    progress.close()
+    if args.split:
+        out["split"] = [s.to_dict() for s in second_derivative_splits(line, data, alphas, **each)]
+    return out
+
+
+def _matrices_text(extra: dict) -> list[str]:
+    lines = []
+    if "matrix_eigenvalues" in extra:
+        m = extra["matrix_eigenvalues"]
+        lines.append(f"top eigenvalues of the {m['matrix']}: " + "; ".join(
+            ", ".join(f"{v:.6g}" for v in p["eigenvalues"]) for p in m["points"]))
+    for spectra in extra.get("per_layer", []):
+        lines.append(f"per layer at α={spectra['alpha']:.4g} ({spectra['matrix']}): " + "; ".join(
+            f"{b['name']} {', '.join(f'{v:.4g}' for v in b['eigenvalues'])}" for b in spectra["blocks"]))
+    for d in extra.get("diagonal", []):
+        lines.append(f"diagonal of the {d['matrix']} at α={d['alpha']:.4g}: trace {d['trace']:.6g} ({d['method']})")
+    for s in extra.get("split", []):
+        lines.append(f"L″({s['alpha']:.4g}) = {s['second_derivative']:.6g} = Gauss–Newton {s['gauss_newton']:.6g} "
+                     f"+ output curvature {s['residual']:.6g}")
+    return lines

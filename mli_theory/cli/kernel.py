@@ -1,7 +1,9 @@
 """``mli-theory kernel``: the empirical NTK along the path (distance, velocity, PL*) and between checkpoints.
 
 JSON keys (GUIDE §3): ``alphas``, ``kernel_distance_from_init``, ``kernel_velocity``,
-``pl_lambda_min``, ``kernel`` ("full" | "logit_trace"), plus ``n_examples``, ``warnings`` and, with
+``pl_lambda_min``, ``kernel`` ("full" | "logit_trace"), plus ``n_examples`` (examples in the
+kernel), ``warnings``, ``info`` (the envelope of every command: arch, data, ``n`` = examples in the
+data set, device, dtype, ``seed`` of the example subset, versions, timings) and, with
 ``--checkpoints``, ``checkpoints`` = {``steps``, ``distance_from_first``, ``consecutive_distance``,
 ``velocity``, ``pl_lambda_min``, …}. See :mod:`mli_theory.kernels` for the definitions.
 """
@@ -10,9 +12,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from typing import Any
 
-from .common import Progress, add_model_args, emit, load_model_inputs, plot_warnings, positive_int
+from .common import Progress, Timings, add_model_args, emit, envelope, load_model_inputs, model_facts, plot_warnings, positive_int
 
 #: examples used for the kernel when --examples is not given (a seeded random subset above it)
 DEFAULT_EXAMPLES = 256
@@ -22,7 +25,12 @@ MAX_ALPHAS = 1001
 
 def add_parser(sub: Any) -> None:
     """Register the ``kernel`` subcommand on an argparse subparsers object."""
-    p = sub.add_parser("kernel", help="empirical NTK along the path: kernel distance, velocity and PL* λmin")
+    p = sub.add_parser(
+        "kernel", help="empirical NTK along the path: kernel distance, velocity and PL* λmin",
+        description="The empirical neural tangent kernel K(α) = J Jᵀ at points θ(α) = (1−α)θ0 + αθT: the kernel "
+                    "distance S(K(0), K(α)) = 1 − ⟨K(0), K(α)⟩_F / (‖K(0)‖_F‖K(α)‖_F), its velocity dS/dα and the "
+                    "PL* constant λmin(K(α)); with --checkpoints, the same between a run's saved training checkpoints.",
+    )
     add_model_args(p)
     p.add_argument("--alphas", type=int, default=11, help="number of α points in [0, 1], ends included (default 11)")
     p.add_argument("--kernel", default="full", help="full (n·k × n·k, default) | logit_trace (n × n, summed over outputs)")
@@ -94,12 +102,17 @@ def run(args: argparse.Namespace) -> int:
     from ..path import BNPolicy, alpha_grid, data_on_line, make_line
 
     _validate(args)
+    timings = Timings()
     files = None
     if args.checkpoints:
+        if not os.path.isdir(args.checkpoints):
+            raise InputError(f"--checkpoints {args.checkpoints}: no such folder (a run folder written by "
+                             "'mli-theory train --save-every STEPS')")
         files = list_checkpoints(args.checkpoints)
         if len(files) < 2:
             raise InputError(f"--checkpoints {args.checkpoints}: need at least 2 saved checkpoints, found {len(files)}")
-    inp = load_model_inputs(args)
+    with timings.stage("load"):
+        inp = load_model_inputs(args)
     data, bn, device, dtype = inp["data"], inp["bn"], inp["device"], inp["dtype"]
     line = make_line(inp["model"], inp["states"]["init"], inp["states"]["final"], device=device, dtype=dtype)
     data = data_on_line(line, data, bn)
@@ -128,24 +141,29 @@ def run(args: argparse.Namespace) -> int:
     memory = args.memory_mb * (1 << 20)
 
     progress = Progress("kernels", args.quiet)
-    result = kernel_along_path(line, x, alpha_grid(args.alphas), kernel=args.kernel, recipe=args.recipe, bn=bn,
-                               bn_x=data.x, batch_size=args.batch_size, memory_bytes=memory, progress=progress)
+    with timings.stage("path_kernels"):
+        result = kernel_along_path(line, x, alpha_grid(args.alphas), kernel=args.kernel, recipe=args.recipe, bn=bn,
+                                   bn_x=data.x, batch_size=args.batch_size, memory_bytes=memory, progress=progress)
     progress.close()
     result = dataclasses.replace(result, warnings=tuple(warnings) + result.warnings)
     out = result.to_dict()
-    out.update(n_data=data.n, seed=args.seed, arch=inp["spec"].text, data=data.name,
-               device=str(device), dtype=str(dtype).replace("torch.", ""))
+    ck = None
     if files and ckpt_states is not None:
         cprog = Progress("checkpoint kernels", args.quiet, unit="step")
-        ck = kernel_between_checkpoints(
-            inp["model"], ckpt_states, x, steps=[c.step for c in files], kernel=args.kernel, recipe=args.recipe,
-            recompute_bn=bn == BNPolicy.RECOMPUTE, bn_x=data.x, batch_size=args.batch_size, device=device,
-            dtype=dtype, memory_bytes=memory, progress=cprog,
-        )
+        with timings.stage("checkpoint_kernels"):
+            ck = kernel_between_checkpoints(
+                inp["model"], ckpt_states, x, steps=[c.step for c in files], kernel=args.kernel, recipe=args.recipe,
+                recompute_bn=bn == BNPolicy.RECOMPUTE, bn_x=data.x, batch_size=args.batch_size, device=device,
+                dtype=dtype, memory_bytes=memory, progress=cprog,
+            )
         cprog.close()
         out["checkpoints"] = {"run": args.checkpoints, "files": [c.path for c in files], **ck.to_dict()}
         out["warnings"] = out["warnings"] + [f"checkpoints: {w}" for w in ck.warnings if w not in out["warnings"]]
     if args.plot:
-        out["warnings"] = out["warnings"] + list(plot_warnings(plot_kernel_path, result, args.plot))
-    emit(out if args.json else _text(out), args.json)
+        with timings.stage("plot"):
+            out["warnings"] = out["warnings"] + list(plot_warnings(plot_kernel_path, result, args.plot, checkpoints=ck))
+    if args.json:
+        emit(envelope(out, **model_facts(inp), seed=args.seed, timings=timings), True)
+    else:
+        emit(_text(out), False)
     return 0

@@ -11,12 +11,14 @@ import json
 import os
 import sys
 import re
+import warnings
 from typing import Any, Sequence
 
 from .common import PROG
 from .common import Parser as _Parser
 from .common import Progress as _Progress
-from .common import add_model_args, emit as _emit, load_model_inputs, plot_warnings
+from .common import Timings, add_model_args, envelope, load_model_inputs, model_facts, plot_warnings, writable_folder
+from .common import emit as _emit
 
 # further commands, each a module with add_parser(subparsers) and run(args)
 COMMANDS = ("curvature", "kernel", "barrier", "surface", "roughness")
@@ -38,17 +40,31 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
     sub.required = True
 
-    p = sub.add_parser("check", help="check MLI between two checkpoints on a data set")
+    p = sub.add_parser(
+        "check", help="check MLI between two checkpoints on a data set",
+        description="Evaluate the mean training loss along θ(α) = (1−α)θ0 + αθT on an α grid: the largest rise, "
+                    "distance travelled, Gauss length of the output path and the MSE sufficient conditions; with "
+                    "--certify, a verdict (monotone / non_monotone / unknown) proven for every α in [0, 1].",
+    )
     _add_check_args(p)
 
-    d = sub.add_parser("demo", help="train a small network on a built-in data set and check it (the main job)")
+    d = sub.add_parser(
+        "demo", help="train a small network on a built-in data set and check it (the main job)",
+        description="Train an MLP and a deep linear network on sklearn:diabetes, save their checkpoints and loss-curve "
+                    "plots under --out, and check MLI of each with a certificate over [0, 1].",
+    )
     d.add_argument("--out", default="mli-demo", help="folder for checkpoints and plots (default ./mli-demo)")
     d.add_argument("--epochs", type=int, default=150, help="training epochs (default 150)")
     d.add_argument("--seed", type=int, default=0, help="seed of the initialisation and minibatch order (default 0)")
     d.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     d.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
-    t = sub.add_parser("train", help="train a network from a spec and save a run folder (init, final, config)")
+    t = sub.add_parser(
+        "train", help="train a network from a spec and save a run folder (init, final, config)",
+        description="Train ARCH on DATA (CPU, float32) with SGD or Adam and write a run folder --out: init.pt (θ0), "
+                    "final.pt (θT) and config.json (the settings and loss history), optionally checkpoints every "
+                    "--save-every steps or instability-analysis forks. 'mli-theory check --run OUT' then checks it.",
+    )
     t.add_argument("--arch", required=True, help="architecture spec, as for check")
     t.add_argument("--data", required=True, help="data source, as for check")
     t.add_argument("--normalize", metavar="MEAN,STD", default=None, help="per-channel input normalisation, as for check")
@@ -76,8 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--fork-seeds", default=None, metavar="S1,S2",
                    help="data-order seeds of the forks, comma-separated, at least two (with --fork-at)")
     t.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    t.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
 
-    w = sub.add_parser("sweep", help="train and check a grid of runs (parallel, resumable)")
+    w = sub.add_parser(
+        "sweep", help="train and check a grid of runs (parallel, resumable)",
+        description="Train and check every run of a grid of training configs (the cross product of the spec's axes "
+                    "over its base), in parallel on local processes, Dask or SLURM; finished runs are never redone, "
+                    "and OUT/results.csv has one row per run.",
+    )
     w.add_argument("spec", help='JSON file: {"base": {TrainConfig fields}, "axes": {field: [values]}}')
     w.add_argument("--out", required=True, help="sweep folder (runs/ and results.csv)")
     w.add_argument("--jobs", type=int, default=2, help="parallel worker processes (default 2)")
@@ -92,11 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--slurm-cpus", type=int, default=1, help="slurm: CPUs per run (default 1)")
     w.add_argument("--slurm-cluster", choices=["slurm", "local", "debug"], default=None,
                    help="slurm: submitit cluster (default: SLURM when available; 'local' runs jobs as local processes)")
+    w.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    w.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
-    g = sub.add_parser("derive", help="print the MSE theory: statements, assumptions, derivations")
+    g = sub.add_parser(
+        "derive", help="print the MSE theory: statements, assumptions, derivations",
+        description="Print the results of the MSE theory (GUIDE §2): each statement with its assumptions and a "
+                    "symbolically checked derivation, as text, LaTeX or JSON.",
+    )
     g.add_argument("name", nargs="?", default=None, help="one result (default: list them all)")
     g.add_argument("--latex", action="store_true", help="LaTeX instead of text")
     g.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    g.add_argument("--quiet", action="store_true", help="accepted for uniformity (this command shows no progress)")
 
     for name in COMMANDS:
         _command(name).add_parser(sub)
@@ -132,7 +161,9 @@ def _check_inputs(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_check(args: argparse.Namespace) -> int:
     from ..check import check
 
-    inp = _check_inputs(args)
+    timings = Timings()
+    with timings.stage("load"):
+        inp = _check_inputs(args)
     progress = _Progress("loss curve", args.quiet)
     result = check(
         inp["model"],
@@ -161,16 +192,39 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
         near = result.info.get("witness_curve")
         samples = (near["alphas"], near["losses"]) if near else None
-        result = replace(result, warnings=result.warnings + plot_warnings(plot_curve, result, args.plot, witness_samples=samples))
-    _emit(result.to_dict() if args.json else result.to_text(), args.json)
+        with timings.stage("plot"):
+            result = replace(result, warnings=result.warnings + plot_warnings(plot_curve, result, args.plot, witness_samples=samples))
+    if args.json:
+        _emit(envelope(result.to_dict(), **model_facts(inp), seed=None, timings=timings), True)
+    else:
+        _emit(result.to_text(), False)
     return 0
 
 
+def _joined(values: Any) -> str | None:
+    """Distinct values in order, joined by commas (None when there are none)."""
+    seen = [str(v) for v in dict.fromkeys(values) if v is not None]
+    return ",".join(seen) or None
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from ..errors import InputError
     from ..runs import run_demo
 
-    summary = run_demo(args.out, epochs=args.epochs, seed=args.seed, log=None if args.quiet else sys.stderr)
-    _emit(summary if args.json else summary["text"], args.json)
+    if isinstance(args.epochs, bool) or args.epochs < 1:
+        raise InputError(f"--epochs {args.epochs}: must be a positive integer")
+    writable_folder(args.out, "--out")
+    timings = Timings()
+    with timings.stage("demo"):
+        summary = run_demo(args.out, epochs=args.epochs, seed=args.seed, log=None if args.quiet else sys.stderr)
+    if args.json:
+        checks = [r["check"].get("info") or {} for r in summary["runs"].values()]
+        first = checks[0] if checks else {}
+        _emit(envelope(summary, arch=_joined(r["arch"] for r in summary["runs"].values()), data=summary["data"],
+                       n=first.get("n_examples"), device=first.get("device", "cpu"), dtype=first.get("dtype"),
+                       seed=args.seed, timings=timings), True)
+    else:
+        _emit(summary["text"], False)
     return 0
 
 
@@ -182,6 +236,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise InputError(f"--save-every {args.save_every}: must be an integer ≥ 0")
     if (args.fork_at is None) != (args.fork_seeds is None):
         raise InputError("--fork-at and --fork-seeds go together")
+    writable_folder(args.out, "--out")  # before minutes of training, not after
+    timings = Timings()
+    progress = _Progress("train", getattr(args, "quiet", False), unit="epoch")
+
+    def finish(summary: dict[str, Any], n: int | None) -> dict[str, Any]:
+        return envelope(summary, arch=args.arch, data=args.data, n=n, device="cpu", dtype="float32", seed=args.seed,
+                        timings=timings)
     cfg = TrainConfig(
         arch=args.arch, data=args.data, loss=args.loss, optimizer=args.optimizer, lr=args.lr, epochs=args.epochs,
         batch_size=args.batch_size, seed=args.seed, momentum=args.momentum, distance_reward=args.distance_reward,
@@ -199,7 +260,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.fork_at < 0:
             raise InputError(f"--fork-at {args.fork_at}: must be a step ≥ 0")
         try:
-            forks = run_forks(cfg, args.out, fork_at=args.fork_at, fork_seeds=seeds, save_every=args.save_every)
+            with timings.stage("train"):
+                forks = run_forks(cfg, args.out, fork_at=args.fork_at, fork_seeds=seeds, save_every=args.save_every,
+                                  progress=progress)
+            progress.close()
         except InputError as exc:  # the library names its parameter; the CLI speaks of the flag
             raise InputError(str(exc).replace("fork_at=", "--fork-at ", 1)) from None
         summary = {
@@ -215,11 +279,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
             + [f"  next: mli-theory barrier --arch {args.arch} --data {args.data} --loss {args.loss} "
                f"--a {os.path.join(a, 'final.pt')} --b {os.path.join(b, 'final.pt')}"]
         )
-        _emit(summary if args.json else text, args.json)
+        _emit(finish(summary, next(iter(forks.values())).n_examples) if args.json else text, args.json)
         return 0
-    res = run_training(cfg, args.out, save_every=args.save_every)
+    with timings.stage("train"):
+        res = run_training(cfg, args.out, save_every=args.save_every, progress=progress)
+    progress.close()
     summary = {"run": args.out, "final_loss": res.final_loss, "diverged": res.diverged, "epochs": len(res.history)}
-    _emit(summary if args.json else f"trained {args.arch} on {args.data}: final training loss {res.final_loss:.6g}"
+    _emit(finish(summary, res.n_examples) if args.json else f"trained {args.arch} on {args.data}: final training loss {res.final_loss:.6g}"
           f"{' (DIVERGED)' if res.diverged else ''}; run folder {args.out}\n  next: mli-theory check --run {args.out}", args.json)
     return 0
 
@@ -233,7 +299,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         name=args.executor, jobs=args.jobs, scheduler=args.scheduler, slurm_partition=args.slurm_partition,
         slurm_time_min=args.slurm_time, slurm_gpus=args.slurm_gpus, slurm_cpus=args.slurm_cpus, slurm_cluster=args.slurm_cluster,
     )
-    check_available(options)  # a missing optional dependency is one line, before any work
+    check_available(options)  # a missing optional dependency (or an unreachable scheduler) is one line, before any work
+    writable_folder(args.out, "--out")
     try:
         with open(args.spec) as f:
             spec = json.load(f)
@@ -242,32 +309,48 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         raise InputError(f"cannot use sweep spec {args.spec}: {exc}") from None
     if not configs or not all(isinstance(c, TrainConfig) for c in configs):
         raise InputError("the sweep spec gives no runs")
+    timings = Timings()
     try:
-        rows = run_sweep(configs, args.out, jobs=args.jobs, alphas=args.alphas, geometry=not args.no_geometry, executor=options)
+        with timings.stage("sweep"):
+            rows = run_sweep(configs, args.out, jobs=args.jobs, alphas=args.alphas, geometry=not args.no_geometry,
+                             executor=options, log=None if args.quiet else sys.stderr)
     except KeyboardInterrupt:
         sys.stderr.write(f"interrupted: finished runs are kept in {args.out}; run the same command to resume\n")
         return 130
     ok = sum(r.get("status") == "ok" for r in rows)
-    sys.stdout.write(f"{len(rows)} runs ({ok} ok); results in {os.path.join(args.out, 'results.csv')}\n")
+    csv_path = os.path.join(args.out, "results.csv")
+    if args.json:
+        seeds = list(dict.fromkeys(c.seed for c in configs))
+        summary = {"out": args.out, "results": csv_path, "runs": len(rows), "ok": ok,
+                   "failed": sum(r.get("status") == "failed" for r in rows),
+                   "diverged": sum(r.get("status") == "diverged" for r in rows), "executor": args.executor}
+        _emit(envelope(summary, arch=_joined(c.arch for c in configs), data=_joined(c.data for c in configs), n=None,
+                       device="cpu", dtype="float32", seed=seeds[0] if len(seeds) == 1 else None, timings=timings,
+                       seeds=seeds), True)
+    else:
+        sys.stdout.write(f"{len(rows)} runs ({ok} ok); results in {csv_path}\n")
     return 0
 
 
 def _cmd_derive(args: argparse.Namespace) -> int:
     from ..theory import render_result, result_names
 
+    timings = Timings()
+    none = dict(arch=None, data=None, n=None, device=None, dtype=None, seed=None)
     names = result_names()
     if args.name is None:
         if args.json:
-            _emit({"results": names}, True)
+            _emit(envelope({"results": names}, **none, timings=timings), True)
         else:
             _emit("\n".join(render_result(n, latex=args.latex, brief=True) for n in names), False)
         return 0
-    _emit(render_result(args.name, latex=args.latex, as_dict=args.json), args.json)
+    out = render_result(args.name, latex=args.latex, as_dict=args.json)
+    _emit(envelope(out, **none, timings=timings) if args.json else out, args.json)
     return 0
 
 
 # library errors name parameters (bn="interpolate", batch_size=1); the CLI speaks of flags
-_PARAM_FLAGS = ("alphas", "alpha_chunk", "batch_size", "bn", "certify_budget", "device", "dtype", "loss", "tol")
+_PARAM_FLAGS = ("alphas", "alpha_chunk", "batch_size", "bn", "certify_budget", "device", "dtype", "loss", "scheduler", "tol")
 _PARAM_RE = re.compile(r"\b(" + "|".join(_PARAM_FLAGS) + r")=(?:\"([^\"]*)\"|'([^']*)'|([^\s,;:)]+))")
 
 
@@ -298,9 +381,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     handlers = {"check": _cmd_check, "demo": _cmd_demo, "derive": _cmd_derive, "train": _cmd_train, "sweep": _cmd_sweep}
     try:
-        if args.command in handlers:
-            return handlers[args.command](args)
-        return _command(args.command).run(args)
+        with warnings.catch_warnings():
+            # torch's FutureWarnings (deprecations inside torch) are not the user's business on the command line
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch(\.|$)")
+            warnings.filterwarnings("ignore", category=FutureWarning, message=r"(?s).*\btorch\b")
+            if args.command in handlers:
+                return handlers[args.command](args)
+            return _command(args.command).run(args)
     except InputError as exc:
         sys.stderr.write(f"{PROG}: error: {_as_flags(str(exc))}\n")
         return 2

@@ -7,7 +7,7 @@ import argparse
 import math
 from typing import Any
 
-from .common import Progress, add_model_args, emit, load_model_inputs, plot_warnings, positive_int
+from .common import Progress, Timings, add_model_args, emit, envelope, load_model_inputs, model_facts, plot_warnings, positive_int
 
 DESCRIPTION = """\
 Roughness index (our reading of Wu et al. 2021, arXiv:2103.11069): for m random filter-normalised
@@ -77,36 +77,43 @@ def run(args: argparse.Namespace) -> int:
     from ..path import alpha_grid, loss_curve, make_line
 
     validate(args)
-    inp = load_model_inputs(args)
+    timings = Timings()
+    with timings.stage("load"):
+        inp = load_model_inputs(args)
     init, final, data = inp["states"]["init"], inp["states"]["final"], inp["data"]
     progress = Progress("roughness slices", args.quiet, unit="pt")
-    res = landscape_roughness(
-        inp["model"], init, final, data,
-        slices=args.slices, steps=args.steps, span=args.span, seed=args.seed, center=args.center,
-        include_bn_and_bias=args.include_bn_and_bias, bn=inp["bn"], device=inp["device"], dtype=inp["dtype"],
-        batch_size=args.batch_size, chunk=args.chunk, progress=progress,
-    )
+    with timings.stage("slices"):
+        res = landscape_roughness(
+            inp["model"], init, final, data,
+            slices=args.slices, steps=args.steps, span=args.span, seed=args.seed, center=args.center,
+            include_bn_and_bias=args.include_bn_and_bias, bn=inp["bn"], device=inp["device"], dtype=inp["dtype"],
+            batch_size=args.batch_size, chunk=args.chunk, progress=progress,
+        )
     progress.close()
     line = make_line(inp["model"], init, final, device=inp["device"], dtype=inp["dtype"])
     grid = alpha_grid(args.alphas)
     p2 = Progress("MLI line", args.quiet)
-    curve = loss_curve(line, data.to(inp["device"], inp["dtype"]), grid, bn=inp["bn"], batch_size=args.batch_size, progress=p2)
+    with timings.stage("line"):
+        curve = loss_curve(line, data.to(inp["device"], inp["dtype"]), grid, bn=inp["bn"], batch_size=args.batch_size, progress=p2)
     p2.close()
     stats = path_statistics(curve.losses, tol=args.tol, alphas=grid)
     warnings = list(res.warnings)
     out = res.to_dict()
     out.update(
         path={"alphas": list(grid), "losses": list(curve.losses), "statistics": stats.to_dict()},
-        info={**res.info, "arch": inp["spec"].text, "data": data.name},
+        info=dict(res.info),
     )
     if args.plot:
         from ..connectivity.surface_figures import plot_slices
 
-        warnings += plot_warnings(plot_slices, res.t, res.slices, args.plot, title=f"roughness index {out['roughness_index']}",
-                                  path_alphas=grid, path_losses=curve.losses)
+        ri = out["roughness_index"]
+        with timings.stage("plot"):
+            warnings += plot_warnings(plot_slices, res.t, res.slices, args.plot,
+                                      title=f"roughness index {ri:.4g}" if ri is not None else "roughness index: undefined",
+                                      path_alphas=grid, path_losses=curve.losses)
     out["warnings"] = warnings
     if args.json:
-        emit(out, True)
+        emit(envelope(out, **model_facts(inp), seed=args.seed, timings=timings), True)
     else:
         r = res.roughness
         lines = [

@@ -7,7 +7,7 @@ import argparse
 import math
 from typing import Any
 
-from .common import Progress, add_model_args, emit, load_model_inputs, plot_warnings, positive_int
+from .common import Progress, Timings, add_model_args, emit, envelope, load_model_inputs, model_facts, plot_warnings, positive_int
 
 DESCRIPTION = """\
 A slice of the mean training loss L over the whole data set.
@@ -46,6 +46,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--range", type=float, default=None, dest="span", metavar="R",
                    help="R: random mode coordinates in [-R, R] (default 1); plane mode [-R, 1+R] (default 0.5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random directions (default 0)")
+    p.add_argument("--directions", default="random",
+                   help="random (filter-normalised random directions, default) | hessian (the top-1/top-2 Hessian "
+                        "eigenvectors at the centre, unit length)")
     p.add_argument("--include-bn-and-bias", action="store_true", help="perturb biases and BatchNorm parameters too (random mode)")
     p.add_argument("--chunk", type=int, default=None, help="grid points per vmapped pass (default: sized to memory; 1: a loop)")
     return p
@@ -79,6 +82,14 @@ def validate(args: argparse.Namespace) -> None:
         raise InputError("--center applies to random directions; a --plane slice has its origin at init")
     if args.chunk is not None:
         positive_int(args.chunk, "--chunk")
+    from ..connectivity.surface import DIRECTIONS
+
+    if args.directions not in DIRECTIONS:
+        raise InputError(f"--directions {args.directions}: expected one of {', '.join(DIRECTIONS)}")
+    if args.directions == "hessian" and args.plane:
+        raise InputError("--directions hessian spans the slice by eigenvectors; it does not combine with --plane")
+    if args.directions == "hessian" and args.include_bn_and_bias:
+        raise InputError("--directions hessian uses every trainable parameter; --include-bn-and-bias is for random directions")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,10 +100,28 @@ def run(args: argparse.Namespace) -> int:
     from ..inputs import load_state_dict
 
     validate(args)
-    third = load_state_dict(args.third) if args.third else None
-    inp = load_model_inputs(args)
+    timings = Timings()
+    with timings.stage("load"):
+        third = load_state_dict(args.third) if args.third else None
+        inp = load_model_inputs(args)
     progress = Progress("surface", args.quiet, unit="pt")
-    result = loss_surface(
+    with timings.stage("surface"):
+        result = _surface(loss_surface, inp, third, args, progress)
+    progress.close()
+    if args.plot:
+        from ..connectivity.surface_figures import plot_surface
+
+        with timings.stage("plot"):
+            result = replace(result, warnings=result.warnings + plot_warnings(plot_surface, result, args.plot))
+    if args.json:
+        emit(envelope(result.to_dict(), **model_facts(inp), seed=args.seed, timings=timings), True)
+    else:
+        emit(_text(result), False)
+    return 0
+
+
+def _surface(loss_surface: Any, inp: dict[str, Any], third: Any, args: argparse.Namespace, progress: Any) -> Any:
+    return loss_surface(
         inp["model"],
         inp["states"]["init"],
         inp["states"]["final"],
@@ -105,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
         span=args.span,
         seed=args.seed,
         include_bn_and_bias=args.include_bn_and_bias,
+        directions=args.directions,
         bn=inp["bn"],
         device=inp["device"],
         dtype=inp["dtype"],
@@ -112,14 +142,6 @@ def run(args: argparse.Namespace) -> int:
         chunk=args.chunk,
         progress=progress,
     )
-    progress.close()
-    result = replace(result, info={**result.info, "arch": inp["spec"].text, "data": inp["data"].name})
-    if args.plot:
-        from ..connectivity.surface_figures import plot_surface
-
-        result = replace(result, warnings=result.warnings + plot_warnings(plot_surface, result, args.plot))
-    emit(result.to_dict() if args.json else _text(result), args.json)
-    return 0
 
 
 def _text(s: Any) -> str:

@@ -9,6 +9,7 @@ See :mod:`.barrier` for the named barrier definitions, :mod:`.alignment` for wei
 
 from .alignment import AlignmentResult, PermutationGroup, apply_permutation, permutation_groups, weight_matching
 from .barrier import BARRIER_DEFINITIONS, BarrierBN, BarrierResult, BarrierValue, barrier, barrier_on_line, barriers_from_samples
+from .curves import CURVES, CurveResult, curve_coefficients, curve_connectivity, curve_point
 from .figures import plot_barrier
 from .directions import filter_axes, normalize_filters, orthogonalize, random_direction, random_directions
 from .pathstats import PathStats, RiseInterval, path_statistics, separate_rises
@@ -27,6 +28,11 @@ __all__ = [
     "BarrierResult",
     "barriers_from_samples",
     "BarrierValue",
+    "curve_coefficients",
+    "curve_connectivity",
+    "curve_point",
+    "CurveResult",
+    "CURVES",
     "filter_axes",
     "Frame",
     "landscape_roughness",

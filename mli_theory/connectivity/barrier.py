@@ -356,6 +356,8 @@ def barrier_on_line(
     if errors is not None:
         lo, hi = _bracket(grid, errors)  # type: ignore[arg-type]
         _grid_max(lambda a: ev(a)[1], lo, hi, alpha_tol)  # type: ignore[arg-type,return-value]
+    if progress is not None:  # the expected count was an estimate: the bar ends at the evaluations made
+        progress(len(ev.cache), len(ev.cache))
     samples = dict(ev.cache)
     barriers = barriers_from_samples(samples)
     ordered = tuple((a, samples[a][0], samples[a][1]) for a in sorted(samples))

@@ -28,6 +28,16 @@ A direction d is a state dict with the model's keys. It is drawn as follows:
    orthogonal). The reverse order (orthogonalise, then normalise) would not give orthogonal axes.
 
 The caller's model and tensors are read, never written.
+
+**Hessian directions** (:func:`hessian_directions`, the axes of PyHessian-style surfaces): the
+top-k eigenvectors (largest algebraic eigenvalues λ1 ≥ λ2) of the Hessian H = ∇²_θ L of the mean
+training loss at a centre, over *all* trainable parameters (biases and BatchNorm affine
+parameters included; buffers held fixed, zero in the direction), found by the restarted Lanczos
+method of :func:`mli_theory.curvature.spectrum.extreme_eigenpairs` on the matrix-free operator of
+:func:`mli_theory.curvature.hvp.loss_hessian_at`. Each is a unit vector in parameter space
+(‖v‖₂ = 1 over all trainable entries; no filter normalisation, so the slice coordinate is a
+Euclidean distance and L(c + s·v) = L(c) + s·∇L·v + ½·λ·s² + O(s³)), with a fixed sign: its entry
+of largest magnitude (the first such, in state-dict order) is positive.
 """
 
 from __future__ import annotations
@@ -178,3 +188,63 @@ def random_directions(
     if count == 2 and orthogonal:
         dirs[1] = orthogonalize(dirs[1], dirs[0], [n for n in names if n in reference])
     return dirs
+
+
+def _fixed_sign(v: torch.Tensor) -> torch.Tensor:
+    """``v`` or ``−v``: the one whose entry of largest magnitude (the first such) is positive."""
+    i = int(torch.argmax(v.abs()))
+    return -v if float(v[i]) < 0 else v
+
+
+def hessian_directions(
+    shell: nn.Module,
+    center: Mapping[str, torch.Tensor],
+    param_names: Iterable[str],
+    buffers: Mapping[str, torch.Tensor],
+    data,
+    count: int,
+    *,
+    seed: int = 0,
+    tol: float = 1e-6,
+    batch_size: int | None = None,
+):
+    """The ``count`` top Hessian eigenvectors at ``center`` as unit directions (module docstring).
+
+    Args:
+        shell: the model, used as a function (``functional_call``) in its current mode (eval).
+        center: the point's state dict (parameters and buffers) on the evaluation device/dtype.
+        param_names: the trainable parameters (the Hessian's variables).
+        buffers: the entries held fixed while differentiating (BatchNorm statistics, counters).
+        data: the training data, on the centre's device and dtype.
+        count: how many eigenvectors (1 or 2 for a surface).
+        seed: seed of the Lanczos start vector.
+        tol: relative residual ‖Hv − λv‖ ≤ tol·|λ| asked of every pair.
+        batch_size: examples per Hessian-vector product (None: all); the products do not depend on it.
+
+    Returns:
+        (directions, eigenpairs): the directions as state dicts keyed like ``center`` (buffers and
+        integer entries zero), and the :class:`~mli_theory.curvature.spectrum.Eigenpairs` (their
+        ``vectors`` are the signed unit directions, flat in the Hessian's layout).
+    """
+    from dataclasses import replace
+
+    from ..curvature.hvp import loss_hessian_at
+    from ..curvature.spectrum import extreme_eigenpairs
+
+    names = [n for n in param_names if n in center]
+    op = loss_hessian_at(shell, {n: center[n] for n in names}, dict(buffers), data, batch_size=batch_size)
+    pairs = extreme_eigenpairs(op, count, "LA", tol=tol, seed=seed)
+    if pairs.vectors is None or pairs.vectors.shape[0] < count:
+        raise RuntimeError(f"the Lanczos solver returned {0 if pairs.vectors is None else pairs.vectors.shape[0]} of {count} eigenvectors")
+    flat = []
+    for v in pairs.vectors[:count]:
+        v = v.double()
+        v = _fixed_sign(v / v.norm())
+        flat.append(v.to(op.dtype))
+    vectors = torch.stack(flat)
+    dirs: list[StateDict] = []
+    for v in vectors:
+        parts = op.unflatten(v)
+        dirs.append({k: (parts[k].reshape(t.shape).clone() if k in parts else torch.zeros_like(t)) for k, t in center.items()})
+    return dirs, replace(pairs, vectors=vectors)
+

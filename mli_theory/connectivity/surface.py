@@ -1,12 +1,24 @@
 """Loss surfaces: 1D and 2D slices of the training loss in parameter space.
 
-Two kinds of slice (GUIDE §1 for the path; Li et al. 2018 for the directions):
+Three kinds of slice (GUIDE §1 for the path; Li et al. 2018 for the random directions; Yao et
+al. 2020, PyHessian, for the Hessian directions):
 
 * **Random directions** around a centre c ∈ {θT, θ0}: with filter-normalised directions d1, d2
   (:mod:`mli_theory.connectivity.directions`),
 
       f(x) = L(c + x·d1)                  (1D),
       f(x, y) = L(c + x·d1 + y·d2)        (2D),   x, y ∈ [−R, R].
+
+* **Top Hessian eigenvectors** (``directions="hessian"``) about a centre c ∈ {θT, θ0}: d1 (and
+  d2) are the eigenvectors of the largest (algebraic) eigenvalues λ1 ≥ λ2 of the Hessian
+  H = ∇²_θ L(c) of the mean training loss over all trainable parameters, found by restarted
+  Lanczos on Hessian-vector products (:func:`mli_theory.connectivity.directions.hessian_directions`),
+  each of unit Euclidean norm in parameter space (no filter normalisation), with a fixed sign
+  (largest-magnitude entry positive); the slice is f(x) = L(c + x·d1) or f(x, y) = L(c + x·d1 + y·d2)
+  as above, so near c, f(x) = L(c) + x·∇L(c)·d1 + ½·λ1·x² + O(x³). BatchNorm statistics are held
+  at the centre's values while differentiating (re-estimated there first with ``recompute``), as in
+  :mod:`mli_theory.curvature`; with ``bn="recompute"`` the surface itself re-estimates them at every
+  point, so its curvature along an axis can differ from λ.
 
 * **The plane through θ0, θT and a third point θC** (a checkpoint). With e1 = θT − θ0,
   u = θC − θ0, β = ⟨u, e1⟩/⟨e1, e1⟩ and e2 = u − β·e1 (Gram–Schmidt of the third point against
@@ -71,6 +83,13 @@ MAX_POINTS = 1_000_000
 # default memory budget for one vmapped chunk (bytes) on CPU; on CUDA a share of free memory
 _CPU_CHUNK_BYTES = 512 * 2**20
 _MAX_CHUNK = 256
+# the directions of a slice about a centre (plane mode is chosen by ``plane=True``)
+DIRECTIONS: tuple[str, ...] = ("random", "hessian")
+_SOLVERS = {
+    "dense": "dense symmetric eigensolver on the Hessian's products with unit vectors (a small model)",
+    "block_lanczos": "block Lanczos",
+    "arpack": "block Lanczos, then implicitly restarted Lanczos (ARPACK)",
+}
 
 
 @dataclass(frozen=True)
@@ -84,20 +103,28 @@ class Surface:
             columns follow x, the layout of ``matplotlib.pyplot.contour(x, y, losses)``).
             A non-finite loss is None.
         dims: 1 or 2.
-        mode: ``random`` (filter-normalised directions about a centre) or ``plane`` (through θ0,
-            θT and a third point; in 1D the line through θ0 and θT).
-        center: ``final`` (θT) or ``init`` (θ0) for random mode; ``init`` for plane mode, whose
-            origin is θ0.
+        mode: ``random`` (filter-normalised directions about a centre), ``hessian`` (the top
+            Hessian eigenvectors at a centre) or ``plane`` (through θ0, θT and a third point; in
+            1D the line through θ0 and θT).
+        center: ``final`` (θT) or ``init`` (θ0) for random and hessian modes; ``init`` for plane
+            mode, whose origin is θ0.
         directions: what the axes are, in words.
         mli_line: the MLI segment θ0 → θT in slice coordinates, ((x0, y0), (x1, y1)) in 2D or
             ((x0,), (x1,)) in 1D, when it lies in the slice (always in plane mode; in random mode
             only if θ0 − c happens to lie in the span of the directions), else None.
         points: named points of the slice in its coordinates (``init``, ``final``, ``third``).
         bn: the BatchNorm policy used (None for models without BatchNorm).
-        seed: seed of the random directions (None in plane mode).
-        include_bn_and_bias: whether biases and BatchNorm parameters were perturbed.
-        warnings: optional work that failed or caveats (vmap fallback, non-finite points).
-        info: facts (device, dtype, chunk size, timings, β of the plane).
+        seed: seed of the random directions, or of the Lanczos start vector in hessian mode
+            (None in plane mode).
+        include_bn_and_bias: whether the random-direction option of that name was used (False in
+            plane and hessian modes, whose directions span every trainable parameter anyway).
+        warnings: optional work that failed or caveats (vmap fallback, non-finite points, an
+            eigensolver that missed its tolerance).
+        info: facts (device, dtype, chunk size, timings, β of the plane; in hessian mode the
+            eigenpairs' ``eigen_residuals`` ‖Hv − λv‖, ``eigen_converged``, ``eigen_method``,
+            ``eigen_matvecs``, ``eigen_tol`` and ``hessian_s``).
+        eigenvalues: hessian mode: (λ1,) in 1D, (λ1, λ2) in 2D, the Hessian eigenvalues of the
+            axes in order; None in the other modes.
     """
 
     x: tuple[float, ...]
@@ -114,9 +141,11 @@ class Surface:
     include_bn_and_bias: bool = False
     warnings: tuple[str, ...] = ()
     info: dict[str, Any] = field(default_factory=dict)
+    eigenvalues: tuple[float, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``--json`` object: plain lists, None for non-finite losses."""
+        """The ``--json`` object: plain lists, None for non-finite losses (``eigenvalues`` only
+        in hessian mode)."""
         return {
             "dims": self.dims,
             "mode": self.mode,
@@ -132,6 +161,7 @@ class Surface:
             "include_bn_and_bias": self.include_bn_and_bias,
             "warnings": list(self.warnings),
             "info": dict(self.info),
+            **({"eigenvalues": list(self.eigenvalues)} if self.eigenvalues is not None else {}),
         }
 
     def grid(self) -> list[list[float | None]]:
@@ -210,6 +240,12 @@ def random_frame(
     """The frame c + x·d1 (+ y·d2) about c = θT (``final``) or θ0 (``init``)."""
     c = line.end if center == "final" else line.start
     dirs = random_directions(model, c, dims, seed=seed, include_bn_and_bias=include_bn_and_bias)
+    return direction_frame(c, dirs), dirs
+
+
+def direction_frame(c: StateDict, dirs: list[StateDict]) -> Frame:
+    """The frame c + x·d1 (+ y·d2) for given directions (entries every direction leaves at zero,
+    and non-floating entries, stay fixed at c's values)."""
     fixed: dict[str, torch.Tensor] = {}
     offset: dict[str, torch.Tensor | None] = {}
     bases: dict[str, torch.Tensor] = {}
@@ -219,7 +255,36 @@ def random_frame(
         else:
             offset[name] = t
             bases[name] = torch.stack([d[name] for d in dirs])
-    return Frame(fixed, offset, bases, lambda u: [float(v) for v in u]), dirs
+    return Frame(fixed, offset, bases, lambda u: [float(v) for v in u])
+
+
+def hessian_frame(
+    line: Line,
+    data: Dataset,
+    *,
+    dims: int,
+    center: str,
+    seed: int,
+    bn: BNPolicy,
+    tol: float,
+    batch_size: int | None = None,
+) -> tuple[Frame, list[StateDict], Any]:
+    """The frame c + x·d1 (+ y·d2) along the top Hessian eigenvectors at c = θT or θ0.
+
+    The Hessian is taken at c with c's buffers held fixed; with BatchNorm and ``bn="recompute"``
+    the statistics are re-estimated at c first (as the surface evaluates c itself).
+
+    Returns:
+        (frame, directions, :class:`~mli_theory.curvature.spectrum.Eigenpairs`).
+    """
+    from .directions import hessian_directions
+
+    c = line.end if center == "final" else line.start
+    state = recompute_bn_statistics(line, c, data.x, batch_size) if line.has_bn and bn == BNPolicy.RECOMPUTE else c
+    names = list(line.param_names)
+    buffers = {k: v for k, v in state.items() if k not in line.param_names}
+    dirs, pairs = hessian_directions(line.shell, c, names, buffers, data, dims, seed=seed, tol=tol, batch_size=batch_size)
+    return direction_frame(c, dirs), dirs, pairs
 
 
 def plane_frame(
@@ -445,6 +510,9 @@ def validate_surface_options(
     bn: BNPolicy | str,
     batch_size: int | None = None,
     chunk: int | None = None,
+    directions: str = "random",
+    include_bn_and_bias: bool = False,
+    hessian_tol: float = 1e-6,
 ) -> BNPolicy:
     """Check the scalar options of :func:`loss_surface` before any work.
 
@@ -473,6 +541,17 @@ def validate_surface_options(
         raise InputError(f"batch_size={batch_size!r}: must be a positive integer")
     if chunk is not None and (isinstance(chunk, bool) or chunk <= 0):
         raise InputError(f"chunk={chunk!r}: must be a positive integer")
+    if not isinstance(directions, str) or directions not in DIRECTIONS:
+        raise InputError(f"directions={directions!r}: expected one of {', '.join(DIRECTIONS)}")
+    if directions == "hessian":
+        if plane:
+            raise InputError("directions='hessian' slices about a centre; it cannot be combined with plane=True")
+        if include_bn_and_bias:
+            raise InputError(
+                "include_bn_and_bias applies to random directions; Hessian eigenvectors always span every trainable parameter"
+            )
+        if isinstance(hessian_tol, bool) or not isinstance(hessian_tol, (int, float)) or not math.isfinite(hessian_tol) or not 0 < hessian_tol < 1:
+            raise InputError(f"hessian_tol={hessian_tol!r}: the relative residual tolerance must be in (0, 1)")
     try:
         return BNPolicy(bn)
     except ValueError:
@@ -517,6 +596,8 @@ def loss_surface(
     batch_size: int | None = None,
     chunk: int | None = None,
     progress: Progress | None = None,
+    directions: str = "random",
+    hessian_tol: float = 1e-6,
 ) -> Surface:
     """A 1D or 2D slice of the mean training loss (see the module docstring for the maths).
 
@@ -531,13 +612,19 @@ def loss_surface(
         steps: grid points per axis (≥ 2).
         span: R. Random mode: coordinates in [−R, R] (default 1). Plane mode: [−R, 1 + R]
             (default 0.5; 0 allowed).
-        seed: seed of the random directions.
-        include_bn_and_bias: perturb biases and BatchNorm parameters too (random mode).
+        seed: seed of the random directions (hessian mode: of the Lanczos start vector).
+        include_bn_and_bias: perturb biases and BatchNorm parameters too (random mode only).
         bn: BatchNorm policy (``recompute``, ``interpolate``, ``frozen``).
         device, dtype: where and in which precision to evaluate.
         batch_size: examples per forward pass (None: all at once); does not change the result.
         chunk: grid points per vmapped pass (None: sized to memory; 1: a plain loop).
         progress: called with (done, total) after each chunk of points.
+        directions: the axes of a slice about ``center`` (not with ``plane``):
+            ``random`` (filter-normalised Gaussian directions, the default) or ``hessian`` (the
+            top-1 / top-2 Hessian eigenvectors at the centre, unit norm in parameter space; the
+            result's ``eigenvalues`` holds λ1 (, λ2) and ``mode`` is ``hessian``).
+        hessian_tol: hessian mode: the relative residual ‖Hv − λv‖ ≤ tol·|λ| asked of each
+            eigenpair (a pair that misses it is still used, with a warning).
 
     Raises:
         InputError: bad options, checkpoints or data, before any heavy work.
@@ -548,7 +635,7 @@ def loss_surface(
         span = 0.5 if plane else 1.0
     bn = validate_surface_options(
         dims=dims, steps=steps, span=span, plane=plane, third=third, center=center, seed=seed, bn=bn,
-        batch_size=batch_size, chunk=chunk,
+        batch_size=batch_size, chunk=chunk, directions=directions, include_bn_and_bias=include_bn_and_bias, hessian_tol=hessian_tol,
     )
     device = resolve_device(device)
     dtype = resolve_dtype(dtype)
@@ -560,6 +647,10 @@ def loss_surface(
     warnings: list[str] = []
     info: dict[str, Any] = {"device": str(device), "dtype": str(dtype).replace("torch.", ""), "n_examples": data.n}
     points: dict[str, tuple[float, ...]] = {}
+    eigenvalues: tuple[float, ...] | None = None
+    n_params = sum(line.start[n].numel() for n in names)
+    if directions == "hessian" and n_params < dims:
+        raise InputError(f"directions='hessian' with dims={dims} needs at least {dims} trainable parameters (the model has {n_params})")
     if plane:
         frame, beta = plane_frame(line, third_state, dims=dims, bn=bn)
         lo, hi = -float(span), 1.0 + float(span)
@@ -578,16 +669,39 @@ def loss_surface(
             desc = "line through init (x=0) and final (x=1): theta(x) = (1 - x)*theta0 + x*thetaT"
         center_name = "init"
     else:
-        frame, dirs = random_frame(line, model, dims=dims, center=center, seed=seed, include_bn_and_bias=include_bn_and_bias)
+        if directions == "hessian":
+            t_h = time.perf_counter()
+            frame, dirs, pairs = hessian_frame(line, data, dims=dims, center=center, seed=seed, bn=bn, tol=float(hessian_tol), batch_size=batch_size)
+            eigenvalues = tuple(float(v) for v in pairs.eigenvalues[:dims])
+            info.update(
+                eigen_residuals=[float(r) for r in pairs.residuals[:dims]], eigen_converged=bool(pairs.converged),
+                eigen_method=pairs.method, eigen_matvecs=int(pairs.n_matvecs), eigen_tol=float(hessian_tol),
+                hessian_s=round(time.perf_counter() - t_h, 4),
+            )
+            if not pairs.converged:
+                warnings.append(
+                    f"the Lanczos solver missed the relative residual {float(hessian_tol):g} (residuals "
+                    + ", ".join(f"{r:.3g}" for r in pairs.residuals[:dims])
+                    + "): the axes are approximate eigenvectors"
+                )
+            solver = _SOLVERS.get(pairs.method, pairs.method)
+            lams = ", ".join(f"lambda{i + 1} = {v:.6g}" for i, v in enumerate(eigenvalues))
+            desc = (
+                f"top-{dims} Hessian eigenvector{'s' if dims == 2 else ''} at {center} ({lams}; largest algebraic eigenvalues "
+                f"of the Hessian of the mean training loss over all trainable parameters, buffers held fixed; {solver}, "
+                f"start seed {seed}); unit norm in parameter space, not filter-normalised; sign: largest-magnitude entry positive"
+            )
+        else:
+            frame, dirs = random_frame(line, model, dims=dims, center=center, seed=seed, include_bn_and_bias=include_bn_and_bias)
+            what = "weights and biases/BatchNorm" if include_bn_and_bias else "weights (biases and BatchNorm parameters zero)"
+            desc = (
+                f"{dims} filter-normalised Gaussian direction{'s' if dims == 2 else ''} about {center} (seed {seed}; {what}; "
+                f"each filter rescaled to the norm of the {center} weights' filter"
+                + ("; second orthogonalised against the first after normalisation)" if dims == 2 else ")")
+            )
         xs = axis_grid(-float(span), float(span), steps)
         ys = axis_grid(-float(span), float(span), steps) if dims == 2 else None
         c = line.end if center == "final" else line.start
-        what = "weights and biases/BatchNorm" if include_bn_and_bias else "weights (biases and BatchNorm parameters zero)"
-        desc = (
-            f"{dims} filter-normalised Gaussian direction{'s' if dims == 2 else ''} about {center} (seed {seed}; {what}; "
-            f"each filter rescaled to the norm of the {center} weights' filter"
-            + ("; second orthogonalised against the first after normalisation)" if dims == 2 else ")")
-        )
         origin_label = "final" if center == "final" else "init"
         other_label = "init" if center == "final" else "final"
         points[origin_label] = tuple(0.0 for _ in range(dims))
@@ -626,7 +740,7 @@ def loss_surface(
         y=tuple(ys) if ys is not None else None,
         losses=losses,
         dims=dims,
-        mode="plane" if plane else "random",
+        mode="plane" if plane else directions,
         center=center_name,
         directions=desc,
         mli_line=mli,
@@ -636,16 +750,20 @@ def loss_surface(
         include_bn_and_bias=bool(include_bn_and_bias) and not plane,
         warnings=tuple(warnings),
         info=info,
+        eigenvalues=eigenvalues,
     )
 
 
 __all__ = [
+    "DIRECTIONS",
     "Frame",
     "MAX_POINTS",
     "Surface",
     "auto_chunk",
     "axis_grid",
+    "direction_frame",
     "evaluate_points",
+    "hessian_frame",
     "loss_surface",
     "plane_frame",
     "random_frame",

@@ -114,5 +114,8 @@ def _title(surface: Any) -> str:
             return f"loss on the plane through θ0 (0,0), θT (1,0), θC (β={beta:.3g}, 1)"
         return "loss on the line through θ0 (x=0) and θT (x=1)"
     c = "θT" if surface.center == "final" else "θ0"
+    if surface.mode == "hessian":
+        lams = ", ".join(f"λ{i + 1}={v:.3g}" for i, v in enumerate(surface.eigenvalues or ()))
+        return f"loss about {c} along the top-{surface.dims} Hessian eigenvector{'s' if surface.dims == 2 else ''} ({lams})"
     n = "direction" if surface.dims == 1 else "directions"
     return f"loss about {c} along {surface.dims} filter-normalised random {n} (seed {surface.seed})"

@@ -8,6 +8,18 @@ from .density import SpectralDensity, lanczos_tridiagonal, spectral_density
 from .hvp import LossHessian, MatrixOperator, fixed_buffers, hvp, loss_hessian, loss_hessian_at, path_direction
 from .spectrum import WHICH, Eigenpairs, SymmetricOperator, extreme_eigenpairs
 from .trace import TraceEstimate, hutchpp_trace
+from .blocks import BlockOperator, LayerSpectra, LayerSpectrum, layer_spectra, operator_layer_spectra, parameter_blocks
+from .diagonal import CurvatureDiagonal, ggn_diagonal, hessian_diagonal, operator_diagonal
+from .operators import (
+    MATRICES,
+    CurvatureOperator,
+    curvature_operator,
+    empirical_fisher_operator,
+    fisher_operator,
+    ggn_operator,
+    kfac_operator,
+)
+from .split import SecondDerivativeSplit, second_derivative_split, second_derivative_splits
 
 __all__ = [
     "WHICH",
@@ -31,4 +43,24 @@ __all__ = [
     "path_direction",
     "spectral_density",
     "validate_curvature_options",
+    "MATRICES",
+    "BlockOperator",
+    "CurvatureDiagonal",
+    "CurvatureOperator",
+    "LayerSpectra",
+    "LayerSpectrum",
+    "SecondDerivativeSplit",
+    "curvature_operator",
+    "empirical_fisher_operator",
+    "fisher_operator",
+    "ggn_diagonal",
+    "ggn_operator",
+    "hessian_diagonal",
+    "kfac_operator",
+    "layer_spectra",
+    "operator_diagonal",
+    "operator_layer_spectra",
+    "parameter_blocks",
+    "second_derivative_split",
+    "second_derivative_splits",
 ]

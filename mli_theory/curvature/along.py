@@ -98,7 +98,15 @@ class PathCurvature:
         return [p.directional_curvature for p in self.points]
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object of the CLI contract (GUIDE §3), non-finite floats as None."""
+        """The JSON object of the CLI contract (GUIDE §3), non-finite floats as None.
+
+        ``eigen_tol`` is the relative residual bound of the eigenvalues (``tolerance`` in ``check``
+        is a rise tolerance, a different thing). ``density[i].trace`` is the SLQ quadrature's
+        Hutchinson estimate n·mean_v qᵀHq from the density's few start vectors (4 by default): it is
+        reported with ``trace_stderr``, its standard error over those vectors (null for one
+        vector), and can be tens of percent off; the accurate trace is the top-level ``trace``
+        (Hutch++ with the confidence interval ``trace_ci``, with ``--trace``).
+        """
         pts = self.points
         want_small = any(p.smallest is not None for p in pts) or self.which == "SA"
         want_trace = any(p.trace is not None for p in pts)
@@ -116,7 +124,7 @@ class PathCurvature:
             "converged": [p.spectrum.converged for p in pts],
             "which": self.which,
             "top_k": self.top_k,
-            "tolerance": self.tol,
+            "eigen_tol": self.tol,
             "smallest_eigenvalue": [smallest(p) for p in pts] if want_small else None,
             "smallest_residual": (
                 [(p.smallest.residuals[0] if p.smallest and p.smallest.residuals else None) for p in pts]
@@ -139,7 +147,8 @@ class PathCurvature:
         if want_density:
             out["density"] = [
                 {"grid": list(p.density.grid), "values": list(p.density.values), "sigma": p.density.sigma,
-                 "trace": p.density.trace, "n_vectors": p.density.n_vectors, "steps": p.density.steps}
+                 "trace": p.density.trace, "trace_stderr": p.density.trace_stderr,
+                 "n_vectors": p.density.n_vectors, "steps": p.density.steps}
                 if p.density else None for p in pts
             ]
         out["warnings"] = list(self.warnings)

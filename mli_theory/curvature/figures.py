@@ -6,8 +6,10 @@ from .along import PathCurvature
 
 
 def plot_curvature(result: PathCurvature, path: str, title: str | None = None) -> None:
-    """Save the eigenvalues, the smallest eigenvalue, the trace (with its interval) and Δθᵀ H(α) Δθ
-    against α, and the spectral densities (log scale, five decades) in a second panel when computed."""
+    """Save the eigenvalues, the smallest eigenvalue and the trace (with its interval) against α on
+    one axis, Δθᵀ H(α) Δθ on a twin axis of its own (right; a different quantity and scale: it
+    grows with ‖Δθ‖²), and the spectral densities (log scale, five decades) in a second panel when
+    computed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,18 +28,23 @@ def plot_curvature(result: PathCurvature, path: str, title: str | None = None) -
     if any(p.smallest is not None for p in pts):
         ax.plot(a, [p.smallest.eigenvalues[0] if p.smallest and p.smallest.eigenvalues else float("nan") for p in pts],
                 style, ms=3, lw=1.2, color="C3", label="smallest eigenvalue λ_min")
-    ax.plot(a, [p.directional_curvature for p in pts], style.replace("o", "s"), ms=3, lw=1.2, color="C2",
-            label="Δθᵀ H(α) Δθ  (= L″(α))")
     if any(p.trace is not None for p in pts):
         tr = [p.trace.value if p.trace else float("nan") for p in pts]
         ax.errorbar(a, tr, yerr=[p.trace.half_width if p.trace else 0.0 for p in pts], fmt=style.replace("o", "^"),
                     ms=3, lw=1.0, color="C1", capsize=2, label="trace (Hutch++, CI)")
     ax.axhline(0.0, color="k", lw=0.6)
     ax.set_xlabel("α  (θ(α) = (1−α)θ0 + αθT)")
-    ax.set_ylabel("curvature of the mean training loss")
+    ax.set_ylabel("Hessian eigenvalues / trace")
     ax.set_title(title or f"Hessian along the path ({result.n_parameters} parameters)", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    twin = ax.twinx()  # Δθᵀ H Δθ is not an eigenvalue: its own axis, its own colour
+    twin.plot(a, [p.directional_curvature for p in pts], style.replace("o", "s"), ms=3, lw=1.2, color="C2",
+              label="Δθᵀ H(α) Δθ  (= L″(α), right axis)")
+    twin.set_ylabel("Δθᵀ H(α) Δθ", color="C2")
+    twin.tick_params(axis="y", colors="C2")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = twin.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=7)
     if has_density:
         ax2 = axes[0, 1]
         cmap = plt.get_cmap("viridis")

@@ -243,9 +243,14 @@ def loss_hessian(
     """H(α) = ∇²L(θ(α)) for the path ``line``, BatchNorm statistics by ``bn`` (see the module doc);
     ``engine`` as in :class:`LossHessian`.
 
-    ``data`` must be on the line's device and dtype (``data.to(line.device, line.dtype)``).
+    ``data`` is cast to the line's device and dtype when it is not there already (labels of
+    ``ce`` data stay integers), so ``loss_hessian(line, load_data(...), alpha)`` works as given.
     """
     bn = BNPolicy(bn)
+    x = getattr(data, "x", None)
+    y_off = data.loss == "mse" and isinstance(data.y, torch.Tensor) and data.y.dtype != line.dtype
+    if isinstance(x, torch.Tensor) and (x.dtype != line.dtype or x.device != torch.device(line.device) or y_off):
+        data = data.to(line.device, line.dtype)
     state = line.at(alpha)
     params = {k: state[k] for k in line.param_names}
     return loss_hessian_at(

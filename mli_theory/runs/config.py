@@ -119,7 +119,7 @@ def _write_run(out: str, config: TrainConfig, result: TrainResult, extra: dict[s
         json.dump(json_safe(meta), f, indent=1)
 
 
-def run_training(config: TrainConfig, out: str, *, save_every: int = 0) -> TrainResult:
+def run_training(config: TrainConfig, out: str, *, save_every: int = 0, progress: Any = None) -> TrainResult:
     """Train from ``config`` and write the run folder ``out``.
 
     Args:
@@ -127,6 +127,7 @@ def run_training(config: TrainConfig, out: str, *, save_every: int = 0) -> Train
         out: the run folder.
         save_every: STEPS > 0: also save ``out/checkpoints/step_<STEP:08d>.pt`` at step 0 and after
             every STEPS optimiser steps (0: none). It does not change the training.
+        progress: called after every epoch with (epochs done, epochs, loss=mean training loss).
     """
     _validate(config, save_every)
     data, model = _setup(config)
@@ -144,6 +145,7 @@ def run_training(config: TrainConfig, out: str, *, save_every: int = 0) -> Train
         checkpoint_dir=os.path.join(out, "checkpoints") if save_every else None,
         anneal=config.anneal,
         min_distance=config.min_distance,
+        progress=progress,
     )
     _write_run(out, config, result, {"save_every": save_every} if save_every else {})
     return result
@@ -154,7 +156,8 @@ def fork_folder(out: str, seed: int) -> str:
     return os.path.join(out, f"fork_{seed}")
 
 
-def run_forks(config: TrainConfig, out: str, *, fork_at: int, fork_seeds: tuple[int, ...], save_every: int = 0) -> dict[int, TrainResult]:
+def run_forks(config: TrainConfig, out: str, *, fork_at: int, fork_seeds: tuple[int, ...], save_every: int = 0,
+              progress: Any = None) -> dict[int, TrainResult]:
     """Train to step ``fork_at`` with ``config.seed``, then one fork per seed to the end (module docstring).
 
     Returns:
@@ -183,6 +186,7 @@ def run_forks(config: TrainConfig, out: str, *, fork_at: int, fork_seeds: tuple[
         save_every=save_every,
         checkpoint_dir=os.path.join(out, "checkpoints") if save_every else None,
         fork_checkpoint_dirs=tuple(os.path.join(fork_folder(out, s), "checkpoints") if save_every else None for s in seeds),
+        progress=progress,
     )
     os.makedirs(out, exist_ok=True)
     save_state_dict(results[0].init, os.path.join(out, "init.pt"))

@@ -77,8 +77,43 @@ def check_available(options: ExecutorOptions) -> None:
         raise InputError(f"jobs={options.jobs}: must be at least 1")
     if options.name == "dask":
         _need("distributed", "dask")
+        if options.scheduler:
+            probe_scheduler(options.scheduler)
     if options.name == "slurm":
         _need("submitit", "slurm")
+
+
+#: seconds to wait for a TCP connection to a Dask scheduler before calling it unreachable
+SCHEDULER_PROBE_S = 2.0
+
+
+def probe_scheduler(address: str, timeout: float = SCHEDULER_PROBE_S) -> None:
+    """Fail fast (one line) when a ``tcp://`` or ``tls://`` Dask scheduler cannot be reached: a plain
+    socket connection with a short timeout, before any work (Dask itself waits 30 s). Other
+    protocols (``inproc://``, ``ucx://``, …) are left to Dask.
+
+    Raises:
+        InputError: a malformed address, or no connection within ``timeout`` seconds.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    text = address if "://" in address else f"tcp://{address}"
+    parts = urlsplit(text)
+    if parts.scheme not in ("tcp", "tls"):
+        return
+    try:
+        host, port = parts.hostname, parts.port or 8786
+    except ValueError:
+        raise InputError(f"scheduler={address!r}: not an address of the form tcp://HOST:PORT") from None
+    if not host:
+        raise InputError(f"scheduler={address!r}: not an address of the form tcp://HOST:PORT")
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or str(exc))
+        raise InputError(f"scheduler={address!r}: no Dask scheduler reachable ({reason} within {timeout:g} s)") from None
 
 
 def execute(work: Callable[[Task], dict[str, Any]], tasks: list[Task], options: ExecutorOptions, root: str) -> Iterator[tuple[Task, dict[str, Any] | BaseException]]:
@@ -113,7 +148,12 @@ def _dask(work, tasks, options):
     distributed = _need("distributed", "dask")
     if options.scheduler:
         cluster = None
-        client = distributed.Client(options.scheduler)
+        try:
+            client = distributed.Client(options.scheduler)
+        except Exception as exc:  # noqa: BLE001 - whatever answered there is not a usable scheduler
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise InputError(f"scheduler={options.scheduler!r}: cannot connect to a Dask scheduler there "
+                             f"({type(exc).__name__}: {first})") from None
     else:
         cluster = distributed.LocalCluster(n_workers=options.jobs, threads_per_worker=1, processes=True, dashboard_address=None)
         client = distributed.Client(cluster)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 from torch import nn
@@ -16,6 +16,8 @@ from ..inputs.examples import stream_batch_size
 from ..path.losses import batch_loss_sums, loss_normaliser
 
 Optimizer = Literal["sgd", "adam"]
+#: called after every epoch with (epochs done, epochs in all, loss=mean training loss)
+EpochProgress = Callable[..., None]
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class TrainResult:
         history: mean training loss over the whole set after each epoch.
         final_loss: the last entry of ``history`` (inf if training diverged).
         diverged: whether the loss became non-finite (training stops there).
+        n_examples: examples in the training set (None when not recorded).
     """
 
     init: StateDict
@@ -35,6 +38,7 @@ class TrainResult:
     history: tuple[float, ...]
     final_loss: float
     diverged: bool
+    n_examples: int | None = None
 
 
 def _snapshot(model: nn.Module) -> StateDict:
@@ -62,8 +66,10 @@ class _Trainer:
 
     def __init__(self, model: nn.Module, data: Dataset, *, optimizer: Optimizer, lr: float, epochs: int,
                  batch_size: int | None, momentum: float, seed: int, distance_reward: float,
-                 checkpoints: str | None, save_every: int, anneal: float = 0.0, min_distance: float = 0.0) -> None:
+                 checkpoints: str | None, save_every: int, anneal: float = 0.0, min_distance: float = 0.0,
+                 progress: EpochProgress | None = None) -> None:
         self.model, self.data, self.epochs = model, data, epochs
+        self.progress = progress
         self.gen = torch.Generator().manual_seed(seed)
         self.init = _snapshot(model)
         self.theta0 = [p.detach().clone() for p in model.parameters()]
@@ -137,6 +143,8 @@ class _Trainer:
             self.order, self.epoch = None, self.epoch + 1
             if not math.isfinite(value):
                 self.diverged = True
+            if self.progress is not None:
+                self.progress(self.epochs if self.diverged else self.epoch, self.epochs, loss=value)
         model.eval()
 
     def _set_lr(self) -> None:
@@ -178,7 +186,7 @@ class _Trainer:
 
     def result(self) -> TrainResult:
         h = tuple(self.history)
-        return TrainResult(self.init, _snapshot(self.model), h, h[-1] if h else math.nan, self.diverged)
+        return TrainResult(self.init, _snapshot(self.model), h, h[-1] if h else math.nan, self.diverged, self.data.n)
 
 
 def train(
@@ -196,6 +204,7 @@ def train(
     checkpoint_dir: str | None = None,
     anneal: float = 0.0,
     min_distance: float = 0.0,
+    progress: EpochProgress | None = None,
 ) -> TrainResult:
     """Train ``model`` in place from its current weights and return both endpoints.
 
@@ -218,12 +227,13 @@ def train(
         min_distance: ρ ≥ 0: after every step, θ is projected onto {‖θ − θ0‖ ≥ ρ·‖θ0‖} (0: off).
             A bounded way to push weights away from initialisation: unlike ``distance_reward``
             it does not make the objective unbounded below, so pushed runs can converge.
+        progress: called after every epoch with (epochs done, ``epochs``, loss=mean training loss).
     """
     _check_save_every(save_every, checkpoint_dir)
     check_schedule(anneal, min_distance)
     t = _Trainer(model, data, optimizer=optimizer, lr=lr, epochs=epochs, batch_size=batch_size, momentum=momentum,
                  seed=seed, distance_reward=distance_reward, checkpoints=checkpoint_dir, save_every=save_every,
-                 anneal=anneal, min_distance=min_distance)
+                 anneal=anneal, min_distance=min_distance, progress=progress)
     t.run()
     return t.result()
 
@@ -262,6 +272,7 @@ def train_forks(
     save_every: int = 0,
     checkpoint_dir: str | None = None,
     fork_checkpoint_dirs: tuple[str | None, ...] | None = None,
+    progress: EpochProgress | None = None,
 ) -> tuple[StateDict, tuple[TrainResult, ...]]:
     """Instability analysis (Frankle et al. 2020): train to step ``fork_at`` with ``seed``, then
     continue one copy per entry of ``fork_seeds`` from the same θ_k (and optimiser state) to the
@@ -278,7 +289,8 @@ def train_forks(
 
     _check_save_every(save_every, checkpoint_dir)
     t = _Trainer(model, data, optimizer=optimizer, lr=lr, epochs=epochs, batch_size=batch_size, momentum=momentum,
-                 seed=seed, distance_reward=distance_reward, checkpoints=checkpoint_dir, save_every=save_every)
+                 seed=seed, distance_reward=distance_reward, checkpoints=checkpoint_dir, save_every=save_every,
+                 progress=progress)
     if isinstance(fork_at, bool) or not isinstance(fork_at, int) or not 0 <= fork_at < t.total_steps:
         raise InputError(f"fork_at={fork_at!r}: must be an integer step in [0, {t.total_steps - 1}] "
                          f"({epochs} epochs of {t.steps_per_epoch} steps)")

@@ -6,6 +6,10 @@
 >>> assert_not_mli(p.model, p.init, p.final, p.data).certificate.status
 'non_monotone'
 
+Two strategies promise a verdict and keep it, each draw certified as these assertions certify:
+``overshoot_problems()`` draws only proven MLI violations, ``mli_problems()`` only proven MLI
+problems (the proof rides along as ``problem.certificate``).
+
 The strategies (:mod:`mli_theory.testing.strategies`) need hypothesis (``pip install
 mli-theory[test]``); the assertions do not. The pytest plugin (``--mli-plots DIR``) is registered
 as an entry point and loads by itself.

@@ -12,14 +12,25 @@ small seeds and simple numbers.
 ... def test_it(p):
 ...     assert len(p.model) <= 2
 >>> test_it()
+
+Two strategies promise a verdict, and keep it: every problem :func:`overshoot_problems` draws is a
+*proven* MLI violation and every problem :func:`mli_problems` draws is *proven* MLI. Each is
+certified while it is drawn, by exactly the check that :func:`~mli_theory.testing.assert_not_mli` /
+:func:`~mli_theory.testing.assert_mli` run with their defaults (float64, ``tol=0``, the exact
+polynomial decision of these deep linear MSE problems, validated against the measured curve),
+and the verdict is also visible on that check's 50-point grid (so ``certify=False`` agrees). A
+drawn problem that misses its verdict is repaired deterministically (the overshoot doubled; θT
+pulled halfway back towards θ0), so the drawn integers still describe it and shrinking stays
+meaningful; the rare problem no repair fixes is rejected (``assume``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
+from hypothesis import assume
 from hypothesis import strategies as st
 from torch import nn
 
@@ -39,6 +50,9 @@ class MLIProblem:
         final: θT state dict.
         data: training data (float64).
         label: a readable description (shown in failure messages).
+        certificate: the :class:`~mli_theory.results.Certificate` the problem was drawn with, for
+            the strategies that promise a verdict (:func:`overshoot_problems`,
+            :func:`mli_problems`); None otherwise.
     """
 
     model: nn.Module
@@ -46,6 +60,7 @@ class MLIProblem:
     final: dict[str, torch.Tensor]
     data: Dataset
     label: str
+    certificate: Any = field(default=None, compare=False, repr=False)
 
 
 def _loss(model: nn.Module, data: Dataset) -> torch.Tensor:
@@ -99,7 +114,9 @@ def build_problem(
         init_scale: θ0 = init_scale · N(0, 1/fan_in).
         endpoint: ``random`` (θT = θ0 + N(0, 1)), ``trained`` (``steps`` of full-batch gradient
             descent) or ``overshoot`` (θT = θ* + overshoot·(θ* − θ0) with θ* from gradient descent:
-            the final point lies past the minimum along the line, a planted MLI violation).
+            the final point lies past the minimum along the line when gradient descent came close
+            enough to it, usually an MLI violation but not always (a θ* short of the minimum can
+            leave the whole segment downhill); :func:`planted_violation` builds one that is proven).
         bias: biases in every layer (always on for MLPs).
         activation: None (deep linear) or one of :data:`ACTIVATIONS`.
         batchnorm: BatchNorm1d after each hidden layer (MLPs only).
@@ -166,13 +183,117 @@ def mlp_problems(
     )
 
 
+# the verdicts the promising strategies keep are those of the users' assertions with their defaults
+OVERSHOOT_DOUBLINGS = 10  # overshoot ε, 2ε, 4ε, … up to 2**10·ε before a problem is rejected
+MLI_HALVINGS = 10  # θT = θ0 + 2**−k·(θ* − θ0), k = 0 … 10, before a problem is rejected
+
+
+def certified(problem: MLIProblem, tol: float = 0.0):
+    """The :class:`~mli_theory.results.CheckResult` that :func:`~mli_theory.testing.assert_mli` and
+    :func:`~mli_theory.testing.assert_not_mli` compute for ``problem`` with their defaults (float64,
+    certified, no geometry, 50 α): its ``certificate`` and ``monotone_on_grid`` decide both."""
+    from ..check import check
+
+    return check(problem.model, problem.init, problem.final, problem.data, tol=tol, certify=True, dtype=torch.float64, geometry=False)
+
+
+def _with_final(base: MLIProblem, final: dict[str, torch.Tensor], label: str, certificate: Any = None) -> MLIProblem:
+    return MLIProblem(base.model, base.init, final, base.data, label, certificate)
+
+
+def planted_violation(
+    widths: list[int], n: int, seed: int, overshoot: float = 0.5, *, init_scale: float = 1.0, bias: bool = False,
+    doublings: int = OVERSHOOT_DOUBLINGS,
+) -> MLIProblem | None:
+    """A deep linear MSE problem whose θT lies past the minimum, with a *proven* MLI violation.
+
+    θ* is gradient descent's endpoint (as :func:`build_problem` ``endpoint="trained"``) and
+    θT = θ* + ε·(θ* − θ0) with ε = ``overshoot``·2^k for the smallest k ≤ ``doublings`` at which
+    :func:`certified` finds a ``non_monotone`` certificate *and* a rise on its grid (k = 0 gives
+    exactly ``build_problem(..., endpoint="overshoot", overshoot=overshoot)``). Doubling works
+    because the loss along the ray θ0 + s·(θ* − θ0) is a polynomial that grows without bound
+    unless the outputs do not move at all: θ* short of the line's minimum (too few steps of
+    gradient descent) only needs a longer overshoot.
+
+    Returns:
+        The problem (its ``certificate`` is the proof, its label names ε), or None when no ε up to
+        ``overshoot``·2^``doublings`` is proven (θ* = θ0 in the outputs, or a budget ran out).
+    """
+    base = build_problem(widths, n, seed, init_scale, "trained", bias=bias)
+    head = base.label.rsplit(", trained, ", 1)[0]
+    for k in range(doublings + 1):
+        eps = overshoot * 2**k
+        final = {key: (v + eps * (v - base.init[key]) if v.is_floating_point() else v) for key, v in base.final.items()}
+        label = f"{head}, overshoot ε={eps:g}" + (f" (drawn {overshoot:g}, doubled {k}×)" if k else "") + ", mse"
+        r = certified(_with_final(base, final, label))
+        if r.certificate.status == "non_monotone" and not r.monotone_on_grid:
+            return _with_final(base, final, label, r.certificate)
+    return None
+
+
+def proven_mli(
+    widths: list[int], n: int, seed: int, *, init_scale: float = 1.0, bias: bool = False, halvings: int = MLI_HALVINGS,
+) -> MLIProblem | None:
+    """A deep linear MSE problem with *proven* MLI: θT on the way from θ0 to gradient descent's θ*.
+
+    θT = θ0 + 2^−k·(θ* − θ0) for the smallest k ≤ ``halvings`` at which :func:`certified` finds a
+    ``monotone`` certificate at ``tol=0`` *and* no rise on its grid (k = 0 is θ* itself, exactly
+    :func:`build_problem`'s ``endpoint="trained"``). Halving works whenever θ* − θ0 is a descent
+    direction at θ0 (L′(0) < 0): near α = 0 the loss then falls.
+
+    Returns:
+        The problem (its ``certificate`` is the proof), or None when no such θT was proven.
+    """
+    base = build_problem(widths, n, seed, init_scale, "trained", bias=bias)
+    head = base.label.rsplit(", trained, ", 1)[0]
+    for k in range(halvings + 1):
+        if k == 0:
+            final, label = base.final, base.label
+        else:
+            t = 2.0**-k
+            final = {key: (base.init[key] + t * (v - base.init[key]) if v.is_floating_point() else v) for key, v in base.final.items()}
+            label = f"{head}, trained then pulled back to θ0 + 2^-{k}·(θ* − θ0), mse"
+        r = certified(_with_final(base, final, label))
+        if r.certificate.status == "monotone" and r.monotone_on_grid:
+            return _with_final(base, final, label, r.certificate)
+    return None
+
+
 @st.composite
 def overshoot_problems(draw, max_depth: int = 3, max_width: int = 4, max_n: int = 8) -> MLIProblem:
-    """Deep linear networks whose θT is planted past the minimum: θT = θ* + ε(θ* − θ0), ε ∈ (0, 1]."""
+    """Deep linear networks whose θT is planted past the minimum, θT = θ* + ε(θ* − θ0): every drawn
+    problem is a *proven* MLI violation (:func:`planted_violation`; ``certificate`` holds the proof).
+
+    ε is drawn from {1/8, 1/4, 1/2, 1} and doubled until the violation is proven; the few problems
+    no doubling fixes are rejected (``assume``). Shrinks towards one scalar layer, one example,
+    seed 0.
+    """
     depth = draw(st.integers(1, max_depth))
     widths = [draw(st.integers(1, max_width)) for _ in range(depth + 1)]
     eps = draw(st.sampled_from([0.125, 0.25, 0.5, 1.0]))
-    return build_problem(widths, draw(st.integers(1, max_n)), draw(st.integers(0, 2**16)), 1.0, "overshoot", overshoot=eps)
+    problem = planted_violation(widths, draw(st.integers(1, max_n)), draw(st.integers(0, 2**16)), eps)
+    assume(problem is not None)
+    return problem
+
+
+@st.composite
+def mli_problems(draw, max_depth: int = 3, max_width: int = 4, max_n: int = 8) -> MLIProblem:
+    """Deep linear networks with θT on the way to gradient descent's endpoint: every drawn problem
+    is *proven* MLI (:func:`proven_mli`; ``certificate`` holds the proof).
+
+    Depth 1–``max_depth`` (a bias is drawn for one layer), widths 1–``max_width``, 1–``max_n``
+    examples, θ0 scale 0.1, 1 or 3; θT is gradient descent's endpoint, pulled back towards θ0
+    until MLI is proven; the few problems none of that fixes are rejected (``assume``).
+    """
+    depth = draw(st.integers(1, max_depth))
+    widths = [draw(st.integers(1, max_width)) for _ in range(depth + 1)]
+    n = draw(st.integers(1, max_n))
+    seed = draw(st.integers(0, 2**16))
+    scale = draw(st.sampled_from([1.0, 0.1, 3.0]))
+    bias = draw(st.booleans()) if depth == 1 else False
+    problem = proven_mli(widths, n, seed, init_scale=scale, bias=bias)
+    assume(problem is not None)
+    return problem
 
 
 def rises() -> st.SearchStrategy[list[float]]:

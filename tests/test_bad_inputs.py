@@ -1,0 +1,155 @@
+"""Bad input is refused before any work: exit code 2, one line on stderr, nothing on stdout, fast.
+
+Unwritable places are made without relying on permissions (which root ignores): a path under a
+regular file (``file.txt/sub``) cannot be created by anyone, and ``/proc`` is an existing folder
+nobody can create files in. A chmod 0o500 folder is used as well where chmod takes effect."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import stat
+import time
+
+import pytest
+import torch
+
+ARCH = "mlp:10-4-1"
+DATA = "sklearn:diabetes"
+
+
+def run_cli(*args: str) -> tuple[int, str, str, float]:
+    from mli_theory.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue(), err.getvalue(), time.perf_counter() - t0
+
+
+def refused(*args: str, needle: str) -> str:
+    code, out, err, seconds = run_cli(*args)
+    lines = err.strip().splitlines()
+    assert code == 2, (code, err)
+    assert len(lines) == 1 and lines[0].startswith("mli-theory: error:"), err
+    assert needle.lower() in lines[0].lower(), lines[0]
+    assert out == ""
+    assert seconds < 5, seconds
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    from mli_theory.inputs import build_model
+
+    d = tmp_path_factory.mktemp("bad")
+    torch.manual_seed(0)
+    m = build_model(ARCH)
+    torch.save(m.state_dict(), d / "a.pt")
+    torch.save({k: v + 0.1 for k, v in m.state_dict().items()}, d / "b.pt")
+    (d / "file.txt").write_text("a regular file: nothing can be created under it\n")
+    (d / "spec.json").write_text('{"base": {"data": "sklearn:diabetes", "epochs": 1}, "axes": {"arch": ["mlp:10-4-1"]}}')
+    return d
+
+
+def model_args(d) -> list[str]:
+    return ["--arch", ARCH, "--init", str(d / "a.pt"), "--final", str(d / "b.pt"), "--data", DATA]
+
+
+def unwritable_folders(d) -> list[str]:
+    """Existing folders this process cannot create a file in."""
+    found = []
+    locked = d / "locked"
+    locked.mkdir(exist_ok=True)
+    os.chmod(locked, stat.S_IRUSR | stat.S_IXUSR)  # 0o500
+    if not os.access(locked, os.W_OK):  # root ignores the mode
+        found.append(str(locked))
+    if os.path.isdir("/proc"):
+        try:
+            open("/proc/mli-theory-probe", "w").close()
+        except OSError:
+            found.append("/proc")
+    return found
+
+
+def test_train_out_under_a_file(files):
+    refused("train", "--arch", ARCH, "--data", DATA, "--epochs", "500", "--out", str(files / "file.txt" / "sub"), needle="--out")
+
+
+def test_train_out_in_an_unwritable_folder(files):
+    folders = unwritable_folders(files)
+    if not folders:
+        pytest.skip("no unwritable folder available")
+    for folder in folders:
+        refused("train", "--arch", ARCH, "--data", DATA, "--epochs", "500", "--out", os.path.join(folder, "run"), needle="--out")
+
+
+def test_sweep_out_under_a_file(files):
+    refused("sweep", str(files / "spec.json"), "--out", str(files / "file.txt" / "sweep"), needle="--out")
+
+
+def test_sweep_unreachable_scheduler(files):
+    pytest.importorskip("distributed")
+    line = refused("sweep", str(files / "spec.json"), "--out", str(files / "sweep"), "--executor", "dask",
+                   "--scheduler", "tcp://127.0.0.1:1", needle="--scheduler tcp://127.0.0.1:1")
+    assert "reachable" in line
+
+
+def test_demo_out_under_a_file(files):
+    refused("demo", "--out", str(files / "file.txt" / "demo"), needle="--out")
+
+
+@pytest.mark.parametrize("command", ["check", "curvature", "kernel", "surface", "roughness"])
+def test_plot_under_a_file(files, command):
+    refused(command, *model_args(files), "--plot", str(files / "file.txt" / "x.png"), needle="--plot")
+
+
+def test_check_plot_into_an_unwritable_folder(files):
+    folders = unwritable_folders(files)
+    if not folders:
+        pytest.skip("no unwritable folder available")
+    for folder in folders:
+        refused("check", *model_args(files), "--plot", os.path.join(folder, "curve.png"), needle="cannot write")
+
+
+def test_curvature_plot_unwritable(files):
+    folders = unwritable_folders(files) or [None]
+    for folder in folders:
+        target = os.path.join(folder, "c.png") if folder else str(files / "file.txt" / "c.png")
+        refused("curvature", *model_args(files), "--plot", target, needle="--plot")
+
+
+def test_barrier_plot_unwritable(files):
+    folders = unwritable_folders(files) or [None]
+    for folder in folders:
+        target = os.path.join(folder, "b.png") if folder else str(files / "file.txt" / "b.png")
+        refused("barrier", "--arch", ARCH, "--a", str(files / "a.pt"), "--b", str(files / "b.pt"), "--data", DATA,
+                "--plot", target, needle="--plot")
+
+
+def test_kernel_checkpoints_missing_folder(files):
+    refused("kernel", *model_args(files), "--checkpoints", str(files / "no-such-run"), needle="--checkpoints")
+
+
+def test_surface_plot_bad_extension(files):
+    refused("surface", *model_args(files), "--plot", str(files / "s.xyz"), needle="unknown image format")
+
+
+def test_loss_hessian_casts_the_data_to_the_line():
+    """The Python API: a float32 line and data as load_data returns them (float64) just work."""
+    from mli_theory import build_model, load_data, make_line
+    from mli_theory.curvature import loss_hessian
+
+    torch.manual_seed(0)
+    m = build_model(ARCH)
+    a = m.state_dict()
+    b = {k: v + 0.1 for k, v in a.items()}
+    line = make_line(build_model(ARCH), a, b)
+    data = load_data(DATA, "mse")
+    assert line.dtype == torch.float32 and data.x.dtype != line.dtype
+    op = loss_hessian(line, data, 0.5)
+    hv = op.matvec(torch.ones(op.size))
+    ref = loss_hessian(line, data.to(line.device, line.dtype), 0.5).matvec(torch.ones(op.size))
+    assert hv.dtype == torch.float32 and torch.allclose(hv, ref)
