@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import platform
 import statistics
+import sys
 import time
-from typing import Callable
+from typing import Callable, Iterator, NamedTuple
 
 import torch
 from torch import nn
@@ -42,6 +45,55 @@ def table(rows: list[tuple[str, float]], ref: float, ref_name: str) -> str:
     for name, t in rows:
         out.append(f"  {name:<46} {1e3 * t:>10.1f} {t / ref:>16.2f}")
     return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- quiet measurement
+
+
+class LoadReport(NamedTuple):
+    """The 1- and 5-minute load averages, the core count, and whether the machine counts as quiet
+    (1-minute load ≤ 0.5 × cores: at most 1.0 on 2 cores)."""
+
+    one: float
+    five: float
+    cores: int
+    quiet: bool
+
+    @property
+    def verdict(self) -> str:
+        return "quiet" if self.quiet else "NOT QUIET"
+
+    def __str__(self) -> str:
+        return f"load average {self.one:.2f} (1 min) / {self.five:.2f} (5 min) on {self.cores} cores: {self.verdict}"
+
+
+def load_report(cores: int | None = None) -> LoadReport:
+    """The load averages now, and the verdict quiet (1-minute load ≤ 0.5 × cores) or NOT QUIET."""
+    cores = cores or os.cpu_count() or 1
+    try:
+        one, five, _ = os.getloadavg()
+    except OSError:  # no load average on this platform: call it quiet, the figures say so
+        return LoadReport(float("nan"), float("nan"), cores, True)
+    return LoadReport(one, five, cores, one <= 0.5 * cores)
+
+
+def add_quiet_flag(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--require-quiet", action="store_true",
+                    help="refuse (exit 3) when the 1-minute load average exceeds 0.5 × cores")
+
+
+@contextlib.contextmanager
+def quiet_run(require: bool = False) -> Iterator[LoadReport]:
+    """Print the load average before and after the timings inside; the figures are marked NOT QUIET
+    when the 1-minute load before exceeds 0.5 × cores; with ``require`` refuse instead (exit 3)."""
+    before = load_report()
+    if require and not before.quiet:
+        print(f"refusing to measure (--require-quiet): {before}", file=sys.stderr, flush=True)
+        raise SystemExit(3)
+    print(f"before the timings: {before}", flush=True)
+    yield before
+    mark = "" if before.quiet else " — the figures above are NOT QUIET (measured on a busy machine)"
+    print(f"after the timings: {load_report()}{mark}", flush=True)
 
 
 # ----------------------------------------------------------------------------- models shared by the benchmarks
@@ -97,15 +149,26 @@ def mlp_line(n: int, device: str, loss: str):
     return model, make_line(model, init, final, device=device, dtype=torch.float32), data
 
 
+SMOKE_N = 8
+
+
 def bench_args(quick_n: int, full_n: int, repeats: int) -> tuple[argparse.Namespace, int]:
-    """Common flags (--quick, --device, --alphas, --repeats) and the example count they select."""
+    """Common flags (--quick, --smoke, --device, --alphas, --repeats, --require-quiet) and the
+    example count they select. ``--smoke`` is a toy run that only shows the script works:
+    n = 8, 5 α, 1 repeat (unless --alphas / --repeats say otherwise)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help=f"n = {quick_n} instead of {full_n}")
+    ap.add_argument("--smoke", action="store_true", help=f"toy size (n = {SMOKE_N}, 5 α, 1 repeat): a smoke run, not a figure")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--alphas", type=int, default=51)
-    ap.add_argument("--repeats", type=int, default=repeats)
+    ap.add_argument("--alphas", type=int, default=None, help="α points (default 51; 5 with --smoke)")
+    ap.add_argument("--repeats", type=int, default=None, help=f"timed runs, median reported (default {repeats}; 1 with --smoke)")
+    add_quiet_flag(ap)
     args = ap.parse_args()
-    return args, (quick_n if args.quick else full_n)
+    if args.alphas is None:
+        args.alphas = 5 if args.smoke else 51
+    if args.repeats is None:
+        args.repeats = 1 if args.smoke else repeats
+    return args, (SMOKE_N if args.smoke else quick_n if args.quick else full_n)
 
 
 def _endpoints(model, device: str):

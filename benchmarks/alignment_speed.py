@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _timing import machine  # noqa: E402
+from _timing import add_quiet_flag, machine, quiet_run  # noqa: E402
 
 from mli_theory.connectivity import permutation_groups, weight_matching  # noqa: E402
 
@@ -85,30 +85,32 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="skip the width-64 ResNet")
     ap.add_argument("--repeats", type=int, default=3)
+    add_quiet_flag(ap)
     args = ap.parse_args()
-    models = [
-        ("MLP 784-1000-1000-10", nn.Sequential(nn.Linear(784, 1000), nn.ReLU(), nn.Linear(1000, 1000), nn.ReLU(), nn.Linear(1000, 10))),
-        ("ResNet-20, width 16 (0.27 M params)", ResNet(16)),
-    ]
-    if not args.quick:
-        models.append(("ResNet-20, width 64 (4.3 M params)", ResNet(64)))
-    print(f"weight matching on {machine('cpu')}; median of {args.repeats}")
-    print(f"  {'model':<38} {'params':>10} {'groups':>7} {'trace ms':>9} {'match s':>9} {'CPU s':>7} {'sweeps':>7}")
-    for name, model in models:
-        a, b = _state(model, 0), _state(model, 1)
-        n_params = sum(p.numel() for p in model.parameters())
-        t_trace, t_match, t_cpu, sweeps = [], [], [], 0
-        for _ in range(args.repeats):
-            t = time.perf_counter()
-            groups = permutation_groups(model)
-            t_trace.append(time.perf_counter() - t)
-            t, c = time.perf_counter(), time.process_time()
-            res = weight_matching(model, a, b)
-            t_match.append(time.perf_counter() - t)
-            t_cpu.append(time.process_time() - c)
-            sweeps = res.iterations
-        print(f"  {name:<38} {n_params:>10} {len(groups):>7} {1e3 * statistics.median(t_trace):>9.1f} "
-              f"{statistics.median(t_match):>9.2f} {statistics.median(t_cpu):>7.2f} {sweeps:>7}")
+    with quiet_run(args.require_quiet):
+        models = [
+            ("MLP 784-1000-1000-10", nn.Sequential(nn.Linear(784, 1000), nn.ReLU(), nn.Linear(1000, 1000), nn.ReLU(), nn.Linear(1000, 10))),
+            ("ResNet-20, width 16 (0.27 M params)", ResNet(16)),
+        ]
+        if not args.quick:
+            models.append(("ResNet-20, width 64 (4.3 M params)", ResNet(64)))
+        print(f"weight matching on {machine('cpu')}; median of {args.repeats}")
+        print(f"  {'model':<38} {'params':>10} {'groups':>7} {'trace ms':>9} {'match s':>9} {'CPU s':>7} {'sweeps':>7}")
+        for name, model in models:
+            a, b = _state(model, 0), _state(model, 1)
+            n_params = sum(p.numel() for p in model.parameters())
+            t_trace, t_match, t_cpu, sweeps = [], [], [], 0
+            for _ in range(args.repeats):
+                t = time.perf_counter()
+                groups = permutation_groups(model)
+                t_trace.append(time.perf_counter() - t)
+                t, c = time.perf_counter(), time.process_time()
+                res = weight_matching(model, a, b)
+                t_match.append(time.perf_counter() - t)
+                t_cpu.append(time.process_time() - c)
+                sweeps = res.iterations
+            print(f"  {name:<38} {n_params:>10} {len(groups):>7} {1e3 * statistics.median(t_trace):>9.1f} "
+                  f"{statistics.median(t_match):>9.2f} {statistics.median(t_cpu):>7.2f} {sweeps:>7}")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from torch.nn import functional as F
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
+from _timing import add_quiet_flag, quiet_run  # noqa: E402
 import mli_theory as mt  # noqa: E402
 from mli_theory.certify import partition  # noqa: E402
 from mli_theory.certify.partition import CellBound, decide_by_enclosures  # noqa: E402
@@ -174,11 +175,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--budget", type=float, default=60.0)
+    add_quiet_flag(ap)
     args = ap.parse_args()
-    print(f"# certify round 3 — torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()}")
-    digits(args.quick, args.budget)
-    near_ties(args.quick, args.budget)
-    print(f"\nload average at the end {os.getloadavg()}")
+    with quiet_run(args.require_quiet):
+        print(f"# certify round 3 — torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()}")
+        digits(args.quick, args.budget)
+        near_ties(args.quick, args.budget)
+        print(f"\nload average at the end {os.getloadavg()}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Benchmark: certified MLI verdicts for nonlinear networks (``decide_by_enclosures``): time and decisiveness.
 
-    python benchmarks/certify_speed.py [--quick] [--case digits-mlp|big-mlp|resnet|hard|all] [--budget S] [--device cpu|cuda]
+    python benchmarks/certify_speed.py [--quick] [--case digits-mlp|big-mlp|resnet|hard|resnet18|all] [--budget S]
+                                       [--n N] [--device cpu|cuda] [--require-quiet]
 
 Every model is trained here from fixed seeds; then ``decide_by_enclosures`` is timed at each
 tolerance T (1e-3, 1e-4, 0 unless the case says otherwise) under a deadline, and one row is printed
@@ -21,6 +22,10 @@ seeds), ``big-mlp`` (784-1000-1000-10 ReLU on 10 000 synthetic examples labelled
 T = 1e-4, 600 s), ``resnet`` (small ResNet with BatchNorm2d on digits as 1×8×8 images, BN frozen),
 ``hard`` (an MLP trained to CE < 1e-6 on 200 digits, a 5×512 ReLU MLP, tanh and GELU MLPs; T = 1e-4
 and 0, 120 s each; 180 s for the 5×512 MLP). ``--quick`` runs a smaller subset of each (CI-friendly, a few minutes on 2 cores).
+``resnet18`` (not part of ``all``; a GPU figure): ResNet-18 in its CIFAR form (BatchNorm2d frozen) on
+n = 1024 synthetic 3×32×32 inputs, MSE against zero targets, θT = θ0 + 0.01·noise (untrained),
+T = 1e-3, 120 s. ``--n`` sets the example count of ``big-mlp`` and ``resnet18`` (the GPU run uses
+n = 1024 for both; a toy n makes a smoke run).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from mli_theory.certify.partition import Unsupported, decide_by_enclosures  # no
 from mli_theory.exact import deadline_after  # noqa: E402
 from mli_theory.inputs.data import load_data  # noqa: E402
 from mli_theory.path import BNPolicy  # noqa: E402
+from _timing import add_quiet_flag, quiet_run  # noqa: E402
 
 TOLS = (1e-3, 1e-4, 0.0)
 GRID = 1000
@@ -256,8 +262,8 @@ def digits_mlp(quick: bool, device: str, budget: float | None) -> None:
                budget or 120.0, device=device, grid=True, case="digits-mlp")
 
 
-def big_mlp(quick: bool, device: str, budget: float | None) -> None:
-    n = 1000 if quick else 10000
+def big_mlp(quick: bool, device: str, budget: float | None, n: int | None = None) -> None:
+    n = n or (1000 if quick else 10000)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, 784, generator=g)
     torch.manual_seed(123)
@@ -332,7 +338,18 @@ def hard(quick: bool, device: str, budget: float | None) -> None:
                    device=device, grid=True, case="hard")
 
 
-CASES = {"digits-mlp": digits_mlp, "big-mlp": big_mlp, "resnet": resnet, "hard": hard}
+def resnet18(quick: bool, device: str, budget: float | None, n: int | None = None) -> None:
+    from _timing import resnet18_line
+
+    m = n or (64 if quick else 1024)
+    model, line, data = resnet18_line(m, "cpu")
+    decide(f"ResNet-18 (CIFAR form), BN2d frozen, n={m}", "θT = θ0 + 0.01·noise", model, line.start, line.end, data,
+           (1e-3,), budget or 120.0, device=device, case="resnet18")
+
+
+CASES = {"digits-mlp": digits_mlp, "big-mlp": big_mlp, "resnet": resnet, "hard": hard, "resnet18": resnet18}
+SIZED = {"big-mlp", "resnet18"}  # cases that take --n
+NOT_IN_ALL = {"resnet18"}  # a GPU figure: run it by name
 
 
 def main() -> None:
@@ -340,16 +357,23 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a smaller, CI-friendly subset of every case")
     ap.add_argument("--case", choices=[*CASES, "all"], default="all")
     ap.add_argument("--budget", type=float, default=None, help="seconds per decision, overriding every case's deadline")
+    ap.add_argument("--n", type=int, default=None, help="examples of the big-mlp and resnet18 cases")
     ap.add_argument("--device", default="cpu")
+    add_quiet_flag(ap)
     args = ap.parse_args()
+    with quiet_run(args.require_quiet):
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
     print(f"certify_speed{' --quick' if args.quick else ''} on {machine_line(args.device)}")
     print("timings are wall-clock upper bounds (other processes may share the cores)")
     t0 = time.perf_counter()
     for name, fn in CASES.items():
-        if args.case in (name, "all"):
+        if args.case == name or (args.case == "all" and name not in NOT_IN_ALL):
             print(f"\n[{name}]\n{HEAD}", flush=True)
             tc = time.perf_counter()
-            fn(args.quick, args.device, args.budget)
+            fn(args.quick, args.device, args.budget, **({"n": args.n} if name in SIZED else {}))
             print(f"  # case {name}: {time.perf_counter() - tc:.0f} s", flush=True)
     print("\nsummary")
     for case in CASES:

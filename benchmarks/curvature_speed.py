@@ -12,12 +12,14 @@ statistics held at θT's (``bn="frozen"``, eval mode), the same function for eve
 
 Methods (every one on the same mean loss over all n examples, float32):
 
-* **ours**: :func:`mli_theory.curvature.extreme_eigenpairs` (block Lanczos stopped at the Ritz
-  residual bound, ARPACK as fallback) and :func:`mli_theory.curvature.hutchpp_trace` (Hutch++ with
-  a 95% Student-t interval, stopped at half-width ≤ 1% or the product budget), each with the
-  default forward-over-reverse ``torch.func`` HVPs and with the opt-in ``double_backward`` engine
-  (cached gradient graph; its construction is included in the time). The ratio column divides
-  by the first (default-engine) row.
+* **ours**: :func:`mli_theory.curvature.extreme_eigenpairs` (block Lanczos, block size k,
+  stopped at the Ritz residual bound, ARPACK as fallback) for the top eigenvalue, the top 3 and
+  the smallest (``SA``), and :func:`mli_theory.curvature.hutchpp_trace` (Hutch++ with a 95%
+  Student-t interval, stopped at half-width ≤ 1% or the product budget), each with the default
+  ``engine="auto"`` (on a CPU: ``double_backward`` when the cached graph fits the memory budget;
+  operator construction, i.e. graph build and memory measurement, is inside the timed region)
+  and with ``forward_over_reverse`` (``torch.func``). The ratio column divides by the first
+  (default-engine) row of each task; a summary line gives curvlinops' time / ours per task.
 * **PyHessian (baseline, reimplemented here)**: PyHessian's own code is GPL and hard-codes
   ``.cuda()``, so its algorithm is re-written inline, faithfully: one forward pass and
   ``loss.backward(create_graph=True)`` on the whole batch, then every HVP is a second backward
@@ -28,12 +30,12 @@ Methods (every one on the same mean loss over all n examples, float32):
   quality*, the iteration is continued until the residual ‖Hv − λv‖ ≤ 1e-3·λ, resp. until a 95%
   interval has half-width ≤ 1% (``same tol``).
 * **curvlinops** (``pip install curvlinops-for-pytorch``; skipped if absent):
-  ``HessianLinearOperator`` with SciPy's ``eigsh`` (its documented route), and its
-  ``hutchpp_trace`` given the same number of products that ours needed (it has no stopping rule
-  or interval).
+  ``HessianLinearOperator`` with SciPy's ``eigsh`` (its documented route; same k and ``which``,
+  ``tol`` = 1e-3, stopped after ``--eig-budget`` products), and its ``hutchpp_trace`` given the
+  same number of products that ours needed (it has no stopping rule or interval).
 
-Run time of the default (n = 2000 / 256, trace budget 48): 8 min on a shared 2-core CPU; ``--quick``
-(n = 500 / 64, no trace) takes about a minute on a quiet one.
+Run time of ``--model mlp`` (n = 2000, trace budget 48): about 10 min on a shared 2-core CPU;
+``--quick`` (n = 500 / 64, no trace) a few minutes. The load average is printed with each table.
 
 Ratios are time(other) / time(ours, default engine): > 1 means ours is faster. Each method runs
 once after one untimed warm-up product (graph construction of the cached-graph methods is timed).
@@ -185,8 +187,16 @@ def curvlinops_operator(model: nn.Module, crit, x: torch.Tensor, y: torch.Tensor
     return HessianLinearOperator(model, crit, params, [(x, y)], check_deterministic=False)
 
 
-def curvlinops_top(op, tol: float, seed: int = 0):
-    from scipy.sparse.linalg import eigsh
+class _Budget(Exception):
+    pass
+
+
+def curvlinops_eigsh(op, k: int, which: str, tol: float, seed: int = 0, max_products: int = 400):
+    """curvlinops' documented route: SciPy ``eigsh`` over ``HessianLinearOperator.to_scipy()``.
+
+    Returns (eigenvalues in ``which`` order, products, worst relative residual ‖Hv − λv‖/|λ|), or
+    None values when ``max_products`` ran out first."""
+    from scipy.sparse.linalg import LinearOperator, eigsh
 
     lin = op.to_scipy()
     n = lin.shape[0]
@@ -196,89 +206,115 @@ def curvlinops_top(op, tol: float, seed: int = 0):
 
     def counted(v):
         count[0] += 1
+        if count[0] > max_products:
+            raise _Budget
         return mv(v)
 
-    from scipy.sparse.linalg import LinearOperator
-
     wrapped = LinearOperator(lin.shape, matvec=counted, dtype=lin.dtype)
-    vals, vecs = eigsh(wrapped, k=1, which="LA", tol=tol, v0=v0)
-    v = vecs[:, 0]
-    res = float(np.linalg.norm(mv(v) - vals[0] * v))
-    return float(vals[0]), count[0] + 1, res
+    try:
+        vals, vecs = eigsh(wrapped, k=k, which=which, tol=tol, v0=v0)
+    except _Budget:
+        return None, max_products, math.nan
+    order = np.argsort(vals) if which == "SA" else np.argsort(-vals)
+    vals, vecs = vals[order], vecs[:, order]
+    res = max(float(np.linalg.norm(mv(vecs[:, i]) - vals[i] * vecs[:, i]) / abs(vals[i])) for i in range(k))
+    return [float(v) for v in vals], count[0] + k, res
+
+
+def _fmt(vals) -> str:
+    return ",".join(f"{v:.6g}" for v in vals)
 
 
 # ----------------------------------------------------------------------------- run
 
 
-def bench(name: str, n: int, device: str, do_trace: bool, trace_budget: int) -> list[str]:
+EIG_TASKS = (("top eigenvalue", 1, "LA"), ("top-3 eigenvalues", 3, "LA"), ("smallest eigenvalue", 1, "SA"))
+
+
+def bench(name: str, n: int, device: str, do_trace: bool, trace_budget: int, eig_budget: int = 400) -> list[str]:
     model, line, data, crit = setup(name, n, device)
     n_params = sum(p.numel() for p in model.parameters())
     rows: list[tuple[str, str, float, int, str]] = []
-    print(f"\n== {name}: {n_params} parameters, n = {n}, {data.loss}, α = {ALPHA}, bn frozen, {device}", flush=True)
+    print(f"\n== {name}: {n_params} parameters, n = {n}, {data.loss}, α = {ALPHA}, bn frozen, {device}, "
+          f"load average {os.getloadavg()}", flush=True)
 
-    # -------- top eigenvalue
-    op = loss_hessian(line, data, ALPHA, bn="frozen")
-    op.matvec(torch.ones(op.size, device=device))  # warm-up (torch.func's first call), untimed
-    sync(device)
-    t = time.perf_counter()
-    ours = extreme_eigenpairs(op, 1, "LA", tol=EIG_TOL, seed=0)
-    sync(device)
-    t_ours = time.perf_counter() - t
-    lam = ours.eigenvalues[0]
-    rows.append(("top eigenvalue", "ours (Lanczos, fwd-over-rev)", t_ours, ours.n_matvecs, f"λ={lam:.6g} res/λ={ours.residuals[0] / abs(lam):.1e}"))
-    print(f"  ours: {t_ours:.1f} s", flush=True)
-    t = time.perf_counter()
-    op2 = loss_hessian(line, data, ALPHA, bn="frozen", engine="double_backward")
-    ours2 = extreme_eigenpairs(op2, 1, "LA", tol=EIG_TOL, seed=0)
-    sync(device)
-    t_ours2 = time.perf_counter() - t
-    lam2 = ours2.eigenvalues[0]
-    rows.append(("top eigenvalue", "ours (Lanczos, double_backward engine)", t_ours2, ours2.n_matvecs,
-                 f"λ={lam2:.6g} res/λ={ours2.residuals[0] / abs(lam2):.1e}"))
-    print(f"  ours double_backward: {t_ours2:.1f} s", flush=True)
-
-    t = time.perf_counter()
-    cached = CachedGraphHVP(model, crit, data.x, data.y)
-    own, same = power_iteration(cached, 1e-3, EIG_TOL, max_iter=1000)
-    sync(device)
-    t_pyh = time.perf_counter() - t
-    # time of the own-rule stop: setup share + own products at the measured per-product rate
-    rows.append(("top eigenvalue", "PyHessian-style power, same tol", t_pyh, same[1], f"λ={same[0]:.6g} res/λ={same[2] / abs(same[0]):.1e}"))
-    rows.append(("top eigenvalue", "PyHessian-style power, own rule", t_pyh * own[1] / same[1], own[1], f"λ={own[0]:.6g} (est. time)"))
-    print(f"  pyhessian-style: {t_pyh:.1f} s", flush=True)
-
+    fwd = loss_hessian(line, data, ALPHA, bn="frozen", engine="forward_over_reverse")
+    fwd.matvec(torch.ones(fwd.size, device=device))  # warm-up (torch.func's first call), untimed
+    warm = loss_hessian(line, data, ALPHA, bn="frozen", engine="double_backward")
+    warm.matmat(torch.ones(2, warm.size, device=device))  # warm-up of the batched backward, untimed
+    del warm
     cl = curvlinops_operator(model, crit, data.x, data.y)
     if cl is not None:
         cl @ torch.ones(n_params, device=device)  # warm-up, untimed
-        t = time.perf_counter()
-        lam_c, k_c, res_c = curvlinops_top(cl, EIG_TOL)
+    engine_used = "?"
+    cached = None
+    for task, k, which in EIG_TASKS:
+        # ours, default engine ("auto"): operator construction (graph build + memory measurement) timed
         sync(device)
-        t_cl = time.perf_counter() - t
-        rows.append(("top eigenvalue", "curvlinops + eigsh", t_cl, k_c, f"λ={lam_c:.6g} res/λ={res_c / abs(lam_c):.1e}"))
-        print(f"  curvlinops: {t_cl:.1f} s", flush=True)
+        t = time.perf_counter()
+        op = loss_hessian(line, data, ALPHA, bn="frozen")
+        ours = extreme_eigenpairs(op, k, which, tol=EIG_TOL, seed=0)
+        sync(device)
+        t_ours = time.perf_counter() - t
+        engine_used = op.engine
+        res = max(r / abs(v) for r, v in zip(ours.residuals, ours.eigenvalues))
+        rows.append((task, f"ours (Lanczos, engine auto → {op.engine})", t_ours, ours.n_matvecs,
+                     f"λ={_fmt(ours.eigenvalues)} res/|λ|≤{res:.1e}"))
+        print(f"  {task} ours auto ({op.engine}): {t_ours:.1f} s", flush=True)
+        del op
+        t = time.perf_counter()
+        ours2 = extreme_eigenpairs(fwd, k, which, tol=EIG_TOL, seed=0)
+        sync(device)
+        t_ours2 = time.perf_counter() - t
+        res2 = max(r / abs(v) for r, v in zip(ours2.residuals, ours2.eigenvalues))
+        rows.append((task, "ours (Lanczos, forward_over_reverse)", t_ours2, ours2.n_matvecs,
+                     f"λ={_fmt(ours2.eigenvalues)} res/|λ|≤{res2:.1e}"))
+        print(f"  {task} ours fwd-over-rev: {t_ours2:.1f} s", flush=True)
+
+        if task == "top eigenvalue":
+            t = time.perf_counter()
+            cached = CachedGraphHVP(model, crit, data.x, data.y)
+            own, same = power_iteration(cached, 1e-3, EIG_TOL, max_iter=1000)
+            sync(device)
+            t_pyh = time.perf_counter() - t
+            rows.append((task, "PyHessian-style power, same tol", t_pyh, same[1], f"λ={same[0]:.6g} res/λ={same[2] / abs(same[0]):.1e}"))
+            rows.append((task, "PyHessian-style power, own rule", t_pyh * own[1] / same[1], own[1], f"λ={own[0]:.6g} (est. time)"))
+            print(f"  pyhessian-style: {t_pyh:.1f} s", flush=True)
+
+        if cl is not None:
+            t = time.perf_counter()
+            lam_c, k_c, res_c = curvlinops_eigsh(cl, k, which, EIG_TOL, max_products=eig_budget)
+            sync(device)
+            t_cl = time.perf_counter() - t
+            ans = f"λ={_fmt(lam_c)} res/|λ|≤{res_c:.1e}" if lam_c is not None else f"not converged in {eig_budget} products"
+            rows.append((task, "curvlinops + eigsh", t_cl, k_c, ans))
+            print(f"  {task} curvlinops: {t_cl:.1f} s", flush=True)
 
     # -------- trace
     if do_trace:
         t = time.perf_counter()
+        op = loss_hessian(line, data, ALPHA, bn="frozen")
         tr = hutchpp_trace(op, rtol=TRACE_RTOL, confidence=0.95, max_matvecs=trace_budget, seed=0)
         sync(device)
         t_tr = time.perf_counter() - t
-        rows.append(("trace", "ours (Hutch++, 95% CI)", t_tr, tr.n_matvecs,
+        rows.append(("trace", f"ours (Hutch++, 95% CI, engine auto → {op.engine})", t_tr, tr.n_matvecs,
                      f"tr={tr.value:.6g} ±{tr.half_width:.3g} ({'reached' if tr.converged else 'NOT reached'} 1%)"))
         print(f"  ours trace: {t_tr:.1f} s", flush=True)
+        del op
         t = time.perf_counter()
-        tr2 = hutchpp_trace(op2, rtol=TRACE_RTOL, confidence=0.95, max_matvecs=trace_budget, seed=0)
+        tr2 = hutchpp_trace(fwd, rtol=TRACE_RTOL, confidence=0.95, max_matvecs=trace_budget, seed=0)
         t_tr2 = time.perf_counter() - t
-        rows.append(("trace", "ours (Hutch++, double_backward engine)", t_tr2, tr2.n_matvecs,
+        rows.append(("trace", "ours (Hutch++, forward_over_reverse)", t_tr2, tr2.n_matvecs,
                      f"tr={tr2.value:.6g} ±{tr2.half_width:.3g} ({'reached' if tr2.converged else 'NOT reached'} 1%)"))
-        print(f"  ours trace double_backward: {t_tr2:.1f} s", flush=True)
-        t = time.perf_counter()
-        own_t, same_t = hutchinson(cached, 1e-3, TRACE_RTOL, max_iter=trace_budget)
-        t_h = time.perf_counter() - t
-        rows.append(("trace", "PyHessian-style Hutchinson, same tol", t_h, same_t[1],
-                     f"tr={same_t[0]:.6g} ±{same_t[2]:.3g}"))
-        rows.append(("trace", "PyHessian-style Hutchinson, own rule", t_h * own_t[1] / same_t[1], own_t[1], f"tr={own_t[0]:.6g} (est. time)"))
-        print(f"  pyhessian-style trace: {t_h:.1f} s", flush=True)
+        print(f"  ours trace fwd-over-rev: {t_tr2:.1f} s", flush=True)
+        if cached is not None:
+            t = time.perf_counter()
+            own_t, same_t = hutchinson(cached, 1e-3, TRACE_RTOL, max_iter=trace_budget)
+            t_h = time.perf_counter() - t
+            rows.append(("trace", "PyHessian-style Hutchinson, same tol", t_h, same_t[1],
+                         f"tr={same_t[0]:.6g} ±{same_t[2]:.3g}"))
+            rows.append(("trace", "PyHessian-style Hutchinson, own rule", t_h * own_t[1] / same_t[1], own_t[1], f"tr={own_t[0]:.6g} (est. time)"))
+            print(f"  pyhessian-style trace: {t_h:.1f} s", flush=True)
         if cl is not None:
             from curvlinops import hutchpp_trace as cl_hutchpp
 
@@ -290,14 +326,19 @@ def bench(name: str, n: int, device: str, do_trace: bool, trace_budget: int) -> 
             rows.append(("trace", "curvlinops hutchpp_trace, same budget", t_c, m, f"tr={est:.6g} (no interval)"))
             print(f"  curvlinops trace: {t_c:.1f} s", flush=True)
 
-    out = [f"### {name}: {n_params:,} parameters, n = {n} ({data.loss}), {machine(device)}", "",
+    out = [f"### {name}: {n_params:,} parameters, n = {n} ({data.loss}), {machine(device)}, "
+           f"engine auto → {engine_used}, load average at the end {tuple(round(x, 2) for x in os.getloadavg())}", "",
            "| task | method | s | HVPs | answer | time / ours |", "|---|---|---:|---:|---|---:|"]
     ref = {}
     for task, meth, sec, k, ans in rows:
         if meth.startswith("ours") and task not in ref:
             ref[task] = sec  # the default engine's row
         out.append(f"| {task} | {meth} | {sec:.1f} | {k} | {ans} | {sec / ref[task]:.2f} |")
-    return out
+    summary = [f"curvlinops time / ours (default engine), > 1: ours faster:"]
+    for task, meth, sec, k, ans in rows:
+        if meth.startswith("curvlinops"):
+            summary.append(f"  {task}: {sec / ref[task]:.2f}")
+    return out + [""] + summary
 
 
 def machine(device: str) -> str:
@@ -313,12 +354,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="n = 500 / 64 and no trace (a smoke run)")
     ap.add_argument("--skip-trace", action="store_true")
     ap.add_argument("--trace-budget", type=int, default=48, help="most products per trace estimate (default 48)")
+    ap.add_argument("--eig-budget", type=int, default=400,
+                    help="most products curvlinops' eigsh may spend per task before it is stopped (default 400)")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     lines = []
     for name in (["mlp", "resnet"] if args.model == "all" else [args.model]):
         n = args.n or ((500 if name == "mlp" else 64) if args.quick else (2000 if name == "mlp" else 256))
-        lines += bench(name, n, args.device, not (args.skip_trace or args.quick), args.trace_budget) + [""]
+        lines += bench(name, n, args.device, not (args.skip_trace or args.quick), args.trace_budget, args.eig_budget) + [""]
     print("\n" + "\n".join(lines))
 
 

@@ -1,6 +1,6 @@
 """Benchmark: the K-point loss curve against K plain forward passes and loss-landscapes.
 
-    python benchmarks/curve_speed.py [--quick] [--device cpu|cuda] [--alphas 51]
+    python benchmarks/curve_speed.py [--quick | --smoke] [--device cpu|cuda] [--alphas 51] [--require-quiet]
 
 Prints milliseconds and ratios to the K plain forward passes (the floor for exact curves),
 measured side by side in one run.
@@ -15,13 +15,18 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _timing import bench_args, machine, median_time, mlp_line, table  # noqa: E402
+from _timing import bench_args, machine, median_time, mlp_line, quiet_run, table  # noqa: E402
 
 from mli_theory.path import loss_curve  # noqa: E402
 
 
 def main() -> None:
     args, n = bench_args(2000, 10000, 5)
+    with quiet_run(args.require_quiet):
+        run(args, n)
+
+
+def run(args, n: int) -> None:
     dev, K = args.device, args.alphas
     model, line, data = mlp_line(n, dev, "ce")
     x, y = data.x, data.y

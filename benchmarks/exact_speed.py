@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _timing import machine  # noqa: E402
+from _timing import add_quiet_flag, machine, quiet_run  # noqa: E402
 
 from mli_theory.inputs import Dataset  # noqa: E402
 from mli_theory.exact import decide_line  # noqa: E402
@@ -33,19 +33,25 @@ def case(depth: int, width: int, n: int, dtype: torch.dtype):
 
 
 def main() -> None:
-    torch.set_num_threads(1)
-    print(f"exact decision on {machine('cpu')}; median of 3")
-    print(f"  {'depth':>5} {'width':>5} {'n':>5} {'dtype':>8} {'seconds':>9} {'goal':>6}  verdict")
-    for depth, width, n, goal in ((4, 16, 64, 0.2), (8, 64, 256, 5.0)):
-        for dtype in (torch.float32, torch.float64):
-            line, data = case(depth, width, n, dtype)
-            times = []
-            for _ in range(3):
-                t = time.perf_counter()
-                verdict, _ = decide_line(line, data, budget_s=None)
-                times.append(time.perf_counter() - t)
-            times.sort()
-            print(f"  {depth:>5} {width:>5} {n:>5} {str(dtype)[6:]:>8} {times[1]:>9.3f} {goal:>6}  {verdict.status}")
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_quiet_flag(ap)
+    args = ap.parse_args()
+    with quiet_run(args.require_quiet):
+        torch.set_num_threads(1)
+        print(f"exact decision on {machine('cpu')}; median of 3")
+        print(f"  {'depth':>5} {'width':>5} {'n':>5} {'dtype':>8} {'seconds':>9} {'goal':>6}  verdict")
+        for depth, width, n, goal in ((4, 16, 64, 0.2), (8, 64, 256, 5.0)):
+            for dtype in (torch.float32, torch.float64):
+                line, data = case(depth, width, n, dtype)
+                times = []
+                for _ in range(3):
+                    t = time.perf_counter()
+                    verdict, _ = decide_line(line, data, budget_s=None)
+                    times.append(time.perf_counter() - t)
+                times.sort()
+                print(f"  {depth:>5} {width:>5} {n:>5} {str(dtype)[6:]:>8} {times[1]:>9.3f} {goal:>6}  {verdict.status}")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,8 @@ import numpy as np
 import torch
 from torch.func import functional_call, jvp, vmap
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import add_quiet_flag, quiet_run  # noqa: E402
 from mli_theory.geometry import gauss_length, path_jet
 from mli_theory.inputs import Dataset, build_model
 from mli_theory.path import alpha_grid, loss_curve, make_line
@@ -289,18 +291,20 @@ def main() -> None:
     ap.add_argument("--cli", action="store_true", help="also time the CLI check with and without geometry")
     ap.add_argument("--accuracy-seeds", type=int, default=0, help="also the accuracy table over this many tanh seeds")
     ap.add_argument("--no-reference", action="store_true", help="skip the deep_linear reference (about 1500 jvp passes)")
+    add_quiet_flag(ap)
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"machine: {platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"load average at start: {os.getloadavg()}")
-    if args.case in ("all", "tanh"):
-        tanh_case(args)
-    if args.case in ("all", "deep_linear"):
-        deep_linear_case(args)
-    if args.accuracy_seeds:
-        accuracy_sweep(args)
-    print(f"\nload average at end: {os.getloadavg()}")
+    with quiet_run(args.require_quiet):
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        print(f"machine: {platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads, torch {torch.__version__}")
+        print(f"load average at start: {os.getloadavg()}")
+        if args.case in ("all", "tanh"):
+            tanh_case(args)
+        if args.case in ("all", "deep_linear"):
+            deep_linear_case(args)
+        if args.accuracy_seeds:
+            accuracy_sweep(args)
+        print(f"\nload average at end: {os.getloadavg()}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Benchmark: z′ and z″ at K α points, one-pass Taylor mode (the jet interpreter) vs nested torch.func.jvp.
 
-    python benchmarks/jet_speed.py [--quick] [--device cpu|cuda] [--alphas 51] [--model mlp|resnet|resnet18|transformer|all] [--memory]
+    python benchmarks/jet_speed.py [--quick | --smoke] [--device cpu|cuda] [--alphas 51] [--model mlp|resnet|resnet18|transformer|all] [--memory] [--require-quiet]
 
 BatchNorm statistics are held fixed (``bn="frozen"``) so that both methods differentiate the same
 function. Peak memory of one α (Taylor mode, nested jvp) beside one plain forward pass at the same
@@ -17,7 +17,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _timing import bench_args, machine, median_time, mlp_line, resnet18_line, resnet_line, table, transformer_line  # noqa: E402
+from _timing import bench_args, machine, median_time, mlp_line, quiet_run, resnet18_line, resnet_line, table, transformer_line  # noqa: E402
 
 from mli_theory.geometry import path_jet  # noqa: E402
 
@@ -125,12 +125,16 @@ def main() -> None:
         return
     sys.argv = [sys.argv[0], *rest]
     args, n = bench_args(1000, 10000, 3)
-    for name in MODELS if known.model == "all" else [known.model]:
-        size = n if name == "mlp" else (128 if args.quick or args.device == "cpu" and name == "resnet18" else 1024)
-        bench(name, size, args.device, args.alphas, args.repeats)
-        if known.memory and args.device == "cpu":
-            cpu_memory(name, size)
-        print()
+    with quiet_run(args.require_quiet):
+        for name in MODELS if known.model == "all" else [known.model]:
+            if args.smoke:
+                size = n if name == "mlp" else 2
+            else:
+                size = n if name == "mlp" else (128 if args.quick or args.device == "cpu" and name == "resnet18" else 1024)
+            bench(name, size, args.device, args.alphas, args.repeats)
+            if known.memory and args.device == "cpu":
+                cpu_memory(name, size)
+            print()
 
 
 if __name__ == "__main__":

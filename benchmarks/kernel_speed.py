@@ -24,7 +24,7 @@ from torch import nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _timing import machine, median_time  # noqa: E402
+from _timing import add_quiet_flag, machine, median_time, quiet_run  # noqa: E402
 
 from mli_theory.kernels import NTKModel, empirical_ntk, make_plan  # noqa: E402
 
@@ -125,18 +125,20 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    add_quiet_flag(ap)
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dev = args.device
-    print(f"empirical NTK, full kernel, float32 on {machine(dev)}; median of {args.repeats}")
-    torch.manual_seed(0)
-    mlp = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
-    bench("MLP 64-128-128-10", mlp, torch.randn(32, 64, device=dev), dev, args.repeats, True)
-    bench("MLP 64-128-128-10", mlp, torch.randn(200, 64, device=dev), dev, args.repeats, False)
-    cnn = SmallCNN()
-    bench("CNN 1×16×16", cnn, torch.randn(16, 1, 16, 16, device=dev), dev, args.repeats, True)
-    bench("CNN 1×16×16", cnn, torch.randn(128, 1, 16, 16, device=dev), dev, args.repeats, False)
+    with quiet_run(args.require_quiet):
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        dev = args.device
+        print(f"empirical NTK, full kernel, float32 on {machine(dev)}; median of {args.repeats}")
+        torch.manual_seed(0)
+        mlp = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
+        bench("MLP 64-128-128-10", mlp, torch.randn(32, 64, device=dev), dev, args.repeats, True)
+        bench("MLP 64-128-128-10", mlp, torch.randn(200, 64, device=dev), dev, args.repeats, False)
+        cnn = SmallCNN()
+        bench("CNN 1×16×16", cnn, torch.randn(16, 1, 16, 16, device=dev), dev, args.repeats, True)
+        bench("CNN 1×16×16", cnn, torch.randn(128, 1, 16, 16, device=dev), dev, args.repeats, False)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ import time
 import torch
 from torch.func import functional_call
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import add_quiet_flag, quiet_run  # noqa: E402
 from mli_theory.inputs import build_model, load_data, save_state_dict
 from mli_theory.inputs.convnets import cifar_resnet, mnist_resnet
 from mli_theory.inputs.examples import iter_batches
@@ -107,49 +109,51 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--small", action="store_true", help="6 000 / 600 examples instead of 60 000 / 5 000")
     p.add_argument("--alphas", type=int, default=10, help="α points of each check (default 10)")
+    add_quiet_flag(p)
     args = p.parse_args()
-    scale = 10 if args.small else 1
-    sizes = {"mnist": (60_000 // scale, 5_000 // (scale if scale == 1 else 8)), "cifar10": (50_000 // scale, 5_000 // (scale if scale == 1 else 8))}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {load()}")
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        t = time.perf_counter()
-        folders = {}
-        for fmt, (big, small) in sizes.items():
-            for n in (big, small):
-                folder = os.path.join(tmp, f"{fmt}_{n}")
-                (write_mnist if fmt == "mnist" else write_cifar10)(folder, n, seed=1)
-                folders[fmt, n] = folder
-        print(f"wrote the data sets in {time.perf_counter() - t:.1f} s")
-        configs = [
-            ("mnist", "mlp:784-256-10", build_model("mlp:784-256-10"), True, []),
-            ("mnist", "mli_theory.inputs.convnets:mnist_resnet", mnist_resnet(), False, ["--no-geometry"]),
-            ("cifar10", "mlp:3072-256-10", build_model("mlp:3072-256-10"), True, ["--no-geometry"]),
-            ("cifar10", "mli_theory.inputs.convnets:cifar_resnet", cifar_resnet(), False, ["--no-geometry"]),
-        ]
-        print("\n1. peak resident memory of `mli-theory check` (own process each)")
-        print(f"  {'data':<8} {'model':<42} {'n':>7} {'MiB':>8} {'s':>8}  {'ratio':>6}  geometry")
-        for fmt, arch, model, _, extra in configs:
-            init, final = endpoints(model, tmp, arch.replace(":", "_").replace(".", "_"))
-            got = []
-            for n in sizes[fmt]:
-                k = args.alphas if "mlp" in arch else max(2, args.alphas // 2)  # a ResNet pass costs ~20 s at full size
-                cmd = ["--arch", arch, "--init", init, "--final", final, "--data", f"{fmt}:{folders[fmt, n]}",
-                       "--loss", "ce", "--alphas", str(k), *extra]
-                rss, seconds, out = peak_rss(cmd)
-                got.append(rss)
-                blocks = out["info"].get("geometry_blocks")
-                geo = "off" if extra else ("all examples" if not blocks else f"{blocks} blocks")
-                ratio = f"{got[0] / got[1]:.2f}" if len(got) == 2 else ""
-                print(f"  {fmt:<8} {arch:<42} {n:>7} {rss:>8.0f} {seconds:>8.1f}  {ratio:>6}  {geo}", flush=True)
-            rows.append((fmt, arch, got[0], got[1]))
-        print("\n2. loss curve at K α vs K plain forward passes over the same streamed batches (batch 1024)")
-        for fmt, arch, model, flatten, _ in configs:
-            n = sizes[fmt][0]
-            k = args.alphas if "mlp" in arch else max(2, args.alphas // 2)
-            tc, tp = curve_vs_forwards(f"{fmt}:{folders[fmt, n]}", model, flatten, k, 1024)
-            print(f"  {fmt:<8} {arch:<42} n={n:<6} K={k:<3} curve {tc:7.1f} s  forwards {tp:7.1f} s  ratio {tc / tp:.3f}", flush=True)
-    print(f"\n{load()}; {'quiet' if quiet() else 'NOT QUIET: figures above are marked unreliable'}")
+    with quiet_run(args.require_quiet):
+        scale = 10 if args.small else 1
+        sizes = {"mnist": (60_000 // scale, 5_000 // (scale if scale == 1 else 8)), "cifar10": (50_000 // scale, 5_000 // (scale if scale == 1 else 8))}
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {load()}")
+        rows = []
+        with tempfile.TemporaryDirectory() as tmp:
+            t = time.perf_counter()
+            folders = {}
+            for fmt, (big, small) in sizes.items():
+                for n in (big, small):
+                    folder = os.path.join(tmp, f"{fmt}_{n}")
+                    (write_mnist if fmt == "mnist" else write_cifar10)(folder, n, seed=1)
+                    folders[fmt, n] = folder
+            print(f"wrote the data sets in {time.perf_counter() - t:.1f} s")
+            configs = [
+                ("mnist", "mlp:784-256-10", build_model("mlp:784-256-10"), True, []),
+                ("mnist", "mli_theory.inputs.convnets:mnist_resnet", mnist_resnet(), False, ["--no-geometry"]),
+                ("cifar10", "mlp:3072-256-10", build_model("mlp:3072-256-10"), True, ["--no-geometry"]),
+                ("cifar10", "mli_theory.inputs.convnets:cifar_resnet", cifar_resnet(), False, ["--no-geometry"]),
+            ]
+            print("\n1. peak resident memory of `mli-theory check` (own process each)")
+            print(f"  {'data':<8} {'model':<42} {'n':>7} {'MiB':>8} {'s':>8}  {'ratio':>6}  geometry")
+            for fmt, arch, model, _, extra in configs:
+                init, final = endpoints(model, tmp, arch.replace(":", "_").replace(".", "_"))
+                got = []
+                for n in sizes[fmt]:
+                    k = args.alphas if "mlp" in arch else max(2, args.alphas // 2)  # a ResNet pass costs ~20 s at full size
+                    cmd = ["--arch", arch, "--init", init, "--final", final, "--data", f"{fmt}:{folders[fmt, n]}",
+                           "--loss", "ce", "--alphas", str(k), *extra]
+                    rss, seconds, out = peak_rss(cmd)
+                    got.append(rss)
+                    blocks = out["info"].get("geometry_blocks")
+                    geo = "off" if extra else ("all examples" if not blocks else f"{blocks} blocks")
+                    ratio = f"{got[0] / got[1]:.2f}" if len(got) == 2 else ""
+                    print(f"  {fmt:<8} {arch:<42} {n:>7} {rss:>8.0f} {seconds:>8.1f}  {ratio:>6}  {geo}", flush=True)
+                rows.append((fmt, arch, got[0], got[1]))
+            print("\n2. loss curve at K α vs K plain forward passes over the same streamed batches (batch 1024)")
+            for fmt, arch, model, flatten, _ in configs:
+                n = sizes[fmt][0]
+                k = args.alphas if "mlp" in arch else max(2, args.alphas // 2)
+                tc, tp = curve_vs_forwards(f"{fmt}:{folders[fmt, n]}", model, flatten, k, 1024)
+                print(f"  {fmt:<8} {arch:<42} n={n:<6} K={k:<3} curve {tc:7.1f} s  forwards {tp:7.1f} s  ratio {tc / tp:.3f}", flush=True)
+        print(f"\n{load()}; {'quiet' if quiet() else 'NOT QUIET: figures above are marked unreliable'}")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from mli_theory.inputs import Dataset  # noqa: E402
 
 
 def compare(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, device: str, repeats: int,
-            chunk: int | None) -> tuple[str, float, float | None, int]:
+            chunk: int | None) -> tuple[str, float, float | None, int, str]:
     model = model.to(device).eval()
     # a "trained" centre: every parameter moved off its initial value (BatchNorm biases start at
     # exactly 0, and loss-landscapes' filter normalisation divides by zero on a zero filter)
@@ -57,6 +57,7 @@ def compare(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps
         s = loss_surface(model, state, state, data, dims=2, steps=steps, span=1.0, seed=0, include_bn_and_bias=True,
                          bn="frozen", device=device, dtype=torch.float32, chunk=chunk)
         used["chunk"] = s.info["chunk"]
+        used["strategy"] = s.info.get("strategy", "?")
 
     theirs = None
     try:
@@ -80,7 +81,7 @@ def compare(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps
             ll_t.append(median_time(theirs, device, repeats=1, warmup=0))
     t_ours = statistics.median(ours_t)
     t_ll = statistics.median(ll_t) if ll_t else None
-    return name, t_ours, t_ll, used.get("chunk", 0)
+    return name, t_ours, t_ll, used.get("chunk", 0), used.get("strategy", "?")
 
 
 def main() -> None:
@@ -106,11 +107,12 @@ def main() -> None:
         x = torch.randn(args.n_resnet, 3, 16, 16, generator=g).to(dev)
         y = torch.randint(0, 10, (args.n_resnet,), generator=g).to(dev)
         rows.append(compare(f"small ResNet (16-32-64, BN), n={args.n_resnet}", small_resnet(), x, y, args.steps, dev, args.repeats, args.chunk))
-    print(f"{args.steps}x{args.steps} random-plane surface, float32 on {machine(dev)}; median of {args.repeats}")
-    print(f"  {'model':<38} {'mli-theory s':>13} {'loss-landscapes s':>18} {'ratio':>7} {'chunk':>6}")
-    for name, a, b, c in rows:
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    print(f"{args.steps}x{args.steps} random-plane surface, float32 on {machine(dev)}; median of {args.repeats}; load average {load}")
+    print(f"  {'model':<38} {'mli-theory s':>13} {'loss-landscapes s':>18} {'ratio':>7} {'chunk':>6}  strategy")
+    for name, a, b, c, how in rows:
         ratio = f"{b / a:.2f}" if b is not None else "n/a"
-        print(f"  {name:<38} {a:>13.2f} {('%.2f' % b) if b is not None else 'n/a':>18} {ratio:>7} {c:>6}")
+        print(f"  {name:<38} {a:>13.2f} {('%.2f' % b) if b is not None else 'n/a':>18} {ratio:>7} {c:>6}  {how}")
 
 
 if __name__ == "__main__":

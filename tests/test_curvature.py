@@ -115,6 +115,47 @@ def test_hvp_equals_dense_hessian(loss, batch_size, engine):
         assert _rel(op.matmat(block), block @ ref.T) < 1e-8
 
 
+@pytest.mark.parametrize("batch_size", [None, 7])
+def test_auto_engine_agrees_with_both_engines(batch_size):
+    model = _mlp(k=3)
+    line = make_line(model, *_endpoints(model), dtype=torch.float64)
+    data = _data("ce", k=3)
+    auto = loss_hessian(line, data, 0.37, bn="frozen", batch_size=batch_size)  # the default is auto
+    assert auto.engine_requested == "auto" and auto.engine == "double_backward" and auto.graph_bytes > 0
+    block = torch.randn(9, auto.size, dtype=torch.float64)  # chunks of 4, 4 and 1 through the graph
+    got = auto.matmat(block)
+    for engine in ("forward_over_reverse", "double_backward"):
+        op = loss_hessian(line, data, 0.37, bn="frozen", batch_size=batch_size, engine=engine)
+        assert op.engine == engine
+        assert _rel(got, op.matmat(block)) < 1e-10, engine
+        assert _rel(auto.matvec(block[0]), op.matvec(block[0])) < 1e-10, engine
+    # a budget the graphs do not fit: auto falls back to forward-over-reverse, same products
+    small = loss_hessian(line, data, 0.37, bn="frozen", batch_size=batch_size, memory_budget=1)
+    assert small.engine == "forward_over_reverse" and small.cache == () and small.graph_bytes > 1
+    assert _rel(small.matmat(block), got) < 1e-10
+
+
+def test_double_backward_block_size_does_not_change_products():
+    model = _mlp(k=3)
+    line = make_line(model, *_endpoints(model), dtype=torch.float64)
+    data = _data("ce", k=3)
+    from mli_theory.curvature.hvp import loss_hessian_at
+
+    op = loss_hessian(line, data, 0.5, bn="frozen", engine="double_backward")
+    block = torch.randn(7, op.size, dtype=torch.float64)
+    ref = op.matmat(block)
+    for b in (1, 3, 16):
+        other = loss_hessian_at(line.shell, op.params, op.buffers, op.data, engine="double_backward", block=b)
+        assert _rel(other.matmat(block), ref) < 1e-12, b
+
+
+def test_curvature_along_records_the_engine_used():
+    model = _mlp(k=3)
+    line = make_line(model, *_endpoints(model), dtype=torch.float64)
+    res = curvature_along(line, _data("ce", k=3), [0.5], top_k=1, smallest=False, trace=False, dense_below=0)
+    assert res.info["engine_requested"] == "auto" and res.info["engine"] == "double_backward"
+
+
 def test_hvp_with_batchnorm_equals_dense_hessian_for_each_policy():
     model = _mlp(bn=True)
     line = make_line(model, *_endpoints(model), dtype=torch.float64)

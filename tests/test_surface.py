@@ -286,6 +286,105 @@ def test_vmap_chunks_equal_a_plain_loop_on_convolutions():
     assert max(abs(u - v) for r1, r2 in zip(a.losses, b.losses) for u, v in zip(r1, r2)) <= 1e-12
 
 
+def _plain_loop_surface(model, centre, dirs, data, xs, ys):
+    """The definition, point by point: mean loss of functional_call(model, c + x·d1 + y·d2)."""
+    from torch.func import functional_call
+    from torch.nn import functional as Fn
+
+    rows = []
+    with torch.no_grad():
+        for y in ys:
+            row = []
+            for x in xs:
+                state = {k: (v + x * dirs[0][k] + y * dirs[1][k]) if v.is_floating_point() else v for k, v in centre.items()}
+                out = functional_call(model, state, (data.x,))
+                if data.loss == "mse":
+                    row.append(float(((out - data.y) ** 2).sum()) / data.y.numel())
+                else:
+                    row.append(float(Fn.cross_entropy(out, data.y, reduction="sum")) / data.n)
+            rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize("kind", ["mlp_ce", "mlp_mse", "conv_bn"])
+def test_first_layer_split_equals_a_plain_functional_call_loop(kind):
+    """The fast paths (first Linear evaluated once per basis and the rest vmapped over points; eval-mode
+    BatchNorm fused; stacked parameters written into reused buffers) give the per-point definition to
+    ~1e-12 in float64."""
+    torch.manual_seed(3)
+    g = torch.Generator().manual_seed(4)
+    if kind == "conv_bn":
+        model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 3, 3),
+                              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 3)).double().eval()
+        data = Dataset(torch.randn(10, 2, 6, 6, generator=g, dtype=F64), torch.randint(0, 3, (10,), generator=g), "ce", "conv")
+    else:
+        model = nn.Sequential(nn.Linear(4, 7), nn.ReLU(), nn.Linear(7, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+        data = _data(n=17, loss="ce" if kind == "mlp_ce" else "mse")
+    init, final, _ = _endpoints(model)
+    steps, span = 5, 1.5
+    for batch_size, chunk in ((None, 6), (4, 25), (5, None)):
+        s = loss_surface(model, init, final, data, dims=2, steps=steps, span=span, seed=7, include_bn_and_bias=True,
+                         bn="frozen", dtype=F64, batch_size=batch_size, chunk=chunk)
+        # a first convolution is left to vmap (one wide convolution on the shared input)
+        assert s.info["first_layer_split"] == (kind != "conv_bn") and s.info["chunk"] > 1 and not s.warnings
+        dirs = random_directions(model, final, 2, seed=7, include_bn_and_bias=True)
+        ref = _plain_loop_surface(model, final, dirs, data, s.x, s.y)
+        err = max(abs(u - v) for r1, r2 in zip(s.losses, ref) for u, v in zip(r1, r2))
+        assert err <= 1e-12 * max(1.0, max(abs(v) for r in ref for v in r)), (batch_size, chunk, err)
+        # the point-by-point path of the package agrees as well
+        b = loss_surface(model, init, final, data, dims=2, steps=steps, span=span, seed=7, include_bn_and_bias=True,
+                         bn="frozen", dtype=F64, batch_size=batch_size, chunk=1)
+        assert not b.info["first_layer_split"]
+        assert max(abs(u - v) for r1, r2 in zip(s.losses, b.losses) for u, v in zip(r1, r2)) <= 1e-12
+
+
+@pytest.mark.parametrize("batch_size", [None, 2])
+def test_split_loop_for_weight_dominated_models_equals_a_plain_functional_call_loop(batch_size):
+    """A wide MLP on few examples (parameters ≥ 2× activations) takes the CPU point loop with reused
+    buffers and row-shared partial sums; it gives the per-point definition to ~1e-12 in float64."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(4, 40), nn.ReLU(), nn.Linear(40, 40), nn.Tanh(), nn.Linear(40, 3)).double()
+    init, final, third = _endpoints(model)
+    for loss in ("ce", "mse"):
+        data = _data(n=5, loss=loss)
+        s = loss_surface(model, init, final, data, dims=2, steps=5, span=1.5, seed=2, include_bn_and_bias=True,
+                         dtype=F64, batch_size=batch_size)
+        assert s.info["strategy"] == "split_loop" and s.info["first_layer_split"] and s.info["chunk"] == 1 and not s.warnings
+        dirs = random_directions(model, final, 2, seed=2, include_bn_and_bias=True)
+        ref = _plain_loop_surface(model, final, dirs, data, s.x, s.y)
+        scale = max(1.0, max(abs(v) for r in ref for v in r))
+        assert max(abs(u - v) for r1, r2 in zip(s.losses, ref) for u, v in zip(r1, r2)) <= 1e-12 * scale
+        # biases left at zero in the directions (fixed entries), 1D, and the plane mode (three bases, no offset)
+        for kw in (dict(dims=2, steps=4), dict(dims=1, steps=6), dict(dims=2, steps=4, plane=True, third=third, span=0.5)):
+            a = loss_surface(model, init, final, data, dtype=F64, batch_size=batch_size, **kw)
+            b = loss_surface(model, init, final, data, dtype=F64, batch_size=batch_size, chunk=1, **kw)
+            assert a.info["strategy"] == "split_loop" and b.info["strategy"] == "loop"
+            fa = a.losses if a.dims == 1 else [v for r in a.losses for v in r]
+            fb = b.losses if b.dims == 1 else [v for r in b.losses for v in r]
+            assert max(abs(u - v) for u, v in zip(fa, fb)) <= 1e-12 * max(1.0, max(abs(v) for v in fb))
+
+
+def test_first_layer_split_in_plane_mode_and_when_it_does_not_apply():
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    init, final, third = _endpoints(model)
+    data = _data()
+    kw = dict(dims=2, steps=4, dtype=F64, plane=True, third=third, span=0.5)
+    a = loss_surface(model, init, final, data, chunk=5, **kw)  # offset-free frame: three bases
+    b = loss_surface(model, init, final, data, chunk=1, **kw)
+    assert a.info["first_layer_split"] and not b.info["first_layer_split"]
+    assert max(abs(u - v) for r1, r2 in zip(a.losses, b.losses) for u, v in zip(r1, r2)) <= 1e-12
+    # biases left out of the directions: the first layer's bias is a fixed entry, still split
+    c = loss_surface(model, init, final, data, dims=2, steps=4, dtype=F64, span=0.5, chunk=5)
+    d = loss_surface(model, init, final, data, dims=2, steps=4, dtype=F64, span=0.5, chunk=1)
+    assert c.info["first_layer_split"]
+    assert max(abs(u - v) for r1, r2 in zip(c.losses, d.losses) for u, v in zip(r1, r2)) <= 1e-12
+    # not a Sequential: the whole model is vmapped, as before
+    e = loss_surface(_Convs().double(), *_endpoints(_Convs().double())[:2],
+                     Dataset(torch.randn(4, 2, 6, 6, dtype=F64), torch.randn(4, 3, dtype=F64), "mse", "c"),
+                     dims=2, steps=3, dtype=F64, bn="frozen", chunk=4)
+    assert not e.info["first_layer_split"] and e.info["chunk"] == 4
+
+
 class _ItemModel(nn.Module):
     """A model whose forward reads a tensor value (vmap cannot batch ``.item()``)."""
 

@@ -53,9 +53,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="the diagonal of --matrix (exact up to 2048 parameters, else Hutchinson with standard errors)")
     p.add_argument("--split", action="store_true",
                    help="L″ = Δθᵀ G Δθ + Σ⟨∇ℓ, z″⟩: the Gauss–Newton and output-curvature terms of the loss's second derivative")
-    p.add_argument("--engine", default="forward_over_reverse",
-                   help="Hessian-vector products: forward_over_reverse (default, torch.func) | double_backward "
-                        "(cached gradient graphs: faster, more memory)")
+    p.add_argument("--engine", default="auto",
+                   help="Hessian-vector products: auto (default: double_backward on a CPU when the cached graphs fit "
+                        "the memory budget, else forward_over_reverse) | forward_over_reverse (torch.func) | "
+                        "double_backward (cached gradient graphs: faster, more memory)")
     return p
 
 

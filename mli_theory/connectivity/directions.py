@@ -130,7 +130,13 @@ def random_direction(
 
 def dot(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], names: Iterable[str]) -> float:
     """⟨a, b⟩ over the named entries, accumulated in float64."""
-    return float(sum((a[n].double() * b[n].double()).sum() for n in names)) if names else 0.0
+
+    def term(n: str) -> torch.Tensor:
+        x = a[n].double()
+        y = x if b[n] is a[n] else b[n].double()  # a self product converts once (same arithmetic)
+        return (x * y).sum()
+
+    return float(sum(term(n) for n in names)) if names else 0.0
 
 
 def orthogonalize(second: Mapping[str, torch.Tensor], first: Mapping[str, torch.Tensor], names: Iterable[str]) -> StateDict:

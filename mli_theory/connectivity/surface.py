@@ -49,17 +49,31 @@ Inner products (β, the Gram–Schmidt step) run over the trainable parameters o
 
 **Evaluation** is batched over grid points: the parameters of a chunk of points are stacked along a
 new leading axis and ``torch.func.vmap`` runs ``functional_call`` over them (eval mode). The chunk
-size is chosen from the parameter and activation sizes to fit a memory budget (or given). Where
-``vmap`` fails (a model it cannot batch), or with ``bn="recompute"``, points are evaluated one by
-one. Every loss is the mean over the whole data set (per-batch sums accumulated in float64, one
+size is chosen from the parameter and activation sizes to fit a memory budget (or given). Three
+exact rewrites (equal up to rounding) make the chunks cheaper:
+
+* the stacked parameters are written into scratch buffers reused by every chunk (fresh
+  allocations of hundreds of MiB per chunk page-fault on CPU);
+* for a plain ``nn.Sequential`` whose first module is an ``nn.Linear``, that layer is
+  evaluated once per basis tensor of the frame and data batch, not once per point (its output is
+  linear in its parameters: layer(X; c + x·d1 + y·d2) = layer(X; c) + x·layer(X; d1) + y·layer(X; d2));
+  its weights are never stacked, and the rest of the model is vmapped on the combined outputs
+  (``info["first_layer_split"]``);
+* eval-mode BatchNorm layers run as one fused affine map x·s + (b − μ·s), s = w/√(σ² + ε), whose
+  cost under ``vmap`` with per-point weights is one pass instead of several.
+
+Where ``vmap`` fails (a model it cannot batch), or with ``bn="recompute"``, points are evaluated
+one by one (plain ``functional_call`` on the model as given). Every loss is the mean over the whole data set (per-batch sums accumulated in float64, one
 division by the full count), as :func:`mli_theory.path.loss_curve` computes it.
 """
 
 from __future__ import annotations
 
+import copy
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Container, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -200,18 +214,36 @@ class Frame:
             out[name] = acc  # type: ignore[assignment]
         return out
 
-    def stacked(self, W: torch.Tensor) -> StateDict:
-        """θ(w) for P weight vectors (rows of ``W``), stacked along a new leading axis."""
+    def stacked(
+        self, W: torch.Tensor, keys: Container[str] | None = None, buffers: dict[str, torch.Tensor] | None = None
+    ) -> StateDict:
+        """θ(w) for P weight vectors (rows of ``W``), stacked along a new leading axis (only the
+        entries in ``keys``, if given).
+
+        ``buffers``: a dict of scratch tensors reused across calls (filled on first use, one per
+        entry, (P, numel) for the largest P seen): the stacked values are written into them
+        instead of fresh allocations, which on CPU would page-fault hundreds of MiB per chunk.
+        The returned tensors are views of those buffers, valid until the next call.
+        """
         P = W.shape[0]
-        out: StateDict = {k: v.expand(P, *v.shape) for k, v in self.fixed.items()}
+        out: StateDict = {k: v.expand(P, *v.shape) for k, v in self.fixed.items() if keys is None or k in keys}
         for name, b in self.bases.items():
+            if keys is not None and name not in keys:
+                continue
             flat = b.reshape(b.shape[0], -1)
             w = W.to(device=flat.device, dtype=flat.dtype)
             off = self.offset[name]
+            dest = None
+            if buffers is not None:
+                buf = buffers.get(name)
+                if buf is None or buf.shape[0] < P:
+                    buf = torch.empty((P, flat.shape[1]), dtype=flat.dtype, device=flat.device)
+                    buffers[name] = buf
+                dest = buf[:P]
             if off is None:
-                val = w @ flat
+                val = torch.mm(w, flat, out=dest) if dest is not None else w @ flat
             else:
-                val = torch.addmm(off.reshape(1, -1), w, flat)
+                val = torch.addmm(off.reshape(1, -1), w, flat, out=dest) if dest is not None else torch.addmm(off.reshape(1, -1), w, flat)
             out[name] = val.reshape(P, *b.shape[1:])
         return out
 
@@ -356,12 +388,13 @@ def _activation_bytes(line: Line, data: Dataset, batch: int) -> int:
     return int(per_example * batch)
 
 
-def auto_chunk(line: Line, frame: Frame, data: Dataset, batch_size: int | None) -> int:
+def auto_chunk(line: Line, frame: Frame, data: Dataset, batch_size: int | None, skip: Container[str] = ()) -> int:
     """Grid points per vmapped pass: parameters plus activations of a chunk within a budget.
 
     Budget: 512 MiB on CPU; a quarter of the free memory on CUDA. At least 1, at most 256.
+    Entries in ``skip`` (a first layer evaluated once per basis, not per point) are not stacked.
     """
-    param_bytes = sum(b[0].numel() * b.element_size() for b in frame.bases.values())
+    param_bytes = sum(b[0].numel() * b.element_size() for k, b in frame.bases.items() if k not in skip)
     batch = data.n if not batch_size or batch_size <= 0 else min(batch_size, data.n)
     try:
         act = _activation_bytes(line, data, batch)
@@ -398,19 +431,282 @@ def _eval_state(line: Line, state: StateDict, data: Dataset, batch_size: int | N
     return float(total) / loss_normaliser(data)
 
 
-def _eval_chunk(line: Line, frame: Frame, W: torch.Tensor, data: Dataset, batch_size: int | None) -> list[float]:
-    stacked = frame.stacked(W)
+# first layers evaluated once per basis, not per point (output linear in (weight, bias) jointly).
+# Only Linear: a first convolution is cheaper left to vmap, which runs it on the shared input as one
+# convolution with P·C_out output channels; splitting it off makes the rest start from batched
+# activations (measured slower on the small ResNet of benchmarks/surface_speed.py).
+_LINEAR_STEMS: tuple[type, ...] = (nn.Linear,)
+# most bytes of cached first-layer terms kept across chunks (beyond it they are recomputed per chunk)
+_STEM_CACHE_BYTES = 256 * 2**20
+
+
+@dataclass
+class _Stem:
+    """The first layer of a ``nn.Sequential`` model, split off because its output is linear in its
+    parameters: for θ(w) = offset + Σ_k w_k·B_k,
+
+        layer(X; θ(w)) = layer(X; offset) + Σ_k w_k·layer(X; B_k)
+
+    (bias terms included: ``layer(X; B_k)`` uses B_k's weight *and* bias). The K + 1 terms are
+    computed once per data batch and combined per grid point; the rest of the model runs vmapped
+    over the points on those outputs. Same function as the full model, up to rounding."""
+
+    module: nn.Module
+    keys: dict[str, str]  # state-dict key → the layer's own parameter name
+    rest: nn.Module
+    rest_keys: frozenset[str]
+    cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    cached_bytes: int = 0
+
+    def terms(self, frame: Frame, xb: torch.Tensor, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(constant term, the K basis terms stacked) of the layer's output on ``xb``."""
+        hit = self.cache.get(key)
+        if hit is not None:
+            return hit
+        K = next(iter(frame.bases.values())).shape[0]
+        const: dict[str, torch.Tensor] = {}
+        basis: list[dict[str, torch.Tensor]] = [{} for _ in range(K)]
+        for full, own in self.keys.items():
+            if full in frame.bases:
+                b = frame.bases[full]
+                off = frame.offset[full]
+                const[own] = off if off is not None else torch.zeros_like(b[0])
+                for k in range(K):
+                    basis[k][own] = b[k]
+            else:
+                t = frame.fixed[full]
+                const[own] = t
+                for k in range(K):
+                    basis[k][own] = torch.zeros_like(t)
+        c = functional_call(self.module, const, (xb,))
+        B = torch.stack([functional_call(self.module, p, (xb,)) for p in basis])
+        size = (c.numel() + B.numel()) * c.element_size()
+        if self.cached_bytes + size <= _STEM_CACHE_BYTES:
+            self.cache[key] = (c, B)
+            self.cached_bytes += size
+        return c, B
+
+
+class _EvalBatchNorm(nn.Module):
+    """Eval-mode BatchNorm as one fused affine map, y = x·s + (b − μ·s) with s = w/√(σ² + ε):
+    the function ``F.batch_norm(training=False)`` computes, but cheap under ``vmap`` with
+    per-point weights (its batching rule for ``batch_norm`` with batched affine parameters costs
+    several passes over the activations). Same parameter and buffer names as the module it
+    replaces, so a state dict for the original model fits."""
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm) -> None:
+        super().__init__()
+        self.eps = bn.eps
+        for name, p in bn.named_parameters(recurse=False):
+            self.register_parameter(name, p)
+        for name, b in bn.named_buffers(recurse=False):
+            self.register_buffer(name, b)
+        self.affine = bn.affine
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        scale = torch.rsqrt(self.running_var + self.eps)
+        if self.affine:
+            scale = self.weight * scale
+        shift = -self.running_mean * scale
+        if self.affine:
+            shift = shift + self.bias
+        return torch.addcmul(shift.reshape(shape), x, scale.reshape(shape))
+
+
+_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _fused_bn(module: nn.Module) -> nn.Module:
+    """``module``, or a copy whose eval-mode BatchNorm layers are :class:`_EvalBatchNorm` (when every
+    BatchNorm is an exact ``BatchNorm1d/2d/3d`` in eval mode with running statistics and no module
+    has hooks; the copy shares the original's tensors, which ``functional_call`` replaces anyway)."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return module
+    if any(type(m) not in _BN_TYPES or m.training or not m.track_running_stats or m.running_mean is None for m in bns):
+        return module
+    if any(m._forward_hooks or m._forward_pre_hooks for m in module.modules()):
+        return module
+
+    def rebuild(m: nn.Module) -> nn.Module:
+        if type(m) in _BN_TYPES:
+            return _EvalBatchNorm(m)
+        if not any(isinstance(c, nn.modules.batchnorm._BatchNorm) for c in m.modules() if c is not m):
+            return m
+        clone = copy.copy(m)  # shallow: tensors shared; own dicts, so functional_call never touches m's
+        clone._parameters = OrderedDict(m._parameters)
+        clone._buffers = OrderedDict(m._buffers)
+        clone._modules = OrderedDict((k, rebuild(c) if c is not None else None) for k, c in m._modules.items())
+        return clone
+
+    return rebuild(module)
+
+
+def _stem(line: Line, frame: Frame) -> _Stem | None:
+    """The split of :class:`_Stem` when it applies: the shell is a plain ``nn.Sequential`` of at
+    least two modules, the first an ``nn.Linear`` (exact type, no buffers, no hooks)
+    whose parameters are all in the frame. Else None (the whole model is vmapped)."""
+    shell = line.shell
+    if type(shell) is not nn.Sequential or len(shell) < 2 or not frame.bases:
+        return None
+    items = list(shell._modules.items())
+    name0, m0 = items[0]
+    if type(m0) not in _LINEAR_STEMS or list(m0.buffers()):
+        return None
+    for m in (shell, m0):
+        if m._forward_hooks or m._forward_pre_hooks or getattr(m, "_forward_hooks_with_kwargs", None):
+            return None
+    if getattr(nn.modules.module, "_global_forward_hooks", None) or getattr(nn.modules.module, "_global_forward_pre_hooks", None):
+        return None
+    keys = {f"{name0}.{n}": n for n, _ in m0.named_parameters()}
+    if not all(k in frame.bases or k in frame.fixed for k in keys):
+        return None
+    rest = _fused_bn(nn.Sequential(OrderedDict(items[1:])))  # keeps the original module names, hence the state-dict keys
+    rest_keys = frozenset(k for k in [*frame.fixed, *frame.bases] if k not in keys)
+    return _Stem(m0, keys, rest, rest_keys)
+
+
+def _eval_chunk(
+    line: Line,
+    frame: Frame,
+    W: torch.Tensor,
+    data: Dataset,
+    batch_size: int | None,
+    stem: _Stem | None = None,
+    buffers: dict[str, torch.Tensor] | None = None,
+) -> list[float]:
     totals = torch.zeros(W.shape[0], dtype=torch.float64, device=line.device)
-
-    def run(p: StateDict, xb: torch.Tensor) -> torch.Tensor:
-        return functional_call(line.shell, p, (xb,))
-
     with torch.no_grad():
-        for sl in batches(data.n, batch_size):
-            outs = vmap(run, in_dims=(0, None))(stacked, data.x[sl])
-            totals += _loss_sums_stacked(outs, data.y[sl], data.loss)
+        if stem is None:
+            stacked = frame.stacked(W, buffers=buffers)
+            shell = _fused_bn(line.shell)
+
+            def run(p: StateDict, xb: torch.Tensor) -> torch.Tensor:
+                return functional_call(shell, p, (xb,))
+
+            for sl in batches(data.n, batch_size):
+                outs = vmap(run, in_dims=(0, None))(stacked, data.x[sl])
+                totals += _loss_sums_stacked(outs, data.y[sl], data.loss)
+        else:
+            stacked = frame.stacked(W, stem.rest_keys, buffers)
+            rest = stem.rest
+
+            def run_rest(p: StateDict, hb: torch.Tensor) -> torch.Tensor:
+                return functional_call(rest, p, (hb,))
+
+            for sl in batches(data.n, batch_size):
+                c, B = stem.terms(frame, data.x[sl], (sl.start or 0, sl.stop if sl.stop is not None else data.n))
+                w = W.to(dtype=B.dtype)
+                h = torch.addmm(c.reshape(1, -1), w, B.reshape(B.shape[0], -1)).reshape(W.shape[0], *c.shape)
+                outs = vmap(run_rest, in_dims=(0, 0))(stacked, h)
+                totals += _loss_sums_stacked(outs, data.y[sl], data.loss)
     norm = loss_normaliser(data)
     return [float(t) / norm for t in totals.cpu()]
+
+
+def _split_loop(
+    line: Line,
+    frame: Frame,
+    weights: Sequence[Sequence[float]],
+    data: Dataset,
+    batch_size: int | None,
+    stem: _Stem,
+    progress: Progress | None = None,
+) -> list[float]:
+    """Point-by-point evaluation for weight-dominated models on CPU: the first layer from its cached
+    per-basis terms (:class:`_Stem`), the other parameters written into buffers reused by every
+    point (no stacked copies), and the part Σ_{k≥1} w_k·B_k (+ offset) computed once per run of
+    points that share it (a row of a random-direction grid), so each point costs one
+    ``a + w_0·b`` pass over those parameters and one plain forward pass of the rest."""
+    rest_bases = [n for n in frame.bases if n in stem.rest_keys]
+    fixed = {k: v for k, v in frame.fixed.items() if k in stem.rest_keys}
+    tails = {n: torch.empty_like(frame.bases[n][0]) for n in rest_bases}
+    bufs = {n: torch.empty_like(frame.bases[n][0]) for n in rest_bases}
+    # a copy of the rest whose tensors *are* these buffers: each point rewrites them in place and
+    # calls the module directly (no functional_call swap per point); None: use functional_call
+    bound = _bind(stem.rest, {**fixed, **bufs})
+    slices = batches(data.n, batch_size)
+    norm = loss_normaliser(data)
+    tail_key: tuple[float, ...] | None = None
+    out: list[float] = []
+    total = len(weights)
+    with torch.no_grad():
+        for i, w in enumerate(weights):
+            key = tuple(float(v) for v in w[1:])
+            if key != tail_key:
+                for n in rest_bases:
+                    b, off, t = frame.bases[n], frame.offset[n], tails[n]
+                    if off is None:
+                        t.zero_()
+                    else:
+                        t.copy_(off)
+                    for k in range(1, b.shape[0]):
+                        t.add_(b[k], alpha=float(w[k]))
+                tail_key = key
+            state: StateDict = dict(fixed)
+            for n in rest_bases:
+                state[n] = torch.add(tails[n], frame.bases[n][0], alpha=float(w[0]), out=bufs[n])
+            acc = torch.zeros((), dtype=torch.float64, device=line.device)
+            for sl in slices:
+                c, B = stem.terms(frame, data.x[sl], (sl.start or 0, sl.stop if sl.stop is not None else data.n))
+                h = c
+                for k in range(B.shape[0]):
+                    h = torch.add(h, B[k], alpha=float(w[k]))
+                o = bound(h) if bound is not None else functional_call(stem.rest, state, (h,))
+                sums, _ = batch_loss_sums(o, data.y[sl], data.loss)
+                acc += sums.double()
+            out.append(float(acc) / norm)
+            if progress is not None and ((i + 1) % 32 == 0 or i + 1 == total):
+                progress(i + 1, total)
+    return out
+
+
+def _bind(module: nn.Module, tensors: Mapping[str, torch.Tensor]) -> nn.Module | None:
+    """A structural copy of ``module`` (submodules copied shallowly, with their own parameter and
+    buffer dicts) holding ``tensors`` under their state-dict names; None when the names do not
+    cover the module's state exactly (shared or unusual registrations)."""
+    if set(tensors) != set(module.state_dict(keep_vars=True)):
+        return None
+
+    def tree(m: nn.Module) -> nn.Module:
+        c = copy.copy(m)
+        c._parameters = OrderedDict(m._parameters)
+        c._buffers = OrderedDict(m._buffers)
+        c._modules = OrderedDict((k, tree(v) if v is not None else None) for k, v in m._modules.items())
+        return c
+
+    root = tree(module)
+    for key, t in tensors.items():
+        path, _, attr = key.rpartition(".")
+        try:
+            mod = root.get_submodule(path) if path else root
+        except AttributeError:
+            return None
+        if attr in mod._parameters:
+            mod._parameters[attr] = t  # a plain tensor: read by forward as the attribute
+        elif attr in mod._buffers:
+            mod._buffers[attr] = t
+        else:
+            return None
+    return root
+
+
+def _prefer_split_loop(line: Line, frame: Frame, data: Dataset, batch_size: int | None, stem: _Stem) -> bool:
+    """Cost model for CPU: a vmapped chunk writes and re-reads a stacked copy of every parameter per
+    point, which pays off only when the activations dominate; when the stacked parameters of the
+    rest of the model outnumber a point's activations 2:1 or more (a wide MLP on a modest batch),
+    :func:`_split_loop` is cheaper (one streaming pass over those parameters and plain matrix
+    products per point)."""
+    if line.device.type != "cpu":
+        return False
+    params = sum(b[0].numel() for n, b in frame.bases.items() if n in stem.rest_keys)
+    batch = data.n if not batch_size or batch_size <= 0 else min(batch_size, data.n)
+    try:
+        act = _activation_bytes(line, data, batch) // max(1, data.x.element_size())
+    except Exception:
+        return False
+    return params >= 2 * max(1, act)
 
 
 def evaluate_points(
@@ -423,6 +719,7 @@ def evaluate_points(
     batch_size: int | None = None,
     chunk: int | None = None,
     progress: Progress | None = None,
+    details: dict[str, Any] | None = None,
 ) -> tuple[list[float], int, list[str]]:
     """Mean loss over ``data`` at every point of ``coords`` (each a tuple of slice coordinates).
 
@@ -435,6 +732,10 @@ def evaluate_points(
         batch_size: examples per forward pass (None: all).
         chunk: grid points per vmapped pass (None: :func:`auto_chunk`; 1: a plain loop).
         progress: called with (done, total) after each chunk.
+        details: if given, receives ``first_layer_split`` (whether the first layer was evaluated
+            once per basis, :class:`_Stem`, rather than once per point) and ``strategy``:
+            ``vmap`` (chunks), ``loop`` (plain per-point ``functional_call``) or ``split_loop``
+            (:func:`_split_loop`, chosen on CPU by :func:`_prefer_split_loop` when ``chunk`` is None).
 
     Returns:
         (losses, chunk used, warnings). A ``vmap`` failure falls back to the loop with a warning.
@@ -443,12 +744,24 @@ def evaluate_points(
     weights = [frame.weights(c) for c in coords]
     total = len(weights)
     warnings: list[str] = []
+    stem = None if recompute else _stem(line, frame)
+    if not recompute and chunk is None and stem is not None and _prefer_split_loop(line, frame, data, batch_size, stem):
+        try:
+            losses_loop = _split_loop(line, frame, weights, data, batch_size, stem, progress)
+        except Exception:
+            pass  # fall through to the vmapped chunks
+        else:
+            if details is not None:
+                details["first_layer_split"] = True
+                details["strategy"] = "split_loop"
+            return losses_loop, 1, warnings
     if recompute:
         chunk = 1
     elif chunk is None:
-        chunk = auto_chunk(line, frame, data, batch_size)
+        chunk = auto_chunk(line, frame, data, batch_size, skip=stem.keys if stem is not None else ())
     chunk = max(1, int(chunk))
     losses: list[float] = []
+    buffers: dict[str, torch.Tensor] = {}  # stacked parameters, reused by every chunk
     i0 = 0
     while i0 < total:
         part = weights[i0 : i0 + chunk]
@@ -461,13 +774,23 @@ def evaluate_points(
         else:
             W = torch.tensor(part, dtype=torch.float64, device=line.device)
             try:
-                losses.extend(_eval_chunk(line, frame, W, data, batch_size))
+                try:
+                    part_losses = _eval_chunk(line, frame, W, data, batch_size, stem, buffers)
+                except Exception:
+                    if stem is None:
+                        raise
+                    stem = None  # the first-layer split failed: vmap the whole model
+                    part_losses = _eval_chunk(line, frame, W, data, batch_size, None, buffers)
+                losses.extend(part_losses)
             except Exception as exc:  # a model vmap cannot batch: fall back to the loop
                 msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
                 warnings.append(f"vmap over grid points failed ({type(exc).__name__}: {msg}); evaluated point by point")
                 chunk = 1
                 continue
         i0 += len(part)
+        if details is not None:
+            details["first_layer_split"] = stem is not None and chunk > 1
+            details["strategy"] = "vmap" if chunk > 1 else "loop"
         if progress is not None:
             progress(min(i0, total), total)
     return losses, chunk, warnings
@@ -720,9 +1043,14 @@ def loss_surface(
     else:
         coords = [(x, y) for y in ys for x in xs]  # row-major: rows follow y
     t0 = time.perf_counter()
-    flat, used_chunk, w = evaluate_points(line, frame, coords, data, bn=bn, batch_size=batch_size, chunk=chunk, progress=progress)
+    details: dict[str, Any] = {}
+    flat, used_chunk, w = evaluate_points(
+        line, frame, coords, data, bn=bn, batch_size=batch_size, chunk=chunk, progress=progress, details=details
+    )
     warnings.extend(w)
     info["chunk"] = used_chunk
+    info["first_layer_split"] = bool(details.get("first_layer_split", False))
+    info["strategy"] = details.get("strategy", "loop")
     info["eval_s"] = round(time.perf_counter() - t0, 4)
     info["n_points"] = len(coords)
     n_bad = sum(1 for v in flat if not math.isfinite(v))

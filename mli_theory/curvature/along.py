@@ -247,7 +247,7 @@ def curvature_along(
     density_vectors: int = 4,
     density_steps: int = 40,
     dense_below: int = 128,
-    engine: str = "forward_over_reverse",
+    engine: str = "auto",
     progress: Progress | None = None,
 ) -> PathCurvature:
     """Curvature of the mean training loss at each α (see the module doc for the definitions).
@@ -269,9 +269,12 @@ def curvature_along(
             in the reference implementation and in ``check``).
         max_matvecs: budget of products per trace estimate.
         dense_below: Hessians with at most this many parameters are solved densely.
-        engine: ``forward_over_reverse`` (default, memory of one batch) or ``double_backward``
-            (every batch's gradient graph cached per α: faster products, more memory); see
-            :class:`~mli_theory.curvature.hvp.LossHessian`.
+        engine: ``auto`` (default: ``double_backward`` on a CPU when the cached graphs fit the
+            memory budget, else ``forward_over_reverse``), ``forward_over_reverse`` (memory of one
+            batch) or ``double_backward`` (every batch's gradient graph cached per α: faster
+            products, more memory); see :mod:`~mli_theory.curvature.hvp`. ``info["engine"]`` is
+            the engine used (``info["engine_requested"]`` the argument; with ``auto`` and
+            different choices at different α, a comma-separated list in α order).
         progress: called with (done, total) after each α.
     """
     alist = [float(a) for a in alphas] if not isinstance(alphas, (int, float)) else [float(alphas)]
@@ -286,9 +289,11 @@ def curvature_along(
     points: list[CurvatureAt] = []
     t_all = time.perf_counter()
     products = 0
+    used_engines: list[str] = []
     for i, a in enumerate(alist):
         t0 = time.perf_counter()
         op = loss_hessian(line, data, a, bn=bn, batch_size=batch_size, engine=engine)
+        used_engines.append(op.engine)
         if op.size <= dense_below:  # small: form H once (n products), then every request is exact and cheap
             work: Any = MatrixOperator(op.dense())
             products += op.size
@@ -335,7 +340,8 @@ def curvature_along(
         "hessian_vector_products": products,
         "seconds": round(time.perf_counter() - t_all, 4),
         "seed": seed,
-        "engine": engine,
+        "engine": ",".join(dict.fromkeys(used_engines)) or engine,
+        "engine_requested": engine,
     }
     if line.has_bn and bn != BNPolicy.FROZEN:
         info["directional_curvature_note"] = (

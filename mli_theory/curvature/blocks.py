@@ -239,7 +239,7 @@ def layer_spectra(
     dense_below: int = 128,
     mc_samples: int = 1,
     fisher_type: str = "type-2",
-    engine: str = "forward_over_reverse",
+    engine: str = "auto",
 ) -> LayerSpectra:
     """Top-k (``which``) eigenvalues of each diagonal block of ``matrix`` at θ(α), one block per
     parameter tensor (``group="parameter"``) or per module (``"module"``).

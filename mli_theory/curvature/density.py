@@ -20,7 +20,9 @@ exactly, so ``trace`` = n·mean_v Σ_j τ_{v,j} θ_{v,j} is Hutchinson's estimat
 The n_v Lanczos processes run side by side (one block product per step) with full
 reorthogonalisation against their own bases, stored in the operator's dtype: memory is
 n_v·m·n numbers. A process that breaks down (β ≈ 0: an invariant subspace) stops early, its
-quadrature then exact.
+quadrature then exact. The n_v products of a step are one ``op.matmat`` call (one vmapped pass,
+or chunks of the operator's ``block`` through the cached graph of ``double_backward``); the start
+vectors are drawn as before (one (n_v, n) Rademacher draw from ``seed``).
 """
 
 from __future__ import annotations

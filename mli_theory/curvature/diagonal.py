@@ -200,7 +200,7 @@ def hessian_diagonal(
     batch_size: int | None = None,
     block: int = 32,
     exact_below: int = 2048,
-    engine: str = "forward_over_reverse",
+    engine: str = "auto",
 ) -> CurvatureDiagonal:
     """diag H(α) of the mean training loss's Hessian at θ(α), exact (n Hessian-vector products,
     ``block`` per vmapped pass) or by Hutchinson with standard errors (:func:`operator_diagonal`).

@@ -265,7 +265,7 @@ def curvature_operator(
     seed: int = 0,
     fisher_type: str = "type-2",
     separate_weight_and_bias: bool = False,
-    engine: str = "forward_over_reverse",
+    engine: str = "auto",
 ) -> CurvatureOperator | LossHessian:
     """The curvature matrix ``matrix`` of the mean training loss at θ(α), as an operator.
 

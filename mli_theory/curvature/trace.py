@@ -19,6 +19,15 @@ the half-width is at most ``rtol``·|estimate| (after at least ``min_samples``),
 products runs out (then ``converged`` is False). Stopping on the observed width makes the level
 approximate; ``min_samples`` ≥ 20 keeps it near nominal (measured in the tests). When r ≥ n the
 sketch spans the whole space and the trace is exact.
+
+Batching: the sketch (2r products) and the samples go to the operator ``block`` vectors at a
+time through ``op.matmat``; a :class:`~mli_theory.curvature.hvp.LossHessian` multiplies them in
+one vmapped pass (``forward_over_reverse``) or in chunks of its own ``block`` (default 4) per
+batched backward through the cached graph (``double_backward``, the CPU choice of
+``engine="auto"``). The random stream is unchanged by this: vectors are still drawn ``block``
+rows at a time from one ``numpy`` generator seeded with ``seed``, and the stopping rule is still
+checked after every ``block`` samples, so the estimate, the interval and the product count do not
+depend on the engine or its chunk size (up to rounding).
 """
 
 from __future__ import annotations
