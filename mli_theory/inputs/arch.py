@@ -18,7 +18,7 @@ import contextlib
 import importlib
 import sys
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from torch import nn
 
@@ -128,7 +128,11 @@ def build_model(spec: ArchSpec | str) -> nn.Module:
     return _call_factory(spec.target or spec.text)
 
 
-def _call_factory(target: str) -> nn.Module:
+def call_factory(target: str, *, module_label: str = "factory module", import_hint: str = "") -> Any:
+    """Import ``package.module`` of ``target`` (``"package.module:attr.path"``), call the attribute with
+    no arguments and return what it returns. User code runs with stdout sent to stderr (stdout
+    belongs to ``--json`` output); anything it raises (``SystemExit`` too) becomes a one-line
+    :class:`InputError` naming ``target``."""
     mod_name, _, attr = target.partition(":")
     try:
         with contextlib.redirect_stdout(sys.stderr):
@@ -136,7 +140,7 @@ def _call_factory(target: str) -> nn.Module:
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # ImportError, or anything raised while importing user code
-        raise InputError(f"cannot import factory module {mod_name!r}: {exc}") from None
+        raise InputError(f"cannot import {module_label} {mod_name!r}: {_first_line(exc)}{import_hint}") from None
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -145,12 +149,20 @@ def _call_factory(target: str) -> nn.Module:
     if not callable(obj):
         raise InputError(f"factory {target!r} is not callable")
     try:
-        with contextlib.redirect_stdout(sys.stderr):  # stdout belongs to --json output
-            model = obj()
+        with contextlib.redirect_stdout(sys.stderr):
+            return obj()
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # SystemExit too: a factory must not end the program
-        raise InputError(f"factory {target!r} raised {type(exc).__name__}: {str(exc)[:200]}") from None
+        raise InputError(f"factory {target!r} raised {type(exc).__name__}: {_first_line(exc)[:200]}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0]
+
+
+def _call_factory(target: str) -> nn.Module:
+    model = call_factory(target)
     if not isinstance(model, nn.Module):
         raise InputError(f"factory {target!r} returned {type(model).__name__}, not an nn.Module")
     return model

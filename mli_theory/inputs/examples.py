@@ -183,7 +183,7 @@ class Examples:
                 raise IndexError(f"index {i} out of range for {n} examples")
             return self._read(np.array([i % n], dtype=np.int64))[0]
         if isinstance(key, slice):
-            index = np.arange(n, dtype=np.int64)[key]
+            index = np.arange(*key.indices(n), dtype=np.int64)  # the batch's rows only, not all n
         elif isinstance(key, (torch.Tensor, np.ndarray, list, tuple, range)):
             arr = key.detach().cpu().numpy() if isinstance(key, torch.Tensor) else np.asarray(key)
             if arr.dtype == np.bool_:

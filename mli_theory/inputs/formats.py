@@ -48,7 +48,6 @@ from __future__ import annotations
 import codecs
 import contextlib
 import gzip
-import importlib
 import os
 import pickle
 import shutil
@@ -63,6 +62,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from .arch import call_factory
 from .examples import ArrayReader, Examples, RecordFile
 
 __all__ = ["Opened", "open_source", "SOURCE_FORMS", "IMAGE_EXTENSIONS", "SafeUnpickler"]
@@ -526,32 +526,6 @@ def _open_npy(source: str, folder: str) -> Opened:
 # package.module:factory
 # --------------------------------------------------------------------------------------------------
 
-def _call_data_factory(target: str) -> Any:
-    mod_name, _, attr = target.partition(":")
-    try:
-        with contextlib.redirect_stdout(sys.stderr):  # stdout belongs to --json output
-            module = importlib.import_module(mod_name)
-    except KeyboardInterrupt:
-        raise
-    except BaseException as exc:  # ImportError, or anything raised while importing user code
-        raise InputError(f"cannot import data factory module {mod_name!r}: {_first_line(exc)} "
-                         f"(data sources: {SOURCE_FORMS})") from None
-    obj = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise InputError(f"module {mod_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise InputError(f"factory {target!r} is not callable")
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            return obj()
-    except KeyboardInterrupt:
-        raise
-    except BaseException as exc:  # SystemExit too: a factory must not end the program
-        raise InputError(f"factory {target!r} raised {type(exc).__name__}: {_first_line(exc)[:200]}") from None
-
-
 def _to_numpy(v: Any) -> np.ndarray | None:
     if isinstance(v, torch.Tensor):
         v = v.detach().cpu()
@@ -734,7 +708,7 @@ def _open_loader(loader: Any, target: str) -> Opened:
 def _open_factory(target: str) -> Opened:
     from torch.utils.data import DataLoader
 
-    obj = _call_data_factory(target)
+    obj = call_factory(target, module_label="data factory module", import_hint=f" (data sources: {SOURCE_FORMS})")
     if isinstance(obj, tuple) and len(obj) == 2 and _to_numpy(obj[0]) is not None and not np.isscalar(obj[0]):
         x, y = _to_numpy(obj[0]), _to_numpy(obj[1])
         if y is None:
