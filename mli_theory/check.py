@@ -14,7 +14,7 @@ from .inputs.checkpoint import StateDict
 from .inputs.data import Dataset
 from .inputs.devices import resolve_device, resolve_dtype
 from .inputs.examples import stream_batch_size
-from .path import BNPolicy, Progress, alpha_grid, data_on_line, distances, loss_curve, make_line, max_rise
+from .path import BNPolicy, PathKind, Progress, alpha_grid, data_on_line, distances, loss_curve, make_line, max_rise
 from .results import Certificate, CheckResult, Condition
 
 # the most α points a check evaluates (each is a pass over the whole data set)
@@ -192,12 +192,14 @@ def check(
         timings["geometry_s"] = round(time.perf_counter() - t1, 4)
 
     certificate = Certificate.unknown("not requested (certify=False)")
+    reference = None  # the measured computation in float64, shared by the proofs
     if certify:
         from .certify import certify as _certify
 
         try:
             outcome = _certify(line, data, tol=tol, budget_s=certify_budget, conditions=geometry, bn=bn, batch_size=batch_size, curve=curve)
             certificate = outcome.certificate
+            reference = outcome.reference
             warnings.extend(outcome.notes)
             if witness_curve and certificate.status == "non_monotone" and certificate.where is not None and outcome.reference is not None:
                 extra["witness_curve"] = _witness_curve(outcome.reference, certificate.where, warnings)
@@ -231,6 +233,24 @@ def check(
                 timings["condition_proofs_s"] = proof_s
         except Exception as exc:  # optional work: the conditions stay grid evidence
             warnings.append(f"the condition proofs failed ({_first_line(exc)}); the conditions are grid evidence only")
+        if certify and data.loss == "mse" and line.structure.kind != PathKind.POLYNOMIAL and any(c.name == "grid_slope" and c.applicable for c in conditions):
+            # nonlinear paths: the grid statement by enclosures of L′ and L″, within what is left of the budget
+            t2 = time.perf_counter()
+            left = None if certify_budget is None else certify_budget - timings.get("certify_s", 0.0)
+            if left is None or left > 0:
+                try:
+                    from .certify.grid_slope import grid_slope_by_enclosures
+                    from .exact import deadline_after
+                    from .theory import with_proofs
+
+                    verdict, why = grid_slope_by_enclosures(
+                        line, data, grid, bn=bn, batch_size=batch_size, deadline=deadline_after(left), reference=reference,
+                    )
+                    conditions = with_proofs(conditions, {"grid_slope": verdict}, geo.lprime1, method="enclosures",
+                                             reasons={"grid_slope": why} if why else None)
+                except Exception as exc:  # optional work
+                    warnings.append(f"the enclosure proof of grid_slope failed ({_first_line(exc)}); it stays grid evidence")
+                timings["grid_slope_proof_s"] = round(time.perf_counter() - t2, 4)
         # every condition is sufficient for MLI: a proven rise disproves all of them, and a measured
         # rise above rounding withdraws what the grid showed (on_grid)
         conditions = overrule(

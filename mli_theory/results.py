@@ -89,6 +89,8 @@ class Certificate:
         cells: how many α-cells the enclosure method evaluated (None for other methods).
         undecided: α-intervals where the enclosure method could not prove L′ ≤ 0 before the
             budget ran out (empty when decided; None for other methods).
+        convex_end: c when the convex-end certificate proved L′ ≤ 0 on [c, 1] from L″ ≥ 0 there
+            and L′(1) ≤ 0 (or bounded the rise there by L′(1)²/(2·min L″)); None when not used.
     """
 
     status: Status
@@ -99,6 +101,7 @@ class Certificate:
     rise_bound: float | None = None
     cells: int | None = None
     undecided: tuple[tuple[float, float], ...] | None = None
+    convex_end: float | None = None
 
     @staticmethod
     def unknown(reason: str, **extra: Any) -> "Certificate":

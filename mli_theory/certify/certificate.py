@@ -214,6 +214,8 @@ def _by_enclosures(line: Line, data: Dataset, tol: float, bn: BNPolicy, deadline
     except BudgetExceeded:
         return Certificate.unknown(f"the enclosure method ran past the proof budget of {budget_s:g} s", cells=0, undecided=((0.0, 1.0),))
     extra = {"rise_bound": v.rise_bound, "cells": v.cells, "undecided": v.undecided}
+    if v.convex_end is not None:
+        extra["convex_end"] = v.convex_end
     if v.status == "unknown":
         return Certificate.unknown(f"enclosure method: {v.reason}", **extra)
     rise = v.rise if v.status == "non_monotone" else v.rise_bound

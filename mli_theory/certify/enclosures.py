@@ -76,6 +76,7 @@ line uses), so the enclosures hold for the real-number loss of exactly those wei
 
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
 from dataclasses import dataclass, field
@@ -89,6 +90,28 @@ U = 2.0**-53
 _SLACK = 2.0**-48  # relative inflation of every computed remainder (≥ 32 roundings)
 _TINY = 2.0**-1000  # absolute inflation (underflow)
 _LIB = 2.0**-44  # assumed accuracy of library elementwise functions (see module docstring)
+
+
+@contextlib.contextmanager
+def strict_arithmetic(device: torch.device):
+    """Run enclosure walks with IEEE double arithmetic as the rounding bounds assume, whatever the device.
+
+    Every enclosure tensor is float64, where TF32 and reduced-precision reductions do not apply
+    (they concern float32 and half types); convolutions are unfold + matmul, so no FFT or Winograd
+    algorithm of cuDNN is ever chosen; cuBLAS and torch's reductions compute sums of products in some
+    order, with or without FMA, which γ_K covers. On CUDA the TF32 switches are nevertheless turned
+    off for the duration (and restored), so that no float32 helper computation can use them either.
+    """
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def gamma(k: int) -> float:
@@ -638,17 +661,19 @@ def _string_padding(ndim: int, padding: str, kernel: tuple, dilation: tuple, str
     return (0,) * ndim, pads
 
 
-def _conv_module(nt: EnclosureNumbers, mod: nn.Module, p: dict, x: Any) -> Any:
+def conv_map(mod: nn.Module) -> tuple[Callable[[Tensor, Tensor], Tensor], int] | None:
+    """(f, K): the convolution of ``mod`` as a bilinear map f(x, W) computed by unfold + matmul
+    (dot products of length K, see the module docstring), with string padding resolved as torch
+    does; None for what is not covered (non-zero padding modes, ``'same'`` with strides)."""
     ndim = 1 if type(mod) is nn.Conv1d else 2
     if mod.padding_mode != "zeros":
-        return NotImplemented
+        return None
     padding, pre = mod.padding, None
     if isinstance(padding, str):
         got = _string_padding(ndim, padding, tuple(mod.kernel_size), tuple(mod.dilation), tuple(mod.stride))
         if got is None:
-            return NotImplemented
+            return None
         padding, pre = got
-    w = p["weight"]
     f = _conv_f(ndim, mod.stride, padding, mod.dilation, mod.groups)
     if pre is not None:  # zero padding of the input: exact on centres, slopes, radii and magnitudes alike
         inner = f
@@ -657,18 +682,26 @@ def _conv_module(nt: EnclosureNumbers, mod: nn.Module, p: dict, x: Any) -> Any:
             return inner(F.pad(t, pre), wt)
 
         f.multi = lambda t, ws: inner.multi(F.pad(t, pre), ws)  # type: ignore[attr-defined]
-    k_len = int(w.shape[1] * math.prod(w.shape[2:]))
+    k_len = int(mod.weight.shape[1] * math.prod(mod.weight.shape[2:]))
+    return f, k_len
+
+
+def _conv_module(nt: EnclosureNumbers, mod: nn.Module, p: dict, x: Any) -> Any:
+    ndim = 1 if type(mod) is nn.Conv1d else 2
+    got = conv_map(mod)
+    if got is None:
+        return NotImplemented
+    f, k_len = got
+    w = p["weight"]
     view = (lambda t: t.reshape(-1, 1)) if ndim == 1 else (lambda t: t.reshape(-1, 1, 1))
     wmag = w.w0.abs() + w.dw.abs() if isinstance(w, Param) else w.abs()
     wsum = view(wmag.reshape(wmag.shape[0], -1).sum(1))  # (Cout, 1[, 1])
-    out_spatial = None
 
     def rounding(mags: Tensor) -> Tensor:
         # Σ over a receptive field of M·|W| ≤ max over the example's input of M · Σ|W| per output channel
         top = mags.flatten(-(ndim + 1)).amax(-1)  # (…, ) per example
         return top.reshape(*top.shape, 1, *([1] * ndim)) * wsum
 
-    del out_spatial
     return _affine_layer(nt, x, w, p.get("bias"), f, k_len, view, rounding=rounding)
 
 
@@ -819,6 +852,38 @@ def _truediv(nt: EnclosureNumbers, a: Any, b: Any) -> Any:
         out_v, out_d = _scale(a.v, inv), _scale(a.d, inv)
         return Enclosure(TM(out_v.c, out_v.g, _up(out_v.e + out_v.c.abs() * (2 * U))), TM(out_d.c, out_d.g, _up(out_d.e + out_d.c.abs() * (2 * U))))
     return NotImplemented
+
+
+# ----------------------------------------------------------------------------- interval helpers (losses)
+
+
+def _softmax_box(vlo: Tensor, vhi: Tensor, onehot: Tensor) -> tuple[Tensor, Tensor]:
+    """Bounds of p_k = softmax([0, u])_k (k ≠ y; zero at k = y) over the box vlo ≤ u ≤ vhi (u_y = 0):
+    p_k is increasing in u_k and decreasing in every other entry, so its extremes are at corners."""
+    k = vlo.shape[-1]
+    zero = torch.zeros_like(vlo)
+    eye = torch.eye(k, dtype=torch.bool, device=vlo.device)
+    # row k: the k-th entry at its upper (lower) bound, every other at its lower (upper) bound
+    a_hi = torch.where(eye, vhi.unsqueeze(-1), vlo.unsqueeze(-2))
+    a_lo = torch.where(eye, vlo.unsqueeze(-1), vhi.unsqueeze(-2))
+    lse_hi, lse_lo = torch.logsumexp(a_hi, -1), torch.logsumexp(a_lo, -1)
+    rel_hi = (1.0 + vhi.abs() + lse_hi.abs()) * _LIB * 8
+    rel_lo = (1.0 + vlo.abs() + lse_lo.abs()) * _LIB * 8
+    p_hi = (torch.exp(vhi - lse_hi) * (1.0 + 2 * rel_hi)).clamp(max=1.0)
+    p_lo = (torch.exp(vlo - lse_lo) * (1.0 - 2 * rel_lo)).clamp(min=0.0)
+    p_hi, p_lo = torch.where(onehot, zero, p_hi), torch.where(onehot, zero, p_lo)
+    p_hi = torch.where(torch.isfinite(p_hi), p_hi, torch.ones_like(p_hi))
+    p_lo = torch.where(torch.isfinite(p_lo), p_lo, torch.zeros_like(p_lo))
+    return p_lo, p_hi
+
+
+def _imul(alo: Tensor, ahi: Tensor, blo: Tensor, bhi: Tensor) -> tuple[Tensor, Tensor]:
+    """The interval product [alo, ahi]·[blo, bhi], rounded outward."""
+    prods = torch.stack(torch.broadcast_tensors(alo * blo, alo * bhi, ahi * blo, ahi * bhi))
+    lo, hi = prods.amin(0), prods.amax(0)
+    pad = (lo.abs() + hi.abs()) * (2 * U) + _TINY
+    return lo - pad, hi + pad
+
 
 
 # ----------------------------------------------------------------------------- elementwise nonlinearities

@@ -43,8 +43,9 @@ from ..geometry.interpreter import UnsupportedGraph, interpret, plan, reads, tra
 from ..inputs.data import Dataset
 from ..path import BNPolicy, Line, Motion
 from .adjoint import Tape, kink_bound, unsupported
+from .convexity import Curved, SecondNumbers, SecondStatisticsNumbers, loss_second_terms
 from .validation import MEASURED_DIFFERS, Reference, validation_points
-from .enclosures import _LIB, _TINY, TM, U, Enclosure, EnclosureNumbers, Param, StatisticsNumbers, _add_tm, _up, gamma
+from .enclosures import _LIB, _TINY, TM, U, Enclosure, EnclosureNumbers, Param, StatisticsNumbers, _add_tm, _imul, _softmax_box, _up, gamma, strict_arithmetic
 
 MIN_WIDTH = 2.0**-40
 UNDERFLOW_FLOOR = 2.0**-900  # a rise bound below this is made of the enclosures' underflow guards
@@ -129,6 +130,8 @@ class EnclosureVerdict:
         undecided: α-intervals where L′ ≤ 0 is not proven (hi > 0), merged, when unknown.
         reason: one sentence.
         partition: the final partition with its bounds (for plots and tests).
+        convex_end: c when the convex-end certificate proved L′ ≤ 0 on [c, 1] (L″ ≥ 0 there and
+            L′(1) ≤ 0, :func:`convex_end`); None when it was not used.
     """
 
     status: str
@@ -140,6 +143,7 @@ class EnclosureVerdict:
     undecided: tuple[tuple[float, float], ...]
     reason: str
     partition: tuple[CellBound, ...] = field(default=(), repr=False)
+    convex_end: float | None = None
 
 
 class Unsupported(ValueError):
@@ -523,34 +527,6 @@ def _ce_terms(z: Enclosure, y: torch.Tensor, h: torch.Tensor, *, cotangent: bool
     return term, (l_lo, l_hi), _ce_cotangent(u, hv, onehot, (p_lo, p_hi)) if cotangent else None
 
 
-def _softmax_box(vlo: torch.Tensor, vhi: torch.Tensor, onehot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bounds of p_k = softmax([0, u])_k (k ≠ y; zero at k = y) over the box vlo ≤ u ≤ vhi (u_y = 0):
-    p_k is increasing in u_k and decreasing in every other entry, so its extremes are at corners."""
-    k = vlo.shape[-1]
-    zero = torch.zeros_like(vlo)
-    eye = torch.eye(k, dtype=torch.bool, device=vlo.device)
-    # row k: the k-th entry at its upper (lower) bound, every other at its lower (upper) bound
-    a_hi = torch.where(eye, vhi.unsqueeze(-1), vlo.unsqueeze(-2))
-    a_lo = torch.where(eye, vlo.unsqueeze(-1), vhi.unsqueeze(-2))
-    lse_hi, lse_lo = torch.logsumexp(a_hi, -1), torch.logsumexp(a_lo, -1)
-    rel_hi = (1.0 + vhi.abs() + lse_hi.abs()) * _LIB * 8
-    rel_lo = (1.0 + vlo.abs() + lse_lo.abs()) * _LIB * 8
-    p_hi = (torch.exp(vhi - lse_hi) * (1.0 + 2 * rel_hi)).clamp(max=1.0)
-    p_lo = (torch.exp(vlo - lse_lo) * (1.0 - 2 * rel_lo)).clamp(min=0.0)
-    p_hi, p_lo = torch.where(onehot, zero, p_hi), torch.where(onehot, zero, p_lo)
-    p_hi = torch.where(torch.isfinite(p_hi), p_hi, torch.ones_like(p_hi))
-    p_lo = torch.where(torch.isfinite(p_lo), p_lo, torch.zeros_like(p_lo))
-    return p_lo, p_hi
-
-
-def _imul(alo: torch.Tensor, ahi: torch.Tensor, blo: torch.Tensor, bhi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The interval product [alo, ahi]·[blo, bhi], rounded outward."""
-    prods = torch.stack(torch.broadcast_tensors(alo * blo, alo * bhi, ahi * blo, ahi * bhi))
-    lo, hi = prods.amin(0), prods.amax(0)
-    pad = (lo.abs() + hi.abs()) * (2 * U) + _TINY
-    return lo - pad, hi + pad
-
-
 def _ce_cotangent(u: TM, hv: torch.Tensor, onehot: torch.Tensor, p_cell: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """∇_z ℓ = p − e_y as a Taylor model on the cells (centre, slope, radius), for the adjoint bound.
 
@@ -712,6 +688,187 @@ def enclose_cells(problem: _Problem, a: list[float], b: list[float], deadline: f
     return out_d, out_l, out_i
 
 
+def enclose_second(problem: _Problem, a: list[float], b: list[float], deadline: float | None = None) -> list[tuple[float, float]] | None:
+    """Proven bounds (lo, hi) of L″ on each cell [a_i, b_i] (:mod:`.convexity`): lo ≤ L″ ≤ hi at every
+    α of the cell, and L is C² on the cell, whenever lo or hi is finite (±∞ where a possible ReLU
+    kink or an overflow leaves L″ unbounded). None when the model has an operation without a
+    second-derivative rule. Under ``bn=recompute`` the re-estimation pass over all the examples is
+    walked in the same number type first (:class:`.convexity.SecondStatisticsNumbers`)."""
+    dev = problem.x.device
+    mid = torch.tensor([(ai + bi) / 2 for ai, bi in zip(a, b)], dtype=torch.float64, device=dev)
+    rad = torch.tensor([(bi - ai) / 2 for ai, bi in zip(a, b)], dtype=torch.float64, device=dev)
+    params = problem.params
+    if problem.statistics:
+        check_deadline(deadline)
+        stats = SecondStatisticsNumbers(mid, rad, problem.statistics)
+        x_all = problem.x if isinstance(problem.x, torch.Tensor) else problem.x[:]
+        try:
+            interpret(problem.gm, stats, [x_all], problem.params)
+        except (UnsupportedGraph, NotImplementedError):
+            return None
+        params = dict(params)
+        for name in problem.statistics.values():
+            if name not in stats.record:
+                return None
+            prefix = f"{name}." if name else ""
+            params[prefix + "running_mean"], params[prefix + "running_var"] = stats.record[name]
+    numbers = SecondNumbers(mid, rad)
+    cells = len(a)
+    acc = torch.zeros(cells, 3, dtype=torch.float64, device=dev)
+    count = chunks = 0
+    n = problem.x.shape[0]
+    for start in range(0, n, problem.chunk):
+        check_deadline(deadline)
+        xs = problem.x[start : start + problem.chunk]
+        ys = problem.y[start : start + problem.chunk]
+        try:
+            out = interpret(problem.gm, numbers, [xs], params)
+        except (UnsupportedGraph, NotImplementedError):
+            return None
+        if not isinstance(out, Curved):
+            return None
+        try:
+            lo, hi, mag = loss_second_terms(out, ys, rad, problem.loss)
+        except ValueError:
+            return None
+        acc += torch.stack([lo, hi, mag], 1)
+        count += int(out.mid[0].numel()) if problem.loss == "mse" else int(out.mid.shape[1])
+        chunks += 1
+    scale = Fraction(2, problem.y.numel()) if problem.loss == "mse" else Fraction(1, n)
+    g_sum = Fraction(gamma(count + chunks + 4)) * 2
+    out_b: list[tuple[float, float]] = []
+    for lo, hi, mag in acc.tolist():
+        if not all(math.isfinite(v) for v in (lo, hi, mag)):
+            out_b.append((-math.inf, math.inf))
+            continue
+        pad = Fraction(mag) * g_sum + Fraction(_TINY)
+        out_b.append((float_down(scale * (Fraction(lo) - pad)), float_up(scale * (Fraction(hi) + pad))))
+    return out_b
+
+
+@dataclass(frozen=True)
+class ConvexEnd:
+    """What :func:`convex_end` proved on the last stretch [c, 1] of the path.
+
+    Attributes:
+        c: the left end (1 − 2⁻ᵏ).
+        bound: the cell [c, 1] with its proven bounds: hi = min(0, hi of L′(1)) and ∫ max(0, L′) = 0
+            (``monotone`` use), or None.
+        witness: a ``non_monotone`` verdict when L′(1) > 0 is proven (a rise just before 1), or an
+            ``unknown`` one when the measured curve contradicts the enclosure of L″.
+        slope: the proven (lo, hi) of L′(1).
+    """
+
+    c: float | None
+    bound: CellBound | None
+    witness: EnclosureVerdict | None
+    slope: tuple[float, float]
+
+
+END_EXPONENTS = tuple(3 + 2 * i for i in range(16))  # the candidate widths 2⁻ᵏ of [c, 1]
+
+
+def convex_end(problem: _Problem, tol: float, deadline: float | None, evaluated: int = 0, *, screening: bool = False) -> ConvexEnd | None:
+    """The convex-end certificate (``proofs/convex_end.py``): with L′(1) enclosed at the single
+    point α = 1 and L″ enclosed on the cells [1 − 2⁻ᵏ, 1] (k in :data:`END_EXPONENTS`),
+
+    * L″ ≥ 0 on [c, 1] and L′(1) ≤ 0 prove L′(α) = L′(1) − ∫_α^1 L″ ≤ 0 on [c, 1] (L is C² there:
+      the enclosure of L″ is finite only on cells free of ReLU kinks): no rise inside [c, 1];
+    * L′(1) ≥ s₁ > 0 and L″ ≤ U on [1 − w, 1] prove L′(α) ≥ s₁ − (1 − α)U there, hence
+      L(1) − L(1 − s) ≥ s₁s − Us²/2 > 0 for 0 < s ≤ min(w, s₁/U): a witness just before 1.
+
+    The enclosure of L″ is also checked against the measured curve: the second difference
+    (L(1) − 2L(1 − h) + L(1 − 2h))/h² equals L″(ξ) for some ξ in the cell, so it must lie in the
+    enclosure up to 4·(measurement slack)/h²; otherwise the certified model differs from the
+    measured one and the answer is ``unknown``. None when L″ has no enclosure for this model.
+
+    ``screening``: ``problem`` is a subsample whose cells only seed the partition of the full data:
+    no witness and no comparison with the measured curve (which is the full data's)."""
+    slope = enclose(problem, [1.0], [1.0], deadline)[0][0]
+    lo1, hi1 = slope
+    if not (math.isfinite(lo1) and math.isfinite(hi1)):
+        return None
+    # the widest cells first (where a convex end usually is), the narrow ones only if none of those serves
+    widths, second = [], []
+    half = len(END_EXPONENTS) // 2
+    for part in (END_EXPONENTS[:half], END_EXPONENTS[half:]):
+        ws = [2.0**-k for k in part]
+        got = enclose_second(problem, [1.0 - w for w in ws], [1.0] * len(ws), deadline)
+        if got is None:
+            return None
+        widths += ws
+        second += got
+        if any(lo2 >= 0 and (hi1 <= 0 or lo2 > 0) for lo2, _ in got) or (lo1 > 0 and any(math.isfinite(h2) for _, h2 in got)):
+            break
+    differs = None if screening else _check_second(problem, widths, second)
+    if differs is not None:
+        verdict = EnclosureVerdict("unknown", None, None, None, None, evaluated, ((0.0, 1.0),), differs)
+        return ConvexEnd(None, None, verdict, slope)
+    if lo1 <= 0:
+        for w, (lo2, hi2) in zip(widths, second):
+            if lo2 >= 0 and (hi1 <= 0 or lo2 > 0):
+                return ConvexEnd(1.0 - w, _end_cell(w, slope, (lo2, hi2)), None, slope)
+        return ConvexEnd(None, None, None, slope)
+    if screening:
+        return ConvexEnd(None, None, None, slope)
+    # L′(1) > 0 proven: the largest dyadic s with the rise bound s₁s − Us²/2 positive and above tol
+    for w, (lo2, hi2) in zip(widths, second):
+        if not math.isfinite(hi2):
+            continue
+        top = Fraction(max(hi2, 0.0)) + Fraction(_TINY)
+        s1 = Fraction(lo1)
+        limit = min(Fraction(w), s1 / top)
+        s = Fraction(1, 2 ** math.ceil(-math.log2(float(limit)))) if limit < 1 else Fraction(1, 2)
+        while s > limit:
+            s /= 2
+        rise = s1 * s - top * s * s / 2
+        if rise > Fraction(tol):
+            a = float(1 - s)
+            found = _confirmed(problem, a, 1.0, rise, tol, evaluated, None, (),
+                               f"L′(1) ≥ {lo1:.3g} > 0 and L″ ≤ {hi2:.3g} on [{1 - w:.6g}, 1] prove a rise of at least "
+                               f"{float_down(rise):.3g} > tol on [{a:.6g}, 1]")
+            return ConvexEnd(None, None, found, slope)
+    return ConvexEnd(None, None, None, slope)
+
+
+def _end_cell(w: float, slope: tuple[float, float], second: tuple[float, float]) -> CellBound:
+    """The cell [1 − w, 1] from L′(1) ∈ [lo1, hi1] and L″ ∈ [lo2, hi2] on it (lo2 ≥ 0, and lo2 > 0
+    when hi1 > 0): L′(α) ≤ hi1 − (1 − α)·lo2, so ∫ max(0, L′) ≤ hi1²/(2·lo2) (0 when hi1 ≤ 0) and
+    ∫ L′ ≤ hi1·w − lo2·w²/2; L′(α) ≥ lo1 − w·max(hi2, 0)."""
+    (lo1, hi1), (lo2, hi2) = slope, second
+    W, s1, k = Fraction(w), Fraction(hi1), Fraction(lo2)
+    high = s1 * W - k * W * W / 2
+    if s1 <= 0:
+        up = Fraction(0)
+    elif s1 / k >= W:
+        up = high
+    else:
+        up = s1 * s1 / (2 * k)
+    lo = float_down(Fraction(lo1) - W * Fraction(max(hi2, 0.0))) if math.isfinite(hi2) else -math.inf
+    return CellBound(1.0 - w, 1.0, lo, hi1, None, float_up(up), float_up(high))
+
+
+def _check_second(problem: _Problem, widths: list[float], second: list[tuple[float, float]]) -> str | None:
+    """Why the enclosure of L″ contradicts the measured curve (None when it does not): on the widest
+    cell with a finite enclosure, the measured second difference at step h = width/2."""
+    for w, (lo2, hi2) in zip(widths, second):
+        if math.isfinite(lo2) and math.isfinite(hi2):
+            h = w / 2
+            alphas = [1.0 - 2 * h, 1.0 - h, 1.0]
+            vals = _measured(problem, alphas)
+            if not all(math.isfinite(v) for v in vals):
+                return None
+            ref = problem.reference
+            slack = sum(ref.slack(a, v) for a, v in zip(alphas, vals)) if ref is not None else 1e-12 * sum(abs(v) for v in vals)
+            fd = (vals[2] - 2 * vals[1] + vals[0]) / (h * h)
+            pad = (2 * slack + 4 * U * sum(abs(v) for v in vals)) / (h * h)
+            if fd < lo2 - pad or fd > hi2 + pad:
+                return (f"the certified model {MEASURED_DIFFERS}: its L″ on [{1 - w:.6g}, 1] is enclosed in [{lo2:.6g}, {hi2:.6g}] "
+                        f"but the measured second difference there is {fd:.6g} (± {pad:.3g})")
+            return None
+    return None
+
+
 # ----------------------------------------------------------------------------- the decision
 
 
@@ -802,6 +959,7 @@ def decide_by_enclosures(
     device: torch.device | None = None,
     batch_size: int | None = None,
     reference: Reference | None = None,
+    convex: bool = True,
 ) -> EnclosureVerdict:
     """Prove ``monotone`` (rise_bound ≤ tol) or ``non_monotone`` (a proven rise > tol), or ``unknown``.
 
@@ -812,10 +970,19 @@ def decide_by_enclosures(
     otherwise the answer is ``unknown``, naming the α where they differ. Witnesses are re-evaluated
     by the same reference.
 
+    ``convex``: use the convex-end certificate (:func:`convex_end`) on the last stretch of the path
+    when the first-order cells leave it open (False: first-order cells only, as a comparison).
+
     Raises:
         Unsupported: the model, loss or BatchNorm policy is outside the enclosures (before any work).
     """
     problem = prepare(line, data, bn, device=device, cells_per_batch=cells_per_batch, batch_size=batch_size)
+    with strict_arithmetic(problem.x.device):
+        return _decide(problem, line, data, tol, bn, deadline, cells_per_batch, batch_size, reference, convex)
+
+
+def _decide(problem: _Problem, line: Line, data: Dataset, tol: float, bn: BNPolicy, deadline: float | None, cells_per_batch: int,
+            batch_size: int | None, reference: Reference | None, convex: bool) -> EnclosureVerdict:
     problem.reference = reference if reference is not None else Reference(line, data, BNPolicy(bn), batch_size)
     differs = _validate(problem, cells_per_batch, deadline)
     if differs is not None:
@@ -829,7 +996,7 @@ def decide_by_enclosures(
         sub = replace(problem, x=problem.x[::step], y=problem.y[::step], chunk=max(problem.chunk, 1))
         left = None if deadline is None else deadline - time.perf_counter()
         sub_deadline = None if left is None else time.perf_counter() + 0.3 * left
-        screened = _bisect(sub, tol, sub_deadline, cells_per_batch, max_cells=256, witness=False)
+        screened = _bisect(sub, tol, sub_deadline, cells_per_batch, max_cells=256, witness=False, convex=convex)
         if screened.where is not None:
             # the subsample shows a rise: try to prove it on all the data from the screened cells
             # of that run alone (a rise needs only the cells between its ends), before any
@@ -843,7 +1010,7 @@ def decide_by_enclosures(
             if found is not None:
                 return found
         start = [(c.a, c.b) for c in screened.partition] or None
-    verdict = _bisect(problem, tol, deadline, cells_per_batch, start=start)
+    verdict = _bisect(problem, tol, deadline, cells_per_batch, start=start, convex=convex)
     return verdict
 
 
@@ -895,6 +1062,14 @@ def _witness(problem: _Problem, cells: list[CellBound], tol: float, evaluated: i
     if not (i1 >= i0 and run > Fraction(tol)):
         return None
     a, b = cells[i0].a, cells[i1].b
+    return _confirmed(problem, a, b, run, tol, evaluated, rise_bound, tuple(cells),
+                      f"L′ ≥ lower bounds on [{a:.6g}, {b:.6g}] prove a rise of at least {float_down(run):.3g} > tol")
+
+
+def _confirmed(problem: _Problem, a: float, b: float, run: Fraction, tol: float, evaluated: int, rise_bound: Fraction | None,
+               cells: tuple[CellBound, ...], reason: str) -> EnclosureVerdict:
+    """The proven rise L(b) − L(a) ≥ ``run`` > tol as a ``non_monotone`` verdict, once the measured
+    computation (float64) reproduces it; ``unknown`` when it contradicts the proven bound."""
     la, lb = _measured(problem, [a, b])
     rise = lb - la
     slack = 1e-9 * (abs(la) + abs(lb)) + 1e-300
@@ -904,14 +1079,13 @@ def _witness(problem: _Problem, cells: list[CellBound], tol: float, evaluated: i
             "unknown", None, None, None, None, evaluated, (),
             f"the certified model {MEASURED_DIFFERS}: the measured computation does not reproduce the witness: proven rise ≥ {float_down(run):.3g} on [{a}, {b}] "
             f"but the measured computation (float64) gives {rise:.3g}",
-            tuple(cells),
+            cells,
         )
     if rise <= tol:  # float64 rounding hides a proven rise just above tol: report the proven bound
         rise = float_down(run)
     return EnclosureVerdict(
         "non_monotone", float_up(rise_bound) if rise_bound is not None else None, rise, float_down(run), (a, b), evaluated, (),
-        f"L′ ≥ lower bounds on [{a:.6g}, {b:.6g}] prove a rise of at least {float_down(run):.3g} > tol",
-        tuple(cells),
+        reason, cells,
     )
 
 
@@ -924,8 +1098,10 @@ def _bisect(
     start: list[tuple[float, float]] | None = None,
     max_cells: int | None = None,
     witness: bool = True,
+    convex: bool = True,
 ) -> EnclosureVerdict:
     todo = start or [(i / START_CELLS, (i + 1) / START_CELLS) for i in range(START_CELLS)]
+    end: ConvexEnd | None = None  # the convex end, once tried
     done: dict[tuple[float, float], CellBound] = {}
     parents: dict[tuple[float, float], tuple[tuple[float, float], tuple[float, float]]] = {}
     evaluated = 0
@@ -946,11 +1122,41 @@ def _bisect(
         done.update(fresh)
         cells = sorted(done.values(), key=lambda c: c.a)
         rb = _rise_bound(cells)
+        last = cells[-1] if cells else None
+        if (end is None and convex and not (rb is not None and rb <= tol_q) and last is not None and last.b == 1.0
+                and last.rise_share > 0 and last.b - last.a <= 1.0 / 16):
+            # the last cell is open after a split: try the convex end once (L″ ≥ 0 on [c, 1], L′(1) ≤ 0)
+            try:
+                end = convex_end(problem, tol, deadline, evaluated, screening=not witness) or ConvexEnd(None, None, None, (math.nan, math.nan))
+            except BudgetExceeded:
+                return _unknown(done, evaluated, "the proof budget ran out")
+            if end.witness is not None:
+                if end.witness.status == "unknown":
+                    return replace(end.witness, partition=tuple(cells))
+                return end.witness
+            if end.bound is not None:
+                c = end.c
+                for key in [k for k in done if k[0] >= c]:
+                    del done[key]
+                for key in [k for k in done if k[0] < c < k[1]]:  # only the last cell can straddle c
+                    del done[key]
+                    try:
+                        bounds, _, shares = enclose_cells(problem, [key[0]], [c], deadline)
+                    except BudgetExceeded:
+                        return _unknown(done, evaluated, "the proof budget ran out")
+                    evaluated += 1
+                    (lo, hi), (low, up, high) = bounds[0], shares[0]
+                    done[(key[0], c)] = CellBound(key[0], c, lo, hi, low, up, high)
+                done[(c, 1.0)] = end.bound
+                cells = sorted(done.values(), key=lambda c: c.a)
+                rb = _rise_bound(cells)
         if rb is not None and rb <= tol_q:
+            pinned = end.c if end is not None and end.bound is not None else None
+            how = (f" and L″ ≥ 0 on [{pinned:.6g}, 1] with L′(1) ≤ {end.slope[1]:.3g} (convex end)" if pinned is not None else "")
             return EnclosureVerdict(
                 "monotone", float_up(rb), None, None, None, evaluated, (),
-                f"L′ enclosed on {len(cells)} cells: every rise L(b) − L(a) is at most {float_up(rb):.3g} ≤ tol",
-                tuple(cells),
+                f"L′ enclosed on {len(cells)} cells{how}: every rise L(b) − L(a) is at most {float_up(rb):.3g} ≤ tol",
+                tuple(cells), pinned,
             )
         if rb is not None and rb <= UNDERFLOW_FLOOR and evaluated >= 4 * START_CELLS:
             # what is left of the bound is the underflow guards of the enclosures (2⁻¹⁰⁰⁰ per term):
@@ -979,7 +1185,13 @@ def _bisect(
                 f"the enclosures are not finite on [{blown[0].a:.6g}, {blown[0].b:.6g}] even on a cell of width "
                 f"{blown[0].b - blown[0].a:.3g} (outputs overflow or are undefined there, e.g. a negative BatchNorm variance)",
             )
-        open_cells = [c for c in cells if not (c.rise_share <= 0) and (c.b - c.a) > MIN_WIDTH]
+        pinned = end.c if end is not None and end.bound is not None else None
+        open_cells = [c for c in cells if not (c.rise_share <= 0) and (c.b - c.a) > MIN_WIDTH and c.a != pinned]
+        if pinned is not None and not open_cells and end.bound.rise_share > 0:
+            lo1, hi1 = end.slope
+            return _unknown(done, evaluated, f"L′(1) ∈ [{lo1:.3g}, {hi1:.3g}]: its sign is below the enclosures' resolution, so a rise "
+                                             f"of at most {end.bound.rise_share:.3g} just before α = 1 (L″ ≥ 0 on [{pinned:.6g}, 1]) "
+                                             "can be neither excluded nor proven")
         if max_cells is not None and evaluated >= max_cells:
             return _unknown(done, evaluated, "screening: cell limit")
         if not open_cells or expired(deadline):

@@ -320,16 +320,19 @@ def _differs_from_measured(loss, line: Line, data: Dataset, alphas: Sequence[flo
     return None
 
 
-def with_proofs(conditions: Sequence[Condition], proven: Mapping[str, bool | None], lprime1: float | None = None) -> tuple[Condition, ...]:
+def with_proofs(conditions: Sequence[Condition], proven: Mapping[str, bool | None], lprime1: float | None = None, *,
+                method: str = "exact", reasons: Mapping[str, str] | None = None) -> tuple[Condition, ...]:
     """The conditions with the proven verdicts of :func:`mli_theory.exact.prove_conditions` in place.
 
     A proven True or False goes into ``holds`` (``proven`` = True); ``on_grid`` keeps what the grid
     showed. An undecided one keeps ``holds`` = None and says so. ``linear_in_theta`` (only for
     affine paths) is added, with ``lprime1`` = L′(1) as its value and L′(1) ≤ 0 as its grid result.
     The reasons of :class:`mli_theory.exact.conditions.Verdicts` (a witness of a rise, the budget)
-    go into ``reason``.
+    go into ``reason``. ``method``: ``exact`` (integer arithmetic, Bernstein bounds) or
+    ``enclosures`` (rigorous floating-point enclosures of L′ and L″, :mod:`mli_theory.certify.grid_slope`).
     """
-    reasons = getattr(proven, "reasons", {})
+    tool = "integer arithmetic, Bernstein bounds" if method == "exact" else "enclosures of L′ at the grid points and of L″ between them"
+    reasons = {**getattr(proven, "reasons", {}), **(reasons or {})}
     out = []
     seen = set()
     for cond in conditions:
@@ -341,19 +344,19 @@ def with_proofs(conditions: Sequence[Condition], proven: Mapping[str, bool | Non
         why = reasons.get(cond.name)
         grid = cond.statement[cond.statement.rfind("[") + 1 : -1] if cond.on_grid is not None and cond.statement.endswith("]") else None
         if verdict is None:
-            how = "undecided by the exact method (integer arithmetic, Bernstein bounds)"
+            how = f"undecided by the {'exact method' if method == 'exact' else 'enclosure method'} ({tool})"
             text = f"{STATEMENTS[cond.name]} [{how}; {grid}]" if grid else f"{STATEMENTS[cond.name]} [{how}]"
             out.append(replace(cond, holds=None, proven=False, statement=text, reason=why or cond.reason))
             continue
-        how = "proven exactly" if verdict else "disproven exactly"
+        how = ("proven" if verdict else "disproven") + (" exactly" if method == "exact" else "")
         grid_note = f"value and on_grid from the grid, {grid}" if grid else "no grid value"
         out.append(
             replace(
                 cond,
-                applicable=True,  # an exact verdict is on the polynomial path itself
+                applicable=True,  # a proven verdict is about the path itself
                 reason=why if why else (cond.reason if cond.applicable else None),
                 holds=bool(verdict),
-                statement=f"{STATEMENTS[cond.name]} [{how} (integer arithmetic, Bernstein bounds); {grid_note}]",
+                statement=f"{STATEMENTS[cond.name]} [{how} ({tool}); {grid_note}]",
                 proven=True,
             )
         )
