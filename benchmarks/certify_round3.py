@@ -60,7 +60,7 @@ def _mlp(sizes: list[int]) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-def _train(model: nn.Module, x, y, opt: str, lr: float, epochs: int, seed: int):
+def _train(model: nn.Module, x, y, opt: str, lr: float, epochs: int, seed: int, loss: str = "ce"):
     torch.manual_seed(seed)
     init = {k: v.detach().clone() for k, v in model.state_dict().items()}
     o = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9) if opt == "sgd" else torch.optim.Adam(model.parameters(), lr=lr)
@@ -70,7 +70,8 @@ def _train(model: nn.Module, x, y, opt: str, lr: float, epochs: int, seed: int):
         for i in range(0, x.shape[0], 64):
             idx = perm[i : i + 64]
             o.zero_grad()
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            out = model(x[idx])
+            (F.cross_entropy(out, y[idx]) if loss == "ce" else F.mse_loss(out, y[idx])).backward()
             o.step()
     return init, {k: v.detach().clone() for k, v in model.state_dict().items()}
 

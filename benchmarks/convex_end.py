@@ -26,6 +26,7 @@ from torch.nn import functional as F
 sys.path.insert(0, os.path.dirname(__file__))
 
 from _timing import add_quiet_flag, quiet_run  # noqa: E402
+from certify_round3 import _train  # noqa: E402
 from mli_theory.certify.partition import decide_by_enclosures, enclose, plain_loss, prepare  # noqa: E402
 from mli_theory.inputs.data import Dataset, load_data  # noqa: E402
 from mli_theory.path import BNPolicy, make_line  # noqa: E402
@@ -38,22 +39,6 @@ def _mlp(sizes: list[int], act: type[nn.Module]) -> nn.Module:
         if i < len(sizes) - 2:
             layers.append(act())
     return nn.Sequential(*layers)
-
-
-def _train(model: nn.Module, x, y, loss: str, epochs: int, seed: int):
-    torch.manual_seed(seed)
-    init = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    o = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        perm = torch.randperm(x.shape[0], generator=g)
-        for i in range(0, x.shape[0], 64):
-            idx = perm[i : i + 64]
-            o.zero_grad()
-            out = model(x[idx])
-            (F.cross_entropy(out, y[idx]) if loss == "ce" else F.mse_loss(out, y[idx])).backward()
-            o.step()
-    return init, {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def _line_minimum(line, data) -> float:
@@ -98,7 +83,7 @@ def main() -> None:
                 for seed in seeds:
                     model = _mlp([64, width, width, 10], act)
                     y = d.y if loss == "ce" else F.one_hot(d.y, 10).float()
-                    init, final = _train(model, x, y, loss, args.epochs, seed)
+                    init, final = _train(model, x, y, "sgd", 0.05, args.epochs, seed, loss)
                     data = Dataset(d.x.to(torch.float64), d.y if loss == "ce" else F.one_hot(d.y, 10).to(torch.float64), loss, "digits")
                     line = make_line(model, init, final, dtype=torch.float64)
                     star = _line_minimum(line, data)

@@ -233,24 +233,23 @@ def check(
                 timings["condition_proofs_s"] = proof_s
         except Exception as exc:  # optional work: the conditions stay grid evidence
             warnings.append(f"the condition proofs failed ({_first_line(exc)}); the conditions are grid evidence only")
-        if certify and data.loss == "mse" and line.structure.kind != PathKind.POLYNOMIAL and any(c.name == "grid_slope" and c.applicable for c in conditions):
-            # nonlinear paths: the grid statement by enclosures of L′ and L″, within what is left of the budget
+        wanted = [c.name for c in conditions if c.name in ("grid_slope", "two_phase") and c.applicable]
+        if certify and data.loss == "mse" and line.structure.kind != PathKind.POLYNOMIAL and wanted:
+            # nonlinear paths: grid_slope and two_phase by enclosures of L′, L″ and z, within what is left of the budget
             t2 = time.perf_counter()
             left = None if certify_budget is None else certify_budget - timings.get("certify_s", 0.0)
             if left is None or left > 0:
                 try:
-                    from .certify.grid_slope import grid_slope_by_enclosures
+                    from .certify.conditions import prove_by_enclosures
                     from .exact import deadline_after
                     from .theory import with_proofs
 
-                    verdict, why = grid_slope_by_enclosures(
-                        line, data, grid, bn=bn, batch_size=batch_size, deadline=deadline_after(left), reference=reference,
-                    )
-                    conditions = with_proofs(conditions, {"grid_slope": verdict}, geo.lprime1, method="enclosures",
-                                             reasons={"grid_slope": why} if why else None)
+                    verdicts, why = prove_by_enclosures(line, data, grid, names=wanted, bn=bn, batch_size=batch_size,
+                                                        deadline=deadline_after(left), reference=reference)
+                    conditions = with_proofs(conditions, verdicts, geo.lprime1, method="enclosures", reasons=why)
                 except Exception as exc:  # optional work
-                    warnings.append(f"the enclosure proof of grid_slope failed ({_first_line(exc)}); it stays grid evidence")
-                timings["grid_slope_proof_s"] = round(time.perf_counter() - t2, 4)
+                    warnings.append(f"the enclosure proofs of the conditions failed ({_first_line(exc)}); they stay grid evidence")
+                timings["condition_enclosures_s"] = round(time.perf_counter() - t2, 4)
         # every condition is sufficient for MLI: a proven rise disproves all of them, and a measured
         # rise above rounding withdraws what the grid showed (on_grid)
         conditions = overrule(

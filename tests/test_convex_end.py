@@ -355,3 +355,29 @@ def test_check_reports_the_convex_end_in_its_certificate():
     r = mt.check(model, init, end, data, certify=True, tol=0.0, dtype=torch.float64, alphas=33, geometry=False)
     assert r.certificate.status == "monotone" and r.certificate.convex_end is not None
     assert 0 < r.certificate.convex_end < 1 and "convex end" in r.certificate.reason
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000), act=st.sampled_from(["tanh", "gelu", "sigmoid"]), loss=st.sampled_from(["mse", "ce"]),
+       shift=st.sampled_from([-1e-6, -1e-9, 0.0, 1e-9, 1e-6]))
+def test_convex_end_verdicts_are_never_contradicted_around_the_line_minimum(seed, act, loss, shift):
+    """θT placed at α*(1 + shift) around the minimiser α* of L along the line: past it (shift > 0) L
+    rises into α = 1 and no monotone verdict may be given; every monotone verdict at tol 0 is
+    confirmed by a dense float64 curve on its convex end, every witness by the measured rise."""
+    from mli_theory.testing.strategies import build_problem
+
+    p = build_problem([3, 8, 3], 24, seed, endpoint="trained", activation=act, loss=loss, steps=150)
+    star = _stationary(p.model, p.init, p.final, p.data)
+    line = mt.make_line(p.model, p.init, _along(p.init, p.final, star * (1 + shift)), dtype=torch.float64)
+    v = decide_by_enclosures(line, p.data, tol=0.0, deadline=None)
+    problem = prepare(line, p.data, BNPolicy.FROZEN)
+    if v.status == "monotone":
+        assert shift <= 0  # past the minimum L rises into α = 1, however little
+        lo1, hi1 = enclose(problem, [1.0], [1.0])[0][0]
+        assert hi1 <= 0
+        if v.convex_end is not None:
+            assert _grid_monotone(line, p.data, v.convex_end, 1.0, points=201)
+    elif v.status == "non_monotone":
+        a, b = v.where
+        assert plain_loss(problem, b) - plain_loss(problem, a) >= v.rise_lower - 1e-12 * abs(plain_loss(problem, a))
+        assert shift >= 0 or v.where[1] < 1.0

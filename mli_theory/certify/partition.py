@@ -688,12 +688,18 @@ def enclose_cells(problem: _Problem, a: list[float], b: list[float], deadline: f
     return out_d, out_l, out_i
 
 
-def enclose_second(problem: _Problem, a: list[float], b: list[float], deadline: float | None = None) -> list[tuple[float, float]] | None:
-    """Proven bounds (lo, hi) of L″ on each cell [a_i, b_i] (:mod:`.convexity`): lo ≤ L″ ≤ hi at every
-    α of the cell, and L is C² on the cell, whenever lo or hi is finite (±∞ where a possible ReLU
-    kink or an overflow leaves L″ unbounded). None when the model has an operation without a
-    second-derivative rule. Under ``bn=recompute`` the re-estimation pass over all the examples is
-    walked in the same number type first (:class:`.convexity.SecondStatisticsNumbers`)."""
+class _NoSecond(Exception):
+    """The model has an operation without a second-derivative rule (or the walk failed)."""
+
+
+def second_walks(problem: _Problem, a: list[float], b: list[float], deadline: float | None = None):
+    """The Curved outputs (:mod:`.convexity`) on the cells [a_i, b_i], chunk by chunk of examples:
+    yields (outputs, targets of the chunk). Under ``bn=recompute`` the re-estimation pass over all
+    the examples is walked in the same number type first (:class:`.convexity.SecondStatisticsNumbers`).
+
+    Raises:
+        _NoSecond: an operation without a second-derivative rule.
+    """
     dev = problem.x.device
     mid = torch.tensor([(ai + bi) / 2 for ai, bi in zip(a, b)], dtype=torch.float64, device=dev)
     rad = torch.tensor([(bi - ai) / 2 for ai, bi in zip(a, b)], dtype=torch.float64, device=dev)
@@ -704,36 +710,46 @@ def enclose_second(problem: _Problem, a: list[float], b: list[float], deadline: 
         x_all = problem.x if isinstance(problem.x, torch.Tensor) else problem.x[:]
         try:
             interpret(problem.gm, stats, [x_all], problem.params)
-        except (UnsupportedGraph, NotImplementedError):
-            return None
+        except (UnsupportedGraph, NotImplementedError) as exc:
+            raise _NoSecond(str(exc)) from None
         params = dict(params)
         for name in problem.statistics.values():
             if name not in stats.record:
-                return None
+                raise _NoSecond(f"the re-estimation of {name} was not enclosed")
             prefix = f"{name}." if name else ""
             params[prefix + "running_mean"], params[prefix + "running_var"] = stats.record[name]
     numbers = SecondNumbers(mid, rad)
-    cells = len(a)
-    acc = torch.zeros(cells, 3, dtype=torch.float64, device=dev)
-    count = chunks = 0
-    n = problem.x.shape[0]
-    for start in range(0, n, problem.chunk):
+    for start in range(0, problem.x.shape[0], problem.chunk):
         check_deadline(deadline)
         xs = problem.x[start : start + problem.chunk]
         ys = problem.y[start : start + problem.chunk]
         try:
             out = interpret(problem.gm, numbers, [xs], params)
-        except (UnsupportedGraph, NotImplementedError):
-            return None
+        except (UnsupportedGraph, NotImplementedError) as exc:
+            raise _NoSecond(str(exc)) from None
         if not isinstance(out, Curved):
-            return None
-        try:
+            raise _NoSecond("the model must return one tensor that depends on the parameters")
+        yield out, ys
+
+
+def enclose_second(problem: _Problem, a: list[float], b: list[float], deadline: float | None = None) -> list[tuple[float, float]] | None:
+    """Proven bounds (lo, hi) of L″ on each cell [a_i, b_i] (:mod:`.convexity`): lo ≤ L″ ≤ hi at every
+    α of the cell, and L is C² on the cell, whenever lo or hi is finite (±∞ where a possible ReLU
+    kink or an overflow leaves L″ unbounded). None when the model has an operation without a
+    second-derivative rule."""
+    dev = problem.x.device
+    rad = torch.tensor([(bi - ai) / 2 for ai, bi in zip(a, b)], dtype=torch.float64, device=dev)
+    acc = torch.zeros(len(a), 3, dtype=torch.float64, device=dev)
+    count = chunks = 0
+    n = problem.x.shape[0]
+    try:
+        for out, ys in second_walks(problem, a, b, deadline):
             lo, hi, mag = loss_second_terms(out, ys, rad, problem.loss)
-        except ValueError:
-            return None
-        acc += torch.stack([lo, hi, mag], 1)
-        count += int(out.mid[0].numel()) if problem.loss == "mse" else int(out.mid.shape[1])
-        chunks += 1
+            acc += torch.stack([lo, hi, mag], 1)
+            count += int(out.mid[0].numel()) if problem.loss == "mse" else int(out.mid.shape[1])
+            chunks += 1
+    except (_NoSecond, ValueError):
+        return None
     scale = Fraction(2, problem.y.numel()) if problem.loss == "mse" else Fraction(1, n)
     g_sum = Fraction(gamma(count + chunks + 4)) * 2
     out_b: list[tuple[float, float]] = []

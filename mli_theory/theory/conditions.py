@@ -329,7 +329,7 @@ def with_proofs(conditions: Sequence[Condition], proven: Mapping[str, bool | Non
     affine paths) is added, with ``lprime1`` = L′(1) as its value and L′(1) ≤ 0 as its grid result.
     The reasons of :class:`mli_theory.exact.conditions.Verdicts` (a witness of a rise, the budget)
     go into ``reason``. ``method``: ``exact`` (integer arithmetic, Bernstein bounds) or
-    ``enclosures`` (rigorous floating-point enclosures of L′ and L″, :mod:`mli_theory.certify.grid_slope`).
+    ``enclosures`` (rigorous floating-point enclosures of L′ and L″, :mod:`mli_theory.certify.conditions`).
     """
     tool = "integer arithmetic, Bernstein bounds" if method == "exact" else "enclosures of L′ at the grid points and of L″ between them"
     reasons = {**getattr(proven, "reasons", {}), **(reasons or {})}
