@@ -78,6 +78,16 @@ class _Convs(nn.Module):
         return self.fc(h.mean(dim=(2, 3)))
 
 
+@pytest.fixture
+def no_packed(monkeypatch):
+    """The strategies the packed evaluation otherwise takes over on CPU (vmap chunks, the first-layer
+    split, the split loop): the tests of those paths switch it off; tests/test_surface_speedups.py
+    checks the packed evaluation itself."""
+    import mli_theory.connectivity.surface as surface_module
+
+    monkeypatch.setattr(surface_module, "_PACKED", False)
+
+
 # ----------------------------------------------------------------------------- directions
 
 
@@ -259,7 +269,7 @@ def test_convex_quadratic_bowl_has_convex_slices():
     assert min(s.losses) == s.losses[5] and s.x[5] == 0.0
 
 
-def test_vmap_chunks_equal_a_plain_loop():
+def test_vmap_chunks_equal_a_plain_loop(no_packed):
     model = _mlp(bn=True)
     init, final, third = _endpoints(model)
     for loss in ("mse", "ce"):
@@ -274,7 +284,7 @@ def test_vmap_chunks_equal_a_plain_loop():
         assert max(abs(u - v) for r1, r2 in zip(p.losses, q.losses) for u, v in zip(r1, r2)) <= 1e-12
 
 
-def test_vmap_chunks_equal_a_plain_loop_on_convolutions():
+def test_vmap_chunks_equal_a_plain_loop_on_convolutions(no_packed):
     model = _Convs().double()
     init, final, third = _endpoints(model)
     g = torch.Generator().manual_seed(0)
@@ -307,7 +317,7 @@ def _plain_loop_surface(model, centre, dirs, data, xs, ys):
 
 
 @pytest.mark.parametrize("kind", ["mlp_ce", "mlp_mse", "conv_bn"])
-def test_first_layer_split_equals_a_plain_functional_call_loop(kind):
+def test_first_layer_split_equals_a_plain_functional_call_loop(kind, no_packed):
     """The fast paths (first Linear evaluated once per basis and the rest vmapped over points; eval-mode
     BatchNorm fused; stacked parameters written into reused buffers) give the per-point definition to
     ~1e-12 in float64."""
@@ -339,7 +349,7 @@ def test_first_layer_split_equals_a_plain_functional_call_loop(kind):
 
 
 @pytest.mark.parametrize("batch_size", [None, 2])
-def test_split_loop_for_weight_dominated_models_equals_a_plain_functional_call_loop(batch_size):
+def test_split_loop_for_weight_dominated_models_equals_a_plain_functional_call_loop(batch_size, no_packed):
     """A wide MLP on few examples (parameters ≥ 2× activations) takes the CPU point loop with reused
     buffers and row-shared partial sums; it gives the per-point definition to ~1e-12 in float64."""
     torch.manual_seed(5)
@@ -364,7 +374,7 @@ def test_split_loop_for_weight_dominated_models_equals_a_plain_functional_call_l
             assert max(abs(u - v) for u, v in zip(fa, fb)) <= 1e-12 * max(1.0, max(abs(v) for v in fb))
 
 
-def test_first_layer_split_in_plane_mode_and_when_it_does_not_apply():
+def test_first_layer_split_in_plane_mode_and_when_it_does_not_apply(no_packed):
     model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
     init, final, third = _endpoints(model)
     data = _data()

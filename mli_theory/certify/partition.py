@@ -21,7 +21,10 @@ bound on the summation's rounding:
   trained θT makes the enclosure of L′ shrink there.
 
 Adaptive bisection: start with 8 equal cells; each round splits the open cells (hi > 0) with the
-largest contribution |C|·hi, in batches evaluated together. Work is cells × (one enclosure
+largest contribution |C|·hi, in batches evaluated together. When the last cell stays open (a
+stationary end: L′(1) ≈ 0, which no first-order cell can decide at tolerance 0), the convex end
+(:func:`convex_end`) replaces the cells of [c, 1] by one whose L′ ≤ 0 follows from L″ ≥ 0 there and
+L′(1) ≤ 0, with L″ enclosed by the second-order number type of :mod:`.convexity`. Work is cells × (one enclosure
 walk ≈ a dozen forward passes); no activation patterns are enumerated.
 """
 

@@ -62,6 +62,17 @@ exact rewrites (equal up to rounding) make the chunks cheaper:
 * eval-mode BatchNorm layers run as one fused affine map x·s + (b − μ·s), s = w/√(σ² + ε), whose
   cost under ``vmap`` with per-point weights is one pass instead of several.
 
+On CPU a model whose ``torch.fx`` trace uses only common layers (convolutions, Linear, eval-mode
+BatchNorm, elementwise activations, sums, pooling, flatten, mean, basic indexing) runs without
+``vmap`` (``info["strategy"] == "packed"``, :class:`_PackedPlan`): every activation holds the chunk's
+points along a leading axis; convolutions run as one grouped convolution over the points (channels
+last), with a BatchNorm that directly follows a convolution folded into its per-point weights
+(W' = W·s, b' = (b − μ)·s + β); a first Linear on the data is evaluated once per basis tensor as
+above; Linear layers with ≥ 2^18 weights are evaluated block of rows by block, each point's block
+rebuilt from the frame's bases in a small buffer (never stacked); other layers act on all points in
+one call, in place where a value has no other user. Any other operation on a point-dependent value
+leaves the model to the ``vmap`` path.
+
 Where ``vmap`` fails (a model it cannot batch), or with ``bn="recompute"``, points are evaluated
 one by one (plain ``functional_call`` on the model as given). Every loss is the mean over the whole data set (per-batch sums accumulated in float64, one
 division by the full count), as :func:`mli_theory.path.loss_curve` computes it.
@@ -71,6 +82,7 @@ from __future__ import annotations
 
 import copy
 import math
+import operator
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Container, Mapping, Sequence
@@ -369,8 +381,16 @@ def plane_frame(
 # ----------------------------------------------------------------------------- evaluation
 
 
-def _activation_bytes(line: Line, data: Dataset, batch: int) -> int:
-    """Bytes of all module outputs for one forward pass of ``batch`` examples (a probe on 2)."""
+def _activation_bytes(line: Line, data: Dataset, batch: int, peak: bool = False) -> int:
+    """Bytes of all module outputs for one forward pass of ``batch`` examples (a probe on 2); with
+    ``peak``, of the largest one."""
+    sizes = _activation_sizes(line, data)
+    per_example = (max(sizes, default=0) if peak else sum(sizes)) / max(1, min(2, data.n))
+    return int(per_example * batch)
+
+
+def _activation_sizes(line: Line, data: Dataset) -> list[int]:
+    """Bytes of each leaf module's output for one forward pass on (at most) 2 examples."""
     sizes: list[int] = []
 
     def hook(_m, _i, out):
@@ -384,8 +404,7 @@ def _activation_bytes(line: Line, data: Dataset, batch: int) -> int:
     finally:
         for h in handles:
             h.remove()
-    per_example = sum(sizes) / max(1, min(2, data.n))
-    return int(per_example * batch)
+    return sizes
 
 
 def auto_chunk(line: Line, frame: Frame, data: Dataset, batch_size: int | None, skip: Container[str] = ()) -> int:
@@ -709,6 +728,806 @@ def _prefer_split_loop(line: Line, frame: Frame, data: Dataset, batch_size: int 
     return params >= 2 * max(1, act)
 
 
+# ----------------------------------------------------------------------------- packed evaluation (CPU)
+
+# off: the packed strategy is never tried (tests switch it off to exercise the other strategies)
+_PACKED = True
+# a Linear layer on point-dependent input with at least this many weight entries runs block by block
+# (:class:`_PackedPlan`, "big linear"); smaller ones take their stacked per-point weights through one bmm
+_BLOCKED_MIN = 2**18
+# bytes of one block of weight rows of such a layer (kept in cache while every point of a chunk
+# uses it; 128 KiB - 1 MiB measured on one core, 256 KiB best)
+_BLOCK_BYTES = 256 * 2**10
+# activation bytes of one packed chunk (sizes the default chunk; see :func:`_packed_chunk`)
+_PACKED_CHUNK_BYTES = 2 * 2**20
+_PACKED_MAX_CHUNK = 64
+_POINT_BATCH = 0  # points per product in large Linear layers (0: one per intra-op thread)
+
+
+class _Unsupported(Exception):
+    """The packed plan does not cover this model (at plan or run time); the caller falls back."""
+
+
+@dataclass
+class _PVal:
+    """A value of the packed interpreter: ``packed`` tensors hold P points along a new axis 0
+    (shape (P, *shape for one point), any strides); shared ones are the same for every point."""
+
+    t: torch.Tensor
+    packed: bool
+    own: bool = False  # a fresh tensor nothing else refers to: its last user may overwrite it
+
+
+_ELEMENTWISE_MODULES: tuple[type, ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish, nn.Tanh, nn.Sigmoid,
+    nn.Softplus, nn.Softsign, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Tanhshrink, nn.Identity,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+)
+_ELEMENTWISE_FUNCTIONS: frozenset[Any] = frozenset({
+    torch.relu, torch.tanh, torch.sigmoid, F.relu, F.tanh, F.sigmoid, F.gelu, F.silu, F.mish, F.elu, F.selu, F.celu,
+    F.leaky_relu, F.relu6, F.hardtanh, F.hardswish, F.hardsigmoid, F.softplus, F.softsign,
+})
+_ELEMENTWISE_METHODS = frozenset({"relu", "tanh", "sigmoid"})
+_BINARY_FUNCTIONS: frozenset[Any] = frozenset({operator.add, operator.sub, operator.mul, operator.truediv, torch.add, torch.sub, torch.mul})
+# channel-wise modules on (N, C, *spatial): the number of spatial dimensions
+_POOL_MODULES: dict[type, int] = {
+    nn.AdaptiveAvgPool1d: 1, nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3d: 3,
+    nn.AvgPool1d: 1, nn.AvgPool2d: 2, nn.AvgPool3d: 3,
+    nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3,
+    nn.AdaptiveMaxPool1d: 1, nn.AdaptiveMaxPool2d: 2, nn.AdaptiveMaxPool3d: 3,
+}
+_POOL_FUNCTIONS: dict[Any, int] = {
+    F.adaptive_avg_pool1d: 1, F.adaptive_avg_pool2d: 2, F.adaptive_avg_pool3d: 3,
+    F.avg_pool1d: 1, F.avg_pool2d: 2, F.avg_pool3d: 3,
+}
+_CONVS: dict[type, Callable[..., torch.Tensor]] = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d, nn.Conv3d: F.conv3d}
+
+
+def _dim_out(d: Any) -> Any:
+    """A dimension of one point's tensor as a dimension of the packed tensor (negative ones stay)."""
+    if isinstance(d, bool) or not isinstance(d, int):
+        raise _Unsupported(f"dimension {d!r}")
+    return d + 1 if d >= 0 else d
+
+
+def _fold_channels(t: torch.Tensor) -> torch.Tensor:
+    """(P, N, C, *s) → (N, P·C, *s): the points side by side along the channels (a view when the
+    layout allows, as after a grouped convolution in channels-last memory)."""
+    P, N, C = t.shape[:3]
+    if t.dim() == 5:  # 2D maps: channels-last memory (N, H, W, P, C), a view after a packed convolution
+        H, Wd = t.shape[3:]
+        return t.permute(1, 3, 4, 0, 2).reshape(N, H, Wd, P * C).permute(0, 3, 1, 2)
+    return t.transpose(0, 1).reshape(N, P * C, *t.shape[3:])
+
+
+def _unfold_channels(y: torch.Tensor, P: int) -> torch.Tensor:
+    """(N, P·C, *s) → (P, N, C, *s), a view."""
+    N, PC = y.shape[:2]
+    return y.view(N, P, PC // P, *y.shape[2:]).transpose(0, 1)
+
+
+class _PackedPlan:
+    """The model's traced graph (``torch.fx``) run for P grid points at once, without ``vmap``.
+
+    Every activation that depends on the point holds the P points along a new leading axis; the
+    layers work on all of them in one call each:
+
+    * ``Conv1d/2d/3d``: one grouped convolution (the points stacked along the channels, groups =
+      P·groups; 2D in channels-last memory), or one convolution with P·C_out output channels on a
+      shared input. An eval-mode BatchNorm that directly follows a convolution (its only user) is
+      folded into the convolution's per-point weights: W' = W·s, b' = (b − μ)·s + β, s = γ/√(σ² + ε);
+    * ``Linear`` on a shared input (the data): evaluated once per basis tensor of the frame and
+      combined per point (its output is linear in its parameters, as :class:`_Stem`); on
+      point-dependent input, small weights: one ``bmm`` with the stacked weights; large weights
+      (≥ ``_BLOCKED_MIN`` entries): block by block of rows, each block of a point's weights written
+      into a small buffer (offset + Σ_{k≥1} w_k·B_k once per block and run of points sharing it, then
+      + w_0·B_0 per point) and multiplied at once, so the weights are never stacked in memory;
+    * other BatchNorm layers: one affine map with per-point scale and shift; elementwise
+      activations, sums and products, pooling, flatten and mean: on the packed tensor directly
+      (pooling on the points folded into the channels), in place where the value has no other user.
+
+    Values that do not depend on the point (the input and what is computed from it before the first
+    varying parameter) run as the model runs them. Anything else in the graph (another operation on
+    a point-dependent value, a varying parameter read outside these layers, hooks, a graph that does
+    not trace) makes the plan inapplicable; the caller then uses the generic ``vmap`` path."""
+
+    def __init__(self, line: Line, frame: Frame) -> None:
+        import torch.fx
+
+        self.line, self.frame = line, frame
+        shell = line.shell
+        if any(m._forward_hooks or m._forward_pre_hooks or getattr(m, "_forward_hooks_with_kwargs", None) for m in shell.modules()):
+            raise _Unsupported("hooks")
+        if getattr(nn.modules.module, "_global_forward_hooks", None) or getattr(nn.modules.module, "_global_forward_pre_hooks", None):
+            raise _Unsupported("global hooks")
+        try:
+            gm = torch.fx.symbolic_trace(shell)
+        except Exception as exc:
+            raise _Unsupported(f"fx trace: {type(exc).__name__}") from None
+        self.nodes = list(gm.graph.nodes)
+        self.modules = dict(shell.named_modules())
+        if len(self.modules) != len(list(shell.named_modules(remove_duplicate=False))):
+            raise _Unsupported("a module registered under two names")
+        varying = set(frame.bases)
+        packed: dict[Any, bool] = {}
+        self.kind: dict[Any, str] = {}
+        self.fold: dict[Any, Any] = {}  # conv node → the BatchNorm node folded into it
+        self.stack_keys: set[str] = set()
+        self.stems: dict[Any, _Stem] = {}
+        self.unary: dict[Any, tuple[Callable[..., Any], Callable[..., Any] | None]] = {}
+        self.big: dict[Any, tuple[str, str | None]] = {}
+        placeholders = [n for n in self.nodes if n.op == "placeholder"]
+        if len(placeholders) != 1:
+            raise _Unsupported("one input expected")
+
+        def keys_of(target: str) -> dict[str, str]:
+            return _module_keys(self.modules[target], target)
+
+        for node in self.nodes:
+            if node.op == "placeholder":
+                packed[node] = False
+                continue
+            if node.op == "output":
+                if len(node.args) != 1 or not hasattr(node.args[0], "op"):
+                    raise _Unsupported("one tensor output expected")
+                continue
+            if node.op == "get_attr":
+                if any(k == node.target or k.startswith(f"{node.target}.") for k in varying):
+                    raise _Unsupported(f"varying parameter {node.target} read directly")
+                packed[node] = False
+                continue
+            is_packed = any(packed.get(a, False) for a in node.all_input_nodes)
+            if node.op == "call_module" and any(k in varying for k in keys_of(node.target)):
+                is_packed = True
+            packed[node] = is_packed
+            if not is_packed:
+                self.kind[node] = "shared"
+                self._shared_inplace(node)
+                continue
+            self.kind[node] = self._classify(node, packed)
+        # BatchNorm directly after a convolution (its only user, both point-dependent): folded
+        for node in self.nodes:
+            if self.kind.get(node) == "bn":
+                src = node.args[0]
+                if self.kind.get(src) == "conv" and len(src.users) == 1 and src not in self.fold:
+                    conv, bn = self.modules[src.target], self.modules[node.target]
+                    if bn.num_features == conv.out_channels:
+                        self.fold[src] = node
+                        self.kind[node] = "folded"
+        for node in self.nodes:
+            kind = self.kind.get(node)
+            if kind in ("conv", "bn", "linear"):
+                keys = keys_of(node.target)
+                if kind == "linear" and not packed[node.args[0]]:
+                    self.kind[node] = "stem"
+                    m = self.modules[node.target]
+                    self.stems[node] = _Stem(m, keys, nn.Identity(), frozenset())
+                    continue
+                if kind == "linear" and self.modules[node.target].weight.numel() >= _BLOCKED_MIN:
+                    self.kind[node] = "big"
+                    self.big[node] = (f"{node.target}.weight", f"{node.target}.bias" if self.modules[node.target].bias is not None else None)
+                    if self.big[node][1] is not None:
+                        self.stack_keys.add(self.big[node][1])
+                    continue
+                self.stack_keys.update(keys)
+                if node in self.fold:
+                    self.stack_keys.update(keys_of(self.fold[node].target))
+        self.stack_keys = {k for k in self.stack_keys if k in frame.bases or k in frame.fixed}
+        self._setup_layers()
+        self.buffers: dict[str, torch.Tensor] = {}
+        self.scratch: dict[Any, torch.Tensor] = {}
+        self.blocks: dict[Any, Any] = {}
+        self.first_layer_split = bool(self.stems)
+        # first layers whose only user is elementwise and then a large Linear: their output is
+        # written transposed, the layout the large layer's products read
+        self.stem_t: dict[Any, dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]]] = {}
+        for node in self.stems:
+            nxt = node
+            while len(nxt.users) == 1:
+                nxt = next(iter(nxt.users))
+                if self.kind.get(nxt) == "big":
+                    self.stem_t[node] = {}
+                    break
+                if self.kind.get(nxt) not in ("unary", "bn", "folded"):
+                    break
+
+    def _classify(self, node: Any, packed: dict[Any, bool]) -> str:
+        """The kind of a point-dependent node (for elementwise ones, also its out-of-place and
+        in-place callables in ``self.unary``), or :class:`_Unsupported`."""
+        nin = list(node.all_input_nodes)
+        src = node.args[0] if node.args else None
+        single = hasattr(src, "op") and len(src.users) == 1
+        if node.op == "call_module":
+            m = self.modules[node.target]
+            t = type(m)
+            if m._modules:
+                raise _Unsupported(f"module {node.target} with submodules")
+            if len(node.args) != 1 or node.kwargs or not hasattr(src, "op"):
+                raise _Unsupported(f"arguments of {node.target}")
+            if t in _CONVS:
+                if m.padding_mode != "zeros":
+                    raise _Unsupported("convolution padding mode")
+                return "conv"
+            if t is nn.Linear:
+                return "linear"
+            if t in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
+                if m.training or not m.track_running_stats or m.running_mean is None or m.running_var is None:
+                    raise _Unsupported("BatchNorm with batch statistics")
+                return "bn"
+            if t in _ELEMENTWISE_MODULES:
+                if m.training and "Dropout" in t.__name__:
+                    raise _Unsupported("dropout in training mode")
+                if hasattr(m, "inplace"):
+                    if m.inplace and not single:
+                        raise _Unsupported("in-place activation of a value used elsewhere")
+                    m_out, m_in = copy.copy(m), copy.copy(m)
+                    m_out.inplace, m_in.inplace = False, True
+                    self.unary[node] = (m_out, m_in)
+                else:
+                    self.unary[node] = (m, None)
+                return "unary"
+            if t in _POOL_MODULES:
+                if getattr(m, "return_indices", False):
+                    raise _Unsupported("pooling indices")
+                return "pool"
+            if t is nn.Flatten:
+                return "flatten"
+            raise _Unsupported(f"module {t.__name__}")
+        if node.op == "call_function":
+            f = node.target
+            if f in _ELEMENTWISE_FUNCTIONS:
+                if len(nin) != 1 or nin[0] is not src:
+                    raise _Unsupported("elementwise arguments")
+                self.unary[node] = self._ufunc(f, tuple(node.args[1:]), dict(node.kwargs), single)
+                return "unary"
+            if f in _BINARY_FUNCTIONS:
+                if len(node.args) != 2 or node.kwargs:
+                    raise _Unsupported("binary arguments")
+                return "binary"
+            if f in _POOL_FUNCTIONS:
+                if len(nin) != 1 or nin[0] is not src:
+                    raise _Unsupported("pooling arguments")
+                return "pool"
+            if f is torch.flatten:
+                return "flatten"
+            if f is torch.mean:
+                return "mean"
+            if f is operator.getitem and len(node.args) == 2 and len(nin) == 1 and nin[0] is src:
+                idx = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+                if all(i is None or i is Ellipsis or isinstance(i, slice) or (isinstance(i, int) and not isinstance(i, bool)) for i in idx):
+                    return "index"  # basic indexing of one point's tensor
+            raise _Unsupported(f"function {getattr(f, '__name__', f)}")
+        if node.op == "call_method":
+            if node.target in _ELEMENTWISE_METHODS and len(node.args) == 1 and not node.kwargs:
+                name = node.target
+                self.unary[node] = ((lambda t, name=name: getattr(t, name)()), (lambda t, name=name: getattr(t, name + "_")()))
+                return "unary"
+            if node.target == "flatten":
+                return "flatten"
+            if node.target == "mean":
+                return "mean"
+            raise _Unsupported(f"method {node.target}")
+        raise _Unsupported(node.op)
+
+    def _shared_inplace(self, node: Any) -> None:
+        """A node on shared values that would work in place (on the data, say) runs out of place
+        (the same values where its input has no other user; else :class:`_Unsupported`)."""
+        src = node.args[0] if node.args else None
+        single = hasattr(src, "op") and len(src.users) == 1
+        if node.op == "call_module":
+            m = self.modules[node.target]
+            if getattr(m, "inplace", False):
+                if not single:
+                    raise _Unsupported("in-place operation on a value used elsewhere")
+                m = copy.copy(m)
+                m.inplace = False
+                self.unary[node] = (m, None)
+        elif node.op == "call_function":
+            f = node.target
+            if f in _ELEMENTWISE_FUNCTIONS:
+                self.unary[node] = self._ufunc(f, tuple(node.args[1:]), dict(node.kwargs), single)
+            elif getattr(f, "__name__", "").endswith("_") or node.kwargs.get("inplace"):
+                raise _Unsupported("in-place function")
+        elif node.op == "call_method" and str(node.target).endswith("_"):
+            raise _Unsupported("in-place method")
+
+    @staticmethod
+    def _ufunc(f: Any, rest: tuple, kwargs: dict, single: bool) -> tuple[Callable[..., Any], Callable[..., Any] | None]:
+        """(out-of-place, in-place or None) callables of one tensor for an elementwise function call
+        with constant extra arguments."""
+        if f in (torch.relu, torch.tanh, torch.sigmoid):
+            if rest or kwargs:
+                raise _Unsupported("elementwise arguments")
+            return f, getattr(torch, f.__name__ + "_")
+        import inspect
+
+        try:
+            sig = inspect.signature(f)
+        except ValueError:  # a builtin without a signature (F.gelu, F.softplus): no inplace argument
+            if "inplace" in kwargs:
+                raise _Unsupported(f"arguments of {f.__name__}") from None
+            return (lambda t: f(t, *rest, **kwargs)), None
+        try:
+            bound = sig.bind(None, *rest, **kwargs)
+        except TypeError:
+            raise _Unsupported(f"arguments of {f.__name__}") from None
+        if "inplace" not in sig.parameters:
+            return (lambda t: f(t, *rest, **kwargs)), None
+        if bound.arguments.get("inplace", False) and not single:
+            raise _Unsupported("in-place activation of a value used elsewhere")
+        first = next(iter(sig.parameters))
+        args = {k: v for k, v in bound.arguments.items() if k not in (first, "inplace")}
+        return (lambda t: f(t, **args, inplace=False)), (lambda t: f(t, **args, inplace=True))
+
+    # -------------------------------------------------------------------- per chunk
+
+    def _setup_layers(self) -> None:
+        """Per-layer facts for :meth:`prepare`: state-dict keys, BatchNorm constants, and for each
+        convolution its weight's frame rows [offset (zero when None), B_0, …] (or the fixed weight)
+        as one (K + 1, numel) matrix, 2D kernels in channels-last order (C_out, kh, kw, C_in), so
+        that one product with the chunk's [1, w] rows writes every point's weights in the layout
+        the convolution reads."""
+        frame = self.frame
+        self.conv_meta: dict[Any, tuple] = {}
+        self.bn_meta: dict[Any, tuple] = {}
+
+        def bn_keys(bn_node: Any) -> tuple:
+            bn, pre = self.modules[bn_node.target], bn_node.target
+            return (f"{pre}.running_var", f"{pre}.running_mean", f"{pre}.weight" if bn.affine else None,
+                    f"{pre}.bias" if bn.affine else None, bn.eps)
+
+        for node, kind in self.kind.items():
+            if kind == "conv":
+                m = self.modules[node.target]
+                wkey = f"{node.target}.weight"
+                if wkey in frame.bases:
+                    off = frame.offset[wkey]
+                    rows = torch.cat([(off if off is not None else torch.zeros_like(frame.bases[wkey][0])).unsqueeze(0), frame.bases[wkey]])
+                else:
+                    rows = frame.fixed[wkey].unsqueeze(0)
+                if rows.dim() == 5:  # (K+1, C_out, C_in, kh, kw) → channels-last order
+                    rows = rows.permute(0, 1, 3, 4, 2)
+                shape = tuple(rows.shape[1:])
+                rows = rows.reshape(rows.shape[0], -1).contiguous()
+                fold = bn_keys(self.fold[node]) if node in self.fold else None
+                self.conv_meta[node] = (rows, shape, f"{node.target}.bias" if m.bias is not None else None, fold)
+                self.stack_keys.discard(wkey)
+            elif kind == "bn":
+                self.bn_meta[node] = bn_keys(node)
+
+    @staticmethod
+    def _bn_affine(params: StateDict, keys: tuple, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(s, shift) of an eval-mode BatchNorm per point: y = x·s + shift, s = γ/√(σ² + ε),
+        shift = β − μ·s (with a preceding bias b folded in: (b − μ)·s + β)."""
+        var, mean, weight, bias_key, eps = keys
+        s = torch.rsqrt(params[var] + eps)
+        if weight is not None:
+            s = params[weight] * s
+        shift = (bias - params[mean] if bias is not None else -params[mean]) * s
+        if bias_key is not None:
+            shift = shift + params[bias_key]
+        return s, shift
+
+    def prepare(self, W: torch.Tensor) -> dict[Any, Any]:
+        """Per-chunk tensors: stacked parameters, the convolutions' per-point weights (BatchNorm
+        folded in), BatchNorm scales and shifts, the runs of points of large Linear layers."""
+        P = W.shape[0]
+        params = self.frame.stacked(W, self.stack_keys, self.buffers)
+        prep: dict[Any, Any] = {"P": P, "W": W, "params": params}
+        if self.conv_meta:
+            prep["aug"] = torch.cat([torch.ones(P, 1, dtype=W.dtype, device=W.device), W], 1)
+        for node, keys in self.bn_meta.items():
+            prep[node] = self._bn_affine(params, keys, None)
+        for node in self.big:
+            prep[node] = self._groups(W)
+        return prep
+
+    def _conv_weights(self, node: Any, prep: dict[Any, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The chunk's weights (P·C_out, C_in/groups, *k) and bias of a convolution, BatchNorm folded
+        in; computed when the convolution first runs in the chunk (still in cache when it reads them)."""
+        hit = prep.get(node)
+        if hit is not None:
+            return hit
+        rows, shape, bkey, fold = self.conv_meta[node]
+        P, params = prep["P"], prep["params"]
+        b = params[bkey] if bkey is not None else None
+        dest = self._scratch(("conv", node), (P, rows.shape[1]), rows.dtype)
+        if rows.shape[0] == 1:  # a fixed weight
+            dest.copy_(rows.expand(P, -1))
+        else:
+            torch.mm(prep["aug"].to(dtype=rows.dtype), rows, out=dest)
+        if fold is not None:
+            s, b = self._bn_affine(params, fold, b)
+            dest.view(P, s.shape[1], -1).mul_(s.unsqueeze(-1))
+        if len(shape) == 4:  # (P·C_out, kh, kw, C_in) memory: channels-last (P·C_out, C_in, kh, kw)
+            w = dest.view(P * shape[0], *shape[1:]).permute(0, 3, 1, 2)
+        else:
+            w = dest.view(P * shape[0], *shape[1:])
+        prep[node] = out = (w, b.reshape(-1).contiguous() if b is not None else None)
+        return out
+
+    def _scratch(self, key: Any, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+        """A tensor of ``shape`` in a buffer kept across chunks (fresh allocations of megabytes per
+        chunk page-fault on CPU); its leading dimension may be smaller than the buffer's."""
+        buf = self.scratch.get(key)
+        n = math.prod(shape)
+        if buf is None or buf.numel() < n or buf.dtype != dtype:
+            buf = torch.empty(n, dtype=dtype, device=self.line.device)
+            self.scratch[key] = buf
+        return buf[:n].view(*shape)
+
+    @staticmethod
+    def _groups(W: torch.Tensor) -> tuple[list[tuple[list[float], list[int]]], list[list[float]]]:
+        """Runs of the chunk's points that share their weights w_1.. (a row of a random grid), and
+        the weights as lists."""
+        out: list[tuple[list[float], list[int]]] = []
+        rows = W.tolist()
+        for p, w in enumerate(rows):
+            if out and out[-1][0] == w[1:]:
+                out[-1][1].append(p)
+            else:
+                out.append((w[1:], [p]))
+        return out, rows
+
+    def run(self, prep: dict[Any, Any], xb: torch.Tensor, batch_key: tuple[int, int]) -> torch.Tensor:
+        """Outputs (P, batch, ...) of the model for the chunk's points on ``xb``."""
+        P = prep["P"]
+        env: dict[Any, _PVal] = {}
+        remaining = {n: len(n.users) for n in self.nodes}
+
+        def last_use(v: _PVal, node: Any, src: Any) -> bool:
+            return v.packed and v.own and remaining.get(src, 0) == 1 and sum(1 for a in node.all_input_nodes if a is src) == 1
+
+        for node in self.nodes:
+            op = node.op
+            if op == "placeholder":
+                env[node] = _PVal(xb, False)
+                continue
+            if op == "output":
+                v = env[node.args[0]]
+                out = v.t if v.packed else v.t.unsqueeze(0).expand(P, *v.t.shape)
+                return out
+            if op == "get_attr":
+                env[node] = _PVal(self._attr(node.target), False)
+                continue
+            kind = self.kind[node]
+            srcs = list(node.all_input_nodes)
+            if kind == "shared":
+                env[node] = _PVal(self._shared(node, env), False)
+            else:
+                env[node] = self._packed_op(node, kind, env, prep, P, batch_key, last_use)
+            for a in srcs:
+                remaining[a] -= 1
+                if remaining[a] == 0 and a in env:
+                    del env[a]
+        raise _Unsupported("no output")
+
+    def _attr(self, target: str) -> torch.Tensor:
+        if target in self.frame.fixed:
+            return self.frame.fixed[target]
+        obj: Any = self.line.shell
+        for part in target.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    def _shared(self, node: Any, env: dict[Any, _PVal]) -> Any:
+        """A node that does not depend on the point, run as the model runs it."""
+        import torch.fx
+
+        args = torch.fx.node.map_arg(node.args, lambda a: env[a].t)
+        kwargs = torch.fx.node.map_arg(node.kwargs, lambda a: env[a].t)
+        if node in self.unary:  # an out-of-place version of an in-place call
+            return self.unary[node][0](args[0])
+        if node.op == "call_module":
+            m = self.modules[node.target]
+            state = {own: self.frame.fixed[full] for full, own in _module_keys(m, node.target).items() if full in self.frame.fixed}
+            return functional_call(m, state, tuple(args), dict(kwargs)) if state else m(*args, **kwargs)
+        if node.op == "call_function":
+            return node.target(*args, **kwargs)
+        if node.op == "call_method":
+            self_obj, *rest = args
+            return getattr(self_obj, node.target)(*rest, **kwargs)
+        raise _Unsupported(node.op)
+
+    def _packed_op(self, node: Any, kind: str, env: dict[Any, _PVal], prep: dict[Any, Any], P: int,
+                   batch_key: tuple[int, int], last_use: Callable[..., bool]) -> _PVal:
+        src = node.args[0] if node.args else None
+        v = env[src] if hasattr(src, "op") else None
+        if kind == "folded":
+            return v  # type: ignore[return-value]
+        if kind == "binary":
+            return self._binary(node, env, last_use)
+        assert v is not None
+        if kind == "conv":
+            m = self.modules[node.target]
+            w, b = self._conv_weights(node, prep)
+            if v.t.dim() != (3 if v.packed else 2) + len(m.kernel_size):
+                raise _Unsupported("unbatched convolution input")
+            if v.packed:
+                x, groups = _fold_channels(v.t), P * m.groups
+            elif m.groups == 1:
+                x, groups = v.t, 1  # one convolution with P·C_out output channels
+            else:  # the shared input once per point, so that the groups stay per point
+                x, groups = v.t.repeat(1, P, *([1] * (v.t.dim() - 2))), P * m.groups
+            if x.dim() == 4 and not x.is_contiguous(memory_format=torch.channels_last):
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = _CONVS[type(m)](x, w, b, m.stride, m.padding, m.dilation, groups)
+            return _PVal(_unfold_channels(y, P), True, True)
+        if kind == "bn":
+            s, shift = prep[node]
+            t = v.t if v.packed else v.t.unsqueeze(0)
+            if t.dim() < 3:
+                raise _Unsupported("BatchNorm input")
+            shape = (P, 1, s.shape[1]) + (1,) * (t.dim() - 3)
+            s, shift = s.reshape(shape), shift.reshape(shape)
+            if last_use(v, node, src):
+                return _PVal(t.mul_(s).add_(shift), True, True)
+            return _PVal(torch.addcmul(shift, t, s), True, True)
+        if kind == "stem":
+            c, B = self.stems[node].terms(self.frame, v.t, batch_key)
+            w = prep["W"].to(dtype=B.dtype)
+            if c.dim() == 2 and node in self.stem_t:  # written (P, O, N): what a large next layer reads
+                cT, BT = self.stem_t[node].get(batch_key) or self._stem_t(node, batch_key, c, B)
+                h = torch.addmm(cT, w, BT).view(P, c.shape[1], c.shape[0]).transpose(1, 2)
+            else:
+                h = torch.addmm(c.reshape(1, -1), w, B.reshape(B.shape[0], -1)).reshape(P, *c.shape)
+            return _PVal(h, True, True)
+        if kind == "linear":
+            params = prep["params"]
+            wt = params[f"{node.target}.weight"]
+            bt = params.get(f"{node.target}.bias") if self.modules[node.target].bias is not None else None
+            t = v.t
+            x = t.reshape(P, -1, t.shape[-1])
+            y = torch.bmm(x, wt.transpose(1, 2)) if bt is None else torch.baddbmm(bt.unsqueeze(1), x, wt.transpose(1, 2))
+            return _PVal(y.reshape(P, *t.shape[1:-1], wt.shape[1]), True, True)
+        if kind == "big":
+            return _PVal(self._big_linear(node, v.t, prep, P), True, True)
+        if kind == "unary":
+            fn_out, fn_in = self.unary[node]
+            if fn_in is not None and last_use(v, node, src):
+                return _PVal(fn_in(v.t), True, True)
+            return self._fresh(fn_out(v.t), v)
+        if kind == "pool":
+            if node.op == "call_module":
+                m = self.modules[node.target]
+                nd, fn, rest, kwargs = _POOL_MODULES[type(m)], m, (), {}
+            else:
+                nd, fn, rest, kwargs = _POOL_FUNCTIONS[node.target], node.target, tuple(node.args[1:]), dict(node.kwargs)
+            if v.t.dim() != 3 + nd:
+                raise _Unsupported("unbatched pooling input")
+            return self._fresh(_unfold_channels(fn(_fold_channels(v.t), *rest, **kwargs), P), v)
+        if kind == "flatten":
+            if node.op == "call_module":
+                m = self.modules[node.target]
+                start, end = m.start_dim, m.end_dim
+            else:
+                names = ("start_dim", "end_dim")
+                if set(node.kwargs) - set(names) or len(node.args) > 3:
+                    raise _Unsupported("flatten arguments")
+                opts = {"start_dim": 0, "end_dim": -1, **dict(zip(names, node.args[1:])), **node.kwargs}
+                start, end = opts["start_dim"], opts["end_dim"]
+            return self._fresh(v.t.flatten(_dim_out(start), _dim_out(end)), v)
+        if kind == "index":
+            idx = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+            return self._fresh(v.t[(slice(None),) + idx], v)
+        if kind == "mean":
+            extra, kwargs = list(node.args[1:]), dict(node.kwargs)
+            if set(kwargs) - {"dim", "keepdim"} or len(extra) > 2:
+                raise _Unsupported("mean arguments")
+            dim = extra[0] if extra else kwargs.get("dim")
+            keepdim = extra[1] if len(extra) > 1 else kwargs.get("keepdim", False)
+            if dim is None or not isinstance(keepdim, bool):
+                raise _Unsupported("mean over everything")
+            dims = tuple(_dim_out(d) for d in (dim if isinstance(dim, (tuple, list)) else (dim,)))
+            return _PVal(v.t.mean(dims, keepdim=keepdim), True, True)
+        raise _Unsupported(kind)
+
+    def _stem_t(self, node: Any, key: tuple[int, int], c: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first layer's terms transposed, (1, O·N) and (K, O·N), kept per data batch."""
+        out = (c.t().reshape(1, -1), B.transpose(1, 2).reshape(B.shape[0], -1))
+        if key in self.stems[node].cache:  # within the stem's cache budget
+            self.stem_t[node][key] = out
+        return out
+
+    @staticmethod
+    def _fresh(out: torch.Tensor, v: _PVal) -> _PVal:
+        """The result of an out-of-place operation on ``v``: its own tensor, unless it is a view of
+        ``v`` (then neither may be overwritten in place any more)."""
+        if _shares_storage(out, v.t):
+            v.own = False
+            return _PVal(out, True, False)
+        return _PVal(out, True, True)
+
+    def _binary(self, node: Any, env: dict[Any, _PVal], last_use: Callable[..., bool]) -> _PVal:
+        """a ∘ b for ∘ in + − × / with at least one point-dependent operand; shared tensors must
+        broadcast against one point's shape without reaching the point axis."""
+        a, b = node.args
+        va = env[a] if hasattr(a, "op") else None
+        vb = env[b] if hasattr(b, "op") else None
+        ta = va.t if va is not None else a
+        tb = vb.t if vb is not None else b
+        for val, other in ((va, vb), (vb, va)):
+            if val is not None and val.packed and other is not None and not other.packed and isinstance(other.t, torch.Tensor):
+                if other.t.dim() >= val.t.dim():
+                    raise _Unsupported("a shared tensor broadcast over the point axis")
+        if va is not None and vb is not None and va.packed and vb.packed and va.t.dim() != vb.t.dim():
+            raise _Unsupported("broadcast between point-dependent tensors of different ranks")
+        f = node.target
+        name = {operator.add: "add_", torch.add: "add_", operator.sub: "sub_", torch.sub: "sub_",
+                operator.mul: "mul_", torch.mul: "mul_", operator.truediv: "div_"}[f]
+
+        def fits(t: torch.Tensor, other: Any) -> bool:  # t ∘= other gives t ∘ other
+            o_shape = other.shape if isinstance(other, torch.Tensor) else ()
+            if o_shape != t.shape and torch.broadcast_shapes(t.shape, o_shape) != t.shape:
+                return False
+            return (other.dtype if isinstance(other, torch.Tensor) and o_shape == t.shape else torch.result_type(t, other)) == t.dtype
+
+        if va is not None and va.packed and last_use(va, node, a) and fits(ta, tb):
+            return _PVal(getattr(ta, name)(tb), True, True)
+        if name in ("add_", "mul_") and vb is not None and vb.packed and last_use(vb, node, b) and fits(tb, ta):
+            return _PVal(getattr(tb, name)(ta), True, True)
+        out = f(ta, tb)
+        own = not any(v is not None and isinstance(v.t, torch.Tensor) and _shares_storage(out, v.t) for v in (va, vb))
+        return _PVal(out, True, own)
+
+    def _big_linear(self, node: Any, t: torch.Tensor, prep: dict[Any, Any], P: int) -> torch.Tensor:
+        """y_p = x_p·W_pᵀ + b_p for a large weight W_p = offset + Σ_k w_pk·B_k, block of rows by
+        block: for each block, offset + Σ_{k≥1} w_k·B_k once per run of points sharing w_1.. (a
+        row of a random grid), then per point + w_0·B_0 into a small buffer and one matrix product
+        into rows of the (P, O, M) result (the points' weights are never stacked in memory); with
+        several intra-op threads, as many points per batched product. Returns the (P, *lead, O)
+        view of that result."""
+        wkey, bkey = self.big[node]
+        frame = self.frame
+        Fin = t.shape[-1]
+        x = t.reshape(P, -1, Fin)
+        M = x.shape[1]
+        bias = prep["params"][bkey] if bkey is not None else None
+        if wkey not in frame.bases:  # a fixed weight: one product for all points
+            y = torch.matmul(x, frame.fixed[wkey].t())
+            if bias is not None:
+                y = y + bias.unsqueeze(1)
+            return y.reshape(P, *t.shape[1:-1], y.shape[-1])
+        B, off = frame.bases[wkey], frame.offset[wkey]
+        O = B.shape[1]
+        out = self._scratch(("out", node), (P, O, M), t.dtype)
+        R = max(1, min(O, _BLOCK_BYTES // max(1, Fin * t.element_size())))  # rows per block
+        blocks = self.blocks.get((node, R))
+        if blocks is None:  # the bases and offset cut into blocks of rows once (views)
+            blocks = (list(zip(*[B[k].split(R) for k in range(B.shape[0])])), list(off.split(R)) if off is not None else None)
+            self.blocks[(node, R)] = blocks
+        bas, offs = blocks
+        # points per product: one per intra-op thread (a batched product spreads its matrices over
+        # the threads; a single one of these sizes barely does)
+        Q = max(1, _POINT_BATCH if _POINT_BATCH else torch.get_num_threads())
+        wbuf = torch.empty((Q, R, Fin), dtype=t.dtype, device=t.device)
+        ybuf = torch.empty((Q, R, M), dtype=t.dtype, device=t.device)
+        tbuf = torch.empty((R, Fin), dtype=t.dtype, device=t.device)
+        groups, rows = prep[node]
+        w0 = prep["W"][:, 0].to(dtype=t.dtype).reshape(P, 1, 1)
+        xT = x.transpose(1, 2)  # (P, F, M): each point's operand, row-major in memory for the products
+        if not xT.is_contiguous():
+            xT = self._scratch(("xT", node), xT.shape, xT.dtype).copy_(xT)
+        xt = list(xT.unbind(0))
+        dest = [list(out[p].split(R)) for p in range(P)] if Q == 1 else []
+        for j, bk in enumerate(bas):
+            n = bk[0].shape[0]
+            r0 = j * R
+            tb = tbuf if n == R else tbuf[:n]
+            o_blk = offs[j] if offs is not None else None
+            b0 = bk[0].unsqueeze(0)
+            for tw, idxs in groups:
+                if not tw:
+                    base = o_blk
+                else:
+                    if o_blk is None:
+                        torch.mul(bk[1], tw[0], out=tb)
+                    else:
+                        torch.add(o_blk, bk[1], alpha=tw[0], out=tb)
+                    for k in range(1, len(tw)):
+                        tb.add_(bk[k + 1], alpha=tw[k])
+                    base = tb
+                if Q == 1:
+                    wb = wbuf[0, :n]
+                    for p in idxs:
+                        if base is None:
+                            torch.mul(bk[0], rows[p][0], out=wb)
+                        else:
+                            torch.add(base, bk[0], alpha=rows[p][0], out=wb)
+                        torch.mm(wb, xt[p], out=dest[p][j])
+                    continue
+                for p0 in range(idxs[0], idxs[-1] + 1, Q):  # Q points per product (a run is consecutive)
+                    p1 = min(idxs[-1] + 1, p0 + Q)
+                    wb = wbuf[: p1 - p0, :n]
+                    if base is None:
+                        torch.mul(b0, w0[p0:p1], out=wb)
+                    else:
+                        torch.addcmul(base.unsqueeze(0), w0[p0:p1], b0, out=wb)
+                    # into a contiguous buffer, then the rows of the result (a strided bmm
+                    # output is slower, and does not spread over threads)
+                    out[p0:p1, r0 : r0 + n].copy_(torch.bmm(wb, xT[p0:p1], out=ybuf[: p1 - p0, :n]))
+        if bias is not None:
+            out.add_(bias.unsqueeze(2))
+        return out.transpose(1, 2).reshape(P, *t.shape[1:-1], O)
+
+
+def _module_keys(m: nn.Module, target: str) -> dict[str, str]:
+    """State-dict key of the model → the module's own key, for the module at ``target``."""
+    return {f"{target}.{n}": n for n in m.state_dict(keep_vars=True)}
+
+
+def _shares_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    try:
+        return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+    except Exception:
+        return True
+
+
+_ALLOCATOR_WARM = False
+
+
+def _warm_allocator() -> None:
+    """Once per process: allocate and free 31 MiB (untouched, so nearly free). glibc's malloc
+    serves blocks above a threshold by fresh ``mmap`` (every page faults on first touch, ~1.5 µs
+    each) and raises that threshold to the size of such a block when it is freed; after this, the
+    megabytes of activations a packed chunk allocates and frees are reused from the heap instead
+    (measured: 120 k page faults and 15 % of the time of a 31×31 ResNet surface without it). Other
+    allocators just allocate and free."""
+    global _ALLOCATOR_WARM
+    if not _ALLOCATOR_WARM:
+        _ALLOCATOR_WARM = True
+        del_me = torch.empty(31 * 2**20, dtype=torch.uint8)
+        del del_me
+
+
+def _packed_plan(line: Line, frame: Frame) -> _PackedPlan | None:
+    """The packed plan for this model on CPU, or None (not applicable)."""
+    if not _PACKED or line.device.type != "cpu" or not frame.bases:
+        return None
+    try:
+        plan = _PackedPlan(line, frame)
+    except _Unsupported:
+        return None
+    _warm_allocator()
+    return plan
+
+
+def _packed_chunk(plan: _PackedPlan, data: Dataset, batch_size: int | None, weights: Sequence[Sequence[float]]) -> int:
+    """Default points per packed chunk: the largest activation of the chunk (one layer's output for
+    all its points) within ``_PACKED_CHUNK_BYTES``, so that a layer's input and output stay in
+    cache; with large Linear layers at least a run of points sharing w_1.. (a row of a random grid),
+    whose partial weights each block computes once. At most ``_PACKED_MAX_CHUNK``, and all the
+    chunk's activations within the memory budget of :func:`auto_chunk`."""
+    batch = data.n if not batch_size or batch_size <= 0 else min(batch_size, data.n)
+    try:
+        sizes = _activation_sizes(plan.line, data)
+    except Exception:
+        sizes = []
+    scale = batch / max(1, min(2, data.n))
+    peak, total = max(sizes, default=0) * scale, sum(sizes) * scale
+    size = max(1, min(_PACKED_MAX_CHUNK, int(_PACKED_CHUNK_BYTES // max(1.0, peak))))
+    if plan.big:
+        run = 1
+        while run < len(weights) and list(weights[run][1:]) == list(weights[0][1:]):
+            run += 1
+        size = max(size, min(run, _PACKED_MAX_CHUNK))
+    return int(max(1, min(size, _CPU_CHUNK_BYTES // max(1.0, 3 * total))))
+
+
+def _packed_eval(plan: _PackedPlan, W: torch.Tensor, data: Dataset, batch_size: int | None) -> list[float]:
+    """Mean losses of the chunk's points (rows of ``W``) through the packed plan."""
+    totals = torch.zeros(W.shape[0], dtype=torch.float64, device=plan.line.device)
+    with torch.no_grad():
+        prep = plan.prepare(W)
+        for sl in batches(data.n, batch_size):
+            outs = plan.run(prep, data.x[sl], (sl.start or 0, sl.stop if sl.stop is not None else data.n))
+            if outs.shape[0] != W.shape[0] or outs.shape[1] != data.y[sl].shape[0]:
+                raise _Unsupported("output shape")
+            totals += _loss_sums_stacked(outs, data.y[sl], data.loss)
+    norm = loss_normaliser(data)
+    return [float(t) / norm for t in totals.cpu()]
+
+
 def evaluate_points(
     line: Line,
     frame: Frame,
@@ -730,20 +1549,46 @@ def evaluate_points(
         data: on the line's device and dtype.
         bn: BatchNorm policy; ``recompute`` evaluates point by point.
         batch_size: examples per forward pass (None: all).
-        chunk: grid points per vmapped pass (None: :func:`auto_chunk`; 1: a plain loop).
+        chunk: grid points per packed or vmapped pass (None: :func:`_packed_chunk` or
+            :func:`auto_chunk`; 1: a plain loop).
         progress: called with (done, total) after each chunk.
         details: if given, receives ``first_layer_split`` (whether the first layer was evaluated
             once per basis, :class:`_Stem`, rather than once per point) and ``strategy``:
-            ``vmap`` (chunks), ``loop`` (plain per-point ``functional_call``) or ``split_loop``
-            (:func:`_split_loop`, chosen on CPU by :func:`_prefer_split_loop` when ``chunk`` is None).
+            ``packed`` (:class:`_PackedPlan`, on CPU whenever the traced model is covered and
+            ``chunk`` is not 1), ``vmap`` (chunks), ``loop`` (plain per-point ``functional_call``)
+            or ``split_loop`` (:func:`_split_loop`, chosen on CPU by :func:`_prefer_split_loop`
+            when ``chunk`` is None); ``packed_error`` when the packed plan failed at run time.
 
     Returns:
-        (losses, chunk used, warnings). A ``vmap`` failure falls back to the loop with a warning.
+        (losses, chunk used, warnings). A ``vmap`` failure falls back to the loop with a warning;
+        a packed plan that fails falls back silently to the other strategies.
     """
     recompute = line.has_bn and bn == BNPolicy.RECOMPUTE
     weights = [frame.weights(c) for c in coords]
     total = len(weights)
     warnings: list[str] = []
+    plan = None if recompute or chunk == 1 else _packed_plan(line, frame)
+    if plan is not None:
+        size = max(1, int(chunk)) if chunk is not None else _packed_chunk(plan, data, batch_size, weights)
+        try:
+            packed_losses: list[float] = []
+            for i0 in range(0, total, size):
+                part = weights[i0 : i0 + size]
+                # a short last chunk is padded with its last point: the same tensor shapes as the
+                # other chunks (a new shape costs oneDNN a new compiled kernel per layer)
+                pad = [part[-1]] * (size - len(part)) if total > size else []
+                W = torch.tensor(part + pad, dtype=torch.float64, device=line.device)
+                packed_losses.extend(_packed_eval(plan, W, data, batch_size)[: len(part)])
+                if progress is not None:
+                    progress(min(i0 + size, total), total)
+        except Exception as exc:  # not covered after all: the other strategies
+            if details is not None:
+                details["packed_error"] = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:160]}"
+        else:
+            if details is not None:
+                details["first_layer_split"] = plan.first_layer_split
+                details["strategy"] = "packed"
+            return packed_losses, min(size, total), warnings
     stem = None if recompute else _stem(line, frame)
     if not recompute and chunk is None and stem is not None and _prefer_split_loop(line, frame, data, batch_size, stem):
         try:
@@ -940,7 +1785,7 @@ def loss_surface(
         bn: BatchNorm policy (``recompute``, ``interpolate``, ``frozen``).
         device, dtype: where and in which precision to evaluate.
         batch_size: examples per forward pass (None: all at once); does not change the result.
-        chunk: grid points per vmapped pass (None: sized to memory; 1: a plain loop).
+        chunk: grid points per packed or vmapped pass (None: sized to cache and memory; 1: a plain loop).
         progress: called with (done, total) after each chunk of points.
         directions: the axes of a slice about ``center`` (not with ``plane``):
             ``random`` (filter-normalised Gaussian directions, the default) or ``hessian`` (the
@@ -1051,6 +1896,8 @@ def loss_surface(
     info["chunk"] = used_chunk
     info["first_layer_split"] = bool(details.get("first_layer_split", False))
     info["strategy"] = details.get("strategy", "loop")
+    if "packed_error" in details:
+        info["packed_error"] = details["packed_error"]
     info["eval_s"] = round(time.perf_counter() - t0, 4)
     info["n_points"] = len(coords)
     n_bad = sum(1 for v in flat if not math.isfinite(v))

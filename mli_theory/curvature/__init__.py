@@ -1,5 +1,5 @@
 """Curvature of the loss along the path: Hessian-vector products, extreme eigenvalues (Lanczos),
-trace (Hutch++ with a confidence interval), spectral density (stochastic Lanczos quadrature) and
+trace (XTrace or Hutch++ with a confidence interval), spectral density (stochastic Lanczos quadrature) and
 the directional curvature Δθᵀ H(α) Δθ = L″(α), at any α of θ(α) = (1−α)θ0 + αθT, on any device.
 """
 
@@ -7,7 +7,7 @@ from .along import CurvatureAt, PathCurvature, curvature_along, directional_curv
 from .density import SpectralDensity, lanczos_tridiagonal, spectral_density
 from .hvp import LossHessian, MatrixOperator, fixed_buffers, hvp, loss_hessian, loss_hessian_at, path_direction
 from .spectrum import WHICH, Eigenpairs, SymmetricOperator, extreme_eigenpairs
-from .trace import TraceEstimate, hutchpp_trace
+from .trace import TraceEstimate, hutchpp_trace, layer_colors, xtrace_trace
 from .blocks import BlockOperator, LayerSpectra, LayerSpectrum, layer_spectra, operator_layer_spectra, parameter_blocks
 from .diagonal import CurvatureDiagonal, ggn_diagonal, hessian_diagonal, operator_diagonal
 from .operators import (
@@ -38,11 +38,13 @@ __all__ = [
     "hutchpp_trace",
     "hvp",
     "lanczos_tridiagonal",
+    "layer_colors",
     "loss_hessian",
     "loss_hessian_at",
     "path_direction",
     "spectral_density",
     "validate_curvature_options",
+    "xtrace_trace",
     "MATRICES",
     "BlockOperator",
     "CurvatureDiagonal",
