@@ -94,35 +94,26 @@ def _path_cells(problem: _Problem, a: list[float], b: list[float], deadline: flo
     all examples, every rounding covered (sums of non-negative terms: relative γ_count)."""
     rad = torch.tensor([(bi - ai) / 2 for ai, bi in zip(a, b)], dtype=torch.float64, device=problem.x.device)
     cells = len(a)
-    lsum = [0.0] * cells
-    lmag = [0.0] * cells
-    up2 = [0.0] * cells
-    low1 = [0.0] * cells
+    acc = torch.zeros(cells, 4, dtype=torch.float64, device=problem.x.device)  # Σ lo of L″ terms, Σ their magnitude, Σ z″², Σ z′²
     count = chunks = 0
     for out, ys in second_walks(problem, a, b, deadline):
-        lo, hi, mag = loss_second_terms(out, ys, rad, problem.loss)
-        nd = out.mid.dim() - 1
-        hv = rad.reshape(-1, *([1] * nd))
-        dlo, dhi = out.first.d.bounds(hv)
+        lo, _, mag = loss_second_terms(out, ys, rad, problem.loss)
+        dlo, dhi = out.first.d.bounds(rad.reshape(-1, *([1] * (out.mid.dim() - 1))))
         dlo, dhi = dlo.expand(out.mid.shape), dhi.expand(out.mid.shape)
-        least = (dlo.abs().minimum(dhi.abs())) * ((dlo > 0) | (dhi < 0))
-        z2 = (out.mid.abs() + out.rad).reshape(cells, -1)
-        for i, (l_, m_, u_, w_) in enumerate(zip(lo.tolist(), mag.tolist(), (z2 * z2).sum(1).tolist(), (least * least).reshape(cells, -1).sum(1).tolist())):
-            lsum[i] += l_
-            lmag[i] += m_
-            up2[i] += u_
-            low1[i] += w_
+        least = dlo.abs().minimum(dhi.abs()) * ((dlo > 0) | (dhi < 0))  # ≤ |z′| entrywise
+        most = out.mid.abs() + out.rad  # ≥ |z″| entrywise
+        acc += torch.stack([lo, mag, (most * most).reshape(cells, -1).sum(1), (least * least).reshape(cells, -1).sum(1)], 1)
         count += int(out.mid[0].numel())
         chunks += 1
     g = 2 * gamma(count + chunks + 8)
-    scale = 2.0 / problem.y.numel()
+    scale = Fraction(2, problem.y.numel())
     rows = []
-    for i in range(cells):
-        if not all(math.isfinite(v) for v in (lsum[i], lmag[i], up2[i], low1[i])):
+    for lsum, lmag, up2, low1 in acc.tolist():
+        if not all(math.isfinite(v) for v in (lsum, lmag, up2, low1)):
             rows.append((-math.inf, math.inf, 0.0))
             continue
-        l2 = float_down((Fraction(lsum[i]) - Fraction(lmag[i]) * Fraction(g)) * Fraction(scale))
-        rows.append((l2, math.sqrt(up2[i] * (1 + g)) * (1 + 4 * U), math.sqrt(low1[i] * (1 - g)) * (1 - 4 * U)))
+        l2 = float_down((Fraction(lsum) - Fraction(lmag) * Fraction(g)) * scale)
+        rows.append((l2, math.sqrt(up2 * (1 + g)) * (1 + 4 * U), math.sqrt(low1 * (1 - g)) * (1 - 4 * U)))
     return rows
 
 
