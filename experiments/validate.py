@@ -1,8 +1,12 @@
-"""Research validation, round 2: the MLI paper's claims tested with fair designs and intervals.
+"""Research validation: the MLI paper's claims tested with fair designs and intervals.
 
-    python experiments/validate.py --quick     # a subset (2 seeds, 4 of the 9 lrs, the CNN only)
-    python experiments/validate.py             # the full design (5 seeds; 3 for the conv nets)
+    python experiments/validate.py --round 3 --quick   # round 3 (the current one): see round3.py
+    python experiments/validate.py --round 3           # its full design
+    python experiments/validate.py --quick     # round 2: a subset (2 seeds, 4 of the 9 lrs, the CNN only)
+    python experiments/validate.py             # round 2: the full design (5 seeds; 2 for the conv nets)
     python experiments/validate.py --analyse   # only re-read the finished runs and regenerate
+
+The rest of this docstring is round 2.
 
 Each command trains and checks every run not finished yet (the sweep runner of
 ``mli_theory.runs``: parallel, resumable; run folders under ``experiments/out/round2/``, not in
@@ -214,10 +218,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slurm-partition", default=None, help="slurm: partition")
     ap.add_argument("--analyse", action="store_true", help="do not train: analyse the finished runs only")
     ap.add_argument("--no-readme", action="store_true", help="do not rewrite experiments/README.md")
-    ap.add_argument("--runs", default=os.path.join(HERE, "out", "round2"), help="folder of the run folders (default experiments/out/round2)")
+    ap.add_argument("--round", type=int, choices=[2, 3], default=2, dest="round_", help="which round's design (3: the current one)")
+    ap.add_argument("--runs", default=None, help="folder of the run folders (default experiments/out/round<N>)")
     args = ap.parse_args(argv)
     if args.jobs < 1:
         ap.error(f"--jobs {args.jobs}: must be at least 1")
+    if args.runs is None:
+        args.runs = os.path.join(HERE, "out", f"round{args.round_}")
+    if args.round_ == 3:
+        return _round3(args)
     label = "quick" if args.quick else "full"
     out_root = args.runs
     results = os.path.join(HERE, "results", "round2", label)
@@ -246,6 +255,20 @@ def main(argv: list[str] | None = None) -> int:
     from validate_analysis import analyse  # noqa: E402  (experiments/validate_analysis.py)
 
     analyse(rows, results, label=label, design=design(args.quick), readme=None if args.no_readme else os.path.join(HERE, "README.md"))
+    return 0
+
+
+def _round3(args) -> int:
+    from round3 import run  # noqa: E402  (experiments/round3.py)
+    from round3_analysis import analyse  # noqa: E402
+
+    label = "quick" if args.quick else "full"
+    results = os.path.join(HERE, "results", "round3", label)
+    os.makedirs(results, exist_ok=True)
+    options = ExecutorOptions(args.executor, jobs=args.jobs, scheduler=args.scheduler, slurm_partition=args.slurm_partition)
+    rows = run(args.quick, options, args.runs, train=not args.analyse)
+    write_csv([{**r, "block": name} for name, rs in rows.items() for r in rs], os.path.join(results, "results.csv"))
+    analyse(rows, results, label=label, readme=None if args.no_readme else os.path.join(HERE, "README.md"))
     return 0
 
 

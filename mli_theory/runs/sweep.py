@@ -68,6 +68,38 @@ def _flat_check(result: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def environment(threads: int) -> dict[str, Any]:
+    """What a run's numbers depend on besides its config: torch, the BLAS, the CPU, the threads.
+
+    >>> sorted(environment(1))
+    ['env_blas', 'env_cpu', 'env_simd', 'env_torch', 'threads']
+    """
+    import platform
+
+    import torch
+
+    blas = "unknown"
+    for line in torch.__config__.show().splitlines():
+        line = line.strip()
+        if line.startswith("BLAS_INFO=") or "BLAS_INFO=" in line:
+            blas = line.split("BLAS_INFO=", 1)[1].split(",")[0].strip()
+            break
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:  # the vector instructions the CPU kernels dispatch to (they change float32 rounding)
+        simd = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # older torch
+        simd = "unknown"
+    return {"env_torch": torch.__version__, "env_blas": blas, "env_cpu": cpu, "env_simd": simd, "threads": int(threads)}
+
+
 def run_one(
     config: TrainConfig,
     folder: str,
@@ -75,6 +107,8 @@ def run_one(
     geometry: bool = True,
     tols: tuple[float, ...] = (0.0,),
     certify_budget: float = 30.0,
+    threads: int = 1,
+    certify_below: float | None = None,
 ) -> dict[str, Any]:
     """Train, check, and write ``result.json`` (also for a failed or diverged run).
 
@@ -97,9 +131,10 @@ def run_one(
     from ..path.curve import data_on_line
     from .config import run_training
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     row: dict[str, Any] = {"id": os.path.basename(folder), **{k: v for k, v in asdict(config).items() if k != "extra"}, **config.extra}
     row["batchnorm"] = config.batchnorm
+    row.update(environment(threads))
     t0 = time.perf_counter()
     try:
         res = run_training(config, folder)
@@ -110,21 +145,31 @@ def run_one(
             final = load_state_dict(os.path.join(folder, "final.pt"))
             data = load_data(config.data, config.loss)
             first = tols[0] if tols else 0.0
+            in_check = bool(tols) and certify_below is None
             result = check(model, init, final, data, alphas=alphas, geometry=geometry, tol=first,
-                           certify=bool(tols),  # the certifier decides from the traced model what it can prove
+                           certify=in_check,  # the certifier decides from the traced model what it can prove
                            certify_budget=certify_budget, dtype=torch.float32).to_dict()
             row.update(_flat_check(result))
             stats = path_statistics(result["losses"], alphas=result["alphas"])
             row.update(interior_bump=stats.interior_bump, end_rise=stats.end_rise,
                        final_run_rise=stats.final_run_rise, final_run_steps=stats.final_run_steps)
             cert = result.get("certificate") or {}
-            certs = {first: (cert, (result.get("info") or {}).get("timings", {}).get("certify_s"))} if tols else {}
-            if len(tols) > 1:
+            certs = {first: (cert, (result.get("info") or {}).get("timings", {}).get("certify_s"))} if in_check else {}
+            later = tols[1:] if in_check else tols
+            if certify_below is not None and not (result["final_loss"] < certify_below):
+                reason = f"not certified: path loss at alpha = 1 is {result['final_loss']:.4g} >= {certify_below:g}"
+                certs = {tol: ({"status": None, "reason": reason}, None) for tol in tols}
+                later = ()
+            if later:
                 line = make_line(model, init, final, dtype=torch.float32)
                 on_line = data_on_line(line, data, "recompute")
-                for tol in tols[1:]:
+                for tol in later:
                     out = certify(line, on_line, tol=tol, budget_s=certify_budget, conditions=False, bn="recompute")
                     certs[tol] = (asdict(out.certificate), out.seconds)
+            if certify_below is not None and tols:
+                c0 = certs[first][0]
+                row.update(certificate=c0.get("status"), certificate_method=c0.get("method"), certified_rise=c0.get("rise"),
+                           rise_bound=c0.get("rise_bound"), certificate_cells=c0.get("cells"))
             for tol, (c, secs) in certs.items():
                 key = f"{tol:g}"
                 row[f"cert@{key}"] = c.get("status")
@@ -159,6 +204,8 @@ def run_sweep(
     executor: ExecutorOptions | str = "local",
     tols: tuple[float, ...] = (0.0,),
     certify_budget: float = 30.0,
+    threads: int = 1,
+    certify_below: float | None = None,
 ) -> list[dict[str, Any]]:
     """Run every config not finished yet under ``root``; return all rows (and write results.csv).
 
@@ -169,6 +216,8 @@ def run_sweep(
         alphas, geometry: what ``check`` computes for every run.
         tols: the tolerances T at which every run is certified (empty: no certificate).
         certify_budget: seconds of proof work per run and tolerance.
+        threads: torch threads per run (recorded in the row with the environment).
+        certify_below: certify only runs whose path loss at α = 1 is under this (None: all).
         log: where progress goes (None: silent).
         executor: ``local``, ``dask``, ``slurm`` or full :class:`ExecutorOptions`.
 
@@ -183,7 +232,7 @@ def run_sweep(
     for cfg in configs:
         folder = os.path.join(root, "runs", run_id(cfg))
         if not os.path.isfile(os.path.join(folder, RESULT)):
-            todo.append((cfg, folder, alphas, geometry, tuple(tols), certify_budget))
+            todo.append((cfg, folder, alphas, geometry, tuple(tols), certify_budget, threads, certify_below))
     done, total = len(configs) - len(todo), len(configs)
     if log:
         where = f"{options.jobs} process(es)" if options.name == "local" else options.name
