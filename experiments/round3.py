@@ -161,6 +161,41 @@ def scale_design() -> list[TrainConfig]:
     return out
 
 
+def restore(rows_path: str, out_root: str) -> int:
+    """Recreate the ``result.json`` of every committed row (``results.jsonl``, one JSON row per run
+    with its ``block``) whose run folder is missing, so a fresh clone resumes the sweep where the
+    committed results stop instead of training them again. Returns how many were restored. The
+    checkpoints are not restored (the analysis needs only the rows)."""
+    import json
+
+    if not os.path.isfile(rows_path):
+        return 0
+    done = 0
+    with open(rows_path) as fh:
+        for line in fh:
+            row = json.loads(line)
+            block = row.pop("block", None)
+            if not block or "id" not in row:
+                continue
+            path = os.path.join(out_root, block, "runs", row["id"], "result.json")
+            if not os.path.isfile(path):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "w") as out:
+                    json.dump({**row, "restored": True}, out)
+                done += 1
+    return done
+
+
+def planned(quick: bool, pilot_rows: list[dict]) -> dict[str, int]:
+    """Block → the number of runs the design has (to tell a finished design from an interim one)."""
+    edge = edges(pilot_rows)
+    out = {"pilot": len(pilot_design()), "push": len(push_design(quick)), "threads": len(threads_design(edge, quick)),
+           "edge": len(edge_design(edge, quick))}
+    if not quick:
+        out["scale"] = len(scale_design())
+    return out
+
+
 def run(quick: bool, executor: ExecutorOptions, out_root: str, *, train: bool = True) -> dict[str, list[dict]]:
     """Train and check every run not finished yet (``train=False``: collect only); block → rows."""
     def sweep(cfgs, name, *, how=executor, **kw):
@@ -172,12 +207,12 @@ def run(quick: bool, executor: ExecutorOptions, out_root: str, *, train: bool = 
     rows: dict[str, list[dict]] = {}
     rows["pilot"] = sweep(pilot_design(), "pilot", geometry=False, tols=())
     edge = edges(rows["pilot"])
-    cfgs = edge_design(edge, quick)
-    rows["edge"] = sweep(cfgs, "edge", geometry=True, tols=TOLS, certify_below=THRESHOLD)
+    # the short blocks first, then the edge block by seed (the long one), then the scale block
     rows["push"] = sweep(push_design(quick), "push", geometry=True, tols=TOLS, certify_below=THRESHOLD)
     serial = replace(executor, jobs=1) if executor.name == "local" else executor
     rows["threads"] = sweep(threads_design(edge, quick), "threads", geometry=True, tols=TOLS, certify_below=THRESHOLD,
                             threads=2, how=serial)
+    rows["edge"] = sweep(edge_design(edge, quick), "edge", geometry=True, tols=TOLS, certify_below=THRESHOLD)
     if not quick:
         rows["scale"] = sweep(scale_design(), "scale", geometry=False, tols=TOLS, certify_below=THRESHOLD, certify_budget=120.0)
     return rows

@@ -259,16 +259,34 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _round3(args) -> int:
-    from round3 import run  # noqa: E402  (experiments/round3.py)
+    import json
+
+    from round3 import restore, run  # noqa: E402  (experiments/round3.py)
     from round3_analysis import analyse  # noqa: E402
 
     label = "quick" if args.quick else "full"
     results = os.path.join(HERE, "results", "round3", label)
     os.makedirs(results, exist_ok=True)
+    for lab in ("full", "quick"):  # the committed rows: a fresh clone resumes instead of retraining
+        n = restore(os.path.join(HERE, "results", "round3", lab, "results.jsonl"), args.runs)
+        if n:
+            print(f"restored {n} finished runs from results/round3/{lab}/results.jsonl", file=sys.stderr)
     options = ExecutorOptions(args.executor, jobs=args.jobs, scheduler=args.scheduler, slurm_partition=args.slurm_partition)
     rows = run(args.quick, options, args.runs, train=not args.analyse)
-    write_csv([{**r, "block": name} for name, rs in rows.items() for r in rs], os.path.join(results, "results.csv"))
-    analyse(rows, results, label=label, readme=None if args.no_readme else os.path.join(HERE, "README.md"))
+    flat = [{**r, "block": name} for name, rs in rows.items() for r in rs]
+    write_csv(flat, os.path.join(results, "results.csv"))
+    with open(os.path.join(results, "results.jsonl"), "w") as fh:
+        for r in flat:
+            fh.write(json.dumps({k: v for k, v in r.items() if k != "traceback"}) + "\n")
+    from round3 import planned  # noqa: E402
+
+    plan = planned(args.quick, rows.get("pilot", []))
+    missing = {k: n - len(rows.get(k, [])) for k, n in plan.items() if len(rows.get(k, [])) < n}
+    if missing:  # an interim look: tables for the record, never the README's verdicts
+        label += " (interim: " + ", ".join(f"{k} {len(rows.get(k, []))}/{plan[k]}" for k in missing) + " runs finished)"
+        print(f"the {label.split(' ')[0]} design is not finished; tables written, README left alone", file=sys.stderr)
+    readme = None if args.no_readme or missing else os.path.join(HERE, "README.md")
+    analyse(rows, results, label=label, readme=readme)
     return 0
 
 

@@ -484,10 +484,16 @@ def analyse(by_exp: dict[str, list[dict]], out: str, *, label: str, design: dict
                 cv = [r for r in cell if converged(r)]
                 k3, _ = frac(cv, nm)
                 k0, _ = frac(cv, lambda r: rise(r) > 0)
-                kc, _ = frac(cv, lambda r: cert(r, 0.0) == "non_monotone" or cert(r, EPS) == "non_monotone")
+                certs = []
+                for tol in (0.0, EPS):  # one column per tolerance: never mixed
+                    asked = [r for r in cv if f"cert@{tol:g}" in r and r.get(f"cert@{tol:g}") not in (None, "")]
+                    kc, _ = frac(asked, lambda r, t=tol: cert(r, t) == "non_monotone")
+                    unk, _ = frac(asked, lambda r, t=tol: cert(r, t) == "unknown")
+                    certs.append(f"{kc}/{len(asked)} ({unk} unknown)" if asked else "not certified")
                 c_rows.append([net, "yes" if bn else "no", OPT_LABEL[opt], ", ".join(f"{x:g}" for x in sorted({f(r['lr']) for r in cell})),
-                               pct(len(cv), len(cell)), pct(k0, len(cv)), pct(k3, len(cv)), f"{kc}/{len(cv)}" if not bn else "–"])
-    md += [table(["net", "BN", "optimiser", "lrs", "converged", "Δ > 0", "Δ > 1e-3", "certified non-monotone"], c_rows), ""]
+                               pct(len(cv), len(cell)), pct(k0, len(cv)), pct(k3, len(cv)), *certs])
+    md += [table(["net", "BN", "optimiser", "lrs", "converged", "Δ > 0", "Δ > 1e-3", "certified non-monotone, T = 0",
+                  "certified non-monotone, T = 1e-3"], c_rows), ""]
 
     # --- claim 1
     sgd_cv = [r for r in optim if converged(r) and r["opt"] in ("sgd", "sgd_m")]
