@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import math
 import os
@@ -114,17 +113,9 @@ def family(arch: str) -> str:
 
 def library_fingerprint() -> str:
     """sha1 of every .py file of the mli_theory package (path and content)."""
-    h = hashlib.sha1()
-    pkg = os.path.join(ROOT, "mli_theory")
-    for dirpath, dirnames, filenames in os.walk(pkg):
-        dirnames.sort()
-        for name in sorted(filenames):
-            if name.endswith(".py"):
-                path = os.path.join(dirpath, name)
-                h.update(os.path.relpath(path, pkg).encode())
-                with open(path, "rb") as f:
-                    h.update(f.read())
-    return h.hexdigest()[:12]
+    from mli_theory.runs.sweep import library_fingerprint as fingerprint
+
+    return fingerprint()
 
 
 def git_state() -> str:

@@ -358,7 +358,8 @@ def scale_table(scale: list[dict]) -> list[list[Any]]:
 def environments(rows: Iterable[dict]) -> list[list[Any]]:
     c: dict[tuple, int] = defaultdict(int)
     for r in rows:
-        c[(r.get("env_torch"), r.get("env_blas"), r.get("env_cpu"), r.get("env_simd"), r.get("threads"))] += 1
+        c[(r.get("env_torch"), r.get("env_blas"), r.get("env_cpu"), r.get("env_simd"), r.get("threads"),
+           r.get("env_library") or "not recorded (library of commit d183bf2)")] += 1
     return [list(k) + [v] for k, v in sorted(c.items(), key=str)]
 
 
@@ -377,44 +378,58 @@ def _plots(edge: list[dict], pilot: list[dict], push: list[dict], out: str, warn
     const = [r for r in edge if f(r.get("anneal")) == 0.0]
     colours = {"sgd": "tab:blue", "sgd_m": "tab:orange", "adam": "tab:green"}
     try:
-        fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
+        fig, axes = plt.subplots(2, 3, figsize=(13, 7), gridspec_kw={"width_ratios": [1, 1, 1.1]})
         for j, b in enumerate((False, True)):
             for o, col in colours.items():
                 rs = [r for r in const if r["opt"] == o and bn(r) == b]
-                pts: dict[float, list[dict]] = defaultdict(list)
+                pts: dict[int, list[dict]] = defaultdict(list)
                 for r in rs:
-                    pts[f(r["lr"]) / f(r["edge_lr"])].append(r)
-                if o == "adam" and b:
-                    e = f(rs[0]["edge_lr"]) if rs else None
-                    for r in pilot:
-                        if e:
-                            pts[f(r["lr"]) / e].append(r)
+                    pts[int(r["step"])].append(r)
                 xs = sorted(pts)
-                for i, (what, pred, among) in enumerate((("converged", conv, lambda r: True), ("certified non-monotone", y, conv))):
-                    ks = [(sum(1 for r in pts[x] if among(r) and pred(r)), sum(1 for r in pts[x] if among(r))) for x in xs]
-                    keep = [(x, k, n) for x, (k, n) in zip(xs, ks) if n > 0]
+                off = 0.12 * (list(colours).index(o) - 1)
+                for i, (pred, among) in enumerate(((conv, lambda r: True), (y, conv))):
+                    keep = [(x, sum(1 for r in pts[x] if among(r) and pred(r)), sum(1 for r in pts[x] if among(r))) for x in xs]
+                    keep = [t for t in keep if t[2] > 0]
                     if not keep:
                         continue
                     ax = axes[i, j]
-                    xx = [x * (1 + 0.04 * (list(colours).index(o) - 1)) for x, _, _ in keep]
                     ps = [wilson(k, n) for _, k, n in keep]
-                    ax.errorbar(xx, [p[0] for p in ps], yerr=[[p[0] - p[1] for p in ps], [p[2] - p[0] for p in ps]],
+                    ax.errorbar([x + off for x, _, _ in keep], [p[0] for p in ps], yerr=[[p[0] - p[1] for p in ps], [p[2] - p[0] for p in ps]],
                                 fmt="o-", color=col, capsize=3, label=OPT_LABEL[o])
-                    for x, (_, k, n) in zip(xx, keep):
-                        ax.annotate(f"{n}", (x, wilson(k, n)[0]), textcoords="offset points", xytext=(4, 4), fontsize=7, color=col)
+                    for (x, k, n), p in zip(keep, ps):
+                        ax.annotate(f"n={n}", (x + off, p[0]), textcoords="offset points", xytext=(4, 4), fontsize=7, color=col)
             for i in range(2):
                 ax = axes[i, j]
-                ax.axvline(1.0, color="k", ls=":", lw=1)
-                ax.set_xscale("log")
+                ax.axvline(0.0, color="k", ls=":", lw=1)
+                ax.set_xlim(-1.5, 0.5)
+                ax.set_xticks([-1, 0], ["one step below", "edge"])
                 ax.set_ylim(-0.05, 1.05)
             axes[0, j].set_title(("with" if b else "without") + " BatchNorm")
         axes[0, 0].set_ylabel("fraction converged (of runs)")
         axes[1, 0].set_ylabel("certified non-monotone at 1e-3\n(of converged)")
-        for j in range(2):
-            axes[1, j].set_xlabel("learning rate / stability edge (dotted: the edge)")
         if axes[0, 0].get_legend_handles_labels()[0]:
             axes[0, 0].legend(fontsize=8)
-        fig.suptitle("Round 3: constant-lr runs near each cell's stability edge (numbers: n per point)")
+        by_lr: dict[float, list[dict]] = defaultdict(list)
+        for r in pilot:
+            by_lr[f(r["lr"])].append(r)
+        ax = axes[0, 2]
+        if by_lr:
+            lrs = sorted(by_lr)
+            ps = [wilson(sum(map(conv, by_lr[lr])), len(by_lr[lr])) for lr in lrs]
+            ax.errorbar(lrs, [p[0] for p in ps], yerr=[[p[0] - p[1] for p in ps], [p[2] - p[0] for p in ps]], fmt="o-", color=colours["adam"], capsize=3)
+            dv = [sum(1 for r in by_lr[lr] if state(r) == "diverged") / len(by_lr[lr]) for lr in lrs]
+            ax.plot(lrs, dv, "x--", color="tab:red", label="diverged")
+            for lr, p in zip(lrs, ps):
+                ax.annotate(f"n={len(by_lr[lr])}", (lr, p[0]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            ax.set_xscale("log")
+            ax.set_xticks(lrs, [f"{lr:g}" for lr in lrs], fontsize=8)
+            ax.minorticks_off()
+            ax.legend(fontsize=8)
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_title("Adam + BN pilot past round 2's grid")
+        ax.set_xlabel("learning rate")
+        axes[1, 2].axis("off")
+        fig.suptitle("Round 3: constant-lr runs at each cell's stability edge and one step below (Wilson 95 %)")
         fig.tight_layout()
         fig.savefig(os.path.join(out, "edge_cells.png"), dpi=120)
         plt.close(fig)
@@ -537,7 +552,7 @@ def analyse(rows: dict[str, list[dict]], out: str, *, label: str, readme: str | 
     if scale:
         md += ["## Scale block (300 epochs, descriptive)", "",
                table(["arch", "optimiser", "lr", "state", "final loss", "grid Δ", "cert 1e-3", "cert 0", "distance", "seconds"], scale_table(scale)), ""]
-    md += ["## Environments", "", table(["torch", "BLAS", "CPU", "vector", "threads", "runs"], environments([r for rs in rows.values() for r in rs])), ""]
+    md += ["## Environments", "", table(["torch", "BLAS", "CPU", "vector", "threads", "library", "runs"], environments([r for rs in rows.values() for r in rs])), ""]
     if warnings:
         md += ["## Warnings", ""] + [f"- {w}" for w in warnings] + [""]
     with open(os.path.join(out, "tables.md"), "w") as fh:

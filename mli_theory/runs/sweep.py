@@ -68,11 +68,27 @@ def _flat_check(result: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def library_fingerprint() -> str:
+    """sha1 (12 hex digits) of every .py file of the installed mli_theory package, path and content:
+    which version of the library produced a row, also between commits."""
+    h = hashlib.sha1()
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for dirpath, dirnames, filenames in os.walk(pkg):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if name.endswith(".py"):
+                path = os.path.join(dirpath, name)
+                h.update(os.path.relpath(path, pkg).encode())
+                with open(path, "rb") as f:
+                    h.update(f.read())
+    return h.hexdigest()[:12]
+
+
 def environment(threads: int) -> dict[str, Any]:
     """What a run's numbers depend on besides its config: torch, the BLAS, the CPU, the threads.
 
     >>> sorted(environment(1))
-    ['env_blas', 'env_cpu', 'env_simd', 'env_torch', 'threads']
+    ['env_blas', 'env_cpu', 'env_library', 'env_simd', 'env_torch', 'threads']
     """
     import platform
 
@@ -97,7 +113,8 @@ def environment(threads: int) -> dict[str, Any]:
         simd = torch.backends.cpu.get_cpu_capability()
     except Exception:  # older torch
         simd = "unknown"
-    return {"env_torch": torch.__version__, "env_blas": blas, "env_cpu": cpu, "env_simd": simd, "threads": int(threads)}
+    return {"env_torch": torch.__version__, "env_blas": blas, "env_cpu": cpu, "env_simd": simd, "env_library": library_fingerprint(),
+            "threads": int(threads)}
 
 
 def run_one(
