@@ -720,12 +720,14 @@ def _product(a: TM, b: TM, h: Tensor, *, norm_of_b: bool = False) -> TM:
     if not _is_zero(gg):
         c = c + hh * gg
     g = _add0(_mul0(a.c, b.g), _mul0(a.g, b.c))
-    ma = a.c.abs() + a.g.abs() * h
-    mb = b.c.abs() + b.g.abs() * h
+    # each absolute value once (|x·y| = |x|·|y| exactly in floating point)
+    ac, ag, bc, bg = a.c.abs(), a.g.abs(), b.c.abs(), b.g.abs()
+    ma = ac + ag * h
+    mb = bc + bg * h
     rest = a.e * (mb + b.e)
     if not _is_zero(gg):
-        rest = rest + hh * gg.abs()
-    rest = rest + (a.c.abs() + a.g.abs() + a.e) * (b.c.abs() + b.g.abs() + b.e) * (8 * U)
+        rest = rest + hh * (ag * bg)
+    rest = rest + (ac + ag + a.e) * (bc + bg + b.e) * (8 * U)
     e = _up(rest + ma * b.e)
     if not norm_of_b:
         return TM(c, g, e)
@@ -830,6 +832,10 @@ def _mul(nt: EnclosureNumbers, a: Any, b: Any) -> Any:
             return NotImplemented
         bb = b.to(torch.float64)
         return Enclosure(_scale(a.v, bb), _scale(a.d, bb))
+    if b is a:  # a square (a variance): (a²)′ = 2·a′a, one product instead of two and their sum
+        h = nt.h(a.v.c.dim() - 1)
+        d = _product(a.d, a.v, h)
+        return Enclosure(_product(a.v, a.v, h), TM(d.c * 2.0, d.g * 2.0, d.e * 2.0))  # ×2 is exact
     eb = _as_enclosure(nt, b)
     if eb is None:
         return NotImplemented
@@ -1206,10 +1212,12 @@ def _normalise(nt: EnclosureNumbers, mod: nn.Module, p: dict, centred: Enclosure
     r = _smooth(nt, _RSQRT, Enclosure(_shift(var.v, float(mod.eps)), var.d), domain_lo=0.0, known_lo=known)
     if r is NotImplemented:  # the variance's enclosure reaches 0 on some cell: nothing is known there
         return _undefined(_full(centred))
-    out = _mul(nt, centred, r)
     weight, bias = p.get("weight"), p.get("bias")
     if weight is not None:
-        out = _mul(nt, out, _bias_enclosure(nt, weight, view, nd))
+        # γ·(var + ε)^(−1/2) per channel first (small tensors), then one product with the
+        # centred activations instead of two full-size ones
+        r = _mul(nt, r, _bias_enclosure(nt, weight, view, nd))
+    out = _mul(nt, centred, r)
     if bias is not None:
         out = _add(nt, out, _bias_enclosure(nt, bias, view, nd))
     return out
@@ -1269,8 +1277,15 @@ def _batch_norm_statistics(nt: "StatisticsNumbers", mod: nn.Module, p: dict, x: 
     factor = count / (count - 1)
     var_u = Enclosure(_scale_inexact(var_b.v, factor), _scale_inexact(var_b.d, factor))
     nt.record[name] = (mu, var_u)
+    nt.stop_if_complete()
     inner = nd - 1  # (n, F, …) without the cell axis
     return _normalise(nt, mod, p, centred, var_b, _channel_view(inner), inner, nonnegative=True)
+
+
+class StatisticsComplete(Exception):
+    """Raised by a re-estimation pass once every BatchNorm layer's statistics are recorded: what
+    follows the last BatchNorm layer does not change them (each layer is called exactly once,
+    checked before any walk), so the rest of the pass is skipped."""
 
 
 class StatisticsNumbers(EnclosureNumbers):
@@ -1284,6 +1299,11 @@ class StatisticsNumbers(EnclosureNumbers):
         super().__init__(mid, rad)
         self.names = names
         self.record: dict[str, tuple[Enclosure, Enclosure]] = {}
+
+    def stop_if_complete(self) -> None:
+        """Raise :class:`StatisticsComplete` once every named layer has its record."""
+        if len(self.record) >= len(set(self.names.values())):
+            raise StatisticsComplete
 
     def rule(self, kind: str, key: object):
         if kind == "module" and key in (nn.BatchNorm1d, nn.BatchNorm2d):

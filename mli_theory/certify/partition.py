@@ -48,7 +48,7 @@ from ..path import BNPolicy, Line, Motion
 from .adjoint import Tape, kink_bound, unsupported
 from .convexity import Curved, SecondNumbers, SecondStatisticsNumbers, loss_second_terms
 from .validation import MEASURED_DIFFERS, Reference, validation_points
-from .enclosures import _LIB, _TINY, TM, U, Enclosure, EnclosureNumbers, Param, StatisticsNumbers, _add_tm, _imul, _softmax_box, _up, gamma, strict_arithmetic
+from .enclosures import _LIB, _TINY, TM, U, Enclosure, EnclosureNumbers, Param, StatisticsComplete, StatisticsNumbers, _add_tm, _imul, _softmax_box, _up, gamma, strict_arithmetic
 
 MIN_WIDTH = 2.0**-40
 UNDERFLOW_FLOOR = 2.0**-900  # a rise bound below this is made of the enclosures' underflow guards
@@ -411,6 +411,8 @@ def _statistics(problem: _Problem, mid: torch.Tensor, rad: torch.Tensor, deadlin
         nt = StatisticsNumbers(mid[i : i + problem.statistics_cells], rad[i : i + problem.statistics_cells], problem.statistics)
         try:
             interpret(problem.gm, nt, [x], problem.params)
+        except StatisticsComplete:
+            pass
         except UnsupportedGraph as exc:
             raise Unsupported(str(exc)) from None
         for name in problem.statistics.values():
@@ -713,6 +715,8 @@ def second_walks(problem: _Problem, a: list[float], b: list[float], deadline: fl
         x_all = problem.x if isinstance(problem.x, torch.Tensor) else problem.x[:]
         try:
             interpret(problem.gm, stats, [x_all], problem.params)
+        except StatisticsComplete:
+            pass
         except (UnsupportedGraph, NotImplementedError) as exc:
             raise _NoSecond(str(exc)) from None
         params = dict(params)
