@@ -196,3 +196,24 @@ def test_sup_bounds_of_second_and_third_derivatives_dominate_a_dense_grid(spec):
         pts = lo[:, None] + (hi - lo)[:, None] * t[None, :]
         true = fn(pts).abs().amax(1)
         assert bool((bound >= true).all())
+
+
+def test_cpu_float64_convolution_is_the_unfold_matmul_it_replaces():
+    """The enclosures' convolution calls F.conv2d on CPU float64 on the argument that torch has
+    only im2col + gemm there (dot products of length K, covered by γ_K). Were a future torch to pick
+    another algorithm (FFT, Winograd), the outputs would stop matching unfold + matmul bit for bit
+    and this test would say so."""
+    import torch.nn.functional as F
+
+    from mli_theory.certify.enclosures import _conv_f
+
+    g = torch.Generator().manual_seed(0)
+    for cin, cout, hw, stride, pad, dil in [(1, 8, 8, 1, 1, 1), (3, 5, 9, 2, 0, 1), (4, 6, 7, 1, 2, 2)]:
+        x = torch.randn(7, cin, hw, hw, dtype=torch.float64, generator=g)
+        ws = [torch.randn(cout, cin, 3, 3, dtype=torch.float64, generator=g) for _ in range(2)]
+        fast = _conv_f(2, (stride, stride), (pad, pad), (dil, dil), 1).multi(x, ws)
+        for w, got in zip(ws, fast):
+            cols = F.unfold(x, (3, 3), dilation=dil, padding=pad, stride=stride)
+            oh = (hw + 2 * pad - dil * 2 - 1) // stride + 1
+            ref = torch.matmul(w.reshape(cout, -1), cols).reshape(7, cout, oh, oh)
+            assert torch.equal(got, ref)
