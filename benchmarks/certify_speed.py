@@ -61,15 +61,9 @@ GRID = 1000
 
 
 def machine_line(device: str) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for row in fh:
-                if row.startswith("model name"):
-                    cpu = row.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    from mli_theory.runs.sweep import cpu_name
+
+    cpu = cpu_name()
     try:
         load = " / ".join(f"{v:.2f}" for v in os.getloadavg())
     except OSError:

@@ -38,3 +38,17 @@ def one_cpu_thread():
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def experiments():
+    """``import_module`` with ``experiments/`` on sys.path while a module's tests run (the research
+    scripts import each other by name)."""
+    import importlib
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
+    sys.path.insert(0, path)
+    try:
+        yield importlib.import_module
+    finally:
+        sys.path.remove(path)

@@ -6,28 +6,15 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
-import sys
 
 import numpy as np
 import pytest
 from scipy import optimize, stats
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXP = os.path.join(ROOT, "experiments")
-
 
 @pytest.fixture(scope="module")
-def mods():
-    sys.path.insert(0, EXP)
-    try:
-        import inference
-        import round3
-        import round3_analysis
-
-        yield inference, round3, round3_analysis
-    finally:
-        sys.path.remove(EXP)
+def mods(experiments):
+    return experiments("inference"), experiments("round3"), experiments("round3_analysis")
 
 
 def _exact_p(stat, y, strata):

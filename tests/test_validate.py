@@ -3,32 +3,19 @@
 from __future__ import annotations
 
 import math
-import os
-import sys
 
 import pytest
 from scipy import stats
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXP = os.path.join(ROOT, "experiments")
+
+@pytest.fixture(scope="module")
+def va(experiments):
+    return experiments("validate_analysis")
 
 
 @pytest.fixture(scope="module")
-def va():
-    sys.path.insert(0, EXP)
-    try:
-        import validate_analysis
-
-        yield validate_analysis
-    finally:
-        sys.path.remove(EXP)
-
-
-@pytest.fixture(scope="module")
-def vd(va):
-    import validate
-
-    return validate
+def vd(experiments):
+    return experiments("validate")
 
 
 def test_wilson_and_newcombe_match_published_values(va):

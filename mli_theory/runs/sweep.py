@@ -84,31 +84,35 @@ def library_fingerprint() -> str:
     return h.hexdigest()[:12]
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what :mod:`platform` knows."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return cpu
+
+
 def environment(threads: int) -> dict[str, Any]:
     """What a run's numbers depend on besides its config: torch, the BLAS, the CPU, the threads.
 
     >>> sorted(environment(1))
     ['env_blas', 'env_cpu', 'env_library', 'env_simd', 'env_torch', 'threads']
     """
-    import platform
-
     import torch
 
     blas = "unknown"
     for line in torch.__config__.show().splitlines():
-        line = line.strip()
-        if line.startswith("BLAS_INFO=") or "BLAS_INFO=" in line:
+        if "BLAS_INFO=" in line:
             blas = line.split("BLAS_INFO=", 1)[1].split(",")[0].strip()
             break
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_name()
     try:  # the vector instructions the CPU kernels dispatch to (they change float32 rounding)
         simd = torch.backends.cpu.get_cpu_capability()
     except Exception:  # older torch
