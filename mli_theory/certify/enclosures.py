@@ -1279,7 +1279,11 @@ def _batch_norm_statistics(nt: "StatisticsNumbers", mod: nn.Module, p: dict, x: 
         return NotImplemented  # torch refuses train-mode BatchNorm with one value per channel
     mu = _mean_over(full, cdims)
     centred = _sub(nt, full, mu)
-    var_b = _mean_over(_mul(nt, centred, centred), cdims)
+    # v = mean((x − μ)²) and v′ = 2·mean((x − μ)·x′): the μ′ part of (x − μ)′ averages to exactly 0
+    # (mean(x − μ) = 0 at every α), so it is left out instead of carried as a remainder
+    h = nt.h(nd - 1)
+    d = _product(centred.v, full.d, h)
+    var_b = _mean_over(Enclosure(_product(centred.v, centred.v, h), TM(d.c * 2.0, d.g * 2.0, d.e * 2.0)), cdims)
     factor = count / (count - 1)
     var_u = Enclosure(_scale_inexact(var_b.v, factor), _scale_inexact(var_b.d, factor))
     nt.record[name] = (mu, var_u)
