@@ -1,0 +1,129 @@
+"""Certifying BatchNorm nets under re-estimated statistics: this checkout against an older revision.
+
+    python benchmarks/bn_certify_speed.py --against 0251d77 [--budget 120] [--quick]
+
+Trains (once, into a temporary folder) the MLP 64-64-64-10 with BatchNorm of the round-3 validation at
+three learning rates at the stability edge (SGD 0.178, SGD + momentum 0.178, Adam 0.1; digits,
+30 epochs, seed 0) and the digits CNN with BatchNorm (SGD + momentum 0.03), then certifies each
+path (``bn=recompute``, T = 1e-3; the CNN also at T = 0) with this checkout's certifier and with the
+one of ``--against`` (a temporary git worktree), one process at a time, alternating, one torch
+thread each. Prints cells, rise bound and seconds side by side and their ratio, and the load
+average before and after: take the figures on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+MODELS = {
+    "MLP+BN SGD 0.178": dict(arch="mlp:64-64-64-10:bn", optimizer="sgd", momentum=0.0, lr=0.178),
+    "MLP+BN SGD-m 0.178": dict(arch="mlp:64-64-64-10:bn", optimizer="sgd", momentum=0.9, lr=0.178),
+    "MLP+BN Adam 0.1": dict(arch="mlp:64-64-64-10:bn", optimizer="adam", momentum=0.9, lr=0.1),
+    "CNN+BN SGD-m 0.03": dict(arch="mli_theory.inputs.convnets:digits_cnn_bn", optimizer="sgd", momentum=0.9, lr=0.03),
+}
+WORKER = r"""
+import json, os, sys, time
+root, folder, arch, tol, budget = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
+sys.path.insert(0, root)
+import torch
+torch.set_num_threads(1)
+import mli_theory
+assert mli_theory.__file__.startswith(root), mli_theory.__file__
+from mli_theory.certify.partition import decide_by_enclosures
+from mli_theory.inputs.arch import build_model, parse_arch
+from mli_theory.inputs.checkpoint import load_state_dict
+from mli_theory.inputs.data import load_data
+from mli_theory.path import make_line
+from mli_theory.path.curve import data_on_line
+from mli_theory.path.line import BNPolicy
+line = make_line(build_model(parse_arch(arch)), load_state_dict(os.path.join(folder, "init.pt")),
+                 load_state_dict(os.path.join(folder, "final.pt")), dtype=torch.float32)
+data = data_on_line(line, load_data("sklearn:digits", "ce"), "recompute")
+t = time.perf_counter()
+v = decide_by_enclosures(line, data, tol=tol, bn=BNPolicy("recompute"), deadline=time.perf_counter() + budget)
+print(json.dumps({"status": v.status, "cells": v.cells, "bound": v.rise_bound, "seconds": time.perf_counter() - t}))
+"""
+
+
+def _train(out: str, quick: bool) -> dict[str, str]:
+    sys.path.insert(0, ROOT)
+    import torch
+
+    from mli_theory.runs import TrainConfig
+    from mli_theory.runs.config import run_training
+
+    torch.set_num_threads(1)
+    folders = {}
+    for i, (name, kw) in enumerate(MODELS.items()):
+        if quick and i not in (0, 3):
+            continue
+        folder = os.path.join(out, f"m{i}")
+        cfg = TrainConfig(data="sklearn:digits", loss="ce", epochs=30, batch_size=64, seed=0, **kw)
+        res = run_training(cfg, folder)
+        print(f"trained {name}: final loss {res.final_loss:.4g}", flush=True)
+        folders[name] = folder
+    return folders
+
+
+def _load() -> str:
+    try:
+        return " / ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--against", required=True, help="the git revision to compare with (e.g. 0251d77)")
+    ap.add_argument("--budget", type=float, default=120.0, help="seconds per decision (default 120)")
+    ap.add_argument("--quick", action="store_true", help="one MLP and the CNN only")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        old = os.path.join(tmp, "old")
+        got = subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", "-q", old, args.against], capture_output=True, text=True)
+        if got.returncode != 0:
+            print(f"--against {args.against}: {got.stderr.strip()}", file=sys.stderr)
+            return 2
+        try:
+            folders = _train(os.path.join(tmp, "runs"), args.quick)
+            from mli_theory.runs.sweep import cpu_name
+
+            print(f"# CPU {cpu_name()}, {os.cpu_count()} cores, 1 torch thread per decision; load before {_load()}")
+            print("| model | T | this checkout: status, cells, bound, s | " + args.against + ": status, cells, bound, s | speed-up |")
+            print("|---|---|---|---|---|")
+            for name, folder in folders.items():
+                tols = (1e-3, 0.0) if name.startswith("CNN") else (1e-3,)
+                for tol in tols:
+                    res = {}
+                    for label, root in (("new", ROOT), ("old", old)):
+                        out = subprocess.run([sys.executable, "-c", WORKER, root, folder, MODELS[name]["arch"], str(tol), str(args.budget)],
+                                             capture_output=True, text=True)
+                        lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+                        res[label] = json.loads(lines[-1]) if lines else {"status": "error: " + out.stderr.strip()[-200:]}
+                    n, o = res["new"], res["old"]
+
+                    def cell(r):
+                        if "cells" not in r:
+                            return r["status"]
+                        bound = "–" if r["bound"] is None else f"{r['bound']:.3g}"
+                        return f"{r['status']}, {r['cells']}, {bound}, {r['seconds']:.1f}"
+
+                    both = "seconds" in n and "seconds" in o and n["status"] != "unknown"
+                    ratio = f"{o['seconds'] / n['seconds']:.2f}×" + ("" if o["status"] != "unknown" else " (old: budget)") if both else "–"
+                    print(f"| {name} | {tol:g} | {cell(n)} | {cell(o)} | {ratio} |", flush=True)
+            print(f"# load after {_load()}")
+        finally:
+            subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", old], capture_output=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
