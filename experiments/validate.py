@@ -46,7 +46,25 @@ from dataclasses import replace
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+
+
+def _library(argv: list[str]) -> str:
+    """``--library DIR``: the checkout whose ``mli_theory`` trains, checks and certifies (default:
+    this one). Read before anything is imported, so that every run uses that version; round 3's edge
+    block is certified by one library version throughout (see experiments/README.md)."""
+    for i, a in enumerate(argv):
+        if a == "--library" and i + 1 < len(argv):
+            return os.path.abspath(argv[i + 1])
+        if a.startswith("--library="):
+            return os.path.abspath(a.split("=", 1)[1])
+    return os.path.dirname(HERE)
+
+
+LIBRARY = _library(sys.argv[1:] if __name__ == "__main__" else [])
+if not os.path.isfile(os.path.join(LIBRARY, "mli_theory", "__init__.py")):
+    print(f"--library {LIBRARY}: no mli_theory package there", file=sys.stderr)
+    sys.exit(2)
+sys.path.insert(0, LIBRARY)
 
 from mli_theory.runs import TrainConfig  # noqa: E402
 from mli_theory.runs.executors import ExecutorOptions  # noqa: E402
@@ -219,12 +237,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--analyse", action="store_true", help="do not train: analyse the finished runs only")
     ap.add_argument("--no-readme", action="store_true", help="do not rewrite experiments/README.md")
     ap.add_argument("--round", type=int, choices=[2, 3], default=2, dest="round_", help="which round's design (3: the current one)")
+    ap.add_argument("--library", default=None, help="a checkout whose mli_theory the runs use (e.g. a git worktree of an older commit)")
     ap.add_argument("--runs", default=None, help="folder of the run folders (default experiments/out/round<N>)")
     args = ap.parse_args(argv)
     if args.jobs < 1:
         ap.error(f"--jobs {args.jobs}: must be at least 1")
     if args.runs is None:
         args.runs = os.path.join(HERE, "out", f"round{args.round_}")
+    import mli_theory
+
+    if not os.path.abspath(mli_theory.__file__).startswith(os.path.join(LIBRARY, "")):
+        ap.error(f"mli_theory was imported from {mli_theory.__file__}, not from --library {LIBRARY}")
     if args.round_ == 3:
         return _round3(args)
     label = "quick" if args.quick else "full"
