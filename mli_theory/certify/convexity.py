@@ -553,8 +553,7 @@ class SecondStatisticsNumbers(SecondNumbers):
         var_u = Curved(Enclosure(E._scale_inexact(var_b.first.v, factor), E._scale_inexact(var_b.first.d, factor)),
                        var_b.mid * factor, _up(var_b.rad * factor + (var_b.mid * factor).abs() * (4 * U)))
         self.record[name] = (mu, var_u)
-        if len(self.record) >= len(set(self.names.values())):
-            raise E.StatisticsComplete  # nothing after the last BatchNorm layer changes the statistics
+        E.StatisticsNumbers.stop_if_complete(self)  # nothing after the last BatchNorm layer changes the statistics
         inner = nd - 1
         return _normalise2(self, mod, p, centred, var_b, E._channel_view(inner), inner, nonnegative=True)
 

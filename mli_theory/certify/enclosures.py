@@ -740,6 +740,11 @@ def _product(a: TM, b: TM, h: Tensor, *, norm_of_b: bool = False) -> TM:
     return _with_norm(c, g, e, ma.amax(-1, keepdim=True) * _norm_of(b, c.shape[-1]), rest)
 
 
+def _twice(a: TM) -> TM:
+    """2·a: multiplying by 2 is exact in floating point, so no rounding term."""
+    return TM(a.c * 2.0, a.g * 2.0, a.e * 2.0)
+
+
 def _scale(a: TM, s: Tensor | float) -> TM:
     """a·s for a constant s (tensor broadcasting or float)."""
     sa = s.abs() if isinstance(s, Tensor) else abs(s)
@@ -840,8 +845,7 @@ def _mul(nt: EnclosureNumbers, a: Any, b: Any) -> Any:
         return Enclosure(_scale(a.v, bb), _scale(a.d, bb))
     if b is a:  # a square (a variance): (a²)′ = 2·a′a, one product instead of two and their sum
         h = nt.h(a.v.c.dim() - 1)
-        d = _product(a.d, a.v, h)
-        return Enclosure(_product(a.v, a.v, h), TM(d.c * 2.0, d.g * 2.0, d.e * 2.0))  # ×2 is exact
+        return Enclosure(_product(a.v, a.v, h), _twice(_product(a.d, a.v, h)))
     eb = _as_enclosure(nt, b)
     if eb is None:
         return NotImplemented
@@ -1282,8 +1286,7 @@ def _batch_norm_statistics(nt: "StatisticsNumbers", mod: nn.Module, p: dict, x: 
     # v = mean((x − μ)²) and v′ = 2·mean((x − μ)·x′): the μ′ part of (x − μ)′ averages to exactly 0
     # (mean(x − μ) = 0 at every α), so it is left out instead of carried as a remainder
     h = nt.h(nd - 1)
-    d = _product(centred.v, full.d, h)
-    var_b = _mean_over(Enclosure(_product(centred.v, centred.v, h), TM(d.c * 2.0, d.g * 2.0, d.e * 2.0)), cdims)
+    var_b = _mean_over(Enclosure(_product(centred.v, centred.v, h), _twice(_product(centred.v, full.d, h))), cdims)
     factor = count / (count - 1)
     var_u = Enclosure(_scale_inexact(var_b.v, factor), _scale_inexact(var_b.d, factor))
     nt.record[name] = (mu, var_u)
