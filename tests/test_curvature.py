@@ -7,8 +7,6 @@ the loss curve.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 
@@ -425,13 +423,7 @@ def test_path_direction_is_the_parameter_difference():
 # ----------------------------------------------------------------------------- CLI
 
 
-def _cli(*args: str) -> tuple[int, str, str]:
-    from mli_theory.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(args))
-    return code, out.getvalue(), err.getvalue()
+from inprocess import run_cli as _cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,7 @@ and the exact trace references of ``benchmarks/curvature_speed.py`` against ``to
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import io
 import json
 import math
 import os
@@ -25,12 +23,7 @@ from mli_theory.path import make_line
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 @pytest.fixture(scope="module")
@@ -265,13 +258,7 @@ def test_xtrace_input_errors(kw, needle):
 # ----------------------------------------------------------------------------- CLI
 
 
-def _cli(*args: str) -> tuple[int, str, str]:
-    from mli_theory.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(args))
-    return code, out.getvalue(), err.getvalue()
+from inprocess import run_cli as _cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")
