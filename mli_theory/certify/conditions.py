@@ -207,7 +207,7 @@ def prove_by_enclosures(line, data, alphas: Sequence[float], *, names: Collectio
     problem.reference = reference if reference is not None else Reference(line, data, BNPolicy(bn), batch_size)
     with strict_arithmetic(problem.x.device):
         try:
-            differs = _validate(problem, BATCH, deadline)
+            differs = _validate(problem, BATCH, deadline)[0]
         except BudgetExceeded:
             differs = "the proof budget ran out"
         if differs is not None:

@@ -1007,9 +1007,12 @@ def decide_by_enclosures(
 def _decide(problem: _Problem, line: Line, data: Dataset, tol: float, bn: BNPolicy, deadline: float | None, cells_per_batch: int,
             batch_size: int | None, reference: Reference | None, convex: bool) -> EnclosureVerdict:
     problem.reference = reference if reference is not None else Reference(line, data, BNPolicy(bn), batch_size)
-    differs = _validate(problem, cells_per_batch, deadline)
+    differs, points, values = _validate(problem, cells_per_batch, deadline)
     if differs is not None:
         return EnclosureVerdict("unknown", None, None, None, None, 0, ((0.0, 1.0),), differs)
+    found = _point_witness(problem, points, values, tol)
+    if found is not None:
+        return found
     start = None
     n = problem.x.shape[0]
     if n > 2 * SCREEN_EXAMPLES:
@@ -1037,8 +1040,9 @@ def _decide(problem: _Problem, line: Line, data: Dataset, tol: float, bn: BNPoli
     return verdict
 
 
-def _validate(problem: _Problem, batch: int, deadline: float | None) -> str | None:
-    """None when the enclosures of L at the validation α contain the measured values; else why."""
+def _validate(problem: _Problem, batch: int, deadline: float | None) -> tuple[str | None, list[float], list[tuple[float, float]]]:
+    """(None when the enclosures of L at the validation α contain the measured values, else why;
+    those α; the proven enclosures of L there)."""
     ref = problem.reference
     points = validation_points(ref.curve)
     values: list[tuple[float, float]] = []
@@ -1046,13 +1050,40 @@ def _validate(problem: _Problem, batch: int, deadline: float | None) -> str | No
         for i in range(0, len(points), batch):
             part = points[i : i + batch]
             values += enclose(problem, part, part, deadline)[1]
-        return ref.compare(points, values)
+        return ref.compare(points, values), points, values
     except BudgetExceeded:
-        return "the proof budget ran out while the certified model was validated against the measured curve"
+        return "the proof budget ran out while the certified model was validated against the measured curve", points, []
     except (Unsupported, UnsupportedGraph):
         raise
     except Exception as exc:  # noqa: BLE001 - no validation, no certificate
-        return f"the measured curve could not be re-evaluated in float64 ({type(exc).__name__}: {str(exc)[:160]})"
+        return f"the measured curve could not be re-evaluated in float64 ({type(exc).__name__}: {str(exc)[:160]})", points, []
+
+
+def _point_witness(problem: _Problem, points: list[float], values: list[tuple[float, float]], tol: float) -> EnclosureVerdict | None:
+    """``non_monotone`` from two validated point enclosures alone, when they prove a rise > tol.
+
+    The validation walks degenerate cells [α, α] at its points (which include the ends of the
+    grid's largest rise, :func:`.validation.validation_points`); each gives a proven enclosure
+    [lo(α), hi(α)] ∋ L(α). For a < b, L(b) − L(a) ≥ lo(b) − hi(a) (exact rational arithmetic on
+    the float bounds), so the best such pair is a witness without any cell of L′: a rise the L′
+    enclosures of wide cells cannot yet resolve (BatchNorm statistics re-estimated along the path,
+    distant weights) is still proven by the values at its ends. Checked like every witness
+    (:func:`_confirmed`). None when no pair proves a rise > tol."""
+    best, where = Fraction(tol), None
+    low_hi: tuple[Fraction, float] | None = None  # the smallest upper bound hi(a) so far, and its a
+    for a, (lo, hi) in sorted(zip(points, values)):
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            continue
+        if low_hi is not None and Fraction(lo) - low_hi[0] > best:
+            best, where = Fraction(lo) - low_hi[0], (low_hi[1], a)
+        if low_hi is None or Fraction(hi) < low_hi[0]:
+            low_hi = (Fraction(hi), a)
+    if where is None:
+        return None
+    a, b = where
+    return _confirmed(problem, a, b, best, tol, 0, None, (),
+                      f"L enclosed at α = {a:.6g} and α = {b:.6g} (the validation's point enclosures) proves "
+                      f"L({b:.6g}) − L({a:.6g}) ≥ {float_down(best):.3g} > tol")
 
 
 def _measured(problem: _Problem, alphas: list[float]) -> list[float]:

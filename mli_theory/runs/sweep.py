@@ -149,7 +149,7 @@ def run_one(
     from ..inputs.checkpoint import load_state_dict
     from ..inputs.data import load_data
     from ..path import make_line
-    from ..path.curve import data_on_line
+    from ..path.curve import LossCurve, data_on_line
     from .config import run_training
 
     torch.set_num_threads(threads)
@@ -184,8 +184,10 @@ def run_one(
             if later:
                 line = make_line(model, init, final, dtype=torch.float32)
                 on_line = data_on_line(line, data, "recompute")
+                # the check's own curve: the certifier validates at its grid (and its largest rise)
+                curve = LossCurve(tuple(result["alphas"]), tuple(result["losses"]), None)
                 for tol in later:
-                    out = certify(line, on_line, tol=tol, budget_s=certify_budget, conditions=False, bn="recompute")
+                    out = certify(line, on_line, tol=tol, budget_s=certify_budget, conditions=False, bn="recompute", curve=curve)
                     certs[tol] = (asdict(out.certificate), out.seconds)
             if certify_below is not None and tols:
                 c0 = certs[first][0]
