@@ -186,6 +186,89 @@ def restore(rows_path: str, out_root: str) -> int:
     return done
 
 
+RECERT = f"recert@{TOLS[0]:g}"  # the primary outcome's certificate, given again by a later library
+RECERT_BLOCKS = {"edge": 30.0, "push": 30.0, "scale": 120.0}  # block → proof budget (as first certified)
+
+
+def needs_recertificate(row: dict, block: str) -> bool:
+    """A converged run of a block whose tests use the primary outcome (the edge block's constant-lr
+    runs, the push and scale blocks), first certified by the library of the pre-registration commit
+    d183bf2 (its rows carry no library fingerprint), and not yet certified again."""
+    if block not in RECERT_BLOCKS or RECERT in row or row.get("env_library"):
+        return False
+    if block == "edge" and float(row.get("anneal") or 0.0) != 0.0:
+        return False
+    return converged(row)
+
+
+def _recertify_one(args: tuple[dict, str, float]) -> dict:
+    """Certify one finished run again at the primary tolerance with this checkout's library, as the
+    sweep certified it (float32 line, statistics re-estimated, the check's curve for validation,
+    one torch thread, the block's budget); the fields ``recert*`` are added to its result.json."""
+    import json
+    import time
+
+    import torch
+
+    from mli_theory.certify import certify
+    from mli_theory.inputs.arch import build_model, parse_arch
+    from mli_theory.inputs.checkpoint import load_state_dict
+    from mli_theory.inputs.data import load_data
+    from mli_theory.path import make_line
+    from mli_theory.path.curve import LossCurve, data_on_line
+    from mli_theory.runs.sweep import library_fingerprint
+
+    row, folder, budget = args
+    torch.set_num_threads(1)
+    tol = TOLS[0]
+    model = build_model(parse_arch(row["arch"]))
+    line = make_line(model, load_state_dict(os.path.join(folder, "init.pt")), load_state_dict(os.path.join(folder, "final.pt")),
+                     dtype=torch.float32)
+    data = data_on_line(line, load_data(row["data"], row["loss"]), "recompute")
+    with open(os.path.join(folder, "curve.json")) as fh:
+        c = json.load(fh)
+    t0 = time.perf_counter()
+    cert = certify(line, data, tol=tol, budget_s=budget, conditions=False, bn="recompute",
+                   curve=LossCurve(tuple(c["alphas"]), tuple(c["losses"]), None)).certificate
+    key = f"{tol:g}"
+    new = {RECERT: cert.status, f"recert_rise_bound@{key}": cert.rise_bound,
+           f"recert_witness@{key}": ",".join(f"{w:.6g}" for w in cert.where) if cert.status == "non_monotone" and cert.where else "",
+           f"recert_cells@{key}": cert.cells, f"recert_s@{key}": round(time.perf_counter() - t0, 4),
+           f"recert_reason@{key}": (cert.reason or "")[:200], "recert_library": library_fingerprint()}
+    path = os.path.join(folder, "result.json")
+    with open(path) as fh:
+        stored = json.load(fh)
+    stored.update(new)
+    with open(path, "w") as fh:
+        json.dump(stored, fh)
+    return {**row, **new}
+
+
+def recertify(rows: dict[str, list[dict]], out_root: str, jobs: int) -> int:
+    """Certify again, at the primary tolerance and with this checkout's library, every run that
+    :func:`needs_recertificate` (in place: rows and result.json). Returns how many; runs whose
+    checkpoints are not here (restored rows) are left as they are."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    todo = []
+    for block, rs in rows.items():
+        for i, r in enumerate(rs):
+            folder = os.path.join(out_root, block, "runs", str(r.get("id")))
+            if needs_recertificate(r, block) and os.path.isfile(os.path.join(folder, "final.pt")):
+                todo.append((block, i, (r, folder, RECERT_BLOCKS[block])))
+    if not todo:
+        return 0
+    # the slow ones (BatchNorm, the scale block) first, so two workers finish together
+    todo.sort(key=lambda t: (t[0] != "scale", not t[2][0].get("batchnorm")))
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        for (block, i, _), new in tqdm(zip(todo, pool.map(_recertify_one, [t[2] for t in todo])), total=len(todo),
+                                       desc="recertify", unit="run"):
+            rows[block][i] = new
+    return len(todo)
+
+
 def planned(quick: bool, pilot_rows: list[dict]) -> dict[str, int]:
     """Block → the number of runs the design has (to tell a finished design from an interim one)."""
     edge = edges(pilot_rows)

@@ -46,21 +46,28 @@ def conv(r: dict) -> bool:
     return state(r) == "converged"
 
 
-def status(r: dict, tol: float = T_PRIMARY) -> str:
-    v = r.get(f"cert@{tol:g}")
+def recertified(r: dict, tol: float = T_PRIMARY) -> bool:
+    """Certified again at ``tol`` by a later library (``recert@T``; README: the deviation)."""
+    return r.get(f"recert@{tol:g}") is not None
+
+
+def status(r: dict, tol: float = T_PRIMARY, *, first: bool = False) -> str:
+    """The run's certificate at ``tol``: the later library's where the run was certified again,
+    else the sweep's own; ``first``: always the sweep's own (the library of d183bf2)."""
+    v = r.get(f"recert@{tol:g}") if not first and recertified(r, tol) else r.get(f"cert@{tol:g}")
     return v if v in ("monotone", "non_monotone") else "unknown"
 
 
-def y(r: dict, tol: float = T_PRIMARY) -> bool:
+def y(r: dict, tol: float = T_PRIMARY, *, first: bool = False) -> bool:
     """The primary outcome: converged and certified non-monotone at T."""
-    return conv(r) and status(r, tol) == "non_monotone"
+    return conv(r) and status(r, tol, first=first) == "non_monotone"
 
 
 def kind(r: dict, tol: float = T_PRIMARY) -> str | None:
     """``end`` or ``interior`` for a certified rise (by where its witness ends), else None."""
     if not y(r, tol):
         return None
-    w = str(r.get(f"witness@{tol:g}") or "")
+    w = str(r.get(f"recert_witness@{tol:g}" if recertified(r, tol) else f"witness@{tol:g}") or "")
     try:
         b = float(w.split(",")[1])
     except (IndexError, ValueError):
@@ -68,8 +75,8 @@ def kind(r: dict, tol: float = T_PRIMARY) -> str | None:
     return "end" if b >= LAST_CELL - 1e-12 else "interior"
 
 
-def unknown(r: dict) -> bool:
-    return conv(r) and status(r) == "unknown"
+def unknown(r: dict, *, first: bool = False) -> bool:
+    return conv(r) and status(r, first=first) == "unknown"
 
 
 def grid_nm(r: dict) -> bool:
@@ -269,7 +276,9 @@ def sensitivity(edge: list[dict]) -> list[list[Any]]:
     rows = []
     for label, sub, pred in (("all runs (primary)", const, y),
                              ("without the edge step (step −1 only)", [r for r in const if r["step"] != 0], y),
-                             ("unknown counted as a rise", const, lambda r: y(r) or unknown(r))):
+                             ("unknown counted as a rise", const, lambda r: y(r) or unknown(r)),
+                             ("first certificates (library of d183bf2)", const, lambda r: y(r, first=True)),
+                             ("first certificates, unknown counted as a rise", const, lambda r: y(r, first=True) or unknown(r, first=True))):
         cc = [r for r in sub if conv(r)]
         ys = [pred(r) for r in cc]
         t2 = stratified_rate_test(ys, [r["opt"] == "adam" for r in cc], [(bn(r), r["step"]) for r in cc])
@@ -291,7 +300,7 @@ def thread_changes(edge: list[dict], threads: list[dict]) -> dict[str, Any]:
         if r1 is None:
             continue
         d = {"cell": cell(r1), "lr": f(r1["lr"]), "seed": r1["seed"], "loss_1t": num(r1, "final_loss_path"), "loss_2t": num(r2, "final_loss_path"),
-             "state": (state(r1), state(r2)), "grid": (grid_nm(r1), grid_nm(r2)), "cert": (status(r1) if conv(r1) else "–", status(r2) if conv(r2) else "–")}
+             "state": (state(r1), state(r2)), "grid": (grid_nm(r1), grid_nm(r2)), "cert": (status(r1, first=True) if conv(r1) else "–", status(r2, first=True) if conv(r2) else "–")}
         compared.append(d)
         if d["state"][0] != d["state"][1] or d["grid"][0] != d["grid"][1] or d["cert"][0] != d["cert"][1]:
             changed.append(d)
@@ -320,13 +329,21 @@ def cell_table(edge: list[dict]) -> list[list[Any]]:
                     sum(1 for r in rs if state(r) == "diverged"), sum(1 for r in rs if state(r) == "not_converged"), len(cc),
                     pct(sum(map(y, cc)), len(cc)), f"{k_end} / {k_int}", sum(map(unknown, cc)),
                     pct(sum(map(grid_nm, cc)), len(cc)), sum(1 for r in cc if status(r, 0.0) == "non_monotone"),
-                    fmt(float(np.median([num(r, "normalized_distance") for r in cc])) if cc else math.nan)])
+                    fmt(float(np.median([num(r, "normalized_distance") for r in cc])) if cc else math.nan), certifier(cc)])
     return out
+
+
+def certifier(rows: list[dict]) -> str:
+    """Which library gave a group's certificates at the primary tolerance."""
+    k = sum(map(recertified, rows))
+    if rows and k == len(rows):
+        return "later"
+    return "d183bf2" if k == 0 else f"later {k}, d183bf2 {len(rows) - k}"
 
 
 CELL_HEADER = ["cell", "lr", "step", "schedule", "runs", "diverged", "not converged", "converged",
                "certified non-monotone at 1e-3 (of converged)", "end / interior", "unknown", "grid Δ > 1e-3",
-               "certified non-monotone at T = 0", "median distance"]
+               "certified non-monotone at T = 0", "median distance", "certifier at 1e-3"]
 
 
 def pilot_table(pilot: list[dict]) -> list[list[Any]]:
@@ -364,6 +381,19 @@ def environments(rows: Iterable[dict]) -> list[list[Any]]:
         c[(r.get("env_torch"), r.get("env_blas"), r.get("env_cpu"), r.get("env_simd"), r.get("threads"),
            r.get("env_library") or "not recorded (library of commit d183bf2)")] += 1
     return [list(k) + [v] for k, v in sorted(c.items(), key=str)]
+
+
+def recertifications(rows: Iterable[dict]) -> list[list[Any]]:
+    """Runs certified again at the primary tolerance, by library: (library, runs, changed verdicts)."""
+    c: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for r in rows:
+        if recertified(r):
+            e = c[r.get("recert_library") or "?"]
+            e[0] += 1
+            e[1] += status(r) != status(r, first=True)
+            e[2] += status(r, first=True) == "unknown" and status(r) != "unknown"
+            e[3] += status(r, first=True) != "unknown" and status(r) != "unknown" and status(r) != status(r, first=True)
+    return [[k, *v] for k, v in sorted(c.items())]
 
 
 # ----------------------------------------------------------------------------- figures
@@ -560,6 +590,11 @@ def analyse(rows: dict[str, list[dict]], out: str, *, label: str, readme: str | 
         md += ["## Scale block (300 epochs, descriptive)", "",
                table(["arch", "optimiser", "lr", "state", "final loss", "grid Δ", "cert 1e-3", "cert 0", "distance", "seconds"], scale_table(scale)), ""]
     md += ["## Environments", "", table(["torch", "BLAS", "CPU", "vector", "threads", "library", "runs"], environments([r for rs in rows.values() for r in rs])), ""]
+    rc = recertifications([r for name, rs in rows.items() if name != "threads" for r in rs])
+    if rc:
+        md += ["Certified again at T = 1e-3 (the primary outcome) by a later library (fingerprint of its source), as the sweep "
+               "certified them (same budget, float32 line, statistics re-estimated, one thread, two runs at a time):", "",
+               table(["library", "runs", "verdict changed", "unknown → decided", "decided → the other decision"], rc), ""]
     if warnings:
         md += ["## Warnings", ""] + [f"- {w}" for w in warnings] + [""]
     with open(os.path.join(out, "tables.md"), "w") as fh:

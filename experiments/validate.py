@@ -296,6 +296,15 @@ def _round3(args) -> int:
             print(f"restored {n} finished runs from results/round3/{lab}/results.jsonl", file=sys.stderr)
     options = ExecutorOptions(args.executor, jobs=args.jobs, scheduler=args.scheduler, slurm_partition=args.slurm_partition)
     rows = run(args.quick, options, args.runs, train=not args.analyse)
+    if not args.analyse:
+        if LIBRARY is None:  # the primary outcome again with this checkout's certifier (README: deviation)
+            from round3 import recertify  # noqa: E402
+
+            n = recertify(rows, args.runs, args.jobs)
+            if n:
+                print(f"certified {n} runs again at the primary tolerance with this checkout's library", file=sys.stderr)
+        else:
+            print("--library: runs first certified by the pre-registration commit's library are not certified again", file=sys.stderr)
     flat = [{**r, "block": name} for name, rs in rows.items() for r in rs]
     write_csv(flat, os.path.join(results, "results.csv"))
     with open(os.path.join(results, "results.jsonl"), "w") as fh:

@@ -223,3 +223,46 @@ def test_run_states_and_witness_kinds(mods):
     assert r3a.kind({**base, "final_loss_path": 0.01, "witness@0.001": "0.97,0.98"}) == "end"
     assert r3a.kind({**base, "final_loss_path": 0.01, "witness@0.001": "0.2,0.4"}) == "interior"
     assert r3a.kind({**base, "final_loss_path": 0.5, "witness@0.001": "0.2,0.4"}) is None
+
+
+def test_a_later_certificate_takes_the_primary_outcome_and_the_first_stays_for_sensitivity(mods):
+    _, r3, r3a = mods
+    row = {"status": "ok", "initial_loss": 2.3, "final_loss_path": 0.01, "anneal": 0.0, "cert@0.001": "unknown",
+           "witness@0.001": "", "cert@0": "monotone"}
+    assert r3.needs_recertificate(row, "edge") and r3.needs_recertificate(row, "push") and r3.needs_recertificate(row, "scale")
+    assert not r3.needs_recertificate(row, "threads")  # compared with its 1-thread twin's first certificate
+    assert not r3.needs_recertificate({**row, "anneal": 0.25}, "edge")
+    assert not r3.needs_recertificate({**row, "final_loss_path": 0.5}, "edge")  # not converged: never certified
+    assert not r3.needs_recertificate({**row, "env_library": "abc"}, "edge")  # certified by a later library already
+    later = {**row, "recert@0.001": "non_monotone", "recert_witness@0.001": "0.2,0.4"}
+    assert not r3.needs_recertificate(later, "edge")
+    assert r3a.status(later) == "non_monotone" and r3a.status(later, first=True) == "unknown"
+    assert r3a.y(later) and not r3a.y(later, first=True) and r3a.kind(later) == "interior"
+    assert r3a.status(later, 0.0) == "monotone"  # other tolerances keep the sweep's certificate
+    assert r3a.certifier([later, row]) == "later 1, d183bf2 1" and r3a.certifier([later]) == "later"
+    assert r3a.recertifications([later, row]) == [["?", 1, 1, 1, 0]]
+
+
+def test_recertifying_with_the_sweeps_own_library_reproduces_its_certificate(mods, tmp_path):
+    """A run certified by the sweep, stripped to look like a d183bf2 row, certified again by
+    ``recertify``: the same library, budget and curve give the same verdict."""
+    import json
+
+    from mli_theory.runs import TrainConfig
+    from mli_theory.runs.sweep import run_sweep
+
+    _, r3, _ = mods
+    cfg = TrainConfig(arch="mlp:64-16-10", data="sklearn:digits", loss="ce", optimizer="adam", lr=0.01, epochs=3, batch_size=64, seed=0)
+    rows = run_sweep([cfg], str(tmp_path / "edge"), jobs=1, geometry=False, tols=(1e-3,), certify_below=0.5, certify_budget=30.0)
+    assert rows[0]["cert@0.001"] in ("monotone", "non_monotone"), rows[0]
+    folder = tmp_path / "edge" / "runs" / rows[0]["id"]
+    stored = json.loads((folder / "result.json").read_text())
+    stored.pop("env_library")
+    (folder / "result.json").write_text(json.dumps(stored))
+    row = {**stored, "final_loss_path": 0.01}  # converged by the round's rule, whatever 3 epochs reach
+    got = {"edge": [row]}
+    assert r3.recertify(got, str(tmp_path), jobs=1) == 1
+    new = got["edge"][0]
+    assert new["recert@0.001"] == rows[0]["cert@0.001"] and new["recert_library"]
+    assert json.loads((folder / "result.json").read_text())["recert@0.001"] == new["recert@0.001"]
+    assert r3.recertify(got, str(tmp_path), jobs=1) == 0  # done once
