@@ -405,6 +405,8 @@ def _plots(edge: list[dict], pilot: list[dict], push: list[dict], out: str, warn
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.lines  # noqa: F401  (legend handles)
+        import matplotlib.ticker  # noqa: F401
     except Exception as exc:  # optional work: a warning, never a lost verdict
         warnings.append(f"plots skipped: {exc}")
         return
@@ -430,7 +432,8 @@ def _plots(edge: list[dict], pilot: list[dict], push: list[dict], out: str, warn
                     ax.errorbar([x + off for x, _, _ in keep], [p[0] for p in ps], yerr=[[p[0] - p[1] for p in ps], [p[2] - p[0] for p in ps]],
                                 fmt="o-", color=col, capsize=3, label=OPT_LABEL[o])
                     for (x, k, n), p in zip(keep, ps):
-                        ax.annotate(f"n={n}", (x + off, p[0]), textcoords="offset points", xytext=(4, 4), fontsize=7, color=col)
+                        ax.annotate(f"n={n}", (x + off, p[0]), textcoords="offset points", xytext=(4, 4 + 9 * list(colours).index(o)),
+                                    fontsize=7, color=col)
             for i in range(2):
                 ax = axes[i, j]
                 ax.axvline(0.0, color="k", ls=":", lw=1)
@@ -468,23 +471,36 @@ def _plots(edge: list[dict], pilot: list[dict], push: list[dict], out: str, warn
         plt.close(fig)
 
         cc = [r for r in const if conv(r) and num(r, "normalized_distance") > 0]
-        strata = sorted({(r["opt"], f(r["lr"])) for r in cc}, key=lambda s: (list(OPT_LABEL).index(s[0]), s[1]))
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+        short = {"sgd": "SGD", "sgd_m": "SGD+m", "adam": "Adam"}
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
         for j, b in enumerate((False, True)):
             ax = axes[j]
-            for i, s in enumerate(strata):
-                rs = [r for r in cc if (r["opt"], f(r["lr"])) == s and bn(r) == b]
+            mine = [r for r in cc if bn(r) == b]  # each panel its own strata (optimiser, lr)
+            strata = sorted({(r["opt"], f(r["lr"]), r["step"]) for r in mine}, key=lambda s: (list(OPT_LABEL).index(s[0]), s[1]))
+            for i, (o, lr, step) in enumerate(strata):
+                rs = [r for r in mine if (r["opt"], f(r["lr"])) == (o, lr)]
                 for r in rs:
-                    ax.scatter(i + (0.15 if y(r) else -0.15), num(r, "normalized_distance"), s=14,
-                               color="tab:red" if y(r) else ("tab:purple" if b else "tab:gray"), alpha=0.7)
-                if rs:
-                    ax.annotate(f"n={len(rs)}", (i, min(num(r, 'normalized_distance') for r in rs)), textcoords="offset points",
-                                xytext=(0, -12), fontsize=7, ha="center")
-            ax.set_xticks(range(len(strata)), [f"{OPT_LABEL[o]}\n{lr:g}" for o, lr in strata], fontsize=7)
+                    st = "Y" if y(r) else ("unknown" if unknown(r) else "monotone")
+                    col = {"Y": "tab:red", "unknown": "tab:orange", "monotone": "tab:purple" if b else "tab:gray"}[st]
+                    ax.scatter(i + {"Y": 0.2, "unknown": 0.0, "monotone": -0.2}[st], num(r, "normalized_distance"), s=16,
+                               facecolors="none" if st == "unknown" else col, edgecolors=col, alpha=0.8)
+                ax.annotate(f"n={len(rs)}", (i, min(num(r, 'normalized_distance') for r in rs)), textcoords="offset points",
+                            xytext=(0, -12), fontsize=7, ha="center")
+            ax.set_xticks(range(len(strata)), [f"{short[o]}\n{lr:g}" + ("\nedge" if step == 0 else "") for o, lr, step in strata], fontsize=7)
+            ax.set_xlim(-0.6, len(strata) - 0.4)
+            ax.margins(y=0.12)
             ax.set_yscale("log")
-            ax.set_title(("with" if b else "without") + " BatchNorm (red: certified non-monotone)")
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            ax.tick_params(axis="y", which="minor", labelsize=6)
+            ax.set_title(("with" if b else "without") + " BatchNorm, by (optimiser, lr)")
             ax.set_ylabel("‖θT − θ0‖ / ‖θ0‖")
-        fig.tight_layout()
+        handles = [matplotlib.lines.Line2D([], [], marker="o", ls="", color=c, markerfacecolor=fc, label=l)
+                   for c, fc, l in (("tab:red", "tab:red", "certified non-monotone at 1e-3"), ("tab:orange", "none", "unknown"),
+                                    ("tab:gray", "tab:gray", "certified monotone (plain)"), ("tab:purple", "tab:purple", "certified monotone (BN)"))]
+        fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
+        fig.suptitle("Distance travelled within learning-rate cells (converged constant-lr edge runs; test 4a)")
+        fig.tight_layout(rect=(0, 0.06, 1, 1))
         fig.savefig(os.path.join(out, "distance_within_cells.png"), dpi=120)
         plt.close(fig)
 
