@@ -297,7 +297,7 @@ def _round3(args) -> int:
     options = ExecutorOptions(args.executor, jobs=args.jobs, scheduler=args.scheduler, slurm_partition=args.slurm_partition)
     rows = run(args.quick, options, args.runs, train=not args.analyse)
     if not args.analyse:
-        if LIBRARY is None:  # the primary outcome again with this checkout's certifier (README: deviation)
+        if LIBRARY == os.path.dirname(HERE):  # the primary outcome again with this checkout's certifier (README: deviation)
             from round3 import recertify  # noqa: E402
 
             n = recertify(rows, args.runs, args.jobs)

@@ -266,3 +266,20 @@ def test_recertifying_with_the_sweeps_own_library_reproduces_its_certificate(mod
     assert new["recert@0.001"] == rows[0]["cert@0.001"] and new["recert_library"]
     assert json.loads((folder / "result.json").read_text())["recert@0.001"] == new["recert@0.001"]
     assert r3.recertify(got, str(tmp_path), jobs=1) == 0  # done once
+
+
+def test_events_in_one_cell_are_named_an_interaction(mods):
+    _, _, r3a = mods
+    base = {"status": "ok", "initial_loss": 2.3, "final_loss_path": 0.01}
+
+    def run(opt, b, hit):
+        return {**base, "opt": opt, "batchnorm": b, "cert@0.001": "non_monotone" if hit else "monotone"}
+
+    one = [run("adam", True, True), run("adam", True, False), run("adam", False, False), run("sgd", True, False)]
+    rows, text = r3a.events_by_cell(one)
+    assert rows == [("SGD + BN", 0, 1), ("Adam", 0, 1), ("Adam + BN", 1, 2)]
+    assert "Adam + BN 1/2" in text and "interaction" in text
+    _, text = r3a.events_by_cell(one + [run("sgd", True, True)])
+    assert "SGD + BN 1/2" in text and "interaction" not in text
+    _, text = r3a.events_by_cell([run("sgd", False, False)])
+    assert text.startswith("No converged")
