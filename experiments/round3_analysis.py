@@ -454,8 +454,9 @@ def _plots(edge: list[dict], pilot: list[dict], push: list[dict], out: str, warn
                     ax.errorbar([x + off for x, _, _ in keep], [p[0] for p in ps], yerr=[[p[0] - p[1] for p in ps], [p[2] - p[0] for p in ps]],
                                 fmt="o-", color=col, capsize=3, label=OPT_LABEL[o])
                     for (x, k, n), p in zip(keep, ps):
-                        ax.annotate(f"n={n}", (x + off, p[0]), textcoords="offset points", xytext=(4, 4 + 9 * list(colours).index(o)),
-                                    fontsize=7, color=col)
+                        dy = 9 * list(colours).index(o)
+                        ax.annotate(f"n={n}", (x + off, p[0]), textcoords="offset points", fontsize=7, color=col,
+                                    xytext=(4, -12 - dy) if p[0] > 0.8 else (4, 4 + dy))
             for i in range(2):
                 ax = axes[i, j]
                 ax.axvline(0.0, color="k", ls=":", lw=1)
@@ -486,7 +487,27 @@ def _plots(edge: list[dict], pilot: list[dict], push: list[dict], out: str, warn
         ax.set_ylim(-0.05, 1.05)
         ax.set_title("Adam + BN pilot past round 2's grid")
         ax.set_xlabel("learning rate")
-        axes[1, 2].axis("off")
+        ax = axes[1, 2]  # what stands between the BN cells and a verdict: the undecided runs
+        for o, col in colours.items():
+            rs = [r for r in const if r["opt"] == o and bn(r) and conv(r)]
+            xs = sorted({int(r["step"]) for r in rs})
+            if not xs:
+                continue
+            ks = [(sum(1 for r in rs if int(r["step"]) == x and unknown(r)), sum(1 for r in rs if int(r["step"]) == x)) for x in xs]
+            ps = [wilson(k, n) for k, n in ks]
+            off = 0.12 * (list(colours).index(o) - 1)
+            ax.errorbar([x + off for x in xs], [p[0] for p in ps], yerr=[[p[0] - p[1] for p in ps], [p[2] - p[0] for p in ps]],
+                        fmt="s--", color=col, capsize=3, label=OPT_LABEL[o] + " + BN")
+            for x, (k, n), p in zip(xs, ks, ps):
+                ax.annotate(f"n={n}", (x + off, p[0]), textcoords="offset points", fontsize=7, color=col, xytext=(4, 4))
+        ax.axvline(0.0, color="k", ls=":", lw=1)
+        ax.set_xlim(-1.5, 0.5)
+        ax.set_xticks([-1, 0], ["one step below", "edge"])
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_ylabel("unknown at 1e-3 (of converged)")
+        ax.set_title("with BatchNorm: undecided runs", fontsize=10)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
         fig.suptitle("Round 3: constant-lr runs at each cell's stability edge and one step below (Wilson 95 %)")
         fig.tight_layout()
         fig.savefig(os.path.join(out, "edge_cells.png"), dpi=120)
