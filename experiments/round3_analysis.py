@@ -277,7 +277,7 @@ def sensitivity(edge: list[dict]) -> list[list[Any]]:
     for label, sub, pred in (("all runs (primary)", const, y),
                              ("without the edge step (step −1 only)", [r for r in const if r["step"] != 0], y),
                              ("unknown counted as a rise", const, lambda r: y(r) or unknown(r)),
-                             ("first certificates (library of d183bf2)", const, lambda r: y(r, first=True)),
+                             ("first certificates (the sweep's own)", const, lambda r: y(r, first=True)),
                              ("first certificates, unknown counted as a rise", const, lambda r: y(r, first=True) or unknown(r, first=True))):
         cc = [r for r in sub if conv(r)]
         ys = [pred(r) for r in cc]
@@ -355,17 +355,27 @@ def events_by_cell(cc: list[dict]) -> tuple[list[tuple[str, int, int]], str]:
     return rows, text
 
 
+def source(r: dict, tol: float = T_PRIMARY) -> str:
+    """The library of a run's certificate at ``tol``: the fingerprint of the one that certified it
+    again, else of the sweep's own, else ``d183bf2`` (the pre-registration commit recorded none)."""
+    if recertified(r, tol):
+        return r.get("recert_library") or "?"
+    return r.get("env_library") or "d183bf2"
+
+
 def certifier(rows: list[dict]) -> str:
-    """Which library gave a group's certificates at the primary tolerance."""
-    k = sum(map(recertified, rows))
-    if rows and k == len(rows):
-        return "later"
-    return "d183bf2" if k == 0 else f"later {k}, d183bf2 {len(rows) - k}"
+    """Which libraries gave a group's certificates at the primary tolerance."""
+    c: dict[str, int] = defaultdict(int)
+    for r in rows:
+        c[source(r)] += 1
+    if len(c) <= 1:
+        return next(iter(c), "–")
+    return ", ".join(f"{k} {v}" for k, v in sorted(c.items()))
 
 
 CELL_HEADER = ["cell", "lr", "step", "schedule", "runs", "diverged", "not converged", "converged",
                "certified non-monotone at 1e-3 (of converged)", "end / interior", "unknown", "grid Δ > 1e-3",
-               "certified non-monotone at T = 0", "median distance", "certifier at 1e-3"]
+               "certified non-monotone at T = 0", "median distance", "library of the certificates at 1e-3"]
 
 
 def pilot_table(pilot: list[dict]) -> list[list[Any]]:

@@ -239,7 +239,8 @@ def test_a_later_certificate_takes_the_primary_outcome_and_the_first_stays_for_s
     assert r3a.status(later) == "non_monotone" and r3a.status(later, first=True) == "unknown"
     assert r3a.y(later) and not r3a.y(later, first=True) and r3a.kind(later) == "interior"
     assert r3a.status(later, 0.0) == "monotone"  # other tolerances keep the sweep's certificate
-    assert r3a.certifier([later, row]) == "later 1, d183bf2 1" and r3a.certifier([later]) == "later"
+    assert r3a.certifier([later, row]) == "? 1, d183bf2 1" and r3a.certifier([{**later, "recert_library": "f00"}]) == "f00"
+    assert r3a.certifier([{**row, "env_library": "abc"}]) == "abc" and r3a.certifier([]) == "–"
     assert r3a.recertifications([later, row]) == [["?", 1, 1, 1, 0]]
 
 
