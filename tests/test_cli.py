@@ -164,7 +164,10 @@ def test_builtin_data_and_cross_entropy(tmp_path):
     assert obj["conditions"] == []
     # cross-entropy on an MLP is certified by enclosures: a decision with its bound fields
     assert cert["method"] == "enclosure_bisection" and cert["status"] in ("monotone", "non_monotone"), cert
-    assert cert["cells"] >= 8 and cert["undecided"] == []
+    assert cert["undecided"] == []
+    # a monotone proof partitions [0, 1] (8 starting cells at least); a rise may be proven from two
+    # point enclosures alone (0 cells)
+    assert cert["cells"] >= 8 if cert["status"] == "monotone" else cert["cells"] >= 0
     if cert["status"] == "non_monotone":
         a, b = cert["where"]
         assert a < b and cert["rise"] > obj["tolerance"]
