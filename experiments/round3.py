@@ -206,34 +206,26 @@ def _recertify_one(args: tuple[dict, str, float]) -> dict:
     sweep certified it (float32 line, statistics re-estimated, the check's curve for validation,
     one torch thread, the block's budget); the fields ``recert*`` are added to its result.json."""
     import json
-    import time
 
     import torch
 
-    from mli_theory.certify import certify
     from mli_theory.inputs.arch import build_model, parse_arch
     from mli_theory.inputs.checkpoint import load_state_dict
     from mli_theory.inputs.data import load_data
-    from mli_theory.path import make_line
-    from mli_theory.path.curve import LossCurve, data_on_line
-    from mli_theory.runs.sweep import library_fingerprint
+    from mli_theory.path.curve import LossCurve
+    from mli_theory.runs.sweep import certify_path, library_fingerprint, witness_text
 
     row, folder, budget = args
     torch.set_num_threads(1)
     tol = TOLS[0]
-    model = build_model(parse_arch(row["arch"]))
-    line = make_line(model, load_state_dict(os.path.join(folder, "init.pt")), load_state_dict(os.path.join(folder, "final.pt")),
-                     dtype=torch.float32)
-    data = data_on_line(line, load_data(row["data"], row["loss"]), "recompute")
     with open(os.path.join(folder, "curve.json")) as fh:
         c = json.load(fh)
-    t0 = time.perf_counter()
-    cert = certify(line, data, tol=tol, budget_s=budget, conditions=False, bn="recompute",
-                   curve=LossCurve(tuple(c["alphas"]), tuple(c["losses"]), None)).certificate
+    (cert, secs), = certify_path(build_model(parse_arch(row["arch"])), load_state_dict(os.path.join(folder, "init.pt")),
+                                 load_state_dict(os.path.join(folder, "final.pt")), load_data(row["data"], row["loss"]), [tol], budget,
+                                 LossCurve(tuple(c["alphas"]), tuple(c["losses"]), None)).values()
     key = f"{tol:g}"
-    new = {RECERT: cert.status, f"recert_rise_bound@{key}": cert.rise_bound,
-           f"recert_witness@{key}": ",".join(f"{w:.6g}" for w in cert.where) if cert.status == "non_monotone" and cert.where else "",
-           f"recert_cells@{key}": cert.cells, f"recert_s@{key}": round(time.perf_counter() - t0, 4),
+    new = {RECERT: cert.status, f"recert_rise_bound@{key}": cert.rise_bound, f"recert_witness@{key}": witness_text(cert.status, cert.where),
+           f"recert_cells@{key}": cert.cells, f"recert_s@{key}": round(secs, 4),
            f"recert_reason@{key}": (cert.reason or "")[:200], "recert_library": library_fingerprint()}
     path = os.path.join(folder, "result.json")
     with open(path) as fh:

@@ -178,6 +178,7 @@ def _recertify_one(args: tuple[dict, str]) -> dict:
     from mli_theory.inputs.data import load_data
     from mli_theory.path import make_line
     from mli_theory.path.curve import data_on_line
+    from mli_theory.runs.sweep import witness_text
 
     row, folder = args
     torch.set_num_threads(1)
@@ -191,7 +192,7 @@ def _recertify_one(args: tuple[dict, str]) -> dict:
         c = certify(line, data, tol=tol, budget_s=30.0, conditions=False, bn="recompute").certificate
         out[key] = c.status
         out[f"rise_bound@{key[5:]}"] = c.rise_bound
-        out[f"witness@{key[5:]}"] = ",".join(f"{w:.6g}" for w in c.where) if c.status == "non_monotone" and c.where else ""
+        out[f"witness@{key[5:]}"] = witness_text(c.status, c.where)
         out[f"cells@{key[5:]}"] = c.cells
         out[f"cert_s@{key[5:]}"] = round(time.perf_counter() - t0, 4)
         out[f"cert_reason@{key[5:]}"] = (c.reason or "")[:200]

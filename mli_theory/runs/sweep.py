@@ -143,13 +143,11 @@ def run_one(
     import torch
 
     from ..check import check
-    from ..certify import certify
     from ..connectivity.pathstats import path_statistics
     from ..inputs.arch import build_model, parse_arch
     from ..inputs.checkpoint import load_state_dict
     from ..inputs.data import load_data
-    from ..path import make_line
-    from ..path.curve import LossCurve, data_on_line
+    from ..path.curve import LossCurve
     from .config import run_training
 
     torch.set_num_threads(threads)
@@ -182,13 +180,10 @@ def run_one(
                 certs = {tol: ({"status": None, "reason": reason}, None) for tol in tols}
                 later = ()
             if later:
-                line = make_line(model, init, final, dtype=torch.float32)
-                on_line = data_on_line(line, data, "recompute")
                 # the check's own curve: the certifier validates at its grid (and its largest rise)
                 curve = LossCurve(tuple(result["alphas"]), tuple(result["losses"]), None)
-                for tol in later:
-                    out = certify(line, on_line, tol=tol, budget_s=certify_budget, conditions=False, bn="recompute", curve=curve)
-                    certs[tol] = (asdict(out.certificate), out.seconds)
+                for tol, (c, secs) in certify_path(model, init, final, data, later, certify_budget, curve).items():
+                    certs[tol] = (asdict(c), secs)
             if certify_below is not None and tols:
                 c0 = certs[first][0]
                 row.update(certificate=c0.get("status"), certificate_method=c0.get("method"), certified_rise=c0.get("rise"),
@@ -197,7 +192,7 @@ def run_one(
                 key = f"{tol:g}"
                 row[f"cert@{key}"] = c.get("status")
                 row[f"rise_bound@{key}"] = c.get("rise_bound")
-                row[f"witness@{key}"] = ",".join(f"{w:.6g}" for w in c["where"]) if c.get("status") == "non_monotone" and c.get("where") else ""
+                row[f"witness@{key}"] = witness_text(c.get("status"), c.get("where"))
                 row[f"cells@{key}"] = c.get("cells")
                 row[f"cert_s@{key}"] = secs
                 row[f"cert_reason@{key}"] = (c.get("reason") or "")[:200]
@@ -210,6 +205,30 @@ def run_one(
     with open(os.path.join(folder, RESULT), "w") as f:
         json.dump(row, f)
     return row
+
+
+def certify_path(model: Any, init: dict, final: dict, data: Any, tols: Iterable[float], budget: float, curve: Any = None) -> dict[float, tuple[Any, float]]:
+    """Certify the path init → final of ``model`` on ``data`` at each tolerance as the sweep does
+    (float32 line, BatchNorm statistics re-estimated at every α, no conditions, ``budget`` seconds
+    each; ``curve``: the check's loss curve for the validation): {tol: (Certificate, seconds)}."""
+    import torch
+
+    from ..certify import certify
+    from ..path import make_line
+    from ..path.curve import data_on_line
+
+    line = make_line(model, init, final, dtype=torch.float32)
+    on_line = data_on_line(line, data, "recompute")
+    out = {}
+    for tol in tols:
+        o = certify(line, on_line, tol=tol, budget_s=budget, conditions=False, bn="recompute", curve=curve)
+        out[tol] = (o.certificate, o.seconds)
+    return out
+
+
+def witness_text(status: str | None, where: Any) -> str:
+    """A certificate's witness as the rows store it: "a,b" for ``non_monotone``, else ""."""
+    return ",".join(f"{w:.6g}" for w in where) if status == "non_monotone" and where else ""
 
 
 def _worker(args: tuple) -> dict[str, Any]:
