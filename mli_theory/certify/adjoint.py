@@ -38,6 +38,10 @@ Supported operations in the reverse walk: Linear (module or ``F.linear``), ReLU 
 differences of activations (residual connections), negation. A graph with anything else keeps the
 plain forward Clarke rule (:func:`unsupported` says why), so the adjoint bound is an optimisation,
 never a change of what is certified.
+
+The reverse walk visits only the nodes some kink precedes (:func:`_downstream_of_kinks`): the
+cotangent of any other node enters no term of (∗) (the first Linear layer of an MLP and the layers
+before its first ReLU are skipped), so the bound is bit for bit that of the full reverse walk.
 """
 
 from __future__ import annotations
@@ -178,9 +182,16 @@ def kink_bound(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]
     total = torch.zeros(nt.mid.shape[0], dtype=torch.float64, device=nt.mid.device)
     count = 0
 
+    wanted = _downstream_of_kinks(gm, tape)
+
+    def wants(target: Any) -> bool:
+        # a constant, a parameter, a shape, or a node no kink lies upstream of (its cotangent would
+        # only feed bounds of kinks, and there are none before it): no cotangent needed
+        return isinstance(target, Node) and target in tape.shapes and target in wanted
+
     def send(target: Any, g: _Cot) -> None:
-        if not isinstance(target, Node) or target not in tape.shapes:
-            return  # a constant, a parameter, a shape: no cotangent needed
+        if not wants(target):
+            return
         have = cots.get(target)
         cots[target] = g if have is None else have.plus(g)
 
@@ -192,7 +203,8 @@ def kink_bound(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]
         kind = _kind(gm, node)
         if kind == "linear":
             x = args[0] if node.op == "call_module" else (args[0] if args else kwargs["input"])
-            send(x, _linear_back(nt, g, tape.weights[node]))
+            if wants(x):
+                send(x, _linear_back(nt, g, tape.weights[node]))
         elif kind == "relu":
             kink = tape.kinks.get(node)
             if kink is None:
@@ -202,7 +214,8 @@ def kink_bound(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]
                 mag = (g.magnitude(hh) * (1 + 4 * U)).expand(kink.pos.shape)[kink.idx]
                 total = total.index_add(0, kink.idx[0], mag * kink.w)
                 count += int(kink.idx[0].numel())
-            send(args[0], _relu_back(g, kink, hh))
+            if wants(args[0]):
+                send(args[0], _relu_back(g, kink, hh))
         elif kind in ("pass", "reshape"):
             x = args[0]
             shape = tape.shapes.get(x) if isinstance(x, Node) else None
@@ -222,6 +235,17 @@ def kink_bound(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]
         else:
             raise RuntimeError(f"no reverse rule for {node.name}")
     return _up(total * (1.0 + 2.0 * gamma(count + 4)) + _TINY)
+
+
+def _downstream_of_kinks(gm: GraphModule, tape: Tape) -> set[Node]:
+    """The nodes with a recorded kink node upstream of them (that node included): the only ones whose
+    cotangent enters the bound. The reverse walk stops at the others, e.g. the first Linear layer
+    of an MLP and its input, which no kink precedes."""
+    out: set[Node] = set()
+    for node in gm.graph.nodes:  # topological order
+        if node in tape.kinks or any(isinstance(a, Node) and a in out for a in node.all_input_nodes):
+            out.add(node)
+    return out
 
 
 def _linear_back(nt: EnclosureNumbers, g: _Cot, weight: Any) -> _Cot:

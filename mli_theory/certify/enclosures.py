@@ -373,6 +373,10 @@ class EnclosureNumbers:
         # they use the midpoint slope and append a :class:`Kink` (bounded later by
         # :func:`mli_theory.certify.adjoint.kink_bound`; the walk's L′ is not an enclosure without it)
         self.deferred: list[Kink] | None = None
+        # True: a walk for values alone (points of the validation, where L′ is not asked): Linear
+        # and ReLU rules skip the derivative and return it as identically zero, so the walk's
+        # derivative is no enclosure; every value is computed exactly as in a full walk
+        self.values_only = False
 
     def memo(self, obj: object, tag: str, make: Callable[[], Any]) -> Any:
         """``make()``, computed once per (object, tag) for this batch of cells."""
@@ -459,6 +463,8 @@ def _affine_layer(
             g = g + bias_view(b.dw)
             rho = rho + bias_view(b.w0.abs() + b.dw.abs()) * g2
         e = _up(rho.unsqueeze(0).expand_as(c) * 1.0)
+        if nt.values_only:
+            return Enclosure(TM(c, g, e), _zero_tm(c))
         return Enclosure(TM(c, g, e), TM(g, _zero(g), e))
 
     v, d = x.v, x.d
@@ -466,10 +472,10 @@ def _affine_layer(
     m, h = nt.m(nd), nt.h(nd)
     shape = v.c.shape
     # shared products: the non-zero rows of [ĉ, ĝ, ĉ′, ĝ′] times W0 and ΔW (a zero is a 0-dim tensor)
-    comps = [v.c, v.g, d.c, d.g]
+    comps = [v.c, v.g] if nt.values_only else [v.c, v.g, d.c, d.g]
     zero = _zero(v.c)
     p0, p1 = [zero] * 4, [zero] * 4
-    for i, t in enumerate(comps):
+    for i, t in enumerate(comps):  # values only: the derivative's products stay zero
         if not _is_zero(t):  # one product per component with [W0; ΔW] (no stacked copy)
             p0[i], p1[i] = _multi(f, t.expand(shape), [w.w0, w.dw])
     cW0, gW0, dcW0, dgW0 = p0
@@ -478,6 +484,8 @@ def _affine_layer(
     # value: W(α)x = W_m ĉ + t(W_m ĝ + ΔW ĉ) + t² ΔW ĝ + W(α)δ
     c = cW0 + m * cdW + hh * gdW
     g = gW0 + m * gdW + cdW
+    if nt.values_only:
+        return _values_of_affine(nt, v, w, b, f, c, g, gdW, g2, m, h, hh, shape, nd, abs_cellwise, rounding, norms, bias_view, w_mag)
     # derivative: x′ W(α) + x ΔW
     dc = _add0(dcW0 + m * dcdW + hh * dgdW, cdW)
     dg = _add0(_add0(dgW0 + m * dgdW, dcdW), gdW)
@@ -519,6 +527,39 @@ def _affine_layer(
     if norms is None:
         return Enclosure(TM(c, g, e), TM(dc, dg, de))
     return Enclosure(_with_norm(c, g, e, s_w * nv, extra_v), _with_norm(dc, dg, de, s_w * ndv + s_d * nv, extra_d))
+
+
+def _zero_tm(like: Tensor) -> TM:
+    """The derivative of a values-only walk (:attr:`EnclosureNumbers.values_only`): all zero, a
+    0-dim zero expanded (no memory) to the value's shape, so that every rule's shape logic holds."""
+    z = _zero(like).expand(like.shape)
+    return TM(z, z, z)
+
+
+def _values_of_affine(nt, v, w, b, f, c, g, gdW, g2, m, h, hh, shape, nd, abs_cellwise, rounding, norms, bias_view, w_mag) -> Enclosure:
+    """The value part of :func:`_affine_layer` for a hidden input, line for line the same
+    operations (so a values-only walk encloses the same values), with a zero derivative."""
+    if abs_cellwise is not None:
+        e_v = abs_cellwise(v.e.expand(shape).unsqueeze(0), m, h)[0]
+    else:
+        av0, av1 = _multi(f, v.e.expand(shape), [w.w0.abs(), w.dw.abs()])
+        e_v = av0 + (m.abs() + h) * av1
+    rho_v = (rounding(v.magnitude(h).expand(shape).unsqueeze(0))[0] if rounding is not None else f(v.magnitude(h).expand(shape), w_mag)) * g2
+    if norms is not None:
+        s_w, r_w, _, _ = norms(m, h, nd)
+        nv = _norm_of(v, shape[-1])
+        e_v = torch.minimum(e_v, r_w * nv)
+    extra_v = rho_v
+    if not _is_zero(gdW):
+        extra_v = extra_v + hh * gdW.abs()
+    if b is not None:
+        c = c + bias_view(b.w0) + m * bias_view(b.dw)
+        g = g + bias_view(b.dw)
+        extra_v = extra_v + bias_view(b.w0.abs() + b.dw.abs()) * g2
+    e = _up(e_v + extra_v)
+    if norms is None:
+        return Enclosure(TM(c, g, e), _zero_tm(c))
+    return Enclosure(_with_norm(c, g, e, s_w * nv, extra_v), _zero_tm(c))
 
 
 def _multi(f: Callable[[Tensor, Tensor], Tensor], x: Tensor, ws: list[Tensor]) -> list[Tensor]:
@@ -1106,11 +1147,16 @@ def _relu_like(nt: EnclosureNumbers, x: Any, slope: float = 0.0) -> Any:
     g = _mul0(v.g, coef)
     extra = mag * (4 * U)  # the remainder is coef·δ (|coef| ≤ 1) plus these (Euclidean tracking)
     e = coef * v.e + extra
-    dmag = d.c.abs() + d.g.abs() * h + d.e
-    dc = coef * d.c
-    dg = _mul0(d.g, coef)
-    dextra = (d.c.abs() + d.g.abs()) * (2 * U)
-    de = coef * d.e + dextra
+    vo = nt.values_only  # a values-only walk: no derivative (see EnclosureNumbers.values_only)
+    if vo:
+        d = _zero_tm(v.c)
+        dmag = dc = dg = dextra = de = d.c
+    else:
+        dmag = d.c.abs() + d.g.abs() * h + d.e
+        dc = coef * d.c
+        dg = _mul0(d.g, coef)
+        dextra = (d.c.abs() + d.g.abs()) * (2 * U)
+        de = coef * d.e + dextra
     mixed = ~(pos | neg)
     idx = mixed.nonzero(as_tuple=True)
     kink_w = v.c.new_zeros(0)
@@ -1137,6 +1183,7 @@ def _relu_like(nt: EnclosureNumbers, x: Any, slope: float = 0.0) -> Any:
         extra = extra.index_put(idx, x_extra)
         # derivative: leaky′ ∈ [slope, 1]: (1 + slope)/2 ± (1 − slope)/2
         dmid = (1.0 + slope) * 0.5
+    if idx[0].numel() and not vo:
         dc = dc.expand(full).clone() if dc.shape != full else dc
         dc = dc.index_put(idx, dmid * d.c.expand(full)[idx])
         if not _is_zero(dg):
@@ -1152,13 +1199,15 @@ def _relu_like(nt: EnclosureNumbers, x: Any, slope: float = 0.0) -> Any:
         de = de.index_put(idx, dmid * d.e.expand(full)[idx] + d_extra)
         dextra = dextra.expand(full).clone() if dextra.shape != full else dextra
         dextra = dextra.index_put(idx, d_extra)
-    e, de = _up(e), _up(de)
+    e, de = _up(e), (de if vo else _up(de))
     if nt.deferred is not None:
         nt.deferred.append(Kink(pos, neg, idx, kink_w, slope))
     if full.numel() == 0 or len(full) < 2:
-        return Enclosure(TM(c, g, e), TM(dc, dg, de))
+        return Enclosure(TM(c, g, e), _zero_tm(c) if vo else TM(dc, dg, de))
     # Euclidean norms over the last axis: δ_out = D·δ_in + (extra), D diagonal with entries in [0, 1]
     width = full[-1]
+    if vo:
+        return Enclosure(_with_norm(c, g, e, _norm_of(v, width), extra), _zero_tm(c))
     return Enclosure(_with_norm(c, g, e, _norm_of(v, width), extra), _with_norm(dc, dg, de, _norm_of(d, width), dextra))
 
 

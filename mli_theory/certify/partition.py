@@ -178,6 +178,9 @@ class _Problem:
     adjoint: bool = False
     reads: dict = field(default_factory=dict)
     output: Any = None
+    # the reverse walk is available but not the default (fewer ReLU layers than
+    # ADJOINT_MIN_KINK_LAYERS, adjoint=None): the screening may choose it (see _screen)
+    adjoint_optional: bool = False
     # the measured computation (:class:`.validation.Reference`): validation and witnesses
     reference: Any = None
 
@@ -195,10 +198,12 @@ def prepare(line: Line, data: Dataset, bn: BNPolicy, *, device: torch.device | N
     an accelerator, where larger kernels pay).
 
     ``adjoint``: bound the ReLU kinks by the reverse walk (:mod:`.adjoint`) — None: when the graph
-    supports it and has at least ``ADJOINT_MIN_KINK_LAYERS`` ReLU layers (with fewer, the forward
-    Clarke rule is about as tight and the reverse walk costs about a third more per cell: on
-    64-256-256-10 digits MLPs 14–16 cells either way, 2.3 s against 1.9 s; on 64-256×3-10, 17
-    cells against 35, 5.2 s against 6.9 s); True: whenever the graph supports it; False: never.
+    supports it and has at least ``ADJOINT_MIN_KINK_LAYERS`` ReLU layers (on 64-256×3-10, 17
+    cells against 35, 5.2 s against 6.9 s), and with fewer ReLU layers when the screening of a
+    large data set predicts it cheaper (:func:`_screen`: on 64-256-256-10 digits MLPs the cells are
+    the same either way and the reverse walk costs about a third more per cell, on a
+    784-1000-1000-10 MLP on 10 000 examples it halves the cells); True: whenever the graph
+    supports it; False: never.
 
     Raises:
         Unsupported: the model or settings are outside what the enclosures cover.
@@ -236,10 +241,15 @@ def prepare(line: Line, data: Dataset, bn: BNPolicy, *, device: torch.device | N
         chunk = x.shape[0] if not batch_size or batch_size <= 0 else min(x.shape[0], batch_size)
     # the re-estimation pass sees every example at once: fewer cells per pass when they do not fit
     stat_cells = max(1, min(cells_per_batch, int(max(memory_bytes, 1.5e9) // max(widest * 8 * 48 * x.shape[0], 1))))
-    use, edges, output = (False, {}, None)
+    use, optional, edges, output = False, False, {}, None
     if not statistics and adjoint is not False:
-        use, edges, output = _adjoint_plan(gm, params, x[:1], 1 if adjoint else ADJOINT_MIN_KINK_LAYERS)
-    return _Problem(gm, params, x, y, data.loss, start, end, line.shell, chunk, statistics, line, stat_cells, use, edges, output)
+        ready, edges, output, layers = _adjoint_plan(gm, params, x[:1])
+        use = ready and (adjoint is True or layers >= ADJOINT_MIN_KINK_LAYERS)
+        optional = ready and not use
+        if not ready:
+            edges, output = {}, None
+    return _Problem(gm, params, x, y, data.loss, start, end, line.shell, chunk, statistics, line, stat_cells, use, edges, output,
+                    adjoint_optional=optional)
 
 
 _SHAPE_ONLY_METHODS = frozenset({"view", "reshape", "expand", "flatten", "unflatten", "new_zeros", "new_ones", "new_empty", "size"})
@@ -317,30 +327,31 @@ def _mixes_examples(shell: Any, start: dict[str, torch.Tensor], end: dict[str, t
     return False
 
 
-def _adjoint_plan(gm: GraphModule, params: dict[str, Any], x1: torch.Tensor, min_kinks: int) -> tuple[bool, dict, Any]:
-    """Whether the kinks' Clarke terms are bounded by the reverse walk (:mod:`.adjoint`): the graph
-    has at least ``min_kinks`` ReLU nodes and a reverse rule for every operation on enclosures (found
-    by a walk on one example and one cell). Returns (flag, the walk's edges, the output node)."""
+def _adjoint_plan(gm: GraphModule, params: dict[str, Any], x1: torch.Tensor) -> tuple[bool, dict, Any, int]:
+    """Whether the kinks' Clarke terms can be bounded by the reverse walk (:mod:`.adjoint`): the
+    graph has a ReLU node and a reverse rule for every operation on enclosures (found by a walk on
+    one example and one cell). Returns (flag, the walk's edges, the output node, the ReLU nodes)."""
     probe = EnclosureNumbers(torch.full((1,), 0.5, dtype=torch.float64, device=x1.device), torch.full((1,), 0.5, dtype=torch.float64, device=x1.device))
     probe.deferred = []
     tape = Tape(probe)
     try:
         out = interpret(gm, probe, [x1], params, on_node=tape.record)
     except (UnsupportedGraph, NotImplementedError, RuntimeError, TypeError, ValueError):
-        return False, {}, None
+        return False, {}, None, 0
     edges = reads(gm)
     outs = [n for n in gm.graph.nodes if n.op == "output"]
     target = edges[outs[0]][0][0] if outs else None
-    if not isinstance(out, Enclosure) or len(tape.kinks) < max(1, min_kinks) or target not in tape.shapes:
-        return False, {}, None
+    layers = len(tape.kinks)
+    if not isinstance(out, Enclosure) or layers < 1 or target not in tape.shapes:
+        return False, {}, None, layers
     if unsupported(gm, set(tape.shapes)) is not None:
-        return False, {}, None
+        return False, {}, None, layers
     z = torch.zeros(out.v.c.shape, dtype=torch.float64, device=x1.device)
     try:  # the reverse walk once on the probe: shapes it does not handle show here
         kink_bound(gm, tape, edges, target, (z, z, z))
     except Exception:  # whatever fails here keeps the forward Clarke rule, which is always available
-        return False, {}, None
-    return True, edges, target
+        return False, {}, None, layers
+    return True, edges, target, layers
 
 
 def _recomputed(gm: GraphModule, line: Line, bn: BNPolicy, n: int, batch_size: int | None) -> dict[int, str]:
@@ -488,17 +499,19 @@ def _sum_tm(t: TM, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
     return c.sum(1), g.sum(1), e.sum(1), mag.sum(1), c.shape[1]
 
 
-def _mse_terms(z: Enclosure, y: torch.Tensor, h: torch.Tensor) -> tuple[TM, TM]:
+def _mse_terms(z: Enclosure, y: torch.Tensor, h: torch.Tensor, *, derivative: bool = True) -> tuple[TM | None, TM]:
     from .enclosures import _product, _shift
 
     r = _shift(z.v, -y.unsqueeze(0))
     hv = h.reshape(-1, *([1] * (z.v.c.dim() - 1)))
-    return _product(r, z.d, hv), _product(r, r, hv)
+    return (_product(r, z.d, hv) if derivative else None), _product(r, r, hv)
 
 
-def _ce_terms(z: Enclosure, y: torch.Tensor, h: torch.Tensor, *, cotangent: bool = False) -> tuple[TM, tuple[torch.Tensor, torch.Tensor], Any]:
-    """Per example and class: the Taylor model of p_k·u′_k, bounds of the per-example loss, and
-    (when ``cotangent``) ∇_z ℓ = p − e_y as a Taylor model, the adjoint bound's starting cotangent."""
+def _ce_terms(z: Enclosure, y: torch.Tensor, h: torch.Tensor, *, cotangent: bool = False, derivative: bool = True
+              ) -> tuple[TM | None, tuple[torch.Tensor, torch.Tensor], Any]:
+    """Per example and class: the Taylor model of p_k·u′_k (None unless ``derivative``), bounds of
+    the per-example loss, and (when ``cotangent``) ∇_z ℓ = p − e_y as a Taylor model, the adjoint
+    bound's starting cotangent."""
     if z.v.c.dim() != 3:
         raise Unsupported(f"cross-entropy needs (n, classes) outputs, the model gives {tuple(z.shape)}")
     hv = h.reshape(-1, 1, 1)
@@ -510,20 +523,22 @@ def _ce_terms(z: Enclosure, y: torch.Tensor, h: torch.Tensor, *, cotangent: bool
         return TM(t.c.gather(-1, idx), t.g.expand(s).gather(-1, idx), t.e.expand(s).gather(-1, idx))
 
     u = _add_tm(z.v, gather(z.v), -1.0)
-    du = _add_tm(z.d, gather(z.d), -1.0)
     lo, hi = u.bounds(hv)
     onehot = torch.zeros(cells, n, k, dtype=torch.bool, device=lo.device).scatter_(-1, idx, True)
     zero = torch.zeros_like(lo)
     vlo, vhi = torch.where(onehot, zero, lo), torch.where(onehot, zero, hi)
     p_lo, p_hi = _softmax_box(vlo, vhi, onehot)
-    pm = (p_lo + p_hi) * 0.5
-    pr = (p_hi - p_lo) * 0.5 * (1 + 4 * U) + _TINY
-    s = du.c.shape
-    term = TM(
-        pm * du.c,
-        pm * du.g.expand(s),
-        _up(pm * du.e.expand(s) + pr * du.magnitude(hv) + pm * (du.c.abs() + du.g.abs()) * (2 * U)),
-    )
+    term = None
+    if derivative:
+        du = _add_tm(z.d, gather(z.d), -1.0)
+        pm = (p_lo + p_hi) * 0.5
+        pr = (p_hi - p_lo) * 0.5 * (1 + 4 * U) + _TINY
+        s = du.c.shape
+        term = TM(
+            pm * du.c,
+            pm * du.g.expand(s),
+            _up(pm * du.e.expand(s) + pr * du.magnitude(hv) + pm * (du.c.abs() + du.g.abs()) * (2 * U)),
+        )
     # loss per example: log Σ_j exp(v_j) is increasing in every v_j
     l_lo = torch.logsumexp(vlo, -1)
     l_hi = torch.logsumexp(vhi, -1)
@@ -601,12 +616,12 @@ def _chunk_terms(problem: _Problem, numbers: EnclosureNumbers, params: dict[str,
     if problem.loss == "mse":
         if tuple(out.shape) != tuple(ys.shape):
             raise Unsupported(f"model output shape {tuple(out.shape)} does not match targets {tuple(ys.shape)}")
-        dl, ll = _mse_terms(out, ys, rad)
+        dl, ll = _mse_terms(out, ys, rad, derivative=not numbers.values_only)
         lo_l, hi_l = ll.bounds(rad.reshape(-1, *([1] * (ll.c.dim() - 1))))
         lo_l = lo_l.clamp(min=0.0)
         cot = _mse_cotangent(out, ys, rad) if deferred else None
     else:
-        dl, (lo_l, hi_l), cot = _ce_terms(out, ys, rad, cotangent=deferred)
+        dl, (lo_l, hi_l), cot = _ce_terms(out, ys, rad, cotangent=deferred, derivative=not numbers.values_only)
     if tape is None:
         return dl, lo_l, hi_l, None
     try:
@@ -622,14 +637,30 @@ def enclose(problem: _Problem, a: list[float], b: list[float], deadline: float |
     return d, l
 
 
-def enclose_cells(problem: _Problem, a: list[float], b: list[float], deadline: float | None = None
+def enclose_values(problem: _Problem, points: list[float], deadline: float | None = None) -> list[tuple[float, float]]:
+    """Proven bounds of L at each point, by a walk for values alone
+    (:attr:`~.enclosures.EnclosureNumbers.values_only`: the Linear and ReLU rules skip the
+    derivative, every value is computed by the same operations as in :func:`enclose`; about half
+    the work on wide layers). Should that walk fail on an operation, the full walk of
+    :func:`enclose` answers instead."""
+    try:
+        return enclose_cells(problem, points, points, deadline, values_only=True)[1]
+    except (BudgetExceeded, Unsupported, UnsupportedGraph):
+        raise
+    except Exception:  # noqa: BLE001 - a rule without a values-only path: the full walk is always available
+        return enclose(problem, points, points, deadline)[1]
+
+
+def enclose_cells(problem: _Problem, a: list[float], b: list[float], deadline: float | None = None, *, values_only: bool = False
                   ) -> tuple[list[tuple[float, float]], list[tuple[float, float]], list[tuple[float, float]]]:
     """:func:`enclose`, and per cell (low, up): proven bounds low ≤ ∫ L′ and ∫ max(0, L′) ≤ up over
-    the cell, from the enclosure's Taylor form (see :class:`CellBound`)."""
+    the cell, from the enclosure's Taylor form (see :class:`CellBound`). ``values_only``: the bounds
+    of L alone (those of L′ and its integrals are then infinite; see :func:`enclose_values`)."""
     dev = problem.x.device
     mid = torch.tensor([(ai + bi) / 2 for ai, bi in zip(a, b)], dtype=torch.float64, device=dev)
     rad = torch.tensor([(bi - ai) / 2 for ai, bi in zip(a, b)], dtype=torch.float64, device=dev)
     numbers = EnclosureNumbers(mid, rad)
+    numbers.values_only = values_only
     cells = len(a)
     acc = torch.zeros(cells, 4, dtype=torch.float64, device=dev)  # Σc, Σg, Σe, Σmag of L′ terms
     lacc = torch.zeros(cells, 2, dtype=torch.float64, device=dev)  # Σ lower / upper of loss terms
@@ -641,18 +672,24 @@ def enclose_cells(problem: _Problem, a: list[float], b: list[float], deadline: f
     if problem.statistics:
         params = {**params, **_statistics(problem, mid, rad, deadline)}
     kinks = torch.zeros(cells, dtype=torch.float64, device=dev)  # the adjoint bound of the Clarke terms
+    # points (the validation's α, L′(1)) have no mixed neurons beyond rounding ties: the forward
+    # Clarke rule serves them, without the reverse walk's cost
+    adjoint = problem.adjoint and bool((rad > 0).any()) and not values_only
     for start in range(0, n, problem.chunk):
         check_deadline(deadline)
         xs = problem.x[start : start + problem.chunk]
         ys = problem.y[start : start + problem.chunk]
         # the adjoint bound first; should its reverse walk fail on this graph, the chunk is walked
         # again with the forward Clarke rule (the deferred walk's L′ is no enclosure without it)
-        got = _chunk_terms(problem, numbers, params, xs, ys, rad, deferred=True) if problem.adjoint else None
+        got = _chunk_terms(problem, numbers, params, xs, ys, rad, deferred=True) if adjoint else None
         dl, lo_l, hi_l, kb = got if got is not None else _chunk_terms(problem, numbers, params, xs, ys, rad, deferred=False)
         if kb is not None:
             kinks += kb
-        sc, sg, se, sm, cnt = _sum_tm(dl, rad)
-        acc += torch.stack([sc, sg, se, sm], 1)
+        if dl is not None:
+            sc, sg, se, sm, cnt = _sum_tm(dl, rad)
+            acc += torch.stack([sc, sg, se, sm], 1)
+        else:  # values only: the loss sum alone (n terms per cell)
+            cnt = lo_l[0].numel()
         lacc += torch.stack([lo_l.reshape(cells, -1).sum(1), hi_l.reshape(cells, -1).sum(1)], 1)
         lmag += (lo_l.abs() + hi_l.abs()).reshape(cells, -1).sum(1)
         count += cnt
@@ -670,7 +707,7 @@ def enclose_cells(problem: _Problem, a: list[float], b: list[float], deadline: f
     for i in range(cells):
         c, g, e, m = rows[i]
         kb = krows[i]
-        if not all(math.isfinite(v) for v in (c, g, e, m, kb)):
+        if values_only or not all(math.isfinite(v) for v in (c, g, e, m, kb)):
             out_d.append((-math.inf, math.inf))
             out_i.append((-math.inf, math.inf, math.inf))
         else:
@@ -1022,7 +1059,8 @@ def _decide(problem: _Problem, line: Line, data: Dataset, tol: float, bn: BNPoli
         sub = replace(problem, x=problem.x[::step], y=problem.y[::step], chunk=max(problem.chunk, 1))
         left = None if deadline is None else deadline - time.perf_counter()
         sub_deadline = None if left is None else time.perf_counter() + 0.3 * left
-        screened = _bisect(sub, tol, sub_deadline, cells_per_batch, max_cells=256, witness=False, convex=convex)
+        screened, adjoint = _screen(sub, tol, sub_deadline, cells_per_batch, convex, n)
+        problem = replace(problem, adjoint=adjoint)
         if screened.where is not None:
             # the subsample shows a rise: try to prove it on all the data from the screened cells
             # of that run alone (a rise needs only the cells between its ends), before any
@@ -1040,6 +1078,50 @@ def _decide(problem: _Problem, line: Line, data: Dataset, tol: float, bn: BNPoli
     return verdict
 
 
+ADJOINT_ADVANTAGE = 0.85  # the predicted cost ratio below which the screening switches to the reverse walk
+ADJOINT_TRIAL = 8.0  # the second screening is tried when the full data are predicted to cost this many first screenings
+
+
+def _screen(sub: _Problem, tol: float, deadline: float | None, batch: int, convex: bool, n: int) -> tuple[EnclosureVerdict, bool]:
+    """The screening bisection on the subsample ``sub``, and whether the full data use the reverse
+    walk (:mod:`.adjoint`). Where that walk is optional (``sub.adjoint_optional``), both bounds screen
+    and each is costed as (seconds per cell on the subsample) × (cells of its partition), which is
+    what the full data (``n`` examples) will pay, up to the factor n / subsample size; the walk is
+    chosen when it is predicted below ``ADJOINT_ADVANTAGE`` of the forward rule's cost. Either bound
+    is sound: this only chooses the faster one. The second screening gets no more time than the first
+    took, and is tried only when the first does not settle the subsample or the full data are
+    predicted to cost at least ``ADJOINT_TRIAL`` times that (the reverse walk costs at least a third
+    more per cell, so it must save many cells to pay for its own screening: on the 64-256-256-10
+    digits MLPs it saves none)."""
+    t0 = time.perf_counter()
+    first = _bisect(sub, tol, deadline, batch, max_cells=256, witness=False, convex=convex)
+    took = time.perf_counter() - t0
+    if not sub.adjoint_optional or sub.adjoint or first.cells == 0:
+        return first, sub.adjoint
+
+    def settled(v: EnclosureVerdict) -> bool:  # a partition or a rise: what the full data start from
+        return v.status == "monotone" or v.where is not None
+
+    full = took / first.cells * max(len(first.partition), 1) * n / max(sub.x.shape[0], 1)
+    if settled(first) and full < ADJOINT_TRIAL * took:
+        return first, False
+    limit = time.perf_counter() + took
+    try:
+        t1 = time.perf_counter()
+        other = _bisect(replace(sub, adjoint=True), tol, limit if deadline is None else min(deadline, limit), batch,
+                        max_cells=256, witness=False, convex=convex)
+        took_other = time.perf_counter() - t1
+    except BudgetExceeded:
+        return first, False
+    if not settled(other):
+        return first, False
+    cost = took / first.cells * max(len(first.partition), 1)
+    cost_other = took_other / max(other.cells, 1) * max(len(other.partition), 1)
+    if not settled(first) or cost_other < ADJOINT_ADVANTAGE * cost:
+        return other, True
+    return first, False
+
+
 def _validate(problem: _Problem, batch: int, deadline: float | None) -> tuple[str | None, list[float], list[tuple[float, float]]]:
     """(None when the enclosures of L at the validation α contain the measured values, else why;
     those α; the proven enclosures of L there)."""
@@ -1049,7 +1131,7 @@ def _validate(problem: _Problem, batch: int, deadline: float | None) -> tuple[st
     try:
         for i in range(0, len(points), batch):
             part = points[i : i + batch]
-            values += enclose(problem, part, part, deadline)[1]
+            values += enclose_values(problem, part, deadline)
         return ref.compare(points, values), points, values
     except BudgetExceeded:
         return "the proof budget ran out while the certified model was validated against the measured curve", points, []

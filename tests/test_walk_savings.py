@@ -1,0 +1,243 @@
+"""Work the enclosure walks no longer do, and proof that nothing it bounded changed.
+
+* Values-only walks (the validation's points): the Linear and ReLU rules skip the derivative; every
+  value must be computed by the same operations as in a full walk, so the enclosures of L agree
+  with the full walk's (up to the smaller rounding allowance of a sum of n instead of n·k terms)
+  and contain torch's float64 loss, on every model family the interpreter covers.
+* The reverse walk of the adjoint kink bound stops at nodes no kink precedes: the bound is
+  bit-for-bit the one of the unpruned walk.
+* Points (cells of width 0) skip the reverse walk: their enclosures are the forward rule's.
+* The screening's choice between the reverse walk and the forward rule follows the predicted cost.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mli_theory.certify import adjoint as adjoint_module
+from mli_theory.certify import partition as P
+from mli_theory.certify.enclosures import strict_arithmetic
+from mli_theory.certify.partition import CellBound, EnclosureVerdict, enclose, enclose_cells, enclose_values, prepare
+from mli_theory.inputs.data import Dataset
+from mli_theory.path import BNPolicy, make_line
+
+from cases import CASES as SMALL_CASES, instantiate
+
+
+class _Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(5, 7), nn.Linear(7, 7), nn.Linear(7, 3)
+
+    def forward(self, x):
+        h = F.relu(self.a(x))
+        h = F.relu(self.b(h)) + h
+        return self.head(F.leaky_relu(h, 0.1))
+
+
+def _image_cases():
+    return {
+        "conv_relu_pool": lambda: nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(27, 2)),
+        "conv_bn_softplus": lambda: nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Softplus(beta=2), nn.Flatten(), nn.Linear(32, 2)),
+        "conv_same_sigmoid": lambda: nn.Sequential(nn.Conv2d(1, 2, 3, padding="same"), nn.Sigmoid(), nn.Flatten(), nn.Linear(72, 2)),
+    }
+
+
+def _setups():
+    out = []
+    for case in SMALL_CASES:
+        model, init, final, data = instantiate(case, n=11)
+        policies = [BNPolicy.FROZEN, BNPolicy.RECOMPUTE] if "bn" in case["id"] or case["id"] == "convnet" else [BNPolicy.FROZEN]
+        for bn in policies:
+            out.append(pytest.param(model.double(), init, final, data, bn, id=f"{case['id']}-{bn.value}"))
+    g = torch.Generator().manual_seed(3)
+    for name, make in _image_cases().items():
+        torch.manual_seed(1)
+        model = make().double()
+        a = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        b = {k: (v + 0.4 * torch.randn(v.shape, generator=g, dtype=torch.float64)) if v.is_floating_point() else v for k, v in a.items()}
+        data = Dataset(torch.randn(9, 1, 6, 6, generator=g, dtype=torch.float64), torch.randn(9, 2, generator=g, dtype=torch.float64), "mse", name)
+        out.append(pytest.param(model, a, b, data, BNPolicy.FROZEN, id=name))
+    torch.manual_seed(2)
+    model = _Residual().double()
+    a = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    b = {k: v + 0.5 * torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in a.items()}
+    data = Dataset(torch.randn(10, 5, generator=g, dtype=torch.float64), torch.randint(0, 3, (10,), generator=g), "ce", "residual")
+    out.append(pytest.param(model, a, b, data, BNPolicy.FROZEN, id="residual_relu_ce"))
+    return out
+
+
+def _loss_at(model, a, b, data, alpha: float, bn: BNPolicy) -> float:
+    """torch's own float64 loss at α (under ``recompute``, one train-mode pass over all the data
+    re-estimates the BatchNorm statistics first)."""
+    moving = lambda k: a[k].is_floating_point() and "running_" not in k  # noqa: E731 - frozen statistics are θT's
+    state = {k: (a[k].double() + alpha * (b[k].double() - a[k].double())) if moving(k) else b[k] for k in a}
+    probe = copy.deepcopy(model).double()
+    probe.load_state_dict(state)
+    if bn is BNPolicy.RECOMPUTE:
+        for mod in probe.modules():
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                mod.reset_running_stats()
+                mod.momentum = None
+        probe.train()
+        with torch.no_grad():
+            probe(data.x)
+    probe.eval()
+    with torch.no_grad():
+        out = probe(data.x)
+    return float(F.mse_loss(out, data.y) if data.loss == "mse" else F.cross_entropy(out, data.y))
+
+
+@pytest.mark.parametrize("model, a, b, data, bn", _setups())
+def test_values_only_walks_enclose_the_same_values_as_full_walks(model, a, b, data, bn):
+    line = make_line(model, a, b, dtype=torch.float64)
+    prob = prepare(line, data, bn)
+    points = [0.0, 0.25, 0.6180339887, 1.0]
+    with strict_arithmetic(prob.x.device):
+        full_d, full_l, _ = enclose_cells(prob, points, points)
+        # called directly: a rule without a values-only path would raise here (no fallback)
+        vo_d, vo_l, vo_i = enclose_cells(prob, points, points, values_only=True)
+    for alpha, (flo, fhi), (vlo, vhi), (dlo, dhi) in zip(points, full_l, vo_l, vo_d):
+        assert flo <= vlo <= vhi <= fhi, (alpha, (flo, fhi), (vlo, vhi))
+        # the same value walk: only the final sum's rounding allowance may differ
+        assert (vlo - flo) <= 1e-9 * (1 + abs(flo)) and (fhi - vhi) <= 1e-9 * (1 + abs(fhi))
+        assert (dlo, dhi) == (float("-inf"), float("inf"))  # no L′ is claimed
+        ref = _loss_at(model, a, b, data, alpha, bn)
+        slack = 1e-10 * (1 + abs(ref))
+        assert vlo - slack <= ref <= vhi + slack, (alpha, ref, vlo, vhi)
+    assert all(i == (float("-inf"), float("inf"), float("inf")) for i in vo_i)
+
+
+def test_enclose_values_falls_back_to_the_full_walk_when_a_rule_fails(monkeypatch):
+    model, a, b, data = instantiate(SMALL_CASES[2], n=7)
+    prob = prepare(make_line(model.double(), a, b, dtype=torch.float64), data, BNPolicy.FROZEN)
+    real = P.enclose_cells
+
+    def failing(problem, lo, hi, deadline=None, *, values_only=False):
+        if values_only:
+            raise TypeError("a rule without a values-only path")
+        return real(problem, lo, hi, deadline)
+
+    monkeypatch.setattr(P, "enclose_cells", failing)
+    with strict_arithmetic(prob.x.device):
+        got = enclose_values(prob, [0.0, 0.5])
+        want = enclose(prob, [0.0, 0.5], [0.0, 0.5])[1]
+    assert got == want
+
+
+def _deep_relu(seed: int = 0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 3)).double()
+    g = torch.Generator().manual_seed(seed)
+    a = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    b = {k: v + 0.3 * torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in a.items()}
+    data = Dataset(torch.randn(20, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (20,), generator=g), "ce", "deep")
+    return model, a, b, data
+
+
+@pytest.mark.parametrize("which", ["deep", "residual"])
+def test_the_pruned_reverse_walk_gives_the_unpruned_bound_bit_for_bit(monkeypatch, which):
+    if which == "deep":
+        model, a, b, data = _deep_relu()
+    else:
+        model = _Residual().double()
+        g = torch.Generator().manual_seed(5)
+        a = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        b = {k: v + 0.5 * torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in a.items()}
+        data = Dataset(torch.randn(16, 5, generator=g, dtype=torch.float64), torch.randint(0, 3, (16,), generator=g), "ce", "res")
+    prob = prepare(make_line(model, a, b, dtype=torch.float64), data, BNPolicy.FROZEN, adjoint=True)
+    assert prob.adjoint
+    cells = ([0.0, 0.3, 0.75], [0.125, 0.3 + 2.0**-5, 1.0])
+    with strict_arithmetic(prob.x.device):
+        pruned = enclose_cells(prob, *cells)
+        monkeypatch.setattr(adjoint_module, "_downstream_of_kinks", lambda gm, tape: set(gm.graph.nodes))
+        unpruned = enclose_cells(prob, *cells)
+    assert pruned == unpruned
+
+
+def test_points_use_the_forward_rule_without_the_reverse_walk(monkeypatch):
+    model, a, b, data = _deep_relu(1)
+    line = make_line(model, a, b, dtype=torch.float64)
+    with_adjoint = prepare(line, data, BNPolicy.FROZEN, adjoint=True)
+    calls = []
+    real = adjoint_module.kink_bound
+    monkeypatch.setattr(P, "kink_bound", lambda *args: calls.append(1) or real(*args))
+    points = [0.0, 0.4, 1.0]
+    with strict_arithmetic(with_adjoint.x.device):
+        got = enclose(with_adjoint, points, points)
+        assert not calls
+        want = enclose(dataclasses.replace(with_adjoint, adjoint=False), points, points)
+        enclose(with_adjoint, [0.0], [0.5])  # a cell of positive width still takes the reverse walk
+    assert got == want
+    assert calls
+
+
+def _verdict(status: str, cells: int, parts: int, where=None) -> EnclosureVerdict:
+    partition = tuple(CellBound(i / parts, (i + 1) / parts, -1.0, -0.5, None, 0.0, 0.0) for i in range(parts))
+    return EnclosureVerdict(status, 0.0 if status == "monotone" else None, None, where, None, cells, (), "stub", partition)
+
+
+@pytest.mark.parametrize(
+    "forward, reverse, expected",
+    [
+        # (status, cells evaluated, partition size, seconds) of each screening → the reverse walk chosen?
+        (("monotone", 60, 32, 6.0), ("monotone", 24, 16, 3.6), True),   # half the cells, 1.5× per cell: 0.75 of the cost
+        (("monotone", 20, 16, 2.0), ("monotone", 20, 16, 2.6), False),  # same cells, dearer per cell
+        (("monotone", 20, 16, 2.0), ("monotone", 18, 14, 1.9), False),  # within ADJOINT_ADVANTAGE: keep the forward rule
+        (("unknown", 256, 0, 9.0), ("monotone", 40, 30, 6.0), True),    # only the reverse walk settles the subsample
+        (("monotone", 20, 16, 2.0), ("unknown", 30, 0, 2.0), False),    # the reverse walk does not settle it
+    ],
+)
+def test_the_screening_chooses_the_cheaper_bound(monkeypatch, forward, reverse, expected):
+    model, a, b, data = _deep_relu(2)
+    sub = dataclasses.replace(prepare(make_line(model, a, b, dtype=torch.float64), data, BNPolicy.FROZEN, adjoint=True),
+                              adjoint=False, adjoint_optional=True)
+    runs = {False: forward, True: reverse}
+    clock = [100.0]
+    monkeypatch.setattr(P.time, "perf_counter", lambda: clock[0])
+
+    def bisect(problem, tol, deadline, batch, **kw):
+        status, cells, parts, seconds = runs[problem.adjoint]
+        clock[0] += seconds
+        return _verdict(status, cells, parts)
+
+    monkeypatch.setattr(P, "_bisect", bisect)
+    verdict, chosen = P._screen(sub, 0.0, None, 16, True, 100 * sub.x.shape[0])
+    assert chosen is expected
+    assert verdict.cells == (reverse if expected else forward)[1]
+
+
+def test_the_second_screening_is_not_tried_when_the_full_data_are_cheap(monkeypatch):
+    model, a, b, data = _deep_relu(2)
+    sub = dataclasses.replace(prepare(make_line(model, a, b, dtype=torch.float64), data, BNPolicy.FROZEN, adjoint=True),
+                              adjoint=False, adjoint_optional=True)
+    seen = []
+
+    def bisect(problem, tol, deadline, batch, **kw):
+        seen.append(problem.adjoint)
+        return _verdict("monotone", 24, 16)
+
+    monkeypatch.setattr(P, "_bisect", bisect)
+    # 16 of 24 cells on 7 × the subsample: the full data cost about 4.7 screenings, below ADJOINT_TRIAL
+    verdict, chosen = P._screen(sub, 0.0, None, 16, True, 7 * sub.x.shape[0])
+    assert seen == [False] and chosen is False
+
+
+def test_a_net_below_the_layer_threshold_may_take_the_reverse_walk_but_does_not_by_default():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2)).double()
+    a = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    b = {k: v + 0.1 for k, v in a.items()}
+    data = Dataset(torch.randn(5, 4, dtype=torch.float64), torch.randint(0, 2, (5,)), "ce", "t")
+    line = make_line(model, a, b, dtype=torch.float64)
+    auto = prepare(line, data, BNPolicy.FROZEN)
+    assert not auto.adjoint and auto.adjoint_optional
+    assert not prepare(line, data, BNPolicy.FROZEN, adjoint=False).adjoint_optional
+    forced = prepare(line, data, BNPolicy.FROZEN, adjoint=True)
+    assert forced.adjoint and not forced.adjoint_optional
