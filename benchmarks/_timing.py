@@ -257,3 +257,54 @@ def resnet18_line(n: int, device: str):
     x = torch.randn(n, 3, 32, 32, device=device)
     data = Dataset(x, torch.zeros(n, 10, device=device), "mse", "synthetic")
     return model, make_line(model, init, final, device=device, dtype=torch.float32), data
+
+
+def against_table(root: str, against: str, runs: list[tuple[str, list[str], tuple[float, ...]]], worker: str,
+                  worker_args: Callable[[str, list[str], float], list[str]], header: str) -> int:
+    """Side by side in one run: ``worker`` (Python source printing one JSON line with status, cells,
+    bound, seconds) under this checkout (``root``) and under revision ``against`` (a temporary git
+    worktree), one process at a time, alternating, for every (name, data, tolerances) of ``runs``;
+    ``worker_args(library root, data, tol)`` gives its command-line arguments. Prints a Markdown
+    table with the speed-up and the load average before and after. Returns an exit code."""
+    import json
+    import subprocess
+    import tempfile
+
+    def load() -> str:
+        try:
+            return " / ".join(f"{v:.2f}" for v in os.getloadavg())
+        except OSError:
+            return "?"
+
+    with tempfile.TemporaryDirectory() as tmp:
+        old = os.path.join(tmp, "old")
+        got = subprocess.run(["git", "-C", root, "worktree", "add", "--detach", "-q", old, against], capture_output=True, text=True)
+        if got.returncode != 0:
+            print(f"--against {against}: {got.stderr.strip()}", file=sys.stderr)
+            return 2
+        try:
+            print(f"# {header}; load before {load()}")
+            print(f"| model | T | this checkout: status, cells, bound, s | {against}: status, cells, bound, s | speed-up |")
+            print("|---|---|---|---|---|")
+            for name, data, tols in runs:
+                for tol in tols:
+                    res = {}
+                    for label, lib in (("new", root), ("old", old)):
+                        out = subprocess.run([sys.executable, "-c", worker, *worker_args(lib, data, tol)], capture_output=True, text=True)
+                        lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+                        res[label] = json.loads(lines[-1]) if lines else {"status": "error: " + out.stderr.strip()[-200:]}
+                    n, o = res["new"], res["old"]
+
+                    def cell(r: dict) -> str:
+                        if "cells" not in r:
+                            return r["status"]
+                        bound = "–" if r["bound"] is None else f"{r['bound']:.3g}"
+                        return f"{r['status']}, {r['cells']}, {bound}, {r['seconds']:.1f}"
+
+                    both = "seconds" in n and "seconds" in o and n["status"] != "unknown"
+                    ratio = f"{o['seconds'] / n['seconds']:.2f}×" + ("" if o["status"] != "unknown" else " (old: budget)") if both else "–"
+                    print(f"| {name} | {tol:g} | {cell(n)} | {cell(o)} | {ratio} |", flush=True)
+            print(f"# load after {load()}")
+        finally:
+            subprocess.run(["git", "-C", root, "worktree", "remove", "--force", old], capture_output=True)
+    return 0

@@ -14,12 +14,9 @@ average before and after: take the figures on a quiet machine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,56 +70,22 @@ def _train(out: str, quick: bool) -> dict[str, str]:
     return folders
 
 
-def _load() -> str:
-    try:
-        return " / ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return "?"
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--against", required=True, help="the git revision to compare with (e.g. 0251d77)")
     ap.add_argument("--budget", type=float, default=120.0, help="seconds per decision (default 120)")
     ap.add_argument("--quick", action="store_true", help="one MLP and the CNN only")
     args = ap.parse_args(argv)
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from _timing import against_table
+
     with tempfile.TemporaryDirectory() as tmp:
-        old = os.path.join(tmp, "old")
-        got = subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", "-q", old, args.against], capture_output=True, text=True)
-        if got.returncode != 0:
-            print(f"--against {args.against}: {got.stderr.strip()}", file=sys.stderr)
-            return 2
-        try:
-            folders = _train(os.path.join(tmp, "runs"), args.quick)
-            from mli_theory.runs.sweep import cpu_name
+        folders = _train(os.path.join(tmp, "runs"), args.quick)
+        from mli_theory.runs.sweep import cpu_name
 
-            print(f"# CPU {cpu_name()}, {os.cpu_count()} cores, 1 torch thread per decision; load before {_load()}")
-            print("| model | T | this checkout: status, cells, bound, s | " + args.against + ": status, cells, bound, s | speed-up |")
-            print("|---|---|---|---|---|")
-            for name, folder in folders.items():
-                tols = (1e-3, 0.0) if name.startswith("CNN") else (1e-3,)
-                for tol in tols:
-                    res = {}
-                    for label, root in (("new", ROOT), ("old", old)):
-                        out = subprocess.run([sys.executable, "-c", WORKER, root, folder, MODELS[name]["arch"], str(tol), str(args.budget)],
-                                             capture_output=True, text=True)
-                        lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
-                        res[label] = json.loads(lines[-1]) if lines else {"status": "error: " + out.stderr.strip()[-200:]}
-                    n, o = res["new"], res["old"]
-
-                    def cell(r):
-                        if "cells" not in r:
-                            return r["status"]
-                        bound = "–" if r["bound"] is None else f"{r['bound']:.3g}"
-                        return f"{r['status']}, {r['cells']}, {bound}, {r['seconds']:.1f}"
-
-                    both = "seconds" in n and "seconds" in o and n["status"] != "unknown"
-                    ratio = f"{o['seconds'] / n['seconds']:.2f}×" + ("" if o["status"] != "unknown" else " (old: budget)") if both else "–"
-                    print(f"| {name} | {tol:g} | {cell(n)} | {cell(o)} | {ratio} |", flush=True)
-            print(f"# load after {_load()}")
-        finally:
-            subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", old], capture_output=True)
-    return 0
+        runs = [(name, [folder, MODELS[name]["arch"]], (1e-3, 0.0) if name.startswith("CNN") else (1e-3,)) for name, folder in folders.items()]
+        return against_table(ROOT, args.against, runs, WORKER, lambda lib, data, tol: [lib, *data, str(tol), str(args.budget)],
+                             f"CPU {cpu_name()}, {os.cpu_count()} cores, 1 torch thread per decision")
 
 
 if __name__ == "__main__":
