@@ -182,7 +182,7 @@ def kink_bound(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]
     total = torch.zeros(nt.mid.shape[0], dtype=torch.float64, device=nt.mid.device)
     count = 0
 
-    wanted = _downstream_of_kinks(gm, tape)
+    wanted = nt.memo(gm, "downstream-of-kinks", lambda: _downstream_of_kinks(gm, tape))  # once per batch of cells
 
     def wants(target: Any) -> bool:
         # a constant, a parameter, a shape, or a node no kink lies upstream of (its cotangent would

@@ -484,49 +484,57 @@ def _affine_layer(
     # value: W(α)x = W_m ĉ + t(W_m ĝ + ΔW ĉ) + t² ΔW ĝ + W(α)δ
     c = cW0 + m * cdW + hh * gdW
     g = gW0 + m * gdW + cdW
-    if nt.values_only:
-        return _values_of_affine(nt, v, w, b, f, c, g, gdW, g2, m, h, hh, shape, nd, abs_cellwise, rounding, norms, bias_view, w_mag)
-    # derivative: x′ W(α) + x ΔW
-    dc = _add0(dcW0 + m * dcdW + hh * dgdW, cdW)
-    dg = _add0(_add0(dgW0 + m * dgdW, dcdW), gdW)
+    vo = nt.values_only  # the derivative is skipped (see EnclosureNumbers.values_only)
+    if not vo:  # derivative: x′ W(α) + x ΔW
+        dc = _add0(dcW0 + m * dcdW + hh * dgdW, cdW)
+        dg = _add0(_add0(dgW0 + m * dgdW, dcdW), gdW)
     if abs_cellwise is not None:
         e_v = abs_cellwise(v.e.expand(shape).unsqueeze(0), m, h)[0]
-        e_d = abs_cellwise(d.e.expand(shape).unsqueeze(0), m, h)[0]
-        e_x_dw = f(v.e.expand(shape), w.dw.abs())  # the x·ΔW term of the derivative
+        if not vo:
+            e_d = abs_cellwise(d.e.expand(shape).unsqueeze(0), m, h)[0]
+            e_x_dw = f(v.e.expand(shape), w.dw.abs())  # the x·ΔW term of the derivative
     else:
         av0, av1 = _multi(f, v.e.expand(shape), [w.w0.abs(), w.dw.abs()])
-        ad0, ad1 = _multi(f, d.e.expand(shape), [w.w0.abs(), w.dw.abs()])
-        e_v, e_d = av0 + (m.abs() + h) * av1, ad0 + (m.abs() + h) * ad1
-        e_x_dw = av1
+        e_v = av0 + (m.abs() + h) * av1
+        if not vo:
+            ad0, ad1 = _multi(f, d.e.expand(shape), [w.w0.abs(), w.dw.abs()])
+            e_d = ad0 + (m.abs() + h) * ad1
+            e_x_dw = av1
 
     def _rho(t: Tensor) -> Tensor:
         return (rounding(t.unsqueeze(0))[0] if rounding is not None else f(t, w_mag)) * g2
 
-    rho_v, rho_d = _rho(v.magnitude(h).expand(shape)), _rho(d.magnitude(h).expand(shape))
+    rho_v = _rho(v.magnitude(h).expand(shape))
     if norms is not None:
         s_w, r_w, s_d, r_d = norms(m, h, nd)
-        nv, ndv = _norm_of(v, shape[-1]), _norm_of(d, shape[-1])
+        nv = _norm_of(v, shape[-1])
         e_v = torch.minimum(e_v, r_w * nv)
-        e_d = torch.minimum(e_d, r_w * ndv)
-        e_x_dw = torch.minimum(e_x_dw, r_d * nv)
+        if not vo:
+            ndv = _norm_of(d, shape[-1])
+            e_d = torch.minimum(e_d, r_w * ndv)
+            e_x_dw = torch.minimum(e_x_dw, r_d * nv)
     extra_v = rho_v  # the entrywise-only parts: rounding, t² terms, bias rounding
-    extra_d = rho_d + rho_v
     if not _is_zero(gdW):
         extra_v = extra_v + hh * gdW.abs()
-    if not _is_zero(dgdW):
-        extra_d = extra_d + hh * dgdW.abs()
     if b is not None:
         c = c + bias_view(b.w0) + m * bias_view(b.dw)
         g = g + bias_view(b.dw)
-        dc = dc + bias_view(b.dw)
         bmag = bias_view(b.w0.abs() + b.dw.abs()) * g2
         extra_v = extra_v + bmag
-        extra_d = extra_d + bmag
     e = _up(e_v + extra_v)
+    value = TM(c, g, e) if norms is None else _with_norm(c, g, e, s_w * nv, extra_v)
+    if vo:
+        return Enclosure(value, _zero_tm(c))
+    extra_d = _rho(d.magnitude(h).expand(shape)) + rho_v
+    if not _is_zero(dgdW):
+        extra_d = extra_d + hh * dgdW.abs()
+    if b is not None:
+        dc = dc + bias_view(b.dw)
+        extra_d = extra_d + bmag
     de = _up(e_d + e_x_dw + extra_d)
     if norms is None:
-        return Enclosure(TM(c, g, e), TM(dc, dg, de))
-    return Enclosure(_with_norm(c, g, e, s_w * nv, extra_v), _with_norm(dc, dg, de, s_w * ndv + s_d * nv, extra_d))
+        return Enclosure(value, TM(dc, dg, de))
+    return Enclosure(value, _with_norm(dc, dg, de, s_w * ndv + s_d * nv, extra_d))
 
 
 def _zero_tm(like: Tensor) -> TM:
@@ -534,32 +542,6 @@ def _zero_tm(like: Tensor) -> TM:
     0-dim zero expanded (no memory) to the value's shape, so that every rule's shape logic holds."""
     z = _zero(like).expand(like.shape)
     return TM(z, z, z)
-
-
-def _values_of_affine(nt, v, w, b, f, c, g, gdW, g2, m, h, hh, shape, nd, abs_cellwise, rounding, norms, bias_view, w_mag) -> Enclosure:
-    """The value part of :func:`_affine_layer` for a hidden input, line for line the same
-    operations (so a values-only walk encloses the same values), with a zero derivative."""
-    if abs_cellwise is not None:
-        e_v = abs_cellwise(v.e.expand(shape).unsqueeze(0), m, h)[0]
-    else:
-        av0, av1 = _multi(f, v.e.expand(shape), [w.w0.abs(), w.dw.abs()])
-        e_v = av0 + (m.abs() + h) * av1
-    rho_v = (rounding(v.magnitude(h).expand(shape).unsqueeze(0))[0] if rounding is not None else f(v.magnitude(h).expand(shape), w_mag)) * g2
-    if norms is not None:
-        s_w, r_w, _, _ = norms(m, h, nd)
-        nv = _norm_of(v, shape[-1])
-        e_v = torch.minimum(e_v, r_w * nv)
-    extra_v = rho_v
-    if not _is_zero(gdW):
-        extra_v = extra_v + hh * gdW.abs()
-    if b is not None:
-        c = c + bias_view(b.w0) + m * bias_view(b.dw)
-        g = g + bias_view(b.dw)
-        extra_v = extra_v + bias_view(b.w0.abs() + b.dw.abs()) * g2
-    e = _up(e_v + extra_v)
-    if norms is None:
-        return Enclosure(TM(c, g, e), _zero_tm(c))
-    return Enclosure(_with_norm(c, g, e, s_w * nv, extra_v), _zero_tm(c))
 
 
 def _multi(f: Callable[[Tensor, Tensor], Tensor], x: Tensor, ws: list[Tensor]) -> list[Tensor]:
@@ -1147,21 +1129,11 @@ def _relu_like(nt: EnclosureNumbers, x: Any, slope: float = 0.0) -> Any:
     g = _mul0(v.g, coef)
     extra = mag * (4 * U)  # the remainder is coef·δ (|coef| ≤ 1) plus these (Euclidean tracking)
     e = coef * v.e + extra
-    vo = nt.values_only  # a values-only walk: no derivative (see EnclosureNumbers.values_only)
-    if vo:
-        d = _zero_tm(v.c)
-        dmag = dc = dg = dextra = de = d.c
-    else:
-        dmag = d.c.abs() + d.g.abs() * h + d.e
-        dc = coef * d.c
-        dg = _mul0(d.g, coef)
-        dextra = (d.c.abs() + d.g.abs()) * (2 * U)
-        de = coef * d.e + dextra
     mixed = ~(pos | neg)
     idx = mixed.nonzero(as_tuple=True)
     kink_w = v.c.new_zeros(0)
+    k = 1.0 - slope
     if idx[0].numel():
-        k = 1.0 - slope
         vc = v.c[idx]
         rm = rr.expand(full)[idx]
         l_, u_ = vc - rm, vc + rm
@@ -1181,9 +1153,21 @@ def _relu_like(nt: EnclosureNumbers, x: Any, slope: float = 0.0) -> Any:
         e = e.index_put(idx, cm * v.e.expand(full)[idx] + x_extra)
         extra = extra.expand(full).clone() if extra.shape != full else extra
         extra = extra.index_put(idx, x_extra)
+    e = _up(e)
+    # Euclidean norms over the last axis: δ_out = D·δ_in + (extra), D diagonal with entries in [0, 1]
+    flat = full.numel() == 0 or len(full) < 2
+    width = None if flat else full[-1]
+    value = TM(c, g, e) if flat else _with_norm(c, g, e, _norm_of(v, width), extra)
+    if nt.values_only:  # no derivative (see EnclosureNumbers.values_only)
+        return Enclosure(value, _zero_tm(c))
+    dmag = d.c.abs() + d.g.abs() * h + d.e
+    dc = coef * d.c
+    dg = _mul0(d.g, coef)
+    dextra = (d.c.abs() + d.g.abs()) * (2 * U)
+    de = coef * d.e + dextra
+    if idx[0].numel():
         # derivative: leaky′ ∈ [slope, 1]: (1 + slope)/2 ± (1 − slope)/2
         dmid = (1.0 + slope) * 0.5
-    if idx[0].numel() and not vo:
         dc = dc.expand(full).clone() if dc.shape != full else dc
         dc = dc.index_put(idx, dmid * d.c.expand(full)[idx])
         if not _is_zero(dg):
@@ -1199,16 +1183,12 @@ def _relu_like(nt: EnclosureNumbers, x: Any, slope: float = 0.0) -> Any:
         de = de.index_put(idx, dmid * d.e.expand(full)[idx] + d_extra)
         dextra = dextra.expand(full).clone() if dextra.shape != full else dextra
         dextra = dextra.index_put(idx, d_extra)
-    e, de = _up(e), (de if vo else _up(de))
+    de = _up(de)
     if nt.deferred is not None:
         nt.deferred.append(Kink(pos, neg, idx, kink_w, slope))
-    if full.numel() == 0 or len(full) < 2:
-        return Enclosure(TM(c, g, e), _zero_tm(c) if vo else TM(dc, dg, de))
-    # Euclidean norms over the last axis: δ_out = D·δ_in + (extra), D diagonal with entries in [0, 1]
-    width = full[-1]
-    if vo:
-        return Enclosure(_with_norm(c, g, e, _norm_of(v, width), extra), _zero_tm(c))
-    return Enclosure(_with_norm(c, g, e, _norm_of(v, width), extra), _with_norm(dc, dg, de, _norm_of(d, width), dextra))
+    if flat:
+        return Enclosure(value, TM(dc, dg, de))
+    return Enclosure(value, _with_norm(dc, dg, de, _norm_of(d, width), dextra))
 
 
 # ----------------------------------------------------------------------------- normalisation

@@ -246,8 +246,6 @@ def prepare(line: Line, data: Dataset, bn: BNPolicy, *, device: torch.device | N
         ready, edges, output, layers = _adjoint_plan(gm, params, x[:1])
         use = ready and (adjoint is True or layers >= ADJOINT_MIN_KINK_LAYERS)
         optional = ready and not use
-        if not ready:
-            edges, output = {}, None
     return _Problem(gm, params, x, y, data.loss, start, end, line.shell, chunk, statistics, line, stat_cells, use, edges, output,
                     adjoint_optional=optional)
 
@@ -1102,20 +1100,15 @@ def _screen(sub: _Problem, tol: float, deadline: float | None, batch: int, conve
     def settled(v: EnclosureVerdict) -> bool:  # a partition or a rise: what the full data start from
         return v.status == "monotone" or v.where is not None
 
-    full = took / first.cells * max(len(first.partition), 1) * n / max(sub.x.shape[0], 1)
-    if settled(first) and full < ADJOINT_TRIAL * took:
+    cost = took / first.cells * max(len(first.partition), 1)  # ∝ the full data's cost, times n / subsample
+    if settled(first) and cost * n / max(sub.x.shape[0], 1) < ADJOINT_TRIAL * took:
         return first, False
-    limit = time.perf_counter() + took
-    try:
-        t1 = time.perf_counter()
-        other = _bisect(replace(sub, adjoint=True), tol, limit if deadline is None else min(deadline, limit), batch,
-                        max_cells=256, witness=False, convex=convex)
-        took_other = time.perf_counter() - t1
-    except BudgetExceeded:
-        return first, False
+    t1 = time.perf_counter()
+    limit = t1 + took if deadline is None else min(deadline, t1 + took)  # _bisect answers unknown when it runs out
+    other = _bisect(replace(sub, adjoint=True), tol, limit, batch, max_cells=256, witness=False, convex=convex)
+    took_other = time.perf_counter() - t1
     if not settled(other):
         return first, False
-    cost = took / first.cells * max(len(first.partition), 1)
     cost_other = took_other / max(other.cells, 1) * max(len(other.partition), 1)
     if not settled(first) or cost_other < ADJOINT_ADVANTAGE * cost:
         return other, True
