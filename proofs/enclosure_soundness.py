@@ -54,7 +54,11 @@ function v on the cell is (ĉ, ĝ, e) with |v(m + t) − ĉ − ĝt| ≤ e for a
    a.e. α (where every slope is a true derivative, which suffices by step 1). sup|g| comes from
    an interval reverse walk: through a Linear layer g·W(α) with |W(α)| ≤ |W_m| + h|Δ|; through a
    ReLU D·g with D ∈ [s, 1] on mixed neurons (the hull of s·g and g); at the output p − e_y
-   (cross-entropy, from the bounds of step 5) or z − y (MSE).
+   (cross-entropy, from the bounds of step 5) or z − y (MSE). The identity asks nothing of W_l but
+   linearity: a convolution is the linear map of its dense matrix M(W) and passes g back through
+   M(W(α))ᵀ, the transposed convolution; an average pooling or mean is a fixed matrix A ≥ 0 and
+   passes g back through Aᵀ, so the radius passes through Aᵀ as well (step O2: the routines that
+   compute them equal the dense transposes exactly on integer data).
 
 5. Losses. MSE: L′ = (2/N)Σ(z − y)z′ (step I). Cross-entropy: with u_k = z_k − z_y,
    ℓ = log(1 + Σ_{k≠y} e^{u_k}) and ℓ′ = Σ_{k≠y} p_k u′_k, p = softmax([0, u]) (step J); p_k is
@@ -312,6 +316,35 @@ def step_o_adjoint_kinks() -> bool:
     return sp.expand(lhs[0] - rhs[0]) == 0
 
 
+def step_o2_transposed_maps() -> bool:
+    # the reverse walk's convolution and average rules against the transposes of their dense
+    # matrices, built by applying the forward map to basis vectors; small integers (and averages
+    # over 2^k entries) keep every product and sum exact, so equality is exact
+    import torch
+    from torch.nn import functional as F
+
+    from mli_theory.certify.adjoint import transposed_conv2d
+
+    g = torch.Generator().manual_seed(0)
+    ok = True
+    for k, stride, pad, dil, hw in [(3, 1, 1, 1, (5, 6)), (3, 2, 1, 1, (6, 5)), (1, 2, 0, 1, (4, 4)), (3, 1, 2, 2, (5, 5)), (2, 3, 1, 1, (7, 6))]:
+        w = torch.randint(-3, 4, (3, 2, k, k), generator=g).double()
+        fwd = lambda x: F.conv2d(x, w, None, stride, pad, dil)  # noqa: E731
+        basis = torch.eye(2 * hw[0] * hw[1], dtype=torch.float64).reshape(-1, 2, *hw)
+        M = fwd(basis).reshape(basis.shape[0], -1).T  # (out, in): column j is the image of e_j
+        t = torch.randint(-5, 6, fwd(basis[:1]).shape[1:], generator=g).double().unsqueeze(0)
+        want = (M.T @ t.reshape(-1)).reshape(1, 2, *hw)
+        for via in ("auto", "fold"):
+            ok &= bool(torch.equal(transposed_conv2d(t, w, (stride,) * 2, (pad,) * 2, (dil,) * 2, hw, via=via), want))
+    for pool in (lambda x: F.avg_pool2d(x, 2), lambda x: F.adaptive_avg_pool2d(x, 1), lambda x: x.mean((2, 3))):
+        basis = torch.eye(2 * 16, dtype=torch.float64).reshape(-1, 2, 4, 4)
+        A = pool(basis).reshape(basis.shape[0], -1).T
+        t = torch.randint(-5, 6, pool(basis[:1]).shape[1:], generator=g).double().unsqueeze(0)
+        _, vjp = torch.func.vjp(pool, torch.zeros(1, 2, 4, 4, dtype=torch.float64))
+        ok &= bool((A >= 0).all()) and bool(torch.equal(vjp(t)[0].reshape(-1), A.T @ t.reshape(-1)))
+    return ok
+
+
 def step_p_cell_integrals() -> bool:
     from fractions import Fraction
 
@@ -344,6 +377,7 @@ STEPS = {
     "M: (v + ε)^(−1/2): f″, f‴ and their monotonicity on v > 0": step_m_rsqrt,
     "N: W(α) as a convex combination; the spectral bound against exact singular values": step_n_norms,
     "O: the kinks' share of L′ as Σ ⟨∂ℓ/∂a, (D − D̃)ṽ′⟩ (adjoint bound)": step_o_adjoint_kinks,
+    "O2: transposed convolutions and averages equal the dense transposes (reverse walk)": step_o2_transposed_maps,
     "P: cell integrals of the Taylor form: ∫ L′ ≥ 2h(C − E), ∫ max(0, L′) ≤ ∫ max(0, C + E + Gt)": step_p_cell_integrals,
 }
 

@@ -33,9 +33,17 @@ with D = D̃ ± (1 − s)/2 on mixed neurons; and adds Σ sup|g|·w to the radiu
 :mod:`.enclosures` (γ bounds of dot products, 4u per elementwise operation, a final 2⁻⁴⁸
 inflation).
 
-Supported operations in the reverse walk: Linear (module or ``F.linear``), ReLU and LeakyReLU
-(module, function or method), flatten/view/reshape, identity and dropout in eval mode, sums and
-differences of activations (residual connections), negation. A graph with anything else keeps the
+The identity needs nothing of the maps between the activations but that the derivative walk be
+linear in the incoming derivative with coefficients that do not depend on D: it holds as it stands
+for convolutions (v′ = W(α) ∗ a′ + ΔW ∗ a + Δb, the cotangent passing back through the transposed
+convolution with W(α)) and for averages (pooling, means over an example's own axes: fixed
+non-negative weights, the cotangent passing back through the transposed average).
+
+Supported operations in the reverse walk: Linear (module or ``F.linear``), Conv2d modules (zero
+padding, one group), average pooling (``AvgPool2d``/``AdaptiveAvgPool2d`` modules and their
+functions, ``mean`` over non-example axes), ReLU and LeakyReLU (module, function or method),
+flatten/unflatten/view/reshape, identity and dropout in eval mode, sums and differences of
+activations (residual connections), negation. A graph with anything else keeps the
 plain forward Clarke rule (:func:`unsupported` says why), so the adjoint bound is an optimisation,
 never a change of what is certified.
 
@@ -47,20 +55,22 @@ before its first ReLU are skipped), so the bound is bit for bit that of the full
 from __future__ import annotations
 
 import operator
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 from torch.fx import GraphModule, Node
 from torch.nn import functional as F
 
-from .enclosures import _TINY, U, Enclosure, EnclosureNumbers, Kink, Param, _up, abs_per_cell, gamma
+from .enclosures import _TINY, U, Enclosure, EnclosureNumbers, Kink, Param, _string_padding, _up, abs_per_cell, gamma
 
 _RELU_MODULES = (nn.ReLU, nn.LeakyReLU)
 _RELU_FUNCTIONS = {F.relu, torch.relu, F.leaky_relu}
 _RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape}
 _RESHAPE_METHODS = {"view", "reshape", "flatten", "contiguous"}
 _SUM_FUNCTIONS = {operator.add, operator.sub, torch.add, torch.sub, operator.neg, torch.neg}
+_POOL_MODULES = (nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+_POOL_FUNCTIONS = {F.avg_pool2d, F.adaptive_avg_pool2d}
 
 
 class Tape:
@@ -117,14 +127,20 @@ def _kind(gm: GraphModule, node: Node) -> str | None:
             return "linear"
         if t in _RELU_MODULES:
             return "relu"
-        if t is nn.Flatten:
+        if t in (nn.Flatten, nn.Unflatten):
             return "reshape"
         if t is nn.Identity or (t is nn.Dropout and not m.training):
             return "pass"
+        if t is nn.Conv2d and _conv_geometry(m) is not None:
+            return "conv"
+        if t in _POOL_MODULES and getattr(m, "divisor_override", None) is None:
+            return "average"
         return None
     if node.op == "call_function":
         if node.target is F.linear:
             return "linear"
+        if node.target in _POOL_FUNCTIONS or node.target is torch.mean:
+            return "average" if _average_op(gm, node) is not None else None
         if node.target in _RELU_FUNCTIONS:
             return "relu"
         if node.target in _RESHAPE_FUNCTIONS:
@@ -141,8 +157,51 @@ def _kind(gm: GraphModule, node: Node) -> str | None:
             return "reshape"
         if node.target in ("add", "sub", "add_", "sub_", "neg", "neg_") and "alpha" not in node.kwargs:
             return "sum"
+        if node.target == "mean":
+            return "average" if _average_op(gm, node) is not None else None
         return None
     return None
+
+
+def _conv_geometry(mod: nn.Module) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None:
+    """(stride, padding, dilation) of a Conv2d whose transposed map :func:`_conv_back` computes
+    (zero padding, symmetric, one group); None otherwise (the graph keeps the forward rule)."""
+    if mod.padding_mode != "zeros" or mod.groups != 1:
+        return None
+    padding = mod.padding
+    if isinstance(padding, str):
+        got = _string_padding(2, padding, tuple(mod.kernel_size), tuple(mod.dilation), tuple(mod.stride))
+        if got is None or got[1] is not None:
+            return None
+        padding = got[0]
+    return tuple(mod.stride), tuple(padding), tuple(mod.dilation)
+
+
+def _average_op(gm: GraphModule, node: Node) -> Any:
+    """The average of ``node`` as a function of its activation alone (the other arguments are
+    constants of the graph), or None: a pooling module or function, or ``mean`` over axes that
+    exclude the example axis 0 (as the forward rule requires)."""
+    if node.op == "call_module":  # the module's own settings, as the forward rule reads them (no hooks)
+        mod = gm.get_submodule(node.target)
+        if type(mod) is nn.AvgPool2d:
+            return lambda t: F.avg_pool2d(t, mod.kernel_size, mod.stride, mod.padding, mod.ceil_mode, mod.count_include_pad)
+        return lambda t: F.adaptive_avg_pool2d(t, mod.output_size)
+    rest, kwargs = node.args[1:], dict(node.kwargs)
+    if any(isinstance(a, Node) for a in (*rest, *kwargs.values())):
+        return None
+    fn = node.target
+    if fn in _POOL_FUNCTIONS:
+        if kwargs.get("divisor_override") is not None or (fn is F.avg_pool2d and len(rest) >= 6 and rest[5] is not None):
+            return None
+        return lambda t: fn(t, *rest, **kwargs)
+    dim = rest[0] if rest else kwargs.get("dim")
+    keepdim = rest[1] if len(rest) > 1 else kwargs.get("keepdim", False)
+    if dim is None or kwargs.get("dtype") is not None or len(rest) > 2:
+        return None
+    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    if not dims or any(d == 0 for d in dims):  # negative axes are checked against the shape in the walk
+        return None
+    return lambda t: t.mean(dims, keepdim=bool(keepdim))
 
 
 class _Cot:
@@ -171,12 +230,15 @@ class _Cot:
         return self.c.abs() + self.s.abs() * h + self.r
 
 
-def kink_bound(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]], output: Node, cot: tuple[Tensor, Tensor]) -> Tensor:
+def kink_bound(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]], output: Node, cot: tuple[Tensor, Tensor, Tensor],
+               keep: dict[Node, tuple[Tensor, Tensor, Tensor]] | None = None) -> Tensor:
     """Σ over examples and mixed neurons of sup|g|·w, per cell ((C,) tensor, rounded up): the
     radius to add to L′ (in the units of the summed per-example terms; see (∗) in the docstring).
 
     ``cot``: (centre, slope, radius) of ∇_z ℓ per example at the model output ``output``, a Taylor
-    model on the cells like :class:`_Cot`."""
+    model on the cells like :class:`_Cot`. ``keep``, if given, receives the (centre, slope, radius)
+    of the cotangent of every node the walk visits (for tests: each must contain the true gradient
+    of the summed loss with respect to that node's output at every α of the cell)."""
     nt = tape.numbers
     cots: dict[Node, _Cot] = {output: _Cot(*cot)}
     total = torch.zeros(nt.mid.shape[0], dtype=torch.float64, device=nt.mid.device)
@@ -199,6 +261,8 @@ def kink_bound(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]
         g = cots.pop(node, None)
         if g is None or node.op in ("placeholder", "get_attr", "output"):
             continue
+        if keep is not None:
+            keep[node] = (g.c, g.s, g.r)
         args, kwargs = reads[node]
         kind = _kind(gm, node)
         if kind == "linear":
@@ -216,6 +280,14 @@ def kink_bound(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]
                 count += int(kink.idx[0].numel())
             if wants(args[0]):
                 send(args[0], _relu_back(g, kink, hh))
+        elif kind == "conv":
+            x = args[0]
+            if wants(x):
+                send(x, _conv_back(nt, g, gm.get_submodule(node.target), tape.weights[node], tape.shapes[x]))
+        elif kind == "average":
+            x = args[0]
+            if wants(x):
+                send(x, _average_back(g, _average_op(gm, node), tape.shapes[x]))
         elif kind in ("pass", "reshape"):
             x = args[0]
             shape = tape.shapes.get(x) if isinstance(x, Node) else None
@@ -280,6 +352,112 @@ def _linear_back(nt: EnclosureNumbers, g: _Cot, weight: Any) -> _Cot:
     # rounding of c0, c1, s0, s1 (γ_K each) and of the few elementwise operations combining them
     r = r * (1.0 + g2) + mags.amax(-1, keepdim=True) * colsum * (2 * g2 + 16 * U)
     return _Cot(c, s, _up(r))
+
+
+def transposed_conv2d(t: Tensor, w: Tensor, stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int],
+                      spatial: tuple[int, int], *, cells: Tensor | None = None, via: Literal["auto", "fold"] = "auto") -> Tensor:
+    """Wᵀt: the adjoint of ``F.conv2d(·, w, None, stride, padding, dilation)`` on inputs of spatial
+    size ``spatial``, applied to t of shape (…, Cout, OH, OW); w is (Cout, Ci, kh, kw), or with
+    ``cells`` given, a (C, Cout, Ci, kh, kw) weight per cell applied to t of shape (C, …).
+
+    Computed as plain sums of products, so that K = Cout·kh·kw bounds the terms of each entry:
+    on CPU in float64 as a stride-1 convolution (im2col + gemm there, see
+    :func:`mli_theory.certify.enclosures._conv_f`) of t with zeros inserted between its entries
+    (stride), padded by d(k − 1) − p (cropped where negative) and by the rows the forward
+    convolution left unread, with the kernel transposed and flipped; elsewhere (no FFT or Winograd
+    algorithm of a vendor library may be chosen) as a matmul of each output column with Wᵀ summed
+    back by ``F.fold`` (the adjoint of unfold); ``via="fold"`` takes that route everywhere."""
+    lead = t.shape[:-3]
+    cout, oh, ow = t.shape[-3:]
+    kh, kw = w.shape[-2:]
+    ci = w.shape[-3]
+    if via == "auto" and t.device.type == "cpu" and t.dtype == torch.float64:
+        if stride != (1, 1):
+            z = t.new_zeros(*lead, cout, (oh - 1) * stride[0] + 1, (ow - 1) * stride[1] + 1)
+            z[..., :: stride[0], :: stride[1]] = t
+            t = z
+        lo = [dilation[i] * (k - 1) - padding[i] for i, k in enumerate((kh, kw))]
+        extra = [spatial[i] - ((o - 1) * stride[i] - 2 * padding[i] + dilation[i] * (k - 1) + 1) for i, (o, k) in enumerate(((oh, kh), (ow, kw)))]
+        tb = F.pad(t.reshape(-1, *t.shape[-3:]), (lo[1], lo[1] + extra[1], lo[0], lo[0] + extra[0]))
+        wt = w.transpose(-4, -3).flip(-2, -1)  # (…, Ci, Cout, kh, kw)
+        if cells is None:
+            out = F.conv2d(tb, wt, None, 1, 0, dilation)
+        else:
+            per = tb.reshape(wt.shape[0], -1, *tb.shape[-3:])
+            out = torch.stack([F.conv2d(per[i], wt[i], None, 1, 0, dilation) for i in range(wt.shape[0])])
+        return out.reshape(*lead, ci, *spatial)
+    kk = ci * kh * kw
+    mat = (w.reshape(*w.shape[:-3], kk) if cells is None else w.reshape(w.shape[0], cout, kk).unsqueeze(1)).transpose(-1, -2)
+    tt = t.reshape(*lead, cout, oh * ow)
+    if cells is None:
+        tt = tt.reshape(-1, cout, oh * ow)
+    else:
+        tt = tt.reshape(w.shape[0], -1, cout, oh * ow)
+    per = max(1, int(2**25 // max(1, kk * oh * ow * (1 if cells is None else w.shape[0]))))
+    outs = []
+    axis = 0 if cells is None else 1
+    for i in range(0, tt.shape[axis], per):
+        part = tt[i : i + per] if cells is None else tt[:, i : i + per]
+        cols = torch.matmul(mat, part)  # (…, K, L)
+        img = F.fold(cols.reshape(-1, kk, oh * ow), spatial, (kh, kw), dilation=dilation, padding=padding, stride=stride)
+        outs.append(img.reshape(*cols.shape[:-2], ci, *spatial))
+    return torch.cat(outs, axis).reshape(*lead, ci, *spatial)
+
+
+def _conv_back(nt: EnclosureNumbers, g: _Cot, mod: nn.Module, weight: Any, in_shape: torch.Size) -> _Cot:
+    """g·W(α) for a Conv2d: :func:`_linear_back` with the transposed convolution
+    (:func:`transposed_conv2d`) in place of the matrix product, W(α) = W_m + tΔW. Every input entry
+    is a sum of at most K = Cout·kh·kw products, so γ_{K+16} covers each product as in the Linear
+    rule; the rounding term bounds Σ|W||g| by max|g| over the example's output times the sums of
+    |W0| + |ΔW| per input channel. The radius uses |W(α)| ≤ |W_m| + h|ΔW| + 4u(|W0| + |ΔW|) per
+    cell (:func:`abs_per_cell`)."""
+    stride, padding, dilation = _conv_geometry(mod)
+    w = weight if isinstance(weight, Param) else Param(weight, torch.zeros_like(weight))
+    cout, cin, kh, kw = w.w0.shape
+    g2 = gamma(cout * kh * kw + 16) * 2.0
+    nd = g.c.dim() - 1
+    m, h = nt.m(nd), nt.h(nd)
+    hh = h * h * 0.5
+    cells = nt.mid.shape[0]
+    full = torch.broadcast_shapes(g.c.shape, g.s.shape, g.r.shape, (cells,) + g.c.shape[1:])
+    spatial = tuple(in_shape[-2:])
+
+    def back(wt: Tensor, t: Tensor, per_cell: bool = False) -> Tensor:
+        return transposed_conv2d(t, wt, stride, padding, dilation, spatial, cells=nt.mid if per_cell else None)
+
+    stacked = nt.memo(weight, "stacked-conv-back", lambda: torch.cat([w.w0, w.dw], 1))  # (Cout, 2·Cin, kh, kw)
+    both = back(stacked, torch.stack([g.c.expand(full), g.s.expand(full)]))  # (2, C, n, 2·Cin, H, W)
+    c0, c1, s0, s1 = both[0, :, :, :cin], both[0, :, :, cin:], both[1, :, :, :cin], both[1, :, :, cin:]
+    c = c0 + m * c1 + hh * s1
+    s = s0 + m * s1 + c1
+    r = back(abs_per_cell(nt, weight, w), g.r.expand(full), per_cell=True)
+    if not bool((w.dw == 0).all()):
+        r = r + hh * back(w.dw.abs(), g.s.abs().expand(full))
+    colsum = nt.memo(weight, "abs-col-sums", lambda: (w.w0.abs() + w.dw.abs()).sum((0, 2, 3)).reshape(-1, 1, 1))  # (Cin, 1, 1)
+    mags = (g.c.abs() + g.s.abs()).expand(full).flatten(-3).amax(-1).reshape(*full[:-3], 1, 1, 1)
+    r = r * (1.0 + g2) + mags * colsum * (2 * g2 + 16 * U)
+    return _Cot(c, s, _up(r))
+
+
+def _average_back(g: _Cot, op: Any, in_shape: torch.Size) -> _Cot:
+    """Aᵀg for an average A (fixed non-negative weights, the same on every cell): centre and slope
+    pass through Aᵀ, the radius through Aᵀ too (A ≥ 0). Aᵀ is the vector-Jacobian product of the
+    op itself (``torch.func.vjp``: each input entry receives a sum of g/divisor over the windows
+    holding it, at most as many terms as the op has outputs per channel, plus one division), so
+    γ_{K+4}·Aᵀ(|c| + |s|) covers the rounding of centre and slope."""
+    full = torch.broadcast_shapes(g.c.shape, g.s.shape, g.r.shape)
+    cells = full[0]
+    lead = cells * full[1]
+    k_out = int(torch.Size(full[2:]).numel()) or 1
+    g2 = gamma(k_out + 4) * 2.0
+    parts = [t.expand(full).reshape(lead, *full[2:]) for t in (g.c, g.s, g.r, g.c.abs() + g.s.abs())]
+    primal = torch.zeros((4 * lead, *in_shape[2:]), dtype=g.c.dtype, device=g.c.device)
+    out, vjp_fn = torch.func.vjp(op, primal)
+    if out.shape[0] != 4 * lead or out.shape[1:] != full[2:]:
+        raise RuntimeError("an average whose output shape differs from the forward walk's")
+    back = vjp_fn(torch.cat(parts, 0))[0].reshape(4, cells, full[1], *in_shape[2:])
+    c, s, r, mag = back.unbind(0)
+    return _Cot(c, s, _up(r * (1.0 + g2) + mag * g2))
 
 
 def _relu_back(g: _Cot, kink: Kink, h: Tensor) -> _Cot:

@@ -558,12 +558,13 @@ def _linear_multi(x: Tensor, ws: list[Tensor]) -> list[Tensor]:
 
 
 def abs_per_cell(nt: EnclosureNumbers, key: object, w: Param) -> Tensor:
-    """(C, out, in): an entrywise upper bound of |W(α)| on each cell, |W0 + mΔW| + h|ΔW| plus
+    """(C, *W.shape): an entrywise upper bound of |W(α)| on each cell, |W0 + mΔW| + h|ΔW| plus
     4u(|W0| + |ΔW|), which covers the rounding of fl(W0 + mΔW) (|m| ≤ 1) and of this sum;
     memoised per batch of cells under ``key``."""
 
     def make() -> Tensor:
-        mc, hc = nt.mid.reshape(-1, 1, 1), nt.rad.reshape(-1, 1, 1)
+        view = (-1, *([1] * w.w0.dim()))
+        mc, hc = nt.mid.reshape(view), nt.rad.reshape(view)
         wmag = w.w0.abs() + w.dw.abs()
         return (w.w0 + mc * w.dw).abs() + hc * w.dw.abs() + wmag * (4 * U)
 
@@ -731,7 +732,18 @@ def _conv_module(nt: EnclosureNumbers, mod: nn.Module, p: dict, x: Any) -> Any:
         top = mags.flatten(-(ndim + 1)).amax(-1)  # (…, ) per example
         return top.reshape(*top.shape, 1, *([1] * ndim)) * wsum
 
-    return _affine_layer(nt, x, w, p.get("bias"), f, k_len, view, rounding=rounding)
+    abs_cellwise = None
+    if isinstance(w, Param):
+
+        def abs_cellwise(e: Tensor, m: Tensor, h: Tensor) -> Tensor:
+            # e is (1, C or 1, …): f(e, |W(m)| + h|ΔW|) one cell at a time (the cells' weights differ);
+            # the final factor covers the rounding of the non-negative dot products (γ_K)
+            wa = abs_per_cell(nt, w, w)  # (C, *W.shape)
+            cells = wa.shape[0]
+            out = torch.stack([f(e[:, i if e.shape[1] > 1 else 0], wa[i]) for i in range(cells)], 1)
+            return out * (1.0 + gamma(k_len + 8) * 2.0)
+
+    return _affine_layer(nt, x, w, p.get("bias"), f, k_len, view, abs_cellwise, rounding=rounding)
 
 
 # ----------------------------------------------------------------------------- products and sums
