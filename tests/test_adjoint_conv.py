@@ -13,7 +13,6 @@ tighter one on a ReLU CNN; decisions re-checked on a grid."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 import itertools
 
 import pytest
@@ -23,18 +22,11 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.nn import functional as F
 
-import mli_theory as mt
 from mli_theory.certify.adjoint import transposed_conv2d
-from mli_theory.certify.partition import decide_by_enclosures, enclose, prepare
-from mli_theory.exact import deadline_after
-from mli_theory.path import BNPolicy
+from mli_theory.certify.partition import enclose
 
-from test_adjoint_kinks import _float_reference
-
-
-def _problem(model, start, end, x, y, loss, adjoint=True):
-    line = mt.make_line(model, start, end, dtype=torch.float64)
-    return prepare(line, mt.Dataset(x, y, loss, "t"), BNPolicy.FROZEN, adjoint=adjoint)
+from test_adjoint_kinks import (_float_reference, _problem, assert_decided_as_a_grid_shows, assert_tighter_than_the_forward_rule,
+                                moved_from_default_init)
 
 
 @pytest.mark.parametrize("via", ["auto", "fold"])
@@ -186,40 +178,16 @@ def _cnn_path(seed=0):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
                           nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).double()
-    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    g = torch.Generator().manual_seed(seed + 1)
-    end = {k: v + 0.3 * torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in start.items()}
-    x = torch.randn(24, 64, generator=g, dtype=torch.float64)
-    y = torch.randint(0, 4, (24,), generator=g)
-    return model, start, end, x, y
+    return moved_from_default_init(model, seed, 0.3, 24)
 
 
 def test_the_reverse_walk_is_the_tighter_bound_on_a_relu_cnn():
-    model, start, end, x, y = _cnn_path()
-    prob = _problem(model, start, end, x, y, "ce", adjoint=None)
-    assert prob.adjoint  # three ReLU layers: the default
-    cells = ([0.0, 0.5, 0.875], [2.0**-4, 0.5 + 2.0**-4, 0.875 + 2.0**-4])
-    with_adjoint = enclose(prob, *cells)[0]
-    clarke = enclose(dataclasses.replace(prob, adjoint=False), *cells)[0]
-    for (alo, ahi), (clo, chi), a in zip(with_adjoint, clarke, cells[0]):
-        _, dL = _float_reference(model, start, end, x, y, "ce", a + 2.0**-5)
-        assert alo <= dL <= ahi and clo <= dL <= chi
-    widths = [(ahi - alo) / (chi - clo) for (alo, ahi), (clo, chi) in zip(with_adjoint, clarke)]
-    assert max(widths) < 0.8, widths
+    # three ReLU layers behind convolutions: the reverse walk is the default
+    assert_tighter_than_the_forward_rule(_cnn_path(), ([0.0, 0.5, 0.875], [2.0**-4, 0.5 + 2.0**-4, 0.875 + 2.0**-4]), 0.8)
 
 
 def test_cnn_decisions_agree_with_a_grid():
-    model, start, end, x, y = _cnn_path(2)
-    line = mt.make_line(model, start, end, dtype=torch.float64)
-    v = decide_by_enclosures(line, mt.Dataset(x, y, "ce", "t"), tol=1e-3, deadline=deadline_after(30))
-    assert v.status in ("monotone", "non_monotone"), v.reason
-    grid = [_float_reference(model, start, end, x, y, "ce", i / 400)[0] for i in range(401)]
-    rise = max(max(grid[j] - min(grid[: j + 1]) for j in range(len(grid))), 0.0)
-    if v.status == "monotone":
-        assert rise <= v.rise_bound + 1e-12
-    else:
-        assert v.rise_lower > 1e-3 and rise >= v.rise_lower - 1e-9
-
+    assert_decided_as_a_grid_shows(_cnn_path(2), budget=30.0)
 
 
 def _true_gradients(gm, start, end, x, y, loss, alpha):

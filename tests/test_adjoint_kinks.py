@@ -195,15 +195,52 @@ def test_graphs_without_reverse_rules_keep_the_forward_clarke_rule():
             assert dlo - 1e-10 <= dL <= dhi + 1e-10
 
 
+def moved_from_default_init(model, seed, scale, n, classes=4):
+    """(model, start, end, x, y): θ0 the model's default initialisation, θT = θ0 + scale·N(0, 1),
+    n Gaussian inputs and random labels."""
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    g = torch.Generator().manual_seed(seed + 1)
+    end = {k: v + scale * torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in start.items()}
+    first = next(m for m in model.modules() if isinstance(m, (nn.Linear, nn.Unflatten)))
+    d_in = first.in_features if isinstance(first, nn.Linear) else int(torch.Size(first.unflattened_size).numel())
+    x = torch.randn(n, d_in, generator=g, dtype=torch.float64)
+    y = torch.randint(0, classes, (n,), generator=g)
+    return model, start, end, x, y
+
+
 def _deep_default_init(seed=0):
     torch.manual_seed(seed)
     model = nn.Sequential(*[m for i in range(5) for m in (nn.Linear(16 if i == 0 else 64, 64), nn.ReLU())], nn.Linear(64, 4)).double()
-    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    g = torch.Generator().manual_seed(seed + 1)
-    end = {k: v + 0.2 * torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in start.items()}
-    x = torch.randn(32, 16, generator=g, dtype=torch.float64)
-    y = torch.randint(0, 4, (32,), generator=g)
-    return model, start, end, x, y
+    return moved_from_default_init(model, seed, 0.2, 32)
+
+
+def assert_tighter_than_the_forward_rule(path, cells, most, least=1.0):
+    """The reverse walk is the default here, both enclosures contain L′ inside each cell, and the
+    ratio of their widths is below ``most`` on every cell and below ``least`` on one."""
+    model, start, end, x, y = path
+    prob = _problem(model, start, end, x, y, "ce", adjoint=None)
+    assert prob.adjoint
+    with_adjoint = enclose(prob, *cells)[0]
+    clarke = enclose(dataclasses.replace(prob, adjoint=False), *cells)[0]
+    for (alo, ahi), (clo, chi), a, b in zip(with_adjoint, clarke, *cells):
+        _, dL = _float_reference(model, start, end, x, y, "ce", (a + b) / 2)
+        assert alo <= dL <= ahi and clo <= dL <= chi
+    widths = [(ahi - alo) / (chi - clo) for (alo, ahi), (clo, chi) in zip(with_adjoint, clarke)]
+    assert max(widths) < most and min(widths) < least, widths
+
+
+def assert_decided_as_a_grid_shows(path, budget=20.0):
+    """A decision at T = 1e-3 within ``budget`` seconds, consistent with a 401-point float64 grid."""
+    model, start, end, x, y = path
+    line = mt.make_line(model, start, end, dtype=torch.float64)
+    v = decide_by_enclosures(line, mt.Dataset(x, y, "ce", "t"), tol=1e-3, deadline=deadline_after(budget))
+    assert v.status in ("monotone", "non_monotone"), v.reason
+    grid = [_float_reference(model, start, end, x, y, "ce", i / 400)[0] for i in range(401)]
+    rise = max(max(grid[j] - min(grid[: j + 1]) for j in range(len(grid))), 0.0)
+    if v.status == "monotone":
+        assert rise <= v.rise_bound + 1e-12
+    else:
+        assert v.rise_lower > 1e-3 and rise >= v.rise_lower - 1e-9
 
 
 def test_the_adjoint_bound_is_the_default_from_three_relu_layers():
@@ -217,31 +254,11 @@ def test_the_adjoint_bound_is_the_default_from_three_relu_layers():
 
 
 def test_the_adjoint_bound_is_much_tighter_on_a_deep_net():
-    model, start, end, x, y = _deep_default_init()
-    prob = _problem(model, start, end, x, y, "ce", adjoint=None)
-    assert prob.adjoint
-    cells = ([0.0, 0.5, 0.9], [2.0**-6, 0.5 + 2.0**-6, 0.9 + 2.0**-6])
-    with_adjoint = enclose(prob, *cells)[0]
-    clarke = enclose(dataclasses.replace(prob, adjoint=False), *cells)[0]
-    for (alo, ahi), (clo, chi), a in zip(with_adjoint, clarke, cells[0]):
-        _, dL = _float_reference(model, start, end, x, y, "ce", a + 2.0**-7)
-        assert alo <= dL <= ahi and clo <= dL <= chi
-    widths = [(ahi - alo) / (chi - clo) for (alo, ahi), (clo, chi) in zip(with_adjoint, clarke)]
-    assert max(widths) < 0.75 and min(widths) < 0.2, widths
+    assert_tighter_than_the_forward_rule(_deep_default_init(), ([0.0, 0.5, 0.9], [2.0**-6, 0.5 + 2.0**-6, 0.9 + 2.0**-6]), 0.75, 0.2)
 
 
 def test_decisions_agree_with_and_without_the_adjoint_bound():
-    model, start, end, x, y = _deep_default_init(3)
-    line = mt.make_line(model, start, end, dtype=torch.float64)
-    data = mt.Dataset(x, y, "ce", "t")
-    v = decide_by_enclosures(line, data, tol=1e-3, deadline=deadline_after(20))
-    assert v.status in ("monotone", "non_monotone")
-    grid = [_float_reference(model, start, end, x, y, "ce", i / 400)[0] for i in range(401)]
-    rise = max(max(grid[j] - min(grid[: j + 1]) for j in range(len(grid))), 0.0)
-    if v.status == "monotone":
-        assert rise <= v.rise_bound + 1e-12
-    else:
-        assert v.rise_lower > 1e-3 and rise >= v.rise_lower - 1e-9
+    assert_decided_as_a_grid_shows(_deep_default_init(3))
 
 
 class _ParameterAdded(nn.Module):
