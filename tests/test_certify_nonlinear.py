@@ -142,6 +142,32 @@ def test_a_rise_seen_while_screening_is_proven_on_all_the_data_from_its_own_cell
     assert plain_loss(prob, b) - plain_loss(prob, a) == pytest.approx(v.rise, rel=1e-9) and v.rise >= v.rise_lower > 0
 
 
+def test_a_screened_run_too_wide_for_all_the_data_is_halved_until_it_proves_the_rise():
+    """L(α) = (α − 0.8)² (a 1×1 linear model, MSE): the single cell [0.5, 1] proves no rise (L′ < 0
+    at its midpoint), its right half [0.75, 1] proves one of 0.0375 > T = 0.01, re-checked on the
+    measured loss. The verdict counts every cell enclosed."""
+    import importlib
+
+    from mli_theory.certify.validation import Reference
+
+    part = importlib.import_module("mli_theory.certify.partition")
+    model = torch.nn.Linear(1, 1, bias=False).double()
+    start = {"weight": torch.tensor([[-0.8]], dtype=torch.float64)}
+    end = {"weight": torch.tensor([[0.2]], dtype=torch.float64)}
+    line = mt.make_line(model, start, end, dtype=torch.float64)
+    data = mt.Dataset(torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64), "mse", "quadratic")
+    prob = prepare(line, data, BNPolicy.FROZEN)
+    prob.reference = Reference(line, data, BNPolicy.FROZEN, None)
+    assert part._witness(prob, [part.CellBound(0.5, 1.0, *part.enclose_cells(prob, [0.5], [1.0])[0][0])], 0.01, 1, None) is None
+    v = part._confirm_rise(prob, [(0.5, 1.0)], 0.01, None, 16)
+    assert v is not None and v.status == "non_monotone" and v.cells == 1 + 2
+    a, b = v.where
+    assert (a, b) == (0.75, 1.0) and v.rise_lower > 0.01
+    assert v.rise == pytest.approx(0.0375, rel=1e-9)
+    # no refinement without a rise to find: the rise above T = 0.05 does not exist
+    assert part._confirm_rise(prob, [(0.5, 1.0)], 0.05, None, 16) is None
+
+
 def test_a_run_of_cells_never_spans_a_gap():
     from mli_theory.certify.partition import CellBound, _best_run
 

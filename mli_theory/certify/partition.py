@@ -1172,17 +1172,34 @@ def _measured(problem: _Problem, alphas: list[float]) -> list[float]:
         return [math.nan] * len(alphas)
 
 
+CONFIRM_REFINEMENTS = 2  # halvings of a subsample's rise run tried on all the data (see _confirm_rise)
+
+
 def _confirm_rise(problem: _Problem, run: list[tuple[float, float]], tol: float, deadline: float | None, batch: int) -> EnclosureVerdict | None:
     """Enclose L′ on the contiguous cells ``run`` only and return ``non_monotone`` if they prove a
     rise > tol (checked like every witness); None otherwise. No monotone claim is made here: the
-    cells do not cover [0, 1]."""
-    cells: list[CellBound] = []
-    for i in range(0, len(run), batch):
-        part = run[i : i + batch]
-        bounds, _, shares = enclose_cells(problem, [p[0] for p in part], [p[1] for p in part], deadline)
-        cells += [CellBound(a, b, lo, hi, low, up, high) for (a, b), (lo, hi), (low, up, high) in zip(part, bounds, shares)]
-    cells.sort(key=lambda c: c.a)
-    return _witness(problem, cells, tol, len(cells), rise_bound=None)
+    cells do not cover [0, 1].
+
+    Where the run does not prove the rise on all the data, its cells are halved and tried again,
+    up to ``CONFIRM_REFINEMENTS`` times while the run stays within two batches of cells: a tighter
+    bound on the subsample (the kinks' reverse walk) can prove its rise on a cell wider than all
+    the data allow (digits ResNet: [0.984, 1] on the subsample, [0.992, 1] on all 1 797 images),
+    and a few halvings of one run cost far less than the full partition that would otherwise follow.
+    Any sub-run of enclosed cells is a valid witness, so halving only adds candidates."""
+    evaluated = 0
+    for level in range(CONFIRM_REFINEMENTS + 1):
+        cells: list[CellBound] = []
+        for i in range(0, len(run), batch):
+            part = run[i : i + batch]
+            bounds, _, shares = enclose_cells(problem, [p[0] for p in part], [p[1] for p in part], deadline)
+            cells += [CellBound(a, b, lo, hi, low, up, high) for (a, b), (lo, hi), (low, up, high) in zip(part, bounds, shares)]
+        cells.sort(key=lambda c: c.a)
+        evaluated += len(cells)
+        found = _witness(problem, cells, tol, evaluated, rise_bound=None)
+        if found is not None or level == CONFIRM_REFINEMENTS or len(run) > batch:
+            return found
+        run = [half for a, b in run for half in ((a, (a + b) / 2), ((a + b) / 2, b))]
+    return None
 
 
 def _witness(problem: _Problem, cells: list[CellBound], tol: float, evaluated: int, rise_bound: Fraction | None) -> EnclosureVerdict | None:

@@ -1,0 +1,90 @@
+"""Reach of the certifier on the round-2 validation's convolutional nets without BatchNorm.
+
+    python experiments/conv_reach.py [--budget 300] [--jobs 2] [--out experiments/out/conv_reach] [--net cnn|resnet]
+
+Trains every run of the round-2 design's ``conv`` block whose net has no BatchNorm (the digits CNN
+and the small ResNet; SGD + momentum at lr 0.01, 0.03, 0.1 and Adam at 1e-3, 3e-3, 1e-2; seeds 0
+and 1; 30 epochs; ``experiments/validate.py``), then certifies each path exactly as the sweep does
+(``runs.sweep.certify_path``: float32 line, the check's contract, ``--budget`` seconds per
+tolerance, one torch thread per process, ``--jobs`` processes): the CNN at T = 1e-3 and T = 0, the
+ResNet at T = 1e-3 (as round 2 did). Appends one JSON row per run to ``rows.jsonl`` in ``--out``
+(name, final training loss, wall seconds of training and certificates, and per tolerance: status,
+cells, seconds) and prints them; runs already in that file are skipped, so the script resumes.
+The rows of the run reported in ``experiments/README.md`` are in ``results/conv_reach/``.
+
+Round 2 certified these nets with 30 s per tolerance; the ResNet was decided in 0 of its runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+
+def _name(cfg) -> str:
+    return f"{cfg.extra['net']}_{cfg.extra['opt']}_{cfg.lr}_s{cfg.seed}"
+
+
+def _one(args: tuple[str, str, float]) -> dict:
+    cfg_json, out, budget = args
+    import torch
+
+    torch.set_num_threads(1)
+    from mli_theory.inputs.arch import build_model, parse_arch
+    from mli_theory.inputs.checkpoint import load_state_dict
+    from mli_theory.inputs.data import load_data
+    from mli_theory.runs import TrainConfig
+    from mli_theory.runs.config import run_training
+    from mli_theory.runs.sweep import certify_path
+
+    cfg = TrainConfig(**json.loads(cfg_json))
+    folder = os.path.join(out, _name(cfg))
+    t0 = time.perf_counter()
+    res = run_training(cfg, folder)
+    init, final = load_state_dict(os.path.join(folder, "init.pt")), load_state_dict(os.path.join(folder, "final.pt"))
+    tols = (1e-3, 0.0) if cfg.extra["net"] == "cnn" else (1e-3,)
+    got = certify_path(build_model(parse_arch(cfg.arch)), init, final, load_data("sklearn:digits", "ce"), tols, budget)
+    row = {"name": _name(cfg), "final_loss": res.final_loss, "wall_s": round(time.perf_counter() - t0, 1)}  # training + certificates
+    for tol, (cert, secs) in got.items():
+        row[f"T={tol:g}"] = [cert.status, getattr(cert, "cells", None), round(secs, 1)]
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--budget", type=float, default=300.0, help="seconds per tolerance (default 300)")
+    ap.add_argument("--jobs", type=int, default=2, help="processes (default 2)")
+    ap.add_argument("--out", default=os.path.join(HERE, "out", "conv_reach"), help="run folders and rows.jsonl")
+    ap.add_argument("--net", choices=("cnn", "resnet"), default=None, help="one of the two nets only")
+    args = ap.parse_args(argv)
+    from validate import design
+
+    cfgs = [c for c in design(False)["conv"] if not c.arch.endswith("_bn") and args.net in (None, c.extra["net"])]
+    os.makedirs(args.out, exist_ok=True)
+    rows_path = os.path.join(args.out, "rows.jsonl")
+    done = set()
+    if os.path.exists(rows_path):
+        with open(rows_path) as f:
+            done = {json.loads(line)["name"] for line in f if line.strip()}
+    todo = [c for c in cfgs if _name(c) not in done]
+    print(f"{len(cfgs)} runs, {len(todo)} to do", flush=True)
+    jobs = [(json.dumps(dataclasses.asdict(c)), args.out, args.budget) for c in todo]
+    with ProcessPoolExecutor(max(1, args.jobs)) as ex, open(rows_path, "a") as f:
+        for row in ex.map(_one, jobs):
+            print(json.dumps(row), flush=True)
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
