@@ -102,7 +102,7 @@ class _ConvNet(nn.Module):
         self.head = nn.Linear(probe.shape[1], 3)
 
     def features(self, x):
-        h = F.relu(self.stem(x.view(-1, self.cin, self.hw, self.hw)))
+        h = F.relu(self.stem(x.unflatten(1, (self.cin, self.hw, self.hw))))
         if self.block:
             h = F.relu(self.c2(F.relu(self.c1(h))) + self.proj(h))
         if self.average == "mean":
@@ -172,6 +172,36 @@ def test_convolutions_without_a_reverse_rule_keep_the_forward_clarke_rule():
         for f in (0.25, 0.4, 0.5):
             _, dL = _float_reference(model, start, end, x, y, "mse", f)
             assert dlo - 1e-10 <= dL <= dhi + 1e-10
+
+
+class _UnflattenAfterKinks(nn.Module):
+    """Linear – ReLU – unflatten (method or function) – conv – ReLU – mean – linear: the reshape
+    sits behind a kink, so the reverse walk passes it."""
+
+    def __init__(self, method: bool) -> None:
+        super().__init__()
+        self.method = method
+        self.a, self.conv, self.b = nn.Linear(5, 12), nn.Conv2d(2, 3, 2), nn.Linear(3, 2)
+
+    def forward(self, x):
+        h = F.relu(self.a(x))
+        h = h.unflatten(1, (2, 3, 2)) if self.method else torch.unflatten(h, 1, (2, 3, 2))
+        return self.b(F.relu(self.conv(h)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("method", [True, False])
+def test_unflatten_behind_a_kink_is_enclosed_and_passed_back(method):
+    for seed in range(4):
+        torch.manual_seed(seed)
+        model, start, end, x, y = moved_from_default_init(_UnflattenAfterKinks(method).double(), seed, 0.5, 6, classes=2)
+        prob = _problem(model, start, end, x, y, "ce")
+        assert prob.adjoint
+        for ca, cb in ((0.0, 0.25), (0.5, 0.5 + 2.0**-6), (0.75, 1.0)):
+            (dlo, dhi), (llo, lhi) = (r[0] for r in enclose(prob, [ca], [cb]))
+            for f in (0.0, 0.5, 1.0):
+                L, dL = _float_reference(model, start, end, x, y, "ce", ca + f * (cb - ca))
+                slack = 1e-10 * (1 + abs(L) + abs(dL))
+                assert llo - slack <= L <= lhi + slack and dlo - slack <= dL <= dhi + slack, (method, seed, ca, f)
 
 
 def _cnn_path(seed=0):

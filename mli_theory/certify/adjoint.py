@@ -66,8 +66,8 @@ from .enclosures import _TINY, U, Enclosure, EnclosureNumbers, Kink, Param, _str
 
 _RELU_MODULES = (nn.ReLU, nn.LeakyReLU)
 _RELU_FUNCTIONS = {F.relu, torch.relu, F.leaky_relu}
-_RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape}
-_RESHAPE_METHODS = {"view", "reshape", "flatten", "contiguous"}
+_RESHAPE_FUNCTIONS = {torch.flatten, torch.unflatten, torch.reshape}
+_RESHAPE_METHODS = {"view", "reshape", "flatten", "unflatten", "contiguous"}
 _SUM_FUNCTIONS = {operator.add, operator.sub, torch.add, torch.sub, operator.neg, torch.neg}
 _POOL_MODULES = (nn.AvgPool2d, nn.AdaptiveAvgPool2d)
 _POOL_FUNCTIONS = {F.avg_pool2d, F.adaptive_avg_pool2d}

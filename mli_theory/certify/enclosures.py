@@ -1415,11 +1415,15 @@ def _flatten_module(nt: EnclosureNumbers, mod: nn.Flatten, p: dict, x: Any) -> A
     return _flatten(nt, x, mod.start_dim, mod.end_dim)
 
 
-def _unflatten_module(nt: EnclosureNumbers, mod: nn.Unflatten, p: dict, x: Any) -> Any:
-    if not isinstance(x, Enclosure):
+def _unflatten(nt: EnclosureNumbers, x: Any, dim: int, sizes: Any) -> Any:
+    if not isinstance(x, Enclosure) or not isinstance(dim, int):
         return NotImplemented
-    dim = mod.dim % len(x.shape) + 1  # + 1: the leading cell axis
-    return _full(x).map(lambda t: t.unflatten(dim, tuple(mod.unflattened_size)))
+    d = dim % len(x.shape) + 1  # + 1: the leading cell axis
+    return _full(x).map(lambda t: t.unflatten(d, tuple(sizes)))
+
+
+def _unflatten_module(nt: EnclosureNumbers, mod: nn.Unflatten, p: dict, x: Any) -> Any:
+    return _unflatten(nt, x, mod.dim, mod.unflattened_size)
 
 
 def _identity_module(nt: EnclosureNumbers, mod: nn.Module, p: dict, x: Any) -> Any:
@@ -1607,6 +1611,7 @@ _FUNCTION_RULES: dict[object, Callable[..., Any]] = {
     operator.neg: _neg,
     operator.truediv: _truediv,
     torch.flatten: _flatten,
+    torch.unflatten: _unflatten,
     torch.reshape: _reshape,
     torch.mean: _mean,
     F.avg_pool2d: _avg_pool_fn,
@@ -1619,6 +1624,7 @@ _METHOD_RULES: dict[str, Callable[..., Any]] = {
     "view": _reshape,
     "reshape": _reshape,
     "flatten": _flatten,
+    "unflatten": _unflatten,
     "size": _size,
     "dim": _dim,
     "relu": _relu_fn,
