@@ -355,10 +355,10 @@ def _linear_back(nt: EnclosureNumbers, g: _Cot, weight: Any) -> _Cot:
 
 
 def transposed_conv2d(t: Tensor, w: Tensor, stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int],
-                      spatial: tuple[int, int], *, cells: Tensor | None = None, via: Literal["auto", "fold"] = "auto") -> Tensor:
+                      spatial: tuple[int, int], *, per_cell: bool = False, via: Literal["auto", "fold"] = "auto") -> Tensor:
     """Wᵀt: the adjoint of ``F.conv2d(·, w, None, stride, padding, dilation)`` on inputs of spatial
     size ``spatial``, applied to t of shape (…, Cout, OH, OW); w is (Cout, Ci, kh, kw), or with
-    ``cells`` given, a (C, Cout, Ci, kh, kw) weight per cell applied to t of shape (C, …).
+    ``per_cell``, a (C, Cout, Ci, kh, kw) weight per cell applied to t of shape (C, …).
 
     Computed as plain sums of products, so that K = Cout·kh·kw bounds the terms of each entry:
     on CPU in float64 as a stride-1 convolution (im2col + gemm there, see
@@ -380,24 +380,24 @@ def transposed_conv2d(t: Tensor, w: Tensor, stride: tuple[int, int], padding: tu
         extra = [spatial[i] - ((o - 1) * stride[i] - 2 * padding[i] + dilation[i] * (k - 1) + 1) for i, (o, k) in enumerate(((oh, kh), (ow, kw)))]
         tb = F.pad(t.reshape(-1, *t.shape[-3:]), (lo[1], lo[1] + extra[1], lo[0], lo[0] + extra[0]))
         wt = w.transpose(-4, -3).flip(-2, -1)  # (…, Ci, Cout, kh, kw)
-        if cells is None:
+        if not per_cell:
             out = F.conv2d(tb, wt, None, 1, 0, dilation)
         else:
             per = tb.reshape(wt.shape[0], -1, *tb.shape[-3:])
             out = torch.stack([F.conv2d(per[i], wt[i], None, 1, 0, dilation) for i in range(wt.shape[0])])
         return out.reshape(*lead, ci, *spatial)
     kk = ci * kh * kw
-    mat = (w.reshape(*w.shape[:-3], kk) if cells is None else w.reshape(w.shape[0], cout, kk).unsqueeze(1)).transpose(-1, -2)
+    mat = (w.reshape(*w.shape[:-3], kk) if not per_cell else w.reshape(w.shape[0], cout, kk).unsqueeze(1)).transpose(-1, -2)
     tt = t.reshape(*lead, cout, oh * ow)
-    if cells is None:
+    if not per_cell:
         tt = tt.reshape(-1, cout, oh * ow)
     else:
         tt = tt.reshape(w.shape[0], -1, cout, oh * ow)
-    per = max(1, int(2**25 // max(1, kk * oh * ow * (1 if cells is None else w.shape[0]))))
+    per = max(1, int(2**25 // max(1, kk * oh * ow * (1 if not per_cell else w.shape[0]))))
     outs = []
-    axis = 0 if cells is None else 1
+    axis = 0 if not per_cell else 1
     for i in range(0, tt.shape[axis], per):
-        part = tt[i : i + per] if cells is None else tt[:, i : i + per]
+        part = tt[i : i + per] if not per_cell else tt[:, i : i + per]
         cols = torch.matmul(mat, part)  # (…, K, L)
         img = F.fold(cols.reshape(-1, kk, oh * ow), spatial, (kh, kw), dilation=dilation, padding=padding, stride=stride)
         outs.append(img.reshape(*cols.shape[:-2], ci, *spatial))
@@ -423,7 +423,7 @@ def _conv_back(nt: EnclosureNumbers, g: _Cot, mod: nn.Module, weight: Any, in_sh
     spatial = tuple(in_shape[-2:])
 
     def back(wt: Tensor, t: Tensor, per_cell: bool = False) -> Tensor:
-        return transposed_conv2d(t, wt, stride, padding, dilation, spatial, cells=nt.mid if per_cell else None)
+        return transposed_conv2d(t, wt, stride, padding, dilation, spatial, per_cell=per_cell)
 
     stacked = nt.memo(weight, "stacked-conv-back", lambda: torch.cat([w.w0, w.dw], 1))  # (Cout, 2·Cin, kh, kw)
     both = back(stacked, torch.stack([g.c.expand(full), g.s.expand(full)]))  # (2, C, n, 2·Cin, H, W)
