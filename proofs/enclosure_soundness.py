@@ -60,10 +60,36 @@ function v on the cell is (ĉ, ĝ, e) with |v(m + t) − ĉ − ĝt| ≤ e for a
    passes g back through Aᵀ, so the radius passes through Aᵀ as well (step O2: the routines that
    compute them equal the dense transposes exactly on integer data).
 
+4c. Input remainders of Linear layers bounded backward (``Source``). The derivative of a Linear
+   layer is v′_l = W_l a′_{l−1} + ΔW_l a_{l−1} + Δb_l, and the value a_{l−1} is known as a Taylor
+   model â_{l−1} = ĉ + ĝt with a_{l−1} = â_{l−1} + δ_{l−1}, |δ| ≤ e. With the reverse walk on, the
+   forward walk carries ΔW_l â_{l−1} alone (v̂′); then e_l = a′_l − â′_l satisfies
+   e_l = D_l W_l e_{l−1} + D_l ΔW_l δ_{l−1} + (D_l − D̃_l)v̂′_l, hence
+   ⟨∇_z ℓ, z′ − ẑ′⟩ = Σ_l ⟨g_l, (D_l − D̃_l)v̂′_l⟩ + Σ_l ⟨h_l, ΔW_l δ_{l−1}⟩ with h_l = ∂ℓ/∂v_l the
+   true gradient at the layer's output (step O3, symbolically for three layers of width 2), and
+   |⟨h_l, ΔW_l δ_{l−1}⟩| ≤ ⟨|ΔW_l|ᵀ sup|h_l|, e_{l−1}⟩. The reverse walk encloses h_l as it
+   encloses g_l (the cotangent of the Linear node); a convolution is its dense matrix again.
+
+4d. Cotangent remainders in Euclidean norm. The reverse walk's cotangent g = c + st + δ may carry
+   n ≥ ‖δ‖₂ over the last axis, as in 2b: through a Linear layer δW(α) has
+   ‖δW(α)‖₂ ≤ ‖W(α)‖₂‖δ‖₂ (the spectral norm of the transpose is the same) and
+   |(δW(α))_k| ≤ ‖W(α)_{:,k}‖₂‖δ‖₂ (Cauchy–Schwarz on column k), both norms convex in α (step N);
+   the t² and rounding terms enter by the triangle inequality. Through a ReLU the new remainder is
+   Dδ + (D − D̃)(c + st) with |D| ≤ 1, so its norm is at most ‖δ‖₂ plus the norm of the entrywise
+   bound (1 − s)/2·(|c| + |s|h) on mixed neurons (and rounding). Sums add norms.
+
 5. Losses. MSE: L′ = (2/N)Σ(z − y)z′ (step I). Cross-entropy: with u_k = z_k − z_y,
    ℓ = log(1 + Σ_{k≠y} e^{u_k}) and ℓ′ = Σ_{k≠y} p_k u′_k, p = softmax([0, u]) (step J); p_k is
    increasing in u_k and decreasing in u_j (j ≠ k) (step K), so it is bounded by evaluating it at
    the corresponding corners of the box of u.
+
+5c. Cross-entropy's L′ term as a product of Taylor models. By the mean value theorem
+   p(u(m + t)) = p(ū) + J(ξ)(ĝt + δ) with ξ in the cell's box of u and J_kj = p_k(1[k = j] − p_j)
+   (step J/K), so p ∈ P + st ± r with s the midpoint and r covering the half width of the interval
+   J times |ĝ|h and |J|e. Then p_k u′_k = (P + st + ρ)(a + bt + σ) = Pa + t(Pb + sa) + t²sb +
+   ρ(a + bt + σ) + (P + st)σ (step C), t² = h²/2 ± h²/2 (step B). The constant-box product
+   (p in [p_lo, p_hi] on the whole cell) is sound as well; each entry keeps the narrower of the two.
+   The label's term is 0 (u_y ≡ 0).
 
 5b. BatchNorm with re-estimated statistics (``bn=recompute``, one batch of all N values per
    channel, cumulative average = that batch's statistics). The pass is the network itself run in
@@ -316,6 +342,32 @@ def step_o_adjoint_kinks() -> bool:
     return sp.expand(lhs[0] - rhs[0]) == 0
 
 
+def step_o3_adjoint_sources() -> bool:
+    # three Linear layers of width 2 with two kink layers; the forward walk takes ΔW_l â_{l−1}
+    # (â = a − δ) in place of ΔW_l a_{l−1} and the midpoint slopes T in place of D
+    def mat(name, r, c):
+        return sp.Matrix(r, c, lambda i, j: sp.Symbol(f"{name}{i}{j}", real=True))
+
+    def diag(name):
+        return sp.diag(sp.Symbol(f"{name}0", real=True), sp.Symbol(f"{name}1", real=True))
+
+    W2, W3, dW2, dW3 = mat("W2_", 2, 2), mat("W3_", 1, 2), mat("dW2_", 2, 2), mat("dW3_", 1, 2)
+    q1, db2, db3 = mat("q1_", 2, 1), mat("db2_", 2, 1), mat("db3_", 1, 1)
+    a1, a2, e1, e2 = mat("a1_", 2, 1), mat("a2_", 2, 1), mat("delta1_", 2, 1), mat("delta2_", 2, 1)
+    D1, D2, T1, T2 = diag("D1_"), diag("D2_"), diag("T1_"), diag("T2_")
+    gz = sp.Symbol("g_z", real=True)
+    v2_true = W2 * D1 * q1 + dW2 * a1 + db2
+    z_true = W3 * D2 * v2_true + dW3 * a2 + db3
+    v2_hat = W2 * T1 * q1 + dW2 * (a1 - e1) + db2
+    z_hat = W3 * T2 * v2_hat + dW3 * (a2 - e2) + db3
+    g2 = (gz * W3).T  # ∂ℓ/∂a_2
+    h2 = D2 * g2  # ∂ℓ/∂v_2
+    g1 = (gz * W3 * D2 * W2).T  # ∂ℓ/∂a_1
+    lhs = gz * (z_true - z_hat)
+    rhs = g1.T * (D1 - T1) * q1 + g2.T * (D2 - T2) * v2_hat + h2.T * dW2 * e1 + sp.Matrix([[gz]]) * dW3 * e2
+    return sp.expand(lhs[0] - rhs[0]) == 0
+
+
 def step_o2_transposed_maps() -> bool:
     # the reverse walk's convolution and average rules against the transposes of their dense
     # matrices, built by applying the forward map to basis vectors; small integers (and averages
@@ -378,6 +430,7 @@ STEPS = {
     "N: W(α) as a convex combination; the spectral bound against exact singular values": step_n_norms,
     "O: the kinks' share of L′ as Σ ⟨∂ℓ/∂a, (D − D̃)ṽ′⟩ (adjoint bound)": step_o_adjoint_kinks,
     "O2: transposed convolutions and averages equal the dense transposes (reverse walk)": step_o2_transposed_maps,
+    "O3: a Linear input's remainder as ⟨∂ℓ/∂v, ΔW·δ⟩ beside the kinks' share (adjoint sources)": step_o3_adjoint_sources,
     "P: cell integrals of the Taylor form: ∫ L′ ≥ 2h(C − E), ∫ max(0, L′) ≤ ∫ max(0, C + E + Gt)": step_p_cell_integrals,
 }
 

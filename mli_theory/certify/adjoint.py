@@ -33,6 +33,24 @@ with D = D̃ ± (1 − s)/2 on mixed neurons; and adds Σ sup|g|·w to the radiu
 :mod:`.enclosures` (γ bounds of dot products, 4u per elementwise operation, a final 2⁻⁴⁸
 inflation).
 
+The layers' input remainders. The derivative of a Linear layer, v′ = W(α)a′ + ΔW·a + Δb, needs the
+value a of its input, known as a Taylor model â = ĉ + ĝt with a = â + δ, |δ| ≤ e. Pushed forward
+as |ΔW|e and then through every later layer with |W|, that remainder was the second-largest part
+of L′'s width on deep MLPs. With the reverse walk on, the forward walk carries ΔW·â alone and
+records a :class:`~.enclosures.Source`; the same induction as above then gives
+
+    ⟨∇_z ℓ, z′ − ẑ′⟩ = Σ_l ⟨g_l, (D_l − D̃_l) v̂′_l⟩ + Σ_l ⟨h_l, ΔW_l δ_{l−1}⟩,              (∗∗)
+
+h_l = ∂ℓ/∂v_l the true gradient at the layer's output (the cotangent the reverse walk encloses at
+that node), so ⟨|ΔW_l|ᵀ sup|h_l|, e_{l−1}⟩ joins the radius (Conv2d: |ΔW|ᵀ is the transposed
+convolution with |ΔW|).
+
+The cotangent's radius in Euclidean norm. The radius r of a cotangent grows at every mixed neuron
+by (1 − s)/2·sup|g| and is pushed back through |W(α)|ᵀ, which compounds in wide layers the way the
+forward remainders did. Through Linear layers and ReLUs the walk also carries n ≥ ‖δ‖₂ over the
+last axis: ‖δW(α)‖₂ ≤ ‖W(α)‖₂‖δ‖₂, each entry at most ‖W(α)_{:,k}‖₂‖δ‖₂ (column norms, convex in
+α like the forward rule's row norms), and r ← min(r, that).
+
 The identity needs nothing of the maps between the activations but that the derivative walk be
 linear in the incoming derivative with coefficients that do not depend on D: it holds as it stands
 for convolutions (v′ = W(α) ∗ a′ + ΔW ∗ a + Δb, the cotangent passing back through the transposed
@@ -62,7 +80,8 @@ from torch import Tensor, nn
 from torch.fx import GraphModule, Node
 from torch.nn import functional as F
 
-from .enclosures import _TINY, U, Enclosure, EnclosureNumbers, Kink, Param, _string_padding, _up, abs_per_cell, gamma
+from .enclosures import (_TINY, U, Enclosure, EnclosureNumbers, Kink, Param, Source, _along_cells, _l2, _matrix_norms, _string_padding, _up,
+                         abs_per_cell, gamma)
 
 _RELU_MODULES = (nn.ReLU, nn.LeakyReLU)
 _RELU_FUNCTIONS = {F.relu, torch.relu, F.leaky_relu}
@@ -76,19 +95,29 @@ _POOL_FUNCTIONS = {F.avg_pool2d, F.adaptive_avg_pool2d}
 class Tape:
     """What the forward walk records for the reverse walk: for every node whose value is an
     :class:`Enclosure`, its shape (with the cell axis); for ReLU nodes their :class:`Kink`; for
-    Linear nodes their weight (a :class:`Param` or a tensor). Pass :meth:`record` as ``on_node``."""
+    Linear and Conv2d nodes their weight (a :class:`Param` or a tensor) and, where they deferred
+    their input's value remainder, its :class:`Source`. Pass :meth:`record` as ``on_node``."""
 
     def __init__(self, numbers: EnclosureNumbers) -> None:
         self.numbers = numbers
         self.shapes: dict[Node, torch.Size] = {}
         self.kinks: dict[Node, Kink] = {}
+        self.sources: dict[Node, Source] = {}
         self.weights: dict[Node, Any] = {}
 
     def record(self, node: Node, out: Any, args: tuple, kwargs: dict) -> None:
         deferred = self.numbers.deferred
+        found: list = []
         if deferred:
-            kink = deferred.pop()
+            found = list(deferred)
             deferred.clear()
+            if len(found) != 1:  # one rule per node records at most one deferred term
+                raise RuntimeError(f"{len(found)} deferred terms recorded at {node.name}")
+            if isinstance(found[0], Source):
+                self.sources[node] = found[0]
+                found = []
+        if found:
+            kink = found[0]
             cells = self.numbers.mid.shape[0]
             if kink.pos.shape[0] != cells:  # an activation shared by every cell: one record per cell
                 pos = kink.pos.expand(cells, *kink.pos.shape[1:])
@@ -205,25 +234,38 @@ def _average_op(gm: GraphModule, node: Node) -> Any:
 
 
 class _Cot:
-    """A cotangent as a first-order Taylor model on the cells: g(m + t) ∈ c + s·t ± r entrywise for
-    |t| ≤ h (r ≥ 0 proven). The slope carries the cotangent's own change along the cell through the
-    linear maps exactly, instead of as a radius that |W| would amplify."""
+    """A cotangent as a first-order Taylor model on the cells: g(m + t) ∈ c + s·t + δ with |δ| ≤ r
+    entrywise for |t| ≤ h (r ≥ 0 proven) and, when ``n`` is not None, ‖δ‖₂ ≤ n over the last axis
+    (shape (…, 1)). The slope carries the cotangent's own change along the cell through the linear
+    maps exactly, instead of as a radius that |W| would amplify; the norm carries the radius through
+    wide Linear layers by ‖W(α)‖₂ instead of entrywise |W(α)|ᵀ, which compounds (as the forward rule
+    does with :func:`~.enclosures._with_norm`)."""
 
-    __slots__ = ("c", "s", "r")
+    __slots__ = ("c", "s", "r", "n")
 
-    def __init__(self, c: Tensor, s: Tensor, r: Tensor) -> None:
-        self.c, self.s, self.r = c, s, r
+    def __init__(self, c: Tensor, s: Tensor, r: Tensor, n: Tensor | None = None) -> None:
+        self.c, self.s, self.r, self.n = c, s, r, n
+
+    def norm(self) -> Tensor:
+        """A bound of ‖δ‖₂ over the last axis: the tracked one, else from r."""
+        return self.n if self.n is not None else _l2(self.r, self.c.shape[-1])
 
     def plus(self, other: "_Cot") -> "_Cot":
         c, s = self.c + other.c, self.s + other.s
-        return _Cot(c, s, _up(self.r + other.r + (c.abs() + s.abs()) * (2 * U)))
+        rnd = (c.abs() + s.abs()) * (2 * U)
+        r = _up(self.r + other.r + rnd)
+        n = None
+        if self.n is not None or other.n is not None:  # ‖δ1 + δ2 + ρ‖ ≤ ‖δ1‖ + ‖δ2‖ + ‖ρ‖
+            n = torch.minimum(_up(self.norm() + other.norm() + _l2(rnd, c.shape[-1])), _l2(r, c.shape[-1]))
+        return _Cot(c, s, r, n)
 
     def neg(self) -> "_Cot":
-        return _Cot(-self.c, -self.s, self.r)
+        return _Cot(-self.c, -self.s, self.r, self.n)
 
     def reshape(self, shape: tuple[int, ...]) -> "_Cot":
         full = torch.broadcast_shapes(self.c.shape, self.s.shape, self.r.shape)
-        return _Cot(self.c.expand(full).reshape(shape), self.s.expand(full).reshape(shape), self.r.expand(full).reshape(shape))
+        n = self.n if self.n is not None and shape[-1] == full[-1] and tuple(shape[:-1]) == tuple(full[:-1]) else None
+        return _Cot(self.c.expand(full).reshape(shape), self.s.expand(full).reshape(shape), self.r.expand(full).reshape(shape), n)
 
     def magnitude(self, h: Tensor) -> Tensor:
         """An upper bound of |g| on the cell (before the rounding of this sum)."""
@@ -231,14 +273,16 @@ class _Cot:
 
 
 def kink_bound(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]], output: Node, cot: tuple[Tensor, Tensor, Tensor],
-               keep: dict[Node, tuple[Tensor, Tensor, Tensor]] | None = None) -> Tensor:
-    """Σ over examples and mixed neurons of sup|g|·w, per cell ((C,) tensor, rounded up): the
-    radius to add to L′ (in the units of the summed per-example terms; see (∗) in the docstring).
+               keep: dict[Node, tuple[Tensor, Tensor, Tensor]] | None = None, keep_norms: dict[Node, Tensor] | None = None) -> Tensor:
+    """Σ over examples and mixed neurons of sup|g|·w, plus over the layers' sources (:class:`Source`)
+    of ⟨|ΔW|ᵀ sup|g|, e⟩, per cell ((C,) tensor, rounded up): the radius to add to L′ (in the units of
+    the summed per-example terms; see (∗) and (∗∗) in the docstring).
 
     ``cot``: (centre, slope, radius) of ∇_z ℓ per example at the model output ``output``, a Taylor
     model on the cells like :class:`_Cot`. ``keep``, if given, receives the (centre, slope, radius)
     of the cotangent of every node the walk visits (for tests: each must contain the true gradient
-    of the summed loss with respect to that node's output at every α of the cell)."""
+    of the summed loss with respect to that node's output at every α of the cell); ``keep_norms``,
+    the bound of the remainder's Euclidean norm over the last axis where the walk tracks one."""
     nt = tape.numbers
     cots: dict[Node, _Cot] = {output: _Cot(*cot)}
     total = torch.zeros(nt.mid.shape[0], dtype=torch.float64, device=nt.mid.device)
@@ -263,10 +307,16 @@ def kink_bound(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]
             continue
         if keep is not None:
             keep[node] = (g.c, g.s, g.r)
+        if keep_norms is not None and g.n is not None:
+            keep_norms[node] = g.n
         args, kwargs = reads[node]
         kind = _kind(gm, node)
         if kind == "linear":
             x = args[0] if node.op == "call_module" else (args[0] if args else kwargs["input"])
+            src = tape.sources.get(node)
+            if src is not None:
+                total = total + _source_bound(nt, g, src, tape.weights[node], None)
+                count += 1
             if wants(x):
                 send(x, _linear_back(nt, g, tape.weights[node]))
         elif kind == "relu":
@@ -282,6 +332,10 @@ def kink_bound(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]
                 send(args[0], _relu_back(g, kink, hh))
         elif kind == "conv":
             x = args[0]
+            src = tape.sources.get(node)
+            if src is not None:
+                total = total + _source_bound(nt, g, src, tape.weights[node], (gm.get_submodule(node.target), tape.shapes[x]))
+                count += 1
             if wants(x):
                 send(x, _conv_back(nt, g, gm.get_submodule(node.target), tape.weights[node], tape.shapes[x]))
         elif kind == "average":
@@ -310,14 +364,40 @@ def kink_bound(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]
 
 
 def _downstream_of_kinks(gm: GraphModule, tape: Tape) -> set[Node]:
-    """The nodes with a recorded kink node upstream of them (that node included): the only ones whose
-    cotangent enters the bound. The reverse walk stops at the others, e.g. the first Linear layer
-    of an MLP and its input, which no kink precedes."""
+    """The nodes with a recorded kink or source upstream of them (that node included): the only ones
+    whose cotangent enters the bound. The reverse walk stops at the others, e.g. the first Linear
+    layer of an MLP and its input, which no kink precedes (its input is exact: no source)."""
     out: set[Node] = set()
     for node in gm.graph.nodes:  # topological order
-        if node in tape.kinks or any(isinstance(a, Node) and a in out for a in node.all_input_nodes):
+        if node in tape.kinks or node in tape.sources or any(isinstance(a, Node) and a in out for a in node.all_input_nodes):
             out.add(node)
     return out
+
+
+def _source_bound(nt: EnclosureNumbers, g: _Cot, src: Source, weight: Any, conv: tuple[nn.Module, torch.Size] | None) -> Tensor:
+    """Σ over examples of ⟨|ΔW|ᵀ sup|g|, e⟩ per cell ((C,), rounded up): a bound of |⟨g, ΔW·δ⟩| for
+    the input remainder |δ| ≤ e that the layer left out of its derivative (:class:`Source`), g the
+    loss gradient at the layer's output; ``conv``: (module, input shape) of a Conv2d, whose |ΔW|ᵀ is
+    the transposed convolution with |ΔW|. Rounding: the non-negative products of |ΔW|ᵀ (γ_K, K
+    their length), the products with e and the sum of N terms (γ_{N+2}) — one factor 1 + 2γ_{K+N+4}."""
+    w = weight if isinstance(weight, Param) else Param(weight, torch.zeros_like(weight))
+    cells = nt.mid.shape[0]
+    mag = g.magnitude(nt.h(g.c.dim() - 1)) * (1 + 4 * U)
+    adw = nt.memo(weight, "abs-dw", lambda: w.dw.abs())
+    if conv is None:
+        k_len = w.w0.shape[0]
+        back = torch.matmul(mag, adw)
+    else:
+        mod, in_shape = conv
+        stride, padding, dilation = _conv_geometry(mod)
+        k_len = int(w.w0.shape[0] * w.w0.shape[2] * w.w0.shape[3])
+        full = torch.broadcast_shapes(mag.shape, (cells,) + mag.shape[1:])
+        back = transposed_conv2d(mag.expand(full), adw, stride, padding, dilation, tuple(in_shape[-2:]))
+    full = torch.broadcast_shapes(back.shape, src.e.shape, (cells,) + back.shape[1:])
+    terms = back.expand(full) * src.e.expand(full)
+    n = terms[0].numel()
+    part = terms.reshape(cells, -1).sum(1)
+    return _up(part * (1.0 + 2.0 * gamma(k_len + n + 4)))
 
 
 def _linear_back(nt: EnclosureNumbers, g: _Cot, weight: Any) -> _Cot:
@@ -346,12 +426,37 @@ def _linear_back(nt: EnclosureNumbers, g: _Cot, weight: Any) -> _Cot:
     lead = full[1:-1]
     rr = g.r.expand(cells, *full[1:]).reshape(cells, -1, full[-1])
     r = torch.matmul(rr, a).reshape(cells, *lead, -1)
-    if not bool((w.dw == 0).all()):
-        r = r + hh * torch.matmul(gs.abs(), w.dw.abs())
     colsum = nt.memo(weight, "abs-col-sums", lambda: (w.w0.abs() + w.dw.abs()).sum(0))  # (in,)
-    # rounding of c0, c1, s0, s1 (γ_K each) and of the few elementwise operations combining them
-    r = r * (1.0 + g2) + mags.amax(-1, keepdim=True) * colsum * (2 * g2 + 16 * U)
-    return _Cot(c, s, _up(r))
+    # rounding of c0, c1, s0, s1 (γ_K each) and of the few elementwise operations combining them;
+    # then the t² term (h²/2)|s||ΔW| (a non-negative product, γ_K)
+    extra = mags.amax(-1, keepdim=True) * colsum * (2 * g2 + 16 * U)
+    if not nt.memo(weight, "dw-is-zero", lambda: bool((w.dw == 0).all())):
+        extra = extra + hh * torch.matmul(gs.abs(), w.dw.abs()) * (1.0 + g2)
+    r = r * (1.0 + g2) + extra
+    if not (isinstance(weight, Param) and weight.w0.dim() == 2):
+        return _Cot(c, s, _up(r))
+    # the radius in Euclidean norm: ‖δW(α)‖₂ ≤ ‖W(α)‖₂‖δ‖₂ and |(δW(α))_k| ≤ ‖W(α)_{:,k}‖₂‖δ‖₂
+    # (column norms), both convex in α (:func:`~.enclosures._along_cells`); γ_K covers the rounding
+    # of the products in the centre and slope, which ``extra`` bounds entrywise
+    nb = _matrix_norms(weight)
+    cn = nt.memo(weight, "column-norms", lambda: _column_norms(weight))
+    mc, hc = nt.mid.reshape(-1, 1), nt.rad.reshape(-1, 1)
+    s_w = _along_cells(nb["s0"], nb["sT"], nb["sD"], mc, hc).reshape(cells, *([1] * nd))
+    c_w = _along_cells(cn[0], cn[1], cn[2], mc, hc)  # (C, in)
+    c_w = c_w.reshape(cells, *([1] * (nd - 1)), c_w.shape[-1])
+    n_in = g.norm()
+    r = torch.minimum(r, c_w * n_in * (1.0 + g2) + extra)
+    width = r.shape[-1]
+    n = torch.minimum(_up(s_w * n_in * (1.0 + g2) + _l2(extra, width)), _l2(r, width))
+    return _Cot(c, s, _up(r), _up(n))
+
+
+def _column_norms(p: Param) -> tuple[Tensor, Tensor, Tensor]:
+    """Proven upper bounds of the Euclidean norms of the columns of W0, W0 + ΔW and ΔW (shape (in,));
+    fl(W0 + ΔW) is within u|W0 + ΔW| of the real sum, covered by the factor 1 + 4u."""
+    wt = p.w0 + p.dw
+    col = lambda t: _l2(t.abs().transpose(0, 1), t.shape[0]).squeeze(-1)  # noqa: E731
+    return col(p.w0), col(wt) * (1.0 + 4 * U), col(p.dw)
 
 
 def transposed_conv2d(t: Tensor, w: Tensor, stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int],
@@ -471,7 +576,15 @@ def _relu_back(g: _Cot, kink: Kink, h: Tensor) -> _Cot:
         coef = coef + kink.neg.to(gc.dtype) * sl
     mixed = ~(kink.pos | kink.neg)
     coef = coef + mixed.to(gc.dtype) * ((1.0 + sl) * 0.5)
-    extra = mixed.to(gc.dtype) * ((1.0 - sl) * 0.5) * (gc.abs() + gs.abs() * h + gr)
+    half = mixed.to(gc.dtype) * ((1.0 - sl) * 0.5)
+    extra = half * (gc.abs() + gs.abs() * h + gr)
     c, s = coef * gc, coef * gs
-    r = coef * gr + extra * (1 + 4 * U) + (gc.abs() + gs.abs()) * (2 * U)  # (products with s, D̃ round)
-    return _Cot(c, s, _up(r))
+    rnd = (gc.abs() + gs.abs()) * (2 * U)  # (products with s, D̃ round)
+    r = _up(coef * gr + extra * (1 + 4 * U) + rnd)
+    if g.n is None:
+        return _Cot(c, s, r)
+    # δ' = Dδ + (D − D̃)(c + st) + rounding with |D| ≤ 1: ‖δ'‖ ≤ ‖δ‖ + ‖(1 − s)/2·(|c| + |s|h)‖ on mixed + ‖rounding‖
+    width = r.shape[-1]
+    fresh = half * (gc.abs() + gs.abs() * h) * (1 + 4 * U) + rnd
+    n = torch.minimum(_up(g.n * (1 + 4 * U) + _l2(fresh, width)), _l2(r, width))
+    return _Cot(c, s, r, n)

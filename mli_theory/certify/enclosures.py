@@ -41,7 +41,9 @@ Rules (each with its proof in ``proofs/enclosure_soundness.md``):
   Clarke set: relu′ ∈ [0, 1], slope s ≤ leaky′ ≤ 1. L is absolutely continuous along α, so
   L(b) − L(a) = ∫ L′ with L′ in that set almost everywhere: the enclosure is sound for rises.
   With ``EnclosureNumbers.deferred`` set, the derivative uses the midpoint slope (1 + s)/2 alone
-  and the Clarke term is bounded afterwards by a reverse walk (:mod:`.adjoint`);
+  and the Clarke term is bounded afterwards by a reverse walk (:mod:`.adjoint`), which then also
+  takes the ΔW·δ part of Linear and Conv2d derivatives (δ the input's value remainder, a
+  :class:`Source`);
 * products of two Taylor models (elementwise): (a + g_a t)(b + g_b t) expanded exactly, t² as
   above, cross terms with the remainders bounded by the magnitudes;
 * sums, differences, scalings, reshapes, flatten, dropout in eval mode, average pooling and means
@@ -346,6 +348,17 @@ class Kink:
     slope: float
 
 
+@dataclass(frozen=True, slots=True)
+class Source:
+    """What a Linear or Conv2d layer left out of its derivative when remainders are deferred
+    (:attr:`EnclosureNumbers.deferred`): the derivative of o = W(α)x + b(α) is W(α)x′ + ΔW·x + Δb,
+    and the walk carries ΔW·(ĉ + ĝt) of the input's Taylor polynomial alone; the rest, ΔW·δ with
+    |δ| ≤ ``e`` (the input's value remainder, entrywise), is bounded afterwards by the reverse walk
+    as ⟨|ΔW|ᵀ sup|g|, e⟩, g the loss gradient at the layer's output (see :mod:`.adjoint`)."""
+
+    e: Tensor
+
+
 def _cells_view(x: Tensor, ndim: int) -> Tensor:
     """A (C,) tensor viewed as (C, 1, …, 1) with ``ndim`` trailing singleton axes."""
     return x.reshape(-1, *([1] * ndim))
@@ -372,7 +385,9 @@ class EnclosureNumbers:
         # None: ReLU derivatives carry their Clarke set [slope, 1]·v′ in the remainder; a list:
         # they use the midpoint slope and append a :class:`Kink` (bounded later by
         # :func:`mli_theory.certify.adjoint.kink_bound`; the walk's L′ is not an enclosure without it)
-        self.deferred: list[Kink] | None = None
+        # Linear and Conv2d layers likewise leave their input's value remainder out of the
+        # derivative and append a :class:`Source`
+        self.deferred: list[Kink | Source] | None = None
         # True: a walk for values alone (points of the validation, where L′ is not asked): Linear
         # and ReLU rules skip the derivative and return it as identically zero, so the walk's
         # derivative is no enclosure; every value is computed exactly as in a full walk
@@ -431,6 +446,7 @@ def _affine_layer(
     abs_cellwise: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
     rounding: Callable[[Tensor], Tensor] | None = None,
     norms: Callable[[Tensor, Tensor, int], tuple[Tensor, Tensor, Tensor, Tensor]] | None = None,
+    defer: bool = False,
 ) -> Enclosure:
     """o = f(x, W(α)) + b(α) for a map f bilinear in (x, W) with non-negative coefficients.
 
@@ -443,7 +459,11 @@ def _affine_layer(
     (‖W(α)‖₂, rows ‖W(α)_j‖₂, ‖ΔW‖₂, rows ‖ΔW_j‖₂) viewed against the output: the remainder is then
     also carried in Euclidean norm, ‖W(α)δ‖₂ ≤ ‖W(α)‖₂‖δ‖₂ and |(W(α)δ)_j| ≤ ‖W(α)_j‖₂‖δ‖₂, which
     does not compound the way entrywise |W|-propagation does in wide layers.
+    ``defer``: when remainders are deferred (:attr:`EnclosureNumbers.deferred`), the input's value
+    remainder is left out of the derivative's x·ΔW term and recorded as a :class:`Source` for the
+    reverse walk (the map must be one :mod:`.adjoint` passes back: Linear, Conv2d).
     """
+    defer = defer and isinstance(w, Param) and nt.deferred is not None and not nt.values_only
     if not isinstance(w, Param):
         w = Param(w, torch.zeros_like(w))
     if b is not None and not isinstance(b, Param):
@@ -492,7 +512,7 @@ def _affine_layer(
         e_v = abs_cellwise(v.e.expand(shape).unsqueeze(0), m, h)[0]
         if not vo:
             e_d = abs_cellwise(d.e.expand(shape).unsqueeze(0), m, h)[0]
-            e_x_dw = f(v.e.expand(shape), w.dw.abs())  # the x·ΔW term of the derivative
+            e_x_dw = None if defer else f(v.e.expand(shape), w.dw.abs())  # the x·ΔW term of the derivative
     else:
         av0, av1 = _multi(f, v.e.expand(shape), [w.w0.abs(), w.dw.abs()])
         e_v = av0 + (m.abs() + h) * av1
@@ -512,7 +532,8 @@ def _affine_layer(
         if not vo:
             ndv = _norm_of(d, shape[-1])
             e_d = torch.minimum(e_d, r_w * ndv)
-            e_x_dw = torch.minimum(e_x_dw, r_d * nv)
+            if not defer:
+                e_x_dw = torch.minimum(e_x_dw, r_d * nv)
     extra_v = rho_v  # the entrywise-only parts: rounding, t² terms, bias rounding
     if not _is_zero(gdW):
         extra_v = extra_v + hh * gdW.abs()
@@ -531,6 +552,12 @@ def _affine_layer(
     if b is not None:
         dc = dc + bias_view(b.dw)
         extra_d = extra_d + bmag
+    if defer:  # ΔW·δ goes to the reverse walk (Source); the derivative keeps ΔW·(ĉ + ĝt)
+        nt.deferred.append(Source(v.e))
+        de = _up(e_d + extra_d)
+        if norms is None:
+            return Enclosure(value, TM(dc, dg, de))
+        return Enclosure(value, _with_norm(dc, dg, de, s_w * ndv, extra_d))
     de = _up(e_d + e_x_dw + extra_d)
     if norms is None:
         return Enclosure(value, TM(dc, dg, de))
@@ -614,7 +641,7 @@ def _linear(nt: EnclosureNumbers, x: Any, weight: Any, bias: Any = None) -> Any:
         return s_w, r_w, torch.tensor(b["sD"], dtype=m.dtype, device=m.device), b["rD"]
 
     use_norms = isinstance(weight, Param) and weight.w0.dim() == 2
-    return _affine_layer(nt, x, w, bias, f, k_len, lambda t: t, abs_cellwise, rounding, norms if use_norms else None)
+    return _affine_layer(nt, x, w, bias, f, k_len, lambda t: t, abs_cellwise, rounding, norms if use_norms else None, defer=True)
 
 
 def _linear_module(nt: EnclosureNumbers, mod: nn.Linear, p: dict, x: Any) -> Any:
@@ -743,7 +770,7 @@ def _conv_module(nt: EnclosureNumbers, mod: nn.Module, p: dict, x: Any) -> Any:
             out = torch.stack([f(e[:, i if e.shape[1] > 1 else 0], wa[i]) for i in range(cells)], 1)
             return out * (1.0 + gamma(k_len + 8) * 2.0)
 
-    return _affine_layer(nt, x, w, p.get("bias"), f, k_len, view, abs_cellwise, rounding=rounding)
+    return _affine_layer(nt, x, w, p.get("bias"), f, k_len, view, abs_cellwise, rounding=rounding, defer=ndim == 2)
 
 
 # ----------------------------------------------------------------------------- products and sums

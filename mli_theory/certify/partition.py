@@ -528,33 +528,49 @@ def _ce_terms(z: Enclosure, y: torch.Tensor, h: torch.Tensor, *, cotangent: bool
     vlo, vhi = torch.where(onehot, zero, lo), torch.where(onehot, zero, hi)
     p_lo, p_hi = _softmax_box(vlo, vhi, onehot)
     term = None
+    soft = None
     if derivative:
         du = _add_tm(z.d, gather(z.d), -1.0)
         pm = (p_lo + p_hi) * 0.5
         pr = (p_hi - p_lo) * 0.5 * (1 + 4 * U) + _TINY
         s = du.c.shape
-        term = TM(
-            pm * du.c,
-            pm * du.g.expand(s),
-            _up(pm * du.e.expand(s) + pr * du.magnitude(hv) + pm * (du.c.abs() + du.g.abs()) * (2 * U)),
-        )
+        dg = du.g.expand(s)
+        dmag = du.magnitude(hv)
+        # p as a constant box on the cell: p_k u′_k ∈ pm·u′ ± (pr·|u′| + rounding)
+        box = TM(pm * du.c, pm * dg, _up(pm * du.e.expand(s) + pr * dmag + pm * (du.c.abs() + dg.abs()) * (2 * U)))
+        # p as a Taylor model P + st ± r (:func:`_softmax_tm`): (P + st + ρ)(a + bt + σ) =
+        # Pa + t(Pb + sa) + t²sb + ρ(a + bt + σ) + (P + st)σ, t² = h²/2 ± h²/2; the label's term is 0
+        # (u_y = 0 identically). Per entry the narrower of the two enclosures is kept (both are sound)
+        soft = _softmax_tm(u, hv, onehot, (p_lo, p_hi))
+        pc, ps, prr = soft
+        hh = hv * hv * 0.5
+        sb = ps * dg
+        tc = pc * du.c + hh * sb
+        tg = pc * dg + ps * du.c
+        rnd = (pc.abs() * (du.c.abs() + dg.abs()) + ps.abs() * (du.c.abs() + dg.abs()) + hh * sb.abs()) * (4 * U)
+        te = _up(hh * sb.abs() * (1 + 2 * U) + prr * dmag + (pc.abs() + ps.abs() * hv) * du.e.expand(s) * (1 + 4 * U) + rnd)
+        zero = torch.zeros((), dtype=tc.dtype, device=tc.device)
+        tc, tg, te = torch.where(onehot, zero, tc), torch.where(onehot, zero, tg), torch.where(onehot, zero, te)
+        taylor = (tg.abs() * hv + te) < (box.g.abs() * hv + box.e)
+        term = TM(torch.where(taylor, tc, box.c), torch.where(taylor, tg, box.g), torch.where(taylor, te, box.e))
     # loss per example: log Σ_j exp(v_j) is increasing in every v_j
     l_lo = torch.logsumexp(vlo, -1)
     l_hi = torch.logsumexp(vhi, -1)
     l_lo = l_lo - (l_lo.abs() + 1.0) * _LIB * 8
     l_hi = l_hi + (l_hi.abs() + 1.0) * _LIB * 8
-    return term, (l_lo, l_hi), _ce_cotangent(u, hv, onehot, (p_lo, p_hi)) if cotangent else None
+    return term, (l_lo, l_hi), _ce_cotangent(u, hv, onehot, (p_lo, p_hi), soft) if cotangent else None
 
 
-def _ce_cotangent(u: TM, hv: torch.Tensor, onehot: torch.Tensor, p_cell: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """∇_z ℓ = p − e_y as a Taylor model on the cells (centre, slope, radius), for the adjoint bound.
+def _softmax_tm(u: TM, hv: torch.Tensor, onehot: torch.Tensor, p_cell: tuple[torch.Tensor, torch.Tensor]
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """p = softmax(u) on the entries k ≠ y as a Taylor model on the cells (centre, slope, radius;
+    zero on the label's entry).
 
     Only the value model of u = z − z_y is used (the derivative walk is not an enclosure of u′ when
     kinks are deferred). With u(m + t) = ū + ĝt + δ, |δ| ≤ e, and p smooth in u, the mean value
     theorem gives p(u) = p(ū) + J(ξ)(ĝt + δ) with ξ in the cell's box of u and
     J_kj = p_k(1[k = j] − p_j) (step J/K of the proof note): so p ∈ P(ū) + t·[J]ĝ ± |[J]|e, with
-    [J]ĝ = [p]_k(ĝ_k − Σ_j [p]_j ĝ_j) in interval arithmetic and |J|e ≤ p̄_k(e_k + Σ_j p̄_j e_j).
-    ∂ℓ/∂z_y = p_y − 1 = −Σ_{k≠y} p_k."""
+    [J]ĝ = [p]_k(ĝ_k − Σ_j [p]_j ĝ_j) in interval arithmetic and |J|e ≤ p̄_k(e_k + Σ_j p̄_j e_j)."""
     k = onehot.shape[-1]
     zero = torch.zeros_like(onehot, dtype=u.c.dtype)
     full = onehot.shape
@@ -578,7 +594,18 @@ def _ce_cotangent(u: TM, hv: torch.Tensor, onehot: torch.Tensor, p_cell: tuple[t
     sl = (jlo + jhi) * 0.5
     r = ((pm_hi - pm_lo) * 0.5 * (1 + 4 * U) + c.abs() * (2 * U) + delta
          + ((jhi - jlo) * 0.5 * (1 + 4 * U) + sl.abs() * (2 * U)) * hv)
-    r = torch.where(onehot, zero, r)
+    c, sl, r = torch.where(onehot, zero, c), torch.where(onehot, zero, sl), torch.where(onehot, zero, _up(r))
+    return c, sl, r
+
+
+def _ce_cotangent(u: TM, hv: torch.Tensor, onehot: torch.Tensor, p_cell: tuple[torch.Tensor, torch.Tensor],
+                  soft: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """∇_z ℓ = p − e_y as a Taylor model on the cells (centre, slope, radius), for the adjoint bound:
+    p on k ≠ y from :func:`_softmax_tm` (``soft``, if already computed), and ∂ℓ/∂z_y = p_y − 1 =
+    −Σ_{k≠y} p_k."""
+    k = onehot.shape[-1]
+    c, sl, r = soft if soft is not None else _softmax_tm(u, hv, onehot, p_cell)
+    g_k = gamma(k + 2)
     # the label's entry: minus the sum of the others (centre, slope and radius alike)
     c = torch.where(onehot, -c.sum(-1, keepdim=True), c)
     sl = torch.where(onehot, -sl.sum(-1, keepdim=True), sl)
