@@ -184,3 +184,27 @@ def _check_ce_term(k, seed, g_scale, e_scale, de_scale, h, d_centre, d_slope=Non
                 true = sum(ex[j] / tot * (dz[j] - dz[yi]) for j in range(k))
                 centre = mp.mpf(float(tc[0, i])) + mp.mpf(float(tg[0, i])) * mp.mpf(t)
                 assert abs(true - centre) <= mp.mpf(float(te[0, i])) * (1 + mp.mpf(2) ** -40), (k, seed, g_scale, e_scale, de_scale, h, t, i)
+
+
+def test_a_source_the_reverse_walk_cannot_bound_is_refused():
+    """Should a rule defer an input remainder at a node the reverse walk does not bound it at, the
+    walk refuses (and the chunk is walked again with the forward rule): never a silent drop."""
+    from mli_theory.certify.adjoint import Tape, kink_bound
+    from mli_theory.certify.enclosures import EnclosureNumbers, Source
+    from mli_theory.certify.partition import _mse_cotangent
+    from mli_theory.geometry.interpreter import interpret
+
+    model, start, end, x, y = _curved_path()
+    line = mt.make_line(model, start, end, dtype=torch.float64)
+    prob = prepare(line, mt.Dataset(x, y, "mse", "t"), BNPolicy.FROZEN, adjoint=True)
+    nt = EnclosureNumbers(torch.tensor([0.5], dtype=torch.float64), torch.tensor([0.125], dtype=torch.float64))
+    nt.deferred = []
+    tape = Tape(nt)
+    out = interpret(prob.gm, nt, [x], prob.params, on_node=tape.record)
+    cot = _mse_cotangent(out, y, torch.full((1, 1, 1), 0.125, dtype=torch.float64))
+    assert len(tape.sources) == 2  # the two Linear layers whose input is an enclosure
+    kink_bound(prob.gm, tape, prob.reads, prob.output, cot)
+    relu = next(n for n in prob.gm.graph.nodes if n in tape.kinks)
+    tape.sources[relu] = Source(torch.ones(1, 1, 1, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="deferred input remainder"):
+        kink_bound(prob.gm, tape, prob.reads, prob.output, cot)

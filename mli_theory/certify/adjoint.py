@@ -301,6 +301,7 @@ def kink_bound(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]
         have = cots.get(target)
         cots[target] = g if have is None else have.plus(g)
 
+    unpaid = set(tape.sources)  # every deferred source with a cotangent must be bounded here
     for node in reversed(list(gm.graph.nodes)):
         g = cots.pop(node, None)
         if g is None or node.op in ("placeholder", "get_attr", "output"):
@@ -317,6 +318,7 @@ def kink_bound(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]
             if src is not None:
                 total = total + _source_bound(nt, g, src, tape.weights[node], None)
                 count += 1
+                unpaid.discard(node)
             if wants(x):
                 send(x, _linear_back(nt, g, tape.weights[node]))
         elif kind == "relu":
@@ -336,6 +338,7 @@ def kink_bound(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]
             if src is not None:
                 total = total + _source_bound(nt, g, src, tape.weights[node], (gm.get_submodule(node.target), tape.shapes[x]))
                 count += 1
+                unpaid.discard(node)
             if wants(x):
                 send(x, _conv_back(nt, g, gm.get_submodule(node.target), tape.weights[node], tape.shapes[x]))
         elif kind == "average":
@@ -352,14 +355,16 @@ def kink_bound(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]
             negate_second = name in ("sub", "sub_")
             if name in ("neg", "neg_"):
                 send(args[0], g.neg())
-                continue
-            for i, a in enumerate(args[:2]):
-                if isinstance(a, Node) and a in tape.shapes:
-                    if tape.shapes[a][1:] != g.c.shape[1:]:
-                        raise RuntimeError(f"broadcast sum at {node.name}")
-                    send(a, g.neg() if (negate_second and i == 1) else g)
+            else:
+                for i, a in enumerate(args[:2]):
+                    if isinstance(a, Node) and a in tape.shapes:
+                        if tape.shapes[a][1:] != g.c.shape[1:]:
+                            raise RuntimeError(f"broadcast sum at {node.name}")
+                        send(a, g.neg() if (negate_second and i == 1) else g)
         else:
             raise RuntimeError(f"no reverse rule for {node.name}")
+        if node in unpaid:  # a rule that deferred a source this walk does not bound: no enclosure
+            raise RuntimeError(f"a deferred input remainder at {node.name} has no reverse rule")
     return _up(total * (1.0 + 2.0 * gamma(count + 4)) + _TINY)
 
 
