@@ -220,6 +220,27 @@ def test_cnn_decisions_agree_with_a_grid():
     assert_decided_as_a_grid_shows(_cnn_path(2), budget=30.0)
 
 
+def walk_back(prob, x, y, loss, cell):
+    """The reverse walk on one cell: (node → (centre, slope, radius) of its cotangent, node → the
+    radius's Euclidean norm bound where one is tracked)."""
+    from mli_theory.certify.adjoint import Tape, kink_bound
+    from mli_theory.certify.enclosures import EnclosureNumbers
+    from mli_theory.certify.partition import _ce_terms, _mse_cotangent
+    from mli_theory.geometry.interpreter import interpret
+
+    mid, rad = (cell[0] + cell[1]) / 2, (cell[1] - cell[0]) / 2
+    nt = EnclosureNumbers(torch.tensor([mid], dtype=torch.float64), torch.tensor([rad], dtype=torch.float64))
+    nt.deferred = []
+    tape = Tape(nt)
+    out = interpret(prob.gm, nt, [x], prob.params, on_node=tape.record)
+    h = torch.tensor([rad], dtype=torch.float64)
+    cot = _ce_terms(out, y, h, cotangent=True)[2] if loss == "ce" else _mse_cotangent(out, y, h.reshape(-1, 1, 1))
+    keep: dict = {}
+    norms: dict = {}
+    kink_bound(prob.gm, tape, prob.reads, prob.output, cot, keep=keep, keep_norms=norms)
+    return keep, norms
+
+
 def _true_gradients(gm, start, end, x, y, loss, alpha):
     """Node name → ∂(Σ ℓ)/∂(the node's output) at α, by autograd through the traced graph in float64
     (Σ ℓ: summed cross-entropy, or ½Σ(z − y)²: the units of the reverse walk's cotangents)."""
@@ -247,24 +268,12 @@ def test_every_cotangent_of_the_reverse_walk_contains_the_true_gradient(case):
     """The reverse walk's Taylor model c + s·t ± r of ∂(Σℓ)/∂(node output), for every node it
     visits (convolutions, averages, ReLUs, sums), against autograd at points of the cell: a wrong
     centre, slope or radius of any reverse rule shows here, not only where it changes a verdict."""
-    from mli_theory.certify.adjoint import Tape, kink_bound
-    from mli_theory.certify.enclosures import EnclosureNumbers
-    from mli_theory.certify.partition import _ce_terms, _mse_cotangent
-    from mli_theory.geometry.interpreter import interpret
-
     spec, loss, seed, scale, (ca, cb) = case
     model, start, end, x, y = _random_path(spec, loss, seed, scale)
     prob = _problem(model, start, end, x, y, loss)
     assert prob.adjoint
     mid, rad = (ca + cb) / 2, (cb - ca) / 2
-    nt = EnclosureNumbers(torch.tensor([mid], dtype=torch.float64), torch.tensor([rad], dtype=torch.float64))
-    nt.deferred = []
-    tape = Tape(nt)
-    out = interpret(prob.gm, nt, [x], prob.params, on_node=tape.record)
-    h = torch.tensor([rad], dtype=torch.float64)
-    cot = _ce_terms(out, y, h, cotangent=True)[2] if loss == "ce" else _mse_cotangent(out, y, h.reshape(-1, 1, 1))
-    keep: dict = {}
-    kink_bound(prob.gm, tape, prob.reads, prob.output, cot, keep=keep)
+    keep, _ = walk_back(prob, x, y, loss, (ca, cb))
     if spec[7]:  # the block's convolutions lie after the stem's kinks
         assert any(n.op == "call_module" and isinstance(prob.gm.get_submodule(n.target), nn.Conv2d) for n in keep), "no convolution visited"
     for f in (0.0, 0.37, 0.81, 1.0):

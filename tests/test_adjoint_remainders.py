@@ -28,7 +28,7 @@ from mli_theory.certify import adjoint
 from mli_theory.certify.partition import enclose, prepare
 from mli_theory.path import BNPolicy
 
-from test_adjoint_conv import _true_gradients
+from test_adjoint_conv import _true_gradients, walk_back
 from test_adjoint_kinks import _problem, moved_from_default_init
 from test_enclosure_soundness import _reference
 
@@ -97,11 +97,6 @@ def wide_cases(draw):
 def test_every_cotangent_remainder_is_bounded_entrywise_and_in_norm(case):
     """The reverse walk's cotangent c + s·t + δ at every node it visits, against autograd at points of
     the cell: |δ| ≤ r entrywise and ‖δ‖₂ ≤ n over the last axis wherever a norm is tracked."""
-    from mli_theory.certify.adjoint import Tape, kink_bound
-    from mli_theory.certify.enclosures import EnclosureNumbers
-    from mli_theory.certify.partition import _ce_terms, _mse_cotangent
-    from mli_theory.geometry.interpreter import interpret
-
     depth, width, loss, seed, scale, (ca, cb) = case
     torch.manual_seed(seed)
     layers = [m for i in range(depth) for m in (nn.Linear(6 if i == 0 else width, width), nn.ReLU())]
@@ -112,15 +107,7 @@ def test_every_cotangent_remainder_is_bounded_entrywise_and_in_norm(case):
     prob = _problem(model, start, end, x, y, loss)
     assert prob.adjoint
     mid, rad = (ca + cb) / 2, (cb - ca) / 2
-    nt = EnclosureNumbers(torch.tensor([mid], dtype=torch.float64), torch.tensor([rad], dtype=torch.float64))
-    nt.deferred = []
-    tape = Tape(nt)
-    out = interpret(prob.gm, nt, [x], prob.params, on_node=tape.record)
-    h = torch.tensor([rad], dtype=torch.float64)
-    cot = _ce_terms(out, y, h, cotangent=True)[2] if loss == "ce" else _mse_cotangent(out, y, h.reshape(-1, 1, 1))
-    keep: dict = {}
-    norms: dict = {}
-    kink_bound(prob.gm, tape, prob.reads, prob.output, cot, keep=keep, keep_norms=norms)
+    keep, norms = walk_back(prob, x, y, loss, (ca, cb))
     assert norms, "no norm tracked through the Linear layers"
     for f in (0.0, 0.29, 0.73, 1.0):
         alpha = ca + f * (cb - ca)
