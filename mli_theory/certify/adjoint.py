@@ -436,7 +436,7 @@ def _linear_back(nt: EnclosureNumbers, g: _Cot, weight: Any) -> _Cot:
     # then the t² term (h²/2)|s||ΔW| (a non-negative product, γ_K)
     extra = mags.amax(-1, keepdim=True) * colsum * (2 * g2 + 16 * U)
     if not nt.memo(weight, "dw-is-zero", lambda: bool((w.dw == 0).all())):
-        extra = extra + hh * torch.matmul(gs.abs(), w.dw.abs()) * (1.0 + g2)
+        extra = extra + hh * torch.matmul(gs.abs(), nt.memo(weight, "abs-dw", lambda: w.dw.abs())) * (1.0 + g2)
     r = r * (1.0 + g2) + extra
     if not (isinstance(weight, Param) and weight.w0.dim() == 2):
         return _Cot(c, s, _up(r))
@@ -444,25 +444,19 @@ def _linear_back(nt: EnclosureNumbers, g: _Cot, weight: Any) -> _Cot:
     # (column norms), both convex in α (:func:`~.enclosures._along_cells`); γ_K covers the rounding
     # of the products in the centre and slope, which ``extra`` bounds entrywise
     nb = _matrix_norms(weight)
-    cn = nt.memo(weight, "column-norms", lambda: _column_norms(weight))
     mc, hc = nt.mid.reshape(-1, 1), nt.rad.reshape(-1, 1)
     s_w = _along_cells(nb["s0"], nb["sT"], nb["sD"], mc, hc).reshape(cells, *([1] * nd))
-    c_w = _along_cells(cn[0], cn[1], cn[2], mc, hc)  # (C, in)
+    c_w = _along_cells(nb["c0"], nb["cT"], nb["cD"], mc, hc)  # (C, in)
     c_w = c_w.reshape(cells, *([1] * (nd - 1)), c_w.shape[-1])
     n_in = g.norm()
     r = torch.minimum(r, c_w * n_in * (1.0 + g2) + extra)
     width = r.shape[-1]
     n = torch.minimum(_up(s_w * n_in * (1.0 + g2) + _l2(extra, width)), _l2(r, width))
     return _Cot(c, s, _up(r), _up(n))
-
-
-def _column_norms(p: Param) -> tuple[Tensor, Tensor, Tensor]:
-    """Proven upper bounds of the Euclidean norms of the columns of W0, W0 + ΔW and ΔW (shape (in,));
-    fl(W0 + ΔW) is within u|W0 + ΔW| of the real sum, covered by the factor 1 + 4u."""
-    wt = p.w0 + p.dw
-    col = lambda t: _l2(t.abs().transpose(0, 1), t.shape[0]).squeeze(-1)  # noqa: E731
-    return col(p.w0), col(wt) * (1.0 + 4 * U), col(p.dw)
-
+    nb = _matrix_norms(weight)
+    mc, hc = nt.mid.reshape(-1, 1), nt.rad.reshape(-1, 1)
+    s_w = _along_cells(nb["s0"], nb["sT"], nb["sD"], mc, hc).reshape(cells, *([1] * nd))
+    c_w = _along_cells(nb["c0"], nb["cT"], nb["cD"], mc, hc)  # (C, in)
 
 def transposed_conv2d(t: Tensor, w: Tensor, stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int],
                       spatial: tuple[int, int], *, per_cell: bool = False, via: Literal["auto", "fold"] = "auto") -> Tensor:

@@ -238,8 +238,9 @@ def _spectral_bound(a: Tensor, squarings: int = 5) -> float:
 
 def _matrix_norms(p: "Param") -> dict:
     """Proven norm bounds of a matrix parameter along the path, cached on the parameter:
-    ``s0, sT, sD`` ≥ ‖W0‖₂, ‖W0 + ΔW‖₂, ‖ΔW‖₂ (the real W0 + ΔW, within u|ΔW| of fl(W0 + ΔW))
-    and ``r0, rT, rD``: the same for every row (Euclidean norms, shape (out,))."""
+    ``s0, sT, sD`` ≥ ‖W0‖₂, ‖W0 + ΔW‖₂, ‖ΔW‖₂ (the real W0 + ΔW, within u|ΔW| of fl(W0 + ΔW)),
+    ``r0, rT, rD``: the same for every row (Euclidean norms, shape (out,)) and ``c0, cT, cD`` for
+    every column (shape (in,), for the reverse walk of :mod:`.adjoint`)."""
     if not p.norms:
         wt = p.w0 + p.dw  # |fl(W0 + ΔW) − (W0 + ΔW)| ≤ u|W0 + ΔW| ≤ 2u|fl(W0 + ΔW)|
         grow = 1.0 + 4 * U
@@ -250,6 +251,9 @@ def _matrix_norms(p: "Param") -> dict:
             r0=_l2(p.w0.abs(), p.w0.shape[-1]).squeeze(-1),
             rT=_l2(wt.abs(), wt.shape[-1]).squeeze(-1) * (1.0 + 4 * U),
             rD=_l2(p.dw.abs(), p.dw.shape[-1]).squeeze(-1),
+            c0=_l2(p.w0.abs().T, p.w0.shape[0]).squeeze(-1),
+            cT=_l2(wt.abs().T, wt.shape[0]).squeeze(-1) * (1.0 + 4 * U),
+            cD=_l2(p.dw.abs().T, p.dw.shape[0]).squeeze(-1),
         )
     return p.norms
 
