@@ -233,9 +233,11 @@ def check(
                 timings["condition_proofs_s"] = proof_s
         except Exception as exc:  # optional work: the conditions stay grid evidence
             warnings.append(f"the condition proofs failed ({_first_line(exc)}); the conditions are grid evidence only")
-        wanted = [c.name for c in conditions if c.name in ("grid_slope", "two_phase") and c.applicable]
+        from .certify.conditions import PROVERS
+
+        wanted = [c.name for c in conditions if c.name in PROVERS and c.applicable and not c.proven]
         if certify and data.loss == "mse" and line.structure.kind != PathKind.POLYNOMIAL and wanted:
-            # nonlinear paths: grid_slope and two_phase by enclosures of L′, L″ and z, within what is left of the budget
+            # nonlinear paths: the conditions by enclosures of L′, L″ and z, z′, z″, within what is left of the budget
             t2 = time.perf_counter()
             left = None if certify_budget is None else certify_budget - timings.get("certify_s", 0.0)
             if left is None or left > 0:

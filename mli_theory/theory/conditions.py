@@ -331,7 +331,8 @@ def with_proofs(conditions: Sequence[Condition], proven: Mapping[str, bool | Non
     go into ``reason``. ``method``: ``exact`` (integer arithmetic, Bernstein bounds) or
     ``enclosures`` (rigorous floating-point enclosures of L′ and L″, :mod:`mli_theory.certify.conditions`).
     """
-    tool = "integer arithmetic, Bernstein bounds" if method == "exact" else "enclosures of L′ at the grid points and of L″ between them"
+    tool = ("integer arithmetic, Bernstein bounds" if method == "exact"
+            else "rigorous enclosures of L′, L″ and of the output path z, z′, z″ on cells")
     reasons = {**getattr(proven, "reasons", {}), **(reasons or {})}
     out = []
     seen = set()

@@ -49,6 +49,9 @@ grid showed is ``on_grid``.
   Bernstein bounds, by default (a few seconds) and under ``certify``; ``holds`` is True when proven,
   False when disproven (an exact rise of the loss disproves all of them), None when undecided
   within the budget;
+* other paths under MSE, with ``certify``: proven by enclosures of L′, L″ and of the output path z,
+  z′, z″ on cells (:mod:`mli_theory.certify.conditions`), after the same validation against the
+  measured curve as every certificate;
 * a proven rise of the loss (a ``non_monotone`` certificate) makes every applicable condition False.
 """
 
