@@ -64,13 +64,8 @@ def main(argv: list[str] | None = None) -> None:
                     problem = prepare(line, p.data, BNPolicy.FROZEN)
                     lo1, hi1 = C.enclose(problem, [1.0], [1.0])[0][0]
                     tube = C._tube(problem, C.SPLIT_CELLS, None, pairs=False)
-                    k = tube.k
-                    ok_from = k
-                    for m in range(k - 1, -1, -1):
-                        if not tube.l2_lo[m] >= 0:
-                            break
-                        ok_from = m
-                    old = hi1 <= 0 and ok_from < k and (ok_from == 0 or C._two_phase_simple(problem, tube, ok_from, None))
+                    ok_from = C._convex_from(tube)
+                    old = hi1 <= 0 and ok_from < tube.k and (ok_from == 0 or C._two_phase_simple(problem, tube, ok_from, None))
                     simple_only += bool(old)
                     full += verdicts.get("two_phase") is True
                     print(f"{act} scale {scale} steps {steps} seed {seed}: certificate {v.status}; "

@@ -113,7 +113,6 @@ class _Tube:
         zr_up: per cell, sup ⟨z′(α), r⟩ ≤ zr_up.
         sr_lo: per cell, inf ⟨z″(s), r⟩ ≥ sr_lo (−inf where not bounded).
         r_up: ‖r‖ ≤ r_up.
-        r_nonzero: some entry of r is proven ≠ 0 (its enclosure excludes 0).
         pair_lo: pair_lo[i][j] ≤ ⟨z′(α), z′(s)⟩ for all α ∈ C_i, s ∈ C_j (None: not computed).
     """
 
@@ -125,7 +124,6 @@ class _Tube:
     zr_up: tuple[float, ...]
     sr_lo: tuple[float, ...]
     r_up: float
-    r_nonzero: bool
     pair_lo: tuple[tuple[float, ...], ...] | None
 
 
@@ -153,7 +151,6 @@ def _tube(problem: _Problem, k: int, deadline: float | None, *, pairs: bool) -> 
     acc = torch.zeros(k, 9, dtype=torch.float64, device=dev)
     pair = torch.zeros(k, k, 2, dtype=torch.float64, device=dev) if pairs else None
     r2 = torch.zeros((), dtype=torch.float64, device=dev)
-    r_nonzero = False
     count = chunks = 0
     for out, ys in second_walks(problem, a, b, deadline):
         lo, _, mag = loss_second_terms(out, ys, rad, problem.loss)
@@ -177,7 +174,6 @@ def _tube(problem: _Problem, k: int, deadline: float | None, *, pairs: bool) -> 
                             sr_lo.sum(1), (sr_lo.abs() + sr_hi.abs()).sum(1)], 1)
         rmost = rlo.abs().maximum(rhi.abs())
         r2 += (rmost * rmost).sum()
-        r_nonzero = r_nonzero or bool(((rlo > 0) | (rhi < 0)).any())
         if pair is not None:
             for i in range(k):
                 check_deadline(deadline)
@@ -189,8 +185,10 @@ def _tube(problem: _Problem, k: int, deadline: float | None, *, pairs: bool) -> 
     g = 2 * gamma(count + chunks + 8)
     scale = Fraction(2, problem.y.numel())
 
+    tiny = (count + chunks) * 2.0**-1074  # a square that underflows loses at most 2⁻¹⁰⁷⁴ (the sums are exact there)
+
     def root_up(v: float) -> float:
-        return math.sqrt(v * (1 + g)) * (1 + 4 * U) if math.isfinite(v) else math.inf
+        return math.sqrt((v + tiny) * (1 + g)) * (1 + 4 * U) if math.isfinite(v) else math.inf
 
     def root_down(v: float) -> float:
         return math.sqrt(max(v * (1 - g), 0.0)) * (1 - 4 * U) if math.isfinite(v) else 0.0
@@ -207,7 +205,7 @@ def _tube(problem: _Problem, k: int, deadline: float | None, *, pairs: bool) -> 
     pl = None
     if pair is not None:
         pl = tuple(tuple(_down(s, m, g) for s, m in row) for row in pair.tolist())
-    return _Tube(k, tuple(l2), tuple(z1l), tuple(z1u), tuple(z2u), tuple(zru), tuple(srl), root_up(float(r2)), r_nonzero, pl)
+    return _Tube(k, tuple(l2), tuple(z1l), tuple(z1u), tuple(z2u), tuple(zru), tuple(srl), root_up(float(r2)), pl)
 
 
 def _point_outputs(problem: _Problem, alphas: list[float], deadline: float | None):
@@ -257,18 +255,20 @@ def _pair_bounds(t: _Tube) -> list[list[Fraction | None]]:
     assert t.pair_lo is not None
     k = t.k
     m = [Fraction(v) for v in t.z1_lo]
-    prefix: list[Fraction | None] = [Fraction(0)]  # prefix[j] = Σ_{l<j} sup_{C_l}‖z″‖ (None once unbounded)
+    prefix = [Fraction(0)]  # prefix[j] = Σ_{l<j} sup_{C_l}‖z″‖ over the bounded cells
+    holes = [0]  # holes[j] = how many of the cells l < j have z″ unbounded (a possible kink)
     for v in t.z2_up:
-        prefix.append(prefix[-1] + Fraction(v) if (prefix[-1] is not None and math.isfinite(v)) else None)
+        prefix.append(prefix[-1] + (Fraction(v) if math.isfinite(v) else 0))
+        holes.append(holes[-1] + (not math.isfinite(v)))
     out: list[list[Fraction | None]] = []
     for i in range(k):
         row: list[Fraction | None] = []
         for j in range(k):
             p = t.pair_lo[i][j]
             best = Fraction(p) if math.isfinite(p) else None
-            top, bottom = prefix[max(i, j) + 1], prefix[min(i, j)]
-            if top is not None and bottom is not None:
-                dist = (top - bottom) / k
+            lo_c, hi_c = min(i, j), max(i, j) + 1
+            if holes[hi_c] == holes[lo_c]:  # z ∈ C² on every cell of the span
+                dist = (prefix[hi_c] - prefix[lo_c]) / k
                 pol = (m[i] * m[i] + m[j] * m[j] - dist * dist) / 2
                 best = pol if best is None else max(best, pol)
             row.append(best)
@@ -337,6 +337,33 @@ def _end_precondition(problem: _Problem, memo: dict, deadline: float | None) -> 
     return None
 
 
+def _convex_from(t: _Tube) -> int:
+    """The smallest m with L″ ≥ 0 proven on every cell of [m/k, 1] (k when not even on the last)."""
+    m = t.k
+    while m > 0 and t.l2_lo[m - 1] >= 0:
+        m -= 1
+    return m
+
+
+def _framed(name: str, problem: _Problem, memo: dict | None, deadline: float | None, decide, *, pairs: bool = False,
+            end: bool = True) -> tuple[bool | None, str | None]:
+    """The frame shared by the tube conditions: MSE only; the end condition (i) first (``end``:
+    False when L′(1) > 0 is proven, undecided unless L′(1) ≤ 0 is proven; otherwise only the
+    disproof); then ``decide`` on the coarse and the fine tube."""
+    if problem.loss != "mse":
+        return None, f"undecided: {name} is an MSE condition"
+    memo = {} if memo is None else memo
+    if end:
+        early = _end_precondition(problem, memo, deadline)
+        if early is not None:
+            return early
+    else:
+        lo1, _ = _end_slope(problem, memo, deadline)
+        if lo1 > 0:
+            return False, f"disproven: L′(1) ≥ {lo1:.3g} > 0 is proven, so ⟨z′(1), r⟩ > 0"
+    return _refined(problem, memo, deadline, decide, pairs=pairs)
+
+
 def prove_two_phase(problem: _Problem, deadline: float | None = None, memo: dict | None = None) -> tuple[bool | None, str | None]:
     """(f) ``two_phase`` proven by enclosures (MSE). For the smallest dyadic split c = m/k with
     L″ ≥ 0 proven on every cell of [c, 1] ((ii); with (i), L′ ≤ 0 there), condition (iii),
@@ -351,20 +378,10 @@ def prove_two_phase(problem: _Problem, deadline: float | None = None, memo: dict
     ‖r‖ ≤ cos(G)·‖z(1) − z(c′)‖ for a split c′ ≥ c, G ≤ π/2 the total turning. The statement
     (:func:`mli_theory.theory.symbolic.two_phase`) needs z ∈ C² on [0, 1] (finite enclosures of z″
     on every cell). False when L′(1) > 0 is proven ((i) fails for every split)."""
-    if problem.loss != "mse":
-        return None, "undecided: two_phase is an MSE condition"
-    memo = {} if memo is None else memo
-    end = _end_precondition(problem, memo, deadline)
-    if end is not None:
-        return end
 
     def decide(t: _Tube) -> tuple[bool | None, str | None]:
         k = t.k
-        ok_from = k
-        for m in range(k - 1, -1, -1):
-            if not t.l2_lo[m] >= 0:
-                break
-            ok_from = m
+        ok_from = _convex_from(t)
         if ok_from == k:
             return None, f"undecided: L″ ≥ 0 is not proven on [{(k - 1) / k:.6g}, 1]"
         if ok_from == 0:
@@ -403,7 +420,7 @@ def prove_two_phase(problem: _Problem, deadline: float | None = None, memo: dict
         return None, (f"undecided: with the split c = {ok_from / k:.6g}, (iii) is not proven on "
                       f"[{failed / k:.6g}, {(failed + 1) / k:.6g}] ({k} cells), nor its simple form")
 
-    return _refined(problem, memo, deadline, decide)
+    return _framed("two_phase", problem, memo, deadline, decide)
 
 
 def _two_phase_simple(problem: _Problem, t: _Tube, ok_from: int, deadline: float | None) -> bool:
@@ -429,12 +446,6 @@ def prove_stationary_curvature(problem: _Problem, deadline: float | None = None,
     """(c), curvature form, proven by enclosures (MSE): L′(1) ≤ 0 (so ⟨z′(1), r⟩ ≤ 0), the total
     turning bound G = Σ_j |C_j|·sup‖z″‖/inf‖z′‖ < π/2, and ‖r‖·max_j sup‖z″‖ ≤ cos(G)·min_j inf‖z′‖²
     (:func:`mli_theory.theory.symbolic.stationary_curvature`; z ∈ C² shown by finite z″ on every cell)."""
-    if problem.loss != "mse":
-        return None, "undecided: stationary_curvature is an MSE condition"
-    memo = {} if memo is None else memo
-    end = _end_precondition(problem, memo, deadline)
-    if end is not None:
-        return end
 
     def decide(t: _Tube) -> tuple[bool | None, str | None]:
         why = _smooth(t)
@@ -454,19 +465,13 @@ def prove_stationary_curvature(problem: _Problem, deadline: float | None = None,
             return True, None
         return None, f"undecided: ‖r‖·max‖z″‖ ≤ {float(lhs):.3g} exceeds cos(G)·min‖z′‖² ≥ {float(rhs):.3g} ({t.k} cells)"
 
-    return _refined(problem, memo, deadline, decide)
+    return _framed("stationary_curvature", problem, memo, deadline, decide)
 
 
 def prove_stationary_pairwise(problem: _Problem, deadline: float | None = None, memo: dict | None = None) -> tuple[bool | None, str | None]:
     """(c), pairwise form, proven by enclosures (MSE): L′(1) ≤ 0 and, for every pair of cells
     C_i ≤ C_j (i ≤ j; on i = j all pairs of the cell are covered, more than α ≤ s), the lower bound
     of ⟨z′(α), z′(s)⟩ (:func:`_pair_bounds`) plus that of ⟨z″(s), r⟩ is ≥ 0."""
-    if problem.loss != "mse":
-        return None, "undecided: stationary_pairwise is an MSE condition"
-    memo = {} if memo is None else memo
-    end = _end_precondition(problem, memo, deadline)
-    if end is not None:
-        return end
 
     def decide(t: _Tube) -> tuple[bool | None, str | None]:
         why = _smooth(t)
@@ -481,7 +486,7 @@ def prove_stationary_pairwise(problem: _Problem, deadline: float | None = None, 
                                   f"s ∈ [{j / t.k:.6g}, {(j + 1) / t.k:.6g}] ({t.k} cells)")
         return True, None
 
-    return _refined(problem, memo, deadline, decide, pairs=True)
+    return _framed("stationary_pairwise", problem, memo, deadline, decide, pairs=True)
 
 
 def prove_acute_tangents(problem: _Problem, deadline: float | None = None, memo: dict | None = None) -> tuple[bool | None, str | None]:
@@ -489,12 +494,6 @@ def prove_acute_tangents(problem: _Problem, deadline: float | None = None, memo:
     and ⟨z′(α), z′(s)⟩ ≥ 0 on every pair of cells (:func:`_pair_bounds`). False when L′(1) > 0 is
     proven (then ⟨z′(1), r⟩ > 0). The walk needs second-derivative rules (z ∈ C¹ is what (b)
     assumes; a finite enclosure of z′ on every cell is what is used)."""
-    if problem.loss != "mse":
-        return None, "undecided: acute_tangents is an MSE condition"
-    memo = {} if memo is None else memo
-    lo1, _ = _end_slope(problem, memo, deadline)
-    if lo1 > 0:
-        return False, f"disproven: L′(1) ≥ {lo1:.3g} > 0 is proven, so ⟨z′(1), r⟩ > 0"
 
     def decide(t: _Tube) -> tuple[bool | None, str | None]:
         for j, v in enumerate(t.zr_up):
@@ -508,7 +507,7 @@ def prove_acute_tangents(problem: _Problem, deadline: float | None = None, memo:
                                   f"s ∈ [{j / t.k:.6g}, {(j + 1) / t.k:.6g}] ({t.k} cells)")
         return True, None
 
-    return _refined(problem, memo, deadline, decide, pairs=True)
+    return _framed("acute_tangents", problem, memo, deadline, decide, pairs=True, end=False)
 
 
 def disprove_zero_residual(problem: _Problem, deadline: float | None = None, memo: dict | None = None) -> tuple[bool | None, str | None]:
