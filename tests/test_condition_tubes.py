@@ -279,6 +279,20 @@ def test_the_full_form_of_two_phase_proves_a_monotone_bend_the_simple_form_canno
     assert not C._two_phase_simple(problem, tube, split, None)  # ‖r‖ ≈ 10 dwarfs every chord
 
 
+@pytest.mark.parametrize("residual, holds", [(0.6, True), (0.8, False)])
+def test_the_curvature_form_needs_its_cosine(residual, holds):
+    """One smooth bend turning by about 1 rad (|z′| ≥ 2, |z″| ≤ 3.4) and r = −residual·z′(1)/‖z′(1)‖:
+    at 0.8, ‖r‖·max‖z″‖ lies between cos(G)·min‖z′‖² and min‖z′‖², so the curvature form is false
+    (the grid shows it) although it would pass without its cos G; at 0.6 it holds and is proven."""
+    p = _bend(4.0, 0.275, 10.0, 0.5)
+    z, d1, _ = _jets(p.model, p.init, p.final, p.data.x, [1.0])
+    y = z[0] + residual * d1[0] / d1[0].norm()
+    p.data = Dataset(p.data.x, y.reshape(1, 2), "mse", "curvature")
+    assert _grid_holds("stationary_curvature", p, 401) is holds
+    verdict, why = C.prove_stationary_curvature(_problem(p))
+    assert verdict is (True if holds else None), why
+
+
 def test_check_reports_the_new_conditions_proven_by_enclosures():
     import sys
     import os
