@@ -15,6 +15,9 @@ def test_train_writes_a_run_folder_that_check_reads(tmp_path):
     meta = read_run(str(tmp_path / "run"))
     assert meta["arch"] == cfg.arch and meta["batchnorm"] is False and len(meta["history"]) == 3
     assert meta["final_loss"] == pytest.approx(res.final_loss)
+    import torch
+
+    assert meta["torch_threads"] == torch.get_num_threads() and meta["torch_version"] == torch.__version__
     env = dict(os.environ, PYTHONPATH=os.getcwd())
     p = subprocess.run([sys.executable, "-m", "mli_theory", "check", "--run", str(tmp_path / "run"), "--json", "--alphas", "5"],
                        capture_output=True, text=True, env=env, timeout=300)

@@ -1,8 +1,10 @@
 """Run folders: what ``mli-theory train`` writes and ``check --run`` reads.
 
 A run folder holds ``init.pt``, ``final.pt`` (state dicts) and ``config.json`` with the arch,
-data, loss, optimiser, learning rate, epochs, batch size, seed, BatchNorm flag, the loss history and
-the final training loss. With ``save_every=STEPS`` it also holds
+data, loss, optimiser, learning rate, epochs, batch size, seed, BatchNorm flag, the loss history,
+the final training loss, and the torch version and thread count it trained with (training is
+bit-for-bit repeatable for a fixed thread count, not across thread counts: the summation order of
+the matrix products changes, and near the stability edge the difference grows over the epochs). With ``save_every=STEPS`` it also holds
 ``checkpoints/step_<STEP, zero-padded to 8 digits>.pt``: the state dict at step 0 and after every
 STEPS optimiser steps.
 
@@ -114,7 +116,8 @@ def _write_run(out: str, config: TrainConfig, result: TrainResult, extra: dict[s
     save_state_dict(result.final, os.path.join(out, "final.pt"))
     meta = asdict(config)
     meta["extra"] = {**meta.get("extra", {}), **extra}
-    meta.update(batchnorm=config.batchnorm, history=list(result.history), final_loss=result.final_loss, diverged=result.diverged)
+    meta.update(batchnorm=config.batchnorm, history=list(result.history), final_loss=result.final_loss, diverged=result.diverged,
+                torch_threads=torch.get_num_threads(), torch_version=torch.__version__)
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(json_safe(meta), f, indent=1)
 
