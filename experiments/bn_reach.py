@@ -21,7 +21,6 @@ import dataclasses
 import json
 import os
 import sys
-import time
 from concurrent.futures import ProcessPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -31,28 +30,16 @@ sys.path.insert(0, HERE)
 
 def _one(args: tuple[str, str, float, dict]) -> dict:
     cfg_json, out, budget, old = args
-    import torch
+    from conv_reach import train_and_certify
 
-    torch.set_num_threads(1)
-    from mli_theory.inputs.arch import build_model, parse_arch
-    from mli_theory.inputs.checkpoint import load_state_dict
-    from mli_theory.inputs.data import load_data
     from mli_theory.runs import TrainConfig
-    from mli_theory.runs.config import run_training
-    from mli_theory.runs.sweep import certify_path, run_id
+    from mli_theory.runs.sweep import run_id
 
     cfg = TrainConfig(**json.loads(cfg_json))
-    folder = os.path.join(out, run_id(cfg))
-    t0 = time.perf_counter()
-    res = run_training(cfg, folder)
-    init, final = load_state_dict(os.path.join(folder, "init.pt")), load_state_dict(os.path.join(folder, "final.pt"))
-    got = certify_path(build_model(parse_arch(cfg.arch)), init, final, load_data("sklearn:digits", "ce"), (1e-3, 0.0), budget)
-    row = {"id": run_id(cfg), "optimizer": old["opt"], "lr": cfg.lr, "seed": cfg.seed, "final_loss": res.final_loss,
-           "round2_final_loss_path": float(old["final_loss_path"]), "round2": {"T=0.001": old["cert@0.001"], "T=0": old["cert@0"]},
-           "wall_s": round(time.perf_counter() - t0, 1)}
-    for tol, (cert, secs) in got.items():
-        row[f"T={tol:g}"] = [cert.status, getattr(cert, "cells", None), round(secs, 1)]
-    return row
+    row = train_and_certify(cfg_json, os.path.join(out, run_id(cfg)), (1e-3, 0.0), budget)
+    return {"id": run_id(cfg), "optimizer": old["opt"], "lr": cfg.lr, "seed": cfg.seed,
+            "round2_final_loss_path": float(old["final_loss_path"]), "round2": {"T=0.001": old["cert@0.001"], "T=0": old["cert@0"]},
+            **row}
 
 
 def main(argv: list[str] | None = None) -> int:

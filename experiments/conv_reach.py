@@ -40,8 +40,10 @@ def _name(cfg) -> str:
     return f"{cfg.extra['net']}{bn}_{cfg.extra['opt']}_{cfg.lr}_s{cfg.seed}"
 
 
-def _one(args: tuple[str, str, float]) -> dict:
-    cfg_json, out, budget = args
+def train_and_certify(cfg_json: str, folder: str, tols: tuple[float, ...], budget: float) -> dict:
+    """Train the run ``cfg_json`` into ``folder`` and certify its path on digits as the sweep does
+    (one torch thread): a row with the final training loss, the wall seconds of both, and per
+    tolerance [status, cells, seconds]."""
     import torch
 
     torch.set_num_threads(1)
@@ -53,16 +55,23 @@ def _one(args: tuple[str, str, float]) -> dict:
     from mli_theory.runs.sweep import certify_path
 
     cfg = TrainConfig(**json.loads(cfg_json))
-    folder = os.path.join(out, _name(cfg))
     t0 = time.perf_counter()
     res = run_training(cfg, folder)
     init, final = load_state_dict(os.path.join(folder, "init.pt")), load_state_dict(os.path.join(folder, "final.pt"))
-    tols = (1e-3, 0.0) if cfg.extra["net"] == "cnn" else (1e-3,)
     got = certify_path(build_model(parse_arch(cfg.arch)), init, final, load_data("sklearn:digits", "ce"), tols, budget)
-    row = {"name": _name(cfg), "final_loss": res.final_loss, "wall_s": round(time.perf_counter() - t0, 1)}  # training + certificates
+    row = {"final_loss": res.final_loss, "wall_s": round(time.perf_counter() - t0, 1)}  # training + certificates
     for tol, (cert, secs) in got.items():
         row[f"T={tol:g}"] = [cert.status, getattr(cert, "cells", None), round(secs, 1)]
     return row
+
+
+def _one(args: tuple[str, str, float]) -> dict:
+    cfg_json, out, budget = args
+    from mli_theory.runs import TrainConfig
+
+    cfg = TrainConfig(**json.loads(cfg_json))
+    tols = (1e-3, 0.0) if cfg.extra["net"] == "cnn" else (1e-3,)
+    return {"name": _name(cfg), **train_and_certify(cfg_json, os.path.join(out, _name(cfg)), tols, budget)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -453,10 +453,7 @@ def _linear_back(nt: EnclosureNumbers, g: _Cot, weight: Any) -> _Cot:
     width = r.shape[-1]
     n = torch.minimum(_up(s_w * n_in * (1.0 + g2) + _l2(extra, width)), _l2(r, width))
     return _Cot(c, s, _up(r), _up(n))
-    nb = _matrix_norms(weight)
-    mc, hc = nt.mid.reshape(-1, 1), nt.rad.reshape(-1, 1)
-    s_w = _along_cells(nb["s0"], nb["sT"], nb["sD"], mc, hc).reshape(cells, *([1] * nd))
-    c_w = _along_cells(nb["c0"], nb["cT"], nb["cD"], mc, hc)  # (C, in)
+
 
 def transposed_conv2d(t: Tensor, w: Tensor, stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int],
                       spatial: tuple[int, int], *, per_cell: bool = False, via: Literal["auto", "fold"] = "auto") -> Tensor:

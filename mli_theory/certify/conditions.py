@@ -326,17 +326,6 @@ def _smooth(t: _Tube) -> str | None:
     return None
 
 
-def _end_precondition(problem: _Problem, memo: dict, deadline: float | None) -> tuple[bool | None, str | None] | None:
-    """(i) ⟨z′(1), r⟩ ≤ 0, shared by (b), (c) and (f): False when L′(1) > 0 is proven, None when
-    L′(1) ≤ 0 is not proven, else None (go on)."""
-    lo1, hi1 = _end_slope(problem, memo, deadline)
-    if lo1 > 0:
-        return False, f"disproven: L′(1) ≥ {lo1:.3g} > 0 is proven, so ⟨z′(1), r⟩ > 0"
-    if not hi1 <= 0:
-        return None, f"undecided: L′(1) ≤ 0 is not proven (its enclosure reaches {hi1:.3g})"
-    return None
-
-
 def _convex_from(t: _Tube) -> int:
     """The smallest m with L″ ≥ 0 proven on every cell of [m/k, 1] (k when not even on the last)."""
     m = t.k
@@ -353,14 +342,11 @@ def _framed(name: str, problem: _Problem, memo: dict | None, deadline: float | N
     if problem.loss != "mse":
         return None, f"undecided: {name} is an MSE condition"
     memo = {} if memo is None else memo
-    if end:
-        early = _end_precondition(problem, memo, deadline)
-        if early is not None:
-            return early
-    else:
-        lo1, _ = _end_slope(problem, memo, deadline)
-        if lo1 > 0:
-            return False, f"disproven: L′(1) ≥ {lo1:.3g} > 0 is proven, so ⟨z′(1), r⟩ > 0"
+    lo1, hi1 = _end_slope(problem, memo, deadline)
+    if lo1 > 0:
+        return False, f"disproven: L′(1) ≥ {lo1:.3g} > 0 is proven, so ⟨z′(1), r⟩ > 0"
+    if end and not hi1 <= 0:
+        return None, f"undecided: L′(1) ≤ 0 is not proven (its enclosure reaches {hi1:.3g})"
     return _refined(problem, memo, deadline, decide, pairs=pairs)
 
 
