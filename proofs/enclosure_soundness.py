@@ -114,6 +114,15 @@ function v on the cell is (ĉ, ĝ, e) with |v(m + t) − ĉ − ĝt| ≤ e for a
    a margin of 2⁸ over the worst bound documented by glibc (≤ 4 ulp) or SLEEF (≤ 1 ulp). That is the
    one assumption here; tests/test_enclosures.py checks enclosures against 60-digit mpmath.
 
+6b. Points (cells of width 0: the validation's α, walked for values alone). With h = 0 a Taylor
+   model (ĉ, ĝ, e) says |v(m) − ĉ| ≤ e whatever ĝ is, so ĝ may be carried as 0. A Linear layer
+   then computes fl(ĉ·W̃ᵀ) with W̃ = fl(W0 + fl(mΔ)), |m| ≤ 1: |W̃ − W(m)| ≤ (2u + u²)(|W0| + |Δ|)
+   entrywise, and the computed product is within γ_K|ĉ||W̃| of ĉW̃, so within
+   (γ_K(1 + 3u) + 3u)·|ĉ|(|W0| + |Δ|) ≤ 2γ_{K+16}·max_k|ĉ_k|·Σ_k(|W0| + |Δ|)_jk of ĉ·W(m), the
+   allowance every cell adds. The remainder W(m)δ, |δ| ≤ e, is at most Σ_k e_k|W(m)_jk| ≤
+   max_k e_k·Σ_k(|W0| + |Δ|)_jk (no product), used when that is below 2⁻³⁰ of the output's
+   size, else the product (|W_m|)e of rule 2.
+
 7. From cells to rises. Each cell's enclosure is a pointwise model L′(m + t) ∈ C + G·t ± E for
    |t| ≤ h (the Taylor form of the summed terms; the rounding of the three sums and the kinks'
    adjoint share enter E, independent of t). So ∫_cell L′ ≥ ∫(C − E + G·t) dt = 2h(C − E), the

@@ -183,6 +183,32 @@ def test_enclosures_contain_the_60_digit_loss_and_slope(case):
         assert mp.mpf(dlo) <= dL <= mp.mpf(dhi), (case, float(dL), dlo, dhi)
 
 
+@settings(deadline=None)
+@given(cases(), st.booleans())
+def test_point_enclosures_contain_the_60_digit_loss(case, exact_remainders):
+    """The validation's point walks (values only, one product per Linear layer, the remainder's
+    cheap bound or, with ``exact_remainders``, always the product) contain L at their points."""
+    from mli_theory.certify import enclosures as E
+    from mli_theory.certify.partition import enclose_values
+
+    act, widths, loss, bn, n, seed, scale, (ca, cb), fracs = case
+    model, start, end, x, y = _build(act, widths, bn, seed, scale, loss, n)
+    prob = prepare(mt.make_line(model, start, end, dtype=torch.float64), mt.Dataset(x, y, loss, "t"), BNPolicy.FROZEN)
+    points = sorted({ca + f * (cb - ca) for f in fracs} | {ca})
+    saved = E._POINT_CHEAP
+    E._POINT_CHEAP = 0.0 if exact_remainders else saved
+    try:
+        got = enclose_values(prob, points)
+    except Exception as exc:  # softplus past its threshold is declined, never enclosed wrongly
+        assert act == "softplus", exc
+        return
+    finally:
+        E._POINT_CHEAP = saved
+    for alpha, (lo, hi) in zip(points, got):
+        L, _ = _reference(model, act, start, end, x, y, loss, alpha, bn)
+        assert mp.mpf(lo) <= L <= mp.mpf(hi), (case, alpha, float(L), lo, hi)
+
+
 @pytest.mark.parametrize("spec", ["_TANH", "_SIGMOID", "_GELU", "_SOFTPLUS"])
 def test_sup_bounds_of_second_and_third_derivatives_dominate_a_dense_grid(spec):
     """The listed maximisers make _sup_at an upper bound of |f″|, |f‴| on any interval."""
@@ -198,22 +224,34 @@ def test_sup_bounds_of_second_and_third_derivatives_dominate_a_dense_grid(spec):
         assert bool((bound >= true).all())
 
 
-def test_cpu_float64_convolution_is_the_unfold_matmul_it_replaces():
-    """The enclosures' convolution calls F.conv2d on CPU float64 on the argument that torch has
-    only im2col + gemm there (dot products of length K, covered by γ_K). Were a future torch to pick
-    another algorithm (FFT, Winograd), the outputs would stop matching unfold + matmul bit for bit
-    and this test would say so."""
+def test_cpu_float64_convolution_is_a_dot_product_per_output():
+    """The enclosures' convolution calls F.conv2d on CPU float64 on the argument that every output is
+    a computed dot product of length K (im2col + gemm, in whatever summation order the CPU's BLAS
+    picks), so that |conv − exact| ≤ γ_K·(|W| * |x|) entrywise, the allowance the rules add. Checked
+    against exact rational dot products. An FFT or Winograd algorithm has no such entrywise bound
+    (its error scales with the norms of whole rows), and the small outputs here would show it."""
+    from fractions import Fraction
+
     import torch.nn.functional as F
 
-    from mli_theory.certify.enclosures import _conv_f
+    from mli_theory.certify.enclosures import _conv_f, gamma
 
     g = torch.Generator().manual_seed(0)
     for cin, cout, hw, stride, pad, dil in [(1, 8, 8, 1, 1, 1), (3, 5, 9, 2, 0, 1), (4, 6, 7, 1, 2, 2)]:
-        x = torch.randn(7, cin, hw, hw, dtype=torch.float64, generator=g)
+        x = torch.randn(3, cin, hw, hw, dtype=torch.float64, generator=g)
+        x[0, 0, :2] *= 1e-9  # outputs much smaller than their terms' magnitudes
         ws = [torch.randn(cout, cin, 3, 3, dtype=torch.float64, generator=g) for _ in range(2)]
         fast = _conv_f(2, (stride, stride), (pad, pad), (dil, dil), 1).multi(x, ws)
+        cols = F.unfold(x, (3, 3), dilation=dil, padding=pad, stride=stride)  # (n, K, L): moves entries only
+        oh = (hw + 2 * pad - dil * 2 - 1) // stride + 1
+        k = cols.shape[1]
         for w, got in zip(ws, fast):
-            cols = F.unfold(x, (3, 3), dilation=dil, padding=pad, stride=stride)
-            oh = (hw + 2 * pad - dil * 2 - 1) // stride + 1
-            ref = torch.matmul(w.reshape(cout, -1), cols).reshape(7, cout, oh, oh)
-            assert torch.equal(got, ref)
+            wm = w.reshape(cout, -1)
+            mag = torch.matmul(wm.abs(), cols.abs()).reshape(3, cout, oh, oh)
+            wf = [[Fraction(v) for v in row] for row in wm.tolist()]
+            for b in range(3):
+                cf = [[Fraction(v) for v in col] for col in cols[b].T.tolist()]  # L columns of K
+                exact = [[float(sum(a * c for a, c in zip(row, col))) for col in cf] for row in wf]
+                err = (got[b].reshape(cout, -1) - torch.tensor(exact, dtype=torch.float64)).abs()
+                allowed = mag[b].reshape(cout, -1) * gamma(k + 1) + 1e-300  # γ_{K+1}: the exact sum rounded once more
+                assert bool((err <= allowed).all()), float((err / allowed).max())

@@ -1,9 +1,8 @@
 """Work the enclosure walks no longer do, and proof that nothing it bounded changed.
 
-* Values-only walks (the validation's points): the Linear and ReLU rules skip the derivative; every
-  value must be computed by the same operations as in a full walk, so the enclosures of L agree
-  with the full walk's (up to the smaller rounding allowance of a sum of n instead of n·k terms)
-  and contain torch's float64 loss, on every model family the interpreter covers.
+* Values-only walks (the validation's points): the Linear and ReLU rules skip the derivative, and at
+  points the slopes and all but one product per Linear layer; the enclosures of L agree with the
+  full walk's to 1e-9 and contain torch's float64 loss, on every model family the interpreter covers.
 * The reverse walk of the adjoint kink bound stops at nodes no kink precedes: the bound is
   bit-for-bit the one of the unpruned walk.
 * Points (cells of width 0) skip the reverse walk: their enclosures are the forward rule's.
@@ -104,9 +103,9 @@ def test_values_only_walks_enclose_the_same_values_as_full_walks(model, a, b, da
         # called directly: a rule without a values-only path would raise here (no fallback)
         vo_d, vo_l, vo_i = enclose_cells(prob, points, points, values_only=True)
     for alpha, (flo, fhi), (vlo, vhi), (dlo, dhi) in zip(points, full_l, vo_l, vo_d):
-        assert flo <= vlo <= vhi <= fhi, (alpha, (flo, fhi), (vlo, vhi))
-        # the same value walk: only the final sum's rounding allowance may differ
-        assert (vlo - flo) <= 1e-9 * (1 + abs(flo)) and (fhi - vhi) <= 1e-9 * (1 + abs(fhi))
+        # the same values; at points a Linear layer multiplies by W(α) once (its own rounding) and
+        # may bound a rounding-sized remainder without a product: the bounds agree to 1e-9
+        assert abs(vlo - flo) <= 1e-9 * (1 + abs(flo)) and abs(fhi - vhi) <= 1e-9 * (1 + abs(fhi)), (alpha, (flo, fhi), (vlo, vhi))
         assert (dlo, dhi) == (float("-inf"), float("inf"))  # no L′ is claimed
         ref = _loss_at(model, a, b, data, alpha, bn)
         slack = 1e-10 * (1 + abs(ref))
@@ -176,6 +175,46 @@ def test_points_use_the_forward_rule_without_the_reverse_walk(monkeypatch):
         enclose(with_adjoint, [0.0], [0.5])  # a cell of positive width still takes the reverse walk
     assert got == want
     assert calls
+
+
+def test_point_walks_skip_the_slope_products_and_enclose_the_same_loss(monkeypatch):
+    """Points (values only, width 0) carry the slopes ĝ as zero: each hidden Linear layer computes
+    one product, ĉ·W(α), where a cell computes ĉ and ĝ times [W0; ΔW]; the loss enclosures agree
+    with the full walks' and contain torch's loss."""
+    from mli_theory.certify import enclosures as E
+
+    model, a, b, data = _deep_relu(2)
+    prob = prepare(make_line(model, a, b, dtype=torch.float64), data, BNPolicy.FROZEN)
+    stacked, direct = [], []
+    real_multi, real_at = E._multi, E._weights_at
+    monkeypatch.setattr(E, "_multi", lambda f, x, ws: stacked.append(1) or real_multi(f, x, ws))
+    monkeypatch.setattr(E, "_weights_at", lambda *args: direct.append(1) or real_at(*args))
+    points = [0.0, 0.3, 1.0]
+    hidden = sum(isinstance(m, nn.Linear) for m in model.modules()) - 1
+    with strict_arithmetic(prob.x.device):
+        got = enclose_values(prob, points)
+        assert (len(stacked), len(direct)) == (1, hidden)  # the input layer's products are shared by the points
+        stacked.clear(), direct.clear()
+        enclose_cells(prob, [0.3], [0.3 + 2.0**-30], values_only=True)  # a cell: slopes are carried
+        assert (len(stacked), len(direct)) == (1 + 2 * hidden, 0)
+        full = enclose(prob, points, points)[1]
+    for alpha, (lo, hi), (flo, fhi) in zip(points, got, full):
+        assert abs(lo - flo) <= 1e-9 * (1 + abs(flo)) and abs(hi - fhi) <= 1e-9 * (1 + abs(fhi))
+        ref = _loss_at(model, a, b, data, alpha, BNPolicy.FROZEN)
+        assert lo - 1e-12 <= ref <= hi + 1e-12
+
+
+@pytest.mark.parametrize("shapes", [[(3, 1, 5), (4, 1), ()], [(2, 3)], [(1,), (7, 1, 1)], [(0, 4), (1, 4)], [(5, 2), (5, 3)], [(2,), (3,)]])
+def test_broadcast_shape_is_torchs_rule(shapes):
+    from mli_theory.certify.enclosures import broadcast_shape
+
+    try:
+        want = torch.broadcast_shapes(*shapes)
+    except RuntimeError:
+        with pytest.raises(ValueError):
+            broadcast_shape(*shapes)
+        return
+    assert broadcast_shape(*shapes) == want
 
 
 def _verdict(status: str, cells: int, parts: int, where=None) -> EnclosureVerdict:

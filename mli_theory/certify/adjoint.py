@@ -81,7 +81,7 @@ from torch.fx import GraphModule, Node
 from torch.nn import functional as F
 
 from .enclosures import (_TINY, U, Enclosure, EnclosureNumbers, Kink, Param, Source, _along_cells, _l2, _matrix_norms, _string_padding, _up,
-                         abs_per_cell, gamma)
+                         abs_per_cell, broadcast_shape, gamma)
 
 _RELU_MODULES = (nn.ReLU, nn.LeakyReLU)
 _RELU_FUNCTIONS = {F.relu, torch.relu, F.leaky_relu}
@@ -263,7 +263,7 @@ class _Cot:
         return _Cot(-self.c, -self.s, self.r, self.n)
 
     def reshape(self, shape: tuple[int, ...]) -> "_Cot":
-        full = torch.broadcast_shapes(self.c.shape, self.s.shape, self.r.shape)
+        full = broadcast_shape(self.c.shape, self.s.shape, self.r.shape)
         n = self.n if self.n is not None and shape[-1] == full[-1] and tuple(shape[:-1]) == tuple(full[:-1]) else None
         return _Cot(self.c.expand(full).reshape(shape), self.s.expand(full).reshape(shape), self.r.expand(full).reshape(shape), n)
 
@@ -396,9 +396,9 @@ def _source_bound(nt: EnclosureNumbers, g: _Cot, src: Source, weight: Any, conv:
         mod, in_shape = conv
         stride, padding, dilation = _conv_geometry(mod)
         k_len = int(w.w0.shape[0] * w.w0.shape[2] * w.w0.shape[3])
-        full = torch.broadcast_shapes(mag.shape, (cells,) + mag.shape[1:])
+        full = broadcast_shape(mag.shape, (cells,) + mag.shape[1:])
         back = transposed_conv2d(mag.expand(full), adw, stride, padding, dilation, tuple(in_shape[-2:]))
-    full = torch.broadcast_shapes(back.shape, src.e.shape, (cells,) + back.shape[1:])
+    full = broadcast_shape(back.shape, src.e.shape, (cells,) + back.shape[1:])
     terms = back.expand(full) * src.e.expand(full)
     n = terms[0].numel()
     part = terms.reshape(cells, -1).sum(1)
@@ -417,7 +417,7 @@ def _linear_back(nt: EnclosureNumbers, g: _Cot, weight: Any) -> _Cot:
     nd = g.c.dim() - 1
     m, h = nt.m(nd), nt.h(nd)
     hh = h * h * 0.5
-    full = torch.broadcast_shapes(g.c.shape, g.s.shape)
+    full = broadcast_shape(g.c.shape, g.s.shape)
     gc, gs = g.c.expand(full), g.s.expand(full)
     stacked = nt.memo(weight, "stacked-back", lambda: torch.cat([w.w0, w.dw], -1))  # (out, 2·in)
     n_in = w.w0.shape[-1]
@@ -520,7 +520,7 @@ def _conv_back(nt: EnclosureNumbers, g: _Cot, mod: nn.Module, weight: Any, in_sh
     m, h = nt.m(nd), nt.h(nd)
     hh = h * h * 0.5
     cells = nt.mid.shape[0]
-    full = torch.broadcast_shapes(g.c.shape, g.s.shape, g.r.shape, (cells,) + g.c.shape[1:])
+    full = broadcast_shape(g.c.shape, g.s.shape, g.r.shape, (cells,) + g.c.shape[1:])
     spatial = tuple(in_shape[-2:])
 
     def back(wt: Tensor, t: Tensor, per_cell: bool = False) -> Tensor:
@@ -546,7 +546,7 @@ def _average_back(g: _Cot, op: Any, in_shape: torch.Size) -> _Cot:
     op itself (``torch.func.vjp``: each input entry receives a sum of g/divisor over the windows
     holding it, at most as many terms as the op has outputs per channel, plus one division), so
     γ_{K+4}·Aᵀ(|c| + |s|) covers the rounding of centre and slope."""
-    full = torch.broadcast_shapes(g.c.shape, g.s.shape, g.r.shape)
+    full = broadcast_shape(g.c.shape, g.s.shape, g.r.shape)
     cells = full[0]
     lead = cells * full[1]
     k_out = int(torch.Size(full[2:]).numel()) or 1

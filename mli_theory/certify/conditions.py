@@ -34,7 +34,7 @@ from ..exact import BudgetExceeded, check_deadline
 from ..exact.conditions import HALF_PI_BELOW, _cos_lower, _envelope
 from ..exact.dyadic import float_down, float_up
 from .convexity import _interval, _outward, _tm_interval
-from .enclosures import U, _imul, gamma
+from .enclosures import U, _imul, broadcast_shape, gamma
 from .partition import _NoSecond, _Problem, enclose, enclose_second, loss_second_terms, second_walks
 
 PIECES = 16  # each grid interval's bounds of L″ are tried on 1, 2, 4, … up to this many equal pieces
@@ -154,7 +154,7 @@ def _tube(problem: _Problem, k: int, deadline: float | None, *, pairs: bool) -> 
     count = chunks = 0
     for out, ys in second_walks(problem, a, b, deadline):
         lo, _, mag = loss_second_terms(out, ys, rad, problem.loss)
-        shape = torch.broadcast_shapes(out.first.v.c.shape, out.mid.shape)
+        shape = broadcast_shape(out.first.v.c.shape, out.mid.shape)
         hv = rad.reshape(-1, *([1] * (out.mid.dim() - 1)))
         vlo, vhi = _tm_interval(out.first.v, hv, shape)
         dlo, dhi = _tm_interval(out.first.d, hv, shape)

@@ -131,6 +131,28 @@ def _is_zero(t: Tensor) -> bool:
     return t.dim() == 0
 
 
+def broadcast_shape(*shapes: tuple[int, ...]) -> torch.Size:
+    """The shape the tensors of ``shapes`` broadcast to (numpy's rule); raises ValueError when they do not.
+
+    ``torch.broadcast_shapes`` does the same, but its first call imports torch's symbolic-shape
+    machinery (sympy with it: about 0.3 s, paid by the first certificate of every process).
+
+    >>> tuple(broadcast_shape((3, 1, 5), (4, 1), ()))
+    (3, 4, 5)
+    """
+    out: list[int] = []
+    for shape in shapes:
+        shape = tuple(shape)
+        if len(shape) > len(out):
+            out = [1] * (len(shape) - len(out)) + out
+        for i, n in enumerate(shape, len(out) - len(shape)):
+            if n != 1:
+                if out[i] not in (1, n):
+                    raise ValueError(f"shapes {[tuple(s) for s in shapes]} do not broadcast")
+                out[i] = n
+    return torch.Size(out)
+
+
 def _add0(a: Tensor, b: Tensor) -> Tensor:
     return b if _is_zero(a) else a if _is_zero(b) else a + b
 
@@ -396,6 +418,10 @@ class EnclosureNumbers:
         # and ReLU rules skip the derivative and return it as identically zero, so the walk's
         # derivative is no enclosure; every value is computed exactly as in a full walk
         self.values_only = False
+        # True (set with values_only when every cell has width 0: the validation's points): t = 0,
+        # so the Taylor models' slopes ĝ never reach a value; Linear and convolution layers carry
+        # them as zero, which skips their products with ĝ (half of those layers' work)
+        self.points = False
 
     def memo(self, obj: object, tag: str, make: Callable[[], Any]) -> Any:
         """``make()``, computed once per (object, tag) for this batch of cells."""
@@ -451,6 +477,7 @@ def _affine_layer(
     rounding: Callable[[Tensor], Tensor] | None = None,
     norms: Callable[[Tensor, Tensor, int], tuple[Tensor, Tensor, Tensor, Tensor]] | None = None,
     defer: bool = False,
+    at_points: Callable[[Tensor], Tensor] | None = None,
 ) -> Enclosure:
     """o = f(x, W(α)) + b(α) for a map f bilinear in (x, W) with non-negative coefficients.
 
@@ -466,6 +493,8 @@ def _affine_layer(
     ``defer``: when remainders are deferred (:attr:`EnclosureNumbers.deferred`), the input's value
     remainder is left out of the derivative's x·ΔW term and recorded as a :class:`Source` for the
     reverse walk (the map must be one :mod:`.adjoint` passes back: Linear, Conv2d).
+    ``at_points(x)``, if given, returns f(x, fl(W0 + mΔW)) per cell: on points
+    (:attr:`EnclosureNumbers.points`) the value is that one product (:func:`_affine_at_points`).
     """
     defer = defer and isinstance(w, Param) and nt.deferred is not None and not nt.values_only
     if not isinstance(w, Param):
@@ -488,9 +517,11 @@ def _affine_layer(
             rho = rho + bias_view(b.w0.abs() + b.dw.abs()) * g2
         e = _up(rho.unsqueeze(0).expand_as(c) * 1.0)
         if nt.values_only:
-            return Enclosure(TM(c, g, e), _zero_tm(c))
+            return Enclosure(TM(c, _zero(c) if nt.points else g, e), _zero_tm(c))
         return Enclosure(TM(c, g, e), TM(g, _zero(g), e))
 
+    if nt.points and at_points is not None and rounding is not None:
+        return _affine_at_points(nt, x.v, w, b, k_len, bias_view, abs_cellwise, rounding, norms, at_points)
     v, d = x.v, x.d
     nd = v.c.dim() - 1
     m, h = nt.m(nd), nt.h(nd)
@@ -507,7 +538,7 @@ def _affine_layer(
     hh = h * h * 0.5
     # value: W(α)x = W_m ĉ + t(W_m ĝ + ΔW ĉ) + t² ΔW ĝ + W(α)δ
     c = cW0 + m * cdW + hh * gdW
-    g = gW0 + m * gdW + cdW
+    g = _zero(c) if nt.points else gW0 + m * gdW + cdW  # points: t = 0, the slope is never used
     vo = nt.values_only  # the derivative is skipped (see EnclosureNumbers.values_only)
     if not vo:  # derivative: x′ W(α) + x ΔW
         dc = _add0(dcW0 + m * dcdW + hh * dgdW, cdW)
@@ -543,7 +574,8 @@ def _affine_layer(
         extra_v = extra_v + hh * gdW.abs()
     if b is not None:
         c = c + bias_view(b.w0) + m * bias_view(b.dw)
-        g = g + bias_view(b.dw)
+        if not nt.points:
+            g = g + bias_view(b.dw)
         bmag = bias_view(b.w0.abs() + b.dw.abs()) * g2
         extra_v = extra_v + bmag
     e = _up(e_v + extra_v)
@@ -566,6 +598,56 @@ def _affine_layer(
     if norms is None:
         return Enclosure(value, TM(dc, dg, de))
     return Enclosure(value, _with_norm(dc, dg, de, s_w * ndv + s_d * nv, extra_d))
+
+
+_POINT_CHEAP = 2.0**-30  # at points, the remainder's cheap bound is kept when below this share of |o|
+
+
+def _affine_at_points(nt: EnclosureNumbers, v: TM, w: Param, b: Param | None, k_len: int, bias_view: Callable[[Tensor], Tensor],
+                      abs_cellwise: Callable[[Tensor, Tensor, Tensor], Tensor] | None, rounding: Callable[[Tensor], Tensor],
+                      norms: Callable | None, at_points: Callable[[Tensor], Tensor]) -> Enclosure:
+    """The value of o = f(x, W(m)) + b(m) at points (cells of width 0, |m| ≤ 1; values only).
+
+    With t = 0 the input is ĉ ± e and o = f(ĉ, W(m)) + f(δ, W(m)) + b(m), |δ| ≤ e. The product is
+    computed once with the rounded weights W̃ = fl(W0 + fl(mΔW)) (:func:`_weights_at`), where a full
+    cell needs four (ĉ and ĝ times W0 and ΔW). Rounding: |W̃ − W(m)| ≤ (2u + u²)(|W0| + |ΔW|) and
+    |fl(f(ĉ, W̃)) − f(ĉ, W̃)| ≤ γ_K f(|ĉ|, |W̃|), so the error is at most
+    (γ_K(1 + 3u) + 3u)·f(|ĉ|, |W0| + |ΔW|) ≤ 2γ_{K+16}·``rounding``(|ĉ|), the allowance every cell
+    pays. The remainder f(δ, W(m)) is bounded by ``rounding``(e) ≥ f(e, |W0| + |ΔW|) ≥ f(e, |W(m)|)
+    (one pass over the entries, no product) when that is below 2⁻³⁰ of the output's size (points
+    carry rounding-sized remainders), else by the exact product ``abs_cellwise``.
+    """
+    shape = v.c.shape
+    nd = len(shape) - 1
+    g2 = gamma(k_len + 16) * 2.0
+    c = at_points(v.c.expand(shape))
+    e_in = v.e.expand(shape).unsqueeze(0)
+    e_v = rounding(e_in)[0]
+    if abs_cellwise is not None and not float(e_v.max()) <= _POINT_CHEAP * (float(c.abs().max()) + 1.0):
+        e_v = abs_cellwise(e_in, nt.m(nd), nt.h(nd))[0]
+    extra_v = rounding(v.magnitude(nt.h(nd)).expand(shape).unsqueeze(0))[0] * g2
+    if norms is not None:
+        s_w, r_w, _, _ = norms(nt.m(nd), nt.h(nd), nd)
+        nv = _norm_of(v, shape[-1])
+        e_v = torch.minimum(e_v, r_w * nv)
+    m = nt.m(nd)
+    if b is not None:
+        c = c + bias_view(b.w0) + m * bias_view(b.dw)
+        extra_v = extra_v + bias_view(b.w0.abs() + b.dw.abs()) * g2
+    e = _up(e_v + extra_v)
+    zero = _zero(c)
+    value = TM(c, zero, e) if norms is None else _with_norm(c, zero, e, s_w * nv, extra_v)
+    return Enclosure(value, _zero_tm(c))
+
+
+def _weights_at(nt: EnclosureNumbers, key: object, w: Param) -> Tensor:
+    """(C, *W.shape): fl(W0 + fl(m·ΔW)) for each cell's midpoint m, memoised per batch of cells."""
+
+    def make() -> Tensor:
+        mc = nt.mid.reshape(-1, *([1] * w.w0.dim()))
+        return w.w0 + mc * w.dw
+
+    return nt.memo(key, "weights-at", make)
 
 
 def _zero_tm(like: Tensor) -> TM:
@@ -644,8 +726,15 @@ def _linear(nt: EnclosureNumbers, x: Any, weight: Any, bias: Any = None) -> Any:
         r_w = r_w.reshape(r_w.shape[0], *([1] * (nd - 1)), r_w.shape[-1])
         return s_w, r_w, torch.tensor(b["sD"], dtype=m.dtype, device=m.device), b["rD"]
 
+    def at_points(xc: Tensor) -> Tensor:  # xc (C, …, in) against each cell's weights (C, out, in)
+        wm = _weights_at(nt, weight, w)
+        lead = xc.shape[1:-1]
+        out = torch.matmul(xc.reshape(xc.shape[0], -1, xc.shape[-1]), wm.transpose(-1, -2))
+        return out.reshape(xc.shape[0], *lead, -1)
+
     use_norms = isinstance(weight, Param) and weight.w0.dim() == 2
-    return _affine_layer(nt, x, w, bias, f, k_len, lambda t: t, abs_cellwise, rounding, norms if use_norms else None, defer=True)
+    return _affine_layer(nt, x, w, bias, f, k_len, lambda t: t, abs_cellwise, rounding, norms if use_norms else None, defer=True,
+                         at_points=at_points if w.w0.dim() == 2 else None)
 
 
 def _linear_module(nt: EnclosureNumbers, mod: nn.Linear, p: dict, x: Any) -> Any:

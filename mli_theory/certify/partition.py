@@ -687,6 +687,7 @@ def enclose_cells(problem: _Problem, a: list[float], b: list[float], deadline: f
     rad = torch.tensor([(bi - ai) / 2 for ai, bi in zip(a, b)], dtype=torch.float64, device=dev)
     numbers = EnclosureNumbers(mid, rad)
     numbers.values_only = values_only
+    numbers.points = values_only and not bool((rad > 0).any()) and not bool((mid.abs() > 1).any())
     cells = len(a)
     acc = torch.zeros(cells, 4, dtype=torch.float64, device=dev)  # Σc, Σg, Σe, Σmag of L′ terms
     lacc = torch.zeros(cells, 2, dtype=torch.float64, device=dev)  # Σ lower / upper of loss terms
