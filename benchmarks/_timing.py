@@ -14,6 +14,10 @@ from typing import Callable, Iterator, NamedTuple
 import torch
 from torch import nn
 
+from mli_theory.runs.allocator import keep_freed_memory
+
+keep_freed_memory()  # as the command line does: benchmarks time what its users get
+
 
 def sync(device: str) -> None:
     if device.startswith("cuda"):

@@ -45,3 +45,12 @@ def test_demo_runs_and_certifies_the_deep_linear_network(tmp_path):
     assert dl["certificate"]["status"] in ("monotone", "non_monotone")
     assert os.path.isfile(summary["runs"]["mlp"]["plot"])
     assert summary["runs"]["mlp"]["check"]["gauss_length"] is not None
+
+
+def test_keep_freed_memory_takes_effect_under_glibc():
+    import platform
+
+    from mli_theory.runs import keep_freed_memory
+
+    applied = keep_freed_memory()
+    assert applied == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")

@@ -373,6 +373,9 @@ def _as_flags(message: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mli-theory`` console script; returns the exit code."""
     from ..errors import InputError
+    from ..runs.allocator import keep_freed_memory
+
+    keep_freed_memory()  # a process-wide allocator setting: the command line's process is ours
 
     parser = build_parser()
     try:

@@ -1,5 +1,6 @@
 """Training runs, sweeps of runs, and the embedded demo."""
 
+from .allocator import keep_freed_memory
 from .config import TrainConfig, fork_folder, read_run, run_forks, run_training
 from .demo import run_demo
 from .executors import EXECUTORS, ExecutorOptions
@@ -13,6 +14,7 @@ __all__ = [
     "TrainResult",
     "fork_folder",
     "grid",
+    "keep_freed_memory",
     "read_run",
     "run_demo",
     "run_forks",

@@ -232,6 +232,9 @@ def witness_text(status: str | None, where: Any) -> str:
 
 
 def _worker(args: tuple) -> dict[str, Any]:
+    from .allocator import keep_freed_memory
+
+    keep_freed_memory()  # a worker process of the sweep's own (forked workers inherit it already)
     return run_one(*args)
 
 
