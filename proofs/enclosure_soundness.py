@@ -113,6 +113,12 @@ function v on the cell is (ĉ, ĝ, e) with |v(m + t) − ĉ − ĝt| ≤ e for a
    tanh, erf, erfc) are assumed accurate to 2⁻⁴⁴ relative to max(|value|, the function's scale):
    a margin of 2⁸ over the worst bound documented by glibc (≤ 4 ulp) or SLEEF (≤ 1 ulp). That is the
    one assumption here; tests/test_enclosures.py checks enclosures against 60-digit mpmath.
+   Products of non-negative matrices that bound remainders may be computed in IEEE float32
+   (u = 2⁻²⁴): with operands rounded up, â ≥ a (â = fl32(fl64(a(1 + 2⁻²²))), which is ≥ a unless
+   â is below 2⁻¹²⁶), a computed sum of K non-negative products is at least
+   (1 − γ_K)·Σ â_i b̂_i when nothing underflows, so Σ a_i b_i ≤ fl(Σ â_i b̂_i)(1 + 2γ_K) for Ku ≤ ½;
+   each underflowing operation (flushed or gradual) and each operand below 2⁻¹²⁶ loses less than
+   2⁻¹²⁶·(1 + max â + max b̂) per term, added as 4K·2⁻¹²⁶(1 + max â + max b̂).
 
 6b. Points (cells of width 0: the validation's α, walked for values alone). With h = 0 a Taylor
    model (ĉ, ĝ, e) says |v(m) − ĉ| ≤ e whatever ĝ is, so ĝ may be carried as 0. A Linear layer

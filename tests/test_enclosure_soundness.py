@@ -255,3 +255,55 @@ def test_cpu_float64_convolution_is_a_dot_product_per_output():
                 err = (got[b].reshape(cout, -1) - torch.tensor(exact, dtype=torch.float64)).abs()
                 allowed = mag[b].reshape(cout, -1) * gamma(k + 1) + 1e-300  # γ_{K+1}: the exact sum rounded once more
                 assert bool((err <= allowed).all()), float((err / allowed).max())
+
+
+def _exact_matmul(a: torch.Tensor, b: torch.Tensor) -> list[list]:
+    from fractions import Fraction
+
+    fa = [[Fraction(v) for v in row] for row in a.tolist()]
+    fb = [[Fraction(v) for v in col] for col in b.T.tolist()]
+    return [[sum(x * y for x, y in zip(row, col)) for col in fb] for row in fa]
+
+
+@settings(deadline=None)
+@given(st.integers(1, 4), st.sampled_from([1, 5, 63, 64, 200]), st.integers(1, 3), st.sampled_from([1e-45, 1e-39, 1e-20, 1.0, 1e18, 1e30, 1e39]),
+       st.sampled_from([1e-40, 1e-3, 1.0, 1e20]), st.floats(0.0, 0.9), st.integers(0, 2**20))
+def test_upper_matmul_bounds_the_exact_product(rows, k, cols, scale_a, scale_b, zeros, seed):
+    """upper_matmul(a, b) ≥ a @ b exactly (rational arithmetic), for non-negative operands from
+    float32's subnormals to beyond its range (where it falls back to float64), and it is tight:
+    within float32's accuracy of the exact product plus the underflow allowance."""
+    from mli_theory.certify.enclosures import upper_matmul
+
+    g = torch.Generator().manual_seed(seed)
+    a = torch.rand(rows, k, generator=g, dtype=torch.float64) * scale_a
+    b = torch.rand(k, cols, generator=g, dtype=torch.float64) * scale_b
+    a[torch.rand(rows, k, generator=g) < zeros] = 0.0
+    got = upper_matmul(a, b)
+    assert got.dtype == torch.float64 and got.shape == (rows, cols)
+    exact = _exact_matmul(a, b)
+    for i in range(rows):
+        for j in range(cols):
+            from fractions import Fraction
+
+            assert Fraction(float(got[i, j])) >= exact[i][j], (i, j, float(got[i, j]), float(exact[i][j]))
+            slack = float(exact[i][j]) * (4 * k * 2.0**-24 + 1e-12) + 8 * k * 2.0**-126 * (2 + scale_a + scale_b)
+            assert float(got[i, j]) <= float(exact[i][j]) + slack
+
+
+def test_upper_matmul_stays_in_float64_unless_float32_is_plain_ieee():
+    from mli_theory.certify.enclosures import _float32_is_ieee, gamma, upper_matmul
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(5, 100, generator=g, dtype=torch.float64)
+    b = torch.rand(100, 3, generator=g, dtype=torch.float64)
+    assert _float32_is_ieee(torch.device("cpu"))
+    fast = upper_matmul(a, b)
+    slow = torch.matmul(a, b) * (1.0 + 2.0 * gamma(102))
+    assert not torch.equal(fast, slow)  # the float32 route was taken
+    saved = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")  # may allow bf16 products on CPU
+    try:
+        assert not _float32_is_ieee(torch.device("cpu"))
+        assert torch.equal(upper_matmul(a, b), slow)
+    finally:
+        torch.set_float32_matmul_precision(saved)

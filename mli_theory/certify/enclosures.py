@@ -66,14 +66,20 @@ mathematical remainder and every rounding error:
 * Δθ = fl(θT − θ0) differs from θT − θ0 by at most u|Δθ| relatively: covered by the same factor 2;
 * every e is computed from non-negative terms and then multiplied by (1 + 2⁻⁴⁸) (≥ 32 roundings
   of relative error u) plus 2⁻¹⁰⁰⁰ (underflow);
+* products of non-negative tensors that only bound remainders (|W(α)|·e in Linear layers, and
+  in the reverse walk r·|W(α)|, |g|·|ΔW|) may be computed in float32 with operands rounded up and
+  the float32 rounding and underflow added (:func:`upper_matmul`): an upper bound is all they must
+  be, and they are about half of a wide layer's products. Only when float32 matmuls are plain IEEE
+  at that moment (no TF32 or bf16: ``torch.get_float32_matmul_precision() == "highest"``), else
+  in float64;
 * elementwise library functions (exp, log, tanh, erf, …) are assumed accurate to 2⁻⁴⁴ relative
   to max(|value|, the function's scale): glibc documents ≤ 4 ulp for these in double precision,
   SLEEF's u10 variants 1 ulp, i.e. 2⁻⁴⁴ is a margin of 2⁸ over the worst documented bound. This
   is the one assumption not proven here; the tests check every enclosure against 60-digit mpmath
   evaluations of the same network.
 
-Everything is computed in float64 (the checkpoints' values are exact in float64 whatever dtype the
-line uses), so the enclosures hold for the real-number loss of exactly those weights and data.
+Everything else is computed in float64 (the checkpoints' values are exact in float64 whatever dtype
+the line uses), so the enclosures hold for the real-number loss of exactly those weights and data.
 """
 
 from __future__ import annotations
@@ -151,6 +157,60 @@ def broadcast_shape(*shapes: tuple[int, ...]) -> torch.Size:
                     raise ValueError(f"shapes {[tuple(s) for s in shapes]} do not broadcast")
                 out[i] = n
     return torch.Size(out)
+
+
+_U32 = 2.0**-24  # unit roundoff of float32
+_MIN32 = 2.0**-126  # smallest normal float32
+UPPER32_MIN_K = 64  # products shorter than this stay in float64 (the conversions would cost more)
+
+
+def _float32_is_ieee(device: torch.device) -> bool:
+    """Whether float32 matmuls on ``device`` are plain IEEE single precision now (no TF32 or bf16)."""
+    try:
+        if torch.get_float32_matmul_precision() != "highest":
+            return False
+        be = torch.backends
+        mk = getattr(be, "mkldnn", None)
+        for obj in (be, mk, getattr(mk, "matmul", None), be.cuda.matmul, getattr(be, "cudnn", None)):
+            if getattr(obj, "fp32_precision", None) not in (None, "none", "ieee"):
+                return False
+        return not (torch.device(device).type == "cuda" and torch.backends.cuda.matmul.allow_tf32)
+    except Exception:  # noqa: BLE001 - an API we cannot read: stay in float64
+        return False
+
+
+def up32(t: Tensor) -> tuple[Tensor, float]:
+    """(t̂, max t̂): t ≥ 0 rounded up to float32 as :func:`upper_matmul` does it, for reuse as its ``b32``."""
+    t32 = (t * (1.0 + 2.0**-22)).to(torch.float32)
+    return t32, (float(t32.max()) if t32.numel() else 0.0)
+
+
+def upper_matmul(a: Tensor, b: Tensor, b32: tuple[Tensor, float] | None = None) -> Tensor:
+    r"""A float64 upper bound of a @ b for entrywise non-negative float64 a, b (torch.matmul's
+    broadcasting), computed in float32 where that is sound and pays (about half the time).
+
+    The operands are rounded up, â = fl32(fl64(a(1 + 2⁻²²))) ≥ a wherever â is a normal float32
+    (≥ 2⁻¹²⁶; below, â ≥ a − 2⁻¹⁴⁹), and the product is computed in IEEE single precision (checked:
+    :func:`_float32_is_ieee`). For non-negative terms a computed sum of K products satisfies
+    Σ â_i b̂_i ≤ fl(Σ â_i b̂_i)(1 + 2γ_K) in any summation order, with or without FMA, if nothing
+    underflows (Higham, Thm 3.1 with γ_K = Ku/(1 − Ku), u = 2⁻²⁴); a flushed or gradual underflow
+    loses less than 2⁻¹²⁶ per operation, and an operand below 2⁻¹²⁶ (possibly read as 0) less than
+    2⁻¹²⁶·max b̂ per term (or max â). So a @ b ≤ fl32(â @ b̂)(1 + 2γ_K) +
+    4K·2⁻¹²⁶(1 + max â + max b̂), evaluated here in float64 and inflated for that evaluation. A
+    non-finite float32 result (an operand beyond float32's range) falls back to float64, as do short
+    products (K < ``UPPER32_MIN_K``) and devices whose float32 matmuls are not plain IEEE: there the
+    bound is fl64(a @ b)(1 + 2γ_K) (γ_K of float64). ``b32``: :func:`up32` of b, when the caller
+    reuses one b for many products."""
+    k = a.shape[-1]
+    if k >= UPPER32_MIN_K and k * _U32 < 0.5 and _float32_is_ieee(a.device):
+        a32, amax = up32(a)
+        b32, bmax = b32 if b32 is not None else up32(b)
+        p = torch.matmul(a32, b32)
+        if bool(torch.isfinite(p).all()):
+            g32 = k * _U32 / (1.0 - k * _U32)
+            floor = 4.0 * k * _MIN32 * (1.0 + amax + bmax)
+            return p.to(torch.float64) * ((1.0 + 2.0 * g32) * (1.0 + 2.0**-50)) + floor * 2.0
+    return torch.matmul(a, b) * (1.0 + 2.0 * gamma(k + 2))
 
 
 def _add0(a: Tensor, b: Tensor) -> Tensor:
@@ -695,10 +755,10 @@ def _linear(nt: EnclosureNumbers, x: Any, weight: Any, bias: Any = None) -> Any:
     def abs_cellwise(e: Tensor, m: Tensor, h: Tensor) -> Tensor:
         # e is (2, C, …, in); the final factor covers the rounding of the non-negative matmul (γ_K)
         wa_t = abs_per_cell(nt, weight, w).transpose(-1, -2)
+        wa32 = nt.memo(weight, "abs-per-cell-32", lambda: up32(wa_t)) if e.shape[-1] >= UPPER32_MIN_K else None
         lead = e.shape[2:-1]
         e2 = e.reshape(e.shape[0], e.shape[1], -1, e.shape[-1])  # (2, C, N, in)
-        out = torch.matmul(e2, wa_t)  # (2, C, N, out)
-        out = out * (1.0 + gamma(k_len + 8) * 2.0)
+        out = upper_matmul(e2, wa_t, wa32)  # (2, C, N, out), an upper bound (rounding included)
         return out.reshape(e.shape[0], e.shape[1], *lead, -1)
 
     wsum = nt.memo(weight, "abs-row-sums", lambda: (w.w0.abs() + w.dw.abs()).sum(-1))  # (out,)
