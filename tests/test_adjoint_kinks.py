@@ -53,13 +53,22 @@ def deep_cases(draw):
 
 
 @settings(deadline=None)
-@given(deep_cases())
-def test_adjoint_enclosures_contain_the_60_digit_loss_and_slope(case):
+@given(deep_cases(), st.booleans())
+def test_adjoint_enclosures_contain_the_60_digit_loss_and_slope(case, float32):
+    """``float32``: every product that may be computed in float32 is (the remainders' non-negative
+    products and the reverse walk's centres, whatever their length: ``UPPER32_MIN_K`` = 1)."""
+    from mli_theory.certify import enclosures as E
+
     act, widths, loss, n, seed, scale, (ca, cb), fracs = case
     model, start, end, x, y = _build(act, widths, False, seed, scale, loss, n)
     prob = _problem(model, start, end, x, y, loss)
     assert prob.adjoint
-    (dlo, dhi), (llo, lhi) = (t[0] for t in enclose(prob, [ca], [cb]))
+    saved = E.UPPER32_MIN_K
+    E.UPPER32_MIN_K = 1 if float32 else saved
+    try:
+        (dlo, dhi), (llo, lhi) = (t[0] for t in enclose(prob, [ca], [cb]))
+    finally:
+        E.UPPER32_MIN_K = saved
     for f in fracs + [0.0, 1.0]:
         alpha = ca + f * (cb - ca)
         L, dL = _reference(model, act, start, end, x, y, loss, alpha)

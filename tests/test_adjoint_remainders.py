@@ -195,3 +195,41 @@ def test_a_source_the_reverse_walk_cannot_bound_is_refused():
     tape.sources[relu] = Source(torch.ones(1, 1, 1, dtype=torch.float64))
     with pytest.raises(RuntimeError, match="deferred input remainder"):
         kink_bound(prob.gm, tape, prob.reads, prob.output, cot)
+
+
+@pytest.mark.parametrize("out_dim, float32", [(70, True), (70, False), (5, True)])
+def test_the_reverse_linear_rule_contains_g_times_w_exactly(out_dim, float32):
+    """Rule level: for a cotangent g(t) = c + s·t known exactly (radius 0), the rule's Taylor model of
+    g(t)·W(m + t) contains the exact rational product at points of each cell, entrywise; with
+    ``float32`` (products of every length in float32) the centre's float32 rounding must be inside the
+    radius too. (End-to-end tests cannot see a missing rounding term here: the kinks' bound is loose.)"""
+    from fractions import Fraction
+
+    from mli_theory.certify import adjoint as A
+    from mli_theory.certify import enclosures as E
+
+    g = torch.Generator().manual_seed(out_dim)
+    n_in, cells, n = 4, 3, 2
+    w = E.Param(torch.randn(out_dim, n_in, generator=g, dtype=torch.float64), torch.randn(out_dim, n_in, generator=g, dtype=torch.float64))
+    mid = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    rad = torch.tensor([2.0**-3, 2.0**-6, 2.0**-10], dtype=torch.float64)
+    nt = E.EnclosureNumbers(mid, rad)
+    c = torch.randn(cells, n, out_dim, generator=g, dtype=torch.float64) * 3
+    s = torch.randn(cells, n, out_dim, generator=g, dtype=torch.float64)
+    saved = E.UPPER32_MIN_K
+    E.UPPER32_MIN_K = 1 if float32 else 10**9
+    try:
+        got = A._linear_back(nt, A._Cot(c, s, torch.zeros(()).double()), w)
+    finally:
+        E.UPPER32_MIN_K = saved
+    for i in range(cells):
+        m, h = Fraction(mid[i].item()), Fraction(rad[i].item())
+        for frac in (Fraction(-1), Fraction(-1, 3), Fraction(0), Fraction(1, 2), Fraction(1)):
+            t = frac * h
+            wt = [[Fraction(a) + (m + t) * Fraction(b) for a, b in zip(ra, rb)] for ra, rb in zip(w.w0.tolist(), w.dw.tolist())]
+            for j in range(n):
+                gt = [Fraction(a) + t * Fraction(b) for a, b in zip(c[i, j].tolist(), s[i, j].tolist())]
+                for k in range(n_in):
+                    exact = sum(gv * wt[o][k] for o, gv in enumerate(gt))
+                    model = Fraction(got.c[i, j, k].item()) + t * Fraction(got.s[i, j, k].item())
+                    assert abs(exact - model) <= Fraction(got.r[i, j, k].item()), (i, j, k, float(frac))

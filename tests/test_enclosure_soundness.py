@@ -164,18 +164,26 @@ def _build(act, widths, bn, seed, scale, loss, n):
 
 
 @settings(deadline=None)  # example count from the profile: fast 25, ci 60, stress 400
-@given(cases())
-def test_enclosures_contain_the_60_digit_loss_and_slope(case):
+@given(cases(), st.booleans())
+def test_enclosures_contain_the_60_digit_loss_and_slope(case, float32):
+    """``float32``: the remainders' non-negative products are computed in float32 whatever their
+    length (``UPPER32_MIN_K`` = 1; by default only products of length ≥ 64 are)."""
+    from mli_theory.certify import enclosures as E
+
     act, widths, loss, bn, n, seed, scale, (ca, cb), fracs = case
     model, start, end, x, y = _build(act, widths, bn, seed, scale, loss, n)
     line = mt.make_line(model, start, end, dtype=torch.float64)
     data = mt.Dataset(x, y, loss, "t")
     prob = prepare(line, data, BNPolicy.FROZEN)
+    saved = E.UPPER32_MIN_K
+    E.UPPER32_MIN_K = 1 if float32 else saved
     try:
         (dlo, dhi), (llo, lhi) = (t[0] for t in enclose(prob, [ca], [cb]))
     except Exception as exc:  # softplus past its threshold is declined, never enclosed wrongly
         assert act == "softplus", exc
         return
+    finally:
+        E.UPPER32_MIN_K = saved
     for f in fracs:
         alpha = ca + f * (cb - ca)
         L, dL = _reference(model, act, start, end, x, y, loss, alpha, bn)

@@ -81,7 +81,7 @@ from torch.fx import GraphModule, Node
 from torch.nn import functional as F
 
 from .enclosures import (_TINY, U, Enclosure, EnclosureNumbers, Kink, Param, Source, _along_cells, _l2, _matrix_norms, _string_padding, _up,
-                         abs_per_cell, broadcast_shape, gamma, up32, upper_matmul, UPPER32_MIN_K)
+                         abs_per_cell, broadcast_shape, gamma, up32, upper_matmul, use_float32, _U32)
 
 _RELU_MODULES = (nn.ReLU, nn.LeakyReLU)
 _RELU_FUNCTIONS = {F.relu, torch.relu, F.leaky_relu}
@@ -391,7 +391,7 @@ def _source_bound(nt: EnclosureNumbers, g: _Cot, src: Source, weight: Any, conv:
     adw = nt.memo(weight, "abs-dw", lambda: w.dw.abs())
     if conv is None:
         k_len = w.w0.shape[0]
-        back = upper_matmul(mag, adw, nt.memo(weight, "abs-dw-32", lambda: up32(adw)) if k_len >= UPPER32_MIN_K else None)
+        back = upper_matmul(mag, adw, nt.memo(weight, "abs-dw-32", lambda: up32(adw)) if use_float32(k_len, adw.device) else None)
     else:
         mod, in_shape = conv
         stride, padding, dilation = _conv_geometry(mod)
@@ -419,10 +419,19 @@ def _linear_back(nt: EnclosureNumbers, g: _Cot, weight: Any) -> _Cot:
     hh = h * h * 0.5
     full = broadcast_shape(g.c.shape, g.s.shape)
     gc, gs = g.c.expand(full), g.s.expand(full)
-    stacked = nt.memo(weight, "stacked-back", lambda: torch.cat([w.w0, w.dw], -1))  # (out, 2·in)
     n_in = w.w0.shape[-1]
-    c0, c1 = torch.matmul(gc, stacked).split(n_in, -1)
-    s0, s1 = torch.matmul(gs, stacked).split(n_in, -1)
+    if use_float32(k_len, gc.device):
+        # the centre and slope are a choice (only the radius is a claim): computed in float32, their
+        # error |fl32(fl32(g)·fl32(W)) − g·W| ≤ γ_{K+3}(float32)·|g||W| joins the rounding term below
+        stacked = nt.memo(weight, "stacked-back-32", lambda: torch.cat([w.w0, w.dw], -1).to(torch.float32))
+        c0, c1 = torch.matmul(gc.to(torch.float32), stacked).to(torch.float64).split(n_in, -1)
+        s0, s1 = torch.matmul(gs.to(torch.float32), stacked).to(torch.float64).split(n_in, -1)
+        g_prod = (k_len + 16) * _U32 / (1.0 - (k_len + 16) * _U32)
+    else:
+        stacked = nt.memo(weight, "stacked-back", lambda: torch.cat([w.w0, w.dw], -1))  # (out, 2·in)
+        c0, c1 = torch.matmul(gc, stacked).split(n_in, -1)
+        s0, s1 = torch.matmul(gs, stacked).split(n_in, -1)
+        g_prod = gamma(k_len + 16)
     c = c0 + m * c1 + hh * s1
     s = s0 + m * s1 + c1
     a = abs_per_cell(nt, weight, w)  # (C, out, in)
@@ -430,15 +439,15 @@ def _linear_back(nt: EnclosureNumbers, g: _Cot, weight: Any) -> _Cot:
     mags = gc.abs() + gs.abs()
     lead = full[1:-1]
     rr = g.r.expand(cells, *full[1:]).reshape(cells, -1, full[-1])
-    a32 = nt.memo(weight, "abs-per-cell-back-32", lambda: up32(a)) if k_len >= UPPER32_MIN_K else None
+    a32 = nt.memo(weight, "abs-per-cell-back-32", lambda: up32(a)) if use_float32(k_len, a.device) else None
     r = upper_matmul(rr, a, a32).reshape(cells, *lead, -1)  # an upper bound, rounding included
     colsum = nt.memo(weight, "abs-col-sums", lambda: (w.w0.abs() + w.dw.abs()).sum(0))  # (in,)
     # rounding of c0, c1, s0, s1 (γ_K each) and of the few elementwise operations combining them;
     # then the t² term (h²/2)|s||ΔW| (a non-negative product, γ_K)
-    extra = mags.amax(-1, keepdim=True) * colsum * (2 * g2 + 16 * U)
+    extra = mags.amax(-1, keepdim=True) * colsum * (4 * g_prod + 16 * U)
     if not nt.memo(weight, "dw-is-zero", lambda: bool((w.dw == 0).all())):
         adw = nt.memo(weight, "abs-dw", lambda: w.dw.abs())
-        adw32 = nt.memo(weight, "abs-dw-32", lambda: up32(adw)) if k_len >= UPPER32_MIN_K else None
+        adw32 = nt.memo(weight, "abs-dw-32", lambda: up32(adw)) if use_float32(k_len, adw.device) else None
         extra = extra + hh * upper_matmul(gs.abs(), adw, adw32)
     r = r * (1.0 + g2) + extra
     if not (isinstance(weight, Param) and weight.w0.dim() == 2):

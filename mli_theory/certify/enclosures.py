@@ -179,6 +179,12 @@ def _float32_is_ieee(device: torch.device) -> bool:
         return False
 
 
+def use_float32(k: int, device: torch.device) -> bool:
+    """Whether a product of length ``k`` on ``device`` is computed in float32 (:func:`upper_matmul`):
+    long enough to pay for the conversions, short enough for γ_k, and float32 plain IEEE now."""
+    return k >= UPPER32_MIN_K and k * _U32 < 0.5 and _float32_is_ieee(device)
+
+
 def up32(t: Tensor) -> tuple[Tensor, float]:
     """(t̂, max t̂): t ≥ 0 rounded up to float32 as :func:`upper_matmul` does it, for reuse as its ``b32``."""
     t32 = (t * (1.0 + 2.0**-22)).to(torch.float32)
@@ -202,7 +208,7 @@ def upper_matmul(a: Tensor, b: Tensor, b32: tuple[Tensor, float] | None = None) 
     bound is fl64(a @ b)(1 + 2γ_K) (γ_K of float64). ``b32``: :func:`up32` of b, when the caller
     reuses one b for many products."""
     k = a.shape[-1]
-    if k >= UPPER32_MIN_K and k * _U32 < 0.5 and _float32_is_ieee(a.device):
+    if use_float32(k, a.device):
         a32, amax = up32(a)
         b32, bmax = b32 if b32 is not None else up32(b)
         p = torch.matmul(a32, b32)
@@ -755,7 +761,7 @@ def _linear(nt: EnclosureNumbers, x: Any, weight: Any, bias: Any = None) -> Any:
     def abs_cellwise(e: Tensor, m: Tensor, h: Tensor) -> Tensor:
         # e is (2, C, …, in); the final factor covers the rounding of the non-negative matmul (γ_K)
         wa_t = abs_per_cell(nt, weight, w).transpose(-1, -2)
-        wa32 = nt.memo(weight, "abs-per-cell-32", lambda: up32(wa_t)) if e.shape[-1] >= UPPER32_MIN_K else None
+        wa32 = nt.memo(weight, "abs-per-cell-32", lambda: up32(wa_t)) if use_float32(e.shape[-1], e.device) else None
         lead = e.shape[2:-1]
         e2 = e.reshape(e.shape[0], e.shape[1], -1, e.shape[-1])  # (2, C, N, in)
         out = upper_matmul(e2, wa_t, wa32)  # (2, C, N, out), an upper bound (rounding included)
