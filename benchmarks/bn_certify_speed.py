@@ -44,6 +44,11 @@ import torch
 torch.set_num_threads(threads)
 import mli_theory
 assert mli_theory.__file__.startswith(root), mli_theory.__file__
+try:  # what the command line of that revision does (revisions before it had no such setting)
+    from mli_theory.runs.allocator import keep_freed_memory
+    keep_freed_memory()
+except ImportError:
+    pass
 from mli_theory.certify.partition import decide_by_enclosures
 from mli_theory.inputs.arch import build_model, parse_arch
 from mli_theory.inputs.checkpoint import load_state_dict

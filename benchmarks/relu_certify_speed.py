@@ -9,8 +9,10 @@ labelled by a random teacher (SGD until CE < 0.05; T = 1e-4), the 64-512×5-10 d
 T = 1e-3, 1e-4, 0). Then certifies each path with ``decide_by_enclosures`` (frozen statistics,
 float64 line) under this checkout's library and under the one of ``--against`` (a temporary git
 worktree), one process at a time, alternating, ``--threads`` torch threads each (the goals are
-stated for 2 cores). Prints status, cells, rise bound and seconds side by side with their ratio,
-and the load average before and after: take the figures on a quiet machine.
+stated for 2 cores), each worker with the allocator setting its revision's command line makes
+(:func:`mli_theory.runs.keep_freed_memory`, where it exists). Prints status, cells, rise bound and
+seconds side by side with their ratio, and the load average before and after: take the figures on
+a quiet machine.
 
 ``--quick``: the 64-256-256-10 nets only.
 """
@@ -33,6 +35,11 @@ from torch import nn
 torch.set_num_threads(threads)
 import mli_theory
 assert mli_theory.__file__.startswith(root), mli_theory.__file__
+try:  # what the command line of that revision does (revisions before it had no such setting)
+    from mli_theory.runs.allocator import keep_freed_memory
+    keep_freed_memory()
+except ImportError:
+    pass
 from mli_theory.certify.partition import decide_by_enclosures
 from mli_theory.inputs.data import Dataset
 from mli_theory.path import make_line
