@@ -21,7 +21,6 @@ import dataclasses
 import json
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -63,20 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"{len(missing)} run ids of results.csv are not in the design: {sorted(missing)}", file=sys.stderr)
         return 2
-    os.makedirs(args.out, exist_ok=True)
-    rows_path = os.path.join(args.out, "rows.jsonl")
-    done = set()
-    if os.path.exists(rows_path):
-        with open(rows_path) as f:
-            done = {json.loads(line)["id"] for line in f if line.strip()}
-    todo = [c for c in cfgs if run_id(c) not in done]
-    print(f"{len(cfgs)} runs, {len(todo)} to do", flush=True)
-    jobs = [(json.dumps(dataclasses.asdict(c)), args.out, args.budget, wanted[run_id(c)]) for c in todo]
-    with ProcessPoolExecutor(max(1, args.jobs)) as ex, open(rows_path, "a") as f:
-        for row in ex.map(_one, jobs):
-            print(json.dumps(row), flush=True)
-            f.write(json.dumps(row) + "\n")
-            f.flush()
+    from conv_reach import run_resumable
+
+    jobs = {run_id(c): (json.dumps(dataclasses.asdict(c)), args.out, args.budget, wanted[run_id(c)]) for c in cfgs}
+    run_resumable(args.out, "id", jobs, _one, args.jobs)
     return 0
 
 

@@ -87,21 +87,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None:
         args.out = os.path.join(HERE, "out", "conv_reach_bn" if args.bn else "conv_reach")
     cfgs = [c for c in design(False)["conv"] if c.arch.endswith("_bn") == args.bn and args.net in (None, c.extra["net"])]
-    os.makedirs(args.out, exist_ok=True)
-    rows_path = os.path.join(args.out, "rows.jsonl")
+    run_resumable(args.out, "name", {_name(c): (json.dumps(dataclasses.asdict(c)), args.out, args.budget) for c in cfgs}, _one, args.jobs)
+    return 0
+
+
+def run_resumable(out: str, key: str, jobs: dict[str, tuple], worker, processes: int) -> None:
+    """Run ``worker`` on the jobs {id: args} whose id is not yet under ``key`` in ``out``/rows.jsonl,
+    in ``processes`` processes, appending (and printing) each row as it ends: an interrupted run
+    resumes where it stopped."""
+    os.makedirs(out, exist_ok=True)
+    rows_path = os.path.join(out, "rows.jsonl")
     done = set()
     if os.path.exists(rows_path):
         with open(rows_path) as f:
-            done = {json.loads(line)["name"] for line in f if line.strip()}
-    todo = [c for c in cfgs if _name(c) not in done]
-    print(f"{len(cfgs)} runs, {len(todo)} to do", flush=True)
-    jobs = [(json.dumps(dataclasses.asdict(c)), args.out, args.budget) for c in todo]
-    with ProcessPoolExecutor(max(1, args.jobs)) as ex, open(rows_path, "a") as f:
-        for row in ex.map(_one, jobs):
+            done = {json.loads(line)[key] for line in f if line.strip()}
+    todo = [args for name, args in jobs.items() if name not in done]
+    print(f"{len(jobs)} runs, {len(todo)} to do", flush=True)
+    with ProcessPoolExecutor(max(1, processes)) as ex, open(rows_path, "a") as f:
+        for row in ex.map(worker, todo):
             print(json.dumps(row), flush=True)
             f.write(json.dumps(row) + "\n")
             f.flush()
-    return 0
 
 
 if __name__ == "__main__":

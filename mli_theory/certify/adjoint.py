@@ -81,7 +81,7 @@ from torch.fx import GraphModule, Node
 from torch.nn import functional as F
 
 from .enclosures import (_TINY, U, Enclosure, EnclosureNumbers, Kink, Param, Source, _along_cells, _l2, _matrix_norms, _string_padding, _up,
-                         abs_per_cell, broadcast_shape, gamma, up32, upper_matmul, use_float32, _U32)
+                         abs_per_cell, broadcast_shape, gamma, memo_up32, upper_matmul, use_float32, _U32)
 
 _RELU_MODULES = (nn.ReLU, nn.LeakyReLU)
 _RELU_FUNCTIONS = {F.relu, torch.relu, F.leaky_relu}
@@ -391,7 +391,7 @@ def _source_bound(nt: EnclosureNumbers, g: _Cot, src: Source, weight: Any, conv:
     adw = nt.memo(weight, "abs-dw", lambda: w.dw.abs())
     if conv is None:
         k_len = w.w0.shape[0]
-        back = upper_matmul(mag, adw, nt.memo(weight, "abs-dw-32", lambda: up32(adw)) if use_float32(k_len, adw.device) else None)
+        back = upper_matmul(mag, adw, memo_up32(nt, weight, "abs-dw-32", adw, k_len))
     else:
         mod, in_shape = conv
         stride, padding, dilation = _conv_geometry(mod)
@@ -439,16 +439,14 @@ def _linear_back(nt: EnclosureNumbers, g: _Cot, weight: Any) -> _Cot:
     mags = gc.abs() + gs.abs()
     lead = full[1:-1]
     rr = g.r.expand(cells, *full[1:]).reshape(cells, -1, full[-1])
-    a32 = nt.memo(weight, "abs-per-cell-back-32", lambda: up32(a)) if use_float32(k_len, a.device) else None
-    r = upper_matmul(rr, a, a32).reshape(cells, *lead, -1)  # an upper bound, rounding included
+    r = upper_matmul(rr, a, memo_up32(nt, weight, "abs-per-cell-back-32", a, k_len)).reshape(cells, *lead, -1)  # an upper bound, rounding included
     colsum = nt.memo(weight, "abs-col-sums", lambda: (w.w0.abs() + w.dw.abs()).sum(0))  # (in,)
     # rounding of c0, c1, s0, s1 (γ_K each) and of the few elementwise operations combining them;
     # then the t² term (h²/2)|s||ΔW| (a non-negative product, γ_K)
     extra = mags.amax(-1, keepdim=True) * colsum * (4 * g_prod + 16 * U)
     if not nt.memo(weight, "dw-is-zero", lambda: bool((w.dw == 0).all())):
         adw = nt.memo(weight, "abs-dw", lambda: w.dw.abs())
-        adw32 = nt.memo(weight, "abs-dw-32", lambda: up32(adw)) if use_float32(k_len, adw.device) else None
-        extra = extra + hh * upper_matmul(gs.abs(), adw, adw32)
+        extra = extra + hh * upper_matmul(gs.abs(), adw, memo_up32(nt, weight, "abs-dw-32", adw, k_len))
     r = r * (1.0 + g2) + extra
     if not (isinstance(weight, Param) and weight.w0.dim() == 2):
         return _Cot(c, s, _up(r))

@@ -191,6 +191,12 @@ def up32(t: Tensor) -> tuple[Tensor, float]:
     return t32, (float(t32.max()) if t32.numel() else 0.0)
 
 
+def memo_up32(nt: "EnclosureNumbers", key: object, tag: str, t: Tensor, k: int) -> tuple[Tensor, float] | None:
+    """:func:`up32` of the weight-only tensor ``t``, memoised per batch of cells under (``key``, ``tag``),
+    when products of length ``k`` run in float32 (:func:`use_float32`); else None."""
+    return nt.memo(key, tag, lambda: up32(t)) if use_float32(k, t.device) else None
+
+
 def upper_matmul(a: Tensor, b: Tensor, b32: tuple[Tensor, float] | None = None) -> Tensor:
     r"""A float64 upper bound of a @ b for entrywise non-negative float64 a, b (torch.matmul's
     broadcasting), computed in float32 where that is sound and pays (about half the time).
@@ -761,7 +767,7 @@ def _linear(nt: EnclosureNumbers, x: Any, weight: Any, bias: Any = None) -> Any:
     def abs_cellwise(e: Tensor, m: Tensor, h: Tensor) -> Tensor:
         # e is (2, C, …, in); the final factor covers the rounding of the non-negative matmul (γ_K)
         wa_t = abs_per_cell(nt, weight, w).transpose(-1, -2)
-        wa32 = nt.memo(weight, "abs-per-cell-32", lambda: up32(wa_t)) if use_float32(e.shape[-1], e.device) else None
+        wa32 = memo_up32(nt, weight, "abs-per-cell-32", wa_t, e.shape[-1])
         lead = e.shape[2:-1]
         e2 = e.reshape(e.shape[0], e.shape[1], -1, e.shape[-1])  # (2, C, N, in)
         out = upper_matmul(e2, wa_t, wa32)  # (2, C, N, out), an upper bound (rounding included)
