@@ -197,12 +197,20 @@ def test_a_source_the_reverse_walk_cannot_bound_is_refused():
         kink_bound(prob.gm, tape, prob.reads, prob.output, cot)
 
 
-@pytest.mark.parametrize("out_dim, float32", [(70, True), (70, False), (5, True)])
-def test_the_reverse_linear_rule_contains_g_times_w_exactly(out_dim, float32):
+@pytest.mark.parametrize("out_dim, float32, g_scale, w_scale, dw_scale", [
+    (70, True, 1.0, 1.0, 1.0), (70, False, 1.0, 1.0, 1.0), (5, True, 1.0, 1.0, 1.0),
+    # float32's subnormals and below (the centre's products underflow or flush to zero), and past
+    # its range (they overflow): the radius must still cover the exact product
+    (70, True, 2.0**-140, 1.0, 1.0), (70, True, 2.0**-170, 1.0, 1.0), (70, True, 1.0, 2.0**-150, 1.0),
+    (70, True, 2.0**-75, 2.0**-75, 1.0), (70, True, 2.0**60, 2.0**-150, 1.0), (70, True, 2.0**60, 2.0**-150, 0.0),
+    (70, True, 2.0**125, 2.0**8, 1.0),
+])
+def test_the_reverse_linear_rule_contains_g_times_w_exactly(out_dim, float32, g_scale, w_scale, dw_scale):
     """Rule level: for a cotangent g(t) = c + s·t known exactly (radius 0), the rule's Taylor model of
     g(t)·W(m + t) contains the exact rational product at points of each cell, entrywise; with
-    ``float32`` (products of every length in float32) the centre's float32 rounding must be inside the
-    radius too. (End-to-end tests cannot see a missing rounding term here: the kinks' bound is loose.)"""
+    ``float32`` (products of every length in float32) the centre's float32 rounding, underflow and
+    overflow must be inside the radius too. (End-to-end tests cannot see a missing rounding term
+    here: the kinks' bound is loose.)"""
     from fractions import Fraction
 
     from mli_theory.certify import adjoint as A
@@ -210,12 +218,13 @@ def test_the_reverse_linear_rule_contains_g_times_w_exactly(out_dim, float32):
 
     g = torch.Generator().manual_seed(out_dim)
     n_in, cells, n = 4, 3, 2
-    w = E.Param(torch.randn(out_dim, n_in, generator=g, dtype=torch.float64), torch.randn(out_dim, n_in, generator=g, dtype=torch.float64))
+    w = E.Param(torch.randn(out_dim, n_in, generator=g, dtype=torch.float64) * w_scale,
+                torch.randn(out_dim, n_in, generator=g, dtype=torch.float64) * (w_scale * dw_scale))
     mid = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
     rad = torch.tensor([2.0**-3, 2.0**-6, 2.0**-10], dtype=torch.float64)
     nt = E.EnclosureNumbers(mid, rad)
-    c = torch.randn(cells, n, out_dim, generator=g, dtype=torch.float64) * 3
-    s = torch.randn(cells, n, out_dim, generator=g, dtype=torch.float64)
+    c = torch.randn(cells, n, out_dim, generator=g, dtype=torch.float64) * (3 * g_scale)
+    s = torch.randn(cells, n, out_dim, generator=g, dtype=torch.float64) * g_scale
     saved = E.UPPER32_MIN_K
     E.UPPER32_MIN_K = 1 if float32 else 10**9
     try:

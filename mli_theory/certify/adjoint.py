@@ -81,7 +81,7 @@ from torch.fx import GraphModule, Node
 from torch.nn import functional as F
 
 from .enclosures import (_TINY, U, Enclosure, EnclosureNumbers, Kink, Param, Source, _along_cells, _l2, _matrix_norms, _string_padding, _up,
-                         abs_per_cell, broadcast_shape, gamma, memo_up32, upper_matmul, use_float32, _U32)
+                         abs_per_cell, broadcast_shape, gamma, memo_up32, upper_matmul, use_float32, _MIN32, _U32)
 
 _RELU_MODULES = (nn.ReLU, nn.LeakyReLU)
 _RELU_FUNCTIONS = {F.relu, torch.relu, F.leaky_relu}
@@ -420,18 +420,18 @@ def _linear_back(nt: EnclosureNumbers, g: _Cot, weight: Any) -> _Cot:
     full = broadcast_shape(g.c.shape, g.s.shape)
     gc, gs = g.c.expand(full), g.s.expand(full)
     n_in = w.w0.shape[-1]
-    if use_float32(k_len, gc.device):
+    products = _products32(nt, weight, w, gc, gs, n_in, k_len) if use_float32(k_len, gc.device) else None
+    if products is not None:
         # the centre and slope are a choice (only the radius is a claim): computed in float32, their
-        # error |fl32(fl32(g)·fl32(W)) − g·W| ≤ γ_{K+3}(float32)·|g||W| joins the rounding term below
-        stacked = nt.memo(weight, "stacked-back-32", lambda: torch.cat([w.w0, w.dw], -1).to(torch.float32))
-        c0, c1 = torch.matmul(gc.to(torch.float32), stacked).to(torch.float64).split(n_in, -1)
-        s0, s1 = torch.matmul(gs.to(torch.float32), stacked).to(torch.float64).split(n_in, -1)
+        # error |fl32(fl32(g)·fl32(W)) − g·W| ≤ γ_{K+3}(float32)·|g||W| joins the rounding term
+        # below, and what underflows (flushed or gradual) the absolute term ``floor``
+        (c0, c1, s0, s1), floor = products
         g_prod = (k_len + 16) * _U32 / (1.0 - (k_len + 16) * _U32)
     else:
         stacked = nt.memo(weight, "stacked-back", lambda: torch.cat([w.w0, w.dw], -1))  # (out, 2·in)
         c0, c1 = torch.matmul(gc, stacked).split(n_in, -1)
         s0, s1 = torch.matmul(gs, stacked).split(n_in, -1)
-        g_prod = gamma(k_len + 16)
+        g_prod, floor = gamma(k_len + 16), 0.0
     c = c0 + m * c1 + hh * s1
     s = s0 + m * s1 + c1
     a = abs_per_cell(nt, weight, w)  # (C, out, in)
@@ -443,7 +443,7 @@ def _linear_back(nt: EnclosureNumbers, g: _Cot, weight: Any) -> _Cot:
     colsum = nt.memo(weight, "abs-col-sums", lambda: (w.w0.abs() + w.dw.abs()).sum(0))  # (in,)
     # rounding of c0, c1, s0, s1 (γ_K each) and of the few elementwise operations combining them;
     # then the t² term (h²/2)|s||ΔW| (a non-negative product, γ_K)
-    extra = mags.amax(-1, keepdim=True) * colsum * (4 * g_prod + 16 * U)
+    extra = mags.amax(-1, keepdim=True) * colsum * (4 * g_prod + 16 * U) + floor
     if not nt.memo(weight, "dw-is-zero", lambda: bool((w.dw == 0).all())):
         adw = nt.memo(weight, "abs-dw", lambda: w.dw.abs())
         extra = extra + hh * upper_matmul(gs.abs(), adw, memo_up32(nt, weight, "abs-dw-32", adw, k_len))
@@ -463,6 +463,30 @@ def _linear_back(nt: EnclosureNumbers, g: _Cot, weight: Any) -> _Cot:
     width = r.shape[-1]
     n = torch.minimum(_up(s_w * n_in * (1.0 + g2) + _l2(extra, width)), _l2(r, width))
     return _Cot(c, s, _up(r), _up(n))
+
+
+def _products32(nt: EnclosureNumbers, weight: Any, w: Param, gc: Tensor, gs: Tensor, n_in: int, k_len: int
+                ) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor], float] | None:
+    """((g_c·W0, g_c·ΔW, g_s·W0, g_s·ΔW), floor) computed in float32, or None when a product is not
+    finite there (an operand or a sum beyond float32's range: the caller computes in float64).
+
+    Each product's error is at most γ_{K+3}(float32)·|g||W| (the caller's relative term) plus what
+    underflow loses: the conversions to float32 lose less than 2⁻¹²⁶ per entry where flushed
+    (2⁻¹⁵⁰ where gradual), each product and sum less than 2⁻¹²⁶, so a sum of K terms loses less
+    than K·2⁻¹²⁶(2 + max|g| + max|W|). The Taylor model combines three products for its centre
+    (c0 + m·c1 + (h²/2)·s1) and three for its slope (h ≤ 1): ``floor`` = 8K·2⁻¹²⁶(2 + max|g| +
+    max|W|), rounded up, bounds it all."""
+    stacked = nt.memo(weight, "stacked-back-32", lambda: torch.cat([w.w0, w.dw], -1).to(torch.float32))
+    wmax = nt.memo(weight, "stacked-back-max", lambda: float(torch.cat([w.w0, w.dw], -1).abs().max()) if w.w0.numel() else 0.0)
+    pc = torch.matmul(gc.to(torch.float32), stacked)
+    ps = torch.matmul(gs.to(torch.float32), stacked)
+    if not (bool(torch.isfinite(pc).all()) and bool(torch.isfinite(ps).all())):
+        return None
+    gmax = max(float(gc.abs().max()), float(gs.abs().max())) if gc.numel() else 0.0
+    floor = 8.0 * k_len * _MIN32 * (2.0 + gmax + wmax) * (1.0 + 2.0**-40)
+    c0, c1 = pc.to(torch.float64).split(n_in, -1)
+    s0, s1 = ps.to(torch.float64).split(n_in, -1)
+    return (c0, c1, s0, s1), floor
 
 
 def transposed_conv2d(t: Tensor, w: Tensor, stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int],
