@@ -63,12 +63,13 @@ def test_adjoint_enclosures_contain_the_60_digit_loss_and_slope(case, float32):
     model, start, end, x, y = _build(act, widths, False, seed, scale, loss, n)
     prob = _problem(model, start, end, x, y, loss)
     assert prob.adjoint
-    saved = E.UPPER32_MIN_K
+    saved, saved_share = E.UPPER32_MIN_K, E.SHARED_MAX_DENSITY
     E.UPPER32_MIN_K = 1 if float32 else saved
+    E.SHARED_MAX_DENSITY = 1.0 if float32 else saved_share  # the sparse product of ĉ′ − ĝ whenever it applies
     try:
         (dlo, dhi), (llo, lhi) = (t[0] for t in enclose(prob, [ca], [cb]))
     finally:
-        E.UPPER32_MIN_K = saved
+        E.UPPER32_MIN_K, E.SHARED_MAX_DENSITY = saved, saved_share
     for f in fracs + [0.0, 1.0]:
         alpha = ca + f * (cb - ca)
         L, dL = _reference(model, act, start, end, x, y, loss, alpha)

@@ -167,7 +167,8 @@ def _build(act, widths, bn, seed, scale, loss, n):
 @given(cases(), st.booleans())
 def test_enclosures_contain_the_60_digit_loss_and_slope(case, float32):
     """``float32``: the remainders' non-negative products are computed in float32 whatever their
-    length (``UPPER32_MIN_K`` = 1; by default only products of length ≥ 64 are)."""
+    length (``UPPER32_MIN_K`` = 1; by default only products of length ≥ 64 are);
+    the derivative's centre is ĝ·W + (ĉ′ − ĝ)·W wherever that applies (``SHARED_MAX_DENSITY`` = 1)."""
     from mli_theory.certify import enclosures as E
 
     act, widths, loss, bn, n, seed, scale, (ca, cb), fracs = case
@@ -175,15 +176,16 @@ def test_enclosures_contain_the_60_digit_loss_and_slope(case, float32):
     line = mt.make_line(model, start, end, dtype=torch.float64)
     data = mt.Dataset(x, y, loss, "t")
     prob = prepare(line, data, BNPolicy.FROZEN)
-    saved = E.UPPER32_MIN_K
+    saved, saved_share = E.UPPER32_MIN_K, E.SHARED_MAX_DENSITY
     E.UPPER32_MIN_K = 1 if float32 else saved
+    E.SHARED_MAX_DENSITY = 1.0 if float32 else saved_share  # the sparse product of ĉ′ − ĝ whenever it applies
     try:
         (dlo, dhi), (llo, lhi) = (t[0] for t in enclose(prob, [ca], [cb]))
     except Exception as exc:  # softplus past its threshold is declined, never enclosed wrongly
         assert act == "softplus", exc
         return
     finally:
-        E.UPPER32_MIN_K = saved
+        E.UPPER32_MIN_K, E.SHARED_MAX_DENSITY = saved, saved_share
     for f in fracs:
         alpha = ca + f * (cb - ca)
         L, dL = _reference(model, act, start, end, x, y, loss, alpha, bn)
@@ -315,3 +317,77 @@ def test_upper_matmul_stays_in_float64_unless_float32_is_plain_ieee():
         assert torch.equal(upper_matmul(a, b), slow)
     finally:
         torch.set_float32_matmul_precision(saved)
+
+
+@pytest.mark.parametrize("fast, g_scale, w_scale, shared", [
+    (False, 1.0, 1.0, False), (True, 1.0, 1.0, False), (False, 1.0, 1.0, True), (True, 1.0, 1.0, True),
+    # float32's subnormals and below, and past its range (float32 remainder products)
+    (True, 2.0**-140, 1.0, False), (True, 2.0**-170, 1.0, False), (True, 2.0**60, 2.0**-150, False), (True, 2.0**125, 2.0**8, False),
+])
+def test_the_forward_linear_rule_contains_w_times_x_exactly(fast, g_scale, w_scale, shared, monkeypatch):
+    """Rule level: for an input known exactly (remainders 0: x(t) = c + g·t, x′(t) = c′ + g′·t), the
+    Linear rule's Taylor models contain the exact rational o(t) = W(m + t)x(t) + b(m + t) and
+    o′(t) = ΔW·x(t) + W(m + t)x′(t) + Δb at points of each cell, entrywise. ``fast``: the
+    remainders' products in float32 (``UPPER32_MIN_K`` = 1); ``shared``: the derivative's centre as
+    ĝ·W + (c′ − ĝ)·W, c′ equal to ĝ but on a few entries where ĝ is large and c′ small (so the
+    products' rounding exceeds anything c′ alone accounts for: narrow cells, no bias, and without
+    ``fast``, whose absolute underflow floor would cover it). End-to-end tests cannot see a missing
+    error term here: other remainders hide it."""
+    from fractions import Fraction
+
+    from mli_theory.certify import enclosures as E
+
+    gen = torch.Generator().manual_seed(7)
+    k, out, cells, n = 70, 5, 3, 2
+    w = E.Param(torch.randn(out, k, generator=gen, dtype=torch.float64) * w_scale, torch.randn(out, k, generator=gen, dtype=torch.float64) * w_scale)
+    b = E.Param(torch.randn(out, generator=gen, dtype=torch.float64), torch.randn(out, generator=gen, dtype=torch.float64))
+    mid = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    rad = torch.tensor([2.0**-3, 2.0**-6, 2.0**-10], dtype=torch.float64)
+    c = torch.randn(cells, n, k, generator=gen, dtype=torch.float64) * (3 * g_scale)
+    g = torch.randn(cells, n, k, generator=gen, dtype=torch.float64) * g_scale
+    if shared:  # narrow cells and a small input, so that nothing else covers the products' rounding
+        rad = torch.full((cells,), 2.0**-30, dtype=torch.float64)
+        c, g = c * 1e-8, g * 1e-8
+        dc = g.clone()
+        dc[:, :, :2] = 0.0  # 12 of 420 entries differ
+        g[:, :, :2] = torch.randn(cells, n, 2, generator=gen, dtype=torch.float64)
+    else:
+        dc = torch.randn(cells, n, k, generator=gen, dtype=torch.float64) * g_scale
+    dg = torch.randn(cells, n, k, generator=gen, dtype=torch.float64) * (g_scale * (1e-8 if shared else 1.0))
+    zero = torch.zeros((), dtype=torch.float64)
+    x = E.Enclosure(E.TM(c, g, zero), E.TM(dc, dg, zero))
+    monkeypatch.setattr(E, "UPPER32_MIN_K", 1 if fast else 10**9)
+    monkeypatch.setattr(E, "SHARED_MAX_DENSITY", 0.05 if shared else 0.0)
+    used = {"shared": 0}
+
+    def spy(name, key):
+        real = getattr(E, name)
+
+        def call(*a):
+            out = real(*a)
+            used[key] += out is not None
+            return out
+        monkeypatch.setattr(E, name, call)
+
+    spy("_shared_difference", "shared")
+    if shared or g_scale < 1.0:  # no bias: its rounding allowance would cover everything at these scales
+        b = E.Param(torch.zeros(out, dtype=torch.float64), torch.zeros(out, dtype=torch.float64))
+    o = E._linear(E.EnclosureNumbers(mid, rad), x, w, b)
+    assert used["shared"] == int(shared)
+    F = Fraction
+    for i in range(cells):
+        m, h = F(mid[i].item()), F(rad[i].item())
+        for frac in (F(-1), F(-1, 3), F(0), F(1, 2), F(1)):
+            t = frac * h
+            wt = [[F(a) + (m + t) * F(d) for a, d in zip(ra, rd)] for ra, rd in zip(w.w0.tolist(), w.dw.tolist())]
+            bt = [F(a) + (m + t) * F(d) for a, d in zip(b.w0.tolist(), b.dw.tolist())]
+            for j in range(n):
+                xt = [F(a) + t * F(d) for a, d in zip(c[i, j].tolist(), g[i, j].tolist())]
+                dxt = [F(a) + t * F(d) for a, d in zip(dc[i, j].tolist(), dg[i, j].tolist())]
+                for r in range(out):
+                    val = sum(wv * xv for wv, xv in zip(wt[r], xt)) + bt[r]
+                    der = (sum(F(d) * xv for d, xv in zip(w.dw[r].tolist(), xt)) + sum(wv * dv for wv, dv in zip(wt[r], dxt))
+                           + F(b.dw[r].item()))
+                    for tm, exact in ((o.v, val), (o.d, der)):
+                        model = F(tm.c.expand(cells, n, out)[i, j, r].item()) + t * F(tm.g.expand(cells, n, out)[i, j, r].item())
+                        assert abs(exact - model) <= F(tm.e.expand(cells, n, out)[i, j, r].item()), (tm is o.d, i, j, r, float(frac))

@@ -87,6 +87,7 @@ from __future__ import annotations
 import contextlib
 import math
 import operator
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -602,8 +603,12 @@ def _affine_layer(
     comps = [v.c, v.g] if nt.values_only else [v.c, v.g, d.c, d.g]
     zero = _zero(v.c)
     p0, p1 = [zero] * 4, [zero] * 4
+    shared = None if nt.values_only else _shared_difference(f, v.g, d.c, shape)
     for i, t in enumerate(comps):  # values only: the derivative's products stay zero
-        if not _is_zero(t):  # one product per component with [W0; ΔW] (no stacked copy)
+        if i == 2 and shared is not None:  # ĉ′·W = ĝ·W + D·W, D sparse (see _shared_difference)
+            q0, q1 = f.sparse_multi(shared, [w.w0, w.dw]) if bool(shared.any()) else (zero, zero)
+            p0[2], p1[2] = _add0(p0[1], q0), _add0(p1[1], q1)
+        elif not _is_zero(t):  # one product per component with [W0; ΔW] (no stacked copy)
             p0[i], p1[i] = _multi(f, t.expand(shape), [w.w0, w.dw])
     cW0, gW0, dcW0, dgW0 = p0
     cdW, gdW, dcdW, dgdW = p1
@@ -655,6 +660,8 @@ def _affine_layer(
     if vo:
         return Enclosure(value, _zero_tm(c))
     extra_d = _rho(d.magnitude(h).expand(shape)) + rho_v
+    if shared is not None:  # the products of ĝ and D in place of ĉ′'s: see _shared_difference
+        extra_d = extra_d + _rho(v.g.abs().expand(shape) + shared.abs() + d.c.abs().expand(shape))
     if not _is_zero(dgdW):
         extra_d = extra_d + hh * dgdW.abs()
     if b is not None:
@@ -670,6 +677,30 @@ def _affine_layer(
     if norms is None:
         return Enclosure(value, TM(dc, dg, de))
     return Enclosure(value, _with_norm(dc, dg, de, s_w * ndv + s_d * nv, extra_d))
+
+
+SHARED_MAX_DENSITY = 0.05  # D = ĉ′ − ĝ is multiplied as a sparse matrix when at most this share of it is non-zero
+
+
+def _shared_difference(f: Callable, g: Tensor, dc: Tensor, shape: torch.Size) -> Tensor | None:
+    r"""D = fl(ĉ′ − ĝ), when the layer's products of ĉ′ (the derivative's centre) are better computed
+    as ĝ·W + D·W (one sparse product in place of a dense one); else None.
+
+    Behind a layer whose input is exact (an MLP's first Linear layer) the derivative's centre and
+    the value's slope are the same tensor, and a ReLU maps both alike on every neuron whose sign is
+    proven: they differ only on the few mixed neurons. Any D serves: the caller adds
+    2γ_{K+16}·f(|ĝ| + |D| + |ĉ′|, |W0| + |ΔW|) (its cheap bound) to the derivative's remainder, which
+    covers |fl(fl(ĝW) + fl(DW)) − ĉ′W| ≤ γ_{K+3}(|ĝ| + |D| + |ĉ′|)|W| (|D − (ĉ′ − ĝ)| ≤ u|ĉ′ − ĝ|,
+    two products of γ_K and a sum). Used when ``f`` has a sparse product (``f.sparse_multi``: Linear)
+    and D has at most ``SHARED_MAX_DENSITY`` non-zero entries."""
+    if getattr(f, "sparse_multi", None) is None or _is_zero(g) or _is_zero(dc) or len(shape) < 2:
+        return None
+    if tuple(g.shape) != tuple(shape) or tuple(dc.shape) != tuple(shape):
+        return None
+    diff = dc - g
+    if int(torch.count_nonzero(diff)) > SHARED_MAX_DENSITY * diff.numel():
+        return None
+    return diff
 
 
 _POINT_CHEAP = 2.0**-30  # at points, the remainder's cheap bound is kept when below this share of |o|
@@ -784,11 +815,21 @@ def _linear(nt: EnclosureNumbers, x: Any, weight: Any, bias: Any = None) -> Any:
             return list(torch.matmul(x, stacked_t).split([w.w0.shape[0]] * 2, -1))
         return _linear_multi(x, ws)
 
-    f.multi = multi  # type: ignore[attr-defined]
+    def sparse_multi(x: Tensor, ws: list[Tensor]) -> list[Tensor]:
+        # x mostly zero: one CSR product with [W0; ΔW]ᵀ (plain dot products, as the dense one)
+        assert len(ws) == 2 and ws[0] is w.w0 and ws[1] is w.dw
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta state"
+            out = torch.matmul(x.reshape(-1, x.shape[-1]).to_sparse_csr(), stacked_t)
+        return list(out.reshape(*x.shape[:-1], -1).split([w.w0.shape[0]] * 2, -1))
 
     def rounding(mags: Tensor) -> Tensor:
         # Σ_k M_k |W|_jk ≤ max_k M_k · Σ_k |W|_jk
         return mags.amax(-1, keepdim=True) * wsum
+
+    f.multi = multi  # type: ignore[attr-defined]
+    if w.w0.dim() == 2:
+        f.sparse_multi = sparse_multi  # type: ignore[attr-defined]
 
     def norms(m: Tensor, h: Tensor, nd: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         b = _matrix_norms(weight)
