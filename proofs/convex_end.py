@@ -99,11 +99,12 @@ def certified_ends_are_non_increasing() -> bool:
         data = mt.Dataset(xs, ys, "mse", "t")
         problem = prepare(mt.make_line(model, init, final, dtype=torch.float64), data, BNPolicy.FROZEN)
         star = 1.0
-        for _ in range(30):  # Newton for the line minimum
-            lo, hi = enclose(problem, [star], [star])[0][0]
+        for _ in range(30):  # Newton for the line minimum; L′(α*) = L̃′(1)/α* on the line from θ0 to θ(α*)
+            ahead = {k_: init[k_] + star * (final[k_] - init[k_]) for k_ in init}
+            lo, hi = enclose(prepare(mt.make_line(model, init, ahead, dtype=torch.float64), data, BNPolicy.FROZEN), [1.0], [1.0])[0][0]
             h = 1e-4
             curv = (plain_loss(problem, star + h) - 2 * plain_loss(problem, star) + plain_loss(problem, star - h)) / h**2
-            star -= (lo + hi) / 2 / curv
+            star -= (lo + hi) / 2 / star / curv
         end = {k_: init[k_] + star * (1 - 1e-9) * (final[k_] - init[k_]) for k_ in init}
         line = mt.make_line(model, init, end, dtype=torch.float64)
         verdict = decide_by_enclosures(line, data, tol=0.0)

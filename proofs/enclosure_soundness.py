@@ -109,7 +109,14 @@ function v on the cell is (ĉ, ĝ, e) with |v(m + t) − ĉ − ĝt| ≤ e for a
    it accompanies: γ_K Σ|a_i b_i| for a dot product of length K (Higham, Accuracy and Stability of
    Numerical Algorithms, Thm 3.1 / Lemma 3.1, valid for every summation order, with or without
    FMA), relative u for each of the few scalar operations, u|Δ| for Δ = fl(θT − θ0), and is itself
-   inflated by (1 + 2⁻⁴⁸) + 2⁻¹⁰⁰⁰ for its own rounding and underflow. Library functions (exp, log1p,
+   inflated by (1 + 2⁻⁴⁸) + 2⁻¹⁰⁰⁰ for its own rounding and underflow. That absolute 2⁻¹⁰⁰⁰ covers
+   what a remainder's own operations lose to underflow (< 2⁻¹⁰²² each, flushed or gradual), but not a
+   loss that is multiplied by a large factor before it: so every upper bound that is formed and then
+   multiplied inside the same rule (the magnitudes |ĉ| + |ĝ|h + e that scale rounding allowances,
+   the per-cell |W(α)|, a float64 product of non-negative matrices) carries its own absolute
+   2⁻¹⁰²⁰ (K·2⁻¹⁰²⁰ for a product of length K). Cells are [m − h, m + h] ⊇ [a, b] with
+   0 ≤ a ≤ b ≤ 1 (so |m| ≤ 1, which the allowances assume; h rounded up where (b − a)/2 is not a
+   float). Library functions (exp, log1p,
    tanh, erf, erfc) are assumed accurate to 2⁻⁴⁴ relative to max(|value|, the function's scale):
    a margin of 2⁸ over the worst bound documented by glibc (≤ 4 ulp) or SLEEF (≤ 1 ulp). That is the
    one assumption here; tests/test_enclosures.py checks enclosures against 60-digit mpmath.
@@ -125,7 +132,8 @@ function v on the cell is (ĉ, ĝ, e) with |v(m + t) − ĉ − ĝt| ≤ e for a
    then computes fl(ĉ·W̃ᵀ) with W̃ = fl(W0 + fl(mΔ)), |m| ≤ 1: |W̃ − W(m)| ≤ (2u + u²)(|W0| + |Δ|)
    entrywise, and the computed product is within γ_K|ĉ||W̃| of ĉW̃, so within
    (γ_K(1 + 3u) + 3u)·|ĉ|(|W0| + |Δ|) ≤ 2γ_{K+16}·max_k|ĉ_k|·Σ_k(|W0| + |Δ|)_jk of ĉ·W(m), the
-   allowance every cell adds. The remainder W(m)δ, |δ| ≤ e, is at most Σ_k e_k|W(m)_jk| ≤
+   allowance every cell adds; where fl(mΔ) or the sum underflows, |W̃ − W(m)| gains less than
+   2·2⁻¹⁰²² per entry, K·max_k|ĉ_k|·2⁻¹⁰²⁰ in all. The remainder W(m)δ, |δ| ≤ e, is at most Σ_k e_k|W(m)_jk| ≤
    max_k e_k·Σ_k(|W0| + |Δ|)_jk (no product), used when that is below 2⁻³⁰ of the output's
    size, else the product (|W_m|)e of rule 2.
 

@@ -7,6 +7,7 @@ the cell width; they are checked against an independent float64 evaluation of L 
 
 from __future__ import annotations
 
+import math
 import pytest
 import torch
 from hypothesis import given, settings
@@ -59,7 +60,7 @@ def test_cell_integrals_bound_the_measured_loss(act, loss, seed, width, where):
     model, a, b, data = _case(act, loss, seed % 7)
     line = make_line(model, a, b, dtype=torch.float64)
     prob = prepare(line, data, BNPolicy.FROZEN)
-    lo_a = min(where, 1 - width)
+    lo_a = min(math.floor(where * 2.0**40) * 2.0**-40, 1 - width)  # dyadic ends, as every partition's
     cells = [(lo_a, lo_a + width), (0.0, 0.5), (0.5, 1.0)]
     _, _, shares = enclose_cells(prob, [c[0] for c in cells], [c[1] for c in cells])
     for (ca, cb), (low, up, high) in zip(cells, shares):

@@ -162,12 +162,14 @@ def _stationary(model, init, final, data) -> float | None:
     problem = prepare(mt.make_line(model, init, final, dtype=torch.float64), data, BNPolicy.FROZEN)
     a = 1.0
     for _ in range(40):
-        lo, hi = enclose(problem, [a], [a])[0][0]
+        # L′(a) = L̃′(1)/a on the line from θ0 to θ(a) (enclosures take cells in [0, 1] only)
+        rescaled = prepare(mt.make_line(model, init, _along(init, final, a), dtype=torch.float64), data, BNPolicy.FROZEN)
+        lo, hi = enclose(rescaled, [1.0], [1.0])[0][0]
         h = 1e-4
         curv = (plain_loss(problem, a + h) - 2 * plain_loss(problem, a) + plain_loss(problem, a - h)) / h**2
         if not (math.isfinite(curv) and curv > 0):
             return None
-        a -= (lo + hi) / 2 / curv
+        a -= (lo + hi) / 2 / a / curv
     return a
 
 

@@ -80,7 +80,7 @@ from torch import Tensor, nn
 from torch.fx import GraphModule, Node
 from torch.nn import functional as F
 
-from .enclosures import (_TINY, U, Enclosure, EnclosureNumbers, Kink, Param, Source, _along_cells, _l2, _matrix_norms, _string_padding, _up,
+from .enclosures import (_TINY, _UNDER, U, Enclosure, EnclosureNumbers, Kink, Param, Source, _along_cells, _l2, _matrix_norms, _string_padding, _up,
                          abs_per_cell, broadcast_shape, gamma, memo_up32, upper_matmul, use_float32, _MIN32, _U32)
 
 _RELU_MODULES = (nn.ReLU, nn.LeakyReLU)
@@ -268,8 +268,10 @@ class _Cot:
         return _Cot(self.c.expand(full).reshape(shape), self.s.expand(full).reshape(shape), self.r.expand(full).reshape(shape), n)
 
     def magnitude(self, h: Tensor) -> Tensor:
-        """An upper bound of |g| on the cell (before the rounding of this sum)."""
-        return self.c.abs() + self.s.abs() * h + self.r
+        """An upper bound of |g| on the cell (before the rounding of this sum; what |s|·h loses to
+        underflow is covered by an absolute 2⁻¹⁰²⁰, since callers multiply the bound by weights and
+        remainders that may be large)."""
+        return self.c.abs() + self.s.abs() * h + (self.r + _UNDER)
 
 
 def kink_bound(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]], output: Node, cot: tuple[Tensor, Tensor, Tensor],

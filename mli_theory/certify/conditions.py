@@ -35,7 +35,7 @@ from ..exact.conditions import HALF_PI_BELOW, _cos_lower, _envelope
 from ..exact.dyadic import float_down, float_up
 from .convexity import _interval, _outward, _tm_interval
 from .enclosures import U, _imul, broadcast_shape, gamma
-from .partition import _NoSecond, _Problem, enclose, enclose_second, loss_second_terms, second_walks
+from .partition import _NoSecond, _Problem, cell_numbers, enclose, enclose_second, loss_second_terms, second_walks
 
 PIECES = 16  # each grid interval's bounds of L″ are tried on 1, 2, 4, … up to this many equal pieces
 BATCH = 16  # cells per enclosure walk
@@ -145,7 +145,7 @@ def _tube(problem: _Problem, k: int, deadline: float | None, *, pairs: bool) -> 
     a = [j / k for j in range(k)] + [1.0]
     b = [(j + 1) / k for j in range(k)] + [1.0]
     dev = problem.x.device
-    rad = torch.tensor([(bi - ai) / 2 for ai, bi in zip(a, b)], dtype=torch.float64, device=dev)
+    rad = cell_numbers(a, b, dev)[1]
     # Σ lo of L″ terms, their magnitude, Σ sup z″², Σ inf z′², Σ sup z′², Σ hi of z′r, its magnitude,
     # Σ lo of z″r, its magnitude
     acc = torch.zeros(k, 9, dtype=torch.float64, device=dev)

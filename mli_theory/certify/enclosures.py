@@ -98,6 +98,9 @@ from torch.nn import functional as F
 U = 2.0**-53
 _SLACK = 2.0**-48  # relative inflation of every computed remainder (≥ 32 roundings)
 _TINY = 2.0**-1000  # absolute inflation (underflow)
+# what a few float64 operations can lose to underflow, flushed (< 2⁻¹⁰²² each) or gradual (≤ 2⁻¹⁰⁷⁵):
+# added to an upper bound that is multiplied by something large before _TINY would cover it
+_UNDER = 2.0**-1020
 _LIB = 2.0**-44  # assumed accuracy of library elementwise functions (see module docstring)
 
 
@@ -223,7 +226,9 @@ def upper_matmul(a: Tensor, b: Tensor, b32: tuple[Tensor, float] | None = None) 
             g32 = k * _U32 / (1.0 - k * _U32)
             floor = 4.0 * k * _MIN32 * (1.0 + amax + bmax)
             return p.to(torch.float64) * ((1.0 + 2.0 * g32) * (1.0 + 2.0**-50)) + floor * 2.0
-    return torch.matmul(a, b) * (1.0 + 2.0 * gamma(k + 2))
+    # float64: each of the K products may also lose up to 2⁻¹⁰²² to underflow (the bound is then
+    # multiplied by remainders that may be large, so _TINY would not cover it)
+    return torch.matmul(a, b) * (1.0 + 2.0 * gamma(k + 2)) + k * _UNDER
 
 
 def _add0(a: Tensor, b: Tensor) -> Tensor:
@@ -384,8 +389,10 @@ class TM:
     n: Tensor | None = None
 
     def magnitude(self, h: Tensor) -> Tensor:
-        """An upper bound of |v| on the cell (up to rounding of this sum, which callers inflate)."""
-        return self.c.abs() + self.g.abs() * h + self.e
+        """An upper bound of |v| on the cell (up to rounding of this sum, which callers inflate; what
+        |ĝ|·h loses to underflow is covered by an absolute 2⁻¹⁰²⁰, since callers multiply the bound by
+        weights that may be large)."""
+        return self.c.abs() + self.g.abs() * h + (self.e + _UNDER)
 
     def bounds(self, h: Tensor) -> tuple[Tensor, Tensor]:
         """Rigorous [lower, upper] of v on each cell."""
@@ -716,9 +723,10 @@ def _affine_at_points(nt: EnclosureNumbers, v: TM, w: Param, b: Param | None, k_
     cell needs four (ĉ and ĝ times W0 and ΔW). Rounding: |W̃ − W(m)| ≤ (2u + u²)(|W0| + |ΔW|) and
     |fl(f(ĉ, W̃)) − f(ĉ, W̃)| ≤ γ_K f(|ĉ|, |W̃|), so the error is at most
     (γ_K(1 + 3u) + 3u)·f(|ĉ|, |W0| + |ΔW|) ≤ 2γ_{K+16}·``rounding``(|ĉ|), the allowance every cell
-    pays. The remainder f(δ, W(m)) is bounded by ``rounding``(e) ≥ f(e, |W0| + |ΔW|) ≥ f(e, |W(m)|)
-    (one pass over the entries, no product) when that is below 2⁻³⁰ of the output's size (points
-    carry rounding-sized remainders), else by the exact product ``abs_cellwise``.
+    pays, and what fl(mΔW) and the sum lose to underflow, |W̃ − W(m)| < 2·2⁻¹⁰²² absolutely, adds at
+    most K·max|ĉ|·2⁻¹⁰²¹. The remainder f(δ, W(m)) is bounded by ``rounding``(e) ≥ f(e, |W0| + |ΔW|)
+    ≥ f(e, |W(m)|) (one pass over the entries, no product) when that is below 2⁻³⁰ of the output's
+    size (points carry rounding-sized remainders), else by the exact product ``abs_cellwise``.
     """
     shape = v.c.shape
     nd = len(shape) - 1
@@ -729,6 +737,7 @@ def _affine_at_points(nt: EnclosureNumbers, v: TM, w: Param, b: Param | None, k_
     if abs_cellwise is not None and not float(e_v.max()) <= _POINT_CHEAP * (float(c.abs().max()) + 1.0):
         e_v = abs_cellwise(e_in, nt.m(nd), nt.h(nd))[0]
     extra_v = rounding(v.magnitude(nt.h(nd)).expand(shape).unsqueeze(0))[0] * g2
+    extra_v = extra_v + k_len * _UNDER * float(v.c.abs().max()) if v.c.numel() else extra_v  # W̃'s underflow
     if norms is not None:
         s_w, r_w, _, _ = norms(nt.m(nd), nt.h(nd), nd)
         nv = _norm_of(v, shape[-1])
@@ -775,14 +784,16 @@ def _linear_multi(x: Tensor, ws: list[Tensor]) -> list[Tensor]:
 
 def abs_per_cell(nt: EnclosureNumbers, key: object, w: Param) -> Tensor:
     """(C, *W.shape): an entrywise upper bound of |W(α)| on each cell, |W0 + mΔW| + h|ΔW| plus
-    4u(|W0| + |ΔW|), which covers the rounding of fl(W0 + mΔW) (|m| ≤ 1) and of this sum;
-    memoised per batch of cells under ``key``."""
+    4u(|W0| + |ΔW|) + 2⁻¹⁰²⁰, which covers the rounding of fl(W0 + mΔW) (|m| ≤ 1) and of this sum,
+    underflow included; memoised per batch of cells under ``key``."""
 
     def make() -> Tensor:
         view = (-1, *([1] * w.w0.dim()))
         mc, hc = nt.mid.reshape(view), nt.rad.reshape(view)
         wmag = w.w0.abs() + w.dw.abs()
-        return (w.w0 + mc * w.dw).abs() + hc * w.dw.abs() + wmag * (4 * U)
+        # _UNDER: what fl(m·ΔW), h·|ΔW| and the 4u term lose to underflow (the bound multiplies
+        # remainders that may be large)
+        return (w.w0 + mc * w.dw).abs() + hc * w.dw.abs() + (wmag * (4 * U) + _UNDER)
 
     return nt.memo(key, "abs-per-cell", make)
 
@@ -996,8 +1007,8 @@ def _product(a: TM, b: TM, h: Tensor, *, norm_of_b: bool = False) -> TM:
     g = _add0(_mul0(a.c, b.g), _mul0(a.g, b.c))
     # each absolute value once (|x·y| = |x|·|y| exactly in floating point)
     ac, ag, bc, bg = a.c.abs(), a.g.abs(), b.c.abs(), b.g.abs()
-    ma = ac + ag * h
-    mb = bc + bg * h
+    ma = ac + (ag * h + _UNDER)  # _UNDER: what ag·h loses to underflow (ma multiplies b.e)
+    mb = bc + (bg * h + _UNDER)
     rest = a.e * (mb + b.e)
     if not _is_zero(gg):
         rest = rest + hh * (ag * bg)

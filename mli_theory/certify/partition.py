@@ -657,6 +657,27 @@ def _chunk_terms(problem: _Problem, numbers: EnclosureNumbers, params: dict[str,
     return dl, lo_l, hi_l, kb
 
 
+def cell_numbers(a: list[float], b: list[float], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(m, h), float64 tensors of the cells' midpoints and radii with [m − h, m + h] ⊇ [a, b] exactly:
+    m = fl((a + b)/2) and h the radius about it rounded up (exact for dyadic cells, as the
+    bisection's; outward by an ulp for others, e.g. [0.2, 0.45]).
+
+    Raises:
+        ValueError: a cell outside [0, 1], or with a > b (the rules' rounding arguments assume |m| ≤ 1:
+            enclose a longer line by rescaling it, e.g. the line from θ0 to θ(a) at α = 1).
+    """
+    mids, rads = [], []
+    for ai, bi in zip(a, b):
+        if not (0.0 <= ai <= bi <= 1.0):
+            raise ValueError(f"cells must lie in [0, 1] (a ≤ b); got [{ai!r}, {bi!r}]")
+        m = (ai + bi) / 2
+        h = max(Fraction(bi) - Fraction(m), Fraction(m) - Fraction(ai))
+        hf = float(h)
+        mids.append(m)
+        rads.append(hf if Fraction(hf) >= h else math.nextafter(hf, math.inf))
+    return (torch.tensor(mids, dtype=torch.float64, device=device), torch.tensor(rads, dtype=torch.float64, device=device))
+
+
 def enclose(problem: _Problem, a: list[float], b: list[float], deadline: float | None = None) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
     """Proven bounds of L′ and of L on each cell [a_i, b_i]: ([(lo, hi) of L′], [(lo, hi) of L])."""
     d, l, _ = enclose_cells(problem, a, b, deadline)
@@ -683,8 +704,7 @@ def enclose_cells(problem: _Problem, a: list[float], b: list[float], deadline: f
     the cell, from the enclosure's Taylor form (see :class:`CellBound`). ``values_only``: the bounds
     of L alone (those of L′ and its integrals are then infinite; see :func:`enclose_values`)."""
     dev = problem.x.device
-    mid = torch.tensor([(ai + bi) / 2 for ai, bi in zip(a, b)], dtype=torch.float64, device=dev)
-    rad = torch.tensor([(bi - ai) / 2 for ai, bi in zip(a, b)], dtype=torch.float64, device=dev)
+    mid, rad = cell_numbers(a, b, dev)
     numbers = EnclosureNumbers(mid, rad)
     numbers.values_only = values_only
     numbers.points = values_only and not bool((rad > 0).any()) and not bool((mid.abs() > 1).any())
@@ -770,8 +790,7 @@ def second_walks(problem: _Problem, a: list[float], b: list[float], deadline: fl
         _NoSecond: an operation without a second-derivative rule.
     """
     dev = problem.x.device
-    mid = torch.tensor([(ai + bi) / 2 for ai, bi in zip(a, b)], dtype=torch.float64, device=dev)
-    rad = torch.tensor([(bi - ai) / 2 for ai, bi in zip(a, b)], dtype=torch.float64, device=dev)
+    mid, rad = cell_numbers(a, b, dev)
     params = problem.params
     if problem.statistics:
         check_deadline(deadline)
@@ -809,7 +828,7 @@ def enclose_second(problem: _Problem, a: list[float], b: list[float], deadline: 
     kink or an overflow leaves L″ unbounded). None when the model has an operation without a
     second-derivative rule."""
     dev = problem.x.device
-    rad = torch.tensor([(bi - ai) / 2 for ai, bi in zip(a, b)], dtype=torch.float64, device=dev)
+    rad = cell_numbers(a, b, dev)[1]
     acc = torch.zeros(len(a), 3, dtype=torch.float64, device=dev)
     count = chunks = 0
     n = problem.x.shape[0]
