@@ -319,6 +319,21 @@ def test_upper_matmul_stays_in_float64_unless_float32_is_plain_ieee():
         torch.set_float32_matmul_precision(saved)
 
 
+@pytest.mark.parametrize("name, value, device, ieee", [
+    ("ONEDNN_DEFAULT_FPMATH_MODE", "BF16", "cpu", False), ("ONEDNN_DEFAULT_FPMATH_MODE", "any", "cpu", False),
+    ("ONEDNN_DEFAULT_FPMATH_MODE", "STRICT", "cpu", True), ("CUBLAS_EMULATE_SINGLE_PRECISION", "1", "cuda", False),
+    ("CUBLAS_EMULATE_SINGLE_PRECISION", "1", "cpu", True),
+])
+def test_float32_products_stay_off_when_the_environment_lowers_their_precision(name, value, device, ieee, monkeypatch):
+    """oneDNN and cuBLAS read these variables to compute float32 products in bf16/tf32 or by
+    emulation: float32 is then not plain IEEE and every product stays in float64."""
+    from mli_theory.certify.enclosures import _float32_is_ieee
+
+    monkeypatch.setenv(name, value)
+    assert not torch.backends.cuda.matmul.allow_tf32  # the default: only the variable decides here
+    assert _float32_is_ieee(torch.device(device)) is ieee
+
+
 @pytest.mark.parametrize("fast, g_scale, w_scale, shared", [
     (False, 1.0, 1.0, False), (True, 1.0, 1.0, False), (False, 1.0, 1.0, True), (True, 1.0, 1.0, True),
     # float32's subnormals and below, and past its range (float32 remainder products)

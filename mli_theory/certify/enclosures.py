@@ -87,6 +87,7 @@ from __future__ import annotations
 import contextlib
 import math
 import operator
+import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -169,9 +170,15 @@ UPPER32_MIN_K = 64  # products shorter than this stay in float64 (the conversion
 
 
 def _float32_is_ieee(device: torch.device) -> bool:
-    """Whether float32 matmuls on ``device`` are plain IEEE single precision now (no TF32 or bf16)."""
+    """Whether float32 matmuls on ``device`` are plain IEEE single precision now (no TF32 or bf16):
+    torch's precision switches, and the environment variables by which oneDNN (CPU) and cuBLAS
+    (CUDA) may be told to compute float32 products in lower precision or by emulation."""
     try:
         if torch.get_float32_matmul_precision() != "highest":
+            return False
+        if os.environ.get("ONEDNN_DEFAULT_FPMATH_MODE", "strict").strip().lower() not in ("", "strict"):
+            return False
+        if torch.device(device).type == "cuda" and os.environ.get("CUBLAS_EMULATE_SINGLE_PRECISION", "0").strip() not in ("", "0"):
             return False
         be = torch.backends
         mk = getattr(be, "mkldnn", None)
