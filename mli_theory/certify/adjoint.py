@@ -268,10 +268,9 @@ class _Cot:
         return _Cot(self.c.expand(full).reshape(shape), self.s.expand(full).reshape(shape), self.r.expand(full).reshape(shape), n)
 
     def magnitude(self, h: Tensor) -> Tensor:
-        """An upper bound of |g| on the cell (before the rounding of this sum; what |s|·h loses to
-        underflow is covered by an absolute 2⁻¹⁰²⁰, since callers multiply the bound by weights and
-        remainders that may be large)."""
-        return self.c.abs() + self.s.abs() * h + (self.r + _UNDER)
+        """An upper bound of |g| on the cell (before the rounding of this sum, and what |s|·h loses to
+        underflow, < 2⁻¹⁰²², which callers add where they multiply the bound by something large)."""
+        return self.c.abs() + self.s.abs() * h + self.r
 
 
 def kink_bound(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]], output: Node, cot: tuple[Tensor, Tensor, Tensor],
@@ -329,7 +328,7 @@ def kink_bound(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]
                 raise RuntimeError(f"no kink record for {node.name}")
             hh = nt.h(g.c.dim() - 1)
             if kink.idx[0].numel():
-                mag = (g.magnitude(hh) * (1 + 4 * U)).expand(kink.pos.shape)[kink.idx]
+                mag = (g.magnitude(hh) * (1 + 4 * U)).expand(kink.pos.shape)[kink.idx] + _UNDER  # underflow: see magnitude
                 total = total.index_add(0, kink.idx[0], mag * kink.w)
                 count += int(kink.idx[0].numel())
             if wants(args[0]):
@@ -389,7 +388,7 @@ def _source_bound(nt: EnclosureNumbers, g: _Cot, src: Source, weight: Any, conv:
     their length), the products with e and the sum of N terms (γ_{N+2}) — one factor 1 + 2γ_{K+N+4}."""
     w = weight if isinstance(weight, Param) else Param(weight, torch.zeros_like(weight))
     cells = nt.mid.shape[0]
-    mag = g.magnitude(nt.h(g.c.dim() - 1)) * (1 + 4 * U)
+    mag = g.magnitude(nt.h(g.c.dim() - 1)) * (1 + 4 * U) + _UNDER  # underflow: see _Cot.magnitude
     adw = nt.memo(weight, "abs-dw", lambda: w.dw.abs())
     if conv is None:
         k_len = w.w0.shape[0]

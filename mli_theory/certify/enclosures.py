@@ -396,10 +396,10 @@ class TM:
     n: Tensor | None = None
 
     def magnitude(self, h: Tensor) -> Tensor:
-        """An upper bound of |v| on the cell (up to rounding of this sum, which callers inflate; what
-        |ĝ|·h loses to underflow is covered by an absolute 2⁻¹⁰²⁰, since callers multiply the bound by
-        weights that may be large)."""
-        return self.c.abs() + self.g.abs() * h + (self.e + _UNDER)
+        """An upper bound of |v| on the cell (up to the rounding of this sum, which callers inflate, and
+        what |ĝ|·h loses to underflow, < 2⁻¹⁰²², which callers add where they multiply the bound by
+        weights that may be large: the rules' ``rounding``)."""
+        return self.c.abs() + self.g.abs() * h + self.e
 
     def bounds(self, h: Tensor) -> tuple[Tensor, Tensor]:
         """Rigorous [lower, upper] of v on each cell."""
@@ -648,7 +648,7 @@ def _affine_layer(
             e_x_dw = av1
 
     def _rho(t: Tensor) -> Tensor:
-        return (rounding(t.unsqueeze(0))[0] if rounding is not None else f(t, w_mag)) * g2
+        return (rounding(t.unsqueeze(0))[0] if rounding is not None else f(t + _UNDER, w_mag)) * g2
 
     rho_v = _rho(v.magnitude(h).expand(shape))
     if norms is not None:
@@ -710,6 +710,9 @@ def _shared_difference(f: Callable, g: Tensor, dc: Tensor, shape: torch.Size) ->
     if getattr(f, "sparse_multi", None) is None or _is_zero(g) or _is_zero(dc) or len(shape) < 2:
         return None
     if tuple(g.shape) != tuple(shape) or tuple(dc.shape) != tuple(shape):
+        return None
+    probe = min(g.numel(), 4096)  # a first look at a few entries: layers where they differ everywhere pay no more
+    if int(torch.count_nonzero(dc.reshape(-1)[:probe] != g.reshape(-1)[:probe])) > 2 * SHARED_MAX_DENSITY * probe:
         return None
     diff = dc - g
     if int(torch.count_nonzero(diff)) > SHARED_MAX_DENSITY * diff.numel():
@@ -842,8 +845,8 @@ def _linear(nt: EnclosureNumbers, x: Any, weight: Any, bias: Any = None) -> Any:
         return list(out.reshape(*x.shape[:-1], -1).split([w.w0.shape[0]] * 2, -1))
 
     def rounding(mags: Tensor) -> Tensor:
-        # Σ_k M_k |W|_jk ≤ max_k M_k · Σ_k |W|_jk
-        return mags.amax(-1, keepdim=True) * wsum
+        # Σ_k M_k |W|_jk ≤ max_k M_k · Σ_k |W|_jk; _UNDER: what a magnitude lost to underflow
+        return (mags.amax(-1, keepdim=True) + _UNDER) * wsum
 
     f.multi = multi  # type: ignore[attr-defined]
     if w.w0.dim() == 2:
@@ -980,7 +983,7 @@ def _conv_module(nt: EnclosureNumbers, mod: nn.Module, p: dict, x: Any) -> Any:
 
     def rounding(mags: Tensor) -> Tensor:
         # Σ over a receptive field of M·|W| ≤ max over the example's input of M · Σ|W| per output channel
-        top = mags.flatten(-(ndim + 1)).amax(-1)  # (…, ) per example
+        top = mags.flatten(-(ndim + 1)).amax(-1) + _UNDER  # (…, ) per example; _UNDER as for Linear
         return top.reshape(*top.shape, 1, *([1] * ndim)) * wsum
 
     abs_cellwise = None
