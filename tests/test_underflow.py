@@ -1,7 +1,9 @@
-"""Underflow amplified before the final absolute inflation can cover it (an adversarial review's
-counterexamples, each one rule or one walk): a bound computed in float64 that loses up to 2⁻¹⁰²² to
-underflow and is then multiplied by a large weight or remainder inside the same rule. Each case
-failed before the absolute term ``_UNDER`` (2⁻¹⁰²⁰) was added where the bound is formed."""
+"""Rounding and underflow corner cases found by adversarial reviews, each one rule or one walk.
+
+Mostly underflow amplified before the final absolute inflation can cover it: a bound computed in
+float64 that loses up to 2⁻¹⁰²² to underflow and is then multiplied by a large weight or remainder
+inside the same rule (each case failed before the absolute term ``_UNDER`` = 2⁻¹⁰²⁰ was added where
+the bound is formed); and averages whose own rounding was not covered."""
 
 from fractions import Fraction as F
 
@@ -98,3 +100,55 @@ def test_a_cell_is_enclosed_as_an_interval_that_contains_it(a, b):
     m, h = F(mid.item()), F(rad.item())
     assert m - h <= F(a) and F(b) <= m + h
     assert h - (F(b) - F(a)) / 2 <= F(2.0**-52)  # outward by at most an ulp or so
+
+
+@pytest.mark.parametrize("k, side, adaptive", [(8, 8, False), (16, 16, False), (12, 12, False), (16, 32, True)])
+def test_average_pooling_covers_the_rounding_of_the_averaged_remainder(k, side, adaptive):
+    """An average of remainders is itself a computed sum (a window summed term by term can lose
+    (k − 1)u): the pooled remainder must still be at least the exact average of the inputs'."""
+    e = torch.full((1, 1, 1, side, side), 0.99 * 2.0**-53, dtype=D)  # (cells, batch, channel, H, W)
+    e[..., 0, 0] = 1.0
+    z = torch.zeros_like(e)
+    x = E.Enclosure(E.TM(z, E._zero(z), e), E.TM(z.clone(), E._zero(z), e.clone()))
+    nt = E.EnclosureNumbers(torch.tensor([0.5], dtype=D), torch.tensor([0.5], dtype=D))
+    mod = nn.AdaptiveAvgPool2d(side // k) if adaptive else nn.AvgPool2d(k)
+    out = E._avg_pool_module(nt, mod, {}, x)
+    exact = sum(F(v) for v in e[0, 0, 0, :k, :k].reshape(-1).tolist()) / (k * k)
+    assert F(float(out.v.e.reshape(-1)[0])) >= exact
+
+
+def test_means_over_several_axes_cover_the_rounding_of_the_averaged_remainder():
+    """The same for the mean over (channel, H, W) that the re-estimated BatchNorm statistics use."""
+    e = torch.full((1, 100, 3, 5, 5), 0.99 * 2.0**-53, dtype=D)
+    e[0, 0, 0, 0, 0] = 1.0
+    z = torch.zeros_like(e)
+    x = E.Enclosure(E.TM(z, E._zero(z), e), E.TM(z.clone(), E._zero(z), e.clone()))
+    out = E._mean_over(x, (1, 3, 4))
+    exact = sum(F(v) for v in e[0, :, 0].reshape(-1).tolist()) / (100 * 25)
+    assert F(float(out.v.e.reshape(-1)[0])) >= exact
+
+
+def test_the_convolutional_source_bound_covers_underflow():
+    """|ΔW|ᵀ·sup|g| through a transposed convolution underflows (|g| below 2⁻¹⁰²⁰, ΔW = 2⁻⁸⁰) and is
+    then multiplied by the deferred input remainder 2⁵⁰⁰."""
+    mod = nn.Conv2d(1, 1, 3, padding=1, bias=False).double()
+    w = E.Param(torch.ones(1, 1, 3, 3, dtype=D), torch.full((1, 1, 3, 3), 2.0**-80, dtype=D))
+    nt = E.EnclosureNumbers(torch.tensor([0.5], dtype=D), torch.tensor([2.0**-10], dtype=D))
+    z = torch.zeros(1, 1, 1, 4, 4, dtype=D)
+    got = A._source_bound(nt, A._Cot(z, z.clone(), z.clone()), E.Source(torch.full((1, 1, 1, 4, 4), 2.0**500, dtype=D)), w,
+                          (mod, torch.Size((1, 1, 4, 4))))
+    neighbours = sum(sum(1 for di in (-1, 0, 1) for dj in (-1, 0, 1) if 0 <= i + di < 4 and 0 <= j + dj < 4) for i in range(4) for j in range(4))
+    # sup|g| may be up to 2⁻¹⁰²¹ (what |s|·h lost to underflow, below the allowance the rule adds)
+    assert F(float(got[0])) >= neighbours * F(2) ** -1021 * F(2) ** -80 * F(2) ** 500
+
+
+def test_second_order_averages_cover_the_rounding_of_the_averaged_radius():
+    """The same for the second-order numbers' average pooling (:func:`convexity._averaged`)."""
+    from torch.nn import functional as Fn
+
+    from mli_theory.certify import convexity as C
+
+    rad = torch.full((1, 1, 1, 16, 16), 0.99 * 2.0**-53, dtype=D)
+    rad[..., 0, 0] = 1.0
+    _, r = C._pool(C.Curved(None, torch.zeros_like(rad), rad), lambda t: Fn.avg_pool2d(t, 16), 256)
+    assert F(float(r.reshape(-1)[0])) >= sum(F(v) for v in rad.reshape(-1).tolist()) / 256

@@ -399,6 +399,7 @@ def _source_bound(nt: EnclosureNumbers, g: _Cot, src: Source, weight: Any, conv:
         k_len = int(w.w0.shape[0] * w.w0.shape[2] * w.w0.shape[3])
         full = broadcast_shape(mag.shape, (cells,) + mag.shape[1:])
         back = transposed_conv2d(mag.expand(full), adw, stride, padding, dilation, tuple(in_shape[-2:]))
+        back = back + k_len * _UNDER  # what its products lose to underflow (then multiplied by e)
     full = broadcast_shape(back.shape, src.e.shape, (cells,) + back.shape[1:])
     terms = back.expand(full) * src.e.expand(full)
     n = terms[0].numel()

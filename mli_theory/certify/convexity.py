@@ -384,7 +384,7 @@ def _moved_module(nt: EnclosureNumbers, out: Enclosure, mod: nn.Module, p: dict,
 def _averaged(x: Curved, pool: Callable[[Tensor], Tensor], k: int) -> tuple[Tensor, Tensor]:
     """A map with non-negative weights summing to at most 1 (means, average pooling)."""
     mid = pool(x.mid)
-    return mid, _up(pool(x.rad) + pool(x.mid.abs()) * (2.0 * gamma(k + 4)))
+    return mid, _up(pool(x.rad) + pool(x.mid.abs() + x.rad) * (2.0 * gamma(k + 4)))  # rad: its own average's rounding
 
 
 def _mean2(nt: EnclosureNumbers, out: Enclosure, x: Any, dim: Any = None, keepdim: bool = False, *, dtype: Any = None) -> Any:

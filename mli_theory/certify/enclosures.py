@@ -1545,7 +1545,8 @@ def _mean_over(x: Enclosure, cdims: tuple[int, ...]) -> Enclosure:
 
     def tm(a: TM) -> TM:
         mean = lambda t: t.mean(cdims, keepdim=True)  # noqa: E731
-        mag = mean(a.c.abs() + (0.0 if _is_zero(a.g) else a.g.abs()))
+        # the averaged remainder is itself a computed mean: its rounding is in the magnitude too
+        mag = mean(a.c.abs() + (0.0 if _is_zero(a.g) else a.g.abs()) + a.e)
         return TM(mean(a.c), a.g if _is_zero(a.g) else mean(a.g), _up((a.e if _is_zero(a.e) else mean(a.e)) + mag * g2))
 
     return Enclosure(tm(full.v), tm(full.d))
@@ -1748,7 +1749,8 @@ def _mean(nt: EnclosureNumbers, x: Any, dim: Any = None, keepdim: bool = False, 
 
     def tm(a: TM) -> TM:
         mean = lambda t: t.mean(cdims, keepdim=keepdim)  # noqa: E731
-        mag = mean(a.c.abs() + (0.0 if _is_zero(a.g) else a.g.abs()))
+        # the averaged remainder is itself a computed mean: its rounding is in the magnitude too
+        mag = mean(a.c.abs() + (0.0 if _is_zero(a.g) else a.g.abs()) + a.e)
         return TM(mean(a.c), a.g if _is_zero(a.g) else mean(a.g), _up((a.e if _is_zero(a.e) else mean(a.e)) + mag * g2))
 
     return Enclosure(tm(full.v), tm(full.d))
@@ -1788,7 +1790,7 @@ def _linear_average(nt: EnclosureNumbers, x: Enclosure, pool: Callable[[Tensor],
     g2 = gamma(k + 4) * 2.0
 
     def tm(a: TM) -> TM:
-        mag = ap(a.c.abs() + a.g.abs())
+        mag = ap(a.c.abs() + a.g.abs() + a.e)  # e too: ap(e) is a computed average (rounding ≤ γ_k)
         return TM(ap(a.c), a.g if _is_zero(a.g) else ap(a.g), _up(ap(a.e) + mag * g2))
 
     del nd
