@@ -747,7 +747,8 @@ def _affine_at_points(nt: EnclosureNumbers, v: TM, w: Param, b: Param | None, k_
     if abs_cellwise is not None and not float(e_v.max()) <= _POINT_CHEAP * (float(c.abs().max()) + 1.0):
         e_v = abs_cellwise(e_in, nt.m(nd), nt.h(nd))[0]
     extra_v = rounding(v.magnitude(nt.h(nd)).expand(shape).unsqueeze(0))[0] * g2
-    extra_v = extra_v + k_len * _UNDER * float(v.c.abs().max()) if v.c.numel() else extra_v  # W̃'s underflow
+    if v.c.numel():  # what W̃ = fl(W0 + fl(mΔW)) lost to underflow, times |ĉ| (see above)
+        extra_v = extra_v + k_len * _UNDER * float(v.c.abs().max())
     if norms is not None:
         s_w, r_w, _, _ = norms(nt.m(nd), nt.h(nd), nd)
         nv = _norm_of(v, shape[-1])
@@ -1540,14 +1541,19 @@ def _mean_over(x: Enclosure, cdims: tuple[int, ...]) -> Enclosure:
     size-1 axes. A mean of k terms in any summation order errs by at most γ_k·mean|·| (and the
     division by k by one more rounding); |t| ≤ h ≤ 1 bounds the ĝ part, as in :func:`_mean`."""
     full = _full(x)
-    k = int(math.prod(full.v.c.shape[d] for d in cdims))
+    return _averaged(full, lambda t: t.mean(cdims, keepdim=True), int(math.prod(full.v.c.shape[d] for d in cdims)))
+
+
+def _averaged(full: Enclosure, avg: Callable[[Tensor], Tensor], k: int) -> Enclosure:
+    """``avg`` (non-negative weights summing to 1 over k terms: a mean, an average pool) applied to
+    ĉ, ĝ and e of both Taylor models. Each computed average errs by at most γ_k·avg|·| in any
+    summation order (plus the division's rounding), the averaged remainder's own included, so
+    2γ_{k+4}·avg(|ĉ| + |ĝ| + e) covers them all (|t| ≤ h ≤ 1 for the ĝ part)."""
     g2 = gamma(k + 4) * 2.0
 
     def tm(a: TM) -> TM:
-        mean = lambda t: t.mean(cdims, keepdim=True)  # noqa: E731
-        # the averaged remainder is itself a computed mean: its rounding is in the magnitude too
-        mag = mean(a.c.abs() + (0.0 if _is_zero(a.g) else a.g.abs()) + a.e)
-        return TM(mean(a.c), a.g if _is_zero(a.g) else mean(a.g), _up((a.e if _is_zero(a.e) else mean(a.e)) + mag * g2))
+        mag = avg(a.c.abs() + (0.0 if _is_zero(a.g) else a.g.abs()) + a.e)
+        return TM(avg(a.c), a.g if _is_zero(a.g) else avg(a.g), _up((a.e if _is_zero(a.e) else avg(a.e)) + mag * g2))
 
     return Enclosure(tm(full.v), tm(full.d))
 
@@ -1743,17 +1749,7 @@ def _mean(nt: EnclosureNumbers, x: Any, dim: Any = None, keepdim: bool = False, 
     if not dims or 0 in dims:
         return NotImplemented  # averaging over examples (dim=[] is every axis) is not a per-example map
     cdims = tuple(d + 1 for d in dims)
-    k = int(math.prod(x.shape[d] for d in dims))
-    g2 = gamma(k + 4) * 2.0
-    full = _full(x)
-
-    def tm(a: TM) -> TM:
-        mean = lambda t: t.mean(cdims, keepdim=keepdim)  # noqa: E731
-        # the averaged remainder is itself a computed mean: its rounding is in the magnitude too
-        mag = mean(a.c.abs() + (0.0 if _is_zero(a.g) else a.g.abs()) + a.e)
-        return TM(mean(a.c), a.g if _is_zero(a.g) else mean(a.g), _up((a.e if _is_zero(a.e) else mean(a.e)) + mag * g2))
-
-    return Enclosure(tm(full.v), tm(full.d))
+    return _averaged(_full(x), lambda t: t.mean(cdims, keepdim=keepdim), int(math.prod(x.shape[d] for d in dims)))
 
 
 def _getattr(nt: EnclosureNumbers, x: Any, name: str) -> Any:
@@ -1779,22 +1775,13 @@ def _prod2(k: Any) -> int:
 def _linear_average(nt: EnclosureNumbers, x: Enclosure, pool: Callable[[Tensor], Tensor], nk: int | None) -> Enclosure:
     """An average (non-negative weights summing to 1): applied to ĉ, ĝ and e; rounding by γ."""
     full = _full(x)
-    nd = full.v.c.dim()
 
     def ap(t: Tensor) -> Tensor:
         s = t.shape
         y = pool(t.reshape(-1, *s[-3:]))
         return y.reshape(*s[:-3], *y.shape[-3:])
 
-    k = nk if nk is not None else int(math.prod(full.v.c.shape[-2:]))
-    g2 = gamma(k + 4) * 2.0
-
-    def tm(a: TM) -> TM:
-        mag = ap(a.c.abs() + a.g.abs() + a.e)  # e too: ap(e) is a computed average (rounding ≤ γ_k)
-        return TM(ap(a.c), a.g if _is_zero(a.g) else ap(a.g), _up(ap(a.e) + mag * g2))
-
-    del nd
-    return Enclosure(tm(full.v), tm(full.d))
+    return _averaged(full, ap, nk if nk is not None else int(math.prod(full.v.c.shape[-2:])))
 
 
 # ----------------------------------------------------------------------------- rule tables
