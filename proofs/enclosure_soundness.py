@@ -90,6 +90,11 @@ function v on the cell is (ĉ, ĝ, e) with |v(m + t) − ĉ − ĝt| ≤ e for a
    ρ(a + bt + σ) + (P + st)σ (step C), t² = h²/2 ± h²/2 (step B). The constant-box product
    (p in [p_lo, p_hi] on the whole cell) is sound as well; each entry keeps the narrower of the two.
    The label's term is 0 (u_y ≡ 0).
+   A second-order form of p, kept per entry where narrower (same centre): along the line
+   φ(t) = p_k(ū + ĝt), φ(t) = p_k(ū) + tJ(ū)ĝ + (t²/2)φ″(τ) (Lagrange, |τ| ≤ |t|) with
+   φ″ = p_k[(ĝ_k − ⟨p, ĝ⟩)² − Var_p(ĝ)] (step J2), both bracketed terms ≥ 0, so
+   |φ″| ≤ p̄_k·max(max_{s∈[S]}(ĝ_k − s)², Σ_j p̄_j(ĝ_j − a)²) for any a, since the variance is the
+   minimum over a of Σ_j p_j(ĝ_j − a)² (step J2); the remainder δ adds |J|e as before.
 
 5b. BatchNorm with re-estimated statistics (``bn=recompute``, one batch of all N values per
    channel, cumulative average = that batch's statistics). The pass is the network itself run in
@@ -296,6 +301,32 @@ def step_j_k_ce() -> bool:
     return bool(ok and d11 == 0 and d12 == 0)  # ∂p1/∂u1 = p1(1 − p1) > 0, ∂p1/∂u2 = −p1 p2 < 0
 
 
+def step_j2_softmax_second() -> bool:
+    """d²/dt² p_k(u + gt) = p_k[(g_k − ⟨p, g⟩)² − Var_p(g)] for softmax over three entries, and
+    Var_p(g) = min over a of Σ_j p_j(g_j − a)² (attained at a = ⟨p, g⟩, a convex quadratic)."""
+    us = sp.symbols("v0:3", real=True)
+    gs = sp.symbols("g0:3", real=True)
+    tt = sp.Symbol("tau", real=True)
+    den = sum(sp.exp(us[j] + gs[j] * tt) for j in range(3))
+    ps = [sp.exp(us[j] + gs[j] * tt) / den for j in range(3)]
+    mean = sum(ps[j] * gs[j] for j in range(3))
+    var = sum(ps[j] * (gs[j] - mean) ** 2 for j in range(3))
+    ok = True
+    for k in range(3):
+        ok &= sp.simplify(sp.diff(ps[k], tt, 2) - ps[k] * ((gs[k] - mean) ** 2 - var)) == 0
+    a = sp.Symbol("a", real=True)
+    pv = sp.symbols("p0:3", positive=True)
+    quad = sum(pv[j] * (gs[j] - a) ** 2 for j in range(3))
+    crit = sp.solve(sp.diff(quad, a), a)[0]
+    m = sum(pv[j] * gs[j] for j in range(3))
+    # on the simplex (Σp = 1) the minimiser is the mean and the minimum the variance
+    sub = {pv[2]: 1 - pv[0] - pv[1]}
+    ok &= sp.simplify((crit - m).subs(sub)) == 0
+    ok &= sp.simplify((quad.subs(a, crit) - sum(pv[j] * (gs[j] - m) ** 2 for j in range(3))).subs(sub)) == 0
+    ok &= sp.simplify(sp.diff(quad, a, 2) - 2 * sum(pv)) == 0  # convex in a
+    return bool(ok)
+
+
 def step_l_batchnorm() -> bool:
     xs = [sp.Function(f"x{i}")(t) for i in range(3)]
     eps = sp.Symbol("epsilon", positive=True)
@@ -448,6 +479,7 @@ STEPS = {
     "H: relu(x) − λx on [l, u] lies in [0, max(−λl, (1−λ)u)]": step_h_relu,
     "I: MSE derivative": step_i_mse,
     "J/K: cross-entropy derivative and monotonicity of softmax in its logits": step_j_k_ce,
+    "J2: softmax's second derivative along a line and the variance as a minimum": step_j2_softmax_second,
     "L: re-estimated BatchNorm: variance and normalisation derivatives": step_l_batchnorm,
     "M: (v + ε)^(−1/2): f″, f‴ and their monotonicity on v > 0": step_m_rsqrt,
     "N: W(α) as a convex combination; the spectral bound against exact singular values": step_n_norms,
