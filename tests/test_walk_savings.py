@@ -15,6 +15,8 @@ import copy
 import dataclasses
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -280,3 +282,54 @@ def test_a_net_below_the_layer_threshold_may_take_the_reverse_walk_but_does_not_
     assert not prepare(line, data, BNPolicy.FROZEN, adjoint=False).adjoint_optional
     forced = prepare(line, data, BNPolicy.FROZEN, adjoint=True)
     assert forced.adjoint and not forced.adjoint_optional
+
+
+def _random_partition(draw_widths: list[int], centres: list[float], widths: list[float], rises: list[bool]) -> list[CellBound]:
+    """Cells of widths 2^-k (k from ``draw_widths``) covering [0, 1], with L′ ∈ centre ± width."""
+    cells, x = [], 0.0
+    for k, c, w, rise in zip(draw_widths, centres, widths, rises):
+        b = min(1.0, x + 2.0**-k)
+        lo, hi = c - w, c + w
+        cells.append(CellBound(x, b, lo, hi, up=1e-6 if rise and hi > 0 else None))
+        x = b
+        if x >= 1.0:
+            break
+    if x < 1.0:
+        cells.append(CellBound(x, 1.0, -2.0, -1.0))
+    return cells
+
+
+@settings(deadline=None, max_examples=200)
+@given(st.lists(st.integers(3, 9), min_size=8, max_size=80), st.lists(st.floats(-50, 5), min_size=80, max_size=80),
+       st.lists(st.floats(0.0, 40), min_size=80, max_size=80), st.lists(st.booleans(), min_size=80, max_size=80),
+       st.sampled_from([None, 0.75, 0.9375]))
+def test_the_coarser_start_partition_covers_the_path_and_keeps_every_cell_it_may_not_merge(ks, centres, widths, rises, pinned):
+    """The screening's coarser start (:func:`partition._coarsened`): it only chooses cells, so what
+    must hold is that it is a partition of [0, 1] (boundaries increasing, no gap), with at most as
+    many cells, that cells whose L′ < 0 is not proven or that start at the convex end's c are kept
+    as they are, and that each new cell stays within about one allowance of the old cells it covers
+    (at most twice the narrowest of them)."""
+    cells = _random_partition(ks, centres, widths, rises)
+    out = P._coarsened(cells, pinned)
+    assert out[0][0] == 0.0 and out[-1][1] == 1.0
+    assert all(a < b for a, b in out) and all(out[i][1] == out[i + 1][0] for i in range(len(out) - 1))
+    assert len(out) <= len(cells)
+    kept = set(out)
+    for c in cells:
+        if not (c.hi < 0 and c.rise_share <= 0 and c.b - c.a >= P.COARSEN_MIN_WIDTH) or (pinned is not None and c.a >= pinned):
+            assert (c.a, c.b) in kept, (c, out)
+    for a, b in out:
+        under = [c for c in cells if c.b > a and c.a < b]
+        assert b - a <= 2 * min(c.b - c.a for c in under) + P.COARSEN_GRID, ((a, b), under)
+
+
+def test_the_coarser_start_partition_saves_cells_only_where_the_margins_allow():
+    tight = [CellBound(i / 16, (i + 1) / 16, -6.0, -1.0) for i in range(16)]  # C = −3.5, W = 2.5: margin 1.4
+    open_ = [CellBound(i / 16, (i + 1) / 16, -6.0, 1.0) for i in range(16)]  # L′ < 0 not proven
+    wide = [CellBound(i / 16, (i + 1) / 16, -40.0, -20.0) for i in range(16)]  # C = −30, W = 10: margin 3
+    assert len(P._coarsened(tight)) == 16  # (1.4 / 1.25)^(1/3) = 1.04: not one cell fewer
+    assert P._coarsened(open_) == [(c.a, c.b) for c in open_]
+    # margin 3: cells up to (3 / 1.25)^(1/3) = 1.34× as wide (0.0837), so 12 cells, about even
+    got = P._coarsened(wide)
+    assert len(got) == 12 and max(b - a for a, b in got) - min(b - a for a, b in got) <= 0.003, got
+    assert all(b - a <= 0.0837 for a, b in got)

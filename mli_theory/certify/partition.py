@@ -1154,6 +1154,8 @@ def _decide(problem: _Problem, line: Line, data: Dataset, tol: float, bn: BNPoli
             if found is not None:
                 return found
         start = [(c.a, c.b) for c in screened.partition] or None
+        if start and screened.status == "monotone":  # fewer, wider cells where its margins allow
+            start = _coarsened(list(screened.partition), screened.convex_end)
     verdict = _bisect(problem, tol, deadline, cells_per_batch, start=start, convex=convex)
     return verdict
 
@@ -1195,6 +1197,98 @@ def _screen(sub: _Problem, tol: float, deadline: float | None, batch: int, conve
     if not settled(first) or cost_other < ADJOINT_ADVANTAGE * cost:
         return other, True
     return first, False
+
+
+COARSEN_EXPONENT = 3.0  # the width of a cell's L′ enclosure grows about as (cell width)^p (measured p ≈ 2.3–2.7)
+COARSEN_SAFETY = 1.25  # a coarser cell is proposed only where its predicted width stays below |centre| / this
+COARSEN_GRID = 2.0**-12  # new boundaries lie on this grid (exact floats)
+COARSEN_MIN_WIDTH = 2.0**-10  # cells narrower than this are kept as they are
+
+
+def _coarsened(cells: list[CellBound], pinned: float | None = None) -> list[tuple[float, float]]:
+    """A partition of [0, 1] with fewer cells than ``cells`` (a decided screening partition), predicted
+    to decide the same way: it only chooses where the full data's bisection starts (every bound
+    there is proven afresh; a cell that does not decide is halved as before).
+
+    Bisection halves cells, and the enclosure's width W of L′ grows about as h^p with p ≈ 2.3–2.7
+    (784-1000-1000-10 and 64-512×5-10 MLPs, from cells and their halves), so a cell that decides
+    with a margin −C/W ≤ 2^p is the widest dyadic one, where a cell (R/S)^(1/p) times as wide would
+    still decide (R = −C/W its margin, S = ``COARSEN_SAFETY``, p = ``COARSEN_EXPONENT``, chosen above
+    the measured exponents so the prediction errs on the narrow side). Runs of consecutive cells
+    whose L′ < 0 is proven (rise share 0, at least ``COARSEN_MIN_WIDTH`` wide, not the convex
+    end's) are covered again left to right, each new cell as wide as the narrowest allowance of the
+    old cells it overlaps (at most twice theirs: the halves of a parent that did not decide), its
+    right end on the grid ``COARSEN_GRID``; then the allowances are scaled down as far as the count
+    stays the same, so the cells come out even instead of leaving a sliver at the end; a run keeps
+    its cells where that saves none.
+
+    >>> cb = [CellBound(i / 8, (i + 1) / 8, -9.0, -1.0) for i in range(8)]  # C = −5, W = 4: no margin to spare
+    >>> len(_coarsened(cb))
+    8
+    >>> cb = [CellBound(i / 8, (i + 1) / 8, -30.0, -10.0) for i in range(8)]  # C = −20, W = 10: cells 1.17× as wide
+    >>> len(_coarsened(cb))
+    7
+    """
+    def allowance(c: CellBound) -> float:
+        w = c.b - c.a
+        centre, width = (c.lo + c.hi) / 2, (c.hi - c.lo) / 2
+        if not (width > 0 and centre < 0):
+            return w
+        return w * min(2.0, max(1.0, (-centre / (COARSEN_SAFETY * width)) ** (1.0 / COARSEN_EXPONENT)))
+
+    def mergeable(c: CellBound) -> bool:
+        return (math.isfinite(c.lo) and c.hi < 0 and c.rise_share <= 0 and c.b - c.a >= COARSEN_MIN_WIDTH
+                and (pinned is None or c.a < pinned))
+
+    out: list[tuple[float, float]] = []
+    i = 0
+    while i < len(cells):
+        if not mergeable(cells[i]):
+            out.append((cells[i].a, cells[i].b))
+            i += 1
+            continue
+        j = i
+        while j + 1 < len(cells) and mergeable(cells[j + 1]) and cells[j + 1].a == cells[j].b:
+            j += 1
+        run = cells[i : j + 1]
+        allow = [allowance(c) for c in run]
+        fresh = _cover(run, allow, 1.0)
+        if len(fresh) < len(run):
+            # as few cells, as even as they can be: the smallest scale of the allowances that still
+            # needs no more cells (no sliver left at the run's end)
+            lo, hi = 0.5, 1.0
+            for _ in range(20):
+                mid = (lo + hi) / 2
+                if len(_cover(run, allow, mid)) <= len(fresh):
+                    hi = mid
+                else:
+                    lo = mid
+            fresh = _cover(run, allow, hi)
+        out.extend(fresh if len(fresh) < len(run) else [(c.a, c.b) for c in run])
+        i = j + 1
+    return out
+
+
+def _cover(run: list[CellBound], allow: list[float], scale: float) -> list[tuple[float, float]]:
+    """[run[0].a, run[-1].b] covered left to right by cells as wide as ``scale`` times the narrowest
+    allowance of the old cells each overlaps, ends on the grid ``COARSEN_GRID`` (see :func:`_coarsened`)."""
+    out: list[tuple[float, float]] = []
+    x, top = run[0].a, run[-1].b
+    while x < top:
+        w = scale * next(al for c, al in zip(run, allow) if c.b > x)  # the old cell at x
+        while True:  # the narrowest allowance of the old cells [x, x + w) overlaps, to a fixed point
+            nw = scale * min(al for c, al in zip(run, allow) if c.b > x and c.a < x + w)
+            if nw >= w:
+                break
+            w = nw
+        end = min(top, math.floor((x + w) / COARSEN_GRID) * COARSEN_GRID)
+        if end <= x:  # the grid allows no cell here: the old boundary after x
+            end = min(c.b for c in run if c.b > x)
+        if top - end < COARSEN_GRID:
+            end = top
+        out.append((x, end))
+        x = end
+    return out
 
 
 def _validate(problem: _Problem, batch: int, deadline: float | None) -> tuple[str | None, list[float], list[tuple[float, float]]]:
