@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import dataclasses
 
 import pytest
@@ -333,3 +334,28 @@ def test_the_coarser_start_partition_saves_cells_only_where_the_margins_allow():
     got = P._coarsened(wide)
     assert len(got) == 12 and max(b - a for a, b in got) - min(b - a for a, b in got) <= 0.003, got
     assert all(b - a <= 0.0837 for a, b in got)
+
+
+@settings(deadline=None, max_examples=300)
+@given(st.integers(0, 60), st.integers(1, 40), st.floats(-1e6, 1e6), st.floats(0, 1e9) | st.just(math.inf))
+def test_a_cell_is_split_into_parts_that_cover_it_exactly(start, k, centre, width):
+    """:func:`partition._parts`: the parts of a cell cover it with no gap and its own ends, at most
+    ``SPLIT_MAX_PARTS``; halves unless its L′ centre is negative (then as many parts as the width's
+    growth predicts: more the farther the bound is from deciding)."""
+    a = start / 64
+    b = min(1.0, a + k / 64)
+    if not a < b:
+        return
+    c = CellBound(a, b, centre - width, centre + width)
+    parts = P._parts(c)
+    assert parts[0][0] == a and parts[-1][1] == b
+    assert all(x < y for x, y in parts) and all(parts[i][1] == parts[i + 1][0] for i in range(len(parts) - 1))
+    assert 2 <= len(parts) <= P.SPLIT_MAX_PARTS
+    if not (centre < 0 and math.isfinite(width)):
+        assert len(parts) == 2
+
+
+def test_a_cell_far_from_deciding_is_cut_in_more_parts():
+    near = P._parts(CellBound(0.0, 0.125, -5.0, 1.0))  # C = −2, W = 3: (1.25·1.5)^(1/3) = 1.23 → halves
+    far = P._parts(CellBound(0.0, 0.125, -300.0, 296.0))  # C = −2, W = 298: (1.25·149)^(1/3) = 5.7 → 6 parts
+    assert len(near) == 2 and len(far) == 6

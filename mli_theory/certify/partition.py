@@ -1522,10 +1522,10 @@ def _bisect(
         split = _to_split(cells, open_cells, run, i0, i1, max(1, batch // 2))
         todo = []
         parents = {}
-        for c in split:  # the parent stays in the partition until both halves are enclosed
-            m = (c.a + c.b) / 2
-            todo += [(c.a, m), (m, c.b)]
-            parents[(c.a, c.b)] = ((c.a, m), (m, c.b))
+        for c in split:  # the parent stays in the partition until all its parts are enclosed
+            parts = _parts(c)
+            todo += parts
+            parents[(c.a, c.b)] = tuple(parts)
 
 
 def _to_split(cells: list[CellBound], open_cells: list[CellBound], run: Fraction, i0: int, i1: int, k: int) -> list[CellBound]:
@@ -1543,13 +1543,33 @@ def _to_split(cells: list[CellBound], open_cells: list[CellBound], run: Fraction
     return chosen + [c for c in order if (c.a, c.b) not in seen][: k - len(chosen)]
 
 
+SPLIT_MAX_PARTS = 8  # the most parts a cell is split into at once
+
+
+def _parts(c: CellBound) -> list[tuple[float, float]]:
+    """The parts a cell that did not decide is split into: halves, or where its L′ centre is
+    negative, as many equal parts as the growth of the enclosure's width predicts (see
+    :func:`_coarsened`: width W ∝ h^p, so parts (S·W/|C|)^(1/p) times narrower decide), at most
+    ``SPLIT_MAX_PARTS``: a cell far too wide is cut in one round instead of several halvings. Only
+    which cells are enclosed changes; every bound is proven as before."""
+    k = 2
+    centre, width = (c.lo + c.hi) / 2, (c.hi - c.lo) / 2
+    if math.isfinite(width) and centre < 0 < width:
+        k = max(2, min(SPLIT_MAX_PARTS, math.ceil((COARSEN_SAFETY * width / -centre) ** (1.0 / COARSEN_EXPONENT))))
+    if (c.b - c.a) / k <= MIN_WIDTH:
+        k = 2
+    cuts = [c.a] + [c.a + (c.b - c.a) * i / k for i in range(1, k)] + [c.b]
+    return [(cuts[i], cuts[i + 1]) for i in range(k) if cuts[i] < cuts[i + 1]]
+
+
 def _replace_parents(done: dict, fresh: dict, parents: dict) -> None:
-    """Move both halves of a split cell from ``fresh`` into ``done`` in place of their parent, as
-    soon as both are enclosed (so ``done`` is always a partition of what has been covered)."""
-    for parent, (left, right) in list(parents.items()):
-        if left in fresh and right in fresh:
+    """Move all parts of a split cell from ``fresh`` into ``done`` in place of their parent, as
+    soon as all are enclosed (so ``done`` is always a partition of what has been covered)."""
+    for parent, parts in list(parents.items()):
+        if all(p in fresh for p in parts):
             done.pop(parent, None)
-            done[left], done[right] = fresh.pop(left), fresh.pop(right)
+            for p in parts:
+                done[p] = fresh.pop(p)
             del parents[parent]
 
 
