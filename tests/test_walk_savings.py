@@ -317,7 +317,7 @@ def test_the_coarser_start_partition_covers_the_path_and_keeps_every_cell_it_may
     assert len(out) <= len(cells)
     kept = set(out)
     for c in cells:
-        if not (c.hi < 0 and c.rise_share <= 0 and c.b - c.a >= P.COARSEN_MIN_WIDTH) or (pinned is not None and c.a >= pinned):
+        if not (c.hi < 0 and c.rise_share <= 0 and c.b - c.a >= P.COARSEN_MIN_WIDTH and c.b < 1.0) or (pinned is not None and c.a >= pinned):
             assert (c.a, c.b) in kept, (c, out)
     for a, b in out:
         under = [c for c in cells if c.b > a and c.a < b]
@@ -330,10 +330,12 @@ def test_the_coarser_start_partition_saves_cells_only_where_the_margins_allow():
     wide = [CellBound(i / 16, (i + 1) / 16, -40.0, -20.0) for i in range(16)]  # C = −30, W = 10: margin 3
     assert len(P._coarsened(tight)) == 16  # (1.4 / 1.25)^(1/3) = 1.04: not one cell fewer
     assert P._coarsened(open_) == [(c.a, c.b) for c in open_]
-    # margin 3: cells up to (3 / 1.25)^(1/3) = 1.34× as wide (0.0837), so 12 cells, about even
+    # margin 3: cells up to (3 / 1.25)^(1/3) = 1.34× as wide (0.0837): [0, 15/16] in 12 cells, about
+    # even, and the last cell kept (near α = 1 a subsample's margin says little)
     got = P._coarsened(wide)
-    assert len(got) == 12 and max(b - a for a, b in got) - min(b - a for a, b in got) <= 0.003, got
-    assert all(b - a <= 0.0837 for a, b in got)
+    assert len(got) == 13 and got[-1] == (15 / 16, 1.0), got
+    inner = [b - a for a, b in got[:-1]]
+    assert max(inner) - min(inner) <= 0.003 and max(inner) <= 0.0837, got
 
 
 @settings(deadline=None, max_examples=300)
@@ -359,3 +361,15 @@ def test_a_cell_far_from_deciding_is_cut_in_more_parts():
     near = P._parts(CellBound(0.0, 0.125, -5.0, 1.0))  # C = −2, W = 3: (1.25·1.5)^(1/3) = 1.23 → halves
     far = P._parts(CellBound(0.0, 0.125, -300.0, 296.0))  # C = −2, W = 298: (1.25·149)^(1/3) = 5.7 → 6 parts
     assert len(near) == 2 and len(far) == 6
+
+
+def test_the_convex_end_is_tried_only_when_the_last_cell_is_what_keeps_the_bound_above_tol():
+    from fractions import Fraction
+
+    decided = [CellBound(i / 8, (i + 1) / 8, -3.0, -1.0) for i in range(7)]
+    last = CellBound(7 / 8, 1.0, -1.0, 0.5)
+    assert P._last_blocks(decided + [last], Fraction(0))
+    # another cell open as well: split that one first
+    other = decided[:3] + [CellBound(3 / 8, 4 / 8, -3.0, 2.0)] + decided[4:]
+    assert not P._last_blocks(other + [last], Fraction(0))
+    assert P._last_blocks(other + [last], Fraction(1))  # its share is within tol

@@ -1216,7 +1216,9 @@ def _coarsened(cells: list[CellBound], pinned: float | None = None) -> list[tupl
     still decide (R = −C/W its margin, S = ``COARSEN_SAFETY``, p = ``COARSEN_EXPONENT``, chosen above
     the measured exponents so the prediction errs on the narrow side). Runs of consecutive cells
     whose L′ < 0 is proven (rise share 0, at least ``COARSEN_MIN_WIDTH`` wide, not the convex
-    end's) are covered again left to right, each new cell as wide as the narrowest allowance of the
+    end's, nor the last cell: near a stationary end L′ → 0 and a subsample's margin says little, and
+    a last cell that does not decide costs the convex end's second walks, on the digits ResNet
+    31 s where its halves cost 5) are covered again left to right, each new cell as wide as the narrowest allowance of the
     old cells it overlaps (at most twice theirs: the halves of a parent that did not decide), its
     right end on the grid ``COARSEN_GRID``; then the allowances are scaled down as far as the count
     stays the same, so the cells come out even instead of leaving a sliver at the end; a run keeps
@@ -1238,7 +1240,7 @@ def _coarsened(cells: list[CellBound], pinned: float | None = None) -> list[tupl
 
     def mergeable(c: CellBound) -> bool:
         return (math.isfinite(c.lo) and c.hi < 0 and c.rise_share <= 0 and c.b - c.a >= COARSEN_MIN_WIDTH
-                and (pinned is None or c.a < pinned))
+                and (pinned is None or c.a < pinned) and c.b < 1.0)
 
     out: list[tuple[float, float]] = []
     i = 0
@@ -1446,8 +1448,10 @@ def _bisect(
         rb = _rise_bound(cells)
         last = cells[-1] if cells else None
         if (end is None and convex and not (rb is not None and rb <= tol_q) and last is not None and last.b == 1.0
-                and last.rise_share > 0 and last.b - last.a <= 1.0 / 16):
-            # the last cell is open after a split: try the convex end once (L″ ≥ 0 on [c, 1], L′(1) ≤ 0)
+                and last.rise_share > 0 and last.b - last.a <= 1.0 / 16 and _last_blocks(cells, tol_q)):
+            # the last cell is open after a split and is what stands between the bound and tol (other
+            # open cells are split first: the convex end's second walks cost many cells, on the digits
+            # ResNet 28–31 s where the cells it waited for cost 5): try it once (L″ ≥ 0 on [c, 1], L′(1) ≤ 0)
             try:
                 end = convex_end(problem, tol, deadline, evaluated, screening=not witness) or ConvexEnd(None, None, None, (math.nan, math.nan))
             except BudgetExceeded:
@@ -1526,6 +1530,15 @@ def _bisect(
             parts = _parts(c)
             todo += parts
             parents[(c.a, c.b)] = tuple(parts)
+
+
+def _last_blocks(cells: list[CellBound], tol: Fraction) -> bool:
+    """Whether the rise bound would be ≤ tol if the last cell's L′ ≤ 0 were proven (its share 0)."""
+    last = cells[-1]
+    closed = CellBound(last.a, last.b, min(last.lo, 0.0), min(last.hi, 0.0), last.low, 0.0 if last.up is not None else None,
+                       min(last.high, 0.0) if last.high is not None else None)
+    rb = _rise_bound(cells[:-1] + [closed])
+    return rb is not None and rb <= tol
 
 
 def _to_split(cells: list[CellBound], open_cells: list[CellBound], run: Fraction, i0: int, i1: int, k: int) -> list[CellBound]:
