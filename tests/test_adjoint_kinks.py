@@ -312,6 +312,28 @@ def test_parameters_and_example_free_branches_broadcast_against_the_examples():
                     assert dlo - slack <= dL <= dhi + slack, (seed, adjoint, ca, dL, dlo, dhi)
 
 
+def _logit_model(k: int, seed: int, c_scale: float, g_scale: float, e_scale: float, h: float):
+    """A random value model u = ū + ĝt ± e of logits differences (zero on the label, 2 examples, one
+    cell of half-width h) and the softmax box over the cell: (generator, n, y, onehot, ū, ĝ, e, u,
+    h as a tensor, (p_lo, p_hi))."""
+    from mli_theory.certify.enclosures import TM
+    from mli_theory.certify.partition import _softmax_box
+
+    g = torch.Generator().manual_seed(seed)
+    n = 2
+    y = torch.randint(0, k, (n,), generator=g)
+    onehot = torch.zeros(1, n, k, dtype=torch.bool).scatter_(-1, y.reshape(1, n, 1), True)
+    zero = torch.zeros(1, n, k, dtype=torch.float64)
+    c = torch.where(onehot, zero, c_scale * torch.randn(1, n, k, generator=g, dtype=torch.float64))
+    gg = torch.where(onehot, zero, g_scale * torch.randn(1, n, k, generator=g, dtype=torch.float64))
+    e = torch.where(onehot, zero, e_scale * torch.rand(1, n, k, generator=g, dtype=torch.float64))
+    u = TM(c, gg, e)
+    hv = torch.full((1, 1, 1), h, dtype=torch.float64)
+    lo, hi = u.bounds(hv)
+    p_cell = _softmax_box(torch.where(onehot, zero, lo), torch.where(onehot, zero, hi), onehot)
+    return g, n, y, onehot, c, gg, e, u, hv, p_cell
+
+
 @settings(deadline=None, max_examples=30)
 @given(st.integers(2, 12), st.integers(0, 2**20), st.sampled_from([0.3, 2.0, 8.0]), st.sampled_from([0.0, 1e-9, 1e-4]),
        st.sampled_from([2.0**-6, 2.0**-4, 2.0**-2]))
@@ -320,21 +342,9 @@ def test_the_softmax_taylor_model_holds_along_the_whole_cell(k, seed, g_scale, e
     (slope J(ū)ĝ, remainder (h²/2)·p̄·max(A, V)) is the narrower one: the remainder is attained inside
     the cell, so 33 points of it and the remainder box's corners are checked against 60-digit softmax
     values; and the form is used (the radius is below the mean value form's on most entries)."""
-    from mli_theory.certify.enclosures import TM
-    from mli_theory.certify.partition import _softmax_box, _softmax_tm
+    from mli_theory.certify.partition import _softmax_tm
 
-    g = torch.Generator().manual_seed(seed)
-    n = 2
-    y = torch.randint(0, k, (n,), generator=g)
-    onehot = torch.zeros(1, n, k, dtype=torch.bool).scatter_(-1, y.reshape(1, n, 1), True)
-    zero = torch.zeros(1, n, k, dtype=torch.float64)
-    c = torch.where(onehot, zero, 2 * torch.randn(1, n, k, generator=g, dtype=torch.float64))
-    gg = torch.where(onehot, zero, g_scale * torch.randn(1, n, k, generator=g, dtype=torch.float64))
-    e = torch.where(onehot, zero, e_scale * torch.rand(1, n, k, generator=g, dtype=torch.float64))
-    u = TM(c, gg, e)
-    hv = torch.full((1, 1, 1), h, dtype=torch.float64)
-    lo, hi = u.bounds(hv)
-    p_cell = _softmax_box(torch.where(onehot, zero, lo), torch.where(onehot, zero, hi), onehot)
+    g, n, y, onehot, c, gg, e, u, hv, p_cell = _logit_model(k, seed, 2.0, g_scale, e_scale, h)
     pc, ps, pr = _softmax_tm(u, hv, onehot, p_cell)
     signs = torch.randint(0, 2, (3, n, k), generator=g, dtype=torch.float64) * 2 - 1
     for step in range(33):
@@ -365,21 +375,9 @@ def test_the_cross_entropy_cotangent_contains_p_minus_the_label_on_the_whole_cel
     """∇_z ℓ = p − e_y as a Taylor model from the logits' value model u = ū + ĝt ± e: checked at the
     cell ends and the corners of the remainder box (where the remainder term is attained), against
     60-digit softmax values."""
-    from mli_theory.certify.enclosures import TM
-    from mli_theory.certify.partition import _ce_cotangent, _softmax_box
+    from mli_theory.certify.partition import _ce_cotangent
 
-    g = torch.Generator().manual_seed(seed)
-    n = 2
-    y = torch.randint(0, k, (n,), generator=g)
-    onehot = torch.zeros(1, n, k, dtype=torch.bool).scatter_(-1, y.reshape(1, n, 1), True)
-    zero = torch.zeros(1, n, k, dtype=torch.float64)
-    c = torch.where(onehot, zero, 3 * torch.randn(1, n, k, generator=g, dtype=torch.float64))
-    gg = torch.where(onehot, zero, g_scale * torch.randn(1, n, k, generator=g, dtype=torch.float64))
-    e = torch.where(onehot, zero, e_scale * torch.rand(1, n, k, generator=g, dtype=torch.float64))
-    u = TM(c, gg, e)
-    hv = torch.full((1, 1, 1), h, dtype=torch.float64)
-    lo, hi = u.bounds(hv)
-    p_cell = _softmax_box(torch.where(onehot, zero, lo), torch.where(onehot, zero, hi), onehot)
+    g, n, y, onehot, c, gg, e, u, hv, p_cell = _logit_model(k, seed, 3.0, g_scale, e_scale, h)
     oc, os_, orad = _ce_cotangent(u, hv, onehot, p_cell)
     signs = torch.randint(0, 2, (6, n, k), generator=g, dtype=torch.float64) * 2 - 1
     for t in (-h, 0.0, h / 3, h):

@@ -596,13 +596,7 @@ def _softmax_tm(u: TM, hv: torch.Tensor, onehot: torch.Tensor, p_cell: tuple[tor
     pm_lo, pm_hi = _softmax_box(uc - pad, uc + pad, onehot)
     p_lo, p_hi = p_cell
     g_k = gamma(k + 2)
-    # Σ_j [p_j]ĝ_j, then [p_k](ĝ_k − that)
-    slo, shi = _imul(p_lo, p_hi, ug, ug)
-    s_lo = slo.sum(-1, keepdim=True) - slo.abs().sum(-1, keepdim=True) * g_k - _TINY
-    s_hi = shi.sum(-1, keepdim=True) + shi.abs().sum(-1, keepdim=True) * g_k + _TINY
-    qlo, qhi = ug - s_hi, ug - s_lo
-    qpad = (qlo.abs() + qhi.abs()) * U
-    jlo, jhi = _imul(p_lo, p_hi, qlo - qpad, qhi + qpad)
+    s_lo, s_hi, jlo, jhi = _jacobian_times(p_lo, p_hi, ug, g_k)
     jlo, jhi = torch.where(onehot, zero, jlo), torch.where(onehot, zero, jhi)
     delta = p_hi * (ue + (p_hi * ue).sum(-1, keepdim=True) * (1 + g_k)) * (1 + 4 * U)
     c = (pm_lo + pm_hi) * 0.5
@@ -612,16 +606,13 @@ def _softmax_tm(u: TM, hv: torch.Tensor, onehot: torch.Tensor, p_cell: tuple[tor
     if not second_order:
         return torch.where(onehot, zero, c), torch.where(onehot, zero, sl), torch.where(onehot, zero, _up(r))
     # the second-order form: the slope J(ū)ĝ on the centre's box of p, then (h²/2)·p̄_k·max(A_k, V)
-    olo, ohi = _imul(pm_lo, pm_hi, ug, ug)
-    o_lo = olo.sum(-1, keepdim=True) - olo.abs().sum(-1, keepdim=True) * g_k - _TINY
-    o_hi = ohi.sum(-1, keepdim=True) + ohi.abs().sum(-1, keepdim=True) * g_k + _TINY
-    q0lo, q0hi = ug - o_hi, ug - o_lo
-    q0pad = (q0lo.abs() + q0hi.abs()) * U
-    j0lo, j0hi = _imul(pm_lo, pm_hi, q0lo - q0pad, q0hi + q0pad)
+    _, _, j0lo, j0hi = _jacobian_times(pm_lo, pm_hi, ug, g_k)
     sl0 = (j0lo + j0hi) * 0.5
     a_k = torch.maximum((ug - s_lo).abs(), (ug - s_hi).abs())
     mid_s = (s_lo + s_hi) * 0.5
-    p_y = (1.0 - p_lo.sum(-1, keepdim=True) * (1 - g_k)).clamp(max=1.0)  # an upper bound of p_y (p_lo is 0 at y)
+    # an upper bound of p_y = 1 − Σ_{k≠y} p_k (p_lo is 0 at y): the sum bounded below, 2u for the
+    # product's and the difference's rounding
+    p_y = (1.0 - p_lo.sum(-1, keepdim=True) * (1 - g_k) + 4 * U).clamp(max=1.0)
     p_all = torch.where(onehot, p_y.expand(full), p_hi)
     var = (p_all * (ug - mid_s).square()).sum(-1, keepdim=True)
     curve = p_hi * torch.maximum(a_k.square(), var) * (hv * hv * 0.5) * (1 + 2 * gamma(k + 16))
@@ -630,6 +621,19 @@ def _softmax_tm(u: TM, hv: torch.Tensor, onehot: torch.Tensor, p_cell: tuple[tor
     sl, r = torch.where(second, sl0, sl), torch.where(second, r0, r)
     c, sl, r = torch.where(onehot, zero, c), torch.where(onehot, zero, sl), torch.where(onehot, zero, _up(r))
     return c, sl, r
+
+
+def _jacobian_times(p_lo: torch.Tensor, p_hi: torch.Tensor, ug: torch.Tensor, g_k: float
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For p in the box [p_lo, p_hi]: ⟨p, ĝ⟩ ∈ [s_lo, s_hi] (a sum of K interval products, γ_{K+2}
+    and 2⁻¹⁰⁰⁰ outward) and (Jĝ)_k = p_k(ĝ_k − ⟨p, ĝ⟩) ∈ [j_lo, j_hi], all rounded outward."""
+    slo, shi = _imul(p_lo, p_hi, ug, ug)
+    s_lo = slo.sum(-1, keepdim=True) - slo.abs().sum(-1, keepdim=True) * g_k - _TINY
+    s_hi = shi.sum(-1, keepdim=True) + shi.abs().sum(-1, keepdim=True) * g_k + _TINY
+    qlo, qhi = ug - s_hi, ug - s_lo
+    qpad = (qlo.abs() + qhi.abs()) * U
+    jlo, jhi = _imul(p_lo, p_hi, qlo - qpad, qhi + qpad)
+    return s_lo, s_hi, jlo, jhi
 
 
 def _ce_cotangent(u: TM, hv: torch.Tensor, onehot: torch.Tensor, p_cell: tuple[torch.Tensor, torch.Tensor],
