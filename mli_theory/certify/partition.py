@@ -1209,10 +1209,20 @@ COARSEN_GRID = 2.0**-12  # new boundaries lie on this grid (exact floats)
 COARSEN_MIN_WIDTH = 2.0**-10  # cells narrower than this are kept as they are
 
 
+def _decidable_factor(c: CellBound) -> float | None:
+    """How many times as wide as ``c`` a cell at its place is predicted to decide L′ < 0: (R/S)^(1/p)
+    with R = −C/W its margin (L′ ∈ C ± W), S = ``COARSEN_SAFETY``, p = ``COARSEN_EXPONENT`` (see
+    :func:`_coarsened`); None where the centre is not negative or the width not finite and positive."""
+    centre, width = (c.lo + c.hi) / 2, (c.hi - c.lo) / 2
+    if not (math.isfinite(width) and centre < 0 < width):
+        return None
+    return (-centre / (COARSEN_SAFETY * width)) ** (1.0 / COARSEN_EXPONENT)
+
+
 def _coarsened(cells: list[CellBound], pinned: float | None = None) -> list[tuple[float, float]]:
     """A partition of [0, 1] with fewer cells than ``cells`` (a decided screening partition), predicted
     to decide the same way: it only chooses where the full data's bisection starts (every bound
-    there is proven afresh; a cell that does not decide is halved as before).
+    there is proven afresh; a cell that does not decide is split as any other, :func:`_parts`).
 
     Bisection halves cells, and the enclosure's width W of L′ grows about as h^p with p ≈ 2.3–2.7
     (784-1000-1000-10 and 64-512×5-10 MLPs, from cells and their halves), so a cell that decides
@@ -1236,11 +1246,8 @@ def _coarsened(cells: list[CellBound], pinned: float | None = None) -> list[tupl
     7
     """
     def allowance(c: CellBound) -> float:
-        w = c.b - c.a
-        centre, width = (c.lo + c.hi) / 2, (c.hi - c.lo) / 2
-        if not (width > 0 and centre < 0):
-            return w
-        return w * min(2.0, max(1.0, (-centre / (COARSEN_SAFETY * width)) ** (1.0 / COARSEN_EXPONENT)))
+        factor = _decidable_factor(c)
+        return (c.b - c.a) * (1.0 if factor is None else min(2.0, max(1.0, factor)))
 
     def mergeable(c: CellBound) -> bool:
         return (math.isfinite(c.lo) and c.hi < 0 and c.rise_share <= 0 and c.b - c.a >= COARSEN_MIN_WIDTH
@@ -1539,8 +1546,8 @@ def _bisect(
 def _last_blocks(cells: list[CellBound], tol: Fraction) -> bool:
     """Whether the rise bound would be ≤ tol if the last cell's L′ ≤ 0 were proven (its share 0)."""
     last = cells[-1]
-    closed = CellBound(last.a, last.b, min(last.lo, 0.0), min(last.hi, 0.0), last.low, 0.0 if last.up is not None else None,
-                       min(last.high, 0.0) if last.high is not None else None)
+    closed = replace(last, lo=min(last.lo, 0.0), hi=min(last.hi, 0.0), up=None if last.up is None else 0.0,
+                     high=None if last.high is None else min(last.high, 0.0))
     rb = _rise_bound(cells[:-1] + [closed])
     return rb is not None and rb <= tol
 
@@ -1570,9 +1577,9 @@ def _parts(c: CellBound) -> list[tuple[float, float]]:
     ``SPLIT_MAX_PARTS``: a cell far too wide is cut in one round instead of several halvings. Only
     which cells are enclosed changes; every bound is proven as before."""
     k = 2
-    centre, width = (c.lo + c.hi) / 2, (c.hi - c.lo) / 2
-    if math.isfinite(width) and centre < 0 < width:
-        k = max(2, min(SPLIT_MAX_PARTS, math.ceil((COARSEN_SAFETY * width / -centre) ** (1.0 / COARSEN_EXPONENT))))
+    factor = _decidable_factor(c)
+    if factor is not None:
+        k = max(2, min(SPLIT_MAX_PARTS, math.ceil(1.0 / factor)))
     if (c.b - c.a) / k <= MIN_WIDTH:
         k = 2
     cuts = [c.a] + [c.a + (c.b - c.a) * i / k for i in range(1, k)] + [c.b]
