@@ -69,6 +69,12 @@ function v on the cell is (ĉ, ĝ, e) with |v(m + t) − ĉ − ĝt| ≤ e for a
    true gradient at the layer's output (step O3, symbolically for three layers of width 2), and
    |⟨h_l, ΔW_l δ_{l−1}⟩| ≤ ⟨|ΔW_l|ᵀ sup|h_l|, e_{l−1}⟩. The reverse walk encloses h_l as it
    encloses g_l (the cotangent of the Linear node); a convolution is its dense matrix again.
+   An eval-mode BatchNorm layer between them, y = (x − μ(α))·ρ(α) + β(α) per channel with
+   ρ = γ(σ² + ε)^(−1/2), has y′ = ρ·x′ + s, s = (x − μ)ρ′ − μ′ρ + β′: the slopes D enter y′ only
+   through x′ (s reads values and statistics, which the slopes do not change; under recompute the
+   statistics are inputs of the evaluation pass, enclosed by their own pass with the forward
+   Clarke rule), so the identity holds with the cotangent diag(ρ)·g passed back through the layer
+   (step O4, symbolically for a layer between two kink layers).
 
 4d. Cotangent remainders in Euclidean norm. The reverse walk's cotangent g = c + st + δ may carry
    n ≥ ‖δ‖₂ over the last axis, as in 2b: through a Linear layer δW(α) has
@@ -422,6 +428,33 @@ def step_o3_adjoint_sources() -> bool:
     return sp.expand(lhs[0] - rhs[0]) == 0
 
 
+def step_o4_adjoint_batchnorm() -> bool:
+    # step O3's chain with an eval-mode BatchNorm layer after the second Linear layer: y′ = ρ⊙v′ + s,
+    # ρ and s the same in both walks (functions of α, values and statistics, never of the slopes)
+    def mat(name, r, c):
+        return sp.Matrix(r, c, lambda i, j: sp.Symbol(f"{name}{i}{j}", real=True))
+
+    def diag(name):
+        return sp.diag(sp.Symbol(f"{name}0", real=True), sp.Symbol(f"{name}1", real=True))
+
+    W2, W3, dW2 = mat("W2_", 2, 2), mat("W3_", 1, 2), mat("dW2_", 2, 2)
+    q1, db2, q3, src = mat("q1_", 2, 1), mat("db2_", 2, 1), mat("q3_", 1, 1), mat("s_", 2, 1)
+    a1, e1 = mat("a1_", 2, 1), mat("delta1_", 2, 1)
+    D1, D2, T1, T2, R = diag("D1_"), diag("D2_"), diag("T1_"), diag("T2_"), diag("rho_")
+    gz = sp.Symbol("g_z", real=True)
+    v2_true = W2 * D1 * q1 + dW2 * a1 + db2
+    z_true = W3 * D2 * (R * v2_true + src) + q3
+    v2_hat = W2 * T1 * q1 + dW2 * (a1 - e1) + db2
+    y_hat = R * v2_hat + src
+    z_hat = W3 * T2 * y_hat + q3
+    g2 = (gz * W3).T  # ∂ℓ/∂a_2 (after the second kink layer)
+    h2 = R * D2 * g2  # ∂ℓ/∂v_2: back through the kinks, then through BatchNorm as diag(ρ)
+    g1 = W2.T * h2  # ∂ℓ/∂a_1
+    lhs = gz * (z_true - z_hat)
+    rhs = g1.T * (D1 - T1) * q1 + g2.T * (D2 - T2) * y_hat + h2.T * dW2 * e1
+    return sp.expand(lhs[0] - rhs[0]) == 0
+
+
 def step_o2_transposed_maps() -> bool:
     # the reverse walk's convolution and average rules against the transposes of their dense
     # matrices, built by applying the forward map to basis vectors; small integers (and averages
@@ -486,6 +519,7 @@ STEPS = {
     "O: the kinks' share of L′ as Σ ⟨∂ℓ/∂a, (D − D̃)ṽ′⟩ (adjoint bound)": step_o_adjoint_kinks,
     "O2: transposed convolutions and averages equal the dense transposes (reverse walk)": step_o2_transposed_maps,
     "O3: a Linear input's remainder as ⟨∂ℓ/∂v, ΔW·δ⟩ beside the kinks' share (adjoint sources)": step_o3_adjoint_sources,
+    "O4: an eval-mode BatchNorm layer passes the cotangent back as diag(ρ)·g (adjoint bound)": step_o4_adjoint_batchnorm,
     "P: cell integrals of the Taylor form: ∫ L′ ≥ 2h(C − E), ∫ max(0, L′) ≤ ∫ max(0, C + E + Gt)": step_p_cell_integrals,
 }
 

@@ -59,7 +59,11 @@ non-negative weights, the cotangent passing back through the transposed average)
 
 Supported operations in the reverse walk: Linear (module or ``F.linear``), Conv2d modules (zero
 padding, one group), average pooling (``AvgPool2d``/``AdaptiveAvgPool2d`` modules and their
-functions, ``mean`` over non-example axes), ReLU and LeakyReLU (module, function or method),
+functions, ``mean`` over non-example axes), BatchNorm1d/2d modules in eval mode under every
+statistics policy (the cotangent times the per-channel scale ρ(α) = γ(α)·(σ²(α) + ε)^(−1/2):
+:func:`_scale_back`; under ``bn=recompute`` the re-estimation pass itself keeps the forward
+Clarke rule, its statistics enter this walk as enclosed inputs), ReLU and LeakyReLU (module,
+function or method),
 flatten/unflatten/view/reshape, identity and dropout in eval mode, sums and differences of
 activations (residual connections), negation. A graph with anything else keeps the
 plain forward Clarke rule (:func:`unsupported` says why), so the adjoint bound is an optimisation,
@@ -80,8 +84,9 @@ from torch import Tensor, nn
 from torch.fx import GraphModule, Node
 from torch.nn import functional as F
 
-from .enclosures import (_TINY, _UNDER, U, Enclosure, EnclosureNumbers, Kink, Param, Source, _along_cells, _l2, _matrix_norms, _string_padding, _up,
-                         abs_per_cell, broadcast_shape, gamma, memo_up32, upper_matmul, use_float32, _MIN32, _U32)
+from .enclosures import (_TINY, _UNDER, U, TM, Enclosure, EnclosureNumbers, Kink, Param, Source, _along_cells, _l2, _matrix_norms, _product,
+                         _string_padding, _up, abs_per_cell, batch_norm_scale, broadcast_shape, gamma, memo_up32, upper_matmul, use_float32, _MIN32,
+                         _U32)
 
 _RELU_MODULES = (nn.ReLU, nn.LeakyReLU)
 _RELU_FUNCTIONS = {F.relu, torch.relu, F.leaky_relu}
@@ -90,13 +95,15 @@ _RESHAPE_METHODS = {"view", "reshape", "flatten", "unflatten", "contiguous"}
 _SUM_FUNCTIONS = {operator.add, operator.sub, torch.add, torch.sub, operator.neg, torch.neg}
 _POOL_MODULES = (nn.AvgPool2d, nn.AdaptiveAvgPool2d)
 _POOL_FUNCTIONS = {F.avg_pool2d, F.adaptive_avg_pool2d}
+_NORM_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 class Tape:
     """What the forward walk records for the reverse walk: for every node whose value is an
     :class:`Enclosure`, its shape (with the cell axis); for ReLU nodes their :class:`Kink`; for
     Linear and Conv2d nodes their weight (a :class:`Param` or a tensor) and, where they deferred
-    their input's value remainder, its :class:`Source`. Pass :meth:`record` as ``on_node``."""
+    their input's value remainder, its :class:`Source`; for every module node the parameters the
+    rule read (BatchNorm's statistics among them). Pass :meth:`record` as ``on_node``."""
 
     def __init__(self, numbers: EnclosureNumbers) -> None:
         self.numbers = numbers
@@ -104,6 +111,7 @@ class Tape:
         self.kinks: dict[Node, Kink] = {}
         self.sources: dict[Node, Source] = {}
         self.weights: dict[Node, Any] = {}
+        self.params: dict[Node, dict] = {}
 
     def record(self, node: Node, out: Any, args: tuple, kwargs: dict) -> None:
         deferred = self.numbers.deferred
@@ -129,6 +137,8 @@ class Tape:
         if not isinstance(out, Enclosure):
             return
         self.shapes[node] = out.v.c.shape
+        if node.op == "call_module" and type(args[0]) is dict:
+            self.params[node] = args[0]
         if node.op == "call_module" and type(args[0]) is dict and "weight" in args[0]:
             self.weights[node] = args[0]["weight"]
         elif node.op == "call_function" and node.target is F.linear:
@@ -164,6 +174,8 @@ def _kind(gm: GraphModule, node: Node) -> str | None:
             return "conv"
         if t in _POOL_MODULES and getattr(m, "divisor_override", None) is None:
             return "average"
+        if t in _NORM_MODULES and not m.training and m.track_running_stats:
+            return "scale"
         return None
     if node.op == "call_function":
         if node.target is F.linear:
@@ -346,6 +358,14 @@ def kink_bound(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]
             x = args[0]
             if wants(x):
                 send(x, _average_back(g, _average_op(gm, node), tape.shapes[x]))
+        elif kind == "scale":
+            x = args[0]
+            if wants(x):
+                nd = len(tape.shapes[x]) - 1
+                rho = nt.memo(node, "normaliser", lambda: batch_norm_scale(nt, gm.get_submodule(node.target), tape.params[node], nd))
+                if rho is None:
+                    raise RuntimeError(f"no enclosure of the scale of {node.name}")
+                send(x, _scale_back(g, rho, nt.h(g.c.dim() - 1)))
         elif kind in ("pass", "reshape"):
             x = args[0]
             shape = tape.shapes.get(x) if isinstance(x, Node) else None
@@ -595,6 +615,19 @@ def _average_back(g: _Cot, op: Any, in_shape: torch.Size) -> _Cot:
     back = vjp_fn(torch.cat(parts, 0))[0].reshape(4, cells, full[1], *in_shape[2:])
     c, s, r, mag = back.unbind(0)
     return _Cot(c, s, _up(r * (1.0 + g2) + mag * g2))
+
+
+def _scale_back(g: _Cot, rho: TM, h: Tensor) -> _Cot:
+    """ρ(α)·g for an eval-mode BatchNorm layer, y = (x − μ(α))·ρ(α) + β(α) per channel: its
+    derivative y′ = ρ·x′ + (x − μ)·ρ′ − μ′·ρ + β′ is linear in x′ with the coefficient ρ, which
+    depends on α alone (the statistics are inputs of the eval-mode graph, enclosed by their own
+    pass under ``bn=recompute``), never on the kinks' slopes, so the identities (∗) and (∗∗) of the
+    module docstring pass through it with the cotangent ρ·g. ``rho``: ρ's value Taylor model
+    (:func:`~.enclosures.batch_norm_scale`); the elementwise product of the two Taylor models is
+    the forward rule's (:func:`~.enclosures._product`, rounding included), which also carries the
+    Euclidean norm of the remainder (max|ρ̂|·n plus the new parts) where the cotangent tracks one."""
+    out = _product(rho, TM(g.c, g.s, g.r, g.n), h, norm_of_b=g.n is not None)
+    return _Cot(out.c, out.g, out.e, out.n)
 
 
 def _relu_back(g: _Cot, kink: Kink, h: Tensor) -> _Cot:

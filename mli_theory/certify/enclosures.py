@@ -1514,19 +1514,46 @@ def _normalise(nt: EnclosureNumbers, mod: nn.Module, p: dict, centred: Enclosure
                nonnegative: bool) -> Enclosure:
     """(x − μ)·(var + ε)^(−1/2)·γ + β from the centred input and the variance's enclosure.
     ``nonnegative``: var is proven ≥ 0 for every α, so var + ε ≥ ε bounds the range of the rsqrt."""
-    known = float(mod.eps) * (1 - 2 * U) if nonnegative else None
-    r = _smooth(nt, _RSQRT, Enclosure(_shift(var.v, float(mod.eps)), var.d), domain_lo=0.0, known_lo=known)
+    r = _normaliser(nt, mod, p, var, view, nd, nonnegative=nonnegative)
     if r is NotImplemented:  # the variance's enclosure reaches 0 on some cell: nothing is known there
         return _undefined(_full(centred))
-    weight, bias = p.get("weight"), p.get("bias")
-    if weight is not None:
-        # γ·(var + ε)^(−1/2) per channel first (small tensors), then one product with the
-        # centred activations instead of two full-size ones
-        r = _mul(nt, r, _bias_enclosure(nt, weight, view, nd))
     out = _mul(nt, centred, r)
+    bias = p.get("bias")
     if bias is not None:
         out = _add(nt, out, _bias_enclosure(nt, bias, view, nd))
     return out
+
+
+def _normaliser(nt: EnclosureNumbers, mod: nn.Module, p: dict, var: Enclosure, view, nd: int, *, nonnegative: bool) -> Any:
+    """ρ = γ·(var + ε)^(−1/2) per channel (γ = 1 without an affine weight) as an enclosure on the
+    cells, NotImplemented where the variance's enclosure reaches −ε. ``nonnegative``: var ≥ 0 is
+    proven for every α, so var + ε ≥ ε bounds the range of the rsqrt. The product with γ comes
+    first (small tensors), then one product with the centred activations instead of two."""
+    known = float(mod.eps) * (1 - 2 * U) if nonnegative else None
+    r = _smooth(nt, _RSQRT, Enclosure(_shift(var.v, float(mod.eps)), var.d), domain_lo=0.0, known_lo=known)
+    weight = p.get("weight")
+    if r is NotImplemented or weight is None:
+        return r
+    return _mul(nt, r, _bias_enclosure(nt, weight, view, nd))
+
+
+def batch_norm_scale(nt: EnclosureNumbers, mod: nn.Module, p: dict, nd: int) -> TM | None:
+    """The value of ρ(α) = γ(α)·(σ²(α) + ε)^(−1/2), the factor by which an eval-mode BatchNorm layer
+    multiplies its input, as a Taylor model per channel on the cells (shaped to broadcast against
+    the layer's (C, n, F, …) activations of ``nd`` axes without the cell axis); None where the
+    layer is not the eval-mode affine map :func:`_batch_norm_module` encloses, or where the
+    variance's enclosure reaches −ε. The statistics in ``p`` are constants (``bn=frozen``),
+    affine in α (``Param``, ``bn=interpolate``) or re-estimated (``Enclosure``, ``bn=recompute``):
+    each encloses the true statistics at every α of the cell, so ρ's enclosure holds for all three.
+    The reverse walk (:mod:`.adjoint`) passes cotangents back through the layer with it:
+    ∂y/∂x = ρ(α) per channel, whatever the statistics' own derivatives."""
+    mean, var = p.get("running_mean"), p.get("running_var")
+    if mod.training or mean is None or var is None:
+        return None
+    view = _channel_view(nd)
+    v = var if isinstance(var, Enclosure) else _bias_enclosure(nt, var, view, nd)
+    r = _normaliser(nt, mod, p, v, view, nd, nonnegative=isinstance(var, Enclosure))
+    return None if r is NotImplemented else r.v
 
 
 def _undefined(x: Enclosure) -> Enclosure:
