@@ -43,6 +43,10 @@ def _net(kind: str) -> nn.Module:
     if kind == "mlp":  # three ReLU layers, each behind a BatchNorm1d
         return nn.Sequential(nn.Linear(3, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 5), nn.BatchNorm1d(5), nn.ReLU(),
                              nn.Linear(5, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 3))
+    if kind == "plain":  # BatchNorm without affine parameters, on (n, C, L) sequences, a large ε
+        return nn.Sequential(nn.Linear(3, 8), nn.Unflatten(1, (2, 4)), nn.BatchNorm1d(2, affine=False, eps=0.1), nn.ReLU(),
+                             nn.Flatten(), nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 4), nn.BatchNorm1d(4, affine=False), nn.ReLU(),
+                             nn.Linear(4, 3))
     # the validation ResNet with BatchNorm after every convolution, narrow, on 5×5 images
     return nn.Sequential(nn.Unflatten(1, (1, 5, 5)), *image_resnet(1, bn=True, width=3, classes=3))
 
@@ -57,7 +61,7 @@ def _path(kind, loss, seed, scale, n=6):
         if k.endswith("running_var"):
             start[k] = start[k] + torch.rand(start[k].shape, generator=g, dtype=torch.float64)
             end[k] = end[k].abs() + 0.5
-    d_in = 3 if kind == "mlp" else 25
+    d_in = 25 if kind == "resnet" else 3
     x = torch.randn(n, d_in, generator=g, dtype=torch.float64) * 2
     y = torch.randn(n, 3, generator=g, dtype=torch.float64) if loss == "mse" else torch.randint(0, 3, (n,), generator=g)
     return model, start, end, x, y
@@ -115,7 +119,7 @@ def _walk_back(prob, cell):
 
 @st.composite
 def cases(draw):
-    kind = draw(st.sampled_from(["mlp", "resnet"]))
+    kind = draw(st.sampled_from(["mlp", "plain", "resnet"]))
     policy = draw(st.sampled_from(POLICIES))
     loss = draw(st.sampled_from(["mse", "ce"]))
     seed = draw(st.integers(0, 2**20))
