@@ -223,12 +223,23 @@ def test_under_recompute_the_walk_is_an_option_the_screening_may_take_and_stays_
 
 def test_batchnorm_in_train_mode_or_without_statistics_has_no_reverse_rule():
     from mli_theory.certify.adjoint import _kind
+    from mli_theory.certify.partition import Unsupported
 
     model = _net("mlp").double()
-    model[1].track_running_stats = False  # normalises with the batch's statistics even in eval mode
+    model[1].running_mean, model[1].running_var = None, None  # normalises with the batch's statistics even in eval mode
+    model[4].track_running_stats = False  # torch still reads the stored statistics in eval mode: a scale
     gm = torch.fx.symbolic_trace(model.eval())
     kinds = {n.target: _kind(gm, n) for n in gm.graph.nodes if n.op == "call_module"}
-    assert kinds["1"] is None and kinds["4"] == "scale"
+    assert kinds["1"] is None and kinds["4"] == "scale" and kinds["7"] == "scale"
     model.train()
     gm = torch.fx.symbolic_trace(model)
     assert all(_kind(gm, n) is None for n in gm.graph.nodes if n.op == "call_module" and n.target in ("1", "4", "7"))
+    # such a layer is refused with its reason under every policy, never a traceback
+    model.eval()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    end = {k: v + 0.1 if v.is_floating_point() else v for k, v in start.items()}
+    x, y = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    for policy in POLICIES:
+        with pytest.raises(Unsupported, match="BatchNorm1d"):
+            prob = prepare(mt.make_line(model, start, end, dtype=torch.float64), mt.Dataset(x, y, "mse", "t"), policy, adjoint=True)
+            enclose(prob, [0.25], [0.5])

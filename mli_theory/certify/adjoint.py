@@ -174,8 +174,8 @@ def _kind(gm: GraphModule, node: Node) -> str | None:
             return "conv"
         if t in _POOL_MODULES and getattr(m, "divisor_override", None) is None:
             return "average"
-        if t in _NORM_MODULES and not m.training and m.track_running_stats:
-            return "scale"
+        if t in _NORM_MODULES and not m.training and m.running_mean is not None and m.running_var is not None:
+            return "scale"  # without running statistics it normalises with the batch's, even in eval mode
         return None
     if node.op == "call_function":
         if node.target is F.linear:

@@ -365,8 +365,9 @@ def _probe_statistics(params: dict[str, Any], statistics: dict[int, str]) -> dic
     out = dict(params)
     for name in statistics.values():
         prefix = f"{name}." if name else ""
-        out[prefix + "running_mean"] = torch.zeros_like(params[prefix + "running_mean"])
-        out[prefix + "running_var"] = torch.ones_like(params[prefix + "running_var"])
+        for key, fill in (("running_mean", torch.zeros_like), ("running_var", torch.ones_like)):
+            if isinstance(params.get(prefix + key), torch.Tensor):  # (a layer without them is refused by its rule)
+                out[prefix + key] = fill(params[prefix + key])
     return out
 
 
