@@ -13,7 +13,6 @@ option the screening may take (the statistics' remainders enter every scale ρ).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 
@@ -23,17 +22,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
-from torch.nn import functional as F
 
 import mli_theory as mt
-from mli_theory.certify.adjoint import Tape, kink_bound
-from mli_theory.certify.enclosures import EnclosureNumbers
-from mli_theory.certify.partition import _ce_terms, _mse_cotangent, _statistics, enclose, plain_loss, prepare
-from mli_theory.geometry.interpreter import interpret
+from mli_theory.certify.partition import enclose, plain_loss, prepare
 from mli_theory.inputs.convnets import image_resnet
 from mli_theory.path import BNPolicy
 from mli_theory.path.batchnorm import recompute_bn_statistics
 
+from test_adjoint_conv import gradients_at, walk_back
 from test_bn_recompute_certify import _build, _reference
 
 POLICIES = [BNPolicy.FROZEN, BNPolicy.INTERPOLATE, BNPolicy.RECOMPUTE]
@@ -78,45 +74,6 @@ def _state(prob, policy, alpha):
     return state
 
 
-def _true_gradients(prob, policy, alpha):
-    """Node name → ∂(Σ ℓ)/∂(node output) at α by autograd through the traced eval-mode graph in
-    float64, the statistics those of the curve at α held fixed (Σ ℓ: summed cross-entropy, or
-    ½Σ(z − y)², the units of the reverse walk's cotangents)."""
-    g2 = copy.deepcopy(prob.gm).double()
-    g2.load_state_dict(_state(prob, policy, alpha), strict=False)
-    outs: dict[str, torch.Tensor] = {}
-
-    class Keep(torch.fx.Interpreter):
-        def run_node(self, n):
-            out = super().run_node(n)
-            # an identity returns its input tensor itself, whose gradient is that of all its uses
-            aliased = any(out is self.env[a] for a in n.all_input_nodes)
-            if isinstance(out, torch.Tensor) and out.requires_grad and not aliased:
-                out.retain_grad()
-                outs[n.name] = out
-            return out
-
-    z = Keep(g2).run(prob.x)
-    total = F.cross_entropy(z, prob.y, reduction="sum") if prob.loss == "ce" else 0.5 * ((z - prob.y) ** 2).sum()
-    total.backward()
-    return {k: v.grad for k, v in outs.items() if v.grad is not None}
-
-
-def _walk_back(prob, cell):
-    """The reverse walk on one cell, the statistics enclosed as the certifier encloses them."""
-    mid, rad = (cell[0] + cell[1]) / 2, (cell[1] - cell[0]) / 2
-    m, h = torch.tensor([mid], dtype=torch.float64), torch.tensor([rad], dtype=torch.float64)
-    params = prob.params if not prob.statistics else {**prob.params, **_statistics(prob, m, h, None)}
-    nt = EnclosureNumbers(m, h)
-    nt.deferred = []
-    tape = Tape(nt)
-    out = interpret(prob.gm, nt, [prob.x], params, on_node=tape.record)
-    cot = _ce_terms(out, prob.y, h, cotangent=True)[2] if prob.loss == "ce" else _mse_cotangent(out, prob.y, h.reshape(-1, 1, 1))
-    keep: dict = {}
-    kink_bound(prob.gm, tape, prob.reads, prob.output, cot, keep=keep)
-    return keep
-
-
 @st.composite
 def cases(draw):
     kind = draw(st.sampled_from(["mlp", "plain", "resnet"]))
@@ -142,7 +99,7 @@ def test_every_cotangent_through_batchnorm_contains_the_true_gradient(case):
     prob = prepare(line, mt.Dataset(x, y, loss, "t"), policy, adjoint=True)
     assert prob.adjoint, case
     try:
-        keep = _walk_back(prob, (ca, cb))
+        keep, _ = walk_back(prob, prob.x, prob.y, prob.loss, (ca, cb))
     except RuntimeError as exc:  # a variance enclosure reaching 0 leaves no scale: nothing to check
         assert "scale" in str(exc), exc
         return
@@ -151,7 +108,7 @@ def test_every_cotangent_through_batchnorm_contains_the_true_gradient(case):
     mid, rad = (ca + cb) / 2, (cb - ca) / 2
     for f in (0.0, 0.29, 0.5, 0.83, 1.0):
         alpha = ca + f * (cb - ca)
-        true = _true_gradients(prob, policy, alpha)
+        true = gradients_at(prob.gm, _state(prob, policy, alpha), prob.x, prob.y, prob.loss)
         for node, (c, s, r) in keep.items():
             if not bool(torch.isfinite(r).all()) or node.name not in true:  # (an identity's output)
                 continue

@@ -228,12 +228,16 @@ def walk_back(prob, x, y, loss, cell):
     from mli_theory.certify.partition import _ce_terms, _mse_cotangent
     from mli_theory.geometry.interpreter import interpret
 
+    from mli_theory.certify.partition import _statistics
+
     mid, rad = (cell[0] + cell[1]) / 2, (cell[1] - cell[0]) / 2
-    nt = EnclosureNumbers(torch.tensor([mid], dtype=torch.float64), torch.tensor([rad], dtype=torch.float64))
+    m, h = torch.tensor([mid], dtype=torch.float64), torch.tensor([rad], dtype=torch.float64)
+    # under bn=recompute the statistics are enclosed as the certifier encloses them
+    params = prob.params if not prob.statistics else {**prob.params, **_statistics(prob, m, h, None)}
+    nt = EnclosureNumbers(m, h)
     nt.deferred = []
     tape = Tape(nt)
-    out = interpret(prob.gm, nt, [x], prob.params, on_node=tape.record)
-    h = torch.tensor([rad], dtype=torch.float64)
+    out = interpret(prob.gm, nt, [x], params, on_node=tape.record)
     cot = _ce_terms(out, y, h, cotangent=True)[2] if loss == "ce" else _mse_cotangent(out, y, h.reshape(-1, 1, 1))
     keep: dict = {}
     norms: dict = {}
@@ -242,16 +246,23 @@ def walk_back(prob, x, y, loss, cell):
 
 
 def _true_gradients(gm, start, end, x, y, loss, alpha):
-    """Node name → ∂(Σ ℓ)/∂(the node's output) at α, by autograd through the traced graph in float64
-    (Σ ℓ: summed cross-entropy, or ½Σ(z − y)²: the units of the reverse walk's cotangents)."""
+    """Node name → ∂(Σ ℓ)/∂(the node's output) at α, every entry of the state interpolated."""
+    return gradients_at(gm, {k: start[k] + alpha * (end[k] - start[k]) for k in start}, x, y, loss)
+
+
+def gradients_at(gm, state, x, y, loss):
+    """Node name → ∂(Σ ℓ)/∂(the node's output) in ``state``, by autograd through the traced graph in
+    float64 (Σ ℓ: summed cross-entropy, or ½Σ(z − y)²: the units of the reverse walk's cotangents).
+    An identity's output is its input tensor itself, whose gradient is that of all its uses: left out."""
     g2 = copy.deepcopy(gm).double()
-    g2.load_state_dict({k: start[k] + alpha * (end[k] - start[k]) for k in start}, strict=False)
+    g2.load_state_dict(state, strict=False)
     outs: dict[str, torch.Tensor] = {}
 
     class Keep(torch.fx.Interpreter):
         def run_node(self, n):
             out = super().run_node(n)
-            if isinstance(out, torch.Tensor) and out.requires_grad:
+            aliased = any(out is self.env[a] for a in n.all_input_nodes)
+            if isinstance(out, torch.Tensor) and out.requires_grad and not aliased:
                 out.retain_grad()
                 outs[n.name] = out
             return out

@@ -139,8 +139,8 @@ class Tape:
         self.shapes[node] = out.v.c.shape
         if node.op == "call_module" and type(args[0]) is dict:
             self.params[node] = args[0]
-        if node.op == "call_module" and type(args[0]) is dict and "weight" in args[0]:
-            self.weights[node] = args[0]["weight"]
+            if "weight" in args[0]:
+                self.weights[node] = args[0]["weight"]
         elif node.op == "call_function" and node.target is F.linear:
             self.weights[node] = args[1] if len(args) > 1 else kwargs.get("weight")
 

@@ -1250,8 +1250,8 @@ def _coarsened(cells: list[CellBound], pinned: float | None = None) -> list[tupl
     whose L′ < 0 is proven (rise share 0, at least ``COARSEN_MIN_WIDTH`` wide, not the convex
     end's, nor the last cell: near a stationary end L′ → 0 and a subsample's margin says little, and
     a last cell that does not decide costs the convex end's second walks, on the digits ResNet
-    31 s where its halves cost 5) are covered again left to right, each new cell as wide as the narrowest allowance of the
-    old cells it overlaps (at most twice theirs: the halves of a parent that did not decide), its
+    31 s where its halves cost 5) are covered again left to right, each new cell as wide as the
+    narrowest allowance of the old cells it overlaps (at most twice theirs: the halves of a parent that did not decide), its
     right end on the grid ``COARSEN_GRID``; then the allowances are scaled down as far as the count
     stays the same, so the cells come out even instead of leaving a sliver at the end; a run keeps
     its cells where that saves none.
