@@ -455,6 +455,53 @@ def step_o4_adjoint_batchnorm() -> bool:
     return sp.expand(lhs[0] - rhs[0]) == 0
 
 
+def step_o5_statistics_walk() -> bool:
+    # bn=recompute: one channel, N = 3 values. (i) The train-mode BatchNorm rule of the statistics
+    # walk: for Φ = Σ g_i y_i + a·μ + b·σ², y = γ(x − μ)q + β, q = (v + ε)^(−1/2), v the biased
+    # variance and σ² = v·N/(N − 1) (what torch stores), ∂Φ/∂x_j = ρ(g_j − mean g − x̂_j·mean(g x̂))
+    # + a/N + b·2(x_j − μ)/(N − 1), ρ = γq, x̂ = (x − μ)q. (ii) The seeds: for the eval-mode layer
+    # y = (x − μ)γ(σ² + ε)^(−1/2) + β, ∂y/∂μ = −ρ and ∂y/∂σ² = −½(x − μ)ρq². (iii) The identity: with
+    # the pass's kinks at the midpoint slopes T instead of D, L′ − L̃′ = ⟨J_sᵀF_s, (D − T)v′⟩, the
+    # walk's cotangent at the kink layer times the deferred term.
+    n = 3
+    x = sp.symbols("x0:3", real=True)
+    g = sp.symbols("g0:3", real=True)
+    gam, beta, eps, a, b = sp.symbols("gamma beta epsilon a b", positive=True)
+    mu = sum(x) / n
+    v = sum((xi - mu) ** 2 for xi in x) / n
+    q = 1 / sp.sqrt(v + eps)
+    y = [gam * (xi - mu) * q + beta for xi in x]
+    phi = sum(gi * yi for gi, yi in zip(g, y)) + a * mu + b * v * sp.Rational(n, n - 1)
+    rho = gam * q
+    xh = [(xi - mu) * q for xi in x]
+    mg = sum(g) / n
+    mgx = sum(gi * hi for gi, hi in zip(g, xh)) / n
+    train_ok = all(sp.simplify(sp.diff(phi, x[j]) - (rho * (g[j] - mg - xh[j] * mgx) + a / n + b * 2 * (x[j] - mu) / (n - 1))) == 0
+                   for j in range(n))
+    xv, m_, s2 = sp.symbols("x m sigma2", real=True)
+    qe = 1 / sp.sqrt(s2 + eps)
+    ye = (xv - m_) * gam * qe + beta
+    seeds_ok = (sp.simplify(sp.diff(ye, m_) + gam * qe) == 0
+                and sp.simplify(sp.diff(ye, s2) + sp.Rational(1, 2) * (xv - m_) * gam * qe * qe**2) == 0)
+    # (iii): values a_i (after the kinks), derivatives a′ = D v′ (true) or T v′ (walk); the statistics
+    # (μ, σ²) of a, and any L = F(α, μ, σ²): L′ − L̃′ = F_s·J_s·(D − T)v′ = Σ_i c_i (D_i − T_i) v′_i with
+    # c = J_sᵀF_s the cotangent the walk seeds with (F_μ, F_σ²) and passes back through the layer
+    av = sp.symbols("u0:3", real=True)
+    dv = sp.symbols("dv0:3", real=True)
+    D = sp.symbols("D0:3", real=True)
+    T = sp.symbols("T0:3", real=True)
+    fm, fs = sp.symbols("F_mu F_s", real=True)
+    mu_a = sum(av) / n
+    var_a = sum((ai - mu_a) ** 2 for ai in av) / (n - 1)
+
+    def slope(coefs):  # d/dα of F's statistics part along a′ = coefs·v′
+        return sum((fm * sp.diff(mu_a, av[i]) + fs * sp.diff(var_a, av[i])) * coefs[i] * dv[i] for i in range(n))
+
+    cot = [fm / n + fs * 2 * (av[i] - mu_a) / (n - 1) for i in range(n)]  # the seeds' share at the layer (g = 0)
+    ident_ok = sp.expand(slope(D) - slope(T) - sum(cot[i] * (D[i] - T[i]) * dv[i] for i in range(n))) == 0
+    return train_ok and seeds_ok and ident_ok
+
+
 def step_o2_transposed_maps() -> bool:
     # the reverse walk's convolution and average rules against the transposes of their dense
     # matrices, built by applying the forward map to basis vectors; small integers (and averages
@@ -520,6 +567,7 @@ STEPS = {
     "O2: transposed convolutions and averages equal the dense transposes (reverse walk)": step_o2_transposed_maps,
     "O3: a Linear input's remainder as ⟨∂ℓ/∂v, ΔW·δ⟩ beside the kinks' share (adjoint sources)": step_o3_adjoint_sources,
     "O4: an eval-mode BatchNorm layer passes the cotangent back as diag(ρ)·g (adjoint bound)": step_o4_adjoint_batchnorm,
+    "O5: bn=recompute's statistics walk: train-mode BatchNorm's cotangent, the seeds ∂y/∂μ, ∂y/∂σ², the identity": step_o5_statistics_walk,
     "P: cell integrals of the Taylor form: ∫ L′ ≥ 2h(C − E), ∫ max(0, L′) ≤ ∫ max(0, C + E + Gt)": step_p_cell_integrals,
 }
 

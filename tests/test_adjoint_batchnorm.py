@@ -120,13 +120,14 @@ def test_every_cotangent_through_batchnorm_contains_the_true_gradient(case):
 
 @settings(deadline=None)
 @given(st.sampled_from(["relu", "leaky"]), st.integers(1, 3), st.sampled_from(["mse", "ce"]), st.integers(2, 5), st.integers(0, 2**20),
-       st.sampled_from([1e-3, 0.3, 1.0]), st.sampled_from([0, 2, 5, 12]), st.data())
-def test_recompute_enclosures_through_the_reverse_walk_contain_the_60_digit_loss_and_slope(act, depth, loss, n, seed, scale, j, data):
+       st.sampled_from([1e-3, 0.3, 1.0]), st.sampled_from([0, 2, 5, 12]), st.booleans(), st.data())
+def test_recompute_enclosures_through_the_reverse_walk_contain_the_60_digit_loss_and_slope(act, depth, loss, n, seed, scale, j, walk, data):
+    """``walk``: the re-estimation pass walked backward too, its statistics anchored (statistics_walk)."""
     widths = [data.draw(st.integers(1, 3)) for _ in range(depth + 1)] + [data.draw(st.integers(2, 3))]
     model, start, end, x, y = _build(act, widths, seed, scale, loss, n)
     line = mt.make_line(model, start, end, dtype=torch.float64)
-    prob = prepare(line, mt.Dataset(x, y, loss, "t"), BNPolicy.RECOMPUTE, adjoint=True)
-    assert prob.adjoint
+    prob = prepare(line, mt.Dataset(x, y, loss, "t"), BNPolicy.RECOMPUTE, adjoint=True, statistics_walk=walk)
+    assert prob.adjoint and prob.statistics_walk is walk and prob.anchored is walk
     k = data.draw(st.integers(0, 2**j - 1))
     ca, cb = k / 2**j, (k + 1) / 2**j
     (dlo, dhi), (llo, lhi) = (t[0] for t in enclose(prob, [ca], [cb]))

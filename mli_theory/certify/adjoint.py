@@ -61,9 +61,9 @@ Supported operations in the reverse walk: Linear (module or ``F.linear``), Conv2
 padding, one group), average pooling (``AvgPool2d``/``AdaptiveAvgPool2d`` modules and their
 functions, ``mean`` over non-example axes), BatchNorm1d/2d modules in eval mode under every
 statistics policy (the cotangent times the per-channel scale ρ(α) = γ(α)·(σ²(α) + ε)^(−1/2):
-:func:`_scale_back`; under ``bn=recompute`` the re-estimation pass itself keeps the forward
-Clarke rule, its statistics enter this walk as enclosed inputs), ReLU and LeakyReLU (module,
-function or method),
+:func:`_scale_back`; under ``bn=recompute`` the statistics enter this walk as enclosed inputs, and
+the re-estimation pass itself keeps the forward Clarke rule unless it is walked backward too,
+:func:`statistics_bound`), ReLU and LeakyReLU (module, function or method),
 flatten/unflatten/view/reshape, identity and dropout in eval mode, sums and differences of
 activations (residual connections), negation. A graph with anything else keeps the
 plain forward Clarke rule (:func:`unsupported` says why), so the adjoint bound is an optimisation,
@@ -76,6 +76,7 @@ before its first ReLU are skipped), so the bound is bit for bit that of the full
 
 from __future__ import annotations
 
+import math
 import operator
 from typing import Any, Literal
 
@@ -84,9 +85,9 @@ from torch import Tensor, nn
 from torch.fx import GraphModule, Node
 from torch.nn import functional as F
 
-from .enclosures import (_TINY, _UNDER, U, TM, Enclosure, EnclosureNumbers, Kink, Param, Source, _along_cells, _l2, _matrix_norms, _product,
-                         _string_padding, _up, abs_per_cell, batch_norm_scale, broadcast_shape, gamma, memo_up32, upper_matmul, use_float32, _MIN32,
-                         _U32)
+from .enclosures import (_TINY, _UNDER, U, TM, Enclosure, EnclosureNumbers, Kink, Param, Source, _add_tm, _along_cells, _l2, _matrix_norms,
+                         _product, _scale_inexact, _string_padding, _up, abs_per_cell, batch_norm_factors, batch_norm_scale, broadcast_shape, gamma,
+                         memo_up32, upper_matmul, use_float32, _MIN32, _U32)
 
 _RELU_MODULES = (nn.ReLU, nn.LeakyReLU)
 _RELU_FUNCTIONS = {F.relu, torch.relu, F.leaky_relu}
@@ -105,13 +106,17 @@ class Tape:
     their input's value remainder, its :class:`Source`; for every module node the parameters the
     rule read (BatchNorm's statistics among them). Pass :meth:`record` as ``on_node``."""
 
-    def __init__(self, numbers: EnclosureNumbers) -> None:
+    def __init__(self, numbers: EnclosureNumbers, keep_inputs: frozenset[str] = frozenset()) -> None:
         self.numbers = numbers
         self.shapes: dict[Node, torch.Size] = {}
         self.kinks: dict[Node, Kink] = {}
         self.sources: dict[Node, Source] = {}
         self.weights: dict[Node, Any] = {}
         self.params: dict[Node, dict] = {}
+        # the input's value Taylor model of the modules named here (re-estimated BatchNorm layers,
+        # whose statistics' cotangents the walk forms: see kink_bound's ``seeds``)
+        self.keep_inputs = keep_inputs
+        self.inputs: dict[Node, TM] = {}
 
     def record(self, node: Node, out: Any, args: tuple, kwargs: dict) -> None:
         deferred = self.numbers.deferred
@@ -139,6 +144,8 @@ class Tape:
         self.shapes[node] = out.v.c.shape
         if node.op == "call_module" and type(args[0]) is dict:
             self.params[node] = args[0]
+            if node.target in self.keep_inputs and len(args) > 1 and isinstance(args[1], Enclosure):
+                self.inputs[node] = args[1].v
             if "weight" in args[0]:
                 self.weights[node] = args[0]["weight"]
         elif node.op == "call_function" and node.target is F.linear:
@@ -286,7 +293,8 @@ class _Cot:
 
 
 def kink_bound(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]], output: Node, cot: tuple[Tensor, Tensor, Tensor],
-               keep: dict[Node, tuple[Tensor, Tensor, Tensor]] | None = None, keep_norms: dict[Node, Tensor] | None = None) -> Tensor:
+               keep: dict[Node, tuple[Tensor, Tensor, Tensor]] | None = None, keep_norms: dict[Node, Tensor] | None = None, *,
+               seeds: dict[str, tuple] | None = None) -> Tensor:
     """Σ over examples and mixed neurons of sup|g|·w, plus over the layers' sources (:class:`Source`)
     of ⟨|ΔW|ᵀ sup|g|, e⟩, per cell ((C,) tensor, rounded up): the radius to add to L′ (in the units of
     the summed per-example terms; see (∗) and (∗∗) in the docstring).
@@ -295,14 +303,53 @@ def kink_bound(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]
     model on the cells like :class:`_Cot`. ``keep``, if given, receives the (centre, slope, radius)
     of the cotangent of every node the walk visits (for tests: each must contain the true gradient
     of the summed loss with respect to that node's output at every α of the cell); ``keep_norms``,
-    the bound of the remainder's Euclidean norm over the last axis where the walk tracks one."""
+    the bound of the remainder's Euclidean norm over the last axis where the walk tracks one.
+
+    ``seeds``: a dict that receives, for every BatchNorm layer whose input the tape kept
+    (``Tape.keep_inputs``: the layers re-estimated under ``bn=recompute``), the per-channel sums
+    (Σ g, Σ g·(x − μ)) over the chunk's examples and positions (Taylor models on the cells, added
+    to what the dict holds, so that chunks accumulate), g the cotangent at the layer's output:
+    :func:`statistic_seeds` turns them into ∂L/∂μ and ∂L/∂σ² for :func:`statistics_bound`."""
+    return _walk(gm, tape, reads, {output: _Cot(*cot)}, keep, keep_norms, seeds=seeds)
+
+
+def statistics_bound(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]], seeds: dict[str, tuple[TM, TM]],
+                     keep: dict[Node, tuple[Tensor, Tensor, Tensor]] | None = None) -> Tensor:
+    r"""The share of L′ that the re-estimation pass of ``bn=recompute`` deferred, per cell ((C,),
+    rounded up, in the units of :func:`kink_bound`): Σ sup|G|·w over that pass's kinks plus its
+    sources' ⟨|ΔW|ᵀ sup|G|, e⟩, G the cotangent of Φ = Σ_layers ⟨∂L/∂μ, μ⟩ + ⟨∂L/∂σ², σ²⟩ at the
+    pass's activations (the statistics' own derivatives then need no Clarke remainder).
+
+    Why. The evaluation pass computes L(α) = F(α, s(α)) with s the re-estimated statistics; its
+    walk, given derivatives s̃′ of the statistics computed with the kinks' midpoint slopes D̃
+    (``EnclosureNumbers.deferred`` in the re-estimation pass), encloses F_α + F_s·s̃′ plus its own
+    kinks' share. The re-estimation pass's derivative walk is linear in its incoming derivatives
+    with coefficients that depend on values alone — convolutions, sums and averages as in the module
+    docstring, and train-mode BatchNorm, whose y′ is ρ(x′ − mean x′ − x̂·mean(x̂x′)) plus terms in
+    γ′, β′ — so the induction of (∗) and (∗∗) gives s′ − s̃′ = Σ_l J_l (D_l − D̃_l)ṽ′_l + Σ_l J_l ΔW_l δ_l,
+    J_l = ∂s/∂(layer l), and F_s·(s′ − s̃′) = Σ_l ⟨J_lᵀF_s, ·⟩: a reverse walk of that pass seeded
+    with F_s = (∂L/∂μ, ∂L/∂σ²) per layer (:func:`statistic_seeds`). Through a train-mode BatchNorm
+    layer (N values per channel, x̂ = (x − μ)q, q = (v + ε)^(−1/2), ρ = γq) the cotangent of its input is
+
+        ρ·(g − mean g − x̂·mean(g·x̂)) + (∂L/∂μ)/N + (∂L/∂σ²)·2(x − μ)/(N − 1)
+
+    (torch stores σ² = v·N/(N − 1); ∂v/∂x_j = 2(x_j − μ)/N, the μ term of v vanishing as the mean of
+    x − μ is 0): :func:`_normalised_back`. ``seeds``: layer name → (∂L/∂μ, ∂L/∂σ²) Taylor models on
+    the tape's cells; the tape is the re-estimation pass's, walked with remainders deferred."""
+    return _walk(gm, tape, reads, {}, keep, None, train=seeds)
+
+
+def _walk(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]], cots: dict[Node, "_Cot"],
+          keep: dict | None, keep_norms: dict | None, *, seeds: dict | None = None, train: dict | None = None) -> Tensor:
+    """The reverse walk of :func:`kink_bound` (``seeds``: also the statistics' sums) and of
+    :func:`statistics_bound` (``train``: the re-estimated layers' seeds; their nodes pass cotangents
+    back as train-mode BatchNorm)."""
     nt = tape.numbers
-    cots: dict[Node, _Cot] = {output: _Cot(*cot)}
     total = torch.zeros(nt.mid.shape[0], dtype=torch.float64, device=nt.mid.device)
     count = 0
 
-    wanted = nt.memo(gm, "downstream-of-kinks", lambda: _downstream_of_kinks(gm, tape))  # once per batch of cells
-
+    tag = "downstream-of-kinks" if not tape.keep_inputs else "downstream-of-kinks-and-statistics"
+    wanted = nt.memo(gm, tag, lambda: _downstream_of_kinks(gm, tape))  # once per batch of cells
     def wants(target: Any) -> bool:
         # a constant, a parameter, a shape, or a node no kink lies upstream of (its cotangent would
         # only feed bounds of kinks, and there are none before it): no cotangent needed
@@ -317,13 +364,21 @@ def kink_bound(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]
     unpaid = set(tape.sources)  # every deferred source with a cotangent must be bounded here
     for node in reversed(list(gm.graph.nodes)):
         g = cots.pop(node, None)
-        if g is None or node.op in ("placeholder", "get_attr", "output"):
+        normalised = train is not None and node.op == "call_module" and node.target in getattr(nt, "names", {}).values()
+        if (g is None and not normalised) or node.op in ("placeholder", "get_attr", "output"):
             continue
-        if keep is not None:
+        if keep is not None and g is not None:
             keep[node] = (g.c, g.s, g.r)
-        if keep_norms is not None and g.n is not None:
+        if keep_norms is not None and g is not None and g.n is not None:
             keep_norms[node] = g.n
         args, kwargs = reads[node]
+        if normalised:  # a train-mode BatchNorm layer of the re-estimation pass, with its statistics' seeds
+            if wants(args[0]):
+                rec = nt.normalised.get(node.target)
+                if node.target not in train or rec is None:
+                    raise RuntimeError(f"no statistics seed or record for {node.name}")
+                send(args[0], _normalised_back(nt, g, rec, *train[node.target]))
+            continue
         kind = _kind(gm, node)
         if kind == "linear":
             x = args[0] if node.op == "call_module" else (args[0] if args else kwargs["input"])
@@ -360,6 +415,8 @@ def kink_bound(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]
                 send(x, _average_back(g, _average_op(gm, node), tape.shapes[x]))
         elif kind == "scale":
             x = args[0]
+            if seeds is not None and node in tape.inputs:
+                _add_seeds(nt, seeds, node, g, tape)
             if wants(x):
                 nd = len(tape.shapes[x]) - 1
                 rho = nt.memo(node, "normaliser", lambda: batch_norm_scale(nt, gm.get_submodule(node.target), tape.params[node], nd))
@@ -389,13 +446,100 @@ def kink_bound(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]
     return _up(total * (1.0 + 2.0 * gamma(count + 4)) + _TINY)
 
 
+def _tm_reduce(a: TM, dims: tuple[int, ...], k: int, *, mean: bool = False) -> TM:
+    """Σ (or the mean) of a Taylor model over ``dims`` (kept as size-1 axes), k terms per entry. A sum
+    of k terms in any order errs by at most γ_k·Σ|·| (a mean by one more rounding); |t| ≤ h ≤ 1 for
+    the slope, and the remainders' own sum rounds down by at most as much, so 2γ_{k+4}·Σ(|c| + |g| + e)
+    covers all three."""
+    full = broadcast_shape(a.c.shape, a.g.shape, a.e.shape)
+    red = (lambda t: t.mean(dims, keepdim=True)) if mean else (lambda t: t.sum(dims, keepdim=True))
+    c, e = a.c.expand(full), a.e.expand(full)
+    zero_g = a.g.dim() == 0 and not bool(a.g)
+    g = a.g if zero_g else a.g.expand(full)
+    mag = red(c.abs() + (0.0 if zero_g else g.abs()) + e)
+    return TM(red(c), g if zero_g else red(g), _up(red(e) + mag * (2.0 * gamma(k + 4))))
+
+
+def _cells_of(a: TM, i: int, j: int) -> TM:
+    """The cells i…j − 1 of a Taylor model with a leading cell axis (0-dim parts stay)."""
+    return TM(*(t if t.dim() == 0 else t[i:j] for t in (a.c, a.g, a.e)))
+
+
+def _add_seeds(nt: EnclosureNumbers, seeds: dict, node: Node, g: "_Cot", tape: Tape) -> None:
+    """Adds this chunk's per-channel (Σ g, Σ g·(x − μ)) at a re-estimated BatchNorm layer to ``seeds``
+    (see :func:`kink_bound`): x the layer's input (its value Taylor model, kept by the tape), μ its
+    running mean's enclosure, sums over examples and positions (every axis but the channel's)."""
+    mu = tape.params[node].get("running_mean")
+    if not isinstance(mu, Enclosure):
+        raise RuntimeError(f"{node.name}: the statistics walk needs re-estimated statistics")
+    full = broadcast_shape(g.c.shape, g.s.shape, g.r.shape)
+    nd = len(full) - 1
+    h = nt.h(nd)
+    dims = (1,) + tuple(range(3, len(full)))
+    k = int(math.prod(full[d] for d in dims))
+    gt = TM(g.c.expand(full), g.s.expand(full), g.r.expand(full))
+    xc = _add_tm(tape.inputs[node], mu.v, -1.0)
+    s1 = _tm_reduce(gt, dims, k)
+    s2 = _tm_reduce(_product(xc, gt, h), dims, k)
+    have = seeds.get(node.target)
+    if have is None:
+        seeds[node.target] = (s1, s2, tape.params[node], nd)
+    else:
+        seeds[node.target] = (_add_tm(have[0], s1), _add_tm(have[1], s2), have[2], have[3])
+
+
+def statistic_seeds(nt: EnclosureNumbers, gm: GraphModule, sums: dict) -> dict[str, tuple[TM, TM]]:
+    """Layer name → (∂L/∂μ, ∂L/∂σ²) per channel, Taylor models on the cells of ``nt`` (the
+    evaluation pass's), from the sums :func:`kink_bound` gathered over every chunk: the eval-mode
+    layer is y = (x − μ)ρ + β with ρ = γq, q = (σ² + ε)^(−1/2), so ∂y/∂μ = −ρ and
+    ∂y/∂σ² = −½(x − μ)ρq², and ∂L/∂μ = −ρ·Σg, ∂L/∂σ² = −½ρq²·Σg(x − μ) (ρ, q per channel)."""
+    out: dict[str, tuple[TM, TM]] = {}
+    for name, (s1, s2, params, nd) in sums.items():
+        got = batch_norm_factors(nt, gm.get_submodule(name), params, nd)
+        if got is None:
+            raise RuntimeError(f"no enclosure of the scale of {name}")
+        rho, q = got
+        h = nt.h(nd)
+        a = _product(rho, s1, h)
+        b = _product(_product(_product(rho, q, h), q, h), s2, h)
+        # negation and halving are exact in floating point
+        out[name] = (TM(-a.c, -a.g, a.e), TM(b.c * -0.5, b.g * -0.5, b.e * 0.5))
+    return out
+
+
+def _normalised_back(nt: EnclosureNumbers, g: "_Cot | None", rec: Any, a: TM, b: TM) -> "_Cot":
+    """The cotangent of a train-mode BatchNorm layer's input (see :func:`statistics_bound`):
+    ρ·g + K1 + (x − μ)·K2 with the per-channel K1 = (∂L/∂μ)/N − ρ·mean g and
+    K2 = (∂L/∂σ²)·2/(N − 1) − ρq²·mean(g·(x − μ)) (ρ·x̂·mean(g·x̂) = ρq²(x − μ)·mean(g·(x − μ))), g the
+    cotangent of its output (None: the pass's last layer, whose output nothing reads). Every product
+    is the forward rule's (:func:`~.enclosures._product`), constants 1/N and 2/(N − 1) rounded
+    quotients (:func:`~.enclosures._scale_inexact`)."""
+    xc = rec.centred
+    full = xc.c.shape
+    h = nt.h(len(full) - 1)
+    n = rec.count
+    k1 = _scale_inexact(a, 1.0 / n)
+    k2 = _scale_inexact(b, 2.0 / (n - 1))
+    if g is None:
+        out = _add_tm(_product(xc, k2, h), k1)
+    else:
+        gt = TM(g.c.expand(full), g.s.expand(full), g.r.expand(full))
+        mg = _tm_reduce(gt, rec.dims, n, mean=True)
+        mgx = _tm_reduce(_product(xc, gt, h), rec.dims, n, mean=True)
+        k1 = _add_tm(k1, _product(rec.scale, mg, h), -1.0)
+        k2 = _add_tm(k2, _product(_product(_product(rec.scale, rec.root, h), rec.root, h), mgx, h), -1.0)
+        out = _add_tm(_add_tm(_product(rec.scale, gt, h), k1), _product(xc, k2, h))
+    shape = broadcast_shape(out.c.shape, out.g.shape, out.e.shape, full)
+    return _Cot(out.c.expand(shape), out.g.expand(shape), out.e.expand(shape))
+
+
 def _downstream_of_kinks(gm: GraphModule, tape: Tape) -> set[Node]:
     """The nodes with a recorded kink or source upstream of them (that node included): the only ones
     whose cotangent enters the bound. The reverse walk stops at the others, e.g. the first Linear
     layer of an MLP and its input, which no kink precedes (its input is exact: no source)."""
     out: set[Node] = set()
-    for node in gm.graph.nodes:  # topological order
-        if node in tape.kinks or node in tape.sources or any(isinstance(a, Node) and a in out for a in node.all_input_nodes):
+    for node in gm.graph.nodes:  # topological order (the layers whose input the tape keeps: see kink_bound's seeds)
+        if node in tape.kinks or node in tape.sources or node in tape.inputs or any(isinstance(a, Node) and a in out for a in node.all_input_nodes):
             out.add(node)
     return out
 
