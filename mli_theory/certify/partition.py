@@ -466,20 +466,12 @@ def _statistics(problem: _Problem, mid: torch.Tensor, rad: torch.Tensor, deadlin
             if nt.anchors is not None:  # the anchored values first, then the deferred pass reads them
                 first = StatisticsNumbers(nt.mid, nt.rad, problem.statistics)
                 first.anchors, first.values = nt.anchors, {}
-                try:
-                    interpret(problem.gm, first, [x], problem.params)
-                except StatisticsComplete:
-                    pass
+                _re_estimate(problem, first, x)
                 nt.values = first.values
             nt.deferred = []
             tape = Tape(nt)
             tapes.append((i, i + nt.mid.shape[0], nt, tape))
-        try:
-            interpret(problem.gm, nt, [x], problem.params, on_node=None if tape is None else tape.record)
-        except StatisticsComplete:
-            pass
-        except UnsupportedGraph as exc:
-            raise Unsupported(str(exc)) from None
+        _re_estimate(problem, nt, x, tape)
         for name in problem.statistics.values():
             if name not in nt.record:
                 raise Unsupported(f"the re-estimation of BatchNorm layer {name} could not be enclosed (its variance range reaches 0?)")
@@ -499,13 +491,18 @@ def _anchors(problem: _Problem, mid: torch.Tensor, x: torch.Tensor) -> dict:
     nt.values_only = True
     nt.points = True
     nt.anchors = {}
+    _re_estimate(problem, nt, x)
+    return nt.anchors
+
+
+def _re_estimate(problem: _Problem, nt: StatisticsNumbers, x: torch.Tensor, tape: Tape | None = None) -> None:
+    """One walk of the re-estimation pass (it stops after the last BatchNorm layer); ``nt`` records."""
     try:
-        interpret(problem.gm, nt, [x], problem.params)
+        interpret(problem.gm, nt, [x], problem.params, on_node=None if tape is None else tape.record)
     except StatisticsComplete:
         pass
     except UnsupportedGraph as exc:
         raise Unsupported(str(exc)) from None
-    return nt.anchors
 
 
 def _cat(encs: list[Enclosure]) -> Enclosure:
