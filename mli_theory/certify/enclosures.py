@@ -1466,7 +1466,16 @@ def _channel_view(nd: int) -> Callable[[Tensor], Tensor]:
     return (lambda t: t.reshape(-1, *([1] * (nd - 2)))) if nd > 2 else (lambda t: t)
 
 
+def _data_enclosure(nt: EnclosureNumbers, x: Any) -> Any:
+    """A layer's input that is the data itself (a floating tensor, the same at every α) as an exact
+    enclosure, one cell broadcast against all (BatchNorm right after the input); else ``x``."""
+    if isinstance(x, Tensor) and x.is_floating_point() and x.dim() >= 2:
+        return _const_enclosure(nt, x.to(torch.float64))
+    return x
+
+
 def _batch_norm_module(nt: EnclosureNumbers, mod: nn.Module, p: dict, x: Any) -> Any:
+    x = _data_enclosure(nt, x)
     if mod.training or not isinstance(x, Enclosure):
         return NotImplemented
     mean, var = p.get("running_mean"), p.get("running_var")
@@ -1621,9 +1630,13 @@ def _batch_norm_statistics(nt: "StatisticsNumbers", mod: nn.Module, p: dict, x: 
     N the number of values per channel. All as enclosures over the cells, derivatives included
     (the product and quotient rules of :func:`_mul` and :func:`_smooth`)."""
     name = nt.names.get(id(mod))
+    x = _data_enclosure(nt, x)
     if name is None or not isinstance(x, Enclosure):
         return _batch_norm_module(nt, mod, p, x)
     full = _full(x)
+    cells = nt.mid.shape[0]
+    if full.v.c.shape[0] != cells:  # the data: its statistics are recorded once per cell, as every layer's
+        full = full.map(lambda t: t.expand(cells, *t.shape[1:]))
     nd = full.v.c.dim()
     cdims = (1,) + tuple(range(3, nd))
     count = int(math.prod(full.v.c.shape[d] for d in cdims))
