@@ -228,15 +228,16 @@ def test_batchnorm_right_after_the_input_is_enclosed(act, width, loss, n, seed, 
     line = mt.make_line(model, start, end, dtype=torch.float64)
     k = data.draw(st.integers(0, 2**j - 1))
     ca, cb = k / 2**j, (k + 1) / 2**j
+    cells = ([ca, 0.0, 0.5], [cb, 0.25, 1.0])  # several cells at once, as the bisection walks them
     prob = prepare(line, mt.Dataset(x, y, loss, "t"), BNPolicy.RECOMPUTE, statistics_walk=walk)
-    (dlo, dhi), (llo, lhi) = (t[0] for t in enclose(prob, [ca], [cb]))
+    (dlo, dhi), (llo, lhi) = (t[0] for t in enclose(prob, *cells))
     for f in (0.0, 0.5, 1.0):
         L, dL = _reference(model, act, start, end, x, y, loss, ca + f * (cb - ca))
         assert mp.mpf(llo) <= L <= mp.mpf(lhi), (float(L), llo, lhi)
         assert mp.mpf(dlo) <= dL <= mp.mpf(dhi), (float(dL), dlo, dhi)
     for policy in (BNPolicy.FROZEN, BNPolicy.INTERPOLATE):
         other = prepare(line, mt.Dataset(x, y, loss, "t"), policy)
-        (dlo, dhi), (llo, lhi) = (t[0] for t in enclose(other, [ca], [cb]))
+        (dlo, dhi), (llo, lhi) = (t[0] for t in enclose(other, *cells))
         t = ca + 0.37 * (cb - ca)
         fd = (plain_loss(other, t + 1e-7) - plain_loss(other, t - 1e-7)) / 2e-7
         assert llo <= plain_loss(other, t) <= lhi and dlo - 1e-5 * (1 + abs(fd)) <= fd <= dhi + 1e-5 * (1 + abs(fd)), (policy, fd, dlo, dhi)

@@ -1468,9 +1468,10 @@ def _channel_view(nd: int) -> Callable[[Tensor], Tensor]:
 
 def _data_enclosure(nt: EnclosureNumbers, x: Any) -> Any:
     """A layer's input that is the data itself (a floating tensor, the same at every α) as an exact
-    enclosure, one cell broadcast against all (BatchNorm right after the input); else ``x``."""
+    enclosure on every cell (BatchNorm right after the input); else ``x``."""
     if isinstance(x, Tensor) and x.is_floating_point() and x.dim() >= 2:
-        return _const_enclosure(nt, x.to(torch.float64))
+        cells = nt.mid.shape[0]
+        return _const_enclosure(nt, x.to(torch.float64)).map(lambda t: t.expand(cells, *t.shape[1:]))
     return x
 
 
@@ -1634,9 +1635,6 @@ def _batch_norm_statistics(nt: "StatisticsNumbers", mod: nn.Module, p: dict, x: 
     if name is None or not isinstance(x, Enclosure):
         return _batch_norm_module(nt, mod, p, x)
     full = _full(x)
-    cells = nt.mid.shape[0]
-    if full.v.c.shape[0] != cells:  # the data: its statistics are recorded once per cell, as every layer's
-        full = full.map(lambda t: t.expand(cells, *t.shape[1:]))
     nd = full.v.c.dim()
     cdims = (1,) + tuple(range(3, nd))
     count = int(math.prod(full.v.c.shape[d] for d in cdims))
