@@ -48,7 +48,7 @@ from ..path import BNPolicy, Line, Motion
 from .adjoint import Tape, _cells_of, kink_bound, statistic_seeds, statistics_bound, unsupported
 from .convexity import Curved, SecondNumbers, SecondStatisticsNumbers, loss_second_terms
 from .validation import MEASURED_DIFFERS, Reference, validation_points
-from .enclosures import _LIB, _TINY, TM, U, Enclosure, EnclosureNumbers, Param, StatisticsComplete, StatisticsNumbers, _add_tm, _imul, _softmax_box, _up, gamma, strict_arithmetic
+from .enclosures import _LIB, _TINY, TM, U, Enclosure, EnclosureNumbers, Param, StatisticsComplete, StatisticsNumbers, _add_tm, _const_enclosure, _imul, _softmax_box, _up, gamma, strict_arithmetic
 
 MIN_WIDTH = 2.0**-40
 UNDERFLOW_FLOOR = 2.0**-900  # a rise bound below this is made of the enclosures' underflow guards
@@ -496,9 +496,18 @@ def _anchors(problem: _Problem, mid: torch.Tensor, x: torch.Tensor) -> dict:
 
 
 def _re_estimate(problem: _Problem, nt: StatisticsNumbers, x: torch.Tensor, tape: Tape | None = None) -> None:
-    """One walk of the re-estimation pass (it stops after the last BatchNorm layer); ``nt`` records."""
+    """One walk of the re-estimation pass (it stops after the last BatchNorm layer); ``nt`` records.
+
+    Each re-estimated layer's running mean enters as an enclosure (which its train-mode rule never
+    reads): a layer without moving parameters right on the data would otherwise be folded into a
+    constant, evaluated in eval mode with θT's statistics, and record nothing."""
+    params = dict(problem.params)
+    for name in problem.statistics.values():
+        key = f"{name}.running_mean" if name else "running_mean"
+        if isinstance(params.get(key), torch.Tensor):
+            params[key] = _const_enclosure(nt, params[key].to(torch.float64))
     try:
-        interpret(problem.gm, nt, [x], problem.params, on_node=None if tape is None else tape.record)
+        interpret(problem.gm, nt, [x], params, on_node=None if tape is None else tape.record)
     except StatisticsComplete:
         pass
     except UnsupportedGraph as exc:
