@@ -85,9 +85,9 @@ from torch import Tensor, nn
 from torch.fx import GraphModule, Node
 from torch.nn import functional as F
 
-from .enclosures import (_TINY, _UNDER, U, TM, Enclosure, EnclosureNumbers, Kink, Param, Source, _add_tm, _along_cells, _l2, _matrix_norms,
-                         _product, _scale_inexact, _string_padding, _up, abs_per_cell, batch_norm_factors, batch_norm_scale, broadcast_shape, gamma,
-                         memo_up32, upper_matmul, use_float32, _MIN32, _U32)
+from .enclosures import (_TINY, _UNDER, U, TM, Enclosure, EnclosureNumbers, Kink, Param, Source, _add_tm, _along_cells, _is_zero, _l2,
+                         _matrix_norms, _product, _reduced, _scale_inexact, _string_padding, _up, abs_per_cell, batch_norm_factors,
+                         batch_norm_scale, broadcast_shape, gamma, memo_up32, upper_matmul, use_float32, _MIN32, _U32)
 
 _RELU_MODULES = (nn.ReLU, nn.LeakyReLU)
 _RELU_FUNCTIONS = {F.relu, torch.relu, F.leaky_relu}
@@ -447,17 +447,11 @@ def _walk(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]], co
 
 
 def _tm_reduce(a: TM, dims: tuple[int, ...], k: int, *, mean: bool = False) -> TM:
-    """Σ (or the mean) of a Taylor model over ``dims`` (kept as size-1 axes), k terms per entry. A sum
-    of k terms in any order errs by at most γ_k·Σ|·| (a mean by one more rounding); |t| ≤ h ≤ 1 for
-    the slope, and the remainders' own sum rounds down by at most as much, so 2γ_{k+4}·Σ(|c| + |g| + e)
-    covers all three."""
+    """Σ (or the mean) of a Taylor model over ``dims`` (kept as size-1 axes), k terms per entry,
+    rounding covered as in :func:`~.enclosures._reduced`."""
     full = broadcast_shape(a.c.shape, a.g.shape, a.e.shape)
     red = (lambda t: t.mean(dims, keepdim=True)) if mean else (lambda t: t.sum(dims, keepdim=True))
-    c, e = a.c.expand(full), a.e.expand(full)
-    zero_g = a.g.dim() == 0 and not bool(a.g)
-    g = a.g if zero_g else a.g.expand(full)
-    mag = red(c.abs() + (0.0 if zero_g else g.abs()) + e)
-    return TM(red(c), g if zero_g else red(g), _up(red(e) + mag * (2.0 * gamma(k + 4))))
+    return _reduced(TM(a.c.expand(full), a.g if _is_zero(a.g) else a.g.expand(full), a.e.expand(full)), red, k)
 
 
 def _cells_of(a: TM, i: int, j: int) -> TM:

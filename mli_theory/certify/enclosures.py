@@ -1605,13 +1605,16 @@ def _averaged(full: Enclosure, avg: Callable[[Tensor], Tensor], k: int) -> Enclo
     ĉ, ĝ and e of both Taylor models. Each computed average errs by at most γ_k·avg|·| in any
     summation order (plus the division's rounding), the averaged remainder's own included, so
     2γ_{k+4}·avg(|ĉ| + |ĝ| + e) covers them all (|t| ≤ h ≤ 1 for the ĝ part)."""
-    g2 = gamma(k + 4) * 2.0
+    return Enclosure(_reduced(full.v, avg, k), _reduced(full.d, avg, k))
 
-    def tm(a: TM) -> TM:
-        mag = avg(a.c.abs() + (0.0 if _is_zero(a.g) else a.g.abs()) + a.e)
-        return TM(avg(a.c), a.g if _is_zero(a.g) else avg(a.g), _up((a.e if _is_zero(a.e) else avg(a.e)) + mag * g2))
 
-    return Enclosure(tm(full.v), tm(full.d))
+def _reduced(a: TM, red: Callable[[Tensor], Tensor], k: int) -> TM:
+    """``red`` (an average, or a sum, of at most k terms per output entry; non-negative weights)
+    applied to ĉ, ĝ and e of a Taylor model of full shape: a sum of k terms in any order errs by at
+    most γ_k·Σ|·| (an average by one more rounding), |t| ≤ h ≤ 1 for the ĝ part, and the remainders'
+    own reduction rounds down by at most as much, so 2γ_{k+4}·red(|ĉ| + |ĝ| + e) covers all three."""
+    mag = red(a.c.abs() + (0.0 if _is_zero(a.g) else a.g.abs()) + a.e)
+    return TM(red(a.c), a.g if _is_zero(a.g) else red(a.g), _up((a.e if _is_zero(a.e) else red(a.e)) + mag * (gamma(k + 4) * 2.0)))
 
 
 def _scale_inexact(a: TM, s: float) -> TM:
