@@ -234,18 +234,23 @@ def test_sup_bounds_of_second_and_third_derivatives_dominate_a_dense_grid(spec):
         assert bool((bound >= true).all())
 
 
-def test_cpu_float64_convolution_is_a_dot_product_per_output():
-    """The enclosures' convolution calls F.conv2d on CPU float64 on the argument that every output is
-    a computed dot product of length K (im2col + gemm, in whatever summation order the CPU's BLAS
-    picks), so that |conv − exact| ≤ γ_K·(|W| * |x|) entrywise, the allowance the rules add. Checked
-    against exact rational dot products. An FFT or Winograd algorithm has no such entrywise bound
-    (its error scales with the norms of whole rows), and the small outputs here would show it."""
+@pytest.mark.parametrize("rows", [None, 16])
+def test_cpu_float64_convolution_is_a_dot_product_per_output(rows, monkeypatch):
+    """The enclosures' convolution on CPU float64 (:func:`conv2d_dots`: im2col + gemm per block of
+    output positions) rests on the argument that every output is a computed dot product of length K
+    (in whatever summation order the CPU's BLAS picks), so that |conv − exact| ≤ γ_K·(|W| * |x|)
+    entrywise, the allowance the rules add. Checked against exact rational dot products, in one block
+    and (``rows`` = 16) in many. An FFT or Winograd algorithm has no such entrywise bound (its error
+    scales with the norms of whole rows), and the small outputs here would show it."""
     from fractions import Fraction
 
     import torch.nn.functional as F
 
+    from mli_theory.certify import enclosures as E
     from mli_theory.certify.enclosures import _conv_f, gamma
 
+    if rows is not None:
+        monkeypatch.setattr(E, "CONV_ROWS", rows)
     g = torch.Generator().manual_seed(0)
     for cin, cout, hw, stride, pad, dil in [(1, 8, 8, 1, 1, 1), (3, 5, 9, 2, 0, 1), (4, 6, 7, 1, 2, 2)]:
         x = torch.randn(3, cin, hw, hw, dtype=torch.float64, generator=g)
@@ -265,6 +270,33 @@ def test_cpu_float64_convolution_is_a_dot_product_per_output():
                 err = (got[b].reshape(cout, -1) - torch.tensor(exact, dtype=torch.float64)).abs()
                 allowed = mag[b].reshape(cout, -1) * gamma(k + 1) + 1e-300  # γ_{K+1}: the exact sum rounded once more
                 assert bool((err <= allowed).all()), float((err / allowed).max())
+
+
+@pytest.mark.parametrize("rows", [3, 64, 2048])
+def test_conv2d_dots_computes_what_conv2d_does(rows, monkeypatch):
+    """:func:`conv2d_dots` against ``F.conv2d`` on rectangular inputs and kernels, strides, paddings
+    and dilations per axis, 1 × 1 kernels, more input than output channels and blocks of ``rows``
+    output positions (one image per block, several, all in one): equal within the dot products'
+    rounding γ_K·(|W| * |x|), so no field or kernel entry is misplaced (which would err by O(1))."""
+    import torch.nn.functional as F
+
+    from mli_theory.certify import enclosures as E
+
+    monkeypatch.setattr(E, "CONV_ROWS", rows)
+    g = torch.Generator().manual_seed(3)
+    for b, cin, cout, (hgt, wid), (kh, kw), stride, padding, dilation in [
+        (5, 3, 4, (9, 7), (3, 2), (2, 1), (1, 0), (1, 2)),
+        (4, 6, 2, (8, 8), (1, 1), (2, 2), (0, 0), (1, 1)),
+        (3, 2, 5, (6, 10), (3, 3), (1, 1), (2, 1), (2, 1)),
+        (2, 4, 3, (5, 5), (5, 5), (1, 1), (0, 0), (1, 1)),
+    ]:
+        x = torch.randn(b, cin, hgt, wid, dtype=torch.float64, generator=g)
+        w = torch.randn(cout, cin, kh, kw, dtype=torch.float64, generator=g)
+        got = E.conv2d_dots(x, w, stride, padding, dilation)
+        want = F.conv2d(x, w, None, stride, padding, dilation)
+        assert got.shape == want.shape and got.is_contiguous()
+        allowed = F.conv2d(x.abs(), w.abs(), None, stride, padding, dilation) * (2 * E.gamma(cin * kh * kw + 2))
+        assert bool(((got - want).abs() <= allowed).all())
 
 
 def _exact_matmul(a: torch.Tensor, b: torch.Tensor) -> list[list]:
@@ -403,6 +435,61 @@ def test_the_forward_linear_rule_contains_w_times_x_exactly(fast, g_scale, w_sca
                     val = sum(wv * xv for wv, xv in zip(wt[r], xt)) + bt[r]
                     der = (sum(F(d) * xv for d, xv in zip(w.dw[r].tolist(), xt)) + sum(wv * dv for wv, dv in zip(wt[r], dxt))
                            + F(b.dw[r].item()))
+                    for tm, exact in ((o.v, val), (o.d, der)):
+                        model = F(tm.c.expand(cells, n, out)[i, j, r].item()) + t * F(tm.g.expand(cells, n, out)[i, j, r].item())
+                        assert abs(exact - model) <= F(tm.e.expand(cells, n, out)[i, j, r].item()), (tm is o.d, i, j, r, float(frac))
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_the_forward_linear_rule_covers_its_inputs_remainders_at_their_worst(fast, monkeypatch):
+    """Rule level, the remainders' share: for inputs x(t) = ĉ + ĝt + δ and x′(t) = ĉ′ + ĝ′t + δ′
+    with |δ| ≤ e, |δ′| ≤ e′ (non-zero), and the remainders not deferred (the forward rule), the
+    Linear rule's Taylor models contain the exact rational o(t) and o′(t) = ΔW·x(t) + W(m + t)x′(t)
+    + Δb for the worst δ, δ′ of each output entry: δ = e·sign(ΔW_r) with δ′ = e′·sign(W(m + t)_r) for
+    o′, δ = e·sign(W(m + t)_r) for o. Dropping or underestimating the ΔW·δ term of o′ (an upper
+    bound computed in float32 with ``fast``) fails it."""
+    from fractions import Fraction
+
+    from mli_theory.certify import enclosures as E
+
+    gen = torch.Generator().manual_seed(11)
+    k, out, cells, n = 70, 4, 2, 2
+    w = E.Param(torch.randn(out, k, generator=gen, dtype=torch.float64), torch.randn(out, k, generator=gen, dtype=torch.float64))
+    b = E.Param(torch.zeros(out, dtype=torch.float64), torch.zeros(out, dtype=torch.float64))
+    mid = torch.tensor([0.25, 0.75], dtype=torch.float64)
+    rad = torch.tensor([2.0**-4, 2.0**-8], dtype=torch.float64)
+    c = torch.randn(cells, n, k, generator=gen, dtype=torch.float64)
+    g = torch.randn(cells, n, k, generator=gen, dtype=torch.float64)
+    dc = torch.randn(cells, n, k, generator=gen, dtype=torch.float64)
+    dg = torch.randn(cells, n, k, generator=gen, dtype=torch.float64)
+    e = torch.rand(cells, n, k, generator=gen, dtype=torch.float64) * 0.5
+    de = torch.rand(cells, n, k, generator=gen, dtype=torch.float64) * 0.5
+    x = E.Enclosure(E.TM(c, g, e), E.TM(dc, dg, de))
+    monkeypatch.setattr(E, "UPPER32_MIN_K", 1 if fast else 10**9)
+    nt = E.EnclosureNumbers(mid, rad)
+    assert nt.deferred is None  # the forward rule: the derivative carries ΔW·δ itself
+    o = E._linear(nt, x, w, b)
+    F = Fraction
+
+    def sign(v: Fraction) -> int:
+        return 1 if v > 0 else -1 if v < 0 else 0
+
+    for i in range(cells):
+        m, h = F(mid[i].item()), F(rad[i].item())
+        for frac in (F(-1), F(0), F(1)):
+            t = frac * h
+            wt = [[F(a) + (m + t) * F(d) for a, d in zip(ra, rd)] for ra, rd in zip(w.w0.tolist(), w.dw.tolist())]
+            dws = [[F(d) for d in rd] for rd in w.dw.tolist()]
+            for j in range(n):
+                base = [F(a) + t * F(d) for a, d in zip(c[i, j].tolist(), g[i, j].tolist())]
+                dbase = [F(a) + t * F(d) for a, d in zip(dc[i, j].tolist(), dg[i, j].tolist())]
+                ev, dv = [F(v) for v in e[i, j].tolist()], [F(v) for v in de[i, j].tolist()]
+                for r in range(out):
+                    xt = [bv + ek * sign(d) for bv, ek, d in zip(base, ev, dws[r])]
+                    dxt = [bv + ek * sign(wv) for bv, ek, wv in zip(dbase, dv, wt[r])]
+                    der = sum(d * xv for d, xv in zip(dws[r], xt)) + sum(wv * dx for wv, dx in zip(wt[r], dxt))
+                    xv_t = [bv + ek * sign(wv) for bv, ek, wv in zip(base, ev, wt[r])]
+                    val = sum(wv * xv for wv, xv in zip(wt[r], xv_t))
                     for tm, exact in ((o.v, val), (o.d, der)):
                         model = F(tm.c.expand(cells, n, out)[i, j, r].item()) + t * F(tm.g.expand(cells, n, out)[i, j, r].item())
                         assert abs(exact - model) <= F(tm.e.expand(cells, n, out)[i, j, r].item()), (tm is o.d, i, j, r, float(frac))

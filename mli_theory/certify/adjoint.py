@@ -87,7 +87,7 @@ from torch.nn import functional as F
 
 from .enclosures import (_TINY, _UNDER, U, TM, Enclosure, EnclosureNumbers, Kink, Param, Source, _add_tm, _along_cells, _is_zero, _l2,
                          _matrix_norms, _product, _reduced, _scale_inexact, _string_padding, _up, abs_per_cell, batch_norm_factors,
-                         batch_norm_scale, broadcast_shape, gamma, memo_up32, upper_matmul, use_float32, _MIN32, _U32)
+                         batch_norm_scale, broadcast_shape, conv2d_dots, gamma, memo_up32, upper_matmul, use_float32, _MIN32, _U32)
 
 _RELU_MODULES = (nn.ReLU, nn.LeakyReLU)
 _RELU_FUNCTIONS = {F.relu, torch.relu, F.leaky_relu}
@@ -656,8 +656,8 @@ def transposed_conv2d(t: Tensor, w: Tensor, stride: tuple[int, int], padding: tu
     ``per_cell``, a (C, Cout, Ci, kh, kw) weight per cell applied to t of shape (C, …).
 
     Computed as plain sums of products, so that K = Cout·kh·kw bounds the terms of each entry:
-    on CPU in float64 as a stride-1 convolution (im2col + gemm there, see
-    :func:`mli_theory.certify.enclosures._conv_f`) of t with zeros inserted between its entries
+    on CPU in float64 as a stride-1 convolution (im2col + gemm,
+    :func:`mli_theory.certify.enclosures.conv2d_dots`) of t with zeros inserted between its entries
     (stride), padded by d(k − 1) − p (cropped where negative) and by the rows the forward
     convolution left unread, with the kernel transposed and flipped; elsewhere (no FFT or Winograd
     algorithm of a vendor library may be chosen) as a matmul of each output column with Wᵀ summed
@@ -675,11 +675,12 @@ def transposed_conv2d(t: Tensor, w: Tensor, stride: tuple[int, int], padding: tu
         extra = [spatial[i] - ((o - 1) * stride[i] - 2 * padding[i] + dilation[i] * (k - 1) + 1) for i, (o, k) in enumerate(((oh, kh), (ow, kw)))]
         tb = F.pad(t.reshape(-1, *t.shape[-3:]), (lo[1], lo[1] + extra[1], lo[0], lo[0] + extra[0]))
         wt = w.transpose(-4, -3).flip(-2, -1)  # (…, Ci, Cout, kh, kw)
+        one, zero = (1, 1), (0, 0)
         if not per_cell:
-            out = F.conv2d(tb, wt, None, 1, 0, dilation)
+            out = conv2d_dots(tb, wt, one, zero, tuple(dilation))
         else:
             per = tb.reshape(wt.shape[0], -1, *tb.shape[-3:])
-            out = torch.stack([F.conv2d(per[i], wt[i], None, 1, 0, dilation) for i in range(wt.shape[0])])
+            out = torch.stack([conv2d_dots(per[i], wt[i], one, zero, tuple(dilation)) for i in range(wt.shape[0])])
         return out.reshape(*lead, ci, *spatial)
     kk = ci * kh * kw
     mat = (w.reshape(*w.shape[:-3], kk) if not per_cell else w.reshape(w.shape[0], cout, kk).unsqueeze(1)).transpose(-1, -2)
