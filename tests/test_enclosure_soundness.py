@@ -493,3 +493,17 @@ def test_the_forward_linear_rule_covers_its_inputs_remainders_at_their_worst(fas
                     for tm, exact in ((o.v, val), (o.d, der)):
                         model = F(tm.c.expand(cells, n, out)[i, j, r].item()) + t * F(tm.g.expand(cells, n, out)[i, j, r].item())
                         assert abs(exact - model) <= F(tm.e.expand(cells, n, out)[i, j, r].item()), (tm is o.d, i, j, r, float(frac))
+
+
+def test_unravel_lists_positions_as_nonzero_does():
+    """The ReLU rule finds its mixed neurons by flat position and hands the reverse walk their
+    coordinates (:class:`Kink.idx`) from ``_unravel``: the same tensors, in the same order, as
+    ``nonzero(as_tuple=True)``, for every rank, unit and empty axes included."""
+    from mli_theory.certify.enclosures import _unravel
+
+    g = torch.Generator().manual_seed(5)
+    for shape in [(3, 5, 7), (4,), (2, 1, 3, 6), (5, 0, 2), (1, 1)]:
+        mask = torch.rand(shape, generator=g) < 0.3
+        got = _unravel(mask.reshape(-1).nonzero().squeeze(1), torch.Size(shape))
+        want = mask.nonzero(as_tuple=True)
+        assert len(got) == len(want) and all(torch.equal(a, b) for a, b in zip(got, want)), shape

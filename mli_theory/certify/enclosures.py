@@ -1419,6 +1419,18 @@ def _smooth(nt: EnclosureNumbers, s: _Smooth, x: Any, *, softplus_threshold: flo
                      _product(fprime, d, h, norm_of_b=True))
 
 
+def _unravel(flat: Tensor, shape: torch.Size) -> tuple[Tensor, ...]:
+    """The coordinates of the flat positions ``flat`` in a contiguous tensor of ``shape``, as
+    ``nonzero(as_tuple=True)`` lists them (``torch.unravel_index`` does the same but costs a third
+    of a second on its first call in a process)."""
+    out = []
+    rest = flat
+    for size in reversed(shape):
+        out.append(rest % size)
+        rest = rest // size
+    return tuple(reversed(out))
+
+
 def _put(t: Tensor, full: torch.Size, flat: Tensor, values: Tensor) -> Tensor:
     """``t`` (a tensor this rule just computed, never an input's) with ``values`` written at the flat
     positions ``flat`` of its ``full``-shaped layout: in place where ``t`` already has that shape
@@ -1457,7 +1469,7 @@ def _relu_like(nt: EnclosureNumbers, x: Any, slope: float = 0.0) -> Any:
     # the mixed neurons by their flat position in the (cells, …) layout (the order of nonzero()),
     # each tensor read there with take() and written with index_copy_ (fresh tensors, in place)
     flat = (~(pos | neg)).reshape(-1).nonzero().squeeze(1)
-    idx = torch.unravel_index(flat, full) if flat.numel() else tuple(flat for _ in full)
+    idx = _unravel(flat, full)
     kink_w = v.c.new_zeros(0)
     k = 1.0 - slope
 
