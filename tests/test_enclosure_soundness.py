@@ -507,3 +507,29 @@ def test_unravel_lists_positions_as_nonzero_does():
         got = _unravel(mask.reshape(-1).nonzero().squeeze(1), torch.Size(shape))
         want = mask.nonzero(as_tuple=True)
         assert len(got) == len(want) and all(torch.equal(a, b) for a, b in zip(got, want)), shape
+
+
+def test_the_linear_rule_reads_weight_memos_as_the_reverse_walk_writes_them():
+    """One batch of cells memoises weight-only work by (weight, tag) for the forward rules and the
+    reverse walk alike, and a chunk whose walk fails is enclosed again with the forward rule on the
+    same numbers. So a tag must mean one tensor: after the walk's |ΔW| (out × in) and its float32
+    copy are memoised, the forward Linear rule on a square, non-symmetric ΔW gives what it gives on
+    fresh numbers (a transposed |ΔW| read under the same tag would change the derivative's bound)."""
+    from mli_theory.certify import enclosures as E
+
+    gen = torch.Generator().manual_seed(2)
+    k, cells, n = 80, 2, 3
+    w = E.Param(torch.randn(k, k, generator=gen, dtype=torch.float64), torch.randn(k, k, generator=gen, dtype=torch.float64) * torch.linspace(0, 2, k, dtype=torch.float64))
+    mid = torch.tensor([0.25, 0.75], dtype=torch.float64)
+    rad = torch.tensor([2.0**-4, 2.0**-4], dtype=torch.float64)
+    x = E.Enclosure(E.TM(torch.randn(cells, n, k, generator=gen, dtype=torch.float64), torch.randn(cells, n, k, generator=gen, dtype=torch.float64),
+                         torch.rand(cells, n, k, generator=gen, dtype=torch.float64)),
+                    E.TM(torch.randn(cells, n, k, generator=gen, dtype=torch.float64), torch.zeros((), dtype=torch.float64),
+                         torch.rand(cells, n, k, generator=gen, dtype=torch.float64)))
+    fresh = E._linear(E.EnclosureNumbers(mid, rad), x, w)
+    walked = E.EnclosureNumbers(mid, rad)
+    adw = walked.memo(w, "abs-dw", lambda: w.dw.abs())  # as adjoint._source_bound and _linear_back do
+    E.memo_up32(walked, w, "abs-dw-32", adw, k)
+    again = E._linear(walked, x, w)
+    for a, b in ((fresh.v, again.v), (fresh.d, again.d)):
+        assert torch.equal(a.c, b.c) and torch.equal(a.g, b.g) and torch.equal(a.e, b.e)

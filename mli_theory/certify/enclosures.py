@@ -836,9 +836,10 @@ def _linear(nt: EnclosureNumbers, x: Any, weight: Any, bias: Any = None) -> Any:
         return out.reshape(e.shape[0], e.shape[1], *lead, -1)
 
     def abs_dw(e: Tensor) -> Tensor:  # an upper bound of e·|ΔW|ᵀ (rounding included), e ≥ 0
-        dw_t = nt.memo(weight, "abs-dw", lambda: w.dw.abs().transpose(-1, -2))
-        dw32 = memo_up32(nt, weight, "abs-dw-32", dw_t, e.shape[-1])
-        return upper_matmul(e, dw_t, dw32)
+        # |ΔW| as (out, in) under the tags the reverse walk memoises it by (adjoint._source_bound)
+        adw = nt.memo(weight, "abs-dw", lambda: w.dw.abs())
+        a32 = memo_up32(nt, weight, "abs-dw-32", adw, e.shape[-1])
+        return upper_matmul(e, adw.transpose(-1, -2), None if a32 is None else (a32[0].transpose(-1, -2), a32[1]))
 
     wsum = nt.memo(weight, "abs-row-sums", lambda: (w.w0.abs() + w.dw.abs()).sum(-1))  # (out,)
     stacked_t = nt.memo(weight, "stacked", lambda: torch.cat([w.w0, w.dw], 0).transpose(-1, -2))
