@@ -332,6 +332,43 @@ def test_upper_matmul_bounds_the_exact_product(rows, k, cols, scale_a, scale_b, 
             assert float(got[i, j]) <= float(exact[i][j]) + slack
 
 
+@settings(deadline=None)
+@given(st.sampled_from([(1, 3, 1, 1), (8, 3, 1, 1), (9, 3, 2, 0), (16, 1, 1, 0)]), st.integers(1, 3),
+       st.sampled_from([1e-45, 1e-39, 1e-20, 1.0, 1e18, 1e39]), st.sampled_from([1e-40, 1e-3, 1.0, 1e20]),
+       st.floats(0.0, 0.9), st.integers(0, 2**20))
+def test_upper_conv2d_dots_bounds_the_exact_convolution(geometry, cout, scale_x, scale_w, zeros, seed):
+    """upper_conv2d_dots(x, w) ≥ the exact convolution (rational dot products over the receptive
+    fields), for non-negative operands from float32's subnormals to beyond its range (where it falls
+    back to float64), in float32 where K = Cin·kh·kw ≥ 64 and in float64 below, and it is tight:
+    within float32's accuracy of the exact value plus the underflow allowance."""
+    from fractions import Fraction
+
+    import torch.nn.functional as F
+
+    from mli_theory.certify.enclosures import upper_conv2d_dots
+
+    cin, kern, stride, pad = geometry
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(2, cin, 5, 4, generator=g, dtype=torch.float64) * scale_x
+    x[torch.rand(x.shape, generator=g) < zeros] = 0.0
+    w = torch.rand(cout, cin, kern, kern, generator=g, dtype=torch.float64) * scale_w
+    got = upper_conv2d_dots(x, w, (stride, stride), (pad, pad), (1, 1))
+    cols = F.unfold(x, (kern, kern), padding=pad, stride=stride)  # (2, K, L): moves entries only
+    k = cols.shape[1]
+    assert got.shape[:2] == (2, cout) and got.shape[2] * got.shape[3] == cols.shape[2]
+    wf = [[Fraction(v) for v in row] for row in w.reshape(cout, -1).tolist()]
+    flat = got.reshape(2, cout, -1)
+    for b in range(2):
+        for li, col in enumerate(cols[b].T.tolist()):
+            cf = [Fraction(v) for v in col]
+            for o in range(cout):
+                exact = sum(a * c for a, c in zip(wf[o], cf))
+                value = float(flat[b, o, li])
+                assert Fraction(value) >= exact, (b, o, li, value, float(exact))
+                slack = float(exact) * (4 * k * 2.0**-24 + 1e-12) + 8 * k * 2.0**-126 * (2 + scale_x + scale_w)
+                assert value <= float(exact) + slack
+
+
 def test_upper_matmul_stays_in_float64_unless_float32_is_plain_ieee():
     from mli_theory.certify.enclosures import _float32_is_ieee, gamma, upper_matmul
 

@@ -87,7 +87,8 @@ from torch.nn import functional as F
 
 from .enclosures import (_TINY, _UNDER, U, TM, Enclosure, EnclosureNumbers, Kink, Param, Source, _add_tm, _along_cells, _is_zero, _l2,
                          _matrix_norms, _product, _reduced, _scale_inexact, _string_padding, _up, abs_per_cell, batch_norm_factors,
-                         batch_norm_scale, broadcast_shape, conv2d_dots, gamma, memo_up32, upper_matmul, use_float32, _MIN32, _U32)
+                         batch_norm_scale, broadcast_shape, conv2d_dots, gamma, memo_up32, upper_conv2d_dots, upper_matmul, use_float32,
+                         _MIN32, _U32)
 
 _RELU_MODULES = (nn.ReLU, nn.LeakyReLU)
 _RELU_FUNCTIONS = {F.relu, torch.relu, F.leaky_relu}
@@ -556,7 +557,7 @@ def _source_bound(nt: EnclosureNumbers, g: _Cot, src: Source, weight: Any, conv:
         stride, padding, dilation = _conv_geometry(mod)
         k_len = int(w.w0.shape[0] * w.w0.shape[2] * w.w0.shape[3])
         full = broadcast_shape(mag.shape, (cells,) + mag.shape[1:])
-        back = transposed_conv2d(mag.expand(full), adw, stride, padding, dilation, tuple(in_shape[-2:]))
+        back = transposed_conv2d(mag.expand(full), adw, stride, padding, dilation, tuple(in_shape[-2:]), upper=True)
         back = back + k_len * _UNDER  # what its products lose to underflow (then multiplied by e)
     full = broadcast_shape(back.shape, src.e.shape, (cells,) + back.shape[1:])
     terms = back.expand(full) * src.e.expand(full)
@@ -650,7 +651,8 @@ def _products32(nt: EnclosureNumbers, weight: Any, w: Param, gc: Tensor, gs: Ten
 
 
 def transposed_conv2d(t: Tensor, w: Tensor, stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int],
-                      spatial: tuple[int, int], *, per_cell: bool = False, via: Literal["auto", "fold"] = "auto") -> Tensor:
+                      spatial: tuple[int, int], *, per_cell: bool = False, via: Literal["auto", "fold"] = "auto",
+                      upper: bool = False) -> Tensor:
     """Wᵀt: the adjoint of ``F.conv2d(·, w, None, stride, padding, dilation)`` on inputs of spatial
     size ``spatial``, applied to t of shape (…, Cout, OH, OW); w is (Cout, Ci, kh, kw), or with
     ``per_cell``, a (C, Cout, Ci, kh, kw) weight per cell applied to t of shape (C, …).
@@ -661,7 +663,10 @@ def transposed_conv2d(t: Tensor, w: Tensor, stride: tuple[int, int], padding: tu
     (stride), padded by d(k − 1) − p (cropped where negative) and by the rows the forward
     convolution left unread, with the kernel transposed and flipped; elsewhere (no FFT or Winograd
     algorithm of a vendor library may be chosen) as a matmul of each output column with Wᵀ summed
-    back by ``F.fold`` (the adjoint of unfold); ``via="fold"`` takes that route everywhere."""
+    back by ``F.fold`` (the adjoint of unfold); ``via="fold"`` takes that route everywhere.
+    ``upper`` (t, w ≥ 0): on the CPU float64 route, an upper bound of the exact product with its
+    rounding (:func:`~mli_theory.certify.enclosures.upper_conv2d_dots`, float32 where sound); the
+    other routes compute the product itself, whose rounding the callers' factors cover either way."""
     lead = t.shape[:-3]
     cout, oh, ow = t.shape[-3:]
     kh, kw = w.shape[-2:]
@@ -676,11 +681,12 @@ def transposed_conv2d(t: Tensor, w: Tensor, stride: tuple[int, int], padding: tu
         tb = F.pad(t.reshape(-1, *t.shape[-3:]), (lo[1], lo[1] + extra[1], lo[0], lo[0] + extra[0]))
         wt = w.transpose(-4, -3).flip(-2, -1)  # (…, Ci, Cout, kh, kw)
         one, zero = (1, 1), (0, 0)
+        dots = upper_conv2d_dots if upper else conv2d_dots
         if not per_cell:
-            out = conv2d_dots(tb, wt, one, zero, tuple(dilation))
+            out = dots(tb, wt, one, zero, tuple(dilation))
         else:
             per = tb.reshape(wt.shape[0], -1, *tb.shape[-3:])
-            out = torch.stack([conv2d_dots(per[i], wt[i], one, zero, tuple(dilation)) for i in range(wt.shape[0])])
+            out = torch.stack([dots(per[i], wt[i], one, zero, tuple(dilation)) for i in range(wt.shape[0])])
         return out.reshape(*lead, ci, *spatial)
     kk = ci * kh * kw
     mat = (w.reshape(*w.shape[:-3], kk) if not per_cell else w.reshape(w.shape[0], cout, kk).unsqueeze(1)).transpose(-1, -2)
@@ -718,17 +724,17 @@ def _conv_back(nt: EnclosureNumbers, g: _Cot, mod: nn.Module, weight: Any, in_sh
     full = broadcast_shape(g.c.shape, g.s.shape, g.r.shape, (cells,) + g.c.shape[1:])
     spatial = tuple(in_shape[-2:])
 
-    def back(wt: Tensor, t: Tensor, per_cell: bool = False) -> Tensor:
-        return transposed_conv2d(t, wt, stride, padding, dilation, spatial, per_cell=per_cell)
+    def back(wt: Tensor, t: Tensor, per_cell: bool = False, upper: bool = False) -> Tensor:
+        return transposed_conv2d(t, wt, stride, padding, dilation, spatial, per_cell=per_cell, upper=upper)
 
     stacked = nt.memo(weight, "stacked-conv-back", lambda: torch.cat([w.w0, w.dw], 1))  # (Cout, 2·Cin, kh, kw)
     both = back(stacked, torch.stack([g.c.expand(full), g.s.expand(full)]))  # (2, C, n, 2·Cin, H, W)
     c0, c1, s0, s1 = both[0, :, :, :cin], both[0, :, :, cin:], both[1, :, :, :cin], both[1, :, :, cin:]
     c = c0 + m * c1 + hh * s1
     s = s0 + m * s1 + c1
-    r = back(abs_per_cell(nt, weight, w), g.r.expand(full), per_cell=True)
+    r = back(abs_per_cell(nt, weight, w), g.r.expand(full), per_cell=True, upper=True)  # non-negative products
     if not bool((w.dw == 0).all()):
-        r = r + hh * back(w.dw.abs(), g.s.abs().expand(full))
+        r = r + hh * back(w.dw.abs(), g.s.abs().expand(full), upper=True)
     colsum = nt.memo(weight, "abs-col-sums", lambda: (w.w0.abs() + w.dw.abs()).sum((0, 2, 3)).reshape(-1, 1, 1))  # (Cin, 1, 1)
     mags = (g.c.abs() + g.s.abs()).expand(full).flatten(-3).amax(-1).reshape(*full[:-3], 1, 1, 1)
     r = r * (1.0 + g2) + mags * colsum * (2 * g2 + 16 * U)

@@ -925,6 +925,27 @@ def conv2d_dots(x: Tensor, w: Tensor, stride: tuple[int, int], padding: tuple[in
     return out.permute(0, 3, 1, 2).contiguous()
 
 
+def upper_conv2d_dots(x: Tensor, w: Tensor, stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int]) -> Tensor:
+    """A float64 upper bound of ``conv2d_dots(x, w, …)`` for entrywise non-negative float64 x and w,
+    rounding included, computed in float32 where that is sound and pays: the argument of
+    :func:`upper_matmul`, since each output is one dot product of K = Cin·kh·kw non-negative terms
+    (operands rounded up to float32, a plain IEEE float32 GEMM, its result times (1 + 2γ_K) plus the
+    underflow floor 4K·2⁻¹²⁶(1 + max x̂ + max ŵ), doubled). A non-finite float32 result, a short K,
+    a device whose float32 products are not plain IEEE, or a degenerate shape: float64, times
+    (1 + 2γ_{K+2}) plus K·2⁻¹⁰²² per output."""
+    k = int(w.shape[1] * w.shape[2] * w.shape[3])
+    usable = x.shape[0] > 0 and x.shape[1] == w.shape[1] and min(padding) >= 0
+    if usable and use_float32(k, x.device):
+        x32, xmax = up32(x)
+        w32, wmax = up32(w)
+        p = conv2d_dots(x32, w32, stride, padding, dilation)
+        if bool(torch.isfinite(p).all()):
+            g32 = k * _U32 / (1.0 - k * _U32)
+            floor = 4.0 * k * _MIN32 * (1.0 + xmax + wmax)
+            return p.to(torch.float64) * ((1.0 + 2.0 * g32) * (1.0 + 2.0**-50)) + floor * 2.0
+    return conv2d_dots(x, w, stride, padding, dilation) * (1.0 + 2.0 * gamma(k + 2)) + k * _UNDER
+
+
 def _conv_f(ndim: int, stride, padding, dilation, groups):
     """f(x, W) for a convolution, computed as unfold + matmul (plain dot products, see docstring).
 
@@ -973,7 +994,17 @@ def _conv_f(ndim: int, stride, padding, dilation, groups):
     def f(x: Tensor, w: Tensor) -> Tensor:
         return multi(x, [w])[0]
 
+    def upper(x: Tensor, w: Tensor) -> Tensor | None:
+        # an upper bound of f(x, w) for x, w ≥ 0, rounding included (upper_conv2d_dots), where
+        # multi runs conv2d_dots; None elsewhere
+        if not (ndim == 2 and groups == 1 and x.device.type == "cpu" and x.dtype == torch.float64):
+            return None
+        lead = x.shape[: x.dim() - 3]
+        out = upper_conv2d_dots(x.reshape(-1, *x.shape[-3:]), w, tuple(stride), tuple(padding), tuple(dilation))
+        return out.reshape(*lead, *out.shape[1:])
+
     f.multi = multi  # type: ignore[attr-defined]
+    f.upper = upper  # type: ignore[attr-defined]
     return f
 
 
@@ -1040,10 +1071,14 @@ def _conv_module(nt: EnclosureNumbers, mod: nn.Module, p: dict, x: Any) -> Any:
     if isinstance(w, Param):
 
         def abs_cellwise(e: Tensor, m: Tensor, h: Tensor) -> Tensor:
-            # e is (1, C or 1, …): f(e, |W(m)| + h|ΔW|) one cell at a time (the cells' weights differ);
-            # the final factor covers the rounding of the non-negative dot products (γ_K)
+            # e is (1, C or 1, …): f(e, |W(m)| + h|ΔW|) one cell at a time (the cells' weights differ),
+            # as an upper bound with its rounding (f.upper), else times a factor covering it (γ_K)
             wa = abs_per_cell(nt, w, w)  # (C, *W.shape)
             cells = wa.shape[0]
+            upper = getattr(f, "upper", None)  # rounding included (float32 where sound): as it is
+            parts = [upper(e[:, i if e.shape[1] > 1 else 0], wa[i]) for i in range(cells)] if upper is not None else [None]
+            if all(part is not None for part in parts):
+                return torch.stack(parts, 1)
             out = torch.stack([f(e[:, i if e.shape[1] > 1 else 0], wa[i]) for i in range(cells)], 1)
             return out * (1.0 + gamma(k_len + 8) * 2.0)
 
