@@ -228,14 +228,28 @@ def upper_matmul(a: Tensor, b: Tensor, b32: tuple[Tensor, float] | None = None) 
     if use_float32(k, a.device):
         a32, amax = up32(a)
         b32, bmax = b32 if b32 is not None else up32(b)
-        p = torch.matmul(a32, b32)
-        if bool(torch.isfinite(p).all()):
-            g32 = k * _U32 / (1.0 - k * _U32)
-            floor = 4.0 * k * _MIN32 * (1.0 + amax + bmax)
-            return p.to(torch.float64) * ((1.0 + 2.0 * g32) * (1.0 + 2.0**-50)) + floor * 2.0
-    # float64: each of the K products may also lose up to 2⁻¹⁰²² to underflow (the bound is then
-    # multiplied by remainders that may be large, so _TINY would not cover it)
-    return torch.matmul(a, b) * (1.0 + 2.0 * gamma(k + 2)) + k * _UNDER
+        bound = _bound_from32(torch.matmul(a32, b32), k, amax, bmax)
+        if bound is not None:
+            return bound
+    return _bound_from64(torch.matmul(a, b), k)
+
+
+def _bound_from32(p: Tensor, k: int, amax: float, bmax: float) -> Tensor | None:
+    """fl32(â @ b̂) turned into the float64 upper bound of :func:`upper_matmul` (dot products of k
+    non-negative terms, operands rounded up, max â and max b̂ given): times (1 + 2γ_k) plus the
+    underflow floor, doubled; None where a float32 sum is not finite."""
+    if not bool(torch.isfinite(p).all()):
+        return None
+    g32 = k * _U32 / (1.0 - k * _U32)
+    floor = 4.0 * k * _MIN32 * (1.0 + amax + bmax)
+    return p.to(torch.float64) * ((1.0 + 2.0 * g32) * (1.0 + 2.0**-50)) + floor * 2.0
+
+
+def _bound_from64(p: Tensor, k: int) -> Tensor:
+    """fl64(a @ b) for dot products of k non-negative terms turned into an upper bound: each of the
+    k products may also lose up to 2⁻¹⁰²² to underflow (the bound is then multiplied by remainders
+    that may be large, so _TINY would not cover it)."""
+    return p * (1.0 + 2.0 * gamma(k + 2)) + k * _UNDER
 
 
 def _add0(a: Tensor, b: Tensor) -> Tensor:
@@ -938,12 +952,10 @@ def upper_conv2d_dots(x: Tensor, w: Tensor, stride: tuple[int, int], padding: tu
     if usable and use_float32(k, x.device):
         x32, xmax = up32(x)
         w32, wmax = up32(w)
-        p = conv2d_dots(x32, w32, stride, padding, dilation)
-        if bool(torch.isfinite(p).all()):
-            g32 = k * _U32 / (1.0 - k * _U32)
-            floor = 4.0 * k * _MIN32 * (1.0 + xmax + wmax)
-            return p.to(torch.float64) * ((1.0 + 2.0 * g32) * (1.0 + 2.0**-50)) + floor * 2.0
-    return conv2d_dots(x, w, stride, padding, dilation) * (1.0 + 2.0 * gamma(k + 2)) + k * _UNDER
+        bound = _bound_from32(conv2d_dots(x32, w32, stride, padding, dilation), k, xmax, wmax)
+        if bound is not None:
+            return bound
+    return _bound_from64(conv2d_dots(x, w, stride, padding, dilation), k)
 
 
 def _conv_f(ndim: int, stride, padding, dilation, groups):
@@ -1075,12 +1087,12 @@ def _conv_module(nt: EnclosureNumbers, mod: nn.Module, p: dict, x: Any) -> Any:
             # as an upper bound with its rounding (f.upper), else times a factor covering it (γ_K)
             wa = abs_per_cell(nt, w, w)  # (C, *W.shape)
             cells = wa.shape[0]
+            ei = [e[:, i if e.shape[1] > 1 else 0] for i in range(cells)]
             upper = getattr(f, "upper", None)  # rounding included (float32 where sound): as it is
-            parts = [upper(e[:, i if e.shape[1] > 1 else 0], wa[i]) for i in range(cells)] if upper is not None else [None]
-            if all(part is not None for part in parts):
+            parts = [upper(ei[i], wa[i]) for i in range(cells)] if upper is not None else []
+            if parts and all(part is not None for part in parts):
                 return torch.stack(parts, 1)
-            out = torch.stack([f(e[:, i if e.shape[1] > 1 else 0], wa[i]) for i in range(cells)], 1)
-            return out * (1.0 + gamma(k_len + 8) * 2.0)
+            return torch.stack([f(ei[i], wa[i]) for i in range(cells)], 1) * (1.0 + gamma(k_len + 8) * 2.0)
 
     return _affine_layer(nt, x, w, p.get("bias"), f, k_len, view, abs_cellwise, rounding=rounding, defer=ndim == 2)
 

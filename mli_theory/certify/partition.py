@@ -767,10 +767,7 @@ def _chunk_terms(problem: _Problem, numbers: EnclosureNumbers, params: dict[str,
     if tape is None:
         return dl, lo_l, hi_l, None
     try:
-        if seeds is None:
-            kb = kink_bound(problem.gm, tape, problem.reads, problem.output, cot)
-        else:
-            kb = kink_bound(problem.gm, tape, problem.reads, problem.output, cot, seeds=seeds)
+        kb = kink_bound(problem.gm, tape, problem.reads, problem.output, cot, seeds=seeds)
     except Exception:  # any failure of the reverse walk: the caller falls back to the forward rule
         return None
     return dl, lo_l, hi_l, kb
