@@ -767,7 +767,9 @@ def _chunk_terms(problem: _Problem, numbers: EnclosureNumbers, params: dict[str,
     if tape is None:
         return dl, lo_l, hi_l, None
     try:
-        kb = kink_bound(problem.gm, tape, problem.reads, problem.output, cot, seeds=seeds)
+        # the statistics' sums only when gathered (kink_bound's positional call is its public form)
+        extra = {} if seeds is None else {"seeds": seeds}
+        kb = kink_bound(problem.gm, tape, problem.reads, problem.output, cot, **extra)
     except Exception:  # any failure of the reverse walk: the caller falls back to the forward rule
         return None
     return dl, lo_l, hi_l, kb
