@@ -158,6 +158,29 @@ function v on the cell is (ĉ, ĝ, e) with |v(m + t) − ĉ − ĝt| ≤ e for a
    is Σ over cells of the second, the proven rise of a run of cells Σ of the first; both are of
    second order in h where |C|·sup L′ and |C|·inf L′ are of first.
 
+7b. The kinks' share piece by piece (``adjoint.kink_pieces``). The identity of 4b holds at every α
+   where each kink's slope is a derivative: L′(m + t) = L̃′(m + t) + Σ_j (D_j(t) − D̃_j)g_j(t)ṽ′_j(t)
+   with D_j(t) the true slope of neuron j at that t. Its pre-activation has a Taylor model,
+   v_j(m + t) ∈ ĉ + ĝt ± e, so v_j ≠ 0 with the sign of ĉ + ĝt wherever |ĉ + ĝt| > e, that is
+   outside the window [(−ĉ − e)/ĝ, (−ĉ + e)/ĝ] (sorted; the whole cell when ĝ = 0; step O6).
+   There D_j is known: the slope s before a rising window (ĝ > 0) and 1 after it, the reverse for a
+   falling one, so D_j − D̃_j = ∓(1 − s)/2 exactly; inside, either. With g_j ∈ g_c + g_s·t ± g_r and
+   ṽ′_j ∈ d_c + d_g·t ± d_e, g_jṽ′_j = p0 + p1·t + g_s·d_g·t² + (the radii's terms) (step O6), so
+   |g_jṽ′_j − p0 − p1·t| ≤ ρ = |g_s d_g|h² + g_r(|d_c| + |d_g|h) + d_e(|g_c| + |g_s|h) + g_r·d_e.
+   Each neuron's term is therefore bounded by one of three affine functions of t according to t's
+   place with respect to its window, and the sum of those bounds changes only at window ends:
+   between two consecutive ends it is affine, A + B·t. Adding C + G·t ± E′ (E′ without the
+   kinks' share), L′ ≤ C + E′ + A_up + (G + B_up)·t on the piece, whose maximum is at an end, and
+   the integrals of 7 are taken piece by piece (an affine function's integral is its length times
+   its mean; the positive part's, where the sign changes inside the piece, at most length·max/2).
+   The window ends themselves are finitely many points, where nothing need hold (rises are
+   integrals, 1). Both this enclosure and the Clarke one of 4b are sound, so the partition keeps
+   their intersection per cell (an empty one would expose an error and raises). Rounding: the
+   window ends carry a relative 4u, the states 8u, the prefix sums over the M neurons' states
+   2γ_{2M+4}·(Σ|A| + hΣ|B|), each piece's value 8u of its terms (tests/test_kink_pieces.py checks
+   the sums term by term, the states against sampled points, the bounds against exact rationals,
+   each intersected enclosure against the 60-digit L′).
+
 Run ``python proofs/enclosure_soundness.py``: every symbolic step is checked by sympy, then the
 listed maximisers are compared with the module's constants.
 """
@@ -531,6 +554,43 @@ def step_o2_transposed_maps() -> bool:
     return ok
 
 
+def step_o6_kink_pieces() -> bool:
+    # the window: outside [(−c − e)/g, (−c + e)/g] (g > 0), |c + g·t| > e and its sign is t's side
+    cc, tt = sp.symbols("c t", real=True)
+    gp = sp.Symbol("g_p", positive=True)
+    ep = sp.Symbol("e_p", positive=True)
+    lo_end, hi_end = (-cc - ep) / gp, (-cc + ep) / gp
+    ok = sp.simplify((cc + gp * lo_end) + ep) == 0 and sp.simplify((cc + gp * hi_end) - ep) == 0
+    # c + g·t < −e exactly before the window and > e exactly after it when g > 0 (rising: D = s
+    # before, 1 after); when g < 0 the same ends, sorted, with the sides swapped (falling)
+    # (c + g·t) + e = g·(t − lo) and (c + g·t) − e = g·(t − hi): with g > 0 the first is < 0 exactly
+    # for t < lo and the second > 0 exactly for t > hi (the signs of t − lo, t − hi)
+    ok &= sp.expand(cc + gp * tt + ep - gp * (tt - lo_end)) == 0 and sp.expand(cc + gp * tt - ep - gp * (tt - hi_end)) == 0
+    # with g = −g_p: (c − g_p·t) − e = −g_p(t − (c − e)/g_p) > 0 exactly before, (c − g_p·t) + e < 0 exactly after
+    ok &= sp.expand(cc - gp * tt - ep + gp * (tt - (cc - ep) / gp)) == 0 and sp.expand(cc - gp * tt + ep + gp * (tt - (cc + ep) / gp)) == 0
+    # with g = −g_p the computed ends (−c ∓ e)/g are (c ± e)/g_p: the same two numbers, sorted
+    ok &= sp.simplify((-cc - ep) / (-gp) - (cc + ep) / gp) == 0 and sp.simplify((-cc + ep) / (-gp) - (cc - ep) / gp) == 0
+    # g·ṽ′ with g = g_c + g_s t + δ_g, ṽ′ = d_c + d_g t + δ_d: the remainder after p0 + p1·t
+    gc_, gs_, gr_, dc_, dg_, de_, hh, dgg, ddd = sp.symbols("g_c g_s g_r d_c d_g d_e h delta_g delta_d", real=True)
+    prod = (gc_ + gs_ * tt + dgg) * (dc_ + dg_ * tt + ddd)
+    p0, p1 = gc_ * dc_, gc_ * dg_ + gs_ * dc_
+    rest = sp.expand(prod - p0 - p1 * tt)
+    parts = gs_ * dg_ * tt**2 + dgg * (dc_ + dg_ * tt) + ddd * (gc_ + gs_ * tt) + dgg * ddd
+    ok &= sp.expand(rest - parts) == 0
+    # |rest| ≤ ρ for |t| ≤ h, |δ_g| ≤ g_r, |δ_d| ≤ d_e is the triangle inequality on those four
+    # parts; a numerical check on one rational example, at the extremes of t, δ_g and δ_d
+    import itertools
+
+    vals = {gc_: sp.Rational(-3, 7), gs_: sp.Rational(5, 3), gr_: sp.Rational(1, 9), dc_: sp.Rational(2, 5),
+            dg_: sp.Rational(-7, 4), de_: sp.Rational(1, 13), hh: sp.Rational(1, 8)}
+    rho = (abs(vals[gs_] * vals[dg_]) * vals[hh] ** 2 + vals[gr_] * (abs(vals[dc_]) + abs(vals[dg_]) * vals[hh])
+           + vals[de_] * (abs(vals[gc_]) + abs(vals[gs_]) * vals[hh]) + vals[gr_] * vals[de_])
+    for st_, sg, sd in itertools.product((-1, 0, 1), (-1, 1), (-1, 1)):
+        sub = {**vals, tt: st_ * vals[hh], dgg: sg * vals[gr_], ddd: sd * vals[de_]}
+        ok &= abs(rest.subs(sub)) <= rho
+    return bool(ok)
+
+
 def step_p_cell_integrals() -> bool:
     from fractions import Fraction
 
@@ -568,6 +628,7 @@ STEPS = {
     "O3: a Linear input's remainder as ⟨∂ℓ/∂v, ΔW·δ⟩ beside the kinks' share (adjoint sources)": step_o3_adjoint_sources,
     "O4: an eval-mode BatchNorm layer passes the cotangent back as diag(ρ)·g (adjoint bound)": step_o4_adjoint_batchnorm,
     "O5: bn=recompute's statistics walk: train-mode BatchNorm's cotangent, the seeds ∂y/∂μ, ∂y/∂σ², the identity": step_o5_statistics_walk,
+    "O6: the kinks' windows and the remainder of g·ṽ′ after its affine part (pieces along the cell)": step_o6_kink_pieces,
     "P: cell integrals of the Taylor form: ∫ L′ ≥ 2h(C − E), ∫ max(0, L′) ≤ ∫ max(0, C + E + Gt)": step_p_cell_integrals,
 }
 

@@ -295,7 +295,7 @@ class _Cot:
 
 def kink_bound(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]], output: Node, cot: tuple[Tensor, Tensor, Tensor],
                keep: dict[Node, tuple[Tensor, Tensor, Tensor]] | None = None, keep_norms: dict[Node, Tensor] | None = None, *,
-               seeds: dict[str, tuple] | None = None) -> Tensor:
+               seeds: dict[str, tuple] | None = None, parts: dict[str, Any] | None = None) -> Tensor:
     """Σ over examples and mixed neurons of sup|g|·w, plus over the layers' sources (:class:`Source`)
     of ⟨|ΔW|ᵀ sup|g|, e⟩, per cell ((C,) tensor, rounded up): the radius to add to L′ (in the units of
     the summed per-example terms; see (∗) and (∗∗) in the docstring).
@@ -310,8 +310,13 @@ def kink_bound(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]
     (``Tape.keep_inputs``: the layers re-estimated under ``bn=recompute``), the per-channel sums
     (Σ g, Σ g·(x − μ)) over the chunk's examples and positions (Taylor models on the cells, added
     to what the dict holds, so that chunks accumulate), g the cotangent at the layer's output:
-    :func:`statistic_seeds` turns them into ∂L/∂μ and ∂L/∂σ² for :func:`statistics_bound`."""
-    return _walk(gm, tape, reads, {output: _Cot(*cot)}, keep, keep_norms, seeds=seeds)
+    :func:`statistic_seeds` turns them into ∂L/∂μ and ∂L/∂σ² for :func:`statistics_bound`.
+
+    ``parts``, if given, receives the answer's two shares apart, ``"kinks"`` and ``"sources"`` ((C,)
+    each, rounded up; their sum bounds what the answer bounds), and ``"pairs"``: per ReLU node,
+    what :func:`kink_pieces` needs of its mixed neurons to bound the kinks' share piece by piece
+    along the cell instead (None where a kink has no window record)."""
+    return _walk(gm, tape, reads, {output: _Cot(*cot)}, keep, keep_norms, seeds=seeds, parts=parts)
 
 
 def statistics_bound(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]], seeds: dict[str, tuple[TM, TM]],
@@ -341,13 +346,17 @@ def statistics_bound(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple,
 
 
 def _walk(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]], cots: dict[Node, "_Cot"],
-          keep: dict | None, keep_norms: dict | None, *, seeds: dict | None = None, train: dict | None = None) -> Tensor:
-    """The reverse walk of :func:`kink_bound` (``seeds``: also the statistics' sums) and of
-    :func:`statistics_bound` (``train``: the re-estimated layers' seeds; their nodes pass cotangents
-    back as train-mode BatchNorm)."""
+          keep: dict | None, keep_norms: dict | None, *, seeds: dict | None = None, train: dict | None = None,
+          parts: dict[str, Any] | None = None) -> Tensor:
+    """The reverse walk of :func:`kink_bound` (``seeds``: also the statistics' sums; ``parts``: its
+    shares apart) and of :func:`statistics_bound` (``train``: the re-estimated layers' seeds; their
+    nodes pass cotangents back as train-mode BatchNorm)."""
     nt = tape.numbers
     total = torch.zeros(nt.mid.shape[0], dtype=torch.float64, device=nt.mid.device)
     count = 0
+    kin = torch.zeros_like(total)  # the kinks' and the sources' shares apart, for ``parts``
+    src_total = torch.zeros_like(total)
+    pairs: list | None = [] if parts is not None else None
 
     tag = "downstream-of-kinks" if not tape.keep_inputs else "downstream-of-kinks-and-statistics"
     wanted = nt.memo(gm, tag, lambda: _downstream_of_kinks(gm, tape))  # once per batch of cells
@@ -385,7 +394,9 @@ def _walk(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]], co
             x = args[0] if node.op == "call_module" else (args[0] if args else kwargs["input"])
             src = tape.sources.get(node)
             if src is not None:
-                total = total + _source_bound(nt, g, src, tape.weights[node], None)
+                sb = _source_bound(nt, g, src, tape.weights[node], None)
+                total = total + sb
+                src_total = src_total + sb
                 count += 1
                 unpaid.discard(node)
             if wants(x):
@@ -399,13 +410,19 @@ def _walk(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]], co
                 mag = (g.magnitude(hh) * (1 + 4 * U)).expand(kink.pos.shape)[kink.idx] + _UNDER  # underflow: see magnitude
                 total = total.index_add(0, kink.idx[0], mag * kink.w)
                 count += int(kink.idx[0].numel())
+                if parts is not None:
+                    kin = kin.index_add(0, kink.idx[0], mag * kink.w)
+                    if pairs is not None:
+                        pairs = None if kink.window is None else pairs + [_kink_pairs(g, kink, nt.rad)]
             if wants(args[0]):
                 send(args[0], _relu_back(g, kink, hh))
         elif kind == "conv":
             x = args[0]
             src = tape.sources.get(node)
             if src is not None:
-                total = total + _source_bound(nt, g, src, tape.weights[node], (gm.get_submodule(node.target), tape.shapes[x]))
+                sb = _source_bound(nt, g, src, tape.weights[node], (gm.get_submodule(node.target), tape.shapes[x]))
+                total = total + sb
+                src_total = src_total + sb
                 count += 1
                 unpaid.discard(node)
             if wants(x):
@@ -444,7 +461,107 @@ def _walk(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]], co
             raise RuntimeError(f"no reverse rule for {node.name}")
         if node in unpaid:  # a rule that deferred a source this walk does not bound: no enclosure
             raise RuntimeError(f"a deferred input remainder at {node.name} has no reverse rule")
-    return _up(total * (1.0 + 2.0 * gamma(count + 4)) + _TINY)
+    factor = 1.0 + 2.0 * gamma(count + 4)
+    if parts is not None:
+        parts["kinks"] = _up(kin * factor + _TINY)
+        parts["sources"] = _up(src_total * factor + _TINY)
+        parts["pairs"] = pairs
+    return _up(total * factor + _TINY)
+
+
+def _kink_pairs(g: "_Cot", kink: Kink, rad: Tensor) -> tuple[Tensor, ...]:
+    """For the mixed neurons of one ReLU node: (cell index, t_l, t_r, then for the states before,
+    inside and after the window [t_l, t_r] the upper and lower bounds of the kink's term
+    (D − D̃)·g·ṽ′ as affine functions of t, A + B·t: A_up, B_up, A_lo, B_lo each) — see
+    :func:`kink_pieces`. Outside the window the neuron's sign, hence D, is known: v(m + t) ∈ ĉ + ĝt ± e
+    is non-zero where |ĉ + ĝt| > e; D − D̃ = ∓(1 − s)/2 before and ±(1 − s)/2 after a rising
+    (ĝ > 0) crossing, the other way round for a falling one; inside, either. With g = g_c + g_s·t ± g_r
+    (the cotangent's Taylor model) and ṽ′ = d_c + d_g·t ± d_e, g·ṽ′ = p0 + p1·t ± ρ, p0 = g_c·d_c,
+    p1 = g_c·d_g + g_s·d_c, ρ = |g_s·d_g|h² + g_r(|d_c| + |d_g|h) + d_e(|g_c| + |g_s|h) + g_r·d_e plus
+    the rounding of p0 and p1."""
+    idx = kink.idx
+    vc, vg, ve, dc, dg, de = kink.window
+    cell = idx[0]
+    h = rad[cell]
+    shape = kink.pos.shape
+    gc = g.c.expand(shape)[idx]
+    gs = g.s.expand(shape)[idx]
+    gr = g.r.expand(shape)[idx]
+    dg = dg.expand(dc.shape)
+    p0 = gc * dc
+    p1 = gc * dg + gs * dc
+    gmag, dmag = gc.abs() + gs.abs() * h, dc.abs() + dg.abs() * h
+    rho = (gs * dg).abs() * h * h + gr * dmag + de * gmag + gr * de
+    rho = (rho + (p0.abs() + ((gc * dg).abs() + (gs * dc).abs()) * h) * (4 * U)) * (1 + 8 * U) + _UNDER
+    half = (1.0 - kink.slope) * 0.5
+    a0, a1 = half * p0, half * p1
+    rho = (half * rho + (a0.abs() + a1.abs() * h) * (2 * U)) * (1 + 4 * U) + _TINY
+    rising = vg > 0
+    sign = torch.where(rising, -1.0, 1.0).to(p0.dtype)  # D − D̃ before the window, over (1 − s)/2
+    inside = (a0.abs() + a1.abs() * h) * (1 + 2 * U) + rho
+    zero = torch.zeros_like(a0)
+    states = (sign * a0 + rho, sign * a1, sign * a0 - rho, sign * a1,  # before the window
+              inside, zero, -inside, zero,  # inside: either slope
+              -sign * a0 + rho, -sign * a1, -sign * a0 - rho, -sign * a1)  # after it
+    t1 = (-vc - ve) / vg
+    t2 = (-vc + ve) / vg
+    pad = (t1.abs() + t2.abs()) * (4 * U) + _TINY
+    # no crossing to place (or no finite one): the window is the whole cell
+    flat = (vg == 0) | ~torch.isfinite(t1) | ~torch.isfinite(t2)
+    inf = torch.full_like(t1, math.inf)
+    tl = torch.where(flat, -inf, torch.minimum(t1, t2) - pad)
+    tr = torch.where(flat, inf, torch.maximum(t1, t2) + pad)
+    return (cell, tl, tr, *states)
+
+
+def kink_pieces(h: float, pairs: list[tuple[Tensor, ...]], cell: int) -> tuple[Tensor, ...] | None:
+    r"""The kinks' share of L′ on one cell, piece by piece along it: (a, b, A_up, B_up, A_lo, B_lo)
+    per piece [a, b] of [−h, h] (t from the cell's midpoint), with
+    A_lo + B_lo·t ≤ Σ_mixed (D − D̃)·g·ṽ′ ≤ A_up + B_up·t at every t inside the piece but its ends
+    (finitely many points, where L′ need not be bounded: rises are integrals of L′); None when there
+    are no pieces to form.
+
+    The Clarke bound of :func:`kink_bound` charges every mixed neuron (1 − s)/2·sup|g|·sup|ṽ′| at
+    every t of the cell. But a neuron's pre-activation v(m + t) ∈ ĉ + ĝt ± e has a known sign
+    wherever |ĉ + ĝt| > e: outside a window [t_l, t_r] (``_kink_pairs``) its slope D is known, and
+    its term is ±(1 − s)/2·g·ṽ′, an affine function of t of either sign, up to a radius; only inside
+    the window is it either sign. The sum over neurons at a given t is a sum of one of three
+    affine bounds per neuron, which changes only at the windows' ends: sorting them gives the bound
+    on every piece between consecutive ends, and the terms of neurons whose windows lie elsewhere
+    keep their signs, so they cancel as they do in L′ itself. Sums are in float64; each piece is
+    padded by 2γ_{2M+4}(Σ|A| + hΣ|B|) over the M neurons' states (the prefix sums' rounding)."""
+    sel = []
+    for p in pairs:
+        m = p[0] == cell
+        if bool(m.any()):
+            sel.append([t[m] for t in p[1:]])
+    if not sel:
+        return None
+    cols = [torch.cat([s[i] for s in sel]) for i in range(14)]
+    tl, tr = cols[0].clamp(-h, h), cols[1].clamp(-h, h)
+    before, inside, after = cols[2:6], cols[6:10], cols[10:14]
+    pos = torch.cat([tl, tr])
+    order = torch.argsort(pos, stable=True)
+    pos = pos[order]
+    m = tl.numel()
+    mag = sum(float(c.abs().sum()) * (h if i % 2 else 1.0) for i, c in enumerate(cols[2:]))
+    pad = 2.0 * mag * 2.0 * gamma(2 * m + 4) + _TINY
+    out = []
+    for j in range(4):  # A_up, B_up, A_lo, B_lo
+        start = before[j].sum()
+        steps = torch.cat([inside[j] - before[j], after[j] - inside[j]])[order]
+        run = torch.cat([start.reshape(1), start + torch.cumsum(steps, 0)])
+        if j == 0:
+            run = run + pad
+        elif j == 2:
+            run = run - pad
+        out.append(run)
+    edges = torch.cat([pos.new_tensor([-h]), pos, pos.new_tensor([h])])
+    a, b = edges[:-1], edges[1:]
+    keep = b > a  # pieces of length zero are single points
+    if not bool(keep.any()):
+        return None
+    return (a[keep], b[keep], *(t[keep] for t in out))
 
 
 def _tm_reduce(a: TM, dims: tuple[int, ...], k: int, *, mean: bool = False) -> TM:

@@ -473,6 +473,11 @@ class Kink:
     idx: tuple[Tensor, ...]
     w: Tensor
     slope: float
+    # at ``idx``: (ĉ, ĝ, e) of the pre-activation, v(m + t) ∈ ĉ + ĝt ± e for |t| ≤ h (e covers the
+    # rule's own rounding of that test), and (ĉ′, ĝ′, e′) of ṽ′ likewise — where along the cell
+    # each mixed neuron's sign is known, and its term (:func:`~.adjoint.kink_pieces`); None where
+    # not recorded
+    window: tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -1519,6 +1524,7 @@ def _relu_like(nt: EnclosureNumbers, x: Any, slope: float = 0.0) -> Any:
     flat = (~(pos | neg)).reshape(-1).nonzero().squeeze(1)
     idx = _unravel(flat, full)
     kink_w = v.c.new_zeros(0)
+    window = None
     k = 1.0 - slope
 
     def at(t: Tensor) -> Tensor:
@@ -1567,13 +1573,15 @@ def _relu_like(nt: EnclosureNumbers, x: Any, slope: float = 0.0) -> Any:
         if nt.deferred is not None:  # D̃ = dmid exactly; the Clarke term goes to the adjoint bound
             kink_w = _up(k * 0.5 * at(dmag))
             d_extra = d_round
+            window = (vc, at(v.g), _up(at(v.e) + at(mag) * (4 * U) + _TINY), dcm,
+                      _zero(dcm) if _is_zero(d.g) else at(d.g), _up(at(d.e) * 1.0))
         else:
             d_extra = k * 0.5 * at(dmag) + d_round
         de = _put(de, full, flat, dmid * at(d.e) + d_extra)
         dextra = _put(dextra, full, flat, d_extra)
     de = _up(de)
     if nt.deferred is not None:
-        nt.deferred.append(Kink(pos, neg, idx, kink_w, slope))
+        nt.deferred.append(Kink(pos, neg, idx, kink_w, slope, window))
     if flat_shape:
         return Enclosure(value, TM(dc, dg, de))
     return Enclosure(value, _with_norm(dc, dg, de, _norm_of(d, width), dextra))

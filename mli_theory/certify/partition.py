@@ -45,7 +45,7 @@ from ..exact.dyadic import float_down, float_up
 from ..geometry.interpreter import UnsupportedGraph, interpret, plan, reads, trace
 from ..inputs.data import Dataset
 from ..path import BNPolicy, Line, Motion
-from .adjoint import Tape, _cells_of, kink_bound, statistic_seeds, statistics_bound, unsupported
+from .adjoint import Tape, _cells_of, kink_bound, kink_pieces, statistic_seeds, statistics_bound, unsupported
 from .convexity import Curved, SecondNumbers, SecondStatisticsNumbers, loss_second_terms
 from .validation import MEASURED_DIFFERS, Reference, validation_points
 from .enclosures import _LIB, _TINY, TM, U, Enclosure, EnclosureNumbers, Param, StatisticsComplete, StatisticsNumbers, _add_tm, _const_enclosure, _imul, _softmax_box, _up, gamma, strict_arithmetic
@@ -738,11 +738,13 @@ def _mse_cotangent(z: Enclosure, y: torch.Tensor, h: torch.Tensor) -> tuple[torc
 
 
 def _chunk_terms(problem: _Problem, numbers: EnclosureNumbers, params: dict[str, Any], xs: torch.Tensor, ys: torch.Tensor,
-                 rad: torch.Tensor, *, deferred: bool, seeds: dict | None = None) -> tuple[TM, torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
+                 rad: torch.Tensor, *, deferred: bool, seeds: dict | None = None
+                 ) -> tuple[TM, torch.Tensor, torch.Tensor, torch.Tensor | None, dict | None] | None:
     """One walk of the graph on a chunk of examples: the per-entry Taylor models of L′'s terms, the
-    bounds of the loss terms, and (``deferred``) the adjoint bound of the kinks, which the terms then
-    need; None when that bound's reverse walk fails on this graph. ``seeds``: the statistics' sums
-    of :func:`.adjoint.kink_bound`, accumulated over the chunks."""
+    bounds of the loss terms, (``deferred``) the adjoint bound of the kinks, which the terms then
+    need, and that bound's ``parts`` (:func:`.adjoint.kink_bound`; None without it); None when the
+    bound's reverse walk fails on this graph. ``seeds``: the statistics' sums of
+    :func:`.adjoint.kink_bound`, accumulated over the chunks."""
     tape = None
     if deferred:
         numbers.deferred = []
@@ -765,14 +767,17 @@ def _chunk_terms(problem: _Problem, numbers: EnclosureNumbers, params: dict[str,
     else:
         dl, (lo_l, hi_l), cot = _ce_terms(out, ys, rad, cotangent=deferred, derivative=not numbers.values_only)
     if tape is None:
-        return dl, lo_l, hi_l, None
+        return dl, lo_l, hi_l, None, None
+    parts: dict[str, Any] = {}
     try:
-        # the statistics' sums only when gathered (kink_bound's positional call is its public form)
-        extra = {} if seeds is None else {"seeds": seeds}
+        # the statistics' sums only when gathered; the shares apart whenever L′ is asked for
+        extra: dict[str, Any] = {} if seeds is None else {"seeds": seeds}
+        if dl is not None:
+            extra["parts"] = parts
         kb = kink_bound(problem.gm, tape, problem.reads, problem.output, cot, **extra)
     except Exception:  # any failure of the reverse walk: the caller falls back to the forward rule
         return None
-    return dl, lo_l, hi_l, kb
+    return dl, lo_l, hi_l, kb, parts or None
 
 
 def cell_numbers(a: list[float], b: list[float], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -849,6 +854,8 @@ def enclose_cells(problem: _Problem, a: list[float], b: list[float], deadline: f
     if problem.statistics:
         params = {**params, **_statistics(problem, mid, rad, deadline, tapes=tapes)}
     kinks = torch.zeros(cells, dtype=torch.float64, device=dev)  # the adjoint bound of the Clarke terms
+    sources = torch.zeros(cells, dtype=torch.float64, device=dev)  # its sources' share alone
+    pairs: list | None = []  # the kinks' pairs of every chunk (see kink_pieces), None once one lacks them
     for start in range(0, n, problem.chunk):
         check_deadline(deadline)
         xs = problem.x[start : start + problem.chunk]
@@ -858,9 +865,14 @@ def enclose_cells(problem: _Problem, a: list[float], b: list[float], deadline: f
         got = _chunk_terms(problem, numbers, params, xs, ys, rad, deferred=True, seeds=seeds) if adjoint else None
         if got is None and walked:  # the statistics' derivatives were deferred: start again without that
             return enclose_cells(replace(problem, statistics_walk=False), a, b, deadline)
-        dl, lo_l, hi_l, kb = got if got is not None else _chunk_terms(problem, numbers, params, xs, ys, rad, deferred=False)
+        dl, lo_l, hi_l, kb, parts = got if got is not None else _chunk_terms(problem, numbers, params, xs, ys, rad, deferred=False)
         if kb is not None:
             kinks += kb
+        if parts is None or parts.get("pairs") is None:
+            pairs = None
+        elif pairs is not None:
+            sources += parts["sources"]
+            pairs.extend(parts["pairs"])
         if dl is not None:
             sc, sg, se, sm, cnt = _sum_tm(dl, rad)
             acc += torch.stack([sc, sg, se, sm], 1)
@@ -886,25 +898,27 @@ def enclose_cells(problem: _Problem, a: list[float], b: list[float], deadline: f
     out_i: list[tuple[float, float]] = []
     rows = acc.tolist()
     krows = _up(kinks * (1 + gamma(chunks + 2))).tolist()
+    swept = pairs is not None and adjoint and not walked and not values_only
+    srows = _up(sources * (1 + gamma(chunks + 2))).tolist() if swept else None
     lrows = lacc.tolist()
     lm = lmag.tolist()
     for i in range(cells):
-        c, g, e, m = rows[i]
-        kb = krows[i]
-        if values_only or not all(math.isfinite(v) for v in (c, g, e, m, kb)):
+        if values_only:
             out_d.append((-math.inf, math.inf))
             out_i.append((-math.inf, math.inf, math.inf))
         else:
-            # L′(mid + t) ∈ scale·(C + G·t ± E) for |t| ≤ h: the rounding of the three sums is
-            # covered by E (|t|·γΣ|g| ≤ γΣ mag), the kinks' adjoint share is t-independent
+            # two enclosures of L′ on the cell, both sound: the kinks' share as one t-independent
+            # radius (the Clarke bound), and piece by piece along the cell (kink_pieces); their
+            # intersection is kept
             h = Fraction(rad[i].item())
-            err = (Fraction(e) + Fraction(kb)) * (1 + Fraction(g_sum)) + Fraction(m) * Fraction(g_sum) * 2
-            width = abs(Fraction(g)) * h + err
-            centre = Fraction(c)
-            out_d.append((float_down(scale * (centre - width)), float_up(scale * (centre + width))))
-            low = scale * 2 * h * (centre - err)
-            up = scale * positive_part_integral(centre + err, Fraction(g), h)
-            out_i.append((float_down(low), float_up(up), float_up(scale * 2 * h * (centre + err))))
+            cands = [_cell_bounds(rows[i], krows[i], None, h, scale, g_sum)]
+            if swept:
+                pieces = kink_pieces(float(rad[i]), pairs, i)
+                if pieces is not None:
+                    cands.append(_cell_bounds(rows[i], srows[i], tuple(t.tolist() for t in pieces), h, scale, g_sum))
+            d, integrals = _intersect(cands)
+            out_d.append(d)
+            out_i.append(integrals)
         llo, lhi = lrows[i]
         if not all(math.isfinite(v) for v in (llo, lhi, lm[i])):
             out_l.append((-math.inf, math.inf))
@@ -912,6 +926,88 @@ def enclose_cells(problem: _Problem, a: list[float], b: list[float], deadline: f
             pad = Fraction(lm[i]) * Fraction(g_sum)
             out_l.append((float_down(lscale * (Fraction(llo) - pad)), float_up(lscale * (Fraction(lhi) + pad))))
     return out_d, out_l, out_i
+
+
+_INF_CELL = ((-math.inf, math.inf), (-math.inf, math.inf, math.inf))
+
+
+def _cell_bounds(row: list[float], extra: float, swept: tuple[list[float], ...] | None, h: Fraction, scale: Fraction,
+                 g_sum: float) -> tuple[tuple[float, float], tuple[float, float, float]]:
+    """One enclosure of L′ on a cell and of its integrals: ((lo, hi), (low ≤ ∫L′, up ≥ ∫max(0, L′),
+    up ≥ ∫L′)), from the summed terms ``row`` = (C, G, E, Σ magnitudes) — L′(mid + t) ∈
+    scale·(C + G·t ± E′) for |t| ≤ h, E′ = E plus ``extra`` (a t-independent share: the kinks' and
+    sources', or the value walk's) plus the sums' rounding (|t|·γΣ|g| ≤ γΣ mag) — and, when
+    ``swept`` (pieces of :func:`.adjoint.kink_pieces`) is given, the kinks' share piece by piece."""
+    c, g, e, m = row
+    if not all(math.isfinite(v) for v in (c, g, e, m, extra)):
+        return _INF_CELL
+    err = (Fraction(e) + Fraction(extra)) * (1 + Fraction(g_sum)) + Fraction(m) * Fraction(g_sum) * 2
+    centre, slope = Fraction(c), Fraction(g)
+    if swept is None:
+        width = abs(slope) * h + err
+        low = scale * 2 * h * (centre - err)
+        up = scale * positive_part_integral(centre + err, slope, h)
+        return ((float_down(scale * (centre - width)), float_up(scale * (centre + width))),
+                (float_down(low), float_up(up), float_up(scale * 2 * h * (centre + err))))
+    a, b, s_up, b_up, s_lo, b_lo = (torch.tensor(t, dtype=torch.float64) for t in swept)
+    if not all(bool(torch.isfinite(t).all()) for t in (s_up, b_up, s_lo, b_lo)):
+        return _INF_CELL
+    # per piece [a, b] of [−h, h]: L′ ≤ scale·(C + E′ + A_up + (G + B_up)·t) and
+    # ≥ scale·(C − E′ + A_lo + (G + B_lo)·t), affine on the piece: its ends, its integral
+    # (trapezoid) and that of its positive part, in float64; each value padded by 8u times the sum
+    # of its terms' magnitudes (a handful of roundings), each sum of K values by γ_{K+4} times the
+    # sum of their magnitudes
+    cf, gf, ef = float(centre), float(slope), float_up(err)
+    hf = float(h)
+    top_a, top_b = (cf + ef) + s_up + (gf + b_up) * a, (cf + ef) + s_up + (gf + b_up) * b
+    bot_a, bot_b = (cf - ef) + s_lo + (gf + b_lo) * a, (cf - ef) + s_lo + (gf + b_lo) * b
+    size = abs(cf) + ef + abs(gf) * hf
+    pad_up = (size + s_up.abs() + b_up.abs() * hf) * (8 * U) + _TINY
+    pad_lo = (size + s_lo.abs() + b_lo.abs() * hf) * (8 * U) + _TINY
+    top_a, top_b = top_a + pad_up, top_b + pad_up
+    bot_a, bot_b = bot_a - pad_lo, bot_b - pad_lo
+    hi = float(torch.maximum(top_a, top_b).max())
+    lo = float(torch.minimum(bot_a, bot_b).min())
+    diff = b - a  # within a relative u of the piece's length
+    long, short = diff * (1 + 2 * U), diff * (1 - 2 * U)  # ≥ and ≤ the length
+    k = diff.numel()
+    g_k = gamma(k + 4)
+
+    def total(t: torch.Tensor, up_side: bool) -> float:
+        s, mag = float(t.sum()), float(t.abs().sum())
+        if mag == 0.0:  # every term exactly zero: so is the sum
+            return 0.0
+        return s + mag * g_k + _TINY if up_side else s - mag * g_k - _TINY
+
+    # an affine function's integral is its length times its mean (each product rounded: 4u)
+    mean_up, mean_lo = (top_a + top_b) * 0.5, (bot_a + bot_b) * 0.5
+    trap_up = torch.where(mean_up >= 0, long, short) * mean_up
+    trap_lo = torch.where(mean_lo >= 0, short, long) * mean_lo
+    trap_up, trap_lo = trap_up + trap_up.abs() * (4 * U), trap_lo - trap_lo.abs() * (4 * U)
+    # its positive part: the trapezoid where both ends are ≥ 0, else at most length·max(ends, 0)/2
+    # (the triangle length·top²/(2(|f1| + |f2|)), bounded)
+    both = (top_a >= 0) & (top_b >= 0)
+    tri = long * torch.maximum(top_a, top_b).clamp(min=0.0) * 0.5
+    pos = torch.where(both, trap_up, tri * (1 + 4 * U))
+    low = total(trap_lo, False)
+    up = total(pos, True)
+    up3 = total(trap_up, True)
+    return ((float_down(scale * Fraction(lo)), float_up(scale * Fraction(hi))),
+            (float_down(scale * Fraction(low)), float_up(scale * Fraction(up)), float_up(scale * Fraction(up3))))
+
+
+def _intersect(cands: list[tuple[tuple[float, float], tuple[float, float, float]]]
+               ) -> tuple[tuple[float, float], tuple[float, float, float]]:
+    """The intersection of enclosures of the same L′ and its integrals on one cell (each sound, so
+    their intersection is). Disjoint ones would mean that one of them is wrong: that raises."""
+    lo = max(c[0][0] for c in cands)
+    hi = min(c[0][1] for c in cands)
+    low = max(c[1][0] for c in cands)
+    up = min(c[1][1] for c in cands)
+    up3 = min(c[1][2] for c in cands)
+    if lo > hi or low > up3:
+        raise RuntimeError(f"the enclosures of L′ on a cell disagree: {cands}")
+    return (lo, hi), (low, up, up3)
 
 
 def _statistics_share(problem: _Problem, numbers: EnclosureNumbers, tapes: list, sums: dict) -> torch.Tensor:
