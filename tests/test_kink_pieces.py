@@ -76,7 +76,7 @@ def test_the_pieces_are_the_term_by_term_sums_between_window_ends(case):
     cols = [torch.tensor([e[0] for e in ends], dtype=torch.float64), torch.tensor([e[1] for e in ends], dtype=torch.float64)]
     cols += [torch.tensor(s, dtype=torch.float64) for s in states]
     other = tuple(t[:1].clone() for t in [cell + 1, *cols])  # a neuron of another cell: ignored
-    got = kink_pieces(h, [(cell, *cols), other], 0)
+    got = kink_pieces(torch.tensor([h, h], dtype=torch.float64), [(cell, *cols), other])[0]
     assert got is not None
     a, b, a_up, b_up, a_lo, b_lo = (t.tolist() for t in got)
     assert a[0] == -h and b[-1] == h and all(x < y for x, y in zip(a, b))
@@ -234,10 +234,10 @@ def test_the_cells_bounds_from_pieces_are_their_exact_extremes_and_integrals(cas
     m = len(ends)
     cols = [torch.tensor([x[0] for x in ends], dtype=torch.float64), torch.tensor([x[1] for x in ends], dtype=torch.float64)]
     cols += [torch.tensor(s, dtype=torch.float64) for s in states]
-    pieces = kink_pieces(h, [(torch.zeros(m, dtype=torch.long), *cols)], 0)
+    pieces = kink_pieces(torch.tensor([h], dtype=torch.float64), [(torch.zeros(m, dtype=torch.long), *cols)])[0]
     a, b, a_up, b_up, a_lo, b_lo = (t.tolist() for t in pieces)
     row = [c, g, e, abs(c) + abs(g) * h + e]
-    (lo, hi), (low, up, up3) = P._cell_bounds(row, 0.25, tuple(t.tolist() for t in pieces), Fr(h), Fr(scale), 0.0)
+    (lo, hi), (low, up, up3) = P._cell_bounds(row, 0.25, pieces, Fr(h), Fr(scale), 0.0)
     C, G, E = Fr(c), Fr(g), Fr(e) + Fr(0.25)
     ex_hi = max(C + E + Fr(au) + (G + Fr(bu)) * Fr(t) for ai, bi, au, bu in zip(a, b, a_up, b_up) for t in (ai, bi))
     ex_lo = min(C - E + Fr(al) + (G + Fr(bl)) * Fr(t) for ai, bi, al, bl in zip(a, b, a_lo, b_lo) for t in (ai, bi))

@@ -72,6 +72,16 @@ never a change of what is certified.
 The reverse walk visits only the nodes some kink precedes (:func:`_downstream_of_kinks`): the
 cotangent of any other node enters no term of (∗) (the first Linear layer of an MLP and the layers
 before its first ReLU are skipped), so the bound is bit for bit that of the full reverse walk.
+
+The kinks' share piece by piece. (∗) holds at every α of the cell with that α's true slopes, and
+a mixed neuron's slope is unknown only where its pre-activation's Taylor model does not prove its
+sign: inside a window [t_l, t_r] of the cell, outside which D − D̃ = ±(1 − s)/2 is known. So the
+walk also records, per mixed neuron, the window and its term g·ṽ′ as an affine function of t
+plus a radius (:func:`_kink_pairs`), and :func:`kink_pieces` sorts the window ends and sums the
+terms between them: on each piece an affine bound in which the terms of neurons crossing
+elsewhere in the cell keep their signs (the Clarke radius charges every one of them
+(1 − s)/2·sup|g|·sup|ṽ′| at every t). The partition intersects the two enclosures
+(:func:`~.partition.enclose_cells`; proof step O6).
 """
 
 from __future__ import annotations
@@ -514,12 +524,13 @@ def _kink_pairs(g: "_Cot", kink: Kink, rad: Tensor) -> tuple[Tensor, ...]:
     return (cell, tl, tr, *states)
 
 
-def kink_pieces(h: float, pairs: list[tuple[Tensor, ...]], cell: int) -> tuple[Tensor, ...] | None:
-    r"""The kinks' share of L′ on one cell, piece by piece along it: (a, b, A_up, B_up, A_lo, B_lo)
-    per piece [a, b] of [−h, h] (t from the cell's midpoint), with
+def kink_pieces(rad: Tensor, pairs: list[tuple[Tensor, ...]]) -> list[tuple[Tensor, ...] | None]:
+    r"""The kinks' share of L′ on each cell (radii ``rad``), piece by piece along it: per cell,
+    (a, b, A_up, B_up, A_lo, B_lo) per piece [a, b] of [−h, h] (t from the cell's midpoint), with
     A_lo + B_lo·t ≤ Σ_mixed (D − D̃)·g·ṽ′ ≤ A_up + B_up·t at every t inside the piece but its ends
-    (finitely many points, where L′ need not be bounded: rises are integrals of L′); None when there
-    are no pieces to form.
+    (finitely many points, where L′ need not be bounded: rises are integrals of L′); None for a cell
+    without pieces to form. ``pairs``: what :func:`kink_bound` gathered (``parts["pairs"]``), of
+    any number of chunks.
 
     The Clarke bound of :func:`kink_bound` charges every mixed neuron (1 − s)/2·sup|g|·sup|ṽ′| at
     every t of the cell. But a neuron's pre-activation v(m + t) ∈ ĉ + ĝt ± e has a known sign
@@ -530,27 +541,36 @@ def kink_pieces(h: float, pairs: list[tuple[Tensor, ...]], cell: int) -> tuple[T
     on every piece between consecutive ends, and the terms of neurons whose windows lie elsewhere
     keep their signs, so they cancel as they do in L′ itself. Sums are in float64; each piece is
     padded by 2γ_{2M+4}(Σ|A| + hΣ|B|) over the M neurons' states (the prefix sums' rounding)."""
-    sel = []
-    for p in pairs:
-        m = p[0] == cell
-        if bool(m.any()):
-            sel.append([t[m] for t in p[1:]])
-    if not sel:
-        return None
-    cols = [torch.cat([s[i] for s in sel]) for i in range(14)]
+    cells = rad.shape[0]
+    if not pairs:
+        return [None] * cells
+    cols = [torch.cat([p[i] for p in pairs]) for i in range(15)]
+    order = torch.argsort(cols[0], stable=True)  # the neurons cell by cell
+    cols = [c[order] for c in cols]
+    counts = torch.bincount(cols[0], minlength=cells).tolist()
+    out: list[tuple[Tensor, ...] | None] = []
+    start = 0
+    for i, k in enumerate(counts):
+        out.append(_pieces(float(rad[i]), [c[start : start + k] for c in cols[1:]]) if k else None)
+        start += k
+    return out
+
+
+def _pieces(h: float, cols: list[Tensor]) -> tuple[Tensor, ...] | None:
+    """:func:`kink_pieces` on one cell of radius ``h``: ``cols`` = (t_l, t_r, the twelve states)."""
     tl, tr = cols[0].clamp(-h, h), cols[1].clamp(-h, h)
     before, inside, after = cols[2:6], cols[6:10], cols[10:14]
     pos = torch.cat([tl, tr])
     order = torch.argsort(pos, stable=True)
     pos = pos[order]
     m = tl.numel()
-    mag = sum(float(c.abs().sum()) * (h if i % 2 else 1.0) for i, c in enumerate(cols[2:]))
+    mag = float(sum(c.abs().sum() * (h if i % 2 else 1.0) for i, c in enumerate(cols[2:])))
     pad = 2.0 * mag * 2.0 * gamma(2 * m + 4) + _TINY
     out = []
     for j in range(4):  # A_up, B_up, A_lo, B_lo
-        start = before[j].sum()
+        first = before[j].sum()
         steps = torch.cat([inside[j] - before[j], after[j] - inside[j]])[order]
-        run = torch.cat([start.reshape(1), start + torch.cumsum(steps, 0)])
+        run = torch.cat([first.reshape(1), first + torch.cumsum(steps, 0)])
         if j == 0:
             run = run + pad
         elif j == 2:

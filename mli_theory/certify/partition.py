@@ -902,6 +902,7 @@ def enclose_cells(problem: _Problem, a: list[float], b: list[float], deadline: f
     srows = _up(sources * (1 + gamma(chunks + 2))).tolist() if swept else None
     lrows = lacc.tolist()
     lm = lmag.tolist()
+    pieces = kink_pieces(rad, pairs) if swept else [None] * cells
     for i in range(cells):
         if values_only:
             out_d.append((-math.inf, math.inf))
@@ -912,10 +913,8 @@ def enclose_cells(problem: _Problem, a: list[float], b: list[float], deadline: f
             # intersection is kept
             h = Fraction(rad[i].item())
             cands = [_cell_bounds(rows[i], krows[i], None, h, scale, g_sum)]
-            if swept:
-                pieces = kink_pieces(float(rad[i]), pairs, i)
-                if pieces is not None:
-                    cands.append(_cell_bounds(rows[i], srows[i], tuple(t.tolist() for t in pieces), h, scale, g_sum))
+            if pieces[i] is not None:
+                cands.append(_cell_bounds(rows[i], srows[i], pieces[i], h, scale, g_sum))
             d, integrals = _intersect(cands)
             out_d.append(d)
             out_i.append(integrals)
@@ -931,7 +930,7 @@ def enclose_cells(problem: _Problem, a: list[float], b: list[float], deadline: f
 _INF_CELL = ((-math.inf, math.inf), (-math.inf, math.inf, math.inf))
 
 
-def _cell_bounds(row: list[float], extra: float, swept: tuple[list[float], ...] | None, h: Fraction, scale: Fraction,
+def _cell_bounds(row: list[float], extra: float, swept: tuple[torch.Tensor, ...] | None, h: Fraction, scale: Fraction,
                  g_sum: float) -> tuple[tuple[float, float], tuple[float, float, float]]:
     """One enclosure of L′ on a cell and of its integrals: ((lo, hi), (low ≤ ∫L′, up ≥ ∫max(0, L′),
     up ≥ ∫L′)), from the summed terms ``row`` = (C, G, E, Σ magnitudes) — L′(mid + t) ∈
@@ -949,7 +948,7 @@ def _cell_bounds(row: list[float], extra: float, swept: tuple[list[float], ...] 
         up = scale * positive_part_integral(centre + err, slope, h)
         return ((float_down(scale * (centre - width)), float_up(scale * (centre + width))),
                 (float_down(low), float_up(up), float_up(scale * 2 * h * (centre + err))))
-    a, b, s_up, b_up, s_lo, b_lo = (torch.tensor(t, dtype=torch.float64) for t in swept)
+    a, b, s_up, b_up, s_lo, b_lo = swept
     if not all(bool(torch.isfinite(t).all()) for t in (s_up, b_up, s_lo, b_lo)):
         return _INF_CELL
     # per piece [a, b] of [−h, h]: L′ ≤ scale·(C + E′ + A_up + (G + B_up)·t) and
