@@ -266,3 +266,24 @@ def test_the_cells_bounds_from_pieces_are_their_exact_extremes_and_integrals(cas
         return (Fr(bi) - Fr(ai)) * max(f1, f2) / 2
 
     assert Fr(up) <= s * sum(cover(*p) for p in zip(a, b, a_up, b_up)) + mag * Fr(1, 10**10)
+
+
+def test_enclosures_that_disagree_give_unknown_naming_it_never_a_verdict(monkeypatch):
+    """An empty intersection means one enclosure is wrong: the certificate is ``unknown`` with that
+    reason (through the library's certificate path), not a crash and not a verdict."""
+    from mli_theory.certify import certificate as C
+
+    from test_adjoint_kinks import _one_kink
+
+    model, start, end, x, _ = _one_kink(False)
+    y = torch.full((1, 1), 5.0, dtype=torch.float64)  # z rises from 0 to 3 < 5: L′ from 0 to negative, cells decide it
+    line = mt.make_line(model, start, end, dtype=torch.float64)
+    assert C._by_enclosures(line, mt.Dataset(x, y, "mse", "t"), 1e-6, BNPolicy.FROZEN, None, None).status == "monotone"
+
+    def disagree(cands):
+        raise P.EnclosuresDisagree("the enclosures of L′ on a cell disagree: (planted)")
+
+    monkeypatch.setattr(P, "_intersect", disagree)
+    cert = C._by_enclosures(line, mt.Dataset(x, y, "mse", "t"), 1e-6, BNPolicy.FROZEN, None, None)
+    assert cert.status == "unknown"
+    assert "internal check" in cert.reason and "disagree" in cert.reason

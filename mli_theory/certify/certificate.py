@@ -38,7 +38,7 @@ from ..inputs.data import Dataset
 from ..path import BNPolicy, Line, LossCurve, Motion, PathKind
 from ..path.structure import _flattens_rows
 from ..results import Certificate
-from .partition import Unsupported, decide_by_enclosures
+from .partition import EnclosuresDisagree, Unsupported, decide_by_enclosures
 from .validation import MEASURED_DIFFERS, Reference, validation_points
 
 
@@ -213,6 +213,8 @@ def _by_enclosures(line: Line, data: Dataset, tol: float, bn: BNPolicy, deadline
         return Certificate.unknown(f"no proof method for this model: {exc}; the grid result is evidence only")
     except BudgetExceeded:
         return Certificate.unknown(f"the enclosure method ran past the proof budget of {budget_s:g} s", cells=0, undecided=((0.0, 1.0),))
+    except EnclosuresDisagree as exc:  # an internal check failed: no verdict rests on it
+        return Certificate.unknown(f"an internal check of the enclosure method failed, so no verdict is given (please report): {str(exc)[:300]}")
     extra = {"rise_bound": v.rise_bound, "cells": v.cells, "undecided": v.undecided}
     if v.convex_end is not None:
         extra["convex_end"] = v.convex_end

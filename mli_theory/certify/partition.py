@@ -153,6 +153,11 @@ class Unsupported(ValueError):
     """The model or the settings cannot be enclosed (the message says why)."""
 
 
+class EnclosuresDisagree(RuntimeError):
+    """Two enclosures of the same L′ on a cell do not meet: one of them is wrong (an internal
+    error; the certificate says ``unknown`` and why, never a verdict)."""
+
+
 # ----------------------------------------------------------------------------- preparing the problem
 
 
@@ -998,14 +1003,15 @@ def _cell_bounds(row: list[float], extra: float, swept: tuple[torch.Tensor, ...]
 def _intersect(cands: list[tuple[tuple[float, float], tuple[float, float, float]]]
                ) -> tuple[tuple[float, float], tuple[float, float, float]]:
     """The intersection of enclosures of the same L′ and its integrals on one cell (each sound, so
-    their intersection is). Disjoint ones would mean that one of them is wrong: that raises."""
+    their intersection is). Disjoint ones would mean that one of them is wrong: that raises
+    :class:`EnclosuresDisagree`."""
     lo = max(c[0][0] for c in cands)
     hi = min(c[0][1] for c in cands)
     low = max(c[1][0] for c in cands)
     up = min(c[1][1] for c in cands)
     up3 = min(c[1][2] for c in cands)
     if lo > hi or low > up3:
-        raise RuntimeError(f"the enclosures of L′ on a cell disagree: {cands}")
+        raise EnclosuresDisagree(f"the enclosures of L′ on a cell disagree: {cands}")
     return (lo, hi), (low, up, up3)
 
 
