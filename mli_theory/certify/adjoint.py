@@ -322,10 +322,9 @@ def kink_bound(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]
     to what the dict holds, so that chunks accumulate), g the cotangent at the layer's output:
     :func:`statistic_seeds` turns them into ∂L/∂μ and ∂L/∂σ² for :func:`statistics_bound`.
 
-    ``parts``, if given, receives the answer's two shares apart, ``"kinks"`` and ``"sources"`` ((C,)
-    each, rounded up; their sum bounds what the answer bounds), and ``"pairs"``: per ReLU node,
-    what :func:`kink_pieces` needs of its mixed neurons to bound the kinks' share piece by piece
-    along the cell instead (None where a kink has no window record)."""
+    ``parts``, if given, receives the sources' share alone, ``"sources"`` ((C,), rounded up), and
+    ``"pairs"``: per ReLU node, what :func:`kink_pieces` needs of its mixed neurons to bound the
+    kinks' share piece by piece along the cell instead (None where a kink has no window record)."""
     return _walk(gm, tape, reads, {output: _Cot(*cot)}, keep, keep_norms, seeds=seeds, parts=parts)
 
 
@@ -358,14 +357,13 @@ def statistics_bound(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple,
 def _walk(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]], cots: dict[Node, "_Cot"],
           keep: dict | None, keep_norms: dict | None, *, seeds: dict | None = None, train: dict | None = None,
           parts: dict[str, Any] | None = None) -> Tensor:
-    """The reverse walk of :func:`kink_bound` (``seeds``: also the statistics' sums; ``parts``: its
-    shares apart) and of :func:`statistics_bound` (``train``: the re-estimated layers' seeds; their
+    """The reverse walk of :func:`kink_bound` (``seeds``: also the statistics' sums; ``parts``: the
+    sources' share and the kinks' pairs) and of :func:`statistics_bound` (``train``: the re-estimated layers' seeds; their
     nodes pass cotangents back as train-mode BatchNorm)."""
     nt = tape.numbers
     total = torch.zeros(nt.mid.shape[0], dtype=torch.float64, device=nt.mid.device)
     count = 0
-    kin = torch.zeros_like(total)  # the kinks' and the sources' shares apart, for ``parts``
-    src_total = torch.zeros_like(total)
+    src_total = torch.zeros_like(total)  # the sources' share alone, for ``parts``
     pairs: list | None = [] if parts is not None else None
 
     tag = "downstream-of-kinks" if not tape.keep_inputs else "downstream-of-kinks-and-statistics"
@@ -420,10 +418,8 @@ def _walk(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]], co
                 mag = (g.magnitude(hh) * (1 + 4 * U)).expand(kink.pos.shape)[kink.idx] + _UNDER  # underflow: see magnitude
                 total = total.index_add(0, kink.idx[0], mag * kink.w)
                 count += int(kink.idx[0].numel())
-                if parts is not None:
-                    kin = kin.index_add(0, kink.idx[0], mag * kink.w)
-                    if pairs is not None:
-                        pairs = None if kink.window is None else pairs + [_kink_pairs(g, kink, nt.rad)]
+                if pairs is not None:
+                    pairs = None if kink.window is None else pairs + [_kink_pairs(g, kink, nt.rad)]
             if wants(args[0]):
                 send(args[0], _relu_back(g, kink, hh))
         elif kind == "conv":
@@ -473,7 +469,6 @@ def _walk(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]], co
             raise RuntimeError(f"a deferred input remainder at {node.name} has no reverse rule")
     factor = 1.0 + 2.0 * gamma(count + 4)
     if parts is not None:
-        parts["kinks"] = _up(kin * factor + _TINY)
         parts["sources"] = _up(src_total * factor + _TINY)
         parts["pairs"] = pairs
     return _up(total * factor + _TINY)

@@ -1544,8 +1544,9 @@ def _relu_like(nt: EnclosureNumbers, x: Any, slope: float = 0.0) -> Any:
         rad = (off_hi - off_lo) * 0.5 * (1 + 4 * U)
         cm = slope + k * lam
         c = _put(c, full, flat, cm * vc + k * mu)
+        vgm = at(v.g)  # the slope at the mixed neurons (also the window's, below)
         if not _is_zero(g):
-            g = _put(g, full, flat, cm * at(v.g))
+            g = _put(g, full, flat, cm * vgm)
         x_extra = k * rad + (at(mag) + mu.abs()) * (4 * U)
         e = _put(e, full, flat, cm * at(v.e) + x_extra)
         extra = _put(extra, full, flat, x_extra)
@@ -1566,15 +1567,14 @@ def _relu_like(nt: EnclosureNumbers, x: Any, slope: float = 0.0) -> Any:
         dmid = (1.0 + slope) * 0.5
         dcm = at(d.c)
         dc = _put(dc, full, flat, dmid * dcm)
+        dgm = _zero(dcm) if _is_zero(d.g) else at(d.g)
         if not _is_zero(dg):
-            dgm = at(d.g)
             dg = _put(dg, full, flat, dmid * dgm)
-        d_round = (dcm.abs() + (0.0 if _is_zero(d.g) else at(d.g).abs())) * (2 * U)
+        d_round = (dcm.abs() + dgm.abs()) * (2 * U)
         if nt.deferred is not None:  # D̃ = dmid exactly; the Clarke term goes to the adjoint bound
             kink_w = _up(k * 0.5 * at(dmag))
             d_extra = d_round
-            window = (vc, at(v.g), _up(at(v.e) + at(mag) * (4 * U) + _TINY), dcm,
-                      _zero(dcm) if _is_zero(d.g) else at(d.g), _up(at(d.e) * 1.0))
+            window = (vc, vgm, _up(at(v.e) + at(mag) * (4 * U) + _TINY), dcm, dgm, _up(at(d.e)))
         else:
             d_extra = k * 0.5 * at(dmag) + d_round
         de = _put(de, full, flat, dmid * at(d.e) + d_extra)

@@ -940,7 +940,7 @@ def _cell_bounds(row: list[float], extra: float, swept: tuple[torch.Tensor, ...]
     """One enclosure of L′ on a cell and of its integrals: ((lo, hi), (low ≤ ∫L′, up ≥ ∫max(0, L′),
     up ≥ ∫L′)), from the summed terms ``row`` = (C, G, E, Σ magnitudes) — L′(mid + t) ∈
     scale·(C + G·t ± E′) for |t| ≤ h, E′ = E plus ``extra`` (a t-independent share: the kinks' and
-    sources', or the value walk's) plus the sums' rounding (|t|·γΣ|g| ≤ γΣ mag) — and, when
+    the sources', or the sources' alone with ``swept``) plus the sums' rounding (|t|·γΣ|g| ≤ γΣ mag) — and, when
     ``swept`` (pieces of :func:`.adjoint.kink_pieces`) is given, the kinks' share piece by piece."""
     c, g, e, m = row
     if not all(math.isfinite(v) for v in (c, g, e, m, extra)):
