@@ -338,6 +338,84 @@ def test_the_coarser_start_partition_saves_cells_only_where_the_margins_allow():
     assert max(inner) - min(inner) <= 0.003 and max(inner) <= 0.0837, got
 
 
+@settings(deadline=None, max_examples=200)
+@given(st.lists(st.integers(3, 9), min_size=8, max_size=80), st.lists(st.floats(-50, 5), min_size=80, max_size=80),
+       st.lists(st.floats(0.0, 40), min_size=80, max_size=80), st.lists(st.booleans(), min_size=80, max_size=80),
+       st.lists(st.floats(1.0, 3.0), min_size=80, max_size=80), st.sampled_from([None, 0.75]))
+def test_measured_exponents_keep_the_start_a_partition_and_never_narrow_it(ks, centres, widths, rises, ps, pinned):
+    """With per-cell growth exponents (any in [1, 3]) the coarser start is still a partition of
+    [0, 1] that keeps every cell it may not merge and widens none past twice the narrowest cell it
+    covers; since a smaller exponent only enlarges each allowance, it has at most as many cells as
+    the start at the largest exponent."""
+    cells = _random_partition(ks, centres, widths, rises)
+    exps = ps[: len(cells)] + [P.COARSEN_EXPONENT] * max(0, len(cells) - len(ps))
+    out = P._coarsened(cells, pinned, exps)
+    assert out[0][0] == 0.0 and out[-1][1] == 1.0
+    assert all(a < b for a, b in out) and all(out[i][1] == out[i + 1][0] for i in range(len(out) - 1))
+    assert len(out) <= len(P._coarsened(cells, pinned)) <= len(cells)
+    kept = set(out)
+    for c in cells:
+        if not P._mergeable(c, pinned):
+            assert (c.a, c.b) in kept, (c, out)
+    for a, b in out:
+        under = [c for c in cells if c.b > a and c.a < b]
+        assert b - a <= 2 * min(c.b - c.a for c in under) + P.COARSEN_GRID, ((a, b), under)
+    assert P._coarsened(cells, pinned, [P.COARSEN_EXPONENT] * len(cells)) == P._coarsened(cells, pinned)
+
+
+def test_probe_cells_are_the_widenable_cells_evenly_spread_with_their_doubles_inside_the_path(monkeypatch):
+    # margins: 1 (no room), 3 (room below the cap of 2), 30 (at the cap already with p = 3), open
+    centres = [-2.0, -6.0, -60.0, 1.0]
+    cells = [CellBound(i / 32, (i + 1) / 32, centres[i % 4] - 2.0, centres[i % 4] + 2.0) for i in range(32)]
+    monkeypatch.setattr(P, "PROBE_CELLS", 4)
+    probes = P._probe_cells(cells)
+    candidates = [i for i in range(32) if i % 4 == 1]  # 1, 5, …, 29
+    assert [i for i, _ in probes] == [1, 9, 21, 29]  # the first, the last, evenly between
+    for i, (a2, b2) in probes:
+        c = cells[i]
+        assert b2 - a2 == 2 * (c.b - c.a) and 0.0 <= a2 and b2 <= 1.0
+        assert (a2 + b2) / 2 == (c.a + c.b) / 2  # none sticks out here: the same midpoint
+    monkeypatch.setattr(P, "PROBE_CELLS", 100)
+    assert [i for i, _ in P._probe_cells(cells)] == candidates
+    # a doubled cell that would stick out of [0, 1] is moved inside it
+    edge = [CellBound(0.0, 0.25, -7.0, -3.0), CellBound(0.25, 0.75, -9.0, 9.0), CellBound(0.75, 1.0, -7.0, -3.0)]
+    assert P._probe_cells(edge) == [(0, (0.0, 0.5))]  # the last cell is never merged
+    assert P._probe_cells(edge, pinned=0.0) == []  # nothing before the convex end's c
+
+
+def test_exponents_from_probes_clip_fall_back_and_take_the_larger_neighbour():
+    cells = [CellBound(i / 8, (i + 1) / 8, -12.0, -8.0) for i in range(8)]  # W₁ = 2
+    probes = [(1, (0.0625, 0.3125)), (4, (0.4375, 0.6875)), (6, (0.6875, 0.9375))]
+    # W₂ = 16 → p = 3; W₂ = 2.5 → log2(1.25) = 0.32, clipped to 1; W₂ = 6 → log2 3
+    got = P._exponents_from_probes(cells, probes, [(-26.0, 6.0), (-12.5, -7.5), (-16.0, -4.0)])
+    l3 = math.log2(3.0)
+    assert got == [3.0, 3.0, 3.0, 3.0, 1.0, l3, l3, l3]
+    # a doubled cell whose enclosure is not finite (or not wider than a point): the largest exponent
+    got = P._exponents_from_probes(cells, probes, [(-math.inf, 1.0), (-10.0, -10.0), (-16.0, -4.0)])
+    assert got == [3.0, 3.0, 3.0, 3.0, 3.0, 3.0, l3, l3]
+    assert P._exponents_from_probes(cells, [], []) == [P.COARSEN_EXPONENT] * 8
+
+
+def test_growth_exponents_are_measured_from_the_enclosures_of_each_cell_alone(monkeypatch):
+    """The probes' doubled cells are enclosed in one batch on the subsample; each exponent must be the
+    one computed from that cell's enclosure on its own (a separate call per cell)."""
+    model, a, b, data = _deep_relu(0)
+    problem = prepare(make_line(model, a, b, dtype=torch.float64), data, BNPolicy.FROZEN, adjoint=True)
+    monkeypatch.setattr(P, "PROBE_CELLS", 3)
+    with strict_arithmetic(problem.x.device):
+        base = [(i / 32, (i + 1) / 32) for i in range(32)]
+        bounds, _, _ = enclose_cells(problem, [c[0] for c in base], [c[1] for c in base])
+        cells = [CellBound(x, y, lo, hi) for (x, y), (lo, hi) in zip(base, bounds)]
+        probes = P._probe_cells(cells)
+        assert probes, "the case must have cells whose exponent matters"
+        got = P._growth_exponents(problem, cells, None, None)
+        alone = [enclose_cells(problem, [a2], [b2])[0][0] for _, (a2, b2) in probes]
+    # the same to rounding (a batch's sums run in another order; each is a proven bound)
+    assert got == pytest.approx(P._exponents_from_probes(cells, probes, alone), rel=1e-9, abs=0)
+    assert min(got) < P.COARSEN_EXPONENT  # measured, not the fallback everywhere
+    assert len(P._coarsened(cells, None, got)) <= len(P._coarsened(cells))
+
+
 @settings(deadline=None, max_examples=300)
 @given(st.integers(0, 60), st.integers(1, 40), st.floats(-1e6, 1e6), st.floats(0, 1e9) | st.just(math.inf))
 def test_a_cell_is_split_into_parts_that_cover_it_exactly(start, k, centre, width):

@@ -1381,7 +1381,9 @@ def _decide(problem: _Problem, line: Line, data: Dataset, tol: float, bn: BNPoli
                 return found
         start = [(c.a, c.b) for c in screened.partition] or None
         if start and screened.status == "monotone":  # fewer, wider cells where its margins allow
-            start = _coarsened(list(screened.partition), screened.convex_end)
+            cells = list(screened.partition)
+            start = _coarsened(cells, screened.convex_end,
+                               _growth_exponents(replace(sub, adjoint=adjoint), cells, screened.convex_end, deadline))
     verdict = _bisect(problem, tol, deadline, cells_per_batch, start=start, convex=convex)
     return verdict
 
@@ -1425,32 +1427,118 @@ def _screen(sub: _Problem, tol: float, deadline: float | None, batch: int, conve
     return first, False
 
 
-COARSEN_EXPONENT = 3.0  # the width of a cell's L′ enclosure grows about as (cell width)^p (measured p ≈ 2.3–2.7)
+COARSEN_EXPONENT = 3.0  # the largest growth exponent p assumed: W ∝ (cell width)^p (measured p ≈ 1.1–2.9, see _growth_exponents)
+COARSEN_MIN_EXPONENT = 1.0  # the smallest measured exponent believed (the Taylor form's own slope term grows as h)
 COARSEN_SAFETY = 1.25  # a coarser cell is proposed only where its predicted width stays below |centre| / this
 COARSEN_GRID = 2.0**-12  # new boundaries lie on this grid (exact floats)
 COARSEN_MIN_WIDTH = 2.0**-10  # cells narrower than this are kept as they are
+PROBE_CELLS = 8  # screened cells whose doubled cell is enclosed on the subsample to measure p there
 
 
-def _decidable_factor(c: CellBound) -> float | None:
+def _decidable_factor(c: CellBound, exponent: float = COARSEN_EXPONENT) -> float | None:
     """How many times as wide as ``c`` a cell at its place is predicted to decide L′ < 0: (R/S)^(1/p)
-    with R = −C/W its margin (L′ ∈ C ± W), S = ``COARSEN_SAFETY``, p = ``COARSEN_EXPONENT`` (see
+    with R = −C/W its margin (L′ ∈ C ± W), S = ``COARSEN_SAFETY``, p = ``exponent`` (see
     :func:`_coarsened`); None where the centre is not negative or the width not finite and positive."""
     centre, width = (c.lo + c.hi) / 2, (c.hi - c.lo) / 2
     if not (math.isfinite(width) and centre < 0 < width):
         return None
-    return (-centre / (COARSEN_SAFETY * width)) ** (1.0 / COARSEN_EXPONENT)
+    return (-centre / (COARSEN_SAFETY * width)) ** (1.0 / exponent)
 
 
-def _coarsened(cells: list[CellBound], pinned: float | None = None) -> list[tuple[float, float]]:
+def _mergeable(c: CellBound, pinned: float | None) -> bool:
+    """Whether :func:`_coarsened` may cover ``c`` again by a wider cell (see there)."""
+    return (math.isfinite(c.lo) and c.hi < 0 and c.rise_share <= 0 and c.b - c.a >= COARSEN_MIN_WIDTH
+            and (pinned is None or c.a < pinned) and c.b < 1.0)
+
+
+def _probe_cells(cells: list[CellBound], pinned: float | None = None) -> list[tuple[int, tuple[float, float]]]:
+    """Up to ``PROBE_CELLS`` cells of a decided screening partition where the growth exponent matters,
+    evenly spread over them by index, each with its doubled cell (same midpoint, twice the width,
+    moved inside [0, 1] where it would stick out): the cells :func:`_coarsened` may widen and whose
+    allowance at the largest exponent is below its cap of 2 while their margin exceeds the safety
+    (there a smaller exponent gives a wider cell).
+
+    >>> cb = [CellBound(i / 8, (i + 1) / 8, -30.0, -10.0) for i in range(8)]  # the last cell is never merged
+    >>> [i for i, _ in _probe_cells(cb)]
+    [0, 1, 2, 3, 4, 5, 6]
+    >>> _probe_cells(cb)[0][1], _probe_cells(cb)[3][1]
+    ((0.0, 0.25), (0.3125, 0.5625))
+    """
+    def matters(c: CellBound) -> bool:
+        factor = _decidable_factor(c)
+        return _mergeable(c, pinned) and factor is not None and 1.0 < factor < 2.0 and 2 * (c.b - c.a) <= 1.0
+
+    idx = [i for i, c in enumerate(cells) if matters(c)]
+    if len(idx) > PROBE_CELLS:
+        idx = sorted({idx[round(j * (len(idx) - 1) / (PROBE_CELLS - 1))] for j in range(PROBE_CELLS)}) if PROBE_CELLS > 1 else idx[:PROBE_CELLS]
+    out = []
+    for i in idx:
+        c = cells[i]
+        w = c.b - c.a
+        a2 = max(0.0, min((c.a + c.b) / 2 - w, 1.0 - 2 * w))
+        out.append((i, (a2, min(1.0, a2 + 2 * w))))
+    return out
+
+
+def _exponents_from_probes(cells: list[CellBound], probes: list[tuple[int, tuple[float, float]]],
+                           doubled: list[tuple[float, float]]) -> list[float]:
+    """Per cell of ``cells``, the growth exponent :func:`_coarsened` assumes there: at each probe i,
+    p_i = log2(W₂/W₁) (W₁ the half-width of L′'s enclosure on the cell, W₂ on its doubled cell, the
+    ``doubled`` bounds (lo, hi) in the order of ``probes``; ``COARSEN_EXPONENT`` where either is not
+    finite and positive), clipped to [``COARSEN_MIN_EXPONENT``, ``COARSEN_EXPONENT``]; each cell takes
+    the larger of its nearest probes on either side (the one side's at the ends), and every cell
+    ``COARSEN_EXPONENT`` when there are no probes.
+
+    >>> cb = [CellBound(i / 8, (i + 1) / 8, -30.0, -10.0) for i in range(8)]  # W₁ = 10
+    >>> _exponents_from_probes(cb, [(1, (0.0625, 0.3125)), (5, (0.5625, 0.8125))], [(-60.0, 20.0), (-50.0, 10.0)])
+    [2.0, 2.0, 2.0, 2.0, 2.0, 1.584962500721156, 1.584962500721156, 1.584962500721156]
+    """
+    if not probes:
+        return [COARSEN_EXPONENT] * len(cells)
+    at: list[tuple[int, float]] = []
+    for (i, _), (lo, hi) in zip(probes, doubled):
+        w1, w2 = (cells[i].hi - cells[i].lo) / 2, (hi - lo) / 2
+        p = COARSEN_EXPONENT
+        if math.isfinite(w1) and math.isfinite(w2) and 0 < w1 and 0 < w2:
+            p = min(COARSEN_EXPONENT, max(COARSEN_MIN_EXPONENT, math.log2(w2 / w1)))
+        at.append((i, p))
+    out = []
+    for j in range(len(cells)):
+        left = [p for i, p in at if i <= j]
+        right = [p for i, p in at if i >= j]
+        out.append(max(left[-1:] + right[:1]))
+    return out
+
+
+def _growth_exponents(sub: "_Problem", cells: list[CellBound], pinned: float | None, deadline: float | None) -> list[float]:
+    """The growth exponents :func:`_coarsened` assumes per cell of the decided screening partition
+    ``cells``, measured on the subsample ``sub`` (the bound that screened them) at the cells of
+    :func:`_probe_cells` (:func:`_exponents_from_probes`). The exponent varies along a path and
+    between nets (measured from cells of 1/64 to 1/32 on 257 examples: about 1.1–1.2 on a
+    784-1000-1000-10 MLP, 1.4–2.7 on a 64-512×5-10 MLP, 1.8–2.9 on the digits ResNet), so one fixed
+    p either wastes cells or fails them. Only the start partition changes; every bound is proven
+    afresh, and a cell that does not decide is split as any other. ``COARSEN_EXPONENT`` everywhere
+    when the budget runs out."""
+    probes = _probe_cells(cells, pinned)
+    if not probes:
+        return [COARSEN_EXPONENT] * len(cells)
+    try:
+        doubled, _, _ = enclose_cells(sub, [p[1][0] for p in probes], [p[1][1] for p in probes], deadline)
+    except BudgetExceeded:
+        return [COARSEN_EXPONENT] * len(cells)
+    return _exponents_from_probes(cells, probes, doubled)
+
+
+def _coarsened(cells: list[CellBound], pinned: float | None = None, exponents: list[float] | None = None) -> list[tuple[float, float]]:
     """A partition of [0, 1] with fewer cells than ``cells`` (a decided screening partition), predicted
     to decide the same way: it only chooses where the full data's bisection starts (every bound
     there is proven afresh; a cell that does not decide is split as any other, :func:`_parts`).
 
-    Bisection halves cells, and the enclosure's width W of L′ grows about as h^p with p ≈ 2.3–2.7
-    (784-1000-1000-10 and 64-512×5-10 MLPs, from cells and their halves), so a cell that decides
-    with a margin −C/W ≤ 2^p is the widest dyadic one, where a cell (R/S)^(1/p) times as wide would
-    still decide (R = −C/W its margin, S = ``COARSEN_SAFETY``, p = ``COARSEN_EXPONENT``, chosen above
-    the measured exponents so the prediction errs on the narrow side). Runs of consecutive cells
+    Bisection halves cells, and the enclosure's width W of L′ grows about as h^p, so a cell that
+    decides with a margin −C/W ≤ 2^p is the widest dyadic one, where a cell (R/S)^(1/p) times as
+    wide would still decide (R = −C/W its margin, S = ``COARSEN_SAFETY``, p the cell's entry of
+    ``exponents``: measured on the subsample by :func:`_growth_exponents`, ``COARSEN_EXPONENT``,
+    above the measured exponents, where not given, so the prediction errs on the narrow side). Runs of consecutive cells
     whose L′ < 0 is proven (rise share 0, at least ``COARSEN_MIN_WIDTH`` wide, not the convex
     end's, nor the last cell: near a stationary end L′ → 0 and a subsample's margin says little, and
     a last cell that does not decide costs the convex end's second walks, on the digits ResNet
@@ -1467,13 +1555,15 @@ def _coarsened(cells: list[CellBound], pinned: float | None = None) -> list[tupl
     >>> len(_coarsened(cb))
     7
     """
-    def allowance(c: CellBound) -> float:
-        factor = _decidable_factor(c)
+    ps = exponents if exponents is not None else [COARSEN_EXPONENT] * len(cells)
+
+    def allowance(k: int) -> float:
+        c = cells[k]
+        factor = _decidable_factor(c, ps[k])
         return (c.b - c.a) * (1.0 if factor is None else min(2.0, max(1.0, factor)))
 
     def mergeable(c: CellBound) -> bool:
-        return (math.isfinite(c.lo) and c.hi < 0 and c.rise_share <= 0 and c.b - c.a >= COARSEN_MIN_WIDTH
-                and (pinned is None or c.a < pinned) and c.b < 1.0)
+        return _mergeable(c, pinned)
 
     out: list[tuple[float, float]] = []
     i = 0
@@ -1486,7 +1576,7 @@ def _coarsened(cells: list[CellBound], pinned: float | None = None) -> list[tupl
         while j + 1 < len(cells) and mergeable(cells[j + 1]) and cells[j + 1].a == cells[j].b:
             j += 1
         run = cells[i : j + 1]
-        allow = [allowance(c) for c in run]
+        allow = [allowance(k) for k in range(i, j + 1)]
         fresh = _cover(run, allow, 1.0)
         if len(fresh) < len(run):
             # as few cells, as even as they can be: the smallest scale of the allowances that still
