@@ -1,13 +1,13 @@
 """Reach of the certifier on the round-2 validation's convolutional nets (without BatchNorm, or with it).
 
-    python experiments/conv_reach.py [--budget 300] [--jobs 2] [--out experiments/out/conv_reach] [--net cnn|resnet] [--bn]
+    python experiments/conv_reach.py [--budget 300] [--jobs 2] [--out experiments/out/conv_reach] [--net cnn|resnet] [--bn] [--tols 1e-3 0]
 
 Trains every run of the round-2 design's ``conv`` block whose net has no BatchNorm (the digits CNN
 and the small ResNet; SGD + momentum at lr 0.01, 0.03, 0.1 and Adam at 1e-3, 3e-3, 1e-2; seeds 0
 and 1; 30 epochs; ``experiments/validate.py``), then certifies each path exactly as the sweep does
 (``runs.sweep.certify_path``: float32 line, the check's contract, ``--budget`` seconds per
 tolerance, one torch thread per process, ``--jobs`` processes): the CNN at T = 1e-3 and T = 0, the
-ResNet at T = 1e-3 (as round 2 did). Appends one JSON row per run to ``rows.jsonl`` in ``--out``
+ResNet at T = 1e-3 (as round 2 did; ``--tols`` sets the tolerances of every net). Appends one JSON row per run to ``rows.jsonl`` in ``--out``
 (name, final training loss, wall seconds of training and certificates, and per tolerance: status,
 cells, seconds) and prints them; runs already in that file are skipped, so the script resumes.
 The rows of the run reported in ``experiments/README.md`` are in ``results/conv_reach/``.
@@ -65,12 +65,13 @@ def train_and_certify(cfg_json: str, folder: str, tols: tuple[float, ...], budge
     return row
 
 
-def _one(args: tuple[str, str, float]) -> dict:
-    cfg_json, out, budget = args
+def _one(args: tuple[str, str, float, tuple[float, ...] | None]) -> dict:
+    cfg_json, out, budget, tols = args
     from mli_theory.runs import TrainConfig
 
     cfg = TrainConfig(**json.loads(cfg_json))
-    tols = (1e-3, 0.0) if cfg.extra["net"] == "cnn" else (1e-3,)
+    if tols is None:  # as round 2 did
+        tols = (1e-3, 0.0) if cfg.extra["net"] == "cnn" else (1e-3,)
     return {"name": _name(cfg), **train_and_certify(cfg_json, os.path.join(out, _name(cfg)), tols, budget)}
 
 
@@ -81,13 +82,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="run folders and rows.jsonl (default out/conv_reach, with --bn out/conv_reach_bn)")
     ap.add_argument("--net", choices=("cnn", "resnet"), default=None, help="one of the two nets only")
     ap.add_argument("--bn", action="store_true", help="the nets with BatchNorm (bn=recompute) instead of those without")
+    ap.add_argument("--tols", type=float, nargs="+", default=None,
+                    help="tolerances for every net (default: the CNN at 1e-3 and 0, the ResNet at 1e-3, as round 2)")
     args = ap.parse_args(argv)
+    if args.tols is not None and (not args.tols or any(not (t >= 0.0) or t == float("inf") for t in args.tols)):
+        print("conv_reach: --tols takes finite tolerances >= 0", file=sys.stderr)
+        return 2
     from validate import design
 
     if args.out is None:
         args.out = os.path.join(HERE, "out", "conv_reach_bn" if args.bn else "conv_reach")
     cfgs = [c for c in design(False)["conv"] if c.arch.endswith("_bn") == args.bn and args.net in (None, c.extra["net"])]
-    run_resumable(args.out, "name", {_name(c): (json.dumps(dataclasses.asdict(c)), args.out, args.budget) for c in cfgs}, _one, args.jobs)
+    run_resumable(args.out, "name", {_name(c): (json.dumps(dataclasses.asdict(c)), args.out, args.budget, None if args.tols is None else tuple(args.tols))
+                                        for c in cfgs}, _one, args.jobs)
     return 0
 
 
