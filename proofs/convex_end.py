@@ -58,6 +58,9 @@ def derivation() -> Derivation:
              sp.integrate(s1 - (1 - a) * k, (a, 1 - w, 1)) - (s1 * w - k * w**2 / 2)),
         Step("… and for 0 < s₁ ≤ kw its positive part integrates to s₁²/(2k)", "zero",
              sp.integrate(s1 - (1 - a) * k, (a, 1 - s1 / k, 1)) - s1**2 / (2 * k)),
+        Step("the pinned cell needs only L′(1) ≤ s₁ and L″ ≥ k ≥ 0 on [1 − w, 1] (L′(α) = L′(1) − ∫_α^1 L″): with L′(1) > 0 "
+             "proven and no rise above tol, it bounds the cell's share of every rise by s₁²/(2k) (k > 0), the rise at the end "
+             "that tol may allow", "argument"),
         Step("witness: L′(1) ≥ s₁ > 0, L″ ≤ U on [1 − w, 1] ⇒ L(1) − L(1 − s) ≥ ∫_{1−s}^1 (s₁ − (1 − α)U) = s₁s − Us²/2", "zero",
              sp.integrate(s1 - (1 - a) * U, (a, 1 - s, 1)) - (s1 * s - U * s**2 / 2)),
         Step("the measured second difference (L(1) − 2L(1 − h) + L(1 − 2h))/h² equals L″(ξ) for some ξ in (1 − 2h, 1) "

@@ -219,6 +219,35 @@ def test_an_end_just_past_the_minimum_gives_a_proven_witness_before_one(act, los
     assert decide_by_enclosures(line, data, tol=0.0).status == "non_monotone"
 
 
+@pytest.mark.parametrize("act,loss", [(nn.Tanh, "mse"), (nn.GELU, "ce")])
+def test_a_rise_at_the_end_below_the_tolerance_is_bounded_by_the_rising_end_cell(act, loss, monkeypatch):
+    """θT just past the minimiser, at a tolerance twice the true rise into α = 1: L′(1) > 0 is proven,
+    no rise above tol is, and the end cell [c, 1] with L″ ≥ k > 0 bounds the rise there by s₁²/(2k).
+    The verdict is ``monotone`` with a rise bound between the true rise (dense float64 curve) and
+    tol; first-order cells alone need more cells for it."""
+    from mli_theory.certify import partition as P
+
+    model, init, final, data = _trained(act, loss)
+    star = _stationary(model, init, final, data)
+    shift = 1e-3
+    line = mt.make_line(model, init, _along(init, final, star * (1 + shift)), dtype=torch.float64)
+    problem = prepare(line, data, BNPolicy.FROZEN)
+    assert enclose(problem, [1.0], [1.0])[0][0][0] > 0  # L′(1) > 0 proven
+    bottom = 1.0 / (1 + shift)  # the minimiser along this line
+    true_rise = plain_loss(problem, 1.0) - min(plain_loss(problem, bottom + (1 - bottom) * (i / 200 - 0.5)) for i in range(201))
+    assert true_rise > 0
+    tol = 2 * true_rise
+    v = decide_by_enclosures(line, data, tol=tol)
+    assert v.status == "monotone", v.reason
+    assert true_rise <= v.rise_bound <= tol
+    assert v.convex_end is not None and v.partition[-1].a == v.convex_end and v.partition[-1].up is not None
+    assert v.partition[-1].up >= plain_loss(problem, 1.0) - min(plain_loss(problem, v.convex_end + (1 - v.convex_end) * i / 400)
+                                                             for i in range(401))
+    monkeypatch.setattr(P, "_rising_end", lambda *a, **k: None)
+    without = decide_by_enclosures(line, data, tol=tol, deadline=None)
+    assert without.status == "unknown" or without.cells > v.cells, (without.status, without.cells, v.cells)
+
+
 def test_an_undecidable_slope_sign_is_unknown_at_zero_and_bounded_above_it():
     """L′(1) within the enclosure's rounding of 0: at tol = 0 the answer is ``unknown`` with the
     reason; the convex end still bounds the possible rise by hi1²/(2·min L″), far below 1e-20."""
@@ -387,3 +416,30 @@ def test_convex_end_verdicts_are_never_contradicted_around_the_line_minimum(seed
         a, b = v.where
         assert plain_loss(problem, b) - plain_loss(problem, a) >= v.rise_lower - 1e-12 * abs(plain_loss(problem, a))
         assert shift >= 0 or v.where[1] < 1.0
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000), act=st.sampled_from(["tanh", "gelu", "sigmoid"]), loss=st.sampled_from(["mse", "ce"]),
+       shift=st.sampled_from([1e-4, 1e-3, 1e-2]), factor=st.sampled_from([0.5, 1.5, 4.0]))
+def test_rises_into_the_end_are_never_bounded_below_the_truth(seed, act, loss, shift, factor):
+    """θT past the minimiser α* of L along the line, tol a multiple of the measured rise into α = 1
+    (dense float64 curve): a ``monotone`` verdict (the rising end cell or first-order cells) must
+    bound the rise from above and lie within tol, so tol below the measured rise is never
+    ``monotone``; a witness must be reproduced by the measured curve."""
+    from mli_theory.testing.strategies import build_problem
+
+    p = build_problem([3, 8, 3], 24, seed, endpoint="trained", activation=act, loss=loss, steps=150)
+    star = _stationary(p.model, p.init, p.final, p.data)
+    assume(star is not None)
+    line = mt.make_line(p.model, p.init, _along(p.init, p.final, star * (1 + shift)), dtype=torch.float64)
+    problem = prepare(line, p.data, BNPolicy.FROZEN)
+    bottom = 1.0 / (1 + shift)
+    curve = [plain_loss(problem, bottom - (1 - bottom) + 2 * (1 - bottom) * i / 400) for i in range(401)]
+    measured = plain_loss(problem, 1.0) - min(curve)
+    assume(measured > 1e-12 * abs(plain_loss(problem, 1.0)))
+    v = decide_by_enclosures(line, p.data, tol=factor * measured, deadline=None)
+    if v.status == "monotone":
+        assert factor > 1 and measured <= v.rise_bound <= factor * measured
+    elif v.status == "non_monotone":
+        a, b = v.where
+        assert plain_loss(problem, b) - plain_loss(problem, a) >= v.rise_lower - 1e-12 * abs(plain_loss(problem, a))

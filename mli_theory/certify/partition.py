@@ -1133,7 +1133,10 @@ def convex_end(problem: _Problem, tol: float, deadline: float | None, evaluated:
     * L″ ≥ 0 on [c, 1] and L′(1) ≤ 0 prove L′(α) = L′(1) − ∫_α^1 L″ ≤ 0 on [c, 1] (L is C² there:
       the enclosure of L″ is finite only on cells free of ReLU kinks): no rise inside [c, 1];
     * L′(1) ≥ s₁ > 0 and L″ ≤ U on [1 − w, 1] prove L′(α) ≥ s₁ − (1 − α)U there, hence
-      L(1) − L(1 − s) ≥ s₁s − Us²/2 > 0 for 0 < s ≤ min(w, s₁/U): a witness just before 1.
+      L(1) − L(1 − s) ≥ s₁s − Us²/2 > 0 for 0 < s ≤ min(w, s₁/U): a witness just before 1;
+    * L′(1) > 0 proven but no rise above ``tol`` > 0: L″ ≥ k > 0 on [1 − w, 1] and L′(1) ≤ s₁ still
+      bound that cell's share of any rise by s₁²/(2k) (:func:`_rising_end`), so a rise at the end
+      below tol can be proven to be below it without first-order cells there.
 
     The enclosure of L″ is also checked against the measured curve: the second difference
     (L(1) − 2L(1 − h) + L(1 − 2h))/h² equals L″(ξ) for some ξ in the cell, so it must lie in the
@@ -1171,7 +1174,8 @@ def convex_end(problem: _Problem, tol: float, deadline: float | None, evaluated:
         return ConvexEnd(None, None, None, slope)
     if screening:
         return ConvexEnd(None, None, None, slope)
-    # L′(1) > 0 proven: the largest dyadic s with the rise bound s₁s − Us²/2 positive and above tol
+    # L′(1) > 0 proven: the largest dyadic s with the rise bound s₁s − Us²/2 positive and above tol;
+    # failing that (a rise at the end that may be within tol), the end cell that bounds it
     for w, (lo2, hi2) in zip(widths, second):
         if not math.isfinite(hi2):
             continue
@@ -1188,7 +1192,28 @@ def convex_end(problem: _Problem, tol: float, deadline: float | None, evaluated:
                                f"L′(1) ≥ {lo1:.3g} > 0 and L″ ≤ {hi2:.3g} on [{1 - w:.6g}, 1] prove a rise of at least "
                                f"{float_down(rise):.3g} > tol on [{a:.6g}, 1]")
             return ConvexEnd(None, None, found, slope)
+    if tol > 0:
+        cell = _rising_end(widths, second, slope)
+        if cell is not None:
+            return ConvexEnd(cell.a, cell, None, slope)
     return ConvexEnd(None, None, None, slope)
+
+
+def _rising_end(widths: list[float], second: list[tuple[float, float]], slope: tuple[float, float]) -> CellBound | None:
+    """The end cell [1 − w, 1] that bounds a rise at the end when L′(1) > 0 is proven but no rise
+    above tol is: with L″ ≥ k > 0 there, L′(α) ≤ s₁ − (1 − α)k (s₁ the upper bound of L′(1)), so the
+    cell's share of any rise is at most s₁²/(2k), the whole positive part of that bound when
+    s₁/k ≤ w (:func:`_end_cell`, proof steps "pinned cell"). Of the cells with k > 0, those holding
+    the whole positive part, the one with the smallest share; else the widest (the first-order cells
+    before it bound the rest). None when no cell has k > 0."""
+    cells = [(w, k, _end_cell(w, slope, (k, hi2))) for w, (k, hi2) in zip(widths, second) if math.isfinite(k) and k > 0]
+    if not cells:
+        return None
+    s1 = Fraction(slope[1])  # > 0 here
+    whole = [c for w, k, c in cells if s1 / Fraction(k) <= Fraction(w)]
+    if whole:
+        return min(whole, key=lambda c: c.up)  # widths descend: ties keep the widest
+    return max(cells, key=lambda t: t[0])[2]
 
 
 def _end_cell(w: float, slope: tuple[float, float], second: tuple[float, float]) -> CellBound:
