@@ -241,6 +241,7 @@ def test_a_rise_at_the_end_below_the_tolerance_is_bounded_by_the_rising_end_cell
     assert v.status == "monotone", v.reason
     assert true_rise <= v.rise_bound <= tol
     assert v.convex_end is not None and v.partition[-1].a == v.convex_end and v.partition[-1].up is not None
+    assert "may rise there" in v.reason and "no rise there" not in v.reason  # the field's c is no claim of L′ ≤ 0
     assert v.partition[-1].up >= plain_loss(problem, 1.0) - min(plain_loss(problem, v.convex_end + (1 - v.convex_end) * i / 400)
                                                              for i in range(401))
     monkeypatch.setattr(P, "_rising_end", lambda *a, **k: None)

@@ -133,8 +133,11 @@ class EnclosureVerdict:
         undecided: α-intervals where L′ ≤ 0 is not proven (hi > 0), merged, when unknown.
         reason: one sentence.
         partition: the final partition with its bounds (for plots and tests).
-        convex_end: c when the convex-end certificate proved L′ ≤ 0 on [c, 1] (L″ ≥ 0 there and
-            L′(1) ≤ 0, :func:`convex_end`); None when it was not used.
+        convex_end: c when the convex-end certificate bounds [c, 1] in place of first-order cells
+            (:func:`convex_end`): L″ ≥ k ≥ 0 there and L′(1) ≤ s₁. With s₁ ≤ 0 it proves L′ ≤ 0 on
+            [c, 1]; with s₁ > 0 (a sign below the enclosure's resolution, or a rise at the end that
+            tol allows) only that the rise inside [c, 1] is at most s₁²/(2k), which ``rise_bound``
+            counts and ``reason`` states. None when it was not used.
     """
 
     status: str
@@ -1830,7 +1833,12 @@ def _bisect(
                 rb = _rise_bound(cells)
         if rb is not None and rb <= tol_q:
             pinned = end.c if end is not None and end.bound is not None else None
-            how = (f" and L″ ≥ 0 on [{pinned:.6g}, 1] with L′(1) ≤ {end.slope[1]:.3g} (convex end)" if pinned is not None else "")
+            how = ""
+            if pinned is not None and end.slope[1] <= 0:
+                how = f" and L″ ≥ 0 on [{pinned:.6g}, 1] with L′(1) ≤ {end.slope[1]:.3g} (convex end: no rise there)"
+            elif pinned is not None:
+                how = (f" and L″ > 0 on [{pinned:.6g}, 1] with L′(1) ≤ {end.slope[1]:.3g} (convex end: L may rise there, "
+                       f"by at most {end.bound.rise_share:.3g}, counted in the bound)")
             return EnclosureVerdict(
                 "monotone", float_up(rb), None, None, None, evaluated, (),
                 f"L′ enclosed on {len(cells)} cells{how}: every rise L(b) − L(a) is at most {float_up(rb):.3g} ≤ tol",
