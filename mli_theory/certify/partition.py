@@ -1197,7 +1197,7 @@ def convex_end(problem: _Problem, tol: float, deadline: float | None, evaluated:
             return ConvexEnd(None, None, found, slope)
     if tol > 0:
         cell = _rising_end(widths, second, slope)
-        if cell is not None:
+        if cell is not None and cell.rise_share <= tol:  # a larger share could only block the cells that find a rise
             return ConvexEnd(cell.a, cell, None, slope)
     return ConvexEnd(None, None, None, slope)
 
