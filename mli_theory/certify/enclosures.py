@@ -1547,8 +1547,9 @@ def _relu_like(nt: EnclosureNumbers, x: Any, slope: float = 0.0) -> Any:
         vgm = at(v.g)  # the slope at the mixed neurons (also the window's, below)
         if not _is_zero(g):
             g = _put(g, full, flat, cm * vgm)
-        x_extra = k * rad + (at(mag) + mu.abs()) * (4 * U)
-        e = _put(e, full, flat, cm * at(v.e) + x_extra)
+        vmag, ve = at(mag), at(v.e)  # (also the window's, below)
+        x_extra = k * rad + (vmag + mu.abs()) * (4 * U)
+        e = _put(e, full, flat, cm * ve + x_extra)
         extra = _put(extra, full, flat, x_extra)
     e = _up(e)
     # Euclidean norms over the last axis: δ_out = D·δ_in + (extra), D diagonal with entries in [0, 1]
@@ -1571,13 +1572,14 @@ def _relu_like(nt: EnclosureNumbers, x: Any, slope: float = 0.0) -> Any:
         if not _is_zero(dg):
             dg = _put(dg, full, flat, dmid * dgm)
         d_round = (dcm.abs() + dgm.abs()) * (2 * U)
+        dem = at(d.e)
         if nt.deferred is not None:  # D̃ = dmid exactly; the Clarke term goes to the adjoint bound
             kink_w = _up(k * 0.5 * at(dmag))
             d_extra = d_round
-            window = (vc, vgm, _up(at(v.e) + at(mag) * (4 * U) + _TINY), dcm, dgm, _up(at(d.e)))
+            window = (vc, vgm, _up(ve + vmag * (4 * U) + _TINY), dcm, dgm, _up(dem))
         else:
             d_extra = k * 0.5 * at(dmag) + d_round
-        de = _put(de, full, flat, dmid * at(d.e) + d_extra)
+        de = _put(de, full, flat, dmid * dem + d_extra)
         dextra = _put(dextra, full, flat, d_extra)
     de = _up(de)
     if nt.deferred is not None:
