@@ -71,7 +71,9 @@ mathematical remainder and every rounding error:
   the float32 rounding and underflow added (:func:`upper_matmul`): an upper bound is all they must
   be, and they are about half of a wide layer's products. Only when float32 matmuls are plain IEEE
   at that moment (no TF32 or bf16: ``torch.get_float32_matmul_precision() == "highest"``), else
-  in float64;
+  in float64; where such a remainder is rounding-sized but on a few entries (behind an MLP's first
+  ReLU only its mixed neurons carry relaxations), those few are multiplied as a sparse matrix and
+  the rest bounded by their row maximum times the weights' column sums (:func:`sparse_upper_matmul`);
 * elementwise library functions (exp, log, tanh, erf, …) are assumed accurate to 2⁻⁴⁴ relative
   to max(|value|, the function's scale): glibc documents ≤ 4 ulp for these in double precision,
   SLEEF's u10 variants 1 ulp, i.e. 2⁻⁴⁴ is a margin of 2⁸ over the worst documented bound. This
@@ -250,6 +252,84 @@ def _bound_from64(p: Tensor, k: int) -> Tensor:
     k products may also lose up to 2⁻¹⁰²² to underflow (the bound is then multiplied by remainders
     that may be large, so _TINY would not cover it)."""
     return p * (1.0 + 2.0 * gamma(k + 2)) + k * _UNDER
+
+
+SPARSE_REMAINDER_SHARE = 2.0**-20  # entries of a remainder above this share of its largest are multiplied one by one
+SPARSE_REMAINDER_MAX_DENSITY = 0.03  # ... when at most this share of the entries is above it (else the dense product)
+SPARSE_MIN_OUTPUTS = 64  # ... and the product has at least this many outputs per row
+
+
+def column_sums_up(b: Tensor) -> Tensor:
+    """An upper bound of Σ_k b[…, k, j] for b ≥ 0 (the sums over the second-to-last axis): a computed
+    sum of K non-negative terms is within γ_{K−1} of the exact one (an addition whose result is
+    subnormal is exact), so fl(Σ)(1 + 2γ_K) bounds it."""
+    return b.sum(-2) * (1.0 + 2.0 * gamma(b.shape[-2] + 1))
+
+
+def sparse_upper_matmul(a: Tensor, b: Tensor, colsum: Tensor) -> Tensor | None:
+    r"""An upper bound of a @ b for a remainder a ≥ 0 of which few entries matter, or None.
+
+    ``a`` (C, R, K), ``b`` (C, K, O) (a matrix per cell) or (K, O) (shared), both float64 and
+    entrywise non-negative; ``colsum`` (C, O) or (O,) an upper bound of b's column sums Σ_k b_kj
+    (:func:`column_sums_up`). Behind a ReLU whose input is exact in α (an MLP's first layer) the
+    value and derivative remainders are rounding-sized on every neuron whose sign is proven and large
+    only on the few mixed ones (about 1–2 % on the 784-1000-1000-10 net's cells), so the dense
+    product spends almost all its work on terms that cannot matter. With τ =
+    ``SPARSE_REMAINDER_SHARE``·max a, a = a_l + a_s (a_l the entries above τ, a_s the rest):
+
+        (a @ b)_rj = Σ_k a_l,rk b_kj + Σ_k a_s,rk b_kj ≤ (a_l @ b)_rj + (max_k a_s,rk)·Σ_k b_kj,
+
+    the first a sparse product (CSR: plain sums of products, so :func:`_bound_from64` bounds its
+    rounding), the second one product per entry. The sum of the two and that product round
+    (at most 3u), covered by a factor 1 + 8u and 2⁻¹⁰²⁰ (underflow). None (the caller takes the
+    dense product) when more than ``SPARSE_REMAINDER_MAX_DENSITY`` of a's entries lie above τ, when
+    b has fewer than ``SPARSE_MIN_OUTPUTS`` columns (the dense product is then cheaper than the
+    passes that split a), or when a is empty or not finite."""
+    if b.dtype != torch.float64 or b.shape[-1] < SPARSE_MIN_OUTPUTS:  # a narrow product costs less than splitting a
+        return None
+    split = sparse_split(a)
+    if split is None:
+        return None
+    return _sparse_product(split, b, colsum)
+
+
+def sparse_split(a: Tensor) -> tuple[Tensor, Tensor] | None:
+    """(a_l, row maxima of a_s) for :func:`sparse_upper_matmul`'s split of a (C, R, K) float64 remainder
+    ≥ 0, or None where it does not apply: an empty, non-float64 or non-finite a, or one with more
+    than ``SPARSE_REMAINDER_MAX_DENSITY`` of its entries above τ (judged first on a few thousand
+    entries, so that a dense remainder costs one short look)."""
+    if a.dim() != 3 or a.numel() == 0 or a.dtype != torch.float64:
+        return None
+    top = float(a.max())
+    if not math.isfinite(top):
+        return None
+    tau = top * SPARSE_REMAINDER_SHARE
+    probe = a.reshape(-1)[: min(a.numel(), 4096)]
+    if int(torch.count_nonzero(probe > tau)) > 2 * SPARSE_REMAINDER_MAX_DENSITY * probe.numel():
+        return None
+    large = a > tau
+    if int(torch.count_nonzero(large)) > SPARSE_REMAINDER_MAX_DENSITY * a.numel():
+        return None
+    zero = a.new_zeros(())
+    return torch.where(large, a, zero), torch.where(large, zero, a).amax(-1, keepdim=True)
+
+
+def _sparse_product(split: tuple[Tensor, Tensor], b: Tensor, colsum: Tensor) -> Tensor | None:
+    """The bound of :func:`sparse_upper_matmul` from :func:`sparse_split`'s parts; None where b's
+    shape does not fit."""
+    a_l, small = split
+    cells, rows, k = a_l.shape
+    per_cell = b.dim() == 3
+    if (per_cell and (b.shape[0] != cells or b.shape[1] != k)) or (not per_cell and (b.dim() != 2 or b.shape[0] != k)):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta state"
+        if per_cell:
+            p = torch.stack([torch.matmul(a_l[i].to_sparse_csr(), b[i]) for i in range(cells)])
+        else:
+            p = torch.matmul(a_l.reshape(cells * rows, k).to_sparse_csr(), b).reshape(cells, rows, -1)
+    cs = colsum.unsqueeze(-2) if per_cell else colsum
+    return (_bound_from64(p, k) + small * cs) * (1.0 + 8 * U) + _UNDER
 
 
 def _add0(a: Tensor, b: Tensor) -> Tensor:
@@ -846,17 +926,34 @@ def _linear(nt: EnclosureNumbers, x: Any, weight: Any, bias: Any = None) -> Any:
     w = weight if isinstance(weight, Param) else Param(weight, torch.zeros_like(weight))
 
     def abs_cellwise(e: Tensor, m: Tensor, h: Tensor) -> Tensor:
-        # e is (2, C, …, in); the final factor covers the rounding of the non-negative matmul (γ_K)
+        # e is (1, C, …, in); an upper bound with its rounding: where few entries of e matter (the
+        # layer behind an MLP's first ReLU), sparse_upper_matmul, else the dense upper_matmul
         wa_t = abs_per_cell(nt, weight, w).transpose(-1, -2)
-        wa32 = memo_up32(nt, weight, "abs-per-cell-32", wa_t, e.shape[-1])
         lead = e.shape[2:-1]
-        e2 = e.reshape(e.shape[0], e.shape[1], -1, e.shape[-1])  # (2, C, N, in)
-        out = upper_matmul(e2, wa_t, wa32)  # (2, C, N, out), an upper bound (rounding included)
+        e2 = e.reshape(e.shape[0], e.shape[1], -1, e.shape[-1])  # (1, C, N, in)
+        split = None
+        if e2.shape[0] == 1 and e2.shape[1] == wa_t.shape[0] and wa_t.dim() == 3 and wa_t.shape[-1] >= SPARSE_MIN_OUTPUTS:
+            split = sparse_split(e2[0])
+        if split is not None:
+            wa_tc = nt.memo(weight, "abs-per-cell-t", lambda: wa_t.contiguous())  # (C, in, out), rows read by the sparse product
+            colsum = nt.memo(weight, "abs-per-cell-colsum", lambda: column_sums_up(wa_tc))  # (C, out)
+            out = _sparse_product(split, wa_tc, colsum)
+            if out is not None:
+                return out.reshape(1, e.shape[1], *lead, -1)
+        wa32 = memo_up32(nt, weight, "abs-per-cell-32", wa_t, e.shape[-1])
+        out = upper_matmul(e2, wa_t, wa32)  # (1, C, N, out), an upper bound (rounding included)
         return out.reshape(e.shape[0], e.shape[1], *lead, -1)
 
     def abs_dw(e: Tensor) -> Tensor:  # an upper bound of e·|ΔW|ᵀ (rounding included), e ≥ 0
         # |ΔW| as (out, in) under the tags the reverse walk memoises it by (adjoint._source_bound)
         adw = nt.memo(weight, "abs-dw", lambda: w.dw.abs())
+        split = sparse_split(e.reshape(e.shape[0], -1, e.shape[-1])) if e.dim() >= 2 and adw.shape[0] >= SPARSE_MIN_OUTPUTS else None
+        if split is not None:
+            adw_t = nt.memo(weight, "abs-dw-t", lambda: adw.transpose(-1, -2).contiguous())  # (in, out)
+            colsum = nt.memo(weight, "abs-dw-colsum", lambda: column_sums_up(adw_t))  # (out,)
+            out = _sparse_product(split, adw_t, colsum)
+            if out is not None:
+                return out.reshape(*e.shape[:-1], -1)
         a32 = memo_up32(nt, weight, "abs-dw-32", adw, e.shape[-1])
         return upper_matmul(e, adw.transpose(-1, -2), None if a32 is None else (a32[0].transpose(-1, -2), a32[1]))
 
