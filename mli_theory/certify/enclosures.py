@@ -925,19 +925,25 @@ def _linear(nt: EnclosureNumbers, x: Any, weight: Any, bias: Any = None) -> Any:
     k_len = weight.shape[-1]
     w = weight if isinstance(weight, Param) else Param(weight, torch.zeros_like(weight))
 
+    def sparse(a: Tensor, b: Tensor, tag: str) -> Tensor | None:
+        # sparse_upper_matmul(a, b) with b (weights only) kept contiguous per batch of cells under
+        # ``tag`` (the CSR product would copy a view at every call), its column sums with it
+        if b.shape[-1] < SPARSE_MIN_OUTPUTS:
+            return None
+        split = sparse_split(a)
+        if split is None:
+            return None
+        bc = nt.memo(weight, tag, lambda: b.contiguous())
+        return _sparse_product(split, bc, nt.memo(weight, tag + "-colsum", lambda: column_sums_up(bc)))
+
     def abs_cellwise(e: Tensor, m: Tensor, h: Tensor) -> Tensor:
         # e is (1, C, …, in); an upper bound with its rounding: where few entries of e matter (the
         # layer behind an MLP's first ReLU), sparse_upper_matmul, else the dense upper_matmul
         wa_t = abs_per_cell(nt, weight, w).transpose(-1, -2)
         lead = e.shape[2:-1]
         e2 = e.reshape(e.shape[0], e.shape[1], -1, e.shape[-1])  # (1, C, N, in)
-        split = None
-        if e2.shape[0] == 1 and e2.shape[1] == wa_t.shape[0] and wa_t.dim() == 3 and wa_t.shape[-1] >= SPARSE_MIN_OUTPUTS:
-            split = sparse_split(e2[0])
-        if split is not None:
-            wa_tc = nt.memo(weight, "abs-per-cell-t", lambda: wa_t.contiguous())  # (C, in, out), rows read by the sparse product
-            colsum = nt.memo(weight, "abs-per-cell-colsum", lambda: column_sums_up(wa_tc))  # (C, out)
-            out = _sparse_product(split, wa_tc, colsum)
+        if e2.shape[0] == 1 and e2.shape[1] == wa_t.shape[0] and wa_t.dim() == 3:
+            out = sparse(e2[0], wa_t, "abs-per-cell-t")
             if out is not None:
                 return out.reshape(1, e.shape[1], *lead, -1)
         wa32 = memo_up32(nt, weight, "abs-per-cell-32", wa_t, e.shape[-1])
@@ -947,13 +953,9 @@ def _linear(nt: EnclosureNumbers, x: Any, weight: Any, bias: Any = None) -> Any:
     def abs_dw(e: Tensor) -> Tensor:  # an upper bound of e·|ΔW|ᵀ (rounding included), e ≥ 0
         # |ΔW| as (out, in) under the tags the reverse walk memoises it by (adjoint._source_bound)
         adw = nt.memo(weight, "abs-dw", lambda: w.dw.abs())
-        split = sparse_split(e.reshape(e.shape[0], -1, e.shape[-1])) if e.dim() >= 2 and adw.shape[0] >= SPARSE_MIN_OUTPUTS else None
-        if split is not None:
-            adw_t = nt.memo(weight, "abs-dw-t", lambda: adw.transpose(-1, -2).contiguous())  # (in, out)
-            colsum = nt.memo(weight, "abs-dw-colsum", lambda: column_sums_up(adw_t))  # (out,)
-            out = _sparse_product(split, adw_t, colsum)
-            if out is not None:
-                return out.reshape(*e.shape[:-1], -1)
+        out = sparse(e.reshape(e.shape[0], -1, e.shape[-1]), adw.transpose(-1, -2), "abs-dw-t") if e.dim() >= 2 else None
+        if out is not None:
+            return out.reshape(*e.shape[:-1], -1)
         a32 = memo_up32(nt, weight, "abs-dw-32", adw, e.shape[-1])
         return upper_matmul(e, adw.transpose(-1, -2), None if a32 is None else (a32[0].transpose(-1, -2), a32[1]))
 
