@@ -29,6 +29,24 @@ function v on the cell is (ĉ, ĝ, e) with |v(m + t) − ĉ − ĝt| ≤ e for a
    This norm does not compound the way |W|-propagation does: ‖ |W| ‖₂ can exceed ‖W‖₂ by a factor
    of order √width.
 
+2c. Centre products along the cells (``enclosures.chain_products``, the Linear rule). For cells
+   ordered by midpoint, r < r + 1 < … < k, and any reals μ_j, the telescoping identities
+   ĝ_k = ĝ_r + Σ_j D_j and ĉ_k = ĉ_r + Σ_j (μ_j ĝ_j + F_j), with D_j = ĝ_j − ĝ_{j−1} and
+   F_j = ĉ_j − ĉ_{j−1} − μ_j ĝ_j, hold exactly (step Q, three steps symbolically); multiplying by
+   a matrix b is linear, so ĉ_k·b and ĝ_k·b follow from the reference's products and the
+   differences'. Only the rounding is to bound: each computed quantity (the dense product, the
+   CSR product of the differences, the differences themselves, μ_j·G_j and the sums along the run)
+   errs by γ of its length times the sum of its terms' magnitudes (Higham §3.1), and the entries of
+   F̃_j left out are at most τ_j each. The module's magnitudes collect those terms with the
+   coefficient a = (L + 4)/(K + 3), which is at least γ_{n+3}/γ_{K+n+3} and 2.01u/γ_{K+n+3} for
+   every run length n ≤ L (step Q, exact rationals over a grid of K and L). A layer's centres
+   c = cW0 + m·cdW + (h²/2)·gdW and slopes g = gW0 + m·gdW + cdW then move by at most
+   (1 + |m|)ε_c + (h²/2)ε_g and ε_g(1 + |m|) + ε_c when each product moves by ε_c (ĉ's) or ε_g
+   (ĝ's), so the value's remainder grows by |δc| + h|δg| ≤ (1 + |m| + h)(ε_c + hε_g), and the
+   derivative's (cdW in its centre; gW0 + m·gdW through ĉ′ = ĝ + D; dcdW and gdW in its slope) by
+   ε_c + (1 + |m|)ε_g + 2hε_g ≤ (1 + |m| + 2h)(ε_c + ε_g) (step Q: the differences are
+   polynomials with non-negative coefficients in |m|, h, ε_c, ε_g).
+
 3. Elementwise smooth f. Taylor with Lagrange remainder: f(v) = f(ĉ) + f′(ĉ)(v − ĉ) +
    ½f″(ξ)(v − ĉ)², |v − ĉ| ≤ R = |ĝ|h + e, so f(v) ∈ f(ĉ) + f′(ĉ)ĝt ± (|f′(ĉ)|e + ½ sup|f″|·R²),
    the sup over [ĉ − R, ĉ + R]. The same for f′(v) with sup|f‴|, then f′(v)·v′ by the product of
@@ -608,6 +626,39 @@ def step_p_cell_integrals() -> bool:
     return bool(ok)
 
 
+def step_q_cell_chain() -> bool:
+    from fractions import Fraction
+
+    # telescoping over three steps r → r + 1 → r + 2 → r + 3, for any μ_j
+    cs = sp.symbols("c0:4", real=True)
+    gs = sp.symbols("g0:4", real=True)
+    mus = sp.symbols("mu1:4", real=True)
+    ok = True
+    for k in range(1, 4):
+        g_sum = gs[0] + sum(gs[j] - gs[j - 1] for j in range(1, k + 1))
+        c_sum = cs[0] + sum(mus[j - 1] * gs[j] + (cs[j] - cs[j - 1] - mus[j - 1] * gs[j]) for j in range(1, k + 1))
+        ok &= sp.expand(g_sum - gs[k]) == 0 and sp.expand(c_sum - cs[k]) == 0
+    # the coefficient a = (L + 4)/(K + 3) dominates γ_{n+3}/γ_{K+n+3} and 2.01u/γ_{K+n+3}, n ≤ L
+    unit = Fraction(1, 2**53)
+
+    def gam(n: int) -> Fraction:
+        return n * unit / (1 - n * unit)
+
+    for k in (1, 2, 3, 8, 70, 96, 512, 1000, 4096, 10**6):
+        for big_l in (0, 1, 2, 7, 15, 63):
+            a = Fraction(big_l + 4, k + 3)
+            for n in range(big_l + 1):
+                ok &= a >= gam(n + 3) / gam(k + n + 3) and a >= Fraction(201, 100) * unit / gam(k + n + 3)
+    # the layer's allowance covers the moved centres and slopes
+    m_, h_, ec, eg = sp.symbols("m h epsilon_c epsilon_g", nonnegative=True)
+    value = (1 + m_ + h_) * (ec + h_ * eg) - ((1 + m_) * ec + h_**2 / 2 * eg + h_ * (eg * (1 + m_) + ec))
+    deriv = (1 + m_ + 2 * h_) * (ec + eg) - (ec + (1 + m_) * eg + 2 * h_ * eg)
+    for poly in (value, deriv):
+        coeffs = sp.Poly(sp.expand(poly), m_, h_, ec, eg).coeffs()
+        ok &= all(cf >= 0 for cf in coeffs)
+    return bool(ok)
+
+
 STEPS = {
     "A: W(α)x expanded in t": step_a,
     "B: |t² − h²/2| ≤ h²/2 on |t| ≤ h": step_b,
@@ -629,6 +680,7 @@ STEPS = {
     "O4: an eval-mode BatchNorm layer passes the cotangent back as diag(ρ)·g (adjoint bound)": step_o4_adjoint_batchnorm,
     "O5: bn=recompute's statistics walk: train-mode BatchNorm's cotangent, the seeds ∂y/∂μ, ∂y/∂σ², the identity": step_o5_statistics_walk,
     "O6: the kinks' windows and the remainder of g·ṽ′ after its affine part (pieces along the cell)": step_o6_kink_pieces,
+    "Q: centre products along the cells: telescoping, the rounding coefficient, the layer's allowance": step_q_cell_chain,
     "P: cell integrals of the Taylor form: ∫ L′ ≥ 2h(C − E), ∫ max(0, L′) ≤ ∫ max(0, C + E + Gt)": step_p_cell_integrals,
 }
 
