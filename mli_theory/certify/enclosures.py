@@ -354,7 +354,8 @@ class ChainProducts:
     * ``pc``, ``pg``: (C, *lead, O), the computed ĉ·b and ĝ·b;
     * ``mag_c``, ``mag1_c`` (and ``mag_g``, ``mag1_g``): (C, *lead, 1), such that for every cell,
       row and column j, |pc − ĉ·b| ≤ ``gamma``·((``mag_c`` + 2⁻¹⁰²⁰)·Σ_i|b_ij| +
-      (``mag1_c`` + 2⁻¹⁰²⁰)·max_i|b_ij|) (and so for ``pg``): row maxima against column sums for
+      (``mag1_c`` + 2⁻¹⁰²⁰)·max_i|b_ij|) + (L + 1)(K + 1)·2⁻¹⁰⁷⁴ (and so for ``pg``; the last term
+      is underflow, L below): row maxima against column sums for
       dense terms, ℓ1 norms against column maxima for the sparse differences. On a reference cell
       (a plain dense product, |pc − ĉ·b| ≤ γ_K|ĉ||b|) they are 0: the caller's allowance for a
       dense product covers it;
@@ -405,7 +406,8 @@ def chain_products(c: Tensor, g: Tensor, mid: Tensor, b: Tensor) -> ChainProduct
     so with a = (L + 4)/(K + 3) ≥ γ_{n+3}/γ' and ≥ 2.01u/γ':
     ``mag_g`` = M_ĝr, ``mag1_g`` = Σ_j ‖D̃_j‖₁; ``mag_c`` = M_ĉr + Σ_j [a(M_ĉj + M_ĉj−1 + 2|μ_j|M_ĝj)
     + 1.01|μ_j|mag_g,j + τ_j/γ'], ``mag1_c`` = Σ_j [‖S_j‖₁ + 1.01|μ_j|mag1_g,j] (underflow: the
-    2⁻¹⁰²⁰ every rounding bound here adds to a row's magnitude).
+    2⁻¹⁰²⁰ every rounding bound here adds to a row's magnitude), plus, absolutely, what the products
+    lose to underflow, at most (L + 1)(K + 1)·2⁻¹⁰⁷⁴ per entry (``_up``'s 2⁻¹⁰⁰⁰ covers it).
 
     None where it does not pay or apply: fewer than 3 cells, more than half of them references,
     a non-float64 or non-finite input, mismatched shapes, or an input whose neighbouring cells
