@@ -42,7 +42,8 @@ function v on the cell is (ĉ, ĝ, e) with |v(m + t) − ĉ − ĝt| ≤ e for a
    every run length n ≤ L (step Q, exact rationals over a grid of K and L). A layer's centres
    c = cW0 + m·cdW + (h²/2)·gdW and slopes g = gW0 + m·gdW + cdW then move by at most
    (1 + |m|)ε_c + (h²/2)ε_g and ε_g(1 + |m|) + ε_c when each product moves by ε_c (ĉ's) or ε_g
-   (ĝ's), so the value's remainder grows by |δc| + h|δg| ≤ (1 + |m| + h)(ε_c + hε_g), and the
+   (ĝ's), and the t² term's radius (h²/2)|gdW| by (h²/2)ε_g, so the value's remainder grows by
+   |δc| + h|δg| + (h²/2)ε_g ≤ (1 + |m| + h)(ε_c + hε_g) (with equality), and the
    derivative's (cdW in its centre; gW0 + m·gdW through ĉ′ = ĝ + D; dcdW and gdW in its slope) by
    ε_c + (1 + |m|)ε_g + 2hε_g ≤ (1 + |m| + 2h)(ε_c + ε_g) (step Q: the differences are
    polynomials with non-negative coefficients in |m|, h, ε_c, ε_g).
@@ -651,7 +652,7 @@ def step_q_cell_chain() -> bool:
                 ok &= a >= gam(n + 3) / gam(k + n + 3) and a >= Fraction(201, 100) * unit / gam(k + n + 3)
     # the layer's allowance covers the moved centres and slopes
     m_, h_, ec, eg = sp.symbols("m h epsilon_c epsilon_g", nonnegative=True)
-    value = (1 + m_ + h_) * (ec + h_ * eg) - ((1 + m_) * ec + h_**2 / 2 * eg + h_ * (eg * (1 + m_) + ec))
+    value = (1 + m_ + h_) * (ec + h_ * eg) - ((1 + m_) * ec + h_**2 / 2 * eg + h_ * (eg * (1 + m_) + ec) + h_**2 / 2 * eg)
     deriv = (1 + m_ + 2 * h_) * (ec + eg) - (ec + (1 + m_) * eg + 2 * h_ * eg)
     for poly in (value, deriv):
         coeffs = sp.Poly(sp.expand(poly), m_, h_, ec, eg).coeffs()

@@ -949,7 +949,7 @@ def _affine_layer(
             g = g + bias_view(b.dw)
         bmag = bias_view(b.w0.abs() + b.dw.abs()) * g2
         extra_v = extra_v + bmag
-    if chain is not None:  # |δc| + h|δg| ≤ (1 + |m| + h)(ε_c + h·ε_g) (c = cW0 + m·cdW + …)
+    if chain is not None:  # |δc| + h|δg| + (h²/2)ε_g (the t² radius) ≤ (1 + |m| + h)(ε_c + h·ε_g)
         grow = 1.0 + m.abs() + h
         extra_v = extra_v + chain[4](grow, grow * h)
     e = _up(e_v + extra_v)
