@@ -24,10 +24,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mli_theory.certify import enclosures as E
-from mli_theory.certify.partition import enclose, prepare
-from mli_theory.path import BNPolicy
 
-from test_sparse_remainders import _autograd_slope, _wide_mlp_problem
+from test_sparse_remainders import assert_taken_sound_and_as_the_dense
 
 
 def _behind_first_relu(cells: int, lead: tuple, k: int, scale: float, g: torch.Generator, *, jump: bool, shuffle: bool,
@@ -124,35 +122,11 @@ def test_chain_products_decline_where_they_would_not_pay_or_cannot_be_trusted():
 
 @pytest.mark.parametrize("adjoint", [False, True])
 def test_mlp_enclosures_with_chained_products_contain_the_slope_and_match_the_dense_ones(monkeypatch, adjoint):
-    line, data = _wide_mlp_problem()
-    width = 2.0**-6
-    a = [0.25 + i * width for i in range(8)]
-    b = [x + width for x in a]
-    taken = []
-    original = E.chain_products
-
-    def counting(*args):
-        out = original(*args)
-        taken.append(out is not None)
-        return out
-
-    monkeypatch.setattr(E, "chain_products", counting)
     monkeypatch.setattr(E, "CHAIN_MIN_OUTPUTS", 64)  # taken on this narrower net (only a matter of speed)
-    problem = prepare(line, data, BNPolicy.FROZEN, adjoint=adjoint)
-    with E.strict_arithmetic(problem.x.device):
-        chain_d, chain_l = enclose(problem, a, b)
-    assert any(taken), "the chained products were never taken on this net"
-    for (lo, hi), ca, cb in zip(chain_d, a, b):
-        for t in (0.0, 0.37, 1.0):
-            slope = _autograd_slope(line, data, ca + t * (cb - ca))
-            assert lo - 1e-12 <= slope <= hi + 1e-12, (ca, cb, lo, slope, hi)
-    monkeypatch.setattr(E, "chain_products", lambda *args: None)  # every cell's products dense again
-    problem = prepare(line, data, BNPolicy.FROZEN, adjoint=adjoint)
-    with E.strict_arithmetic(problem.x.device):
-        dense_d, dense_l = enclose(problem, a, b)
-    for (clo, chi), (dlo, dhi) in zip(chain_d + chain_l, dense_d + dense_l):
-        scale = max(abs(dlo), abs(dhi))
-        assert abs(clo - dlo) <= 1e-6 * scale and abs(chi - dhi) <= 1e-6 * scale
+    width = 2.0**-6
+    cells = [(0.25 + i * width, 0.25 + (i + 1) * width) for i in range(8)]
+    assert_taken_sound_and_as_the_dense(monkeypatch, "chain_products", cells, adjoint,
+                                        lambda mp: mp.setattr(E, "CHAIN_MIN_OUTPUTS", 10**9))  # every product dense
 
 
 @pytest.mark.parametrize("seed", range(4))

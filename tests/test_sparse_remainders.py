@@ -131,34 +131,44 @@ def _autograd_slope(line, data, alpha: float) -> float:
     return float(g)
 
 
-@pytest.mark.parametrize("adjoint", [False, True])
-def test_mlp_enclosures_with_sparse_remainders_contain_the_slope_and_match_the_dense_ones(monkeypatch, adjoint):
+def assert_taken_sound_and_as_the_dense(monkeypatch, counted: str, cells: list[tuple[float, float]], adjoint: bool,
+                                       switch_off) -> None:
+    """On the wide MLP: ``E.<counted>`` (a routine that returns None when it declines) is taken at
+    least once on ``cells``, the L′ enclosures contain torch's float64 derivative at three points of
+    each cell, and after ``switch_off(monkeypatch)`` (the dense products again) every enclosure
+    agrees with the new one to 1e-6 of its size."""
     line, data = _wide_mlp_problem()
-    cells = [(0.1, 0.1 + 2.0**-9), (0.5, 0.5 + 2.0**-10), (0.9, 0.9 + 2.0**-9)]
     a, b = [c[0] for c in cells], [c[1] for c in cells]
     taken = []
-    original = E._sparse_product
+    original = getattr(E, counted)
 
     def counting(*args):
         out = original(*args)
         taken.append(out is not None)
         return out
 
-    monkeypatch.setattr(E, "_sparse_product", counting)
+    monkeypatch.setattr(E, counted, counting)
     problem = prepare(line, data, BNPolicy.FROZEN, adjoint=adjoint)
     with E.strict_arithmetic(problem.x.device):
-        sparse_d, sparse_l = enclose(problem, a, b)
-    assert any(taken), "the sparse product was never taken on this net"
-    for (lo, hi), (ca, cb) in zip(sparse_d, cells):
+        new_d, new_l = enclose(problem, a, b)
+    assert any(taken), f"{counted} was never taken on this net"
+    for (lo, hi), (ca, cb) in zip(new_d, cells):
         for t in (0.0, 0.37, 1.0):
             slope = _autograd_slope(line, data, ca + t * (cb - ca))
             assert lo - 1e-12 <= slope <= hi + 1e-12, (ca, cb, lo, slope, hi)
-    monkeypatch.setattr(E, "SPARSE_REMAINDER_MAX_DENSITY", -1.0)  # every product dense again
+    switch_off(monkeypatch)
     taken.clear()
     problem = prepare(line, data, BNPolicy.FROZEN, adjoint=adjoint)
     with E.strict_arithmetic(problem.x.device):
         dense_d, dense_l = enclose(problem, a, b)
     assert not any(taken)
-    for (slo, shi), (dlo, dhi) in zip(sparse_d + sparse_l, dense_d + dense_l):
+    for (nlo, nhi), (dlo, dhi) in zip(new_d + new_l, dense_d + dense_l):
         scale = max(abs(dlo), abs(dhi))
-        assert abs(slo - dlo) <= 1e-6 * scale and abs(shi - dhi) <= 1e-6 * scale
+        assert abs(nlo - dlo) <= 1e-6 * scale and abs(nhi - dhi) <= 1e-6 * scale
+
+
+@pytest.mark.parametrize("adjoint", [False, True])
+def test_mlp_enclosures_with_sparse_remainders_contain_the_slope_and_match_the_dense_ones(monkeypatch, adjoint):
+    cells = [(0.1, 0.1 + 2.0**-9), (0.5, 0.5 + 2.0**-10), (0.9, 0.9 + 2.0**-9)]
+    assert_taken_sound_and_as_the_dense(monkeypatch, "_sparse_product", cells, adjoint,
+                                        lambda mp: mp.setattr(E, "SPARSE_REMAINDER_MAX_DENSITY", -1.0))  # every product dense
