@@ -10,7 +10,10 @@ and every other cell's difference from its neighbour as a sparse matrix. Checked
   rather than multiplied (the bound's τ term is what covers them);
 * it declines (None) where it would not pay or cannot be trusted;
 * on an MLP wide enough to take it, the L′ enclosures contain torch's float64 derivative and agree
-  with the dense products' to 1e-6, under the forward rule and the reverse walk.
+  with the dense products' to 1e-6, under the forward rule and the reverse walk;
+* on trained 6-512-512-3 MLPs, where the Linear rule takes it on its own: a monotone verdict that a
+  201-point grid of plain torch losses does not contradict, and a non-monotone one whose witness
+  plain torch reproduces.
 """
 
 from __future__ import annotations
@@ -150,3 +153,69 @@ def test_differences_below_the_threshold_are_covered_by_their_own_term(seed):
                                        + (Fraction(float(got.mag1_c[1, 0, 0])) + Fraction(2.0**-1020)) * Fraction(float(b[:, j].max())))
         assert err <= bound
         assert err > bound - Fraction(tau) * colsum, "the planted differences must need the τ term"
+
+
+def _trained_wide_path(seed: int, lr: float, steps: int):
+    """A 6-512-512-3 ReLU MLP trained by SGD with momentum on 300 examples: its second layer has
+    512 outputs, so the Linear rule takes the chained products on its own."""
+    from torch import nn
+    from torch.nn import functional as F
+
+    from mli_theory.inputs.data import Dataset
+    from mli_theory.path import make_line
+
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(6, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 3)).double()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(300, 6, dtype=torch.float64, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    end = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return model, start, end, x, y, make_line(model, start, end, dtype=torch.float64), Dataset(x, y, "ce", "wide")
+
+
+def _loss_at(model, start, end, x, y, alpha: float) -> float:
+    from torch.func import functional_call
+    from torch.nn import functional as F
+
+    with torch.no_grad():
+        params = {k: (1 - alpha) * start[k] + alpha * end[k] for k in start}
+        return float(F.cross_entropy(functional_call(model, params, (x,)), y))
+
+
+def _decide_counting(monkeypatch, line, data, tol):
+    from mli_theory.certify.partition import decide_by_enclosures
+
+    taken = []
+    original = E.chain_products
+
+    def counting(*args):
+        out = original(*args)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr(E, "chain_products", counting)
+    return decide_by_enclosures(line, data, tol=tol), sum(taken)
+
+
+def test_a_trained_wide_mlp_is_decided_monotone_with_chained_products_as_its_grid_shows(monkeypatch):
+    model, start, end, x, y, line, data = _trained_wide_path(0, 0.05, 300)
+    verdict, taken = _decide_counting(monkeypatch, line, data, 0.0)
+    assert taken > 0, "the chained products were never taken on this net"
+    assert verdict.status == "monotone", verdict
+    losses = [_loss_at(model, start, end, x, y, i / 200) for i in range(201)]
+    assert all(b <= a for a, b in zip(losses, losses[1:])), "a rise on the grid contradicts the certificate"
+
+
+def test_a_wide_mlp_pushed_far_is_decided_non_monotone_and_its_witness_reproduces(monkeypatch):
+    model, start, end, x, y, line, data = _trained_wide_path(1, 2.0, 60)
+    verdict, taken = _decide_counting(monkeypatch, line, data, 0.0)
+    assert taken > 0
+    assert verdict.status == "non_monotone", verdict
+    a, b = verdict.where
+    assert _loss_at(model, start, end, x, y, b) > _loss_at(model, start, end, x, y, a)  # re-checked by plain torch
