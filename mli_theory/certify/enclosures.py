@@ -847,6 +847,9 @@ def _affine_layer(
     ``abs_dw(e)``, if given, returns an upper bound of f(e, |ΔW|) for e ≥ 0 (rounding included, as
     :func:`upper_matmul`): the derivative's x·ΔW remainder when it is not deferred; otherwise that
     product is computed as f(e, |ΔW|) in float64, its rounding covered by the ``rounding`` allowance.
+    ``f.cell_chain(ĉ, ĝ, mid)``, where f has it (Linear), returns the centres' four products along
+    the batch of cells and ``allow(a, b)`` ≥ a·ε_c + b·ε_g for the rounding ε_c, ε_g of each of ĉ's
+    and ĝ's products (:func:`chain_products`), or None where they are better computed densely.
     """
     defer = defer and isinstance(w, Param) and nt.deferred is not None and not nt.values_only
     if not isinstance(w, Param):
