@@ -318,6 +318,14 @@ def sparse_split(a: Tensor) -> tuple[Tensor, Tensor] | None:
     return torch.where(large, a, zero), torch.where(large, zero, a).amax(-1, keepdim=True)
 
 
+def _csr_matmul(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b for a mostly-zero matrix a (R, K) and a dense, contiguous b (K, O): a as CSR, so only its
+    non-zero entries are multiplied (plain sums of products, the rounding every bound here assumes)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta state"
+        return torch.matmul(a.to_sparse_csr(), b)
+
+
 def _sparse_product(split: tuple[Tensor, Tensor], b: Tensor, colsum: Tensor) -> Tensor | None:
     """The bound of :func:`sparse_upper_matmul` from :func:`sparse_split`'s parts; None where b's
     shape does not fit."""
@@ -326,12 +334,10 @@ def _sparse_product(split: tuple[Tensor, Tensor], b: Tensor, colsum: Tensor) -> 
     per_cell = b.dim() == 3
     if (per_cell and (b.shape[0] != cells or b.shape[1] != k)) or (not per_cell and (b.dim() != 2 or b.shape[0] != k)):
         return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta state"
-        if per_cell:
-            p = torch.stack([torch.matmul(a_l[i].to_sparse_csr(), b[i]) for i in range(cells)])
-        else:
-            p = torch.matmul(a_l.reshape(cells * rows, k).to_sparse_csr(), b).reshape(cells, rows, -1)
+    if per_cell:
+        p = torch.stack([_csr_matmul(a_l[i], b[i]) for i in range(cells)])
+    else:
+        p = _csr_matmul(a_l.reshape(cells * rows, k), b).reshape(cells, rows, -1)
     cs = colsum.unsqueeze(-2) if per_cell else colsum
     return (_bound_from64(p, k) + small * cs) * (1.0 + 8 * U) + _UNDER
 
@@ -462,9 +468,7 @@ def chain_products(c: Tensor, g: Tensor, mid: Tensor, b: Tensor) -> ChainProduct
         pj = ch - 1  # the pair (j − 1, j) as an index into d, f, tau
         s_j = torch.where(large[pj], f[pj], f.new_zeros(()))
         d_j = d[pj]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta state"
-            q = torch.matmul(torch.cat([d_j, s_j], 0).reshape(-1, k).to_sparse_csr(), b).reshape(2, len(chained), n, o)
+        q = _csr_matmul(torch.cat([d_j, s_j], 0).reshape(-1, k), b).reshape(2, len(chained), n, o)
         seq_g[ch] = q[0]
         mag_g[ch] = 0.0
         mag1_g[ch] = torch.linalg.vector_norm(d_j, 1, dim=-1)
@@ -1151,15 +1155,15 @@ def _linear(nt: EnclosureNumbers, x: Any, weight: Any, bias: Any = None) -> Any:
             return list(torch.matmul(x, stacked_t).split([w.w0.shape[0]] * 2, -1))
         return _linear_multi(x, ws)
 
+    def stacked_dense() -> Tensor:
+        # [W0; ΔW]ᵀ contiguous, per batch of cells: a CSR product with a transposed view copies it at
+        # every call (7 times slower on a 1000 × 2000 matrix)
+        return nt.memo(weight, "stacked-contiguous", lambda: stacked_t.contiguous())
+
     def sparse_multi(x: Tensor, ws: list[Tensor]) -> list[Tensor]:
         # x mostly zero: one CSR product with [W0; ΔW]ᵀ (plain dot products, as the dense one)
         assert len(ws) == 2 and ws[0] is w.w0 and ws[1] is w.dw
-        # the dense operand contiguous: a CSR product with a transposed view copies it at every call
-        # (7 times slower on a 1000 × 2000 matrix)
-        dense = nt.memo(weight, "stacked-contiguous", lambda: stacked_t.contiguous())
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta state"
-            out = torch.matmul(x.reshape(-1, x.shape[-1]).to_sparse_csr(), dense)
+        out = _csr_matmul(x.reshape(-1, x.shape[-1]), stacked_dense())
         return list(out.reshape(*x.shape[:-1], -1).split([w.w0.shape[0]] * 2, -1))
 
     def rounding(mags: Tensor) -> Tensor:
@@ -1174,7 +1178,7 @@ def _linear(nt: EnclosureNumbers, x: Any, weight: Any, bias: Any = None) -> Any:
         # magnitudes are combined per row first, so the bound costs two products with the output
         if w.w0.shape[0] < CHAIN_MIN_OUTPUTS:
             return None
-        ch = chain_products(c, g, mid, nt.memo(weight, "stacked-contiguous", lambda: stacked_t.contiguous()))
+        ch = chain_products(c, g, mid, stacked_dense())
         if ch is None:
             return None
         o = w.w0.shape[0]
