@@ -120,6 +120,17 @@ function v on the cell is (ĉ, ĝ, e) with |v(m + t) − ĉ − ĝt| ≤ e for a
    φ″ = p_k[(ĝ_k − ⟨p, ĝ⟩)² − Var_p(ĝ)] (step J2), both bracketed terms ≥ 0, so
    |φ″| ≤ p̄_k·max(max_{s∈[S]}(ĝ_k − s)², Σ_j p̄_j(ĝ_j − a)²) for any a, since the variance is the
    minimum over a of Σ_j p_j(ĝ_j − a)² (step J2); the remainder δ adds |J|e as before.
+   The logits' remainder at once, summed over the classes (kept per example where narrower). At a
+   fixed t of the cell let z = ẑ + δ, ẑ = c + gt the value model's polynomial part, |δ_j| ≤ e_j, and
+   let u′ be the derivative that the walk encloses (under the reverse walk the walk with midpoint
+   slopes; its identities bound the rest with the cotangent p − e_y at the true z). With S the
+   entries whose product keeps the Taylor form, F(w) = Σ_{k∈S} softmax_k(w)·u′_k is smooth in
+   w ∈ R^K, so F(z) = F(ẑ) + Σ_j δ_j ∂F/∂w_j(ξ), ξ on the segment from ẑ to z, inside the cell's box
+   of the logits (convex, and holding both ends); ∂F/∂w_j = p_j(1[j∈S]u′_j − Σ_{k∈S} p_k u′_k) for
+   every class j, u′_y = 0 (step K2). So the S entries' products, with p's Taylor model taken at ẑ
+   (u = ẑ − ẑ_y, its remainder the subtraction's rounding alone), plus
+   Σ_j e_j·p̄_j·sup|1[j∈S]u′_j − Σ_{k∈S} p_k u′_k| over the boxes of p (p_y ≤ 1 − Σ_{k≠y} p_k) and
+   u′, enclose Σ_{k∈S} p_k(z)u′_k; the other entries keep p's box, which holds p(z) itself.
 
 5b. BatchNorm with re-estimated statistics (``bn=recompute``, one batch of all N values per
    channel, cumulative average = that batch's statistics). The pass is the network itself run in
@@ -347,6 +358,24 @@ def step_j_k_ce() -> bool:
     d11 = sp.simplify(sp.diff(q1, u1) - q1 * (1 - q1))
     d12 = sp.simplify(sp.diff(q1, u2) + q1 * sp.exp(u2) / (1 + sp.exp(u1) + sp.exp(u2)))
     return bool(ok and d11 == 0 and d12 == 0)  # ∂p1/∂u1 = p1(1 − p1) > 0, ∂p1/∂u2 = −p1 p2 < 0
+
+
+def step_k2_value_share() -> bool:
+    """∂/∂w_j Σ_{k∈S} softmax_k(w)·a_k = p_j(1[j∈S]·a_j − Σ_{k∈S} p_k a_k) for softmax over four
+    entries, every subset S and every j (the label's a_y = 0 is the case j ∉ S or a_j = 0)."""
+    ws = sp.symbols("w0:4", real=True)
+    a = sp.symbols("a0:4", real=True)
+    den = sum(sp.exp(w) for w in ws)
+    ps = [sp.exp(w) / den for w in ws]
+    ok = True
+    for mask in range(16):
+        inside = [bool(mask >> k & 1) for k in range(4)]
+        f = sum(ps[k] * a[k] for k in range(4) if inside[k])
+        mean = sum(ps[k] * a[k] for k in range(4) if inside[k])
+        for j in range(4):
+            claim = ps[j] * ((a[j] if inside[j] else 0) - mean)
+            ok &= sp.simplify(sp.diff(f, ws[j]) - claim) == 0
+    return bool(ok)
 
 
 def step_j2_softmax_second() -> bool:
@@ -672,6 +701,7 @@ STEPS = {
     "I: MSE derivative": step_i_mse,
     "J/K: cross-entropy derivative and monotonicity of softmax in its logits": step_j_k_ce,
     "J2: softmax's second derivative along a line and the variance as a minimum": step_j2_softmax_second,
+    "K2: the logits' remainder in one sum: the gradient of Σ_{k∈S} p_k(w)u′_k": step_k2_value_share,
     "L: re-estimated BatchNorm: variance and normalisation derivatives": step_l_batchnorm,
     "M: (v + ε)^(−1/2): f″, f‴ and their monotonicity on v > 0": step_m_rsqrt,
     "N: W(α) as a convex combination; the spectral bound against exact singular values": step_n_norms,
