@@ -1228,7 +1228,7 @@ def conv2d_dots(x: Tensor, w: Tensor, stride: tuple[int, int], padding: tuple[in
     the padded input in channels-last layout, its receptive fields read through a strided view
     (im2col) in blocks of about ``CONV_ROWS`` output positions, each image's fields multiplied by
     the kernel as a (Cout, K) matrix in one batched product per block, written straight into the
-    channels-first output (no copy back: on the digits ResNet's enclosures 5–9 % less time than a
+    channels-first output (no copy back: on the digits ResNet's enclosures 0–9 % less time than a
     (rows, K)·(K, Cout) product per block followed by a layout copy). A matrix product is plain
     sums of products (in any order, with or without FMA), the argument every rounding bound here
     rests on; padded entries are exact zeros, whose products and sums change nothing. On CPU in
