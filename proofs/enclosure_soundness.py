@@ -370,10 +370,9 @@ def step_k2_value_share() -> bool:
     ok = True
     for mask in range(16):
         inside = [bool(mask >> k & 1) for k in range(4)]
-        f = sum(ps[k] * a[k] for k in range(4) if inside[k])
-        mean = sum(ps[k] * a[k] for k in range(4) if inside[k])
+        f = sum(ps[k] * a[k] for k in range(4) if inside[k])  # also the p-weighted mean over S
         for j in range(4):
-            claim = ps[j] * ((a[j] if inside[j] else 0) - mean)
+            claim = ps[j] * ((a[j] if inside[j] else 0) - f)
             ok &= sp.simplify(sp.diff(f, ws[j]) - claim) == 0
     return bool(ok)
 

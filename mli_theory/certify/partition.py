@@ -690,12 +690,9 @@ def _picked(taylor: TM, box: TM, hv: torch.Tensor, value_share: tuple | None = N
     dlo, dhi = du.bounds(hv)
     inside = keep & ~onehot
     alo, ahi = torch.where(inside, dlo, zero), torch.where(inside, dhi, zero)  # 1[j∈S]·u′_j
-    qlo, qhi = _imul(p_lo, p_hi, alo, ahi)  # p_k u′_k on S (p's box is 0 at y)
-    s_lo = qlo.sum(-1, keepdim=True) - qlo.abs().sum(-1, keepdim=True) * g_k - _TINY
-    s_hi = qhi.sum(-1, keepdim=True) + qhi.abs().sum(-1, keepdim=True) * g_k + _TINY
+    s_lo, s_hi = _interval_dot(p_lo, p_hi, alo, ahi, g_k)  # Σ_{k∈S} p_k u′_k (p's box is 0 at y)
     sup = torch.maximum(ahi - s_lo, s_hi - alo) * (1 + 4 * U)  # ≥ |a − s| for a ∈ [alo, ahi], s ∈ [s_lo, s_hi]
-    p_y = (1.0 - p_lo.sum(-1, keepdim=True) * (1 - g_k) + 4 * U).clamp(max=1.0)  # p_y ≤ 1 − Σ_{k≠y} p_k
-    p_bar = torch.where(onehot, p_y.expand(p_hi.shape), p_hi)
+    p_bar = torch.where(onehot, _label_upper(p_lo, g_k).expand(p_hi.shape), p_hi)
     share = _up((ev.expand(e.shape) * p_bar * sup).sum(-1, keepdim=True) * (1 + g_k))
     return TM(c, g, torch.where(onehot, e + share, e))
 
@@ -756,10 +753,7 @@ def _softmax_tm(u: TM, hv: torch.Tensor, onehot: torch.Tensor, p_cell: tuple[tor
     sl0 = (j0lo + j0hi) * 0.5
     a_k = torch.maximum((ug - s_lo).abs(), (ug - s_hi).abs())
     mid_s = (s_lo + s_hi) * 0.5
-    # an upper bound of p_y = 1 − Σ_{k≠y} p_k (p_lo is 0 at y): the sum bounded below, 2u for the
-    # product's and the difference's rounding
-    p_y = (1.0 - p_lo.sum(-1, keepdim=True) * (1 - g_k) + 4 * U).clamp(max=1.0)
-    p_all = torch.where(onehot, p_y.expand(full), p_hi)
+    p_all = torch.where(onehot, _label_upper(p_lo, g_k).expand(full), p_hi)
     var = (p_all * (ug - mid_s).square()).sum(-1, keepdim=True)
     curve = p_hi * torch.maximum(a_k.square(), var) * (hv * hv * 0.5) * (1 + 2 * gamma(k + 16))
     jac0 = ((j0hi - j0lo) * 0.5 * (1 + 4 * U) + sl0.abs() * (2 * U)) * hv + curve
@@ -773,13 +767,27 @@ def _softmax_tm(u: TM, hv: torch.Tensor, onehot: torch.Tensor, p_cell: tuple[tor
     return outs[0] if bare is None else tuple(outs)
 
 
+def _interval_dot(p_lo: torch.Tensor, p_hi: torch.Tensor, a_lo: torch.Tensor, a_hi: torch.Tensor, g_k: float
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ_k p_k a_k over the last axis for p_k ∈ [p_lo, p_hi], a_k ∈ [a_lo, a_hi]: [s_lo, s_hi], the
+    interval products rounded outward and their sum widened by γ (``g_k``) of its magnitudes and 2⁻¹⁰⁰⁰."""
+    qlo, qhi = _imul(p_lo, p_hi, a_lo, a_hi)
+    s_lo = qlo.sum(-1, keepdim=True) - qlo.abs().sum(-1, keepdim=True) * g_k - _TINY
+    s_hi = qhi.sum(-1, keepdim=True) + qhi.abs().sum(-1, keepdim=True) * g_k + _TINY
+    return s_lo, s_hi
+
+
+def _label_upper(p_lo: torch.Tensor, g_k: float) -> torch.Tensor:
+    """An upper bound of p_y = 1 − Σ_{k≠y} p_k (p_lo is 0 at y): the sum bounded below by γ (``g_k``),
+    4u for the product's and the difference's rounding."""
+    return (1.0 - p_lo.sum(-1, keepdim=True) * (1 - g_k) + 4 * U).clamp(max=1.0)
+
+
 def _jacobian_times(p_lo: torch.Tensor, p_hi: torch.Tensor, ug: torch.Tensor, g_k: float
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """For p in the box [p_lo, p_hi]: ⟨p, ĝ⟩ ∈ [s_lo, s_hi] (a sum of K interval products, γ_{K+2}
     and 2⁻¹⁰⁰⁰ outward) and (Jĝ)_k = p_k(ĝ_k − ⟨p, ĝ⟩) ∈ [j_lo, j_hi], all rounded outward."""
-    slo, shi = _imul(p_lo, p_hi, ug, ug)
-    s_lo = slo.sum(-1, keepdim=True) - slo.abs().sum(-1, keepdim=True) * g_k - _TINY
-    s_hi = shi.sum(-1, keepdim=True) + shi.abs().sum(-1, keepdim=True) * g_k + _TINY
+    s_lo, s_hi = _interval_dot(p_lo, p_hi, ug, ug, g_k)
     qlo, qhi = ug - s_hi, ug - s_lo
     qpad = (qlo.abs() + qhi.abs()) * U
     jlo, jhi = _imul(p_lo, p_hi, qlo - qpad, qhi + qpad)
