@@ -40,6 +40,17 @@ def _lagrange() -> sp.Expr:
     return sp.expand(variance - (1 - q) * sum(pi * wi**2 for pi, wi in zip(ps, ws)) - rhs) + sp.expand(lhs - rhs)
 
 
+def _relu_left_derivative() -> sp.Expr:
+    """For v(α) = d·(α − 1) (v(1) = 0, v′ = d): lim_{s↓0} (relu(v(1)) − relu(v(1 − s)))/s − min(d, 0), for d = ±2 (0 twice)."""
+    t = sp.symbols("t", positive=True)
+    total = sp.Integer(0)
+    for d in (sp.Integer(2), sp.Integer(-2)):
+        vv = d * (-t)  # v(1 − t)
+        quotient = (sp.Max(0, 0) - sp.Max(0, vv)) / t
+        total += sp.Abs(sp.limit(quotient, t, 0, "+") - sp.Min(d, 0))
+    return total
+
+
 def derivation() -> Derivation:
     line = (1 - a) * w0 + a * (w0 + dw)
     steps = (
@@ -63,6 +74,12 @@ def derivation() -> Derivation:
              "that tol may allow", "argument"),
         Step("witness: L′(1) ≥ s₁ > 0, L″ ≤ U on [1 − w, 1] ⇒ L(1) − L(1 − s) ≥ ∫_{1−s}^1 (s₁ − (1 − α)U) = s₁s − Us²/2", "zero",
              sp.integrate(s1 - (1 - a) * U, (a, 1 - s, 1)) - (s1 * s - U * s**2 / 2)),
+        Step("L′(1) in ball arithmetic (certify/endpoint.py): every arb operation returns a ball containing the exact result, "
+             "so the forward-mode walk z(1), z′(1) and the loss's slope are enclosed; intersecting two proven enclosures of the "
+             "same number is proven", "argument"),
+        Step("a ReLU unit with v(1) = 0 exactly: v(1 − s) = −s·v′(1) + O(s²), so from the left relu(v)′ = min(v′(1), 0); "
+             "where the ball of v(1) only contains 0, the one-sided derivative is 0 or v′(1): their hull", "zero",
+             _relu_left_derivative()),
         Step("the measured second difference (L(1) − 2L(1 − h) + L(1 − 2h))/h² equals L″(ξ) for some ξ in (1 − 2h, 1) "
              "(mean value theorem for divided differences): it must lie in the enclosure up to the measurement's error/h²", "argument"),
     )

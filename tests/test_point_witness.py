@@ -34,7 +34,7 @@ class _Measured:
 
 
 def _problem(table: dict[float, float]) -> SimpleNamespace:
-    return SimpleNamespace(reference=_Measured(table))
+    return SimpleNamespace(reference=_Measured(table), statistics={}, gm=None)  # no traced graph: no ball re-check
 
 
 def test_the_best_pair_is_found_with_exact_arithmetic():

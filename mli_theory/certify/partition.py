@@ -47,6 +47,7 @@ from ..inputs.data import Dataset
 from ..path import BNPolicy, Line, Motion
 from .adjoint import Tape, _cells_of, kink_bound, kink_pieces, statistic_seeds, statistics_bound, unsupported
 from .convexity import Curved, SecondNumbers, SecondStatisticsNumbers, loss_second_terms
+from .endpoint import rise_between, slope_at_end
 from .validation import MEASURED_DIFFERS, Reference, validation_points
 from .enclosures import _LIB, _TINY, TM, U, Enclosure, EnclosureNumbers, Param, StatisticsComplete, StatisticsNumbers, _add_tm, _const_enclosure, _imul, _softmax_box, _up, gamma, strict_arithmetic
 
@@ -1201,6 +1202,23 @@ class ConvexEnd:
 END_EXPONENTS = tuple(3 + 2 * i for i in range(16))  # the candidate widths 2⁻ᵏ of [c, 1]
 
 
+def end_slope(problem: _Problem, deadline: float | None) -> tuple[float, float]:
+    """Proven bounds of L′(1): the float64 point enclosure, narrowed by a ball evaluation at
+    α = 1 (:func:`.endpoint.slope_at_end`) where that enclosure leaves the sign open (lo ≤ 0 < hi:
+    a network trained to convergence, whose L′(1) is below float64's resolution of the outputs)
+    and the graph is one the ball evaluation covers. Both are proven, so their intersection is;
+    where they do not overlap the two models of the computation differ, and the float64
+    enclosure (the one validated against the measured curve) stands alone."""
+    lo, hi = enclose(problem, [1.0], [1.0], deadline)[0][0]
+    if not (lo <= 0.0 < hi) or problem.statistics or not (math.isfinite(lo) and math.isfinite(hi)):
+        return lo, hi
+    moving = {k for k, v in problem.params.items() if isinstance(v, Param)}
+    got = slope_at_end(problem.gm, problem.start, problem.end, moving, problem.x, problem.y, problem.loss, prec=BALL_BITS, deadline=deadline)
+    if got is None or got[1] < lo or got[0] > hi:
+        return lo, hi
+    return max(lo, got[0]), min(hi, got[1])
+
+
 def convex_end(problem: _Problem, tol: float, deadline: float | None, evaluated: int = 0, *, screening: bool = False,
                slope: tuple[float, float] | None = None) -> ConvexEnd | None:
     """The convex-end certificate (``proofs/convex_end.py``): with L′(1) enclosed at the single
@@ -1223,7 +1241,7 @@ def convex_end(problem: _Problem, tol: float, deadline: float | None, evaluated:
     no witness and no comparison with the measured curve (which is the full data's). ``slope``: L′(1)'s
     point enclosure, if already computed."""
     if slope is None:
-        slope = enclose(problem, [1.0], [1.0], deadline)[0][0]
+        slope = end_slope(problem, deadline)
     lo1, hi1 = slope
     if not (math.isfinite(lo1) and math.isfinite(hi1)):
         return None
@@ -1261,18 +1279,46 @@ def convex_end(problem: _Problem, tol: float, deadline: float | None, evaluated:
         s = Fraction(1, 2 ** math.ceil(-math.log2(float(limit)))) if limit < 1 else Fraction(1, 2)
         while s > limit:
             s /= 2
+        if s < _LAST_STEP:  # 1 − s is not a double: the nearest witness is the last float64 step before 1
+            return ConvexEnd(None, None, _last_step_rise(problem, tol, evaluated, lo1, hi2, w), slope)
         rise = s1 * s - top * s * s / 2
         if rise > Fraction(tol):
             a = float(1 - s)
             found = _confirmed(problem, a, 1.0, rise, tol, evaluated, None, (),
                                f"L′(1) ≥ {lo1:.3g} > 0 and L″ ≤ {hi2:.3g} on [{1 - w:.6g}, 1] prove a rise of at least "
-                               f"{float_down(rise):.3g} > tol on [{a:.6g}, 1]")
+                               f"{float_down(rise):.3g} > tol on [{_alpha_text(a)}, 1]")
             return ConvexEnd(None, None, found, slope)
     if tol > 0:
         cell = _rising_end(widths, second, slope)
         if cell is not None and cell.rise_share <= tol:  # a larger share could only block the cells that find a rise
             return ConvexEnd(cell.a, cell, None, slope)
     return ConvexEnd(None, None, None, slope)
+
+
+_LAST_STEP = Fraction(1, 2**53)  # 1 − 2⁻⁵³ is the largest double below 1
+
+
+def _last_step_rise(problem: _Problem, tol: float, evaluated: int, lo1: float, hi2: float, w: float) -> EnclosureVerdict:
+    """L′(1) ≥ lo1 > 0 proves a rise just before α = 1, but where L″ ≤ hi2 only lets the bound
+    s·lo1 − s²·hi2/2 be positive for s below the last float64 step (2⁻⁵³): the witness [1 − 2⁻⁵³, 1]
+    is checked directly, L(1) − L(1 − 2⁻⁵³) in ball arithmetic (:func:`_ball_rise`); ``unknown``
+    where that does not prove it above ``tol`` (the rise lies between doubles)."""
+    a = float(1 - _LAST_STEP)
+    ball = _ball_rise(problem, a, 1.0)
+    proof = f"L′(1) ≥ {lo1:.3g} > 0 and L″ ≤ {hi2:.3g} on [{1 - w:.6g}, 1] prove a rise just before α = 1"
+    if ball is not None and ball[0] > tol:
+        return EnclosureVerdict("non_monotone", None, (ball[0] + ball[1]) / 2, ball[0], (a, 1.0), evaluated, (),
+                                f"{proof}; on the last float64 step, L(1) − L({a!r}) ∈ [{ball[0]:.6g}, {ball[1]:.6g}] "
+                                f"in {BALL_BITS}-bit ball arithmetic (below float64's resolution of the losses)")
+    return EnclosureVerdict("unknown", None, None, None, None, evaluated, ((float(1 - 4 * _LAST_STEP), 1.0),),
+                            f"{proof}, but within the last float64 step before 1: no witness [a, b] with float64 ends shows it"
+                            + ("" if ball is not None else " (the ball evaluation does not cover this model)"))
+
+
+def _alpha_text(a: float) -> str:
+    """α with six significant digits, or all of them where six would round it to 1."""
+    short = f"{a:.6g}"
+    return short if short != "1" or a == 1.0 else repr(a)
 
 
 def _rising_end(widths: list[float], second: list[tuple[float, float]], slope: tuple[float, float]) -> CellBound | None:
@@ -1815,6 +1861,19 @@ def _witness(problem: _Problem, cells: list[CellBound], tol: float, evaluated: i
                       f"L′ ≥ lower bounds on [{a:.6g}, {b:.6g}] prove a rise of at least {float_down(run):.3g} > tol")
 
 
+BALL_BITS = 256  # precision of the ball evaluations at single points (:mod:`.endpoint`)
+BALL_CHECK_SHARE = 1e-3  # a witness rising by less than this share of its losses is also checked in ball arithmetic
+
+
+def _ball_rise(problem: _Problem, a: float, b: float) -> tuple[float, float] | None:
+    """Proven bounds of L(b) − L(a) from ball arithmetic (:func:`.endpoint.rise_between`), or None
+    where the graph is outside its rules or statistics are re-estimated."""
+    if problem.statistics or not isinstance(problem.gm, GraphModule):
+        return None
+    moving = {k for k, v in problem.params.items() if isinstance(v, Param)}
+    return rise_between(problem.gm, problem.start, problem.end, moving, problem.x, problem.y, problem.loss, a, b, prec=BALL_BITS)
+
+
 def _confirmed(problem: _Problem, a: float, b: float, run: Fraction, tol: float, evaluated: int, rise_bound: Fraction | None,
                cells: tuple[CellBound, ...], reason: str) -> EnclosureVerdict:
     """The proven rise L(b) − L(a) ≥ ``run`` > tol as a ``non_monotone`` verdict, once the measured
@@ -1822,6 +1881,25 @@ def _confirmed(problem: _Problem, a: float, b: float, run: Fraction, tol: float,
     la, lb = _measured(problem, [a, b])
     rise = lb - la
     slack = 1e-9 * (abs(la) + abs(lb)) + 1e-300
+    # a rise that is a small part of the losses may be below what float64 resolves of them (their own
+    # rounding, e.g. 10⁻²⁹ on losses of 10⁻²⁶): there the losses are evaluated once more in ball
+    # arithmetic, independently of the enclosures, and that value is the one reported
+    small = not rise >= float(run) - slack or rise < BALL_CHECK_SHARE * (abs(la) + abs(lb))
+    ball = _ball_rise(problem, a, b) if small else None
+    if ball is not None and ball[1] < float(run):
+        return EnclosureVerdict(
+            "unknown", None, None, None, None, evaluated, (),
+            f"the certified model {MEASURED_DIFFERS}: the losses in {BALL_BITS}-bit ball arithmetic give L(b) − L(a) ≤ {ball[1]:.3g} "
+            f"on [{a}, {b}] where the enclosures prove at least {float_down(run):.3g}",
+            cells,
+        )
+    if ball is not None and ball[0] > tol:
+        return EnclosureVerdict(
+            "non_monotone", float_up(rise_bound) if rise_bound is not None else None, (ball[0] + ball[1]) / 2,
+            max(float_down(run), ball[0]), (a, b), evaluated, (),
+            f"{reason} (checked in {BALL_BITS}-bit ball arithmetic: L(b) − L(a) ∈ [{ball[0]:.6g}, {ball[1]:.6g}], below float64's "
+            f"resolution of the losses, where it measures {rise:.3g})", cells,
+        )
     if not rise >= float(run) - slack:
         # an independent float64 evaluation contradicts the proven lower bound: never certify
         return EnclosureVerdict(
@@ -1880,7 +1958,7 @@ def _bisect(
             # ResNet 28–31 s where the cells it waited for cost 5): try it once (L″ ≥ 0 on [c, 1], L′(1) ≤ 0)
             try:
                 if slope_at_1 is None:
-                    slope_at_1 = enclose(problem, [1.0], [1.0], deadline)[0][0]
+                    slope_at_1 = end_slope(problem, deadline)
                 if not _splitting_decides(last, slope_at_1):
                     end = convex_end(problem, tol, deadline, evaluated, screening=not witness, slope=slope_at_1) or ConvexEnd(None, None, None, (math.nan, math.nan))
             except BudgetExceeded:
