@@ -63,19 +63,24 @@ def _reference_rise(model, s0, s1, x, y, loss: str, points: int = 4001) -> float
     return float((vals - np.minimum.accumulate(vals)).max())
 
 
+def _drawn(i: int, base: int, width: int, n: int) -> tuple:
+    """Path number ``i`` of a set seeded from ``base``: (generator, activation, loss, widths, x, y,
+    θ0), activation and loss alternating, 1–3 hidden layers of ``width`` units, ``n`` examples."""
+    g = torch.Generator().manual_seed(base + i)
+    act, loss = ["relu", "tanh"][i % 2], ["mse", "ce"][(i // 2) % 2]
+    k_out = 1 + (i % 3) if loss == "mse" else 2 + (i % 3)
+    dims = [2 + i % 5] + [width] * (1 + (i // 4) % 3) + [k_out]
+    torch.manual_seed(base + i)
+    model = _build(dims, act)
+    x = torch.randn(n, dims[0], generator=g)
+    y = torch.randn(n, k_out, generator=g) if loss == "mse" else torch.randint(0, k_out, (n,), generator=g)
+    return g, act, loss, dims, x, y, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 def _random_set() -> list[dict]:
     cases = []
     for i in range(24):
-        g = torch.Generator().manual_seed(100 + i)
-        act, loss = ["relu", "tanh"][i % 2], ["mse", "ce"][(i // 2) % 2]
-        depth, width, d_in, n = 1 + (i // 4) % 3, [4, 8, 16, 32][(i // 3) % 4], 2 + i % 5, [16, 32, 64, 128][i % 4]
-        k_out = 1 + (i % 3) if loss == "mse" else 2 + (i % 3)
-        dims = [d_in] + [width] * depth + [k_out]
-        torch.manual_seed(100 + i)
-        model = _build(dims, act)
-        x = torch.randn(n, d_in, generator=g)
-        y = torch.randn(n, k_out, generator=g) if loss == "mse" else torch.randint(0, k_out, (n,), generator=g)
-        s0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        g, act, loss, dims, x, y, s0 = _drawn(i, 100, [4, 8, 16, 32][(i // 3) % 4], [16, 32, 64, 128][i % 4])
         kind = ["adam", "sgd", "push"][i % 3]
         if kind == "push":
             s1 = {k: v + (0.5 + (i % 4)) * torch.randn(v.shape, generator=g) * v.std().clamp_min(0.1) for k, v in s0.items()}
@@ -143,16 +148,7 @@ def _narrow(name: str, act: str, loss: str, centre: float, width: float, height:
 def _converged_set() -> list[dict]:
     cases = []
     for i in range(16):
-        g = torch.Generator().manual_seed(500 + i)
-        act, loss = ["relu", "tanh"][i % 2], ["mse", "ce"][(i // 2) % 2]
-        depth, width, d_in, n = 1 + (i // 4) % 3, [16, 32, 64, 128][(i // 4) % 4], 2 + i % 5, [32, 64, 128, 256][i % 4]
-        k_out = 1 + (i % 3) if loss == "mse" else 2 + (i % 3)
-        dims = [d_in] + [width] * depth + [k_out]
-        torch.manual_seed(500 + i)
-        model = _build(dims, act)
-        x = torch.randn(n, d_in, generator=g)
-        y = torch.randn(n, k_out, generator=g) if loss == "mse" else torch.randint(0, k_out, (n,), generator=g)
-        s0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        _, act, loss, dims, x, y, s0 = _drawn(i, 500, [16, 32, 64, 128][(i // 4) % 4], [32, 64, 128, 256][i % 4])
         net = _build(dims, act).double()
         net.load_state_dict({k: v.double() for k, v in s0.items()})
         xd, yd = x.double(), (y.double() if loss == "mse" else y)
@@ -178,7 +174,7 @@ def _converged_set() -> list[dict]:
         for _ in range(4):
             lbfgs.step(closure)
         s1 = {k: v.detach().clone() for k, v in net.state_dict().items()}
-        cases.append(dict(name=f"conv{i}_{act}_{loss}_{'-'.join(map(str, dims))}_n{n}", dims=dims, act=act, loss=loss,
+        cases.append(dict(name=f"conv{i}_{act}_{loss}_{'-'.join(map(str, dims))}_n{x.shape[0]}", dims=dims, act=act, loss=loss,
                           s0=s0, s1=s1, x=x, y=y, dtype="float64", final_loss=float(objective().detach())))
     return cases
 

@@ -258,13 +258,11 @@ def rise_between(gm: GraphModule, start: dict[str, Tensor], end: dict[str, Tenso
     checked here, independently of the enclosures that found it.
 
     >>> import torch
-    >>> from torch import nn
     >>> from mli_theory.geometry.interpreter import trace
-    >>> net = nn.Sequential(nn.Linear(1, 1))
-    >>> s = {"0.weight": torch.tensor([[0.0]]), "0.bias": torch.tensor([0.0])}
-    >>> e = {"0.weight": torch.tensor([[2.0]]), "0.bias": torch.tensor([0.0])}
-    >>> x, y = torch.tensor([[1.0]], dtype=torch.float64), torch.tensor([[1.0]], dtype=torch.float64)
-    >>> rise_between(trace(net), s, e, {"0.weight", "0.bias"}, x, y, "mse", 0.5, 1.0)  # L = (2α − 1)²: 0 → 1
+    >>> net = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False))  # w(α) = 2α on x = 1, y = 1
+    >>> ends = [{"0.weight": torch.tensor([[w]])} for w in (0.0, 2.0)]
+    >>> one = torch.ones(1, 1, dtype=torch.float64)
+    >>> rise_between(trace(net), *ends, {"0.weight"}, one, one, "mse", 0.5, 1.0)  # L = (2α − 1)²: 0 → 1
     (1.0, 1.0)
     """
     def diff():
