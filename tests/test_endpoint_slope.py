@@ -342,3 +342,26 @@ def test_ball_slopes_and_rises_match_torch_or_are_declined(name, loss):
         return
     assert got is not None and abs((got[0] + got[1]) / 2 - slope) <= 1e-9 * (1 + abs(slope))
     assert up is not None and abs((up[0] + up[1]) / 2 - rise) <= 1e-9 * (1 + abs(rise))
+
+
+def test_the_mse_conditions_read_the_narrowed_end_slope():
+    """The tube conditions' end condition (i), L′(1) ≤ 0, reads the same narrowed slope: where the
+    float64 enclosure leaves the sign open, the conditions get the ball's sign, and it is the
+    80-digit reference's."""
+    from mli_theory.certify.conditions import _end_slope
+
+    seen = 0
+    for seed in range(6):
+        model, init, final, x, y = _path("tanh", "mse", seed, True, widths=(3, 5, 2), n=4, scale=0.3)
+        problem = prepare(mt.make_line(model, init, final, dtype=torch.float64), mt.Dataset(x, y, "mse", "i"), BNPolicy.FROZEN)
+        lo64, hi64 = enclose(problem, [1.0], [1.0])[0][0]
+        if not lo64 <= 0 < hi64:
+            continue
+        lo, hi = _end_slope(problem, {}, None)
+        assert lo64 <= lo <= hi <= hi64 and (hi <= 0 or lo > 0)
+        with mpmath.workdps(80):
+            s = mpmath.mpf(10) ** -35
+            q = (_mp_loss(model, init, final, x, y, "mse", mpmath.mpf(1)) - _mp_loss(model, init, final, x, y, "mse", 1 - s)) / s
+        assert (q > 0) == (lo > 0)
+        seen += 1
+    assert seen >= 3

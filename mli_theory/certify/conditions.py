@@ -35,7 +35,7 @@ from ..exact.conditions import HALF_PI_BELOW, _cos_lower, _envelope
 from ..exact.dyadic import float_down, float_up
 from .convexity import _interval, _outward, _tm_interval
 from .enclosures import U, _imul, broadcast_shape, gamma
-from .partition import _NoSecond, _Problem, cell_numbers, enclose, enclose_second, loss_second_terms, second_walks
+from .partition import _NoSecond, _Problem, cell_numbers, enclose, enclose_second, end_slope, loss_second_terms, second_walks
 
 PIECES = 16  # each grid interval's bounds of L″ are tried on 1, 2, 4, … up to this many equal pieces
 BATCH = 16  # cells per enclosure walk
@@ -277,9 +277,10 @@ def _pair_bounds(t: _Tube) -> list[list[Fraction | None]]:
 
 
 def _end_slope(problem: _Problem, memo: dict, deadline: float | None) -> tuple[float, float]:
-    """Proven bounds of L′(1) = (2/N)⟨z′(1), r⟩ (the first-order enclosure at the point α = 1)."""
+    """Proven bounds of L′(1) = (2/N)⟨z′(1), r⟩ (the first-order enclosure at the point α = 1,
+    narrowed in ball arithmetic where its sign is open: :func:`.partition.end_slope`)."""
     if "end" not in memo:
-        memo["end"] = enclose(problem, [1.0], [1.0], deadline)[0][0]
+        memo["end"] = end_slope(problem, deadline)
     return memo["end"]
 
 
