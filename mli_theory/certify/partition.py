@@ -1863,6 +1863,7 @@ def _witness(problem: _Problem, cells: list[CellBound], tol: float, evaluated: i
 
 BALL_BITS = 256  # precision of the ball evaluations at single points (:mod:`.endpoint`)
 BALL_CHECK_SHARE = 1e-3  # a witness rising by less than this share of its losses is also checked in ball arithmetic
+WITNESS_BALL_TERMS = 5e8  # the witness check runs outside the proof budget: at most about 2–3 s per loss (:mod:`.endpoint`)
 
 
 def _ball_rise(problem: _Problem, a: float, b: float) -> tuple[float, float] | None:
@@ -1871,7 +1872,8 @@ def _ball_rise(problem: _Problem, a: float, b: float) -> tuple[float, float] | N
     if problem.statistics or not isinstance(problem.gm, GraphModule):
         return None
     moving = {k for k, v in problem.params.items() if isinstance(v, Param)}
-    return rise_between(problem.gm, problem.start, problem.end, moving, problem.x, problem.y, problem.loss, a, b, prec=BALL_BITS)
+    return rise_between(problem.gm, problem.start, problem.end, moving, problem.x, problem.y, problem.loss, a, b, prec=BALL_BITS,
+                        max_terms=WITNESS_BALL_TERMS)
 
 
 def _confirmed(problem: _Problem, a: float, b: float, run: Fraction, tol: float, evaluated: int, rise_bound: Fraction | None,
