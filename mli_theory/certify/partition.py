@@ -1210,10 +1210,10 @@ def end_slope(problem: _Problem, deadline: float | None) -> tuple[float, float]:
     where they do not overlap the two models of the computation differ, and the float64
     enclosure (the one validated against the measured curve) stands alone."""
     lo, hi = enclose(problem, [1.0], [1.0], deadline)[0][0]
-    if not (lo <= 0.0 < hi) or problem.statistics or not (math.isfinite(lo) and math.isfinite(hi)):
+    args = _ball_args(problem)
+    if not (lo <= 0.0 < hi) or args is None or not (math.isfinite(lo) and math.isfinite(hi)):
         return lo, hi
-    moving = {k for k, v in problem.params.items() if isinstance(v, Param)}
-    got = slope_at_end(problem.gm, problem.start, problem.end, moving, problem.x, problem.y, problem.loss, prec=BALL_BITS, deadline=deadline)
+    got = slope_at_end(*args, prec=BALL_BITS, deadline=deadline)
     if got is None or got[1] < lo or got[0] > hi:
         return lo, hi
     return max(lo, got[0]), min(hi, got[1])
@@ -1307,9 +1307,7 @@ def _last_step_rise(problem: _Problem, tol: float, evaluated: int, lo1: float, h
     ball = _ball_rise(problem, a, 1.0)
     proof = f"L′(1) ≥ {lo1:.3g} > 0 and L″ ≤ {hi2:.3g} on [{1 - w:.6g}, 1] prove a rise just before α = 1"
     if ball is not None and ball[0] > tol:
-        return EnclosureVerdict("non_monotone", None, (ball[0] + ball[1]) / 2, ball[0], (a, 1.0), evaluated, (),
-                                f"{proof}; on the last float64 step, L(1) − L({a!r}) ∈ [{ball[0]:.6g}, {ball[1]:.6g}] "
-                                f"in {BALL_BITS}-bit ball arithmetic (below float64's resolution of the losses)")
+        return _confirmed(problem, a, 1.0, Fraction(ball[0]), tol, evaluated, None, (), f"{proof}; on the last float64 step", ball=ball)
     return EnclosureVerdict("unknown", None, None, None, None, evaluated, ((float(1 - 4 * _LAST_STEP), 1.0),),
                             f"{proof}, but within the last float64 step before 1: no witness [a, b] with float64 ends shows it"
                             + ("" if ball is not None else " (the ball evaluation does not cover this model)"))
@@ -1866,18 +1864,24 @@ BALL_CHECK_SHARE = 1e-3  # a witness rising by less than this share of its losse
 WITNESS_BALL_TERMS = 5e8  # the witness check runs outside the proof budget: at most about 2–3 s per loss (:mod:`.endpoint`)
 
 
-def _ball_rise(problem: _Problem, a: float, b: float) -> tuple[float, float] | None:
-    """Proven bounds of L(b) − L(a) from ball arithmetic (:func:`.endpoint.rise_between`), or None
-    where the graph is outside its rules or statistics are re-estimated."""
+def _ball_args(problem: _Problem) -> tuple | None:
+    """(graph, θ0, θT, moving entries, x, y, loss) for :mod:`.endpoint`, or None where it cannot
+    apply (statistics re-estimated along α, or no traced graph)."""
     if problem.statistics or not isinstance(problem.gm, GraphModule):
         return None
     moving = {k for k, v in problem.params.items() if isinstance(v, Param)}
-    return rise_between(problem.gm, problem.start, problem.end, moving, problem.x, problem.y, problem.loss, a, b, prec=BALL_BITS,
-                        max_terms=WITNESS_BALL_TERMS)
+    return problem.gm, problem.start, problem.end, moving, problem.x, problem.y, problem.loss
+
+
+def _ball_rise(problem: _Problem, a: float, b: float) -> tuple[float, float] | None:
+    """Proven bounds of L(b) − L(a) from ball arithmetic (:func:`.endpoint.rise_between`), or None
+    where the graph is outside its rules or statistics are re-estimated."""
+    args = _ball_args(problem)
+    return None if args is None else rise_between(*args, a, b, prec=BALL_BITS, max_terms=WITNESS_BALL_TERMS)
 
 
 def _confirmed(problem: _Problem, a: float, b: float, run: Fraction, tol: float, evaluated: int, rise_bound: Fraction | None,
-               cells: tuple[CellBound, ...], reason: str) -> EnclosureVerdict:
+               cells: tuple[CellBound, ...], reason: str, ball: tuple[float, float] | None = None) -> EnclosureVerdict:
     """The proven rise L(b) − L(a) ≥ ``run`` > tol as a ``non_monotone`` verdict, once the measured
     computation (float64) reproduces it; ``unknown`` when it contradicts the proven bound."""
     la, lb = _measured(problem, [a, b])
@@ -1887,7 +1891,10 @@ def _confirmed(problem: _Problem, a: float, b: float, run: Fraction, tol: float,
     # rounding, e.g. 10⁻²⁹ on losses of 10⁻²⁶): there the losses are evaluated once more in ball
     # arithmetic, independently of the enclosures, and that value is the one reported
     small = not rise >= float(run) - slack or rise < BALL_CHECK_SHARE * (abs(la) + abs(lb))
-    ball = _ball_rise(problem, a, b) if small else None
+    if not small:
+        ball = None
+    elif ball is None:
+        ball = _ball_rise(problem, a, b)
     if ball is not None and ball[1] < float(run):
         return EnclosureVerdict(
             "unknown", None, None, None, None, evaluated, (),
