@@ -180,10 +180,9 @@ def _at(t: tuple[Tensor, Tensor | None], alpha: Any, transpose: bool = False) ->
     end = _balls(e)
     if s is None:
         return end, None
-    diff = end - _balls(s)
-    if alpha is None:
-        return end, diff
-    return _balls(s) + diff * alpha, diff
+    begin = _balls(s)
+    diff = end - begin
+    return (end if alpha is None else begin + diff * alpha), diff
 
 
 def _linear(x: tuple[Any, Any | None], w: tuple[Tensor, Tensor | None], b: tuple[Tensor, Tensor | None] | None, alpha: Any,
