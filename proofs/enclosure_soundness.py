@@ -106,7 +106,11 @@ function v on the cell is (ĉ, ĝ, e) with |v(m + t) − ĉ − ĝt| ≤ e for a
 5. Losses. MSE: L′ = (2/N)Σ(z − y)z′ (step I). Cross-entropy: with u_k = z_k − z_y,
    ℓ = log(1 + Σ_{k≠y} e^{u_k}) and ℓ′ = Σ_{k≠y} p_k u′_k, p = softmax([0, u]) (step J); p_k is
    increasing in u_k and decreasing in u_j (j ≠ k) (step K), so it is bounded by evaluating it at
-   the corresponding corners of the box of u.
+   the corresponding corners of the box of u: p_k ≤ e^{hi_k}/(e^{hi_k} + Σ_{j≠k} e^{lo_j}) and
+   p_k ≥ e^{lo_k}/(e^{lo_k} + Σ_{j≠k} e^{hi_j}). The sums over j ≠ k come from exclusive prefix and
+   suffix sums of non-negative terms (no subtraction, O(k) per example); their rounding is γ_{k+2}
+   relatively in any order, and each exponential's error, relative to its own term, is weighted
+   by that term (``enclosures._softmax_box``).
 
 5c. Cross-entropy's L′ term as a product of Taylor models. By the mean value theorem
    p(u(m + t)) = p(ū) + J(ξ)(ĝt + δ) with ξ in the cell's box of u and J_kj = p_k(1[k = j] − p_j)

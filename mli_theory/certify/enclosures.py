@@ -1575,24 +1575,64 @@ def _truediv(nt: EnclosureNumbers, a: Any, b: Any) -> Any:
 # ----------------------------------------------------------------------------- interval helpers (losses)
 
 
+_SUBNORMAL = 2.0**-1074  # the absolute error of an exp that lands among the subnormals
+_TOO_SMALL = 2.0**-1000  # a softmax denominator below this is not divided by (the bound falls back to [0, 1])
+
+
+def _others(t: Tensor) -> Tensor:
+    """Σ_{j≠k} t_j for every k of the last axis, from exclusive prefix and suffix sums of t ≥ 0: no
+    subtraction, so no cancellation (each is a sum of non-negative terms, relative error ≤ γ_k in any
+    summation order), and O(k) work where the k × k table of every row without its k-th entry would
+    be O(k²) (1 000 classes: 10⁶ entries per example)."""
+    zero = torch.zeros_like(t[..., :1])
+    before = torch.cat([zero, torch.cumsum(t, -1)[..., :-1]], -1)
+    after = torch.cat([torch.cumsum(t.flip(-1), -1).flip(-1)[..., 1:], zero], -1)
+    return before + after
+
+
 def _softmax_box(vlo: Tensor, vhi: Tensor, onehot: Tensor) -> tuple[Tensor, Tensor]:
     """Bounds of p_k = softmax([0, u])_k (k ≠ y; zero at k = y) over the box vlo ≤ u ≤ vhi (u_y = 0):
-    p_k is increasing in u_k and decreasing in every other entry, so its extremes are at corners."""
+    p_k is increasing in u_k and decreasing in every other entry, so its extremes are at corners,
+
+        p_k ≤ e^{vhi_k} / (e^{vhi_k} + Σ_{j≠k} e^{vlo_j}),   p_k ≥ e^{vlo_k} / (e^{vlo_k} + Σ_{j≠k} e^{vhi_j}),
+
+    each computed in O(k) per example (:func:`_others`), every exponent shifted by the row's largest
+    lower (upper) bound, so the denominator's largest term is at least 1 unless it is the k-th's own.
+
+    Rounding: the exp of a shifted argument a is within δ(a) = 2·2⁻⁴⁴(1 + |a|) of its value
+    relatively (the library's accuracy and the shift's rounding, u|a|), or within 2⁻¹⁰⁷⁴ absolutely
+    where it lands among the subnormals. A sum S = Σ_j e^{a_j} of such terms is then within
+    Σ_j δ(a_j)e^{a_j} = 2·2⁻⁴⁴(S + W), W = Σ_j |a_j|e^{a_j}, plus γ_{k+2}S for its own rounding, so
+    the quotient's relative error is at most 2·2⁻⁴⁴(2 + |a_k| + W/S) + γ_{k+2} + 4u (the division,
+    the products); the bounds take twice that, with the subnormal errors added to the numerator and
+    taken off (put on) the denominator, and 2·2⁻¹⁰⁷⁴ more for the quotient's own rounding where it
+    lands among the subnormals (relative bounds do not hold there). This weights each exponent's
+    error by its term, as the k-th row's logsumexp would, without the row's most negative exponent
+    counting in full. A denominator below 2⁻¹⁰⁰⁰ or anything non-finite gives [0, 1]."""
     k = vlo.shape[-1]
     zero = torch.zeros_like(vlo)
-    eye = torch.eye(k, dtype=torch.bool, device=vlo.device)
-    # row k: the k-th entry at its upper (lower) bound, every other at its lower (upper) bound
-    a_hi = torch.where(eye, vhi.unsqueeze(-1), vlo.unsqueeze(-2))
-    a_lo = torch.where(eye, vlo.unsqueeze(-1), vhi.unsqueeze(-2))
-    lse_hi, lse_lo = torch.logsumexp(a_hi, -1), torch.logsumexp(a_lo, -1)
-    rel_hi = (1.0 + vhi.abs() + lse_hi.abs()) * _LIB * 8
-    rel_lo = (1.0 + vlo.abs() + lse_lo.abs()) * _LIB * 8
-    p_hi = (torch.exp(vhi - lse_hi) * (1.0 + 2 * rel_hi)).clamp(max=1.0)
-    p_lo = (torch.exp(vlo - lse_lo) * (1.0 - 2 * rel_lo)).clamp(min=0.0)
-    p_hi, p_lo = torch.where(onehot, zero, p_hi), torch.where(onehot, zero, p_lo)
-    p_hi = torch.where(torch.isfinite(p_hi), p_hi, torch.ones_like(p_hi))
-    p_lo = torch.where(torch.isfinite(p_lo), p_lo, torch.zeros_like(p_lo))
-    return p_lo, p_hi
+    sub = _SUBNORMAL * (k + 2)
+    round_k = gamma(k + 2) + 4 * U
+
+    def quotient(a: Tensor, o: Tensor, upper: bool) -> Tensor:
+        # e^{a_k} / (e^{a_k} + Σ_{j≠k} e^{o_j}), rounded up (upper) or down
+        ea, eo = torch.exp(a), torch.exp(o)
+        s = ea + _others(eo)
+        w = a.abs() * ea + _others(o.abs() * eo)
+        rel = 2.0 * (2.0 * _LIB * (2.0 + a.abs() + w / s) + round_k)
+        if upper:
+            den = s * (1.0 - rel) - sub
+            p = ((ea + _SUBNORMAL) / den * (1.0 + rel) + 2 * _SUBNORMAL).clamp(max=1.0)  # the quotient's own subnormal rounding
+            return torch.where(torch.isfinite(p) & (den >= _TOO_SMALL), p, torch.ones_like(p))
+        den = s * (1.0 + rel) + sub
+        p = ((ea * (1.0 - rel) - _SUBNORMAL).clamp(min=0.0) / den * (1.0 - rel) - 2 * _SUBNORMAL).clamp(min=0.0)
+        return torch.where(torch.isfinite(p) & (den >= _TOO_SMALL), p, torch.zeros_like(p))
+
+    lo_shift = vlo.amax(-1, keepdim=True)
+    hi_shift = vhi.amax(-1, keepdim=True)
+    p_hi = quotient(vhi - lo_shift, vlo - lo_shift, True)  # the k-th at vhi, the others at vlo
+    p_lo = quotient(vlo - hi_shift, vhi - hi_shift, False)  # the k-th at vlo, the others at vhi
+    return torch.where(onehot, zero, p_lo), torch.where(onehot, zero, p_hi)
 
 
 def _imul(alo: Tensor, ahi: Tensor, blo: Tensor, bhi: Tensor) -> tuple[Tensor, Tensor]:

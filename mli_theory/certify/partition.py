@@ -643,11 +643,12 @@ def _ce_terms(z: Enclosure, y: torch.Tensor, h: torch.Tensor, *, cotangent: bool
         # per example and cell, either sum encloses its terms (a NaN width keeps the first)
         better = (alt.g.abs() * hv + alt.e).sum(-1, keepdim=True) < (term.g.abs() * hv + term.e).sum(-1, keepdim=True)
         term = TM(torch.where(better, alt.c, term.c), torch.where(better, alt.g, term.g), torch.where(better, alt.e, term.e))
-    # loss per example: log Σ_j exp(v_j) is increasing in every v_j
+    # loss per example: log Σ_j exp(v_j) is increasing in every v_j; its sum of k terms loses up to
+    # γ_k relatively, i.e. γ_k absolutely after the log (more than the library's share past ~4 000 classes)
     l_lo = torch.logsumexp(vlo, -1)
     l_hi = torch.logsumexp(vhi, -1)
-    l_lo = l_lo - (l_lo.abs() + 1.0) * _LIB * 8
-    l_hi = l_hi + (l_hi.abs() + 1.0) * _LIB * 8
+    l_lo = l_lo - ((l_lo.abs() + 1.0) * _LIB * 8 + 2 * gamma(k + 2))
+    l_hi = l_hi + ((l_hi.abs() + 1.0) * _LIB * 8 + 2 * gamma(k + 2))
     return term, (l_lo, l_hi), _ce_cotangent(u, hv, onehot, (p_lo, p_hi), soft) if cotangent else None
 
 
