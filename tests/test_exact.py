@@ -145,6 +145,26 @@ def test_bump_narrower_than_any_reasonable_grid():
     assert verdict.where[0] > 1 - 2e-6
 
 
+def test_a_rise_below_float64_resolution_says_so():
+    """L(α) = w(α)² + 1 with w(α) = (α − c)s, c = 1 − 2⁻²⁰, s = 2⁻⁸ (two examples x = 1, y = ±1):
+    the rise L(1) − L(c) = s²(1 − c)² = 2⁻⁵⁶ is exact and positive, but below float64's resolution of
+    losses near 1, so the reason says a float64 re-evaluation may measure 0; a rise of 4·10⁻⁴ does
+    not carry that remark."""
+    model = nn.Sequential(nn.Linear(1, 1, bias=False))
+    c, s = 1 - 2.0**-20, 2.0**-8
+    init = {"0.weight": torch.tensor([[-c * s]], dtype=torch.float64)}
+    final = {"0.weight": torch.tensor([[(1 - c) * s]], dtype=torch.float64)}
+    data = Dataset(torch.ones(2, 1, dtype=torch.float64), torch.tensor([[1.0], [-1.0]], dtype=torch.float64), "mse", "pm")
+    verdict, poly = decide_line(make_line(model, init, final, dtype=torch.float64), data)
+    assert verdict.status == "non_monotone"
+    assert verdict.where[1] == 1.0 and verdict.rise == pytest.approx(2.0**-56, rel=1e-3)
+    assert poly.exact(verdict.where[1]) - poly.exact(verdict.where[0]) > 0
+    assert "below float64's resolution" in verdict.reason
+    model, init, final, data = _scalar_bump()
+    verdict, _ = decide_line(make_line(model, init, final, dtype=torch.float64), data)
+    assert verdict.status == "non_monotone" and "resolution" not in verdict.reason
+
+
 def test_constant_and_monotone_polynomials():
     from fractions import Fraction
 

@@ -142,12 +142,17 @@ def decide(poly: LossPolynomial, tol: float = 0.0, deadline: float | None = None
                 best_hi = max(best_hi, lj - li + ei + ej)
         rise_lo, rise_hi = best_lo * poly.scale, best_hi * poly.scale
         if best_pair is not None and rise_lo > tolq and float_down(rise_lo) > tol:
+            reason = f"L′ > 0 on {n_increasing} interval(s) of [0, 1]; exact rise at the witness exceeds tol"
+            ends = max(abs(horner(a, best_pair[0])), abs(horner(a, best_pair[1]))) * poly.scale
+            if rise_lo <= ends * Fraction(1, 2**50):  # a few units in the last place of the losses
+                reason += (f" (L(b) − L(a) = {float_down(rise_lo):.6g} exactly, below float64's resolution of the losses "
+                           f"(about {float(ends) * 2.0**-52:.3g}), where a float64 evaluation may measure 0 or less)")
             return ExactVerdict(
                 "non_monotone",
                 float_down(rise_lo),
                 (float(best_pair[0]), float(best_pair[1])),
                 float_up(rise_hi),
-                f"L′ > 0 on {n_increasing} interval(s) of [0, 1]; exact rise at the witness exceeds tol",
+                reason,
             )
         if rise_hi <= tolq:
             return ExactVerdict(
