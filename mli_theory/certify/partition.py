@@ -53,6 +53,9 @@ from .enclosures import _LIB, _TINY, TM, U, Enclosure, EnclosureNumbers, Param, 
 
 MIN_WIDTH = 2.0**-40
 UNDERFLOW_FLOOR = 2.0**-900  # a rise bound below this is made of the enclosures' underflow guards
+STALL_ROUNDS = 4  # at tol = 0, a cell whose L′ enclosure has not narrowed for this many splits in a row ...
+STALL_RATIO = 0.9  # ... (each part at least this share of its parent's width) ...
+STALL_SCALE = 2.0**-40  # ... and is at most this share of the largest |L′| bound (plus 1) is at its rounding floor
 ADJOINT_MIN_KINK_LAYERS = 3  # ReLU layers from which the adjoint kink bound is the default (see prepare)
 START_CELLS = 8
 SCREEN_EXAMPLES = 256
@@ -1904,11 +1907,13 @@ def _confirmed(problem: _Problem, a: float, b: float, run: Fraction, tol: float,
             cells,
         )
     if ball is not None and ball[0] > tol:
+        # float64's value is said to be below its resolution only where it does not reproduce the rise
+        where64 = ("below float64's resolution of the losses, where it measures" if not (rise > tol and rise >= float(run) - slack)
+                   else "float64 measures")
         return EnclosureVerdict(
             "non_monotone", float_up(rise_bound) if rise_bound is not None else None, (ball[0] + ball[1]) / 2,
             max(float_down(run), ball[0]), (a, b), evaluated, (),
-            f"{reason} (checked in {BALL_BITS}-bit ball arithmetic: L(b) − L(a) ∈ [{ball[0]:.6g}, {ball[1]:.6g}], below float64's "
-            f"resolution of the losses, where it measures {rise:.3g})", cells,
+            f"{reason} (checked in {BALL_BITS}-bit ball arithmetic: L(b) − L(a) ∈ [{ball[0]:.6g}, {ball[1]:.6g}], {where64} {rise:.3g})", cells,
         )
     if not rise >= float(run) - slack:
         # an independent float64 evaluation contradicts the proven lower bound: never certify
@@ -1942,6 +1947,9 @@ def _bisect(
     slope_at_1: tuple[float, float] | None = None  # L′(1)'s point enclosure, once computed
     done: dict[tuple[float, float], CellBound] = {}
     parents: dict[tuple[float, float], tuple[tuple[float, float], tuple[float, float]]] = {}
+    # per part of a split cell: its parent's L′ width and how many splits in a row have not narrowed it
+    lineage: dict[tuple[float, float], tuple[float, int]] = {}
+    stalled: dict[tuple[float, float], int] = {}
     evaluated = 0
     tol_q = Fraction(tol)
     while True:
@@ -2035,6 +2043,18 @@ def _bisect(
             )
         pinned = end.c if end is not None and end.bound is not None else None
         open_cells = [c for c in cells if not (c.rise_share <= 0) and (c.b - c.a) > MIN_WIDTH and c.a != pinned]
+        if tol == 0.0:  # see _stalled: splitting such a cell again changes nothing (its share ∝ |C|·hi stays)
+            _stalled(cells, lineage, stalled)
+            stuck = [c for c in open_cells if stalled.get((c.a, c.b), 0) >= STALL_ROUNDS]
+            open_cells = [c for c in open_cells if stalled.get((c.a, c.b), 0) < STALL_ROUNDS]
+            if stuck and not open_cells:
+                c = max(stuck, key=lambda c: c.hi)
+                more = f" and {len(stuck) - 1} other cell(s)" if len(stuck) > 1 else ""
+                return _unknown(done, evaluated, f"L′ ∈ [{c.lo:.3g}, {c.hi:.3g}] on [{c.a:.9g}, {c.b:.9g}]{more} does not narrow when "
+                                                 f"the cells are halved ({STALL_ROUNDS} times in a row): that is the enclosures' "
+                                                 "rounding, and no partition decides the sign of L′ below it (an exactly flat "
+                                                 "stretch, or |L′| below float64's resolution); a tolerance of at least the "
+                                                 "proven rise bound decides")
         if pinned is not None and not open_cells and end.bound.rise_share > 0:
             lo1, hi1 = end.slope
             return _unknown(done, evaluated, f"L′(1) ∈ [{lo1:.3g}, {hi1:.3g}]: its sign is below the enclosures' resolution, so a rise "
@@ -2052,6 +2072,8 @@ def _bisect(
             parts = _parts(c)
             todo += parts
             parents[(c.a, c.b)] = tuple(parts)
+            for part in parts:
+                lineage[part] = (c.hi - c.lo, stalled.get((c.a, c.b), 0))
 
 
 SPLIT_MARGIN = 32.0  # splitting the last cell is preferred while its L′ half-width is below this many |L′(1)|
@@ -2111,6 +2133,27 @@ def _parts(c: CellBound) -> list[tuple[float, float]]:
         k = 2
     cuts = [c.a] + [c.a + (c.b - c.a) * i / k for i in range(1, k)] + [c.b]
     return [(cuts[i], cuts[i + 1]) for i in range(k) if cuts[i] < cuts[i + 1]]
+
+
+def _stalled(cells: list[CellBound], lineage: dict, stalled: dict) -> None:
+    """Count, per cell of ``cells`` that is a part of a split cell (``lineage``: its parent's L′
+    width and count), the splits in a row that have not narrowed its L′ enclosure: each part at
+    least ``STALL_RATIO`` of its parent's width, and at most ``STALL_SCALE``·(1 + max |L′ bound|)
+    wide, i.e. the enclosures' rounding, which does not shrink with the cell. Where L′ is 0 (a flat
+    stretch: dead ReLU units, a constant output) or its sign is below float64's resolution, such a
+    cell keeps L′ ∈ [−ε, ε] at every width, so its share |C|·max(0, hi) of the rise bound is the
+    same however it is split, and at tol = 0 no partition decides. Only when splitting stops; no
+    bound depends on it."""
+    finite = [abs(v) for c in cells for v in (c.lo, c.hi) if math.isfinite(v)]
+    floor = STALL_SCALE * (1.0 + max(finite, default=0.0))
+    for c in cells:
+        key = (c.a, c.b)
+        if key in stalled or key not in lineage:
+            continue
+        parent_width, count = lineage.pop(key)
+        width = c.hi - c.lo
+        narrowed = not (math.isfinite(width) and width <= floor and width >= STALL_RATIO * parent_width)
+        stalled[key] = 0 if narrowed else count + 1
 
 
 def _replace_parents(done: dict, fresh: dict, parents: dict) -> None:
