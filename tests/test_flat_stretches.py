@@ -82,3 +82,10 @@ def test_stalls_are_counted_only_where_the_enclosure_stops_narrowing():
     P._stalled(cells, lineage, stalled)
     assert stalled == {(0.0, 0.5): 4, (0.5, 1.0): 0, (1.0, 1.5): 0, (1.5, 2.0): 4}
     assert lineage == {}
+    # the scale is the cells' median |L′| bound: one blown-up cell (10¹⁸, a deep net's first cell)
+    # does not make a width of 10⁻³ look like rounding
+    lineage = {(0.0, 0.5): (1e-3, 3), (0.5, 1.0): (1e-3, 3), (1.0, 1.5): (1e-3, 3)}
+    cells = [cb(0.0, 0.5, -1e18, 1e18), cb(0.5, 1.0, -5e-4, 5e-4), cb(1.0, 1.5, -2.0, -1.9995)]
+    stalled = {}
+    P._stalled(cells, lineage, stalled)
+    assert stalled == {(0.0, 0.5): 0, (0.5, 1.0): 0, (1.0, 1.5): 0}

@@ -55,7 +55,7 @@ MIN_WIDTH = 2.0**-40
 UNDERFLOW_FLOOR = 2.0**-900  # a rise bound below this is made of the enclosures' underflow guards
 STALL_ROUNDS = 4  # at tol = 0, a cell whose L′ enclosure has not narrowed for this many splits in a row ...
 STALL_RATIO = 0.9  # ... (each part at least this share of its parent's width) ...
-STALL_SCALE = 2.0**-40  # ... and is at most this share of the largest |L′| bound (plus 1) is at its rounding floor
+STALL_SCALE = 2.0**-40  # ... and is at most this share of the cells' median |L′| bound (plus 1) is at its rounding floor
 ADJOINT_MIN_KINK_LAYERS = 3  # ReLU layers from which the adjoint kink bound is the default (see prepare)
 START_CELLS = 8
 SCREEN_EXAMPLES = 256
@@ -2138,14 +2138,15 @@ def _parts(c: CellBound) -> list[tuple[float, float]]:
 def _stalled(cells: list[CellBound], lineage: dict, stalled: dict) -> None:
     """Count, per cell of ``cells`` that is a part of a split cell (``lineage``: its parent's L′
     width and count), the splits in a row that have not narrowed its L′ enclosure: each part at
-    least ``STALL_RATIO`` of its parent's width, and at most ``STALL_SCALE``·(1 + max |L′ bound|)
-    wide, i.e. the enclosures' rounding, which does not shrink with the cell. Where L′ is 0 (a flat
+    least ``STALL_RATIO`` of its parent's width, and at most ``STALL_SCALE``·(1 + the median over the
+    cells of max(|lo|, |hi|)) wide, i.e. the enclosures' rounding, which does not shrink with the
+    cell (the median: a few blown-up cells of a deep net must not set the scale). Where L′ is 0 (a flat
     stretch: dead ReLU units, a constant output) or its sign is below float64's resolution, such a
     cell keeps L′ ∈ [−ε, ε] at every width, so its share |C|·max(0, hi) of the rise bound is the
     same however it is split, and at tol = 0 no partition decides. Only when splitting stops; no
     bound depends on it."""
-    finite = [abs(v) for c in cells for v in (c.lo, c.hi) if math.isfinite(v)]
-    floor = STALL_SCALE * (1.0 + max(finite, default=0.0))
+    sizes = sorted(max(abs(c.lo), abs(c.hi)) for c in cells if math.isfinite(c.lo) and math.isfinite(c.hi))
+    floor = STALL_SCALE * (1.0 + (sizes[len(sizes) // 2] if sizes else 0.0))
     for c in cells:
         key = (c.a, c.b)
         if key in stalled or key not in lineage:
