@@ -365,3 +365,45 @@ def test_the_mse_conditions_read_the_narrowed_end_slope():
         assert (q > 0) == (lo > 0)
         seen += 1
     assert seen >= 3
+
+
+def _steep_tanh_bump():
+    """A 1-2-1 tanh net on x = 1, y = 0 (MSE): two units of slope 800 centred at α = ∓0.0025 (their
+    difference a bump at α = 0), output weights ±5·10⁻⁵, the output bias going from 1 to 0. At α = 1
+    both units saturate: z(1) = 5·10⁻⁵(tanh 798 − tanh 802) ≈ 10⁻⁶⁹⁷ > 0 and z′(1) ≈ −1, so
+    L′(1) = 2z(1)z′(1) ≈ −2·10⁻⁶⁹⁷, whose sign 256 bits cannot give (tanh's two values agree to
+    2 300 bits)."""
+    model = nn.Sequential(nn.Linear(1, 2), nn.Tanh(), nn.Linear(2, 1)).double()
+    w0, b0, wt, bt = (torch.zeros(2, 1, dtype=torch.float64), torch.zeros(2, dtype=torch.float64),
+                      torch.zeros(2, 1, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
+    for u, at in enumerate((-0.0025, 0.0025)):
+        p0, p1 = -800.0 * at, 800.0 * (1 - at)
+        w0[u, 0], b0[u], wt[u, 0], bt[u] = p0 / 2, p0 / 2, p1 / 2, p1 / 2
+    v = torch.tensor([[5e-5, -5e-5]], dtype=torch.float64)
+    init = {"0.weight": w0, "0.bias": b0, "2.weight": v.clone(), "2.bias": torch.tensor([1.0], dtype=torch.float64)}
+    final = {"0.weight": wt, "0.bias": bt, "2.weight": v.clone(), "2.bias": torch.tensor([0.0], dtype=torch.float64)}
+    return model, init, final, torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)
+
+
+def test_a_sign_below_256_bits_is_decided_with_more_bits(monkeypatch):
+    """L′(1) ≈ −2·10⁻⁶⁹⁷: the 256-bit ball leaves its sign open; ``end_slope`` evaluates it again at
+    1 024 and 4 096 bits (small nets only) and proves L′(1) < 0, held against a 2 500-digit mpmath
+    difference quotient (s = 10⁻¹⁰⁰⁰, error ≤ (s/2)·sup|L″|, far below the slope); and the check
+    decides the path ``monotone`` at tol = 0, which the 256-bit ball left ``unknown``."""
+    model, init, final, x, y = _steep_tanh_bump()
+    problem = prepare(mt.make_line(model, init, final, dtype=torch.float64), mt.Dataset(x, y, "mse", "bump"), BNPolicy.FROZEN)
+    with mpmath.workdps(2500):
+        s = mpmath.mpf(10) ** -1000
+        ref = (_mp_loss(model, init, final, x, y, "mse", mpmath.mpf(1)) - _mp_loss(model, init, final, x, y, "mse", 1 - s)) / s
+        assert mpmath.mpf("-1e-690") < ref < mpmath.mpf("-1e-700")
+    lo256, hi256 = _ball(model, init, final, x, y, "mse")
+    assert lo256 < 0.0 < hi256  # 256 bits: the sign is open
+    lo, hi = partition.end_slope(problem, None)
+    assert hi <= 0.0  # −0.0: L′(1) < 0 is proven, its size below float64's range
+    with mpmath.workdps(2500):
+        assert mpmath.mpf(lo) <= ref <= mpmath.mpf(hi)
+    v = decide_by_enclosures(mt.make_line(model, init, final, dtype=torch.float64), mt.Dataset(x, y, "mse", "bump"), tol=0.0, deadline=None)
+    assert v.status == "monotone", v.reason
+    monkeypatch.setattr(partition, "HIGHER_BITS", ())
+    w = decide_by_enclosures(mt.make_line(model, init, final, dtype=torch.float64), mt.Dataset(x, y, "mse", "bump"), tol=0.0, deadline=None)
+    assert w.status == "unknown"

@@ -143,12 +143,12 @@ def _smooth(kind: str, v: Any, d: Any | None) -> tuple[Any, Any | None]:
         root2 = arb(2).sqrt()
         inv_root2pi = 1 / (2 * arb.pi()).sqrt()
     for i, x in enumerate(ve):
-        if kind == "tanh":
+        if kind == "tanh":  # tanh′ = sech² directly: 1 − tanh² loses everything where tanh saturates
             f = x.tanh()
-            fp = 1 - f * f
-        elif kind == "sigmoid":
+            fp = x.sech() ** 2
+        elif kind == "sigmoid":  # σ′ = σ(x)·σ(−x), each side without cancellation
             f = 1 / (1 + (-x).exp())
-            fp = f * (1 - f)
+            fp = f / (1 + x.exp())
         else:  # gelu: x·Φ(x), Φ′ = φ
             phi_cdf = (1 + (x / root2).erf()) / 2
             f = x * phi_cdf
@@ -228,12 +228,14 @@ def _up(b: Any) -> float:
 
 
 def slope_at_end(gm: GraphModule, start: dict[str, Tensor], end: dict[str, Tensor], moving: set[str], x: Tensor, y: Tensor,
-                 loss: str, *, prec: int = 256, deadline: float | None = None) -> tuple[float, float] | None:
+                 loss: str, *, prec: int = 256, deadline: float | None = None,
+                 max_terms: float = MAX_PRODUCT_TERMS) -> tuple[float, float] | None:
     """Proven bounds (lo, hi) of L′(1) (from the left) for the traced model ``gm`` on the path from
     ``start`` to ``end`` (entries named in ``moving`` move, the others are held at ``end``), on the
     examples ``x`` (N, d) with targets ``y``, for ``loss`` "mse" or "ce"; None when the graph holds an
     operation outside this module's list, the data are not a matrix, or the work would exceed
-    :data:`MAX_PRODUCT_TERMS`. Raises :class:`~mli_theory.exact.BudgetExceeded` past ``deadline``.
+    ``max_terms`` (default :data:`MAX_PRODUCT_TERMS`). Raises :class:`~mli_theory.exact.BudgetExceeded`
+    past ``deadline``.
 
     >>> import torch
     >>> from torch import nn
@@ -245,7 +247,7 @@ def slope_at_end(gm: GraphModule, start: dict[str, Tensor], end: dict[str, Tenso
     >>> slope_at_end(trace(net), s, e, {"0.weight", "0.bias"}, x, y, "mse")  # L = (2α − 2)², L′(1) = 0
     (0.0, 0.0)
     """
-    got = _balled(lambda: _loss(gm, start, end, moving, x, y, loss, None, True, deadline)[1], x, prec)
+    got = _balled(lambda: _loss(gm, start, end, moving, x, y, loss, None, True, deadline, max_terms)[1], x, prec)
     return None if got is None else (_down(got.lower()), _up(got.upper()))
 
 

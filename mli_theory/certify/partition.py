@@ -1204,6 +1204,8 @@ class ConvexEnd:
 
 
 END_EXPONENTS = tuple(3 + 2 * i for i in range(16))  # the candidate widths 2⁻ᵏ of [c, 1]
+HIGHER_BITS = (1024, 4096)  # L′(1) again at these precisions where 256 bits leave its sign open ...
+HIGHER_BITS_TERMS = 5e8  # ... on nets of at most this many multiply-adds per loss × (256 / bits)² (a few seconds each)
 
 
 def end_slope(problem: _Problem, deadline: float | None) -> tuple[float, float]:
@@ -1218,6 +1220,10 @@ def end_slope(problem: _Problem, deadline: float | None) -> tuple[float, float]:
     if not (lo <= 0.0 < hi) or args is None or not (math.isfinite(lo) and math.isfinite(hi)):
         return lo, hi
     got = slope_at_end(*args, prec=BALL_BITS, deadline=deadline)
+    for bits in HIGHER_BITS:  # a sign below 256 bits (saturated tanh units: L′(1) ~ 10⁻⁶⁹⁷): more bits, on small nets
+        if got is None or not (got[0] <= 0.0 < got[1]):
+            break
+        got = slope_at_end(*args, prec=bits, deadline=deadline, max_terms=HIGHER_BITS_TERMS * (BALL_BITS / bits) ** 2) or got
     if got is None or got[1] < lo or got[0] > hi:
         return lo, hi
     return max(lo, got[0]), min(hi, got[1])
@@ -2005,9 +2011,9 @@ def _bisect(
             pinned = end.c if end is not None and end.bound is not None else None
             how = ""
             if pinned is not None and end.slope[1] <= 0:
-                how = f" and L″ ≥ 0 on [{pinned:.6g}, 1] with L′(1) ≤ {end.slope[1]:.3g} (convex end: no rise there)"
+                how = f" and L″ ≥ 0 on [{pinned:.6g}, 1] with L′(1) ≤ {end.slope[1] + 0.0:.3g} (convex end: no rise there)"
             elif pinned is not None:
-                how = (f" and L″ > 0 on [{pinned:.6g}, 1] with L′(1) ≤ {end.slope[1]:.3g} (convex end: L may rise there, "
+                how = (f" and L″ > 0 on [{pinned:.6g}, 1] with L′(1) ≤ {end.slope[1] + 0.0:.3g} (convex end: L may rise there, "
                        f"by at most {end.bound.rise_share:.3g}, counted in the bound)")
             return EnclosureVerdict(
                 "monotone", float_up(rb), None, None, None, evaluated, (),
