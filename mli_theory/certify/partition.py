@@ -1897,10 +1897,11 @@ def _confirmed(problem: _Problem, a: float, b: float, run: Fraction, tol: float,
     la, lb = _measured(problem, [a, b])
     rise = lb - la
     slack = 1e-9 * (abs(la) + abs(lb)) + 1e-300
+    reproduced = rise >= float(run) - slack  # False also where the measured rise is NaN
     # a rise that is a small part of the losses may be below what float64 resolves of them (their own
     # rounding, e.g. 10⁻²⁹ on losses of 10⁻²⁶): there the losses are evaluated once more in ball
     # arithmetic, independently of the enclosures, and that value is the one reported
-    small = not rise >= float(run) - slack or rise < BALL_CHECK_SHARE * (abs(la) + abs(lb))
+    small = not reproduced or rise < BALL_CHECK_SHARE * (abs(la) + abs(lb))
     if not small:
         ball = None
     elif ball is None:
@@ -1914,14 +1915,13 @@ def _confirmed(problem: _Problem, a: float, b: float, run: Fraction, tol: float,
         )
     if ball is not None and ball[0] > tol:
         # float64's value is said to be below its resolution only where it does not reproduce the rise
-        where64 = ("below float64's resolution of the losses, where it measures" if not (rise > tol and rise >= float(run) - slack)
-                   else "float64 measures")
+        where64 = "float64 measures" if reproduced and rise > tol else "below float64's resolution of the losses, where it measures"
         return EnclosureVerdict(
             "non_monotone", float_up(rise_bound) if rise_bound is not None else None, (ball[0] + ball[1]) / 2,
             max(float_down(run), ball[0]), (a, b), evaluated, (),
             f"{reason} (checked in {BALL_BITS}-bit ball arithmetic: L(b) − L(a) ∈ [{ball[0]:.6g}, {ball[1]:.6g}], {where64} {rise:.3g})", cells,
         )
-    if not rise >= float(run) - slack:
+    if not reproduced:
         # an independent float64 evaluation contradicts the proven lower bound: never certify
         return EnclosureVerdict(
             "unknown", None, None, None, None, evaluated, (),
@@ -2078,8 +2078,9 @@ def _bisect(
             parts = _parts(c)
             todo += parts
             parents[(c.a, c.b)] = tuple(parts)
-            for part in parts:
-                lineage[part] = (c.hi - c.lo, stalled.get((c.a, c.b), 0))
+            if tol == 0.0:  # only read there (see _stalled)
+                for part in parts:
+                    lineage[part] = (c.hi - c.lo, stalled.get((c.a, c.b), 0))
 
 
 SPLIT_MARGIN = 32.0  # splitting the last cell is preferred while its L′ half-width is below this many |L′(1)|
