@@ -213,6 +213,24 @@ def test_relu_path_counts_its_kinks_and_converges(seed):
     assert float(((r[1:, -1] + r[:-1, -1]) / 2).sum()) / 4000 < 0.5 * stacked
 
 
+@pytest.mark.parametrize("act,rule", [("relu", "kinks"), ("tanh", "kinks"), ("tanh", "angles")])
+def test_per_example_only_meets_the_tolerance_of_the_mean_with_fewer_alphas(act, rule):
+    # stacked=False (the geometry's blocks of examples): the mean alone drives the refinement; it
+    # still meets its tolerance against the references, on no more α than with the stacked path
+    seed = 2 if act == "relu" else 4
+    line, data = _mlp(act, seed)
+    mean, _ = _piecewise_exact(seed) if act == "relu" else _dense_trapezoid(act, seed)
+    both = gauss_length(line, data, rtol=RTOL, rule=rule)
+    alone = gauss_length(line, data, rtol=RTOL, rule=rule, stacked=False)
+    assert alone.stacked is None and both.stacked is not None
+    assert alone.converged and alone.error <= RTOL * alone.mean
+    assert abs(alone.mean - mean) <= alone.error
+    assert alone.n_alphas <= both.n_alphas
+    assert alone.per_example.mean().item() == pytest.approx(alone.mean, rel=1e-12)
+    if act == "relu":  # the stacked path has ~n times the kinks: it is what the grid was refined for
+        assert alone.n_alphas < both.n_alphas
+
+
 # ----------------------------------------------------------------------------- closed forms
 
 

@@ -202,9 +202,10 @@ class _Grid:
     points evaluated so far (estimates cached from earlier rounds are not redone when a new point
     changes them, which only happens at points where z′ is 0 or below the speed floor)."""
 
-    def __init__(self, alphas: torch.Tensor, dz: torch.Tensor, d2z: torch.Tensor, blocks: int, jumps: bool) -> None:
+    def __init__(self, alphas: torch.Tensor, dz: torch.Tensor, d2z: torch.Tensor, blocks: int, jumps: bool,
+                 stacked: bool = True) -> None:
         self.alphas, self.dz, self.d2z = alphas, dz, d2z
-        self.blocks, self.jumps = blocks, jumps
+        self.blocks, self.jumps, self.stacked = blocks, jumps, stacked
         self.floor = speed_floor(dz.dtype)
         self.speed = dz.norm(dim=-1)  # (K, n)
         self._refresh()
@@ -237,7 +238,7 @@ class _Grid:
 
         self.last, self.last_st = last_moving(self.speed > 0), last_moving(speed_st > 0)
 
-    def _frames(self, idx: torch.Tensor) -> tuple[_Frame, _Frame]:
+    def _frames(self, idx: torch.Tensor) -> tuple[_Frame, _Frame | None]:
         i = idx.to(self.dz.device)
         dz, d2z = self.dz[i], self.d2z[i]
         m, n = dz.shape[0], dz.shape[1]
@@ -246,12 +247,14 @@ class _Grid:
         else:
             src = self.last[i]  # (m, n)
             carried = self.dz[src.clamp(min=0), torch.arange(n, device=dz.device)] * (src >= 0).unsqueeze(-1)
+        per = _frame(dz, d2z, carried, self.floor, self.ref)
+        if not self.stacked:
+            return per, None
         if self.last_st is None:
             carried_st = dz.reshape(m, -1)
         else:
             src = self.last_st[i]
             carried_st = self.dz[src.clamp(min=0)].reshape(m, -1) * (src >= 0).unsqueeze(-1)
-        per = _frame(dz, d2z, carried, self.floor, self.ref)
         st = _frame(dz.reshape(m, -1), d2z.reshape(m, -1), carried_st, self.floor, self.ref_st)
         return per, st
 
@@ -260,14 +263,17 @@ class _Grid:
         (p0, s0), (p1, s1) = self._frames(lo), self._frames(hi)
         h = (self.alphas[hi] - self.alphas[lo]).to(self.dz.device)
         est, _, trap, chord = _rule(p0, p1, h, None, self.jumps)
-        est_st, merged, trap_st, chord_st = _rule(s0, s1, h, self.blocks, self.jumps)
+        if s0 is None or s1 is None:  # per example only: the stacked entries are zeros
+            est_st = merged = trap_st = chord_st = torch.zeros_like(est[:, 0])
+        else:
+            est_st, merged, trap_st, chord_st = _rule(s0, s1, h, self.blocks, self.jumps)
         reversal = (chord > REVERSAL_TURN).any(dim=1) | (chord_st > REVERSAL_TURN)
         return {"ex": est, "st": est_st, "merged": merged, "trap": trap, "trap_st": trap_st, "rev": reversal}
 
     def singular(self) -> bool:
-        return bool(((self.speed <= self.floor * self.ref) | (self.ref == 0)).any()) or bool(
-            ((self.speed.norm(dim=1) <= self.floor * self.ref_st) | (self.ref_st == 0)).any()
-        )
+        if bool(((self.speed <= self.floor * self.ref) | (self.ref == 0)).any()):
+            return True
+        return self.stacked and bool(((self.speed.norm(dim=1) <= self.floor * self.ref_st) | (self.ref_st == 0)).any())
 
 
 def _cat(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -293,6 +299,7 @@ def _kink_quadrature(
     batch_size: int | None = None,
     method: JetMethod = "auto",
     jet: PathJet | None = None,
+    stacked: bool = True,
 ) -> GaussLength:
     """Gauss length by the kink-aware rule (``rule="kinks"`` of :func:`gauss_length`): adaptive
     quadrature of the rate with kink terms, for paths whose z′ jumps (ReLU networks).
@@ -357,6 +364,7 @@ def _kink_quadrature(
         max_rounds: the most refinement rounds.
         batch_size, method: passed to :func:`path_jet`.
         jet: jets on a starting grid (reused; its α range is the range integrated over).
+        stacked: also the stacked outputs (False: per example only, ``stacked`` None).
     """
     if jumps is None:
         jumps = not (line.has_bn and BNPolicy(bn) != BNPolicy.FROZEN)
@@ -374,10 +382,10 @@ def _kink_quadrature(
     idx = order[keep].to(jet.dz.device)
     alphas, dz, d2z = alphas[keep], jet.dz.double()[idx], jet.d2z.double()[idx]
     K, n = dz.shape[0], dz.shape[1]
-    grid = _Grid(alphas, dz, d2z, n, jumps)
+    grid = _Grid(alphas, dz, d2z, n, jumps, stacked)
     if K < 2 or float(alphas[-1] - alphas[0]) == 0.0:
         zero = torch.zeros(n, dtype=torch.float64, device=dz.device)
-        return GaussLength(0.0, zero, 0.0, K, True, 0.0, grid.singular(), tuple(alphas.tolist()))
+        return GaussLength(0.0, zero, 0.0 if stacked else None, K, True, 0.0, grid.singular(), tuple(alphas.tolist()))
     nodes = torch.arange(K)
     if K % 2 == 0:  # an odd number of intervals: the last one gets its midpoint
         mid = ((alphas[-2] + alphas[-1]) / 2).reshape(1)
@@ -449,7 +457,8 @@ def _kink_quadrature(
     reversal = bool((left["rev"] | right["rev"]).any())
     final = torch.sort(grid.alphas).values
     singular = grid.singular() or reversal
-    return GaussLength(g_mean, per_example, g_st, final.shape[0], converged, error, singular, tuple(final.tolist()))
+    return GaussLength(g_mean, per_example, g_st if stacked else None, final.shape[0], converged, error, singular,
+                       tuple(final.tolist()))
 
 
 # ----------------------------------------------------------------------------- angle sums (the default)
@@ -568,8 +577,8 @@ class _AngleGrid:
     """The α evaluated so far (in the order evaluated) with z′ and z″, and the rule on any of their
     intervals, per example (n curves in R^k) and for the stacked outputs (one curve in R^{n·k})."""
 
-    def __init__(self, alphas: torch.Tensor, dz: torch.Tensor, d2z: torch.Tensor, floor: float) -> None:
-        self.alphas, self.dz, self.d2z, self.floor = alphas, dz, d2z, floor
+    def __init__(self, alphas: torch.Tensor, dz: torch.Tensor, d2z: torch.Tensor, floor: float, stacked: bool = True) -> None:
+        self.alphas, self.dz, self.d2z, self.floor, self.stacked = alphas, dz, d2z, floor, stacked
         self._refresh()
 
     def add(self, alphas: torch.Tensor, dz: torch.Tensor, d2z: torch.Tensor) -> torch.Tensor:
@@ -583,29 +592,35 @@ class _AngleGrid:
     def _refresh(self) -> None:
         K, n = self.dz.shape[0], self.dz.shape[1]
         self.ex = _Curves(self.dz, self.d2z, self.floor)
-        self.st = _Curves(self.dz.reshape(K, 1, -1), self.d2z.reshape(K, 1, -1), self.floor)
         self.ex.refresh(self.alphas)
-        self.st.refresh(self.alphas)
+        self.st = None
+        if self.stacked:
+            self.st = _Curves(self.dz.reshape(K, 1, -1), self.d2z.reshape(K, 1, -1), self.floor)
+            self.st.refresh(self.alphas)
         self.n = n
 
     def rule(self, i: torch.Tensor, j: torch.Tensor, angles: bool) -> torch.Tensor:
-        """The rule on the intervals [α_i, α_j]: (m, n + 1), the examples then the stacked outputs.
-        ``angles``: :meth:`_Curves.turn`; otherwise the trapezoid of the rate."""
+        """The rule on the intervals [α_i, α_j]: (m, n + 1), the examples then the stacked outputs
+        (zeros where they are not computed). ``angles``: :meth:`_Curves.turn`; otherwise the
+        trapezoid of the rate."""
         dev = self.dz.device
         h = (self.alphas.index_select(0, j) - self.alphas.index_select(0, i)).to(dev)
         i, j = i.to(dev), j.to(dev)
+        st = self.st
         if not angles:
-            both = torch.cat([self.ex.rate, self.st.rate], dim=1)
-            return (both.index_select(0, i) + both.index_select(0, j)) / 2 * h.unsqueeze(1)
+            rates = self.ex.rate if st is None else torch.cat([self.ex.rate, st.rate], dim=1)
+            out = (rates.index_select(0, i) + rates.index_select(0, j)) / 2 * h.unsqueeze(1)
+            return out if st is not None else torch.cat([out, torch.zeros_like(out[:, :1])], dim=1)
         step = max(1, _CHUNK_ELEMENTS // max(1, self.dz[0].numel()))
         out = []
         for s in range(0, i.shape[0], step):
             a, b, w = i[s : s + step], j[s : s + step], h[s : s + step]
-            out.append(torch.cat([self.ex.turn(a, b, w), self.st.turn(a, b, w)], dim=1))
+            ex = self.ex.turn(a, b, w)
+            out.append(torch.cat([ex, st.turn(a, b, w) if st is not None else torch.zeros_like(ex[:, :1])], dim=1))
         return torch.cat(out) if out else torch.zeros(0, self.n + 1, dtype=self.dz.dtype, device=dev)
 
     def singular(self) -> bool:
-        return bool(self.ex.low.any()) or bool(self.st.low.any())
+        return bool(self.ex.low.any()) or (self.st is not None and bool(self.st.low.any()))
 
 
 def _layout(alphas: torch.Tensor) -> tuple[list[list[int]], list[float]]:
@@ -705,6 +720,7 @@ def _angle_quadrature(
     batch_size: int | None,
     method: JetMethod,
     jet: PathJet | None,
+    stacked: bool = True,
 ) -> GaussLength:
     """The ``angles`` rule of :func:`gauss_length` (and the rate rule, ``angles`` False)."""
 
@@ -733,14 +749,14 @@ def _angle_quadrature(
             ndz, nd2z = evaluate(new)
             alphas, dz = torch.cat([alphas, new]), torch.cat([dz, ndz])
             d2z = torch.cat([d2z, nd2z])
-    grid = _AngleGrid(alphas, dz, d2z, speed_floor(line.dtype))  # the floor of the dtype the jets were computed in
+    grid = _AngleGrid(alphas, dz, d2z, speed_floor(line.dtype), stacked)  # the floor of the dtype the jets were computed in
     n = dz.shape[1]
     dev = dz.device
     span = float(alphas[:K0].max() - alphas[:K0].min()) if K0 >= 2 else 0.0
     if not panels or span == 0.0:
         zero = torch.zeros(n, dtype=torch.float64, device=dev)
         final = torch.sort(grid.alphas).values
-        return GaussLength(0.0, zero, 0.0, final.shape[0], True, 0.0, grid.singular(), tuple(final.tolist()))
+        return GaussLength(0.0, zero, 0.0 if stacked else None, final.shape[0], True, 0.0, grid.singular(), tuple(final.tolist()))
     nodes = torch.tensor(panels, dtype=torch.long)
     stats = _panel_stats(grid, nodes, angles, conservative)
     ulp = torch.finfo(line.dtype).eps
@@ -800,7 +816,8 @@ def _angle_quadrature(
         rounds += 1
     final = torch.sort(grid.alphas).values
     singular = grid.singular() or bool(stats["reversal"].any())
-    return GaussLength(g_mean, per_example, g_st, final.shape[0], converged, error, singular, tuple(final.tolist()))
+    return GaussLength(g_mean, per_example, g_st if stacked else None, final.shape[0], converged, error, singular,
+                       tuple(final.tolist()))
 
 
 def gauss_length(
@@ -819,6 +836,7 @@ def gauss_length(
     method: JetMethod = "auto",
     jet: PathJet | None = None,
     rule: GaussRule = "auto",
+    stacked: bool = True,
 ) -> GaussLength:
     """Gauss length G = ∫‖dT/dα‖dα (total turning of the unit tangent), with an error estimate.
 
@@ -883,6 +901,9 @@ def gauss_length(
         jet: jets on a starting grid (reused; its α range is the range integrated over).
         rule: ``angles``, ``kinks`` or ``auto`` (``kinks`` for piecewise-smooth paths, else
             ``angles``).
+        stacked: also the Gauss length of the stacked outputs (False: the examples' only, about
+            half the work; :attr:`GaussLength.stacked` is then None and the refinement serves the
+            mean alone).
 
     >>> from torch import nn
     >>> from mli_theory.path import make_line
@@ -911,9 +932,11 @@ def gauss_length(
         return _kink_quadrature(
             line, data, bn=bn, initial=initial, rtol=rtol, max_alphas=max_alphas, max_step_turn=max_step_turn,
             kink_width=kink_width, jumps=jumps, max_rounds=max_rounds, batch_size=batch_size, method=method, jet=jet,
+            stacked=stacked,
         )  # fmt: skip
     conservative = kind not in (PathKind.POLYNOMIAL, PathKind.SMOOTH)
     return _angle_quadrature(
         line, data, bn=bn, initial=initial, rtol=rtol, max_alphas=max_alphas, max_step_turn=max_step_turn,
         angles=bool(jumps), conservative=conservative, max_rounds=max_rounds, batch_size=batch_size, method=method, jet=jet,
+        stacked=stacked,
     )  # fmt: skip

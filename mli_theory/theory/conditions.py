@@ -215,7 +215,8 @@ def _in_blocks(line: Line, data: Dataset, grid: torch.Tensor, per_block: int, *,
         sl = slice(i0, min(i0 + per_block, n))
         block = Dataset(data.x[sl], data.y[sl], data.loss, data.name)
         jet = path_jet(line, block, grid, bn=bn, batch_size=batch_size)
-        g = gauss_length(line, block, bn=bn, batch_size=batch_size, rtol=rtol, max_alphas=max(max_alphas, len(grid)), jet=jet)
+        g = gauss_length(line, block, bn=bn, batch_size=batch_size, rtol=rtol, max_alphas=max(max_alphas, len(grid)), jet=jet,
+                         stacked=False)  # a block's stacked path is not the data's: not reported
         m = block.n
         per.append(g.per_example)
         mean_sum += g.mean * m
