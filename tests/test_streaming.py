@@ -219,6 +219,7 @@ def test_geometry_in_blocks_of_examples():
     blocks = evaluate_conditions(line, data, alphas=11, batch_size=16, max_alphas=129, prove=False, memory_bytes=budget)
     assert whole.blocks == 1 and blocks.blocks == 3 and blocks.examples_per_block == 40
     assert blocks.gauss.stacked is None and blocks.conditions == () and whole.conditions
+    assert blocks.gauss.converged and blocks.gauss.n_alphas <= whole.gauss.n_alphas  # the mean alone sets each block's grid
     # each example's own path: the per-example lengths agree within the quadrature tolerance
     assert torch.allclose(blocks.gauss.per_example, whole.gauss.per_example, rtol=1e-3)
     assert blocks.gauss_length == pytest.approx(whole.gauss_length, rel=1e-3)
