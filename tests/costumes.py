@@ -597,6 +597,70 @@ def rrelu_before_bn(seed: int = 6) -> Costume:
                    note="RReLU (random in train mode) before BatchNorm")
 
 
+# h. a narrow window of α: the forward computes something else than its trace only there ----------
+# (none of the grid's, the validation's or the consistency probe's α falls in (0.400, 0.402); the
+# differences below are caught by comparing what runs with what is traced, at any one α)
+
+WINDOW = (0.400, 0.402)
+
+
+def _tent(p: torch.Tensor) -> torch.Tensor:
+    """A smooth step up and down: 0.2 inside the window, below 10⁻⁹ outside [0.399, 0.403] (tensor
+    operations the certifier has rules for; no value is read)."""
+    return 0.1 * (torch.tanh((p - WINDOW[0]) / 2e-4) - torch.tanh((p - WINDOW[1]) / 2e-4))
+
+
+class WindowNet(nn.Module):
+    """Linear(2, 1) plus a parameter ``p`` (p(α) = α along the costumes' lines) that the forward uses
+    only inside :data:`WINDOW`, in one of several ways the fx trace cannot see."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.lin = nn.Linear(2, 1)
+        self.p = nn.Parameter(torch.zeros(1))
+        self.how = how
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.lin(x)
+        if self.how == "try_float":  # a TraceError under fx (the except branch), a number when run
+            try:
+                a = float(self.p)
+            except Exception:  # noqa: BLE001
+                a = None
+            if a is not None and WINDOW[0] < a < WINDOW[1]:
+                out = out + 5.0
+        elif self.how == "param_dict":  # _parameters holds the real tensor even under the trace
+            if WINDOW[0] < float(self._parameters["p"]) < WINDOW[1]:
+                out = out + 5.0
+        elif self.how == "is_tensor":  # an fx proxy is not a torch.Tensor
+            if isinstance(x, torch.Tensor):
+                out = out + _tent(self.p)
+        elif self.how == "constant":  # the same operations, another constant when traced
+            c = 1.0 if isinstance(x, torch.Tensor) else 0.0
+            out = out + c * _tent(self.p)
+        elif self.how == "inplace":  # a weight flipped in place inside the window
+            w = self._modules["lin"]._parameters["weight"]
+            with torch.no_grad():
+                if WINDOW[0] < float(self._parameters["p"]) < WINDOW[1]:
+                    w.mul_(-1.0)
+            out = self.lin(x)
+        return out
+
+
+def window(how: str, seed: int = 7) -> Costume:
+    """θ0 = 0, θT fits y = x·w + 0.3 exactly, p: 0 → 1. Read from the trace, L = (1 − α)²·L(0),
+    decreasing; measured, the loss jumps (by about 25 with ``+ 5``) or bumps (by about 0.04 with the
+    tent) inside (0.400, 0.402)."""
+    g = _gen(seed)
+    model = WindowNet(how).double().eval()
+    w = torch.tensor([[1.5, -0.7]], dtype=F64)
+    x = torch.randn(40, 2, generator=g, dtype=F64)
+    init = {"lin.weight": torch.zeros(1, 2, dtype=F64), "lin.bias": torch.zeros(1, dtype=F64), "p": torch.zeros(1, dtype=F64)}
+    final = {"lin.weight": w.clone(), "lin.bias": torch.tensor([0.3], dtype=F64), "p": torch.ones(1, dtype=F64)}
+    return Costume(f"window_{how}", model, init, final, Dataset(x, x @ w.T + 0.3, "mse", "costume:window"),
+                   note=f"the forward differs from its trace only for α in {WINDOW} ({how})")
+
+
 # e. a function replaced process-wide --------------------------------------------------------------
 
 PRISTINE_LINEAR = F.linear
@@ -756,4 +820,9 @@ CATALOGUE: dict[str, Callable[[], Costume]] = {
     "train_pass_toggles_attribute": lambda: train_pass_side_effect("toggle"),
     "integer_buffer_sign": integer_buffer,
     "rrelu_bn": rrelu_before_bn,
+    # found by an adversarial study (part twenty-one): differences confined to a narrow window of α
+    "window_try_float": lambda: window("try_float"),
+    "window_param_dict": lambda: window("param_dict"),
+    "window_is_tensor": lambda: window("is_tensor"),
+    "window_inplace": lambda: window("inplace"),
 }

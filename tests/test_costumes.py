@@ -141,6 +141,10 @@ API_CASES = [
     "train_pass_toggles_attribute",
     "integer_buffer_sign",
     "rrelu_bn",
+    "window_try_float",
+    "window_param_dict",
+    "window_is_tensor",
+    "window_inplace",
 ]
 
 

@@ -546,6 +546,9 @@ def prove_by_enclosures(line, data, alphas: Sequence[float], *, names: Collectio
     except Unsupported as exc:
         return verdicts, {n: f"undecided: no enclosure of this model ({exc})" for n in wanted}
     problem.reference = reference if reference is not None else Reference(line, data, BNPolicy(bn), batch_size)
+    traced = problem.reference.trace_fidelity()
+    if traced is not None:  # the conditions would be proven about another computation
+        return verdicts, {n: f"undecided: {traced}" for n in wanted}
     with strict_arithmetic(problem.x.device):
         try:
             differs = _validate(problem, BATCH, deadline)[0]

@@ -39,6 +39,7 @@ import torch
 
 from ..inputs.data import Dataset
 from ..path import BNPolicy, Line, LossCurve, loss_curve
+from ..path.fidelity import line_trace_differs
 from ..path.line import private_copy
 
 MEASURED_DIFFERS = "differs from the measured curve"  # in every reason of a failed validation
@@ -123,6 +124,7 @@ class Reference:
     _cache: dict[float, float] = field(default_factory=dict, repr=False)
     _ymax: float | None = field(default=None, repr=False)
     _curve_at: dict[float, float] | None = field(default=None, repr=False)
+    _traced: tuple[str | None] | None = field(default=None, repr=False)
 
     def _ensure64(self) -> None:
         """The float64 copies of the line and the data, made once."""
@@ -183,10 +185,23 @@ class Reference:
                 )
         return None
 
+    def trace_fidelity(self) -> str | None:
+        """None when the forward runs the operations of its traced graph and reads no moving value
+        into Python (:func:`mli_theory.path.fidelity.line_trace_differs`, computed once); else the
+        reason, which every proof about the traced graph must give as its own."""
+        if self._traced is None:
+            why = line_trace_differs(self.line, self.data.x, self.bn)
+            self._traced = (None if why is None else f"the certified model (the traced graph) {MEASURED_DIFFERS}: {why}",)
+        return self._traced[0]
+
     def consistency(self) -> str | None:
-        """None when the measured curve is a function of α and its dtype curve agrees with float64;
+        """None when the forward runs what its trace shows (:func:`mli_theory.path.fidelity.line_trace_differs`),
+        the measured curve is a function of α and its dtype curve agrees with float64;
         else the reason. One interior α is evaluated twice afresh (a random re-estimation pass, active
         dropout or a forward that keeps state makes the evaluations differ)."""
+        traced = self.trace_fidelity()
+        if traced is not None:  # what runs differs from what is traced: no comparison of values can settle it
+            return traced
         probe = 0.5
         if self.curve is not None and len(self.curve.alphas) > 2:
             probe = min(self.curve.alphas[1:-1], key=lambda a: abs(a - 0.5))

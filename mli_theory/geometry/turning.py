@@ -178,6 +178,11 @@ class GaussLength:
             of the final grid turns by more than ``REVERSAL_TURN`` (a reversal of direction, which
             is counted as π).
         alphas: the final grid.
+        mean_error: estimated absolute error of ``mean`` alone (None: not estimated apart, take
+            ``error``). The stacked path of many examples has many more kinks than any one
+            example's, so its error can be far larger than the mean's.
+        stacked_error: estimated absolute error of ``stacked`` alone (None when not computed).
+        rtol: the relative tolerance the refinement aimed at (None: not recorded).
     """
 
     mean: float
@@ -188,6 +193,16 @@ class GaussLength:
     error: float
     singular: bool
     alphas: tuple[float, ...]
+    mean_error: float | None = None
+    stacked_error: float | None = None
+    rtol: float | None = None
+
+    @property
+    def mean_converged(self) -> bool:
+        """Whether ``mean`` alone met the relative tolerance (``converged`` where either is unknown)."""
+        if self.mean_error is None or self.rtol is None:
+            return self.converged
+        return self.mean_error <= self.rtol * max(self.mean, _TINY)
 
 
 # no split below this many units in the last place of the line's dtype: the new α must stay distinct
@@ -385,7 +400,8 @@ def _kink_quadrature(
     grid = _Grid(alphas, dz, d2z, n, jumps, stacked)
     if K < 2 or float(alphas[-1] - alphas[0]) == 0.0:
         zero = torch.zeros(n, dtype=torch.float64, device=dz.device)
-        return GaussLength(0.0, zero, 0.0 if stacked else None, K, True, 0.0, grid.singular(), tuple(alphas.tolist()))
+        return GaussLength(0.0, zero, 0.0 if stacked else None, K, True, 0.0, grid.singular(), tuple(alphas.tolist()),
+                           0.0, 0.0 if stacked else None, rtol)
     nodes = torch.arange(K)
     if K % 2 == 0:  # an odd number of intervals: the last one gets its midpoint
         mid = ((alphas[-2] + alphas[-1]) / 2).reshape(1)
@@ -402,7 +418,8 @@ def _kink_quadrature(
         diff_st = (coarse["st"] - panel_st).abs() + left["merged"] + right["merged"]
         per_example = panel_ex.sum(0)
         g_mean, g_st = float(per_example.mean()), float(panel_st.sum())
-        error = max(float(diff_mean.sum()), float(diff_st.sum()))
+        error_mean, error_st = float(diff_mean.sum()), float(diff_st.sum())
+        error = max(error_mean, error_st)
         converged = error <= rtol * max(g_mean, g_st, _TINY)
         K = grid.alphas.shape[0]
         if rounds >= max_rounds or K + 2 > max_alphas:
@@ -458,7 +475,7 @@ def _kink_quadrature(
     final = torch.sort(grid.alphas).values
     singular = grid.singular() or reversal
     return GaussLength(g_mean, per_example, g_st if stacked else None, final.shape[0], converged, error, singular,
-                       tuple(final.tolist()))
+                       tuple(final.tolist()), error_mean, error_st if stacked else None, rtol)
 
 
 # ----------------------------------------------------------------------------- angle sums (the default)
@@ -756,7 +773,8 @@ def _angle_quadrature(
     if not panels or span == 0.0:
         zero = torch.zeros(n, dtype=torch.float64, device=dev)
         final = torch.sort(grid.alphas).values
-        return GaussLength(0.0, zero, 0.0 if stacked else None, final.shape[0], True, 0.0, grid.singular(), tuple(final.tolist()))
+        return GaussLength(0.0, zero, 0.0 if stacked else None, final.shape[0], True, 0.0, grid.singular(), tuple(final.tolist()),
+                           0.0, 0.0 if stacked else None, rtol)
     nodes = torch.tensor(panels, dtype=torch.long)
     stats = _panel_stats(grid, nodes, angles, conservative)
     ulp = torch.finfo(line.dtype).eps
@@ -766,7 +784,8 @@ def _angle_quadrature(
         per_example = value[:, :n].sum(0)
         g_mean, g_st = float(per_example.mean()), float(value[:, n].sum())
         err_ex, err_st = err[:, :n].mean(1).cpu(), err[:, n].cpu()
-        error = max(float(err_ex.sum()), float(err_st.sum()))
+        error_mean, error_st = float(err_ex.sum()), float(err_st.sum())
+        error = max(error_mean, error_st)
         scale = max(g_mean, g_st, _TINY)
         converged = error <= rtol * scale
         K = grid.alphas.shape[0]
@@ -817,7 +836,7 @@ def _angle_quadrature(
     final = torch.sort(grid.alphas).values
     singular = grid.singular() or bool(stats["reversal"].any())
     return GaussLength(g_mean, per_example, g_st if stacked else None, final.shape[0], converged, error, singular,
-                       tuple(final.tolist()))
+                       tuple(final.tolist()), error_mean, error_st if stacked else None, rtol)
 
 
 def gauss_length(

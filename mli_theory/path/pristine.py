@@ -8,7 +8,9 @@ shows nothing of it. So the operations of ``torch`` (its compiled functions and 
 ``torch.functional``), ``torch.nn.functional``, ``torch.special``, the methods of ``torch.Tensor``
 and the methods of ``nn.Module`` and of every module class torch defines (``nn.Conv2d._conv_forward``,
 ``nn.Module._call_impl``, …) are compared with the objects they were when mli_theory was
-imported (a read-only snapshot), and the public functions that live in those namespaces must come
+imported (a read-only snapshot), as are the globals through which torch's forward code reaches them
+(the modules, functions and classes bound in ``torch.nn.modules.*`` and ``torch.nn.functional``: a
+rebound ``F`` inside ``torch.nn.modules.linear`` changes what every ``nn.Linear`` computes), and the public functions that live in those namespaces must come
 from torch itself (a replacement made before the import is a function defined outside torch).
 """
 
@@ -57,6 +59,19 @@ def _tensor_attributes() -> dict[str, object]:
     return out
 
 
+def _forward_modules() -> dict[str, types.ModuleType]:
+    """The Python modules whose code runs inside a traced leaf (``torch.nn.modules.*`` and
+    ``torch.nn.functional``): their globals are what that code calls (``F`` inside
+    ``torch.nn.modules.linear``, ``torch`` inside ``torch.nn.functional``)."""
+    import sys
+
+    return {name: mod for name, mod in list(sys.modules.items())
+            if isinstance(mod, types.ModuleType) and (name.startswith("torch.nn.modules.") or name == "torch.nn.functional")}
+
+
+_GLOBAL_KINDS = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)
+
+
 def _snapshot() -> Mapping[tuple[str, str], object]:
     snap: dict[tuple[str, str], object] = {}
     for label, mod in _NAMESPACES:
@@ -72,6 +87,10 @@ def _snapshot() -> Mapping[tuple[str, str], object]:
         for name, obj in vars(cls).items():
             if isinstance(obj, _CALLABLE):
                 snap[label, name] = obj
+    for modname, mod in _forward_modules().items():
+        for name, obj in vars(mod).items():
+            if not name.startswith("__") and isinstance(obj, _GLOBAL_KINDS):
+                snap[f"{modname} (global)", name] = obj
     return MappingProxyType(snap)
 
 
@@ -97,9 +116,18 @@ def replaced_functions(limit: int = 4) -> list[str]:
     now = _tensor_attributes()
     namespaces = dict(_NAMESPACES)
     classes = dict(_module_classes())
+    modules = _forward_modules()
     for (label, name), obj in _PRISTINE.items():
         if label == "torch.Tensor":
             current = now.get(name)
+        elif label.endswith(" (global)"):
+            mod = modules.get(label[: -len(" (global)")])
+            current = vars(mod).get(name) if mod is not None else None
+            if current is not obj:
+                found.append(f"{label[: -len(' (global)')]}.{name}")
+                if len(found) >= limit:
+                    break
+            continue
         elif label in namespaces:
             current = vars(namespaces[label]).get(name)
         else:

@@ -31,6 +31,7 @@ import torch
 from ..geometry import GaussLength, PathJet, gauss_length, logit_linearity, path_jet
 from ..inputs.data import Dataset
 from ..path import BNPolicy, Line, PathKind
+from ..path.fidelity import line_trace_differs
 from ..results import Condition
 from .evidence import grid_evidence, grid_slopes, two_phase_grid
 from .hypotheses import applicability
@@ -211,6 +212,7 @@ def _in_blocks(line: Line, data: Dataset, grid: torch.Tensor, per_block: int, *,
     errors = mean_sum = lin_sum = lp_sum = 0.0
     converged, singular, n_alphas, alphas, first_jet = True, False, 0, (), None
     lin_none = False
+    rtol_used = rtol
     for i0 in range(0, n, per_block):
         sl = slice(i0, min(i0 + per_block, n))
         block = Dataset(data.x[sl], data.y[sl], data.loss, data.name)
@@ -219,6 +221,7 @@ def _in_blocks(line: Line, data: Dataset, grid: torch.Tensor, per_block: int, *,
                          stacked=False)  # a block's stacked path is not the data's: not reported
         m = block.n
         per.append(g.per_example)
+        rtol_used = g.rtol
         mean_sum += g.mean * m
         errors += g.error * m
         converged, singular = converged and g.converged, singular or g.singular
@@ -234,7 +237,8 @@ def _in_blocks(line: Line, data: Dataset, grid: torch.Tensor, per_block: int, *,
             first_jet = jet
         del jet
     assert first_jet is not None
-    gauss = GaussLength(mean_sum / n, torch.cat(per), None, n_alphas, converged, errors / n, singular, alphas)  # type: ignore[arg-type]
+    gauss = GaussLength(mean_sum / n, torch.cat(per), None, n_alphas, converged, errors / n, singular, alphas,  # type: ignore[arg-type]
+                        mean_error=errors / n, rtol=rtol_used)
     lprime1 = lp_sum / data.y.numel() if data.loss == "mse" and float(grid[-1]) == 1.0 else None
     return GeometryReport(gauss, None if lin_none else lin_sum / n, (), first_jet, lprime1,
                           blocks=-(-n // per_block), examples_per_block=per_block)
@@ -283,6 +287,9 @@ def complete_proofs(
         return tuple(conditions), (f"the conditions were not proven: the exact method takes at most {EXACT_MAX_ENTRIES} "
                                    "input values (n · d)",), None
     t0 = time.perf_counter()
+    traced = line_trace_differs(line, data.x)
+    if traced is not None:  # the exact polynomial is that of the traced chain: about another computation
+        return tuple(conditions), (f"the conditions were not proven: {traced}",), round(time.perf_counter() - t0, 4)
     deadline = deadline_after(budget_s)
     try:
         z = output_polynomial(line.start, line.end, line.structure.linear, data.x, deadline)

@@ -1,0 +1,223 @@
+"""Does the traced graph run what the forward runs? One comparison, operation by operation.
+
+Every certificate is a statement about the model's :mod:`torch.fx` graph: its rules enclose what
+the graph's operations compute. The loss curve runs the model's own ``forward``. The two agree at the
+α where the certifier compares values (:mod:`mli_theory.certify.validation`), but a forward can
+compute something else only inside a narrow window of α that no finite set of points meets: it
+reads a tensor's value into Python (``float(p)``, ``.item()``, ``bool(t > c)``, ``.numpy()``) and
+branches on it, or it asks whether it is being traced (``isinstance(x, torch.Tensor)`` is False for
+an fx proxy; a helper calls ``is_fx_tracing()``) and runs other operations, or other constants, when
+it is not. Such a difference cannot be caught by comparing values; it can be by comparing what runs.
+
+:func:`trace_differs` runs the forward and the traced graph once each, on the same state and
+inputs, under a dispatch mode that records every operation whose inputs depend on the state or the
+inputs ("live" tensors: the state entries, the inputs, and every result computed from them), with its
+non-live arguments (scalars, and constant tensors by shape, dtype and content), and every read of a
+live value into Python. It reports a difference when
+
+* the forward reads a live value into Python (a scalar conversion, ``bool``, ``.item()``,
+  ``.tolist()``, ``.numpy()``, ``__array__``, ``data_ptr``, ``torch.equal``, printing), or runs an
+  operation whose output *shape* depends on live values (``nonzero``, ``masked_select``, ``unique``,
+  boolean-mask indexing): Python control flow can then depend on α;
+* the two sequences of recorded operations differ (an operation, or a constant, that one runs and
+  the other does not).
+
+When neither happens, the forward's Python code saw nothing of α but shapes, which do not change
+along the line: it runs the same operations, with the same constants, at every α, and they are the
+traced graph's. (What this does not see: Python state outside the tensors, such as a call counter or
+a global variable that changes between calls; :meth:`~mli_theory.certify.validation.Reference.consistency`
+re-evaluates a point twice for that, and :func:`mli_theory.path.structure.opaque_call_reason` refuses
+hooks and patched methods.)
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+__all__ = ["line_trace_differs", "trace_differs"]
+
+# Tensor methods and functions that hand a tensor's values to Python
+_VALUE_READS = frozenset({
+    "item", "tolist", "numpy", "__array__", "__float__", "__int__", "__bool__", "__index__", "__complex__",
+    "__format__", "__repr__", "__str__", "data_ptr", "untyped_storage", "storage", "_storage", "equal", "allclose",
+    "is_nonzero", "__iter__", "__contains__",
+})
+# aten operations whose result is a Python value, or whose output shape depends on the input's values
+_VALUE_OPS = frozenset({
+    "_local_scalar_dense", "is_nonzero", "equal", "nonzero", "nonzero_static", "masked_select", "unique_dim",
+    "_unique", "_unique2", "unique_consecutive", "argwhere", "_assert_async",
+})
+# indexing whose output shape depends on a boolean mask's values
+_INDEXING = frozenset({"index", "index_put", "index_put_", "_index_put_impl_", "masked_scatter"})
+# at most this many constant entries are compared by content (larger constants: shape, dtype and sums)
+_SMALL = 64
+
+
+def _describe(value: Any) -> Any:
+    """A comparable description of a non-live argument (tensor constants by content)."""
+    if isinstance(value, torch.Tensor):
+        if value.is_meta or value.numel() == 0:
+            return ("T", tuple(value.shape), str(value.dtype))
+        flat = value.detach().reshape(-1)
+        if flat.numel() <= _SMALL:
+            content: Any = tuple(flat.tolist())
+        else:
+            d = flat.double() if not flat.is_complex() else flat.abs().double()
+            content = (float(d.sum()), float(d.abs().sum()), float((d * torch.arange(d.numel(), dtype=d.dtype, device=d.device)).sum()))
+        return ("T", tuple(value.shape), str(value.dtype), content)
+    if isinstance(value, (list, tuple)):
+        return tuple(_describe(v) for v in value)
+    if isinstance(value, float) and value != value:
+        return "nan"
+    if isinstance(value, (int, float, bool, complex, str, type(None))):
+        return value
+    return type(value).__name__  # dtypes, devices, layouts, memory formats: by kind
+
+
+class _Recorder(TorchDispatchMode):
+    """Records the operations on live tensors and the reads of their values."""
+
+    def __init__(self, live: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.live_ids = {id(t) for t in live}
+        self.keep = list(live)  # strong references: an id is never reused while recording
+        self.ops: list[tuple] = []
+        self.reads: list[str] = []
+
+    def is_live(self, t: object) -> bool:
+        return isinstance(t, torch.Tensor) and id(t) in self.live_ids
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        flat, _ = tree_flatten((args, kwargs))
+        if any(self.is_live(a) for a in flat):
+            name = func._schema.name.split("::")[-1] if hasattr(func, "_schema") else str(func)
+            if name in _VALUE_OPS:
+                self.reads.append(f"{name} (aten)")
+            elif name in _INDEXING and any(isinstance(a, torch.Tensor) and a.dtype in (torch.bool, torch.uint8) and self.is_live(a)
+                                           for a in flat):
+                self.reads.append(f"{name} with a boolean mask (aten)")
+            self.ops.append((str(func), tuple("live" if self.is_live(a) else _describe(a) for a in flat)))
+            for o in tree_flatten(out)[0]:
+                if isinstance(o, torch.Tensor):
+                    self.live_ids.add(id(o))
+                    self.keep.append(o)
+        return out
+
+
+class _Reads(TorchFunctionMode):
+    """Records Python-level reads of live values (``.numpy()``, ``.tolist()``, ``float(t)``, …),
+    some of which never reach the dispatcher."""
+
+    def __init__(self, recorder: _Recorder) -> None:
+        super().__init__()
+        self.recorder = recorder
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in _VALUE_READS and any(self.recorder.is_live(a) for a in tree_flatten((args, kwargs or {}))[0]):
+            self.recorder.reads.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def _run(module: nn.Module, state: Mapping[str, torch.Tensor], x: torch.Tensor, train: bool) -> _Recorder:
+    from torch.func import functional_call
+
+    names = set(dict(module.named_parameters(remove_duplicate=False))) | set(dict(module.named_buffers(remove_duplicate=False)))
+    # fresh copies: a forward that writes its state or its input writes these, and both runs start equal
+    own = {k: v.detach().clone() for k, v in state.items() if k in names}
+    inp = x.detach().clone()
+    # live: the floating entries (they move along α) and the inputs; integer entries hold θT's value
+    rec = _Recorder([t for t in (inp, *own.values()) if t.is_floating_point() or t.is_complex()])
+    modes = [(m, m.training) for m in module.modules()]
+    try:
+        module.train(train)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with _Reads(rec), rec:
+                functional_call(module, own, (inp,), strict=False)
+    finally:
+        for m, was in modes:
+            m.training = was
+    return rec
+
+
+def trace_differs(model: nn.Module, state: Mapping[str, torch.Tensor], x: torch.Tensor, *, train: bool = False) -> str | None:
+    """Why the traced graph of ``model`` may not compute what its ``forward`` computes at other α
+    (None when, on ``state`` and inputs ``x``, both run the same operations with the same constants
+    and the forward reads no value of the state or inputs into Python). See the module docstring.
+
+    ``train``: compare the forward in training mode (the pass that re-estimates BatchNorm statistics)
+    with the graph traced in evaluation mode run in training mode (its BatchNorm leaves on batch
+    statistics), which is what the certifier models for that pass.
+
+    ``model`` is not modified (both runs use fresh copies of ``state`` and ``x``, and every module's
+    mode is restored). A model that :mod:`torch.fx` cannot trace gives None here: every method that
+    needs the trace refuses it.
+
+    >>> m = nn.Sequential(nn.Linear(3, 2), nn.Tanh())
+    >>> trace_differs(m, m.state_dict(), torch.ones(4, 3)) is None
+    True
+    """
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            was = [(m, m.training) for m in model.modules()]
+            try:
+                model.eval()  # the graph the certifier reads is the evaluation-mode trace
+                gm = torch.fx.symbolic_trace(model)
+            finally:
+                for m, t in was:
+                    m.training = t
+    except Exception:  # noqa: BLE001 - untraceable models are refused where the trace is needed
+        return None
+    try:
+        forward = _run(model, state, x, train)
+    except Exception as exc:  # noqa: BLE001 - the forward itself fails on these inputs: nothing to compare
+        return f"the forward could not be run to compare it with its trace ({type(exc).__name__}: {str(exc)[:120]})"
+    if forward.reads:
+        where = " in training mode" if train else ""
+        return (f"the forward{where} reads values of its parameters or inputs into Python ({', '.join(sorted(set(forward.reads))[:4])}): "
+                "what it computes may change along α in ways its trace does not show")
+    try:
+        traced = _run(gm, state, x, train)
+    except Exception as exc:  # noqa: BLE001
+        return f"the traced graph could not be run on the forward's inputs ({type(exc).__name__}: {str(exc)[:120]})"
+    if traced.ops != forward.ops:
+        n = min(len(traced.ops), len(forward.ops))
+        k = next((i for i in range(n) if traced.ops[i] != forward.ops[i]), n)
+        a = forward.ops[k][0] if k < len(forward.ops) else "nothing"
+        b = traced.ops[k][0] if k < len(traced.ops) else "nothing"
+        same = " (with other constants)" if a == b else ""
+        where = " in training mode (the statistics' re-estimation pass)" if train else ""
+        return (f"the forward{where} runs other operations than its traced graph: operation {k + 1} is {a} in the forward and "
+                f"{b} in the trace{same} ({len(forward.ops)} against {len(traced.ops)} operations): it computes "
+                "something else when traced than when run")
+    return None
+
+
+# the comparison runs at one α (any α: what it compares does not depend on it) on the first examples
+PROBE_ALPHA = 0.7071067811865476
+PROBE_EXAMPLES = 64
+
+
+def line_trace_differs(line: Any, x: Any, bn: Any = "recompute") -> str | None:
+    """:func:`trace_differs` of a line's model at θ(:data:`PROBE_ALPHA`) (every state entry
+    interpolated) on the first :data:`PROBE_EXAMPLES` rows of the inputs ``x`` (a tensor or
+    :class:`~mli_theory.inputs.Examples`), in the line's dtype and on its device; also in training
+    mode when BatchNorm statistics are re-estimated along the line (``bn`` recompute)."""
+    rows = x[: min(PROBE_EXAMPLES, len(x))]
+    rows = torch.as_tensor(rows).to(line.device, line.dtype)
+    state = line.at(PROBE_ALPHA)
+    differs = trace_differs(line.shell, state, rows)
+    if differs is None and line.has_bn and str(getattr(bn, "value", bn)) == "recompute" and rows.shape[0] > 1:
+        differs = trace_differs(line.shell, state, rows, train=True)
+    return differs

@@ -1,0 +1,151 @@
+"""The traced graph against the forward as it runs (:mod:`mli_theory.path.fidelity`).
+
+A forward that differs from its trace only inside a narrow window of α escapes every comparison of
+values at finitely many α; the window costumes of ``tests/costumes.py`` run through ``check`` in
+``test_costumes.py``. Here: the comparison itself, on what it must flag (a read of a value into
+Python, other operations, other constants, a training-mode branch, a rebound global inside torch's
+modules) and on what it must not (the networks of this project, integer buffers, tensor constants
+made in the forward).
+"""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import costumes as C
+from mli_theory.inputs import build_model
+from mli_theory.inputs.arch import parse_arch
+from mli_theory.path.fidelity import trace_differs
+from mli_theory.path.pristine import replaced_functions
+
+F64 = torch.float64
+
+
+def _state(m: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in m.state_dict().items()}
+
+
+@pytest.mark.parametrize("how,expect", [
+    ("try_float", "reads values"),
+    ("param_dict", "reads values"),
+    ("inplace", "reads values"),
+    ("is_tensor", "other operations"),
+    ("constant", "other constants"),
+])
+def test_each_window_costume_is_flagged_at_an_alpha_outside_its_window(how, expect):
+    c = C.window(how)
+    mid = {k: 0.5 * (c.init[k] + c.final[k]) for k in c.init}  # α = 0.5: far from (0.400, 0.402)
+    why = trace_differs(c.model, mid, c.data.x[:8])
+    assert why is not None and expect in why, why
+    # and the costume's own model is untouched (modes, parameters)
+    assert not c.model.training and float(c.model.p.detach()) == 0.0
+
+
+class _Counted(nn.Module):
+    """A tanh layer scaled by a Python attribute, and a tensor constant made in the forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 2)
+        self.scale = 2.0
+
+    def forward(self, x):
+        return torch.tanh(self.lin(x)) * self.scale + torch.tensor([0.5, -0.5], dtype=x.dtype)
+
+
+ARCHS = ["mlp:4-8-3:relu", "mlp:4-8-8-3:tanh:bn", "deep_linear:4-5-5-1", "mli_theory.inputs.convnets:digits_resnet_bn",
+         "mli_theory.inputs.convnets:digits_cnn"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_project_networks_run_what_they_trace(arch):
+    torch.manual_seed(0)
+    m = build_model(parse_arch(arch)).double().eval()
+    d = 64 if "convnets" in arch else 4
+    x = torch.randn(6, d, dtype=F64)
+    assert trace_differs(m, _state(m), x) is None
+    assert trace_differs(m, _state(m), x, train=True) is None  # the re-estimation pass too
+    assert not m.training
+
+
+def test_constants_made_in_the_forward_and_integer_buffers_are_not_differences():
+    m = _Counted().double()
+    assert trace_differs(m, _state(m), torch.randn(5, 3, dtype=F64)) is None
+    bn = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4, momentum=None), nn.Tanh()).double().eval()
+    # momentum None: the training pass reads the integer counter num_batches_tracked into Python;
+    # integer entries hold θT's value all along, so that read cannot depend on α
+    assert trace_differs(bn, _state(bn), torch.randn(5, 3, dtype=F64), train=True) is None
+
+
+def test_a_training_branch_and_printing_are_flagged():
+    c = C.train_branch()
+    assert trace_differs(c.model, c.init, c.data.x[:8]) is None  # evaluation mode: the same
+    why = trace_differs(c.model, c.init, c.data.x[:8], train=True)
+    assert why is not None and "training mode" in why
+
+    class Printing(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 1)
+
+        def forward(self, x):
+            out = self.lin(x)
+            f"{out.sum()}"  # formatting reads the values (a debug print, say)
+            return out
+
+    m = Printing().double()
+    why = trace_differs(m, _state(m), torch.randn(3, 2, dtype=F64))
+    assert why is not None and "reads values" in why
+
+
+def test_value_dependent_shapes_are_reads():
+    class Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 3)
+
+        def forward(self, x):
+            h = self.lin(x)
+            keep = h[h > 0]  # boolean indexing: its length depends on the values
+            return h * (1.0 + 0.0 * keep.numel())
+
+    m = Masked().double()
+    why = trace_differs(m, _state(m), torch.randn(4, 2, dtype=F64))
+    assert why is not None and "boolean mask" in why
+
+
+@pytest.fixture
+def rebound_F():
+    """``F`` inside ``torch.nn.modules.linear`` rebound to a shim that adds a smooth bump with
+    tensor operations only (both the forward and the traced graph run it): restored afterwards."""
+    import torch.nn.modules.linear as L
+
+    real = L.F
+
+    class Shim(types.ModuleType):
+        def __getattr__(self, name):
+            return getattr(F, name)
+
+    shim = Shim("shim")
+    shim.linear = lambda input, weight, bias=None: F.linear(input, weight, bias) + torch.tanh(weight.sum())  # noqa: A002
+    L.F = shim
+    try:
+        yield
+    finally:
+        L.F = real
+
+
+def test_a_rebound_global_inside_torch_modules_is_a_replaced_function(rebound_F):
+    assert "torch.nn.modules.linear.F" in replaced_functions()
+    from mli_theory.path.structure import analyse
+
+    assert analyse(nn.Sequential(nn.Linear(2, 1))).kind.value == "unknown"
+
+
+def test_rebound_global_was_restored():
+    assert replaced_functions() == []
