@@ -95,3 +95,30 @@ def test_curvature_conditions_are_not_claimed_on_kinked_paths():
     assert r2.info["path_kind"] == "smooth"
     pairwise = {cond.name: cond for cond in r2.conditions}["stationary_pairwise"]
     assert pairwise.on_grid is not None and pairwise.holds is None and "on grid" in pairwise.statement
+
+
+
+def test_the_gauss_length_is_reported_with_its_own_error_and_the_stacked_error_apart(monkeypatch):
+    # a ReLU path on 33 α: every example's kinks sit on the stacked output path, so its error is
+    # larger than the mean's; the reported ± and "converged" are the mean's (the reported quantity),
+    # the stacked path's error is reported apart
+    import mli_theory.theory.conditions as tc
+
+    real = tc.gauss_length
+    seen = []
+
+    def capped(*a, **k):
+        g = real(*a, **{**k, "max_alphas": 33})
+        seen.append(g)
+        return g
+
+    monkeypatch.setattr(tc, "gauss_length", capped)
+    c = make_case([3, 16, 16, 4], 40, 3, 1.0, "trained", activation="relu")
+    r = check(c.model, c.init, c.final, c.data, dtype=torch.float64, alphas=9)
+    (g,) = seen
+    info = r.info
+    assert info["gauss_error"] == g.mean_error and info["gauss_error_stacked"] == g.stacked_error
+    assert g.mean_error < g.stacked_error == g.error
+    assert info["gauss_converged"] == (g.mean_error <= g.rtol * g.mean)
+    stacked_warned = any("stacked Gauss length" in w for w in r.warnings)
+    assert stacked_warned == (g.stacked_error > g.rtol * g.stacked)

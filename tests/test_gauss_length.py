@@ -208,6 +208,9 @@ def test_relu_path_counts_its_kinks_and_converges(seed):
     assert g.mean == pytest.approx(mean, rel=RTOL)
     assert g.stacked == pytest.approx(stacked, rel=RTOL)
     assert _actual_error(g, mean, stacked) <= g.error
+    # each estimate bounds its own quantity's error; the reported error is the larger of the two
+    assert abs(g.mean - mean) <= g.mean_error and abs(g.stacked - stacked) <= g.stacked_error
+    assert g.error == max(g.mean_error, g.stacked_error) and g.mean_converged and g.rtol == RTOL
     # the rate alone misses the kinks: most of the stacked turning is in them
     r = _rates(line, data.x, torch.linspace(0, 1, 4001, dtype=F64))
     assert float(((r[1:, -1] + r[:-1, -1]) / 2).sum()) / 4000 < 0.5 * stacked
