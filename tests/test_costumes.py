@@ -237,6 +237,34 @@ def test_reparametrised_model_through_the_cli(kind, tmp_path):
     assert_sound(c, cert["status"], cert.get("where"), describe(cert), C.dense_max_rise(c.loss, n=DENSE))
 
 
+@pytest.mark.parametrize("how", ["try_float", "is_tensor"])
+def test_window_costume_through_the_cli(how, tmp_path):
+    """A user's factory whose forward differs from its trace only inside a window of α: unknown."""
+    c = C.window(how)
+    (tmp_path / "window_factory.py").write_text(
+        "from costumes import WindowNet\n\n\n"
+        f"def build():\n    return WindowNet({how!r}).double().eval()\n"
+    )
+    torch.save(c.init, tmp_path / "init.pt")
+    torch.save(c.final, tmp_path / "final.pt")
+    np.savez(tmp_path / "data.npz", x=c.data.x.numpy(), y=c.data.y.numpy())
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), TESTS_DIR] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    cmd = [
+        sys.executable, "-m", "mli_theory", "check", "--arch", "window_factory:build",
+        "--init", str(tmp_path / "init.pt"), "--final", str(tmp_path / "final.pt"), "--data", str(tmp_path / "data.npz"),
+        "--loss", "mse", "--dtype", "float64", "--alphas", str(ALPHAS), "--tol", str(c.tol), "--certify",
+        "--certify-budget", str(BUDGET), "--no-geometry", "--json",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert max(out["losses"][i + 1] - out["losses"][i] for i in range(ALPHAS - 1)) <= 0  # the grid sees no rise
+    cert = out["certificate"]
+    assert cert["status"] == "unknown" and "traced graph" in cert["reason"], describe(cert)
+    assert_sound(c, cert["status"], cert.get("where"), describe(cert), C.dense_max_rise(c.loss, n=DENSE))
+
+
 # g. stateful forward: the witness semantics ------------------------------------------------------
 
 
