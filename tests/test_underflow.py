@@ -152,3 +152,22 @@ def test_second_order_averages_cover_the_rounding_of_the_averaged_radius():
     rad[..., 0, 0] = 1.0
     _, r = C._pool(C.Curved(None, torch.zeros_like(rad), rad), lambda t: Fn.avg_pool2d(t, 16), 256)
     assert F(float(r.reshape(-1)[0])) >= sum(F(v) for v in rad.reshape(-1).tolist()) / 256
+
+
+@pytest.fixture
+def flushing():
+    """Subnormals flushed to zero (as a user's ``torch.set_flush_denormal(True)`` would), undone after."""
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def test_enclosures_run_with_gradual_underflow_even_where_the_process_flushes_subnormals(flushing):
+    assert E._flushes_denormals()
+    with E.strict_arithmetic(torch.device("cpu")):
+        assert not E._flushes_denormals()
+        x = torch.full((4,), 2.0**-1060, dtype=torch.float64)
+        assert float((x * 0.5)[0]) == 2.0**-1061  # exact, as the underflow allowances assume
+    assert E._flushes_denormals()  # the caller's setting is back

@@ -120,9 +120,20 @@ def strict_arithmetic(device: torch.device):
     algorithm of cuDNN is ever chosen; cuBLAS and torch's reductions compute sums of products in some
     order, with or without FMA, which γ_K covers. On CUDA the TF32 switches are nevertheless turned
     off for the duration (and restored), so that no float32 helper computation can use them either.
+    On CPU, flushing subnormals to zero (``torch.set_flush_denormal``) is turned off for the duration
+    when it is on (the underflow allowances assume gradual underflow), and turned on again after.
     """
     if torch.device(device).type != "cuda":
-        yield
+        # subnormals flushed to zero (``torch.set_flush_denormal(True)``, set by a user's code, say)
+        # break the underflow allowances of the rounding bounds: gradual underflow for the duration
+        flushed = _flushes_denormals()
+        if flushed:
+            torch.set_flush_denormal(False)
+        try:
+            yield
+        finally:
+            if flushed:
+                torch.set_flush_denormal(True)
         return
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -131,6 +142,12 @@ def strict_arithmetic(device: torch.device):
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _flushes_denormals() -> bool:
+    """Whether CPU float64 arithmetic flushes subnormal numbers to zero in this thread."""
+    tiny = torch.full((8,), 2.0**-1060, dtype=torch.float64)
+    return bool((tiny * 1.0)[0] == 0.0)
 
 
 def gamma(k: int) -> float:
