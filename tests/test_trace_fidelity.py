@@ -149,3 +149,23 @@ def test_a_rebound_global_inside_torch_modules_is_a_replaced_function(rebound_F)
 
 def test_rebound_global_was_restored():
     assert replaced_functions() == []
+
+
+def test_a_forward_that_counts_its_calls_is_flagged_and_the_callers_model_is_untouched():
+    c = C.stateful()
+    why = trace_differs(c.model, c.init, c.data.x[:8])
+    assert why is not None and "'calls'" in why
+    assert c.model.calls == 0  # the comparison ran on a private copy
+
+    class Cached(nn.Module):  # a plain attribute written once and never changed again is no change
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 1)
+            self.width = 2
+
+        def forward(self, x):
+            self.width = x.shape[1]
+            return self.lin(x)
+
+    m = Cached().double()
+    assert trace_differs(m, _state(m), torch.randn(3, 2, dtype=F64)) is None

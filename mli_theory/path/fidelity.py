@@ -20,12 +20,15 @@ live value into Python. It reports a difference when
   operation whose output *shape* depends on live values (``nonzero``, ``masked_select``, ``unique``,
   boolean-mask indexing): Python control flow can then depend on α;
 * the two sequences of recorded operations differ (an operation, or a constant, that one runs and
-  the other does not).
+  the other does not);
+* the forward changes a plain Python attribute of one of its modules (a number, a string, a flag, a
+  container of them): a call counter, a cached length. What it computes may then depend on how
+  often it has run.
 
 When neither happens, the forward's Python code saw nothing of α but shapes, which do not change
 along the line: it runs the same operations, with the same constants, at every α, and they are the
-traced graph's. (What this does not see: Python state outside the tensors, such as a call counter or
-a global variable that changes between calls; :meth:`~mli_theory.certify.validation.Reference.consistency`
+traced graph's. (What this does not see: Python state outside the modules, such as a global variable
+or the clock, that changes between calls; :meth:`~mli_theory.certify.validation.Reference.consistency`
 re-evaluates a point twice for that, and :func:`mli_theory.path.structure.opaque_call_reason` refuses
 hooks and patched methods.)
 """
@@ -56,6 +59,7 @@ _VALUE_OPS = frozenset({
 })
 # indexing whose output shape depends on a boolean mask's values
 _INDEXING = frozenset({"index", "index_put", "index_put_", "_index_put_impl_", "masked_scatter"})
+_MISSING = object()
 # at most this many constant entries are compared by content (larger constants: shape, dtype and sums)
 _SMALL = 64
 
@@ -90,6 +94,7 @@ class _Recorder(TorchDispatchMode):
         self.keep = list(live)  # strong references: an id is never reused while recording
         self.ops: list[tuple] = []
         self.reads: list[str] = []
+        self.changed: list[str] = []  # plain Python attributes of the modules that a call changed
 
     def is_live(self, t: object) -> bool:
         return isinstance(t, torch.Tensor) and id(t) in self.live_ids
@@ -128,6 +133,41 @@ class _Reads(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+# a module's own bookkeeping, not state a forward computes with
+_BOOKKEEPING = frozenset({"_parameters", "_buffers", "_modules", "_non_persistent_buffers_set", "_forward_hooks",
+                          "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks", "_state_dict_hooks",
+                          "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
+                          "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs",
+                          "_is_full_backward_hook", "training"})
+_PLAIN = (int, float, bool, str, bytes, type(None))
+
+
+def _plain(value: Any, depth: int = 0) -> Any:
+    """A comparable copy of a value made of numbers, strings and containers of them (None: not such
+    a value, and not compared)."""
+    if isinstance(value, _PLAIN):
+        return value
+    if depth < 3 and isinstance(value, (list, tuple)):
+        items = [_plain(v, depth + 1) for v in value]
+        return None if any(i is None and v is not None for i, v in zip(items, value)) else (type(value).__name__, tuple(items))
+    if depth < 3 and isinstance(value, dict):
+        items = {k: _plain(v, depth + 1) for k, v in value.items() if isinstance(k, _PLAIN)}
+        return ("dict", tuple(sorted((repr(k), v) for k, v in items.items())))
+    return None
+
+
+def _python_state(module: nn.Module) -> dict[str, Any]:
+    """The plain Python attributes of every submodule (a call counter, a cached length, a flag)."""
+    out: dict[str, Any] = {}
+    for name, m in module.named_modules(remove_duplicate=False):
+        for k, v in vars(m).items():
+            if k not in _BOOKKEEPING:
+                p = _plain(v)
+                if p is not None:
+                    out[f"{name + '.' if name else ''}{k}"] = p
+    return out
+
+
 def _run(module: nn.Module, state: Mapping[str, torch.Tensor], x: torch.Tensor, train: bool) -> _Recorder:
     from torch.func import functional_call
 
@@ -142,8 +182,12 @@ def _run(module: nn.Module, state: Mapping[str, torch.Tensor], x: torch.Tensor, 
         module.train(train)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            before = _python_state(module)
             with _Reads(rec), rec:
                 functional_call(module, own, (inp,), strict=False)
+            after = _python_state(module)
+        changed = sorted(k for k in set(before) | set(after) if before.get(k, _MISSING) != after.get(k, _MISSING))
+        rec.changed = changed
     finally:
         for m, was in modes:
             m.training = was
@@ -159,14 +203,16 @@ def trace_differs(model: nn.Module, state: Mapping[str, torch.Tensor], x: torch.
     with the graph traced in evaluation mode run in training mode (its BatchNorm leaves on batch
     statistics), which is what the certifier models for that pass.
 
-    ``model`` is not modified (both runs use fresh copies of ``state`` and ``x``, and every module's
-    mode is restored). A model that :mod:`torch.fx` cannot trace gives None here: every method that
+    ``model`` is not modified (both runs use a private copy of it and fresh copies of ``state`` and ``x``). A model that :mod:`torch.fx` cannot trace gives None here: every method that
     needs the trace refuses it.
 
     >>> m = nn.Sequential(nn.Linear(3, 2), nn.Tanh())
     >>> trace_differs(m, m.state_dict(), torch.ones(4, 3)) is None
     True
     """
+    from .line import private_copy
+
+    original, model = model, private_copy(model)  # the trace may write proxies into the copy's attributes
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
@@ -180,9 +226,12 @@ def trace_differs(model: nn.Module, state: Mapping[str, torch.Tensor], x: torch.
     except Exception:  # noqa: BLE001 - untraceable models are refused where the trace is needed
         return None
     try:
-        forward = _run(model, state, x, train)
+        forward = _run(private_copy(original), state, x, train)  # a copy of its own: untouched by the trace
     except Exception as exc:  # noqa: BLE001 - the forward itself fails on these inputs: nothing to compare
         return f"the forward could not be run to compare it with its trace ({type(exc).__name__}: {str(exc)[:120]})"
+    if forward.changed:
+        return (f"the forward changes its module's Python attribute {forward.changed[0]!r} when it runs: what it "
+                "computes may depend on how often it has run, which no trace shows")
     if forward.reads:
         where = " in training mode" if train else ""
         return (f"the forward{where} reads values of its parameters or inputs into Python ({', '.join(sorted(set(forward.reads))[:4])}): "
