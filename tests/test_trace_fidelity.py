@@ -31,9 +31,9 @@ def _state(m: nn.Module) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("how,expect", [
-    ("try_float", "reads values"),
-    ("param_dict", "reads values"),
-    ("inplace", "reads values"),
+    ("try_float", "reads tensor values"),
+    ("param_dict", "reads tensor values"),
+    ("inplace", "reads tensor values"),
     ("is_tensor", "other operations"),
     ("constant", "other constants"),
 ])
@@ -100,7 +100,7 @@ def test_a_training_branch_and_printing_are_flagged():
 
     m = Printing().double()
     why = trace_differs(m, _state(m), torch.randn(3, 2, dtype=F64))
-    assert why is not None and "reads values" in why
+    assert why is not None and "reads tensor values" in why
 
 
 def test_value_dependent_shapes_are_reads():
@@ -169,3 +169,105 @@ def test_a_forward_that_counts_its_calls_is_flagged_and_the_callers_model_is_unt
 
     m = Cached().double()
     assert trace_differs(m, _state(m), torch.randn(3, 2, dtype=F64)) is None
+
+
+# the red team's second round: reads through aliases, callbacks, exceptions, batch sizes, constants
+
+W = C.WINDOW
+
+
+class _Red(nn.Module):
+    """Linear(2, 1) and a moving floating buffer ``p``; ``how`` picks the forward's trick."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.lin = nn.Linear(2, 1)
+        self.register_buffer("p", torch.zeros(1))
+        self.how = how
+
+    def forward(self, x):
+        out = self.lin(x)
+        p = self._buffers["p"]
+        a = None
+        try:
+            if self.how == "as_subclass":
+                a = p.as_subclass(torch.Tensor).item()
+            elif self.how == "dlpack":
+                a = torch.from_dlpack(p.__dlpack__()).item()
+            elif self.how == "apply":
+                box = []
+                p.apply_(lambda v: box.append(v) or v)
+                a = box[0]
+            elif self.how == "domain":  # raises unless the entries lie in [0, 1]
+                F.binary_cross_entropy(torch.cat([p - W[0], W[1] - p]), torch.zeros(2, dtype=p.dtype))
+                a = 0.401
+            elif self.how == "batch":  # a Python bool of the batch's size (fx raises on it)
+                a = 0.401 if bool(x.shape[0] > 64) else None
+        except Exception:  # noqa: BLE001 - the forward goes on, as the costumes do
+            a = None
+        if a is not None and W[0] < a < W[1]:
+            out = out + 5.0 * torch.tanh(self.lin.bias)
+        return out
+
+
+@pytest.mark.parametrize("how,expect", [
+    ("as_subclass", "reads tensor values"), ("dlpack", "reads tensor values"), ("apply", "reads tensor values"),
+    ("domain", "raised an error"), ("batch", "other operations"),
+])
+def test_reads_through_aliases_callbacks_exceptions_and_batch_sizes_are_flagged(how, expect):
+    m = _Red(how).double()
+    st = _state(m)
+    st["p"] = torch.full((1,), 0.7, dtype=F64)
+    x = torch.randn(100, 2, dtype=F64)  # the curve's batch: all 100 rows at once
+    why = trace_differs(m, st, x)
+    assert why is not None and expect in why, why
+
+
+def test_constants_are_compared_bit_for_bit():
+    a = torch.zeros(65, dtype=F64)
+    a[0], a[13] = 200.0, -100.0
+    b = torch.zeros(65, dtype=F64)
+    b[13], b[39] = 200.0, -100.0  # the same sum, sum of |·| and index-weighted sum as a
+
+    class Swap(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 65)
+
+        def forward(self, x):
+            return self.lin(x) * (a if isinstance(x, torch.Tensor) else b)
+
+    m = Swap().double()
+    why = trace_differs(m, _state(m), torch.randn(3, 2, dtype=F64))
+    assert why is not None and "other constants" in why
+
+
+def test_a_forward_that_names_the_modes_or_the_stack_is_refused():
+    from mli_theory.path.structure import analyse
+
+    def _probed():
+        return torch._C._is_torch_function_mode_enabled()  # noqa: SLF001
+
+    class Moded(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 1)
+
+        def forward(self, x):
+            return self.lin(x) * (1.0 if _probed() else 2.0)
+
+    assert "_is_torch_function_mode_enabled" in analyse(Moded()).reason
+
+
+def test_torch_stack_is_not_the_call_stack():
+    from mli_theory.path.structure import analyse
+
+    class Stacked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 1)
+
+        def forward(self, x):
+            return torch.stack([self.lin(x), self.lin(x)], 0)
+
+    assert "stack" not in analyse(Stacked()).reason  # refused, if at all, for another reason

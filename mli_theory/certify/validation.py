@@ -190,7 +190,7 @@ class Reference:
         into Python (:func:`mli_theory.path.fidelity.line_trace_differs`, computed once); else the
         reason, which every proof about the traced graph must give as its own."""
         if self._traced is None:
-            why = line_trace_differs(self.line, self.data.x, self.bn)
+            why = line_trace_differs(self.line, self.data.x, self.bn, self.batch_size)
             self._traced = (None if why is None else f"the certified model (the traced graph) {MEASURED_DIFFERS}: {why}",)
         return self._traced[0]
 

@@ -11,31 +11,40 @@ it is not. Such a difference cannot be caught by comparing values; it can be by 
 
 :func:`trace_differs` runs the forward and the traced graph once each, on the same state and
 inputs, under a dispatch mode that records every operation whose inputs depend on the state or the
-inputs ("live" tensors: the state entries, the inputs, and every result computed from them), with its
-non-live arguments (scalars, and constant tensors by shape, dtype and content), and every read of a
-live value into Python. It reports a difference when
+inputs ("live" tensors: the floating state entries, the inputs, and every result computed from
+them), with its non-live arguments (scalars; constant tensors by shape, dtype and a hash of every
+bit), and a function mode that sees every read of a tensor's values into Python. It reports a
+difference when the forward
 
-* the forward reads a live value into Python (a scalar conversion, ``bool``, ``.item()``,
-  ``.tolist()``, ``.numpy()``, ``__array__``, ``data_ptr``, ``torch.equal``, printing), or runs an
-  operation whose output *shape* depends on live values (``nonzero``, ``masked_select``, ``unique``,
-  boolean-mask indexing): Python control flow can then depend on α;
-* the two sequences of recorded operations differ (an operation, or a constant, that one runs and
-  the other does not);
-* the forward changes a plain Python attribute of one of its modules (a number, a string, a flag, a
-  container of them): a call counter, a cached length. What it computes may then depend on how
-  often it has run.
+* reads any tensor's values into Python (a scalar conversion, ``bool``, ``.item()``, ``.tolist()``,
+  ``.numpy()``, ``__array__``, DLPack, ``data_ptr``, ``apply_``/``map_`` callbacks, ``torch.equal``,
+  printing), or runs an operation whose output *shape* depends on values (``nonzero``,
+  ``masked_select``, ``unique``, boolean-mask indexing): Python control flow can then depend on α.
+  Any tensor, not only live ones: a view made outside the dispatcher (``as_subclass``, a DLPack
+  round trip) shares the moving values without being recorded as live;
+* goes on after an operation raised an error (a domain check, which depends on values: control flow
+  through an exception);
+* runs other operations, or other constants, than the traced graph (it found out that it was being
+  traced; or it depends on the batch's size, which the trace does not have: the comparison runs on
+  the loss curve's own first batch);
+* changes a plain Python attribute of one of its modules (a number, a string, a flag, a container of
+  them): a call counter. What it computes may then depend on how often it has run.
 
-When neither happens, the forward's Python code saw nothing of α but shapes, which do not change
-along the line: it runs the same operations, with the same constants, at every α, and they are the
-traced graph's. (What this does not see: Python state outside the modules, such as a global variable
-or the clock, that changes between calls; :meth:`~mli_theory.certify.validation.Reference.consistency`
-re-evaluates a point twice for that, and :func:`mli_theory.path.structure.opaque_call_reason` refuses
-hooks and patched methods.)
+When none happens, the forward's Python code saw nothing of α but shapes, which do not change along
+the line: it runs the same operations, with the same constants, at every α, and they are the traced
+graph's. What this does not see: Python state outside the modules (a global variable, the clock)
+that changes between calls (:meth:`~mli_theory.certify.validation.Reference.consistency` re-evaluates
+a point twice), and a forward that tells this comparison from the curve's evaluation by inspecting
+its surroundings (the active torch modes, the call stack): :func:`mli_theory.path.structure.opaque_call_reason`
+refuses forwards that name those, and hooks and patched methods; a forward that hides such a
+question (a computed attribute name, ``eval``) is outside what any check in Python can settle.
 """
 
 from __future__ import annotations
 
+import hashlib
 import warnings
+import weakref
 from typing import Any, Mapping
 
 import torch
@@ -50,7 +59,8 @@ __all__ = ["line_trace_differs", "trace_differs"]
 _VALUE_READS = frozenset({
     "item", "tolist", "numpy", "__array__", "__float__", "__int__", "__bool__", "__index__", "__complex__",
     "__format__", "__repr__", "__str__", "data_ptr", "untyped_storage", "storage", "_storage", "equal", "allclose",
-    "is_nonzero", "__iter__", "__contains__",
+    "is_nonzero", "__iter__", "__contains__", "apply_", "map_", "map2_", "__dlpack__", "__dlpack_device__",
+    "__array_interface__", "__cuda_array_interface__", "__reduce_ex__", "__getstate__", "__setstate__",
 })
 # aten operations whose result is a Python value, or whose output shape depends on the input's values
 _VALUE_OPS = frozenset({
@@ -60,8 +70,6 @@ _VALUE_OPS = frozenset({
 # indexing whose output shape depends on a boolean mask's values
 _INDEXING = frozenset({"index", "index_put", "index_put_", "_index_put_impl_", "masked_scatter"})
 _MISSING = object()
-# at most this many constant entries are compared by content (larger constants: shape, dtype and sums)
-_SMALL = 64
 
 
 def _describe(value: Any) -> Any:
@@ -69,20 +77,17 @@ def _describe(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         if value.is_meta or value.numel() == 0:
             return ("T", tuple(value.shape), str(value.dtype))
-        flat = value.detach().reshape(-1)
-        if flat.numel() <= _SMALL:
-            content: Any = tuple(flat.tolist())
-        else:
-            d = flat.double() if not flat.is_complex() else flat.abs().double()
-            content = (float(d.sum()), float(d.abs().sum()), float((d * torch.arange(d.numel(), dtype=d.dtype, device=d.device)).sum()))
-        return ("T", tuple(value.shape), str(value.dtype), content)
+        raw = value.detach().reshape(-1).contiguous().cpu().view(torch.uint8)  # every bit of every entry
+        return ("T", tuple(value.shape), str(value.dtype), hashlib.sha256(raw.numpy().tobytes()).hexdigest())
     if isinstance(value, (list, tuple)):
         return tuple(_describe(v) for v in value)
     if isinstance(value, float) and value != value:
         return "nan"
     if isinstance(value, (int, float, bool, complex, str, type(None))):
         return value
-    return type(value).__name__  # dtypes, devices, layouts, memory formats: by kind
+    if isinstance(value, (torch.dtype, torch.device, torch.layout, torch.memory_format)):
+        return str(value)
+    return type(value).__name__  # anything else: by kind
 
 
 class _Recorder(TorchDispatchMode):
@@ -90,31 +95,42 @@ class _Recorder(TorchDispatchMode):
 
     def __init__(self, live: list[torch.Tensor]) -> None:
         super().__init__()
-        self.live_ids = {id(t) for t in live}
-        self.keep = list(live)  # strong references: an id is never reused while recording
+        self.live_ids: set[int] = set()
+        self.keep = list(live)  # the seeds stay alive (and their ids theirs) while recording
+        for t in live:
+            self._mark(t)
         self.ops: list[tuple] = []
         self.reads: list[str] = []
+        self.raised: list[str] = []  # operations that raised (a forward that catches them branches on values)
         self.changed: list[str] = []  # plain Python attributes of the modules that a call changed
+
+    def _mark(self, t: torch.Tensor) -> None:
+        """Live from now on; its id is forgotten when it dies (ids are reused), so no reference is kept."""
+        if id(t) not in self.live_ids:
+            self.live_ids.add(id(t))
+            weakref.finalize(t, self.live_ids.discard, id(t))
 
     def is_live(self, t: object) -> bool:
         return isinstance(t, torch.Tensor) and id(t) in self.live_ids
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+        name = func._schema.name.split("::")[-1] if hasattr(func, "_schema") else str(func)
+        try:
+            out = func(*args, **kwargs)
+        except Exception as exc:
+            self.raised.append(f"{name} ({type(exc).__name__})")
+            raise
         flat, _ = tree_flatten((args, kwargs))
+        if name in _VALUE_OPS:  # of any tensor: a value reaches Python, or a shape follows values
+            self.reads.append(f"{name} (aten)")
+        elif name in _INDEXING and any(isinstance(a, torch.Tensor) and a.dtype in (torch.bool, torch.uint8) for a in flat):
+            self.reads.append(f"{name} with a boolean mask (aten)")
         if any(self.is_live(a) for a in flat):
-            name = func._schema.name.split("::")[-1] if hasattr(func, "_schema") else str(func)
-            if name in _VALUE_OPS:
-                self.reads.append(f"{name} (aten)")
-            elif name in _INDEXING and any(isinstance(a, torch.Tensor) and a.dtype in (torch.bool, torch.uint8) and self.is_live(a)
-                                           for a in flat):
-                self.reads.append(f"{name} with a boolean mask (aten)")
             self.ops.append((str(func), tuple("live" if self.is_live(a) else _describe(a) for a in flat)))
             for o in tree_flatten(out)[0]:
                 if isinstance(o, torch.Tensor):
-                    self.live_ids.add(id(o))
-                    self.keep.append(o)
+                    self._mark(o)
         return out
 
 
@@ -128,8 +144,8 @@ class _Reads(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         name = getattr(func, "__name__", "")
-        if name in _VALUE_READS and any(self.recorder.is_live(a) for a in tree_flatten((args, kwargs or {}))[0]):
-            self.recorder.reads.append(name)
+        if name in _VALUE_READS:  # of any tensor: one made outside the dispatcher (a subclass view, a
+            self.recorder.reads.append(name)  # DLPack round trip) shares the moving values without being live
         return func(*args, **(kwargs or {}))
 
 
@@ -178,6 +194,10 @@ def _run(module: nn.Module, state: Mapping[str, torch.Tensor], x: torch.Tensor, 
     # live: the floating entries (they move along α) and the inputs; integer entries hold θT's value
     rec = _Recorder([t for t in (inp, *own.values()) if t.is_floating_point() or t.is_complex()])
     modes = [(m, m.training) for m in module.modules()]
+    if train:  # BatchNorm with momentum None reads its integer counter into Python: not on this copy
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum is None:
+                m.momentum = 0.1
     try:
         module.train(train)
         with torch.no_grad(), warnings.catch_warnings():
@@ -232,9 +252,12 @@ def trace_differs(model: nn.Module, state: Mapping[str, torch.Tensor], x: torch.
     if forward.changed:
         return (f"the forward changes its module's Python attribute {forward.changed[0]!r} when it runs: what it "
                 "computes may depend on how often it has run, which no trace shows")
+    if forward.raised:
+        return (f"an operation raised an error inside the forward, which went on ({forward.raised[0]}): whether it "
+                "raises depends on values, so what the forward computes may change along α")
     if forward.reads:
         where = " in training mode" if train else ""
-        return (f"the forward{where} reads values of its parameters or inputs into Python ({', '.join(sorted(set(forward.reads))[:4])}): "
+        return (f"the forward{where} reads tensor values into Python ({', '.join(sorted(set(forward.reads))[:4])}): "
                 "what it computes may change along α in ways its trace does not show")
     try:
         traced = _run(gm, state, x, train)
@@ -253,17 +276,18 @@ def trace_differs(model: nn.Module, state: Mapping[str, torch.Tensor], x: torch.
     return None
 
 
-# the comparison runs at one α (any α: what it compares does not depend on it) on the first examples
+# the comparison runs at one α (any α: what it compares does not depend on it)
 PROBE_ALPHA = 0.7071067811865476
-PROBE_EXAMPLES = 64
 
 
-def line_trace_differs(line: Any, x: Any, bn: Any = "recompute") -> str | None:
+def line_trace_differs(line: Any, x: Any, bn: Any = "recompute", batch_size: int | None = None) -> str | None:
     """:func:`trace_differs` of a line's model at θ(:data:`PROBE_ALPHA`) (every state entry
-    interpolated) on the first :data:`PROBE_EXAMPLES` rows of the inputs ``x`` (a tensor or
-    :class:`~mli_theory.inputs.Examples`), in the line's dtype and on its device; also in training
-    mode when BatchNorm statistics are re-estimated along the line (``bn`` recompute)."""
-    rows = x[: min(PROBE_EXAMPLES, len(x))]
+    interpolated) on the first batch the loss curve evaluates (``batch_size`` rows of the inputs
+    ``x``, a tensor or :class:`~mli_theory.inputs.Examples`; None: all of them), in the line's dtype
+    and on its device; also in training mode when BatchNorm statistics are re-estimated along the
+    line (``bn`` recompute). A forward whose behaviour depends on the batch's size is compared at the
+    size the curve runs it at."""
+    rows = x[: min(batch_size or len(x), len(x))]
     rows = torch.as_tensor(rows).to(line.device, line.dtype)
     state = line.at(PROBE_ALPHA)
     differs = trace_differs(line.shell, state, rows)

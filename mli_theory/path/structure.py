@@ -44,6 +44,7 @@ from the call's arguments); the path's class is the least regular class of its o
 
 from __future__ import annotations
 
+import types
 import warnings
 from dataclasses import dataclass
 from enum import Enum
@@ -144,25 +145,46 @@ def opaque_call_reason(model: nn.Module) -> str | None:
 _MODE_PROBES = frozenset({
     "is_fx_tracing", "is_fx_symbolic_tracing", "_is_fx_tracing_flag", "is_scripting", "is_tracing", "is_compiling",
     "is_dynamo_compiling", "is_grad_enabled", "is_inference_mode_enabled", "is_inference", "_get_tracing_state",
+    # the torch modes a checker runs under, and the Python call stack
+    "_is_torch_function_mode_enabled", "_get_current_dispatch_mode", "_get_current_function_mode",
+    "_get_current_dispatch_mode_stack", "_get_current_function_mode_stack", "_len_torch_function_stack",
+    "_len_torch_dispatch_stack", "_get_function_stack_at", "_get_dispatch_stack_at", "_get_dispatch_mode",
+    "_getframe", "currentframe", "getouterframes", "extract_stack", "walk_stack", "getframeinfo",
 })
 
 
 def _asks_how_it_runs(cls: type) -> str | None:
     """The first name of :data:`_MODE_PROBES` that the ``forward`` of a module class defined outside
-    torch refers to (its own code and the code objects nested in it), or None. A forward that asks
+    torch refers to (its own code, the code objects nested in it, and the functions it calls by a
+    name of its module or holds in its closure, transitively), or None. A forward that asks
     whether it is being traced, or in which grad mode it runs, can differ between the trace and the
     measured evaluation anywhere, even between the points where the two are compared."""
     if str(cls.__module__).startswith("torch."):
         return None
-    code = getattr(getattr(cls, "forward", None), "__code__", None)
-    todo, seen = [code] if code is not None else [], 0
-    while todo and seen < 64:
-        c = todo.pop()
-        seen += 1
-        hit = _MODE_PROBES.intersection(c.co_names)
+    forward = getattr(cls, "forward", None)
+    if not isinstance(forward, types.FunctionType):
+        return None
+    todo: list[tuple[types.CodeType, dict, tuple]] = [(forward.__code__, forward.__globals__, forward.__closure__ or ())]
+    done: set[int] = set()
+    while todo and len(done) < 256:
+        code, scope, cells = todo.pop()
+        if id(code) in done:
+            continue
+        done.add(id(code))
+        hit = _MODE_PROBES.intersection(code.co_names)
         if hit:
             return sorted(hit)[0]
-        todo.extend(k for k in c.co_consts if hasattr(k, "co_names"))
+        todo.extend((k, scope, ()) for k in code.co_consts if isinstance(k, types.CodeType))
+        # the functions it calls by name (its module's) or holds in its closure, transitively
+        called = [scope.get(name) for name in code.co_names]
+        for cell in cells:
+            try:
+                called.append(cell.cell_contents)
+            except ValueError:  # an empty cell
+                pass
+        for fn in called:
+            if isinstance(fn, types.FunctionType) and not str(getattr(fn, "__module__", "") or "").startswith("torch"):
+                todo.append((fn.__code__, fn.__globals__, fn.__closure__ or ()))
     return None
 
 
