@@ -271,3 +271,62 @@ def test_torch_stack_is_not_the_call_stack():
             return torch.stack([self.lin(x), self.lin(x)], 0)
 
     assert "stack" not in analyse(Stacked()).reason  # refused, if at all, for another reason
+
+
+# the third round: shapes that carry values, the last short batch, memory read through ctypes
+
+
+def test_value_carrying_shapes_and_quantisation_scales_are_reads():
+    class Counted(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 1)
+
+        def forward(self, x):
+            out = self.lin(x)
+            k = torch.bincount((out.detach().abs() * 10).long().flatten()).shape[0]  # max + 1 of the values
+            return out * (1.0 + 0.0 * k)
+
+    m = Counted().double()
+    why = trace_differs(m, _state(m), torch.randn(5, 2, dtype=F64))
+    assert why is not None and "bincount" in why
+
+
+def test_the_last_short_batch_is_compared_too():
+    from mli_theory.path import make_line
+    from mli_theory.path.fidelity import line_trace_differs
+
+    class LastBatch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 1)
+
+        def forward(self, x):
+            out = self.lin(x)
+            if isinstance(x, torch.Tensor) and x.shape[0] % 16:  # only the short batch, only when run
+                out = out + torch.tanh(out)
+            return out
+
+    m = LastBatch().double()
+    line = make_line(m, _state(m), _state(m), dtype=F64)
+    x = torch.randn(40, 2, dtype=F64)
+    assert line_trace_differs(line, x[:32], batch_size=16) is None  # 16 + 16: no short batch, no difference
+    why = line_trace_differs(line, x, batch_size=32)  # 32 + 8: only the short batch differs
+    assert why is not None and "batch of 8 examples" in why
+
+
+def test_memory_read_through_ctypes_is_refused_by_name():
+    import ctypes
+
+    from mli_theory.path.structure import analyse
+
+    class Peek(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 1)
+
+        def forward(self, x):
+            v = ctypes.c_double.from_address(id(x))  # never run here: the name alone refuses it
+            return self.lin(x) * (1.0 if v else 1.0)
+
+    assert "from_address" in analyse(Peek()).reason

@@ -61,11 +61,16 @@ _VALUE_READS = frozenset({
     "__format__", "__repr__", "__str__", "data_ptr", "untyped_storage", "storage", "_storage", "equal", "allclose",
     "is_nonzero", "__iter__", "__contains__", "apply_", "map_", "map2_", "__dlpack__", "__dlpack_device__",
     "__array_interface__", "__cuda_array_interface__", "__reduce_ex__", "__getstate__", "__setstate__",
+    # aliases made outside the dispatcher (their later operations and reads would go unrecorded)
+    "as_subclass", "_make_subclass", "_make_wrapper_subclass", "to_dlpack", "_to_dlpack", "from_dlpack",
+    "q_scale", "q_zero_point", "q_per_channel_scales", "q_per_channel_zero_points",
 })
 # aten operations whose result is a Python value, or whose output shape depends on the input's values
 _VALUE_OPS = frozenset({
     "_local_scalar_dense", "is_nonzero", "equal", "nonzero", "nonzero_static", "masked_select", "unique_dim",
-    "_unique", "_unique2", "unique_consecutive", "argwhere", "_assert_async",
+    "_unique", "_unique2", "unique_consecutive", "argwhere", "_assert_async", "_assert_scalar", "bincount",
+    "repeat_interleave", "tensor_split", "q_scale", "q_zero_point", "q_per_channel_scales", "_to_sparse", "to_sparse",
+    "_to_sparse_csr", "_to_sparse_csc", "_to_sparse_bsr", "_to_sparse_bsc", "_nnz", "quantize_per_tensor_dynamic",
 })
 # indexing whose output shape depends on a boolean mask's values
 _INDEXING = frozenset({"index", "index_put", "index_put_", "_index_put_impl_", "masked_scatter"})
@@ -283,14 +288,19 @@ PROBE_ALPHA = 0.7071067811865476
 def line_trace_differs(line: Any, x: Any, bn: Any = "recompute", batch_size: int | None = None) -> str | None:
     """:func:`trace_differs` of a line's model at θ(:data:`PROBE_ALPHA`) (every state entry
     interpolated) on the first batch the loss curve evaluates (``batch_size`` rows of the inputs
-    ``x``, a tensor or :class:`~mli_theory.inputs.Examples`; None: all of them), in the line's dtype
-    and on its device; also in training mode when BatchNorm statistics are re-estimated along the
-    line (``bn`` recompute). A forward whose behaviour depends on the batch's size is compared at the
-    size the curve runs it at."""
-    rows = x[: min(batch_size or len(x), len(x))]
-    rows = torch.as_tensor(rows).to(line.device, line.dtype)
+    ``x``, a tensor or :class:`~mli_theory.inputs.Examples`; None: all of them), and on its last batch
+    when that one is shorter, in the line's dtype and on its device; also in training mode when
+    BatchNorm statistics are re-estimated along the line (``bn`` recompute). A forward whose
+    behaviour depends on the batch's size is compared at every size the curve runs it at."""
+    n = len(x)
+    b = min(batch_size or n, n)
     state = line.at(PROBE_ALPHA)
-    differs = trace_differs(line.shell, state, rows)
-    if differs is None and line.has_bn and str(getattr(bn, "value", bn)) == "recompute" and rows.shape[0] > 1:
-        differs = trace_differs(line.shell, state, rows, train=True)
-    return differs
+    batches = [(0, b)] + ([(n - n % b, n)] if n % b else [])  # every batch size the curve runs: the last may be short
+    for lo, hi in batches:
+        rows = torch.as_tensor(x[lo:hi]).to(line.device, line.dtype)
+        differs = trace_differs(line.shell, state, rows)
+        if differs is None and line.has_bn and str(getattr(bn, "value", bn)) == "recompute" and rows.shape[0] > 1:
+            differs = trace_differs(line.shell, state, rows, train=True)
+        if differs is not None:
+            return differs if len(batches) == 1 else f"{differs} (on the curve's batch of {hi - lo} examples)"
+    return None

@@ -150,6 +150,9 @@ _MODE_PROBES = frozenset({
     "_get_current_dispatch_mode_stack", "_get_current_function_mode_stack", "_len_torch_function_stack",
     "_len_torch_dispatch_stack", "_get_function_stack_at", "_get_dispatch_stack_at", "_get_dispatch_mode",
     "_getframe", "currentframe", "getouterframes", "extract_stack", "walk_stack", "getframeinfo",
+    # memory read around torch (a DLPack capsule or an address handed to ctypes)
+    "to_dlpack", "_to_dlpack", "from_address", "from_buffer", "from_buffer_copy", "string_at", "memmove",
+    "PyCapsule_GetPointer", "pythonapi",
 })
 
 
