@@ -312,7 +312,7 @@ def test_the_last_short_batch_is_compared_too():
     x = torch.randn(40, 2, dtype=F64)
     assert line_trace_differs(line, x[:32], batch_size=16) is None  # 16 + 16: no short batch, no difference
     why = line_trace_differs(line, x, batch_size=32)  # 32 + 8: only the short batch differs
-    assert why is not None and "batch of 8 examples" in why
+    assert why is not None and "rows 32–39" in why
 
 
 def test_memory_read_through_ctypes_is_refused_by_name():
@@ -330,3 +330,43 @@ def test_memory_read_through_ctypes_is_refused_by_name():
             return self.lin(x) * (1.0 if v else 1.0)
 
     assert "from_address" in analyse(Peek()).reason
+
+
+# the fourth round: how the tensors are held (views, offsets, reference counts)
+
+
+def test_every_batch_is_compared_as_the_curve_hands_it_over():
+    from mli_theory.path import make_line
+    from mli_theory.path.fidelity import line_trace_differs
+
+    class Middle(nn.Module):  # tells the batch by its position in the data, without reading values
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 1)
+
+        def forward(self, x):
+            out = self.lin(x)
+            if isinstance(x, torch.Tensor) and x.storage_offset() == 16 * x.stride(0):
+                out = out + torch.tanh(out)
+            return out
+
+    m = Middle().double()
+    line = make_line(m, _state(m), _state(m), dtype=F64)
+    why = line_trace_differs(line, torch.randn(48, 2, dtype=F64), batch_size=16)  # 16 + 16 + 16: the middle one
+    assert why is not None and "rows 16–31" in why
+
+
+def test_a_forward_that_counts_references_is_refused_by_name():
+    import sys
+
+    from mli_theory.path.structure import analyse
+
+    class Counting(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 1)
+
+        def forward(self, x):
+            return self.lin(x) * (1.0 if sys.getrefcount(x) < 5 else 1.0)
+
+    assert "getrefcount" in analyse(Counting()).reason

@@ -100,14 +100,18 @@ class _Recorder(TorchDispatchMode):
 
     def __init__(self, live: list[torch.Tensor]) -> None:
         super().__init__()
-        self.live_ids: set[int] = set()
+        self.span: tuple[int, int] | None = None  # the rows of the batch being run
+        self.live_ids: set[int] = {id(t) for t in live}
         self.keep = list(live)  # the seeds stay alive (and their ids theirs) while recording
-        for t in live:
-            self._mark(t)
         self.ops: list[tuple] = []
         self.reads: list[str] = []
         self.raised: list[str] = []  # operations that raised (a forward that catches them branches on values)
         self.changed: list[str] = []  # plain Python attributes of the modules that a call changed
+
+    def seed(self, t: torch.Tensor) -> None:
+        """A tensor the caller hands to the forward (a batch): live, kept alive while recording."""
+        self.live_ids.add(id(t))
+        self.keep.append(t)
 
     def _mark(self, t: torch.Tensor) -> None:
         """Live from now on; its id is forgotten when it dies (ids are reused), so no reference is kept."""
@@ -132,7 +136,7 @@ class _Recorder(TorchDispatchMode):
         elif name in _INDEXING and any(isinstance(a, torch.Tensor) and a.dtype in (torch.bool, torch.uint8) for a in flat):
             self.reads.append(f"{name} with a boolean mask (aten)")
         if any(self.is_live(a) for a in flat):
-            self.ops.append((str(func), tuple("live" if self.is_live(a) else _describe(a) for a in flat)))
+            self.ops.append((str(func), tuple("live" if self.is_live(a) else _describe(a) for a in flat), self.span))
             for o in tree_flatten(out)[0]:
                 if isinstance(o, torch.Tensor):
                     self._mark(o)
@@ -189,15 +193,17 @@ def _python_state(module: nn.Module) -> dict[str, Any]:
     return out
 
 
-def _run(module: nn.Module, state: Mapping[str, torch.Tensor], x: torch.Tensor, train: bool) -> _Recorder:
+def _run(module: nn.Module, state: Mapping[str, torch.Tensor], x: Any, spans: list[tuple[int, int]], train: bool) -> _Recorder:
+    """The module on every batch ``x[lo:hi]`` of ``spans`` (views of a private copy of ``x`` when it is
+    a tensor, as the curve hands its batches over), one recorder for all of them."""
     from torch.func import functional_call
 
     names = set(dict(module.named_parameters(remove_duplicate=False))) | set(dict(module.named_buffers(remove_duplicate=False)))
     # fresh copies: a forward that writes its state or its input writes these, and both runs start equal
     own = {k: v.detach().clone() for k, v in state.items() if k in names}
-    inp = x.detach().clone()
+    source = x.detach().clone() if isinstance(x, torch.Tensor) else x
     # live: the floating entries (they move along α) and the inputs; integer entries hold θT's value
-    rec = _Recorder([t for t in (inp, *own.values()) if t.is_floating_point() or t.is_complex()])
+    rec = _Recorder([t for t in own.values() if t.is_floating_point() or t.is_complex()])
     modes = [(m, m.training) for m in module.modules()]
     if train:  # BatchNorm with momentum None reads its integer counter into Python: not on this copy
         for m in module.modules():
@@ -208,28 +214,38 @@ def _run(module: nn.Module, state: Mapping[str, torch.Tensor], x: torch.Tensor, 
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             before = _python_state(module)
-            with _Reads(rec), rec:
-                functional_call(module, own, (inp,), strict=False)
+            for lo, hi in spans:
+                batch = source[lo:hi]
+                rec.seed(batch)
+                rec.span = (lo, hi)
+                with _Reads(rec), rec:
+                    functional_call(module, own, (batch,), strict=False)
+                del batch
             after = _python_state(module)
-        changed = sorted(k for k in set(before) | set(after) if before.get(k, _MISSING) != after.get(k, _MISSING))
-        rec.changed = changed
+        rec.changed = sorted(k for k in set(before) | set(after) if before.get(k, _MISSING) != after.get(k, _MISSING))
     finally:
         for m, was in modes:
             m.training = was
     return rec
 
 
-def trace_differs(model: nn.Module, state: Mapping[str, torch.Tensor], x: torch.Tensor, *, train: bool = False) -> str | None:
+def trace_differs(model: nn.Module, state: Mapping[str, torch.Tensor], x: Any, *, train: bool = False,
+                  batch_size: int | None = None) -> str | None:
     """Why the traced graph of ``model`` may not compute what its ``forward`` computes at other α
     (None when, on ``state`` and inputs ``x``, both run the same operations with the same constants
     and the forward reads no value of the state or inputs into Python). See the module docstring.
+
+    ``x`` is taken in batches of ``batch_size`` rows (None: all at once), each handed over as the loss
+    curve hands it (a view of the rows when ``x`` is a tensor), so that a forward that depends on
+    the batch's size or position is compared on every batch the curve runs.
 
     ``train``: compare the forward in training mode (the pass that re-estimates BatchNorm statistics)
     with the graph traced in evaluation mode run in training mode (its BatchNorm leaves on batch
     statistics), which is what the certifier models for that pass.
 
-    ``model`` is not modified (both runs use a private copy of it and fresh copies of ``state`` and ``x``). A model that :mod:`torch.fx` cannot trace gives None here: every method that
-    needs the trace refuses it.
+    ``model`` is not modified (both runs use a private copy of it and fresh copies of ``state`` and
+    ``x``). A model that :mod:`torch.fx` cannot trace gives None here: every method that needs the
+    trace refuses it.
 
     >>> m = nn.Sequential(nn.Linear(3, 2), nn.Tanh())
     >>> trace_differs(m, m.state_dict(), torch.ones(4, 3)) is None
@@ -250,8 +266,11 @@ def trace_differs(model: nn.Module, state: Mapping[str, torch.Tensor], x: torch.
                     m.training = t
     except Exception:  # noqa: BLE001 - untraceable models are refused where the trace is needed
         return None
+    n = len(x)
+    b = min(batch_size or n, n) if n else 1
+    spans = [(lo, min(lo + b, n)) for lo in range(0, n, b)]
     try:
-        forward = _run(private_copy(original), state, x, train)  # a copy of its own: untouched by the trace
+        forward = _run(private_copy(original), state, x, spans, train)  # a copy of its own: untouched by the trace
     except Exception as exc:  # noqa: BLE001 - the forward itself fails on these inputs: nothing to compare
         return f"the forward could not be run to compare it with its trace ({type(exc).__name__}: {str(exc)[:120]})"
     if forward.changed:
@@ -265,7 +284,7 @@ def trace_differs(model: nn.Module, state: Mapping[str, torch.Tensor], x: torch.
         return (f"the forward{where} reads tensor values into Python ({', '.join(sorted(set(forward.reads))[:4])}): "
                 "what it computes may change along α in ways its trace does not show")
     try:
-        traced = _run(gm, state, x, train)
+        traced = _run(gm, state, x, spans, train)
     except Exception as exc:  # noqa: BLE001
         return f"the traced graph could not be run on the forward's inputs ({type(exc).__name__}: {str(exc)[:120]})"
     if traced.ops != forward.ops:
@@ -274,6 +293,9 @@ def trace_differs(model: nn.Module, state: Mapping[str, torch.Tensor], x: torch.
         a = forward.ops[k][0] if k < len(forward.ops) else "nothing"
         b = traced.ops[k][0] if k < len(traced.ops) else "nothing"
         same = " (with other constants)" if a == b else ""
+        span = (forward.ops if k < len(forward.ops) else traced.ops)[min(k, max(len(forward.ops), len(traced.ops)) - 1)][2]
+        if span is not None and len(spans) > 1:
+            same += f", on the curve's batch of rows {span[0]}–{span[1] - 1}"
         where = " in training mode (the statistics' re-estimation pass)" if train else ""
         return (f"the forward{where} runs other operations than its traced graph: operation {k + 1} is {a} in the forward and "
                 f"{b} in the trace{same} ({len(forward.ops)} against {len(traced.ops)} operations): it computes "
@@ -287,20 +309,15 @@ PROBE_ALPHA = 0.7071067811865476
 
 def line_trace_differs(line: Any, x: Any, bn: Any = "recompute", batch_size: int | None = None) -> str | None:
     """:func:`trace_differs` of a line's model at θ(:data:`PROBE_ALPHA`) (every state entry
-    interpolated) on the first batch the loss curve evaluates (``batch_size`` rows of the inputs
-    ``x``, a tensor or :class:`~mli_theory.inputs.Examples`; None: all of them), and on its last batch
-    when that one is shorter, in the line's dtype and on its device; also in training mode when
-    BatchNorm statistics are re-estimated along the line (``bn`` recompute). A forward whose
-    behaviour depends on the batch's size is compared at every size the curve runs it at."""
-    n = len(x)
-    b = min(batch_size or n, n)
+    interpolated) on every batch the loss curve evaluates (``batch_size`` rows of the inputs ``x``,
+    a tensor or :class:`~mli_theory.inputs.Examples`; None: all of them at once), in the line's
+    dtype and on its device; also in training mode when BatchNorm statistics are re-estimated along
+    the line (``bn`` recompute). One pass over the data for each of the two runs, one α: a small part
+    of the curve's own cost."""
+    if isinstance(x, torch.Tensor):
+        x = x.to(line.device, line.dtype)
     state = line.at(PROBE_ALPHA)
-    batches = [(0, b)] + ([(n - n % b, n)] if n % b else [])  # every batch size the curve runs: the last may be short
-    for lo, hi in batches:
-        rows = torch.as_tensor(x[lo:hi]).to(line.device, line.dtype)
-        differs = trace_differs(line.shell, state, rows)
-        if differs is None and line.has_bn and str(getattr(bn, "value", bn)) == "recompute" and rows.shape[0] > 1:
-            differs = trace_differs(line.shell, state, rows, train=True)
-        if differs is not None:
-            return differs if len(batches) == 1 else f"{differs} (on the curve's batch of {hi - lo} examples)"
-    return None
+    differs = trace_differs(line.shell, state, x, batch_size=batch_size)
+    if differs is None and line.has_bn and str(getattr(bn, "value", bn)) == "recompute" and len(x) > 1:
+        differs = trace_differs(line.shell, state, x, train=True, batch_size=batch_size)
+    return differs

@@ -153,6 +153,9 @@ _MODE_PROBES = frozenset({
     # memory read around torch (a DLPack capsule or an address handed to ctypes)
     "to_dlpack", "_to_dlpack", "from_address", "from_buffer", "from_buffer_copy", "string_at", "memmove",
     "PyCapsule_GetPointer", "pythonapi",
+    # how the tensors it is given are held (a forward that tells the comparison's call from the curve's)
+    "getrefcount", "getweakrefcount", "getweakrefs", "get_referrers", "get_referents", "storage_offset", "_base",
+    "_version", "_cdata", "is_view",
 })
 
 
