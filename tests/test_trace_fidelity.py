@@ -370,3 +370,60 @@ def test_a_forward_that_counts_references_is_refused_by_name():
             return self.lin(x) * (1.0 if sys.getrefcount(x) < 5 else 1.0)
 
     assert "getrefcount" in analyse(Counting()).reason
+
+
+# the fifth round: copies that differ, counters in sets, flags, the modes asked by other names
+
+
+def test_copy_hooks_counters_in_sets_and_mode_questions_are_refused():
+    from mli_theory.path.structure import analyse
+
+    class Copied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 1)
+
+        def __deepcopy__(self, memo):  # noqa: D105 - a copy that differs from the model
+            return self
+
+        def forward(self, x):
+            return self.lin(x)
+
+    assert "__deepcopy__" in analyse(Copied()).reason
+
+    class SetCounter(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 1)
+            self.calls = set()
+
+        def forward(self, x):
+            self.calls.add(len(self.calls))
+            return self.lin(x)
+
+    m = SetCounter().double()
+    why = trace_differs(m, _state(m), torch.randn(3, 2, dtype=F64))
+    assert why is not None and "'calls'" in why
+
+    class Flag(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 1)
+
+        def forward(self, x):
+            self.lin.training = not self.lin.training  # a hidden bit in a mode flag
+            return self.lin(x)
+
+    m = Flag().double()
+    why = trace_differs(m, _state(m), torch.randn(3, 2, dtype=F64))
+    assert why is not None and "training" in why
+
+    class Asks(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 1)
+
+        def forward(self, x):
+            return self.lin(x) * (1.0 if torch.overrides.has_torch_function((x,)) else 1.0)
+
+    assert "has_torch_function" in analyse(Asks()).reason

@@ -43,6 +43,7 @@ question (a computed attribute name, ``eval``) is outside what any check in Pyth
 from __future__ import annotations
 
 import hashlib
+import sys
 import warnings
 import weakref
 from typing import Any, Mapping
@@ -131,8 +132,8 @@ class _Recorder(TorchDispatchMode):
             self.raised.append(f"{name} ({type(exc).__name__})")
             raise
         flat, _ = tree_flatten((args, kwargs))
-        if name in _VALUE_OPS:  # of any tensor: a value reaches Python, or a shape follows values
-            self.reads.append(f"{name} (aten)")
+        if name in _VALUE_OPS and not (name == "_local_scalar_dense" and _batchnorm_counter(tuple(args))):
+            self.reads.append(f"{name} (aten)")  # of any tensor: a value reaches Python, or a shape follows values
         elif name in _INDEXING and any(isinstance(a, torch.Tensor) and a.dtype in (torch.bool, torch.uint8) for a in flat):
             self.reads.append(f"{name} with a boolean mask (aten)")
         if any(self.is_live(a) for a in flat):
@@ -153,9 +154,29 @@ class _Reads(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         name = getattr(func, "__name__", "")
-        if name in _VALUE_READS:  # of any tensor: one made outside the dispatcher (a subclass view, a
-            self.recorder.reads.append(name)  # DLPack round trip) shares the moving values without being live
+        if name in _VALUE_READS and not _batchnorm_counter(args):  # of any tensor: one made outside the dispatcher
+            self.recorder.reads.append(name)  # (a subclass view, a DLPack round trip) shares the moving values
         return func(*args, **(kwargs or {}))
+
+
+def _batchnorm_counter(args: tuple) -> bool:
+    """Whether this read is torch's own BatchNorm reading its integer counter ``num_batches_tracked``
+    (``1 / float(num_batches_tracked)`` with momentum None, as in the curve's re-estimation pass):
+    an integer entry, read by pristine torch code (:mod:`.pristine`), never a moving value."""
+    if not (len(args) == 1 and isinstance(args[0], torch.Tensor) and not args[0].is_floating_point()
+            and not args[0].is_complex() and args[0].numel() == 1):
+        return False
+    f = sys._getframe(2)
+    for _ in range(8):  # the frame that called float() on the counter, past torch's own dispatch helpers
+        if f is None:
+            return False
+        if f.f_code.co_filename == _BATCHNORM_FILE and f.f_code.co_name == "forward":
+            return True
+        f = f.f_back
+    return False
+
+
+_BATCHNORM_FILE = nn.modules.batchnorm.__file__
 
 
 # a module's own bookkeeping, not state a forward computes with
@@ -163,7 +184,7 @@ _BOOKKEEPING = frozenset({"_parameters", "_buffers", "_modules", "_non_persisten
                           "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks", "_state_dict_hooks",
                           "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
                           "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs",
-                          "_is_full_backward_hook", "training"})
+                          "_is_full_backward_hook"})
 _PLAIN = (int, float, bool, str, bytes, type(None))
 
 
@@ -172,6 +193,10 @@ def _plain(value: Any, depth: int = 0) -> Any:
     a value, and not compared)."""
     if isinstance(value, _PLAIN):
         return value
+    if isinstance(value, torch.Tensor):  # a tensor kept as a plain attribute: its shape and every bit
+        return ("tensor", _describe(value))
+    if depth < 3 and isinstance(value, (set, frozenset)):
+        return (type(value).__name__, tuple(sorted(repr(_plain(v, depth + 1)) for v in value)))
     if depth < 3 and isinstance(value, (list, tuple)):
         items = [_plain(v, depth + 1) for v in value]
         return None if any(i is None and v is not None for i, v in zip(items, value)) else (type(value).__name__, tuple(items))
@@ -205,10 +230,6 @@ def _run(module: nn.Module, state: Mapping[str, torch.Tensor], x: Any, spans: li
     # live: the floating entries (they move along α) and the inputs; integer entries hold θT's value
     rec = _Recorder([t for t in own.values() if t.is_floating_point() or t.is_complex()])
     modes = [(m, m.training) for m in module.modules()]
-    if train:  # BatchNorm with momentum None reads its integer counter into Python: not on this copy
-        for m in module.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum is None:
-                m.momentum = 0.1
     try:
         module.train(train)
         with torch.no_grad(), warnings.catch_warnings():

@@ -135,11 +135,17 @@ def opaque_call_reason(model: nn.Module) -> str | None:
             return f"{label} has its own instance attribute {patched[0]!r} (a patched method the trace cannot see)"
         if cls.__module__.startswith("torch.nn.") and not str(getattr(cls.forward, "__module__", "")).startswith("torch."):
             return f"{label}: {cls.__name__}.forward has been replaced by code outside torch"
+        copying = sorted(_COPY_HOOKS & set(vars(cls))) if not str(cls.__module__).startswith("torch.") else []
+        if copying:  # every evaluation runs a private copy of the model: it must be the model
+            return f"{label} ({cls.__name__}) defines {copying[0]}: its copies, which are what is evaluated, may differ from it"
         asks = _asks_how_it_runs(cls)
         if asks is not None:
             return f"{label} ({cls.__name__}) reads {asks} in its forward: it may compute one thing when traced and another when run"
     return None
 
+
+# class hooks that make a copy of a module differ from it
+_COPY_HOOKS = frozenset({"__deepcopy__", "__copy__", "__reduce__", "__reduce_ex__", "__setstate__", "__getstate__"})
 
 # what a forward can read to behave differently under the trace than when the curve runs it
 _MODE_PROBES = frozenset({
@@ -156,6 +162,10 @@ _MODE_PROBES = frozenset({
     # how the tensors it is given are held (a forward that tells the comparison's call from the curve's)
     "getrefcount", "getweakrefcount", "getweakrefs", "get_referrers", "get_referents", "storage_offset", "_base",
     "_version", "_cdata", "is_view",
+    # whether a torch function or dispatch mode is active, weak references, the garbage collector's view
+    "has_torch_function", "_has_torch_function", "_has_torch_function_unary", "_has_torch_function_variadic",
+    "is_in_torch_dispatch_mode", "_dispatch_tls_is_dispatch_key_included", "_dispatch_tls_local_include_set",
+    "_dispatch_tls_local_exclude_set", "__weakref__", "get_objects",
 })
 
 
