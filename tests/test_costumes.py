@@ -207,14 +207,10 @@ def test_patched_functional_linear_was_restored():
 # f. parametrisations and pruning through the command line -----------------------------------------
 
 
-@pytest.mark.parametrize("kind", C.REPARAMETRISATIONS)
-def test_reparametrised_model_through_the_cli(kind, tmp_path):
-    """Exit code 0 (an answer; its certificate consistent with the truth) or 2 (refused), never 1."""
-    c = C.reparametrised(kind)
-    (tmp_path / "costume_factory.py").write_text(
-        "from costumes import reparametrised_mlp\n\n\n"
-        f"def build():\n    return reparametrised_mlp({kind!r})\n"
-    )
+def _check_through_the_cli(c: C.Costume, factory_source: str, tmp_path) -> subprocess.CompletedProcess:
+    """``check --certify --json`` on ``c``, its model built by ``build()`` of a user's module with
+    ``factory_source`` (importing from ``tests/costumes.py``), as a user would run it."""
+    (tmp_path / "costume_factory.py").write_text(factory_source)
     torch.save(c.init, tmp_path / "init.pt")
     torch.save(c.final, tmp_path / "final.pt")
     np.savez(tmp_path / "data.npz", x=c.data.x.numpy(), y=c.data.y.numpy())
@@ -226,7 +222,16 @@ def test_reparametrised_model_through_the_cli(kind, tmp_path):
         "--loss", "mse", "--dtype", "float64", "--alphas", str(ALPHAS), "--tol", str(c.tol), "--certify",
         "--certify-budget", str(BUDGET), "--no-geometry", "--json",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("kind", C.REPARAMETRISATIONS)
+def test_reparametrised_model_through_the_cli(kind, tmp_path):
+    """Exit code 0 (an answer; its certificate consistent with the truth) or 2 (refused), never 1."""
+    c = C.reparametrised(kind)
+    proc = _check_through_the_cli(
+        c, f"from costumes import reparametrised_mlp\n\n\ndef build():\n    return reparametrised_mlp({kind!r})\n", tmp_path
+    )
     assert proc.returncode in (0, 2), f"exit {proc.returncode} (internal error) for {kind}:\n{proc.stderr[-3000:]}"
     if proc.returncode == 2:
         assert proc.stdout.strip() == "" and proc.stderr.strip(), proc.stderr
@@ -241,22 +246,9 @@ def test_reparametrised_model_through_the_cli(kind, tmp_path):
 def test_window_costume_through_the_cli(how, tmp_path):
     """A user's factory whose forward differs from its trace only inside a window of α: unknown."""
     c = C.window(how)
-    (tmp_path / "window_factory.py").write_text(
-        "from costumes import WindowNet\n\n\n"
-        f"def build():\n    return WindowNet({how!r}).double().eval()\n"
+    proc = _check_through_the_cli(
+        c, f"from costumes import WindowNet\n\n\ndef build():\n    return WindowNet({how!r}).double().eval()\n", tmp_path
     )
-    torch.save(c.init, tmp_path / "init.pt")
-    torch.save(c.final, tmp_path / "final.pt")
-    np.savez(tmp_path / "data.npz", x=c.data.x.numpy(), y=c.data.y.numpy())
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), TESTS_DIR] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    cmd = [
-        sys.executable, "-m", "mli_theory", "check", "--arch", "window_factory:build",
-        "--init", str(tmp_path / "init.pt"), "--final", str(tmp_path / "final.pt"), "--data", str(tmp_path / "data.npz"),
-        "--loss", "mse", "--dtype", "float64", "--alphas", str(ALPHAS), "--tol", str(c.tol), "--certify",
-        "--certify-budget", str(BUDGET), "--no-geometry", "--json",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
     assert max(out["losses"][i + 1] - out["losses"][i] for i in range(ALPHAS - 1)) <= 0  # the grid sees no rise
