@@ -235,7 +235,8 @@ def check(
             names = None
         try:
             conditions, notes, proof_s = complete_proofs(
-                conditions, line, data, alphas=grid, lprime1=geo.lprime1, budget_s=left, names=names, measured=curve.losses
+                conditions, line, data, alphas=grid, lprime1=geo.lprime1, budget_s=left, names=names, measured=curve.losses,
+                batch_size=batch_size, reference=reference,
             )
             warnings.extend(notes)
             if proof_s is not None:

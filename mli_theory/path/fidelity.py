@@ -250,48 +250,28 @@ def _run(module: nn.Module, state: Mapping[str, torch.Tensor], x: Any, spans: li
     return rec
 
 
-def trace_differs(model: nn.Module, state: Mapping[str, torch.Tensor], x: Any, *, train: bool = False,
-                  batch_size: int | None = None) -> str | None:
-    """Why the traced graph of ``model`` may not compute what its ``forward`` computes at other α
-    (None when, on ``state`` and inputs ``x``, both run the same operations with the same constants
-    and the forward reads no value of the state or inputs into Python). See the module docstring.
-
-    ``x`` is taken in batches of ``batch_size`` rows (None: all at once), each handed over as the loss
-    curve hands it (a view of the rows when ``x`` is a tensor), so that a forward that depends on
-    the batch's size or position is compared on every batch the curve runs.
-
-    ``train``: compare the forward in training mode (the pass that re-estimates BatchNorm statistics)
-    with the graph traced in evaluation mode run in training mode (its BatchNorm leaves on batch
-    statistics), which is what the certifier models for that pass.
-
-    ``model`` is not modified (both runs use a private copy of it and fresh copies of ``state`` and
-    ``x``). A model that :mod:`torch.fx` cannot trace gives None here: every method that needs the
-    trace refuses it.
-
-    >>> m = nn.Sequential(nn.Linear(3, 2), nn.Tanh())
-    >>> trace_differs(m, m.state_dict(), torch.ones(4, 3)) is None
-    True
-    """
+def _traced(model: nn.Module) -> torch.fx.GraphModule | None:
+    """The evaluation-mode fx trace of a private copy of ``model`` (the trace may write proxies into
+    the copy's attributes), or None when it cannot be traced."""
     from .line import private_copy
 
-    original, model = model, private_copy(model)  # the trace may write proxies into the copy's attributes
+    copy = private_copy(model)
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            was = [(m, m.training) for m in model.modules()]
-            try:
-                model.eval()  # the graph the certifier reads is the evaluation-mode trace
-                gm = torch.fx.symbolic_trace(model)
-            finally:
-                for m, t in was:
-                    m.training = t
+            copy.eval()  # the graph the certifier reads is the evaluation-mode trace
+            return torch.fx.symbolic_trace(copy)
     except Exception:  # noqa: BLE001 - untraceable models are refused where the trace is needed
         return None
-    n = len(x)
-    b = min(batch_size or n, n) if n else 1
-    spans = [(lo, min(lo + b, n)) for lo in range(0, n, b)]
+
+
+def _compare(model: nn.Module, gm: torch.fx.GraphModule, state: Mapping[str, torch.Tensor], x: Any,
+             spans: list[tuple[int, int]], train: bool) -> str | None:
+    """One comparison of the forward (on a private copy of ``model``) with the traced graph ``gm``."""
+    from .line import private_copy
+
     try:
-        forward = _run(private_copy(original), state, x, spans, train)  # a copy of its own: untouched by the trace
+        forward = _run(private_copy(model), state, x, spans, train)  # a copy of its own: untouched by the trace
     except Exception as exc:  # noqa: BLE001 - the forward itself fails on these inputs: nothing to compare
         return f"the forward could not be run to compare it with its trace ({type(exc).__name__}: {str(exc)[:120]})"
     if forward.changed:
@@ -308,19 +288,55 @@ def trace_differs(model: nn.Module, state: Mapping[str, torch.Tensor], x: Any, *
         traced = _run(gm, state, x, spans, train)
     except Exception as exc:  # noqa: BLE001
         return f"the traced graph could not be run on the forward's inputs ({type(exc).__name__}: {str(exc)[:120]})"
-    if traced.ops != forward.ops:
-        n = min(len(traced.ops), len(forward.ops))
-        k = next((i for i in range(n) if traced.ops[i] != forward.ops[i]), n)
-        a = forward.ops[k][0] if k < len(forward.ops) else "nothing"
-        b = traced.ops[k][0] if k < len(traced.ops) else "nothing"
-        same = " (with other constants)" if a == b else ""
-        span = (forward.ops if k < len(forward.ops) else traced.ops)[min(k, max(len(forward.ops), len(traced.ops)) - 1)][2]
-        if span is not None and len(spans) > 1:
-            same += f", on the curve's batch of rows {span[0]}–{span[1] - 1}"
-        where = " in training mode (the statistics' re-estimation pass)" if train else ""
-        return (f"the forward{where} runs other operations than its traced graph: operation {k + 1} is {a} in the forward and "
-                f"{b} in the trace{same} ({len(forward.ops)} against {len(traced.ops)} operations): it computes "
-                "something else when traced than when run")
+    if traced.ops == forward.ops:
+        return None
+    k = next((i for i, (f, t) in enumerate(zip(forward.ops, traced.ops)) if f != t), min(len(forward.ops), len(traced.ops)))
+    a = forward.ops[k][0] if k < len(forward.ops) else "nothing"
+    b = traced.ops[k][0] if k < len(traced.ops) else "nothing"
+    detail = " (with other constants)" if a == b else ""
+    longer = forward.ops if k < len(forward.ops) else traced.ops
+    span = longer[k][2]
+    if span is not None and len(spans) > 1:
+        detail += f", on the curve's batch of rows {span[0]}–{span[1] - 1}"
+    where = " in training mode (the statistics' re-estimation pass)" if train else ""
+    return (f"the forward{where} runs other operations than its traced graph: operation {k + 1} is {a} in the forward and "
+            f"{b} in the trace{detail} ({len(forward.ops)} against {len(traced.ops)} operations): it computes "
+            "something else when traced than when run")
+
+
+def trace_differs(model: nn.Module, state: Mapping[str, torch.Tensor], x: Any, *, train: bool = False,
+                  batch_size: int | None = None, modes: tuple[bool, ...] | None = None) -> str | None:
+    """Why the traced graph of ``model`` may not compute what its ``forward`` computes at other α
+    (None when, on ``state`` and inputs ``x``, both run the same operations with the same constants
+    and the forward reads no value of the state or inputs into Python). See the module docstring.
+
+    ``x`` is taken in batches of ``batch_size`` rows (None: all at once), each handed over as the loss
+    curve hands it (a view of the rows when ``x`` is a tensor), so that a forward that depends on
+    the batch's size or position is compared on every batch the curve runs.
+
+    ``train``: compare the forward in training mode (the pass that re-estimates BatchNorm statistics)
+    with the graph traced in evaluation mode run in training mode (its BatchNorm leaves on batch
+    statistics), which is what the certifier models for that pass. ``modes``: the training flags to
+    compare in turn, on one trace (None: ``(train,)``).
+
+    ``model`` is not modified (both runs use a private copy of it and fresh copies of ``state`` and
+    ``x``). A model that :mod:`torch.fx` cannot trace gives None here: every method that needs the
+    trace refuses it.
+
+    >>> m = nn.Sequential(nn.Linear(3, 2), nn.Tanh())
+    >>> trace_differs(m, m.state_dict(), torch.ones(4, 3)) is None
+    True
+    """
+    gm = _traced(model)
+    if gm is None:
+        return None
+    n = len(x)
+    b = min(batch_size or n, n) if n else 1
+    spans = [(lo, min(lo + b, n)) for lo in range(0, n, b)]
+    for mode in modes if modes is not None else (train,):
+        differs = _compare(model, gm, state, x, spans, mode)
+        if differs is not None:
+            return differs
     return None
 
 
@@ -337,8 +353,5 @@ def line_trace_differs(line: Any, x: Any, bn: Any = "recompute", batch_size: int
     of the curve's own cost."""
     if isinstance(x, torch.Tensor):
         x = x.to(line.device, line.dtype)
-    state = line.at(PROBE_ALPHA)
-    differs = trace_differs(line.shell, state, x, batch_size=batch_size)
-    if differs is None and line.has_bn and str(getattr(bn, "value", bn)) == "recompute" and len(x) > 1:
-        differs = trace_differs(line.shell, state, x, train=True, batch_size=batch_size)
-    return differs
+    retrains = line.has_bn and str(getattr(bn, "value", bn)) == "recompute" and len(x) > 1
+    return trace_differs(line.shell, line.at(PROBE_ALPHA), x, batch_size=batch_size, modes=(False, True) if retrains else (False,))

@@ -16,6 +16,7 @@ from torch itself (a replacement made before the import is a function defined ou
 
 from __future__ import annotations
 
+import sys
 import types
 from types import MappingProxyType
 from typing import Mapping
@@ -63,8 +64,6 @@ def _forward_modules() -> dict[str, types.ModuleType]:
     """The Python modules whose code runs inside a traced leaf (``torch.nn.modules.*`` and
     ``torch.nn.functional``): their globals are what that code calls (``F`` inside
     ``torch.nn.modules.linear``, ``torch`` inside ``torch.nn.functional``)."""
-    import sys
-
     return {name: mod for name, mod in list(sys.modules.items())
             if isinstance(mod, types.ModuleType) and (name.startswith("torch.nn.modules.") or name == "torch.nn.functional")}
 

@@ -192,7 +192,8 @@ def evaluate_conditions(
         conds.append(Condition(name, None, value, threshold, f"{statement} [{note}]", False, True, reason, on_grid))
     report = GeometryReport(gauss, lin, tuple(conds), jet, lprime1)
     if prove:
-        proven, notes, seconds = complete_proofs(report.conditions, line, data, alphas=grid.tolist(), lprime1=lprime1, budget_s=proof_budget)
+        proven, notes, seconds = complete_proofs(report.conditions, line, data, alphas=grid.tolist(), lprime1=lprime1, budget_s=proof_budget,
+                                                 batch_size=batch_size)
         report = replace(report, conditions=proven, proof_notes=notes, proof_seconds=seconds)
     return report
 
@@ -254,6 +255,8 @@ def complete_proofs(
     budget_s: float | None = DEFAULT_PROOF_BUDGET_S,
     names: Collection[str] | None = None,
     measured: Sequence[float] | None = None,
+    batch_size: int | None = None,
+    reference: object | None = None,
 ) -> tuple[tuple[Condition, ...], tuple[str, ...], float | None]:
     """The conditions with exact verdicts on a polynomial path under MSE (anything else: unchanged).
 
@@ -272,6 +275,10 @@ def complete_proofs(
             grid evidence.
         names: prove only these (None: every condition).
         measured: the measured losses at ``alphas``.
+        batch_size: the curve's minibatch size (the forward is compared with its trace on the
+            curve's batches, :func:`mli_theory.path.fidelity.line_trace_differs`).
+        reference: the certificate's :class:`~mli_theory.certify.validation.Reference`, whose
+            comparison is reused (None: it is made here).
 
     Returns:
         (conditions, notes for the warnings, seconds spent or None when nothing was attempted).
@@ -287,7 +294,7 @@ def complete_proofs(
         return tuple(conditions), (f"the conditions were not proven: the exact method takes at most {EXACT_MAX_ENTRIES} "
                                    "input values (n · d)",), None
     t0 = time.perf_counter()
-    traced = line_trace_differs(line, data.x)
+    traced = reference.trace_fidelity() if reference is not None else line_trace_differs(line, data.x, batch_size=batch_size)
     if traced is not None:  # the exact polynomial is that of the traced chain: about another computation
         return tuple(conditions), (f"the conditions were not proven: {traced}",), round(time.perf_counter() - t0, 4)
     deadline = deadline_after(budget_s)
