@@ -120,34 +120,63 @@ def strict_arithmetic(device: torch.device):
     algorithm of cuDNN is ever chosen; cuBLAS and torch's reductions compute sums of products in some
     order, with or without FMA, which γ_K covers. On CUDA the TF32 switches are nevertheless turned
     off for the duration (and restored), so that no float32 helper computation can use them either.
+
+    A caller's ``torch.autocast`` is switched off for the duration (on the CPU and on the device):
+    under it a float32 helper product (:func:`upper_matmul`) would run in bfloat16 or half, below
+    the accuracy its bound assumes (measured: a bound of a product of non-negative 64 × 512 and
+    512 × 256 matrices fell below the product in half of its entries).
+
     On CPU, flushing subnormals to zero (``torch.set_flush_denormal``) is turned off for the duration
     when it is on (the underflow allowances assume gradual underflow), and turned on again after.
+    That setting belongs to each thread (the x86 MXCSR), and torch's intra-op threads keep the one
+    they were started with: a process that flushed before its first parallel operation flushes in
+    those threads whatever this thread says. So the pool is probed (:func:`_pool_flushes`) and,
+    where any of its threads flushes, the walks run in this thread alone for the duration
+    (``torch.set_num_threads(1)``, restored after).
     """
-    if torch.device(device).type != "cuda":
+    dev = torch.device(device)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.autocast("cpu", enabled=False))
+        if dev.type == "cuda":
+            stack.enter_context(torch.autocast("cuda", enabled=False))
+            saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+            stack.callback(_restore_tf32, saved)
+            yield
+            return
         # subnormals flushed to zero (``torch.set_flush_denormal(True)``, set by a user's code, say)
         # break the underflow allowances of the rounding bounds: gradual underflow for the duration
-        flushed = _flushes_denormals()
-        if flushed:
+        if _flushes_denormals():
             torch.set_flush_denormal(False)
-        try:
-            yield
-        finally:
-            if flushed:
-                torch.set_flush_denormal(True)
-        return
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    try:
+            stack.callback(torch.set_flush_denormal, True)
+        threads = torch.get_num_threads()
+        if threads > 1 and _pool_flushes(threads):
+            torch.set_num_threads(1)
+            stack.callback(torch.set_num_threads, threads)
         yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _restore_tf32(saved: tuple[bool, bool]) -> None:
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def _flushes_denormals() -> bool:
     """Whether CPU float64 arithmetic flushes subnormal numbers to zero in this thread."""
     tiny = torch.full((8,), 2.0**-1060, dtype=torch.float64)
     return bool((tiny * 1.0)[0] == 0.0)
+
+
+def _pool_flushes(threads: int) -> bool:
+    """Whether any of torch's ``threads`` intra-op threads flushes float64 subnormals to zero: an
+    elementwise product split over every thread (2¹⁶ entries each, twice torch's grain) and a matrix
+    product large enough to be threaded, each of whose exact results is a subnormal number
+    (2⁻¹⁰⁶⁰·1, and sums of 256 products 2⁻⁵³⁰·2⁻⁵³⁰): any zero among them was flushed."""
+    tiny = torch.full((threads * 2**16,), 2.0**-1060, dtype=torch.float64)
+    if bool(((tiny * 1.0) == 0.0).any()):
+        return True
+    a = torch.full((max(512, 64 * threads), 256), 2.0**-530, dtype=torch.float64)
+    return bool(((a @ a.T) == 0.0).any())
 
 
 def gamma(k: int) -> float:
