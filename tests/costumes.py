@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping, Sequence
 
@@ -638,6 +639,20 @@ class WindowNet(nn.Module):
         elif self.how == "constant":  # the same operations, another constant when traced
             c = 1.0 if isinstance(x, torch.Tensor) else 0.0
             out = out + c * _tent(self.p)
+        elif self.how == "thread":  # the value read in a thread of its own, where no torch mode of this one reaches
+            box: list = []
+
+            def look() -> None:
+                try:
+                    box.append(float(self.p))
+                except Exception:  # noqa: BLE001 - a TraceError under fx: nothing read
+                    pass
+
+            reader = threading.Thread(target=look)
+            reader.start()
+            reader.join()
+            if box and WINDOW[0] < box[0] < WINDOW[1]:
+                out = out + 5.0
         elif self.how == "inplace":  # a weight flipped in place inside the window
             w = self._modules["lin"]._parameters["weight"]
             with torch.no_grad():
@@ -825,4 +840,5 @@ CATALOGUE: dict[str, Callable[[], Costume]] = {
     "window_param_dict": lambda: window("param_dict"),
     "window_is_tensor": lambda: window("is_tensor"),
     "window_inplace": lambda: window("inplace"),
+    "window_thread": lambda: window("thread"),
 }

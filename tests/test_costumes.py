@@ -145,6 +145,7 @@ API_CASES = [
     "window_param_dict",
     "window_is_tensor",
     "window_inplace",
+    "window_thread",
 ]
 
 

@@ -427,3 +427,66 @@ def test_copy_hooks_counters_in_sets_and_mode_questions_are_refused():
             return self.lin(x) * (1.0 if torch.overrides.has_torch_function((x,)) else 1.0)
 
     assert "has_torch_function" in analyse(Asks()).reason
+
+
+# the sixth round: a value read in another thread or process, which no torch mode of the calling
+# thread sees (the window costume "thread" gave a false certificate: true rise 21, certified monotone)
+
+_Spawn = __import__("threading").Thread  # a thread class under a name of the module's own choosing
+
+
+def _read_elsewhere(p):
+    box = []
+    t = _Spawn(target=lambda: box.append(float(p)))
+    t.start()
+    t.join()
+    return box
+
+
+class _Held(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 1)
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(1)
+
+    def forward(self, x):
+        out = self.lin(x)
+        return out + 1.0 if self.pool.submit(lambda: float(out.sum())).result() > 0 else out
+
+
+def test_a_forward_that_reads_in_another_thread_or_process_is_refused():
+    from mli_theory.path.structure import analyse
+
+    class Aliased(nn.Module):  # through a helper of its module, the thread class under another name
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 1)
+
+        def forward(self, x):
+            out = self.lin(x)
+            return out * 2.0 if _read_elsewhere(out.sum()) else out
+
+    class Forked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 1)
+
+        def forward(self, x):
+            import os
+
+            return self.lin(x) if os.fork else self.lin(x) * 2.0
+
+    assert "_Spawn" in analyse(Aliased()).reason
+    assert "fork" in analyse(Forked()).reason
+    held = _Held()
+    try:
+        assert "'pool'" in analyse(held).reason and "ThreadPoolExecutor" in analyse(held).reason
+    finally:
+        held.pool.shutdown()
+    # the window costume itself, through the certifier
+    c = C.window("thread")
+    from mli_theory.path.structure import opaque_call_reason
+
+    assert "threading" in opaque_call_reason(c.model)

@@ -141,7 +141,29 @@ def opaque_call_reason(model: nn.Module) -> str | None:
         asks = _asks_how_it_runs(cls)
         if asks is not None:
             return f"{label} ({cls.__name__}) reads {asks} in its forward: it may compute one thing when traced and another when run"
+        held = next((k for k, v in vars(m).items() if _concurrent(v)), None)
+        if held is not None:
+            return (f"{label} holds {held!r}, a {type(vars(m)[held]).__name__} (a thread or process: what it reads of a tensor "
+                    f"no check of the calling thread sees)")
     return None
+
+
+# modules whose threads and processes run outside the calling thread's torch modes (the comparison
+# of :mod:`.fidelity` records what the calling thread reads and runs, no other thread's)
+_CONCURRENCY_MODULES = frozenset({"threading", "_thread", "concurrent", "multiprocessing", "subprocess", "asyncio", "_posixsubprocess",
+                                  "queue", "sched"})
+
+
+def _concurrent(obj: object) -> bool:
+    """Whether ``obj`` is one of :data:`_CONCURRENCY_MODULES` (or torch's multiprocessing), or a
+    function, class or instance defined there."""
+    if isinstance(obj, types.ModuleType):
+        name = obj.__name__
+    else:
+        name = getattr(obj, "__module__", None) or getattr(type(obj), "__module__", None) or ""
+        if not isinstance(name, str):
+            return False
+    return name.split(".")[0] in _CONCURRENCY_MODULES or name.startswith("torch.multiprocessing")
 
 
 # class hooks that make a copy of a module differ from it
@@ -166,6 +188,10 @@ _MODE_PROBES = frozenset({
     "has_torch_function", "_has_torch_function", "_has_torch_function_unary", "_has_torch_function_variadic",
     "is_in_torch_dispatch_mode", "_dispatch_tls_is_dispatch_key_included", "_dispatch_tls_local_include_set",
     "_dispatch_tls_local_exclude_set", "__weakref__", "get_objects",
+    # other threads and processes (what they read no torch mode of the calling thread sees), by the
+    # names of their starts (modules and their objects bound to any name: see _concurrent)
+    "start_new_thread", "_start_new_thread", "ThreadPoolExecutor", "ProcessPoolExecutor", "fork", "forkpty", "posix_spawn",
+    "posix_spawnp", "Popen", "run_in_executor", "to_thread", "apply_async",
 })
 
 
@@ -190,6 +216,10 @@ def _asks_how_it_runs(cls: type) -> str | None:
         hit = _MODE_PROBES.intersection(code.co_names)
         if hit:
             return sorted(hit)[0]
+        # threads and processes, by any name its module binds them to (``from threading import Thread as T``)
+        for name in code.co_names:
+            if name in scope and _concurrent(scope[name]):
+                return f"{name} (threads or processes)"
         todo.extend((k, scope, ()) for k in code.co_consts if isinstance(k, types.CodeType))
         # the functions it calls by name (its module's) or holds in its closure, transitively
         called = [scope.get(name) for name in code.co_names]
