@@ -258,6 +258,16 @@ def test_a_forward_that_names_the_modes_or_the_stack_is_refused():
 
     assert "_is_torch_function_mode_enabled" in analyse(Moded()).reason
 
+    class Autocasting(nn.Module):  # the certifier's arithmetic switches a caller's autocast off
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 1)
+
+        def forward(self, x):
+            return self.lin(x) * (2.0 if torch.is_autocast_enabled("cpu") else 1.0)
+
+    assert "is_autocast_enabled" in analyse(Autocasting()).reason
+
 
 def test_torch_stack_is_not_the_call_stack():
     from mli_theory.path.structure import analyse

@@ -188,6 +188,11 @@ _MODE_PROBES = frozenset({
     "has_torch_function", "_has_torch_function", "_has_torch_function_unary", "_has_torch_function_variadic",
     "is_in_torch_dispatch_mode", "_dispatch_tls_is_dispatch_key_included", "_dispatch_tls_local_include_set",
     "_dispatch_tls_local_exclude_set", "__weakref__", "get_objects",
+    # the settings the certifier's arithmetic changes for its duration (autocast off, one thread where
+    # torch's pool flushes subnormals, TF32 off on CUDA: certify/enclosures.strict_arithmetic), which a
+    # forward could otherwise tell the certifier's runs from the curve's by
+    "is_autocast_enabled", "is_autocast_cpu_enabled", "get_autocast_dtype", "get_autocast_cpu_dtype", "get_autocast_gpu_dtype",
+    "is_autocast_cache_enabled", "get_num_threads", "allow_tf32", "get_float32_matmul_precision", "fp32_precision",
     # other threads and processes (what they read no torch mode of the calling thread sees), by the
     # names of their starts (modules and their objects bound to any name: see _concurrent)
     "start_new_thread", "_start_new_thread", "ThreadPoolExecutor", "ProcessPoolExecutor", "fork", "forkpty", "posix_spawn",
