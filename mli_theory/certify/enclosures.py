@@ -175,7 +175,7 @@ def _pool_flushes(threads: int) -> bool:
     tiny = torch.full((threads * 2**16,), 2.0**-1060, dtype=torch.float64)
     if bool(((tiny * 1.0) == 0.0).any()):
         return True
-    a = torch.full((max(512, 64 * threads), 256), 2.0**-530, dtype=torch.float64)
+    a = torch.full((64 * threads, 256), 2.0**-530, dtype=torch.float64)
     return bool(((a @ a.T) == 0.0).any())
 
 
