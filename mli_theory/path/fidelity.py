@@ -38,6 +38,9 @@ a point twice), and a forward that tells this comparison from the curve's evalua
 its surroundings (the active torch modes, the call stack): :func:`mli_theory.path.structure.opaque_call_reason`
 refuses forwards that name those, and hooks and patched methods; a forward that hides such a
 question (a computed attribute name, ``eval``) is outside what any check in Python can settle.
+Both modes belong to the calling thread: what another thread reads or runs is not recorded, so a
+forward that starts threads or processes is refused there too (a read in a thread of its own gave
+a false certificate before).
 """
 
 from __future__ import annotations
