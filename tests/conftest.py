@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -28,16 +29,30 @@ def device(request) -> str:
     return request.param
 
 
-@pytest.fixture(scope="module")
-def one_cpu_thread():
-    """One intra-op thread while a module's tests run: train-mode BatchNorm on a handful of examples
-    costs ~6-25 ms per call with two threads on a loaded machine against ~0.02 ms with one (results equal)."""
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """``n`` torch intra-op threads for the duration, the previous count after."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(n)
     try:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_cpu_thread():
+    """One intra-op thread while a module's tests run: train-mode BatchNorm on a handful of examples
+    costs ~6-25 ms per call with two threads on a loaded machine against ~0.02 ms with one (results equal)."""
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture
+def two_cpu_threads():
+    """Two intra-op threads while a test runs (a thread pool to probe)."""
+    with torch_threads(2):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
 import torch
 from torch import nn
 
@@ -22,16 +21,6 @@ from mli_theory.path import BNPolicy
 
 D = torch.float64
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture
-def two_threads():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved)
 
 
 def test_a_callers_autocast_is_off_inside_and_back_after():
@@ -100,7 +89,7 @@ def test_intra_op_threads_that_flush_subnormals_are_not_used():
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
-def test_a_pool_that_keeps_gradual_underflow_is_used(two_threads):
+def test_a_pool_that_keeps_gradual_underflow_is_used(two_cpu_threads):
     assert not E._pool_flushes(2)
     with E.strict_arithmetic(torch.device("cpu")):
         assert torch.get_num_threads() == 2
