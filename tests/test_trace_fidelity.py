@@ -10,6 +10,8 @@ made in the forward).
 
 from __future__ import annotations
 
+from typing import List  # TorchScript's annotation of a list
+
 import types
 
 import pytest
@@ -488,7 +490,7 @@ def test_a_forward_that_reads_in_another_thread_or_process_is_refused():
 
             return self.lin(x) if os.fork else self.lin(x) * 2.0
 
-    assert "_Spawn" in analyse(Aliased()).reason
+    assert "Thread (threads or processes)" in analyse(Aliased()).reason
     assert "fork" in analyse(Forked()).reason
     held = _Held()
     try:
@@ -500,3 +502,124 @@ def test_a_forward_that_reads_in_another_thread_or_process_is_refused():
     from mli_theory.path.structure import opaque_call_reason
 
     assert "threading" in opaque_call_reason(c.model)
+
+
+# the seventh round (a red team against the sixth): the scan follows methods and functions of the
+# modules a forward names; more mode-stack names; the caller's warnings filters; TorchScript;
+# tensor subclasses. Each of these gave a false certificate (true rises 21.05–21.19).
+
+_red_helper = types.ModuleType("_red_helper")
+exec(  # a user's helper module: a function of it reads the parameter in a thread
+    "import threading\n"
+    "def look(p, box):\n"
+    "    t = threading.Thread(target=lambda: box.append(float(p)))\n"
+    "    t.start()\n"
+    "    t.join()\n",
+    _red_helper.__dict__,
+)
+
+
+@torch.jit.script
+def _scripted_inside(p: torch.Tensor) -> bool:
+    v: List[float] = p.tolist()
+    return 0.4 < v[0] < 0.402
+
+
+class _Probing(nn.Module):
+    """Each subclass hides one question in its forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 1)
+        self.p = nn.Parameter(torch.zeros(1))
+
+    def _look(self):
+        import threading
+
+        box = []
+        t = threading.Thread(target=lambda: box.append(float(self.p)))
+        t.start()
+        t.join()
+        return box
+
+    def _watched(self):
+        return torch._C._len_torch_dispatch_stack() == 0  # noqa: SLF001
+
+
+class _MethodThread(_Probing):
+    def forward(self, x):
+        return self.lin(x) * 2.0 if self._look() else self.lin(x)
+
+
+class _ModuleThread(_Probing):
+    def forward(self, x):
+        box = []
+        _red_helper.look(self.p, box)
+        return self.lin(x) * 2.0 if box else self.lin(x)
+
+
+class _MethodProbe(_Probing):
+    def forward(self, x):
+        return self.lin(x) * 2.0 if self._watched() else self.lin(x)
+
+
+class _UnlistedProbe(_Probing):
+    def forward(self, x):
+        from torch.utils._python_dispatch import any_torch_dispatch_mode_on_stack
+
+        return self.lin(x) if any_torch_dispatch_mode_on_stack() else self.lin(x) * 2.0
+
+
+class _Script(_Probing):
+    def forward(self, x):
+        return self.lin(x) * 2.0 if _scripted_inside(self.p) else self.lin(x)
+
+
+@pytest.mark.parametrize("cls, expect", [
+    (_MethodThread, "threads or processes"),
+    (_ModuleThread, "threads or processes"),
+    (_MethodProbe, "_len_torch_dispatch_stack"),
+    (_UnlistedProbe, "any_torch_dispatch_mode_on_stack"),
+    (_Script, "TorchScript"),
+])
+def test_probes_in_methods_helper_modules_and_torchscript_are_refused(cls, expect):
+    from mli_theory.path.structure import analyse
+
+    assert expect in analyse(cls()).reason
+
+
+def test_the_comparison_runs_the_forward_under_the_callers_warnings_filters():
+    import warnings
+
+    class Filtered(nn.Module):  # the plain branch under a catch-all "ignore" (as tracing runs), more elsewhere
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 1)
+            self.p = nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            out = self.lin(x)
+            if any(f[0] == "ignore" and f[2] is Warning and f[1] is None for f in warnings.filters):
+                return out
+            return out + 0.0 * self.p
+
+    m = Filtered().double()
+    why = trace_differs(m, _state(m), torch.randn(3, 2, dtype=F64))
+    assert why is not None and "other operations" in why
+
+
+class _Spy(torch.Tensor):
+    pass
+
+
+def test_tensor_subclasses_in_the_state_or_the_model_stop_the_comparison():
+    m = nn.Linear(2, 1).double()
+    state = {k: v.detach().clone() for k, v in m.state_dict().items()}
+    state["weight"] = state["weight"].as_subclass(_Spy)
+    why = trace_differs(m, state, torch.randn(3, 2, dtype=F64))
+    assert why is not None and "'weight' is a _Spy, a tensor subclass" in why
+    m.kept = torch.zeros(1, dtype=F64).as_subclass(_Spy)
+    why = trace_differs(m, _state(m), torch.randn(3, 2, dtype=F64))
+    assert why is not None and "kept is a _Spy" in why
+    del m.kept
+    assert trace_differs(m, _state(m), torch.randn(3, 2, dtype=F64)) is None  # parameters are no subclass here

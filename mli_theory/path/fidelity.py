@@ -235,8 +235,9 @@ def _run(module: nn.Module, state: Mapping[str, torch.Tensor], x: Any, spans: li
     modes = [(m, m.training) for m in module.modules()]
     try:
         module.train(train)
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        # the caller's warnings filters, untouched: the curve runs the forward under them, and a
+        # forward may read them (``warnings.filters``; a catch_warnings block even swaps the list)
+        with torch.no_grad():
             before = _python_state(module)
             for lo, hi in spans:
                 batch = source[lo:hi]
@@ -330,6 +331,9 @@ def trace_differs(model: nn.Module, state: Mapping[str, torch.Tensor], x: Any, *
     >>> trace_differs(m, m.state_dict(), torch.ones(4, 3)) is None
     True
     """
+    foreign = _subclass_tensor(model, state)
+    if foreign is not None:
+        return foreign
     gm = _traced(model)
     if gm is None:
         return None
@@ -340,6 +344,26 @@ def trace_differs(model: nn.Module, state: Mapping[str, torch.Tensor], x: Any, *
         differs = _compare(model, gm, state, x, spans, mode)
         if differs is not None:
             return differs
+    return None
+
+
+_PLAIN_TENSORS = (torch.Tensor, nn.Parameter, getattr(nn, "Buffer", torch.Tensor))
+
+
+def _subclass_tensor(model: nn.Module, state: Mapping[str, torch.Tensor]) -> str | None:
+    """Why a tensor of ``state`` or of ``model`` (its parameters, buffers and tensors kept as plain
+    attributes) that is a subclass of :class:`torch.Tensor` (other than a parameter) stops the
+    comparison, or None: its own ``__torch_function__`` runs inside every operation on it, where
+    the recording function mode is popped, and may read its values there."""
+    where = [(f"state entry {k!r}", v) for k, v in state.items()]
+    for name, m in model.named_modules():
+        prefix = f"{name}." if name else ""
+        where += [(f"the model's {prefix}{k}", v) for k, v in vars(m).items() if isinstance(v, torch.Tensor)]
+        where += [(f"the model's {prefix}{k}", v) for d in (m._parameters, m._buffers) for k, v in d.items() if v is not None]  # noqa: SLF001
+    for label, v in where:
+        if isinstance(v, torch.Tensor) and type(v) not in _PLAIN_TENSORS:
+            return (f"{label} is a {type(v).__name__}, a tensor subclass: its own code runs inside every operation on it, "
+                    "where no trace or comparison sees what it reads")
     return None
 
 

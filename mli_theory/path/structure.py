@@ -44,6 +44,10 @@ from the call's arguments); the path's class is the least regular class of its o
 
 from __future__ import annotations
 
+import functools
+import inspect
+import re
+import sys
 import types
 import warnings
 from dataclasses import dataclass
@@ -123,6 +127,7 @@ def opaque_call_reason(model: nn.Module) -> str | None:
     for attr in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_forward_hooks_always_called"):
         if getattr(module_mod, attr, None):
             return "global module forward hooks are registered"
+    classes = tuple({type(m) for m in model.modules()})
     for name, m in model.named_modules():
         label = name or "the model"
         if getattr(m, "_forward_hooks", None) or getattr(m, "_forward_pre_hooks", None):
@@ -138,7 +143,9 @@ def opaque_call_reason(model: nn.Module) -> str | None:
         copying = sorted(_COPY_HOOKS & set(vars(cls))) if not str(cls.__module__).startswith("torch.") else []
         if copying:  # every evaluation runs a private copy of the model: it must be the model
             return f"{label} ({cls.__name__}) defines {copying[0]}: its copies, which are what is evaluated, may differ from it"
-        asks = _asks_how_it_runs(cls)
+        if _compiled(m):
+            return f"{label} ({cls.__name__}) is TorchScript or compiled code: what it reads of a tensor no Python check sees"
+        asks = _asks_how_it_runs(cls, classes)
         if asks is not None:
             return f"{label} ({cls.__name__}) reads {asks} in its forward: it may compute one thing when traced and another when run"
         held = next((k for k, v in vars(m).items() if _concurrent(v)), None)
@@ -188,6 +195,9 @@ _MODE_PROBES = frozenset({
     "has_torch_function", "_has_torch_function", "_has_torch_function_unary", "_has_torch_function_variadic",
     "is_in_torch_dispatch_mode", "_dispatch_tls_is_dispatch_key_included", "_dispatch_tls_local_include_set",
     "_dispatch_tls_local_exclude_set", "__weakref__", "get_objects",
+    # functorch's transforms (the curve may run the forward under vmap over α)
+    "is_batchedtensor", "is_functorch_wrapped_tensor", "maybe_get_level", "maybe_get_bdim", "current_level",
+    "is_gradtrackingtensor", "_functorch", "get_unwrapped",
     # the settings the certifier's arithmetic changes for its duration (autocast off, one thread where
     # torch's pool flushes subnormals, TF32 off on CUDA: certify/enclosures.strict_arithmetic), which a
     # forward could otherwise tell the certifier's runs from the curve's by
@@ -200,7 +210,12 @@ _MODE_PROBES = frozenset({
 })
 
 
-def _asks_how_it_runs(cls: type) -> str | None:
+# parts of names by which torch's mode stacks and dispatch state are read (there are many:
+# ``_len_torch_dispatch_stack``, ``any_torch_dispatch_mode_on_stack``, ``_pop_mode_temporarily``, …)
+_PROBE_PARTS = re.compile(r"torch_dispatch|dispatch_mode|dispatch_stack|dispatch_key|dispatch_tls|torch_function|function_mode|mode_stack|current_modes|mode_temporarily|_tls\b|_tls_")
+
+
+def _asks_how_it_runs(cls: type, classes: tuple[type, ...] = ()) -> str | None:
     """The first name of :data:`_MODE_PROBES` that the ``forward`` of a module class defined outside
     torch refers to (its own code, the code objects nested in it, and the functions it calls by a
     name of its module or holds in its closure, transitively), or None. A forward that asks
@@ -211,9 +226,10 @@ def _asks_how_it_runs(cls: type) -> str | None:
     forward = getattr(cls, "forward", None)
     if not isinstance(forward, types.FunctionType):
         return None
+    owners = (cls, *classes)
     todo: list[tuple[types.CodeType, dict, tuple]] = [(forward.__code__, forward.__globals__, forward.__closure__ or ())]
     done: set[int] = set()
-    while todo and len(done) < 256:
+    while todo and len(done) < 512:
         code, scope, cells = todo.pop()
         if id(code) in done:
             continue
@@ -221,22 +237,68 @@ def _asks_how_it_runs(cls: type) -> str | None:
         hit = _MODE_PROBES.intersection(code.co_names)
         if hit:
             return sorted(hit)[0]
-        # threads and processes, by any name its module binds them to (``from threading import Thread as T``)
-        for name in code.co_names:
-            if name in scope and _concurrent(scope[name]):
-                return f"{name} (threads or processes)"
+        hit = next((name for name in code.co_names if _PROBE_PARTS.search(name)), None)
+        if hit is not None:
+            return hit
         todo.extend((k, scope, ()) for k in code.co_consts if isinstance(k, types.CodeType))
-        # the functions it calls by name (its module's) or holds in its closure, transitively
-        called = [scope.get(name) for name in code.co_names]
+        # what each name can be: a global of its module, a method or attribute of the model's classes
+        # (``self._look()``), an attribute of a module it names (``helper.look(p)``), a closure cell
+        found: list = [scope[name] for name in code.co_names if name in scope]
+        found += [sys.modules[name] for name in code.co_names if name not in scope and name in sys.modules]  # ``import x`` inside
+        modules = [v for v in found if isinstance(v, types.ModuleType) and not _torch_or_builtin(v)]
+        for name in code.co_names:
+            for owner in (*owners, *modules):
+                try:
+                    found.append(inspect.getattr_static(owner, name))
+                except AttributeError:
+                    pass
         for cell in cells:
             try:
-                called.append(cell.cell_contents)
+                found.append(cell.cell_contents)
             except ValueError:  # an empty cell
                 pass
-        for fn in called:
-            if isinstance(fn, types.FunctionType) and not str(getattr(fn, "__module__", "") or "").startswith("torch"):
+        for obj in found:
+            # threads and processes, under any name (``from threading import Thread as T``), and code
+            # that runs where no Python mode sees what it reads (TorchScript, compiled functions)
+            if _concurrent(obj):
+                return f"{getattr(obj, '__name__', type(obj).__name__)} (threads or processes)"
+            if _compiled(obj):
+                return f"{getattr(obj, '__name__', type(obj).__name__)} (TorchScript or compiled code)"
+            fn = _function_of(obj)
+            if fn is not None and not str(getattr(fn, "__module__", "") or "").startswith("torch"):
                 todo.append((fn.__code__, fn.__globals__, fn.__closure__ or ()))
     return None
+
+
+def _torch_or_builtin(module: types.ModuleType) -> bool:
+    name = module.__name__.split(".")[0]
+    return name == "torch" or name in sys.stdlib_module_names
+
+
+def _function_of(obj: object) -> types.FunctionType | None:
+    """The Python function behind ``obj`` (a function, a static or class method, a bound method, a
+    property's getter, a ``functools.partial``), or None."""
+    for _ in range(4):
+        if isinstance(obj, types.FunctionType):
+            return obj
+        if isinstance(obj, (staticmethod, classmethod, types.MethodType)):
+            obj = obj.__func__
+        elif isinstance(obj, property):
+            obj = obj.fget
+        elif isinstance(obj, functools.partial):
+            obj = obj.func
+        else:
+            return None
+    return None
+
+
+def _compiled(obj: object) -> bool:
+    """TorchScript functions and modules, and ``torch.compile``'d callables: code that reads tensor
+    values (``tolist`` in TorchScript) without passing through torch's dispatcher or Python modes."""
+    jit = (torch.jit.ScriptFunction, torch.jit.ScriptModule, torch._C.ScriptMethod)  # noqa: SLF001
+    if isinstance(obj, jit):
+        return True
+    return hasattr(obj, "_torchdynamo_orig_callable") or type(obj).__name__ == "OptimizedModule"
 
 
 def analyse(model: nn.Module) -> PathStructure:
