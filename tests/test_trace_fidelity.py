@@ -518,6 +518,10 @@ exec(  # a user's helper module: a function of it reads the parameter in a threa
     _red_helper.__dict__,
 )
 
+queue = __import__("queue")  # a global module called queue, and a model below with a buffer called queue
+_red_pkg = types.ModuleType("_red_pkg")  # a package whose submodule holds the helper: ``pkg.helpers.look``
+_red_pkg.helpers = _red_helper
+
 
 @torch.jit.script
 def _scripted_inside(p: torch.Tensor) -> bool:
@@ -558,6 +562,13 @@ class _ModuleThread(_Probing):
         return self.lin(x) * 2.0 if box else self.lin(x)
 
 
+class _PackageThread(_Probing):
+    def forward(self, x):
+        box = []
+        _red_pkg.helpers.look(self.p, box)
+        return self.lin(x) * 2.0 if box else self.lin(x)
+
+
 class _MethodProbe(_Probing):
     def forward(self, x):
         return self.lin(x) * 2.0 if self._watched() else self.lin(x)
@@ -578,6 +589,7 @@ class _Script(_Probing):
 @pytest.mark.parametrize("cls, expect", [
     (_MethodThread, "threads or processes"),
     (_ModuleThread, "threads or processes"),
+    (_PackageThread, "threads or processes"),
     (_MethodProbe, "_len_torch_dispatch_stack"),
     (_UnlistedProbe, "any_torch_dispatch_mode_on_stack"),
     (_Script, "TorchScript"),
@@ -586,6 +598,21 @@ def test_probes_in_methods_helper_modules_and_torchscript_are_refused(cls, expec
     from mli_theory.path.structure import analyse
 
     assert expect in analyse(cls()).reason
+
+
+def test_an_attribute_that_shares_a_modules_name_is_not_that_module():
+    from mli_theory.path.structure import analyse
+
+    class MoCoLike(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 1)
+            self.register_buffer("queue", torch.zeros(3))
+
+        def forward(self, x):
+            return self.lin(x) + self.queue.sum()
+
+    assert analyse(MoCoLike()).kind.value != "unknown", analyse(MoCoLike()).reason
 
 
 def test_the_comparison_runs_the_forward_under_the_callers_warnings_filters():

@@ -44,6 +44,7 @@ from the call's arguments); the path's class is the least regular class of its o
 
 from __future__ import annotations
 
+import dis
 import functools
 import inspect
 import re
@@ -241,17 +242,26 @@ def _asks_how_it_runs(cls: type, classes: tuple[type, ...] = ()) -> str | None:
         if hit is not None:
             return hit
         todo.extend((k, scope, ()) for k in code.co_consts if isinstance(k, types.CodeType))
-        # what each name can be: a global of its module, a method or attribute of the model's classes
-        # (``self._look()``), an attribute of a module it names (``helper.look(p)``), a closure cell
-        found: list = [scope[name] for name in code.co_names if name in scope]
-        found += [sys.modules[name] for name in code.co_names if name not in scope and name in sys.modules]  # ``import x`` inside
-        modules = [v for v in found if isinstance(v, types.ModuleType) and not _torch_or_builtin(v)]
-        for name in code.co_names:
-            for owner in (*owners, *modules):
-                try:
-                    found.append(inspect.getattr_static(owner, name))
-                except AttributeError:
-                    pass
+        # what each name can be, by how the code uses it: a global of its module, a module it imports
+        # inside (``import x``), an attribute (``self._look()``, ``helper.look(p)``) of the model's
+        # classes or of a module it names, a closure cell
+        names = {"global": set(), "attr": set(), "import": set()}
+        for ins in dis.get_instructions(code):
+            kind = _NAME_USES.get(ins.opname)
+            if kind is not None and isinstance(ins.argval, str):
+                names[kind].add(ins.argval)
+        found: list = [scope[name] for name in names["global"] if name in scope]
+        found += [sys.modules[name] for name in names["import"] if name in sys.modules]
+        # attributes of the model's classes and of the modules it names, and of the modules reached
+        # that way (``pkg.helpers.look``), to a fixed point
+        frontier: list = [*owners, *(v for v in found if _user_module(v))]
+        reached: set[int] = {id(v) for v in frontier}
+        while frontier:
+            step = [inspect.getattr_static(owner, name, _MISSING) for owner in frontier for name in names["attr"]]
+            step = [v for v in step if v is not _MISSING]
+            found += step
+            frontier = [v for v in step if _user_module(v) and id(v) not in reached]
+            reached.update(id(v) for v in frontier)
         for cell in cells:
             try:
                 found.append(cell.cell_contents)
@@ -270,9 +280,20 @@ def _asks_how_it_runs(cls: type, classes: tuple[type, ...] = ()) -> str | None:
     return None
 
 
-def _torch_or_builtin(module: types.ModuleType) -> bool:
-    name = module.__name__.split(".")[0]
-    return name == "torch" or name in sys.stdlib_module_names
+# bytecode operations by the kind of name they use (Python 3.10–3.13)
+_NAME_USES = {"LOAD_GLOBAL": "global", "LOAD_NAME": "global", "LOAD_ATTR": "attr", "LOAD_METHOD": "attr",
+              "LOAD_SUPER_ATTR": "attr", "IMPORT_NAME": "import", "IMPORT_FROM": "attr"}
+
+
+_MISSING = object()
+
+
+def _user_module(obj: object) -> bool:
+    """A module outside torch and the standard library (whose functions the scan follows)."""
+    if not isinstance(obj, types.ModuleType):
+        return False
+    name = obj.__name__.split(".")[0]
+    return name != "torch" and name not in sys.stdlib_module_names
 
 
 def _function_of(obj: object) -> types.FunctionType | None:
