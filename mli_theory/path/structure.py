@@ -129,6 +129,7 @@ def opaque_call_reason(model: nn.Module) -> str | None:
         if getattr(module_mod, attr, None):
             return "global module forward hooks are registered"
     classes = tuple({type(m) for m in model.modules()})
+    instances = tuple(model.modules())
     for name, m in model.named_modules():
         label = name or "the model"
         if getattr(m, "_forward_hooks", None) or getattr(m, "_forward_pre_hooks", None):
@@ -141,12 +142,15 @@ def opaque_call_reason(model: nn.Module) -> str | None:
             return f"{label} has its own instance attribute {patched[0]!r} (a patched method the trace cannot see)"
         if cls.__module__.startswith("torch.nn.") and not str(getattr(cls.forward, "__module__", "")).startswith("torch."):
             return f"{label}: {cls.__name__}.forward has been replaced by code outside torch"
-        copying = sorted(_COPY_HOOKS & set(vars(cls))) if not str(cls.__module__).startswith("torch.") else []
+        copying = sorted((_COPY_HOOKS | {"__new__"}) & set(vars(cls))) if not str(cls.__module__).startswith("torch.") else []
         if copying:  # every evaluation runs a private copy of the model: it must be the model
             return f"{label} ({cls.__name__}) defines {copying[0]}: its copies, which are what is evaluated, may differ from it"
+        held = _copied_differently({k: v for k, v in vars(m).items() if k not in ("_parameters", "_buffers", "_modules")})
+        if held is not None:  # copied with the module: a copy of a copy may differ from the copy the curve runs
+            return f"{label} holds {held}: its copies, which are what is evaluated, may differ from it"
         if _compiled(m):
             return f"{label} ({cls.__name__}) is TorchScript or compiled code: what it reads of a tensor no Python check sees"
-        asks = _asks_how_it_runs(cls, classes)
+        asks = _asks_how_it_runs(cls, classes, instances)
         if asks is not None:
             return f"{label} ({cls.__name__}) reads {asks} in its forward: it may compute one thing when traced and another when run"
         held = next((k for k, v in vars(m).items() if _concurrent(v)), None)
@@ -176,6 +180,38 @@ def _concurrent(obj: object) -> bool:
 
 # class hooks that make a copy of a module differ from it
 _COPY_HOOKS = frozenset({"__deepcopy__", "__copy__", "__reduce__", "__reduce_ex__", "__setstate__", "__getstate__"})
+
+
+def _copied_differently(values: dict, depth: int = 3) -> str | None:
+    """An object among ``values`` (and inside them: containers, the attributes of objects of classes
+    outside torch and the standard library) whose deep copy runs code of its own: a class that
+    defines a copy hook or ``__new__`` (a deep copy calls ``cls.__new__``), or a type registered with
+    :mod:`copyreg` or :mod:`copy`. Such a copy can count its generation, and the certifier's
+    comparison runs a copy of the copy that the curve runs. Described, or None."""
+    import copy as copy_mod
+    import copyreg
+
+    todo = [(k, v, depth) for k, v in values.items()]
+    seen: set[int] = set()
+    while todo and len(seen) < 4096:
+        name, obj, left = todo.pop()
+        if id(obj) in seen or isinstance(obj, (torch.Tensor, nn.Module)):
+            continue
+        seen.add(id(obj))
+        t = type(obj)
+        if _user_class(t) and (t in copyreg.dispatch_table or t in copy_mod._deepcopy_dispatch):  # noqa: SLF001
+            return f"{name!r}, a {t.__name__} registered with copyreg or copy"
+        if _user_class(t):
+            hooks = sorted({k for c in t.__mro__ if _user_class(c) for k in vars(c)} & (_COPY_HOOKS | {"__new__"}))
+            if hooks:
+                return f"{name!r}, a {t.__name__} whose class defines {hooks[0]}"
+            if left and hasattr(obj, "__dict__"):
+                todo += [(f"{name}.{k}", v, left - 1) for k, v in vars(obj).items()]
+        elif left and isinstance(obj, dict):
+            todo += [(f"{name}[{k!r}]", v, left - 1) for k, v in list(obj.items())[:256]]
+        elif left and isinstance(obj, (list, tuple, set, frozenset)):
+            todo += [(f"{name}[{i}]", v, left - 1) for i, v in enumerate(list(obj)[:256])]
+    return None
 
 # what a forward can read to behave differently under the trace than when the curve runs it
 _MODE_PROBES = frozenset({
@@ -216,76 +252,162 @@ _MODE_PROBES = frozenset({
 _PROBE_PARTS = re.compile(r"torch_dispatch|dispatch_mode|dispatch_stack|dispatch_key|dispatch_tls|torch_function|function_mode|mode_stack|current_modes|mode_temporarily|_tls\b|_tls_")
 
 
-def _asks_how_it_runs(cls: type, classes: tuple[type, ...] = ()) -> str | None:
-    """The first name of :data:`_MODE_PROBES` that the ``forward`` of a module class defined outside
-    torch refers to (its own code, the code objects nested in it, and the functions it calls by a
-    name of its module or holds in its closure, transitively), or None. A forward that asks
-    whether it is being traced, or in which grad mode it runs, can differ between the trace and the
-    measured evaluation anywhere, even between the points where the two are compared."""
+def _asks_how_it_runs(cls: type, classes: tuple[type, ...] = (), instances: tuple[object, ...] = ()) -> str | None:
+    """What the ``forward`` of a module class defined outside torch reaches that asks how it runs, or
+    None: a name of :data:`_MODE_PROBES` (or with a part of :data:`_PROBE_PARTS`) in its code, one of
+    those objects under any name (:func:`_probe_objects`), threads or processes (:func:`_concurrent`),
+    or TorchScript or compiled code (:func:`_compiled`). A forward that asks whether it is being
+    traced, or in which mode it runs, can differ between the trace and the measured evaluation
+    anywhere, even between the points where the two are compared.
+
+    What it reaches, transitively (:class:`_Reach`): the code of the forward and of the class's
+    attribute hooks (``__getattr__``, …); from code, the globals it reads, the modules it imports
+    inside, its closure cells, default arguments, and the attributes it reads (``self._look()``,
+    ``helper.look(p)``, ``pkg.helpers.look``) of the model's classes and module instances and of the
+    modules, classes and objects reached; from a class, everything in its namespace; from an object,
+    its class and attributes; from a container, its items; through ``staticmethod``, ``classmethod``,
+    bound methods, properties, ``functools.partial`` and ``__wrapped__`` (``lru_cache``,
+    ``functools.wraps``). Names built at run time (``getattr`` with computed strings, ``eval``) are
+    not followed."""
     if str(cls.__module__).startswith("torch."):
         return None
     forward = getattr(cls, "forward", None)
     if not isinstance(forward, types.FunctionType):
         return None
-    owners = (cls, *classes)
-    todo: list[tuple[types.CodeType, dict, tuple]] = [(forward.__code__, forward.__globals__, forward.__closure__ or ())]
-    done: set[int] = set()
-    while todo and len(done) < 512:
-        code, scope, cells = todo.pop()
-        if id(code) in done:
-            continue
-        done.add(id(code))
-        hit = _MODE_PROBES.intersection(code.co_names)
-        if hit:
-            return sorted(hit)[0]
-        hit = next((name for name in code.co_names if _PROBE_PARTS.search(name)), None)
-        if hit is not None:
-            return hit
-        todo.extend((k, scope, ()) for k in code.co_consts if isinstance(k, types.CodeType))
-        # what each name can be, by how the code uses it: a global of its module, a module it imports
-        # inside (``import x``), an attribute (``self._look()``, ``helper.look(p)``) of the model's
-        # classes or of a module it names, a closure cell
-        names = {"global": set(), "attr": set(), "import": set()}
-        for ins in dis.get_instructions(code):
-            kind = _NAME_USES.get(ins.opname)
-            if kind is not None and isinstance(ins.argval, str):
-                names[kind].add(ins.argval)
-        found: list = [scope[name] for name in names["global"] if name in scope]
-        found += [sys.modules[name] for name in names["import"] if name in sys.modules]
-        # attributes of the model's classes and of the modules it names, and of the modules reached
-        # that way (``pkg.helpers.look``), to a fixed point
-        frontier: list = [*owners, *(v for v in found if _user_module(v))]
-        reached: set[int] = {id(v) for v in frontier}
-        while frontier:
-            step = [inspect.getattr_static(owner, name, _MISSING) for owner in frontier for name in names["attr"]]
-            step = [v for v in step if v is not _MISSING]
-            found += step
-            frontier = [v for v in step if _user_module(v) and id(v) not in reached]
-            reached.update(id(v) for v in frontier)
-        for cell in cells:
+    hooks = [v for c in cls.__mro__ if _user_class(c) for k, v in vars(c).items() if k in _ATTRIBUTE_HOOKS]
+    return _Reach((cls, *classes), instances).walk([forward, *hooks])
+
+
+# the class hooks that run without being named (attribute access)
+_ATTRIBUTE_HOOKS = frozenset({"__getattr__", "__getattribute__", "__setattr__", "__delattr__"})
+
+
+class _Reach:
+    """One walk of what a forward reaches (see :func:`_asks_how_it_runs`), at most ``LIMIT`` objects."""
+
+    LIMIT = 4096
+
+    def __init__(self, classes: tuple[type, ...], instances: tuple[object, ...]):
+        self.spaces: list = [c for c in classes if _user_class(c)] + list(instances)  # where attribute names are looked up
+        self.attrs: set[str] = set()
+        self.resolved: set[tuple[int, str]] = set()
+        self.seen: set[int] = set()
+        self.kept: list = []  # every object seen stays alive, so that ids are not reused during the walk
+
+    def walk(self, start: list) -> str | None:
+        todo = list(start)
+        while todo and len(self.seen) < self.LIMIT:
+            obj = todo.pop()
+            if id(obj) in self.seen:
+                continue
+            self.seen.add(id(obj))
+            self.kept.append(obj)
+            hit = self._refused(obj)
+            if hit is not None:
+                return hit
+            found = self._parts(obj)
+            if isinstance(found, str):
+                return found
+            todo.extend(found)
+            todo.extend(self._resolve())
+        return None
+
+    @staticmethod
+    def _refused(obj: object) -> str | None:
+        probe = _probe_objects().get(id(obj))
+        if probe is not None and probe[0] is obj:
+            return probe[1]
+        if _concurrent(obj):
+            return f"{getattr(obj, '__name__', type(obj).__name__)} (threads or processes)"
+        if _compiled(obj):
+            return f"{getattr(obj, '__name__', type(obj).__name__)} (TorchScript or compiled code)"
+        return None
+
+    def _parts(self, obj: object) -> list | str:
+        if isinstance(obj, types.FunctionType):
+            if str(getattr(obj, "__module__", "") or "").startswith("torch"):
+                return []
+            return self._function(obj)
+        if isinstance(obj, (staticmethod, classmethod, types.MethodType)):
+            return [obj.__func__]
+        if isinstance(obj, property):
+            return [f for f in (obj.fget, obj.fset, obj.fdel) if f is not None]
+        if isinstance(obj, functools.partial):
+            return [obj.func, *obj.args, *obj.keywords.values()]
+        if isinstance(obj, types.ModuleType):
+            if _user_module(obj):
+                self.spaces.append(obj)
+            return []
+        if isinstance(obj, type):
+            if not _user_class(obj):
+                return []
+            self.spaces.append(obj)
+            return [v for c in obj.__mro__ if _user_class(c) for v in vars(c).values()]
+        if isinstance(obj, (dict, types.MappingProxyType)):
+            return list(obj.values())[:256] if len(obj) <= 4096 else []
+        if isinstance(obj, (list, tuple, set, frozenset)):
+            return list(obj)[:256]
+        if isinstance(obj, nn.Module):  # one held outside the module tree (a plain list): its class's code
+            return [type(obj)] if _user_class(type(obj)) else []
+        wrapped = getattr(obj, "__wrapped__", None) if not isinstance(obj, torch.Tensor) else None
+        if wrapped is not None:
+            return [wrapped]
+        if _user_class(type(obj)) and not isinstance(obj, (torch.Tensor, nn.Module)):
+            self.spaces.append(obj)
+            return [type(obj), *getattr(obj, "__dict__", {}).values()]
+        return []
+
+    def _function(self, fn: types.FunctionType) -> list | str:
+        scope = fn.__globals__
+        found: list = [*(fn.__defaults__ or ()), *(fn.__kwdefaults__ or {}).values()]
+        for cell in fn.__closure__ or ():
             try:
                 found.append(cell.cell_contents)
             except ValueError:  # an empty cell
                 pass
-        for obj in found:
-            # threads and processes, under any name (``from threading import Thread as T``), and code
-            # that runs where no Python mode sees what it reads (TorchScript, compiled functions)
-            if _concurrent(obj):
-                return f"{getattr(obj, '__name__', type(obj).__name__)} (threads or processes)"
-            if _compiled(obj):
-                return f"{getattr(obj, '__name__', type(obj).__name__)} (TorchScript or compiled code)"
-            fn = _function_of(obj)
-            if fn is not None and not str(getattr(fn, "__module__", "") or "").startswith("torch"):
-                todo.append((fn.__code__, fn.__globals__, fn.__closure__ or ()))
-    return None
+        codes = [fn.__code__]
+        while codes:
+            code = codes.pop()
+            hit = _MODE_PROBES.intersection(code.co_names)
+            if hit:
+                return sorted(hit)[0]
+            hit = next((name for name in code.co_names if _PROBE_PARTS.search(name)), None)
+            if hit is not None:
+                return hit
+            codes.extend(k for k in code.co_consts if isinstance(k, types.CodeType))
+            for ins in dis.get_instructions(code):
+                kind = _NAME_USES.get(ins.opname)
+                if kind is None or not isinstance(ins.argval, str):
+                    continue
+                if kind == "global":
+                    if ins.argval in scope:
+                        found.append(scope[ins.argval])
+                elif kind == "import":
+                    if ins.argval in sys.modules:
+                        found.append(sys.modules[ins.argval])
+                else:
+                    self.attrs.add(ins.argval)
+        return found
+
+    def _resolve(self) -> list:
+        """The attribute names read so far, looked up in every space found so far (new pairs only)."""
+        out = []
+        for space in list(self.spaces):
+            for name in list(self.attrs):
+                key = (id(space), name)
+                if key in self.resolved:
+                    continue
+                self.resolved.add(key)
+                try:
+                    out.append(inspect.getattr_static(space, name))
+                except AttributeError:
+                    continue
+        return out
 
 
 # bytecode operations by the kind of name they use (Python 3.10–3.13)
 _NAME_USES = {"LOAD_GLOBAL": "global", "LOAD_NAME": "global", "LOAD_ATTR": "attr", "LOAD_METHOD": "attr",
               "LOAD_SUPER_ATTR": "attr", "IMPORT_NAME": "import", "IMPORT_FROM": "attr"}
-
-
-_MISSING = object()
 
 
 def _user_module(obj: object) -> bool:
@@ -296,21 +418,38 @@ def _user_module(obj: object) -> bool:
     return name != "torch" and name not in sys.stdlib_module_names
 
 
-def _function_of(obj: object) -> types.FunctionType | None:
-    """The Python function behind ``obj`` (a function, a static or class method, a bound method, a
-    property's getter, a ``functools.partial``), or None."""
-    for _ in range(4):
-        if isinstance(obj, types.FunctionType):
-            return obj
-        if isinstance(obj, (staticmethod, classmethod, types.MethodType)):
-            obj = obj.__func__
-        elif isinstance(obj, property):
-            obj = obj.fget
-        elif isinstance(obj, functools.partial):
-            obj = obj.func
-        else:
-            return None
-    return None
+def _user_class(c: object) -> bool:
+    """A class defined outside torch and the standard library (``object`` and builtins excluded)."""
+    if not isinstance(c, type):
+        return False
+    name = str(getattr(c, "__module__", "") or "").split(".")[0]
+    return name not in ("torch", "builtins") and name not in sys.stdlib_module_names
+
+
+@functools.lru_cache(maxsize=1)
+def _probe_objects() -> dict[int, tuple[object, str]]:
+    """The objects behind the probe names, wherever torch and the standard library define them (by
+    id, with the object and its name): a forward that reaches one under another name
+    (``from torch._C import _len_torch_dispatch_stack as depth``) asks the same question."""
+    import ctypes
+    import gc
+    import traceback
+    import weakref
+
+    spaces = [torch, torch._C, torch.overrides, torch.fx, torch.jit, torch.compiler, torch.autograd, sys, inspect, gc, weakref,  # noqa: SLF001
+              ctypes, traceback]
+    for mod in ("torch.utils._python_dispatch", "torch.fx._symbolic_trace", "torch._C._functorch", "torch._jit_internal",
+                "torch.utils.dlpack", "torch._dynamo"):
+        if mod in sys.modules:
+            spaces.append(sys.modules[mod])
+    out: dict[int, tuple[object, str]] = {}
+    for space in spaces:
+        for name in dir(space):
+            if name in _MODE_PROBES or _PROBE_PARTS.search(name):
+                obj = getattr(space, name, None)
+                if obj is not None and not isinstance(obj, (bool, int, float, str, types.ModuleType)):
+                    out.setdefault(id(obj), (obj, name))
+    return out
 
 
 def _compiled(obj: object) -> bool:
