@@ -788,3 +788,96 @@ def test_objects_whose_copies_run_their_own_code_are_refused():
     m = nn.Linear(2, 1)
     m.fine = {"pattern": __import__("re").compile("x"), "n": 3}  # standard-library objects copy as they do
     assert analyse(m).kind.value != "unknown"
+
+
+# the ninth round (a third red team): the call stack through tracebacks and frames, a counter kept
+# in a namespace, probes in a metaclass, in a namespace of the standard library, named in a string
+# or held by operator.attrgetter. Each gave a false certificate (true rise 21.19).
+
+class _QuietMeta(type):
+    def __instancecheck__(cls, obj):
+        return _depth() == 0
+
+
+class _Quiet(metaclass=_QuietMeta):
+    pass
+
+
+_NS = __import__("types").SimpleNamespace(quiet=lambda: _depth() == 0)
+_GETTER = __import__("operator").attrgetter("_C._len_torch_dispatch_stack")
+
+
+class _TracebackProbe(_Probing):
+    def forward(self, x):
+        try:
+            raise ValueError
+        except ValueError as e:
+            frame = e.__traceback__.tb_frame
+        return self.lin(x) * 2.0 if frame is None else self.lin(x)
+
+
+class _StackProbe(_Probing):
+    def forward(self, x):
+        import inspect
+
+        return self.lin(x) * 2.0 if len(inspect.stack(0)) > 50 else self.lin(x)
+
+
+class _FramesProbe(_Probing):
+    def forward(self, x):
+        import sys
+
+        return self.lin(x) * 2.0 if len(sys._current_frames()) > 1 else self.lin(x)  # noqa: SLF001
+
+
+class _MetaProbe(_Probing):
+    def forward(self, x):
+        return self.lin(x) * 2.0 if isinstance(x, _Quiet) else self.lin(x)
+
+
+class _NamespaceProbe(_Probing):
+    def forward(self, x):
+        return self.lin(x) * 2.0 if _NS.quiet() else self.lin(x)
+
+
+class _StringProbe(_Probing):
+    def forward(self, x):
+        return self.lin(x) * 2.0 if getattr(torch._C, "_len_torch_dispatch_stack")() == 0 else self.lin(x)  # noqa: B009, SLF001
+
+
+class _GetterProbe(_Probing):
+    def forward(self, x):
+        return self.lin(x) * 2.0 if _GETTER(torch)() == 0 else self.lin(x)
+
+
+@pytest.mark.parametrize("cls, expect", [
+    (_TracebackProbe, "__traceback__"),
+    (_StackProbe, "inspect.stack"),
+    (_FramesProbe, "_current_frames"),
+    (_MetaProbe, "_len_torch_dispatch_stack"),
+    (_NamespaceProbe, "_len_torch_dispatch_stack"),
+    (_StringProbe, "_len_torch_dispatch_stack"),
+    (_GetterProbe, "_len_torch_dispatch_stack"),
+])
+def test_the_call_stack_and_probes_in_metaclasses_namespaces_and_strings_are_refused(cls, expect):
+    from mli_theory.path.structure import analyse
+
+    assert expect in analyse(cls()).reason
+
+
+def test_a_counter_kept_in_a_namespace_is_an_attribute_change():
+    import types as t
+
+    class Remembers(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 1)
+            self.seen = t.SimpleNamespace(last=None)
+
+        def forward(self, x):
+            self.seen.last = id(self)
+            return self.lin(x)
+
+    m = Remembers().double()
+    why = trace_differs(m, _state(m), torch.randn(3, 2, dtype=F64))
+    assert why is not None and "'seen'" in why

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import types
 import warnings
 import weakref
 from typing import Any, Mapping
@@ -206,6 +207,11 @@ def _plain(value: Any, depth: int = 0) -> Any:
     if depth < 3 and isinstance(value, dict):
         items = {k: _plain(v, depth + 1) for k, v in value.items() if isinstance(k, _PLAIN)}
         return ("dict", tuple(sorted((repr(k), v) for k, v in items.items())))
+    # an object that is neither a module nor a tensor nor code (a namespace, a dataclass, a user
+    # object): its attributes, which a forward can keep a counter in as well
+    if (depth < 3 and hasattr(value, "__dict__") and not isinstance(value, (nn.Module, type, types.ModuleType))
+            and not callable(value)):
+        return (type(value).__qualname__, _plain(dict(vars(value)), depth + 1))
     return None
 
 

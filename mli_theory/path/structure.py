@@ -47,6 +47,7 @@ from __future__ import annotations
 import dis
 import functools
 import inspect
+import operator
 import re
 import sys
 import types
@@ -232,6 +233,10 @@ _MODE_PROBES = frozenset({
     "has_torch_function", "_has_torch_function", "_has_torch_function_unary", "_has_torch_function_variadic",
     "is_in_torch_dispatch_mode", "_dispatch_tls_is_dispatch_key_included", "_dispatch_tls_local_include_set",
     "_dispatch_tls_local_exclude_set", "__weakref__", "get_objects",
+    # the Python call stack reached through frames and tracebacks (an exception's ``__traceback__``)
+    "tb_frame", "tb_next", "f_back", "f_code", "f_locals", "f_globals", "f_lineno", "f_lasti", "f_trace", "gi_frame",
+    "cr_frame", "ag_frame", "__traceback__", "_current_frames", "exc_info", "settrace", "setprofile", "gettrace",
+    "getprofile",
     # functorch's transforms (the curve may run the forward under vmap over α)
     "is_batchedtensor", "is_functorch_wrapped_tensor", "maybe_get_level", "maybe_get_bdim", "current_level",
     "is_gradtrackingtensor", "_functorch", "get_unwrapped",
@@ -317,6 +322,10 @@ class _Reach:
         probe = _probe_objects().get(id(obj))
         if probe is not None and probe[0] is obj:
             return probe[1]
+        if isinstance(obj, (operator.attrgetter, operator.methodcaller)):  # names held by a C callable
+            hit = next((c for c in re.findall(r"'([^']*)'", repr(obj)) if _names_probe(c)), None)
+            if hit is not None:
+                return hit
         if _concurrent(obj):
             return f"{getattr(obj, '__name__', type(obj).__name__)} (threads or processes)"
         if _compiled(obj):
@@ -325,7 +334,8 @@ class _Reach:
 
     def _parts(self, obj: object) -> list | str:
         if isinstance(obj, types.FunctionType):
-            if str(getattr(obj, "__module__", "") or "").startswith("torch"):
+            root = str(getattr(obj, "__module__", "") or "").split(".")[0]
+            if root == "torch" or root in sys.stdlib_module_names:  # torch's and Python's own: checked by identity only
                 return []
             return self._function(obj)
         if isinstance(obj, (staticmethod, classmethod, types.MethodType)):
@@ -335,14 +345,15 @@ class _Reach:
         if isinstance(obj, functools.partial):
             return [obj.func, *obj.args, *obj.keywords.values()]
         if isinstance(obj, types.ModuleType):
-            if _user_module(obj):
+            if obj.__name__.split(".")[0] != "torch":  # the standard library's too (``inspect.stack``: by identity)
                 self.spaces.append(obj)
             return []
         if isinstance(obj, type):
             if not _user_class(obj):
                 return []
             self.spaces.append(obj)
-            return [v for c in obj.__mro__ if _user_class(c) for v in vars(c).values()]
+            meta = [type(obj)] if _user_class(type(obj)) else []  # a metaclass's hooks (``__instancecheck__``)
+            return [*meta, *(v for c in obj.__mro__ if _user_class(c) for v in vars(c).values())]
         if isinstance(obj, (dict, types.MappingProxyType)):
             return list(obj.values())[:256] if len(obj) <= 4096 else []
         if isinstance(obj, (list, tuple, set, frozenset)):
@@ -352,9 +363,10 @@ class _Reach:
         wrapped = getattr(obj, "__wrapped__", None) if not isinstance(obj, torch.Tensor) else None
         if wrapped is not None:
             return [wrapped]
-        if _user_class(type(obj)) and not isinstance(obj, (torch.Tensor, nn.Module)):
+        if not isinstance(obj, torch.Tensor) and isinstance(getattr(obj, "__dict__", None), dict):
+            # an object (a user's, or a namespace of the standard library's): its attributes, and its class
             self.spaces.append(obj)
-            return [type(obj), *getattr(obj, "__dict__", {}).values()]
+            return [*([type(obj)] if _user_class(type(obj)) else []), *list(vars(obj).values())[:256]]
         return []
 
     def _function(self, fn: types.FunctionType) -> list | str:
@@ -372,6 +384,10 @@ class _Reach:
             if hit:
                 return sorted(hit)[0]
             hit = next((name for name in code.co_names if _PROBE_PARTS.search(name)), None)
+            if hit is not None:
+                return hit
+            # a probe named in a string (``getattr(torch._C, "_len_torch_dispatch_stack")``)
+            hit = next((c for c in code.co_consts if isinstance(c, str) and _names_probe(c)), None)
             if hit is not None:
                 return hit
             codes.extend(k for k in code.co_consts if isinstance(k, types.CodeType))
@@ -418,6 +434,11 @@ def _user_module(obj: object) -> bool:
     return name != "torch" and name not in sys.stdlib_module_names
 
 
+def _names_probe(text: str) -> bool:
+    """Whether a string names a probe (``"_len_torch_dispatch_stack"``, ``"_C._len_torch_dispatch_stack"``)."""
+    return len(text) < 200 and any(part in _MODE_PROBES or _PROBE_PARTS.search(part) for part in text.split("."))
+
+
 def _user_class(c: object) -> bool:
     """A class defined outside torch and the standard library (``object`` and builtins excluded)."""
     if not isinstance(c, type):
@@ -443,6 +464,14 @@ def _probe_objects() -> dict[int, tuple[object, str]]:
         if mod in sys.modules:
             spaces.append(sys.modules[mod])
     out: dict[int, tuple[object, str]] = {}
+    for space, names in ((inspect, ("stack", "trace", "getinnerframes", "getouterframes", "currentframe", "getframeinfo")),
+                         (traceback, ("extract_stack", "walk_stack", "format_stack", "print_stack", "extract_tb", "walk_tb",
+                                      "format_tb", "print_tb", "TracebackException", "StackSummary", "FrameSummary")),
+                         (sys, ("_getframe", "_current_frames", "exc_info", "exception", "settrace", "setprofile"))):
+        for name in names:
+            obj = getattr(space, name, None)
+            if obj is not None:
+                out.setdefault(id(obj), (obj, f"{space.__name__}.{name}"))
     for space in spaces:
         for name in dir(space):
             if name in _MODE_PROBES or _PROBE_PARTS.search(name):
