@@ -436,7 +436,12 @@ def _user_module(obj: object) -> bool:
 
 def _names_probe(text: str) -> bool:
     """Whether a string names a probe (``"_len_torch_dispatch_stack"``, ``"_C._len_torch_dispatch_stack"``)."""
-    return len(text) < 200 and any(part in _MODE_PROBES or _PROBE_PARTS.search(part) for part in text.split("."))
+    if len(text) > 200 or not _DOTTED.fullmatch(text):  # a name or a dotted path, not prose (docstrings, messages)
+        return False
+    return any(part in _MODE_PROBES or _PROBE_PARTS.search(part) for part in text.split("."))
+
+
+_DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
 def _user_class(c: object) -> bool:
