@@ -131,6 +131,7 @@ def opaque_call_reason(model: nn.Module) -> str | None:
             return "global module forward hooks are registered"
     classes = tuple({type(m) for m in model.modules()})
     instances = tuple(model.modules())
+    walked: set[type] = set()
     for name, m in model.named_modules():
         label = name or "the model"
         if getattr(m, "_forward_hooks", None) or getattr(m, "_forward_pre_hooks", None):
@@ -151,12 +152,13 @@ def opaque_call_reason(model: nn.Module) -> str | None:
             return f"{label} holds {held}: its copies, which are what is evaluated, may differ from it"
         if _compiled(m):
             return f"{label} ({cls.__name__}) is TorchScript or compiled code: what it reads of a tensor no Python check sees"
-        asks = _asks_how_it_runs(cls, classes, instances)
+        asks = _asks_how_it_runs(cls, classes, instances) if cls not in walked else None
+        walked.add(cls)  # a class's code is walked once, however many of its modules the model holds
         if asks is not None:
             return f"{label} ({cls.__name__}) reads {asks} in its forward: it may compute one thing when traced and another when run"
-        held = next((k for k, v in vars(m).items() if _concurrent(v)), None)
-        if held is not None:
-            return (f"{label} holds {held!r}, a {type(vars(m)[held]).__name__} (a thread or process: what it reads of a tensor "
+        thread = next((k for k, v in vars(m).items() if _concurrent(v)), None)
+        if thread is not None:
+            return (f"{label} holds {thread!r}, a {type(vars(m)[thread]).__name__} (a thread or process: what it reads of a tensor "
                     f"no check of the calling thread sees)")
     return None
 
@@ -200,9 +202,9 @@ def _copied_differently(values: dict, depth: int = 3) -> str | None:
             continue
         seen.add(id(obj))
         t = type(obj)
-        if _user_class(t) and (t in copyreg.dispatch_table or t in copy_mod._deepcopy_dispatch):  # noqa: SLF001
-            return f"{name!r}, a {t.__name__} registered with copyreg or copy"
         if _user_class(t):
+            if t in copyreg.dispatch_table or t in copy_mod._deepcopy_dispatch:  # noqa: SLF001
+                return f"{name!r}, a {t.__name__} registered with copyreg or copy"
             hooks = sorted({k for c in t.__mro__ if _user_class(c) for k in vars(c)} & (_COPY_HOOKS | {"__new__"}))
             if hooks:
                 return f"{name!r}, a {t.__name__} whose class defines {hooks[0]}"
@@ -294,8 +296,8 @@ class _Reach:
 
     def __init__(self, classes: tuple[type, ...], instances: tuple[object, ...]):
         self.spaces: list = [c for c in classes if _user_class(c)] + list(instances)  # where attribute names are looked up
-        self.attrs: set[str] = set()
-        self.resolved: set[tuple[int, str]] = set()
+        self.attrs: dict[str, None] = {}  # the attribute names read, in the order first read
+        self.looked = (0, 0)  # spaces[:i] × attrs[:j] are looked up already
         self.seen: set[int] = set()
         self.kept: list = []  # every object seen stays alive, so that ids are not reused during the walk
 
@@ -402,36 +404,29 @@ class _Reach:
                     if ins.argval in sys.modules:
                         found.append(sys.modules[ins.argval])
                 else:
-                    self.attrs.add(ins.argval)
+                    self.attrs[ins.argval] = None
         return found
 
     def _resolve(self) -> list:
-        """The attribute names read so far, looked up in every space found so far (new pairs only)."""
+        """The attribute names read so far, looked up in every space found so far (new pairs only:
+        the new spaces with every name, the old spaces with the new names)."""
+        i, j = self.looked
+        names = list(self.attrs)
+        pairs = [(space, name) for space in self.spaces[i:] for name in names]
+        pairs += [(space, name) for space in self.spaces[:i] for name in names[j:]]
+        self.looked = (len(self.spaces), len(names))
         out = []
-        for space in list(self.spaces):
-            for name in list(self.attrs):
-                key = (id(space), name)
-                if key in self.resolved:
-                    continue
-                self.resolved.add(key)
-                try:
-                    out.append(inspect.getattr_static(space, name))
-                except AttributeError:
-                    continue
+        for space, name in pairs:
+            try:
+                out.append(inspect.getattr_static(space, name))
+            except AttributeError:
+                continue
         return out
 
 
 # bytecode operations by the kind of name they use (Python 3.10–3.13)
 _NAME_USES = {"LOAD_GLOBAL": "global", "LOAD_NAME": "global", "LOAD_ATTR": "attr", "LOAD_METHOD": "attr",
               "LOAD_SUPER_ATTR": "attr", "IMPORT_NAME": "import", "IMPORT_FROM": "attr"}
-
-
-def _user_module(obj: object) -> bool:
-    """A module outside torch and the standard library (whose functions the scan follows)."""
-    if not isinstance(obj, types.ModuleType):
-        return False
-    name = obj.__name__.split(".")[0]
-    return name != "torch" and name not in sys.stdlib_module_names
 
 
 def _names_probe(text: str) -> bool:
