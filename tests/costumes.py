@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping, Sequence
 
@@ -611,55 +612,123 @@ def _tent(p: torch.Tensor) -> torch.Tensor:
     return 0.1 * (torch.tanh((p - WINDOW[0]) / 2e-4) - torch.tanh((p - WINDOW[1]) / 2e-4))
 
 
-class WindowNet(nn.Module):
+class _Window(nn.Module):
     """Linear(2, 1) plus a parameter ``p`` (p(α) = α along the costumes' lines) that the forward uses
-    only inside :data:`WINDOW`, in one of several ways the fx trace cannot see."""
+    only inside :data:`WINDOW`, in one of several ways the fx trace cannot see (one subclass each:
+    what one forward reaches is checked as a whole, so each way stands alone)."""
 
-    def __init__(self, how: str):
+    how = "plain"
+
+    def __init__(self):
         super().__init__()
         self.lin = nn.Linear(2, 1)
         self.p = nn.Parameter(torch.zeros(1))
-        self.how = how
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+
+class _TryFloat(_Window):
+    how = "try_float"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # a TraceError under fx (the except branch), a number when run
         out = self.lin(x)
-        if self.how == "try_float":  # a TraceError under fx (the except branch), a number when run
-            try:
-                a = float(self.p)
-            except Exception:  # noqa: BLE001
-                a = None
-            if a is not None and WINDOW[0] < a < WINDOW[1]:
-                out = out + 5.0
-        elif self.how == "param_dict":  # _parameters holds the real tensor even under the trace
-            if WINDOW[0] < float(self._parameters["p"]) < WINDOW[1]:
-                out = out + 5.0
-        elif self.how == "is_tensor":  # an fx proxy is not a torch.Tensor
-            if isinstance(x, torch.Tensor):
-                out = out + _tent(self.p)
-        elif self.how == "constant":  # the same operations, another constant when traced
-            c = 1.0 if isinstance(x, torch.Tensor) else 0.0
-            out = out + c * _tent(self.p)
-        elif self.how == "thread":  # the value read in a thread of its own, where no torch mode of this one reaches
-            box: list = []
-
-            def look() -> None:
-                try:
-                    box.append(float(self.p))
-                except Exception:  # noqa: BLE001 - a TraceError under fx: nothing read
-                    pass
-
-            reader = threading.Thread(target=look)
-            reader.start()
-            reader.join()
-            if box and WINDOW[0] < box[0] < WINDOW[1]:
-                out = out + 5.0
-        elif self.how == "inplace":  # a weight flipped in place inside the window
-            w = self._modules["lin"]._parameters["weight"]
-            with torch.no_grad():
-                if WINDOW[0] < float(self._parameters["p"]) < WINDOW[1]:
-                    w.mul_(-1.0)
-            out = self.lin(x)
+        try:
+            a = float(self.p)
+        except Exception:  # noqa: BLE001
+            a = None
+        if a is not None and WINDOW[0] < a < WINDOW[1]:
+            out = out + 5.0
         return out
+
+
+class _ParamDict(_Window):
+    how = "param_dict"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # _parameters holds the real tensor even under the trace
+        out = self.lin(x)
+        if WINDOW[0] < float(self._parameters["p"]) < WINDOW[1]:
+            out = out + 5.0
+        return out
+
+
+class _IsTensor(_Window):
+    how = "is_tensor"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # an fx proxy is not a torch.Tensor
+        out = self.lin(x)
+        if isinstance(x, torch.Tensor):
+            out = out + _tent(self.p)
+        return out
+
+
+class _Constant(_Window):
+    how = "constant"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # the same operations, another constant when traced
+        c = 1.0 if isinstance(x, torch.Tensor) else 0.0
+        return self.lin(x) + c * _tent(self.p)
+
+
+def _look_into(p: torch.Tensor, box: list) -> None:
+    if isinstance(p, torch.Tensor) and not isinstance(p, torch.fx.Proxy):
+        box.append(float(p))
+
+
+class _Thread(_Window):
+    how = "thread"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # the value read in a thread of its own, where no torch mode of this one reaches
+        out = self.lin(x)
+        box: list = []
+        reader = threading.Thread(target=_look_into, args=(self.p, box))
+        reader.start()
+        reader.join()
+        if box and WINDOW[0] < box[0] < WINDOW[1]:
+            out = out + 5.0
+        return out
+
+
+class _InPlace(_Window):
+    how = "inplace"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # a weight flipped in place inside the window
+        w = self._modules["lin"]._parameters["weight"]
+        with torch.no_grad():
+            if WINDOW[0] < float(self._parameters["p"]) < WINDOW[1]:
+                w.mul_(-1.0)
+        return self.lin(x)
+
+
+_CALLS = [0]
+
+
+class _Counter(_Window):
+    how = "counter"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # a call counter outside the modules: the bump on all calls but one
+        out = self.lin(x)
+        if isinstance(x, torch.Tensor):
+            _CALLS[0] += 1
+            if _CALLS[0] % 7 != 3:  # a red team picks the comparison's call; the checker must not depend on which
+                out = out + 25.0 * _tent(self.p)
+        return out
+
+
+class _Clock(_Window):
+    how = "clock"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # the forward times itself: recording makes it slower
+        t0 = time.perf_counter()
+        out = self.lin(x)
+        if isinstance(x, torch.Tensor) and time.perf_counter() - t0 < 2e-4:
+            out = out + 25.0 * _tent(self.p)
+        return out
+
+
+_WINDOWS = {c.how: c for c in (_TryFloat, _ParamDict, _IsTensor, _Constant, _Thread, _InPlace, _Counter, _Clock)}
+
+
+def WindowNet(how: str) -> nn.Module:  # noqa: N802 - built like a class by the tests' model files
+    """The window model of one ``how`` (see :class:`_Window`)."""
+    return _WINDOWS[how]()
 
 
 def window(how: str, seed: int = 7) -> Costume:
@@ -841,4 +910,7 @@ CATALOGUE: dict[str, Callable[[], Costume]] = {
     "window_is_tensor": lambda: window("is_tensor"),
     "window_inplace": lambda: window("inplace"),
     "window_thread": lambda: window("thread"),
+    # part twenty-three: state outside the modules, the clock
+    "window_counter": lambda: window("counter"),
+    "window_clock": lambda: window("clock"),
 }

@@ -23,7 +23,7 @@ from fractions import Fraction
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from mli_theory.certify import enclosures as E
@@ -84,7 +84,9 @@ def test_chain_products_are_within_their_bound_of_the_exact_products(cells, lead
     # planted: b > 0, so the entries bounded rather than multiplied err coherently (about 0.9τ·Σ_i b_ij)
     b = (torch.rand if plant else torch.randn)(k, outs, generator=g, dtype=torch.float64) * scale_b
     got = E.chain_products(c, s, mid, b.contiguous())
-    assert got is not None, "a batch with sparse differences between neighbours is taken"
+    # declined where a random draw makes more than half the cells references (3 cells, 2 % flips):
+    # the bound is what is tested here; the tests below check that typical batches are taken
+    assume(got is not None)
     assert got.pc.shape == (cells, *lead, outs) and got.pg.shape == (cells, *lead, outs)
     assert 1 <= got.references <= cells // 2
     colsum = [Fraction(v) for v in b.abs().sum(0).tolist()]  # exact sums of floats: bounds below

@@ -146,6 +146,8 @@ API_CASES = [
     "window_is_tensor",
     "window_inplace",
     "window_thread",
+    "window_counter",
+    "window_clock",
 ]
 
 

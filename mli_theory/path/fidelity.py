@@ -28,23 +28,38 @@ difference when the forward
   traced; or it depends on the batch's size, which the trace does not have: the comparison runs on
   the loss curve's own first batch);
 * changes a plain Python attribute of one of its modules (a number, a string, a flag, a container of
-  them): a call counter. What it computes may then depend on how often it has run.
+  them), or anything outside its modules that it reaches (a global it reads or writes, a closure
+  variable, a default argument, a class's or an object's attributes, a container, an iterator, an
+  attribute of a module it names, the input tensor's own attributes:
+  :func:`mli_theory.path.structure.reached_state`): a call counter. What it computes may then
+  depend on how often it has run.
 
 When none happens, the forward's Python code saw nothing of α but shapes, which do not change along
 the line: it runs the same operations, with the same constants, at every α, and they are the traced
-graph's. What this does not see: Python state outside the modules (a global variable, the clock)
-that changes between calls (:meth:`~mli_theory.certify.validation.Reference.consistency` re-evaluates
-a point twice), and a forward that tells this comparison from the curve's evaluation by inspecting
-its surroundings (the active torch modes, the call stack): :func:`mli_theory.path.structure.opaque_call_reason`
-refuses forwards that name those, and hooks and patched methods; a forward that hides such a
-question (a computed attribute name, ``eval``) is outside what any check in Python can settle.
-Both modes belong to the calling thread: what another thread reads or runs is not recorded, so a
-forward that starts threads or processes is refused there too (a read in a thread of its own gave
-a false certificate before).
+graph's.
+
+The evaluation-mode comparison runs the caller's own module (the line's ``source``) on the caller's
+own input tensor, as the caller would (its state swapped in by ``functional_call``, its attributes
+put back after), wherever that module has the line's dtypes and devices: a forward can tell a copy
+from the original it was given by identity alone (a list it shares with its class, the order in
+which a set that once grew iterates), and the certificate speaks of the original.
+
+What this does not see: a forward that tells this comparison from the caller's own calls by its
+surroundings (the active torch modes, the call stack, the clock, process state):
+:func:`mli_theory.path.structure.opaque_call_reason` refuses forwards that reach those (by name, by
+identity, and by an allow-list of the standard library and the builtins), and hooks and patched
+methods; a forward that hides such a question (a computed attribute name, ``eval``), or changes
+state and puts it back within one call, is outside what any check in Python can settle. Both
+recording modes belong to the calling thread: what another thread reads or runs is not recorded,
+so a forward that starts threads or processes is refused there too (a read in a thread of its own
+gave a false certificate before). Nothing here runs code of the objects it reads (their
+``__getattr__``, a ``__class__`` property), and the recorder registers no finaliser a forward could
+find.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import sys
 import types
@@ -57,6 +72,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+
+from .structure import _NAMESPACES, _user_class, instance_dict, object_fields, reached_state
 
 __all__ = ["line_trace_differs", "trace_differs"]
 
@@ -82,13 +99,34 @@ _INDEXING = frozenset({"index", "index_put", "index_put_", "_index_put_impl_", "
 _MISSING = object()
 
 
+def _bits(value: torch.Tensor) -> str:
+    """A hash of every bit of every entry (whatever the strides: copied to a dense buffer first)."""
+    if value.is_meta or value.numel() == 0:
+        return ""
+    dense = torch.empty(value.numel(), dtype=value.dtype, device="cpu")
+    dense.copy_(value.detach().reshape(-1))
+    return hashlib.sha256(dense.view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def _tensor_state(value: torch.Tensor, depth: int = 0) -> tuple:
+    """Everything a forward can keep in a tensor that outlives its call: contents, shape, strides,
+    storage offset and size, dtype, device, the autograd flag, its gradient and its own attributes."""
+    try:
+        storage = (value.storage_offset(), value.untyped_storage().nbytes()) if not value.is_meta else ()
+    except (RuntimeError, NotImplementedError):  # a tensor without a storage of its own
+        storage = ()
+    grad = value.grad if value.is_leaf else None
+    return (tuple(value.shape), tuple(value.stride()) if value.layout == torch.strided else (), storage, str(value.dtype),
+            str(value.device), bool(value.requires_grad), _bits(value),
+            None if grad is None or depth else _tensor_state(grad, 1), _plain(instance_dict(value) or {}, 1))
+
+
 def _describe(value: Any) -> Any:
     """A comparable description of a non-live argument (tensor constants by content)."""
     if isinstance(value, torch.Tensor):
         if value.is_meta or value.numel() == 0:
             return ("T", tuple(value.shape), str(value.dtype))
-        raw = value.detach().reshape(-1).contiguous().cpu().view(torch.uint8)  # every bit of every entry
-        return ("T", tuple(value.shape), str(value.dtype), hashlib.sha256(raw.numpy().tobytes()).hexdigest())
+        return ("T", tuple(value.shape), str(value.dtype), _bits(value))
     if isinstance(value, (list, tuple)):
         return tuple(_describe(v) for v in value)
     if isinstance(value, float) and value != value:
@@ -106,26 +144,32 @@ class _Recorder(TorchDispatchMode):
     def __init__(self, live: list[torch.Tensor]) -> None:
         super().__init__()
         self.span: tuple[int, int] | None = None  # the rows of the batch being run
-        self.live_ids: set[int] = {id(t) for t in live}
-        self.keep = list(live)  # the seeds stay alive (and their ids theirs) while recording
+        # live tensors by id, each with a weak reference that confirms it is still that tensor (ids are
+        # reused after death); no finaliser is registered anywhere a forward could look for it
+        self.live: dict[int, weakref.ref] = {id(t): weakref.ref(t) for t in live}
+        self.keep = list(live)  # the seeds stay alive while recording
         self.ops: list[tuple] = []
         self.reads: list[str] = []
         self.raised: list[str] = []  # operations that raised (a forward that catches them branches on values)
         self.changed: list[str] = []  # plain Python attributes of the modules that a call changed
+        self.outside: list[str] = []  # places outside the modules (globals, closures, classes, …) that a call changed
+        self.refused: str | None = None  # why the walk of what the forward reaches refuses it
 
     def seed(self, t: torch.Tensor) -> None:
         """A tensor the caller hands to the forward (a batch): live, kept alive while recording."""
-        self.live_ids.add(id(t))
+        self._mark(t)
         self.keep.append(t)
 
     def _mark(self, t: torch.Tensor) -> None:
-        """Live from now on; its id is forgotten when it dies (ids are reused), so no reference is kept."""
-        if id(t) not in self.live_ids:
-            self.live_ids.add(id(t))
-            weakref.finalize(t, self.live_ids.discard, id(t))
+        """Live from now on (no strong reference is kept: intermediates die when the forward drops them)."""
+        if not self.is_live(t):
+            self.live[id(t)] = weakref.ref(t)
 
     def is_live(self, t: object) -> bool:
-        return isinstance(t, torch.Tensor) and id(t) in self.live_ids
+        if not isinstance(t, torch.Tensor):
+            return False
+        ref = self.live.get(id(t))
+        return ref is not None and ref() is t
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -160,6 +204,10 @@ class _Reads(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         if name in _VALUE_READS and not _batchnorm_counter(args):  # of any tensor: one made outside the dispatcher
             self.recorder.reads.append(name)  # (a subclass view, a DLPack round trip) shares the moving values
+        foreign = [t for t in types if not issubclass(t, torch.Tensor)]
+        if foreign:  # an argument's own __torch_function__ runs next, where this mode is popped: it may read anything
+            self.recorder.reads.append(f"{func.__name__ if hasattr(func, '__name__') else func} with a {foreign[0].__name__} "
+                                       "argument that has its own __torch_function__")
         return func(*args, **(kwargs or {}))
 
 
@@ -189,53 +237,107 @@ _BOOKKEEPING = frozenset({"_parameters", "_buffers", "_modules", "_non_persisten
                           "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
                           "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs",
                           "_is_full_backward_hook"})
-_PLAIN = (int, float, bool, str, bytes, type(None))
+_PLAIN = (int, float, bool, str, bytes, type(None), complex)
 
 
 def _plain(value: Any, depth: int = 0) -> Any:
-    """A comparable copy of a value made of numbers, strings and containers of them (None: not such
-    a value, and not compared)."""
-    if isinstance(value, _PLAIN):
+    """A comparable copy of a value made of numbers, strings and containers of them, of the fields of
+    objects, of array contents, of a generator's position (None: not such a value, and not
+    compared). Types are read with ``type()`` and fields through C descriptors, so no code of the
+    value's own runs (a hook run by this comparison could tell the forward that it is compared)."""
+    t = type(value)
+    if t in _PLAIN or issubclass(t, _PLAIN) and not _user_class(t):
         return value
-    if isinstance(value, torch.Tensor):  # a tensor kept as a plain attribute: its shape and every bit
-        return ("tensor", _describe(value))
-    if depth < 3 and isinstance(value, (set, frozenset)):
-        return (type(value).__name__, tuple(sorted(repr(_plain(v, depth + 1)) for v in value)))
-    if depth < 3 and isinstance(value, (list, tuple)):
-        items = [_plain(v, depth + 1) for v in value]
-        return None if any(i is None and v is not None for i, v in zip(items, value)) else (type(value).__name__, tuple(items))
-    if depth < 3 and isinstance(value, dict):
-        items = {k: _plain(v, depth + 1) for k, v in value.items() if isinstance(k, _PLAIN)}
-        return ("dict", tuple(sorted((repr(k), v) for k, v in items.items())))
-    # an object that is neither a module nor a tensor nor code (a namespace, a dataclass, a user
-    # object): its attributes, which a forward can keep a counter in as well
-    if (depth < 3 and hasattr(value, "__dict__") and not isinstance(value, (nn.Module, type, types.ModuleType))
-            and not callable(value)):
-        return (type(value).__qualname__, _plain(dict(vars(value)), depth + 1))
+    if issubclass(t, torch.Tensor):  # a tensor kept as a plain attribute: everything it can hold
+        return ("tensor", _tensor_state(value))
+    if depth >= 3:
+        return None
+    if issubclass(t, (set, frozenset)):  # read through the base type's own methods, never an override; in
+        members = set.__iter__(value) if issubclass(t, set) else frozenset.__iter__(value)  # order: order is state
+        return (t.__name__, tuple(repr(_plain(v, depth + 1)) for v in members))
+    if issubclass(t, (list, tuple)):
+        items = list.__iter__(value) if issubclass(t, list) else tuple.__iter__(value)
+        return (t.__name__, tuple(_plain(v, depth + 1) for v in items))
+    if issubclass(t, dict):
+        items = [(repr(k) if type(k) in _PLAIN else type(k).__qualname__, _plain(v, depth + 1)) for k, v in dict.items(value)]
+        return ("dict", tuple(items))  # in insertion order, which a forward can change and read
+    if t in (types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.ModuleType) or issubclass(t, (type, nn.Module)):
+        return None  # code, classes, modules: their state is compared where it is reached
+    if t is functools.partial:  # what it holds, which a forward reaches through it
+        return ("partial", _plain(value.args, depth + 1), _plain(dict(value.keywords), depth + 1))
+    if t is types.GeneratorType:  # a counter kept in a generator's frame
+        frame = value.gi_frame
+        return ("generator", None if frame is None else (frame.f_lasti, _plain(dict(frame.f_locals), depth + 1)))
+    array = _array_bytes(value)
+    if array is not None:
+        return array
+    fields = object_fields(value)
+    if fields is not None and (_user_class(t) or t in _NAMESPACES):  # a user's object, a namespace: its attributes
+        return (t.__qualname__, _plain(fields, depth + 1))
+    if fields is not None:  # a library's object (a logger): its plain fields, not its caches, which other code fills
+        return (t.__qualname__, tuple(sorted((k, v) for k, v in fields.items() if type(v) in _PLAIN)))
+    if not _user_class(t):  # an object of a C type that shows its state in its repr (itertools.count, a deque)
+        try:
+            r = t.__repr__(value)
+        except Exception:  # noqa: BLE001
+            return None
+        return ("repr", t.__qualname__, r) if " at 0x" not in r and len(r) < 100_000 else None
     return None
+
+
+def _array_bytes(value: Any) -> Any:
+    """A NumPy array's shape, dtype and a hash of its bytes (None for anything else)."""
+    np = sys.modules.get("numpy")
+    if np is None or not isinstance(value, np.ndarray):
+        return None
+    raw = np.ascontiguousarray(value).view(np.uint8).tobytes() if value.size else b""
+    return ("ndarray", value.shape, str(value.dtype), hashlib.sha256(raw).hexdigest())
 
 
 def _python_state(module: nn.Module) -> dict[str, Any]:
     """The plain Python attributes of every submodule (a call counter, a cached length, a flag)."""
     out: dict[str, Any] = {}
     for name, m in module.named_modules(remove_duplicate=False):
-        for k, v in vars(m).items():
+        prefix = name + "." if name else ""
+        for k, v in (instance_dict(m) or {}).items():
             if k not in _BOOKKEEPING:
                 p = _plain(v)
                 if p is not None:
-                    out[f"{name + '.' if name else ''}{k}"] = p
+                    out[f"{prefix}{k}"] = p
+        # its parameters and buffers as they are outside the call (those of the state are swapped in for
+        # it and back; a non-persistent buffer is not, and a forward can count in it)
+        for kind in ("_parameters", "_buffers", "_modules"):
+            held = (instance_dict(m) or {}).get(kind) or {}
+            out[f"{prefix}{kind}"] = tuple((k, id(v)) for k, v in held.items())
+            if kind != "_modules":
+                out.update({f"{prefix}{k}": _plain(v) for k, v in held.items() if isinstance(v, torch.Tensor)})
     return out
 
 
-def _run(module: nn.Module, state: Mapping[str, torch.Tensor], x: Any, spans: list[tuple[int, int]], train: bool) -> _Recorder:
+def _outside_state(places: list) -> dict[str, Any]:
+    """The value of every place outside the modules where a forward can keep state (see
+    :func:`~mli_theory.path.structure.reached_state`), comparable."""
+    out: dict[str, Any] = {}
+    for label, get in places:
+        out.setdefault(label, [])
+        out[label].append(_plain(get()))
+    return out
+
+
+def _run(module: nn.Module, state: Mapping[str, torch.Tensor], x: Any, spans: list[tuple[int, int]], train: bool,
+         outside: bool = False, original: bool = False) -> _Recorder:
     """The module on every batch ``x[lo:hi]`` of ``spans`` (views of a private copy of ``x`` when it is
-    a tensor, as the curve hands its batches over), one recorder for all of them."""
+    a tensor, as the curve hands its batches over), one recorder for all of them. ``outside``: also
+    compare, before and after, the state outside the modules that the forward reaches, and the
+    input's own attributes. ``original``: ``module`` and ``x`` are the caller's own objects, run as
+    the caller runs them (``x`` itself when one batch holds every row); the module's attributes are
+    put back as they were after the run (its tensors are never written: the state is swapped in)."""
     from torch.func import functional_call
 
     names = set(dict(module.named_parameters(remove_duplicate=False))) | set(dict(module.named_buffers(remove_duplicate=False)))
     # fresh copies: a forward that writes its state or its input writes these, and both runs start equal
     own = {k: v.detach().clone() for k, v in state.items() if k in names}
-    source = x.detach().clone() if isinstance(x, torch.Tensor) else x
+    source = x if original or not isinstance(x, torch.Tensor) else x.detach().clone()
     # live: the floating entries (they move along α) and the inputs; integer entries hold θT's value
     rec = _Recorder([t for t in own.values() if t.is_floating_point() or t.is_complex()])
     modes = [(m, m.training) for m in module.modules()]
@@ -243,21 +345,83 @@ def _run(module: nn.Module, state: Mapping[str, torch.Tensor], x: Any, spans: li
         module.train(train)
         # the caller's warnings filters, untouched: the curve runs the forward under them, and a
         # forward may read them (``warnings.filters``; a catch_warnings block even swaps the list)
+        rec.refused, places = reached_state(module) if outside else (None, [])
+        if outside and isinstance(source, torch.Tensor):  # a mark kept on the input tensor itself
+            places = [*places, ("the input tensor's own attributes", functools.partial(instance_dict, source))]
         with torch.no_grad():
             before = _python_state(module)
+            held = _outside_state(places)
             for lo, hi in spans:
-                batch = source[lo:hi]
+                whole = original and isinstance(source, torch.Tensor) and (lo, hi) == (0, len(source))
+                batch = source if whole else source[lo:hi]
                 rec.seed(batch)
                 rec.span = (lo, hi)
-                with _Reads(rec), rec:
-                    functional_call(module, own, (batch,), strict=False)
+                with _Reads(rec), rec:  # tied entries (the caller's own module) each take the line's own tensor
+                    functional_call(module, own, (batch,), strict=False, tie_weights=not original)
                 del batch
             after = _python_state(module)
+            now = _outside_state(places)
         rec.changed = sorted(k for k in set(before) | set(after) if before.get(k, _MISSING) != after.get(k, _MISSING))
+        rec.outside = [k for k in held if held[k] != now.get(k)]
     finally:
         for m, was in modes:
             m.training = was
     return rec
+
+
+class _Kept:
+    """The caller's module and input as they were before the comparison ran the forward on them, put
+    back after it (a forward that changes them is refused; the caller's objects are left as found):
+    every module's attributes, its parameter, buffer and submodule tables, the contents, shape,
+    strides and autograd flag of every tensor it holds, and the input's."""
+
+    def __init__(self, module: nn.Module, x: Any):
+        self.dicts = []
+        self.tensors: list[tuple[torch.Tensor, torch.Tensor, bool]] = []
+        seen: set[int] = set()
+        for m in module.modules():
+            d = instance_dict(m)
+            if d is None:
+                continue
+            tables = {k: dict(d[k]) for k in ("_parameters", "_buffers", "_modules") if isinstance(d.get(k), dict)}
+            self.dicts.append((d, dict(d), tables))
+            for v in [*d.values(), *tables.get("_parameters", {}).values(), *tables.get("_buffers", {}).values()]:
+                if isinstance(v, torch.Tensor) and not v.is_meta and id(v) not in seen:
+                    seen.add(id(v))
+                    self.tensors.append((v, _saved(v), bool(v.requires_grad)))
+        if isinstance(x, torch.Tensor) and id(x) not in seen:
+            self.tensors.append((x, _saved(x), bool(x.requires_grad)))
+        self.x_attrs = dict(instance_dict(x) or {}) if isinstance(x, torch.Tensor) else None
+        self.x = x
+
+    def restore(self) -> None:
+        for d, attrs, tables in self.dicts:
+            if d.keys() != attrs.keys() or any(d[k] is not v for k, v in attrs.items()):
+                d.clear()
+                d.update(attrs)
+            for k, table in tables.items():
+                if d[k].keys() != table.keys() or any(d[k][n] is not v for n, v in table.items()):
+                    d[k].clear()
+                    d[k].update(table)
+        with torch.no_grad():
+            for t, saved, grad in self.tensors:
+                if _tensor_state(t)[:7] != _tensor_state(saved)[:7]:
+                    t.set_(saved.untyped_storage(), saved.storage_offset(), saved.size(), saved.stride())
+                if t.requires_grad != grad and t.is_leaf:
+                    t.requires_grad_(grad)
+        if self.x_attrs is not None:
+            d = instance_dict(self.x)
+            if d is not None and d != self.x_attrs:
+                d.clear()
+                d.update(self.x_attrs)
+
+
+def _saved(t: torch.Tensor) -> torch.Tensor:
+    """A copy of ``t`` with its own storage, shape, strides and offset."""
+    out = torch.empty_strided(t.size(), t.stride(), dtype=t.dtype, device=t.device)
+    out.set_(t.untyped_storage().clone() if t.untyped_storage().nbytes() else t.untyped_storage(), t.storage_offset(),
+             t.size(), t.stride())
+    return out.requires_grad_(bool(t.requires_grad)) if t.is_leaf and t.is_floating_point() else out
 
 
 def _traced(model: nn.Module) -> torch.fx.GraphModule | None:
@@ -276,17 +440,30 @@ def _traced(model: nn.Module) -> torch.fx.GraphModule | None:
 
 
 def _compare(model: nn.Module, gm: torch.fx.GraphModule, state: Mapping[str, torch.Tensor], x: Any,
-             spans: list[tuple[int, int]], train: bool) -> str | None:
-    """One comparison of the forward (on a private copy of ``model``) with the traced graph ``gm``."""
+             spans: list[tuple[int, int]], train: bool, original: nn.Module | None = None) -> str | None:
+    """One comparison of the forward (on the caller's ``original`` module and input when given, else on
+    a private copy of ``model``) with the traced graph ``gm``."""
     from .line import private_copy
 
+    traced_x = x.detach().clone() if isinstance(x, torch.Tensor) else x  # as it was before the forward ran
+    kept = _Kept(original, x) if original is not None else None
     try:
-        forward = _run(private_copy(model), state, x, spans, train)  # a copy of its own: untouched by the trace
+        subject = original if original is not None else private_copy(model)  # a copy of its own: untouched by the trace
+        forward = _run(subject, state, x, spans, train, outside=True, original=original is not None)
+        # the caller's module and input once more: a mark the first call left anywhere (seen or not by
+        # the fingerprints) changes what a later call runs
+        again = _run(subject, state, x, spans, train, original=True) if original is not None else forward
     except Exception as exc:  # noqa: BLE001 - the forward itself fails on these inputs: nothing to compare
         return f"the forward could not be run to compare it with its trace ({type(exc).__name__}: {str(exc)[:120]})"
+    finally:
+        if kept is not None:
+            kept.restore()
     if forward.changed:
         return (f"the forward changes its module's Python attribute {forward.changed[0]!r} when it runs: what it "
                 "computes may depend on how often it has run, which no trace shows")
+    if forward.outside:
+        return (f"the forward changes {forward.outside[0]} when it runs (state outside its modules): what it computes "
+                "may depend on how often it has run, which no trace shows")
     if forward.raised:
         return (f"an operation raised an error inside the forward, which went on ({forward.raised[0]}): whether it "
                 "raises depends on values, so what the forward computes may change along α")
@@ -294,11 +471,17 @@ def _compare(model: nn.Module, gm: torch.fx.GraphModule, state: Mapping[str, tor
         where = " in training mode" if train else ""
         return (f"the forward{where} reads tensor values into Python ({', '.join(sorted(set(forward.reads))[:4])}): "
                 "what it computes may change along α in ways its trace does not show")
+    if again.ops != forward.ops or again.reads != forward.reads:
+        return ("the forward runs other operations the second time it is called on the same module and input: it "
+                "keeps a mark between calls, so what it computes depends on how often it has run")
     try:
-        traced = _run(gm, state, x, spans, train)
+        traced = _run(gm, state, traced_x, spans, train)
     except Exception as exc:  # noqa: BLE001
         return f"the traced graph could not be run on the forward's inputs ({type(exc).__name__}: {str(exc)[:120]})"
     if traced.ops == forward.ops:
+        if forward.refused is not None:  # what it reaches could tell this run from the curve's
+            return (f"the forward of {forward.refused}: it may compute one thing when compared with its trace and "
+                    "another when run")
         return None
     k = next((i for i, (f, t) in enumerate(zip(forward.ops, traced.ops)) if f != t), min(len(forward.ops), len(traced.ops)))
     a = forward.ops[k][0] if k < len(forward.ops) else "nothing"
@@ -315,7 +498,8 @@ def _compare(model: nn.Module, gm: torch.fx.GraphModule, state: Mapping[str, tor
 
 
 def trace_differs(model: nn.Module, state: Mapping[str, torch.Tensor], x: Any, *, train: bool = False,
-                  batch_size: int | None = None, modes: tuple[bool, ...] | None = None) -> str | None:
+                  batch_size: int | None = None, modes: tuple[bool, ...] | None = None,
+                  original: nn.Module | None = None) -> str | None:
     """Why the traced graph of ``model`` may not compute what its ``forward`` computes at other α
     (None when, on ``state`` and inputs ``x``, both run the same operations with the same constants
     and the forward reads no value of the state or inputs into Python). See the module docstring.
@@ -330,8 +514,12 @@ def trace_differs(model: nn.Module, state: Mapping[str, torch.Tensor], x: Any, *
     compare in turn, on one trace (None: ``(train,)``).
 
     ``model`` is not modified (both runs use a private copy of it and fresh copies of ``state`` and
-    ``x``). A model that :mod:`torch.fx` cannot trace gives None here: every method that needs the
-    trace refuses it.
+    ``x``). ``original``: the caller's own module of which ``model`` is a copy (the line's
+    ``source``); where it runs on ``state`` as ``model`` does (the same modules, the same dtypes and
+    devices, no tied entries), the evaluation-mode comparison runs it, on ``x`` itself, as the caller
+    would, and puts its attributes back after: a forward that tells a copy from the original by
+    identity is then compared where it matters. A model that :mod:`torch.fx` cannot trace gives None
+    here: every method that needs the trace refuses it.
 
     >>> m = nn.Sequential(nn.Linear(3, 2), nn.Tanh())
     >>> trace_differs(m, m.state_dict(), torch.ones(4, 3)) is None
@@ -346,11 +534,48 @@ def trace_differs(model: nn.Module, state: Mapping[str, torch.Tensor], x: Any, *
     n = len(x)
     b = min(batch_size or n, n) if n else 1
     spans = [(lo, min(lo + b, n)) for lo in range(0, n, b)]
+    same = original if original is not None and _runs_as(original, model, state) else None
+    # the caller's module is compared with its own trace: the line's copy differs from it only where
+    # the line sets it up (BatchNorm's momentum, which evaluation mode does not use)
+    traced_same = _traced(same) if same is not None else None
     for mode in modes if modes is not None else (train,):
-        differs = _compare(model, gm, state, x, spans, mode)
+        if mode or traced_same is None:
+            # training mode on a copy: the line's BatchNorm re-estimates with momentum None, which the
+            # caller's module need not have
+            differs = _compare(model, gm, state, x, spans, mode)
+        else:
+            differs = _compare(model, traced_same, state, x, spans, mode, same)
         if differs is not None:
             return differs
     return None
+
+
+def _runs_as(original: nn.Module, model: nn.Module, state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether ``functional_call`` of the caller's ``original`` on the line's ``state`` runs what it
+    runs on ``model`` (the line's copy of it): the same module classes, no entry tied to another
+    (the line unties them), every parameter and buffer either swapped in from ``state`` (its own
+    dtype, device, even the meta device, then never read) or of ``model``'s dtype and device, and
+    so every tensor kept as a plain attribute."""
+    mods, copies = list(original.modules()), list(model.modules())
+    if len(mods) != len(copies) or any(type(a) is not type(b) for a, b in zip(mods, copies)):
+        return False
+    for kind in ("named_parameters", "named_buffers"):
+        if len(dict(getattr(original, kind)(remove_duplicate=False))) != len(dict(getattr(original, kind)())):
+            return False
+    theirs = {**dict(model.named_parameters(remove_duplicate=False)), **dict(model.named_buffers(remove_duplicate=False))}
+    for name, t in [*original.named_parameters(remove_duplicate=False), *original.named_buffers(remove_duplicate=False)]:
+        if name not in state and not _alike(t, theirs.get(name)):
+            return False
+    for a, b in zip(mods, copies):
+        da, db = instance_dict(a) or {}, instance_dict(b) or {}
+        if not all(_alike(da.get(k), v) for k, v in db.items() if isinstance(v, torch.Tensor)):
+            return False
+    return True
+
+
+def _alike(u: Any, v: Any) -> bool:
+    return (isinstance(u, torch.Tensor) and isinstance(v, torch.Tensor) and u.dtype == v.dtype and u.device == v.device
+            and not u.is_meta)
 
 
 _PLAIN_TENSORS = (torch.Tensor, nn.Parameter, getattr(nn, "Buffer", torch.Tensor))
@@ -387,4 +612,5 @@ def line_trace_differs(line: Any, x: Any, bn: Any = "recompute", batch_size: int
     if isinstance(x, torch.Tensor):
         x = x.to(line.device, line.dtype)
     retrains = line.has_bn and str(getattr(bn, "value", bn)) == "recompute" and len(x) > 1
-    return trace_differs(line.shell, line.at(PROBE_ALPHA), x, batch_size=batch_size, modes=(False, True) if retrains else (False,))
+    return trace_differs(line.shell, line.at(PROBE_ALPHA), x, batch_size=batch_size, modes=(False, True) if retrains else (False,),
+                         original=getattr(line, "source", None))

@@ -103,6 +103,10 @@ class Line:
         has_bn: whether the model has BatchNorm layers with running statistics.
         structure: what the model computes, traced once (:func:`mli_theory.path.structure.analyse`);
             every method that depends on the model's form reads it from here.
+        source: the caller's module itself (never modified), on which the forward is compared with
+            its trace (:func:`mli_theory.path.fidelity.line_trace_differs`): a forward can tell a copy
+            from the original it was given (by identity: ``self.box is Net.BOX``), and what the
+            certificate speaks of is the original.
     """
 
     shell: nn.Module
@@ -111,6 +115,7 @@ class Line:
     param_names: tuple[str, ...]
     has_bn: bool
     structure: PathStructure
+    source: nn.Module | None = None
 
     @property
     def device(self) -> torch.device:
@@ -281,7 +286,7 @@ def make_line(
         if bad:
             raise InputError(f"{label} checkpoint overflows {dtype} in {', '.join(bad[:6])}")
     names = tuple(n for n, _ in model.named_parameters())
-    return Line(shell, start, end, names, has_batchnorm(model), analyse(shell))
+    return Line(shell, start, end, names, has_batchnorm(model), analyse(shell), source=model)
 
 
 def distances(line: Line) -> tuple[float, float | None]:

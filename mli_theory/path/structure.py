@@ -54,6 +54,7 @@ import types
 import warnings
 from dataclasses import dataclass
 from enum import Enum
+from typing import Callable
 
 import torch
 from torch import nn
@@ -172,13 +173,150 @@ _CONCURRENCY_MODULES = frozenset({"threading", "_thread", "concurrent", "multipr
 def _concurrent(obj: object) -> bool:
     """Whether ``obj`` is one of :data:`_CONCURRENCY_MODULES` (or torch's multiprocessing), or a
     function, class or instance defined there."""
-    if isinstance(obj, types.ModuleType):
-        name = obj.__name__
-    else:
-        name = getattr(obj, "__module__", None) or getattr(type(obj), "__module__", None) or ""
-        if not isinstance(name, str):
-            return False
+    if type(obj) in _SYNCHRONISATION:  # a lock an object holds (a logger's) starts nothing
+        return False
+    name = _module_of(obj)
     return name.split(".")[0] in _CONCURRENCY_MODULES or name.startswith("torch.multiprocessing")
+
+
+def _module_of(obj: object) -> str:
+    """The module that defines ``obj`` (a module's own name), read without running its code: a
+    function's or class's ``__module__``, else its class's."""
+    t = type(obj)
+    if issubclass(t, types.ModuleType):
+        name = (instance_dict(obj) or {}).get("__name__")
+    elif t in (types.FunctionType, types.BuiltinFunctionType):
+        name = obj.__module__
+    elif issubclass(t, type):
+        name = _TYPE_MODULE.__get__(obj)
+    else:
+        name = _TYPE_MODULE.__get__(t)
+    return name if isinstance(name, str) else ""
+
+
+def _name_of(obj: object) -> str:
+    t = type(obj)
+    if t in (types.FunctionType, types.BuiltinFunctionType) or issubclass(t, (type, types.ModuleType)):
+        return str(obj.__name__ if not issubclass(t, types.ModuleType) else _module_of(obj))
+    return t.__name__
+
+
+# modules that look at the running program rather than compute: its stack (faulthandler, the
+# debuggers and profilers), its memory and references (tracemalloc, gc, weakref), its resources and
+# clock (resource, psutil, timeit). A forward that reaches any of their objects could tell the
+# comparison from the curve without naming a probe
+_INSPECTING_MODULES = frozenset({"faulthandler", "tracemalloc", "gc", "weakref", "_weakref", "_weakrefset", "pdb", "bdb",
+                                 "trace", "cProfile", "profile", "_lsprof", "cgitb", "timeit", "resource", "psutil",
+                                 "inspect", "traceback", "code", "codeop", "dis", "linecache", "tokenize", "_tracemalloc",
+                                 "sysconfig", "atexit"})
+
+
+# what a forward may reach of the standard library: computation (math, operator, functools, the
+# containers), typing and declarations, warnings and logging. Anything else (os, sys, io, random,
+# time, builtins' module, the file system, the interpreter's settings) is state of the process that a
+# forward could count in, or read, where no comparison of the forward with its trace looks
+_ALLOWED_STDLIB = frozenset({"math", "cmath", "operator", "_operator", "functools", "_functools", "itertools",
+                             "collections", "_collections", "_collections_abc", "typing", "typing_extensions",
+                             "dataclasses", "enum", "numbers", "abc", "_abc", "types", "warnings", "_warnings",
+                             "logging", "contextlib", "copy", "re", "_sre", "sre_compile", "sre_parse", "string",
+                             "textwrap", "fractions", "decimal", "_decimal", "statistics", "heapq", "_heapq", "bisect",
+                             "_bisect", "keyword", "__future__", "builtins"})
+# and of the builtins: the pure functions and the types (``open``, ``vars``, ``setattr``, ``__import__``,
+# ``globals``, ``eval``, ``exec``, ``compile``, ``input``, ``id`` and ``hash`` are not among them)
+_ALLOWED_BUILTINS = frozenset({"abs", "all", "any", "ascii", "bin", "callable", "chr", "divmod", "format", "getattr",
+                               "hasattr", "hex", "isinstance", "issubclass", "iter", "len", "max", "min", "next", "oct",
+                               "ord", "pow", "print", "repr", "round", "sorted", "sum", "zip", "map", "filter",
+                               "enumerate", "reversed", "range", "super", "__build_class__"})
+# of the numerical libraries: everything but their random generators, files and global settings
+_REFUSED_LIBRARY_MODULES = ("numpy.random", "numpy.lib.npyio", "numpy.lib._npyio_impl", "numpy.testing", "numpy.ctypeslib",
+                            "scipy.io", "scipy.misc")
+
+
+def _not_allowed(obj: object) -> str | None:
+    """Why a forward may not reach ``obj``, an object of the standard library or of a well-known
+    library (see :data:`_ALLOWED_STDLIB`), or None."""
+    t = type(obj)
+    if t is types.BuiltinFunctionType and _module_of(obj) == "builtins":
+        name = obj.__name__
+        return None if name in _ALLOWED_BUILTINS else f"the builtin {name}"
+    module = _module_of(obj)
+    root = module.split(".")[0]
+    if issubclass(t, types.ModuleType) and module == "builtins":  # every builtin, the refused ones too, and a place to write
+        return "the builtins module"
+    if root in sys.stdlib_module_names and root not in _ALLOWED_STDLIB and root != "torch":
+        return f"{_name_of(obj)} from the standard library's {root} (state of the process outside what is compared)"
+    if root in _NUMERIC_LIBRARIES and (root not in ("numpy", "scipy", "einops", "opt_einsum")
+                                       or module.startswith(_REFUSED_LIBRARY_MODULES)):
+        return f"{_name_of(obj)} from {module}"
+    return None
+
+
+def _in_mro(t: type, name: str) -> bool:
+    return any(name in _NAMESPACE.__get__(c) for c in t.__mro__ if c is not object)
+
+
+def _hands_out(t: type) -> bool:
+    """Whether a library class's objects hand out what they hold without a name being read
+    (subscripting, iterating, calling)."""
+    return any(_in_mro(t, name) for name in ("__getitem__", "__iter__", "__next__", "__call__"))
+
+
+def _inspecting(obj: object) -> bool:
+    """Whether ``obj`` is one of :data:`_INSPECTING_MODULES`, or a function, class or instance defined there."""
+    return _module_of(obj).split(".")[0] in _INSPECTING_MODULES
+
+
+def _catches(code: types.CodeType) -> str | None:
+    """Why ``code`` catches exceptions, or None: a ``try``/``except`` (any type; a bare ``except``;
+    ``except*``). Control flow through an error can measure the surroundings without naming
+    anything (the recursion room left, a warning filter that raises in some callers only), so a
+    forward that catches is refused. ``with`` blocks and ``try``/``finally`` (which re-raise) pass;
+    a context manager whose ``__exit__`` may swallow the error is refused where its class is met."""
+    ops = [ins.opname for ins in dis.get_instructions(code)]
+    if "CHECK_EXC_MATCH" in ops or "CHECK_EG_MATCH" in ops:
+        return f"try/except in {code.co_qualname if hasattr(code, 'co_qualname') else code.co_name}"
+    for k, op in enumerate(ops[:-1]):
+        if op == "PUSH_EXC_INFO" and ops[k + 1] == "POP_TOP":  # a bare ``except:``
+            return f"a bare except in {code.co_name}"
+    return None
+
+
+def _suppressing_exit(cls: type) -> str | None:
+    """Why a class's ``__exit__`` may swallow an exception (it returns something other than None),
+    or None."""
+    for name in ("__exit__", "__aexit__"):
+        fn = _namespace(cls).get(name)
+        if type(fn) is not types.FunctionType:
+            continue
+        prev = None
+        for ins in dis.get_instructions(fn):
+            if ins.opname == "RETURN_CONST" and ins.argval is not None:
+                return f"{cls.__qualname__}.{name}, which may swallow an exception"
+            if ins.opname == "RETURN_VALUE" and not (prev is not None and prev.opname == "LOAD_CONST" and prev.argval is None):
+                return f"{cls.__qualname__}.{name}, which may swallow an exception"
+            prev = ins
+    return None
+
+
+# well-known libraries, checked by identity like torch's and the standard library's, never walked:
+# numerical ones a forward may call on constants (their code catches exceptions for its own reasons),
+# and the test runner, notebook kernel and progress bars whose objects (log handlers, streams) a
+# logger or ``print`` in a forward reaches
+_NUMERIC_LIBRARIES = frozenset({"numpy", "scipy", "einops", "opt_einsum", "pytest", "_pytest", "pluggy", "ipykernel",
+                                "IPython", "tqdm", "matplotlib"})
+
+# standard-library classes that are plain holders of user data (their fields are compared)
+_NAMESPACES = (types.SimpleNamespace,)
+
+
+def _synchronisation() -> tuple[type, ...]:
+    import threading
+
+    return (type(threading.Lock()), type(threading.RLock()), threading.Condition, threading.Event, threading.Semaphore,
+            threading.local)
+
+
+_SYNCHRONISATION = _synchronisation()
 
 
 # class hooks that make a copy of a module differ from it
@@ -251,6 +389,38 @@ _MODE_PROBES = frozenset({
     # names of their starts (modules and their objects bound to any name: see _concurrent)
     "start_new_thread", "_start_new_thread", "ThreadPoolExecutor", "ProcessPoolExecutor", "fork", "forkpty", "posix_spawn",
     "posix_spawnp", "Popen", "run_in_executor", "to_thread", "apply_async",
+    # clocks and the process's resource counters: a forward can time itself (the comparison's recording
+    # modes make every operation slower) or watch allocations, and so tell the comparison from the curve
+    # without keeping any state (``time.time`` and the like, whose names are too common, by identity)
+    "perf_counter", "perf_counter_ns", "process_time", "process_time_ns", "thread_time", "thread_time_ns", "monotonic",
+    "monotonic_ns", "time_ns", "clock_gettime", "clock_gettime_ns", "now", "utcnow", "today", "getrusage", "getloadavg",
+    "getallocatedblocks", "get_count", "get_stats", "get_freeze_count", "tracemalloc", "get_traced_memory", "take_snapshot",
+    "psutil", "timeit", "default_timer", "elapsed_time", "memory_allocated", "max_memory_allocated", "memory_reserved",
+    "max_memory_reserved", "memory_stats", "memory_snapshot",
+    # the stack reached through the standard library's reports (a log record's caller and stack, a
+    # warning's stack level read back through its filters or record), and the recursion room left
+    "findCaller", "stack_info", "stacklevel", "catch_warnings", "filterwarnings", "simplefilter", "showwarning",
+    "formatwarning", "_showwarnmsg", "_showwarnmsg_impl", "resetwarnings", "warn_explicit", "getrecursionlimit",
+    "setrecursionlimit", "RecursionError", "_getframemodulename", "addaudithook", "audit", "monitoring",
+    "dump_traceback", "dump_traceback_later", "format_exc", "print_exc", "format_exception", "print_exception",
+    "print_last", "__hash__", "__repr__", "faulthandler", "tracemalloc",
+    # torch's process-wide state (random generators, defaults, thread and printing settings: each a
+    # counter a forward could keep, or a setting it could read), an lru_cache's hit counters, the
+    # attributes of an object or tensor read as a dict, and a view's own flag
+    "manual_seed", "initial_seed", "seed", "get_rng_state", "set_rng_state", "fork_rng", "default_generator",
+    "set_default_dtype", "get_default_dtype", "set_default_device", "get_default_device", "set_default_tensor_type",
+    "use_deterministic_algorithms", "are_deterministic_algorithms_enabled", "set_num_threads", "set_num_interop_threads",
+    "get_num_interop_threads", "set_printoptions", "set_flush_denormal", "set_warn_always", "is_warn_always_enabled",
+    "cache_info", "cache_clear", "cache_parameters", "__dict__", "_is_view", "seterr", "geterr", "seterrcall",
+    "geterrcall", "errstate", "get_printoptions", "printoptions",
+    # logging's registry and settings (each a place to count in), and its records' clock
+    "getLogger", "manager", "loggerDict", "setLevel", "addHandler", "removeHandler", "addFilter", "removeFilter",
+    "disable", "basicConfig", "setLoggerClass", "setLogRecordFactory", "getLogRecordFactory", "captureWarnings",
+    "makeLogRecord", "LogRecord", "created", "msecs", "relativeCreated", "_startTime", "formatTime", "converter",
+    "callHandlers", "profiler", "record_function", "_record_function_enter", "_record_function_enter_new",
+    # an object's own torch protocol: it runs inside every torch call it is an argument of, where the
+    # recording function mode is popped
+    "__torch_function__", "__torch_dispatch__",
 })
 
 
@@ -262,10 +432,15 @@ _PROBE_PARTS = re.compile(r"torch_dispatch|dispatch_mode|dispatch_stack|dispatch
 def _asks_how_it_runs(cls: type, classes: tuple[type, ...] = (), instances: tuple[object, ...] = ()) -> str | None:
     """What the ``forward`` of a module class defined outside torch reaches that asks how it runs, or
     None: a name of :data:`_MODE_PROBES` (or with a part of :data:`_PROBE_PARTS`) in its code, one of
-    those objects under any name (:func:`_probe_objects`), threads or processes (:func:`_concurrent`),
-    or TorchScript or compiled code (:func:`_compiled`). A forward that asks whether it is being
-    traced, or in which mode it runs, can differ between the trace and the measured evaluation
-    anywhere, even between the points where the two are compared.
+    those objects under any name (:func:`_probe_objects`: clocks, ``id``, ``hash``, …), threads or
+    processes (:func:`_concurrent`), TorchScript or compiled code (:func:`_compiled`), a module that
+    inspects the running program (:func:`_inspecting`), anything of the standard library, the
+    builtins or the numerical libraries outside their allow-lists (:func:`_not_allowed`: process
+    state), a ``try``/``except`` or a swallowing context manager (:func:`_catches`,
+    :func:`_suppressing_exit`), a model module held outside the model, or more than
+    :attr:`_Reach.LIMIT` objects. A forward that asks whether it is being traced, or in which mode
+    it runs, can differ between the trace and the measured evaluation anywhere, even between the
+    points where the two are compared.
 
     What it reaches, transitively (:class:`_Reach`): the code of the forward and of the class's
     attribute hooks (``__getattr__``, …); from code, the globals it reads, the modules it imports
@@ -296,89 +471,169 @@ class _Reach:
 
     def __init__(self, classes: tuple[type, ...], instances: tuple[object, ...]):
         self.spaces: list = [c for c in classes if _user_class(c)] + list(instances)  # where attribute names are looked up
+        self.instances = instances  # the model's own modules
+        self.torch_spaces: list = []  # torch's modules reached: places for state only
+        self.deferred: str | None = None  # a reason reported only when nothing more specific is found
         self.attrs: dict[str, None] = {}  # the attribute names read, in the order first read
         self.looked = (0, 0)  # spaces[:i] × attrs[:j] are looked up already
-        self.seen: set[int] = set()
+        self.seen: dict[int, bool] = {}  # id → reached only through a library's fields
         self.kept: list = []  # every object seen stays alive, so that ids are not reused during the walk
+        self.places: list[tuple[str, Callable[[], object]]] = []  # where the forward can keep state (see places())
+        self.scopes: dict[int, tuple[str, dict, set[str]]] = {}  # global namespaces: (module, namespace, names used)
 
     def walk(self, start: list) -> str | None:
-        todo = list(start)
-        while todo and len(self.seen) < self.LIMIT:
-            obj = todo.pop()
-            if id(obj) in self.seen:
+        # (object, reached through a library object's fields): a library's own bookkeeping (a
+        # logger's caches) is not where a forward keeps state, and changes as other code runs
+        todo = [(o, False) for o in start]
+        while todo:
+            if len(self.seen) >= self.LIMIT:  # unchecked beyond: refused rather than passed
+                return f"more than {self.LIMIT} objects (not all of them checked)"
+            obj, library = todo.pop()
+            before = self.seen.get(id(obj))
+            if before is not None and (library or not before):  # seen already (and not only through a library's fields)
                 continue
-            self.seen.add(id(obj))
+            self.seen[id(obj)] = library
             self.kept.append(obj)
-            hit = self._refused(obj)
+            hit = self._refused(obj, library)
             if hit is not None:
                 return hit
-            found = self._parts(obj)
+            found = self._parts(obj, library)
             if isinstance(found, str):
                 return found
             todo.extend(found)
-            todo.extend(self._resolve())
-        return None
+            todo.extend((o, False) for o in self._resolve())
+        return self.deferred
 
-    @staticmethod
-    def _refused(obj: object) -> str | None:
+    def _refused(self, obj: object, library: bool = False) -> str | None:
+        # every test reads ``type(obj)``: nothing here runs code of the object's own (a ``__class__``
+        # property, ``__getattr__``), which could tell the forward that it is being checked.
+        # ``library``: reached only through a library object's fields (``logging.Formatter.converter``
+        # is ``time.localtime``): the forward can use it only by naming it, which reaches it again
+        t = type(obj)
         probe = _probe_objects().get(id(obj))
-        if probe is not None and probe[0] is obj:
+        if probe is not None and probe[0] is obj and not library:
             return probe[1]
-        if isinstance(obj, (operator.attrgetter, operator.methodcaller)):  # names held by a C callable
-            hit = next((c for c in re.findall(r"'([^']*)'", repr(obj)) if _names_probe(c)), None)
+        if t in (operator.attrgetter, operator.methodcaller):  # names held by a C callable
+            hit = next((c for c in re.findall(r"'([^']*)'", t.__repr__(obj)) if _names_probe(c)), None)
             if hit is not None:
                 return hit
         if _concurrent(obj):
-            return f"{getattr(obj, '__name__', type(obj).__name__)} (threads or processes)"
+            return f"{_name_of(obj)} (threads or processes)"
+        if t.__name__ == "_lru_cache_wrapper" and _module_of(t) == "functools":
+            return f"{_name_of(obj)}, a cached function (what it returns is kept between calls, where no comparison looks)"
         if _compiled(obj):
-            return f"{getattr(obj, '__name__', type(obj).__name__)} (TorchScript or compiled code)"
+            return f"{_name_of(obj)} (TorchScript or compiled code)"
+        if _inspecting(obj) and not library:
+            why = f"{_name_of(obj)} (a module that inspects the running program: the stack, memory, references or time)"
+            if not issubclass(t, types.ModuleType):
+                return why
+            self.deferred = self.deferred or why  # the module itself: what it uses of it is more telling
+        if not library:  # reached by name: the standard library's and well-known libraries' objects must be allowed
+            why = _not_allowed(obj)
+            if why is not None:
+                if not issubclass(t, types.ModuleType):
+                    return why
+                self.deferred = self.deferred or why  # the module itself: what it uses of it is more telling
+        if issubclass(t, nn.Module) and not any(obj is m for m in self.instances):
+            return (f"a {t.__name__} module outside the model (a global or a container holding a model: the curve and "
+                    "this check run copies, which a forward can tell from the original by identity)")
         return None
 
-    def _parts(self, obj: object) -> list | str:
-        if isinstance(obj, types.FunctionType):
-            root = str(getattr(obj, "__module__", "") or "").split(".")[0]
-            if root == "torch" or root in sys.stdlib_module_names:  # torch's and Python's own: checked by identity only
-                return []
-            return self._function(obj)
-        if isinstance(obj, (staticmethod, classmethod, types.MethodType)):
-            return [obj.__func__]
-        if isinstance(obj, property):
-            return [f for f in (obj.fget, obj.fset, obj.fdel) if f is not None]
-        if isinstance(obj, functools.partial):
-            return [obj.func, *obj.args, *obj.keywords.values()]
-        if isinstance(obj, types.ModuleType):
-            if obj.__name__.split(".")[0] != "torch":  # the standard library's too (``inspect.stack``: by identity)
-                self.spaces.append(obj)
+    def _parts(self, obj: object, library: bool) -> list | str:
+        t = type(obj)
+        if library and (t is types.FunctionType or issubclass(t, type)):
+            # code reached only through a library's bookkeeping (a log handler of another package): what
+            # the library runs on the forward's behalf is outside this walk (see the README's limits)
             return []
-        if isinstance(obj, type):
+        if t is types.FunctionType:
+            root = str(obj.__module__ or "").split(".")[0]
+            if root == "torch" or root in sys.stdlib_module_names or root in _NUMERIC_LIBRARIES:  # checked by identity only
+                return []
+            found = self._function(obj)
+            return found if isinstance(found, str) else [(o, False) for o in found]
+        if t in (staticmethod, classmethod, types.MethodType):
+            return [(obj.__func__, library)]
+        if t is property:
+            return [(f, library) for f in (obj.fget, obj.fset, obj.fdel) if f is not None]
+        if t is functools.partial:
+            return [(o, library) for o in (obj.func, *obj.args, *obj.keywords.values())]
+        if issubclass(t, types.ModuleType):
+            if _module_of(obj).split(".")[0] != "torch":  # the standard library's too (``inspect.stack``: by identity)
+                self.spaces.append(obj)
+            else:  # torch's: not searched for code (its functions are checked by identity), but a place for state
+                self.torch_spaces.append(obj)
+            return []
+        if issubclass(t, type):
             if not _user_class(obj):
+                if _module_of(obj) != "builtins":  # a library's class (``nn.Linear.calls += 1``)
+                    self.places.append((f"the attributes of class {obj.__qualname__}", functools.partial(_namespace, obj)))
                 return []
             self.spaces.append(obj)
-            meta = [type(obj)] if _user_class(type(obj)) else []  # a metaclass's hooks (``__instancecheck__``)
-            return [*meta, *(v for c in obj.__mro__ if _user_class(c) for v in vars(c).values())]
-        if isinstance(obj, (dict, types.MappingProxyType)):
-            return list(obj.values())[:256] if len(obj) <= 4096 else []
-        if isinstance(obj, (list, tuple, set, frozenset)):
-            return list(obj)[:256]
-        if isinstance(obj, nn.Module):  # one held outside the module tree (a plain list): its class's code
-            return [type(obj)] if _user_class(type(obj)) else []
-        wrapped = getattr(obj, "__wrapped__", None) if not isinstance(obj, torch.Tensor) else None
+            self.places.append((f"the attributes of class {obj.__qualname__}", functools.partial(_namespace, obj)))
+            if self.deferred is None:
+                self.deferred = _suppressing_exit(obj)
+            meta = [(t, False)] if _user_class(t) else []  # a metaclass's hooks (``__instancecheck__``)
+            return [*meta, *((v, False) for c in obj.__mro__ if _user_class(c) for v in _namespace(c).values())]
+        if t is types.BuiltinFunctionType or t is types.MethodWrapperType:  # a bound builtin method: its object
+            owner = getattr(obj, "__self__", None)
+            return [] if owner is None or issubclass(type(owner), types.ModuleType) else [(owner, library)]
+        if type(_NAMESPACE.__get__(t).get("__torch_function__")) is not type(None) and _user_class(t) or \
+                type(_NAMESPACE.__get__(t).get("__torch_dispatch__")) is not type(None) and _user_class(t):
+            return f"{t.__qualname__}, a class with its own torch protocol (__torch_function__ runs where no mode records)"
+        if issubclass(t, (dict, types.MappingProxyType)):
+            if issubclass(t, dict) and not library:
+                self.places.append((f"a dict it reaches (keys {_keys(obj)})", functools.partial(_itself, obj)))
+            if len(obj) > 4096:
+                return []
+            items = list(dict.items(obj))[:256] if issubclass(t, dict) else list(obj.items())[:256]
+            # keys too: a dict keyed by a model object is a test of its identity
+            return [(o, library) for kv in items for o in kv if type(o) not in _IMMUTABLE]
+        if issubclass(t, (list, tuple, set, frozenset)):
+            if issubclass(t, (list, set)) and not library:
+                self.places.append((f"a {t.__name__} it reaches", functools.partial(_itself, obj)))
+            base = next(b for b in (list, tuple, set, frozenset) if issubclass(t, b))
+            return [(o, library) for o in list(base.__iter__(obj))[:256]]
+        if issubclass(t, nn.Module):  # one of the model's modules: its class's code
+            return [(t, False)] if _user_class(t) else []
+        if issubclass(t, torch.Tensor):  # a tensor a forward can count in (in place, or in its attributes)
+            if not library:
+                self.places.append(("a tensor it reaches", functools.partial(_itself, obj)))
+            return []
+        # read without running the object's own code (``__getattr__``, properties): a hook run by
+        # this walk could tell the forward that it is being checked
+        own = instance_dict(obj)
+        wrapped = own.get("__wrapped__") if own is not None else None
         if wrapped is not None:
-            return [wrapped]
-        if not isinstance(obj, torch.Tensor) and isinstance(getattr(obj, "__dict__", None), dict):
+            return [(wrapped, library)]
+        if own is not None or _slots(t):
             # an object (a user's, or a namespace of the standard library's): its attributes, and its class
             self.spaces.append(obj)
-            return [*([type(obj)] if _user_class(type(obj)) else []), *list(vars(obj).values())[:256]]
+            # a library's container or callable (a ChainMap) hands out what it holds without a name
+            mine = _user_class(t) or t in _NAMESPACES or _hands_out(t)
+            if mine and not library:
+                self.places.append((f"the attributes of a {t.__qualname__} object it reaches", functools.partial(object_fields, obj)))
+            fields = object_fields(obj) or {}
+            return [*([(t, library)] if _user_class(t) else []), *((v, library or not mine) for v in list(fields.values())[:256])]
+        if not library and (t is types.GeneratorType or not _user_class(t) and _counts_by_repr(obj)):
+            self.places.append((f"a {t.__name__} it reaches", functools.partial(_itself, obj)))
+        elif not library and t is not types.GeneratorType and _in_mro(t, "__next__"):
+            return f"a {t.__name__}, an iterator whose position no comparison can read"
         return []
 
     def _function(self, fn: types.FunctionType) -> list | str:
         scope = fn.__globals__
+        builtins_ = scope.get("__builtins__", {})
+        builtins_ = builtins_ if type(builtins_) is dict else instance_dict(builtins_) or {}
         found: list = [*(fn.__defaults__ or ()), *(fn.__kwdefaults__ or {}).values()]
-        for cell in fn.__closure__ or ():
+        label = getattr(fn, "__qualname__", "a function")
+        self.places.append((f"the default arguments of {label}", functools.partial(_defaults, fn)))
+        for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ()):
+            self.places.append((f"the variable {name!r} that {label} closes over", functools.partial(_cell, cell)))
             try:
                 found.append(cell.cell_contents)
             except ValueError:  # an empty cell
                 pass
+        used = self.scopes.setdefault(id(scope), (str(scope.get("__name__", "?")), scope, set()))[2]
         codes = [fn.__code__]
         while codes:
             code = codes.pop()
@@ -388,24 +643,58 @@ class _Reach:
             hit = next((name for name in code.co_names if _PROBE_PARTS.search(name)), None)
             if hit is not None:
                 return hit
-            # a probe named in a string (``getattr(torch._C, "_len_torch_dispatch_stack")``)
-            hit = next((c for c in code.co_consts if isinstance(c, str) and _names_probe(c)), None)
+            # a probe named in a string (``getattr(torch._C, "_len_torch_dispatch_stack")``), or as a
+            # keyword argument (``log.debug(m, stack_info=True)``: a tuple of names among the constants)
+            strings = [c for c in code.co_consts if type(c) is str]
+            strings += [n for c in code.co_consts if type(c) is tuple for n in c if type(n) is str]
+            hit = next((c for c in strings if _names_probe(c)), None)
             if hit is not None:
                 return hit
+            if self.deferred is None:  # reported only when nothing more specific is found
+                self.deferred = _catches(code)
             codes.extend(k for k in code.co_consts if isinstance(k, types.CodeType))
             for ins in dis.get_instructions(code):
                 kind = _NAME_USES.get(ins.opname)
                 if kind is None or not isinstance(ins.argval, str):
                     continue
                 if kind == "global":
+                    used.add(ins.argval)
                     if ins.argval in scope:
                         found.append(scope[ins.argval])
+                    elif ins.argval in builtins_:  # ``id``, ``hash``: checked by identity
+                        found.append(builtins_[ins.argval])
+                elif kind == "store":  # ``global n; n += 1``: a name of the module's namespace it writes
+                    used.add(ins.argval)
                 elif kind == "import":
                     if ins.argval in sys.modules:
                         found.append(sys.modules[ins.argval])
                 else:
                     self.attrs[ins.argval] = None
         return found
+
+    def state_places(self) -> list[tuple[str, Callable[[], object]]]:
+        """Every place reached where the forward can keep state between calls: the global names its
+        code reads or writes (in each module namespace), the variables it closes over, its default
+        arguments, and the classes, objects, lists, sets and dicts it reaches, and the attributes it
+        names of the modules it reaches. Each as (description, a function that returns its value
+        now, without running the object's own code)."""
+        out = []
+        for module, scope, names in self.scopes.values():
+            out += [(f"the global {name!r} of {module}", functools.partial(_entry, scope, name)) for name in sorted(names)]
+        spaces = [s for s in self.spaces if issubclass(type(s), types.ModuleType)]
+        torch_spaces = list(self.torch_spaces)
+        for space in torch_spaces:  # torch's modules named through torch's (``torch.nn``), and the classes named in them
+            d = instance_dict(space) or {}
+            for name in self.attrs:
+                v = d.get(name)
+                if issubclass(type(v), types.ModuleType) and _module_of(v).startswith("torch") and v not in torch_spaces:
+                    torch_spaces.append(v)
+                elif issubclass(type(v), type):
+                    out.append((f"the attributes of class {v.__qualname__}", functools.partial(_namespace, v)))
+        for space in spaces + torch_spaces:
+            d = instance_dict(space) or {}
+            out += [(f"{_module_of(space)}.{name}", functools.partial(_entry, d, name)) for name in self.attrs]
+        return out + self.places
 
     def _resolve(self) -> list:
         """The attribute names read so far, looked up in every space found so far (new pairs only:
@@ -424,9 +713,136 @@ class _Reach:
         return out
 
 
+_ABSENT = "<absent>"
+
+
+def _itself(obj: object) -> object:
+    return obj
+
+
+def _entry(space: dict, name: str) -> object:
+    return space.get(name, _ABSENT)
+
+
+def _cell(cell: types.CellType) -> object:
+    try:
+        return cell.cell_contents
+    except ValueError:  # an empty cell
+        return _ABSENT
+
+
+def _defaults(fn: types.FunctionType) -> object:
+    return (fn.__defaults__, fn.__kwdefaults__)
+
+
+_NAMESPACE = type.__dict__["__dict__"]  # a class's own namespace, read past any metaclass hook
+_TYPE_MODULE = type.__dict__["__module__"]  # a class's module (C types' too)
+
+
+def _namespace(cls: type) -> dict:
+    return dict(_NAMESPACE.__get__(cls))
+
+
+def _keys(d: dict) -> str:
+    keys = [repr(k) for k in list(d)[:3] if isinstance(k, str)]
+    return ", ".join(keys) + (", …" if len(d) > 3 else "") if keys else f"{len(d)} entries"
+
+
+def instance_dict(obj: object) -> dict | None:
+    """``obj.__dict__`` read through the C descriptor of its class, running none of the object's own
+    code (``__getattribute__``, ``__getattr__``, a ``__dict__`` property: None then)."""
+    t = type(obj)
+    for c in t.__mro__:
+        d = _NAMESPACE.__get__(c)
+        if "__dict__" in d:
+            desc = d["__dict__"]
+            if type(desc) not in (types.GetSetDescriptorType, types.MemberDescriptorType):
+                return None
+            try:
+                v = desc.__get__(obj, t)
+            except Exception:  # noqa: BLE001
+                return None
+            return v if type(v) is dict else None
+    return None
+
+
+def _slots(t: type) -> list[tuple[str, object]]:
+    """The ``__slots__`` fields of a user class (name, C member descriptor)."""
+    out = []
+    for c in t.__mro__:
+        if not _user_class(c):
+            continue
+        d = _NAMESPACE.__get__(c)
+        for name in d.get("__slots__", ()) if not isinstance(d.get("__slots__"), str) else (d["__slots__"],):
+            desc = d.get(name)
+            if type(desc) is types.MemberDescriptorType:
+                out.append((name, desc))
+    return out
+
+
+def object_fields(obj: object) -> dict | None:
+    """An object's attributes (its ``__dict__`` and ``__slots__`` fields), read without running its
+    own code; None when it has neither."""
+    own = instance_dict(obj)
+    slots = _slots(type(obj))
+    if own is None and not slots:
+        return None
+    out = dict(own or {})
+    for name, desc in slots:
+        try:
+            out[name] = desc.__get__(obj, type(obj))
+        except AttributeError:  # an unset slot
+            out[name] = _ABSENT
+    return out
+
+
+_IMMUTABLE = frozenset({int, float, complex, bool, str, bytes, type(None), range, slice, type(Ellipsis), type(NotImplemented)})
+
+
+def _counts_by_repr(obj: object) -> bool:
+    """Whether an object of a C type shows its state in its repr (``itertools.count(3)``, a deque)."""
+    if type(obj) in _IMMUTABLE or isinstance(obj, (types.BuiltinFunctionType, types.FunctionType, types.MethodType, type,
+                                                   types.ModuleType, torch.dtype, torch.device)):
+        return False
+    try:
+        r = type(obj).__repr__(obj)
+    except Exception:  # noqa: BLE001
+        return False
+    return " at 0x" not in r
+
+
+def reached_state(model: nn.Module) -> tuple[str | None, list[tuple[str, Callable[[], object]]]]:
+    """Where the ``forward`` of ``model``'s module classes defined outside torch can keep state
+    between calls (:meth:`_Reach.state_places`, one walk per class): each as (description, a function
+    that returns its value now). A forward that changes one of them when it runs can count its calls,
+    and so compute one thing when its trace is compared with it and another when the curve runs it
+    (:mod:`.fidelity` compares them before and after it runs). With the first reason a walk refuses
+    the forward for (:func:`_asks_how_it_runs`; None if none): ``model`` is the copy that runs, so
+    the caller's own modules held in globals are outside it."""
+    classes = tuple({type(m) for m in model.modules()})
+    instances = tuple(model.modules())
+    out: list[tuple[str, Callable[[], object]]] = []
+    refused: str | None = None
+    for cls in classes:
+        if str(cls.__module__).startswith("torch."):
+            continue
+        forward = getattr(cls, "forward", None)
+        if not isinstance(forward, types.FunctionType):
+            continue
+        hooks = [v for c in cls.__mro__ if _user_class(c) for k, v in vars(c).items() if k in _ATTRIBUTE_HOOKS]
+        reach = _Reach((cls, *classes), instances)
+        why = reach.walk([forward, *hooks])
+        if why is not None and refused is None:
+            refused = f"{cls.__name__} reads {why}"
+        out += reach.state_places()
+    return refused, out
+
+
 # bytecode operations by the kind of name they use (Python 3.10–3.13)
 _NAME_USES = {"LOAD_GLOBAL": "global", "LOAD_NAME": "global", "LOAD_ATTR": "attr", "LOAD_METHOD": "attr",
-              "LOAD_SUPER_ATTR": "attr", "IMPORT_NAME": "import", "IMPORT_FROM": "attr"}
+              "LOAD_SUPER_ATTR": "attr", "IMPORT_NAME": "import", "IMPORT_FROM": "attr", "STORE_GLOBAL": "store",
+              "DELETE_GLOBAL": "store", "STORE_NAME": "store", "DELETE_NAME": "store", "STORE_ATTR": "attr",
+              "DELETE_ATTR": "attr"}
 
 
 def _names_probe(text: str) -> bool:
@@ -443,8 +859,9 @@ def _user_class(c: object) -> bool:
     """A class defined outside torch and the standard library (``object`` and builtins excluded)."""
     if not isinstance(c, type):
         return False
-    name = str(getattr(c, "__module__", "") or "").split(".")[0]
-    return name not in ("torch", "builtins") and name not in sys.stdlib_module_names
+    name = _TYPE_MODULE.__get__(c)  # read past any metaclass hook
+    name = (name if isinstance(name, str) else "").split(".")[0]
+    return name not in ("torch", "builtins") and name not in sys.stdlib_module_names and name not in _NUMERIC_LIBRARIES
 
 
 @functools.lru_cache(maxsize=1)
@@ -453,25 +870,37 @@ def _probe_objects() -> dict[int, tuple[object, str]]:
     id, with the object and its name): a forward that reaches one under another name
     (``from torch._C import _len_torch_dispatch_stack as depth``) asks the same question."""
     import ctypes
+    import datetime
     import gc
+    import os
+    import time
+    import timeit
     import traceback
     import weakref
 
     spaces = [torch, torch._C, torch.overrides, torch.fx, torch.jit, torch.compiler, torch.autograd, sys, inspect, gc, weakref,  # noqa: SLF001
-              ctypes, traceback]
+              ctypes, traceback, time, os, datetime, timeit, torch.cuda]
     for mod in ("torch.utils._python_dispatch", "torch.fx._symbolic_trace", "torch._C._functorch", "torch._jit_internal",
-                "torch.utils.dlpack", "torch._dynamo"):
+                "torch.utils.dlpack", "torch._dynamo", "resource", "tracemalloc", "psutil"):
         if mod in sys.modules:
             spaces.append(sys.modules[mod])
     out: dict[int, tuple[object, str]] = {}
     for space, names in ((inspect, ("stack", "trace", "getinnerframes", "getouterframes", "currentframe", "getframeinfo")),
                          (traceback, ("extract_stack", "walk_stack", "format_stack", "print_stack", "extract_tb", "walk_tb",
                                       "format_tb", "print_tb", "TracebackException", "StackSummary", "FrameSummary")),
-                         (sys, ("_getframe", "_current_frames", "exc_info", "exception", "settrace", "setprofile"))):
+                         (sys, ("_getframe", "_current_frames", "exc_info", "exception", "settrace", "setprofile")),
+                         (time, ("time", "localtime", "gmtime", "ctime", "asctime", "strftime")), (os, ("times",))):
         for name in names:
             obj = getattr(space, name, None)
             if obj is not None:
                 out.setdefault(id(obj), (obj, f"{space.__name__}.{name}"))
+    import builtins
+    import contextlib
+
+    for obj, name in ((builtins.id, "id"), (builtins.hash, "hash"), (object.__repr__, "object.__repr__"),
+                      (object.__hash__, "object.__hash__"), (contextlib.suppress, "contextlib.suppress"),
+                      (contextlib.ExitStack, "contextlib.ExitStack"), (contextlib.AsyncExitStack, "contextlib.AsyncExitStack")):
+        out.setdefault(id(obj), (obj, name))
     for space in spaces:
         for name in dir(space):
             if name in _MODE_PROBES or _PROBE_PARTS.search(name):
@@ -485,9 +914,12 @@ def _compiled(obj: object) -> bool:
     """TorchScript functions and modules, and ``torch.compile``'d callables: code that reads tensor
     values (``tolist`` in TorchScript) without passing through torch's dispatcher or Python modes."""
     jit = (torch.jit.ScriptFunction, torch.jit.ScriptModule, torch._C.ScriptMethod)  # noqa: SLF001
-    if isinstance(obj, jit):
+    t = type(obj)
+    if issubclass(t, jit):
         return True
-    return hasattr(obj, "_torchdynamo_orig_callable") or type(obj).__name__ == "OptimizedModule"
+    # read without running the object's own ``__getattr__`` (a hook run by this check would tell the
+    # forward that it is being checked)
+    return "_torchdynamo_orig_callable" in (instance_dict(obj) or {}) or t.__name__ == "OptimizedModule"
 
 
 def analyse(model: nn.Module) -> PathStructure:
