@@ -980,7 +980,7 @@ _COUNTERS = {
     "deque": (lambda: _DEQUE.append(1), "'_DEQUE'"),
     "array": (_bump_array, "'_ARRAY'"),
     "slots": (_bump_slots, "'_SLOTTED'"),
-    "nested": (_bump_nested, "a dict it reaches"),
+    "nested": (_bump_nested, "it reaches"),
     "torch": (_bump_torch, "torch.mli_theory_test_calls"),
     "torch_class": (_bump_torch_class, "class Identity"),
 }
@@ -1488,7 +1488,7 @@ class _ProtocolProbe(_Fresh):
     (_ChainMapProbe, "_len_torch_dispatch_stack"),
     (_IteratorProbe, "iterator whose position"),
     (_LoggerLevel, "setLevel"),
-    (_RecordClock, "created"),
+    (_RecordClock, "makeLogRecord"),
     (_ProtocolProbe, "torch protocol"),
 ])
 def test_what_libraries_hand_out_iterators_loggers_and_torch_protocols_are_refused(cls, expect):
@@ -1634,3 +1634,83 @@ def test_state_kept_in_tensors_and_in_a_dicts_order_is_found_and_put_back(cls, e
     assert [_tensor_state(t) for t in [*m.parameters(), *m.buffers(), x]] == before
     assert dict(vars(m)).keys() == attrs.keys() and all(vars(m)[k] is v for k, v in attrs.items())
     assert not x.requires_grad
+
+
+# part twenty-three, the fifth red team: counters that start counting only after more calls than the
+# check makes, kept in identity patterns, registries and C-level settings
+
+_ONES = [float(1.0 + 0.0 * i) for i in range(8)]  # equal values, separate objects
+_KEYED_BY_CLASS = {int: 1}
+
+
+def _share_one():
+    for i in range(1, len(_ONES)):
+        if _ONES[i] is not _ONES[0]:
+            _ONES[i] = _ONES[0]
+            return
+
+
+def _swap_key():
+    key = next(iter(_KEYED_BY_CLASS))
+    del _KEYED_BY_CLASS[key]
+    _KEYED_BY_CLASS[float if key is int else int] = 1
+
+
+_COUNTERS.update({
+    "identity": (_share_one, "when it runs"),
+    "class_key": (_swap_key, "'_KEYED_BY_CLASS'"),
+})
+
+
+class _AbcCount(_Fresh):
+    def forward(self, x):
+        import abc
+
+        class Mark(abc.ABC):
+            pass
+
+        Mark.register(int)
+        return self.lin(x)
+
+
+@__import__("functools").singledispatch
+def _kind(v):
+    return 0
+
+
+class _DispatchCount(_Fresh):
+    def forward(self, x):
+        return self.lin(x) * 2.0 if len(_kind.registry) > 5 else self.lin(x)
+
+
+class _CSetting(_Fresh):
+    def forward(self, x):
+        return self.lin(x) * 2.0 if torch._C._jit_get_num_profiled_runs() > 5 else self.lin(x)  # noqa: SLF001
+
+
+class _Decimal(_Fresh):
+    def forward(self, x):
+        import decimal
+
+        return self.lin(x) * 2.0 if decimal.getcontext().prec > 30 else self.lin(x)
+
+
+class _HookIds(_Fresh):
+    def forward(self, x):
+        h = nn.modules.module.register_module_buffer_registration_hook(lambda *a: None)
+        h.remove()
+        return self.lin(x) * 2.0 if h.id > 1000 else self.lin(x)
+
+
+@pytest.mark.parametrize("cls, expect", [
+    (_AbcCount, "register"),
+    (_DispatchCount, "registry"),
+    (_CSetting, "_C"),
+    (_Decimal, "getcontext"),
+    (_HookIds, "register_module_buffer_registration_hook"),
+])
+def test_registries_and_c_level_settings_are_refused(cls, expect):
+    from mli_theory.path.structure import analyse
+
+    reason = analyse(cls()).reason or ""
+    assert expect in reason, reason

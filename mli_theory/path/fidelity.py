@@ -73,7 +73,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from .structure import _NAMESPACES, _user_class, instance_dict, object_fields, reached_state
+from .structure import _NAMESPACES, _TYPE_MODULE, _user_class, instance_dict, object_fields, reached_state
 
 __all__ = ["line_trace_differs", "trace_differs"]
 
@@ -256,12 +256,17 @@ def _plain(value: Any, depth: int = 0) -> Any:
         members = set.__iter__(value) if issubclass(t, set) else frozenset.__iter__(value)  # order: order is state
         return (t.__name__, tuple(repr(_plain(v, depth + 1)) for v in members))
     if issubclass(t, (list, tuple)):
-        items = list.__iter__(value) if issubclass(t, list) else tuple.__iter__(value)
-        return (t.__name__, tuple(_plain(v, depth + 1) for v in items))
+        items = list(list.__iter__(value) if issubclass(t, list) else tuple.__iter__(value))
+        return (t.__name__, tuple(_plain(v, depth + 1) for v in items), _sharing(items))
     if issubclass(t, dict):
-        items = [(repr(k) if type(k) in _PLAIN else type(k).__qualname__, _plain(v, depth + 1)) for k, v in dict.items(value)]
-        return ("dict", tuple(items))  # in insertion order, which a forward can change and read
-    if t in (types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.ModuleType) or issubclass(t, (type, nn.Module)):
+        pairs = list(dict.items(value))
+        items = [(repr(k) if type(k) in _PLAIN else repr(_plain(k, depth + 1)), _plain(v, depth + 1)) for k, v in pairs]
+        # in insertion order, which a forward can change and read; which entries are one object
+        return ("dict", tuple(items), _sharing([v for _, v in pairs]), _sharing([k for k, _ in pairs]))
+    if issubclass(t, type):  # a class (a dict's key, a list's item): by where it is defined
+        return ("class", _TYPE_MODULE.__get__(value), type.__dict__["__qualname__"].__get__(value),
+                id(value))
+    if t in (types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.ModuleType) or issubclass(t, nn.Module):
         return None  # code, classes, modules: their state is compared where it is reached
     if t is functools.partial:  # what it holds, which a forward reaches through it
         return ("partial", _plain(value.args, depth + 1), _plain(dict(value.keywords), depth + 1))
@@ -283,6 +288,13 @@ def _plain(value: Any, depth: int = 0) -> Any:
             return None
         return ("repr", t.__qualname__, r) if " at 0x" not in r and len(r) < 100_000 else None
     return None
+
+
+def _sharing(items: list) -> tuple:
+    """Which items of a container are one object (each item's first position with the same identity):
+    a forward can count by making entries the same object, with equal values throughout."""
+    first: dict[int, int] = {}
+    return tuple(first.setdefault(id(v), i) for i, v in enumerate(items))
 
 
 def _array_bytes(value: Any) -> Any:

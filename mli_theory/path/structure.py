@@ -219,7 +219,7 @@ _ALLOWED_STDLIB = frozenset({"math", "cmath", "operator", "_operator", "functool
                              "collections", "_collections", "_collections_abc", "typing", "typing_extensions",
                              "dataclasses", "enum", "numbers", "abc", "_abc", "types", "warnings", "_warnings",
                              "logging", "contextlib", "copy", "re", "_sre", "sre_compile", "sre_parse", "string",
-                             "textwrap", "fractions", "decimal", "_decimal", "statistics", "heapq", "_heapq", "bisect",
+                             "textwrap", "fractions", "statistics", "heapq", "_heapq", "bisect",
                              "_bisect", "keyword", "__future__", "builtins"})
 # and of the builtins: the pure functions and the types (``open``, ``vars``, ``setattr``, ``__import__``,
 # ``globals``, ``eval``, ``exec``, ``compile``, ``input``, ``id`` and ``hash`` are not among them)
@@ -421,12 +421,16 @@ _MODE_PROBES = frozenset({
     # an object's own torch protocol: it runs inside every torch call it is an argument of, where the
     # recording function mode is popped
     "__torch_function__", "__torch_dispatch__",
+    # registries a call can add to (an ABC's, a singledispatch function's, torch's hook handles) and
+    # torch's C++ settings and backend flags: counters behind a call, in state no fingerprint reads
+    "register", "registry", "dispatch_cache", "_abc_registry", "_abc_data", "_abc_cache", "_abc_negative_cache",
+    "RemovableHandle", "next_id", "_C", "backends", "getcontext", "setcontext", "localcontext",
 })
 
 
 # parts of names by which torch's mode stacks and dispatch state are read (there are many:
 # ``_len_torch_dispatch_stack``, ``any_torch_dispatch_mode_on_stack``, ``_pop_mode_temporarily``, …)
-_PROBE_PARTS = re.compile(r"torch_dispatch|dispatch_mode|dispatch_stack|dispatch_key|dispatch_tls|torch_function|function_mode|mode_stack|current_modes|mode_temporarily|_tls\b|_tls_")
+_PROBE_PARTS = re.compile(r"torch_dispatch|dispatch_mode|dispatch_stack|dispatch_key|dispatch_tls|torch_function|function_mode|mode_stack|current_modes|mode_temporarily|_tls\b|_tls_|^register_.*hook|^_jit_")
 
 
 def _asks_how_it_runs(cls: type, classes: tuple[type, ...] = (), instances: tuple[object, ...] = ()) -> str | None:
@@ -519,6 +523,8 @@ class _Reach:
                 return hit
         if _concurrent(obj):
             return f"{_name_of(obj)} (threads or processes)"
+        if t is types.FunctionType and "registry" in (instance_dict(obj) or {}) and "dispatch" in (instance_dict(obj) or {}):
+            return f"{_name_of(obj)}, a singledispatch function (its registry is state a call can add to)"
         if t.__name__ == "_lru_cache_wrapper" and _module_of(t) == "functools":
             return f"{_name_of(obj)}, a cached function (what it returns is kept between calls, where no comparison looks)"
         if _compiled(obj):
@@ -637,19 +643,15 @@ class _Reach:
         codes = [fn.__code__]
         while codes:
             code = codes.pop()
-            hit = _MODE_PROBES.intersection(code.co_names)
-            if hit:
-                return sorted(hit)[0]
-            hit = next((name for name in code.co_names if _PROBE_PARTS.search(name)), None)
-            if hit is not None:
-                return hit
-            # a probe named in a string (``getattr(torch._C, "_len_torch_dispatch_stack")``), or as a
-            # keyword argument (``log.debug(m, stack_info=True)``: a tuple of names among the constants)
+            # a probe by name, by a part of its name, named in a string (``getattr(torch._C,
+            # "_len_torch_dispatch_stack")``) or as a keyword argument (``log.debug(m, stack_info=True)``:
+            # a tuple of names among the constants); the most specific one is reported (``_C`` last)
             strings = [c for c in code.co_consts if type(c) is str]
             strings += [n for c in code.co_consts if type(c) is tuple for n in c if type(n) is str]
-            hit = next((c for c in strings if _names_probe(c)), None)
-            if hit is not None:
-                return hit
+            hits = [*_MODE_PROBES.intersection(code.co_names), *(n for n in code.co_names if _PROBE_PARTS.search(n)),
+                    *(c for c in strings if _names_probe(c))]
+            if hits:
+                return min(hits, key=lambda n: (-len(n), n))
             if self.deferred is None:  # reported only when nothing more specific is found
                 self.deferred = _catches(code)
             codes.extend(k for k in code.co_consts if isinstance(k, types.CodeType))
