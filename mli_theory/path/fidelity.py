@@ -417,7 +417,8 @@ class _Kept:
                     d[k].update(table)
         with torch.no_grad():
             for t, saved, grad in self.tensors:
-                if _tensor_state(t)[:7] != _tensor_state(saved)[:7]:
+                if (t.size() != saved.size() or t.stride() != saved.stride() or t.dtype != saved.dtype
+                        or t.storage_offset() != saved.storage_offset() or not torch.equal(t, saved)):
                     t.set_(saved.untyped_storage(), saved.storage_offset(), saved.size(), saved.stride())
                 if t.requires_grad != grad and t.is_leaf:
                     t.requires_grad_(grad)
