@@ -73,7 +73,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from .structure import _NAMESPACES, _TYPE_MODULE, _user_class, instance_dict, object_fields, reached_state
+from .structure import _NAMESPACES, _TYPE_MODULE, _user_class, instance_dict, object_fields, reached_state, state_repr
 
 __all__ = ["line_trace_differs", "trace_differs"]
 
@@ -282,11 +282,8 @@ def _plain(value: Any, depth: int = 0) -> Any:
     if fields is not None:  # a library's object (a logger): its plain fields, not its caches, which other code fills
         return (t.__qualname__, tuple(sorted((k, v) for k, v in fields.items() if type(v) in _PLAIN)))
     if not _user_class(t):  # an object of a C type that shows its state in its repr (itertools.count, a deque)
-        try:
-            r = t.__repr__(value)
-        except Exception:  # noqa: BLE001
-            return None
-        return ("repr", t.__qualname__, r) if " at 0x" not in r and len(r) < 100_000 else None
+        r = state_repr(value)
+        return None if r is None else ("repr", t.__qualname__, r)
     return None
 
 
@@ -306,23 +303,26 @@ def _array_bytes(value: Any) -> Any:
     return ("ndarray", value.shape, str(value.dtype), hashlib.sha256(raw).hexdigest())
 
 
-def _python_state(module: nn.Module) -> dict[str, Any]:
-    """The plain Python attributes of every submodule (a call counter, a cached length, a flag)."""
+def _python_state(module: nn.Module, swapped: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The plain Python attributes of every submodule (a call counter, a cached length, a flag), and
+    its parameter, buffer and submodule tables, with the tensors the call does not get from the state
+    (``swapped``: the entries ``functional_call`` puts in for the call and takes out after, which the
+    forward never sees; a non-persistent buffer is not among them, and a forward can count in it)."""
     out: dict[str, Any] = {}
     for name, m in module.named_modules(remove_duplicate=False):
         prefix = name + "." if name else ""
-        for k, v in (instance_dict(m) or {}).items():
+        own = instance_dict(m) or {}
+        for k, v in own.items():
             if k not in _BOOKKEEPING:
                 p = _plain(v)
                 if p is not None:
                     out[f"{prefix}{k}"] = p
-        # its parameters and buffers as they are outside the call (those of the state are swapped in for
-        # it and back; a non-persistent buffer is not, and a forward can count in it)
         for kind in ("_parameters", "_buffers", "_modules"):
-            held = (instance_dict(m) or {}).get(kind) or {}
+            held = own.get(kind) or {}
             out[f"{prefix}{kind}"] = tuple((k, id(v)) for k, v in held.items())
             if kind != "_modules":
-                out.update({f"{prefix}{k}": _plain(v) for k, v in held.items() if isinstance(v, torch.Tensor)})
+                out.update({f"{prefix}{k}": _plain(v) for k, v in held.items()
+                            if isinstance(v, torch.Tensor) and f"{prefix}{k}" not in swapped})
     return out
 
 
@@ -342,8 +342,7 @@ def _run(module: nn.Module, state: Mapping[str, torch.Tensor], x: Any, spans: li
     a tensor, as the curve hands its batches over), one recorder for all of them. ``outside``: also
     compare, before and after, the state outside the modules that the forward reaches, and the
     input's own attributes. ``original``: ``module`` and ``x`` are the caller's own objects, run as
-    the caller runs them (``x`` itself when one batch holds every row); the module's attributes are
-    put back as they were after the run (its tensors are never written: the state is swapped in)."""
+    the caller runs them (``x`` itself when one batch holds every row); :class:`_Kept` puts them back."""
     from torch.func import functional_call
 
     names = set(dict(module.named_parameters(remove_duplicate=False))) | set(dict(module.named_buffers(remove_duplicate=False)))
@@ -361,7 +360,8 @@ def _run(module: nn.Module, state: Mapping[str, torch.Tensor], x: Any, spans: li
         if outside and isinstance(source, torch.Tensor):  # a mark kept on the input tensor itself
             places = [*places, ("the input tensor's own attributes", functools.partial(instance_dict, source))]
         with torch.no_grad():
-            before = _python_state(module)
+            swapped = frozenset(own)
+            before = _python_state(module, swapped)
             held = _outside_state(places)
             for lo, hi in spans:
                 whole = original and isinstance(source, torch.Tensor) and (lo, hi) == (0, len(source))
@@ -371,7 +371,7 @@ def _run(module: nn.Module, state: Mapping[str, torch.Tensor], x: Any, spans: li
                 with _Reads(rec), rec:  # tied entries (the caller's own module) each take the line's own tensor
                     functional_call(module, own, (batch,), strict=False, tie_weights=not original)
                 del batch
-            after = _python_state(module)
+            after = _python_state(module, swapped)
             now = _outside_state(places)
         rec.changed = sorted(k for k in set(before) | set(after) if before.get(k, _MISSING) != after.get(k, _MISSING))
         rec.outside = [k for k in held if held[k] != now.get(k)]
@@ -385,19 +385,24 @@ class _Kept:
     """The caller's module and input as they were before the comparison ran the forward on them, put
     back after it (a forward that changes them is refused; the caller's objects are left as found):
     every module's attributes, its parameter, buffer and submodule tables, the contents, shape,
-    strides and autograd flag of every tensor it holds, and the input's."""
+    strides and autograd flag of every tensor the call can reach (not the entries of the state, which
+    are swapped out for it), and the input's."""
 
-    def __init__(self, module: nn.Module, x: Any):
+    def __init__(self, module: nn.Module, x: Any, swapped: frozenset[str]):
         self.dicts = []
         self.tensors: list[tuple[torch.Tensor, torch.Tensor, bool]] = []
         seen: set[int] = set()
-        for m in module.modules():
+        for name, m in module.named_modules(remove_duplicate=False):
             d = instance_dict(m)
             if d is None:
                 continue
+            prefix = name + "." if name else ""
             tables = {k: dict(d[k]) for k in ("_parameters", "_buffers", "_modules") if isinstance(d.get(k), dict)}
             self.dicts.append((d, dict(d), tables))
-            for v in [*d.values(), *tables.get("_parameters", {}).values(), *tables.get("_buffers", {}).values()]:
+            # the entries of the state are swapped out for the call: the forward reaches those tensors
+            # only through a plain attribute, which ``d.values()`` covers
+            held = [v for k in ("_parameters", "_buffers") for n, v in tables.get(k, {}).items() if f"{prefix}{n}" not in swapped]
+            for v in [*d.values(), *held]:
                 if isinstance(v, torch.Tensor) and not v.is_meta and id(v) not in seen:
                     seen.add(id(v))
                     self.tensors.append((v, _saved(v), bool(v.requires_grad)))
@@ -431,10 +436,9 @@ class _Kept:
 
 def _saved(t: torch.Tensor) -> torch.Tensor:
     """A copy of ``t`` with its own storage, shape, strides and offset."""
-    out = torch.empty_strided(t.size(), t.stride(), dtype=t.dtype, device=t.device)
-    out.set_(t.untyped_storage().clone() if t.untyped_storage().nbytes() else t.untyped_storage(), t.storage_offset(),
-             t.size(), t.stride())
-    return out.requires_grad_(bool(t.requires_grad)) if t.is_leaf and t.is_floating_point() else out
+    storage = t.untyped_storage()
+    return torch.empty(0, dtype=t.dtype, device=t.device).set_(storage.clone() if storage.nbytes() else storage,
+                                                               t.storage_offset(), t.size(), t.stride())
 
 
 def _traced(model: nn.Module) -> torch.fx.GraphModule | None:
@@ -458,8 +462,9 @@ def _compare(model: nn.Module, gm: torch.fx.GraphModule, state: Mapping[str, tor
     a private copy of ``model``) with the traced graph ``gm``."""
     from .line import private_copy
 
-    traced_x = x.detach().clone() if isinstance(x, torch.Tensor) else x  # as it was before the forward ran
-    kept = _Kept(original, x) if original is not None else None
+    # the caller's own module and input are put back before the traced graph runs on ``x``; a copy
+    # runs on a clone of ``x`` (_run), so ``x`` is as it was in both cases
+    kept = _Kept(original, x, frozenset(state)) if original is not None else None
     try:
         subject = original if original is not None else private_copy(model)  # a copy of its own: untouched by the trace
         forward = _run(subject, state, x, spans, train, outside=True, original=original is not None)
@@ -488,7 +493,7 @@ def _compare(model: nn.Module, gm: torch.fx.GraphModule, state: Mapping[str, tor
         return ("the forward runs other operations the second time it is called on the same module and input: it "
                 "keeps a mark between calls, so what it computes depends on how often it has run")
     try:
-        traced = _run(gm, state, traced_x, spans, train)
+        traced = _run(gm, state, x, spans, train)
     except Exception as exc:  # noqa: BLE001
         return f"the traced graph could not be run on the forward's inputs ({type(exc).__name__}: {str(exc)[:120]})"
     if traced.ops == forward.ops:

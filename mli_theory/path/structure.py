@@ -245,8 +245,7 @@ def _not_allowed(obj: object) -> str | None:
         return "the builtins module"
     if root in sys.stdlib_module_names and root not in _ALLOWED_STDLIB and root != "torch":
         return f"{_name_of(obj)} from the standard library's {root} (state of the process outside what is compared)"
-    if root in _NUMERIC_LIBRARIES and (root not in ("numpy", "scipy", "einops", "opt_einsum")
-                                       or module.startswith(_REFUSED_LIBRARY_MODULES)):
+    if root in _IDENTITY_ONLY and (root not in _NUMERIC_LIBRARIES or module.startswith(_REFUSED_LIBRARY_MODULES)):
         return f"{_name_of(obj)} from {module}"
     return None
 
@@ -302,8 +301,8 @@ def _suppressing_exit(cls: type) -> str | None:
 # numerical ones a forward may call on constants (their code catches exceptions for its own reasons),
 # and the test runner, notebook kernel and progress bars whose objects (log handlers, streams) a
 # logger or ``print`` in a forward reaches
-_NUMERIC_LIBRARIES = frozenset({"numpy", "scipy", "einops", "opt_einsum", "pytest", "_pytest", "pluggy", "ipykernel",
-                                "IPython", "tqdm", "matplotlib"})
+_NUMERIC_LIBRARIES = frozenset({"numpy", "scipy", "einops", "opt_einsum"})
+_IDENTITY_ONLY = _NUMERIC_LIBRARIES | {"pytest", "_pytest", "pluggy", "ipykernel", "IPython", "tqdm", "matplotlib"}
 
 # standard-library classes that are plain holders of user data (their fields are compared)
 _NAMESPACES = (types.SimpleNamespace,)
@@ -336,22 +335,24 @@ def _copied_differently(values: dict, depth: int = 3) -> str | None:
     seen: set[int] = set()
     while todo and len(seen) < 4096:
         name, obj, left = todo.pop()
-        if id(obj) in seen or isinstance(obj, (torch.Tensor, nn.Module)):
+        if id(obj) in seen or issubclass(type(obj), (torch.Tensor, nn.Module)):
             continue
         seen.add(id(obj))
         t = type(obj)
         if _user_class(t):
             if t in copyreg.dispatch_table or t in copy_mod._deepcopy_dispatch:  # noqa: SLF001
                 return f"{name!r}, a {t.__name__} registered with copyreg or copy"
-            hooks = sorted({k for c in t.__mro__ if _user_class(c) for k in vars(c)} & (_COPY_HOOKS | {"__new__"}))
+            hooks = sorted({k for c in t.__mro__ if _user_class(c) for k in _NAMESPACE.__get__(c)} & (_COPY_HOOKS | {"__new__"}))
             if hooks:
                 return f"{name!r}, a {t.__name__} whose class defines {hooks[0]}"
-            if left and hasattr(obj, "__dict__"):
-                todo += [(f"{name}.{k}", v, left - 1) for k, v in vars(obj).items()]
-        elif left and isinstance(obj, dict):
-            todo += [(f"{name}[{k!r}]", v, left - 1) for k, v in list(obj.items())[:256]]
-        elif left and isinstance(obj, (list, tuple, set, frozenset)):
-            todo += [(f"{name}[{i}]", v, left - 1) for i, v in enumerate(list(obj)[:256])]
+            fields = object_fields(obj)  # read without running the object's own code
+            if left and fields is not None:
+                todo += [(f"{name}.{k}", v, left - 1) for k, v in fields.items()]
+        elif left and issubclass(t, dict):
+            todo += [(f"{name}[{k!r}]", v, left - 1) for k, v in list(dict.items(obj))[:256]]
+        elif left and issubclass(t, (list, tuple, set, frozenset)):
+            base = next(b for b in (list, tuple, set, frozenset) if issubclass(t, b))
+            todo += [(f"{name}[{i}]", v, left - 1) for i, v in enumerate(list(base.__iter__(obj))[:256])]
     return None
 
 # what a forward can read to behave differently under the trace than when the curve runs it
@@ -455,13 +456,22 @@ def _asks_how_it_runs(cls: type, classes: tuple[type, ...] = (), instances: tupl
     bound methods, properties, ``functools.partial`` and ``__wrapped__`` (``lru_cache``,
     ``functools.wraps``). Names built at run time (``getattr`` with computed strings, ``eval``) are
     not followed."""
+    walked = _walked(cls, classes, instances)
+    return None if walked is None else walked[0]
+
+
+def _walked(cls: type, classes: tuple[type, ...], instances: tuple[object, ...]) -> tuple[str | None, _Reach] | None:
+    """The walk of what the ``forward`` of a module class defined outside torch reaches (and of the
+    class's attribute hooks): (why it is refused or None, the walk); None for torch's classes and
+    forwards that are not Python functions."""
     if str(cls.__module__).startswith("torch."):
         return None
     forward = getattr(cls, "forward", None)
     if not isinstance(forward, types.FunctionType):
         return None
-    hooks = [v for c in cls.__mro__ if _user_class(c) for k, v in vars(c).items() if k in _ATTRIBUTE_HOOKS]
-    return _Reach((cls, *classes), instances).walk([forward, *hooks])
+    hooks = [v for c in cls.__mro__ if _user_class(c) for k, v in _namespace(c).items() if k in _ATTRIBUTE_HOOKS]
+    reach = _Reach((cls, *classes), instances)
+    return reach.walk([forward, *hooks]), reach
 
 
 # the class hooks that run without being named (attribute access)
@@ -523,7 +533,7 @@ class _Reach:
                 return hit
         if _concurrent(obj):
             return f"{_name_of(obj)} (threads or processes)"
-        if t is types.FunctionType and "registry" in (instance_dict(obj) or {}) and "dispatch" in (instance_dict(obj) or {}):
+        if t is types.FunctionType and {"registry", "dispatch"} <= (instance_dict(obj) or {}).keys():
             return f"{_name_of(obj)}, a singledispatch function (its registry is state a call can add to)"
         if t.__name__ == "_lru_cache_wrapper" and _module_of(t) == "functools":
             return f"{_name_of(obj)}, a cached function (what it returns is kept between calls, where no comparison looks)"
@@ -553,7 +563,7 @@ class _Reach:
             return []
         if t is types.FunctionType:
             root = str(obj.__module__ or "").split(".")[0]
-            if root == "torch" or root in sys.stdlib_module_names or root in _NUMERIC_LIBRARIES:  # checked by identity only
+            if root == "torch" or root in sys.stdlib_module_names or root in _IDENTITY_ONLY:  # checked by identity only
                 return []
             found = self._function(obj)
             return found if isinstance(found, str) else [(o, False) for o in found]
@@ -583,8 +593,7 @@ class _Reach:
         if t is types.BuiltinFunctionType or t is types.MethodWrapperType:  # a bound builtin method: its object
             owner = getattr(obj, "__self__", None)
             return [] if owner is None or issubclass(type(owner), types.ModuleType) else [(owner, library)]
-        if type(_NAMESPACE.__get__(t).get("__torch_function__")) is not type(None) and _user_class(t) or \
-                type(_NAMESPACE.__get__(t).get("__torch_dispatch__")) is not type(None) and _user_class(t):
+        if _user_class(t) and {"__torch_function__", "__torch_dispatch__"} & _NAMESPACE.__get__(t).keys():
             return f"{t.__qualname__}, a class with its own torch protocol (__torch_function__ runs where no mode records)"
         if issubclass(t, (dict, types.MappingProxyType)):
             if issubclass(t, dict) and not library:
@@ -801,16 +810,23 @@ def object_fields(obj: object) -> dict | None:
 _IMMUTABLE = frozenset({int, float, complex, bool, str, bytes, type(None), range, slice, type(Ellipsis), type(NotImplemented)})
 
 
-def _counts_by_repr(obj: object) -> bool:
-    """Whether an object of a C type shows its state in its repr (``itertools.count(3)``, a deque)."""
-    if type(obj) in _IMMUTABLE or isinstance(obj, (types.BuiltinFunctionType, types.FunctionType, types.MethodType, type,
-                                                   types.ModuleType, torch.dtype, torch.device)):
-        return False
+def state_repr(obj: object) -> str | None:
+    """The repr of an object whose type shows its state there (``itertools.count(3)``, a deque), by
+    the type's own ``__repr__``; None where the repr shows an address instead, or fails."""
     try:
         r = type(obj).__repr__(obj)
     except Exception:  # noqa: BLE001
+        return None
+    return r if " at 0x" not in r and len(r) < 100_000 else None
+
+
+def _counts_by_repr(obj: object) -> bool:
+    """Whether an object of a C type shows its state in its repr (and has any state to show)."""
+    t = type(obj)
+    if t in _IMMUTABLE or issubclass(t, (types.BuiltinFunctionType, types.FunctionType, types.MethodType, type,
+                                         types.ModuleType, torch.dtype, torch.device)):
         return False
-    return " at 0x" not in r
+    return state_repr(obj) is not None
 
 
 def reached_state(model: nn.Module) -> tuple[str | None, list[tuple[str, Callable[[], object]]]]:
@@ -826,14 +842,10 @@ def reached_state(model: nn.Module) -> tuple[str | None, list[tuple[str, Callabl
     out: list[tuple[str, Callable[[], object]]] = []
     refused: str | None = None
     for cls in classes:
-        if str(cls.__module__).startswith("torch."):
+        walked = _walked(cls, classes, instances)
+        if walked is None:
             continue
-        forward = getattr(cls, "forward", None)
-        if not isinstance(forward, types.FunctionType):
-            continue
-        hooks = [v for c in cls.__mro__ if _user_class(c) for k, v in vars(c).items() if k in _ATTRIBUTE_HOOKS]
-        reach = _Reach((cls, *classes), instances)
-        why = reach.walk([forward, *hooks])
+        why, reach = walked
         if why is not None and refused is None:
             refused = f"{cls.__name__} reads {why}"
         out += reach.state_places()
@@ -863,7 +875,7 @@ def _user_class(c: object) -> bool:
         return False
     name = _TYPE_MODULE.__get__(c)  # read past any metaclass hook
     name = (name if isinstance(name, str) else "").split(".")[0]
-    return name not in ("torch", "builtins") and name not in sys.stdlib_module_names and name not in _NUMERIC_LIBRARIES
+    return name not in ("torch", "builtins") and name not in sys.stdlib_module_names and name not in _IDENTITY_ONLY
 
 
 @functools.lru_cache(maxsize=1)
