@@ -742,7 +742,35 @@ class _CachedProbe(_Probing):
         return self.lin(x) * 2.0 if _cached_quiet() else self.lin(x)
 
 
+class _Looking(dict):
+    def __getitem__(self, key):
+        return dict.__getitem__(self, key) if torch._C._len_torch_dispatch_stack() == 0 else 0.0  # noqa: SLF001
+
+
+class _LookingFloat(float):
+    __slots__ = ()
+
+    def __lt__(self, other):
+        return torch._C._len_torch_dispatch_stack() == 0  # noqa: SLF001
+
+
+_LOOKING = _Looking(scale=2.0)
+_LIMIT = _LookingFloat(0.5)
+
+
+class _DictClassProbe(_Probing):
+    def forward(self, x):
+        return self.lin(x) * _LOOKING["scale"]
+
+
+class _FloatClassProbe(_Probing):
+    def forward(self, x):
+        return self.lin(x) * 2.0 if _LIMIT < 1.0 else self.lin(x)
+
+
 @pytest.mark.parametrize("cls, expect", [
+    (_DictClassProbe, "_len_torch_dispatch_stack"),  # a dict subclass's __getitem__ runs on every read
+    (_FloatClassProbe, "_len_torch_dispatch_stack"),  # a float subclass without fields: its class's __lt__
     (_AliasProbe, "_len_torch_dispatch_stack"),
     (_ClassProbe, "_len_torch_dispatch_stack"),
     (_ClassThread, "threads or processes"),
@@ -969,7 +997,57 @@ def _bump_array():
     _ARRAY[0] += 1
 
 
+_DEEP = [0] * 300 + [[[[0]]]]  # past the 256th item, four levels down
+_NULL = __import__("contextlib").nullcontext([0])  # a library object that hands its list to ``with``
+
+
+def _bump_deep():
+    _DEEP[300][0][0][0] += 1
+
+
+def _bump_nullcontext():
+    with _NULL as box:
+        box[0] += 1
+
+
+class _Ticker:
+    def __init__(self):
+        self.n = 0
+
+    def tick(self):
+        self.n += 1
+
+
+_TICK = _Ticker().tick  # a bound method: the counter is in its __self__
+_MARKS = [torch.zeros(1, requires_grad=True) * 1.0 for _ in range(3)]  # non-leaf tensors
+
+
+def _bump_retains_grad():
+    next(t for t in _MARKS if not t.retains_grad).retain_grad()
+
+
+_LAZY = types.ModuleType("mli_theory_test_lazy")  # a module whose names come from its own __getattr__ (PEP 562)
+_LAZY_CALLS = [0]
+
+
+def _lazy_getattr(name):
+    _LAZY_CALLS[0] += 1
+    return _LAZY_CALLS[0]
+
+
+_LAZY.__getattr__ = _lazy_getattr
+
+
+def _bump_lazy():
+    return _LAZY.calls
+
+
 _COUNTERS = {
+    "deep": (_bump_deep, "it reaches"),
+    "nullcontext": (_bump_nullcontext, "it reaches"),
+    "bound_method": (lambda: _TICK(), "_Ticker"),
+    "retains_grad": (_bump_retains_grad, "'_MARKS'"),
+    "module_getattr": (_bump_lazy, "_LAZY_CALLS"),
     "list": (_bump_list, "the global '_COUNT'"),
     "global": (_bump_global, "the global '_TOTAL'"),
     "closure": (_bump_closure, "closes over"),
@@ -1029,7 +1107,7 @@ def test_library_bookkeeping_read_only_globals_and_a_filled_cache_are_not_change
     assert trace_differs(m, _state(m), x) is None
     from mli_theory.path.structure import opaque_call_reason
 
-    assert opaque_call_reason(m) is None
+    assert opaque_call_reason(m) is None, opaque_call_reason(m)
 
 
 class _ClockProbe(_Probing):
@@ -1714,3 +1792,94 @@ def test_registries_and_c_level_settings_are_refused(cls, expect):
 
     reason = analyse(cls()).reason or ""
     assert expect in reason, reason
+
+
+class _Table(dict):
+    """A parameter or hook table that hands out something else than it holds."""
+
+    def __getitem__(self, key):
+        return dict.__getitem__(self, key)
+
+
+def test_tables_that_are_not_plain_dicts_are_refused():
+    from mli_theory.path.structure import opaque_call_reason
+
+    for table in ("_parameters", "_forward_hooks"):
+        m = nn.Sequential(nn.Linear(2, 1))
+        object.__setattr__(m[0], table, _Table(getattr(m[0], table)))
+        why = opaque_call_reason(m)
+        assert why is not None and table in why and "not a plain table" in why, why
+    assert opaque_call_reason(nn.Sequential(nn.Linear(2, 1))) is None
+
+
+def test_names_added_to_torchs_classes_are_refused_where_they_change_a_read(monkeypatch):
+    from mli_theory.path.structure import opaque_call_reason
+
+    m = nn.Sequential(nn.Linear(2, 1))
+    monkeypatch.setattr(nn.Linear, "mli_theory_test_flag", 1, raising=False)  # a plain value no read meets
+    assert opaque_call_reason(m) is None
+    monkeypatch.setattr(nn.Linear, "bias", 0.0, raising=False)  # found before nn.Module.__getattr__ looks in _parameters
+    why = opaque_call_reason(m)
+    assert why is not None and "shadows its 'bias'" in why, why
+    monkeypatch.setattr(nn.Linear, "bias", property(lambda self: self._parameters["bias"] * 2), raising=False)
+    why = opaque_call_reason(m)
+    assert why is not None and "Linear.bias (added)" in why, why
+    monkeypatch.undo()
+    assert opaque_call_reason(m) is None and replaced_functions() == []
+
+
+def test_an_active_torch_mode_or_a_python_kernel_for_an_aten_operator_is_refused():
+    import warnings
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from mli_theory.path.pristine import added_kernels
+    from mli_theory.path.structure import opaque_call_reason
+
+    class _Ambient(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    m = nn.Sequential(nn.Linear(2, 1))
+    with _Ambient():
+        why = opaque_call_reason(m)
+    assert why is not None and "a torch mode is active" in why and "_Ambient" in why, why
+    with torch.device("cpu"):  # the default device's mode only places new tensors
+        assert opaque_call_reason(m) is None
+    lib = torch.library.Library("aten", "IMPL")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            lib.impl("deg2rad", lambda t: t * 0, "CPU")
+        assert added_kernels() == ["aten::deg2rad under CPU"]
+        why = opaque_call_reason(m)
+        assert why is not None and "aten::deg2rad" in why, why
+    finally:
+        lib._destroy()  # noqa: SLF001 - the kernel goes with the library object
+    assert added_kernels() == [] and opaque_call_reason(m) is None
+
+
+def test_a_dataclass_config_is_read_without_refusal():
+    """``dataclasses`` wraps a generated ``__repr__`` in a recursion guard that reads ``_thread``; the
+    wrapper is the standard library's code (its file, its globals), walked no further than what it wraps."""
+    import dataclasses
+
+    from mli_theory.path.structure import opaque_call_reason
+
+    @dataclasses.dataclass
+    class Config:
+        scale: float = 2.0
+
+    cfg = Config()
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 1)
+
+        def forward(self, x):
+            return self.lin(x) * cfg.scale
+
+    m = Scaled().double()
+    assert opaque_call_reason(m) is None
+    assert trace_differs(m, _state(m), torch.randn(3, 2, dtype=F64)) is None

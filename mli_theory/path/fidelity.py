@@ -110,14 +110,15 @@ def _bits(value: torch.Tensor) -> str:
 
 def _tensor_state(value: torch.Tensor, depth: int = 0) -> tuple:
     """Everything a forward can keep in a tensor that outlives its call: contents, shape, strides,
-    storage offset and size, dtype, device, the autograd flag, its gradient and its own attributes."""
+    storage offset and size, dtype, device, the autograd flags (``requires_grad``, ``retains_grad``),
+    its gradient and its own attributes."""
     try:
         storage = (value.storage_offset(), value.untyped_storage().nbytes()) if not value.is_meta else ()
     except (RuntimeError, NotImplementedError):  # a tensor without a storage of its own
         storage = ()
     grad = value.grad if value.is_leaf else None
     return (tuple(value.shape), tuple(value.stride()) if value.layout == torch.strided else (), storage, str(value.dtype),
-            str(value.device), bool(value.requires_grad), _bits(value),
+            str(value.device), bool(value.requires_grad), bool(value.retains_grad), _bits(value),
             None if grad is None or depth else _tensor_state(grad, 1), _plain(instance_dict(value) or {}, 1))
 
 

@@ -96,6 +96,72 @@ def _snapshot() -> Mapping[tuple[str, str], object]:
 # taken once, when mli_theory is imported; never written afterwards
 _PRISTINE = _snapshot()
 
+# names Python or the standard library caches in a class's namespace (``copy`` stores __slotnames__,
+# reading __annotations__ creates it): not a change of what the class computes
+_CACHED_NAMES = frozenset({"__slotnames__", "__annotations__", "__abstractmethods__", "_abc_impl", "__orig_bases__", "__type_params__"})
+
+
+def _class_names() -> dict[str, frozenset[str]]:
+    """The names each class of the snapshot defines itself (``torch.Tensor`` and its base, ``nn.Module``
+    and torch's module classes): a name added later (a ``bias`` property on ``nn.Linear``) changes
+    what an attribute read of its instances returns, though every object the snapshot holds is intact."""
+    out = {f"{c.__module__}.{c.__qualname__}": frozenset(vars(c)) for c in torch.Tensor.__mro__ if c is not object}
+    out.update({label: frozenset(vars(cls)) for label, cls in _module_classes()})
+    return out
+
+
+_NAMES = MappingProxyType(_class_names())
+_PLAIN_VALUES = (int, float, bool, str, type(None))
+
+
+def _added_names() -> list[tuple[str, str, object]]:
+    """(class label, name, value) for every name a class of :data:`_NAMES` defines now but did not at import."""
+    out = []
+    classes = {f"{c.__module__}.{c.__qualname__}": c for c in torch.Tensor.__mro__ if c is not object}
+    classes.update(dict(_module_classes()))
+    for label, names in _NAMES.items():
+        cls = classes.get(label)
+        if cls is None:
+            continue
+        space = vars(cls)
+        out += [(label, name, space[name]) for name in sorted(set(space) - names - _CACHED_NAMES)]
+    return out
+
+
+def shadowed_names(cls: type, names: set[str]) -> list[str]:
+    """Which of ``names`` (a module's parameters, buffers and submodules) a plain value added to one
+    of torch's classes in ``cls``'s MRO since import now shadows: attribute lookup finds a class
+    attribute before ``nn.Module.__getattr__`` looks in the tables (``nn.Linear.bias = 0.0``)."""
+    mro = {f"{c.__module__}.{c.__qualname__}" for c in cls.__mro__} | {f"torch.nn.{c.__name__}" for c in cls.__mro__}
+    return sorted({name for label, name, _ in _added_names() if label in mro and name in names})
+
+# the dispatch keys under which a Python kernel for an aten operator runs on real tensors (torch's
+# own Python kernels for aten are Meta kernels, for shape inference, and a CUDA and an MPS kernel)
+_REAL_KEYS = ("CPU", "CUDA", "Composite", "Autograd", "Python", "Undefined")
+
+
+def _aten_kernels() -> frozenset[str]:
+    """Python kernels registered for aten operators (``torch.library.Library("aten", "IMPL").impl``)
+    under a key that runs on real tensors, as ``"aten/op/key"``."""
+    impls = getattr(torch.library, "_impls", ())
+    return frozenset(e for e in list(impls) if type(e) is str and e.startswith("aten/") and e.rsplit("/", 1)[-1].startswith(_REAL_KEYS))
+
+
+_KERNELS = _aten_kernels()
+
+
+def added_kernels(limit: int = 4) -> list[str]:
+    """Python kernels for aten operators that torch did not register itself: added since mli_theory
+    was imported, or before it under any such key but CUDA's (torch has one of its own; the trace names
+    ``aten::addmm``; a kernel replaced at the dispatcher computes something else under that name).
+
+    >>> added_kernels()
+    []
+    """
+    now = _aten_kernels()
+    found = sorted((now - _KERNELS) | {e for e in now if not e.rsplit("/", 1)[-1].startswith("CUDA")})
+    return [e.replace("/", "::", 1).replace("/", " under ") for e in found[:limit]]
+
 
 def _from_torch(name: str, obj: object) -> bool:
     """Whether a public function comes from torch (private names include typing re-exports)."""
@@ -112,6 +178,11 @@ def replaced_functions(limit: int = 4) -> list[str]:
     []
     """
     found: list[str] = []
+    for label, name, value in _added_names():
+        if type(value) not in _PLAIN_VALUES:  # a plain value matters only where it shadows a name (shadowed_names)
+            found.append(f"{label}.{name} (added)")
+            if len(found) >= limit:
+                return found
     now = _tensor_attributes()
     namespaces = dict(_NAMESPACES)
     classes = dict(_module_classes())

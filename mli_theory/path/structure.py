@@ -52,6 +52,7 @@ import re
 import sys
 import types
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from enum import Enum
 from typing import Callable
@@ -59,7 +60,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .pristine import replaced_functions  # imported with the package: the snapshot predates user code
+from .pristine import added_kernels, replaced_functions, shadowed_names  # imported with the package: the snapshot predates user code
 from .smoothness import Smoothness, classify_node, varying_nodes
 
 
@@ -127,14 +128,28 @@ def opaque_call_reason(model: nn.Module) -> str | None:
     replaced = replaced_functions()
     if replaced:
         return f"torch functions have been replaced in this process ({', '.join(replaced)}): the trace cannot show what they compute"
+    ambient = _ambient_torch()
+    if ambient is not None:
+        return ambient
     for attr in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_forward_hooks_always_called"):
-        if getattr(module_mod, attr, None):
+        table = vars(module_mod).get(attr)
+        if table is not None and type(table) not in _PLAIN_TABLES:
+            return f"torch's {attr} is a {type(table).__name__}, not a plain table (what a read of it returns is its own code's choice)"
+        if table:
             return "global module forward hooks are registered"
     classes = tuple({type(m) for m in model.modules()})
     instances = tuple(model.modules())
     walked: set[type] = set()
     for name, m in model.named_modules():
         label = name or "the model"
+        own = instance_dict(m) or {}
+        table = next((k for k, v in own.items() if k.startswith("_") and isinstance(v, (dict, set)) and type(v) not in _PLAIN_TABLES), None)
+        if table is not None:  # a dict subclass as _parameters or _forward_hooks: its own code decides what a read returns
+            return (f"{label}'s {table} is a {type(own[table]).__name__}, not a plain table: what the module reads from it "
+                    "is that class's choice, which the trace does not show")
+        shadowed = shadowed_names(type(m), {*own.get("_parameters", {}), *own.get("_buffers", {}), *own.get("_modules", {})})
+        if shadowed:
+            return f"{label}: a value added to its torch class shadows its {shadowed[0]!r} (what the module reads is not the state)"
         if getattr(m, "_forward_hooks", None) or getattr(m, "_forward_pre_hooks", None):
             return f"{label} has forward hooks (they change its output and are not traced)"
         cls = type(m)
@@ -161,6 +176,28 @@ def opaque_call_reason(model: nn.Module) -> str | None:
         if thread is not None:
             return (f"{label} holds {thread!r}, a {type(vars(m)[thread]).__name__} (a thread or process: what it reads of a tensor "
                     f"no check of the calling thread sees)")
+    return None
+
+
+_PLAIN_TABLES = (dict, OrderedDict, set)  # the types of torch's own tables of a module (parameters, buffers, hooks, …)
+
+
+def _ambient_torch() -> str | None:
+    """Process-wide torch machinery that runs under every operation and that no trace shows: a
+    Python dispatch or function mode left active (entered at import and never left; the default
+    device's mode excepted, which only places new tensors), or a Python kernel registered for an aten
+    operator (:func:`.pristine.added_kernels`)."""
+    from torch.overrides import _get_current_function_mode_stack
+    from torch.utils._device import DeviceContext
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+    modes = [m for m in _get_current_function_mode_stack() if type(m) is not DeviceContext] + list(_get_current_dispatch_mode_stack())
+    if modes:
+        return (f"a torch mode is active in this process ({type(modes[0]).__name__}): every operation runs through its code, "
+                "which the trace does not show")
+    kernels = added_kernels()
+    if kernels:
+        return f"Python kernels replace torch's for {', '.join(kernels)}: the trace names the operator, not what now computes it"
     return None
 
 
@@ -306,6 +343,7 @@ _IDENTITY_ONLY = _NUMERIC_LIBRARIES | {"pytest", "_pytest", "pluggy", "ipykernel
 
 # standard-library classes that are plain holders of user data (their fields are compared)
 _NAMESPACES = (types.SimpleNamespace,)
+_BOOKKEEPING = frozenset({"logging", "warnings"})  # libraries whose objects' fields are their own bookkeeping (see _Reach._parts)
 
 
 def _synchronisation() -> tuple[type, ...]:
@@ -565,10 +603,15 @@ class _Reach:
             root = str(obj.__module__ or "").split(".")[0]
             if root == "torch" or root in sys.stdlib_module_names or root in _IDENTITY_ONLY:  # checked by identity only
                 return []
+            if _library_code(obj):  # a library's wrapper (``functools.wraps`` gave it the user's module name):
+                wrapped = (instance_dict(obj) or {}).get("__wrapped__")  # what it wraps is the user's
+                return [] if wrapped is None else [(wrapped, library)]
             found = self._function(obj)
             return found if isinstance(found, str) else [(o, False) for o in found]
-        if t in (staticmethod, classmethod, types.MethodType):
+        if t in (staticmethod, classmethod):
             return [(obj.__func__, library)]
+        if t is types.MethodType:  # a bound method: its function and the object it is bound to
+            return [(obj.__func__, library), (obj.__self__, library)]
         if t is property:
             return [(f, library) for f in (obj.fget, obj.fset, obj.fdel) if f is not None]
         if t is functools.partial:
@@ -576,8 +619,11 @@ class _Reach:
         if issubclass(t, types.ModuleType):
             if _module_of(obj).split(".")[0] != "torch":  # the standard library's too (``inspect.stack``: by identity)
                 self.spaces.append(obj)
-            else:  # torch's: not searched for code (its functions are checked by identity), but a place for state
-                self.torch_spaces.append(obj)
+                # a module's own __getattr__ (PEP 562) answers the names its namespace lacks, by code of its own
+                d = instance_dict(obj) or {}
+                return [(d[k], library) for k in ("__getattr__", "__dir__") if k in d]
+            # torch's: not searched for code (its functions are checked by identity), but a place for state
+            self.torch_spaces.append(obj)
             return []
         if issubclass(t, type):
             if not _user_class(obj):
@@ -595,19 +641,22 @@ class _Reach:
             return [] if owner is None or issubclass(type(owner), types.ModuleType) else [(owner, library)]
         if _user_class(t) and {"__torch_function__", "__torch_dispatch__"} & _NAMESPACE.__get__(t).keys():
             return f"{t.__qualname__}, a class with its own torch protocol (__torch_function__ runs where no mode records)"
+        # a container's items, every one (the walk's own limit refuses what is too large to check), and
+        # the class of a user's container type: its own __getitem__ or __lt__ runs on every read
+        own_class = [(t, library)] if _user_class(t) else []
         if issubclass(t, (dict, types.MappingProxyType)):
             if issubclass(t, dict) and not library:
                 self.places.append((f"a dict it reaches (keys {_keys(obj)})", functools.partial(_itself, obj)))
-            if len(obj) > 4096:
-                return []
-            items = list(dict.items(obj))[:256] if issubclass(t, dict) else list(obj.items())[:256]
+            if (dict.__len__(obj) if issubclass(t, dict) else len(obj)) > self.LIMIT:
+                return f"a dict of more than {self.LIMIT} entries (not all of them checked)"
+            items = list(dict.items(obj)) if issubclass(t, dict) else list(obj.items())
             # keys too: a dict keyed by a model object is a test of its identity
-            return [(o, library) for kv in items for o in kv if type(o) not in _IMMUTABLE]
+            return [*own_class, *((o, library) for kv in items for o in kv if type(o) not in _IMMUTABLE)]
         if issubclass(t, (list, tuple, set, frozenset)):
             if issubclass(t, (list, set)) and not library:
                 self.places.append((f"a {t.__name__} it reaches", functools.partial(_itself, obj)))
             base = next(b for b in (list, tuple, set, frozenset) if issubclass(t, b))
-            return [(o, library) for o in list(base.__iter__(obj))[:256]]
+            return [*own_class, *((o, library) for o in list(base.__iter__(obj)) if type(o) not in _IMMUTABLE)]
         if issubclass(t, nn.Module):  # one of the model's modules: its class's code
             return [(t, False)] if _user_class(t) else []
         if issubclass(t, torch.Tensor):  # a tensor a forward can count in (in place, or in its attributes)
@@ -623,17 +672,22 @@ class _Reach:
         if own is not None or _slots(t):
             # an object (a user's, or a namespace of the standard library's): its attributes, and its class
             self.spaces.append(obj)
-            # a library's container or callable (a ChainMap) hands out what it holds without a name
-            mine = _user_class(t) or t in _NAMESPACES or _hands_out(t)
+            # a library's container or callable (a ChainMap) hands out what it holds without a name, and
+            # so does any library object but logging's and warnings' (a ``contextlib.nullcontext(box)``
+            # hands ``box`` to ``with``): only their bookkeeping (a logger's caches, its manager's
+            # registry, which change as other code runs) is not a place where a forward keeps state
+            mine = _user_class(t) or t in _NAMESPACES or _hands_out(t) or _module_of(t).split(".")[0] not in _BOOKKEEPING
             if mine and not library:
                 self.places.append((f"the attributes of a {t.__qualname__} object it reaches", functools.partial(object_fields, obj)))
             fields = object_fields(obj) or {}
-            return [*([(t, library)] if _user_class(t) else []), *((v, library or not mine) for v in list(fields.values())[:256])]
+            if len(fields) > self.LIMIT:
+                return f"a {t.__qualname__} object of more than {self.LIMIT} attributes (not all of them checked)"
+            return [*own_class, *((v, library or not mine) for v in fields.values() if type(v) not in _IMMUTABLE)]
         if not library and (t is types.GeneratorType or not _user_class(t) and _counts_by_repr(obj)):
             self.places.append((f"a {t.__name__} it reaches", functools.partial(_itself, obj)))
         elif not library and t is not types.GeneratorType and _in_mro(t, "__next__"):
             return f"a {t.__name__}, an iterator whose position no comparison can read"
-        return []
+        return own_class  # an object of a user's class without fields (a float subclass): its class's code
 
     def _function(self, fn: types.FunctionType) -> list | str:
         scope = fn.__globals__
@@ -867,6 +921,22 @@ def _names_probe(text: str) -> bool:
 
 
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+
+
+def _library_code(fn: types.FunctionType) -> bool:
+    """Whether ``fn``'s code is that of a module of the standard library, torch or an identity-checked
+    library: its globals are that module's and its code comes from that module's file. A wrapper a
+    library makes (``dataclasses``' recursion guard around a generated ``__repr__``) carries the
+    user's ``__module__``, copied by ``functools.wraps``, and its own module's globals (``_thread``);
+    code compiled by a user against a library's namespace (``exec(code, vars(dataclasses))``) does
+    not come from that module's file."""
+    name = str(fn.__globals__.get("__name__", ""))
+    root = name.split(".")[0]
+    if not (root == "torch" or root in sys.stdlib_module_names or root in _IDENTITY_ONLY):
+        return False
+    module = sys.modules.get(name)
+    path = (instance_dict(module) or {}).get("__file__") if module is not None else None
+    return type(path) is str and fn.__code__.co_filename == path
 
 
 def _user_class(c: object) -> bool:
