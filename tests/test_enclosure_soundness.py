@@ -299,6 +299,102 @@ def test_conv2d_dots_computes_what_conv2d_does(rows, monkeypatch):
         assert bool(((got - want).abs() <= allowed).all())
 
 
+@pytest.mark.parametrize("rows", [3, 64, 2048])
+def test_conv2d_dots_with_a_weight_per_cell_and_uneven_padding(rows, monkeypatch):
+    """:func:`conv2d_dots` with a cell axis (x (C, B, Cin, H, W) against w (C, Cout, Cin, kh, kw):
+    cell i's images against cell i's kernel) and with (top, bottom, left, right) padding, against
+    ``F.conv2d`` of each cell's images padded by ``F.pad``: equal within the dot products' rounding,
+    so no cell takes another's kernel and no padded row or column is misplaced."""
+    import torch.nn.functional as F
+
+    from mli_theory.certify import enclosures as E
+
+    monkeypatch.setattr(E, "CONV_ROWS", rows)
+    plain_empty = torch.Tensor.new_empty
+
+    def poisoned(self, *size, **kw):  # fresh memory full of NaN: padding left unset would show
+        return plain_empty(self, *size, **kw).fill_(float("nan"))
+
+    monkeypatch.setattr(torch.Tensor, "new_empty", poisoned)
+    g = torch.Generator().manual_seed(5)
+    for cells, b, cin, cout, (hgt, wid), (kh, kw), stride, pads, dilation in [
+        (3, 4, 2, 5, (6, 7), (3, 3), (1, 1), (2, 0, 1, 3), (1, 1)),
+        (2, 1, 3, 2, (5, 5), (3, 2), (2, 1), (0, 1, 1, 1), (1, 2)),
+        (4, 3, 1, 4, (8, 8), (1, 1), (1, 1), (1, 1, 1, 1), (1, 1)),
+        (1, 5, 4, 3, (4, 6), (2, 2), (1, 1), (0, 0, 0, 0), (2, 1)),
+    ]:
+        x = torch.randn(cells, b, cin, hgt, wid, dtype=torch.float64, generator=g)
+        w = torch.randn(cells, cout, cin, kh, kw, dtype=torch.float64, generator=g)
+        got = E.conv2d_dots(x, w, stride, pads, dilation)
+        for i in range(cells):
+            xi = F.pad(x[i], (pads[2], pads[3], pads[0], pads[1]))
+            want = F.conv2d(xi, w[i], None, stride, 0, dilation)
+            allowed = F.conv2d(xi.abs(), w[i].abs(), None, stride, 0, dilation) * (2 * E.gamma(cin * kh * kw + 2))
+            assert got[i].shape == want.shape
+            assert bool(((got[i] - want).abs() <= allowed).all())
+            one = E.conv2d_dots(x[i], w[i], stride, pads, dilation)  # no cell axis, uneven padding
+            assert one.shape == want.shape and bool(((one - want).abs() <= allowed).all())
+    with pytest.raises(ValueError, match="per-cell weights"):
+        E.conv2d_dots(torch.zeros(2, 1, 1, 3, 3, dtype=torch.float64), torch.zeros(3, 1, 1, 1, 1, dtype=torch.float64), (1, 1), (0, 0), (1, 1))
+
+
+@settings(deadline=None)
+@given(st.sampled_from([(8, 3, 1, (1, 1, 1, 1)), (9, 3, 1, (2, 0, 0, 1)), (16, 1, 2, (0, 0, 0, 0))]), st.integers(1, 3),
+       st.sampled_from([1e-45, 1e-20, 1.0, 1e30, 1e39]), st.sampled_from([1e-40, 1.0, 1e20]), st.floats(0.0, 0.9), st.integers(0, 2**20))
+def test_upper_conv2d_dots_with_a_weight_per_cell_bounds_each_cells_exact_convolution(geometry, cells, scale_x, scale_w, zeros, seed):
+    """The per-cell form of :func:`upper_conv2d_dots` ≥ each cell's exact convolution with its own
+    kernel (rational dot products), float32 where K ≥ 64 and sound, float64 else or past float32's
+    range (1e30 · 1e20: products beyond it, so the float32 sums overflow), and within float32's
+    accuracy of the exact value plus the underflow allowance."""
+    from fractions import Fraction
+
+    import torch.nn.functional as F
+
+    from mli_theory.certify.enclosures import upper_conv2d_dots
+
+    cin, kern, stride, pads = geometry
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(cells, 2, cin, 5, 4, generator=g, dtype=torch.float64) * scale_x
+    x[torch.rand(x.shape, generator=g) < zeros] = 0.0
+    w = torch.rand(cells, 2, cin, kern, kern, generator=g, dtype=torch.float64) * scale_w
+    got = upper_conv2d_dots(x, w, (stride, stride), pads, (1, 1))
+    assert got.dtype == torch.float64 and bool(torch.isfinite(got).all())
+    for i in range(cells):
+        cols = F.unfold(F.pad(x[i], (pads[2], pads[3], pads[0], pads[1])), (kern, kern), stride=stride)  # moves entries only
+        k = cols.shape[1]
+        wf = [[Fraction(v) for v in row] for row in w[i].reshape(2, -1).tolist()]
+        flat = got[i].reshape(2, 2, -1)
+        assert flat.shape[-1] == cols.shape[-1]
+        for b in range(2):
+            for li, col in enumerate(cols[b].T.tolist()):
+                cf = [Fraction(v) for v in col]
+                for o in range(2):
+                    exact = sum(a * c for a, c in zip(wf[o], cf))
+                    value = float(flat[b, o, li])
+                    assert Fraction(value) >= exact, (i, b, o, li, value, float(exact))
+                    slack = float(exact) * (4 * k * 2.0**-24 + 1e-12) + 8 * k * 2.0**-126 * (2 + scale_x + scale_w)
+                    assert value <= float(exact) + slack
+
+
+def test_upper_matmul_whose_float32_sums_overflow_falls_back_to_float64():
+    """Operands inside float32's range whose products are not (1e30 · 1e20): the float32 sums are
+    infinite, which the overflow test (k·max â·max b̂ ≥ 2¹²⁶) sends to the finiteness check and so to
+    float64; operands whose products stay far below it skip that check and still bound the product."""
+    from mli_theory.certify.enclosures import upper_matmul
+
+    g = torch.Generator().manual_seed(1)
+    for scale_a, scale_b in [(1e30, 1e20), (1e18, 1e18), (1e-3, 1.0)]:
+        a = torch.rand(3, 100, generator=g, dtype=torch.float64) * scale_a
+        b = torch.rand(100, 2, generator=g, dtype=torch.float64) * scale_b
+        got = upper_matmul(a, b)
+        assert bool(torch.isfinite(got).all())
+        exact = _exact_matmul(a, b)
+        from fractions import Fraction
+
+        assert all(Fraction(float(got[i, j])) >= exact[i][j] for i in range(3) for j in range(2))
+        assert bool((got <= torch.matmul(a, b) * (1 + 4 * 100 * 2.0**-24 + 1e-12)).all())
+
+
 def _exact_matmul(a: torch.Tensor, b: torch.Tensor) -> list[list]:
     from fractions import Fraction
 

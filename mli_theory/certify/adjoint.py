@@ -810,15 +810,16 @@ def transposed_conv2d(t: Tensor, w: Tensor, stride: tuple[int, int], padding: tu
             t = z
         lo = [dilation[i] * (k - 1) - padding[i] for i, k in enumerate((kh, kw))]
         extra = [spatial[i] - ((o - 1) * stride[i] - 2 * padding[i] + dilation[i] * (k - 1) + 1) for i, (o, k) in enumerate(((oh, kh), (ow, kw)))]
-        tb = F.pad(t.reshape(-1, *t.shape[-3:]), (lo[1], lo[1] + extra[1], lo[0], lo[0] + extra[0]))
+        pads = (lo[0], lo[0] + extra[0], lo[1], lo[1] + extra[1])  # (top, bottom, left, right)
+        tb = t.reshape(-1, *t.shape[-3:])
+        if min(pads) < 0:  # a crop: F.pad takes negative padding, the convolution below does not
+            tb = F.pad(tb, (pads[2], pads[3], pads[0], pads[1]))
+            pads = (0, 0, 0, 0)
         wt = w.transpose(-4, -3).flip(-2, -1)  # (…, Ci, Cout, kh, kw)
-        one, zero = (1, 1), (0, 0)
         dots = upper_conv2d_dots if upper else conv2d_dots
-        if not per_cell:
-            out = dots(tb, wt, one, zero, tuple(dilation))
-        else:
-            per = tb.reshape(wt.shape[0], -1, *tb.shape[-3:])
-            out = torch.stack([dots(per[i], wt[i], one, zero, tuple(dilation)) for i in range(wt.shape[0])])
+        if per_cell:  # cell i's entries against cell i's kernel, in one batched product
+            tb = tb.reshape(wt.shape[0], -1, *tb.shape[-3:])
+        out = dots(tb, wt, (1, 1), pads, tuple(dilation))
         return out.reshape(*lead, ci, *spatial)
     kk = ci * kh * kw
     mat = (w.reshape(*w.shape[:-3], kk) if not per_cell else w.reshape(w.shape[0], cout, kk).unsqueeze(1)).transpose(-1, -2)
