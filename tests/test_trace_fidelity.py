@@ -814,7 +814,16 @@ def test_objects_whose_copies_run_their_own_code_are_refused():
     m.held = {"deep": [_NewCounted()]}
     assert "_NewCounted whose class defines __new__" in analyse(m).reason
     m = nn.Linear(2, 1)
-    m.fine = {"pattern": __import__("re").compile("x"), "n": 3}  # standard-library objects copy as they do
+    m.deeper = [0] * 300 + [{"a": [[[[_Generation()]]]]}]  # past the 256th item and 3 levels down
+    assert "_Generation whose class defines __deepcopy__" in analyse(m).reason
+    m = nn.Linear(2, 1)
+    nested: list = []
+    for _ in range(20):  # deeper than the check reads: refused as unchecked, not passed
+        nested = [nested]
+    m.nested = nested
+    assert "levels deep (not checked)" in analyse(m).reason
+    m = nn.Linear(2, 1)
+    m.fine = {"pattern": __import__("re").compile("x"), "n": 3, "sizes": list(range(10_000))}  # standard-library objects copy as they do
     assert analyse(m).kind.value != "unknown"
 
 
@@ -1043,7 +1052,7 @@ def _bump_lazy():
 
 
 _COUNTERS = {
-    "deep": (_bump_deep, "it reaches"),
+    "deep": (_bump_deep, "'_DEEP'"),
     "nullcontext": (_bump_nullcontext, "it reaches"),
     "bound_method": (lambda: _TICK(), "_Ticker"),
     "retains_grad": (_bump_retains_grad, "'_MARKS'"),
@@ -1058,7 +1067,7 @@ _COUNTERS = {
     "deque": (lambda: _DEQUE.append(1), "'_DEQUE'"),
     "array": (_bump_array, "'_ARRAY'"),
     "slots": (_bump_slots, "'_SLOTTED'"),
-    "nested": (_bump_nested, "it reaches"),
+    "nested": (_bump_nested, "'_NESTED'"),
     "torch": (_bump_torch, "torch.mli_theory_test_calls"),
     "torch_class": (_bump_torch_class, "class Identity"),
 }

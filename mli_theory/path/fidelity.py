@@ -241,6 +241,9 @@ _BOOKKEEPING = frozenset({"_parameters", "_buffers", "_modules", "_non_persisten
 _PLAIN = (int, float, bool, str, bytes, type(None), complex)
 
 
+_PLAIN_DEPTH = 32  # levels of nested containers and objects read into one comparable value
+
+
 def _plain(value: Any, depth: int = 0) -> Any:
     """A comparable copy of a value made of numbers, strings and containers of them, of the fields of
     objects, of array contents, of a generator's position (None: not such a value, and not
@@ -251,7 +254,7 @@ def _plain(value: Any, depth: int = 0) -> Any:
         return value
     if issubclass(t, torch.Tensor):  # a tensor kept as a plain attribute: everything it can hold
         return ("tensor", _tensor_state(value))
-    if depth >= 3:
+    if depth >= _PLAIN_DEPTH:  # deeper containers are places of their own where the walk reaches them
         return None
     if issubclass(t, (set, frozenset)):  # read through the base type's own methods, never an override; in
         members = set.__iter__(value) if issubclass(t, set) else frozenset.__iter__(value)  # order: order is state

@@ -360,23 +360,28 @@ _SYNCHRONISATION = _synchronisation()
 _COPY_HOOKS = frozenset({"__deepcopy__", "__copy__", "__reduce__", "__reduce_ex__", "__setstate__", "__getstate__"})
 
 
-def _copied_differently(values: dict, depth: int = 3) -> str | None:
+def _copied_differently(values: dict, depth: int = 16) -> str | None:
     """An object among ``values`` (and inside them: containers, the attributes of objects of classes
     outside torch and the standard library) whose deep copy runs code of its own: a class that
     defines a copy hook or ``__new__`` (a deep copy calls ``cls.__new__``), or a type registered with
     :mod:`copyreg` or :mod:`copy`. Such a copy can count its generation, and the certifier's
-    comparison runs a copy of the copy that the curve runs. Described, or None."""
+    comparison runs a copy of the copy that the curve runs. Described, or None; what is held deeper
+    than ``depth`` levels or beyond 4 096 objects is refused as unchecked."""
     import copy as copy_mod
     import copyreg
 
     todo = [(k, v, depth) for k, v in values.items()]
     seen: set[int] = set()
-    while todo and len(seen) < 4096:
+    while todo:
+        if len(seen) >= 4096:
+            return f"{todo[-1][0]!r} among more than 4096 objects (not all of them checked)"
         name, obj, left = todo.pop()
-        if id(obj) in seen or issubclass(type(obj), (torch.Tensor, nn.Module)):
+        if id(obj) in seen or issubclass(type(obj), (torch.Tensor, nn.Module)) or type(obj) in _IMMUTABLE:
             continue
         seen.add(id(obj))
         t = type(obj)
+        if not left and (_user_class(t) or issubclass(t, (dict, list, tuple, set, frozenset))):
+            return f"{name!r}, held more than {depth} levels deep (not checked)"
         if _user_class(t):
             if t in copyreg.dispatch_table or t in copy_mod._deepcopy_dispatch:  # noqa: SLF001
                 return f"{name!r}, a {t.__name__} registered with copyreg or copy"
@@ -387,10 +392,10 @@ def _copied_differently(values: dict, depth: int = 3) -> str | None:
             if left and fields is not None:
                 todo += [(f"{name}.{k}", v, left - 1) for k, v in fields.items()]
         elif left and issubclass(t, dict):
-            todo += [(f"{name}[{k!r}]", v, left - 1) for k, v in list(dict.items(obj))[:256]]
+            todo += [(f"{name}[{k!r}]", v, left - 1) for k, v in list(dict.items(obj))]
         elif left and issubclass(t, (list, tuple, set, frozenset)):
             base = next(b for b in (list, tuple, set, frozenset) if issubclass(t, b))
-            todo += [(f"{name}[{i}]", v, left - 1) for i, v in enumerate(list(base.__iter__(obj))[:256])]
+            todo += [(f"{name}[{i}]", v, left - 1) for i, v in enumerate(list(base.__iter__(obj)))]
     return None
 
 # what a forward can read to behave differently under the trace than when the curve runs it
