@@ -1819,6 +1819,9 @@ def test_tables_that_are_not_plain_dicts_are_refused():
         why = opaque_call_reason(m)
         assert why is not None and table in why and "not a plain table" in why, why
     assert opaque_call_reason(nn.Sequential(nn.Linear(2, 1))) is None
+    m = nn.Sequential(nn.Linear(2, 1))
+    m[0]._seen = __import__("collections").defaultdict(list)  # a user's own private table is not torch's
+    assert opaque_call_reason(m) is None
 
 
 def test_names_added_to_torchs_classes_are_refused_where_they_change_a_read(monkeypatch):

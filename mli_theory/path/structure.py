@@ -143,7 +143,7 @@ def opaque_call_reason(model: nn.Module) -> str | None:
     for name, m in model.named_modules():
         label = name or "the model"
         own = instance_dict(m) or {}
-        table = next((k for k, v in own.items() if k.startswith("_") and isinstance(v, (dict, set)) and type(v) not in _PLAIN_TABLES), None)
+        table = next((k for k in _TORCH_TABLES if k in own and type(own[k]) not in _PLAIN_TABLES), None)
         if table is not None:  # a dict subclass as _parameters or _forward_hooks: its own code decides what a read returns
             return (f"{label}'s {table} is a {type(own[table]).__name__}, not a plain table: what the module reads from it "
                     "is that class's choice, which the trace does not show")
@@ -180,6 +180,7 @@ def opaque_call_reason(model: nn.Module) -> str | None:
 
 
 _PLAIN_TABLES = (dict, OrderedDict, set)  # the types of torch's own tables of a module (parameters, buffers, hooks, …)
+_TORCH_TABLES = tuple(sorted(k for k, v in vars(nn.Module()).items() if isinstance(v, (dict, set))))  # their names
 
 
 def _ambient_torch() -> str | None:
