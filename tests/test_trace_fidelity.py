@@ -1597,7 +1597,7 @@ def test_a_counter_behind_a_bound_method_and_a_foreign_torch_protocol_stop_the_c
     # the recording function mode sees an argument with a protocol of its own before it runs
     from mli_theory.path.fidelity import _Reads, _Recorder
 
-    rec = _Recorder([])
+    rec = _Recorder({})
     with _Reads(rec):
         torch.mul(torch.ones(2), _PEEK)
     assert any("own __torch_function__" in r for r in rec.reads), rec.reads
@@ -1895,3 +1895,96 @@ def test_a_dataclass_config_is_read_without_refusal():
     m = Scaled().double()
     assert opaque_call_reason(m) is None
     assert trace_differs(m, _state(m), torch.randn(3, 2, dtype=F64)) is None
+
+
+# part twenty-four, the second red team of the day: two forwards that run the same operations on
+# differently wired tensors; a forward that reads how its module was moved (``_apply``) or untied; a
+# counter kept in a tensor's storage outside its view; keyword arguments by name. Each gave a false
+# certificate on the part's first commit (true rise 21.19).
+
+class _Wired(nn.Module):
+    """Takes ``p`` when run and ``q`` when traced: the same operations and constants either way."""
+
+    def __init__(self):
+        super().__init__()
+        self.p, self.q = nn.Linear(2, 1), nn.Linear(2, 1)
+
+    def forward(self, x):
+        return torch.tanh(self.p(x) if isinstance(x, torch.Tensor) else self.q(x))
+
+
+class _Moved(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 1)
+        self.moved = False
+
+    def _apply(self, fn, *args, **kwargs):
+        self.moved = True
+        return super()._apply(fn, *args, **kwargs)
+
+    def forward(self, x):
+        return self.lin(x) * (2.0 if self.moved else 1.0)
+
+
+class _TiedProbe(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.p, self.q = nn.Linear(2, 2), nn.Linear(2, 2)
+        self.q.weight = self.p.weight
+
+    def forward(self, x):
+        return self.p(x) * (2.0 if self.p.weight is not self.q.weight else 1.0)
+
+
+def test_which_tensors_an_operation_takes_is_compared():
+    m = _Wired().double()
+    why = trace_differs(m, _state(m), torch.randn(3, 2, dtype=F64))
+    assert why is not None and "other tensors of the state" in why, why
+
+
+@pytest.mark.parametrize("cls", [_Moved, _TiedProbe])
+def test_the_certified_copy_must_trace_to_the_callers_graph(cls):
+    from mli_theory import make_line
+    from mli_theory.path.fidelity import line_trace_differs
+
+    m = cls()  # float32: the line moves its copy to float64 (``_apply``), the caller's stays as it is
+    line = make_line(m, _state(m), _state(m), dtype=F64)
+    why = line_trace_differs(line, torch.randn(5, 2, dtype=F64))
+    assert why is not None and "traces to another graph than the caller's module" in why, why
+    assert not getattr(m, "moved", False)
+    ok = nn.Sequential(nn.Linear(2, 3), nn.Tanh(), nn.Linear(3, 1)).float()  # moved to float64 by the line: the same graph
+    line = make_line(ok, _state(ok), _state(ok), dtype=F64)
+    assert line_trace_differs(line, torch.randn(5, 2, dtype=F64)) is None
+
+
+_BIG = torch.zeros(2)
+_VIEW = _BIG[:1]  # what the forward names; its counter lies in the storage past the view
+
+
+def _bump_storage():
+    with torch.no_grad():
+        _VIEW.as_strided((1,), (1,), 1).add_(1)
+
+
+def test_a_counter_in_a_tensors_storage_outside_its_view_is_a_change():
+    from mli_theory.path.fidelity import _tensor_state
+
+    before = _tensor_state(_VIEW)
+    _bump_storage()
+    assert _tensor_state(_VIEW) != before
+    _BIG.zero_()
+
+
+def test_keyword_arguments_and_signed_zeros_are_compared_by_name_and_bits():
+    from mli_theory.path.fidelity import _describe, _Recorder
+
+    a, b, c = torch.ones(2, 2), torch.ones(2, 2), torch.ones(2, 2)
+    records = []
+    for kw in ({"beta": 1, "alpha": 2}, {"alpha": 1, "beta": 2}):
+        rec = _Recorder({"a": a})
+        with rec:
+            torch.addmm(a, b, c, **kw)
+        records.append(rec.ops)
+    assert records[0] != records[1]
+    assert _describe(-0.0) != _describe(0.0) and _describe(float("nan")) == "nan"

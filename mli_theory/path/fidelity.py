@@ -108,6 +108,20 @@ def _bits(value: torch.Tensor) -> str:
     return hashlib.sha256(dense.view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
+def _storage_bits(value: torch.Tensor) -> str:
+    """A hash of every byte of the storage under ``value`` (not only its view's entries)."""
+    if value.is_meta or value.layout != torch.strided:
+        return ""
+    try:
+        raw = value.untyped_storage()
+        whole = torch.empty(0, dtype=torch.uint8, device=value.device).set_(raw, 0, (raw.nbytes(),), (1,))
+    except (RuntimeError, NotImplementedError, TypeError):  # a tensor without a storage of its own
+        return ""
+    copy = torch.empty(whole.shape, dtype=torch.uint8)  # numpy() of the storage itself would pin it (no resize_)
+    copy.copy_(whole)
+    return hashlib.sha256(copy.numpy().tobytes()).hexdigest()
+
+
 def _tensor_state(value: torch.Tensor, depth: int = 0) -> tuple:
     """Everything a forward can keep in a tensor that outlives its call: contents, shape, strides,
     storage offset and size, dtype, device, the autograd flags (``requires_grad``, ``retains_grad``),
@@ -117,6 +131,7 @@ def _tensor_state(value: torch.Tensor, depth: int = 0) -> tuple:
     except (RuntimeError, NotImplementedError):  # a tensor without a storage of its own
         storage = ()
     grad = value.grad if value.is_leaf else None
+    storage = (*storage, _storage_bits(value))  # beyond the view too: ``view.as_strided(…, offset)`` reaches it
     return (tuple(value.shape), tuple(value.stride()) if value.layout == torch.strided else (), storage, str(value.dtype),
             str(value.device), bool(value.requires_grad), bool(value.retains_grad), _bits(value),
             None if grad is None or depth else _tensor_state(grad, 1), _plain(instance_dict(value) or {}, 1))
@@ -130,8 +145,8 @@ def _describe(value: Any) -> Any:
         return ("T", tuple(value.shape), str(value.dtype), _bits(value))
     if isinstance(value, (list, tuple)):
         return tuple(_describe(v) for v in value)
-    if isinstance(value, float) and value != value:
-        return "nan"
+    if isinstance(value, float):  # by its bits: -0.0 is not 0.0 (1/x tells them apart), nor any NaN another
+        return ("float", value.hex()) if value == value else "nan"
     if isinstance(value, (int, float, bool, complex, str, type(None))):
         return value
     if isinstance(value, (torch.dtype, torch.device, torch.layout, torch.memory_format)):
@@ -142,13 +157,15 @@ def _describe(value: Any) -> Any:
 class _Recorder(TorchDispatchMode):
     """Records the operations on live tensors and the reads of their values."""
 
-    def __init__(self, live: list[torch.Tensor]) -> None:
+    def __init__(self, live: Mapping[str, torch.Tensor]) -> None:
         super().__init__()
         self.span: tuple[int, int] | None = None  # the rows of the batch being run
         # live tensors by id, each with a weak reference that confirms it is still that tensor (ids are
-        # reused after death); no finaliser is registered anywhere a forward could look for it
-        self.live: dict[int, weakref.ref] = {id(t): weakref.ref(t) for t in live}
-        self.keep = list(live)  # the seeds stay alive while recording
+        # reused after death; no finaliser is registered anywhere a forward could look for it) and
+        # where it comes from: a state entry by name, the input, or the operation (index, output) that
+        # made it; two forwards that run the same operations on differently wired tensors differ here
+        self.live: dict[int, tuple[weakref.ref, tuple]] = {id(t): (weakref.ref(t), ("state", k)) for k, t in live.items()}
+        self.keep = list(live.values())  # the seeds stay alive while recording
         self.ops: list[tuple] = []
         self.reads: list[str] = []
         self.raised: list[str] = []  # operations that raised (a forward that catches them branches on values)
@@ -158,19 +175,22 @@ class _Recorder(TorchDispatchMode):
 
     def seed(self, t: torch.Tensor) -> None:
         """A tensor the caller hands to the forward (a batch): live, kept alive while recording."""
-        self._mark(t)
+        self._mark(t, ("input",))
         self.keep.append(t)
 
-    def _mark(self, t: torch.Tensor) -> None:
+    def _mark(self, t: torch.Tensor, origin: tuple) -> None:
         """Live from now on (no strong reference is kept: intermediates die when the forward drops them)."""
         if not self.is_live(t):
-            self.live[id(t)] = weakref.ref(t)
+            self.live[id(t)] = (weakref.ref(t), origin)
 
     def is_live(self, t: object) -> bool:
         if not isinstance(t, torch.Tensor):
             return False
-        ref = self.live.get(id(t))
-        return ref is not None and ref() is t
+        held = self.live.get(id(t))
+        return held is not None and held[0]() is t
+
+    def _origin(self, t: object) -> tuple:
+        return ("live", *self.live[id(t)][1])
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -180,16 +200,18 @@ class _Recorder(TorchDispatchMode):
         except Exception as exc:
             self.raised.append(f"{name} ({type(exc).__name__})")
             raise
-        flat, _ = tree_flatten((args, kwargs))
+        flat, _ = tree_flatten((args, kwargs))  # keyword arguments by name too (see the record below)
         if name in _VALUE_OPS and not (name == "_local_scalar_dense" and _batchnorm_counter(tuple(args))):
             self.reads.append(f"{name} (aten)")  # of any tensor: a value reaches Python, or a shape follows values
         elif name in _INDEXING and any(isinstance(a, torch.Tensor) and a.dtype in (torch.bool, torch.uint8) for a in flat):
             self.reads.append(f"{name} with a boolean mask (aten)")
         if any(self.is_live(a) for a in flat):
-            self.ops.append((str(func), tuple("live" if self.is_live(a) else _describe(a) for a in flat), self.span))
-            for o in tree_flatten(out)[0]:
+            index = len(self.ops)
+            self.ops.append((str(func), tuple(self._origin(a) if self.is_live(a) else _describe(a) for a in flat),
+                             tuple(sorted(kwargs)), self.span))
+            for j, o in enumerate(tree_flatten(out)[0]):
                 if isinstance(o, torch.Tensor):
-                    self._mark(o)
+                    self._mark(o, ("op", index, j))
         return out
 
 
@@ -354,7 +376,7 @@ def _run(module: nn.Module, state: Mapping[str, torch.Tensor], x: Any, spans: li
     own = {k: v.detach().clone() for k, v in state.items() if k in names}
     source = x if original or not isinstance(x, torch.Tensor) else x.detach().clone()
     # live: the floating entries (they move along α) and the inputs; integer entries hold θT's value
-    rec = _Recorder([t for t in own.values() if t.is_floating_point() or t.is_complex()])
+    rec = _Recorder({k: t for k, t in own.items() if t.is_floating_point() or t.is_complex()})
     modes = [(m, m.training) for m in module.modules()]
     try:
         module.train(train)
@@ -508,9 +530,9 @@ def _compare(model: nn.Module, gm: torch.fx.GraphModule, state: Mapping[str, tor
     k = next((i for i, (f, t) in enumerate(zip(forward.ops, traced.ops)) if f != t), min(len(forward.ops), len(traced.ops)))
     a = forward.ops[k][0] if k < len(forward.ops) else "nothing"
     b = traced.ops[k][0] if k < len(traced.ops) else "nothing"
-    detail = " (with other constants)" if a == b else ""
+    detail = " (with other arguments: other constants, or other tensors of the state, input or earlier operations)" if a == b else ""
     longer = forward.ops if k < len(forward.ops) else traced.ops
-    span = longer[k][2]
+    span = longer[k][3]
     if span is not None and len(spans) > 1:
         detail += f", on the curve's batch of rows {span[0]}–{span[1] - 1}"
     where = " in training mode (the statistics' re-estimation pass)" if train else ""
@@ -558,8 +580,15 @@ def trace_differs(model: nn.Module, state: Mapping[str, torch.Tensor], x: Any, *
     spans = [(lo, min(lo + b, n)) for lo in range(0, n, b)]
     same = original if original is not None and _runs_as(original, model, state) else None
     # the caller's module is compared with its own trace: the line's copy differs from it only where
-    # the line sets it up (BatchNorm's momentum, which evaluation mode does not use)
-    traced_same = _traced(same) if same is not None else None
+    # the line sets it up (BatchNorm's momentum, which evaluation mode does not use); and that trace
+    # must be the graph the certifier reads, the line's copy's (a forward that reads how its module was
+    # copied, moved or untied traces to another)
+    traced_original = _traced(original) if original is not None else None
+    if original is not None and (traced_original is None or not _same_graph(gm, traced_original)):
+        return ("the line's copy of the model (in the line's dtype and device, tied weights untied), whose trace is "
+                "what the certificate reads, traces to another graph than the caller's module: its forward depends "
+                "on how the module was copied or moved")
+    traced_same = traced_original if same is not None else None
     for mode in modes if modes is not None else (train,):
         if mode or traced_same is None:
             # training mode on a copy: the line's BatchNorm re-estimates with momentum None, which the
@@ -570,6 +599,19 @@ def trace_differs(model: nn.Module, state: Mapping[str, torch.Tensor], x: Any, *
         if differs is not None:
             return differs
     return None
+
+
+def _same_graph(a: torch.fx.GraphModule, b: torch.fx.GraphModule) -> bool:
+    """Whether two traces are one graph: the same code (operations, constants written into it,
+    leaf modules called) and the same tensor constants, bit for bit."""
+    if a.code != b.code:
+        return False
+    consts = [n.target for n in a.graph.nodes if n.op == "get_attr" and n.target.startswith("_tensor_constant")]
+    for name in consts:
+        u, v = getattr(a, name, None), getattr(b, name, None)
+        if not (isinstance(u, torch.Tensor) and isinstance(v, torch.Tensor)) or _describe(u) != _describe(v):
+            return False
+    return True
 
 
 def _runs_as(original: nn.Module, model: nn.Module, state: Mapping[str, torch.Tensor]) -> bool:
