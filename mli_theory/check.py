@@ -61,6 +61,24 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
 
 
+def _cast_changes(line: Any, init: Any, final: Any) -> str | None:
+    """Which floating checkpoint entries the cast to the line's dtype changed (a count and a first
+    name), or None: the line holds the cast values, which are what is evaluated and certified."""
+    count, first = 0, None
+    for given, cast in ((init, line.start), (final, line.end)):
+        for k, v in given.items():
+            got = cast.get(k)
+            if not (isinstance(v, torch.Tensor) and isinstance(got, torch.Tensor) and v.is_floating_point()):
+                continue
+            if v.dtype == got.dtype or v.shape != got.shape:
+                continue
+            same = torch.equal(v.detach().to("cpu", torch.float64), got.detach().to("cpu", torch.float64))
+            if not same:
+                count += 1
+                first = first or k
+    return None if count == 0 else f"{count} entr{'y' if count == 1 else 'ies'} rounded, first {first!r}"
+
+
 def _witness_curve(reference: Any, where: tuple[float, float], warnings: list[str]) -> dict[str, list[float]] | None:
     """The measured loss around a witness, in float64 (a rise below float32 rounding shows), from
     the reference the certificate was validated against."""
@@ -137,6 +155,12 @@ def check(
     if alpha_chunk is None:
         alpha_chunk = 8 if device.type == "cuda" and not line.has_bn else 1
     warnings: list[str] = list(data.notes)
+    changed = _cast_changes(line, init, final)
+    if changed:
+        warnings.append(
+            f"the checkpoints do not fit {str(dtype).replace('torch.', '')} exactly ({changed}): the curve and every "
+            "certificate are about the weights as cast; use --dtype float64 for the given weights"
+        )
     t0 = time.perf_counter()
     curve = loss_curve(line, data, grid, bn=bn, batch_size=batch_size, alpha_chunk=alpha_chunk, progress=progress)
     t_curve = time.perf_counter() - t0

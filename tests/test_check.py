@@ -122,3 +122,24 @@ def test_the_gauss_length_is_reported_with_its_own_error_and_the_stacked_error_a
     assert info["gauss_converged"] == (g.mean_error <= g.rtol * g.mean)
     stacked_warned = any("stacked Gauss length" in w for w in r.warnings)
     assert stacked_warned == (g.stacked_error > g.rtol * g.stacked)
+
+
+def test_checkpoints_rounded_by_the_cast_to_dtype_are_named_in_the_warnings():
+    """The curve and every certificate are about the weights as cast to ``dtype``: float64 weights
+    that float32 cannot hold (0.1) are rounded, and the result says so; weights it holds are not."""
+    from torch import nn
+
+    from mli_theory.inputs import Dataset
+
+    model = nn.Sequential(nn.Linear(1, 1)).double()
+    init = {"0.weight": torch.tensor([[0.5]], dtype=torch.float64), "0.bias": torch.tensor([0.0], dtype=torch.float64)}
+    final = {"0.weight": torch.tensor([[0.1]], dtype=torch.float64), "0.bias": torch.tensor([0.25], dtype=torch.float64)}
+    data = Dataset(torch.ones(2, 1, dtype=torch.float64), torch.zeros(2, 1, dtype=torch.float64), "mse", "cast")
+    r = check(model, init, final, data, alphas=5, dtype=torch.float32, geometry=False)
+    hits = [w for w in r.warnings if "do not fit float32 exactly" in w]
+    assert len(hits) == 1 and "1 entry rounded, first '0.weight'" in hits[0], r.warnings
+    r = check(model, init, final, data, alphas=5, dtype=torch.float64, geometry=False)
+    assert not any("do not fit" in w for w in r.warnings), r.warnings
+    exact = {**final, "0.weight": torch.tensor([[0.125]], dtype=torch.float64)}
+    r = check(model, init, exact, data, alphas=5, dtype=torch.float32, geometry=False)
+    assert not any("do not fit" in w for w in r.warnings), r.warnings
