@@ -101,39 +101,40 @@ _PRISTINE = _snapshot()
 _CACHED_NAMES = frozenset({"__slotnames__", "__annotations__", "__abstractmethods__", "_abc_impl", "__orig_bases__", "__type_params__"})
 
 
-def _class_names() -> dict[str, frozenset[str]]:
-    """The names each class of the snapshot defines itself (``torch.Tensor`` and its base, ``nn.Module``
-    and torch's module classes): a name added later (a ``bias`` property on ``nn.Linear``) changes
-    what an attribute read of its instances returns, though every object the snapshot holds is intact."""
-    out = {f"{c.__module__}.{c.__qualname__}": frozenset(vars(c)) for c in torch.Tensor.__mro__ if c is not object}
-    out.update({label: frozenset(vars(cls)) for label, cls in _module_classes()})
+def _classes() -> dict[str, type]:
+    """The classes whose own names are watched, by label: ``torch.Tensor`` and its base, ``nn.Module``
+    and torch's module classes."""
+    out: dict[str, type] = {f"{c.__module__}.{c.__qualname__}": c for c in torch.Tensor.__mro__ if c is not object}
+    out.update(dict(_module_classes()))
     return out
 
 
-_NAMES = MappingProxyType(_class_names())
+# the names each of them defines itself at import: a name added later (a ``bias`` property on
+# ``nn.Linear``) changes what an attribute read of its instances returns, though every object the
+# snapshot holds is intact
+_NAMES = MappingProxyType({label: frozenset(vars(cls)) for label, cls in _classes().items()})
 _PLAIN_VALUES = (int, float, bool, str, type(None))
 
 
-def _added_names() -> list[tuple[str, str, object]]:
+def added_names() -> list[tuple[str, str, object]]:
     """(class label, name, value) for every name a class of :data:`_NAMES` defines now but did not at import."""
     out = []
-    classes = {f"{c.__module__}.{c.__qualname__}": c for c in torch.Tensor.__mro__ if c is not object}
-    classes.update(dict(_module_classes()))
-    for label, names in _NAMES.items():
-        cls = classes.get(label)
-        if cls is None:
+    for label, cls in _classes().items():
+        names = _NAMES.get(label)
+        if names is None:
             continue
         space = vars(cls)
         out += [(label, name, space[name]) for name in sorted(set(space) - names - _CACHED_NAMES)]
     return out
 
 
-def shadowed_names(cls: type, names: set[str]) -> list[str]:
+def shadowed_names(cls: type, names: set[str], added: list[tuple[str, str, object]]) -> list[str]:
     """Which of ``names`` (a module's parameters, buffers and submodules) a plain value added to one
-    of torch's classes in ``cls``'s MRO since import now shadows: attribute lookup finds a class
-    attribute before ``nn.Module.__getattr__`` looks in the tables (``nn.Linear.bias = 0.0``)."""
+    of torch's classes in ``cls``'s MRO since import now shadows (``added``: :func:`added_names`):
+    attribute lookup finds a class attribute before ``nn.Module.__getattr__`` looks in the tables
+    (``nn.Linear.bias = 0.0``)."""
     mro = {f"{c.__module__}.{c.__qualname__}" for c in cls.__mro__} | {f"torch.nn.{c.__name__}" for c in cls.__mro__}
-    return sorted({name for label, name, _ in _added_names() if label in mro and name in names})
+    return sorted({name for label, name, _ in added if label in mro and name in names})
 
 # the dispatch keys under which a Python kernel for an aten operator runs on real tensors (torch's
 # own Python kernels for aten are Meta kernels, for shape inference, and a CUDA and an MPS kernel)
@@ -178,7 +179,7 @@ def replaced_functions(limit: int = 4) -> list[str]:
     []
     """
     found: list[str] = []
-    for label, name, value in _added_names():
+    for label, name, value in added_names():
         if type(value) not in _PLAIN_VALUES:  # a plain value matters only where it shadows a name (shadowed_names)
             found.append(f"{label}.{name} (added)")
             if len(found) >= limit:

@@ -60,7 +60,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .pristine import added_kernels, replaced_functions, shadowed_names  # imported with the package: the snapshot predates user code
+from .pristine import added_kernels, added_names, replaced_functions, shadowed_names  # imported with the package: the snapshot predates user code
 from .smoothness import Smoothness, classify_node, varying_nodes
 
 
@@ -140,6 +140,7 @@ def opaque_call_reason(model: nn.Module) -> str | None:
     classes = tuple({type(m) for m in model.modules()})
     instances = tuple(model.modules())
     walked: set[type] = set()
+    added = added_names()  # once for the model: names added to torch's classes since import
     for name, m in model.named_modules():
         label = name or "the model"
         own = instance_dict(m) or {}
@@ -147,7 +148,7 @@ def opaque_call_reason(model: nn.Module) -> str | None:
         if table is not None:  # a dict subclass as _parameters or _forward_hooks: its own code decides what a read returns
             return (f"{label}'s {table} is a {type(own[table]).__name__}, not a plain table: what the module reads from it "
                     "is that class's choice, which the trace does not show")
-        shadowed = shadowed_names(type(m), {*own.get("_parameters", {}), *own.get("_buffers", {}), *own.get("_modules", {})})
+        shadowed = shadowed_names(type(m), {*own.get("_parameters", {}), *own.get("_buffers", {}), *own.get("_modules", {})}, added)
         if shadowed:
             return f"{label}: a value added to its torch class shadows its {shadowed[0]!r} (what the module reads is not the state)"
         if getattr(m, "_forward_hooks", None) or getattr(m, "_forward_pre_hooks", None):
