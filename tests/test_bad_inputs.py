@@ -153,3 +153,33 @@ def test_loss_hessian_casts_the_data_to_the_line():
     hv = op.matvec(torch.ones(op.size))
     ref = loss_hessian(line, data.to(line.device, line.dtype), 0.5).matvec(torch.ones(op.size))
     assert hv.dtype == torch.float32 and torch.allclose(hv, ref)
+
+
+def test_data_beyond_float32_is_named_not_a_non_finite_loss(files):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(20, 10)), rng.normal(size=(20, 1))
+    x[3, 2] = 1e39  # finite in float64, inf in float32
+    np.savez(files / "big.npz", x=x, y=y)
+    args = ["check", "--arch", ARCH, "--init", str(files / "a.pt"), "--final", str(files / "b.pt"),
+            "--data", str(files / "big.npz")]
+    line = refused(*args, needle="beyond the range of float32")
+    assert "--dtype float64" in line
+    code, out, err, _ = run_cli(*args, "--dtype", "float64", "--json")
+    assert code == 0, err
+
+
+def test_a_model_whose_train_mode_forward_fails_is_refused_under_recompute():
+    import mli_theory as mt
+    from mli_theory.errors import InputError
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4, eps=0.0), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    end = {k: v + 0.1 if v.is_floating_point() else v for k, v in start.items()}
+    data = mt.Dataset(torch.randn(8, 3), torch.randint(0, 2, (8,)), "ce", "t")
+    with pytest.raises(InputError, match="train-mode forward fails: batch_norm eps"):
+        mt.check(model, start, end, data, alphas=5, geometry=False)
+    for bn in ("interpolate", "frozen"):  # evaluation mode alone: eps = 0 is the caller's business
+        assert mt.check(model, start, end, data, alphas=5, geometry=False, bn=bn).certificate.status == "unknown"

@@ -205,6 +205,11 @@ def test_minibatch_reestimation_and_random_train_mode_are_unknown_with_the_reaso
     data = mt.Dataset(x, y, "ce", "t")
     out = mt.check(model, start, end, data, alphas=5, certify=True, geometry=False, batch_size=4, dtype=torch.float64)
     assert out.certificate.status == "unknown" and "minibatches of 4" in out.certificate.reason
+    # a last batch of one example is merged into the one before, in the curve and in the comparison
+    odd = mt.Dataset(torch.cat([x, x[:1]]), torch.cat([y, y[:1]]), "ce", "t9")
+    out = mt.check(model, start, end, odd, alphas=5, certify=True, geometry=False, batch_size=4, dtype=torch.float64)
+    assert out.certificate.status == "unknown" and "minibatches of 4" in out.certificate.reason, out.certificate.reason
+    assert any("merged into the one before (5 examples)" in w for w in out.warnings), out.warnings
     drop = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Dropout(0.2), nn.ReLU(), nn.Linear(4, 2)).double()
     st0 = {k: v.clone() for k, v in drop.state_dict().items()}
     st1 = {k: v + 0.1 if v.is_floating_point() else v for k, v in st0.items()}

@@ -1295,7 +1295,7 @@ def convex_end(problem: _Problem, tol: float, deadline: float | None, evaluated:
         if rise > Fraction(tol):
             a = float(1 - s)
             found = _confirmed(problem, a, 1.0, rise, tol, evaluated, None, (),
-                               f"L′(1) ≥ {lo1:.3g} > 0 and L″ ≤ {hi2:.3g} on [{1 - w:.6g}, 1] prove a rise of at least "
+                               f"L′(1) ≥ {lo1:.3g} > 0 and L″ ≤ {hi2:.3g} on [{_alpha_text(1 - w)}, 1] prove a rise of at least "
                                f"{float_down(rise):.3g} > tol on [{_alpha_text(a)}, 1]")
             return ConvexEnd(None, None, found, slope)
     if tol > 0:
@@ -1315,7 +1315,7 @@ def _last_step_rise(problem: _Problem, tol: float, evaluated: int, lo1: float, h
     where that does not prove it above ``tol`` (the rise lies between doubles)."""
     a = float(1 - _LAST_STEP)
     ball = _ball_rise(problem, a, 1.0)
-    proof = f"L′(1) ≥ {lo1:.3g} > 0 and L″ ≤ {hi2:.3g} on [{1 - w:.6g}, 1] prove a rise just before α = 1"
+    proof = f"L′(1) ≥ {lo1:.3g} > 0 and L″ ≤ {hi2:.3g} on [{_alpha_text(1 - w)}, 1] prove a rise just before α = 1"
     if ball is not None and ball[0] > tol:
         return _confirmed(problem, a, 1.0, Fraction(ball[0]), tol, evaluated, None, (), f"{proof}; on the last float64 step", ball=ball)
     return EnclosureVerdict("unknown", None, None, None, None, evaluated, ((float(1 - 4 * _LAST_STEP), 1.0),),
@@ -1323,10 +1323,22 @@ def _last_step_rise(problem: _Problem, tol: float, evaluated: int, lo1: float, h
                             + ("" if ball is not None else " (the ball evaluation does not cover this model)"))
 
 
-def _alpha_text(a: float) -> str:
-    """α with six significant digits, or all of them where six would round it to 1."""
+def _alpha_text(a: float, other: float | None = None) -> str:
+    """α with six significant digits, or all of them where six would round it to an end of [0, 1]
+    or to the text of ``other`` (the witness's other end), so a witness never reads as [a, 1] or
+    [a, a] when it is not.
+
+    >>> _alpha_text(0.4489795918367347), _alpha_text(1 - 2**-30), _alpha_text(1.0)
+    ('0.44898', '0.9999999990686774', '1')
+    >>> _alpha_text(0.5000001, 0.5000002)
+    '0.5000001'
+    """
     short = f"{a:.6g}"
-    return short if short != "1" or a == 1.0 else repr(a)
+    if short in ("0", "1") and a != float(short):
+        return repr(a)
+    if other is not None and other != a and f"{other:.6g}" == short:
+        return repr(a)
+    return short
 
 
 def _rising_end(widths: list[float], second: list[tuple[float, float]], slope: tuple[float, float]) -> CellBound | None:
@@ -1378,7 +1390,7 @@ def _check_second(problem: _Problem, widths: list[float], second: list[tuple[flo
             fd = (vals[2] - 2 * vals[1] + vals[0]) / (h * h)
             pad = (2 * slack + 4 * U * sum(abs(v) for v in vals)) / (h * h)
             if fd < lo2 - pad or fd > hi2 + pad:
-                return (f"the certified model {MEASURED_DIFFERS}: its L″ on [{1 - w:.6g}, 1] is enclosed in [{lo2:.6g}, {hi2:.6g}] "
+                return (f"the certified model {MEASURED_DIFFERS}: its L″ on [{_alpha_text(1 - w)}, 1] is enclosed in [{lo2:.6g}, {hi2:.6g}] "
                         f"but the measured second difference there is {fd:.6g} (± {pad:.3g})")
             return None
     return None
@@ -1814,8 +1826,8 @@ def _point_witness(problem: _Problem, points: list[float], values: list[tuple[fl
         return None
     a, b = where
     return _confirmed(problem, a, b, best, tol, 0, None, (),
-                      f"L enclosed at α = {a:.6g} and α = {b:.6g} (the validation's point enclosures) proves "
-                      f"L({b:.6g}) − L({a:.6g}) ≥ {float_down(best):.3g} > tol")
+                      f"L enclosed at α = {_alpha_text(a, b)} and α = {_alpha_text(b, a)} (the validation's point "
+                      f"enclosures) proves L({_alpha_text(b, a)}) − L({_alpha_text(a, b)}) ≥ {float_down(best):.3g} > tol")
 
 
 def _measured(problem: _Problem, alphas: list[float]) -> list[float]:
@@ -1866,7 +1878,7 @@ def _witness(problem: _Problem, cells: list[CellBound], tol: float, evaluated: i
         return None
     a, b = cells[i0].a, cells[i1].b
     return _confirmed(problem, a, b, run, tol, evaluated, rise_bound, tuple(cells),
-                      f"L′ ≥ lower bounds on [{a:.6g}, {b:.6g}] prove a rise of at least {float_down(run):.3g} > tol")
+                      f"L′ ≥ lower bounds on [{_alpha_text(a, b)}, {_alpha_text(b, a)}] prove a rise of at least {float_down(run):.3g} > tol")
 
 
 BALL_BITS = 256  # precision of the ball evaluations at single points (:mod:`.endpoint`)
@@ -2011,9 +2023,9 @@ def _bisect(
             pinned = end.c if end is not None and end.bound is not None else None
             how = ""
             if pinned is not None and end.slope[1] <= 0:
-                how = f" and L″ ≥ 0 on [{pinned:.6g}, 1] with L′(1) ≤ {end.slope[1] + 0.0:.3g} (convex end: no rise there)"
+                how = f" and L″ ≥ 0 on [{_alpha_text(pinned)}, 1] with L′(1) ≤ {end.slope[1] + 0.0:.3g} (convex end: no rise there)"
             elif pinned is not None:
-                how = (f" and L″ > 0 on [{pinned:.6g}, 1] with L′(1) ≤ {end.slope[1] + 0.0:.3g} (convex end: L may rise there, "
+                how = (f" and L″ > 0 on [{_alpha_text(pinned)}, 1] with L′(1) ≤ {end.slope[1] + 0.0:.3g} (convex end: L may rise there, "
                        f"by at most {end.bound.rise_share:.3g}, counted in the bound)")
             return EnclosureVerdict(
                 "monotone", float_up(rb), None, None, None, evaluated, (),
@@ -2064,7 +2076,7 @@ def _bisect(
         if pinned is not None and not open_cells and end.bound.rise_share > 0:
             lo1, hi1 = end.slope
             return _unknown(done, evaluated, f"L′(1) ∈ [{lo1:.3g}, {hi1:.3g}]: its sign is below the enclosures' resolution, so a rise "
-                                             f"of at most {end.bound.rise_share:.3g} just before α = 1 (L″ ≥ 0 on [{pinned:.6g}, 1]) "
+                                             f"of at most {end.bound.rise_share:.3g} just before α = 1 (L″ ≥ 0 on [{_alpha_text(pinned)}, 1]) "
                                              "can be neither excluded nor proven")
         if max_cells is not None and evaluated >= max_cells:
             return _unknown(done, evaluated, "screening: cell limit")

@@ -86,7 +86,17 @@ class Dataset:
     def to(self, device: torch.device | str, dtype: torch.dtype) -> "Dataset":
         """Inputs (and float targets) on ``device`` in ``dtype``; labels stay int64."""
         y = self.y.to(device=device, dtype=dtype) if self.loss == "mse" else self.y.to(device)
-        return Dataset(self.x.to(device=device, dtype=dtype), y, self.loss, self.name, self.notes)
+        x = self.x.to(device=device, dtype=dtype)
+        for label, before, after in (("x", self.x, x), ("y", self.y, y)):
+            if (isinstance(after, torch.Tensor) and after.is_floating_point() and isinstance(before, torch.Tensor)
+                    and before.dtype != after.dtype and not bool(torch.isfinite(after).all())
+                    and bool(torch.isfinite(before).all())):
+                big = float(before.abs().max())
+                raise InputError(
+                    f"data {label} has values beyond the range of {str(dtype).replace('torch.', '')} (largest "
+                    f'magnitude {big:.3g}); use dtype="float64" or rescale the data'
+                )
+        return Dataset(x, y, self.loss, self.name, self.notes)
 
 
 def _standardise(a: np.ndarray) -> np.ndarray:

@@ -59,7 +59,28 @@ def data_on_line(line: Line, data: Dataset, bn: BNPolicy | str, batch_size: int 
             raise InputError('bn="recompute" re-estimates BatchNorm statistics and needs at least 2 examples')
     data = data.to(line.device, line.dtype)
     probe(line, data)
+    if line.has_bn and BNPolicy(bn) == BNPolicy.RECOMPUTE:
+        _probe_train_mode(line, data)
+        if batch_size is not None and 1 < batch_size < data.n and data.n % batch_size == 1:
+            note = (f'bn="recompute": the last re-estimation batch of one example is merged into the one before '
+                    f"({batch_size + 1} examples), since train-mode BatchNorm needs 2+ examples per batch")
+            data = Dataset(data.x, data.y, data.loss, data.name, data.notes + (note,))
     return data
+
+
+def _probe_train_mode(line: Line, data: Dataset) -> None:
+    """Run the re-estimation pass on two examples, so that a model whose train-mode forward fails
+    (torch refuses ``BatchNorm(eps=0)`` in training, for one) is refused in one line up front."""
+    try:
+        recompute_bn_statistics(line, line.start, data.x[:2], None)
+    except InputError:
+        raise
+    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(
+            f'bn="recompute" re-estimates BatchNorm statistics with the model in train mode, and its train-mode '
+            f'forward fails: {msg[:200]} (use bn="interpolate" or bn="frozen")'
+        ) from None
 
 
 def evaluate(line: Line, state: StateDict, data: Dataset, batch_size: int | None = None) -> tuple[float, float | None]:

@@ -73,6 +73,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from .batchnorm import recompute_batches
 from .structure import _NAMESPACES, _TYPE_MODULE, _user_class, instance_dict, object_fields, reached_state, state_repr
 
 __all__ = ["line_trace_differs", "trace_differs"]
@@ -578,6 +579,8 @@ def trace_differs(model: nn.Module, state: Mapping[str, torch.Tensor], x: Any, *
     n = len(x)
     b = min(batch_size or n, n) if n else 1
     spans = [(lo, min(lo + b, n)) for lo in range(0, n, b)]
+    # the re-estimation pass merges a last batch of one example into the one before
+    train_spans = [(sl.start, sl.stop) for sl in recompute_batches(n, batch_size)] if n else spans
     same = original if original is not None and _runs_as(original, model, state) else None
     # the caller's module is compared with its own trace: the line's copy differs from it only where
     # the line sets it up (BatchNorm's momentum, which evaluation mode does not use); and that trace
@@ -593,7 +596,7 @@ def trace_differs(model: nn.Module, state: Mapping[str, torch.Tensor], x: Any, *
         if mode or traced_same is None:
             # training mode on a copy: the line's BatchNorm re-estimates with momentum None, which the
             # caller's module need not have
-            differs = _compare(model, gm, state, x, spans, mode)
+            differs = _compare(model, gm, state, x, train_spans if mode else spans, mode)
         else:
             differs = _compare(model, traced_same, state, x, spans, mode, same)
         if differs is not None:
