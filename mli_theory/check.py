@@ -15,6 +15,7 @@ from .inputs.data import Dataset
 from .inputs.devices import resolve_device, resolve_dtype
 from .inputs.examples import stream_batch_size
 from .path import BNPolicy, PathKind, Progress, alpha_grid, data_on_line, distances, loss_curve, make_line, max_rise
+from .path.line import moving_integers
 from .results import Certificate, CheckResult, Condition
 
 # the most α points a check evaluates (each is a pass over the whole data set)
@@ -160,6 +161,11 @@ def check(
         warnings.append(
             f"the checkpoints do not fit {str(dtype).replace('torch.', '')} exactly ({changed}): the curve and every "
             "certificate are about the weights as cast; use --dtype float64 for the given weights"
+        )
+    moved = moving_integers(line.shell, line.start, line.end)
+    if moved:
+        warnings.append(
+            f"integer entries differ between the checkpoints ({', '.join(moved[:4])}): the path holds them at θT's value"
         )
     t0 = time.perf_counter()
     curve = loss_curve(line, data, grid, bn=bn, batch_size=batch_size, alpha_chunk=alpha_chunk, progress=progress)

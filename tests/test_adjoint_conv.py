@@ -95,7 +95,6 @@ class _ConvNet(nn.Module):
             self.c1 = nn.Conv2d(ch, ch, 3, padding="same")
             self.c2 = nn.Conv2d(ch, ch + 1, 3, stride=2, padding=1)
             self.proj = nn.Conv2d(ch, ch + 1, 1, stride=2)
-        out = ch + 1 if block else ch
         self.average = average
         self.pool = nn.AvgPool2d(2, ceil_mode=True) if average == "avgpool" else nn.AdaptiveAvgPool2d((1, 1))
         probe = self.features(torch.zeros(1, cin * hw * hw))

@@ -1988,3 +1988,206 @@ def test_keyword_arguments_and_signed_zeros_are_compared_by_name_and_bits():
         records.append(rec.ops)
     assert records[0] != records[1]
     assert _describe(-0.0) != _describe(0.0) and _describe(float("nan")) == "nan"
+
+
+# ----------------------------------------------------------------------------- part 25's red team
+# Each model is the identity map w·x on its checkpoints w = 0 → 1 and something else along the
+# path for a caller whose evaluation differs from the curve's in one respect; each was certified
+# ``monotone`` before (true rises 0.28 to 335).
+
+def _lin_check(model, init, final, data=None, **kw):
+    import mli_theory as mt
+
+    if data is None:
+        x = torch.linspace(-1, 1, 16, dtype=F64).unsqueeze(1)
+        data = mt.Dataset(x, x.clone(), "mse", "t")
+    return mt.check(model, init, final, data, alphas=11, certify=True, geometry=False, dtype=F64, tol=1e-6, **kw)
+
+
+_W0, _W1 = {"lin.weight": torch.tensor([[0.0]])}, {"lin.weight": torch.tensor([[1.0]])}
+
+
+class _OwnGenerator(nn.Module):
+    """Counts its calls in a generator of its own (a draw below 0.01 turns on a gain of 41)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(1, 1, bias=False)
+        self.g = torch.Generator().manual_seed(7)
+        self.c = torch.zeros(())
+
+    def forward(self, x):
+        self.c.copy_((torch.rand((), generator=self.g) < 0.01).to(self.c.dtype) * 40.0)
+        h = self.lin(x)
+        return h + h * self.c
+
+
+class _GlobalDraw(nn.Module):
+    """A draw from torch's global generator that never changes the output (0 · u)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(1, 1, bias=False)
+
+    def forward(self, x):
+        return self.lin(x) + 0.0 * torch.rand(x.shape, dtype=x.dtype)
+
+
+class _AsksGradMode(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(1, 1, bias=False)
+        self.probe = torch.ones(1, requires_grad=True)
+
+    def forward(self, x):
+        out = self.lin(x)
+        if (self.probe * 1).requires_grad:  # True only where autograd records
+            w = self.lin.weight
+            out = out * (1 + 40 * w * (1 - w))
+        return out
+
+
+class _AsksDefaultDtype(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(1, 1, bias=False)
+
+    def forward(self, x):
+        out = self.lin(x)
+        if torch.ones(()).dtype == torch.float64:
+            w = self.lin.weight
+            out = out * (1 + 40 * w * (1 - w))
+        return out
+
+
+class _DefaultDtypeConstant(nn.Module):
+    """A constant made with the default dtype: the same value under either default (not refused)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(1, 1, bias=False)
+
+    def forward(self, x):
+        return torch.tanh(self.lin(x)) * torch.tensor(0.5)
+
+
+class _Mixed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.lin(x + torch.zeros(3))
+
+
+class _OwnLoader(nn.Linear):
+    def __init__(self):
+        super().__init__(1, 1, bias=False)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        with torch.no_grad():
+            q = self.weight.clone()
+            self.weight.copy_(q + 8.0 * q * (1.0 - q))
+
+
+class _ExtraState(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(1, 1, bias=False)
+        self.register_buffer("gain", torch.ones(1), persistent=False)
+
+    def get_extra_state(self):
+        return self.gain.clone()
+
+    def set_extra_state(self, state):
+        self.gain.copy_(1.0 + 40.0 * torch.as_tensor(state) * (2.0 - torch.as_tensor(state)))
+
+    def forward(self, x):
+        return self.lin(x) * self.gain
+
+
+class _IntegerBuffer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(1, 1, bias=False)
+        self.register_buffer("k", torch.tensor(2, dtype=torch.int64))
+
+    def forward(self, x):
+        return self.lin(x * self.k)
+
+
+@pytest.mark.parametrize("cls,expect", [
+    (_OwnGenerator, "differs from the measured curve"),
+    (_GlobalDraw, "draws random numbers"),
+    (_AsksGradMode, "autograd recording"),
+    (_AsksDefaultDtype, "default dtype"),
+])
+def test_random_draws_and_process_settings_a_forward_reads_give_no_certificate(cls, expect):
+    out = _lin_check(cls(), _W0, _W1)
+    assert out.certificate.status == "unknown" and expect in out.certificate.reason, out.certificate.reason
+
+
+def test_a_generators_position_is_state_and_a_default_dtype_constant_is_not_a_difference():
+    from mli_theory.path.fidelity import _plain
+
+    g = torch.Generator().manual_seed(7)
+    before = _plain(g)
+    torch.rand((), generator=g)
+    assert _plain(g) != before
+    m = _DefaultDtypeConstant().double()
+    assert trace_differs(m, _state(m), torch.randn(5, 1, dtype=F64)) is None
+    # a float32 model given a tensor made with the default dtype: under a float64 default it fails on
+    # mixed dtypes (a caller there gets no curve at all), which is not a difference either
+    mixed = _Mixed()
+    assert trace_differs(mixed, _state(mixed), torch.randn(4, 3)) is None
+    assert torch.get_default_dtype() == torch.float32  # put back after the flipped run
+
+
+def test_code_that_loading_a_state_dict_runs_gives_no_certificate():
+    out = _lin_check(_OwnLoader(), {"weight": torch.zeros(1, 1)}, {"weight": torch.ones(1, 1)})
+    assert out.certificate.status == "unknown" and "defines _load_from_state_dict" in out.certificate.reason
+    extra0, extra1 = {**_W0, "_extra_state": torch.tensor([0.0])}, {**_W1, "_extra_state": torch.tensor([2.0])}
+    out = _lin_check(_ExtraState(), extra0, extra1)
+    assert out.certificate.status == "unknown" and "get_extra_state" in out.certificate.reason
+    hooked = nn.Sequential(nn.Linear(1, 1, bias=False))
+    hooked.register_load_state_dict_post_hook(lambda module, keys: None)
+    out = _lin_check(hooked, {"0.weight": torch.zeros(1, 1)}, {"0.weight": torch.ones(1, 1)})
+    assert out.certificate.status == "unknown" and "state-dict hooks" in out.certificate.reason
+
+
+def test_an_integer_entry_that_moves_gives_no_certificate_and_a_warning():
+    k0, k1 = {**_W0, "k": torch.tensor(4)}, {**_W1, "k": torch.tensor(2)}
+    out = _lin_check(_IntegerBuffer(), k0, k1)
+    assert out.certificate.status == "unknown" and "integer entry 'k'" in out.certificate.reason
+    assert any("integer entries differ" in w for w in out.warnings)
+    same = _lin_check(_IntegerBuffer(), {**_W0, "k": torch.tensor(2)}, {**_W1, "k": torch.tensor(2)})
+    assert same.certificate.status == "non_monotone"  # held equal: the path is 2w·x, which dips and rises, decided
+
+
+def test_integer_inputs_give_no_certificate():
+    import mli_theory as mt
+
+    x = torch.tensor([[1], [5]], dtype=torch.uint8)
+    data = mt.Dataset(x, torch.tensor([[1.0], [5.0]]), "mse", "t")
+    assert data.integer_inputs == "uint8"
+    out = _lin_check(nn.Sequential(nn.Linear(1, 1, bias=False)), {"0.weight": torch.tensor([[2.0]])},
+                     {"0.weight": torch.tensor([[1.0]])}, data)
+    assert out.certificate.status == "unknown" and "integers (uint8)" in out.certificate.reason
+
+
+def test_a_data_factory_sharing_memory_with_the_model_is_refused(tmp_path, monkeypatch):
+    import sys
+
+    from mli_theory.errors import InputError
+    from mli_theory.inputs import load_data
+
+    w = torch.ones(1, 1, dtype=F64)
+    model = nn.Linear(1, 1, bias=False, dtype=F64)
+    model.weight = nn.Parameter(w)
+    mod = types.ModuleType("alias_factory")
+    mod.data = lambda: (w, torch.ones(1, 1, dtype=F64))
+    monkeypatch.setitem(sys.modules, "alias_factory", mod)
+    with pytest.raises(InputError, match="sharing memory with the model's 'weight'"):
+        load_data("alias_factory:data", "mse", model=model)
+    assert load_data("alias_factory:data", "mse").n == 1  # without the model: read as a copy

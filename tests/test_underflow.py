@@ -74,7 +74,7 @@ def test_the_rounding_allowance_covers_a_slope_on_a_tiny_cell():
     z = torch.zeros((), dtype=D)
     x = E.Enclosure(E.TM(torch.zeros(1, 1, k, dtype=D), g, z), E.TM(torch.zeros(1, 1, k, dtype=D), z, z))
     o = E._linear(E.EnclosureNumbers(mid, rad), x, w, None)
-    m, h = F(mid.item()), F(rad.item())
+    h = F(rad.item())
     for t in (-h, h):
         for j in range(out):
             exact = sum(F(a) * t * F(gv) for a, gv in zip(w.w0[j].tolist(), g[0, 0].tolist()))

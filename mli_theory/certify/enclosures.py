@@ -1476,24 +1476,22 @@ def _conv_module(nt: EnclosureNumbers, mod: nn.Module, p: dict, x: Any) -> Any:
         top = mags.flatten(-(ndim + 1)).amax(-1) + _UNDER  # (…, ) per example; _UNDER as for Linear
         return top.reshape(*top.shape, 1, *([1] * ndim)) * wsum
 
-    abs_cellwise = None
-    if isinstance(w, Param):
+    def abs_cellwise(e: Tensor, m: Tensor, h: Tensor) -> Tensor:
+        # e is (1, C or 1, …): f(e, |W(m)| + h|ΔW|) with each cell's own weights, as an upper
+        # bound with its rounding (f.per_cell_upper: all cells in one batched product), else one
+        # cell at a time, times a factor covering the rounding (γ_K)
+        wa = abs_per_cell(nt, w, w)  # (C, *W.shape)
+        cells = wa.shape[0]
+        upper = getattr(f, "per_cell_upper", None)  # rounding included (float32 where sound): as it is
+        if upper is not None:
+            got = upper(e[0].expand(cells, *e.shape[2:]), wa)  # (C, …)
+            if got is not None:
+                return got.unsqueeze(0)
+        ei = [e[:, i if e.shape[1] > 1 else 0] for i in range(cells)]
+        return torch.stack([f(ei[i], wa[i]) for i in range(cells)], 1) * (1.0 + gamma(k_len + 8) * 2.0)
 
-        def abs_cellwise(e: Tensor, m: Tensor, h: Tensor) -> Tensor:
-            # e is (1, C or 1, …): f(e, |W(m)| + h|ΔW|) with each cell's own weights, as an upper
-            # bound with its rounding (f.per_cell_upper: all cells in one batched product), else one
-            # cell at a time, times a factor covering the rounding (γ_K)
-            wa = abs_per_cell(nt, w, w)  # (C, *W.shape)
-            cells = wa.shape[0]
-            upper = getattr(f, "per_cell_upper", None)  # rounding included (float32 where sound): as it is
-            if upper is not None:
-                got = upper(e[0].expand(cells, *e.shape[2:]), wa)  # (C, …)
-                if got is not None:
-                    return got.unsqueeze(0)
-            ei = [e[:, i if e.shape[1] > 1 else 0] for i in range(cells)]
-            return torch.stack([f(ei[i], wa[i]) for i in range(cells)], 1) * (1.0 + gamma(k_len + 8) * 2.0)
-
-    return _affine_layer(nt, x, w, p.get("bias"), f, k_len, view, abs_cellwise, rounding=rounding, defer=ndim == 2)
+    cellwise = abs_cellwise if isinstance(w, Param) else None
+    return _affine_layer(nt, x, w, p.get("bias"), f, k_len, view, cellwise, rounding=rounding, defer=ndim == 2)
 
 
 # ----------------------------------------------------------------------------- products and sums

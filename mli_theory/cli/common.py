@@ -339,7 +339,7 @@ def load_model_inputs(
             model = build_model(spec)
     for name, sd in states.items():
         match_state_dict(model, sd, name)
-    data = load_data(data_src, loss, normalize=getattr(args, "normalize", None))
+    data = load_data(data_src, loss, normalize=getattr(args, "normalize", None), model=model if spec.kind == "factory" else None)
     if spec.kind != "factory":
         data = data.flattened()  # built-in specs read vectors: images become their pixel rows
     if data.streamed and getattr(args, "batch_size", None) is None and hasattr(args, "batch_size"):

@@ -11,7 +11,7 @@ memory or as :class:`~mli_theory.inputs.examples.Examples` read batch by batch f
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -56,6 +56,10 @@ class Dataset:
         y: targets: ``(n, k)`` floats for ``mse``; ``(n,)`` int64 labels for ``ce``.
         loss: the loss the targets were validated for.
         name: where the data came from (a path or a built-in name).
+        notes: what the reading changed or assumed, for the result's warnings.
+        integer_inputs: the dtype the inputs were given in when it was an integer type (they are
+            held as floats here), else None: a forward may compute otherwise on the integers
+            themselves (wrapping arithmetic), so no certificate speaks for them.
     """
 
     x: torch.Tensor | Examples
@@ -63,6 +67,11 @@ class Dataset:
     loss: LossName
     name: str
     notes: tuple[str, ...] = ()
+    integer_inputs: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.integer_inputs is None and isinstance(self.x, torch.Tensor) and not (self.x.is_floating_point() or self.x.is_complex()):
+            object.__setattr__(self, "integer_inputs", str(self.x.dtype).replace("torch.", ""))
 
     @property
     def streamed(self) -> bool:
@@ -81,7 +90,7 @@ class Dataset:
             return self
         d = int(np.prod(tuple(self.x.shape[1:]), dtype=np.int64))
         note = f"the inputs of shape {tuple(self.x.shape[1:])} are read as vectors of {d} values (a built-in spec)"
-        return Dataset(self.x.flatten(1), self.y, self.loss, self.name, self.notes + (note,))
+        return replace(self, x=self.x.flatten(1), notes=self.notes + (note,))
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> "Dataset":
         """Inputs (and float targets) on ``device`` in ``dtype``; labels stay int64."""
@@ -96,7 +105,7 @@ class Dataset:
                     f"data {label} has values beyond the range of {str(dtype).replace('torch.', '')} (largest "
                     f'magnitude {big:.3g}); use dtype="float64" or rescale the data'
                 )
-        return Dataset(x, y, self.loss, self.name, self.notes)
+        return replace(self, x=x, y=y)
 
 
 def _standardise(a: np.ndarray) -> np.ndarray:
@@ -152,7 +161,8 @@ def _labels(y: np.ndarray, name: str) -> np.ndarray:
     return labels
 
 
-def load_data(source: str, loss: str, *, normalize: str | Normalization | None = None) -> Dataset:
+def load_data(source: str, loss: str, *, normalize: str | Normalization | None = None,
+              model: torch.nn.Module | None = None) -> Dataset:
     """Load and validate a data set for ``loss`` (``mse`` or ``ce``).
 
     Args:
@@ -171,6 +181,8 @@ def load_data(source: str, loss: str, *, normalize: str | Normalization | None =
         loss: ``mse`` (class labels become one-hot targets) or ``ce``.
         normalize: per-channel ``(x - mean) / std`` applied to the inputs as read, given as
             ``"mean,std"`` or ``"m1,..,mC,s1,..,sC"`` (see :class:`Normalization`), or None.
+        model: the model the data is for: a factory's arrays that share memory with its
+            parameters or buffers are refused (loading weights into it would change the data).
 
     Raises:
         InputError: unreadable or truncated file, missing arrays, empty data, non-finite values,
@@ -195,7 +207,7 @@ def load_data(source: str, loss: str, *, normalize: str | Normalization | None =
     else:
         from .formats import open_source
 
-        opened = open_source(source)
+        opened = open_source(source, model)
         x, y, notes = opened.x, np.asarray(opened.y), tuple(opened.notes)
         if loss == "mse" and opened.task == "classification":
             y = _one_hot(_labels(y, source))
@@ -208,7 +220,7 @@ def load_data(source: str, loss: str, *, normalize: str | Normalization | None =
         else:
             x = norm.apply(np.asarray(x, dtype=np.float64), source)
     data = _validate(x, y, loss, source)
-    return Dataset(data.x, data.y, data.loss, data.name, notes) if notes else data
+    return replace(data, notes=notes + data.notes) if notes else data
 
 
 def _read_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -245,6 +257,9 @@ def _validate(x: np.ndarray | Examples, y: np.ndarray, loss: str, name: str) -> 
         raise InputError(f"{name}: the data set is empty")
     if y.shape[:1] != (n,):
         raise InputError(f"{name}: x has {n} examples but y has shape {tuple(y.shape)}")
+    integer = None
+    if not streamed and not np.issubdtype(x.dtype, np.floating):
+        integer = str(x.dtype)
     if not streamed:
         x = x.astype(np.float64)
         if not np.all(np.isfinite(x)):
@@ -263,4 +278,5 @@ def _validate(x: np.ndarray | Examples, y: np.ndarray, loss: str, name: str) -> 
     else:
         yt = torch.from_numpy(_labels(y, name))
     xt = x if streamed else torch.from_numpy(x)
-    return Dataset(xt, yt, loss, name)  # type: ignore[arg-type]
+    notes = (f"the inputs x are integers ({integer}), read as floats: the curve is about those values",) if integer else ()
+    return Dataset(xt, yt, loss, name, notes, integer)  # type: ignore[arg-type]

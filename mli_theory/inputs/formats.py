@@ -95,8 +95,12 @@ class Opened:
     notes: tuple[str, ...] = ()
 
 
-def open_source(source: str) -> Opened:
+def open_source(source: str, model: torch.nn.Module | None = None) -> Opened:
     """Open a data source given by a prefix (see the module docstring for the formats).
+
+    ``model``: the model the data will be fed to; a factory whose arrays share memory with one of
+    its parameters or buffers is refused (a caller's ``load_state_dict`` would move the data along
+    the path, where the check reads a copy made once).
 
     Raises:
         InputError: a missing, truncated or malformed file, a pickle that asks for code, a factory
@@ -108,7 +112,7 @@ def open_source(source: str) -> Opened:
         folder = _folder(source, rest)
         return _FOLDER_FORMATS[kind](source, folder)
     if sep and rest and _is_dotted(head) and _is_dotted(rest):
-        return _open_factory(source)
+        return _open_factory(source, model)
     if os.path.isdir(source):
         raise InputError(f"{source} is a folder: name its format, e.g. images:{source}, npy:{source}, "
                          f"mnist:{source} or cifar10:{source}")
@@ -705,11 +709,29 @@ def _open_loader(loader: Any, target: str) -> Opened:
     return _read_iterable(loader, target)
 
 
-def _open_factory(target: str) -> Opened:
+def _aliased(arrays: dict[str, Any], model: torch.nn.Module | None, target: str) -> None:
+    """Refuse arrays that share memory with the model's parameters or buffers (see :func:`open_source`)."""
+    if model is None:
+        return
+    held = [(n, t) for n, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+            if t.device.type == "cpu" and t.numel() and t.dtype != torch.bfloat16]
+    for label, a in arrays.items():
+        a = a.detach().cpu() if isinstance(a, torch.Tensor) and a.dtype != torch.bfloat16 else a
+        view = a.numpy() if isinstance(a, torch.Tensor) else a
+        if not isinstance(view, np.ndarray) or view.size == 0:
+            continue
+        for name, t in held:
+            if np.may_share_memory(view, t.detach().numpy()):
+                raise InputError(f"factory {target!r} returned {label} sharing memory with the model's {name!r}: loading "
+                                 "weights into the model would change the data")
+
+
+def _open_factory(target: str, model: torch.nn.Module | None = None) -> Opened:
     from torch.utils.data import DataLoader
 
     obj = call_factory(target, module_label="data factory module", import_hint=f" (data sources: {SOURCE_FORMS})")
     if isinstance(obj, tuple) and len(obj) == 2 and _to_numpy(obj[0]) is not None and not np.isscalar(obj[0]):
+        _aliased({"x": obj[0], "y": obj[1]}, model, target)
         x, y = _to_numpy(obj[0]), _to_numpy(obj[1])
         if y is None:
             try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import torch
@@ -64,7 +64,7 @@ def data_on_line(line: Line, data: Dataset, bn: BNPolicy | str, batch_size: int 
         if batch_size is not None and 1 < batch_size < data.n and data.n % batch_size == 1:
             note = (f'bn="recompute": the last re-estimation batch of one example is merged into the one before '
                     f"({batch_size + 1} examples), since train-mode BatchNorm needs 2+ examples per batch")
-            data = Dataset(data.x, data.y, data.loss, data.name, data.notes + (note,))
+            data = replace(data, notes=data.notes + (note,))
     return data
 
 

@@ -138,6 +138,21 @@ def _tensor_state(value: torch.Tensor, depth: int = 0) -> tuple:
             None if grad is None or depth else _tensor_state(grad, 1), _plain(instance_dict(value) or {}, 1))
 
 
+def _loose(value: Any) -> Any:
+    """:func:`_describe`, with floating tensor constants by their values rounded to float32 and
+    without their dtype: what a constant made with the default dtype (``torch.tensor(0.5)``) gives
+    under either default, so that only a forward that *branches* on the default differs."""
+    if isinstance(value, torch.Tensor) and value.is_floating_point() and not value.is_meta and value.numel():
+        return ("T", tuple(value.shape), _bits(value.detach().to(torch.float32)))
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return ("T", tuple(value.shape))
+    if isinstance(value, (list, tuple)):
+        return tuple(_loose(v) for v in value)
+    if isinstance(value, torch.dtype) and value.is_floating_point:
+        return "float"
+    return _describe(value)
+
+
 def _describe(value: Any) -> Any:
     """A comparable description of a non-live argument (tensor constants by content)."""
     if isinstance(value, torch.Tensor):
@@ -173,6 +188,8 @@ class _Recorder(TorchDispatchMode):
         self.changed: list[str] = []  # plain Python attributes of the modules that a call changed
         self.outside: list[str] = []  # places outside the modules (globals, closures, classes, …) that a call changed
         self.refused: str | None = None  # why the walk of what the forward reaches refuses it
+        self.random: list[str] = []  # random draws (operations torch tags nondeterministic_seeded), on any tensor
+        self.loose: list[tuple] = []  # the operations again, float constants by their float32 values (see _loose)
 
     def seed(self, t: torch.Tensor) -> None:
         """A tensor the caller hands to the forward (a batch): live, kept alive while recording."""
@@ -202,6 +219,8 @@ class _Recorder(TorchDispatchMode):
             self.raised.append(f"{name} ({type(exc).__name__})")
             raise
         flat, _ = tree_flatten((args, kwargs))  # keyword arguments by name too (see the record below)
+        if torch.Tag.nondeterministic_seeded in getattr(func, "tags", ()):  # a generator's state moves: a counter
+            self.random.append(name)
         if name in _VALUE_OPS and not (name == "_local_scalar_dense" and _batchnorm_counter(tuple(args))):
             self.reads.append(f"{name} (aten)")  # of any tensor: a value reaches Python, or a shape follows values
         elif name in _INDEXING and any(isinstance(a, torch.Tensor) and a.dtype in (torch.bool, torch.uint8) for a in flat):
@@ -210,6 +229,8 @@ class _Recorder(TorchDispatchMode):
             index = len(self.ops)
             self.ops.append((str(func), tuple(self._origin(a) if self.is_live(a) else _describe(a) for a in flat),
                              tuple(sorted(kwargs)), self.span))
+            self.loose.append((str(func), tuple(self._origin(a) if self.is_live(a) else _loose(a) for a in flat),
+                               tuple(sorted(kwargs)), self.span))
             for j, o in enumerate(tree_flatten(out)[0]):
                 if isinstance(o, torch.Tensor):
                     self._mark(o, ("op", index, j))
@@ -297,6 +318,8 @@ def _plain(value: Any, depth: int = 0) -> Any:
         return None  # code, classes, modules: their state is compared where it is reached
     if t is functools.partial:  # what it holds, which a forward reaches through it
         return ("partial", _plain(value.args, depth + 1), _plain(dict(value.keywords), depth + 1))
+    if t is torch.Generator:  # a random generator's position (its repr shows an address only)
+        return ("torch.Generator", _bits(torch.Generator.get_state(value)))
     if t is types.GeneratorType:  # a counter kept in a generator's frame
         frame = value.gi_frame
         return ("generator", None if frame is None else (frame.f_lasti, _plain(dict(frame.f_locals), depth + 1)))
@@ -364,12 +387,15 @@ def _outside_state(places: list) -> dict[str, Any]:
 
 
 def _run(module: nn.Module, state: Mapping[str, torch.Tensor], x: Any, spans: list[tuple[int, int]], train: bool,
-         outside: bool = False, original: bool = False) -> _Recorder:
+         outside: bool = False, original: bool = False, flipped: tuple[bool, bool] = (False, False)) -> _Recorder:
     """The module on every batch ``x[lo:hi]`` of ``spans`` (views of a private copy of ``x`` when it is
     a tensor, as the curve hands its batches over), one recorder for all of them. ``outside``: also
     compare, before and after, the state outside the modules that the forward reaches, and the
     input's own attributes. ``original``: ``module`` and ``x`` are the caller's own objects, run as
-    the caller runs them (``x`` itself when one batch holds every row); :class:`_Kept` puts them back."""
+    the caller runs them (``x`` itself when one batch holds every row); :class:`_Kept` puts them back.
+    ``flipped``: (grad, dtype): run with autograd recording, and under the other floating default
+    dtype (float64 for float32 and back): process settings a caller's own evaluation may have where
+    the curve's has not; both are put back after."""
     from torch.func import functional_call
 
     names = set(dict(module.named_parameters(remove_duplicate=False))) | set(dict(module.named_buffers(remove_duplicate=False)))
@@ -386,7 +412,10 @@ def _run(module: nn.Module, state: Mapping[str, torch.Tensor], x: Any, spans: li
         rec.refused, places = reached_state(module) if outside else (None, [])
         if outside and isinstance(source, torch.Tensor):  # a mark kept on the input tensor itself
             places = [*places, ("the input tensor's own attributes", functools.partial(instance_dict, source))]
-        with torch.no_grad():
+        default = torch.get_default_dtype()
+        if flipped[1]:
+            torch.set_default_dtype(torch.float64 if default == torch.float32 else torch.float32)
+        with torch.set_grad_enabled(flipped[0]):
             swapped = frozenset(own)
             before = _python_state(module, swapped)
             held = _outside_state(places)
@@ -403,6 +432,8 @@ def _run(module: nn.Module, state: Mapping[str, torch.Tensor], x: Any, spans: li
         rec.changed = sorted(k for k in set(before) | set(after) if before.get(k, _MISSING) != after.get(k, _MISSING))
         rec.outside = [k for k in held if held[k] != now.get(k)]
     finally:
+        if flipped[1]:
+            torch.set_default_dtype(default)
         for m, was in modes:
             m.training = was
     return rec
@@ -498,6 +529,8 @@ def _compare(model: nn.Module, gm: torch.fx.GraphModule, state: Mapping[str, tor
         # the caller's module and input once more: a mark the first call left anywhere (seen or not by
         # the fingerprints) changes what a later call runs
         again = _run(subject, state, x, spans, train, original=True) if original is not None else forward
+        # and with the process settings a caller's evaluation may differ in (autograd recording, the default dtype)
+        flipped = _flipped_run(subject, state, x, spans, train, original is not None)
     except Exception as exc:  # noqa: BLE001 - the forward itself fails on these inputs: nothing to compare
         return f"the forward could not be run to compare it with its trace ({type(exc).__name__}: {str(exc)[:120]})"
     finally:
@@ -516,9 +549,16 @@ def _compare(model: nn.Module, gm: torch.fx.GraphModule, state: Mapping[str, tor
         where = " in training mode" if train else ""
         return (f"the forward{where} reads tensor values into Python ({', '.join(sorted(set(forward.reads))[:4])}): "
                 "what it computes may change along α in ways its trace does not show")
+    if forward.random:
+        return (f"the forward draws random numbers ({forward.random[0]}): what it computes is not a function of the "
+                "weights and inputs alone (a generator's position can count its calls)")
     if again.ops != forward.ops or again.reads != forward.reads:
         return ("the forward runs other operations the second time it is called on the same module and input: it "
                 "keeps a mark between calls, so what it computes depends on how often it has run")
+    if flipped.loose != forward.loose or flipped.reads != forward.reads or flipped.random:
+        return ("the forward runs other operations with autograd recording or under the other default dtype "
+                "(torch.set_default_dtype): what it computes depends on process settings that the curve's evaluation "
+                "does not share with every caller's")
     try:
         traced = _run(gm, state, x, spans, train)
     except Exception as exc:  # noqa: BLE001
@@ -540,6 +580,21 @@ def _compare(model: nn.Module, gm: torch.fx.GraphModule, state: Mapping[str, tor
     return (f"the forward{where} runs other operations than its traced graph: operation {k + 1} is {a} in the forward and "
             f"{b} in the trace{detail} ({len(forward.ops)} against {len(traced.ops)} operations): it computes "
             "something else when traced than when run")
+
+
+def _flipped_run(subject: nn.Module, state: Mapping[str, torch.Tensor], x: Any, spans: list[tuple[int, int]], train: bool,
+                 original: bool) -> _Recorder:
+    """The forward with autograd recording and under the other default dtype; where that fails on
+    mixed dtypes (a tensor made with the default dtype meets the model's), with autograd recording
+    alone. A setting under which the forward raises that way gives a caller no curve, so none to
+    differ from; any other failure is raised (the comparison then refuses)."""
+    try:
+        return _run(subject, state, x, spans, train, original=original, flipped=(True, True))
+    except (RuntimeError, TypeError) as exc:
+        text = str(exc)
+        if not any(k in text for k in ("dtype", "scalar type", "should be the same")):
+            raise
+    return _run(subject, state, x, spans, train, original=original, flipped=(True, False))
 
 
 def trace_differs(model: nn.Module, state: Mapping[str, torch.Tensor], x: Any, *, train: bool = False,

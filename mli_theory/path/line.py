@@ -20,7 +20,7 @@ from torch import nn
 from ..errors import InputError
 from ..inputs.arch import has_batchnorm
 from ..inputs.checkpoint import StateDict, match_state_dict
-from .structure import PathStructure, analyse
+from .structure import PathKind, PathStructure, analyse
 
 
 class BNPolicy(str, Enum):
@@ -286,7 +286,30 @@ def make_line(
         if bad:
             raise InputError(f"{label} checkpoint overflows {dtype} in {', '.join(bad[:6])}")
     names = tuple(n for n, _ in model.named_parameters())
-    return Line(shell, start, end, names, has_batchnorm(model), analyse(shell), source=model)
+    structure = analyse(shell)
+    moved = integer_motion_reason(shell, start, end)
+    if moved is not None and structure.kind != PathKind.UNKNOWN:
+        structure = PathStructure(PathKind.UNKNOWN, moved)
+    return Line(shell, start, end, names, has_batchnorm(model), structure, source=model)
+
+
+def integer_motion_reason(shell: nn.Module, start: Mapping[str, torch.Tensor], end: Mapping[str, torch.Tensor]) -> str | None:
+    """Why no certificate speaks for a caller's path when an integer entry moves (None if none does)."""
+    moved = moving_integers(shell, start, end)
+    if not moved:
+        return None
+    return (f"the integer entry {moved[0]!r} differs between the checkpoints and the path holds it at θT's value; a "
+            "caller who interpolates and loads it gets other (truncated) values, which a certificate would not be about")
+
+
+def moving_integers(shell: nn.Module, start: Mapping[str, torch.Tensor], end: Mapping[str, torch.Tensor]) -> list[str]:
+    """The integer entries that differ between θ0 and θT, except BatchNorm's own counters
+    ``num_batches_tracked`` (read by torch's own BatchNorm classes in training mode only, where the
+    statistics are re-estimated from a counter reset to 0)."""
+    counters = {f"{n}.num_batches_tracked" if n else "num_batches_tracked" for n, m in shell.named_modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and type(m).__module__.startswith("torch.")}
+    return [k for k, t in start.items() if not (t.is_floating_point() or t.is_complex()) and k not in counters
+            and k in end and not torch.equal(t, end[k])]
 
 
 def distances(line: Line) -> tuple[float, float | None]:

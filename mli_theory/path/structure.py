@@ -115,6 +115,15 @@ def _flattens_rows(m: nn.Module) -> bool:
 _CALL_ATTRS = frozenset({"forward", "_call_impl", "_wrapped_call_impl", "__call__"})
 
 
+# what a caller's ``load_state_dict`` runs besides copying the entries (the line never loads: it
+# swaps the interpolated state in with ``functional_call``), and what ``state_dict`` saves
+_LOAD_METHODS = frozenset({"_load_from_state_dict", "load_state_dict", "set_extra_state", "get_extra_state",
+                           "_save_to_state_dict", "state_dict", "_register_load_state_dict_pre_hook",
+                           "register_load_state_dict_post_hook", "register_load_state_dict_pre_hook"})
+_LOAD_HOOK_TABLES = ("_load_state_dict_pre_hooks", "_load_state_dict_post_hooks", "_state_dict_hooks",
+                     "_state_dict_pre_hooks")
+
+
 def opaque_call_reason(model: nn.Module) -> str | None:
     """Why ``model(x)`` may compute something its traced graph does not show (None if nothing).
 
@@ -164,6 +173,14 @@ def opaque_call_reason(model: nn.Module) -> str | None:
         copying = sorted((_COPY_HOOKS | {"__new__"}) & set(vars(cls))) if not str(cls.__module__).startswith("torch.") else []
         if copying:  # every evaluation runs a private copy of the model: it must be the model
             return f"{label} ({cls.__name__}) defines {copying[0]}: its copies, which are what is evaluated, may differ from it"
+        loading = sorted(_LOAD_METHODS & {k for c in cls.__mro__ if not str(c.__module__).startswith("torch.") for k in vars(c)})
+        if loading:  # the caller loads θ(α) with load_state_dict; the line swaps it in as it is
+            return (f"{label} ({cls.__name__}) defines {loading[0]}: a caller's load_state_dict runs that code, so the weights "
+                    "the model runs with may not be the interpolated ones the certificate is about")
+        hooked = next((k for k in _LOAD_HOOK_TABLES if own.get(k)), None)
+        if hooked is not None:
+            return (f"{label} has state-dict hooks ({hooked}): a caller's load_state_dict runs them, so the weights the "
+                    "model runs with may not be the interpolated ones the certificate is about")
         held = _copied_differently({k: v for k, v in vars(m).items() if k not in ("_parameters", "_buffers", "_modules")})
         if held is not None:  # copied with the module: a copy of a copy may differ from the copy the curve runs
             return f"{label} holds {held}: its copies, which are what is evaluated, may differ from it"
