@@ -322,7 +322,7 @@ def check(
         loss=data.loss,
         max_rise=rise.value,
         rise_where=where,
-        tolerance=float(tol),
+        tolerance=float(tol) + 0.0,  # -0.0 reads as 0
         monotone_on_grid=rise.value <= tol,
         initial_loss=curve.losses[0],
         final_loss=curve.losses[-1],

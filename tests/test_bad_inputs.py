@@ -183,3 +183,83 @@ def test_a_model_whose_train_mode_forward_fails_is_refused_under_recompute():
         mt.check(model, start, end, data, alphas=5, geometry=False)
     for bn in ("interpolate", "frozen"):  # evaluation mode alone: eps = 0 is the caller's business
         assert mt.check(model, start, end, data, alphas=5, geometry=False, bn=bn).certificate.status == "unknown"
+
+
+def test_json_stays_the_only_thing_on_stdout_when_the_models_forward_prints(files, monkeypatch):
+    import json
+
+    (files / "printing_model.py").write_text(
+        "import torch\n"
+        "class Net(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.l = torch.nn.Linear(10, 1)\n"
+        "    def forward(self, x):\n"
+        "        print('forward ran')\n"
+        "        return self.l(x)\n"
+        "def net():\n"
+        "    return Net()\n"
+    )
+    monkeypatch.syspath_prepend(str(files))
+    torch.manual_seed(0)
+    m = torch.nn.Linear(10, 1)
+    torch.save({f"l.{k}": v for k, v in m.state_dict().items()}, files / "p0.pt")
+    torch.save({f"l.{k}": v + 0.1 for k, v in m.state_dict().items()}, files / "p1.pt")
+    code, out, err, _ = run_cli("check", "--arch", "printing_model:net", "--init", str(files / "p0.pt"), "--final",
+                                str(files / "p1.pt"), "--data", DATA, "--alphas", "5", "--json")
+    assert code == 0, err
+    assert json.loads(out)["alphas"][-1] == 1.0  # one JSON object, nothing else
+    assert "forward ran" in err  # what the model prints is not lost
+
+
+@pytest.mark.parametrize("args", [
+    ["check", "--arch", ARCH, "--init", "a", "--final", "b", "--data", DATA, "--alphas", "1.5"],
+    ["check", "--arch", ARCH, "--init", "a", "--final", "b", "--data", DATA, "--tol", "abc"],
+])
+def test_argument_errors_of_a_command_carry_the_one_prefix(args):
+    line = refused(*args, needle="invalid")
+    assert line.startswith("mli-theory: error: check: argument")
+
+
+@pytest.mark.parametrize("flag,value,needle", [
+    ("--lr", "nan", "--lr nan: must be a finite number"),
+    ("--lr", "inf", "--lr inf"),
+    ("--momentum", "-1", "--momentum -1.0: must be ≥ 0"),
+    ("--distance-reward", "-1", "--distance-reward -1.0"),
+    ("--init-scale", "nan", "--init-scale nan"),
+])
+def test_train_refuses_numbers_out_of_range(files, flag, value, needle):
+    refused("train", "--arch", ARCH, "--data", DATA, "--epochs", "1", "--out", str(files / "t_run"), flag, value, needle=needle)
+    assert not (files / "t_run" / "final.pt").exists()
+
+
+@pytest.mark.parametrize("spec,needle", [
+    ("[1, 2]", "expected a JSON object"),
+    ('{"base": {"data": "sklearn:diabetes", "arch": "mlp:10-4-1"}, "axis": {"seed": [0, 1]}}', "unknown key(s) 'axis'"),
+    ('{"base": {"data": "sklearn:diabetes", "arch": "mlp:10-4-1", "epochs": -1}}', "epochs=-1"),
+    ('{"base": {"data": "sklearn:diabetes", "arch": "mlp:10-4-1", "lr": "abc"}}', "lr='abc'"),
+    ('{"base": {"data": "sklearn:diabetes", "arch": "nosuch:1-2"}}', "unknown arch spec"),
+    ('{"base": {"data": "sklearn:diabetes", "arch": "mlp:10-4-1"}, "axes": {"seed": 5}}', "non-empty list"),
+])
+def test_a_sweep_spec_is_checked_whole_before_any_run_trains(files, spec, needle):
+    path = files / "bad_spec.json"
+    path.write_text(spec)
+    refused("sweep", str(path), "--out", str(files / "sw_bad"), needle=needle)
+    assert not (files / "sw_bad").exists() or not any((files / "sw_bad").iterdir())
+
+
+def test_sweep_options_are_checked_before_any_run_trains(files):
+    spec = str(files / "spec.json")
+    refused("sweep", spec, "--out", str(files / "sw_a"), "--alphas", "1", needle="--alphas 1")
+    refused("sweep", spec, "--out", str(files / "sw_b"), "--scheduler", "tcp://127.0.0.1:1", needle="executor")
+
+
+def test_a_folder_or_a_text_file_as_a_checkpoint_or_data_is_named(files):
+    (files / "adir.pt").mkdir(exist_ok=True)
+    (files / "text.pt").write_text("hello\n")
+    (files / "text.npz").write_text("hello\n")
+    args = ["check", "--arch", ARCH, "--final", str(files / "b.pt"), "--data", DATA]
+    refused(*args, "--init", str(files / "adir.pt"), needle="is a folder")
+    refused(*args, "--init", str(files / "text.pt"), needle="not a torch.save file")
+    refused("check", "--arch", ARCH, "--init", str(files / "a.pt"), "--final", str(files / "b.pt"), "--data",
+            str(files / "text.npz"), needle="not an .npz archive")

@@ -90,7 +90,7 @@ def test_cli_train_rejects_a_negative_push_radius(tmp_path):
     p = subprocess.run([sys.executable, "-m", "mli_theory", "train", "--arch", "mlp:10-4-1", "--data", "sklearn:diabetes",
                         "--min-distance", "-1", "--out", str(tmp_path / "r")], capture_output=True, text=True, timeout=120,
                        env=dict(os.environ, PYTHONPATH=os.getcwd()))
-    assert p.returncode == 2 and "min_distance" in p.stderr and "Traceback" not in p.stderr
+    assert p.returncode == 2 and "--min-distance -1.0" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_run_ids_of_configs_without_the_new_options_did_not_change():

@@ -2033,7 +2033,8 @@ def _bisect(
                        f"by at most {end.bound.rise_share:.3g}, counted in the bound)")
             return EnclosureVerdict(
                 "monotone", float_up(rb), None, None, None, evaluated, (),
-                f"L′ enclosed on {len(cells)} cells{how}: every rise L(b) − L(a) is at most {float_up(rb):.3g} ≤ tol",
+                f"L′ enclosed on the {len(cells)} cells of a partition of [0, 1] ({evaluated} cells enclosed in all){how}: "
+                f"every rise L(b) − L(a) is at most {float_up(rb):.3g} ≤ tol",
                 tuple(cells), pinned,
             )
         if rb is not None and rb <= UNDERFLOW_FLOOR and evaluated >= 4 * START_CELLS:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import contextvars
 import json
 import math
 import os
@@ -24,8 +25,33 @@ class Parser(argparse.ArgumentParser):
     """argparse with one-line errors and exit code 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        # one prefix for every error line ("mli-theory: error:"), the command after it
+        prog, _, command = self.prog.partition(" ")
+        sys.stderr.write(f"{prog}: error: {command + ': ' if command else ''}{message}\n")
         raise SystemExit(2)
+
+
+# where :func:`emit` writes the result while :func:`results_on_stdout` holds stdout for it alone
+_RESULT_STREAM: contextvars.ContextVar[Any] = contextvars.ContextVar("mli_theory_result_stream", default=None)
+
+
+@contextlib.contextmanager
+def results_on_stdout() -> Iterator[None]:
+    """Run a command with stdout kept for its result: whatever else prints (a model's ``forward``,
+    a user's factory, a library) goes to stderr, and :func:`emit` writes to the stdout of the
+    caller. So ``--json`` output stays one JSON object, whatever the user's code prints."""
+    token = _RESULT_STREAM.set(sys.stdout)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        _RESULT_STREAM.reset(token)
+
+
+def result_stream() -> Any:
+    """The stream results go to: the caller's stdout (see :func:`results_on_stdout`)."""
+    stream = _RESULT_STREAM.get()
+    return stream if stream is not None else sys.stdout
 
 
 class Progress:
@@ -192,10 +218,12 @@ def _cannot_write_in(folder: str) -> str | None:
 
 def emit(obj: Any, as_json: bool) -> None:
     """Print the result: one JSON object (the only thing on stdout), or text."""
+    out = result_stream()
     if as_json:
-        sys.stdout.write(json.dumps(obj) + "\n")
+        out.write(json.dumps(obj) + "\n")
     else:
-        sys.stdout.write(str(obj) + "\n")
+        out.write(str(obj) + "\n")
+    out.flush()
 
 
 def validate_plot_path(path: str) -> None:

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from .common import PROG
 from .common import Parser as _Parser
+from .common import result_stream, results_on_stdout
 from .common import Progress as _Progress
 from .common import Timings, add_model_args, envelope, load_model_inputs, model_facts, plot_warnings, writable_folder
 from .common import emit as _emit
@@ -301,14 +302,37 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     )
     check_available(options)  # a missing optional dependency (or an unreachable scheduler) is one line, before any work
     writable_folder(args.out, "--out")
+    from ..check import validate_options
+    from ..runs.config import validate_config
+
     try:
         with open(args.spec) as f:
             spec = json.load(f)
-        configs = grid(spec.get("base", {}), spec.get("axes", {}))
     except (OSError, ValueError, TypeError) as exc:
+        raise InputError(f"cannot use sweep spec {args.spec}: {exc}") from None
+    if not isinstance(spec, dict):
+        raise InputError(f"sweep spec {args.spec}: expected a JSON object with \"base\" and \"axes\", got a {type(spec).__name__}")
+    unknown = sorted(set(spec) - {"base", "axes"})
+    if unknown:
+        raise InputError(f"sweep spec {args.spec}: unknown key(s) {', '.join(map(repr, unknown))} (expected \"base\" and \"axes\")")
+    base, axes = spec.get("base", {}), spec.get("axes", {})
+    if not isinstance(base, dict) or not isinstance(axes, dict):
+        raise InputError(f"sweep spec {args.spec}: \"base\" and \"axes\" must be objects (field: value, field: [values])")
+    bad_axis = next((k for k, v in axes.items() if not isinstance(v, list) or not v), None)
+    if bad_axis is not None:
+        raise InputError(f"sweep spec {args.spec}: axis {bad_axis!r} must be a non-empty list of values")
+    try:
+        configs = grid(base, axes)
+    except TypeError as exc:
         raise InputError(f"cannot use sweep spec {args.spec}: {exc}") from None
     if not configs or not all(isinstance(c, TrainConfig) for c in configs):
         raise InputError("the sweep spec gives no runs")
+    validate_options(alphas=args.alphas, tol=0.0, bn="recompute", batch_size=None, alpha_chunk=None, certify_budget=None)
+    for c in configs:  # every run's settings, before the first one trains
+        try:
+            validate_config(c)
+        except InputError as exc:
+            raise InputError(f"sweep spec {args.spec}: {exc}") from None
     timings = Timings()
     try:
         with timings.stage("sweep"):
@@ -328,7 +352,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                        device="cpu", dtype="float32", seed=seeds[0] if len(seeds) == 1 else None, timings=timings,
                        seeds=seeds), True)
     else:
-        sys.stdout.write(f"{len(rows)} runs ({ok} ok); results in {csv_path}\n")
+        result_stream().write(f"{len(rows)} runs ({ok} ok); results in {csv_path}\n")
     return 0
 
 
@@ -351,10 +375,20 @@ def _cmd_derive(args: argparse.Namespace) -> int:
 
 # library errors name parameters (bn="interpolate", batch_size=1); the CLI speaks of flags
 _PARAM_FLAGS = ("alphas", "alpha_chunk", "batch_size", "bn", "certify_budget", "device", "dtype", "loss", "scheduler", "tol")
-_PARAM_RE = re.compile(r"\b(" + "|".join(_PARAM_FLAGS) + r")=(?:\"([^\"]*)\"|'([^']*)'|([^\s,;:)]+))")
+# and, for ``train`` (whose flags are the run's fields; a sweep spec's messages name its fields as they are)
+_TRAIN_FLAGS = ("lr", "epochs", "momentum", "distance_reward", "init_scale", "anneal", "min_distance", "seed", "normalize",
+                "optimizer", "save_every", "fork_at")
 
 
-def _as_flags(message: str) -> str:
+def _param_re(names: tuple[str, ...]) -> re.Pattern:
+    return re.compile(r"\b(" + "|".join(names) + r")=(?:\"([^\"]*)\"|'([^']*)'|([^\s,;:)]+))")
+
+
+_PARAM_RE = _param_re(_PARAM_FLAGS)
+_TRAIN_RE = _param_re(_PARAM_FLAGS + _TRAIN_FLAGS)
+
+
+def _as_flags(message: str, command: str | None = None) -> str:
     """``bn="interpolate"`` → ``--bn interpolate`` in a library message.
 
     >>> _as_flags("use batch_size=2, or bn='x': unknown")
@@ -367,7 +401,7 @@ def _as_flags(message: str) -> str:
         value = value.removeprefix("torch.")  # dtype=torch.float64 → --dtype float64 (the flag's values)
         return f"--{m.group(1).replace('_', '-')} {value}"
 
-    return _PARAM_RE.sub(flag, message)
+    return (_TRAIN_RE if command == "train" else _PARAM_RE).sub(flag, message)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -388,11 +422,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             # torch's FutureWarnings (deprecations inside torch) are not the user's business on the command line
             warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch(\.|$)")
             warnings.filterwarnings("ignore", category=FutureWarning, message=r"(?s).*\btorch\b")
-            if args.command in handlers:
-                return handlers[args.command](args)
-            return _command(args.command).run(args)
+            with results_on_stdout():
+                if args.command in handlers:
+                    return handlers[args.command](args)
+                return _command(args.command).run(args)
     except InputError as exc:
-        sys.stderr.write(f"{PROG}: error: {_as_flags(str(exc))}\n")
+        sys.stderr.write(f"{PROG}: error: {_as_flags(str(exc), args.command)}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted\n")

@@ -28,6 +28,8 @@ def load_state_dict(path: str) -> StateDict:
         InputError: missing or unreadable file, a pickle that needs arbitrary code, or content that
             is not a mapping from names to tensors.
     """
+    if os.path.isdir(path):
+        raise InputError(f"checkpoint {path} is a folder, not a file (for a run folder use --run)")
     if not os.path.isfile(path):
         raise InputError(f"checkpoint not found: {path}")
     if path.endswith(".safetensors"):
@@ -53,6 +55,9 @@ def load_state_dict(path: str) -> StateDict:
                 f"refusing to load {path}: it needs arbitrary pickled code (global {name}), which "
                 "weights_only=True forbids; save a plain state_dict (or .safetensors) instead"
             ) from None
+        except (KeyError, EOFError, ValueError) as exc:  # a text file, a truncated pickle: bytes that are no pickle
+            raise InputError(f"cannot read checkpoint {path}: not a torch.save file or .safetensors ({type(exc).__name__}: "
+                             f"{str(exc)[:120]})") from None
         except Exception as exc:
             raise InputError(f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc)[:200]}") from None
     if isinstance(obj, dict):

@@ -235,6 +235,10 @@ def _read_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
     except InputError:
         raise
     except ValueError as exc:
+        with open(path, "rb") as f:
+            head = f.read(6)
+        if not (head.startswith(b"PK") or head.startswith(b"\x93NUMPY")):  # neither a zip (.npz) nor an .npy array
+            raise InputError(f"{path}: not an .npz archive (np.savez writes one with arrays x and y)") from None
         raise InputError(f"{path}: refusing to read pickled object arrays ({exc})") from None
     except Exception as exc:
         raise InputError(f"cannot read data file {path}: {type(exc).__name__}: {exc}") from None

@@ -24,6 +24,7 @@ the current epoch are reshuffled with it, and every later epoch is drawn from it
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -33,6 +34,7 @@ import torch
 from ..inputs.arch import build_model, has_batchnorm, parse_arch
 from ..inputs.checkpoint import save_state_dict
 from ..inputs.data import load_data
+from ..inputs.examples import Normalization
 from ..errors import InputError
 from ..results import json_safe
 from .train import TrainResult, check_schedule, train, train_forks
@@ -86,14 +88,53 @@ class TrainConfig:
         return has_batchnorm(build_model(spec))
 
 
-def _validate(config: TrainConfig, save_every: int) -> None:
+def _real(value: Any, name: str, *, low: float | None = None, positive: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError(f"{name}={value!r}: must be a finite number")
+    if positive and not value > 0:
+        raise InputError(f"{name}={value!r}: must be positive")
+    if low is not None and value < low:
+        raise InputError(f"{name}={value!r}: must be ≥ {low:g}")
+
+
+def _integer(value: Any, name: str, low: int | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
+        raise InputError(f"{name}={value!r}: must be an integer" + (f" ≥ {low}" if low is not None else ""))
+
+
+def validate_config(config: TrainConfig) -> None:
+    """Every field of ``config`` checked for its type and range, before any work (a sweep checks all
+    its runs this way before training the first).
+
+    Raises:
+        InputError: naming the field.
+    """
+    for name in ("arch", "data", "loss", "optimizer"):
+        if not isinstance(getattr(config, name), str):
+            raise InputError(f"{name}={getattr(config, name)!r}: must be a string")
+    parse_arch(config.arch)
+    if config.loss not in ("mse", "ce"):
+        raise InputError(f"loss={config.loss!r}: unknown loss (expected mse or ce)")
     if config.optimizer not in ("sgd", "adam"):
         raise InputError(f"unknown optimizer {config.optimizer!r} (expected sgd or adam)")
-    if config.lr <= 0 or config.epochs < 1 or config.batch_size < 1:
-        raise InputError("lr must be positive, epochs and batch size at least 1")
+    _real(config.lr, "lr", positive=True)
+    _integer(config.epochs, "epochs", 1)
+    _integer(config.batch_size, "batch_size", 1)
+    _integer(config.seed, "seed", None)
+    _real(config.momentum, "momentum", low=0.0)
+    _real(config.distance_reward, "distance_reward", low=0.0)
+    _real(config.init_scale, "init_scale")
+    check_schedule(config.anneal, config.min_distance)
+    if config.normalize is not None:
+        if not isinstance(config.normalize, str):
+            raise InputError(f"normalize={config.normalize!r}: must be a string such as \"0.5,0.25\"")
+        Normalization.parse(config.normalize)
+
+
+def _validate(config: TrainConfig, save_every: int) -> None:
+    validate_config(config)
     if isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 0:
         raise InputError(f"save_every={save_every!r}: must be an integer ≥ 0 (0: no checkpoints)")
-    check_schedule(config.anneal, config.min_distance)
 
 
 def _setup(config: TrainConfig):

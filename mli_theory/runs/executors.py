@@ -75,6 +75,14 @@ def check_available(options: ExecutorOptions) -> None:
         raise InputError(f"executor={options.name!r}: expected one of {', '.join(EXECUTORS)}")
     if options.jobs < 1:
         raise InputError(f"jobs={options.jobs}: must be at least 1")
+    if options.scheduler and options.name != "dask":
+        raise InputError(f"scheduler={options.scheduler!r} is an address of a Dask scheduler: it needs executor=\"dask\"")
+    for name in ("slurm_time_min", "slurm_cpus"):
+        value = getattr(options, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{name}={value!r}: must be an integer ≥ 1")
+    if isinstance(options.slurm_gpus, bool) or not isinstance(options.slurm_gpus, int) or options.slurm_gpus < 0:
+        raise InputError(f"slurm_gpus={options.slurm_gpus!r}: must be an integer ≥ 0")
     if options.name == "dask":
         _need("distributed", "dask")
         if options.scheduler:
