@@ -263,3 +263,75 @@ def test_a_folder_or_a_text_file_as_a_checkpoint_or_data_is_named(files):
     refused(*args, "--init", str(files / "text.pt"), needle="not a torch.save file")
     refused("check", "--arch", ARCH, "--init", str(files / "a.pt"), "--final", str(files / "b.pt"), "--data",
             str(files / "text.npz"), needle="not an .npz archive")
+
+
+class _FirstReadDiffers(torch.utils.data.Dataset):
+    def __init__(self):
+        self.seen = set()
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        first = i not in self.seen
+        self.seen.add(i)
+        x = torch.tensor([1.0 + i]) * (-10.0 if first and 0 < i < 7 else 1.0)
+        return x, torch.tensor([1.0 + i])
+
+
+class _OwnBatchedRead(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return torch.tensor([1.0 + i]), torch.tensor([1.0 + i])
+
+    def __getitems__(self, idx):
+        return [(-10.0 * self[i][0] if 0 < i < 7 else self[i][0], self[i][1]) for i in idx]
+
+
+def test_data_sources_are_read_as_a_caller_reads_them(monkeypatch):
+    import sys
+    import types
+
+    from torch.utils.data import DataLoader, SequentialSampler, TensorDataset
+
+    from mli_theory.errors import InputError
+    from mli_theory.inputs import load_data
+
+    mod = types.ModuleType("source_factories")
+    x8 = torch.arange(1.0, 9.0).reshape(-1, 1)
+    mod.first = lambda: _FirstReadDiffers()
+    mod.batched = lambda: DataLoader(_OwnBatchedRead(), batch_size=4)
+    mod.half = lambda: DataLoader(TensorDataset(x8, x8.clone()), batch_size=2, sampler=SequentialSampler(range(4)))
+    monkeypatch.setitem(sys.modules, "source_factories", mod)
+    data = load_data("source_factories:first", "mse")  # streamed by index: a later read must give the first one
+    with pytest.raises(InputError, match=r"dataset\[1\] returned another input than on its first read"):
+        data.x[:8]
+    batched = load_data("source_factories:batched", "mse")  # through the data set's own __getitems__, as the loader does
+    assert batched.x[1, 0].item() == -20.0 and batched.loader_batch_size == 4
+    half = load_data("source_factories:half", "mse")  # the loader's sampler picks 4 of the 8 examples
+    assert half.n == 4 and half.loader_batch_size == 2
+
+
+def test_a_dataloaders_batches_are_the_evaluations_and_float64_checkpoints_set_the_dtype(files, monkeypatch):
+    import json
+    import sys
+    import types
+
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(20, 10, generator=g), torch.randn(20, 1, generator=g)
+    mod = types.ModuleType("loader_factory")
+    mod.data = lambda: DataLoader(TensorDataset(x, y), batch_size=8)
+    monkeypatch.setitem(sys.modules, "loader_factory", mod)
+    code, out, err, _ = run_cli("check", "--arch", ARCH, "--init", str(files / "a.pt"), "--final", str(files / "b.pt"),
+                                "--data", "loader_factory:data", "--alphas", "3", "--json")
+    result = json.loads(out)
+    assert code == 0 and any("batches of 8" in w for w in result["warnings"]), err
+    assert result["info"]["dtype"] == "float32"
+    torch.save({k: v.double() for k, v in torch.load(files / "b.pt").items()}, files / "b64.pt")
+    code, out, err, _ = run_cli("check", "--arch", ARCH, "--init", str(files / "a.pt"), "--final", str(files / "b64.pt"),
+                                "--data", DATA, "--alphas", "3", "--json")
+    assert code == 0 and json.loads(out)["info"]["dtype"] == "float64", err

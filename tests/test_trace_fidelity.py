@@ -2191,3 +2191,78 @@ def test_a_data_factory_sharing_memory_with_the_model_is_refused(tmp_path, monke
     with pytest.raises(InputError, match="sharing memory with the model's 'weight'"):
         load_data("alias_factory:data", "mse", model=model)
     assert load_data("alias_factory:data", "mse").n == 1  # without the model: read as a copy
+
+
+# ----------------------------------------------------------------------------- part 25's second red team
+
+class _AsksParameter(nn.Module):
+    """Scales by 3 where its weight is an ``nn.Parameter`` (a caller's load_state_dict keeps it one;
+    functional_call swaps in a plain tensor; the trace sees a proxy)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(1, 1)
+
+    def forward(self, x):
+        return (3.0 if isinstance(self.lin.weight, nn.Parameter) else 1.0) * self.lin(x)
+
+
+class _AsksIdentity(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(1, 1)
+        self.tied_to = (self.lin.weight,)
+
+    def forward(self, x):
+        return (3.0 if self.lin.weight is self.tied_to[0] else 1.0) * self.lin(x)
+
+
+class _OwnApply(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(1, 1)
+        self.register_buffer("gain", torch.full((1,), 3.0), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        self.gain = torch.ones(1)
+        return out
+
+    def forward(self, x):
+        return self.gain * self.lin(x)
+
+
+class _IntShift(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(1, 1, bias=False)
+        self.register_buffer("shift", torch.zeros(1, dtype=torch.long))
+
+    def forward(self, x):
+        return self.lin(x) + self.shift
+
+
+@pytest.mark.parametrize("cls,expect", [
+    (_AsksParameter, "loaded into it"),
+    (_AsksIdentity, "loaded into it"),
+    (_OwnApply, "defines _apply"),
+])
+def test_how_a_caller_loads_and_casts_the_model_is_compared(cls, expect):
+    from mli_theory.path.structure import opaque_call_reason
+
+    w0 = {"lin.weight": torch.zeros(1, 1), "lin.bias": torch.zeros(1)}
+    w1 = {"lin.weight": torch.ones(1, 1), "lin.bias": torch.zeros(1)}
+    out = _lin_check(cls(), w0, w1)
+    assert out.certificate.status == "unknown", out.certificate.reason
+    why = out.certificate.reason if cls is not _OwnApply else opaque_call_reason(cls())  # (also refused by the comparison)
+    assert expect in why, why
+
+
+def test_an_integer_buffer_given_float_entries_is_loaded_as_integers():
+    from mli_theory import make_line
+
+    s0, s1 = {"lin.weight": torch.zeros(1, 1), "shift": torch.tensor([0.0])}, {"lin.weight": -torch.ones(1, 1), "shift": torch.tensor([2.7])}
+    line = make_line(_IntShift(), s0, s1, dtype=F64)
+    assert line.end["shift"].dtype == torch.long and int(line.end["shift"]) == 2  # as load_state_dict truncates
+    out = _lin_check(_IntShift(), s0, s1)
+    assert out.certificate.status == "unknown" and "integer entry 'shift'" in out.certificate.reason

@@ -16,6 +16,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import replace
 from typing import Any, Iterator
 
 PROG = "mli-theory"
@@ -280,7 +281,8 @@ def add_model_args(
         p.add_argument("--run", help="a run folder written by 'mli-theory train' (gives --arch/--init/--final/--data)")
     p.add_argument("--loss", default=None, help="mse (default) or ce")
     p.add_argument("--device", default="cpu", help="auto | cpu | cuda (default cpu)")
-    p.add_argument("--dtype", default="float32", help="float32 (default) | float64")
+    p.add_argument("--dtype", default=None,
+                   help="float32 | float64 (default: float64 where a checkpoint holds float64 entries, else float32)")
     p.add_argument("--bn", default="recompute", help="BatchNorm statistics: recompute (default) | interpolate | frozen")
     p.add_argument("--batch-size", type=int, default=None,
                    help="examples per forward pass (default: all of an in-memory data set; 1024 for streamed sources)")
@@ -334,7 +336,7 @@ def load_model_inputs(
         raise InputError(f"--bn {args.bn}: unknown BatchNorm policy (expected recompute, interpolate or frozen)") from None
     if getattr(args, "batch_size", None) is not None:
         positive_int(args.batch_size, "--batch-size")
-    dtype = resolve_dtype(args.dtype)
+    dtype = resolve_dtype(args.dtype) if args.dtype is not None else None
     device = resolve_device(args.device)
     if getattr(args, "plot", None):
         validate_plot_path(args.plot)
@@ -360,6 +362,9 @@ def load_model_inputs(
         sys.path.insert(0, os.getcwd())  # user factories importable from the working directory
     spec = parse_arch(arch)
     states = {name: load_state_dict(path) for name, path in paths.items()}
+    if dtype is None:  # from the inputs: the checkpoints' own precision, not a narrower one
+        wide = any(t.dtype == torch.float64 for sd in states.values() for t in sd.values())
+        dtype = torch.float64 if wide else torch.float32
     if spec.kind == "factory":
         model = build_model(spec)
     else:  # built-in specs: shapes first, on the meta device, so a huge or mistyped spec costs nothing
@@ -370,6 +375,13 @@ def load_model_inputs(
     data = load_data(data_src, loss, normalize=getattr(args, "normalize", None), model=model if spec.kind == "factory" else None)
     if spec.kind != "factory":
         data = data.flattened()  # built-in specs read vectors: images become their pixel rows
+    if data.loader_batch_size is not None and hasattr(args, "batch_size") and args.batch_size is None and data.loader_batch_size < data.n:
+        # the loader's batches are the user's: a forward that mixes the examples of a batch (BatchNorm
+        # re-estimation, centring) computes otherwise in others
+        args.batch_size = data.loader_batch_size
+        data = replace(data, notes=data.notes + (
+            f"{data_src}: evaluated in the DataLoader's batches of {data.loader_batch_size} examples "
+            "(--batch-size sets others)",))
     if data.streamed and getattr(args, "batch_size", None) is None and hasattr(args, "batch_size"):
         from ..inputs.examples import STREAM_BATCH
 

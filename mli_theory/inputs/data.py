@@ -60,6 +60,8 @@ class Dataset:
         integer_inputs: the dtype the inputs were given in when it was an integer type (they are
             held as floats here), else None: a forward may compute otherwise on the integers
             themselves (wrapping arithmetic), so no certificate speaks for them.
+        loader_batch_size: the batch size of the DataLoader the data came from, else None (the
+            command line evaluates in its batches unless told otherwise).
     """
 
     x: torch.Tensor | Examples
@@ -68,6 +70,7 @@ class Dataset:
     name: str
     notes: tuple[str, ...] = ()
     integer_inputs: str | None = None
+    loader_batch_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.integer_inputs is None and isinstance(self.x, torch.Tensor) and not (self.x.is_floating_point() or self.x.is_complex()):
@@ -192,6 +195,7 @@ def load_data(source: str, loss: str, *, normalize: str | Normalization | None =
         raise InputError(f"loss={loss!r}: unknown loss (expected one of: {', '.join(LOSSES)})")
     norm = Normalization.parse(normalize) if isinstance(normalize, str) else normalize
     notes: tuple[str, ...] = ()
+    loader_batch: int | None = None
     if source == "synthetic:teacher":
         if loss != "mse":
             raise InputError("synthetic:teacher is a regression data set: use loss=\"mse\"")
@@ -209,6 +213,7 @@ def load_data(source: str, loss: str, *, normalize: str | Normalization | None =
 
         opened = open_source(source, model)
         x, y, notes = opened.x, np.asarray(opened.y), tuple(opened.notes)
+        loader_batch = opened.batch_size
         if loss == "mse" and opened.task == "classification":
             y = _one_hot(_labels(y, source))
         if loss == "ce" and opened.task == "regression" and not np.issubdtype(y.dtype, np.integer):
@@ -220,6 +225,8 @@ def load_data(source: str, loss: str, *, normalize: str | Normalization | None =
         else:
             x = norm.apply(np.asarray(x, dtype=np.float64), source)
     data = _validate(x, y, loss, source)
+    if loader_batch is not None:
+        data = replace(data, loader_batch_size=loader_batch)
     return replace(data, notes=notes + data.notes) if notes else data
 
 

@@ -48,6 +48,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import gzip
+import hashlib
 import os
 import pickle
 import shutil
@@ -87,12 +88,15 @@ class Opened:
         task: ``"classification"`` (class labels: one-hot targets under MSE), ``"regression"`` or
             ``"arrays"`` (plain ``(x, y)`` arrays: read as an ``.npz`` is, y as given).
         notes: messages for the user (e.g. that an iterable was read into memory).
+        batch_size: the batch size of a DataLoader source (a forward that mixes the examples of a
+            batch computes otherwise in other batches), else None.
     """
 
     x: Any
     y: np.ndarray
     task: str
     notes: tuple[str, ...] = ()
+    batch_size: int | None = None  # a DataLoader's own batch size (examples per forward pass), else None
 
 
 def open_source(source: str, model: torch.nn.Module | None = None) -> Opened:
@@ -574,6 +578,7 @@ class DatasetReader:
         self.dtype = np.dtype(np.float64)
         self.target = target
         self.name = f"factory {target!r}"
+        self.digests: list[bytes] | None = None  # each input's bytes as first read (set by _open_map_style)
 
     def get(self, i: int) -> tuple[Any, Any]:
         try:
@@ -593,8 +598,16 @@ class DatasetReader:
             if x.shape != self.shape:
                 raise InputError(f"factory {self.target!r}: dataset[{int(i)}] has an input of shape {x.shape}, "
                                  f"dataset[0] has {self.shape}")
+            if self.digests is not None and _digest(x) != self.digests[int(i)]:
+                raise InputError(f"factory {self.target!r}: the dataset is not deterministic: dataset[{int(i)}] returned another "
+                                 "input than on its first read (random augmentation, or state that changes between reads); "
+                                 "evaluation reads every example many times and must get the same one")
             out[k] = x
         return out
+
+
+def _digest(x: np.ndarray) -> bytes:
+    return hashlib.sha1(np.ascontiguousarray(x).tobytes()).digest()
 
 
 def _targets_task(ys: list[np.ndarray], target: str) -> tuple[np.ndarray, str]:
@@ -607,7 +620,7 @@ def _targets_task(ys: list[np.ndarray], target: str) -> tuple[np.ndarray, str]:
     return np.stack([y.astype(np.float64) for y in ys]), "regression"
 
 
-def _open_map_style(dataset: Any, target: str, notes: tuple[str, ...] = ()) -> Opened:
+def _open_map_style(dataset: Any, target: str, notes: tuple[str, ...] = (), batch_size: int | None = None) -> Opened:
     try:
         n = len(dataset)
     except Exception as exc:
@@ -616,10 +629,12 @@ def _open_map_style(dataset: Any, target: str, notes: tuple[str, ...] = ()) -> O
         raise InputError(f"factory {target!r}: the data set is empty")
     probe = DatasetReader(dataset, n, (), target)
     ys: list[np.ndarray] = []
+    digests: list[bytes] = []
     first = last = None
-    for i in range(n):  # one pass for the targets (inputs are dropped as soon as they are checked)
+    for i in range(n):  # one pass for the targets (inputs are dropped as soon as they are checked, their digests kept)
         x, y = probe.get(i)
         xa = _example(x, f"dataset[{i}]", target)
+        digests.append(_digest(xa))
         if i == 0:
             first = (xa, _target(y, "dataset[0]", target))
         elif xa.shape != first[0].shape:
@@ -637,10 +652,11 @@ def _open_map_style(dataset: Any, target: str, notes: tuple[str, ...] = ()) -> O
                              "differ (random augmentation?); evaluation must not use random augmentation")
     y, task = _targets_task(ys, target)
     reader = DatasetReader(dataset, n, tuple(first[0].shape), target)
-    return Opened(Examples(reader), y, task, notes)
+    reader.digests = digests  # every later read of an example must give its first read's bytes
+    return Opened(Examples(reader), y, task, notes, batch_size)
 
 
-def _read_iterable(batches: Iterable[Any], target: str, notes: tuple[str, ...] = ()) -> Opened:
+def _read_iterable(batches: Iterable[Any], target: str, notes: tuple[str, ...] = (), batch_size: int | None = None) -> Opened:
     xs: list[np.ndarray] = []
     ys: list[np.ndarray] = []
     single: list[bool] = []
@@ -677,7 +693,7 @@ def _read_iterable(batches: Iterable[Any], target: str, notes: tuple[str, ...] =
         y = y.astype(np.int64)
     note = (f"{target}: {x.shape[0]} examples read into memory: an iterable has no random access; "
             "give a map-style Dataset to stream")
-    return Opened(x, y, task, notes + (note,))
+    return Opened(x, y, task, notes + (note,), batch_size)
 
 
 def _is_map_style(obj: Any) -> bool:
@@ -697,16 +713,38 @@ def _open_loader(loader: Any, target: str) -> Opened:
 
     ds = loader.dataset
     sampler = loader.sampler
-    whole = isinstance(sampler, SequentialSampler) or (
-        isinstance(sampler, RandomSampler) and not sampler.replacement and sampler.num_samples == len(ds))
+    batch_size = loader.batch_size if isinstance(loader.batch_size, int) and loader.batch_size > 0 else None
+    # every example once, in any order, read by index as the loader reads it: then the data set may be
+    # streamed by index; anything else (another sampler or source, the data set's own batched read,
+    # worker processes and their set-up) is read as the loader yields it
+    whole = (type(sampler) is SequentialSampler and sampler.data_source is ds) or (
+        type(sampler) is RandomSampler and sampler.data_source is ds and not sampler.replacement
+        and sampler.num_samples == len(ds))
     plain_batches = loader.batch_sampler is None or type(loader.batch_sampler) is BatchSampler
     plain_collate = loader.collate_fn in (default_collate, default_convert)
-    if _is_map_style(ds) and whole and plain_batches and plain_collate:
+    in_process = not loader.num_workers and loader.worker_init_fn is None
+    if _is_map_style(ds) and whole and plain_batches and plain_collate and in_process and not _batched_read(ds):
         notes: tuple[str, ...] = ()
         if getattr(loader, "drop_last", False):
             notes = (f"{target}: the DataLoader's drop_last is ignored: every example of its data set is used",)
-        return _open_map_style(ds, target, notes)
-    return _read_iterable(loader, target)
+        return _open_map_style(ds, target, notes, batch_size)
+    return _read_iterable(loader, target, batch_size=batch_size)
+
+
+def _batched_read(ds: Any) -> bool:
+    """Whether a DataLoader reads ``ds`` through a ``__getitems__`` of code outside torch (torch's
+    ``Subset`` passes the call on to the data set it wraps)."""
+    for _ in range(32):
+        fn = getattr(type(ds), "__getitems__", None)
+        if fn is None:
+            return False
+        if not str(getattr(fn, "__module__", "")).startswith("torch."):
+            return True
+        inner = getattr(ds, "dataset", None)
+        if inner is None or inner is ds:
+            return False
+        ds = inner
+    return True
 
 
 def _aliased(arrays: dict[str, Any], model: torch.nn.Module | None, target: str) -> None:

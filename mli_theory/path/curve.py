@@ -28,6 +28,8 @@ def probe(line: Line, data: Dataset) -> None:
     try:
         with torch.no_grad():
             out = functional_call(line.shell, line.start, (data.x[:2],))
+    except InputError:  # the data's own reader (a streamed source) says what is wrong
+        raise
     except (RuntimeError, ValueError, IndexError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"data x of shape {tuple(data.x.shape)} does not fit the model: {msg[:200]}") from None

@@ -98,6 +98,8 @@ _VALUE_OPS = frozenset({
 # indexing whose output shape depends on a boolean mask's values
 _INDEXING = frozenset({"index", "index_put", "index_put_", "_index_put_impl_", "masked_scatter"})
 _MISSING = object()
+# aten operations that return their input's values as another tensor object (no copy, no change)
+_TRANSPARENT = frozenset({"detach", "alias", "lift_fresh"})
 
 
 def _bits(value: torch.Tensor) -> str:
@@ -225,6 +227,11 @@ class _Recorder(TorchDispatchMode):
             self.reads.append(f"{name} (aten)")  # of any tensor: a value reaches Python, or a shape follows values
         elif name in _INDEXING and any(isinstance(a, torch.Tensor) and a.dtype in (torch.bool, torch.uint8) for a in flat):
             self.reads.append(f"{name} with a boolean mask (aten)")
+        if name in _TRANSPARENT and len(flat) >= 1 and self.is_live(flat[0]) and isinstance(out, torch.Tensor):
+            # the same values under another tensor object (autograd adds these where it saves a
+            # tensor for backward): one origin, nothing recorded, whether autograd records or not
+            self._mark(out, self.live[id(flat[0])][1])
+            return out
         if any(self.is_live(a) for a in flat):
             index = len(self.ops)
             self.ops.append((str(func), tuple(self._origin(a) if self.is_live(a) else _describe(a) for a in flat),
@@ -387,7 +394,8 @@ def _outside_state(places: list) -> dict[str, Any]:
 
 
 def _run(module: nn.Module, state: Mapping[str, torch.Tensor], x: Any, spans: list[tuple[int, int]], train: bool,
-         outside: bool = False, original: bool = False, flipped: tuple[bool, bool] = (False, False)) -> _Recorder:
+         outside: bool = False, original: bool = False, flipped: tuple[bool, bool] = (False, False),
+         loaded: bool = False) -> _Recorder:
     """The module on every batch ``x[lo:hi]`` of ``spans`` (views of a private copy of ``x`` when it is
     a tensor, as the curve hands its batches over), one recorder for all of them. ``outside``: also
     compare, before and after, the state outside the modules that the forward reaches, and the
@@ -395,13 +403,22 @@ def _run(module: nn.Module, state: Mapping[str, torch.Tensor], x: Any, spans: li
     the caller runs them (``x`` itself when one batch holds every row); :class:`_Kept` puts them back.
     ``flipped``: (grad, dtype): run with autograd recording, and under the other floating default
     dtype (float64 for float32 and back): process settings a caller's own evaluation may have where
-    the curve's has not; both are put back after."""
+    the curve's has not; both are put back after. ``loaded``: the state copied into the module's own
+    parameters and buffers, as ``load_state_dict`` does (they stay the same objects, ``nn.Parameter``
+    among them), and the module called as it is, where the other runs swap the state in
+    (``functional_call``); only for a private copy."""
     from torch.func import functional_call
 
     names = set(dict(module.named_parameters(remove_duplicate=False))) | set(dict(module.named_buffers(remove_duplicate=False)))
     # fresh copies: a forward that writes its state or its input writes these, and both runs start equal
     own = {k: v.detach().clone() for k, v in state.items() if k in names}
     source = x if original or not isinstance(x, torch.Tensor) else x.detach().clone()
+    if loaded:  # into the module's own tensors, in place; those are then the state the forward reads
+        held = {**dict(module.named_parameters(remove_duplicate=False)), **dict(module.named_buffers(remove_duplicate=False))}
+        with torch.no_grad():
+            for k, v in own.items():
+                held[k].copy_(v)
+        own = {k: held[k] for k in own}
     # live: the floating entries (they move along α) and the inputs; integer entries hold θT's value
     rec = _Recorder({k: t for k, t in own.items() if t.is_floating_point() or t.is_complex()})
     modes = [(m, m.training) for m in module.modules()]
@@ -425,7 +442,10 @@ def _run(module: nn.Module, state: Mapping[str, torch.Tensor], x: Any, spans: li
                 rec.seed(batch)
                 rec.span = (lo, hi)
                 with _Reads(rec), rec:  # tied entries (the caller's own module) each take the line's own tensor
-                    functional_call(module, own, (batch,), strict=False, tie_weights=not original)
+                    if loaded:
+                        module(batch)
+                    else:
+                        functional_call(module, own, (batch,), strict=False, tie_weights=not original)
                 del batch
             after = _python_state(module, swapped)
             now = _outside_state(places)
@@ -530,7 +550,7 @@ def _compare(model: nn.Module, gm: torch.fx.GraphModule, state: Mapping[str, tor
         # the fingerprints) changes what a later call runs
         again = _run(subject, state, x, spans, train, original=True) if original is not None else forward
         # and with the process settings a caller's evaluation may differ in (autograd recording, the default dtype)
-        flipped = _flipped_run(subject, state, x, spans, train, original is not None)
+        flipped = _caller_run(model, state, x, spans, train)
     except Exception as exc:  # noqa: BLE001 - the forward itself fails on these inputs: nothing to compare
         return f"the forward could not be run to compare it with its trace ({type(exc).__name__}: {str(exc)[:120]})"
     finally:
@@ -556,9 +576,9 @@ def _compare(model: nn.Module, gm: torch.fx.GraphModule, state: Mapping[str, tor
         return ("the forward runs other operations the second time it is called on the same module and input: it "
                 "keeps a mark between calls, so what it computes depends on how often it has run")
     if flipped.loose != forward.loose or flipped.reads != forward.reads or flipped.random:
-        return ("the forward runs other operations with autograd recording or under the other default dtype "
-                "(torch.set_default_dtype): what it computes depends on process settings that the curve's evaluation "
-                "does not share with every caller's")
+        return ("the forward runs other operations with its weights loaded into it (load_state_dict, where the curve swaps "
+                "them in), with autograd recording or under the other default dtype (torch.set_default_dtype): what it "
+                "computes depends on how a caller loads and runs it")
     try:
         traced = _run(gm, state, x, spans, train)
     except Exception as exc:  # noqa: BLE001
@@ -582,19 +602,23 @@ def _compare(model: nn.Module, gm: torch.fx.GraphModule, state: Mapping[str, tor
             "something else when traced than when run")
 
 
-def _flipped_run(subject: nn.Module, state: Mapping[str, torch.Tensor], x: Any, spans: list[tuple[int, int]], train: bool,
-                 original: bool) -> _Recorder:
-    """The forward with autograd recording and under the other default dtype; where that fails on
-    mixed dtypes (a tensor made with the default dtype meets the model's), with autograd recording
-    alone. A setting under which the forward raises that way gives a caller no curve, so none to
-    differ from; any other failure is raised (the comparison then refuses)."""
+def _caller_run(model: nn.Module, state: Mapping[str, torch.Tensor], x: Any, spans: list[tuple[int, int]],
+                train: bool) -> _Recorder:
+    """The forward as a caller may run it where the curve does not: on a private copy of ``model``
+    with the state loaded into its own parameters (``load_state_dict``: ``nn.Parameter`` objects,
+    identities kept), with autograd recording, under the other default dtype; where that fails on
+    mixed dtypes (a tensor made with the default dtype meets the model's), under the same default.
+    A setting under which the forward raises that way gives a caller no curve, so none to differ
+    from; any other failure is raised (the comparison then refuses)."""
+    from .line import private_copy
+
     try:
-        return _run(subject, state, x, spans, train, original=original, flipped=(True, True))
+        return _run(private_copy(model), state, x, spans, train, flipped=(True, True), loaded=True)
     except (RuntimeError, TypeError) as exc:
         text = str(exc)
         if not any(k in text for k in ("dtype", "scalar type", "should be the same")):
             raise
-    return _run(subject, state, x, spans, train, original=original, flipped=(True, False))
+    return _run(private_copy(model), state, x, spans, train, flipped=(True, False), loaded=True)
 
 
 def trace_differs(model: nn.Module, state: Mapping[str, torch.Tensor], x: Any, *, train: bool = False,

@@ -279,8 +279,19 @@ def make_line(
         t = t.detach()
         return (t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device=device)).clone()
 
-    start = {k: cast(v) for k, v in init.items()}
-    end = {k: cast(v) for k, v in final.items()}
+    # an entry the model holds as integers is loaded as integers (``load_state_dict`` copies into the
+    # model's tensor, truncating a float checkpoint entry): it never moves affinely along the path
+    kinds = {k: t.dtype for k, t in itertools.chain(model.named_parameters(remove_duplicate=False),
+                                                  model.named_buffers(remove_duplicate=False))}
+
+    def as_loaded(k: str, t: torch.Tensor) -> torch.Tensor:
+        held = kinds.get(k)
+        if held is not None and not (held.is_floating_point or held.is_complex) and t.is_floating_point():
+            return t.detach().to(held)
+        return t
+
+    start = {k: cast(as_loaded(k, v)) for k, v in init.items()}
+    end = {k: cast(as_loaded(k, v)) for k, v in final.items()}
     for label, state in (("init", start), ("final", end)):
         bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
         if bad:

@@ -119,7 +119,11 @@ _CALL_ATTRS = frozenset({"forward", "_call_impl", "_wrapped_call_impl", "__call_
 # swaps the interpolated state in with ``functional_call``), and what ``state_dict`` saves
 _LOAD_METHODS = frozenset({"_load_from_state_dict", "load_state_dict", "set_extra_state", "get_extra_state",
                            "_save_to_state_dict", "state_dict", "_register_load_state_dict_pre_hook",
-                           "register_load_state_dict_post_hook", "register_load_state_dict_pre_hook"})
+                           "register_load_state_dict_post_hook", "register_load_state_dict_pre_hook",
+                           # and what the line runs on its copy (cast, move, mode): code of the model's own
+                           # there would make the copy the certificate reads differ from the caller's model
+                           "_apply", "apply", "to", "to_empty", "float", "double", "half", "bfloat16", "cpu", "cuda",
+                           "type", "train", "eval", "requires_grad_", "share_memory"})
 _LOAD_HOOK_TABLES = ("_load_state_dict_pre_hooks", "_load_state_dict_post_hooks", "_state_dict_hooks",
                      "_state_dict_pre_hooks")
 
@@ -175,8 +179,8 @@ def opaque_call_reason(model: nn.Module) -> str | None:
             return f"{label} ({cls.__name__}) defines {copying[0]}: its copies, which are what is evaluated, may differ from it"
         loading = sorted(_LOAD_METHODS & {k for c in cls.__mro__ if not str(c.__module__).startswith("torch.") for k in vars(c)})
         if loading:  # the caller loads θ(α) with load_state_dict; the line swaps it in as it is
-            return (f"{label} ({cls.__name__}) defines {loading[0]}: a caller's load_state_dict runs that code, so the weights "
-                    "the model runs with may not be the interpolated ones the certificate is about")
+            return (f"{label} ({cls.__name__}) defines {loading[0]}: loading, casting or switching the mode of the model runs "
+                    "that code, so the model a caller runs may not be the copy the certificate is about")
         hooked = next((k for k in _LOAD_HOOK_TABLES if own.get(k)), None)
         if hooked is not None:
             return (f"{label} has state-dict hooks ({hooked}): a caller's load_state_dict runs them, so the weights the "
