@@ -2165,12 +2165,12 @@ def test_an_integer_entry_that_moves_gives_no_certificate_and_a_warning():
     assert same.certificate.status == "non_monotone"  # held equal: the path is 2w·x, which dips and rises, decided
 
 
-def test_integer_inputs_give_no_certificate():
+def test_inputs_given_as_give_no_certificate():
     import mli_theory as mt
 
     x = torch.tensor([[1], [5]], dtype=torch.uint8)
     data = mt.Dataset(x, torch.tensor([[1.0], [5.0]]), "mse", "t")
-    assert data.integer_inputs == "uint8"
+    assert data.inputs_given_as == "uint8"
     out = _lin_check(nn.Sequential(nn.Linear(1, 1, bias=False)), {"0.weight": torch.tensor([[2.0]])},
                      {"0.weight": torch.tensor([[1.0]])}, data)
     assert out.certificate.status == "unknown" and "integers (uint8)" in out.certificate.reason
@@ -2266,3 +2266,55 @@ def test_an_integer_buffer_given_float_entries_is_loaded_as_integers():
     assert line.end["shift"].dtype == torch.long and int(line.end["shift"]) == 2  # as load_state_dict truncates
     out = _lin_check(_IntShift(), s0, s1)
     assert out.certificate.status == "unknown" and "integer entry 'shift'" in out.certificate.reason
+
+
+# ----------------------------------------------------------------------------- part 25's third red team
+
+class _AliasedBuffer(nn.Module):
+    """A persistent buffer that is a view of the weight: loading it writes the weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(1, 1, bias=False, dtype=F64)
+        self.register_buffer("b", self.lin.weight.detach().view(-1))
+
+    def forward(self, x):
+        return self.lin(x)
+
+
+_COUNTER = memoryview(bytearray(1))
+
+
+class _CountsInAMemoryview(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(1, 1, bias=False)
+
+    def forward(self, x):
+        _COUNTER[0] = min(_COUNTER[0] + 1, 255)
+        return self.lin(x)
+
+
+def test_tensors_sharing_memory_and_a_memoryview_counter_give_no_certificate():
+    import mli_theory as mt
+
+    d = torch.ones(4, 1, dtype=F64)
+    data = mt.Dataset(d, d.clone(), "mse", "t")
+    s0 = {"lin.weight": torch.tensor([[0.0]], dtype=F64), "b": torch.tensor([1.0], dtype=F64)}
+    s1 = {"lin.weight": torch.tensor([[1.0]], dtype=F64), "b": torch.tensor([0.0], dtype=F64)}
+    out = _lin_check(_AliasedBuffer(), s0, s1, data)
+    assert out.certificate.status == "unknown" and "share memory" in out.certificate.reason, out.certificate.reason
+    out = _lin_check(_CountsInAMemoryview(), _W0, _W1)
+    assert out.certificate.status == "unknown" and "_COUNTER" in out.certificate.reason, out.certificate.reason
+
+
+def test_low_precision_inputs_give_no_certificate_and_a_lazy_module_is_refused():
+    import mli_theory as mt
+    from mli_theory.errors import InputError
+
+    data = mt.Dataset(torch.ones(2, 1, dtype=torch.float16), torch.ones(2, 1), "mse", "t")
+    assert data.inputs_given_as == "float16"
+    out = _lin_check(nn.Sequential(nn.Linear(1, 1, bias=False)), {"0.weight": torch.zeros(1, 1)}, {"0.weight": torch.ones(1, 1)}, data)
+    assert out.certificate.status == "unknown" and "given as float16" in out.certificate.reason
+    with pytest.raises(InputError, match="not initialised"):
+        mt.make_line(nn.Sequential(nn.LazyLinear(1)), {"0.weight": torch.zeros(1, 1)}, {"0.weight": torch.ones(1, 1)})

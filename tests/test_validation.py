@@ -150,7 +150,7 @@ def test_random_measured_curve_is_no_function_of_alpha():
     line = make_line(model, a, b, dtype=torch.float64)
     ref = Reference(line, _data(), BNPolicy.RECOMPUTE, None)
     why = ref.consistency()
-    assert why is not None and "not a function of α" in why
+    assert why is not None and ("not a function of α" in why or "draws random numbers" in why), why
 
 
 # ----------------------------------------------------------------------------- root causes
@@ -464,5 +464,5 @@ def test_a_forward_that_asks_how_it_runs_is_refused(cls):
     r = _certify(model, a, b, _data())
     # refused by the name it reads, or (_Tracing) first by what it runs: more than its trace
     assert r.certificate.status == "unknown"
-    assert "reads" in r.certificate.reason or "runs other operations than its traced graph" in r.certificate.reason
+    assert "reads" in r.certificate.reason or "runs other operations" in r.certificate.reason
     assert r.info["path_kind"] == "unknown"

@@ -121,10 +121,11 @@ def certify(
     if _constant(line, BNPolicy(bn)):
         return done(Certificate("monotone", "constant_path", 0.0, None,
                                 "θ0 = θT in every entry that moves along the path, so L is constant on [0, 1]", rise_bound=0.0))
-    if data.integer_inputs is not None:
+    if data.inputs_given_as is not None:
         return done(Certificate.unknown(
-            f"the inputs x were given as integers ({data.integer_inputs}) and are evaluated as floats: a forward may compute "
-            "otherwise on the integers themselves (wrapping arithmetic), so no certificate speaks for them; give float inputs"))
+            f"the inputs x were given as {data.inputs_given_as} and are evaluated as float32/float64: a forward may compute "
+            "otherwise on the inputs as given (integer wrapping, a branch on their dtype), so no certificate speaks for "
+            "them; give float32 or float64 inputs"))
     fits = exact_fits(data.x)
     x = _rows(line, data.x) if kind == PathKind.POLYNOMIAL and data.loss == "mse" and fits else None
     if data.loss != "mse" or x is None:

@@ -45,7 +45,6 @@ from ..exact.dyadic import float_down, float_up
 from ..geometry.interpreter import UnsupportedGraph, interpret, plan, reads, trace
 from ..inputs.data import Dataset
 from ..path import BNPolicy, Line, Motion
-from ..path.line import integer_motion_reason
 from .adjoint import Tape, _cells_of, kink_bound, kink_pieces, statistic_seeds, statistics_bound, unsupported
 from .convexity import Curved, SecondNumbers, SecondStatisticsNumbers, loss_second_terms
 from .endpoint import rise_between, slope_at_end
@@ -240,9 +239,8 @@ def prepare(line: Line, data: Dataset, bn: BNPolicy, *, device: torch.device | N
         Unsupported: the model or settings are outside what the enclosures cover.
     """
     dev = device if device is not None else line.device
-    moved = integer_motion_reason(line.shell, line.start, line.end)
-    if moved is not None:
-        raise Unsupported(moved)
+    if line.caveat is not None:
+        raise Unsupported(line.caveat)
     try:
         gm = trace(line.shell)
     except UnsupportedGraph as exc:

@@ -109,6 +109,10 @@ def match_state_dict(model: nn.Module, state: StateDict, label: str) -> StateDic
         InputError: naming the missing, unexpected, mis-shaped or non-finite entries.
     """
     expected = model.state_dict()
+    lazy = [k for k, v in expected.items() if isinstance(v, nn.parameter.UninitializedTensorMixin)]
+    if lazy:
+        raise InputError(f"the model's entries {_names(lazy)} are not initialised (a lazy module): build the model with its "
+                         "shapes known, or run it once on an input, before checking")
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:

@@ -57,9 +57,10 @@ class Dataset:
         loss: the loss the targets were validated for.
         name: where the data came from (a path or a built-in name).
         notes: what the reading changed or assumed, for the result's warnings.
-        integer_inputs: the dtype the inputs were given in when it was an integer type (they are
-            held as floats here), else None: a forward may compute otherwise on the integers
-            themselves (wrapping arithmetic), so no certificate speaks for them.
+        inputs_given_as: the dtype the inputs were given in when it was neither float32 nor float64
+            (integers, float16, bfloat16; they are held as float32/float64 here), else None: a
+            forward may compute otherwise on the inputs as given (integer wrapping, a branch on
+            the dtype), so no certificate speaks for them.
         loader_batch_size: the batch size of the DataLoader the data came from, else None (the
             command line evaluates in its batches unless told otherwise).
     """
@@ -69,12 +70,12 @@ class Dataset:
     loss: LossName
     name: str
     notes: tuple[str, ...] = ()
-    integer_inputs: str | None = None
+    inputs_given_as: str | None = None
     loader_batch_size: int | None = None
 
     def __post_init__(self) -> None:
-        if self.integer_inputs is None and isinstance(self.x, torch.Tensor) and not (self.x.is_floating_point() or self.x.is_complex()):
-            object.__setattr__(self, "integer_inputs", str(self.x.dtype).replace("torch.", ""))
+        if self.inputs_given_as is None and isinstance(self.x, torch.Tensor) and self.x.dtype not in (torch.float32, torch.float64):
+            object.__setattr__(self, "inputs_given_as", str(self.x.dtype).replace("torch.", ""))
 
     @property
     def streamed(self) -> bool:
@@ -268,8 +269,8 @@ def _validate(x: np.ndarray | Examples, y: np.ndarray, loss: str, name: str) -> 
         raise InputError(f"{name}: the data set is empty")
     if y.shape[:1] != (n,):
         raise InputError(f"{name}: x has {n} examples but y has shape {tuple(y.shape)}")
-    integer = None
-    if not streamed and not np.issubdtype(x.dtype, np.floating):
+    integer = None  # the inputs' own dtype where it is neither float32 nor float64
+    if not streamed and x.dtype not in (np.float32, np.float64):
         integer = str(x.dtype)
     if not streamed:
         x = x.astype(np.float64)
@@ -289,5 +290,5 @@ def _validate(x: np.ndarray | Examples, y: np.ndarray, loss: str, name: str) -> 
     else:
         yt = torch.from_numpy(_labels(y, name))
     xt = x if streamed else torch.from_numpy(x)
-    notes = (f"the inputs x are integers ({integer}), read as floats: the curve is about those values",) if integer else ()
+    notes = (f"the inputs x are given as {integer}, read as float32/float64: the curve is about those values",) if integer else ()
     return Dataset(xt, yt, loss, name, notes, integer)  # type: ignore[arg-type]

@@ -751,17 +751,31 @@ def _aliased(arrays: dict[str, Any], model: torch.nn.Module | None, target: str)
     """Refuse arrays that share memory with the model's parameters or buffers (see :func:`open_source`)."""
     if model is None:
         return
-    held = [(n, t) for n, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
-            if t.device.type == "cpu" and t.numel() and t.dtype != torch.bfloat16]
+    held = [(n, _bounds(t)) for n, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]]
     for label, a in arrays.items():
-        a = a.detach().cpu() if isinstance(a, torch.Tensor) and a.dtype != torch.bfloat16 else a
-        view = a.numpy() if isinstance(a, torch.Tensor) else a
-        if not isinstance(view, np.ndarray) or view.size == 0:
+        mine = _bounds(a)
+        if mine is None:
             continue
-        for name, t in held:
-            if np.may_share_memory(view, t.detach().numpy()):
+        for name, theirs in held:
+            if theirs is not None and mine[0] < theirs[1] and theirs[0] < mine[1]:
                 raise InputError(f"factory {target!r} returned {label} sharing memory with the model's {name!r}: loading "
                                  "weights into the model would change the data")
+
+
+def _bounds(a: Any) -> tuple[int, int] | None:
+    """The byte range [lo, hi) a CPU tensor or NumPy array spans in memory (None: none, or not known)."""
+    if isinstance(a, np.ndarray):
+        return tuple(np.byte_bounds(a)) if a.size else None  # type: ignore[return-value]
+    if not isinstance(a, torch.Tensor) or a.device.type != "cpu" or a.layout != torch.strided or a.numel() == 0:
+        return None
+    if isinstance(a, torch.nn.parameter.UninitializedTensorMixin):
+        return None
+    try:
+        base = a.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return None
+    lo = base + a.storage_offset() * a.element_size()
+    return lo, lo + (sum((n - 1) * abs(st) for n, st in zip(a.shape, a.stride())) + 1) * a.element_size()
 
 
 def _open_factory(target: str, model: torch.nn.Module | None = None) -> Opened:

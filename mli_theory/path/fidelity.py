@@ -325,6 +325,11 @@ def _plain(value: Any, depth: int = 0) -> Any:
         return None  # code, classes, modules: their state is compared where it is reached
     if t is functools.partial:  # what it holds, which a forward reaches through it
         return ("partial", _plain(value.args, depth + 1), _plain(dict(value.keywords), depth + 1))
+    if t is memoryview:  # the bytes it shows (its repr shows an address only)
+        try:
+            return ("memoryview", hashlib.sha256(value.tobytes()).hexdigest())
+        except ValueError:  # released
+            return ("memoryview", None)
     if t is torch.Generator:  # a random generator's position (its repr shows an address only)
         return ("torch.Generator", _bits(torch.Generator.get_state(value)))
     if t is types.GeneratorType:  # a counter kept in a generator's frame
@@ -550,7 +555,7 @@ def _compare(model: nn.Module, gm: torch.fx.GraphModule, state: Mapping[str, tor
         # the fingerprints) changes what a later call runs
         again = _run(subject, state, x, spans, train, original=True) if original is not None else forward
         # and with the process settings a caller's evaluation may differ in (autograd recording, the default dtype)
-        flipped = _caller_run(model, state, x, spans, train)
+        flipped = _caller_run(model, state, x, spans, train, original)
     except Exception as exc:  # noqa: BLE001 - the forward itself fails on these inputs: nothing to compare
         return f"the forward could not be run to compare it with its trace ({type(exc).__name__}: {str(exc)[:120]})"
     finally:
@@ -603,22 +608,32 @@ def _compare(model: nn.Module, gm: torch.fx.GraphModule, state: Mapping[str, tor
 
 
 def _caller_run(model: nn.Module, state: Mapping[str, torch.Tensor], x: Any, spans: list[tuple[int, int]],
-                train: bool) -> _Recorder:
+                train: bool, original: nn.Module | None = None) -> _Recorder:
     """The forward as a caller may run it where the curve does not: on a private copy of ``model``
     with the state loaded into its own parameters (``load_state_dict``: ``nn.Parameter`` objects,
     identities kept), with autograd recording, under the other default dtype; where that fails on
     mixed dtypes (a tensor made with the default dtype meets the model's), under the same default.
     A setting under which the forward raises that way gives a caller no curve, so none to differ
-    from; any other failure is raised (the comparison then refuses)."""
+    from; any other failure is raised (the comparison then refuses). ``original``: the caller's
+    module compared in the other runs, whose BatchNorm momentum (an argument of every BatchNorm
+    operation, unused in evaluation mode) the copy takes instead of the line's."""
     from .line import private_copy
 
+    def copy() -> nn.Module:
+        c = private_copy(model)
+        if original is not None:
+            for a, b in zip(c.modules(), original.modules()):
+                if isinstance(a, nn.modules.batchnorm._BatchNorm) and type(a) is type(b):
+                    a.momentum = b.momentum
+        return c
+
     try:
-        return _run(private_copy(model), state, x, spans, train, flipped=(True, True), loaded=True)
+        return _run(copy(), state, x, spans, train, flipped=(True, True), loaded=True)
     except (RuntimeError, TypeError) as exc:
         text = str(exc)
         if not any(k in text for k in ("dtype", "scalar type", "should be the same")):
             raise
-    return _run(private_copy(model), state, x, spans, train, flipped=(True, False), loaded=True)
+    return _run(copy(), state, x, spans, train, flipped=(True, False), loaded=True)
 
 
 def trace_differs(model: nn.Module, state: Mapping[str, torch.Tensor], x: Any, *, train: bool = False,

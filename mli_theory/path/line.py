@@ -103,6 +103,8 @@ class Line:
         has_bn: whether the model has BatchNorm layers with running statistics.
         structure: what the model computes, traced once (:func:`mli_theory.path.structure.analyse`);
             every method that depends on the model's form reads it from here.
+        caveat: why a caller who loads θ(α) into the model may run other weights than the line
+            (:func:`loading_differs`), else None: no certificate is given then.
         source: the caller's module itself (never modified), on which the forward is compared with
             its trace (:func:`mli_theory.path.fidelity.line_trace_differs`): a forward can tell a copy
             from the original it was given (by identity: ``self.box is Net.BOX``), and what the
@@ -116,6 +118,7 @@ class Line:
     has_bn: bool
     structure: PathStructure
     source: nn.Module | None = None
+    caveat: str | None = None
 
     @property
     def device(self) -> torch.device:
@@ -298,19 +301,60 @@ def make_line(
             raise InputError(f"{label} checkpoint overflows {dtype} in {', '.join(bad[:6])}")
     names = tuple(n for n, _ in model.named_parameters())
     structure = analyse(shell)
-    moved = integer_motion_reason(shell, start, end)
-    if moved is not None and structure.kind != PathKind.UNKNOWN:
-        structure = PathStructure(PathKind.UNKNOWN, moved)
-    return Line(shell, start, end, names, has_batchnorm(model), structure, source=model)
+    caveat = loading_differs(model, shell, start, end)
+    if caveat is not None and structure.kind != PathKind.UNKNOWN:
+        structure = PathStructure(PathKind.UNKNOWN, caveat)
+    return Line(shell, start, end, names, has_batchnorm(model), structure, source=model, caveat=caveat)
 
 
-def integer_motion_reason(shell: nn.Module, start: Mapping[str, torch.Tensor], end: Mapping[str, torch.Tensor]) -> str | None:
-    """Why no certificate speaks for a caller's path when an integer entry moves (None if none does)."""
+def loading_differs(model: nn.Module, shell: nn.Module, start: Mapping[str, torch.Tensor],
+                    end: Mapping[str, torch.Tensor]) -> str | None:
+    """Why a caller who loads θ(α) into ``model`` (``load_state_dict``) may run other weights than
+    the line swaps into its copy (None if nothing is seen): an integer entry that moves (the line
+    holds it at θT's value, a caller's interpolation truncates it), or two of the model's tensors
+    that share memory without being one tensor (loading one writes the other; the line's copies
+    share nothing)."""
     moved = moving_integers(shell, start, end)
-    if not moved:
-        return None
-    return (f"the integer entry {moved[0]!r} differs between the checkpoints and the path holds it at θT's value; a "
-            "caller who interpolates and loads it gets other (truncated) values, which a certificate would not be about")
+    if moved:
+        return (f"the integer entry {moved[0]!r} differs between the checkpoints and the path holds it at θT's value; a "
+                "caller who interpolates and loads it gets other (truncated) values, which a certificate would not be about")
+    shared = _sharing_memory(model)
+    if shared is not None:
+        a, b = shared
+        return (f"{a} and {b} share memory without being one tensor: loading a state dict into the model writes one "
+                "through the other, which the line (each entry swapped in on its own) does not")
+    return None
+
+
+def _sharing_memory(model: nn.Module) -> tuple[str, str] | None:
+    """Two names of the model's tensors (parameters, buffers, tensor attributes) whose memory
+    overlaps though they are different tensor objects (tied entries, one object, are fine)."""
+    spans: list[tuple[int, int, str, int]] = []
+    seen: set[int] = set()
+    for prefix, m in model.named_modules(remove_duplicate=False):
+        for key, t in vars(m).items():
+            tensors = t.items() if key in ("_parameters", "_buffers") and isinstance(t, dict) else [(key, t)]
+            for name, v in tensors:
+                if not isinstance(v, torch.Tensor) or v.is_meta or v.layout != torch.strided or id(v) in seen:
+                    continue
+                seen.add(id(v))
+                try:
+                    storage = v.untyped_storage()
+                except (RuntimeError, NotImplementedError):
+                    continue
+                if storage.nbytes() == 0 or v.numel() == 0:
+                    continue
+                lo = storage.data_ptr() + v.storage_offset() * v.element_size()
+                hi = lo + max((n - 1) * st for n, st in zip(v.shape, v.stride())) * v.element_size() + v.element_size()
+                spans.append((lo, hi, f"{prefix + '.' if prefix else ''}{name}", id(v)))
+    spans.sort()
+    reach = None  # the span reaching furthest so far: (end, name)
+    for lo, hi, name, _ in spans:
+        if reach is not None and lo < reach[0]:
+            return reach[1], name
+        if reach is None or hi > reach[0]:
+            reach = (hi, name)
+    return None
 
 
 def moving_integers(shell: nn.Module, start: Mapping[str, torch.Tensor], end: Mapping[str, torch.Tensor]) -> list[str]:
