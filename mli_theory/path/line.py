@@ -345,7 +345,7 @@ def _sharing_memory(model: nn.Module) -> tuple[str, str] | None:
                 if storage.nbytes() == 0 or v.numel() == 0:
                     continue
                 lo = storage.data_ptr() + v.storage_offset() * v.element_size()
-                hi = lo + max((n - 1) * st for n, st in zip(v.shape, v.stride())) * v.element_size() + v.element_size()
+                hi = lo + (sum((n - 1) * st for n, st in zip(v.shape, v.stride())) + 1) * v.element_size()
                 spans.append((lo, hi, f"{prefix + '.' if prefix else ''}{name}", id(v)))
     spans.sort()
     reach = None  # the span reaching furthest so far: (end, name)
