@@ -378,7 +378,7 @@ def test_npy_pair_equals_npz(tmp_path, loss):
     check_indexing(a.x, torch.from_numpy(x))
 
 
-def test_npy_regression_targets_and_inputs_given_as(tmp_path):
+def test_npy_regression_targets_and_integer_inputs(tmp_path):
     t = np.random.default_rng(0).normal(size=(6, 2))
     x = np.arange(36, dtype=np.int32).reshape(6, 6)
     d, _ = npy_dir(tmp_path, t, x=x)

@@ -2165,7 +2165,7 @@ def test_an_integer_entry_that_moves_gives_no_certificate_and_a_warning():
     assert same.certificate.status == "non_monotone"  # held equal: the path is 2w·x, which dips and rises, decided
 
 
-def test_inputs_given_as_give_no_certificate():
+def test_integer_inputs_give_no_certificate():
     import mli_theory as mt
 
     x = torch.tensor([[1], [5]], dtype=torch.uint8)
@@ -2173,7 +2173,7 @@ def test_inputs_given_as_give_no_certificate():
     assert data.inputs_given_as == "uint8"
     out = _lin_check(nn.Sequential(nn.Linear(1, 1, bias=False)), {"0.weight": torch.tensor([[2.0]])},
                      {"0.weight": torch.tensor([[1.0]])}, data)
-    assert out.certificate.status == "unknown" and "integers (uint8)" in out.certificate.reason
+    assert out.certificate.status == "unknown" and "given as uint8" in out.certificate.reason
 
 
 def test_a_data_factory_sharing_memory_with_the_model_is_refused(tmp_path, monkeypatch):
