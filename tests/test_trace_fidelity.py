@@ -12,8 +12,11 @@ from __future__ import annotations
 
 from typing import List  # TorchScript's annotation of a list
 
+import collections
+import functools
 import types
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -2318,3 +2321,99 @@ def test_low_precision_inputs_give_no_certificate_and_a_lazy_module_is_refused()
     assert out.certificate.status == "unknown" and "given as float16" in out.certificate.reason
     with pytest.raises(InputError, match="not initialised"):
         mt.make_line(nn.Sequential(nn.LazyLinear(1)), {"0.weight": torch.zeros(1, 1)}, {"0.weight": torch.ones(1, 1)})
+
+
+# ----------------------------------------------------------------------------- part 25's fourth red team
+# counters that no fingerprint read: a function's own attributes, a partial's, a deque whose repr
+# shows addresses, a NumPy array's strides and the buffer it views
+
+def _plain_helper(t):
+    return t
+
+
+_plain_helper.calls = 0
+_PARTIAL = functools.partial(max, 0)
+_PARTIAL.calls = 0
+_DEQUE = collections.deque([object()])
+_BASE = np.zeros(2)
+_VIEWED = _BASE[:1]
+_STRIDED = np.zeros(1)
+
+
+class _FunctionAttribute(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(1, 1)
+
+    def forward(self, x):
+        _plain_helper.calls += 1
+        return _plain_helper(self.lin(x))
+
+
+class _ForwardAttribute(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(1, 1)
+
+    def forward(self, x):
+        f = type(self).forward
+        f.calls = getattr(f, "calls", 0) + 1
+        return self.lin(x)
+
+
+class _PartialAttribute(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(1, 1)
+
+    def forward(self, x):
+        _PARTIAL.calls += 1
+        return self.lin(x)
+
+
+class _DequeOfObjects(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(1, 1)
+
+    def forward(self, x):
+        _DEQUE.append(0)
+        return self.lin(x)
+
+
+class _ArrayBase(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(1, 1)
+
+    def forward(self, x):
+        _VIEWED.base[1] += 1
+        return self.lin(x)
+
+
+class _ArrayStrides(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(1, 1)
+
+    def forward(self, x):
+        _STRIDED.strides = (_STRIDED.strides[0] + 8,)
+        return self.lin(x)
+
+
+@pytest.mark.parametrize("cls,expect", [
+    (_FunctionAttribute, "attributes of _plain_helper"),
+    (_ForwardAttribute, "attributes of _ForwardAttribute.forward"),
+    (_PartialAttribute, "attributes of partial"),
+    (_DequeOfObjects, "_DEQUE"),
+    (_ArrayBase, "_VIEWED"),
+    (_ArrayStrides, "_STRIDED"),
+])
+def test_counters_in_function_attributes_deques_and_array_layouts_are_changes(cls, expect):
+    from mli_theory import make_line
+    from mli_theory.path.fidelity import line_trace_differs
+
+    m = cls()
+    line = make_line(m, _state(m), {k: v + 0.1 for k, v in _state(m).items()}, dtype=F64)
+    why = line_trace_differs(line, torch.randn(4, 1, dtype=F64))
+    assert why is not None and expect in why, why

@@ -276,10 +276,12 @@ def _validate(x: np.ndarray | Examples, y: np.ndarray, loss: str, name: str) -> 
         x = x.astype(np.float64)
         if not np.all(np.isfinite(x)):
             raise InputError(f"{name}: x contains non-finite values")
+    column = False
     if loss == "mse":
         if not (np.issubdtype(y.dtype, np.floating) or np.issubdtype(y.dtype, np.integer)):
             raise InputError(f"{name}: mse needs float targets, y has dtype {y.dtype}")
-        if y.ndim == 1:
+        column = y.ndim == 1
+        if column:
             y = y.reshape(-1, 1)
         if y.ndim != 2:
             raise InputError(f"{name}: mse needs y of shape (n, k), got {tuple(y.shape)}")
@@ -291,4 +293,7 @@ def _validate(x: np.ndarray | Examples, y: np.ndarray, loss: str, name: str) -> 
         yt = torch.from_numpy(_labels(y, name))
     xt = x if streamed else torch.from_numpy(x)
     notes = (f"the inputs x are given as {integer}, read as float32/float64: the curve is about those values",) if integer else ()
+    if loss == "mse" and column:
+        notes += (f"the targets y of shape ({n},) are read as ({n}, 1), one target per example (torch's mse_loss "
+                  f"would broadcast ({n}, 1) outputs against ({n},) targets to ({n}, {n}) pairs)",)
     return Dataset(xt, yt, loss, name, notes, integer)  # type: ignore[arg-type]

@@ -762,10 +762,16 @@ def _aliased(arrays: dict[str, Any], model: torch.nn.Module | None, target: str)
                                  "weights into the model would change the data")
 
 
+def _byte_bounds(np_: Any) -> Any:
+    """NumPy's ``byte_bounds`` (moved to ``numpy.lib.array_utils`` in NumPy 2)."""
+    found = getattr(np_, "byte_bounds", None)
+    return found if found is not None else np_.lib.array_utils.byte_bounds
+
+
 def _bounds(a: Any) -> tuple[int, int] | None:
     """The byte range [lo, hi) a CPU tensor or NumPy array spans in memory (None: none, or not known)."""
     if isinstance(a, np.ndarray):
-        return tuple(np.byte_bounds(a)) if a.size else None  # type: ignore[return-value]
+        return tuple(_byte_bounds(np)(a)) if a.size else None  # type: ignore[return-value]
     if not isinstance(a, torch.Tensor) or a.device.type != "cpu" or a.layout != torch.strided or a.numel() == 0:
         return None
     if isinstance(a, torch.nn.parameter.UninitializedTensorMixin):

@@ -356,13 +356,27 @@ def _sharing(items: list) -> tuple:
     return tuple(first.setdefault(id(v), i) for i, v in enumerate(items))
 
 
+def _byte_bounds(np: Any) -> Any:
+    """NumPy's ``byte_bounds`` (moved to ``numpy.lib.array_utils`` in NumPy 2)."""
+    found = getattr(np, "byte_bounds", None)
+    return found if found is not None else np.lib.array_utils.byte_bounds
+
+
 def _array_bytes(value: Any) -> Any:
-    """A NumPy array's shape, dtype and a hash of its bytes (None for anything else)."""
+    """A NumPy array's shape, strides, dtype, where it lies in the buffer it views, and a hash of
+    that whole buffer (the array's own memory when it views none) (None for anything else)."""
     np = sys.modules.get("numpy")
     if np is None or not isinstance(value, np.ndarray):
         return None
-    raw = np.ascontiguousarray(value).view(np.uint8).tobytes() if value.size else b""
-    return ("ndarray", value.shape, str(value.dtype), hashlib.sha256(raw).hexdigest())
+    root = value
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    try:
+        raw = np.ascontiguousarray(root).view(np.uint8).tobytes() if root.size else b""
+        offset = _byte_bounds(np)(value)[0] - _byte_bounds(np)(root)[0] if value.size and root.size else 0
+    except (TypeError, ValueError):  # object arrays: references, not values
+        return ("ndarray", value.shape, str(value.dtype), "references", id(value))
+    return ("ndarray", value.shape, value.strides, offset, str(value.dtype), hashlib.sha256(raw).hexdigest())
 
 
 def _python_state(module: nn.Module, swapped: frozenset[str] = frozenset()) -> dict[str, Any]:

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dis
 import functools
+import hashlib
 import inspect
 import operator
 import re
@@ -637,13 +638,15 @@ class _Reach:
             found = self._function(obj)
             return found if isinstance(found, str) else [(o, False) for o in found]
         if t in (staticmethod, classmethod):
+            self._own_attributes(obj, library)
             return [(obj.__func__, library)]
         if t is types.MethodType:  # a bound method: its function and the object it is bound to
             return [(obj.__func__, library), (obj.__self__, library)]
         if t is property:
             return [(f, library) for f in (obj.fget, obj.fset, obj.fdel) if f is not None]
         if t is functools.partial:
-            return [(o, library) for o in (obj.func, *obj.args, *obj.keywords.values())]
+            self._own_attributes(obj, library)
+            return [(o, library) for o in (obj.func, *obj.args, *obj.keywords.values(), *(instance_dict(obj) or {}).values())]
         if issubclass(t, types.ModuleType):
             if _module_of(obj).split(".")[0] != "torch":  # the standard library's too (``inspect.stack``: by identity)
                 self.spaces.append(obj)
@@ -717,13 +720,20 @@ class _Reach:
             return f"a {t.__name__}, an iterator whose position no comparison can read"
         return own_class  # an object of a user's class without fields (a float subclass): its class's code
 
+    def _own_attributes(self, obj: object, library: bool) -> None:
+        """A function's or wrapper's own attributes (``f.calls += 1``): a place for state."""
+        if not library and instance_dict(obj) is not None:
+            label = getattr(obj, "__qualname__", type(obj).__name__)
+            self.places.append((f"the attributes of {label}", functools.partial(_attributes, obj)))
+
     def _function(self, fn: types.FunctionType) -> list | str:
         scope = fn.__globals__
         builtins_ = scope.get("__builtins__", {})
         builtins_ = builtins_ if type(builtins_) is dict else instance_dict(builtins_) or {}
-        found: list = [*(fn.__defaults__ or ()), *(fn.__kwdefaults__ or {}).values()]
+        found: list = [*(fn.__defaults__ or ()), *(fn.__kwdefaults__ or {}).values(), *(instance_dict(fn) or {}).values()]
         label = getattr(fn, "__qualname__", "a function")
         self.places.append((f"the default arguments of {label}", functools.partial(_defaults, fn)))
+        self._own_attributes(fn, False)
         for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ()):
             self.places.append((f"the variable {name!r} that {label} closes over", functools.partial(_cell, cell)))
             try:
@@ -828,6 +838,10 @@ def _defaults(fn: types.FunctionType) -> object:
     return (fn.__defaults__, fn.__kwdefaults__)
 
 
+def _attributes(obj: object) -> object:
+    return dict(instance_dict(obj) or {})
+
+
 _NAMESPACE = type.__dict__["__dict__"]  # a class's own namespace, read past any metaclass hook
 _TYPE_MODULE = type.__dict__["__module__"]  # a class's module (C types' too)
 
@@ -892,14 +906,24 @@ def object_fields(obj: object) -> dict | None:
 _IMMUTABLE = frozenset({int, float, complex, bool, str, bytes, type(None), range, slice, type(Ellipsis), type(NotImplemented)})
 
 
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]+")
+
+
 def state_repr(obj: object) -> str | None:
     """The repr of an object whose type shows its state there (``itertools.count(3)``, a deque), by
-    the type's own ``__repr__``; None where the repr shows an address instead, or fails."""
+    the type's own ``__repr__``, its addresses masked (a deque of objects still shows how many it
+    holds), a long one by a hash of it; None where the repr is nothing but the object's own address
+    (no state shown), or fails."""
     try:
         r = type(obj).__repr__(obj)
     except Exception:  # noqa: BLE001
         return None
-    return r if " at 0x" not in r and len(r) < 100_000 else None
+    if not isinstance(r, str):
+        return None
+    if r.startswith("<") and r.endswith(">") and r.count(" at 0x") == 1 and r.rstrip(">").split(" at 0x")[1].isalnum():
+        return None  # "<foo object at 0x…>": the default repr, which shows no state
+    r = _ADDRESS.sub("0x?", r)
+    return r if len(r) < 100_000 else "sha256:" + hashlib.sha256(r.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _counts_by_repr(obj: object) -> bool:
