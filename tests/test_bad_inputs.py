@@ -335,3 +335,38 @@ def test_a_dataloaders_batches_are_the_evaluations_and_float64_checkpoints_set_t
     code, out, err, _ = run_cli("check", "--arch", ARCH, "--init", str(files / "a.pt"), "--final", str(files / "b64.pt"),
                                 "--data", DATA, "--alphas", "3", "--json")
     assert code == 0 and json.loads(out)["info"]["dtype"] == "float64", err
+
+
+@pytest.mark.parametrize("command", [
+    ["surface", "--dims", "1", "--steps", "3"],
+    ["kernel", "--alphas", "2"],
+    ["train", "--epochs", "1"],
+])
+def test_a_seed_beyond_64_bits_or_negative_is_refused(files, command):
+    args = [command[0], "--arch", ARCH, "--data", DATA, *command[1:]]
+    if command[0] == "train":
+        args += ["--out", str(files / "seed_run")]
+    else:
+        args += ["--init", str(files / "a.pt"), "--final", str(files / "b.pt")]
+    refused(*args, "--seed", "99999999999999999999999", needle="--seed")
+    refused(*args, "--seed", "-1", needle="out of range")
+
+
+def test_one_roughness_slice_is_refused_and_other_commands_carry_the_inputs_notes(files, monkeypatch):
+    import json
+    import sys
+    import types
+
+    from torch.utils.data import DataLoader, TensorDataset
+
+    refused("roughness", "--arch", ARCH, "--init", str(files / "a.pt"), "--final", str(files / "b.pt"), "--data", DATA,
+            "--slices", "1", needle="at least 2")
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(21, 10, generator=g), torch.randn(21, 1, generator=g)
+    mod = types.ModuleType("notes_factory")
+    mod.loader = lambda: DataLoader(TensorDataset(x, y), batch_size=7)
+    monkeypatch.setitem(sys.modules, "notes_factory", mod)
+    code, out, err, _ = run_cli("barrier", "--arch", ARCH, "--a", str(files / "a.pt"), "--b", str(files / "b.pt"),
+                                "--data", "notes_factory:loader", "--alphas", "3", "--json")
+    assert code == 0, err
+    assert any("batches of 7" in w for w in json.loads(out)["warnings"])

@@ -495,7 +495,7 @@ def test_cli_json_contract(ckpts):
     assert set(out["barriers"]) == set(BARRIER_DEFINITIONS)
     assert all(set(v) == {"value", "alpha"} for v in out["barriers"].values())
     assert len(out["alphas"]) == len(out["losses"]) == len(out["errors"]) == 7
-    assert out["warnings"] == [] and (ckpts / "b.png").stat().st_size > 0
+    assert all(w.startswith("error_mean is the largest") for w in out["warnings"]) and (ckpts / "b.png").stat().st_size > 0
     r = cli(*_base(ckpts, "mse.npz"), "--alphas", "5", "--alpha-tol", "0.05", "--json", "--align", "weights", "--bn", "repair")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)

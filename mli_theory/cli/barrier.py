@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
+from .common import input_notes, seed as _seed
 from .common import Progress, Timings, add_model_args, emit, envelope, load_model_inputs, model_facts, plot_warnings
 
 _BN_CHOICES = ("recompute", "repair", "interpolate", "frozen")
@@ -57,7 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "(Garipov et al. 2018) and report its barriers beside the line's ('curve' in the JSON)")
     p.add_argument("--curve-epochs", type=int, default=20, help="epochs of training the bend (default 20)")
     p.add_argument("--curve-lr", type=float, default=0.01, help="Adam learning rate of the bend (default 0.01)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the curve's minibatches and t samples (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the curve's minibatches and t samples (default 0)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     timings = Timings()
     with timings.stage("load"):
         inp = load_model_inputs(shared, endpoints=("a", "b"))
+    args.batch_size = shared.batch_size  # a DataLoader's own, or a streamed source's, where none was given
 
     from ..connectivity import barrier
 
@@ -120,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         out = result.to_dict()
         if curve is not None:
             out["curve"] = {k: v for k, v in curve.to_dict().items() if k not in ("bend", "timings")}
-        emit(envelope(out, **model_facts(inp), seed=args.seed if curve is not None else None, timings=timings), True)
+        emit(envelope(out, **model_facts(inp), input_warnings=input_notes(inp), seed=args.seed if curve is not None else None, timings=timings), True)
     else:
         emit(result.to_text() + ("\n" + curve.to_text() if curve is not None else ""), False)
     return 0

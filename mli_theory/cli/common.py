@@ -135,6 +135,7 @@ def envelope(
     seed: int | None,
     timings: Timings | dict[str, float] | None = None,
     stage: str = "compute",
+    input_warnings: tuple[str, ...] = (),
     **facts: Any,
 ) -> dict[str, Any]:
     """``result`` (a JSON-ready dict) with the ``info`` envelope every command's ``--json`` carries.
@@ -144,11 +145,15 @@ def envelope(
     ``python``}, ``timings`` {stage: seconds, keys ending in ``_s``}} plus the command-specific facts
     already in ``result["info"]`` and ``facts``. A library's own timings (``info.timings``, or a
     bare ``info.seconds`` / ``info.eval_s``, which become ``timings.<stage>_s`` / ``timings.eval_s``)
-    join the command's stage timings; ``total_s`` is the command's wall time.
+    join the command's stage timings; ``total_s`` is the command's wall time. ``input_warnings``
+    (what reading the inputs changed or assumed, :func:`input_notes`) go first in ``warnings``.
     """
     from ..results import json_safe
 
     out = dict(result)
+    if input_warnings:
+        own = list(out.get("warnings") or [])
+        out["warnings"] = [w for w in input_warnings if w not in own] + own
     info = dict(out.pop("info", None) or {})
     times: dict[str, float] = {}
     lib = info.pop("timings", None)
@@ -173,6 +178,25 @@ def envelope(
     )
     out["info"] = info
     return json_safe(out)
+
+
+def input_notes(inp: dict[str, Any]) -> tuple[str, ...]:
+    """What reading the inputs of :func:`load_model_inputs` changed or assumed, for a command's
+    warnings: the data's notes (an iterable read into memory, a DataLoader's batches, …) and the
+    checkpoint entries the cast to the evaluation's dtype rounds."""
+    import torch
+
+    notes = list(inp["data"].notes)
+    dtype = inp["dtype"]
+    count, first = 0, None
+    for sd in inp["states"].values():
+        for k, v in sd.items():
+            if v.is_floating_point() and v.dtype != dtype and not torch.equal(v.to(dtype).to(torch.float64), v.to(torch.float64)):
+                count, first = count + 1, first or k
+    if count:
+        notes.append(f"the checkpoints do not fit {str(dtype).replace('torch.', '')} exactly ({count} entr{'y' if count == 1 else 'ies'} "
+                     f"rounded, first {first!r}): the results are about the weights as cast; use --dtype float64 for the given weights")
+    return tuple(notes)
 
 
 def model_facts(inp: dict[str, Any]) -> dict[str, Any]:
@@ -290,6 +314,20 @@ def add_model_args(
         p.add_argument("--plot", metavar="OUT.png", help="save a figure (.png, .pdf, .svg)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
+
+
+SEED_MAX = 2**63 - 1  # torch's seeds are 64-bit; a negative one wraps onto a positive one
+
+
+def seed(text: str) -> int:
+    """argparse type of ``--seed``: an integer in [0, 2⁶³ − 1]."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid seed {text!r}: an integer in [0, 2^63 - 1]") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"seed {value} out of range: an integer in [0, 2^63 - 1]")
+    return value
 
 
 def positive_int(value: Any, flag: str) -> int:

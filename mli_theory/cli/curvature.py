@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 
+from .common import input_notes, seed as _seed
 from .common import (
     Progress, Timings, add_model_args, emit, envelope, load_model_inputs, model_facts, plot_warnings, positive_float,
     positive_int,
@@ -50,7 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--density", action="store_true", help="spectral density by stochastic Lanczos quadrature")
     p.add_argument("--tol", type=float, default=1e-3,
                    help="relative residual ‖Hv − λv‖ ≤ tol·|λ| of the eigenvalues (default 1e-3; JSON 'eigen_tol')")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random vectors (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the random vectors (default 0)")
     p.add_argument("--matrix", default="hessian",
                    help="the matrix of --per-layer, --diagonal and, when not hessian, of extra top-k eigenvalues "
                         "(matrix_eigenvalues): hessian (default) | ggn | fisher_mc | empirical_fisher | kfac")
@@ -147,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         with timings.stage("plot"):
             result = replace(result, warnings=result.warnings + plot_warnings(plot_curvature, result, args.plot))
     if args.json:
-        emit(envelope({**result.to_dict(), **extra}, **model_facts(inp), seed=args.seed, timings=timings, stage="curvature"), True)
+        emit(envelope({**result.to_dict(), **extra}, **model_facts(inp), input_warnings=input_notes(inp), seed=args.seed, timings=timings, stage="curvature"), True)
     else:
         emit("\n".join([result.to_text(), *_matrices_text(extra)]), False)
     return 0

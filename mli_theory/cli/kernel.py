@@ -15,6 +15,7 @@ import dataclasses
 import os
 from typing import Any
 
+from .common import input_notes, seed as _seed
 from .common import Progress, Timings, add_model_args, emit, envelope, load_model_inputs, model_facts, plot_warnings, positive_int
 
 #: examples used for the kernel when --examples is not given (a seeded random subset above it)
@@ -37,7 +38,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--recipe", default="auto", help="auto (by estimated cost, default) | jacobian | ntk_vp")
     p.add_argument("--examples", type=int, default=None,
                    help=f"examples in the kernel: a seeded random subset (default: all, at most {DEFAULT_EXAMPLES})")
-    p.add_argument("--seed", type=int, default=0, help="seed of the example subset (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the example subset (default 0)")
     p.add_argument("--memory-mb", type=int, default=1024, help="memory budget for Jacobian and kernel blocks in MiB (default 1024)")
     p.add_argument("--checkpoints", metavar="RUN_DIR", default=None,
                    help="also compare the kernels of the run's saved checkpoints (RUN_DIR/checkpoints/step_*.pt)")
@@ -163,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
         with timings.stage("plot"):
             out["warnings"] = out["warnings"] + list(plot_warnings(plot_kernel_path, result, args.plot, checkpoints=ck))
     if args.json:
-        emit(envelope(out, **model_facts(inp), seed=args.seed, timings=timings), True)
+        emit(envelope(out, **model_facts(inp), input_warnings=input_notes(inp), seed=args.seed, timings=timings), True)
     else:
         emit(_text(out), False)
     return 0

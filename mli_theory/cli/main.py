@@ -14,6 +14,7 @@ import re
 import warnings
 from typing import Any, Sequence
 
+from .common import seed as _seed
 from .common import PROG
 from .common import Parser as _Parser
 from .common import result_stream, results_on_stdout
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--out", default="mli-demo", help="folder for checkpoints and plots (default ./mli-demo)")
     d.add_argument("--epochs", type=int, default=150, help="training epochs (default 150)")
-    d.add_argument("--seed", type=int, default=0, help="seed of the initialisation and minibatch order (default 0)")
+    d.add_argument("--seed", type=_seed, default=0, help="seed of the initialisation and minibatch order (default 0)")
     d.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     d.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=50, help="passes over the data (default 50)")
     t.add_argument("--batch-size", type=int, default=64, help="minibatch size (default 64)")
     t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    t.add_argument("--seed", type=int, default=0, help="seed of the initialisation and minibatch order (default 0)")
+    t.add_argument("--seed", type=_seed, default=0, help="seed of the initialisation and minibatch order (default 0)")
     t.add_argument("--distance-reward", type=float, default=0.0, help="λ ≥ 0: adds −λ‖θ−θ0‖²/2 to the loss (default 0)")
     t.add_argument("--init-scale", type=float, default=1.0, help="multiply the default initialisation (default 1)")
     t.add_argument("--anneal", type=float, default=0.0, metavar="FRACTION",
@@ -256,6 +257,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             seeds = tuple(int(x) for x in args.fork_seeds.split(","))
         except ValueError:
             raise InputError(f"--fork-seeds {args.fork_seeds}: expected integers separated by commas, e.g. 1,2") from None
+        if any(not 0 <= x <= 2**63 - 1 for x in seeds):
+            raise InputError(f"--fork-seeds {args.fork_seeds}: each seed an integer in [0, 2^63 - 1]")
         if len(seeds) < 2 or len(set(seeds)) != len(seeds):
             raise InputError(f"--fork-seeds {args.fork_seeds}: need at least two different seeds")
         if args.fork_at < 0:

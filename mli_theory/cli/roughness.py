@@ -7,6 +7,7 @@ import argparse
 import math
 from typing import Any
 
+from .common import input_notes, seed as _seed
 from .common import Progress, Timings, add_model_args, emit, envelope, load_model_inputs, model_facts, plot_warnings, positive_int
 
 DESCRIPTION = """\
@@ -38,7 +39,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--slices", type=int, default=10, help="random 1D slices (default 10)")
     p.add_argument("--steps", type=int, default=51, help="points per slice (default 51)")
     p.add_argument("--range", type=float, default=1.0, dest="span", metavar="R", help="R: slice coordinates in [-R, R] (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random directions (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the random directions (default 0)")
     p.add_argument("--center", default="final", help="centre of the slices: final (default) or init")
     p.add_argument("--include-bn-and-bias", action="store_true", help="perturb biases and BatchNorm parameters too")
     p.add_argument("--alphas", type=int, default=50, help="alpha points of the MLI line for the path statistics (default 50)")
@@ -52,6 +53,8 @@ def validate(args: argparse.Namespace) -> None:
     from ..errors import InputError
 
     positive_int(args.slices, "--slices")
+    if args.slices < 2:  # the index is a sample standard deviation over the slices
+        raise InputError(f"--slices {args.slices}: the roughness index is a standard deviation over slices: give at least 2")
     positive_int(args.steps, "--steps")
     if args.steps < 3:
         raise InputError(f"--steps {args.steps}: need at least 3 points per slice")
@@ -113,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
                                       path_alphas=grid, path_losses=curve.losses)
     out["warnings"] = warnings
     if args.json:
-        emit(envelope(out, **model_facts(inp), seed=args.seed, timings=timings), True)
+        emit(envelope(out, **model_facts(inp), input_warnings=input_notes(inp), seed=args.seed, timings=timings), True)
     else:
         r = res.roughness
         lines = [

@@ -7,6 +7,7 @@ import argparse
 import math
 from typing import Any
 
+from .common import input_notes, seed as _seed
 from .common import Progress, Timings, add_model_args, emit, envelope, load_model_inputs, model_facts, plot_warnings, positive_int
 
 DESCRIPTION = """\
@@ -45,7 +46,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=21, help="grid points per axis (default 21)")
     p.add_argument("--range", type=float, default=None, dest="span", metavar="R",
                    help="R: random mode coordinates in [-R, R] (default 1); plane mode [-R, 1+R] (default 0.5)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random directions (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the random directions (default 0)")
     p.add_argument("--directions", default="random",
                    help="random (filter-normalised random directions, default) | hessian (the top-1/top-2 Hessian "
                         "eigenvectors at the centre, unit length)")
@@ -114,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         with timings.stage("plot"):
             result = replace(result, warnings=result.warnings + plot_warnings(plot_surface, result, args.plot))
     if args.json:
-        emit(envelope(result.to_dict(), **model_facts(inp), seed=args.seed, timings=timings), True)
+        emit(envelope(result.to_dict(), **model_facts(inp), input_warnings=input_notes(inp), seed=args.seed, timings=timings), True)
     else:
         emit(_text(result), False)
     return 0

@@ -370,6 +370,10 @@ def barrier_on_line(
         alpha_tol=float(alpha_tol),
         bn=bn.value if (line.has_bn or bn == BarrierBN.REPAIR) else None,
         loss=data.loss,
+        warnings=() if errors is None else (
+            f"error_mean is the largest error rate found on the {len(grid)}-point grid and around its maximiser: the error "
+            "rate is a step function of α, so a spike narrower than the grid's spacing elsewhere may be missed (a lower "
+            "bound of the supremum; --alphas sets the grid)",),
     )
 
 

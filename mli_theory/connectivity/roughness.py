@@ -190,8 +190,8 @@ def landscape_roughness(
     Raises:
         InputError: bad options or inputs, before heavy work.
     """
-    if isinstance(slices, bool) or not isinstance(slices, int) or slices < 1:
-        raise InputError(f"slices={slices!r}: need a positive integer number of slices")
+    if isinstance(slices, bool) or not isinstance(slices, int) or slices < 2:
+        raise InputError(f"slices={slices!r}: need an integer of at least 2 slices (the index is a standard deviation over them)")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 3:
         raise InputError(f"steps={steps!r}: need an integer of at least 3 points per slice")
     if slices * steps > 1_000_000:

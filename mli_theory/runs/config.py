@@ -120,7 +120,9 @@ def validate_config(config: TrainConfig) -> None:
     _real(config.lr, "lr", positive=True)
     _integer(config.epochs, "epochs", 1)
     _integer(config.batch_size, "batch_size", 1)
-    _integer(config.seed, "seed", None)
+    _integer(config.seed, "seed", 0)
+    if config.seed > 2**63 - 1:
+        raise InputError(f"seed={config.seed!r}: must be an integer in [0, 2^63 - 1]")
     _real(config.momentum, "momentum", low=0.0)
     _real(config.distance_reward, "distance_reward", low=0.0)
     _real(config.init_scale, "init_scale")
