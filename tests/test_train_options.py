@@ -166,3 +166,21 @@ def test_conv_net_jets_through_unflatten_equal_nested_jvp(name):
     for attr in ("z", "dz", "d2z"):
         f, r = getattr(fast, attr), getattr(ref, attr)
         assert torch.allclose(f, r, rtol=1e-10, atol=1e-12 * (1 + float(r.abs().max()))), attr
+
+
+def test_training_into_a_run_folder_says_it_replaces_the_run(tmp_path):
+    import contextlib
+    import io
+    import json
+
+    from mli_theory.cli import main
+
+    args = ["train", "--arch", "mlp:10-4-1", "--data", "sklearn:diabetes", "--epochs", "1", "--out", str(tmp_path / "r"),
+            "--json", "--quiet"]
+    outs = []
+    for _ in range(2):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            assert main(args) == 0
+        outs.append(json.loads(out.getvalue())["warnings"])
+    assert outs[0] == [] and len(outs[1]) == 1 and "its files are replaced" in outs[1][0]

@@ -238,9 +238,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise InputError(f"--save-every {args.save_every}: must be an integer ≥ 0")
     if (args.fork_at is None) != (args.fork_seeds is None):
         raise InputError("--fork-at and --fork-seeds go together")
+    replaced = os.path.isfile(os.path.join(args.out, "final.pt")) or os.path.isfile(os.path.join(args.out, "config.json"))
     writable_folder(args.out, "--out")  # before minutes of training, not after
     timings = Timings()
     progress = _Progress("train", getattr(args, "quiet", False), unit="epoch")
+    notes = [f"--out {args.out} held a run already: its files are replaced"] if replaced else []
+    for note in notes:
+        sys.stderr.write(f"warning: {note}\n")
 
     def finish(summary: dict[str, Any], n: int | None) -> dict[str, Any]:
         return envelope(summary, arch=args.arch, data=args.data, n=n, device="cpu", dtype="float32", seed=args.seed,
@@ -288,7 +292,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     with timings.stage("train"):
         res = run_training(cfg, args.out, save_every=args.save_every, progress=progress)
     progress.close()
-    summary = {"run": args.out, "final_loss": res.final_loss, "diverged": res.diverged, "epochs": len(res.history)}
+    summary = {"run": args.out, "final_loss": res.final_loss, "diverged": res.diverged, "epochs": len(res.history),
+               "warnings": notes}
     _emit(finish(summary, res.n_examples) if args.json else f"trained {args.arch} on {args.data}: final training loss {res.final_loss:.6g}"
           f"{' (DIVERGED)' if res.diverged else ''}; run folder {args.out}\n  next: mli-theory check --run {args.out}", args.json)
     return 0
