@@ -44,6 +44,13 @@ put back after), wherever that module has the line's dtypes and devices: a forwa
 from the original it was given by identity alone (a list it shares with its class, the order in
 which a set that once grew iterates), and the certificate speaks of the original.
 
+A caller's own evaluation need not run as the curve does: it loads θ(α) into the model
+(``load_state_dict``: the parameters stay ``nn.Parameter`` objects, with their identities), it may
+record autograd, it may have set another default dtype. The forward is run once more that way, on
+a private copy (:func:`_caller_run`), and must run the same operations (floating constants compared
+by their float32 values, so that ``torch.tensor(0.5)`` is the same under either default); it must
+draw no random numbers (any operation torch tags ``nondeterministic_seeded``).
+
 What this does not see: a forward that tells this comparison from the caller's own calls by its
 surroundings (the active torch modes, the call stack, the clock, process state):
 :func:`mli_theory.path.structure.opaque_call_reason` refuses forwards that reach those (by name, by
