@@ -466,3 +466,46 @@ def test_a_forward_that_asks_how_it_runs_is_refused(cls):
     assert r.certificate.status == "unknown"
     assert "reads" in r.certificate.reason or "runs other operations" in r.certificate.reason
     assert r.info["path_kind"] == "unknown"
+
+
+def test_a_monotone_verdict_is_withdrawn_where_the_checks_own_float32_curve_rises_beyond_rounding():
+    """Red team, part 25: an intermediate that overflows in float32 only (tanh turns the inf into 1),
+    past the probe α: the float64 computation the enclosures certify is monotone, the float32 curve a
+    caller measures rises by 0.34."""
+    import mli_theory as mt
+
+    class Overflows(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+            self.perm = nn.Linear(4, 3, bias=False)
+            self.s = nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            bump = torch.relu(self.perm(x))
+            d = ((bump * self.s) * 1e20) * 1e20  # inf in float32 once bump·s > 0.034
+            return self.fc(x) + 5.0 * torch.tanh((d * 1e-20) * 1e-20)
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[3.0, 0, 0, 0], [0, 3.0, 0, 0], [0, 0, 3.0, 0]])
+    y = torch.arange(60) % 3
+    x = centres[y] + 0.3 * torch.randn(60, 4, generator=g)
+    torch.manual_seed(1)
+    m = Overflows()
+    perm = torch.zeros(3, 4)
+    for c in range(3):
+        perm[(c + 1) % 3, c] = 1.0
+    with torch.no_grad():
+        m.perm.weight.copy_(perm)
+    start = {k: v.clone() for k, v in m.state_dict().items()}
+    opt = torch.optim.SGD(m.fc.parameters(), lr=0.5)
+    for _ in range(100):
+        opt.zero_grad()
+        F.cross_entropy(m.fc(x), y).backward()
+        opt.step()
+    with torch.no_grad():
+        m.s.fill_(0.015)
+    end = {k: v.clone() for k, v in m.state_dict().items()}
+    out = mt.check(Overflows(), start, end, mt.Dataset(x, y, "ce", "t"), certify=True, geometry=False)
+    assert out.max_rise > 0.3  # the float32 curve rises
+    assert out.certificate.status == "unknown" and "is not the computation certified" in out.certificate.reason, out.certificate.reason

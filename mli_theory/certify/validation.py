@@ -250,7 +250,27 @@ class Reference:
                 f"the certified model {MEASURED_DIFFERS}: a monotone verdict at tol {tol:g} is contradicted by the grid: L({b:.6g}) − "
                 f"L({a:.6g}) = {lb - la:.6g} in float64"
             )
+        # the check's own curve, in its dtype, is what a caller measures: a rise there beyond that dtype's
+        # rounding which float64 does not show is a computation other than the one certified (an overflow
+        # in float32, a forward that asks its input's dtype)
+        if self.line.dtype != torch.float64:
+            ma, mb = self._dtype_value(a), self._dtype_value(b)
+            top = max(abs(v) for v in self.curve.losses if math.isfinite(v))
+            rounding = DTYPE_ROUNDING_EPS * _eps(self.line.dtype) * top
+            if ma is not None and mb is not None and mb - ma > tol + rounding:
+                kind = str(self.line.dtype).replace("torch.", "")
+                return (
+                    f"the certified model {MEASURED_DIFFERS}: the check's {kind} curve rises by {mb - ma:.6g} on "
+                    f"[{a:.6g}, {b:.6g}], beyond {kind} rounding ({rounding:.2g}) and tol, where a float64 re-evaluation "
+                    f"gives {lb - la:.6g}: the evaluation in {kind} is not the computation certified (an overflow, or a "
+                    "forward that depends on its dtype)"
+                )
         return None
+
+
+# a rise of the check's own curve below this many epsilons of its dtype times its largest loss may be
+# that evaluation's rounding (as ``check`` reports it)
+DTYPE_ROUNDING_EPS = 64
 
 
 def _eps(dtype: torch.dtype) -> float:
