@@ -2338,6 +2338,8 @@ _DEQUE = collections.deque([object()])
 _BASE = np.zeros(2)
 _VIEWED = _BASE[:1]
 _STRIDED = np.zeros(1)
+_OBJECTS = np.empty(1, dtype=object)
+_OBJECTS[0] = []
 
 
 class _FunctionAttribute(nn.Module):
@@ -2391,6 +2393,18 @@ class _ArrayBase(nn.Module):
         return self.lin(x)
 
 
+class _ObjectArray(nn.Module):
+    """A counter in a list an object array holds (its bytes, pointers, never change)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(1, 1)
+
+    def forward(self, x):
+        _OBJECTS[0].append(0)
+        return self.lin(x)
+
+
 class _ArrayStrides(nn.Module):
     def __init__(self):
         super().__init__()
@@ -2408,6 +2422,7 @@ class _ArrayStrides(nn.Module):
     (_DequeOfObjects, "_DEQUE"),
     (_ArrayBase, "_VIEWED"),
     (_ArrayStrides, "_STRIDED"),
+    (_ObjectArray, "_OBJECTS"),
 ])
 def test_counters_in_function_attributes_deques_and_array_layouts_are_changes(cls, expect):
     from mli_theory import make_line

@@ -342,6 +342,9 @@ def _plain(value: Any, depth: int = 0) -> Any:
     if t is types.GeneratorType:  # a counter kept in a generator's frame
         frame = value.gi_frame
         return ("generator", None if frame is None else (frame.f_lasti, _plain(dict(frame.f_locals), depth + 1)))
+    np_ = sys.modules.get("numpy")
+    if np_ is not None and isinstance(value, np_.ndarray) and value.dtype.hasobject:  # references: what they hold
+        return ("ndarray", value.shape, "object", tuple(_plain(v, depth + 1) for v in value.reshape(-1).tolist()))
     array = _array_bytes(value)
     if array is not None:
         return array
