@@ -370,3 +370,25 @@ def test_one_roughness_slice_is_refused_and_other_commands_carry_the_inputs_note
                                 "--data", "notes_factory:loader", "--alphas", "3", "--json")
     assert code == 0, err
     assert any("batches of 7" in w for w in json.loads(out)["warnings"])
+
+
+def test_a_forward_that_raises_on_the_data_is_one_line(files, monkeypatch):
+    import sys
+    import types
+
+    class Broken(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l = torch.nn.Linear(10, 1)
+
+        def forward(self, x):
+            return self.l(x) * x.no_such_attribute
+
+    mod = types.ModuleType("broken_model")
+    mod.net = Broken
+    monkeypatch.setitem(sys.modules, "broken_model", mod)
+    torch.manual_seed(0)
+    m = torch.nn.Linear(10, 1)
+    torch.save({f"l.{k}": v for k, v in m.state_dict().items()}, files / "k0.pt")
+    refused("check", "--arch", "broken_model:net", "--init", str(files / "k0.pt"), "--final", str(files / "k0.pt"),
+            "--data", DATA, needle="the model's forward raised AttributeError")

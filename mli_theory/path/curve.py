@@ -33,6 +33,9 @@ def probe(line: Line, data: Dataset) -> None:
     except (RuntimeError, ValueError, IndexError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"data x of shape {tuple(data.x.shape)} does not fit the model: {msg[:200]}") from None
+    except Exception as exc:  # noqa: BLE001 - the user's forward fails on its own: one line, not a traceback
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise InputError(f"the model's forward raised {type(exc).__name__} on two examples of the data: {msg[:200]}") from None
     if not isinstance(out, torch.Tensor):
         raise InputError(f"the model returns {type(out).__name__}, not a tensor")
     if data.loss == "mse" and tuple(out.shape[1:]) != tuple(data.y.shape[1:]):
