@@ -316,16 +316,8 @@ def test_data_sources_are_read_as_a_caller_reads_them(monkeypatch):
 
 def test_a_dataloaders_batches_are_the_evaluations_and_float64_checkpoints_set_the_dtype(files, monkeypatch):
     import json
-    import sys
-    import types
 
-    from torch.utils.data import DataLoader, TensorDataset
-
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(20, 10, generator=g), torch.randn(20, 1, generator=g)
-    mod = types.ModuleType("loader_factory")
-    mod.data = lambda: DataLoader(TensorDataset(x, y), batch_size=8)
-    monkeypatch.setitem(sys.modules, "loader_factory", mod)
+    _loader_module(monkeypatch, "loader_factory", "data", n=20, batch_size=8, seed=0)
     code, out, err, _ = run_cli("check", "--arch", ARCH, "--init", str(files / "a.pt"), "--final", str(files / "b.pt"),
                                 "--data", "loader_factory:data", "--alphas", "3", "--json")
     result = json.loads(out)
@@ -354,18 +346,11 @@ def test_a_seed_beyond_64_bits_or_negative_is_refused(files, command):
 
 def test_one_roughness_slice_is_refused_and_other_commands_carry_the_inputs_notes(files, monkeypatch):
     import json
-    import sys
-    import types
 
-    from torch.utils.data import DataLoader, TensorDataset
 
     refused("roughness", "--arch", ARCH, "--init", str(files / "a.pt"), "--final", str(files / "b.pt"), "--data", DATA,
             "--slices", "1", needle="at least 2")
-    g = torch.Generator().manual_seed(1)
-    x, y = torch.randn(21, 10, generator=g), torch.randn(21, 1, generator=g)
-    mod = types.ModuleType("notes_factory")
-    mod.loader = lambda: DataLoader(TensorDataset(x, y), batch_size=7)
-    monkeypatch.setitem(sys.modules, "notes_factory", mod)
+    _loader_module(monkeypatch, "notes_factory", "loader", n=21, batch_size=7, seed=1)
     code, out, err, _ = run_cli("barrier", "--arch", ARCH, "--a", str(files / "a.pt"), "--b", str(files / "b.pt"),
                                 "--data", "notes_factory:loader", "--alphas", "3", "--json")
     assert code == 0, err
@@ -392,3 +377,18 @@ def test_a_forward_that_raises_on_the_data_is_one_line(files, monkeypatch):
     torch.save({f"l.{k}": v for k, v in m.state_dict().items()}, files / "k0.pt")
     refused("check", "--arch", "broken_model:net", "--init", str(files / "k0.pt"), "--final", str(files / "k0.pt"),
             "--data", DATA, needle="the model's forward raised AttributeError")
+
+
+def _loader_module(monkeypatch, module: str, name: str, *, n: int, batch_size: int, seed: int) -> None:
+    """Register a module ``module`` whose ``name()`` returns a DataLoader of n random (x, y) pairs
+    (10 inputs, 1 target) in batches of ``batch_size``."""
+    import sys
+    import types
+
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(n, 10, generator=g), torch.randn(n, 1, generator=g)
+    mod = types.ModuleType(module)
+    setattr(mod, name, lambda: DataLoader(TensorDataset(x, y), batch_size=batch_size))
+    monkeypatch.setitem(sys.modules, module, mod)

@@ -80,6 +80,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from ..inputs.formats import _byte_bounds
 from .batchnorm import recompute_batches
 from .structure import _NAMESPACES, _TYPE_MODULE, _user_class, instance_dict, object_fields, reached_state, state_repr
 
@@ -364,12 +365,6 @@ def _sharing(items: list) -> tuple:
     a forward can count by making entries the same object, with equal values throughout."""
     first: dict[int, int] = {}
     return tuple(first.setdefault(id(v), i) for i, v in enumerate(items))
-
-
-def _byte_bounds(np: Any) -> Any:
-    """NumPy's ``byte_bounds`` (moved to ``numpy.lib.array_utils`` in NumPy 2)."""
-    found = getattr(np, "byte_bounds", None)
-    return found if found is not None else np.lib.array_utils.byte_bounds
 
 
 def _array_bytes(value: Any) -> Any:
