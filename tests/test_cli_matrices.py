@@ -75,3 +75,14 @@ def test_barrier_of_a_trained_curve(runs, capsys):
         assert got["alpha"] == v["alpha"] and (got["value"] == v["value"] or got["value"] == pytest.approx(v["value"], rel=1e-12))
     code = main([*args, "--curve", "bezier", "--bn", "repair", "--quiet"])
     assert code == 2
+
+
+def test_barrier_refuses_curve_settings_without_a_curve(runs, capsys):
+    """--curve-epochs or --curve-lr on the straight line (no --curve) would be ignored: one line, exit 2."""
+    args = ["barrier", "--arch", "mlp:64-6-10:tanh", "--a", str(runs / "r0" / "final.pt"), "--b", str(runs / "r1" / "final.pt"),
+            "--data", "sklearn:digits", "--loss", "ce", "--alphas", "3", "--quiet"]
+    for extra in (["--curve-epochs", "5"], ["--curve-lr", "0.1"], ["--curve-epochs", "5", "--curve-lr", "0.1"]):
+        capsys.readouterr()
+        assert main([*args, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and extra[0] in err and "--curve bezier" in err

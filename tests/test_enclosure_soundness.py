@@ -13,6 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.nn import functional as F
 
 import mli_theory as mt
 from mli_theory.certify import enclosures as E
@@ -21,7 +22,9 @@ from mli_theory.path import BNPolicy
 
 mp.mp.dps = 60
 
-ACTS = {"relu": nn.ReLU, "leaky": lambda: nn.LeakyReLU(0.1), "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU, "softplus": nn.Softplus}
+ACTS = {"relu": nn.ReLU, "leaky": lambda: nn.LeakyReLU(0.1), "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU, "softplus": nn.Softplus,
+        "relu6": nn.ReLU6, "hardtanh": lambda: nn.Hardtanh(-0.5, 0.75)}
+CLAMPS = {"relu6": (0, 6), "hardtanh": (-0.5, 0.75)}
 
 
 def _act(name, v, d):
@@ -30,6 +33,9 @@ def _act(name, v, d):
         return (v, d) if v > 0 else (mp.mpf(0), mp.mpf(0))
     if name == "leaky":
         return (v, d) if v > 0 else (v / 10 if False else v * mp.mpf(0.1), d * mp.mpf(0.1))
+    if name in CLAMPS:  # clamp to [a, b]: slope 1 strictly inside, 0 outside (the kinks have measure zero)
+        a, b = (mp.mpf(t) for t in CLAMPS[name])
+        return (v, d) if a < v < b else ((a, mp.mpf(0)) if v <= a else (b, mp.mpf(0)))
     if name == "tanh":
         t = mp.tanh(v)
         return t, (1 - t * t) * d
@@ -666,3 +672,156 @@ def test_the_linear_rule_reads_weight_memos_as_the_reverse_walk_writes_them():
     again = E._linear(walked, x, w)
     for a, b in ((fresh.v, again.v), (fresh.d, again.d)):
         assert torch.equal(a.c, b.c) and torch.equal(a.g, b.g) and torch.equal(a.e, b.e)
+
+
+class _Clamps(nn.Module):
+    """Every spelling of a clamp the enclosures take: torch.clamp / clip, the Tensor methods,
+    F.hardtanh, F.relu6 and their modules, with one bound or both."""
+
+    def __init__(self, form):
+        super().__init__()
+        self.form = form
+        self.a, self.b = nn.Linear(3, 5), nn.Linear(5, 2)
+        self.act = nn.ReLU6() if form == "ReLU6" else nn.Hardtanh(-0.3, 0.2)
+
+    def forward(self, x):
+        h = self.a(x)
+        if self.form == "clamp":
+            h = torch.clamp(h, min=-0.4, max=0.6)
+        elif self.form == "clip_max":
+            h = torch.clip(h, max=0.3)
+        elif self.form == "method_min":
+            h = h.clamp(min=0.1)
+        elif self.form == "method_clip":
+            h = h.clip(-0.25, 0.25)
+        elif self.form == "hardtanh":
+            h = F.hardtanh(h, -0.5, 0.5)
+        elif self.form == "Hardtanh":
+            h = self.act(h)
+        elif self.form == "ReLU6":
+            h = self.act(h * 4)
+        else:
+            h = F.relu6(h * 4)
+        return self.b(h)
+
+
+@settings(deadline=None, max_examples=30)
+@given(st.sampled_from(["clamp", "clip_max", "method_min", "method_clip", "hardtanh", "relu6", "Hardtanh", "ReLU6"]), st.sampled_from(["mse", "ce"]),
+       st.integers(0, 2**20), st.sampled_from([1, 3, 6, 10]), st.integers(0, 2**10 - 1))
+def test_clamps_in_every_spelling_are_enclosed(form, loss, seed, j, k):
+    """L and L′ of nets with clamps (written as functions, methods, hardtanh, relu6) against float64
+    forward mode at points of a dyadic cell: the enclosures must contain them (up to the reference's
+    own rounding)."""
+    from torch.func import functional_call, jvp
+
+    g = torch.Generator().manual_seed(seed)
+    model = _Clamps(form).double()
+    start = {n: torch.randn(v.shape, generator=g, dtype=torch.float64) for n, v in model.state_dict().items()}
+    end = {n: v + torch.randn(v.shape, generator=g, dtype=torch.float64) for n, v in start.items()}
+    x = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(6, 2, generator=g, dtype=torch.float64) if loss == "mse" else torch.randint(0, 2, (6,), generator=g)
+    prob = prepare(mt.make_line(model, start, end, dtype=torch.float64), mt.Dataset(x, y, loss, "t"), BNPolicy.FROZEN)
+    k %= 2**j
+    ca, cb = k / 2**j, (k + 1) / 2**j
+    (dlo, dhi), (llo, lhi) = (t[0] for t in enclose(prob, [ca], [cb]))
+
+    def loss_at(a):
+        out = functional_call(model, {n: start[n] + a * (end[n] - start[n]) for n in start}, (x,))
+        return F.mse_loss(out, y) if loss == "mse" else F.cross_entropy(out, y)
+
+    for f in (0.0, 0.37, 0.81, 1.0):
+        a = torch.tensor(ca + f * (cb - ca), dtype=torch.float64)
+        L, dL = (float(t) for t in jvp(loss_at, (a,), (torch.ones_like(a),)))
+        slack = 1e-12 * (1 + abs(L) + abs(dL))
+        assert llo - slack <= L <= lhi + slack, (form, loss, seed, f, L, llo, lhi)
+        assert dlo - slack <= dL <= dhi + slack, (form, loss, seed, f, dL, dlo, dhi)
+
+
+@pytest.mark.parametrize("expr", ["tensor_bound", "inverted", "infinite"])
+def test_clamps_the_enclosures_cannot_follow_are_declined(expr):
+    """Tensor bounds, min > max (torch returns max everywhere) and infinite bounds: no rule, so the
+    certifier says why instead of enclosing something else."""
+    from mli_theory.certify.partition import Unsupported, decide_by_enclosures
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(2, 2)
+            self.t = torch.tensor([0.1, 0.2], dtype=torch.float64)
+
+        def forward(self, x):
+            h = self.a(x)
+            if expr == "tensor_bound":
+                return torch.clamp(h, min=self.t)
+            if expr == "inverted":
+                return torch.clamp(h, min=0.5, max=-0.5)
+            return torch.clamp(h, max=float("inf"))
+
+    model = Net().double()
+    st_ = {n: v.clone() for n, v in model.state_dict().items()}
+    en = {n: v + 1 for n, v in st_.items()}
+    data = mt.Dataset(torch.ones(2, 2, dtype=torch.float64), torch.zeros(2, 2, dtype=torch.float64), "mse", "t")
+    with pytest.raises(Unsupported, match="torch.clamp"):
+        decide_by_enclosures(mt.make_line(model, st_, en, dtype=torch.float64), data, tol=0.0)
+
+
+def _pool_net(pool, seed, hw):
+    """Conv2d → ``pool`` → Flatten → Linear on 1-channel (hw) images, with random endpoints: the
+    pool, the net's one nonlinearity, sees negative entries (a padding of zeros would change its
+    maxima, which no ReLU after it hides)."""
+    g = torch.Generator().manual_seed(seed)
+    body = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), pool, nn.Flatten()).double()
+    with torch.no_grad():
+        f = body(torch.zeros(1, 1, *hw, dtype=torch.float64)).shape[1]
+    model = nn.Sequential(*body, nn.Linear(f, 2)).double()
+    start = {n: torch.randn(v.shape, generator=g, dtype=torch.float64) for n, v in model.state_dict().items()}
+    end = {n: v + torch.randn(v.shape, generator=g, dtype=torch.float64) for n, v in start.items()}
+    x = torch.randn(4, 1, *hw, generator=g, dtype=torch.float64)
+    return model, start, end, x, g
+
+
+@settings(deadline=None, max_examples=30)
+@given(st.sampled_from([(2, None, 0, 1), (3, 2, 1, 1), ((2, 3), (1, 2), 0, (2, 1)), (3, 1, 1, 1), ((3, 1), (2, 1), (1, 0), 1)]),
+       st.sampled_from(["mse", "ce"]), st.integers(0, 2**20), st.sampled_from([0, 3, 6, 10]), st.integers(0, 2**10 - 1),
+       st.booleans())
+def test_max_pooling_is_enclosed(geometry, loss, seed, j, k, functional):
+    """MaxPool2d (module, or F.max_pool2d) as pairwise maxima through the ReLU rule: L and L′ of a
+    small CNN against float64 forward mode at points of dyadic cells (kernels, strides, padding —
+    taken as copies of the edge, which never beat the window's own entries — and dilation)."""
+    from torch.func import functional_call, jvp
+
+    kernel, stride, padding, dilation = geometry
+
+    class Functional(nn.Module):
+        def forward(self, x):
+            return F.max_pool2d(x, kernel, stride, padding, dilation)
+
+    pool = Functional() if functional else nn.MaxPool2d(kernel, stride, padding, dilation)
+    model, start, end, x, g = _pool_net(pool, seed, (6, 7))
+    y = torch.randn(4, 2, generator=g, dtype=torch.float64) if loss == "mse" else torch.randint(0, 2, (4,), generator=g)
+    prob = prepare(mt.make_line(model, start, end, dtype=torch.float64), mt.Dataset(x, y, loss, "t"), BNPolicy.FROZEN)
+    k %= 2**j
+    ca, cb = k / 2**j, (k + 1) / 2**j
+    (dlo, dhi), (llo, lhi) = (t[0] for t in enclose(prob, [ca], [cb]))
+
+    def loss_at(a):
+        out = functional_call(model, {n: start[n] + a * (end[n] - start[n]) for n in start}, (x,))
+        return F.mse_loss(out, y) if loss == "mse" else F.cross_entropy(out, y)
+
+    for f in (0.0, 0.37, 0.81, 1.0):
+        a = torch.tensor(ca + f * (cb - ca), dtype=torch.float64)
+        L, dL = (float(t) for t in jvp(loss_at, (a,), (torch.ones_like(a),)))
+        slack = 1e-12 * (1 + abs(L) + abs(dL))
+        assert llo - slack <= L <= lhi + slack, (geometry, loss, seed, f, L, llo, lhi)
+        assert dlo - slack <= dL <= dhi + slack, (geometry, loss, seed, f, dL, dlo, dhi)
+
+
+@pytest.mark.parametrize("pool", [nn.MaxPool2d(2, ceil_mode=True), nn.MaxPool2d(3, 1, 1, dilation=2)])
+def test_max_pooling_the_enclosures_cannot_follow_is_declined(pool):
+    """ceil_mode windows, and padding with dilation (the edge copy may lie outside the window)."""
+    from mli_theory.certify.partition import Unsupported, decide_by_enclosures
+
+    model, start, end, x, _ = _pool_net(pool, 0, (7, 7))
+    data = mt.Dataset(x, torch.zeros(4, 2, dtype=torch.float64), "mse", "t")
+    with pytest.raises(Unsupported, match="MaxPool2d"):
+        decide_by_enclosures(mt.make_line(model, start, end, dtype=torch.float64), data, tol=0.0)

@@ -12,7 +12,7 @@ model computes, decided by tracing it
   (:func:`mli_theory.exact.prove_conditions`); they explain *why* a path is monotone and never
   overrule the decision, which is complete for these paths (a condition that proves L′ ≤ 0 means
   the decision already answered "monotone").
-* every other model the enclosure interpreter supports (ReLU/LeakyReLU/tanh/sigmoid/GELU/softplus
+* every other model the enclosure interpreter supports (ReLU/LeakyReLU/ReLU6/Hardtanh/clamp/max pooling/tanh/sigmoid/GELU/softplus
   MLPs and CNNs, residual additions, average pooling, BatchNorm with frozen or interpolated
   statistics or statistics re-estimated in one pass over all the data), under MSE
   or cross-entropy, and polynomial paths under cross-entropy: L′ is enclosed on a partition of

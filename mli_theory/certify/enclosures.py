@@ -2021,6 +2021,43 @@ def _relu_like(nt: EnclosureNumbers, x: Any, slope: float = 0.0) -> Any:
     return Enclosure(value, _with_norm(dc, dg, de, _norm_of(d, width), dextra))
 
 
+def _clamp_bound(b: Any) -> float | None | bool:
+    """A clamp bound as a float, None where absent, False where it is not a finite real number."""
+    if b is None:
+        return None
+    if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b):
+        return False
+    return float(b)
+
+
+def _clamp(nt: EnclosureNumbers, x: Any, min: Any = None, max: Any = None, *, out: Any = None) -> Any:  # noqa: A002 - torch's names
+    """clamp(x, a, b) (also hardtanh and relu6) for numbers a ≤ b, either of them absent, as
+    b − relu(b − (a + relu(x − a))): in real arithmetic that is the clamp itself, so the ReLU rule
+    (:func:`_relu_like`, the kinks' Clarke sets in the remainders) on shifted enclosures
+    (:func:`_shift`, each shift a rounded addition of a constant) encloses it. Declined: tensor
+    bounds, a > b (torch then returns b everywhere), non-finite bounds, and walks that defer the
+    kinks to the reverse walk, which has no rule for it (the forward rule takes it there)."""
+    lo, hi = _clamp_bound(min), _clamp_bound(max)
+    if out is not None or not isinstance(x, Enclosure) or lo is False or hi is False or nt.deferred is not None:
+        return NotImplemented
+    if lo is not None and hi is not None and lo > hi:
+        return NotImplemented
+    y = x
+    if lo is not None:
+        y = _add(nt, _relu_like(nt, _add(nt, y, lo, sign=-1.0)), lo)
+    if hi is not None:
+        y = _add(nt, hi, _relu_like(nt, _add(nt, hi, y, sign=-1.0)), sign=-1.0)
+    return y
+
+
+def _hardtanh_fn(nt: EnclosureNumbers, x: Any, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False) -> Any:
+    return _clamp(nt, x, min_val, max_val)
+
+
+def _relu6_fn(nt: EnclosureNumbers, x: Any, inplace: bool = False) -> Any:
+    return _clamp(nt, x, 0.0, 6.0)
+
+
 # ----------------------------------------------------------------------------- normalisation
 
 
@@ -2407,6 +2444,71 @@ def _avg_pool_module(nt: EnclosureNumbers, mod: nn.Module, p: dict, x: Any) -> A
     return _linear_average(nt, x, pool, nk)
 
 
+def _pair2(v: Any) -> tuple[int, int] | None:
+    """A pooling argument as (height, width): an int or a sequence of one or two ints; None otherwise."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return (v, v)
+    if isinstance(v, (tuple, list)) and len(v) in (1, 2) and all(isinstance(t, int) and not isinstance(t, bool) for t in v):
+        return (v[0], v[-1])
+    return None
+
+
+def _max_pool2d(nt: EnclosureNumbers, x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
+                ceil_mode: bool = False, return_indices: bool = False) -> Any:
+    """Max pooling over the last two axes as a chain of pairwise maxima over each window,
+    max(m, w) = m + relu(w − m), exact in real arithmetic, so the ReLU rule (:func:`_relu_like`)
+    encloses it (values, and the derivative's Clarke set where two entries may tie). Padding
+    (torch's −∞, which never wins) is taken as a copy of the nearest entry, which lies in the same
+    window when the dilation is 1 and the padding at most half the kernel (torch's own limit), so the
+    maximum is unchanged. Declined: ``ceil_mode``, ``return_indices``, padding with dilation > 1,
+    and walks that defer kinks to the reverse walk (no reverse rule: the forward rule takes such nets)."""
+    if not isinstance(x, Enclosure) or ceil_mode or return_indices or nt.deferred is not None:
+        return NotImplemented
+    k = _pair2(kernel_size)
+    s = _pair2(stride) if stride is not None and stride != [] and stride != () else k
+    pad, dil = _pair2(padding), _pair2(dilation)
+    if k is None or s is None or pad is None or dil is None or min(*k, *s, *dil) < 1 or min(pad) < 0:
+        return NotImplemented
+    if pad[0] > k[0] // 2 or pad[1] > k[1] // 2 or (max(pad) > 0 and max(dil) > 1):
+        return NotImplemented
+    shape = x.v.c.shape  # (cells, …, H, W)
+    if len(shape) < 3:
+        return NotImplemented
+    hgt, wid = shape[-2], shape[-1]
+    oh = (hgt + 2 * pad[0] - dil[0] * (k[0] - 1) - 1) // s[0] + 1
+    ow = (wid + 2 * pad[1] - dil[1] * (k[1] - 1) - 1) // s[1] + 1
+    if oh <= 0 or ow <= 0 or hgt == 0 or wid == 0:
+        return NotImplemented
+    dev = x.v.c.device
+    rows = torch.arange(-pad[0], hgt + pad[0], device=dev).clamp(0, hgt - 1)
+    cols = torch.arange(-pad[1], wid + pad[1], device=dev).clamp(0, wid - 1)
+
+    def padded(t: Tensor) -> Tensor:
+        if _is_zero(t):
+            return t
+        t = t.expand(shape)
+        return t.index_select(-2, rows).index_select(-1, cols) if max(pad) > 0 else t
+
+    parts = [padded(t) for t in (x.v.c, x.v.g, x.v.e, x.d.c, x.d.g, x.d.e)]
+
+    def window(i: int, j: int) -> Enclosure:
+        def cut(t: Tensor) -> Tensor:
+            if _is_zero(t):
+                return t
+            r0, c0 = i * dil[0], j * dil[1]
+            return t[..., r0 : r0 + s[0] * (oh - 1) + 1 : s[0], c0 : c0 + s[1] * (ow - 1) + 1 : s[1]]
+
+        vc, vg, ve, dc, dg, de = (cut(t) for t in parts)
+        return Enclosure(TM(vc, vg, ve), TM(dc, dg, de))
+
+    out = window(0, 0)
+    for i in range(k[0]):
+        for j in range(k[1]):
+            if i or j:
+                out = _add(nt, out, _relu_like(nt, _sub(nt, window(i, j), out)))
+    return out
+
+
 def _avg_pool_fn(nt: EnclosureNumbers, x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, ceil_mode: bool = False,
                  count_include_pad: bool = True, divisor_override: Any = None) -> Any:
     if not isinstance(x, Enclosure) or divisor_override is not None:
@@ -2475,6 +2577,8 @@ _MODULE_RULES: dict[type, Callable[..., Any]] = {
     nn.Conv2d: _conv_module,
     nn.ReLU: lambda nt, m, p, x: _relu_like(nt, x),
     nn.LeakyReLU: lambda nt, m, p, x: _relu_like(nt, x, float(m.negative_slope)),
+    nn.ReLU6: lambda nt, m, p, x: _clamp(nt, x, m.min_val, m.max_val),
+    nn.Hardtanh: lambda nt, m, p, x: _clamp(nt, x, m.min_val, m.max_val),
     nn.Tanh: lambda nt, m, p, x: _smooth(nt, _TANH, x),
     nn.Sigmoid: lambda nt, m, p, x: _smooth(nt, _SIGMOID, x),
     nn.GELU: lambda nt, m, p, x: _smooth(nt, _GELU, x) if m.approximate == "none" else NotImplemented,
@@ -2487,6 +2591,7 @@ _MODULE_RULES: dict[type, Callable[..., Any]] = {
     nn.Dropout: _identity_module,
     nn.AvgPool2d: _avg_pool_module,
     nn.AdaptiveAvgPool2d: _avg_pool_module,
+    nn.MaxPool2d: lambda nt, m, p, x: _max_pool2d(nt, x, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, m.return_indices),
 }
 
 
@@ -2521,6 +2626,10 @@ _FUNCTION_RULES: dict[object, Callable[..., Any]] = {
     torch.relu: _relu_fn,
     F.relu: _relu_fn,
     F.leaky_relu: _leaky_fn,
+    F.relu6: _relu6_fn,
+    F.hardtanh: _hardtanh_fn,
+    torch.clamp: _clamp,
+    torch.clip: _clamp,
     torch.tanh: lambda nt, x: _smooth(nt, _TANH, x),
     F.tanh: lambda nt, x: _smooth(nt, _TANH, x),
     torch.sigmoid: lambda nt, x: _smooth(nt, _SIGMOID, x),
@@ -2541,6 +2650,7 @@ _FUNCTION_RULES: dict[object, Callable[..., Any]] = {
     torch.mean: _mean,
     F.avg_pool2d: _avg_pool_fn,
     F.adaptive_avg_pool2d: _adaptive_avg_pool_fn,
+    F.max_pool2d: _max_pool2d,
     getattr: _getattr,
     F.dropout: _dropout,
 }
@@ -2553,6 +2663,8 @@ _METHOD_RULES: dict[str, Callable[..., Any]] = {
     "size": _size,
     "dim": _dim,
     "relu": _relu_fn,
+    "clamp": _clamp,
+    "clip": _clamp,
     "tanh": lambda nt, x: _smooth(nt, _TANH, x),
     "sigmoid": lambda nt, x: _smooth(nt, _SIGMOID, x),
     "add": _add,

@@ -56,8 +56,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--curve", default="line",
                    help="line (default) | bezier | polychain: also train a curve from A to B with one bend "
                         "(Garipov et al. 2018) and report its barriers beside the line's ('curve' in the JSON)")
-    p.add_argument("--curve-epochs", type=int, default=20, help="epochs of training the bend (default 20)")
-    p.add_argument("--curve-lr", type=float, default=0.01, help="Adam learning rate of the bend (default 0.01)")
+    p.add_argument("--curve-epochs", type=int, default=None, help="epochs of training the bend (default 20; with --curve only)")
+    p.add_argument("--curve-lr", type=float, default=None, help="Adam learning rate of the bend (default 0.01; with --curve only)")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the curve's minibatches and t samples (default 0)")
 
 
@@ -77,6 +77,12 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--curve {args.curve}: expected line, bezier or polychain")
     if args.curve != "line" and args.bn == "repair":
         raise InputError("--bn repair applies to the straight line only; use recompute, interpolate or frozen with --curve")
+    if args.curve == "line":
+        given = [flag for flag, v in (("--curve-epochs", args.curve_epochs), ("--curve-lr", args.curve_lr)) if v is not None]
+        if given:
+            raise InputError(f"{' and '.join(given)} set the training of a curve: add --curve bezier or --curve polychain")
+    args.curve_epochs = 20 if args.curve_epochs is None else args.curve_epochs
+    args.curve_lr = 0.01 if args.curve_lr is None else args.curve_lr
     if args.curve != "line" and (isinstance(args.curve_epochs, bool) or args.curve_epochs < 0):
         raise InputError(f"--curve-epochs {args.curve_epochs}: must be an integer ≥ 0")
     if args.curve != "line" and not (0 < args.curve_lr < float("inf")):
