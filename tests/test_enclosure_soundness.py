@@ -674,6 +674,29 @@ def test_the_linear_rule_reads_weight_memos_as_the_reverse_walk_writes_them():
         assert torch.equal(a.c, b.c) and torch.equal(a.g, b.g) and torch.equal(a.e, b.e)
 
 
+def _assert_cell_contains_float64(model, start, end, x, y, loss, k, j, what):
+    """Enclose L and L′ on the dyadic cell [k, k + 1]·2^-j (k taken mod 2^j) and check that float64
+    forward mode (``torch.func.jvp`` in α through ``functional_call``) lies inside at four points of
+    it, up to the reference's own rounding."""
+    from torch.func import functional_call, jvp
+
+    prob = prepare(mt.make_line(model, start, end, dtype=torch.float64), mt.Dataset(x, y, loss, "t"), BNPolicy.FROZEN)
+    k %= 2**j
+    ca, cb = k / 2**j, (k + 1) / 2**j
+    (dlo, dhi), (llo, lhi) = (t[0] for t in enclose(prob, [ca], [cb]))
+
+    def loss_at(a):
+        out = functional_call(model, {n: start[n] + a * (end[n] - start[n]) for n in start}, (x,))
+        return F.mse_loss(out, y) if loss == "mse" else F.cross_entropy(out, y)
+
+    for f in (0.0, 0.37, 0.81, 1.0):
+        a = torch.tensor(ca + f * (cb - ca), dtype=torch.float64)
+        L, dL = (float(t) for t in jvp(loss_at, (a,), (torch.ones_like(a),)))
+        slack = 1e-12 * (1 + abs(L) + abs(dL))
+        assert llo - slack <= L <= lhi + slack, (what, loss, f, L, llo, lhi)
+        assert dlo - slack <= dL <= dhi + slack, (what, loss, f, dL, dlo, dhi)
+
+
 class _Clamps(nn.Module):
     """Every spelling of a clamp the enclosures take: torch.clamp / clip, the Tensor methods,
     F.hardtanh, F.relu6 and their modules, with one bound or both."""
@@ -712,29 +735,13 @@ def test_clamps_in_every_spelling_are_enclosed(form, loss, seed, j, k):
     """L and L′ of nets with clamps (written as functions, methods, hardtanh, relu6) against float64
     forward mode at points of a dyadic cell: the enclosures must contain them (up to the reference's
     own rounding)."""
-    from torch.func import functional_call, jvp
-
     g = torch.Generator().manual_seed(seed)
     model = _Clamps(form).double()
     start = {n: torch.randn(v.shape, generator=g, dtype=torch.float64) for n, v in model.state_dict().items()}
     end = {n: v + torch.randn(v.shape, generator=g, dtype=torch.float64) for n, v in start.items()}
     x = torch.randn(6, 3, generator=g, dtype=torch.float64)
     y = torch.randn(6, 2, generator=g, dtype=torch.float64) if loss == "mse" else torch.randint(0, 2, (6,), generator=g)
-    prob = prepare(mt.make_line(model, start, end, dtype=torch.float64), mt.Dataset(x, y, loss, "t"), BNPolicy.FROZEN)
-    k %= 2**j
-    ca, cb = k / 2**j, (k + 1) / 2**j
-    (dlo, dhi), (llo, lhi) = (t[0] for t in enclose(prob, [ca], [cb]))
-
-    def loss_at(a):
-        out = functional_call(model, {n: start[n] + a * (end[n] - start[n]) for n in start}, (x,))
-        return F.mse_loss(out, y) if loss == "mse" else F.cross_entropy(out, y)
-
-    for f in (0.0, 0.37, 0.81, 1.0):
-        a = torch.tensor(ca + f * (cb - ca), dtype=torch.float64)
-        L, dL = (float(t) for t in jvp(loss_at, (a,), (torch.ones_like(a),)))
-        slack = 1e-12 * (1 + abs(L) + abs(dL))
-        assert llo - slack <= L <= lhi + slack, (form, loss, seed, f, L, llo, lhi)
-        assert dlo - slack <= dL <= dhi + slack, (form, loss, seed, f, dL, dlo, dhi)
+    _assert_cell_contains_float64(model, start, end, x, y, loss, k, j, (form, seed))
 
 
 @pytest.mark.parametrize("expr", ["tensor_bound", "inverted", "infinite"])
@@ -788,8 +795,6 @@ def test_max_pooling_is_enclosed(geometry, loss, seed, j, k, functional):
     """MaxPool2d (module, or F.max_pool2d) as pairwise maxima through the ReLU rule: L and L′ of a
     small CNN against float64 forward mode at points of dyadic cells (kernels, strides, padding —
     taken as copies of the edge, which never beat the window's own entries — and dilation)."""
-    from torch.func import functional_call, jvp
-
     kernel, stride, padding, dilation = geometry
 
     class Functional(nn.Module):
@@ -799,21 +804,7 @@ def test_max_pooling_is_enclosed(geometry, loss, seed, j, k, functional):
     pool = Functional() if functional else nn.MaxPool2d(kernel, stride, padding, dilation)
     model, start, end, x, g = _pool_net(pool, seed, (6, 7))
     y = torch.randn(4, 2, generator=g, dtype=torch.float64) if loss == "mse" else torch.randint(0, 2, (4,), generator=g)
-    prob = prepare(mt.make_line(model, start, end, dtype=torch.float64), mt.Dataset(x, y, loss, "t"), BNPolicy.FROZEN)
-    k %= 2**j
-    ca, cb = k / 2**j, (k + 1) / 2**j
-    (dlo, dhi), (llo, lhi) = (t[0] for t in enclose(prob, [ca], [cb]))
-
-    def loss_at(a):
-        out = functional_call(model, {n: start[n] + a * (end[n] - start[n]) for n in start}, (x,))
-        return F.mse_loss(out, y) if loss == "mse" else F.cross_entropy(out, y)
-
-    for f in (0.0, 0.37, 0.81, 1.0):
-        a = torch.tensor(ca + f * (cb - ca), dtype=torch.float64)
-        L, dL = (float(t) for t in jvp(loss_at, (a,), (torch.ones_like(a),)))
-        slack = 1e-12 * (1 + abs(L) + abs(dL))
-        assert llo - slack <= L <= lhi + slack, (geometry, loss, seed, f, L, llo, lhi)
-        assert dlo - slack <= dL <= dhi + slack, (geometry, loss, seed, f, dL, dlo, dhi)
+    _assert_cell_contains_float64(model, start, end, x, y, loss, k, j, (geometry, functional, seed))
 
 
 @pytest.mark.parametrize("pool", [nn.MaxPool2d(2, ceil_mode=True), nn.MaxPool2d(3, 1, 1, dilation=2)])
