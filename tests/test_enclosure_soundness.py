@@ -768,7 +768,7 @@ def test_clamps_the_enclosures_cannot_follow_are_declined(expr):
     st_ = {n: v.clone() for n, v in model.state_dict().items()}
     en = {n: v + 1 for n, v in st_.items()}
     data = mt.Dataset(torch.ones(2, 2, dtype=torch.float64), torch.zeros(2, 2, dtype=torch.float64), "mse", "t")
-    with pytest.raises(Unsupported, match="torch.clamp"):
+    with pytest.raises(Unsupported, match="torch.clamp: the rigorous enclosure rule declines these arguments"):
         decide_by_enclosures(mt.make_line(model, st_, en, dtype=torch.float64), data, tol=0.0)
 
 
@@ -816,3 +816,52 @@ def test_max_pooling_the_enclosures_cannot_follow_is_declined(pool):
     data = mt.Dataset(x, torch.zeros(4, 2, dtype=torch.float64), "mse", "t")
     with pytest.raises(Unsupported, match="MaxPool2d"):
         decide_by_enclosures(mt.make_line(model, start, end, dtype=torch.float64), data, tol=0.0)
+
+
+@pytest.mark.parametrize("spelling", ["module_1", "module_true", "function_1", "function_kw_1"])
+def test_an_inplace_flag_of_any_true_value_is_a_mutation(spelling):
+    """torch tests ``if inplace:``, so ``nn.Hardtanh(inplace=1)`` clamps its input in place. A net
+    that discards the result and reads the clamped input (active only for α in (0.53, 0.67), away
+    from the validation's points) was certified ``monotone`` from a model that never saw the clamp
+    while only ``inplace is True`` counted as a mutation (a red team's find). Now the rise is proven,
+    and its witness re-checked by plain torch."""
+    from mli_theory.certify.partition import decide_by_enclosures
+
+    flag = True if spelling == "module_true" else 1
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.base, self.l1, self.l2 = nn.Linear(1, 1), nn.Linear(1, 1), nn.Linear(1, 1)
+            self.act = nn.Hardtanh(-1e9, 0.5, inplace=flag)
+
+        def forward(self, x):
+            g1 = self.l2(self.l1(x))
+            g2 = self.l2(self.l1(x))
+            if spelling.startswith("module"):
+                self.act(g1)
+            elif spelling == "function_1":
+                F.hardtanh(g1, -1e9, 0.5, 1)
+            else:
+                F.hardtanh(g1, -1e9, 0.5, inplace=1)
+            return self.base(x) + g1 - g2
+
+    def t(v):
+        return torch.tensor(v, dtype=torch.float64)
+
+    start = {"base.weight": t([[0.0]]), "base.bias": t([2.0]), "l1.weight": t([[0.0]]), "l1.bias": t([0.0]),
+             "l2.weight": t([[120.0]]), "l2.bias": t([-35.0])}
+    end = {**start, "base.bias": t([1.0]), "l1.bias": t([1.0]), "l2.weight": t([[20.0]])}
+    model = Net().double()
+    x, y = torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)
+    v = decide_by_enclosures(mt.make_line(model, start, end, dtype=torch.float64), mt.Dataset(x, y, "mse", "t"), tol=0.1)
+    assert v.status == "non_monotone", v
+
+    def plain(a):
+        m = Net().double()
+        m.load_state_dict({k: start[k] + a * (end[k] - start[k]) for k in start})
+        with torch.no_grad():
+            return float(F.mse_loss(m.eval()(x), y))
+
+    a, b = v.where
+    assert plain(b) - plain(a) > 0.1

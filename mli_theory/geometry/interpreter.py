@@ -136,17 +136,27 @@ def _inplace_method(name: object) -> bool:
     return isinstance(name, str) and name.endswith("_") and not name.startswith("_")
 
 
+def _truthy(flag: object) -> bool:
+    """What ``if flag:`` decides, as torch's functions test ``inplace`` (1, a NumPy bool, any object
+    that is true); an object whose truth cannot be read counts as true (the mutation is assumed)."""
+    try:
+        return bool(flag)
+    except Exception:  # noqa: BLE001 - e.g. an array of several entries
+        return True
+
+
 def _inplace_flag(fn: object, args: tuple, kwargs: dict) -> bool:
-    """Whether a functional call asks for ``inplace=True`` (by keyword or position)."""
+    """Whether a functional call asks for ``inplace`` (by keyword or position; any true value, as
+    torch's ``if inplace:`` reads it)."""
     if "inplace" in kwargs:
-        return kwargs["inplace"] is True
+        return _truthy(kwargs["inplace"])
     try:
         params = list(inspect.signature(fn).parameters)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return False
     if "inplace" in params:
         i = params.index("inplace")
-        return i < len(args) and args[i] is True
+        return i < len(args) and _truthy(args[i])
     return False
 
 
@@ -165,7 +175,7 @@ def mutated_input(gm: GraphModule, node: Node) -> Node | None:
             return first
         if _inplace_flag(node.target, node.args, node.kwargs):
             return first
-    if node.op == "call_module" and getattr(gm.get_submodule(node.target), "inplace", False) is True:
+    if node.op == "call_module" and _truthy(getattr(gm.get_submodule(node.target), "inplace", False)):
         return first
     return None
 
@@ -374,7 +384,7 @@ def interpret(
     def load(a: Any) -> Any:
         return torch.fx.node.map_arg(a, lambda n: env[n])
 
-    def fall_back(node: Node, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+    def fall_back(node: Node, fn: Callable[..., Any], args: tuple, kwargs: dict, declined: bool = False) -> Any:
         label = node_label(gm, node)
         if fallbacks is not None and label not in fallbacks:
             fallbacks.append(label)
@@ -382,6 +392,8 @@ def interpret(
             return numbers.fallback(fn, args, kwargs)
         except (NotImplementedError, RuntimeError) as exc:
             msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            if declined:
+                raise UnsupportedGraph(f"{label}: the {numbers.name} rule declines these arguments, and the fallback failed: {msg}") from exc
             raise UnsupportedGraph(f"{label} has no {numbers.name} rule and its fallback failed: {msg}") from exc
 
     for node in gm.graph.nodes:
@@ -403,13 +415,14 @@ def interpret(
         if op == "call_module":
             m = gm.get_submodule(node.target)
             p = {k: params.get(f"{node.target}.{k}", t) for k, t in _module_tensors(m)}
+            rule = None
             if not _has_number((p, args, kwargs), numbers):  # constant folding, as for functions
                 out = _module_fn(m)(p, *args, **kwargs)
             else:
                 rule = numbers.rule("module", type(m))
                 out = NotImplemented if rule is None else rule(m, p, *args, **kwargs)
             if out is NotImplemented:
-                out = fall_back(node, _module_fn(m), (p, *args), kwargs)
+                out = fall_back(node, _module_fn(m), (p, *args), kwargs, declined=rule is not None)
         elif op == "call_function":
             fn = _INPLACE_OPERATORS.get(node.target, node.target)
             if fn is operator.getitem and isinstance(args[0], (tuple, list, dict, torch.Size)):
@@ -420,7 +433,7 @@ def interpret(
                 rule = numbers.rule("function", fn)
                 out = NotImplemented if rule is None else rule(*args, **kwargs)
                 if out is NotImplemented:
-                    out = fall_back(node, fn, args, kwargs)
+                    out = fall_back(node, fn, args, kwargs, declined=rule is not None)
         elif op == "call_method":
             if not _has_number((args, kwargs), numbers):
                 out = getattr(args[0], node.target)(*args[1:], **kwargs)
@@ -432,7 +445,7 @@ def interpret(
                     rule = numbers.rule("method", name)
                 out = NotImplemented if rule is None else rule(*args, **kwargs)
                 if out is NotImplemented:
-                    out = fall_back(node, _method_fn(name), args, kwargs)
+                    out = fall_back(node, _method_fn(name), args, kwargs, declined=rule is not None)
         else:  # pragma: no cover - fx has no other ops
             raise UnsupportedGraph(f"unknown graph op {op}")
         env[node] = out
