@@ -865,3 +865,61 @@ def test_an_inplace_flag_of_any_true_value_is_a_mutation(spelling):
 
     a, b = v.where
     assert plain(b) - plain(a) > 0.1
+
+
+class _StoredHalf(float):
+    """A float whose ``float()`` is not what it stores: torch reads the stored 0.5."""
+
+    def __float__(self):
+        return 1e9
+
+
+@pytest.mark.parametrize("spelling", ["bound", "module_attribute", "scalar_shift"])
+def test_numbers_of_other_types_are_declined(spelling):
+    """A subclass of float may answer ``float(v)`` otherwise than torch reads it (a red team's find:
+    ``torch.clamp(g, max=v)`` clamped at 0.5 in torch and not at all in the certifier's model, and was
+    certified monotone): the rules take only Python's and NumPy's own numbers, else decline by name."""
+    from mli_theory.certify.partition import Unsupported, decide_by_enclosures
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(2, 2)
+            self.act = nn.Hardtanh(-1.0, _StoredHalf(0.5))
+
+        def forward(self, x):
+            h = self.a(x)
+            if spelling == "bound":
+                return torch.clamp(h, max=_StoredHalf(0.5))
+            if spelling == "module_attribute":
+                return self.act(h)
+            return h + _StoredHalf(0.5)
+
+    model = Net().double()
+    st_ = {n: v.clone() for n, v in model.state_dict().items()}
+    en = {n: v + 1 for n, v in st_.items()}
+    data = mt.Dataset(torch.ones(2, 2, dtype=torch.float64), torch.zeros(2, 2, dtype=torch.float64), "mse", "t")
+    with pytest.raises(Unsupported, match="declines these arguments"):
+        decide_by_enclosures(mt.make_line(model, st_, en, dtype=torch.float64), data, tol=0.0)
+
+
+def test_torch_keyword_names_reach_the_rules():
+    """``torch.clamp(input=…)`` and ``F.max_pool2d(input=…)``: the rules take torch's parameter
+    names (an unexpected keyword used to fail inside the rule and read as a failed re-evaluation);
+    a keyword no rule knows is declined by name."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(1, 2, 3, padding=1)
+
+        def forward(self, x):
+            h = F.max_pool2d(input=self.a(x), kernel_size=2)
+            return torch.clamp(input=h, min=-0.3, max=0.4).flatten(1)
+
+    g = torch.Generator().manual_seed(3)
+    model = Net().double()
+    start = {n: torch.randn(v.shape, generator=g, dtype=torch.float64) for n, v in model.state_dict().items()}
+    end = {n: v + torch.randn(v.shape, generator=g, dtype=torch.float64) for n, v in start.items()}
+    x = torch.randn(3, 1, 4, 4, generator=g, dtype=torch.float64)
+    y = torch.randn(3, 8, generator=g, dtype=torch.float64)
+    _assert_cell_contains_float64(model, start, end, x, y, "mse", 5, 4, "input keywords")

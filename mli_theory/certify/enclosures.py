@@ -91,6 +91,8 @@ the line uses), so the enclosures hold for the real-number loss of exactly those
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import math
 import operator
 import os
@@ -794,6 +796,46 @@ def _cells_view(x: Tensor, ndim: int) -> Tensor:
 # ----------------------------------------------------------------------------- the number type
 
 
+def _odd_number(v: object, depth: int = 0) -> bool:
+    """Whether ``v`` (or an item of a tuple or list in it) is a number of a type other than
+    Python's own or NumPy's: a subclass of ``int`` or ``float`` may answer ``float(v)`` otherwise
+    than torch reads it (torch takes the stored value), so the rules, which read numbers with
+    ``float()``, take none of them."""
+    if isinstance(v, (int, float, complex)):
+        t = type(v)
+        return t not in (int, float, bool, complex) and t.__module__ != "numpy"
+    if isinstance(v, (tuple, list)) and depth < 2:
+        return any(_odd_number(u, depth + 1) for u in v)
+    return False
+
+
+def _guarded(r: Callable[..., Any], kind: str, nt: "EnclosureNumbers", args: tuple, kwargs: dict) -> Any:
+    """``r(nt, *args, **kwargs)``, declined (``NotImplemented``) where the call's numbers are not
+    plain (:func:`_odd_number`; for a module rule, the module's own attributes too) or its arguments
+    do not fit the rule's parameters (a keyword such as ``input=`` the rule names otherwise): a
+    declined call is refused by name instead of failing inside the rule."""
+    if any(_odd_number(v) for v in args[1 if kind == "module" else 0:]) or any(_odd_number(v) for v in kwargs.values()):
+        return NotImplemented
+    if kind == "module" and args and any(_odd_number(v) for v in vars(args[0]).values()):
+        return NotImplemented
+    sig = _signature(r)
+    if sig is not None:
+        try:
+            sig.bind(nt, *args, **kwargs)
+        except TypeError:
+            return NotImplemented
+    return r(nt, *args, **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def _signature(r: Callable[..., Any]) -> inspect.Signature | None:
+    """The rule's signature, read once (None where Python cannot read one)."""
+    try:
+        return inspect.signature(r)
+    except (TypeError, ValueError):
+        return None
+
+
 class EnclosureNumbers:
     """The rigorous number type for :func:`mli_theory.geometry.interpreter.interpret`.
 
@@ -842,7 +884,7 @@ class EnclosureNumbers:
         r = table.get(key)
         if r is None:
             return None
-        return lambda *a, **k: r(self, *a, **k)
+        return lambda *a, **k: _guarded(r, kind, self, a, k)
 
     def fallback(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         raise NotImplementedError("no rigorous enclosure rule for this operation (certification needs one for every operation)")
@@ -2025,12 +2067,12 @@ def _clamp_bound(b: Any) -> float | None | bool:
     """A clamp bound as a float, None where absent, False where it is not a finite real number."""
     if b is None:
         return None
-    if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b):
+    if isinstance(b, bool) or not isinstance(b, (int, float)) or _odd_number(b) or not math.isfinite(b):
         return False
     return float(b)
 
 
-def _clamp(nt: EnclosureNumbers, x: Any, min: Any = None, max: Any = None, *, out: Any = None) -> Any:  # noqa: A002 - torch's names
+def _clamp(nt: EnclosureNumbers, input: Any, min: Any = None, max: Any = None, *, out: Any = None) -> Any:  # noqa: A002 - torch's names
     """clamp(x, a, b) (also hardtanh and relu6) for numbers a ≤ b, either of them absent, as
     b − relu(b − (a + relu(x − a))): in real arithmetic that is the clamp itself, so the ReLU rule
     (:func:`_relu_like`, the kinks' Clarke sets in the remainders) on shifted enclosures
@@ -2038,11 +2080,11 @@ def _clamp(nt: EnclosureNumbers, x: Any, min: Any = None, max: Any = None, *, ou
     bounds, a > b (torch then returns b everywhere), non-finite bounds, and walks that defer the
     kinks to the reverse walk, which has no rule for it (the forward rule takes it there)."""
     lo, hi = _clamp_bound(min), _clamp_bound(max)
-    if out is not None or not isinstance(x, Enclosure) or lo is False or hi is False or nt.deferred is not None:
+    if out is not None or not isinstance(input, Enclosure) or lo is False or hi is False or nt.deferred is not None:
         return NotImplemented
     if lo is not None and hi is not None and lo > hi:
         return NotImplemented
-    y = x
+    y = input
     if lo is not None:
         y = _add(nt, _relu_like(nt, _add(nt, y, lo, sign=-1.0)), lo)
     if hi is not None:
@@ -2050,12 +2092,12 @@ def _clamp(nt: EnclosureNumbers, x: Any, min: Any = None, max: Any = None, *, ou
     return y
 
 
-def _hardtanh_fn(nt: EnclosureNumbers, x: Any, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False) -> Any:
-    return _clamp(nt, x, min_val, max_val)
+def _hardtanh_fn(nt: EnclosureNumbers, input: Any, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False) -> Any:  # noqa: A002
+    return _clamp(nt, input, min_val, max_val)
 
 
-def _relu6_fn(nt: EnclosureNumbers, x: Any, inplace: bool = False) -> Any:
-    return _clamp(nt, x, 0.0, 6.0)
+def _relu6_fn(nt: EnclosureNumbers, input: Any, inplace: bool = False) -> Any:  # noqa: A002 - torch's name
+    return _clamp(nt, input, 0.0, 6.0)
 
 
 # ----------------------------------------------------------------------------- normalisation
@@ -2453,7 +2495,7 @@ def _pair2(v: Any) -> tuple[int, int] | None:
     return None
 
 
-def _max_pool2d(nt: EnclosureNumbers, x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
+def _max_pool2d(nt: EnclosureNumbers, input: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,  # noqa: A002
                 ceil_mode: bool = False, return_indices: bool = False) -> Any:
     """Max pooling over the last two axes as a chain of pairwise maxima over each window,
     max(m, w) = m + relu(w − m), exact in real arithmetic, so the ReLU rule (:func:`_relu_like`)
@@ -2462,6 +2504,7 @@ def _max_pool2d(nt: EnclosureNumbers, x: Any, kernel_size: Any, stride: Any = No
     window when the dilation is 1 and the padding at most half the kernel (torch's own limit), so the
     maximum is unchanged. Declined: ``ceil_mode``, ``return_indices``, padding with dilation > 1,
     and walks that defer kinks to the reverse walk (no reverse rule: the forward rule takes such nets)."""
+    x = input
     if not isinstance(x, Enclosure) or ceil_mode or return_indices or nt.deferred is not None:
         return NotImplemented
     k = _pair2(kernel_size)
