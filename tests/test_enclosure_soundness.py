@@ -748,7 +748,6 @@ def test_clamps_in_every_spelling_are_enclosed(form, loss, seed, j, k):
 def test_clamps_the_enclosures_cannot_follow_are_declined(expr):
     """Tensor bounds, min > max (torch returns max everywhere) and infinite bounds: no rule, so the
     certifier says why instead of enclosing something else."""
-    from mli_theory.certify.partition import Unsupported, decide_by_enclosures
 
     class Net(nn.Module):
         def __init__(self):
@@ -764,11 +763,17 @@ def test_clamps_the_enclosures_cannot_follow_are_declined(expr):
                 return torch.clamp(h, min=0.5, max=-0.5)
             return torch.clamp(h, max=float("inf"))
 
-    model = Net().double()
+    _assert_declined(Net().double(), "torch.clamp: the rigorous enclosure rule declines these arguments")
+
+
+def _assert_declined(model, match):
+    """The certifier refuses ``model`` (2 inputs, 2 outputs, MSE), naming why (``match``)."""
+    from mli_theory.certify.partition import Unsupported, decide_by_enclosures
+
     st_ = {n: v.clone() for n, v in model.state_dict().items()}
     en = {n: v + 1 for n, v in st_.items()}
     data = mt.Dataset(torch.ones(2, 2, dtype=torch.float64), torch.zeros(2, 2, dtype=torch.float64), "mse", "t")
-    with pytest.raises(Unsupported, match="torch.clamp: the rigorous enclosure rule declines these arguments"):
+    with pytest.raises(Unsupported, match=match):
         decide_by_enclosures(mt.make_line(model, st_, en, dtype=torch.float64), data, tol=0.0)
 
 
@@ -879,7 +884,6 @@ def test_numbers_of_other_types_are_declined(spelling):
     """A subclass of float may answer ``float(v)`` otherwise than torch reads it (a red team's find:
     ``torch.clamp(g, max=v)`` clamped at 0.5 in torch and not at all in the certifier's model, and was
     certified monotone): the rules take only Python's and NumPy's own numbers, else decline by name."""
-    from mli_theory.certify.partition import Unsupported, decide_by_enclosures
 
     class Net(nn.Module):
         def __init__(self):
@@ -895,12 +899,7 @@ def test_numbers_of_other_types_are_declined(spelling):
                 return self.act(h)
             return h + _StoredHalf(0.5)
 
-    model = Net().double()
-    st_ = {n: v.clone() for n, v in model.state_dict().items()}
-    en = {n: v + 1 for n, v in st_.items()}
-    data = mt.Dataset(torch.ones(2, 2, dtype=torch.float64), torch.zeros(2, 2, dtype=torch.float64), "mse", "t")
-    with pytest.raises(Unsupported, match="declines these arguments"):
-        decide_by_enclosures(mt.make_line(model, st_, en, dtype=torch.float64), data, tol=0.0)
+    _assert_declined(Net().double(), "declines these arguments")
 
 
 def test_torch_keyword_names_reach_the_rules():
