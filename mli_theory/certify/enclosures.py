@@ -2064,10 +2064,11 @@ def _relu_like(nt: EnclosureNumbers, x: Any, slope: float = 0.0) -> Any:
 
 
 def _clamp_bound(b: Any) -> float | None | bool:
-    """A clamp bound as a float, None where absent, False where it is not a finite real number."""
+    """A clamp bound as a float, None where absent, False where it is not a finite real number
+    (numbers of other types never reach here: :func:`_guarded` declines them for every rule)."""
     if b is None:
         return None
-    if isinstance(b, bool) or not isinstance(b, (int, float)) or _odd_number(b) or not math.isfinite(b):
+    if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b):
         return False
     return float(b)
 
