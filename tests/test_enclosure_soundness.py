@@ -763,7 +763,9 @@ def test_clamps_the_enclosures_cannot_follow_are_declined(expr):
                 return torch.clamp(h, min=0.5, max=-0.5)
             return torch.clamp(h, max=float("inf"))
 
-    _assert_declined(Net().double(), "torch.clamp: the rigorous enclosure rule declines these arguments")
+    why = {"tensor_bound": "tensor bounds are not supported", "inverted": "lower clamp bound 0.5 exceeds the upper -0.5",
+           "infinite": "must be finite numbers"}[expr]
+    _assert_declined(Net().double(), rf"torch.clamp: the rigorous enclosure rule declines these arguments \(.*{why}.*\)")
 
 
 def _assert_declined(model, match):
@@ -812,14 +814,16 @@ def test_max_pooling_is_enclosed(geometry, loss, seed, j, k, functional):
     _assert_cell_contains_float64(model, start, end, x, y, loss, k, j, (geometry, functional, seed))
 
 
-@pytest.mark.parametrize("pool", [nn.MaxPool2d(2, ceil_mode=True), nn.MaxPool2d(3, 1, 1, dilation=2)])
-def test_max_pooling_the_enclosures_cannot_follow_is_declined(pool):
-    """ceil_mode windows, and padding with dilation (the edge copy may lie outside the window)."""
+@pytest.mark.parametrize("pool, why", [(nn.MaxPool2d(2, ceil_mode=True), "ceil_mode"),
+                                       (nn.MaxPool2d(3, 1, 1, dilation=2), "padding together with dilation")])
+def test_max_pooling_the_enclosures_cannot_follow_is_declined(pool, why):
+    """ceil_mode windows, and padding with dilation (the edge copy may lie outside the window): the
+    refusal names the layer and the reason."""
     from mli_theory.certify.partition import Unsupported, decide_by_enclosures
 
     model, start, end, x, _ = _pool_net(pool, 0, (7, 7))
     data = mt.Dataset(x, torch.zeros(4, 2, dtype=torch.float64), "mse", "t")
-    with pytest.raises(Unsupported, match="MaxPool2d"):
+    with pytest.raises(Unsupported, match=rf"MaxPool2d.*declines these arguments \({why}"):
         decide_by_enclosures(mt.make_line(model, start, end, dtype=torch.float64), data, tol=0.0)
 
 
@@ -899,7 +903,8 @@ def test_numbers_of_other_types_are_declined(spelling):
                 return self.act(h)
             return h + _StoredHalf(0.5)
 
-    _assert_declined(Net().double(), "declines these arguments")
+    why = "attribute 'max_val' holds" if spelling == "module_attribute" else ""
+    _assert_declined(Net().double(), rf"declines these arguments \(.*{why}.*number of type .*_StoredHalf, not Python's or NumPy's own\)")
 
 
 def test_torch_keyword_names_reach_the_rules():
@@ -922,3 +927,18 @@ def test_torch_keyword_names_reach_the_rules():
     x = torch.randn(3, 1, 4, 4, generator=g, dtype=torch.float64)
     y = torch.randn(3, 8, generator=g, dtype=torch.float64)
     _assert_cell_contains_float64(model, start, end, x, y, "mse", 5, 4, "input keywords")
+
+
+def test_a_keyword_a_rule_does_not_take_is_declined_by_name():
+    """``torch.tanh(input=h)`` is valid torch; the tanh rule names its argument otherwise, so the
+    call is declined and the refusal says which keyword (instead of failing inside the rule)."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(2, 2)
+
+        def forward(self, x):
+            return torch.tanh(input=self.a(x))
+
+    _assert_declined(Net().double(), r"declines these arguments \(arguments it does not take: .*'input'")

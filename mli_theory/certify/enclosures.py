@@ -813,18 +813,40 @@ def _guarded(r: Callable[..., Any], kind: str, nt: "EnclosureNumbers", args: tup
     """``r(nt, *args, **kwargs)``, declined (``NotImplemented``) where the call's numbers are not
     plain (:func:`_odd_number`; for a module rule, the module's own attributes too) or its arguments
     do not fit the rule's parameters (a keyword such as ``input=`` the rule names otherwise): a
-    declined call is refused by name instead of failing inside the rule."""
-    if any(_odd_number(v) for v in args[1 if kind == "module" else 0:]) or any(_odd_number(v) for v in kwargs.values()):
-        return NotImplemented
-    if kind == "module" and args and any(_odd_number(v) for v in vars(args[0]).values()):
-        return NotImplemented
+    declined call is refused by name instead of failing inside the rule. Why a call was declined
+    is left in ``nt.declined`` (here, or by the rule through :func:`_decline`) for the refusal."""
+    nt.declined = None
+    odd = [v for v in (*args[1 if kind == "module" else 0:], *kwargs.values()) if _odd_number(v)]
+    if odd:
+        return _decline(nt, f"a number of type {_odd_type(odd[0])}, not Python's or NumPy's own")
+    if kind == "module" and args:
+        odd_attrs = [k for k, v in vars(args[0]).items() if _odd_number(v)]
+        if odd_attrs:
+            return _decline(nt, f"the module's attribute {odd_attrs[0]!r} holds a number of type "
+                                f"{_odd_type(vars(args[0])[odd_attrs[0]])}, not Python's or NumPy's own")
     sig = _signature(r)
     if sig is not None:
         try:
             sig.bind(nt, *args, **kwargs)
-        except TypeError:
-            return NotImplemented
+        except TypeError as exc:
+            foreign = [k for k in kwargs if k not in sig.parameters]
+            said = f"keyword {', '.join(map(repr, foreign))}" if foreign else str(exc)
+            return _decline(nt, f"arguments it does not take: {said}")
     return r(nt, *args, **kwargs)
+
+
+def _odd_type(v: object) -> str:
+    """The qualified name of the first number of a type other than Python's or NumPy's in ``v``."""
+    if isinstance(v, (tuple, list)):
+        return next(_odd_type(u) for u in v if _odd_number(u, 1))
+    t = type(v)
+    return f"{t.__module__}.{t.__qualname__}"
+
+
+def _decline(nt: "EnclosureNumbers", why: str) -> Any:
+    """``NotImplemented`` (the rule declines this call), with the reason kept for the refusal."""
+    nt.declined = why
+    return NotImplemented
 
 
 @functools.lru_cache(maxsize=None)
@@ -865,6 +887,8 @@ class EnclosureNumbers:
         # so the Taylor models' slopes ĝ never reach a value; Linear and convolution layers carry
         # them as zero, which skips their products with ĝ (half of those layers' work)
         self.points = False
+        # why the last rule called declined its arguments (None: no reason given), for the refusal
+        self.declined: str | None = None
 
     def memo(self, obj: object, tag: str, make: Callable[[], Any]) -> Any:
         """``make()``, computed once per (object, tag) for this batch of cells."""
@@ -2081,10 +2105,14 @@ def _clamp(nt: EnclosureNumbers, input: Any, min: Any = None, max: Any = None, *
     bounds, a > b (torch then returns b everywhere), non-finite bounds, and walks that defer the
     kinks to the reverse walk, which has no rule for it (the forward rule takes it there)."""
     lo, hi = _clamp_bound(min), _clamp_bound(max)
-    if out is not None or not isinstance(input, Enclosure) or lo is False or hi is False or nt.deferred is not None:
+    if out is not None:
+        return _decline(nt, "out= is not supported")
+    if lo is False or hi is False:
+        return _decline(nt, "clamp bounds must be finite numbers (tensor bounds are not supported)")
+    if not isinstance(input, Enclosure) or nt.deferred is not None:
         return NotImplemented
     if lo is not None and hi is not None and lo > hi:
-        return NotImplemented
+        return _decline(nt, f"the lower clamp bound {lo} exceeds the upper {hi}")
     y = input
     if lo is not None:
         y = _add(nt, _relu_like(nt, _add(nt, y, lo, sign=-1.0)), lo)
@@ -2506,15 +2534,19 @@ def _max_pool2d(nt: EnclosureNumbers, input: Any, kernel_size: Any, stride: Any 
     maximum is unchanged. Declined: ``ceil_mode``, ``return_indices``, padding with dilation > 1,
     and walks that defer kinks to the reverse walk (no reverse rule: the forward rule takes such nets)."""
     x = input
-    if not isinstance(x, Enclosure) or ceil_mode or return_indices or nt.deferred is not None:
+    if ceil_mode or return_indices:
+        return _decline(nt, "ceil_mode and return_indices are not supported")
+    if not isinstance(x, Enclosure) or nt.deferred is not None:
         return NotImplemented
     k = _pair2(kernel_size)
     s = _pair2(stride) if stride is not None and stride != [] and stride != () else k
     pad, dil = _pair2(padding), _pair2(dilation)
     if k is None or s is None or pad is None or dil is None or min(*k, *s, *dil) < 1 or min(pad) < 0:
-        return NotImplemented
-    if pad[0] > k[0] // 2 or pad[1] > k[1] // 2 or (max(pad) > 0 and max(dil) > 1):
-        return NotImplemented
+        return _decline(nt, "kernel, stride, padding and dilation must be positive integers (padding ≥ 0)")
+    if pad[0] > k[0] // 2 or pad[1] > k[1] // 2:
+        return _decline(nt, "padding larger than half the kernel")
+    if max(pad) > 0 and max(dil) > 1:
+        return _decline(nt, "padding together with dilation is not supported")
     shape = x.v.c.shape  # (cells, …, H, W)
     if len(shape) < 3:
         return NotImplemented

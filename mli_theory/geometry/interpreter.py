@@ -393,7 +393,9 @@ def interpret(
         except (NotImplementedError, RuntimeError) as exc:
             msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             if declined:
-                raise UnsupportedGraph(f"{label}: the {numbers.name} rule declines these arguments, and the fallback failed: {msg}") from exc
+                why = getattr(numbers, "declined", None)
+                said = f" ({why})" if why else ""
+                raise UnsupportedGraph(f"{label}: the {numbers.name} rule declines these arguments{said}, and the fallback failed: {msg}") from exc
             raise UnsupportedGraph(f"{label} has no {numbers.name} rule and its fallback failed: {msg}") from exc
 
     for node in gm.graph.nodes:
