@@ -78,6 +78,22 @@ function v on the cell is (ĉ, ĝ, e) with |v(m + t) − ĉ − ĝt| ≤ e for a
    M(W(α))ᵀ, the transposed convolution; an average pooling or mean is a fixed matrix A ≥ 0 and
    passes g back through Aᵀ, so the radius passes through Aᵀ as well (step O2: the routines that
    compute them equal the dense transposes exactly on integer data).
+   Clamps (ReLU6, Hardtanh, clamp/clip with number bounds a ≤ b) have derivative D·x′ with D = 1
+   on (a, b) and 0 outside, so the identity holds for them unchanged with s = 0: D is proven 1
+   where x − a > 0 and b − x > 0 are proven on the cell, 0 where x − a ≤ 0 or b − x ≤ 0 is, and on
+   the other neurons D̃ = ½, |D − D̃| ≤ ½. The window of step O6 for a neuron whose other bound is
+   proven is that of the undecided difference (x − a, or b − x, whose sign gives D there); one that
+   may meet both bounds takes the whole cell. A product by a number k (or a quotient) is a linear
+   map: its cotangent is k·g (g/k), its radius |k|·r.
+   Max pooling: for a.e. α the maximum y of a window is differentiable with y′ = x′_k for an
+   entry k attaining it (y − x_k ≥ 0 has a minimum at α where both are differentiable), so
+   y′ = Σ_k P_k x′_k with P a vertex of the simplex of the candidates (the entries whose upper
+   bound on the cell reaches the window's largest lower bound; the others lie strictly below
+   another entry on the whole cell). The derivative walk is linear in x′ with coefficients P, so
+   the identity holds with the term Σ_k (P_k − P̃_k)x̃′_k in place of a ReLU's (P̃ = 1/|candidates|),
+   whose modulus is at most max_k sup x̃′_k − min_k inf x̃′_k over the candidates (a weighted mean
+   lies between them); the cotangent of an entry is Σ_windows P_k·g with P_k ∈ [0, 1] on
+   candidates, enclosed as P̃_k ± max(P̃_k, 1 − P̃_k).
 
 4c. Input remainders of Linear layers bounded backward (``Source``). The derivative of a Linear
    layer is v′_l = W_l a′_{l−1} + ΔW_l a_{l−1} + Δb_l, and the value a_{l−1} is known as a Taylor

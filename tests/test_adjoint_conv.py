@@ -27,6 +27,7 @@ from mli_theory.certify.partition import enclose
 
 from test_adjoint_kinks import (_float_reference, _problem, assert_decided_as_a_grid_shows, assert_tighter_than_the_forward_rule,
                                 moved_from_default_init)
+from test_enclosure_soundness import _DeepClamps, _PoolCNN
 
 
 @pytest.mark.parametrize("via", ["auto", "fold"])
@@ -295,3 +296,42 @@ def test_every_cotangent_of_the_reverse_walk_contains_the_true_gradient(case):
             err = (gt - (c + s * t)).abs() - r
             slack = 1e-9 * (1 + gt.abs() + c.abs() + s.abs() * rad)
             assert bool((err <= slack).all()), (case, node.name, f, float(err.max()))
+
+
+@settings(deadline=None, max_examples=20)
+@given(st.sampled_from(["pool", "clamps"]), st.sampled_from(["mse", "ce"]), st.integers(0, 2**20), st.sampled_from([2, 4, 7]),
+       st.integers(0, 2**7 - 1))
+def test_every_cotangent_through_pools_and_clamps_contains_the_true_gradient(net, loss, seed, j, k):
+    """The reverse walk's Taylor model of ∂(Σℓ)/∂(node output) at every node it visits (max pools,
+    clamps, scalings among them) against autograd at points of a dyadic cell: a cotangent too
+    narrow shows here even where the loose enclosure of L′ would hide it."""
+    g = torch.Generator().manual_seed(seed)
+    if net == "pool":
+        model = _PoolCNN(1 + seed % 2)
+        with torch.no_grad():
+            f = model.pool(model.c1(torch.zeros(1, 1, 6, 6))).shape[-1]
+        model.fc = nn.Linear(2 * f * f, 2)
+        x = torch.randn(3, 1, 6, 6, generator=g, dtype=torch.float64)
+    else:
+        model = _DeepClamps(5)
+        x = torch.randn(3, 3, generator=g, dtype=torch.float64)
+    model = model.double()
+    start = {n: torch.randn(v.shape, generator=g, dtype=torch.float64) for n, v in model.state_dict().items()}
+    end = {n: v + torch.randn(v.shape, generator=g, dtype=torch.float64) for n, v in start.items()}
+    y = torch.randn(3, 2, generator=g, dtype=torch.float64) if loss == "mse" else torch.randint(0, 2, (3,), generator=g)
+    prob = _problem(model, start, end, x, y, loss)
+    assert prob.adjoint
+    k %= 2**j
+    ca, cb = k / 2**j, (k + 1) / 2**j
+    mid, rad = (ca + cb) / 2, (cb - ca) / 2
+    keep, _ = walk_back(prob, x, y, loss, (ca, cb))
+    kinds = {type(prob.gm.get_submodule(n.target)).__name__ if n.op == "call_module" else str(n.target) for n in keep}
+    assert ("MaxPool2d" in kinds or "<function max_pool2d at" in " ".join(kinds)) if net == "pool" else "ReLU6" in kinds, kinds
+    for f in (0.0, 0.2, 0.37, 0.5, 0.81, 1.0):
+        alpha = ca + f * (cb - ca)
+        true = _true_gradients(prob.gm, prob.start, prob.end, x, y, loss, alpha)
+        for node, (c, s, r) in keep.items():
+            gt = true[node.name].unsqueeze(0)
+            err = (gt - (c + s * (alpha - mid))).abs() - r
+            slack = 1e-9 * (1 + gt.abs() + c.abs() + s.abs() * rad)
+            assert bool((err <= slack).all()), (net, loss, seed, node.name, f, float(err.max()))

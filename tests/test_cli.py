@@ -221,6 +221,8 @@ FLAGS = [
     ("unknown bn", ["--bn", "magic"], "--bn magic"),
     ("unknown dtype", ["--dtype", "float16"], "--dtype float16"),
     ("negative tol", ["--tol", "-1"], "tol"),
+    ("negative tol in exponent notation", ["--tol", "-1e-9"], "--tol -1e-09: the tolerance must be"),
+    ("minus infinity tol", ["--tol", "-inf"], "--tol -inf: the tolerance must be"),
     ("unknown flag", ["--bogus"], "unrecognized"),
     ("non-integer labels for ce", ["--loss", "ce", "--data", "bad_labels.npz"], "integer labels"),
     ("label out of range", ["--loss", "ce", "--data", "range_labels.npz"], "out of range"),

@@ -674,13 +674,15 @@ def test_the_linear_rule_reads_weight_memos_as_the_reverse_walk_writes_them():
         assert torch.equal(a.c, b.c) and torch.equal(a.g, b.g) and torch.equal(a.e, b.e)
 
 
-def _assert_cell_contains_float64(model, start, end, x, y, loss, k, j, what):
+def _assert_cell_contains_float64(model, start, end, x, y, loss, k, j, what, adjoint=None, points=(0.0, 0.37, 0.81, 1.0)):
     """Enclose L and L′ on the dyadic cell [k, k + 1]·2^-j (k taken mod 2^j) and check that float64
-    forward mode (``torch.func.jvp`` in α through ``functional_call``) lies inside at four points of
-    it, up to the reference's own rounding."""
+    forward mode (``torch.func.jvp`` in α through ``functional_call``) lies inside at ``points`` of
+    it (fractions of the cell), up to the reference's own rounding. ``adjoint=True``: the kinks'
+    reverse walk, which must then be available."""
     from torch.func import functional_call, jvp
 
-    prob = prepare(mt.make_line(model, start, end, dtype=torch.float64), mt.Dataset(x, y, loss, "t"), BNPolicy.FROZEN)
+    prob = prepare(mt.make_line(model, start, end, dtype=torch.float64), mt.Dataset(x, y, loss, "t"), BNPolicy.FROZEN, adjoint=adjoint)
+    assert adjoint is None or prob.adjoint == adjoint, what
     k %= 2**j
     ca, cb = k / 2**j, (k + 1) / 2**j
     (dlo, dhi), (llo, lhi) = (t[0] for t in enclose(prob, [ca], [cb]))
@@ -689,7 +691,7 @@ def _assert_cell_contains_float64(model, start, end, x, y, loss, k, j, what):
         out = functional_call(model, {n: start[n] + a * (end[n] - start[n]) for n in start}, (x,))
         return F.mse_loss(out, y) if loss == "mse" else F.cross_entropy(out, y)
 
-    for f in (0.0, 0.37, 0.81, 1.0):
+    for f in points:
         a = torch.tensor(ca + f * (cb - ca), dtype=torch.float64)
         L, dL = (float(t) for t in jvp(loss_at, (a,), (torch.ones_like(a),)))
         slack = 1e-12 * (1 + abs(L) + abs(dL))
@@ -730,18 +732,54 @@ class _Clamps(nn.Module):
 
 @settings(deadline=None, max_examples=30)
 @given(st.sampled_from(["clamp", "clip_max", "method_min", "method_clip", "hardtanh", "relu6", "Hardtanh", "ReLU6"]), st.sampled_from(["mse", "ce"]),
-       st.integers(0, 2**20), st.sampled_from([1, 3, 6, 10]), st.integers(0, 2**10 - 1))
-def test_clamps_in_every_spelling_are_enclosed(form, loss, seed, j, k):
+       st.integers(0, 2**20), st.sampled_from([1, 3, 6, 10]), st.integers(0, 2**10 - 1), st.sampled_from([None, True]))
+def test_clamps_in_every_spelling_are_enclosed(form, loss, seed, j, k, adjoint):
     """L and L′ of nets with clamps (written as functions, methods, hardtanh, relu6) against float64
     forward mode at points of a dyadic cell: the enclosures must contain them (up to the reference's
-    own rounding)."""
+    own rounding), with the clamp's Clarke term in the forward walk or (``adjoint``) its kinks
+    deferred to the reverse walk."""
     g = torch.Generator().manual_seed(seed)
     model = _Clamps(form).double()
     start = {n: torch.randn(v.shape, generator=g, dtype=torch.float64) for n, v in model.state_dict().items()}
     end = {n: v + torch.randn(v.shape, generator=g, dtype=torch.float64) for n, v in start.items()}
     x = torch.randn(6, 3, generator=g, dtype=torch.float64)
     y = torch.randn(6, 2, generator=g, dtype=torch.float64) if loss == "mse" else torch.randint(0, 2, (6,), generator=g)
-    _assert_cell_contains_float64(model, start, end, x, y, loss, k, j, (form, seed))
+    _assert_cell_contains_float64(model, start, end, x, y, loss, k, j, (form, seed), adjoint=adjoint)
+
+
+class _DeepClamps(nn.Module):
+    """Three kink layers (the reverse walk's default) of clamps, ReLU6 and ReLU, with scalings by
+    numbers between them: the reverse walk sends cotangents back through every clamp (slope 1
+    inside, 0 outside, ½ ± ½ where undecided) and every scaling to the kinks before them."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.a, self.b, self.c, self.d = nn.Linear(3, width), nn.Linear(width, width), nn.Linear(width, width), nn.Linear(width, 2)
+        self.act = nn.ReLU6()
+
+    def forward(self, x):
+        h = torch.clamp(self.a(x), -0.5, 0.7) * 2.0
+        h = self.act(3 * self.b(h))
+        h = F.relu(self.c(h / 6.0)).clamp(max=0.8)
+        return self.d(h.mul(0.5))
+
+
+@settings(deadline=None, max_examples=25)
+@given(st.sampled_from(["mse", "ce"]), st.integers(0, 2**20), st.sampled_from([2, 4, 7]), st.integers(0, 2**7 - 1),
+       st.sampled_from([4, 9]))
+def test_clamps_in_the_reverse_walk_are_enclosed(loss, seed, j, k, width):
+    """A deep net of clamps through the reverse walk (taken by default: three kink layers), against
+    float64 forward mode at nine points of a dyadic cell."""
+    g = torch.Generator().manual_seed(seed)
+    model = _DeepClamps(width).double()
+    start = {n: torch.randn(v.shape, generator=g, dtype=torch.float64) for n, v in model.state_dict().items()}
+    end = {n: v + torch.randn(v.shape, generator=g, dtype=torch.float64) for n, v in start.items()}
+    x = torch.randn(7, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(7, 2, generator=g, dtype=torch.float64) if loss == "mse" else torch.randint(0, 2, (7,), generator=g)
+    prob = prepare(mt.make_line(model, start, end, dtype=torch.float64), mt.Dataset(x, y, loss, "t"), BNPolicy.FROZEN)
+    assert prob.adjoint, "the reverse walk is this test's subject"
+    _assert_cell_contains_float64(model, start, end, x, y, loss, k, j, (loss, seed, width),
+                                  points=tuple(i / 8 for i in range(9)))
 
 
 @pytest.mark.parametrize("expr", ["tensor_bound", "inverted", "infinite"])
@@ -797,11 +835,12 @@ def _pool_net(pool, seed, hw):
 @settings(deadline=None, max_examples=30)
 @given(st.sampled_from([(2, None, 0, 1), (3, 2, 1, 1), ((2, 3), (1, 2), 0, (2, 1)), (3, 1, 1, 1), ((3, 1), (2, 1), (1, 0), 1)]),
        st.sampled_from(["mse", "ce"]), st.integers(0, 2**20), st.sampled_from([0, 3, 6, 10]), st.integers(0, 2**10 - 1),
-       st.booleans())
-def test_max_pooling_is_enclosed(geometry, loss, seed, j, k, functional):
+       st.booleans(), st.sampled_from([None, True]))
+def test_max_pooling_is_enclosed(geometry, loss, seed, j, k, functional, adjoint):
     """MaxPool2d (module, or F.max_pool2d) as pairwise maxima through the ReLU rule: L and L′ of a
     small CNN against float64 forward mode at points of dyadic cells (kernels, strides, padding —
-    taken as copies of the edge, which never beat the window's own entries — and dilation)."""
+    taken as copies of the edge, which never beat the window's own entries — and dilation), with
+    the forward Clarke rule or (``adjoint``) the kinks in the reverse walk."""
     kernel, stride, padding, dilation = geometry
 
     class Functional(nn.Module):
@@ -811,7 +850,46 @@ def test_max_pooling_is_enclosed(geometry, loss, seed, j, k, functional):
     pool = Functional() if functional else nn.MaxPool2d(kernel, stride, padding, dilation)
     model, start, end, x, g = _pool_net(pool, seed, (6, 7))
     y = torch.randn(4, 2, generator=g, dtype=torch.float64) if loss == "mse" else torch.randint(0, 2, (4,), generator=g)
-    _assert_cell_contains_float64(model, start, end, x, y, loss, k, j, (geometry, functional, seed))
+    _assert_cell_contains_float64(model, start, end, x, y, loss, k, j, (geometry, functional, seed), adjoint=adjoint,
+                                  points=(0.0, 0.2, 0.37, 0.5, 0.81, 1.0))
+
+
+class _PoolCNN(nn.Module):
+    """conv → ReLU → max pool → conv → ReLU6 → max pool (function, padded) → Linear: four kink
+    layers, so the reverse walk is the default, and its cotangents pass back through both pools."""
+
+    def __init__(self, stride):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(1, 3, 3, padding=1), nn.Conv2d(3, 2, 3, padding=1)
+        self.pool = nn.MaxPool2d(2, stride)
+        self.fc: nn.Module | None = None  # set by the test once the flattened size is known
+
+    def forward(self, x):
+        h = self.pool(F.relu(self.c1(x)))
+        h = F.max_pool2d(F.relu6(self.c2(h) * 3), 3, 1, 1)
+        return self.fc(h.flatten(1))
+
+
+@settings(deadline=None, max_examples=20)
+@given(st.sampled_from(["mse", "ce"]), st.integers(0, 2**20), st.sampled_from([2, 4, 7]), st.integers(0, 2**7 - 1),
+       st.sampled_from([1, 2]))
+def test_max_pooling_in_the_reverse_walk_is_enclosed(loss, seed, j, k, stride):
+    """A CNN with two max pools among ReLU and ReLU6 layers through the reverse walk (its default
+    here), against float64 forward mode at nine points of a dyadic cell."""
+    g = torch.Generator().manual_seed(seed)
+    model = _PoolCNN(stride)
+    with torch.no_grad():
+        f = model.pool(model.c1(torch.zeros(1, 1, 6, 6))).shape[-1]
+    model.fc = nn.Linear(2 * f * f, 2)
+    model = model.double()
+    start = {n: torch.randn(v.shape, generator=g, dtype=torch.float64) for n, v in model.state_dict().items()}
+    end = {n: v + torch.randn(v.shape, generator=g, dtype=torch.float64) for n, v in start.items()}
+    x = torch.randn(3, 1, 6, 6, generator=g, dtype=torch.float64)
+    y = torch.randn(3, 2, generator=g, dtype=torch.float64) if loss == "mse" else torch.randint(0, 2, (3,), generator=g)
+    prob = prepare(mt.make_line(model, start, end, dtype=torch.float64), mt.Dataset(x, y, loss, "t"), BNPolicy.FROZEN)
+    assert prob.adjoint, "the reverse walk is this test's subject"
+    _assert_cell_contains_float64(model, start, end, x, y, loss, k, j, (loss, seed, stride),
+                                  points=tuple(i / 8 for i in range(9)))
 
 
 @pytest.mark.parametrize("pool, why", [(nn.MaxPool2d(2, ceil_mode=True), "ceil_mode"),
@@ -942,3 +1020,4 @@ def test_a_keyword_a_rule_does_not_take_is_declined_by_name():
             return torch.tanh(input=self.a(x))
 
     _assert_declined(Net().double(), r"declines these arguments \(arguments it does not take: .*'input'")
+

@@ -65,7 +65,11 @@ statistics policy (the cotangent times the per-channel scale ρ(α) = γ(α)·(�
 the re-estimation pass itself keeps the forward Clarke rule unless it is walked backward too,
 :func:`statistics_bound`), ReLU and LeakyReLU (module, function or method),
 flatten/unflatten/view/reshape, identity and dropout in eval mode, sums and differences of
-activations (residual connections), negation. A graph with anything else keeps the
+activations (residual connections), negation, and clamps (ReLU6, Hardtanh, ``clamp``/``clip``
+with number bounds: slope 1 between the bounds and 0 outside, so their kinks are recorded and sent
+back as a ReLU's, :func:`~.enclosures._clamp_deferred`), max pooling (the cotangent to the entries
+that can be a window's maximum on the cell, :func:`_max_pool_back`), and products and quotients by
+numbers. A graph with anything else keeps the
 plain forward Clarke rule (:func:`unsupported` says why), so the adjoint bound is an optimisation,
 never a change of what is certified.
 
@@ -95,13 +99,17 @@ from torch import Tensor, nn
 from torch.fx import GraphModule, Node
 from torch.nn import functional as F
 
-from .enclosures import (_TINY, _UNDER, U, TM, Enclosure, EnclosureNumbers, Kink, Param, Source, _add_tm, _along_cells, _is_zero, _l2,
+from .enclosures import (_TINY, _UNDER, U, TM, Enclosure, EnclosureNumbers, Kink, Param, PoolKink, Source, _add_tm, _along_cells, _is_zero, _l2,
                          _matrix_norms, _product, _reduced, _scale_inexact, _string_padding, _up, abs_per_cell, batch_norm_factors,
                          batch_norm_scale, broadcast_shape, conv2d_dots, gamma, memo_up32, upper_conv2d_dots, upper_matmul, use_float32,
                          _MIN32, _U32)
 
 _RELU_MODULES = (nn.ReLU, nn.LeakyReLU)
 _RELU_FUNCTIONS = {F.relu, torch.relu, F.leaky_relu}
+# clamps: slope 1 between the bounds, 0 outside, recorded as a ReLU's kinks (enclosures._clamp_deferred)
+_CLAMP_MODULES = (nn.ReLU6, nn.Hardtanh)
+_CLAMP_FUNCTIONS = {F.relu6, F.hardtanh, torch.clamp, torch.clip}
+_CLAMP_METHODS = {"clamp", "clip", "clamp_", "clip_"}
 _RESHAPE_FUNCTIONS = {torch.flatten, torch.unflatten, torch.reshape}
 _RESHAPE_METHODS = {"view", "reshape", "flatten", "unflatten", "contiguous"}
 _SUM_FUNCTIONS = {operator.add, operator.sub, torch.add, torch.sub, operator.neg, torch.neg}
@@ -143,6 +151,8 @@ class Tape:
         if found:
             kink = found[0]
             cells = self.numbers.mid.shape[0]
+            if kink.pos.shape[0] != cells and isinstance(kink, PoolKink):
+                raise RuntimeError(f"max pooling shared by every cell at {node.name}")
             if kink.pos.shape[0] != cells:  # an activation shared by every cell: one record per cell
                 pos = kink.pos.expand(cells, *kink.pos.shape[1:])
                 neg = kink.neg.expand(cells, *kink.neg.shape[1:])
@@ -182,8 +192,10 @@ def _kind(gm: GraphModule, node: Node) -> str | None:
         t = type(m)
         if t is nn.Linear:
             return "linear"
-        if t in _RELU_MODULES:
+        if t in _RELU_MODULES or t in _CLAMP_MODULES:
             return "relu"
+        if t is nn.MaxPool2d:
+            return "maxpool"
         if t in (nn.Flatten, nn.Unflatten):
             return "reshape"
         if t is nn.Identity or (t is nn.Dropout and not m.training):
@@ -200,17 +212,21 @@ def _kind(gm: GraphModule, node: Node) -> str | None:
             return "linear"
         if node.target in _POOL_FUNCTIONS or node.target is torch.mean:
             return "average" if _average_op(gm, node) is not None else None
-        if node.target in _RELU_FUNCTIONS:
+        if node.target in _RELU_FUNCTIONS or node.target in _CLAMP_FUNCTIONS:
             return "relu"
+        if node.target is F.max_pool2d:
+            return "maxpool"
         if node.target in _RESHAPE_FUNCTIONS:
             return "reshape"
         if node.target is F.dropout and node.kwargs.get("training", node.args[2] if len(node.args) > 2 else True) is False:
             return "pass"
         if node.target in _SUM_FUNCTIONS and "alpha" not in node.kwargs:
             return "sum"
+        if _scalar_operand(node) is not None:
+            return "times"
         return None
     if node.op == "call_method":
-        if node.target in ("relu", "relu_"):
+        if node.target in ("relu", "relu_") or node.target in _CLAMP_METHODS:
             return "relu"
         if node.target in _RESHAPE_METHODS:
             return "reshape"
@@ -218,7 +234,37 @@ def _kind(gm: GraphModule, node: Node) -> str | None:
             return "sum"
         if node.target == "mean":
             return "average" if _average_op(gm, node) is not None else None
+        if _scalar_operand(node) is not None:
+            return "times"
         return None
+    return None
+
+
+_TIMES_FUNCTIONS = {operator.mul: False, torch.mul: False, operator.truediv: True, torch.div: True}
+_TIMES_METHODS = {"mul": False, "mul_": False, "div": True, "div_": True}
+
+
+def _scalar_operand(node: Node) -> tuple[int, float, bool] | None:
+    """For a product of an activation with a plain number, or its quotient by one: (the position
+    of the activation among the node's arguments, the number, whether it divides); else None. The
+    cotangent passes back multiplied (divided) by the number: the map is linear in the activation."""
+    if node.kwargs or len(node.args) != 2:
+        return None
+    if node.op == "call_function" and node.target in _TIMES_FUNCTIONS:
+        divide = _TIMES_FUNCTIONS[node.target]
+    elif node.op == "call_method" and node.target in _TIMES_METHODS:
+        divide = _TIMES_METHODS[node.target]
+    else:
+        return None
+    a, b = node.args
+
+    def plain(v: Any) -> bool:  # Python's own numbers only (the forward rules decline the others)
+        return type(v) in (int, float) and math.isfinite(v)
+
+    if isinstance(a, Node) and plain(b) and (b != 0 or not divide):
+        return 0, float(b), divide
+    if isinstance(b, Node) and plain(a) and not divide:
+        return 1, float(a), False
     return None
 
 
@@ -409,9 +455,9 @@ def _walk(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]], co
                 unpaid.discard(node)
             if wants(x):
                 send(x, _linear_back(nt, g, tape.weights[node]))
-        elif kind == "relu":
+        elif kind in ("relu", "maxpool"):
             kink = tape.kinks.get(node)
-            if kink is None:
+            if kink is None or (kind == "maxpool") != isinstance(kink, PoolKink):
                 raise RuntimeError(f"no kink record for {node.name}")
             hh = nt.h(g.c.dim() - 1)
             if kink.idx[0].numel():
@@ -420,8 +466,9 @@ def _walk(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]], co
                 count += int(kink.idx[0].numel())
                 if pairs is not None:
                     pairs = None if kink.window is None else pairs + [_kink_pairs(g, kink, nt.rad)]
-            if wants(args[0]):
-                send(args[0], _relu_back(g, kink, hh))
+            x = args[0] if args else kwargs.get("input")
+            if wants(x):
+                send(x, _max_pool_back(g, kink, hh, tape.shapes[x]) if kind == "maxpool" else _relu_back(g, kink, hh))
         elif kind == "conv":
             x = args[0]
             src = tape.sources.get(node)
@@ -463,6 +510,11 @@ def _walk(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]], co
                         if tape.shapes[a][1:] != g.c.shape[1:]:
                             raise RuntimeError(f"broadcast sum at {node.name}")
                         send(a, g.neg() if (negate_second and i == 1) else g)
+        elif kind == "times":
+            pos, k, divide = _scalar_operand(node)
+            x = args[pos]
+            if wants(x):
+                send(x, _times_back(g, k, divide))
         else:
             raise RuntimeError(f"no reverse rule for {node.name}")
         if node in unpaid:  # a rule that deferred a source this walk does not bound: no enclosure
@@ -906,6 +958,67 @@ def _scale_back(g: _Cot, rho: TM, h: Tensor) -> _Cot:
     Euclidean norm of the remainder (max|ρ̂|·n plus the new parts) where the cotangent tracks one."""
     out = _product(rho, TM(g.c, g.s, g.r, g.n), h, norm_of_b=g.n is not None)
     return _Cot(out.c, out.g, out.e, out.n)
+
+
+def _max_pool_back(g: _Cot, kink: PoolKink, h: Tensor, in_shape: torch.Size) -> _Cot:
+    """The cotangent of max pooling's input: each entry receives Σ_windows P_k·g over the windows
+    it lies in, P_k ∈ P̃_k ± u_k on candidates (u_k = max(P̃_k, 1 − P̃_k)) and 0 elsewhere
+    (:func:`~.enclosures._max_pool2d_deferred`): centre Σ P̃_k·c, slope Σ P̃_k·s, radius
+    Σ (P̃_k·r + u_k·(|c| + |s|h + r)). Windows are strided slices of the input padded with copies of
+    its edge entries; sums over windows are added slice by slice, then the padding's copies onto
+    their edge entries (``index_add``). The rounding of every sum is covered by 2γ_n (n terms per
+    entry at most) times the sum of magnitudes, and the radius's own sum inflated likewise."""
+    (k0, k1), (s0, s1), (p0, p1), (d0, d1), hgt, wid = kink.geometry
+    shape = kink.pos.shape  # (cells, …, oh, ow)
+    oh, ow = shape[-2], shape[-1]
+    gc, gs, gr = g.c.expand(shape), g.s.expand(shape), g.r.expand(shape)
+    gmag = gc.abs() + gs.abs() * h + gr
+    lead = shape[:-2]
+    hp, wp = hgt + 2 * p0, wid + 2 * p1
+    c = gc.new_zeros((*lead, hp, wp))
+    sl, r, mag = torch.zeros_like(c), torch.zeros_like(c), torch.zeros_like(c)
+    for k in range(k0 * k1):
+        i, j = divmod(k, k1)
+        pk, ck = kink.p[k], kink.cand[k].to(gc.dtype)
+        uk = ck * torch.maximum(pk, 1.0 - pk)
+        r0, c0 = i * d0, j * d1
+        at = (..., slice(r0, r0 + s0 * (oh - 1) + 1, s0), slice(c0, c0 + s1 * (ow - 1) + 1, s1))
+        tc, ts = pk * gc, pk * gs
+        c[at] += tc
+        sl[at] += ts
+        r[at] += pk * gr + uk * gmag
+        mag[at] += tc.abs() + ts.abs()
+    if p0 or p1:  # the padding's copies summed onto the edge entries they copy (enclosures._max_pool2d)
+        rows = torch.arange(-p0, hgt + p0, device=c.device).clamp(0, hgt - 1)
+        cols = torch.arange(-p1, wid + p1, device=c.device).clamp(0, wid - 1)
+
+        def fold(t: Tensor) -> Tensor:
+            t = t.new_zeros((*lead, hgt, wp)).index_add_(-2, rows, t)
+            return t.new_zeros((*lead, hgt, wid)).index_add_(-1, cols, t)
+
+        c, sl, r, mag = fold(c), fold(sl), fold(r), fold(mag)
+    n = k0 * k1 * (2 * p0 + 1) * (2 * p1 + 1) + 2  # terms summed into one entry, at most
+    grow = 2.0 * gamma(n)
+    r = _up((r + mag * grow) * (1 + grow) + _UNDER)
+    full = torch.Size((*shape[:1], *in_shape[1:]))
+    return _Cot(c.reshape(full), sl.reshape(full), r.reshape(full))
+
+
+def _times_back(g: _Cot, k: float, divide: bool) -> _Cot:
+    """k·g (or g/k): the cotangent of y = k·x (x/k). Each computed product or quotient is correctly
+    rounded, |fl(k·c) − k·c| ≤ u|k·c|, so (|k·c| + |k·s|)·2u (from the rounded results) covers the
+    centre's and the slope's rounding (h ≤ 1); the radius scales by |k| (one more rounding)."""
+    if divide:
+        c, s, mag = g.c / k, g.s / k, 1.0 / abs(k)
+    else:
+        c, s, mag = g.c * k, g.s * k, abs(k)
+    rnd = (c.abs() + s.abs()) * (2 * U)
+    r = _up(g.r * mag * (1 + 4 * U) + rnd)
+    if g.n is None:
+        return _Cot(c, s, r)
+    width = r.shape[-1]
+    n = torch.minimum(_up(g.n * mag * (1 + 4 * U) + _l2(rnd, width)), _l2(r, width))
+    return _Cot(c, s, r, n)
 
 
 def _relu_back(g: _Cot, kink: Kink, h: Tensor) -> _Cot:

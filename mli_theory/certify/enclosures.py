@@ -43,7 +43,8 @@ Rules (each with its proof in ``proofs/enclosure_soundness.md``):
   With ``EnclosureNumbers.deferred`` set, the derivative uses the midpoint slope (1 + s)/2 alone
   and the Clarke term is bounded afterwards by a reverse walk (:mod:`.adjoint`), which then also
   takes the ΔW·δ part of Linear and Conv2d derivatives (δ the input's value remainder, a
-  :class:`Source`);
+  :class:`Source`); clamps and max pooling defer their kinks likewise (:func:`_clamp_deferred`,
+  :func:`_max_pool2d_deferred`);
 * products of two Taylor models (elementwise): (a + g_a t)(b + g_b t) expanded exactly, t² as
   above, cross terms with the remainders bounded by the magnitudes;
 * sums, differences, scalings, reshapes, flatten, dropout in eval mode, average pooling and means
@@ -775,6 +776,20 @@ class Kink:
     # each mixed neuron's sign is known, and its term (:func:`~.adjoint.kink_pieces`); None where
     # not recorded
     window: tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PoolKink(Kink):
+    """What max pooling did on a batch of cells when its kinks are deferred (:func:`_max_pool2d`):
+    per output entry and window offset k (leading axis of ``p`` and ``cand``), whether the entry can
+    be the window's maximum somewhere on the cell (``cand``) and the weight P̃_k it has in the
+    derivative (1/|candidates| there, else 0); ``w`` ≥ |Σ_k (P_k − P̃_k)ṽ′_k| for every choice of the
+    maximum P (a vertex of the candidates' simplex) at the mixed outputs (two or more candidates);
+    ``geometry`` = (kernel, stride, padding, dilation, input height, input width)."""
+
+    p: Tensor | None = None
+    cand: Tensor | None = None
+    geometry: tuple | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -2101,24 +2116,108 @@ def _clamp(nt: EnclosureNumbers, input: Any, min: Any = None, max: Any = None, *
     """clamp(x, a, b) (also hardtanh and relu6) for numbers a ≤ b, either of them absent, as
     b − relu(b − (a + relu(x − a))): in real arithmetic that is the clamp itself, so the ReLU rule
     (:func:`_relu_like`, the kinks' Clarke sets in the remainders) on shifted enclosures
-    (:func:`_shift`, each shift a rounded addition of a constant) encloses it. Declined: tensor
-    bounds, a > b (torch then returns b everywhere), non-finite bounds, and walks that defer the
-    kinks to the reverse walk, which has no rule for it (the forward rule takes it there)."""
+    (:func:`_shift`, each shift a rounded addition of a constant) encloses it. Where the kinks are
+    deferred to the reverse walk, the derivative is :func:`_clamp_deferred`'s. Declined: tensor
+    bounds, a > b (torch then returns b everywhere), non-finite bounds."""
     lo, hi = _clamp_bound(min), _clamp_bound(max)
     if out is not None:
         return _decline(nt, "out= is not supported")
     if lo is False or hi is False:
         return _decline(nt, "clamp bounds must be finite numbers (tensor bounds are not supported)")
-    if not isinstance(input, Enclosure) or nt.deferred is not None:
+    if not isinstance(input, Enclosure):
         return NotImplemented
     if lo is not None and hi is not None and lo > hi:
         return _decline(nt, f"the lower clamp bound {lo} exceeds the upper {hi}")
-    y = input
+    if nt.deferred is not None:
+        return _clamp_deferred(nt, input, lo, hi)
+    return _clamp_composed(nt, input, lo, hi)
+
+
+def _clamp_composed(nt: EnclosureNumbers, x: Enclosure, lo: float | None, hi: float | None) -> Enclosure:
+    """The clamp as b − relu(b − (a + relu(x − a))) through the forward ReLU rule."""
+    y = x
     if lo is not None:
         y = _add(nt, _relu_like(nt, _add(nt, y, lo, sign=-1.0)), lo)
     if hi is not None:
         y = _add(nt, hi, _relu_like(nt, _add(nt, hi, y, sign=-1.0)), sign=-1.0)
     return y
+
+
+def _clamp_deferred(nt: EnclosureNumbers, x: Enclosure, lo: float | None, hi: float | None) -> Enclosure:
+    """The clamp with its kinks deferred to the reverse walk (:mod:`.adjoint`), as ReLU's are.
+
+    The clamp's slope is D = 1 where a < x < b and 0 where x < a or x > b, so its derivative walk is
+    D·x′ with D ∈ [0, 1] (the Clarke set) at the two kinks: the identity (∗) of :mod:`.adjoint`
+    holds as for a ReLU. D is proven 1 where x − a > 0 and b − x > 0 are proven on the cell, 0 where
+    x − a ≤ 0 or b − x ≤ 0 is, and on the other (mixed) neurons the derivative uses D̃ = 1/2 and
+    records ``w`` ≥ |x′|/2 in a :class:`Kink` (slope 0). The tests read the Taylor models of x − a
+    and b − x (:func:`_add`, their rounding in their remainders) exactly as :func:`_relu_like`
+    reads its argument's. A mixed neuron whose other bound is proven records the window of the
+    undecided difference (where along the cell its sign, hence D, is known); one that may meet both
+    bounds records the whole cell. The value is the composed clamp's (:func:`_clamp_composed`,
+    computed without deferring, values only)."""
+    saved = nt.deferred, nt.values_only
+    nt.deferred, nt.values_only = None, True
+    try:
+        value = _clamp_composed(nt, x, lo, hi).v
+    finally:
+        nt.deferred, nt.values_only = saved
+    v, d = x.v, x.d
+    full = v.c.shape
+    if nt.values_only:
+        return Enclosure(value, _zero_tm(value.c))
+    h = nt.h(v.c.dim() - 1)
+
+    def tests(w: Enclosure | None) -> tuple[Tensor | bool, Tensor | bool, TM | None, Tensor | None]:
+        # (w > 0 proven, w ≤ 0 proven, w's Taylor model, its rounding-covered remainder for the window)
+        if w is None:
+            return True, False, None, None
+        r = w.v.g.abs() * h + w.v.e
+        mag = w.v.c.abs() + r
+        rr = r + mag * (4 * U) + _TINY
+        return w.v.c >= rr, w.v.c <= -rr, w.v, w.v.e + mag * (4 * U) + _TINY
+
+    above, below, wa, ea = tests(None if lo is None else _add(nt, x, lo, sign=-1.0))
+    inside, beyond, wb, eb = tests(None if hi is None else _add(nt, hi, x, sign=-1.0))
+    pos = torch.as_tensor(above & inside, device=v.c.device).expand(full)
+    neg = torch.as_tensor(below | beyond, device=v.c.device).expand(full)
+    mixed = ~(pos | neg)
+    flat = mixed.reshape(-1).nonzero().squeeze(1)
+    idx = _unravel(flat, full)
+    dcx, dgx, dex = d.c.expand(full), d.g, d.e.expand(full)
+    dmag = dcx.abs() + d.g.abs() * h + dex
+    coef = pos.to(v.c.dtype) + mixed.to(v.c.dtype) * 0.5
+    dc = coef * dcx
+    dg = _mul0(dgx, coef)
+    dextra = (dcx.abs() + dgx.abs()) * (2 * U)
+    de = _up(coef * dex + dextra)
+    window = None
+    kink_w = v.c.new_zeros(0)
+    if flat.numel():
+        def at(t: Tensor | None) -> Tensor:
+            return torch.zeros_like(flat, dtype=v.c.dtype) if t is None else torch.take(t.expand(full), flat)
+
+        kink_w = _up(0.5 * at(dmag))
+        # the undecided difference: x − a where b − x > 0 is proven, b − x where x − a > 0 is; else
+        # both may change sign on the cell: a window of the whole cell (ĝ = 0, |ĉ| ≤ e)
+        only_a = at(torch.as_tensor(inside, device=v.c.device).to(v.c.dtype)) > 0
+        only_b = at(torch.as_tensor(above, device=v.c.device).to(v.c.dtype)) > 0
+        zeros, ones = torch.zeros_like(kink_w), torch.ones_like(kink_w)
+
+        def pick(fa: Callable[[], Tensor], fb: Callable[[], Tensor], other: Tensor) -> Tensor:
+            a_ = fa() if wa is not None else other
+            b_ = fb() if wb is not None else other
+            return torch.where(only_a, a_, torch.where(only_b, b_, other))
+
+        wc = pick(lambda: at(wa.c), lambda: at(wb.c), zeros)
+        wg = pick(lambda: at(wa.g) if not _is_zero(wa.g) else zeros, lambda: at(wb.g) if not _is_zero(wb.g) else zeros, zeros)
+        we = _up(pick(lambda: at(ea), lambda: at(eb), ones))
+        dgm = _zero(dcx) if _is_zero(dgx) else at(dgx)
+        window = (wc, wg, we, at(dcx), dgm, _up(at(dex)))
+    nt.deferred.append(Kink(pos, neg, idx, kink_w, 0.0, window))
+    if full.numel() == 0 or len(full) < 2:
+        return Enclosure(value, TM(dc, dg, de))
+    return Enclosure(value, _with_norm(dc, dg, de, _norm_of(d, full[-1]), dextra))
 
 
 def _hardtanh_fn(nt: EnclosureNumbers, input: Any, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False) -> Any:  # noqa: A002
@@ -2536,7 +2635,7 @@ def _max_pool2d(nt: EnclosureNumbers, input: Any, kernel_size: Any, stride: Any 
     x = input
     if ceil_mode or return_indices:
         return _decline(nt, "ceil_mode and return_indices are not supported")
-    if not isinstance(x, Enclosure) or nt.deferred is not None:
+    if not isinstance(x, Enclosure):
         return NotImplemented
     k = _pair2(kernel_size)
     s = _pair2(stride) if stride is not None and stride != [] and stride != () else k
@@ -2577,12 +2676,66 @@ def _max_pool2d(nt: EnclosureNumbers, input: Any, kernel_size: Any, stride: Any 
         vc, vg, ve, dc, dg, de = (cut(t) for t in parts)
         return Enclosure(TM(vc, vg, ve), TM(dc, dg, de))
 
-    out = window(0, 0)
-    for i in range(k[0]):
-        for j in range(k[1]):
-            if i or j:
-                out = _add(nt, out, _relu_like(nt, _sub(nt, window(i, j), out)))
-    return out
+    def composed() -> Enclosure:
+        out = window(0, 0)
+        for i in range(k[0]):
+            for j in range(k[1]):
+                if i or j:
+                    out = _add(nt, out, _relu_like(nt, _sub(nt, window(i, j), out)))
+        return out
+
+    if nt.deferred is None:
+        return composed()
+    saved = nt.deferred, nt.values_only
+    nt.deferred, nt.values_only = None, True
+    try:
+        value = composed().v
+    finally:
+        nt.deferred, nt.values_only = saved
+    if nt.values_only:
+        return Enclosure(value, _zero_tm(value.c))
+    return _max_pool2d_deferred(nt, value, [window(i, j) for i in range(k[0]) for j in range(k[1])],
+                                (k, s, pad, dil, hgt, wid))
+
+
+def _max_pool2d_deferred(nt: EnclosureNumbers, value: TM, wins: list[Enclosure], geometry: tuple) -> Enclosure:
+    """Max pooling's derivative with its kinks deferred to the reverse walk (:mod:`.adjoint`).
+
+    For almost every α the maximum y of a window is differentiable with y′ = x′_k for an entry k
+    attaining it (y − x_k ≥ 0 has a minimum there), so y′ = Σ_k P_k x′_k with P a vertex of the
+    simplex of the window's candidates: the entries whose upper bound on the cell reaches the
+    largest lower bound (the others lie below another entry on the whole cell). The walk takes
+    P̃ = 1/|candidates| on each candidate and records ``w`` ≥ max_k sup x̃′_k − min_k inf x̃′_k over
+    the candidates, which bounds |Σ_k (P_k − P̃_k)x̃′_k| (a weighted mean lies between them); a
+    window with one candidate is decided (w = 0). The identity (∗) of :mod:`.adjoint` holds with this
+    term in place of a ReLU's (the derivative walk is linear in x′ with coefficients P), and the
+    reverse walk sends P_k·g back to each entry, P_k ∈ P̃_k ± max(P̃_k, 1 − P̃_k) on candidates
+    (:func:`~.adjoint._max_pool_back`). Padding entries are copies of an edge entry (see
+    :func:`_max_pool2d`), which the reverse walk sums back onto it."""
+    h = nt.h(value.c.dim() - 1)
+    full = value.c.shape
+    bounds = [w.v.bounds(h) for w in wins]
+    top = torch.stack([lo.expand(full) for lo, _ in bounds]).amax(0)
+    cand = torch.stack([hi.expand(full) >= top for _, hi in bounds])  # (K, cells, …, oh, ow)
+    count = cand.sum(0)
+    p = cand.to(value.c.dtype) / count.clamp(min=1).to(value.c.dtype)  # rounded weights: the walk's own P̃
+    d = None
+    for k, w in enumerate(wins):
+        term = _scale(w.d, p[k])
+        d = term if d is None else _add_tm(d, term)
+    dbounds = [w.d.bounds(h) for w in wins]
+    inf = torch.tensor(math.inf, dtype=value.c.dtype, device=value.c.device)
+    big = torch.stack([torch.where(cand[k], hi.expand(full), -inf) for k, (_, hi) in enumerate(dbounds)]).amax(0)
+    small = torch.stack([torch.where(cand[k], lo.expand(full), inf) for k, (lo, _) in enumerate(dbounds)]).amin(0)
+    mixed = count >= 2
+    idx = mixed.nonzero(as_tuple=True)
+    kink_w = _up((big[idx] - small[idx]) * (1 + 2 * U)) if idx[0].numel() else value.c.new_zeros(0)
+    zeros = torch.zeros_like(kink_w)
+    # the kinks' pieces (adjoint.kink_pieces): no sign to place, the whole cell, a term of at most
+    # ½·|g|·(2w) (the pieces' half-width ½ times ṽ′'s radius 2w)
+    window = (zeros, zeros, torch.ones_like(kink_w), zeros, zeros, 2.0 * kink_w)
+    nt.deferred.append(PoolKink(~mixed, torch.zeros_like(mixed), idx, kink_w, 0.0, window, p, cand, geometry))
+    return Enclosure(value, TM(d.c, d.g, d.e))
 
 
 def _avg_pool_fn(nt: EnclosureNumbers, x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, ceil_mode: bool = False,

@@ -412,6 +412,22 @@ def _as_flags(message: str, command: str | None = None) -> str:
     return (_TRAIN_RE if command == "train" else _PARAM_RE).sub(flag, message)
 
 
+_NUMBER_RE = re.compile(r"-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|-(inf|nan)", re.IGNORECASE)
+
+
+def _negative_values_attached(argv: list[str]) -> list[str]:
+    """``--tol -1e-9`` as ``--tol=-1e-9``: argparse reads a negative number in exponent notation (or
+    ``-inf``) after an option as an option of its own and answers "expected one argument"; attached,
+    the value reaches the option's own check, which names what is wrong with it."""
+    out: list[str] = []
+    for tok in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and _NUMBER_RE.fullmatch(tok):
+            out[-1] = f"{out[-1]}={tok}"
+        else:
+            out.append(tok)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mli-theory`` console script; returns the exit code."""
     from ..errors import InputError
@@ -421,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(_negative_values_attached(list(sys.argv[1:] if argv is None else argv)))
     except SystemExit as exc:
         return int(exc.code or 0)
     handlers = {"check": _cmd_check, "demo": _cmd_demo, "derive": _cmd_derive, "train": _cmd_train, "sweep": _cmd_sweep}

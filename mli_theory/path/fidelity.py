@@ -200,6 +200,7 @@ class _Recorder(TorchDispatchMode):
         self.refused: str | None = None  # why the walk of what the forward reaches refuses it
         self.random: list[str] = []  # random draws (operations torch tags nondeterministic_seeded), on any tensor
         self.loose: list[tuple] = []  # the operations again, float constants by their float32 values (see _loose)
+        self.returned: list[tuple] = []  # per batch, what the forward returned: live tensors by origin
 
     def seed(self, t: torch.Tensor) -> None:
         """A tensor the caller hands to the forward (a batch): live, kept alive while recording."""
@@ -467,10 +468,11 @@ def _run(module: nn.Module, state: Mapping[str, torch.Tensor], x: Any, spans: li
                 rec.span = (lo, hi)
                 with _Reads(rec), rec:  # tied entries (the caller's own module) each take the line's own tensor
                     if loaded:
-                        module(batch)
+                        out = module(batch)
                     else:
-                        functional_call(module, own, (batch,), strict=False, tie_weights=not original)
-                del batch
+                        out = functional_call(module, own, (batch,), strict=False, tie_weights=not original)
+                rec.returned.append(tuple(rec._origin(t) if rec.is_live(t) else _describe(t) for t in tree_flatten(out)[0]))
+                del batch, out
             after = _python_state(module, swapped)
             now = _outside_state(places)
         rec.changed = sorted(k for k in set(before) | set(after) if before.get(k, _MISSING) != after.get(k, _MISSING))
@@ -599,7 +601,8 @@ def _compare(model: nn.Module, gm: torch.fx.GraphModule, state: Mapping[str, tor
     if again.ops != forward.ops or again.reads != forward.reads:
         return ("the forward runs other operations the second time it is called on the same module and input: it "
                 "keeps a mark between calls, so what it computes depends on how often it has run")
-    if flipped.loose != forward.loose or flipped.reads != forward.reads or flipped.random:
+    if _unread_clones_dropped(flipped.loose, flipped.returned) != _unread_clones_dropped(forward.loose, forward.returned) \
+            or flipped.reads != forward.reads or flipped.random:
         return ("the forward runs other operations with its weights loaded into it (load_state_dict, where the curve swaps "
                 "them in), with autograd recording or under the other default dtype (torch.set_default_dtype): what it "
                 "computes depends on how a caller loads and runs it")
@@ -624,6 +627,29 @@ def _compare(model: nn.Module, gm: torch.fx.GraphModule, state: Mapping[str, tor
     return (f"the forward{where} runs other operations than its traced graph: operation {k + 1} is {a} in the forward and "
             f"{b} in the trace{detail} ({len(forward.ops)} against {len(traced.ops)} operations): it computes "
             "something else when traced than when run")
+
+
+def _unread_clones_dropped(ops: list[tuple], returned: list[tuple]) -> tuple[list[tuple], list[tuple]]:
+    """``ops`` (a recorder's operations) without the copies that no later operation reads and the
+    forward does not return, the other references (``returned`` too) renumbered. Autograd adds such
+    a copy where an in-place operation's backward needs its input (``hardtanh_``, so
+    ``ReLU6(inplace=True)``, under autograd recording): the same operations on the same values, which
+    the comparison of a caller's settings must not count as another computation. A copy that is read
+    or returned stays: a copy and the original changed in place after it hold different values."""
+    def ref(a: Any) -> bool:
+        return isinstance(a, tuple) and len(a) == 4 and a[:2] == ("live", "op")
+
+    read = {a[2] for op in ops for a in op[1] if ref(a)} | {a[2] for out in returned for a in out if ref(a)}
+    keep = [i for i, op in enumerate(ops) if not (op[0] == "aten.clone.default" and i not in read)]
+    if len(keep) == len(ops):
+        return ops, returned
+    new = {old: k for k, old in enumerate(keep)}
+
+    def renumber(a: Any) -> Any:
+        return ("live", "op", new[a[2]], a[3]) if ref(a) else a
+
+    return ([(op[0], tuple(renumber(a) for a in op[1]), *op[2:]) for op in (ops[i] for i in keep)],
+            [tuple(renumber(a) for a in out) for out in returned])
 
 
 def _caller_run(model: nn.Module, state: Mapping[str, torch.Tensor], x: Any, spans: list[tuple[int, int]],
