@@ -782,6 +782,38 @@ def test_clamps_in_the_reverse_walk_are_enclosed(loss, seed, j, k, width):
                                   points=tuple(i / 8 for i in range(9)))
 
 
+@pytest.mark.parametrize("adjoint", [False, True])
+def test_a_safety_clamp_far_from_the_values_keeps_the_enclosure_tight(adjoint):
+    """``clamp(h, -1e16, 1e16)`` is the identity on any sane activation; shifting by 10¹⁶ and back
+    rounded h away (L enclosed in [0, 2618] where it is about 7, a red team's note). A bound no entry
+    reaches is skipped: the enclosure is that of the net without the clamp, and contains float64."""
+
+    class Net(nn.Module):
+        def __init__(self, clamp):
+            super().__init__()
+            self.clamp = clamp
+            self.a, self.b, self.c = nn.Linear(3, 6), nn.Linear(6, 6), nn.Linear(6, 2)
+
+        def forward(self, x):
+            h = F.relu(self.a(x))
+            h = F.relu(self.b(torch.clamp(h, -1e16, 1e16) if self.clamp else h))
+            return self.c(h)
+
+    g = torch.Generator().manual_seed(5)
+    model = Net(True).double()
+    start = {n: torch.randn(v.shape, generator=g, dtype=torch.float64) for n, v in model.state_dict().items()}
+    end = {n: v + torch.randn(v.shape, generator=g, dtype=torch.float64) for n, v in start.items()}
+    x, y = torch.randn(5, 3, generator=g, dtype=torch.float64), torch.randn(5, 2, generator=g, dtype=torch.float64)
+    data = mt.Dataset(x, y, "mse", "t")
+    widths = []
+    for clamp in (True, False):
+        prob = prepare(mt.make_line(Net(clamp).double(), start, end, dtype=torch.float64), data, BNPolicy.FROZEN, adjoint=adjoint)
+        d, l = enclose(prob, [0.25], [0.375])
+        widths.append((d[0][1] - d[0][0], l[0][1] - l[0][0]))
+    assert widths[0] == pytest.approx(widths[1], rel=1e-9), widths
+    _assert_cell_contains_float64(model, start, end, x, y, "mse", 2, 3, "safety clamp", adjoint=adjoint or None)
+
+
 @pytest.mark.parametrize("expr", ["tensor_bound", "inverted", "infinite"])
 def test_clamps_the_enclosures_cannot_follow_are_declined(expr):
     """Tensor bounds, min > max (torch returns max everywhere) and infinite bounds: no rule, so the

@@ -2134,11 +2134,15 @@ def _clamp(nt: EnclosureNumbers, input: Any, min: Any = None, max: Any = None, *
 
 
 def _clamp_composed(nt: EnclosureNumbers, x: Enclosure, lo: float | None, hi: float | None) -> Enclosure:
-    """The clamp as b − relu(b − (a + relu(x − a))) through the forward ReLU rule."""
+    """The clamp as b − relu(b − (a + relu(x − a))) through the forward ReLU rule. A bound that no
+    entry reaches on any cell (x ≥ a, or x ≤ b, proven everywhere) is skipped: there the clamp is
+    the identity, while shifting by a bound far larger than x (a safety clamp at ±10¹⁶, say) and
+    back would round x away."""
     y = x
-    if lo is not None:
+    h = nt.h(x.v.c.dim() - 1)
+    if lo is not None and not bool((y.v.bounds(h)[0] >= lo).all()):
         y = _add(nt, _relu_like(nt, _add(nt, y, lo, sign=-1.0)), lo)
-    if hi is not None:
+    if hi is not None and not bool((y.v.bounds(h)[1] <= hi).all()):
         y = _add(nt, hi, _relu_like(nt, _add(nt, hi, y, sign=-1.0)), sign=-1.0)
     return y
 
