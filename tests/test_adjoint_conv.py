@@ -27,7 +27,7 @@ from mli_theory.certify.partition import enclose
 
 from test_adjoint_kinks import (_float_reference, _problem, assert_decided_as_a_grid_shows, assert_tighter_than_the_forward_rule,
                                 moved_from_default_init)
-from test_enclosure_soundness import _DeepClamps, _PoolCNN
+from test_enclosure_soundness import _DeepClamps, _PoolCNN, _endpoints_and_data
 
 
 @pytest.mark.parametrize("via", ["auto", "fold"])
@@ -305,20 +305,15 @@ def test_every_cotangent_through_pools_and_clamps_contains_the_true_gradient(net
     """The reverse walk's Taylor model of ∂(Σℓ)/∂(node output) at every node it visits (max pools,
     clamps, scalings among them) against autograd at points of a dyadic cell: a cotangent too
     narrow shows here even where the loose enclosure of L′ would hide it."""
-    g = torch.Generator().manual_seed(seed)
     if net == "pool":
         model = _PoolCNN(1 + seed % 2)
         with torch.no_grad():
             f = model.pool(model.c1(torch.zeros(1, 1, 6, 6))).shape[-1]
         model.fc = nn.Linear(2 * f * f, 2)
-        x = torch.randn(3, 1, 6, 6, generator=g, dtype=torch.float64)
     else:
         model = _DeepClamps(5)
-        x = torch.randn(3, 3, generator=g, dtype=torch.float64)
     model = model.double()
-    start = {n: torch.randn(v.shape, generator=g, dtype=torch.float64) for n, v in model.state_dict().items()}
-    end = {n: v + torch.randn(v.shape, generator=g, dtype=torch.float64) for n, v in start.items()}
-    y = torch.randn(3, 2, generator=g, dtype=torch.float64) if loss == "mse" else torch.randint(0, 2, (3,), generator=g)
+    start, end, x, y = _endpoints_and_data(model, torch.Generator().manual_seed(seed), (3, 1, 6, 6) if net == "pool" else (3, 3), loss)
     prob = _problem(model, start, end, x, y, loss)
     assert prob.adjoint
     k %= 2**j

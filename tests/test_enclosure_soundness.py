@@ -699,6 +699,17 @@ def _assert_cell_contains_float64(model, start, end, x, y, loss, k, j, what, adj
         assert dlo - slack <= dL <= dhi + slack, (what, loss, f, dL, dlo, dhi)
 
 
+def _endpoints_and_data(model, g, x_shape, loss, outputs=2):
+    """Random endpoints θ0, θ0 + N(0, 1) of ``model``'s state and random data of ``x_shape`` with
+    targets for ``loss`` (MSE: normal, CE: class labels of ``outputs`` classes), all from ``g``."""
+    start = {n: torch.randn(v.shape, generator=g, dtype=torch.float64) for n, v in model.state_dict().items()}
+    end = {n: v + torch.randn(v.shape, generator=g, dtype=torch.float64) for n, v in start.items()}
+    x = torch.randn(*x_shape, generator=g, dtype=torch.float64)
+    n = x_shape[0]
+    y = torch.randn(n, outputs, generator=g, dtype=torch.float64) if loss == "mse" else torch.randint(0, outputs, (n,), generator=g)
+    return start, end, x, y
+
+
 class _Clamps(nn.Module):
     """Every spelling of a clamp the enclosures take: torch.clamp / clip, the Tensor methods,
     F.hardtanh, F.relu6 and their modules, with one bound or both."""
@@ -738,12 +749,8 @@ def test_clamps_in_every_spelling_are_enclosed(form, loss, seed, j, k, adjoint):
     forward mode at points of a dyadic cell: the enclosures must contain them (up to the reference's
     own rounding), with the clamp's Clarke term in the forward walk or (``adjoint``) its kinks
     deferred to the reverse walk."""
-    g = torch.Generator().manual_seed(seed)
     model = _Clamps(form).double()
-    start = {n: torch.randn(v.shape, generator=g, dtype=torch.float64) for n, v in model.state_dict().items()}
-    end = {n: v + torch.randn(v.shape, generator=g, dtype=torch.float64) for n, v in start.items()}
-    x = torch.randn(6, 3, generator=g, dtype=torch.float64)
-    y = torch.randn(6, 2, generator=g, dtype=torch.float64) if loss == "mse" else torch.randint(0, 2, (6,), generator=g)
+    start, end, x, y = _endpoints_and_data(model, torch.Generator().manual_seed(seed), (6, 3), loss)
     _assert_cell_contains_float64(model, start, end, x, y, loss, k, j, (form, seed), adjoint=adjoint)
 
 
@@ -770,12 +777,8 @@ class _DeepClamps(nn.Module):
 def test_clamps_in_the_reverse_walk_are_enclosed(loss, seed, j, k, width):
     """A deep net of clamps through the reverse walk (taken by default: three kink layers), against
     float64 forward mode at nine points of a dyadic cell."""
-    g = torch.Generator().manual_seed(seed)
     model = _DeepClamps(width).double()
-    start = {n: torch.randn(v.shape, generator=g, dtype=torch.float64) for n, v in model.state_dict().items()}
-    end = {n: v + torch.randn(v.shape, generator=g, dtype=torch.float64) for n, v in start.items()}
-    x = torch.randn(7, 3, generator=g, dtype=torch.float64)
-    y = torch.randn(7, 2, generator=g, dtype=torch.float64) if loss == "mse" else torch.randint(0, 2, (7,), generator=g)
+    start, end, x, y = _endpoints_and_data(model, torch.Generator().manual_seed(seed), (7, 3), loss)
     prob = prepare(mt.make_line(model, start, end, dtype=torch.float64), mt.Dataset(x, y, loss, "t"), BNPolicy.FROZEN)
     assert prob.adjoint, "the reverse walk is this test's subject"
     _assert_cell_contains_float64(model, start, end, x, y, loss, k, j, (loss, seed, width),
@@ -908,16 +911,12 @@ class _PoolCNN(nn.Module):
 def test_max_pooling_in_the_reverse_walk_is_enclosed(loss, seed, j, k, stride):
     """A CNN with two max pools among ReLU and ReLU6 layers through the reverse walk (its default
     here), against float64 forward mode at nine points of a dyadic cell."""
-    g = torch.Generator().manual_seed(seed)
     model = _PoolCNN(stride)
     with torch.no_grad():
         f = model.pool(model.c1(torch.zeros(1, 1, 6, 6))).shape[-1]
     model.fc = nn.Linear(2 * f * f, 2)
     model = model.double()
-    start = {n: torch.randn(v.shape, generator=g, dtype=torch.float64) for n, v in model.state_dict().items()}
-    end = {n: v + torch.randn(v.shape, generator=g, dtype=torch.float64) for n, v in start.items()}
-    x = torch.randn(3, 1, 6, 6, generator=g, dtype=torch.float64)
-    y = torch.randn(3, 2, generator=g, dtype=torch.float64) if loss == "mse" else torch.randint(0, 2, (3,), generator=g)
+    start, end, x, y = _endpoints_and_data(model, torch.Generator().manual_seed(seed), (3, 1, 6, 6), loss)
     prob = prepare(mt.make_line(model, start, end, dtype=torch.float64), mt.Dataset(x, y, loss, "t"), BNPolicy.FROZEN)
     assert prob.adjoint, "the reverse walk is this test's subject"
     _assert_cell_contains_float64(model, start, end, x, y, loss, k, j, (loss, seed, stride),
