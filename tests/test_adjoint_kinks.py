@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 import mpmath as mp
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -392,3 +393,92 @@ def test_the_cross_entropy_cotangent_contains_p_minus_the_label_on_the_whole_cel
                     true = ex[j] / tot - (1 if j == int(y[i]) else 0)
                     centre = mp.mpf(float(oc[0, i, j])) + mp.mpf(float(os_[0, i, j])) * mp.mpf(t)
                     assert abs(true - centre) <= mp.mpf(float(orad[0, i, j])), (k, seed, g_scale, e_scale, h, t, i, j)
+
+
+class _InplaceTent(nn.Module):
+    """An in-place activation whose result is discarded, read through the tensor it changed after a
+    node that is neither a kink nor a layer (a scaling, a view), then three ReLU layers (the reverse
+    walk's default). With θ0 → θT moving only the first biases, the output is a tent of height 2
+    (4 in the loss) on α ∈ [0.512, 0.516], between the validation's points."""
+
+    def __init__(self, act, mid):
+        super().__init__()
+        self.act, self.mid = act, mid
+        self.l1, self.l2, self.l3, self.l4 = nn.Linear(1, 3), nn.Linear(3, 1), nn.Linear(1, 1), nn.Linear(1, 1)
+
+    def forward(self, x):
+        h = self.l1(x)
+        if self.act == "clamp_":
+            h.clamp_(0.0, 1.0)
+        elif self.act == "relu_":
+            h.relu_()
+        else:
+            F.hardtanh(h, 0.0, 1.0, inplace=True)
+        z = h * 2.0 if self.mid == "times" else h.view(h.shape[0], 3)
+        return self.l4(torch.relu(torch.relu(self.l3(torch.relu(self.l2(z))))))
+
+
+@pytest.mark.parametrize("act", ["clamp_", "relu_", "hardtanh"])
+@pytest.mark.parametrize("mid", ["times", "view"])
+def test_a_kink_changed_in_place_gets_its_cotangent(act, mid):
+    """The reverse walk visits only nodes downstream of a kink, and decided that downstream along the
+    graph's own edges, where ``h * 2`` reads ``h`` before ``h.clamp_()`` changed it: the product's
+    cotangent was dropped, the clamp's kinks got none, and a loss rise of 4 (1 through the view) was
+    certified ``monotone`` (a red team's find; ``relu_`` with a view was affected before clamps
+    reached the walk). Now the walk follows the edges it sends cotangents on: the rise is proven,
+    and plain torch confirms its witness."""
+    from mli_theory import Dataset, check
+
+    def t(v):
+        return torch.tensor(v, dtype=torch.float64)
+
+    s0 = {"l1.weight": torch.zeros(3, 1, dtype=torch.float64), "l1.bias": t([-256.0, -257.0, -258.0]),
+          "l2.weight": t([[1.0, -2.0, 1.0]]) if act == "relu_" else t([[1.0, -1.0, 0.0]]), "l2.bias": t([10.0]),
+          "l3.weight": t([[1.0]]), "l3.bias": t([0.0]), "l4.weight": t([[1.0]]), "l4.bias": t([-10.0])}
+    s1 = {**s0, "l1.bias": s0["l1.bias"] + 500.0}
+    x, y = torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)
+    model = _InplaceTent(act, mid).double()
+    cert = check(model, s0, s1, Dataset(x, y, "mse", "d"), alphas=21, certify=True, tol=1e-3, geometry=False).certificate
+    assert cert.status == "non_monotone", (cert.status, cert.reason)
+
+    def plain(a):
+        with torch.no_grad():
+            return float(F.mse_loss(torch.func.functional_call(_InplaceTent(act, mid).double(), {k: s0[k] + a * (s1[k] - s0[k]) for k in s0}, (x,)), y))
+
+    a, b = cert.where
+    assert plain(b) - plain(a) > 1e-3
+
+
+def test_a_kink_left_without_a_cotangent_stops_the_reverse_walk(monkeypatch):
+    """Defence in depth for the finding above: with the old choice of nodes planted back (the graph's
+    own edges), the walk raises instead of leaving the clamp's kinks out of L′, and the certifier
+    falls back to the forward Clarke rule, which proves the rise."""
+    from mli_theory import Dataset, check
+    from mli_theory.certify import adjoint
+
+    from test_adjoint_conv import walk_back
+
+    def raw_edges(gm, tape, reads):
+        out = set()
+        for node in gm.graph.nodes:
+            if node in tape.kinks or node in tape.sources or node in tape.inputs or any(a in out for a in node.all_input_nodes):
+                out.add(node)
+        return out
+
+    def t(v):
+        return torch.tensor(v, dtype=torch.float64)
+
+    s0 = {"l1.weight": torch.zeros(3, 1, dtype=torch.float64), "l1.bias": t([-256.0, -257.0, -258.0]), "l2.weight": t([[1.0, -1.0, 0.0]]),
+          "l2.bias": t([10.0]), "l3.weight": t([[1.0]]), "l3.bias": t([0.0]), "l4.weight": t([[1.0]]), "l4.bias": t([-10.0])}
+    s1 = {**s0, "l1.bias": s0["l1.bias"] + 500.0}
+    x, y = torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)
+    prob = _problem(_InplaceTent("clamp_", "times").double(), s0, s1, x, y, "mse")
+    assert prob.adjoint
+    monkeypatch.setattr(adjoint, "_downstream_of_kinks", raw_edges)
+    with pytest.raises(RuntimeError, match="the kinks of clamp_ received no cotangent"):
+        walk_back(prob, x, y, "mse", (0.5, 0.515625))
+    # the planning probe walks once too, so the walk is not even planned
+    assert not _problem(_InplaceTent("clamp_", "times").double(), s0, s1, x, y, "mse").adjoint
+    cert = check(_InplaceTent("clamp_", "times").double(), s0, s1, Dataset(x, y, "mse", "d"), alphas=21, certify=True, tol=1e-3,
+                 geometry=False).certificate
+    assert cert.status == "non_monotone", cert.reason

@@ -348,3 +348,13 @@ def test_image_data_through_a_cnn_factory(tmp_path):
     a, b = cert["where"]
     ia, ib = obj["alphas"].index(a), obj["alphas"].index(b)
     assert obj["losses"][ib] - obj["losses"][ia] == pytest.approx(cert["rise"], rel=1e-6) and cert["rise"] > 0
+
+
+@pytest.mark.parametrize("argv", [["derive", "--latex", "-1"], ["derive", "--", "-1"]])
+def test_a_negative_number_after_a_flag_or_dashes_stays_positional(argv, capsys):
+    """Negative numbers are attached only to options that take a value (``--tol -1e-9``): after a
+    flag or ``--`` they stay positional arguments, as argparse reads them."""
+    from mli_theory.cli.main import main
+
+    assert main(argv) == 2
+    assert "unknown result '-1'" in capsys.readouterr().err

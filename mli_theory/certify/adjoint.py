@@ -413,7 +413,7 @@ def _walk(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]], co
     pairs: list | None = [] if parts is not None else None
 
     tag = "downstream-of-kinks" if not tape.keep_inputs else "downstream-of-kinks-and-statistics"
-    wanted = nt.memo(gm, tag, lambda: _downstream_of_kinks(gm, tape))  # once per batch of cells
+    wanted = nt.memo(gm, tag, lambda: _downstream_of_kinks(gm, tape, reads))  # once per batch of cells
     def wants(target: Any) -> bool:
         # a constant, a parameter, a shape, or a node no kink lies upstream of (its cotangent would
         # only feed bounds of kinks, and there are none before it): no cotangent needed
@@ -426,10 +426,15 @@ def _walk(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]], co
         cots[target] = g if have is None else have.plus(g)
 
     unpaid = set(tape.sources)  # every deferred source with a cotangent must be bounded here
+    # every kink the seeded nodes depend on (along the same edges) must receive a cotangent: one that
+    # does not is a kink share left out of L′, never to pass silently (see _downstream_of_kinks)
+    owed = _upstream(reads, list(cots)) & set(tape.kinks)
     for node in reversed(list(gm.graph.nodes)):
         g = cots.pop(node, None)
         normalised = train is not None and node.op == "call_module" and node.target in getattr(nt, "names", {}).values()
         if (g is None and not normalised) or node.op in ("placeholder", "get_attr", "output"):
+            if g is None and node in owed:
+                raise RuntimeError(f"the kinks of {node.name} received no cotangent")
             continue
         if keep is not None and g is not None:
             keep[node] = (g.c, g.s, g.r)
@@ -712,13 +717,34 @@ def _normalised_back(nt: EnclosureNumbers, g: "_Cot | None", rec: Any, a: TM, b:
     return _Cot(out.c.expand(shape), out.g.expand(shape), out.e.expand(shape))
 
 
-def _downstream_of_kinks(gm: GraphModule, tape: Tape) -> set[Node]:
+def _upstream(reads: dict[Node, tuple[tuple, dict]], seeds: list[Node]) -> set[Node]:
+    """The nodes ``seeds`` read, directly or not, along the reverse walk's edges (``reads``)."""
+    out: set[Node] = set()
+    stack = list(seeds)
+    while stack:
+        read: list[Node] = []
+        torch.fx.node.map_arg(reads[stack.pop()], read.append)
+        for a in read:
+            if a not in out:
+                out.add(a)
+                stack.append(a)
+    return out
+
+
+def _downstream_of_kinks(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tuple, dict]]) -> set[Node]:
     """The nodes with a recorded kink or source upstream of them (that node included): the only ones
     whose cotangent enters the bound. The reverse walk stops at the others, e.g. the first Linear
-    layer of an MLP and its input, which no kink precedes (its input is exact: no source)."""
+    layer of an MLP and its input, which no kink precedes (its input is exact: no source).
+
+    Upstream along the edges the walk sends cotangents on (``reads``: a node changed in place is
+    read through the operation that changed it). The graph's own edges name the tensor before the
+    change: with them, ``h.clamp_(0, 1); h * 2`` had the product read a node no kink precedes, its
+    cotangent was dropped, the clamp's kinks got none, and a rise of 4 was certified away."""
     out: set[Node] = set()
     for node in gm.graph.nodes:  # topological order (the layers whose input the tape keeps: see kink_bound's seeds)
-        if node in tape.kinks or node in tape.sources or node in tape.inputs or any(isinstance(a, Node) and a in out for a in node.all_input_nodes):
+        read: list[Node] = []
+        torch.fx.node.map_arg(reads[node], read.append)
+        if node in tape.kinks or node in tape.sources or node in tape.inputs or any(a in out for a in read):
             out.add(node)
     return out
 

@@ -415,13 +415,26 @@ def _as_flags(message: str, command: str | None = None) -> str:
 _NUMBER_RE = re.compile(r"-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|-(inf|nan)", re.IGNORECASE)
 
 
-def _negative_values_attached(argv: list[str]) -> list[str]:
-    """``--tol -1e-9`` as ``--tol=-1e-9``: argparse reads a negative number in exponent notation (or
-    ``-inf``) after an option as an option of its own and answers "expected one argument"; attached,
-    the value reaches the option's own check, which names what is wrong with it."""
+def _valued_options(parser: argparse.ArgumentParser) -> set[str]:
+    """The long options that take a value, in the parser and its subcommands."""
+    out: set[str] = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                out |= _valued_options(sub)
+        elif action.nargs != 0:
+            out |= {o for o in action.option_strings if o.startswith("--")}
+    return out
+
+
+def _negative_values_attached(argv: list[str], valued: set[str]) -> list[str]:
+    """``--tol -1e-9`` as ``--tol=-1e-9`` for the options in ``valued``: argparse reads a negative
+    number in exponent notation (or ``-inf``) after an option as an option of its own and answers
+    "expected one argument"; attached, the value reaches the option's own check, which names what is
+    wrong with it. Flags, ``--`` and positional arguments are left as they are."""
     out: list[str] = []
     for tok in argv:
-        if out and out[-1].startswith("--") and "=" not in out[-1] and _NUMBER_RE.fullmatch(tok):
+        if out and out[-1] in valued and _NUMBER_RE.fullmatch(tok):
             out[-1] = f"{out[-1]}={tok}"
         else:
             out.append(tok)
@@ -437,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     try:
-        args = parser.parse_args(_negative_values_attached(list(sys.argv[1:] if argv is None else argv)))
+        args = parser.parse_args(_negative_values_attached(list(sys.argv[1:] if argv is None else argv), _valued_options(parser)))
     except SystemExit as exc:
         return int(exc.code or 0)
     handlers = {"check": _cmd_check, "demo": _cmd_demo, "derive": _cmd_derive, "train": _cmd_train, "sweep": _cmd_sweep}
