@@ -2516,3 +2516,85 @@ def test_inplace_clamps_are_certified_and_the_verdict_holds(how):
     else:
         curve = [plain(i / 200) for i in range(201)]
         assert max(b - a for a, b in zip(curve, curve[1:])) <= 1e-12
+
+
+class _Uninitialised(nn.Module):
+    """Makes a tensor of uninitialised memory in one of torch's spellings, zero-fills it and adds it:
+    harmless here, but such memory can hold a freed tensor's values, which the record (live tensors
+    by origin, constants by value at one α) would never see."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.lin = nn.Linear(2, 3)
+
+    def forward(self, x):
+        h = self.lin(x)
+        n = h.shape[0] * h.shape[1]
+        if self.how == "empty":
+            e = torch.empty(h.shape, dtype=h.dtype)
+        elif self.how == "new":
+            e = h.new(n).view(h.shape)
+        elif self.how == "new_empty":
+            e = h.new_empty(h.shape)
+        elif self.how == "empty_like":
+            e = torch.empty_like(h)
+        elif self.how == "empty_strided":
+            e = torch.empty_strided(tuple(h.shape), (h.shape[1], 1), dtype=h.dtype)
+        elif self.how == "resize_":
+            e = torch.zeros(1, dtype=h.dtype).resize_(n).view(h.shape)
+        else:  # set_ onto a storage of uninitialised bytes
+            e = torch.tensor([], dtype=h.dtype).set_(torch.UntypedStorage(n * h.element_size())).view(h.shape)
+        return h + e.zero_()
+
+
+class _EmptyWhenLoaded(nn.Module):
+    """A red team's find: under a caller's load_state_dict (weights are ``nn.Parameter``s) the forward
+    reads back, through ``torch.empty``, the storage of a product it just freed, and adds a ramp of
+    it that is zero at the comparison's α; the curve's way (functional_call) adds zeros. Nothing was
+    recorded (no live argument), so ``monotone`` was printed where the caller's loss rises by 1.9."""
+
+    def __init__(self, t, k):
+        super().__init__()
+        self.lin = nn.Linear(2, 1)
+        self.t, self.k = t, k
+
+    def forward(self, x):
+        h = self.lin(x)
+        c = h * 1.0
+        del c
+        if isinstance(self.lin.weight, nn.Parameter):
+            r = torch.relu(torch.empty(h.shape, dtype=h.dtype) - self.t) * self.k
+            r[:16] = 0
+        else:
+            r = torch.zeros(h.shape, dtype=h.dtype)
+        return h + r
+
+
+@pytest.mark.parametrize("how", ["empty", "new", "new_empty", "empty_like", "empty_strided", "resize_", "set_"])
+def test_uninitialised_memory_in_the_forward_is_refused(how):
+    """Every spelling is recorded; where the forward traces (not ``empty_strided``'s tuple of sizes, nor
+    a storage made in it), the comparison refuses it by name."""
+    from mli_theory.path.fidelity import _run, _traced
+
+    m = _Uninitialised(how)
+    assert _run(m, _state(m), torch.randn(4, 2), [(0, 4)], False).uninitialised
+    if _traced(m) is not None:
+        why = trace_differs(m, _state(m), torch.randn(4, 2))
+        assert why is not None and "uninitialised memory" in why, why
+
+
+def test_freed_values_read_back_through_empty_give_no_certificate():
+    from mli_theory import Dataset, check
+    from mli_theory.path.fidelity import PROBE_ALPHA
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16384, 2, generator=g)
+    w1, b1 = torch.tensor([[1.0, 0.5]]), torch.tensor([0.2])
+    w0, b0 = 0.5 * w1, b1 - 1.0
+    a = PROBE_ALPHA
+    t = float((x @ ((1 - a) * w0 + a * w1).T + ((1 - a) * b0 + a * b1))[16:].max()) + 1e-3
+    s0, s1 = {"lin.weight": w0, "lin.bias": b0}, {"lin.weight": w1, "lin.bias": b1}
+    cert = check(_EmptyWhenLoaded(t, 100.0), s0, s1, Dataset(x, x @ w1.T + b1, "mse", "d"), alphas=21, certify=True, tol=1e-3,
+                 geometry=False).certificate
+    assert cert.status == "unknown" and "uninitialised memory" in cert.reason, cert.reason

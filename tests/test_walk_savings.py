@@ -158,7 +158,7 @@ def test_the_pruned_reverse_walk_gives_the_unpruned_bound_bit_for_bit(monkeypatc
     cells = ([0.0, 0.3, 0.75], [0.125, 0.3 + 2.0**-5, 1.0])
     with strict_arithmetic(prob.x.device):
         pruned = enclose_cells(prob, *cells)
-        monkeypatch.setattr(adjoint_module, "_downstream_of_kinks", lambda gm, tape: set(gm.graph.nodes))
+        monkeypatch.setattr(adjoint_module, "_downstream_of_kinks", lambda gm, tape, reads: set(gm.graph.nodes))
         unpruned = enclose_cells(prob, *cells)
     assert pruned == unpruned
 

@@ -108,6 +108,11 @@ _INDEXING = frozenset({"index", "index_put", "index_put_", "_index_put_impl_", "
 _MISSING = object()
 # aten operations that return their input's values as another tensor object (no copy, no change)
 _TRANSPARENT = frozenset({"detach", "alias", "lift_fresh"})
+# operations whose result holds whatever memory held before (torch.empty, x.new(n), resize_ growing a
+# tensor, set_ onto a fresh storage): freed tensors' values can come back through them as "constants",
+# which the record compares by value at one α only
+_UNINITIALISED = frozenset({"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "empty_permuted",
+                            "resize_", "set_"})
 
 
 def _bits(value: torch.Tensor) -> str:
@@ -201,6 +206,7 @@ class _Recorder(TorchDispatchMode):
         self.random: list[str] = []  # random draws (operations torch tags nondeterministic_seeded), on any tensor
         self.loose: list[tuple] = []  # the operations again, float constants by their float32 values (see _loose)
         self.returned: list[tuple] = []  # per batch, what the forward returned: live tensors by origin
+        self.uninitialised: list[str] = []  # operations that made non-empty tensors of uninitialised memory
 
     def seed(self, t: torch.Tensor) -> None:
         """A tensor the caller hands to the forward (a batch): live, kept alive while recording."""
@@ -232,6 +238,8 @@ class _Recorder(TorchDispatchMode):
         flat, _ = tree_flatten((args, kwargs))  # keyword arguments by name too (see the record below)
         if torch.Tag.nondeterministic_seeded in getattr(func, "tags", ()):  # a generator's state moves: a counter
             self.random.append(name)
+        if name in _UNINITIALISED and any(isinstance(o, torch.Tensor) and o.numel() > 0 for o in tree_flatten(out)[0]):
+            self.uninitialised.append(name)  # (torch's batch_norm makes an empty reserve of 0 entries: not counted)
         if name in _VALUE_OPS and not (name == "_local_scalar_dense" and _batchnorm_counter(tuple(args))):
             self.reads.append(f"{name} (aten)")  # of any tensor: a value reaches Python, or a shape follows values
         elif name in _INDEXING and any(isinstance(a, torch.Tensor) and a.dtype in (torch.bool, torch.uint8) for a in flat):
@@ -598,6 +606,10 @@ def _compare(model: nn.Module, gm: torch.fx.GraphModule, state: Mapping[str, tor
     if forward.random:
         return (f"the forward draws random numbers ({forward.random[0]}): what it computes is not a function of the "
                 "weights and inputs alone (a generator's position can count its calls)")
+    uninitialised = forward.uninitialised or again.uninitialised or flipped.uninitialised
+    if uninitialised:
+        return (f"the forward reads uninitialised memory ({uninitialised[0]}): its values are whatever memory held "
+                "before (freed tensors among them), not a function of the weights and inputs")
     if again.ops != forward.ops or again.reads != forward.reads:
         return ("the forward runs other operations the second time it is called on the same module and input: it "
                 "keeps a mark between calls, so what it computes depends on how often it has run")
