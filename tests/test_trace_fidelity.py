@@ -2598,3 +2598,51 @@ def test_freed_values_read_back_through_empty_give_no_certificate():
     cert = check(_EmptyWhenLoaded(t, 100.0), s0, s1, Dataset(x, x @ w1.T + b1, "mse", "d"), alphas=21, certify=True, tol=1e-3,
                  geometry=False).certificate
     assert cert.status == "unknown" and "uninitialised memory" in cert.reason, cert.reason
+
+
+
+class _NpEmpty(nn.Module):
+    """Uninitialised memory from outside torch's dispatcher: numpy's ``empty``."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 3)
+
+    def forward(self, x):
+        return self.lin(x) + 0.0 * torch.from_numpy(np.empty(3)).to(x.dtype)
+
+
+class _NpStrided(_NpEmpty):
+    """numpy's ``as_strided``, which reads memory outside an array."""
+
+    def forward(self, x):
+        return self.lin(x) + 0.0 * torch.from_numpy(np.lib.stride_tricks.as_strided(np.zeros(1), (3,), (8,)).copy()).to(x.dtype)
+
+
+class _OwnStorage(_NpEmpty):
+    """A storage of torch's own made in the forward (its bytes as they were left)."""
+
+    def forward(self, x):
+        e = torch.tensor([], dtype=x.dtype).set_(torch.UntypedStorage(3 * x.element_size()))
+        return self.lin(x) + 0.0 * e
+
+
+class _HeldArray(_NpEmpty):
+    """An array held by the module: its type (numpy's ndarray) is reached, and is not refused."""
+
+    def __init__(self):
+        super().__init__()
+        self.keep = np.zeros(3)
+
+    def forward(self, x):
+        return self.lin(x) + torch.from_numpy(self.keep).to(x.dtype)
+
+
+@pytest.mark.parametrize("cls,expect", [(_NpEmpty, "numpy.empty (memory as it was left"),
+                                        (_NpStrided, "as_strided (memory as it was left"), (_OwnStorage, "UntypedStorage"),
+                                        (_HeldArray, None)])
+def test_uninitialised_memory_from_outside_the_dispatcher_is_refused(cls, expect):
+    from mli_theory.path.structure import opaque_call_reason
+
+    why = opaque_call_reason(cls())
+    assert (why is not None and expect in why) if expect else why is None, why

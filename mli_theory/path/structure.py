@@ -293,9 +293,34 @@ _REFUSED_LIBRARY_MODULES = ("numpy.random", "numpy.lib.npyio", "numpy.lib._npyio
                             "scipy.io", "scipy.misc")
 
 
+@functools.lru_cache(maxsize=1)
+def _uninitialised_makers() -> dict[int, tuple[object, str]]:
+    """The allocators that hand out memory as it was left (and numpy's stride trick, which reads
+    memory outside an array) where the dispatcher does not see them: a freed tensor's values can come
+    back through them as a constant, which the comparison checks by value at one α only (torch's own
+    ``empty`` and kin are refused by the comparison, :mod:`.fidelity`)."""
+    out: dict[int, tuple[object, str]] = {}
+    found = [(torch, "UntypedStorage"), (torch, "TypedStorage"), (torch, "Storage"), (torch, "FloatStorage"),
+             (torch, "DoubleStorage"), (torch, "HalfStorage"), (torch, "BFloat16Storage")]
+    np = sys.modules.get("numpy")
+    if np is not None:
+        found += [(np, "empty"), (np, "empty_like")]  # (not the ndarray type: any array held by a module reaches it)
+        tricks = sys.modules.get("numpy.lib.stride_tricks")
+        if tricks is not None:
+            found.append((tricks, "as_strided"))
+    for space, name in found:
+        obj = getattr(space, name, None)
+        if obj is not None:
+            out.setdefault(id(obj), (obj, f"{space.__name__}.{name}"))
+    return out
+
+
 def _not_allowed(obj: object) -> str | None:
     """Why a forward may not reach ``obj``, an object of the standard library or of a well-known
     library (see :data:`_ALLOWED_STDLIB`), or None."""
+    made = _uninitialised_makers().get(id(obj))
+    if made is not None and made[0] is obj:
+        return f"{made[1]} (memory as it was left: values that are not a function of the weights and inputs)"
     t = type(obj)
     if t is types.BuiltinFunctionType and _module_of(obj) == "builtins":
         name = obj.__name__
@@ -493,6 +518,10 @@ _MODE_PROBES = frozenset({
     # torch's C++ settings and backend flags: counters behind a call, in state no fingerprint reads
     "register", "registry", "dispatch_cache", "_abc_registry", "_abc_data", "_abc_cache", "_abc_negative_cache",
     "RemovableHandle", "next_id", "_C", "backends", "getcontext", "setcontext", "localcontext",
+    # storages made in the forward: their bytes as they were left (a freed tensor's values among them),
+    # outside the dispatcher the comparison records (see _uninitialised_makers for numpy's)
+    "UntypedStorage", "TypedStorage", "_UntypedStorage", "FloatStorage", "DoubleStorage", "HalfStorage", "BFloat16Storage",
+    "ByteStorage", "CharStorage", "ShortStorage", "IntStorage", "LongStorage", "BoolStorage",
 })
 
 
