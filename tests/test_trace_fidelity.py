@@ -2543,6 +2543,8 @@ class _Uninitialised(nn.Module):
             e = torch.empty_strided(tuple(h.shape), (h.shape[1], 1), dtype=h.dtype)
         elif self.how == "resize_":
             e = torch.zeros(1, dtype=h.dtype).resize_(n).view(h.shape)
+        elif self.how == "resize_as_":
+            e = torch.zeros(1, dtype=h.dtype).resize_as_(h)
         else:  # set_ onto a storage of uninitialised bytes
             e = torch.tensor([], dtype=h.dtype).set_(torch.UntypedStorage(n * h.element_size())).view(h.shape)
         return h + e.zero_()
@@ -2571,7 +2573,7 @@ class _EmptyWhenLoaded(nn.Module):
         return h + r
 
 
-@pytest.mark.parametrize("how", ["empty", "new", "new_empty", "empty_like", "empty_strided", "resize_", "set_"])
+@pytest.mark.parametrize("how", ["empty", "new", "new_empty", "empty_like", "empty_strided", "resize_", "resize_as_", "set_"])
 def test_uninitialised_memory_in_the_forward_is_refused(how):
     """Every spelling is recorded; where the forward traces (not ``empty_strided``'s tuple of sizes, nor
     a storage made in it), the comparison refuses it by name."""
@@ -2638,7 +2640,14 @@ class _HeldArray(_NpEmpty):
         return self.lin(x) + torch.from_numpy(self.keep).to(x.dtype)
 
 
-@pytest.mark.parametrize("cls,expect", [(_NpEmpty, "numpy.empty (memory as it was left"),
+class _NpNdarray(_NpEmpty):
+    """numpy's array constructor called directly: memory as it was left."""
+
+    def forward(self, x):
+        return self.lin(x) + 0.0 * torch.from_numpy(np.ndarray((3,))).to(x.dtype)
+
+
+@pytest.mark.parametrize("cls,expect", [(_NpEmpty, "numpy.empty (memory as it was left"), (_NpNdarray, "reads ndarray"),
                                         (_NpStrided, "as_strided (memory as it was left"), (_OwnStorage, "UntypedStorage"),
                                         (_HeldArray, None)])
 def test_uninitialised_memory_from_outside_the_dispatcher_is_refused(cls, expect):
@@ -2646,3 +2655,68 @@ def test_uninitialised_memory_from_outside_the_dispatcher_is_refused(cls, expect
 
     why = opaque_call_reason(cls())
     assert (why is not None and expect in why) if expect else why is None, why
+
+
+class _ViewBeforeWrite(nn.Module):
+    """A red team's find: under a caller's load_state_dict only, a view of a zero buffer is taken
+    *before* ``buf.add_(h)`` writes live values into the buffer. The view is the same memory, but no
+    operation on a live tensor made it, so it was a constant compared by value at one α, where the
+    ramp built from it is zero: ``monotone`` was printed for a caller's rise of 1.97."""
+
+    def __init__(self, t, k):
+        super().__init__()
+        self.lin = nn.Linear(2, 1)
+        self.t, self.k = t, k
+
+    def forward(self, x):
+        h = self.lin(x)
+        buf = torch.zeros(h.shape, dtype=h.dtype)
+        loaded = isinstance(self.lin.weight, nn.Parameter)
+        if loaded:
+            v = buf.view(-1)
+        buf.add_(h)
+        r = torch.relu(v.view(h.shape) - self.t) * self.k if loaded else torch.zeros(h.shape, dtype=h.dtype)
+        return buf + r
+
+
+def test_a_view_of_memory_that_becomes_live_is_live():
+    from mli_theory import Dataset, check
+    from mli_theory.path.fidelity import PROBE_ALPHA, _Recorder
+
+    rec = _Recorder({})
+    a = torch.randn(3)
+    rec.seed(a)
+    buf = torch.zeros(3)
+    early = buf.view(-1)
+    with rec:
+        buf.add_(a)
+        (early * 2).sum()
+    assert rec.is_live(early) and any("memory of" in str(op[1]) for op in rec.ops), rec.ops
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 2, generator=g)
+    w1, b1 = torch.tensor([[1.0, 0.5]]), torch.tensor([0.2])
+    w0, b0 = 0.5 * w1, b1 - 1.0
+    al = PROBE_ALPHA
+    t = float((x @ ((1 - al) * w0 + al * w1).T + ((1 - al) * b0 + al * b1)).max()) + 1e-3
+    s0, s1 = {"lin.weight": w0, "lin.bias": b0}, {"lin.weight": w1, "lin.bias": b1}
+    cert = check(_ViewBeforeWrite(t, 100.0), s0, s1, Dataset(x, x @ w1.T + b1, "mse", "d"), alphas=21, certify=True, tol=1e-3,
+                 geometry=False).certificate
+    assert cert.status == "unknown" and "loaded into it" in cert.reason, cert.reason
+
+
+@pytest.mark.parametrize("how", ["conv", "pad"])
+def test_circular_padding_is_not_refused(how):
+    """``F.pad(mode="circular")`` makes its output with ``new_empty`` and writes every entry: torch's own
+    function is not a read of uninitialised memory (recognised by its code object)."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(1, 2, 3, padding=1, padding_mode="circular")
+
+        def forward(self, x):
+            return self.c(x) if how == "conv" else self.c(F.pad(x, (1, 1, 1, 1), mode="circular"))
+
+    m = Net()
+    assert trace_differs(m, _state(m), torch.randn(2, 1, 5, 5)) is None

@@ -112,7 +112,11 @@ _TRANSPARENT = frozenset({"detach", "alias", "lift_fresh"})
 # tensor, set_ onto a fresh storage): freed tensors' values can come back through them as "constants",
 # which the record compares by value at one α only
 _UNINITIALISED = frozenset({"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "empty_permuted",
-                            "resize_", "set_"})
+                            "resize_", "resize_as_", "_resize_output_", "set_", "empty_quantized", "_empty_affine_quantized",
+                            "_empty_per_channel_affine_quantized", "sparse_resize_", "sparse_resize_and_clear_"})
+# torch's dispatch and decorator machinery between an allocation and the function that asked for it
+_MACHINERY = ("/torch/utils/_python_dispatch.py", "/torch/_ops.py", "/torch/overrides.py", "/torch/_dynamo/eval_frame.py",
+              "/torch/_compile.py")
 
 
 def _bits(value: torch.Tensor) -> str:
@@ -185,6 +189,39 @@ def _describe(value: Any) -> Any:
     return type(value).__name__  # anything else: by kind
 
 
+def _made_by_a_filler() -> bool:
+    """Whether the allocation being dispatched was asked for by one of torch's own functions that
+    write every entry of what they allocate (:func:`_fillers`): the nearest Python frame outside
+    this module and torch's dispatch machinery runs that function's code object itself."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        path = frame.f_code.co_filename.replace("\\", "/")
+        if path != __file__ and not path.endswith(_MACHINERY):
+            return frame.f_code in _fillers()
+        frame = frame.f_back
+    return False
+
+
+@functools.lru_cache(maxsize=1)
+def _fillers() -> frozenset:
+    """The code objects of torch's functions that fill what they allocate: ``F.pad`` (mode "circular"
+    makes its output with ``new_empty`` in C++ and writes every entry)."""
+    import inspect
+
+    from torch.nn import functional as F  # noqa: N812
+
+    return frozenset({inspect.unwrap(F.pad).__code__})
+
+
+def _storage_key(t: torch.Tensor) -> tuple | None:
+    """(device, address) of a tensor's storage, or None where it has none to read (meta, sparse, empty)."""
+    try:
+        ptr = t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError, TypeError):
+        return None
+    return (str(t.device), ptr) if ptr else None
+
+
 class _Recorder(TorchDispatchMode):
     """Records the operations on live tensors and the reads of their values."""
 
@@ -196,6 +233,12 @@ class _Recorder(TorchDispatchMode):
         # where it comes from: a state entry by name, the input, or the operation (index, output) that
         # made it; two forwards that run the same operations on differently wired tensors differ here
         self.live: dict[int, tuple[weakref.ref, tuple]] = {id(t): (weakref.ref(t), ("state", k)) for k, t in live.items()}
+        # the memory of live tensors, by (device, address of its storage): its first live owner and origin
+        self.storages: dict[tuple, tuple[weakref.ref, tuple]] = {}
+        for k, t in live.items():
+            key = _storage_key(t)
+            if key is not None:
+                self.storages.setdefault(key, (weakref.ref(t), ("state", k)))
         self.keep = list(live.values())  # the seeds stay alive while recording
         self.ops: list[tuple] = []
         self.reads: list[str] = []
@@ -214,18 +257,35 @@ class _Recorder(TorchDispatchMode):
         self.keep.append(t)
 
     def _mark(self, t: torch.Tensor, origin: tuple) -> None:
-        """Live from now on (no strong reference is kept: intermediates die when the forward drops them)."""
-        if not self.is_live(t):
+        """Live from now on (no strong reference is kept: intermediates die when the forward drops them),
+        and so is every tensor on its memory (:meth:`is_live`)."""
+        if not self._own(t):
             self.live[id(t)] = (weakref.ref(t), origin)
+        key = _storage_key(t)
+        if key is not None and not self._on_live_storage(t, key):
+            self.storages[key] = (weakref.ref(t), origin)
 
-    def is_live(self, t: object) -> bool:
-        if not isinstance(t, torch.Tensor):
-            return False
+    def _own(self, t: torch.Tensor) -> bool:
         held = self.live.get(id(t))
         return held is not None and held[0]() is t
 
+    def _on_live_storage(self, t: torch.Tensor, key: tuple | None) -> bool:
+        held = self.storages.get(key) if key is not None else None
+        owner = held[0]() if held is not None else None
+        return owner is not None and _storage_key(owner) == key
+
+    def is_live(self, t: object) -> bool:
+        """A live tensor itself, or any tensor on a live tensor's memory: a view taken of a constant
+        before an in-place operation wrote live values into it (``v = buf.view(-1); buf.add_(h)``)
+        holds those values, although no operation on a live tensor made it."""
+        if not isinstance(t, torch.Tensor):
+            return False
+        return self._own(t) or self._on_live_storage(t, _storage_key(t))
+
     def _origin(self, t: object) -> tuple:
-        return ("live", *self.live[id(t)][1])
+        if self._own(t):
+            return ("live", *self.live[id(t)][1])
+        return ("live", "memory of", *self.storages[_storage_key(t)][1])
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -238,7 +298,8 @@ class _Recorder(TorchDispatchMode):
         flat, _ = tree_flatten((args, kwargs))  # keyword arguments by name too (see the record below)
         if torch.Tag.nondeterministic_seeded in getattr(func, "tags", ()):  # a generator's state moves: a counter
             self.random.append(name)
-        if name in _UNINITIALISED and any(isinstance(o, torch.Tensor) and o.numel() > 0 for o in tree_flatten(out)[0]):
+        if name in _UNINITIALISED and any(isinstance(o, torch.Tensor) and o.numel() > 0 for o in tree_flatten(out)[0]) \
+                and not _made_by_a_filler():
             self.uninitialised.append(name)  # (torch's batch_norm makes an empty reserve of 0 entries: not counted)
         if name in _VALUE_OPS and not (name == "_local_scalar_dense" and _batchnorm_counter(tuple(args))):
             self.reads.append(f"{name} (aten)")  # of any tensor: a value reaches Python, or a shape follows values

@@ -522,6 +522,9 @@ _MODE_PROBES = frozenset({
     # outside the dispatcher the comparison records (see _uninitialised_makers for numpy's)
     "UntypedStorage", "TypedStorage", "_UntypedStorage", "FloatStorage", "DoubleStorage", "HalfStorage", "BFloat16Storage",
     "ByteStorage", "CharStorage", "ShortStorage", "IntStorage", "LongStorage", "BoolStorage",
+    # numpy's array constructors called directly (``np.ndarray(shape)`` hands out memory as it was left;
+    # an array merely held by a module reaches the type without naming it, and is not refused)
+    "ndarray", "recarray",
 })
 
 
