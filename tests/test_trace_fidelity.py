@@ -2463,20 +2463,27 @@ def test_inplace_clamps_are_the_same_computation_under_autograd(how):
     assert trace_differs(m, _state(m), torch.randn(5, 3)) is None
 
 
-class _CopyWhenLoaded(nn.Module):
-    """Returns (or reads) a copy taken before an in-place ReLU only when its weight is an
+class _Switched(nn.Module):
+    """One Linear layer and a switch ``how`` its subclasses' forwards read (one class per mechanism)."""
+
+    def __init__(self, how, features=(2, 3)):
+        super().__init__()
+        self.how = how
+        self.lin = nn.Linear(*features)
+
+
+class _CopyWhenLoaded(_Switched):
+    """Returns (or reads: ``how``) a copy taken before an in-place ReLU only when its weight is an
     ``nn.Parameter`` (a caller's load_state_dict), the changed tensor itself otherwise."""
 
     def __init__(self, read):
-        super().__init__()
-        self.read = read
-        self.lin = nn.Linear(3, 3)
+        super().__init__(read, (3, 3))
 
     def forward(self, x):
         y = self.lin(x)
         z = y.clone() if isinstance(self.lin.weight, nn.Parameter) else y
         y.relu_()
-        return z + 1.0 if self.read else z
+        return z + 1.0 if self.how else z
 
 
 @pytest.mark.parametrize("read", [False, True])
@@ -2518,15 +2525,10 @@ def test_inplace_clamps_are_certified_and_the_verdict_holds(how):
         assert max(b - a for a, b in zip(curve, curve[1:])) <= 1e-12
 
 
-class _Uninitialised(nn.Module):
+class _Uninitialised(_Switched):
     """Makes a tensor of uninitialised memory in one of torch's spellings, zero-fills it and adds it:
     harmless here, but such memory can hold a freed tensor's values, which the record (live tensors
     by origin, constants by value at one α) would never see."""
-
-    def __init__(self, how):
-        super().__init__()
-        self.how = how
-        self.lin = nn.Linear(2, 3)
 
     def forward(self, x):
         h = self.lin(x)
@@ -2657,16 +2659,11 @@ def test_uninitialised_memory_from_outside_the_dispatcher_is_refused(cls, expect
     assert (why is not None and expect in why) if expect else why is None, why
 
 
-class _ViewBeforeWrite(nn.Module):
+class _ViewBeforeWrite(_EmptyWhenLoaded):
     """A red team's find: under a caller's load_state_dict only, a view of a zero buffer is taken
     *before* ``buf.add_(h)`` writes live values into the buffer. The view is the same memory, but no
     operation on a live tensor made it, so it was a constant compared by value at one α, where the
     ramp built from it is zero: ``monotone`` was printed for a caller's rise of 1.97."""
-
-    def __init__(self, t, k):
-        super().__init__()
-        self.lin = nn.Linear(2, 1)
-        self.t, self.k = t, k
 
     def forward(self, x):
         h = self.lin(x)
