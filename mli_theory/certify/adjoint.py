@@ -717,14 +717,19 @@ def _normalised_back(nt: EnclosureNumbers, g: "_Cot | None", rec: Any, a: TM, b:
     return _Cot(out.c.expand(shape), out.g.expand(shape), out.e.expand(shape))
 
 
+def _read_nodes(reads: dict[Node, tuple[tuple, dict]], node: Node) -> list[Node]:
+    """The nodes ``node`` reads along the reverse walk's edges (``reads``: in-place changes rebound)."""
+    out: list[Node] = []
+    torch.fx.node.map_arg(reads[node], out.append)
+    return out
+
+
 def _upstream(reads: dict[Node, tuple[tuple, dict]], seeds: list[Node]) -> set[Node]:
     """The nodes ``seeds`` read, directly or not, along the reverse walk's edges (``reads``)."""
     out: set[Node] = set()
     stack = list(seeds)
     while stack:
-        read: list[Node] = []
-        torch.fx.node.map_arg(reads[stack.pop()], read.append)
-        for a in read:
+        for a in _read_nodes(reads, stack.pop()):
             if a not in out:
                 out.add(a)
                 stack.append(a)
@@ -742,9 +747,7 @@ def _downstream_of_kinks(gm: GraphModule, tape: Tape, reads: dict[Node, tuple[tu
     cotangent was dropped, the clamp's kinks got none, and a rise of 4 was certified away."""
     out: set[Node] = set()
     for node in gm.graph.nodes:  # topological order (the layers whose input the tape keeps: see kink_bound's seeds)
-        read: list[Node] = []
-        torch.fx.node.map_arg(reads[node], read.append)
-        if node in tape.kinks or node in tape.sources or node in tape.inputs or any(a in out for a in read):
+        if node in tape.kinks or node in tape.sources or node in tape.inputs or any(a in out for a in _read_nodes(reads, node)):
             out.add(node)
     return out
 

@@ -2102,6 +2102,18 @@ def _relu_like(nt: EnclosureNumbers, x: Any, slope: float = 0.0) -> Any:
     return Enclosure(value, _with_norm(dc, dg, de, _norm_of(d, width), dextra))
 
 
+def _values_undeferred(nt: EnclosureNumbers, make: Callable[[], Enclosure]) -> TM:
+    """The value Taylor model of ``make()`` (a rule composed of others, e.g. of ReLUs) computed with
+    the kinks not deferred and no derivative: the composed rules then record nothing for the reverse
+    walk, whose one record for the node the caller makes itself."""
+    saved = nt.deferred, nt.values_only
+    nt.deferred, nt.values_only = None, True
+    try:
+        return make().v
+    finally:
+        nt.deferred, nt.values_only = saved
+
+
 def _clamp_bound(b: Any) -> float | None | bool:
     """A clamp bound as a float, None where absent, False where it is not a finite real number
     (numbers of other types never reach here: :func:`_guarded` declines them for every rule)."""
@@ -2160,12 +2172,7 @@ def _clamp_deferred(nt: EnclosureNumbers, x: Enclosure, lo: float | None, hi: fl
     undecided difference (where along the cell its sign, hence D, is known); one that may meet both
     bounds records the whole cell. The value is the composed clamp's (:func:`_clamp_composed`,
     computed without deferring, values only)."""
-    saved = nt.deferred, nt.values_only
-    nt.deferred, nt.values_only = None, True
-    try:
-        value = _clamp_composed(nt, x, lo, hi).v
-    finally:
-        nt.deferred, nt.values_only = saved
+    value = _values_undeferred(nt, lambda: _clamp_composed(nt, x, lo, hi))
     v, d = x.v, x.d
     full = v.c.shape
     if nt.values_only:
@@ -2634,8 +2641,8 @@ def _max_pool2d(nt: EnclosureNumbers, input: Any, kernel_size: Any, stride: Any 
     encloses it (values, and the derivative's Clarke set where two entries may tie). Padding
     (torch's −∞, which never wins) is taken as a copy of the nearest entry, which lies in the same
     window when the dilation is 1 and the padding at most half the kernel (torch's own limit), so the
-    maximum is unchanged. Declined: ``ceil_mode``, ``return_indices``, padding with dilation > 1,
-    and walks that defer kinks to the reverse walk (no reverse rule: the forward rule takes such nets)."""
+    maximum is unchanged. Where the kinks are deferred to the reverse walk, the derivative is
+    :func:`_max_pool2d_deferred`'s. Declined: ``ceil_mode``, ``return_indices``, padding with dilation > 1."""
     x = input
     if ceil_mode or return_indices:
         return _decline(nt, "ceil_mode and return_indices are not supported")
@@ -2690,12 +2697,7 @@ def _max_pool2d(nt: EnclosureNumbers, input: Any, kernel_size: Any, stride: Any 
 
     if nt.deferred is None:
         return composed()
-    saved = nt.deferred, nt.values_only
-    nt.deferred, nt.values_only = None, True
-    try:
-        value = composed().v
-    finally:
-        nt.deferred, nt.values_only = saved
+    value = _values_undeferred(nt, composed)
     if nt.values_only:
         return Enclosure(value, _zero_tm(value.c))
     return _max_pool2d_deferred(nt, value, [window(i, j) for i in range(k[0]) for j in range(k[1])],
