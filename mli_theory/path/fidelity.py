@@ -24,15 +24,25 @@ difference when the forward
   round trip) shares the moving values without being recorded as live;
 * goes on after an operation raised an error (a domain check, which depends on values: control flow
   through an exception);
-* runs other operations, or other constants, than the traced graph (it found out that it was being
-  traced; or it depends on the batch's size, which the trace does not have: the comparison runs on
-  the loss curve's own first batch);
+* runs other operations, or other constants, than the traced graph, or returns other tensors from
+  the same operations (it found out that it was being traced; or it depends on the batch's size,
+  which the trace does not have: the comparison runs on the loss curve's own first batch);
 * changes a plain Python attribute of one of its modules (a number, a string, a flag, a container of
   them), or anything outside its modules that it reaches (a global it reads or writes, a closure
   variable, a default argument, a class's or an object's attributes, a container, an iterator, an
   attribute of a module it names, the input tensor's own attributes:
   :func:`mli_theory.path.structure.reached_state`): a call counter. What it computes may then
   depend on how often it has run.
+
+In-place arithmetic is traced out of place: fx has no in-place operators on a proxy, so
+``out += identity`` (torchvision's residual blocks) is ``aten.add_`` in the forward and ``aten.add``
+in the trace. The record names an in-place operation on a tensor the forward made by its
+out-of-place form, with every output's shape and dtype, and follows the write: the tensor written
+is from then on that operation's result, and any other tensor on the written memory (a second name
+for it, a view or a detached copy taken before the write, the base of a written slice) carries the
+write in its origin. The two records are then equal exactly when every later read sees what the
+out-of-place form gives it. A write into the state's or the input's memory (which outlives the call)
+keeps its in-place name, and differs.
 
 When none happens, the forward's Python code saw nothing of α but shapes, which do not change along
 the line: it runs the same operations, with the same constants, at every α, and they are the traced
@@ -222,6 +232,39 @@ def _storage_key(t: torch.Tensor) -> tuple | None:
     return (str(t.device), ptr) if ptr else None
 
 
+def _written_arguments(func: Any, args: tuple, kwargs: dict) -> list[torch.Tensor]:
+    """The tensors an operation writes in place: the arguments its schema marks written
+    (``Tensor(a!)``: ``self`` of ``add_``, ``out`` of ``add.out``, BatchNorm's running statistics)."""
+    schema = getattr(func, "_schema", None)
+    if schema is None:
+        return []
+    found = []
+    for i, a in enumerate(schema.arguments):
+        if a.alias_info is None or not a.alias_info.is_write:
+            continue
+        v = kwargs.get(a.name, args[i] if i < len(args) and not a.kwarg_only else None)
+        found.extend(t for t in tree_flatten(v)[0] if isinstance(t, torch.Tensor))
+    return found
+
+
+@functools.lru_cache(maxsize=None)
+def _out_of_place(func: Any) -> str | None:
+    """``aten.f.overload`` for ``aten.f_.overload`` (an operation that writes its first argument), when
+    it exists and takes the same arguments; else None."""
+    schema = func._schema
+    base = schema.name.split("::")[-1]
+    if not schema.name.startswith("aten::") or not base.endswith("_") or base.startswith("_") or not schema.arguments:
+        return None
+    first = schema.arguments[0].alias_info
+    if first is None or not first.is_write:
+        return None
+    other = getattr(getattr(torch.ops.aten, base[:-1], None), func._overloadname, None)
+    if other is None or [(a.name, str(a.type)) for a in other._schema.arguments] != \
+            [(a.name, str(a.type)) for a in schema.arguments]:
+        return None
+    return str(other)
+
+
 class _Recorder(TorchDispatchMode):
     """Records the operations on live tensors and the reads of their values."""
 
@@ -250,18 +293,31 @@ class _Recorder(TorchDispatchMode):
         self.loose: list[tuple] = []  # the operations again, float constants by their float32 values (see _loose)
         self.returned: list[tuple] = []  # per batch, what the forward returned: live tensors by origin
         self.uninitialised: list[str] = []  # operations that made non-empty tensors of uninitialised memory
+        # in-place writes: the index of the last operation that wrote each live memory, and for each live
+        # tensor the write it has seen (the last one when it was made, or its own); a tensor on memory
+        # written since it was made holds values its origin does not say (a view taken before the write)
+        self.writes: dict[tuple, int] = {}
+        self.seen: dict[int, int | None] = {}
+        # the memory of the seeds (state, input): an in-place write there outlives the call
+        self.seeds: set[tuple] = {k for k in (_storage_key(t) for t in live.values()) if k is not None}
+        for t in live.values():
+            self.seen[id(t)] = None
 
     def seed(self, t: torch.Tensor) -> None:
         """A tensor the caller hands to the forward (a batch): live, kept alive while recording."""
         self._mark(t, ("input",))
         self.keep.append(t)
+        key = _storage_key(t)
+        if key is not None:
+            self.seeds.add(key)
 
     def _mark(self, t: torch.Tensor, origin: tuple) -> None:
         """Live from now on (no strong reference is kept: intermediates die when the forward drops them),
         and so is every tensor on its memory (:meth:`is_live`)."""
+        key = _storage_key(t)
         if not self._own(t):
             self.live[id(t)] = (weakref.ref(t), origin)
-        key = _storage_key(t)
+            self.seen[id(t)] = self.writes.get(key) if key is not None else None
         if key is not None and not self._on_live_storage(t, key):
             self.storages[key] = (weakref.ref(t), origin)
 
@@ -283,9 +339,49 @@ class _Recorder(TorchDispatchMode):
         return self._own(t) or self._on_live_storage(t, _storage_key(t))
 
     def _origin(self, t: object) -> tuple:
+        """Where a live tensor's values come from: the operation (or seed) that made it, and, when its
+        memory was written in place since (by another tensor on it), that write too; a tensor only on
+        live memory by that memory's first owner, the last write to it and where in it the tensor lies."""
+        key = _storage_key(t)
         if self._own(t):
-            return ("live", *self.live[id(t)][1])
-        return ("live", "memory of", *self.storages[_storage_key(t)][1])
+            origin = ("live", *self.live[id(t)][1])
+            last = self.writes.get(key) if key is not None else None
+            return origin if last == self.seen.get(id(t)) else (*origin, "memory written since by operation", last)
+        return ("live", "memory of", *self.storages[key][1], self.writes.get(key), t.storage_offset(), tuple(t.shape),
+                tuple(t.stride()))
+
+    def _written(self, index: int, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        """After operation ``index`` wrote tensors in place (arguments its schema marks written): their
+        memory was written by it, and the tensor objects written are from now on that operation's
+        result; every other tensor on that memory holds values its origin no longer says."""
+        outs = tree_flatten(out)[0]
+        for j, t in enumerate(_written_arguments(func, args, kwargs)):
+            key = _storage_key(t)
+            if key is not None:
+                self.writes[key] = index
+            at = next((i for i, o in enumerate(outs) if o is t), f"argument {j}")  # as _mark numbers outputs
+            self.live[id(t)] = (weakref.ref(t), ("op", index, at))
+            self.seen[id(t)] = index if key is not None else None
+            if key is not None and not self._on_live_storage(t, key):
+                self.storages[key] = (weakref.ref(t), ("op", index, at))
+
+    def _functional_name(self, func: Any, args: tuple, kwargs: dict) -> str | None:
+        """The name of the out-of-place form of an in-place operation on a live tensor of the forward's
+        own (``aten.add.Tensor`` for ``aten.add_.Tensor``: ``out += identity``, which fx traces as
+        ``out + identity``), or None where the two are not interchangeable in this record: the written
+        tensor is not live, or is (on) a seed's memory (the write outlives the call), or the operation
+        writes anything else. With the writes' effects on origins (:meth:`_written`), the record of
+        the in-place form equals the out-of-place form's exactly when every later read gets the values
+        the out-of-place form gives it (the written tensor's own reads are the new result; any other
+        tensor on that memory differs), and the outputs' shapes and dtypes (recorded for every
+        operation) are the same."""
+        written = _written_arguments(func, args, kwargs)
+        if len(written) != 1 or not args or written[0] is not args[0] or not self._own(args[0]):
+            return None
+        key = _storage_key(args[0])
+        if key is None or key in self.seeds:
+            return None
+        return _out_of_place(func)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -305,17 +401,25 @@ class _Recorder(TorchDispatchMode):
             self.reads.append(f"{name} (aten)")  # of any tensor: a value reaches Python, or a shape follows values
         elif name in _INDEXING and any(isinstance(a, torch.Tensor) and a.dtype in (torch.bool, torch.uint8) for a in flat):
             self.reads.append(f"{name} with a boolean mask (aten)")
-        if name in _TRANSPARENT and len(flat) >= 1 and self.is_live(flat[0]) and isinstance(out, torch.Tensor):
+        if name in _TRANSPARENT and len(flat) >= 1 and self._own(flat[0]) and isinstance(out, torch.Tensor):
             # the same values under another tensor object (autograd adds these where it saves a
-            # tensor for backward): one origin, nothing recorded, whether autograd records or not
+            # tensor for backward): one origin, nothing recorded, whether autograd records or not;
+            # the write its source had seen too (a detached view taken before a write is as stale)
             self._mark(out, self.live[id(flat[0])][1])
+            if self._own(out) and out is not flat[0]:
+                self.seen[id(out)] = self.seen.get(id(flat[0]))
             return out
         if any(self.is_live(a) for a in flat):
             index = len(self.ops)
-            self.ops.append((str(func), tuple(self._origin(a) if self.is_live(a) else _describe(a) for a in flat),
-                             tuple(sorted(kwargs)), self.span))
-            self.loose.append((str(func), tuple(self._origin(a) if self.is_live(a) else _loose(a) for a in flat),
+            label = self._functional_name(func, args, kwargs) or str(func)
+            # what each output is (shape, dtype): an in-place form keeps its input's, the out-of-place
+            # form promotes and broadcasts
+            shapes = tuple((tuple(o.shape), str(o.dtype)) for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor))
+            self.ops.append((label, tuple(self._origin(a) if self.is_live(a) else _describe(a) for a in flat),
+                             tuple(sorted(kwargs)), self.span, shapes))
+            self.loose.append((label, tuple(self._origin(a) if self.is_live(a) else _loose(a) for a in flat),
                                tuple(sorted(kwargs)), self.span))
+            self._written(index, func, args, kwargs, out)
             for j, o in enumerate(tree_flatten(out)[0]):
                 if isinstance(o, torch.Tensor):
                     self._mark(o, ("op", index, j))
@@ -671,7 +775,7 @@ def _compare(model: nn.Module, gm: torch.fx.GraphModule, state: Mapping[str, tor
     if uninitialised:
         return (f"the forward reads uninitialised memory ({uninitialised[0]}): its values are whatever memory held "
                 "before (freed tensors among them), not a function of the weights and inputs")
-    if again.ops != forward.ops or again.reads != forward.reads:
+    if again.ops != forward.ops or again.reads != forward.reads or again.returned != forward.returned:
         return ("the forward runs other operations the second time it is called on the same module and input: it "
                 "keeps a mark between calls, so what it computes depends on how often it has run")
     if _unread_clones_dropped(flipped.loose, flipped.returned) != _unread_clones_dropped(forward.loose, forward.returned) \
@@ -683,6 +787,10 @@ def _compare(model: nn.Module, gm: torch.fx.GraphModule, state: Mapping[str, tor
         traced = _run(gm, state, x, spans, train)
     except Exception as exc:  # noqa: BLE001
         return f"the traced graph could not be run on the forward's inputs ({type(exc).__name__}: {str(exc)[:120]})"
+    if traced.ops == forward.ops and traced.returned != forward.returned:
+        return ("the forward returns other tensors than its traced graph, from the same operations (it found out that "
+                "it was being traced, or it depends on the batch's size): it computes something else when traced than "
+                "when run")
     if traced.ops == forward.ops:
         if forward.refused is not None:  # what it reaches could tell this run from the curve's
             return (f"the forward of {forward.refused}: it may compute one thing when compared with its trace and "

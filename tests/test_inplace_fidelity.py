@@ -1,0 +1,222 @@
+"""In-place arithmetic in a forward (``out += identity``) against its fx trace, and what a forward returns.
+
+fx traces ``out += y`` as ``out + y`` (a proxy has no in-place operators), so the trace runs
+``aten.add`` where the forward runs ``aten.add_``. The two compute the same when nothing else reads
+the memory the forward wrote; the comparison (:mod:`mli_theory.path.fidelity`) now accepts exactly
+those (torchvision's BasicBlock writes its residual sum that way) and refuses every forward whose
+in-place write is seen elsewhere: an alias, a view or a detached copy taken before the write, a slice
+written into its base, a write into the input or the state, a dtype the in-place form keeps.
+
+Each variant's verdict is checked against what it does: the refused ones compute other values when
+run than when traced (checked here, so the refusal is needed), the accepted ones the same values.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mli_theory import Dataset, check
+from mli_theory.path.fidelity import trace_differs
+
+F64 = torch.float64
+
+
+class _Twin(nn.Module):
+    """Two linear maps of the input and one of eight forwards that combine them, some in place."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.l1, self.l2 = nn.Linear(3, 4), nn.Linear(3, 4)
+
+    def forward(self, x):  # noqa: C901 - one branch per variant
+        how, out = self.how, self.l1(x)
+        if how == "fresh":
+            out += self.l2(x)
+            return torch.relu(out)
+        if how == "fresh, in-place ReLU":
+            out += self.l2(x)
+            return F.relu(out, inplace=True)
+        if how == "chain":
+            out *= 2.0
+            out -= self.l2(x)
+            out /= 3.0
+            return out
+        if how == "alias":  # the same tensor under a second name, read after the write
+            keep = out
+            out += self.l2(x)
+            return out * keep
+        if how == "view before":
+            v = out[:, :2]
+            out += self.l2(x)
+            return out[:, :2] + v
+        if how == "detached before":
+            v = out.detach()
+            out += self.l2(x)
+            return out + v
+        if how == "view detached after the write":  # a detached copy of a stale view is as stale
+            v = out[:, :2]
+            out += self.l2(x)
+            return out[:, :2] + v.detach()
+        if how == "slice written":
+            s = out[:, :2]
+            s += self.l2(x)[:, :2]
+            return out
+        if how == "input written":
+            x += 1.0
+            return self.l1(x) + self.l2(x)
+        if how == "weight written":
+            w = self.l2.weight
+            w += 0.5
+            return out + self.l2(x)
+        if how == "float64 constant":
+            out += torch.ones(4, dtype=F64)
+            return out
+        raise AssertionError(how)
+
+
+ACCEPTED = ["fresh", "fresh, in-place ReLU", "chain"]
+REFUSED = ["alias", "view before", "detached before", "view detached after the write", "slice written", "input written", "weight written"]
+
+
+def _state(m: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in m.state_dict().items()}
+
+
+def _twin(how: str, dtype=F64) -> _Twin:
+    torch.manual_seed(0)
+    return _Twin(how).to(dtype)
+
+
+def _run_and_trace(m: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.no_grad():
+        ran = torch.func.functional_call(m, _state(m), (x.clone(),))
+        gm = torch.fx.symbolic_trace(m)
+        held = gm.state_dict()  # (a layer the trace does not use is not in it)
+        traced = torch.func.functional_call(gm, {k: v for k, v in _state(m).items() if k in held}, (x.clone(),))
+    return ran, traced
+
+
+@pytest.mark.parametrize("how", ACCEPTED)
+def test_an_in_place_write_nothing_else_reads_is_its_trace(how):
+    m, x = _twin(how), torch.randn(5, 3, dtype=F64)
+    ran, traced = _run_and_trace(m, x)
+    assert torch.equal(ran, traced)
+    assert trace_differs(m, _state(m), x) is None
+
+
+@pytest.mark.parametrize("how", REFUSED)
+def test_an_in_place_write_read_through_another_tensor_is_refused(how):
+    m, x = _twin(how), torch.randn(5, 3, dtype=F64)
+    why = trace_differs(m, _state(m), x)
+    assert why is not None and "trace" in why, why
+    if how not in ("input written", "weight written"):  # those compute the same once, and change what a later call reads
+        ran, traced = _run_and_trace(m, x)
+        assert not torch.allclose(ran, traced)  # the refusal is needed: the trace computes something else
+
+
+def test_the_dtype_an_in_place_form_keeps_is_compared():
+    """float32 += float64: in place the sum stays float32, traced it is float64."""
+    m, x = _twin("float64 constant", torch.float32), torch.randn(5, 3)
+    ran, traced = _run_and_trace(m, x)
+    assert ran.dtype == torch.float32 and traced.dtype == F64
+    why = trace_differs(m, _state(m), x)
+    assert why is not None and "trace" in why, why
+
+
+class _Returns(nn.Module):
+    """Computes a loss bump in a narrow window of α and returns it only when not traced (isinstance)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(2, 1), nn.Linear(1, 1)
+        self.register_buffer("one", torch.ones(1, 1))
+
+    def forward(self, x):
+        out = self.l1(x)
+        a = self.l2(self.one)  # moves from 0 to 1 along the line
+        bump = torch.relu(1 - 300 * torch.relu(a - 0.537) - 300 * torch.relu(0.537 - a)) * 100
+        bad = out + bump
+        return bad if isinstance(x, torch.Tensor) else out
+
+
+def test_a_forward_that_returns_another_of_its_results_when_not_traced_gets_no_certificate():
+    """The same operations, another tensor returned: before, only the operations were compared, and
+    this was certified monotone (bound 9e-17) where the curve rises by 10⁴ near α = 0.537."""
+    m = _Returns().to(F64)
+    zero = {"l1.weight": torch.zeros(1, 2), "l1.bias": torch.zeros(1), "l2.weight": torch.zeros(1, 1),
+            "l2.bias": torch.zeros(1), "one": torch.ones(1, 1)}
+    one = {**zero, "l1.weight": torch.tensor([[0.5, 0.4]]), "l2.weight": torch.ones(1, 1)}
+    init, final = ({k: v.to(F64) for k, v in s.items()} for s in (zero, one))
+    g = np.random.default_rng(0)
+    x = torch.tensor(g.normal(size=(32, 2)))
+    data = Dataset(x, x @ torch.tensor([[0.5], [0.4]], dtype=F64), "mse", "linear target")
+    mid = {k: 0.463 * init[k] + 0.537 * final[k] for k in init}
+    with torch.no_grad():
+        peak = float(((torch.func.functional_call(m, mid, (x,)) - data.y) ** 2).mean())
+    assert peak > 1e3  # the caller's curve rises there
+    why = trace_differs(m, init, x)
+    assert why is not None and "returns other tensors" in why, why
+    r = check(m, init, final, data, alphas=11, tol=0.01, certify=True, dtype=F64, geometry=False, certify_budget=5.0)
+    assert r.certificate.status != "monotone"
+
+
+class _BasicBlock(nn.Module):
+    """torchvision's BasicBlock: BN after each convolution, ``out += identity``, in-place ReLUs."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += identity
+        out = self.relu(out)
+        return out
+
+
+def _torchvision_style() -> nn.Module:
+    return nn.Sequential(nn.Unflatten(1, (1, 4, 4)), nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(inplace=True),
+                         _BasicBlock(3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2))
+
+
+def test_a_torchvision_basic_block_is_compared_and_certified():
+    """Before, ``out += identity`` made every torchvision-style ResNet ``unknown`` (the forward runs
+    add_, the trace add). A briefly trained one is now certified monotone at T = 0, and a dense
+    plain-torch curve agrees."""
+    torch.manual_seed(1)
+    m = _torchvision_style().to(F64)
+    init = _state(m)
+    x = torch.rand(64, 16, dtype=F64)
+    y = (x[:, :8].sum(1) > x[:, 8:].sum(1)).long()
+    opt = torch.optim.Adam(m.parameters(), 0.01)
+    for _ in range(30):  # BatchNorm in training mode: its statistics move too
+        opt.zero_grad()
+        F.cross_entropy(m(x), y).backward()
+        opt.step()
+    m.eval()
+    final = _state(m)
+    data = Dataset(x, y, "ce", "random 4x4 images")
+    assert trace_differs(m, init, x) is None
+    r = check(m, init, final, data, alphas=21, tol=0.0, certify=True, dtype=F64, geometry=False, bn="frozen",
+              certify_budget=30.0)
+    cert = r.certificate
+    assert cert.status == "monotone", cert.reason
+
+    def loss(a: float) -> float:  # BatchNorm frozen: θT's statistics throughout
+        s = {k: (1 - a) * init[k] + a * final[k] if "running" not in k and init[k].is_floating_point() else final[k]
+             for k in init}
+        with torch.no_grad():
+            return float(F.cross_entropy(torch.func.functional_call(m, s, (x,)), data.y))
+
+    assert max(abs(loss(float(a)) - v) for a, v in zip(r.alphas, r.losses)) < 1e-12  # the curve check measured
+    dense = np.array([loss(a) for a in np.linspace(0, 1, 2001)])
+    assert float(np.max(dense - np.minimum.accumulate(dense))) <= cert.rise_bound + 1e-12  # the largest L(b) − L(a), a ≤ b
