@@ -62,6 +62,10 @@ class _Twin(nn.Module):
             v = out[:, :2]
             out += self.l2(x)
             return out[:, :2] + v.detach()
+        if how == "overlapping views":  # not dense: torch cannot tell that they overlap, and adds entry by entry
+            a, b = out[:, 1:], out[:, :-1]
+            a += b
+            return a
         if how == "slice written":
             s = out[:, :2]
             s += self.l2(x)[:, :2]
@@ -80,7 +84,7 @@ class _Twin(nn.Module):
 
 
 ACCEPTED = ["fresh", "fresh, in-place ReLU", "chain"]
-REFUSED = ["alias", "view before", "detached before", "view detached after the write", "slice written", "input written", "weight written"]
+REFUSED = ["alias", "view before", "detached before", "view detached after the write", "overlapping views", "slice written", "input written", "weight written"]
 
 
 def _state(m: nn.Module) -> dict[str, torch.Tensor]:
@@ -220,3 +224,37 @@ def test_a_torchvision_basic_block_is_compared_and_certified():
     assert max(abs(loss(float(a)) - v) for a, v in zip(r.alphas, r.losses)) < 1e-12  # the curve check measured
     dense = np.array([loss(a) for a in np.linspace(0, 1, 2001)])
     assert float(np.max(dense - np.minimum.accumulate(dense))) <= cert.rise_bound + 1e-12  # the largest L(b) − L(a), a ≤ b
+
+
+class _Evil(torch.Tensor):
+    """A tensor subclass whose own code runs in every operation on it (here it only computes the
+    operation, and returns plain tensors: what it returns shows nothing of it)."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **(kwargs or {}))
+
+
+class _Reclassed(nn.Module):
+    """Makes its output a subclass without any operation (``__class__`` assignment), when not traced."""
+
+    def __init__(self, later: bool) -> None:
+        super().__init__()
+        self.later, self.lin = later, nn.Linear(2, 1)
+
+    def forward(self, x):
+        h = self.lin(x)
+        if isinstance(h, torch.Tensor):
+            h.__class__ = _Evil
+        return h * 2.0 if self.later else h
+
+
+@pytest.mark.parametrize("later", [False, True], ids=["returned", "operated on"])
+def test_a_tensor_made_a_subclass_in_the_forward_is_refused(later):
+    """A red team's false certificate: a forward that set ``h.__class__`` to a subclass whose
+    ``__torch_function__`` moved the loss near one α was certified ``monotone`` (true rise 100): the
+    subclass's code runs in the loss, outside the comparison. Returned or operated on, it is refused."""
+    m = _Reclassed(later).to(F64)
+    why = trace_differs(m, _state(m), torch.randn(4, 2, dtype=F64))
+    assert why is not None and "_Evil" in why, why

@@ -381,6 +381,9 @@ class _Recorder(TorchDispatchMode):
         key = _storage_key(args[0])
         if key is None or key in self.seeds:
             return None
+        others = [a for a in tree_flatten((args[1:], kwargs))[0] if isinstance(a, torch.Tensor)]
+        if any(_storage_key(a) == key for a in others):  # it reads the memory it writes: in place, entries
+            return None  # written early are read later (overlapping views that torch cannot tell apart)
         return _out_of_place(func)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -438,7 +441,8 @@ class _Reads(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         if name in _VALUE_READS and not _batchnorm_counter(args):  # of any tensor: one made outside the dispatcher
             self.recorder.reads.append(name)  # (a subclass view, a DLPack round trip) shares the moving values
-        foreign = [t for t in types if not issubclass(t, torch.Tensor)]
+        # (a tensor subclass too: a forward can make one without any operation, ``t.__class__ = C``)
+        foreign = [t for t in types if not issubclass(t, torch.Tensor) or t not in _PLAIN_TENSORS]
         if foreign:  # an argument's own __torch_function__ runs next, where this mode is popped: it may read anything
             self.recorder.reads.append(f"{func.__name__ if hasattr(func, '__name__') else func} with a {foreign[0].__name__} "
                                        "argument that has its own __torch_function__")
@@ -644,7 +648,10 @@ def _run(module: nn.Module, state: Mapping[str, torch.Tensor], x: Any, spans: li
                         out = module(batch)
                     else:
                         out = functional_call(module, own, (batch,), strict=False, tie_weights=not original)
-                rec.returned.append(tuple(rec._origin(t) if rec.is_live(t) else _describe(t) for t in tree_flatten(out)[0]))
+                leaves = tree_flatten(out)[0]
+                rec.returned.append(tuple(rec._origin(t) if rec.is_live(t) else _describe(t) for t in leaves))
+                rec.reads += [f"a returned {type(t).__name__}, whose own __torch_function__ runs in every operation on it "
+                              "(the loss's too)" for t in leaves if _runs_own_code(t)]
                 del batch, out
             after = _python_state(module, swapped)
             now = _outside_state(places)
@@ -987,6 +994,14 @@ def _subclass_tensor(model: nn.Module, state: Mapping[str, torch.Tensor]) -> str
 
 # the comparison runs at one α (any α: what it compares does not depend on it)
 PROBE_ALPHA = 0.7071067811865476
+
+
+def _runs_own_code(value: Any) -> bool:
+    """Whether operations on ``value`` run code of its own: a tensor subclass (made in the forward
+    without any operation, ``t.__class__ = C``), or another object with a ``__torch_function__``."""
+    if isinstance(value, torch.Tensor):
+        return type(value) not in _PLAIN_TENSORS
+    return hasattr(type(value), "__torch_function__")
 
 
 def line_trace_differs(line: Any, x: Any, bn: Any = "recompute", batch_size: int | None = None) -> str | None:
