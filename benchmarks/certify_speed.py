@@ -1,6 +1,6 @@
 """Benchmark: certified MLI verdicts for nonlinear networks (``decide_by_enclosures``): time and decisiveness.
 
-    python benchmarks/certify_speed.py [--quick] [--case digits-mlp|big-mlp|resnet|hard|resnet18|all] [--budget S]
+    python benchmarks/certify_speed.py [--quick] [--case digits-mlp|big-mlp|resnet|resnet-tv|hard|resnet18|all] [--budget S]
                                        [--n N] [--device cpu|cuda] [--require-quiet]
 
 Every model is trained here from fixed seeds; then ``decide_by_enclosures`` is timed at each
@@ -20,7 +20,8 @@ certifier:
 Cases: ``digits-mlp`` (MLP 64-256-256-10 ReLU, CE on sklearn digits, SGD/Adam × 30/300 epochs × 2
 seeds), ``big-mlp`` (784-1000-1000-10 ReLU on 10 000 synthetic examples labelled by a random teacher,
 T = 1e-4, 600 s), ``resnet`` (small ResNet with BatchNorm2d on digits as 1×8×8 images, BN frozen),
-``hard`` (an MLP trained to CE < 1e-6 on 200 digits, a 5×512 ReLU MLP, tanh and GELU MLPs; T = 1e-4
+``resnet-tv`` (the ``resnet`` case's weights in torchvision's form of the block, ``out += identity``,
+through ``check``), ``hard`` (an MLP trained to CE < 1e-6 on 200 digits, a 5×512 ReLU MLP, tanh and GELU MLPs; T = 1e-4
 and 0, 120 s each; 180 s for the 5×512 MLP). ``--quick`` runs a smaller subset of each (CI-friendly, a few minutes on 2 cores).
 ``resnet18`` (not part of ``all``; a GPU figure): ResNet-18 in its CIFAR form (BatchNorm2d frozen) on
 n = 1024 synthetic 3×32×32 inputs, MSE against zero targets, θT = θ0 + 0.01·noise (untrained),
@@ -99,10 +100,26 @@ class Block(nn.Module):
         return self.relu(x + self.bn2(self.conv2(h)))
 
 
-def small_resnet(c: int = 8) -> nn.Sequential:
+class TorchvisionBlock(Block):
+    """:class:`Block` as torchvision writes its BasicBlock: ``out += identity`` and in-place ReLUs
+    (the same parameters, the same function)."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__(c)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += identity
+        return self.relu(out)
+
+
+def small_resnet(c: int = 8, block: type[Block] = Block) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(1, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
-        Block(c), Block(c),
+        block(c), block(c),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10),
     )
 
@@ -291,6 +308,35 @@ def resnet(quick: bool, device: str, budget: float | None) -> None:
            (1e-3,) if quick else TOLS, budget or (60.0 if quick else 300.0), device=device, grid=True, case="resnet")
 
 
+def resnet_tv(quick: bool, device: str, budget: float | None) -> None:
+    """The ``resnet`` case's network and weights written as torchvision writes its blocks
+    (``out += identity``, in-place ReLUs), through ``check`` (the comparison of the forward with its
+    trace included, which refused this form before): the same verdict as the plain form, in about
+    the same time."""
+    d = load_data("sklearn:digits", "ce")
+    m = 256 if quick else d.n
+    x, yy = d.x[:m].reshape(-1, 1, 8, 8), d.y[:m]
+    c = 4 if quick else 8
+    torch.manual_seed(0)
+    plain = small_resnet(c)
+    init, final, done, ce = train(plain, x.float(), yy, opt="adam", lr=1e-2, epochs=30, seed=0)
+    _trained(f"ResNet c={c} Adam lr 1e-2 on {m} images", done, ce, 0.0)
+    data = mt.Dataset(x, yy, "ce", f"digits[:{m}] 1x8x8")
+    tv = small_resnet(c, TorchvisionBlock)
+    tv.load_state_dict(plain.state_dict())
+    for name, model in (("plain blocks (x + BN(conv(…)))", plain), ("torchvision blocks (out += identity)", tv)):
+        for tol in (1e-3,) if quick else (1e-3, 0.0):
+            t0 = time.perf_counter()
+            r = mt.check(model.eval(), init, final, data, alphas=50, tol=tol, certify=True, dtype=torch.float64, bn="frozen",
+                         geometry=False, certify_budget=budget or (60.0 if quick else 300.0), device=device)
+            cert = r.certificate
+            row = dict(case="resnet-tv", model=f"ResNet c={c}, {name}", run=f"adam {done}ep s0", tol=tol, status=cert.status,
+                       cells=getattr(cert, "cells", None), bound=cert.rise_bound, sec=time.perf_counter() - t0,
+                       note="" if cert.status != "unknown" else (cert.reason or "")[:160])
+            _print(row)
+            ROWS.append(row)
+
+
 def hard(quick: bool, device: str, budget: float | None) -> None:
     d = load_data("sklearn:digits", "ce")
     x, y = d.x.float(), d.y
@@ -341,7 +387,7 @@ def resnet18(quick: bool, device: str, budget: float | None, n: int | None = Non
            (1e-3,), budget or 120.0, device=device, case="resnet18")
 
 
-CASES = {"digits-mlp": digits_mlp, "big-mlp": big_mlp, "resnet": resnet, "hard": hard, "resnet18": resnet18}
+CASES = {"digits-mlp": digits_mlp, "big-mlp": big_mlp, "resnet": resnet, "resnet-tv": resnet_tv, "hard": hard, "resnet18": resnet18}
 SIZED = {"big-mlp", "resnet18"}  # cases that take --n
 NOT_IN_ALL = {"resnet18"}  # a GPU figure: run it by name
 
