@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import assume, event, given, settings
+from hypothesis import strategies as st
 from torch import nn
 from torch.nn import functional as F
 
@@ -45,6 +47,12 @@ class _Twin(nn.Module):
             out *= 2.0
             out -= self.l2(x)
             out /= 3.0
+            return out
+        if how == "squared in place":  # the written tensor is its own argument, entry for entry
+            out *= out
+            return out
+        if how == "memory swapped in":  # no operation: fx sets an attribute of a proxy
+            out.data = self.l2(x)
             return out
         if how == "alias":  # the same tensor under a second name, read after the write
             keep = out
@@ -83,8 +91,8 @@ class _Twin(nn.Module):
         raise AssertionError(how)
 
 
-ACCEPTED = ["fresh", "fresh, in-place ReLU", "chain"]
-REFUSED = ["alias", "view before", "detached before", "view detached after the write", "overlapping views", "slice written", "input written", "weight written"]
+ACCEPTED = ["fresh", "fresh, in-place ReLU", "chain", "squared in place"]
+REFUSED = ["memory swapped in", "alias", "view before", "detached before", "view detached after the write", "overlapping views", "slice written", "input written", "weight written"]
 
 
 def _state(m: nn.Module) -> dict[str, torch.Tensor]:
@@ -258,3 +266,113 @@ def test_a_tensor_made_a_subclass_in_the_forward_is_refused(later):
     m = _Reclassed(later).to(F64)
     why = trace_differs(m, _state(m), torch.randn(4, 2, dtype=F64))
     assert why is not None and "_Evil" in why, why
+
+
+# ----------------------------------------------------------------------------- random programs
+
+_BINARY_IN_PLACE = ("{a} += {b}", "{a} -= {b}", "{a} *= {b}", "{a}.add_({b})", "{a}.mul_({b})", "{a}.copy_({b})",
+                    "{a}.data = {b}", "{a} *= {a}")
+_UNARY_IN_PLACE = ("{a} *= 2.0", "{a}.clamp_(-1.0, 1.0)", "{a}.relu_()", "F.relu({a}, inplace=True)", "{a}.zero_()")
+_VIEWS = (("{a}", None), ("{a}.view(5, 4)", None), ("{a}[:]", None), ("{a}.detach()", None), ("{a}[:, :2]", (5, 2)),
+          ("{a}[:, 2:]", (5, 2)), ("{a}[:, 1:3]", (5, 2)), ("{a}.t()", (4, 5)))
+
+
+@st.composite
+def _programs(draw) -> str:
+    """The body of a forward: straight-line code over variables of known shape: two layer outputs
+    (5×4), aliases, views and detached copies of them, arithmetic, and in-place operations through
+    any of them (now and then on the input x itself), returning one or two variables. Aliasing
+    followed by a write and a read of the other name is common: what the comparison must see."""
+    lines = ["v0 = self.l1(x)", "v1 = self.l2(x)"]
+    shapes = {"v0": (5, 4), "v1": (5, 4)}
+
+    def pick() -> str:
+        return "x" if draw(st.integers(0, 9)) == 0 else draw(st.sampled_from(sorted(shapes)))
+
+    for i in range(2, 2 + draw(st.integers(1, 8))):
+        name = f"v{i}"
+        kind = draw(st.sampled_from(["view", "view", "in place", "in place", "in place", "unary", "arith", "layer"]))
+        a = pick()
+        shape_a = (5, 4) if a == "x" else shapes[a]
+        if kind == "layer":
+            lines.append(f"{name} = self.l{draw(st.integers(1, 2))}(x)")
+            shapes[name] = (5, 4)
+            continue
+        if kind == "view":
+            text, shape = draw(st.sampled_from(_VIEWS))
+            if shape is not None and shape_a != (5, 4) or shape is None and text == "{a}.view(5, 4)" and shape_a != (5, 4):
+                continue
+            lines.append(f"{name} = {text.format(a=a)}")
+            shapes[name] = shape or shape_a
+            continue
+        if kind == "unary":
+            lines.append(draw(st.sampled_from(_UNARY_IN_PLACE)).format(a=a))
+            continue
+        same = sorted(k for k, s in shapes.items() if s == shape_a and k != a) or [a]
+        b = draw(st.sampled_from(same))
+        if kind == "arith":
+            lines.append(f"{name} = {draw(st.sampled_from(['{a} + {b}', '{a} * 0.5', 'torch.relu({a})', '{a} * {b}'])).format(a=a, b=b)}")
+            shapes[name] = shape_a
+        else:
+            lines.append(draw(st.sampled_from(_BINARY_IN_PLACE)).format(a=a, b=b))
+    names = sorted(shapes)
+    out = draw(st.sampled_from(names))
+    twin = draw(st.sampled_from([None, *names]))
+    lines.append(f"return {out}" if twin is None else f"return {out}, {twin}")
+    return "\n".join(lines)
+
+
+def _program_module(body: str) -> nn.Module:
+    scope: dict = {"torch": torch, "F": F}
+    exec("def forward(self, x):\n" + "\n".join("    " + line for line in body.splitlines()), scope)  # noqa: S102
+    cls = type("Program", (nn.Module,), {"forward": scope["forward"]})
+    m = cls()
+    m.l1, m.l2 = nn.Linear(4, 4), nn.Linear(4, 4)
+    return m.to(F64)
+
+
+def _outputs(fn, x: torch.Tensor) -> tuple:
+    out = fn(x.clone())
+    return out if isinstance(out, tuple) else (out,)
+
+
+@settings(max_examples=120)
+@given(_programs())
+def test_an_accepted_program_computes_what_its_trace_computes(body):
+    """Soundness of the comparison on random straight-line programs with in-place operations,
+    aliases and views: whenever it accepts a forward, the forward and its fx trace give the same
+    outputs, bit for bit, with the same shapes and dtypes."""
+    torch.manual_seed(0)
+    m = _program_module(body)
+    x = torch.randn(5, 4, dtype=F64)
+    try:
+        with torch.no_grad():
+            ran = _outputs(m, x)
+            traced = _outputs(torch.fx.symbolic_trace(m), x)
+    except (RuntimeError, TypeError, AttributeError):
+        assume(False)  # a program torch refuses (an in-place write that broadcasts, an overlap it sees)
+    same = len(ran) == len(traced) and all(r.shape == t.shape and r.dtype == t.dtype and torch.equal(r, t)
+                                           for r, t in zip(ran, traced))
+    if trace_differs(m, _state(m), x) is not None:
+        event("refused, " + ("computes the same" if same else "computes something else"))
+        return
+    event("accepted" + (" (with in-place code)" if "_" in body or "=" in body.replace(" = ", "") else ""))
+    assert len(ran) == len(traced)
+    for r, t in zip(ran, traced):
+        assert r.shape == t.shape and r.dtype == t.dtype and torch.equal(r, t), body
+
+
+def test_a_live_tensor_pointed_at_other_memory_loses_its_origin():
+    """The record's own guard, below the function mode's refusal of ``.data =``: a live tensor whose
+    memory, offset, shape or strides changed without an operation no longer answers to its origin."""
+    from mli_theory.path.fidelity import _Recorder
+
+    a = torch.randn(3, 2, dtype=F64)
+    rec = _Recorder({"a": a})
+    with rec:
+        h = a * 2.0
+        before = rec._origin(h)
+        h.data = torch.zeros(2, 3, dtype=F64)  # (no function mode here: only the dispatch record)
+        after = rec._origin(h)
+    assert before == ("live", "op", 0, 0)
+    assert after[:4] == before and "pointed at other memory since" in after

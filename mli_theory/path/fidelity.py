@@ -223,6 +223,15 @@ def _fillers() -> frozenset:
     return frozenset({inspect.unwrap(F.pad).__code__})
 
 
+def _geometry(t: torch.Tensor) -> tuple:
+    """(memory, offset, shape, strides, dtype) of a tensor: where its values lie."""
+    try:
+        layout = (t.storage_offset(), tuple(t.shape), tuple(t.stride())) if t.layout == torch.strided else (tuple(t.shape),)
+    except (RuntimeError, NotImplementedError):
+        layout = (tuple(t.shape),)
+    return (_storage_key(t), *layout, str(t.dtype))
+
+
 def _storage_key(t: torch.Tensor) -> tuple | None:
     """(device, address) of a tensor's storage, or None where it has none to read (meta, sparse, empty)."""
     try:
@@ -300,8 +309,12 @@ class _Recorder(TorchDispatchMode):
         self.seen: dict[int, int | None] = {}
         # the memory of the seeds (state, input): an in-place write there outlives the call
         self.seeds: set[tuple] = {k for k in (_storage_key(t) for t in live.values()) if k is not None}
+        # where each live tensor's values lie (memory, offset, shape, strides) when it got its origin:
+        # a tensor pointed at other memory without an operation (``u.data = w``) no longer holds them
+        self.where: dict[int, tuple] = {}
         for t in live.values():
             self.seen[id(t)] = None
+            self.where[id(t)] = _geometry(t)
 
     def seed(self, t: torch.Tensor) -> None:
         """A tensor the caller hands to the forward (a batch): live, kept alive while recording."""
@@ -318,6 +331,7 @@ class _Recorder(TorchDispatchMode):
         if not self._own(t):
             self.live[id(t)] = (weakref.ref(t), origin)
             self.seen[id(t)] = self.writes.get(key) if key is not None else None
+            self.where[id(t)] = _geometry(t)
         if key is not None and not self._on_live_storage(t, key):
             self.storages[key] = (weakref.ref(t), origin)
 
@@ -345,6 +359,8 @@ class _Recorder(TorchDispatchMode):
         key = _storage_key(t)
         if self._own(t):
             origin = ("live", *self.live[id(t)][1])
+            if _geometry(t) != self.where.get(id(t)):
+                return (*origin, "pointed at other memory since", _geometry(t)[1:])
             last = self.writes.get(key) if key is not None else None
             return origin if last == self.seen.get(id(t)) else (*origin, "memory written since by operation", last)
         return ("live", "memory of", *self.storages[key][1], self.writes.get(key), t.storage_offset(), tuple(t.shape),
@@ -362,6 +378,7 @@ class _Recorder(TorchDispatchMode):
             at = next((i for i, o in enumerate(outs) if o is t), f"argument {j}")  # as _mark numbers outputs
             self.live[id(t)] = (weakref.ref(t), ("op", index, at))
             self.seen[id(t)] = index if key is not None else None
+            self.where[id(t)] = _geometry(t)
             if key is not None and not self._on_live_storage(t, key):
                 self.storages[key] = (weakref.ref(t), ("op", index, at))
 
@@ -381,9 +398,13 @@ class _Recorder(TorchDispatchMode):
         key = _storage_key(args[0])
         if key is None or key in self.seeds:
             return None
+        # an argument on the memory it writes: in place, entries written early are read later (overlapping
+        # views torch cannot tell apart), except a pointwise operation's argument that is the written
+        # tensor itself entry for entry (``out *= out``: each entry is read before it is written)
         others = [a for a in tree_flatten((args[1:], kwargs))[0] if isinstance(a, torch.Tensor)]
-        if any(_storage_key(a) == key for a in others):  # it reads the memory it writes: in place, entries
-            return None  # written early are read later (overlapping views that torch cannot tell apart)
+        pointwise = torch.Tag.pointwise in getattr(func, "tags", ())
+        if any(_storage_key(a) == key and not (pointwise and _geometry(a) == _geometry(args[0])) for a in others):
+            return None
         return _out_of_place(func)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -439,6 +460,8 @@ class _Reads(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         name = getattr(func, "__name__", "")
+        if name == "__set__" and getattr(getattr(func, "__self__", None), "__name__", "") in ("data", "grad"):
+            self.recorder.reads.append(f".{func.__self__.__name__} set: memory swapped in without an operation")
         if name in _VALUE_READS and not _batchnorm_counter(args):  # of any tensor: one made outside the dispatcher
             self.recorder.reads.append(name)  # (a subclass view, a DLPack round trip) shares the moving values
         # (a tensor subclass too: a forward can make one without any operation, ``t.__class__ = C``)
