@@ -2717,3 +2717,50 @@ def test_circular_padding_is_not_refused(how):
 
     m = Net()
     assert trace_differs(m, _state(m), torch.randn(2, 1, 5, 5)) is None
+
+
+def _unrecorded(t):
+    """A route for values that no recording sees (the dispatch modes switched off around it): the
+    comparison refuses it by name; the test below switches that refusal off to stand for a route
+    nobody has named yet."""
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    with _disable_current_modes():
+        return t.detach().clone()
+
+
+torch.fx.wrap("_unrecorded")  # a leaf of the trace: the graph calls it at run time, as the forward does
+
+
+class _CarriesAWeight(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(2, 1), nn.Linear(1, 1)
+
+    def forward(self, x):
+        return self.l1(x) + _unrecorded(self.l2.weight)  # a constant to the record, moving with α
+
+
+def test_a_constant_that_moves_with_alpha_is_caught_at_a_second_alpha(monkeypatch):
+    """The design guard behind the named refusals: a value of the weights that reaches the forward
+    unrecorded is a constant to the record, the same in the forward and in the trace at one α; on the
+    weights of a second α it is another constant, whatever the route."""
+    import mli_theory.path.fidelity as fidelity
+    from mli_theory import make_line
+
+    m = _CarriesAWeight().double()
+    x = torch.randn(4, 2, dtype=F64)
+    state = _state(m)
+    why = trace_differs(m, state, x)
+    assert why is not None and "_disable_current_modes" in why, why  # named, today
+    reached = fidelity.reached_state
+    monkeypatch.setattr(fidelity, "reached_state", lambda module: (None, reached(module)[1]))
+    assert trace_differs(m, state, x) is None  # unnamed, one α cannot see it
+    other = {k: 0.5 * v for k, v in state.items()}
+    why = trace_differs(m, state, x, second=other)
+    assert why is not None and "other constants on the weights of another α" in why, why
+    # as the certifier calls it: θ(α) at two α of the line
+    line = make_line(m, state, other, dtype=F64)
+    why = fidelity.line_trace_differs(line, x)
+    assert why is not None and "another α" in why, why
+    assert fidelity.line_trace_differs(make_line(m, state, state, dtype=F64), x) is None  # θ0 = θT: nothing moves

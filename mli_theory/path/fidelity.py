@@ -764,9 +764,11 @@ def _traced(model: nn.Module) -> torch.fx.GraphModule | None:
 
 
 def _compare(model: nn.Module, gm: torch.fx.GraphModule, state: Mapping[str, torch.Tensor], x: Any,
-             spans: list[tuple[int, int]], train: bool, original: nn.Module | None = None) -> str | None:
+             spans: list[tuple[int, int]], train: bool, original: nn.Module | None = None,
+             second: Mapping[str, torch.Tensor] | None = None) -> str | None:
     """One comparison of the forward (on the caller's ``original`` module and input when given, else on
-    a private copy of ``model``) with the traced graph ``gm``."""
+    a private copy of ``model``) with the traced graph ``gm``; and, given the state at a second α
+    (``second``), of the forward there with the forward here (:func:`_constants_move`)."""
     from .line import private_copy
 
     # the caller's own module and input are put back before the traced graph runs on ``x``; a copy
@@ -782,6 +784,13 @@ def _compare(model: nn.Module, gm: torch.fx.GraphModule, state: Mapping[str, tor
         flipped = _caller_run(model, state, x, spans, train, original)
     except Exception as exc:  # noqa: BLE001 - the forward itself fails on these inputs: nothing to compare
         return f"the forward could not be run to compare it with its trace ({type(exc).__name__}: {str(exc)[:120]})"
+    finally:
+        if kept is not None:
+            kept.restore()
+    try:  # the same module on the weights of a second α (see _constants_move)
+        moved = _run(subject, second, x, spans, train, original=original is not None) if second is not None else None
+    except Exception as exc:  # noqa: BLE001 - it runs at one α and fails at another: values decide
+        return f"the forward fails on the weights of a second α ({type(exc).__name__}: {str(exc)[:120]})"
     finally:
         if kept is not None:
             kept.restore()
@@ -825,7 +834,7 @@ def _compare(model: nn.Module, gm: torch.fx.GraphModule, state: Mapping[str, tor
         if forward.refused is not None:  # what it reaches could tell this run from the curve's
             return (f"the forward of {forward.refused}: it may compute one thing when compared with its trace and "
                     "another when run")
-        return None
+        return _constants_move(forward, moved, train) if moved is not None else None
     k = next((i for i, (f, t) in enumerate(zip(forward.ops, traced.ops)) if f != t), min(len(forward.ops), len(traced.ops)))
     a = forward.ops[k][0] if k < len(forward.ops) else "nothing"
     b = traced.ops[k][0] if k < len(traced.ops) else "nothing"
@@ -838,6 +847,26 @@ def _compare(model: nn.Module, gm: torch.fx.GraphModule, state: Mapping[str, tor
     return (f"the forward{where} runs other operations than its traced graph: operation {k + 1} is {a} in the forward and "
             f"{b} in the trace{detail} ({len(forward.ops)} against {len(traced.ops)} operations): it computes "
             "something else when traced than when run")
+
+
+def _constants_move(forward: _Recorder, other: _Recorder, train: bool) -> str | None:
+    """Why the forward run on the state of a second α (``other``: the same module on the same
+    inputs) differs from ``forward``'s record, or None. Everything the record holds besides origins does not
+    depend on α where the forward sees the weights and inputs only through recorded operations:
+    the operations, their constant arguments (tensors bit for bit, numbers), the shapes, what is
+    returned. A constant that moves with α reached the forward some other way (memory read back
+    without an operation, a value carried outside the dispatcher): whatever the route, known or not,
+    it shows here, where the comparison at one α compares such a constant with itself."""
+    if other.ops == forward.ops and other.returned == forward.returned and other.reads == forward.reads \
+            and not other.random and not other.uninitialised:
+        return None
+    k = next((i for i, (f, o) in enumerate(zip(forward.ops, other.ops)) if f != o), min(len(forward.ops), len(other.ops)))
+    where = f"operation {k + 1} ({forward.ops[k][0] if k < len(forward.ops) else 'nothing'})" \
+        if k < max(len(forward.ops), len(other.ops)) else "what it returns"
+    mode = " in training mode" if train else ""
+    return (f"the forward{mode} runs with other constants on the weights of another α ({where} differs): values of "
+            "its weights or inputs reach it other than through the operations compared, so the comparison at one α "
+            "does not speak for the others")
 
 
 def _unread_clones_dropped(ops: list[tuple], returned: list[tuple]) -> tuple[list[tuple], list[tuple]]:
@@ -894,7 +923,7 @@ def _caller_run(model: nn.Module, state: Mapping[str, torch.Tensor], x: Any, spa
 
 def trace_differs(model: nn.Module, state: Mapping[str, torch.Tensor], x: Any, *, train: bool = False,
                   batch_size: int | None = None, modes: tuple[bool, ...] | None = None,
-                  original: nn.Module | None = None) -> str | None:
+                  original: nn.Module | None = None, second: Mapping[str, torch.Tensor] | None = None) -> str | None:
     """Why the traced graph of ``model`` may not compute what its ``forward`` computes at other α
     (None when, on ``state`` and inputs ``x``, both run the same operations with the same constants
     and the forward reads no value of the state or inputs into Python). See the module docstring.
@@ -913,8 +942,9 @@ def trace_differs(model: nn.Module, state: Mapping[str, torch.Tensor], x: Any, *
     ``source``); where it runs on ``state`` as ``model`` does (the same modules, the same dtypes and
     devices, no tied entries), the evaluation-mode comparison runs it, on ``x`` itself, as the caller
     would, and puts its attributes back after: a forward that tells a copy from the original by
-    identity is then compared where it matters. A model that :mod:`torch.fx` cannot trace gives None
-    here: every method that needs the trace refuses it.
+    identity is then compared where it matters. ``second``: the state at another α, where the
+    forward must run with the same constants (:func:`_constants_move`). A model that :mod:`torch.fx`
+    cannot trace gives None here: every method that needs the trace refuses it.
 
     >>> m = nn.Sequential(nn.Linear(3, 2), nn.Tanh())
     >>> trace_differs(m, m.state_dict(), torch.ones(4, 3)) is None
@@ -946,9 +976,9 @@ def trace_differs(model: nn.Module, state: Mapping[str, torch.Tensor], x: Any, *
         if mode or traced_same is None:
             # training mode on a copy: the line's BatchNorm re-estimates with momentum None, which the
             # caller's module need not have
-            differs = _compare(model, gm, state, x, train_spans if mode else spans, mode)
+            differs = _compare(model, gm, state, x, train_spans if mode else spans, mode, second=second)
         else:
-            differs = _compare(model, traced_same, state, x, spans, mode, same)
+            differs = _compare(model, traced_same, state, x, spans, mode, same, second=second)
         if differs is not None:
             return differs
     return None
@@ -1015,7 +1045,8 @@ def _subclass_tensor(model: nn.Module, state: Mapping[str, torch.Tensor]) -> str
     return None
 
 
-# the comparison runs at one α (any α: what it compares does not depend on it)
+# the comparison runs at one α (any α: what it compares does not depend on it), the forward once more
+# at 1 − PROBE_ALPHA (its constants must not move)
 PROBE_ALPHA = 0.7071067811865476
 
 
@@ -1032,10 +1063,11 @@ def line_trace_differs(line: Any, x: Any, bn: Any = "recompute", batch_size: int
     interpolated) on every batch the loss curve evaluates (``batch_size`` rows of the inputs ``x``,
     a tensor or :class:`~mli_theory.inputs.Examples`; None: all of them at once), in the line's
     dtype and on its device; also in training mode when BatchNorm statistics are re-estimated along
-    the line (``bn`` recompute). One pass over the data for each of the two runs, one α: a small part
-    of the curve's own cost."""
+    the line (``bn`` recompute); the forward once more at θ(1 − :data:`PROBE_ALPHA`), where its
+    constants must be the same. One pass over the data for each of the runs: a small part of the
+    curve's own cost."""
     if isinstance(x, torch.Tensor):
         x = x.to(line.device, line.dtype)
     retrains = line.has_bn and str(getattr(bn, "value", bn)) == "recompute" and len(x) > 1
     return trace_differs(line.shell, line.at(PROBE_ALPHA), x, batch_size=batch_size, modes=(False, True) if retrains else (False,),
-                         original=getattr(line, "source", None))
+                         original=getattr(line, "source", None), second=line.at(1 - PROBE_ALPHA))
