@@ -376,3 +376,55 @@ def test_a_live_tensor_pointed_at_other_memory_loses_its_origin():
         after = rec._origin(h)
     assert before == ("live", "op", 0, 0)
     assert after[:4] == before and "pointed at other memory since" in after
+
+
+class _SharedBuffer(nn.Module):
+    """Writes a narrow tent of α into one tensor and reads it through another over the same NumPy
+    memory (two storages starting at different addresses), only when not traced; the trace makes two
+    separate zero tensors. The tent is 0 at both α the comparison runs at."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin, self.fc = nn.Linear(1, 1), nn.Linear(2, 1)
+        self.register_buffer("one", torch.ones(1, 1))
+
+    def forward(self, x):
+        a = self.lin(self.one)  # moves from 0 to 1 along the line
+        w = F.relu(1 - 300 * F.relu(a - 0.537) - 300 * F.relu(0.537 - a))
+        if isinstance(x, torch.Tensor):
+            buf = np.zeros(2)
+            first = torch.as_tensor(buf)[1:2].view(1, 1)
+            second = torch.as_tensor(buf[1:]).view(1, 1)  # the same 8 bytes, through another storage
+        else:  # (sizes from the input: graph nodes, not constants of the trace)
+            first = torch.zeros((x.shape[1] - 1, 1), dtype=F64)
+            second = torch.zeros((x.shape[1] - 1, 1), dtype=F64)
+        first.add_(w)
+        return self.fc(x) + 100 * second
+
+
+def test_memory_shared_by_two_storages_is_live_memory():
+    """A red team's false certificate: liveness was decided by a storage's start address, so the
+    second storage over the written bytes was a constant, zero at both compared α; certified
+    ``monotone`` (bound 1.2e-15) where the curve rises by about 10⁴ at α = 0.537."""
+    from mli_theory import make_line
+    from mli_theory.path.fidelity import PROBE_ALPHA, line_trace_differs
+
+    m = _SharedBuffer().to(F64)
+    s0 = _state(m)
+    s0["lin.weight"].fill_(0.0)
+    s0["lin.bias"].fill_(0.0)
+    s1 = {**s0, "lin.weight": torch.ones(1, 1, dtype=F64)}
+    x = torch.randn(4, 2, dtype=F64)
+    gm = torch.fx.symbolic_trace(m)
+
+    def both(a: float) -> tuple[torch.Tensor, torch.Tensor]:
+        s = {k: (1 - a) * s0[k] + a * s1[k] for k in s0}
+        with torch.no_grad():
+            return torch.func.functional_call(m, s, (x,)), torch.func.functional_call(gm, s, (x,))
+
+    for a in (PROBE_ALPHA, 1 - PROBE_ALPHA):
+        assert torch.equal(*both(a))  # the two compared α see no difference in values
+    ran, traced = both(0.537)
+    assert (ran - traced).abs().max() > 50  # the window does
+    why = line_trace_differs(make_line(m, s0, s1, dtype=F64), x)
+    assert why is not None and "trace" in why, why

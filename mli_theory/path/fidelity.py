@@ -232,13 +232,29 @@ def _geometry(t: torch.Tensor) -> tuple:
     return (_storage_key(t), *layout, str(t.dtype))
 
 
-def _storage_key(t: torch.Tensor) -> tuple | None:
-    """(device, address) of a tensor's storage, or None where it has none to read (meta, sparse, empty)."""
+def _storage_span(t: torch.Tensor) -> tuple | None:
+    """(device, first byte, end) of a tensor's storage, or None where it has none to read (meta,
+    sparse, empty). Read with torch function modes off: the recorder's own bookkeeping is no read
+    of the forward's."""
     try:
-        ptr = t.untyped_storage().data_ptr()
+        with torch._C.DisableTorchFunction():
+            raw = t.untyped_storage()
+            ptr, size = raw.data_ptr(), raw.nbytes()
     except (RuntimeError, NotImplementedError, TypeError):
         return None
-    return (str(t.device), ptr) if ptr else None
+    return (str(t.device), ptr, ptr + size) if ptr else None
+
+
+def _storage_key(t: torch.Tensor) -> tuple | None:
+    """(device, address) of a tensor's storage, or None where it has none to read (meta, sparse, empty)."""
+    span = _storage_span(t)
+    return span[:2] if span is not None else None
+
+
+def _overlap(a: tuple | None, b: tuple | None) -> bool:
+    """Whether two storage spans share a byte (two storages made over one buffer from outside torch,
+    ``torch.as_tensor`` of two NumPy views, start at different addresses on the same memory)."""
+    return a is not None and b is not None and a[0] == b[0] and a[1] < b[2] and b[1] < a[2]
 
 
 def _written_arguments(func: Any, args: tuple, kwargs: dict) -> list[torch.Tensor]:
@@ -286,11 +302,13 @@ class _Recorder(TorchDispatchMode):
         # made it; two forwards that run the same operations on differently wired tensors differ here
         self.live: dict[int, tuple[weakref.ref, tuple]] = {id(t): (weakref.ref(t), ("state", k)) for k, t in live.items()}
         # the memory of live tensors, by (device, address of its storage): its first live owner and origin
-        self.storages: dict[tuple, tuple[weakref.ref, tuple]] = {}
+        # (its end too: memory is live wherever a live storage's bytes are, whatever storage object
+        # another tensor reaches them through)
+        self.storages: dict[tuple, tuple[weakref.ref, tuple, int]] = {}
         for k, t in live.items():
-            key = _storage_key(t)
-            if key is not None:
-                self.storages.setdefault(key, (weakref.ref(t), ("state", k)))
+            span = _storage_span(t)
+            if span is not None:
+                self.storages.setdefault(span[:2], (weakref.ref(t), ("state", k), span[2]))
         self.keep = list(live.values())  # the seeds stay alive while recording
         self.ops: list[tuple] = []
         self.reads: list[str] = []
@@ -332,17 +350,38 @@ class _Recorder(TorchDispatchMode):
             self.live[id(t)] = (weakref.ref(t), origin)
             self.seen[id(t)] = self.writes.get(key) if key is not None else None
             self.where[id(t)] = _geometry(t)
-        if key is not None and not self._on_live_storage(t, key):
-            self.storages[key] = (weakref.ref(t), origin)
+        if key is not None and self._live_memory(t) is None:
+            self.storages[key] = (weakref.ref(t), origin, _storage_span(t)[2])
 
     def _own(self, t: torch.Tensor) -> bool:
         held = self.live.get(id(t))
         return held is not None and held[0]() is t
 
-    def _on_live_storage(self, t: torch.Tensor, key: tuple | None) -> bool:
-        held = self.storages.get(key) if key is not None else None
-        owner = held[0]() if held is not None else None
-        return owner is not None and _storage_key(owner) == key
+    def _live_memory(self, t: torch.Tensor) -> tuple | None:
+        """The key of the live memory ``t``'s storage lies on (its own storage's, or one whose bytes
+        it shares), or None. Entries whose owner died, or moved, are not live memory."""
+        span = _storage_span(t)
+        if span is None:
+            return None
+        held = self.storages.get(span[:2])
+        if held is not None and self._holds(span[:2], held):
+            return span[:2]
+        for key, entry in list(self.storages.items()):
+            if _overlap(span, (*key, entry[2])) and self._holds(key, entry):
+                return key
+        return None
+
+    def _holds(self, key: tuple, entry: tuple) -> bool:
+        owner = entry[0]()
+        if owner is None or _storage_key(owner) != key:
+            del self.storages[key]  # freed (or pointed elsewhere): its memory may be reused
+            return False
+        return True
+
+    def _live_keys(self, t: torch.Tensor) -> list[tuple]:
+        """The keys of every live memory that ``t``'s storage shares a byte with, its own included."""
+        span = _storage_span(t)
+        return [key for key, entry in list(self.storages.items()) if _overlap(span, (*key, entry[2])) and self._holds(key, entry)]
 
     def is_live(self, t: object) -> bool:
         """A live tensor itself, or any tensor on a live tensor's memory: a view taken of a constant
@@ -350,7 +389,7 @@ class _Recorder(TorchDispatchMode):
         holds those values, although no operation on a live tensor made it."""
         if not isinstance(t, torch.Tensor):
             return False
-        return self._own(t) or self._on_live_storage(t, _storage_key(t))
+        return self._own(t) or self._live_memory(t) is not None
 
     def _origin(self, t: object) -> tuple:
         """Where a live tensor's values come from: the operation (or seed) that made it, and, when its
@@ -363,8 +402,10 @@ class _Recorder(TorchDispatchMode):
                 return (*origin, "pointed at other memory since", _geometry(t)[1:])
             last = self.writes.get(key) if key is not None else None
             return origin if last == self.seen.get(id(t)) else (*origin, "memory written since by operation", last)
-        return ("live", "memory of", *self.storages[key][1], self.writes.get(key), t.storage_offset(), tuple(t.shape),
-                tuple(t.stride()))
+        base = self._live_memory(t)
+        at = _storage_span(t)[1] + t.storage_offset() * t.element_size() - base[1]  # in bytes, from that memory's start
+        return ("live", "memory of", *self.storages[base][1], self.writes.get(base), at, tuple(t.shape), tuple(t.stride()),
+                str(t.dtype))
 
     def _written(self, index: int, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
         """After operation ``index`` wrote tensors in place (arguments its schema marks written): their
@@ -373,14 +414,14 @@ class _Recorder(TorchDispatchMode):
         outs = tree_flatten(out)[0]
         for j, t in enumerate(_written_arguments(func, args, kwargs)):
             key = _storage_key(t)
-            if key is not None:
-                self.writes[key] = index
+            for other in {*self._live_keys(t), *([key] if key is not None else [])}:
+                self.writes[other] = index  # every live memory sharing a written byte's storage
             at = next((i for i, o in enumerate(outs) if o is t), f"argument {j}")  # as _mark numbers outputs
             self.live[id(t)] = (weakref.ref(t), ("op", index, at))
             self.seen[id(t)] = index if key is not None else None
             self.where[id(t)] = _geometry(t)
-            if key is not None and not self._on_live_storage(t, key):
-                self.storages[key] = (weakref.ref(t), ("op", index, at))
+            if key is not None and self._live_memory(t) is None:
+                self.storages[key] = (weakref.ref(t), ("op", index, at), _storage_span(t)[2])
 
     def _functional_name(self, func: Any, args: tuple, kwargs: dict) -> str | None:
         """The name of the out-of-place form of an in-place operation on a live tensor of the forward's
@@ -403,7 +444,8 @@ class _Recorder(TorchDispatchMode):
         # tensor itself entry for entry (``out *= out``: each entry is read before it is written)
         others = [a for a in tree_flatten((args[1:], kwargs))[0] if isinstance(a, torch.Tensor)]
         pointwise = torch.Tag.pointwise in getattr(func, "tags", ())
-        if any(_storage_key(a) == key and not (pointwise and _geometry(a) == _geometry(args[0])) for a in others):
+        span = _storage_span(args[0])
+        if any(_overlap(_storage_span(a), span) and not (pointwise and _geometry(a) == _geometry(args[0])) for a in others):
             return None
         return _out_of_place(func)
 
