@@ -2764,3 +2764,29 @@ def test_a_constant_that_moves_with_alpha_is_caught_at_a_second_alpha(monkeypatc
     why = fidelity.line_trace_differs(line, x)
     assert why is not None and "another α" in why, why
     assert fidelity.line_trace_differs(make_line(m, state, state, dtype=F64), x) is None  # θ0 = θT: nothing moves
+
+
+class _NumpyConstant(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(2, 1)
+
+    def forward(self, x):
+        return self.fc(x) + torch.from_numpy(np.full(1, 0.5))  # a tensor constant of the trace
+
+
+def test_a_tensor_constant_made_in_the_forward_is_the_same_graph_whatever_fx_names_it():
+    """A red team's false refusal: making the line traces its copy in place, which leaves
+    ``_tensor_constant0`` on it, so fx named the copy's constant ``_tensor_constant1`` and the
+    caller's ``_tensor_constant0``, and the two traces' code differed by that name alone."""
+    from mli_theory import make_line
+    from mli_theory.path.fidelity import _same_graph, line_trace_differs
+
+    m = _NumpyConstant().double()
+    s0 = _state(m)
+    line = make_line(m, s0, {k: v + 1 for k, v in s0.items()}, dtype=F64)
+    assert line_trace_differs(line, torch.randn(8, 2, dtype=F64)) is None
+    a, b = torch.fx.symbolic_trace(_NumpyConstant()), torch.fx.symbolic_trace(_NumpyConstant())
+    assert _same_graph(a, b)
+    b._tensor_constant0 = b._tensor_constant0 + 1.0  # another value under the same name: another graph
+    assert not _same_graph(a, b)

@@ -1028,15 +1028,34 @@ def trace_differs(model: nn.Module, state: Mapping[str, torch.Tensor], x: Any, *
 
 def _same_graph(a: torch.fx.GraphModule, b: torch.fx.GraphModule) -> bool:
     """Whether two traces are one graph: the same code (operations, constants written into it,
-    leaf modules called) and the same tensor constants, bit for bit."""
-    if a.code != b.code:
+    leaf modules called) and the same tensor constants, bit for bit. The constants' names are
+    compared by order of appearance: fx names them after the attributes its root already has (a
+    module traced before holds ``_tensor_constant0``, and its next trace names one
+    ``_tensor_constant1``)."""
+    code_a, names_a = _constants_renamed(a.code)
+    code_b, names_b = _constants_renamed(b.code)
+    if code_a != code_b:
         return False
-    consts = [n.target for n in a.graph.nodes if n.op == "get_attr" and n.target.startswith("_tensor_constant")]
-    for name in consts:
-        u, v = getattr(a, name, None), getattr(b, name, None)
+    for p, q in zip(names_a, names_b):
+        u, v = getattr(a, p, None), getattr(b, q, None)
         if not (isinstance(u, torch.Tensor) and isinstance(v, torch.Tensor)) or _describe(u) != _describe(v):
             return False
     return True
+
+
+def _constants_renamed(code: str) -> tuple[str, list[str]]:
+    """``code`` with every ``_tensor_constantN`` renamed by its order of first appearance, and the
+    original names in that order."""
+    import re
+
+    names: list[str] = []
+
+    def rename(match: re.Match) -> str:
+        if match.group(0) not in names:
+            names.append(match.group(0))
+        return f"_tensor_constant#{names.index(match.group(0))}"
+
+    return re.sub(r"_tensor_constant\d+\b", rename, code), names
 
 
 def _runs_as(original: nn.Module, model: nn.Module, state: Mapping[str, torch.Tensor]) -> bool:
