@@ -435,4 +435,67 @@ def test_memory_shared_by_two_storages_is_live_memory():
     ran, traced = both(0.537)
     assert (ran - traced).abs().max() > 50  # the window does
     why = line_trace_differs(make_line(m, s0, s1, dtype=F64), x)
-    assert why is not None and "trace" in why, why
+    assert why is not None and ("memory it did not make" in why or "trace" in why), why
+
+
+def test_a_storage_over_live_bytes_is_live_whatever_its_start():
+    """The record's liveness by bytes (the write into NumPy's memory above is refused first; this is
+    the net under it): a second storage over a live tensor's memory is live, by where it lies."""
+    from mli_theory.path.fidelity import _Recorder
+
+    buf = np.zeros(4)
+    seed = torch.as_tensor(buf)
+    rec = _Recorder({"w": seed})
+    later = torch.as_tensor(buf[1:])  # starts 8 bytes in
+    elsewhere = torch.as_tensor(np.zeros(4))
+    assert rec.is_live(later) and not rec.is_live(elsewhere)
+    assert rec._origin(later) == ("live", "memory of", "state", "w", None, 8, (3,), (1,), "torch.float64")
+
+
+class _KeepsNumpyMemory(nn.Module):
+    """Writes a narrow tent of α into memory it keeps (a tensor over a NumPy array it holds) and
+    reads it back through NumPy, a read no torch mode sees; its trace writes into fresh zeros."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.lin = nn.Linear(1, 1)
+        self.register_buffer("one", torch.ones(1, 1))
+        self.arr = np.zeros((4, 1))
+        self.buf = torch.from_numpy(self.arr)
+        self.var = torch.zeros(1, dtype=F64)  # the batch variance of [t, t]: unchanged
+
+    def forward(self, x):
+        a = self.lin(self.one)
+        t = torch.relu(1 - 300 * torch.relu(a - 0.537) - 300 * torch.relu(0.537 - a))
+        if self.how == "in place":
+            if isinstance(x, torch.Tensor):
+                z = self.buf
+                z.zero_()
+            else:
+                z = torch.zeros(x.shape, dtype=F64)
+            z.add_(t)
+        else:  # BatchNorm's statistics written into a kept tensor (the schema does not say it writes them)
+            F.batch_norm(torch.cat([t, t]), self.buf[0], self.var, training=True, momentum=1.0)
+        out = a * x
+        return out + 100 if self.arr[0, 0] > 0 else out
+
+
+@pytest.mark.parametrize("how", ["in place", "batch norm statistics"])
+def test_moving_values_written_into_memory_the_forward_keeps_are_refused(how):
+    """A red team's false certificate (the first form; older than this part): certified ``monotone``
+    (bound 1.9e-29) where the curve reaches 10⁴ at α = 0.537. The write and the tent, 0 at both
+    compared α, record the same in the forward and the trace; the NumPy read records nothing."""
+    from mli_theory import make_line
+    from mli_theory.path.fidelity import line_trace_differs
+
+    m = _KeepsNumpyMemory(how)
+    s0 = {k: torch.zeros_like(v, dtype=F64) for k, v in m.state_dict().items()}
+    s0["one"] = torch.ones(1, 1, dtype=F64)
+    s1 = {**s0, "lin.weight": torch.ones(1, 1, dtype=F64)}
+    x = torch.linspace(-1, 1, 4, dtype=F64).reshape(4, 1)
+    why = line_trace_differs(make_line(m, s0, s1, dtype=F64), x)
+    assert why is not None and "memory it did not make" in why, why
+    with torch.no_grad():  # (another instance: this one writes its array)
+        peak = torch.func.functional_call(_KeepsNumpyMemory(how).double(), {k: 0.463 * s0[k] + 0.537 * s1[k] for k in s0}, (x,))
+    assert float((peak - x).abs().max()) > 50  # the caller's curve jumps there

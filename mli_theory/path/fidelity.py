@@ -251,6 +251,15 @@ def _storage_key(t: torch.Tensor) -> tuple | None:
     return span[:2] if span is not None else None
 
 
+def _resizable(t: torch.Tensor) -> bool:
+    """Whether torch's own allocator holds ``t``'s memory (NumPy's and other buffers cannot be resized)."""
+    try:
+        with torch._C.DisableTorchFunction():
+            return bool(t.untyped_storage().resizable())
+    except (RuntimeError, NotImplementedError, TypeError):
+        return False
+
+
 def _overlap(a: tuple | None, b: tuple | None) -> bool:
     """Whether two storage spans share a byte (two storages made over one buffer from outside torch,
     ``torch.as_tensor`` of two NumPy views, start at different addresses on the same memory)."""
@@ -263,12 +272,17 @@ def _written_arguments(func: Any, args: tuple, kwargs: dict) -> list[torch.Tenso
     schema = getattr(func, "_schema", None)
     if schema is None:
         return []
+
+    def value(i: int, a: Any) -> Any:
+        return kwargs.get(a.name, args[i] if i < len(args) and not a.kwarg_only else None)
+
+    # (``native_batch_norm`` writes its running statistics in training mode, which its schema does not say)
+    training = any(a.name == "training" and value(i, a) is True for i, a in enumerate(schema.arguments))
     found = []
     for i, a in enumerate(schema.arguments):
-        if a.alias_info is None or not a.alias_info.is_write:
+        if (a.alias_info is None or not a.alias_info.is_write) and not (training and a.name in ("running_mean", "running_var")):
             continue
-        v = kwargs.get(a.name, args[i] if i < len(args) and not a.kwarg_only else None)
-        found.extend(t for t in tree_flatten(v)[0] if isinstance(t, torch.Tensor))
+        found.extend(t for t in tree_flatten(value(i, a))[0] if isinstance(t, torch.Tensor))
     return found
 
 
@@ -330,6 +344,11 @@ class _Recorder(TorchDispatchMode):
         # where each live tensor's values lie (memory, offset, shape, strides) when it got its origin:
         # a tensor pointed at other memory without an operation (``u.data = w``) no longer holds them
         self.where: dict[int, tuple] = {}
+        # memory made by an operation of this call (by weak references to tensors on it), and the
+        # operations that wrote moving values into memory made before it (an attribute tensor, NumPy's
+        # memory): whatever else holds that memory reads them with no operation recorded
+        self.fresh: dict[tuple, list[weakref.ref]] = {}
+        self.kept_writes: list[str] = []
         for t in live.values():
             self.seen[id(t)] = None
             self.where[id(t)] = _geometry(t)
@@ -382,6 +401,27 @@ class _Recorder(TorchDispatchMode):
         """The keys of every live memory that ``t``'s storage shares a byte with, its own included."""
         span = _storage_span(t)
         return [key for key, entry in list(self.storages.items()) if _overlap(span, (*key, entry[2])) and self._holds(key, entry)]
+
+    def _note_fresh(self, name: str, flat: list, out: Any) -> None:
+        """Register the outputs on memory this operation made (a storage none of its arguments has;
+        ``lift_fresh`` of a resizable storage: ``torch.tensor``'s own), or on memory made earlier in
+        this call (a view of it, the written tensor of an in-place operation)."""
+        inputs = {_storage_key(a) for a in flat if isinstance(a, torch.Tensor)}
+        for o in tree_flatten(out)[0]:
+            if not isinstance(o, torch.Tensor):
+                continue
+            key = _storage_key(o)
+            if key is None:
+                continue
+            made = key not in inputs or name == "lift_fresh" and _resizable(o)
+            if made or self._is_fresh(o):
+                self.fresh.setdefault(key, []).append(weakref.ref(o))
+
+    def _is_fresh(self, t: torch.Tensor) -> bool:
+        """Whether ``t`` lies on memory an operation of this call made (one of the tensors registered
+        on it still alive there: a freed address may come back as another allocator's memory)."""
+        key = _storage_key(t)
+        return key is not None and any((o := r()) is not None and _storage_key(o) == key for r in self.fresh.get(key, ()))
 
     def is_live(self, t: object) -> bool:
         """A live tensor itself, or any tensor on a live tensor's memory: a view taken of a constant
@@ -475,8 +515,10 @@ class _Recorder(TorchDispatchMode):
             if self._own(out) and out is not flat[0]:
                 self.seen[id(out)] = self.seen.get(id(flat[0]))
             return out
+        self._note_fresh(name, flat, out)
         if any(self.is_live(a) for a in flat):
             index = len(self.ops)
+            self.kept_writes += [name for t in _written_arguments(func, args, kwargs) if not self.is_live(t) and not self._is_fresh(t)]
             label = self._functional_name(func, args, kwargs) or str(func)
             # what each output is (shape, dtype): an in-place form keeps its input's, the out-of-place
             # form promotes and broadcasts
@@ -856,6 +898,11 @@ def _compare(model: nn.Module, gm: torch.fx.GraphModule, state: Mapping[str, tor
     if uninitialised:
         return (f"the forward reads uninitialised memory ({uninitialised[0]}): its values are whatever memory held "
                 "before (freed tensors among them), not a function of the weights and inputs")
+    held = forward.kept_writes or again.kept_writes or flipped.kept_writes
+    if held:
+        return (f"the forward writes values of its weights or inputs into memory it did not make ({held[0]} into a tensor "
+                "it keeps, or NumPy's memory): whatever else holds that memory reads them with no operation compared, "
+                "and they outlive the call")
     if again.ops != forward.ops or again.reads != forward.reads or again.returned != forward.returned:
         return ("the forward runs other operations the second time it is called on the same module and input: it "
                 "keeps a mark between calls, so what it computes depends on how often it has run")
@@ -868,6 +915,9 @@ def _compare(model: nn.Module, gm: torch.fx.GraphModule, state: Mapping[str, tor
         traced = _run(gm, state, x, spans, train)
     except Exception as exc:  # noqa: BLE001
         return f"the traced graph could not be run on the forward's inputs ({type(exc).__name__}: {str(exc)[:120]})"
+    if traced.kept_writes:
+        return (f"the traced graph writes values of the weights or inputs into memory it did not make ({traced.kept_writes[0]} "
+                "into one of its constants): it is not a function of its inputs")
     if traced.ops == forward.ops and traced.returned != forward.returned:
         return ("the forward returns other tensors than its traced graph, from the same operations (it found out that "
                 "it was being traced, or it depends on the batch's size): it computes something else when traced than "
