@@ -499,3 +499,43 @@ def test_moving_values_written_into_memory_the_forward_keeps_are_refused(how):
     with torch.no_grad():  # (another instance: this one writes its array)
         peak = torch.func.functional_call(_KeepsNumpyMemory(how).double(), {k: 0.463 * s0[k] + 0.537 * s1[k] for k in s0}, (x,))
     assert float((peak - x).abs().max()) > 50  # the caller's curve jumps there
+
+
+def _mapped(path: str) -> torch.Tensor:
+    """A tensor over a file mapped shared: memory an operation makes, which another reader of the file sees."""
+    return torch.from_file(path, True, 1, dtype=F64)
+
+
+torch.fx.wrap("_mapped")  # the trace maps it on every run too
+
+
+class _WritesAFile(nn.Module):
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        self.lin = nn.Linear(1, 1)
+        self.register_buffer("one", torch.ones(1, 1))
+
+    def forward(self, x):
+        a = self.lin(self.one)
+        t = torch.relu(1 - 300 * torch.relu(a - 0.537) - 300 * torch.relu(0.537 - a)).reshape(-1)
+        _mapped(self.path).copy_(t)
+        out = a * x
+        return out + 100 if np.fromfile(self.path)[0] > 0 else out  # read back past every torch mode
+
+
+def test_moving_values_written_into_a_mapped_file_are_refused(tmp_path):
+    """A red team's comparison miss (older than this part): memory from ``from_file(shared=True)`` is
+    made by an operation of the call, but not by torch's allocator; written there, a value reached
+    NumPy through the file, and the comparison accepted a forward whose curve reaches 10⁴ near α = 0.537."""
+    from mli_theory import make_line
+    from mli_theory.path.fidelity import line_trace_differs
+
+    path = str(tmp_path / "mapped.bin")
+    np.zeros(1).tofile(path)
+    m = _WritesAFile(path)
+    s0 = {k: torch.zeros_like(v, dtype=F64) for k, v in m.state_dict().items()}
+    s0["one"] = torch.ones(1, 1, dtype=F64)
+    s1 = {**s0, "lin.weight": torch.ones(1, 1, dtype=F64)}
+    why = line_trace_differs(make_line(m, s0, s1, dtype=F64), torch.linspace(-1, 1, 4, dtype=F64).reshape(4, 1))
+    assert why is not None and "the forward writes values" in why and "memory it did not make" in why, why

@@ -112,6 +112,7 @@ _VALUE_OPS = frozenset({
     "_unique", "_unique2", "unique_consecutive", "argwhere", "_assert_async", "_assert_scalar", "bincount",
     "repeat_interleave", "tensor_split", "q_scale", "q_zero_point", "q_per_channel_scales", "_to_sparse", "to_sparse",
     "_to_sparse_csr", "_to_sparse_csc", "_to_sparse_bsr", "_to_sparse_bsc", "_nnz", "quantize_per_tensor_dynamic",
+    "fbgemm_linear_quantize_weight", "_choose_qparams_per_tensor",
 })
 # indexing whose output shape depends on a boolean mask's values
 _INDEXING = frozenset({"index", "index_put", "index_put_", "_index_put_impl_", "masked_scatter"})
@@ -403,9 +404,9 @@ class _Recorder(TorchDispatchMode):
         return [key for key, entry in list(self.storages.items()) if _overlap(span, (*key, entry[2])) and self._holds(key, entry)]
 
     def _note_fresh(self, name: str, flat: list, out: Any) -> None:
-        """Register the outputs on memory this operation made (a storage none of its arguments has;
-        ``lift_fresh`` of a resizable storage: ``torch.tensor``'s own), or on memory made earlier in
-        this call (a view of it, the written tensor of an in-place operation)."""
+        """Register the outputs on memory this operation made with torch's own allocator (a storage
+        none of its arguments has; ``lift_fresh`` of one: ``torch.tensor``'s own), or on memory made
+        earlier in this call (a view of it, the written tensor of an in-place operation)."""
         inputs = {_storage_key(a) for a in flat if isinstance(a, torch.Tensor)}
         for o in tree_flatten(out)[0]:
             if not isinstance(o, torch.Tensor):
@@ -413,7 +414,8 @@ class _Recorder(TorchDispatchMode):
             key = _storage_key(o)
             if key is None:
                 continue
-            made = key not in inputs or name == "lift_fresh" and _resizable(o)
+            # (torch's allocator only: ``from_file(shared=True)`` maps a file another reader sees)
+            made = (key not in inputs or name == "lift_fresh") and _resizable(o)
             if made or self._is_fresh(o):
                 self.fresh.setdefault(key, []).append(weakref.ref(o))
 
