@@ -27,6 +27,9 @@ difference when the forward
 * runs other operations, or other constants, than the traced graph, or returns other tensors from
   the same operations (it found out that it was being traced; or it depends on the batch's size,
   which the trace does not have: the comparison runs on the loss curve's own first batch);
+* writes values of the state or the inputs into memory no operation of the call made with torch's
+  own allocator (a tensor it keeps, NumPy's memory, a file mapped shared): whatever else holds that
+  memory reads them with nothing recorded;
 * changes a plain Python attribute of one of its modules (a number, a string, a flag, a container of
   them), or anything outside its modules that it reaches (a global it reads or writes, a closure
   variable, a default argument, a class's or an object's attributes, a container, an iterator, an
@@ -43,6 +46,10 @@ for it, a view or a detached copy taken before the write, the base of a written 
 write in its origin. The two records are then equal exactly when every later read sees what the
 out-of-place form gives it. A write into the state's or the input's memory (which outlives the call)
 keeps its in-place name, and differs.
+
+Under all the named checks, one net: the forward runs again on the state of a second α and must
+take the same constants there (:func:`_constants_move`); a value that reached it unrecorded, by any
+route, is a constant that moves (unless it is equal at both α).
 
 When none happens, the forward's Python code saw nothing of α but shapes, which do not change along
 the line: it runs the same operations, with the same constants, at every α, and they are the traced
