@@ -85,6 +85,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 import sys
 import types
 import warnings
@@ -374,11 +375,16 @@ class _Recorder(TorchDispatchMode):
         and so is every tensor on its memory (:meth:`is_live`)."""
         key = _storage_key(t)
         if not self._own(t):
-            self.live[id(t)] = (weakref.ref(t), origin)
-            self.seen[id(t)] = self.writes.get(key) if key is not None else None
-            self.where[id(t)] = _geometry(t)
+            self._set_origin(t, origin, self.writes.get(key) if key is not None else None)
         if key is not None and self._live_memory(t) is None:
             self.storages[key] = (weakref.ref(t), origin, _storage_span(t)[2])
+
+    def _set_origin(self, t: torch.Tensor, origin: tuple, seen: int | None) -> None:
+        """``t`` holds the values ``origin`` says, as they were after write ``seen`` to its memory, where
+        it lies now (:meth:`_origin` reads all three)."""
+        self.live[id(t)] = (weakref.ref(t), origin)
+        self.seen[id(t)] = seen
+        self.where[id(t)] = _geometry(t)
 
     def _own(self, t: torch.Tensor) -> bool:
         held = self.live.get(id(t))
@@ -456,23 +462,21 @@ class _Recorder(TorchDispatchMode):
         return ("live", "memory of", *self.storages[base][1], self.writes.get(base), at, tuple(t.shape), tuple(t.stride()),
                 str(t.dtype))
 
-    def _written(self, index: int, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+    def _written(self, index: int, written: list[torch.Tensor], out: Any) -> None:
         """After operation ``index`` wrote tensors in place (arguments its schema marks written): their
         memory was written by it, and the tensor objects written are from now on that operation's
         result; every other tensor on that memory holds values its origin no longer says."""
         outs = tree_flatten(out)[0]
-        for j, t in enumerate(_written_arguments(func, args, kwargs)):
+        for j, t in enumerate(written):
             key = _storage_key(t)
             for other in {*self._live_keys(t), *([key] if key is not None else [])}:
                 self.writes[other] = index  # every live memory sharing a written byte's storage
             at = next((i for i, o in enumerate(outs) if o is t), f"argument {j}")  # as _mark numbers outputs
-            self.live[id(t)] = (weakref.ref(t), ("op", index, at))
-            self.seen[id(t)] = index if key is not None else None
-            self.where[id(t)] = _geometry(t)
+            self._set_origin(t, ("op", index, at), index if key is not None else None)
             if key is not None and self._live_memory(t) is None:
                 self.storages[key] = (weakref.ref(t), ("op", index, at), _storage_span(t)[2])
 
-    def _functional_name(self, func: Any, args: tuple, kwargs: dict) -> str | None:
+    def _functional_name(self, func: Any, args: tuple, kwargs: dict, written: list[torch.Tensor]) -> str | None:
         """The name of the out-of-place form of an in-place operation on a live tensor of the forward's
         own (``aten.add.Tensor`` for ``aten.add_.Tensor``: ``out += identity``, which fx traces as
         ``out + identity``), or None where the two are not interchangeable in this record: the written
@@ -481,8 +485,7 @@ class _Recorder(TorchDispatchMode):
         the in-place form equals the out-of-place form's exactly when every later read gets the values
         the out-of-place form gives it (the written tensor's own reads are the new result; any other
         tensor on that memory differs), and the outputs' shapes and dtypes (recorded for every
-        operation) are the same."""
-        written = _written_arguments(func, args, kwargs)
+        operation) are the same. ``written``: the operation's written arguments (:func:`_written_arguments`)."""
         if len(written) != 1 or not args or written[0] is not args[0] or not self._own(args[0]):
             return None
         key = _storage_key(args[0])
@@ -525,18 +528,20 @@ class _Recorder(TorchDispatchMode):
                 self.seen[id(out)] = self.seen.get(id(flat[0]))
             return out
         self._note_fresh(name, flat, out)
-        if any(self.is_live(a) for a in flat):
+        origins = [self._origin(a) if self.is_live(a) else None for a in flat]  # (before the write moves them)
+        if any(o is not None for o in origins):
             index = len(self.ops)
-            self.kept_writes += [name for t in _written_arguments(func, args, kwargs) if not self.is_live(t) and not self._is_fresh(t)]
-            label = self._functional_name(func, args, kwargs) or str(func)
+            written = _written_arguments(func, args, kwargs)
+            self.kept_writes += [name for t in written if not self.is_live(t) and not self._is_fresh(t)]
+            label = self._functional_name(func, args, kwargs, written) or str(func)
             # what each output is (shape, dtype): an in-place form keeps its input's, the out-of-place
             # form promotes and broadcasts
             shapes = tuple((tuple(o.shape), str(o.dtype)) for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor))
-            self.ops.append((label, tuple(self._origin(a) if self.is_live(a) else _describe(a) for a in flat),
+            self.ops.append((label, tuple(_describe(a) if o is None else o for a, o in zip(flat, origins)),
                              tuple(sorted(kwargs)), self.span, shapes))
-            self.loose.append((label, tuple(self._origin(a) if self.is_live(a) else _loose(a) for a in flat),
+            self.loose.append((label, tuple(_loose(a) if o is None else o for a, o in zip(flat, origins)),
                                tuple(sorted(kwargs)), self.span))
-            self._written(index, func, args, kwargs, out)
+            self._written(index, written, out)
             for j, o in enumerate(tree_flatten(out)[0]):
                 if isinstance(o, torch.Tensor):
                     self._mark(o, ("op", index, j))
@@ -1105,8 +1110,6 @@ def _same_graph(a: torch.fx.GraphModule, b: torch.fx.GraphModule) -> bool:
 def _constants_renamed(code: str) -> tuple[str, list[str]]:
     """``code`` with every ``_tensor_constantN`` renamed by its order of first appearance, and the
     original names in that order."""
-    import re
-
     names: list[str] = []
 
     def rename(match: re.Match) -> str:
@@ -1159,7 +1162,7 @@ def _subclass_tensor(model: nn.Module, state: Mapping[str, torch.Tensor]) -> str
         where += [(f"the model's {prefix}{k}", v) for k, v in vars(m).items() if isinstance(v, torch.Tensor)]
         where += [(f"the model's {prefix}{k}", v) for d in (m._parameters, m._buffers) for k, v in d.items() if v is not None]  # noqa: SLF001
     for label, v in where:
-        if isinstance(v, torch.Tensor) and type(v) not in _PLAIN_TENSORS:
+        if isinstance(v, torch.Tensor) and _runs_own_code(v):
             return (f"{label} is a {type(v).__name__}, a tensor subclass: its own code runs inside every operation on it, "
                     "where no trace or comparison sees what it reads")
     return None
